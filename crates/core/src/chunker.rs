@@ -1,0 +1,293 @@
+//! Chunking (docs/FORMAT.md §Chunking).
+//!
+//! General files: FastCDC (v2020 cut rule, normalisation level 1) driven by a 256-entry
+//! gear table derived from the key, so boundaries depend on the key and leak nothing
+//! an outsider can compute. SQLite databases: one chunk per database page, because a
+//! day of chatting dirties scattered pages and only those should be stored again.
+
+use crate::kdf::RepoKeys;
+use fastcdc::v2020::{cut_gear, select_masks, Normalization};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read};
+use zeroize::Zeroize;
+
+/// Chunk size bounds, fixed per repository in its config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// No chunk is shorter, except the last of a file.
+    pub min: u32,
+    /// Target average.
+    pub avg: u32,
+    /// No chunk is longer.
+    pub max: u32,
+}
+
+impl ChunkerParams {
+    /// 512 KiB / 1 MiB / 8 MiB: few, large chunks keep per-object overhead low on cloud
+    /// stores; media rarely changes in place, so small chunks would buy nothing there.
+    pub const DEFAULT: ChunkerParams = ChunkerParams {
+        min: 512 * 1024,
+        avg: 1024 * 1024,
+        max: 8 * 1024 * 1024,
+    };
+
+    /// True when the bounds are ones the chunker accepts.
+    pub fn is_valid(&self) -> bool {
+        64 <= self.min && self.min <= self.avg && self.avg <= self.max && self.max <= 64 << 20
+    }
+}
+
+/// A keyed content-defined chunker.
+pub struct Chunker {
+    params: ChunkerParams,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+    masks: (u64, u64),
+}
+
+impl Drop for Chunker {
+    fn drop(&mut self) {
+        self.gear.zeroize();
+        self.gear_ls.zeroize();
+    }
+}
+
+impl Chunker {
+    /// A chunker for the repository's key and parameters.
+    pub fn new(keys: &RepoKeys, params: ChunkerParams) -> Self {
+        let gear = Box::new(*keys.gear());
+        let gear_ls = Box::new(gear.map(|g| g << 1));
+        Chunker {
+            params,
+            gear,
+            gear_ls,
+            masks: select_masks(params.avg as usize, Normalization::Level1),
+        }
+    }
+
+    /// Length of the first chunk of `data` (all of it when `data` is the tail).
+    fn cut(&self, data: &[u8]) -> usize {
+        let (s, l) = self.masks;
+        let p = self.params;
+        let (_, len) = cut_gear(
+            data,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            s,
+            l,
+            s << 1,
+            l << 1,
+            &self.gear[..],
+            &self.gear_ls[..],
+        );
+        len
+    }
+
+    /// Chunk lengths of an in-memory buffer (vectors and tests).
+    pub fn chunk_lengths(&self, data: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let len = self.cut(&data[pos..]);
+            out.push(len);
+            pos += len;
+        }
+        out
+    }
+
+    /// Streams `reader` as chunks, holding at most about two maximum chunks in memory.
+    pub fn stream<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
+        ChunkStream {
+            chunker: self,
+            reader,
+            buf: Vec::new(),
+            start: 0,
+            eof: false,
+        }
+    }
+}
+
+/// Chunks of one file, produced by [`Chunker::stream`].
+pub struct ChunkStream<'c, R> {
+    chunker: &'c Chunker,
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+}
+
+impl<R: Read> ChunkStream<'_, R> {
+    fn fill(&mut self) -> io::Result<()> {
+        let max = self.chunker.params.max as usize;
+        if self.eof || self.buf.len() - self.start >= max {
+            return Ok(());
+        }
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let want = 2 * max;
+        while self.buf.len() < want {
+            let old = self.buf.len();
+            self.buf.resize(want, 0);
+            match self.reader.read(&mut self.buf[old..]) {
+                Ok(0) => {
+                    self.buf.truncate(old);
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.buf.truncate(old + n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(old),
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for ChunkStream<'_, R> {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Err(e) = self.fill() {
+            return Some(Err(e));
+        }
+        if self.start == self.buf.len() {
+            return None;
+        }
+        let len = self.chunker.cut(&self.buf[self.start..]);
+        let chunk = self.buf[self.start..self.start + len].to_vec();
+        self.start += len;
+        Some(Ok(chunk))
+    }
+}
+
+/// The first 16 bytes of every SQLite 3 database file.
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The page size of a SQLite database from its 100-byte header, if it is one.
+pub fn sqlite_page_size(header: &[u8]) -> Option<usize> {
+    if header.len() < 18 || &header[..16] != SQLITE_MAGIC {
+        return None;
+    }
+    let raw = u16::from_be_bytes([header[16], header[17]]) as usize;
+    let size = if raw == 1 { 65536 } else { raw };
+    (size.is_power_of_two() && (512..=65536).contains(&size)).then_some(size)
+}
+
+/// Splits a reader into fixed-size pages (the last may be shorter).
+pub struct PageChunks<R> {
+    reader: R,
+    page: usize,
+    done: bool,
+}
+
+impl<R: Read> PageChunks<R> {
+    /// Pages of `page` bytes.
+    pub fn new(reader: R, page: usize) -> Self {
+        PageChunks {
+            reader,
+            page,
+            done: false,
+        }
+    }
+}
+
+impl<R: Read> Iterator for PageChunks<R> {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut buf = vec![0u8; self.page];
+        let mut filled = 0;
+        while filled < self.page {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        if filled < self.page {
+            self.done = true;
+            if filled == 0 {
+                return None;
+            }
+            buf.truncate(filled);
+        }
+        Some(Ok(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::BackupKey;
+    use rand::{RngCore, SeedableRng};
+
+    fn data(n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut v);
+        v
+    }
+
+    const SMALL: ChunkerParams = ChunkerParams {
+        min: 2048,
+        avg: 8192,
+        max: 65536,
+    };
+
+    #[test]
+    fn stream_matches_slice_and_reassembles() {
+        let keys = RepoKeys::derive(&BackupKey::from_bytes([3; 32]));
+        let c = Chunker::new(&keys, SMALL);
+        let d = data(1 << 20);
+        let lens: Vec<usize> = c.stream(&d[..]).map(|r| r.unwrap().len()).collect();
+        assert_eq!(lens, c.chunk_lengths(&d));
+        assert_eq!(lens.iter().sum::<usize>(), d.len());
+        assert!(lens.len() > 60 && lens.len() < 200, "{} chunks", lens.len());
+    }
+
+    #[test]
+    fn boundaries_depend_on_key() {
+        let d = data(1 << 20);
+        let a = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([3; 32])), SMALL);
+        let b = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([4; 32])), SMALL);
+        assert_ne!(a.chunk_lengths(&d), b.chunk_lengths(&d));
+    }
+
+    #[test]
+    fn insertion_only_disturbs_nearby_chunks() {
+        let c = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([3; 32])), SMALL);
+        let d = data(1 << 20);
+        let mut e = d.clone();
+        e.splice(500_000..500_000, *b"inserted");
+        let set = |v: &[u8]| -> std::collections::HashSet<Vec<u8>> {
+            c.stream(v).map(|r| r.unwrap()).collect()
+        };
+        let (sd, se) = (set(&d), set(&e));
+        assert!(sd.intersection(&se).count() + 3 >= sd.len());
+    }
+
+    #[test]
+    fn sqlite_pages() {
+        let mut h = SQLITE_MAGIC.to_vec();
+        h.extend_from_slice(&4096u16.to_be_bytes());
+        assert_eq!(sqlite_page_size(&h), Some(4096));
+        h[16..18].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(sqlite_page_size(&h), Some(65536));
+        h[16..18].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(sqlite_page_size(&h), None);
+        let pages: Vec<usize> = PageChunks::new(&data(10_000)[..], 4096)
+            .map(|p| p.unwrap().len())
+            .collect();
+        assert_eq!(pages, vec![4096, 4096, 1808]);
+    }
+}

@@ -1,0 +1,170 @@
+//! Plaintext encodings of config, index and snapshot objects (docs/FORMAT.md §Objects).
+//!
+//! Each is `codec byte || payload` like a blob, where the payload is the postcard
+//! encoding of the struct below, zstd-compressed under codec 1. Field order is the
+//! wire order: never reorder; add fields only with a format version bump.
+
+use crate::{
+    blob::{CODEC_RAW, CODEC_ZSTD, ZSTD_LEVEL},
+    chunker::ChunkerParams,
+    error::FormatError,
+    ids::{ChunkId, ObjectName},
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::io::Read;
+
+/// The config object's name.
+pub const CONFIG_NAME: &str = "config";
+/// Largest decoded object accepted (a snapshot of ~10 million files).
+pub const MAX_OBJECT_PLAINTEXT: u64 = 2 << 30;
+
+/// Repository parameters, written once by `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Random repository identifier; the device keys its state by it.
+    pub repo_id: ObjectName,
+    /// Chunk size bounds for general files.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: i64,
+}
+
+/// One index object: which blobs each listed pack holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFile {
+    /// Packs described by this index object.
+    pub packs: Vec<PackEntry>,
+}
+
+/// The blobs of one pack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// The pack object's name.
+    pub pack: ObjectName,
+    /// Blobs in the pack (all of them, or the live ones after a prune).
+    pub blobs: Vec<BlobEntry>,
+}
+
+/// Where one chunk is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    /// The chunk's ID.
+    pub id: ChunkId,
+    /// The blob's number in its pack (its nonce).
+    pub seq: u32,
+    /// Offset of the sealed blob in the pack object.
+    pub offset: u64,
+    /// Sealed length (codec byte, payload, tag).
+    pub length: u32,
+    /// Length of the chunk's plaintext.
+    pub raw_length: u32,
+}
+
+/// One backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// 1 for the first snapshot, parent's + 1 after; a device refuses to go back.
+    pub seq: u64,
+    /// The newest snapshot when this one was made.
+    pub parent: Option<ObjectName>,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub time_unix_ns: i64,
+    /// The device's host name.
+    pub hostname: String,
+    /// The paths given to `backup`, as typed.
+    pub paths: Vec<String>,
+    /// Every directory, file and link, parents before children.
+    pub nodes: Vec<Node>,
+}
+
+/// A file system entry in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Path relative to the snapshot root, `/`-separated raw bytes.
+    pub path: Vec<u8>,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Change-detection fields: inode and ctime. A file whose size, mtime, inode and
+    /// ctime match the parent snapshot is not read again.
+    pub inode: u64,
+    /// ctime, nanoseconds.
+    pub ctime_ns: i64,
+    /// The file's chunks in order (files only).
+    pub chunks: Vec<ChunkId>,
+}
+
+/// Entry kinds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A SQLite database captured with the online backup API, chunked by page.
+    SqliteFile,
+    /// A symbolic link and its target.
+    Symlink(Vec<u8>),
+}
+
+impl Node {
+    /// True for regular and SQLite files.
+    pub fn is_file(&self) -> bool {
+        matches!(self.kind, NodeKind::File | NodeKind::SqliteFile)
+    }
+}
+
+/// Encodes an object's plaintext: `codec byte || zstd(postcard(value))`.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let raw = postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail");
+    match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
+        Ok(z) if z.len() < raw.len() => [&[CODEC_ZSTD][..], &z].concat(),
+        _ => [&[CODEC_RAW][..], &raw].concat(),
+    }
+}
+
+/// Decodes an object's plaintext as `what`; never panics on arbitrary bytes.
+pub fn decode<T: DeserializeOwned>(plain: &[u8], what: &'static str) -> Result<T, FormatError> {
+    let malformed = |detail: String| FormatError::Malformed { what, detail };
+    let raw = match plain.split_first() {
+        Some((&CODEC_RAW, rest)) => rest.to_vec(),
+        Some((&CODEC_ZSTD, rest)) => {
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(rest)
+                .map_err(|e| malformed(e.to_string()))?
+                .take(MAX_OBJECT_PLAINTEXT)
+                .read_to_end(&mut out)
+                .map_err(|e| malformed(e.to_string()))?;
+            out
+        }
+        Some((&c, _)) => return Err(malformed(format!("unknown codec {c}"))),
+        None => return Err(malformed("empty".into())),
+    };
+    let (value, rest) = postcard::take_from_bytes(&raw).map_err(|e| malformed(e.to_string()))?;
+    // Canonical encodings only: trailing bytes mean a writer we do not understand.
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+/// Decoders on arbitrary bytes, for the fuzz targets.
+#[doc(hidden)]
+pub mod fuzz {
+    use super::*;
+    /// Runs every decoder of repository objects on `data`; must never panic.
+    pub fn decode_all(data: &[u8]) {
+        let _ = decode::<Config>(data, "config");
+        let _ = decode::<IndexFile>(data, "index");
+        let _ = decode::<Snapshot>(data, "snapshot");
+        let _ = crate::blob::decode(data, 1 << 20);
+        let _ = crate::chunker::sqlite_page_size(data);
+    }
+}

@@ -1,0 +1,46 @@
+//! Decoders never panic on arbitrary bytes (the fuzz targets run the same entry points).
+
+use backlock_core::{
+    envelope::{self, ObjectKind, PackOpener},
+    ids::ChunkId,
+    kdf::RepoKeys,
+    key::BackupKey,
+};
+use proptest::prelude::*;
+
+fn keys() -> RepoKeys {
+    RepoKeys::derive(&BackupKey::from_bytes([9; 32]))
+}
+
+proptest! {
+    #[test]
+    fn test_nocrash_object_decoders(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        backlock_core::format::fuzz::decode_all(&data);
+    }
+
+    #[test]
+    fn test_nocrash_envelope(data in proptest::collection::vec(any::<u8>(), 0..512), kind in 0usize..4) {
+        let k = keys();
+        let kind = ObjectKind::ALL[kind];
+        if kind == ObjectKind::Pack {
+            if let Ok(o) = PackOpener::new(&k, "p", &data) {
+                let _ = o.open_blob(0, &ChunkId([0; 32]), &data);
+            }
+        } else {
+            let _ = envelope::open(&k, kind, "n", &data);
+        }
+    }
+
+    #[test]
+    fn test_nocrash_key_parse(s in ".{0,100}") {
+        let _ = BackupKey::parse(&s);
+    }
+
+    #[test]
+    fn test_nocrash_zstd_wrapped(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        // A valid zstd header in front of junk exercises the decompressor paths.
+        let mut framed = vec![1u8, 0x28, 0xb5, 0x2f, 0xfd];
+        framed.extend_from_slice(&data);
+        backlock_core::format::fuzz::decode_all(&framed);
+    }
+}

@@ -1,0 +1,246 @@
+//! Known-answer vectors for the repository format (docs/FORMAT.md §Vectors).
+//!
+//! One file per case in `tests/vectors/`, `name: hex-or-text` lines, with an `expect:`
+//! header. They were produced by this implementation when format version 1 was fixed
+//! (run with `BACKLOCK_BLESS=1` to write missing files) and must never change: a
+//! failure here means the format changed, which needs a version bump.
+
+use backlock_core::{
+    chunker::{Chunker, ChunkerParams},
+    envelope::{self, ObjectKind, PackOpener, PackSealer},
+    format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Snapshot},
+    ids::{ChunkId, ObjectName},
+    kdf::RepoKeys,
+    key::BackupKey,
+    FormatError,
+};
+use std::{collections::BTreeMap, path::PathBuf};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+/// Checks `fields` against the stored vector `name`, or writes it when blessing.
+fn check(name: &str, fields: &[(&str, String)]) {
+    let path = dir().join(format!("{name}.txt"));
+    let rendered: String = fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    match std::fs::read_to_string(&path) {
+        Ok(stored) => {
+            let stored: BTreeMap<_, _> = parse(&stored);
+            for (k, v) in fields {
+                assert_eq!(stored.get(*k), Some(v), "vector {name}: field {k} differs");
+            }
+        }
+        Err(_) if std::env::var_os("BACKLOCK_BLESS").is_some() => {
+            std::fs::write(&path, rendered).unwrap()
+        }
+        Err(e) => panic!("vector {name} missing ({e}); BACKLOCK_BLESS=1 writes it"),
+    }
+}
+
+fn parse(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(": "))
+        .map(|l| {
+            let (k, v) = l.split_once(": ").unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn key() -> BackupKey {
+    BackupKey::from_bytes(core::array::from_fn(|i| i as u8))
+}
+
+fn salt(b: u8) -> [u8; 32] {
+    [b; 32]
+}
+
+/// Deterministic test input: BLAKE3 XOF of a fixed string.
+fn input(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(b"backlock test input")
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+#[test]
+fn key_derivation() {
+    let keys = RepoKeys::derive(&key());
+    check(
+        "kdf",
+        &[
+            ("expect", "ok".into()),
+            ("key", key().to_display().to_string()),
+            ("key_id", hex::encode(keys.key_id())),
+            ("chunk_id_of_abc", ChunkId::compute(&keys, b"abc").to_string()),
+            (
+                "owner_key",
+                hex::encode(*backlock_core::kdf::derive_subkey(&key(), backlock_core::kdf::LABEL_OWNER_KEY)),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn snapshot_object() {
+    let keys = RepoKeys::derive(&key());
+    let snap = Snapshot {
+        seq: 2,
+        parent: Some(ObjectName([0x11; 16])),
+        time_unix_ns: 1_795_000_000_000_000_000,
+        hostname: "phone".into(),
+        paths: vec!["/data/chat".into()],
+        nodes: vec![
+            Node {
+                path: b"chat".to_vec(),
+                kind: NodeKind::Dir,
+                mode: 0o755,
+                mtime_ns: 1,
+                size: 0,
+                inode: 2,
+                ctime_ns: 3,
+                chunks: vec![],
+            },
+            Node {
+                path: b"chat/msgstore.db".to_vec(),
+                kind: NodeKind::SqliteFile,
+                mode: 0o600,
+                mtime_ns: 4,
+                size: 4096,
+                inode: 5,
+                ctime_ns: 6,
+                chunks: vec![ChunkId([0xaa; 32])],
+            },
+        ],
+    };
+    // Codec 0 (raw postcard) so the vector does not depend on zstd's output.
+    let plain = [&[0u8][..], &postcard::to_allocvec(&snap).unwrap()].concat();
+    let name = "00112233445566778899aabbccddeeff";
+    let sealed = envelope::seal_with_salt(&keys, ObjectKind::Snapshot, name, &plain, &salt(0x5a));
+    check(
+        "snapshot-object",
+        &[
+            ("expect", "ok".into()),
+            ("name", name.into()),
+            ("plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    assert_eq!(envelope::open(&keys, ObjectKind::Snapshot, name, &sealed).unwrap(), plain);
+    assert_eq!(format::decode::<Snapshot>(&plain, "snapshot").unwrap(), snap);
+    // Compressed encodings must decode to the same value.
+    assert_eq!(format::decode::<Snapshot>(&format::encode(&snap), "snapshot").unwrap(), snap);
+}
+
+#[test]
+fn config_object_and_wrong_key() {
+    let keys = RepoKeys::derive(&key());
+    let cfg = format::Config {
+        repo_id: ObjectName([0x42; 16]),
+        chunker: ChunkerParams::DEFAULT,
+        pack_size: 16 << 20,
+        created_unix: 1_795_000_000,
+    };
+    let plain = [&[0u8][..], &postcard::to_allocvec(&cfg).unwrap()].concat();
+    let sealed = envelope::seal_with_salt(&keys, ObjectKind::Config, "config", &plain, &salt(0x01));
+    check(
+        "config-object",
+        &[
+            ("expect", "ok".into()),
+            ("plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    let wrong = RepoKeys::derive(&BackupKey::from_bytes([0xff; 32]));
+    assert_eq!(
+        envelope::open(&wrong, ObjectKind::Config, "config", &sealed),
+        Err(FormatError::WrongKey)
+    );
+}
+
+#[test]
+fn negative_vectors() {
+    let keys = RepoKeys::derive(&key());
+    let stored = parse(&std::fs::read_to_string(dir().join("snapshot-object.txt")).unwrap());
+    let object = hex::decode(&stored["object"]).unwrap();
+    let name = &stored["name"];
+    if std::env::var_os("BACKLOCK_BLESS").is_some() {
+        let mut tampered = object.clone();
+        tampered[40] ^= 0x80;
+        let mut newer = object.clone();
+        newer[0] = 2;
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            ("tampered-byte", tampered, name),
+            ("truncated", object[..object.len() - 1].to_vec(), name),
+            ("newer-version", newer, name),
+            ("swapped-name", object.clone(), "ffeeddccbbaa99887766554433221100"),
+        ];
+        for (file, bytes, n) in cases {
+            let err = envelope::open(&keys, ObjectKind::Snapshot, n, &bytes).unwrap_err();
+            let text = format!("# {file}\nexpect: {err}\nname: {n}\nobject: {}\n", hex::encode(&bytes));
+            let path = dir().join(format!("{file}.txt"));
+            if !path.exists() {
+                std::fs::write(path, text).unwrap();
+            }
+        }
+    }
+    for file in ["tampered-byte", "truncated", "newer-version", "swapped-name"] {
+        let v = parse(&std::fs::read_to_string(dir().join(format!("{file}.txt"))).unwrap());
+        let bytes = hex::decode(&v["object"]).unwrap();
+        let got = envelope::open(&keys, ObjectKind::Snapshot, &v["name"], &bytes).unwrap_err();
+        assert_eq!(got.to_string(), v["expect"], "{file}");
+    }
+}
+
+#[test]
+fn pack_object() {
+    let keys = RepoKeys::derive(&key());
+    let name = "0f0e0d0c0b0a09080706050403020100";
+    let mut pack = PackSealer::with_salt(&keys, name, 0, &salt(0x33));
+    let a = ChunkId::compute(&keys, b"first chunk");
+    let b = ChunkId::compute(&keys, b"second");
+    let pa = pack.push(&a, b"\x00first chunk");
+    let pb = pack.push(&b, b"\x00second");
+    let bytes = pack.finish();
+    let index = IndexFile {
+        packs: vec![PackEntry {
+            pack: ObjectName::parse(name).unwrap(),
+            blobs: vec![
+                BlobEntry { id: a, seq: pa.seq, offset: pa.offset, length: pa.length, raw_length: 11 },
+                BlobEntry { id: b, seq: pb.seq, offset: pb.offset, length: pb.length, raw_length: 6 },
+            ],
+        }],
+    };
+    check(
+        "pack-object",
+        &[
+            ("expect", "ok".into()),
+            ("pack", hex::encode(&bytes)),
+            ("index_plaintext", hex::encode([&[0u8][..], &postcard::to_allocvec(&index).unwrap()].concat())),
+        ],
+    );
+    let opener = PackOpener::new(&keys, name, &bytes).unwrap();
+    let e = index.packs[0].blobs[1];
+    let sealed = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+    assert_eq!(opener.open_blob(e.seq, &e.id, sealed).unwrap(), b"\x00second");
+}
+
+#[test]
+fn chunk_boundaries() {
+    let keys = RepoKeys::derive(&key());
+    let params = ChunkerParams { min: 4096, avg: 16384, max: 65536 };
+    let lens = Chunker::new(&keys, params).chunk_lengths(&input(1 << 20));
+    let text: Vec<String> = lens.iter().map(|l| l.to_string()).collect();
+    check(
+        "chunk-boundaries",
+        &[
+            ("expect", "ok".into()),
+            ("input", "BLAKE3 XOF of \"backlock test input\", 1048576 bytes".into()),
+            ("params", "min 4096, avg 16384, max 65536".into()),
+            ("lengths", text.join(",")),
+        ],
+    );
+}
