@@ -25,6 +25,18 @@ impl BlobEncoder {
         })
     }
 
+    /// Encodes `chunk`, compressing only if a 16 KiB sample compresses by 10% or more,
+    /// so incompressible media costs a sample, not a full zstd pass.
+    pub fn encode_auto(&mut self, chunk: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
+        const SAMPLE: usize = 16 * 1024;
+        if try_compress && chunk.len() > 4 * SAMPLE {
+            let sample = &chunk[..SAMPLE];
+            let worth = zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 10);
+            return self.encode(chunk, worth);
+        }
+        self.encode(chunk, try_compress)
+    }
+
     /// Encodes `chunk`, trying compression when `try_compress`. Returns the encoded
     /// blob and whether compression paid.
     pub fn encode(&mut self, chunk: &[u8], try_compress: bool) -> (Vec<u8>, bool) {

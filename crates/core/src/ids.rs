@@ -60,6 +60,20 @@ impl ObjectName {
         hex::encode(self.0)
     }
 
+    /// A snapshot's name: 8 random bytes then its sequence number (big-endian), so a
+    /// listing alone shows the newest snapshot; the name is authenticated with the
+    /// object, so a store cannot relabel one (docs/FORMAT.md §Names).
+    pub fn for_snapshot(seq: u64) -> Self {
+        let mut n = Self::random();
+        n.0[8..].copy_from_slice(&seq.to_be_bytes());
+        n
+    }
+
+    /// The sequence number carried by a snapshot's name.
+    pub fn snapshot_seq(&self) -> u64 {
+        u64::from_be_bytes(self.0[8..].try_into().expect("8 bytes"))
+    }
+
     /// The 8-digit short form shown to people.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])

@@ -1,0 +1,494 @@
+//! Backup: walk, chunk, deduplicate, compress, seal, upload; then index; then snapshot.
+//!
+//! Threads: this thread walks the sources, chunks and hashes (chunking and keyed
+//! BLAKE3 run at GiB/s); `workers` threads compress and seal new chunks into their own
+//! packs; one uploader thread stores finished packs and, every few packs, an index
+//! object naming them, so an interrupted backup leaves its uploaded data reusable.
+//! Memory is bounded by the channel capacities and the pack size.
+
+use crate::{
+    error::{RepoError, Result},
+    index::write_index_object,
+    now_unix_ns, sqlite, Indexed, Repository,
+};
+use backlock_core::{
+    blob::BlobEncoder,
+    chunker::{Chunker, PageChunks},
+    envelope::{self, ObjectKind, PackSealer},
+    format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Snapshot},
+    ids::{ChunkId, ObjectName},
+    kdf::RepoKeys,
+};
+use backlock_store::ObjectStore;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
+use std::{
+    collections::{HashMap, HashSet},
+    fs::{self, File},
+    io,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::Instant,
+};
+
+/// Packs between two index objects written during a backup.
+const INDEX_EVERY_PACKS: usize = 8;
+
+/// Progress of a running backup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Bytes of file content processed so far (read or reused).
+    pub bytes_done: u64,
+    /// Bytes of file content in the backup.
+    pub bytes_total: u64,
+    /// Files processed so far.
+    pub files_done: u64,
+    /// Files in the backup.
+    pub files_total: u64,
+}
+
+/// What to back up.
+pub struct BackupOptions<'a> {
+    /// Files and directories; each becomes a top-level entry named by its last part.
+    pub paths: Vec<PathBuf>,
+    /// The device's name, stored in the snapshot.
+    pub hostname: String,
+    /// Called as work progresses.
+    pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    /// Compression and sealing threads (default: available cores).
+    pub workers: usize,
+    /// Where SQLite captures are staged (default: the system temporary directory).
+    pub tmp_dir: Option<PathBuf>,
+}
+
+impl Default for BackupOptions<'_> {
+    fn default() -> Self {
+        BackupOptions {
+            paths: vec![],
+            hostname: String::new(),
+            progress: None,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            tmp_dir: None,
+        }
+    }
+}
+
+/// What a backup did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupSummary {
+    /// The new snapshot's name.
+    pub snapshot: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Regular files in the snapshot.
+    pub files: u64,
+    /// Files not read again because they were unchanged since the parent.
+    pub files_unchanged: u64,
+    /// Bytes of all files in the snapshot.
+    pub bytes_total: u64,
+    /// Bytes read from disk.
+    pub bytes_read: u64,
+    /// Bytes of chunks the repository did not have.
+    pub bytes_new: u64,
+    /// Bytes written to the store (packs, index, snapshot).
+    pub bytes_stored: u64,
+    /// `bytes_total / bytes_new`: how much deduplication saved.
+    pub dedup_ratio: f64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+struct Job {
+    id: ChunkId,
+    data: Vec<u8>,
+    compress: bool,
+}
+
+struct FinishedPack {
+    name: ObjectName,
+    bytes: Vec<u8>,
+    blobs: Vec<BlobEntry>,
+}
+
+/// State shared by the pipeline threads.
+struct Shared {
+    error: Mutex<Option<RepoError>>,
+    pending: Mutex<Vec<PackEntry>>,
+    bytes_stored: AtomicU64,
+}
+
+impl Shared {
+    fn fail(&self, e: RepoError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+    }
+
+    fn take_pending(&self) -> Vec<PackEntry> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn worker(keys: &RepoKeys, pack_size: usize, jobs: Receiver<Job>, packs: Sender<FinishedPack>) -> io::Result<()> {
+    let mut encoder = BlobEncoder::new()?;
+    let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
+    let finish = |(name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>)| FinishedPack {
+        name,
+        bytes: sealer.finish(),
+        blobs,
+    };
+    for job in jobs {
+        let (blob, _) = encoder.encode_auto(&job.data, job.compress);
+        if let Some((_, sealer, _)) = &current {
+            if sealer.len() + blob.len() > pack_size {
+                if packs.send(finish(current.take().expect("checked"))).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let (_, sealer, blobs) = current.get_or_insert_with(|| {
+            let name = ObjectName::random();
+            (name, PackSealer::new(keys, &name.to_hex(), pack_size + (1 << 20)), Vec::new())
+        });
+        let place = sealer.push(&job.id, &blob);
+        blobs.push(BlobEntry {
+            id: job.id,
+            seq: place.seq,
+            offset: place.offset,
+            length: place.length,
+            raw_length: job.data.len() as u32,
+        });
+    }
+    if let Some(p) = current.take() {
+        let _ = packs.send(finish(p));
+    }
+    Ok(())
+}
+
+fn uploader(store: &dyn ObjectStore, keys: &RepoKeys, packs: Receiver<FinishedPack>, shared: &Shared) {
+    let mut since_index = 0;
+    for pack in packs {
+        if let Err(e) = store.put(ObjectKind::Pack, &pack.name.to_hex(), &pack.bytes) {
+            shared.fail(e.into());
+            return;
+        }
+        shared.bytes_stored.fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(PackEntry { pack: pack.name, blobs: pack.blobs });
+        since_index += 1;
+        if since_index >= INDEX_EVERY_PACKS {
+            since_index = 0;
+            let file = IndexFile { packs: shared.take_pending() };
+            match write_index_object(store, keys, &file) {
+                Ok(n) => {
+                    shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => return shared.fail(e),
+            }
+        }
+    }
+}
+
+/// One entry found by the walk.
+struct Entry {
+    fs_path: PathBuf,
+    rel: Vec<u8>,
+    meta: fs::Metadata,
+}
+
+fn walk(paths: &[PathBuf]) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let mut roots = HashSet::new();
+    for path in paths {
+        let name = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.as_bytes().to_vec()))
+            .ok_or_else(|| RepoError::Source {
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no such file or directory"),
+            })?;
+        if !roots.insert(name.clone()) {
+            return Err(RepoError::Usage(format!(
+                "two paths end in the same name {:?}: back them up in separate snapshots or rename one",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        walk_into(path, name, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn walk_into(path: &Path, rel: Vec<u8>, out: &mut Vec<Entry>) -> Result<()> {
+    let source = |e| RepoError::Source { path: path.to_path_buf(), source: e };
+    let meta = fs::symlink_metadata(path).map_err(source)?;
+    let is_dir = meta.is_dir();
+    out.push(Entry { fs_path: path.to_path_buf(), rel: rel.clone(), meta });
+    if is_dir {
+        let mut children: Vec<_> = fs::read_dir(path)
+            .map_err(source)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(source)?;
+        children.sort();
+        for child in children {
+            let mut child_rel = rel.clone();
+            child_rel.push(b'/');
+            child_rel.extend_from_slice(child.as_bytes());
+            walk_into(&path.join(&child), child_rel, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn node_of(e: &Entry, kind: NodeKind) -> Node {
+    let m = &e.meta;
+    Node {
+        path: e.rel.clone(),
+        kind,
+        mode: m.mode() & 0o7777,
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        size: if m.is_file() { m.len() } else { 0 },
+        inode: m.ino(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        chunks: vec![],
+    }
+}
+
+/// The producing side, run on the calling thread.
+struct Producer<'a> {
+    keys: &'a RepoKeys,
+    known: HashSet<ChunkId>,
+    jobs: Sender<Job>,
+    progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    done: Progress,
+    tmp_dir: PathBuf,
+    bytes_read: u64,
+    bytes_new: u64,
+    files_unchanged: u64,
+}
+
+/// The pipeline has stopped (a worker or the uploader failed); the reason is in `Shared`.
+struct Stopped;
+
+impl Producer<'_> {
+    fn chunk(&mut self, data: Vec<u8>, compress: bool, node: &mut Node) -> Result<(), Stopped> {
+        let id = ChunkId::compute(self.keys, &data);
+        node.chunks.push(id);
+        self.bytes_read += data.len() as u64;
+        self.done.bytes_done += data.len() as u64;
+        if self.known.insert(id) {
+            self.bytes_new += data.len() as u64;
+            self.jobs.send(Job { id, data, compress }).map_err(|_| Stopped)?;
+        }
+        if let Some(p) = self.progress {
+            p(self.done);
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, chunker: &Chunker, e: &Entry) -> Result<Result<Node, Stopped>> {
+        let source = |err| RepoError::Source { path: e.fs_path.clone(), source: err };
+        let mut file = File::open(&e.fs_path).map_err(source)?;
+        let page_size = sqlite::sniff(&mut file).map_err(source)?;
+        if let Some(page) = page_size {
+            let capture = sqlite::capture(&e.fs_path, &self.tmp_dir)?;
+            let mut node = node_of(e, NodeKind::SqliteFile);
+            let reader = File::open(capture.path()).map_err(source)?;
+            node.size = reader.metadata().map_err(source)?.len();
+            for chunk in PageChunks::new(reader, page) {
+                if let Err(s) = self.chunk(chunk.map_err(source)?, true, &mut node) {
+                    return Ok(Err(s));
+                }
+            }
+            return Ok(Ok(node));
+        }
+        let mut node = node_of(e, NodeKind::File);
+        let mut size = 0;
+        io::Seek::rewind(&mut file).map_err(source)?;
+        for chunk in chunker.stream(file) {
+            let chunk = chunk.map_err(source)?;
+            size += chunk.len() as u64;
+            if let Err(s) = self.chunk(chunk, true, &mut node) {
+                return Ok(Err(s));
+            }
+        }
+        node.size = size;
+        Ok(Ok(node))
+    }
+
+    /// Turns walked entries into snapshot nodes, feeding new chunks to the workers.
+    fn nodes(
+        &mut self,
+        chunker: &Chunker,
+        entries: &[Entry],
+        previous: &HashMap<&[u8], &Node>,
+        captured: &HashSet<PathBuf>,
+    ) -> Result<Vec<Node>> {
+        let mut nodes = Vec::with_capacity(entries.len());
+        for e in entries {
+            let ft = e.meta.file_type();
+            let node = if ft.is_dir() {
+                node_of(e, NodeKind::Dir)
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&e.fs_path)
+                    .map_err(|err| RepoError::Source { path: e.fs_path.clone(), source: err })?;
+                node_of(e, NodeKind::Symlink(target.as_os_str().as_bytes().to_vec()))
+            } else if ft.is_file() {
+                self.done.files_done += 1;
+                if sqlite::is_sidecar(&e.fs_path).is_some_and(|base| captured.contains(&base)) {
+                    continue;
+                }
+                let fresh = node_of(e, NodeKind::File);
+                match previous.get(e.rel.as_slice()) {
+                    Some(old)
+                        if old.size == fresh.size
+                            && old.mtime_ns == fresh.mtime_ns
+                            && old.ctime_ns == fresh.ctime_ns
+                            && old.inode == fresh.inode
+                            && old.chunks.iter().all(|c| self.known.contains(c)) =>
+                    {
+                        self.files_unchanged += 1;
+                        self.done.bytes_done += fresh.size;
+                        Node { chunks: old.chunks.clone(), ..fresh }
+                    }
+                    _ => match self.file(chunker, e)? {
+                        Ok(node) => node,
+                        // The pipeline failed; the caller reports the reason.
+                        Err(Stopped) => break,
+                    },
+                }
+            } else {
+                tracing::warn!(path = %e.fs_path.display(), "skipping special file (socket, fifo or device)");
+                continue;
+            };
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+}
+
+impl Repository<Indexed> {
+    /// Backs up `opts.paths` as a new snapshot.
+    pub fn backup(&mut self, opts: &BackupOptions) -> Result<BackupSummary> {
+        let start = Instant::now();
+        let refs = self.snapshot_refs()?;
+        let parent = match refs.last() {
+            Some(r) => Some((r.name, self.load_snapshot(r)?)),
+            None => None,
+        };
+        let seq = refs.last().map_or(1, |r| r.seq + 1);
+        let entries = walk(&opts.paths)?;
+        let files_total = entries.iter().filter(|e| e.meta.is_file()).count() as u64;
+        let bytes_total: u64 = entries.iter().filter(|e| e.meta.is_file()).map(|e| e.meta.len()).sum();
+        let previous: HashMap<&[u8], &Node> = parent
+            .iter()
+            .flat_map(|(_, s)| s.nodes.iter())
+            .filter(|n| n.kind == NodeKind::File)
+            .map(|n| (n.path.as_slice(), n))
+            .collect();
+        let captured: HashSet<PathBuf> = entries
+            .iter()
+            .filter(|e| e.meta.is_file())
+            .filter_map(|e| sqlite::is_sidecar(&e.fs_path))
+            .filter(|base| {
+                File::open(base)
+                    .and_then(|mut f| sqlite::sniff(&mut f))
+                    .is_ok_and(|p| p.is_some())
+            })
+            .collect();
+
+        let keys = &*self.keys;
+        let store = &*self.store;
+        let pack_size = self.config.pack_size as usize;
+        let shared = Shared {
+            error: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+            bytes_stored: AtomicU64::new(0),
+        };
+        let workers = opts.workers.max(1);
+        let (job_tx, job_rx) = bounded::<Job>(4 * workers);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        // The producer (and with it the only job sender) lives inside the scope, so
+        // even a panic drops the sender and lets the workers finish.
+        let (produced, stats) = std::thread::scope(|s| {
+            for _ in 0..workers {
+                let (rx, tx) = (job_rx.clone(), pack_tx.clone());
+                let shared = &shared;
+                s.spawn(move || {
+                    if let Err(e) = worker(keys, pack_size, rx, tx) {
+                        shared.fail(RepoError::Usage(format!("compression failed: {e}")));
+                    }
+                });
+            }
+            drop((job_rx, pack_tx));
+            s.spawn(|| uploader(store, keys, pack_rx, &shared));
+            let chunker = Chunker::new(keys, self.config.chunker);
+            let mut producer = Producer {
+                    keys,
+                known: self.state.index.iter().map(|(id, _)| *id).collect(),
+                jobs: job_tx,
+                progress: opts.progress,
+                done: Progress { bytes_total, files_total, ..Progress::default() },
+                tmp_dir: opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+                bytes_read: 0,
+                bytes_new: 0,
+                files_unchanged: 0,
+            };
+
+            let result = producer.nodes(&chunker, &entries, &previous, &captured);
+            // Dropping the producer closes the job channel: workers flush their packs.
+            let stats = (producer.bytes_read, producer.bytes_new, producer.files_unchanged);
+            drop(producer);
+            (result, stats)
+        });
+        let (bytes_read, bytes_new, files_unchanged) = stats;
+
+        // Whatever was uploaded gets indexed, even on failure, so a retry reuses it.
+        let leftover = shared.take_pending();
+        if !leftover.is_empty() {
+            let n = write_index_object(store, keys, &IndexFile { packs: leftover })?;
+            shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let nodes = produced?;
+
+        let snapshot = Snapshot {
+            seq,
+            parent: parent.map(|(n, _)| n),
+            time_unix_ns: now_unix_ns(),
+            hostname: opts.hostname.clone(),
+            paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
+            nodes,
+        };
+        let name = ObjectName::for_snapshot(seq);
+        let sealed = envelope::seal(keys, ObjectKind::Snapshot, &name.to_hex(), &format::encode(&snapshot));
+        store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
+        self.home.record(&self.id(), seq)?;
+        // Later backups in this process dedup against what this one stored.
+        self.state.index = crate::index::Index::load(store, keys)?;
+
+        let files = snapshot.nodes.iter().filter(|n| n.is_file()).count() as u64;
+        let snap_bytes: u64 = snapshot.nodes.iter().map(|n| n.size).sum();
+        Ok(BackupSummary {
+            snapshot: name.to_hex(),
+            seq,
+            files,
+            files_unchanged,
+            bytes_total: snap_bytes,
+            bytes_read,
+            bytes_new,
+            bytes_stored: shared.bytes_stored.load(Ordering::Relaxed) + sealed.len() as u64,
+            dedup_ratio: snap_bytes as f64 / bytes_new.max(1) as f64,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}

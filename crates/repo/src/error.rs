@@ -1,0 +1,117 @@
+//! What can go wrong in the engine, each variant saying what to do.
+
+use backlock_core::FormatError;
+use backlock_store::StoreError;
+use std::path::PathBuf;
+
+/// Errors of repository operations. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// The key opens no object here.
+    #[error("this key does not open this repository: check you used the key saved for this backup")]
+    WrongKey,
+    /// No config object at the location.
+    #[error("no backlock repository at {location}: run `backlock init` first, or check the path")]
+    NotARepository {
+        /// Where we looked.
+        location: String,
+    },
+    /// `init` on a location that holds a repository.
+    #[error("a backlock repository already exists at {location}")]
+    AlreadyExists {
+        /// The location.
+        location: String,
+    },
+    /// An object failed authentication or decoding.
+    #[error("{kind} object {name} is damaged: {source}. Run `backlock check --read-data` to list every damaged object")]
+    Damaged {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What was wrong.
+        #[source]
+        source: FormatError,
+    },
+    /// The store served an older state than this device has seen.
+    #[error("the store is serving an older state than this device has seen: newest snapshot there is #{served}, this device saw #{seen}. The store rolled back or lost snapshots; do not prune, and check the store")]
+    Rollback {
+        /// Newest sequence number the device recorded.
+        seen: u64,
+        /// Newest sequence number the store lists.
+        served: u64,
+    },
+    /// A snapshot id matched nothing.
+    #[error("no snapshot matches {id:?}: run `backlock snapshots` to list them")]
+    SnapshotNotFound {
+        /// What the user gave.
+        id: String,
+    },
+    /// The repository holds no snapshot.
+    #[error("the repository has no snapshot yet: run `backlock backup` first")]
+    NoSnapshots,
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A source file could not be read; nothing was committed.
+    #[error("cannot read {path}: {source}. No snapshot was written; fix access to the file (or exclude it) and run the backup again")]
+    Source {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A SQLite database could not be captured.
+    #[error("cannot capture SQLite database {path}: {detail}. No snapshot was written")]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// SQLite's message.
+        detail: String,
+    },
+    /// The restore target could not be written; nothing was left under its name.
+    #[error("cannot write the restore to {path}: {source}. Nothing was left under the target name; free space or fix permissions and run the restore again")]
+    Target {
+        /// The target.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The restore target is not empty.
+    #[error("restore target {path} exists and is not empty: choose a new or empty directory")]
+    TargetNotEmpty {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The device's own state (under BACKLOCK_HOME) could not be read or written.
+    #[error("cannot use this device's backlock state at {path}: {source}")]
+    Device {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid input from the caller.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl RepoError {
+    pub(crate) fn damaged(kind: backlock_core::envelope::ObjectKind, name: &str, source: FormatError) -> Self {
+        if source == FormatError::WrongKey {
+            return RepoError::WrongKey;
+        }
+        RepoError::Damaged {
+            kind: kind.as_str(),
+            name: name.to_string(),
+            source,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;

@@ -1,0 +1,93 @@
+//! The in-memory index: where each chunk is stored.
+
+use crate::error::{RepoError, Result};
+use backlock_core::{
+    envelope::{self, ObjectKind},
+    format::{self, BlobEntry, IndexFile},
+    ids::{ChunkId, ObjectName},
+    kdf::RepoKeys,
+};
+use backlock_store::ObjectStore;
+use std::collections::{HashMap, HashSet};
+
+/// A chunk's location: its pack and blob entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The pack holding the blob.
+    pub pack: ObjectName,
+    /// The blob within it.
+    pub blob: BlobEntry,
+}
+
+/// All index objects, merged.
+#[derive(Debug, Default)]
+pub struct Index {
+    chunks: HashMap<ChunkId, Location>,
+    /// The index objects this was built from.
+    pub(crate) objects: Vec<String>,
+}
+
+impl Index {
+    /// Reads and authenticates every index object.
+    pub(crate) fn load(store: &dyn ObjectStore, keys: &RepoKeys) -> Result<Self> {
+        let mut index = Index::default();
+        for info in store.list(ObjectKind::Index)? {
+            let file = read_index_object(store, keys, &info.name)?;
+            index.add(&file);
+            index.objects.push(info.name);
+        }
+        Ok(index)
+    }
+
+    pub(crate) fn add(&mut self, file: &IndexFile) {
+        for pack in &file.packs {
+            for blob in &pack.blobs {
+                self.chunks.entry(blob.id).or_insert(Location { pack: pack.pack, blob: *blob });
+            }
+        }
+    }
+
+    /// Where `id` is stored.
+    pub fn get(&self, id: &ChunkId) -> Option<&Location> {
+        self.chunks.get(id)
+    }
+
+    /// True when `id` is stored.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id)
+    }
+
+    /// Number of chunks indexed.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Every indexed chunk.
+    pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &Location)> {
+        self.chunks.iter()
+    }
+
+    /// Every pack referenced.
+    pub fn packs(&self) -> HashSet<ObjectName> {
+        self.chunks.values().map(|l| l.pack).collect()
+    }
+}
+
+pub(crate) fn read_index_object(store: &dyn ObjectStore, keys: &RepoKeys, name: &str) -> Result<IndexFile> {
+    let sealed = store.get(ObjectKind::Index, name)?;
+    let damaged = |e| RepoError::damaged(ObjectKind::Index, name, e);
+    let plain = envelope::open(keys, ObjectKind::Index, name, &sealed).map_err(damaged)?;
+    format::decode(&plain, "index").map_err(damaged)
+}
+
+pub(crate) fn write_index_object(store: &dyn ObjectStore, keys: &RepoKeys, file: &IndexFile) -> Result<u64> {
+    let name = ObjectName::random().to_hex();
+    let sealed = envelope::seal(keys, ObjectKind::Index, &name, &format::encode(file));
+    store.put(ObjectKind::Index, &name, &sealed)?;
+    Ok(sealed.len() as u64)
+}

@@ -1,0 +1,151 @@
+//! forget and prune.
+//!
+//! `forget` deletes snapshot objects (never the newest). `prune` then removes data no
+//! snapshot uses, in an order that keeps every remaining snapshot restorable if it is
+//! killed at any point: new packs (live blobs of mostly-dead packs), then one new
+//! index naming every live blob, then the old index objects, and only then the packs
+//! nothing indexes any more. Prune must not run while a backup of the same repository
+//! is in progress (a backup's packs are unindexed until its next index object).
+
+use crate::{
+    error::{RepoError, Result},
+    index::write_index_object,
+    Indexed, Repository,
+};
+use backlock_core::{
+    envelope::{ObjectKind, PackOpener, PackSealer},
+    format::{BlobEntry, IndexFile, PackEntry},
+    ids::{ChunkId, ObjectName},
+};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// Repack a pack when at least this fraction of its bytes is unused.
+const REPACK_DEAD_FRACTION: f64 = 0.25;
+
+/// What `forget` removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForgetSummary {
+    /// Snapshots deleted.
+    pub removed: Vec<String>,
+    /// Snapshots kept.
+    pub kept: usize,
+}
+
+/// What `prune` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneSummary {
+    /// Packs deleted.
+    pub packs_deleted: usize,
+    /// Packs whose live blobs were copied into new packs.
+    pub packs_repacked: usize,
+    /// Bytes freed in the store (approximate: packs deleted minus packs written).
+    pub bytes_freed: i64,
+    /// Index objects replaced by one new index.
+    pub index_objects_replaced: usize,
+}
+
+impl<S> Repository<S> {
+    /// Deletes all but the newest `keep` snapshots (`keep` ≥ 1).
+    pub fn forget_keep_last(&self, keep: usize) -> Result<ForgetSummary> {
+        if keep == 0 {
+            return Err(RepoError::Usage("--keep-last must be at least 1: the newest snapshot is always kept".into()));
+        }
+        let refs = self.snapshot_refs()?;
+        let cut = refs.len().saturating_sub(keep);
+        let mut removed = Vec::new();
+        for r in &refs[..cut] {
+            self.store.delete(ObjectKind::Snapshot, &r.name.to_hex())?;
+            removed.push(r.name.to_hex());
+        }
+        Ok(ForgetSummary { removed, kept: refs.len() - cut })
+    }
+}
+
+impl Repository<Indexed> {
+    /// Removes data that no snapshot uses.
+    pub fn prune(self) -> Result<PruneSummary> {
+        let mut summary = PruneSummary::default();
+        let mut used: HashSet<ChunkId> = HashSet::new();
+        for r in self.snapshot_refs()? {
+            used.extend(self.load_snapshot(&r)?.nodes.into_iter().flat_map(|n| n.chunks));
+        }
+        let mut by_pack: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
+        for (_, loc) in self.state.index.iter() {
+            by_pack.entry(loc.pack).or_default().push(loc.blob);
+        }
+        let stored: HashMap<String, u64> =
+            self.store.list(ObjectKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
+
+        let mut keep: Vec<PackEntry> = Vec::new();
+        let mut repack: Vec<(ObjectName, Vec<BlobEntry>)> = Vec::new();
+        for (pack, blobs) in by_pack {
+            let total: u64 = blobs.iter().map(|b| b.length as u64).sum();
+            let live: Vec<BlobEntry> = blobs.into_iter().filter(|b| used.contains(&b.id)).collect();
+            let live_bytes: u64 = live.iter().map(|b| b.length as u64).sum();
+            // Packs with no live blob are simply not kept, and deleted below.
+            if live.is_empty() {
+                continue;
+            } else if (total - live_bytes) as f64 >= REPACK_DEAD_FRACTION * total as f64 {
+                repack.push((pack, live));
+            } else {
+                keep.push(PackEntry { pack, blobs: live });
+            }
+        }
+
+        let mut written: i64 = 0;
+        let mut sealer: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
+        let pack_size = self.config.pack_size as usize;
+        let flush = |s: (ObjectName, PackSealer, Vec<BlobEntry>), keep: &mut Vec<PackEntry>, written: &mut i64| -> Result<()> {
+            let (name, sealer, blobs) = s;
+            let bytes = sealer.finish();
+            self.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
+            *written += bytes.len() as i64;
+            keep.push(PackEntry { pack: name, blobs });
+            Ok(())
+        };
+        for (pack, live) in &repack {
+            let name = pack.to_hex();
+            let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
+            let data = self.store.get(ObjectKind::Pack, &name)?;
+            let opener = PackOpener::new(&self.keys, &name, &data).map_err(damaged)?;
+            for b in live {
+                let end = (b.offset + b.length as u64) as usize;
+                let sealed = data.get(b.offset as usize..end).ok_or_else(|| {
+                    damaged(backlock_core::FormatError::Truncated { len: data.len(), min: end })
+                })?;
+                // Re-seal the encoded blob as is: no decompression needed.
+                let plain = opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)?;
+                if sealer.as_ref().is_some_and(|(_, s, _)| s.len() + plain.len() > pack_size) {
+                    flush(sealer.take().expect("checked"), &mut keep, &mut written)?;
+                }
+                let (_, s, blobs) = sealer.get_or_insert_with(|| {
+                    let n = ObjectName::random();
+                    (n, PackSealer::new(&self.keys, &n.to_hex(), pack_size), Vec::new())
+                });
+                let place = s.push(&b.id, &plain);
+                blobs.push(BlobEntry { seq: place.seq, offset: place.offset, length: place.length, ..*b });
+            }
+            summary.packs_repacked += 1;
+        }
+        if let Some(s) = sealer.take() {
+            flush(s, &mut keep, &mut written)?;
+        }
+
+        written += write_index_object(&*self.store, &self.keys, &IndexFile { packs: keep.clone() })? as i64;
+        for old in &self.state.index.objects {
+            self.store.delete(ObjectKind::Index, old)?;
+        }
+        summary.index_objects_replaced = self.state.index.objects.len();
+
+        let kept: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();
+        let mut freed: i64 = 0;
+        for name in stored.keys().filter(|n| !kept.contains(*n)) {
+            self.store.delete(ObjectKind::Pack, name)?;
+            freed += stored[name] as i64;
+            summary.packs_deleted += 1;
+        }
+        summary.bytes_freed = freed - written;
+        Ok(summary)
+    }
+}

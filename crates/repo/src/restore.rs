@@ -1,0 +1,232 @@
+//! Restore: into a staging directory beside the target, every chunk authenticated and
+//! checked against its ID, then renamed onto the target. A failure removes the staging
+//! directory, so nothing partial is ever left under the target's name.
+
+use crate::{
+    error::{RepoError, Result},
+    Indexed, Repository, SnapshotRef,
+};
+use backlock_core::{
+    blob,
+    envelope::{ObjectKind, PackOpener, HEADER_LEN},
+    format::{BlobEntry, Node, NodeKind, Snapshot},
+    ids::ObjectName,
+    FormatError,
+};
+use serde::Serialize;
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    fs::{self, File, OpenOptions},
+    os::unix::{ffi::OsStrExt, fs::FileExt, fs::PermissionsExt},
+    path::{Component, Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+/// Ranges closer than this are fetched in one read.
+const COALESCE_GAP: u64 = 1 << 20;
+
+/// What a restore did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreSummary {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Where one chunk's bytes go.
+type Targets = Vec<(usize, u64)>;
+
+/// Converts a snapshot path into a relative path that cannot escape the target.
+fn safe_rel(raw: &[u8]) -> Option<PathBuf> {
+    let p = Path::new(OsStr::from_bytes(raw));
+    let ok = !raw.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    ok.then(|| p.to_path_buf())
+}
+
+fn set_times_and_mode(path: &Path, node: &Node) -> std::io::Result<()> {
+    let mtime = UNIX_EPOCH + Duration::from_nanos(node.mtime_ns.max(0) as u64);
+    let f = File::open(path)?;
+    f.set_modified(mtime)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777))
+}
+
+impl Repository<Indexed> {
+    /// Restores snapshot `r` into `target`, which must not exist or be empty.
+    pub fn restore(&self, r: &SnapshotRef, target: &Path) -> Result<RestoreSummary> {
+        let start = Instant::now();
+        let snap = self.load_snapshot(r)?;
+        if let Ok(mut entries) = fs::read_dir(target) {
+            if entries.next().is_some() {
+                return Err(RepoError::TargetNotEmpty { path: target.to_path_buf() });
+            }
+        } else if target.exists() {
+            return Err(RepoError::TargetNotEmpty { path: target.to_path_buf() });
+        }
+        let to_target = |source| RepoError::Target { path: target.to_path_buf(), source };
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = target.file_name().map_or("restore".into(), |n| n.to_string_lossy().into_owned());
+        let staging = parent.join(format!(".{base}.backlock-partial-{}", ObjectName::random().short()));
+        fs::create_dir(&staging).map_err(to_target)?;
+        match self.restore_into(&snap, &staging) {
+            Ok((files, bytes)) => {
+                fs::rename(&staging, target).map_err(|e| {
+                    let _ = fs::remove_dir_all(&staging);
+                    to_target(e)
+                })?;
+                Ok(RestoreSummary {
+                    snapshot: r.name.to_hex(),
+                    files,
+                    bytes,
+                    seconds: start.elapsed().as_secs_f64(),
+                })
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(e)
+            }
+        }
+    }
+
+    fn restore_into(&self, snap: &Snapshot, root: &Path) -> Result<(u64, u64)> {
+        let to_target = |source| RepoError::Target { path: root.to_path_buf(), source };
+        let malformed = |detail: String| RepoError::Damaged {
+            kind: "snapshot",
+            name: format!("#{}", snap.seq),
+            source: FormatError::Malformed { what: "snapshot", detail },
+        };
+        let mut paths = Vec::with_capacity(snap.nodes.len());
+        let mut plan: HashMap<ObjectName, HashMap<u32, (BlobEntry, Targets)>> = HashMap::new();
+        let (mut files, mut bytes) = (0, 0);
+        for (i, node) in snap.nodes.iter().enumerate() {
+            let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
+            let path = root.join(rel);
+            match &node.kind {
+                NodeKind::Dir => fs::create_dir_all(&path).map_err(to_target)?,
+                NodeKind::Symlink(t) => {
+                    std::os::unix::fs::symlink(OsStr::from_bytes(t), &path).map_err(to_target)?
+                }
+                NodeKind::File | NodeKind::SqliteFile => {
+                    let f = File::create(&path).map_err(to_target)?;
+                    let mut offset = 0u64;
+                    for id in &node.chunks {
+                        let loc = self.state.index.get(id).ok_or_else(|| RepoError::Damaged {
+                            kind: "index",
+                            name: format!("(chunk {id})"),
+                            source: FormatError::Malformed {
+                                what: "index",
+                                detail: "a chunk of this snapshot is in no index object".into(),
+                            },
+                        })?;
+                        plan.entry(loc.pack)
+                            .or_default()
+                            .entry(loc.blob.seq)
+                            .or_insert_with(|| (loc.blob, Vec::new()))
+                            .1
+                            .push((i, offset));
+                        offset += loc.blob.raw_length as u64;
+                    }
+                    if offset != node.size {
+                        return Err(malformed(format!("file size {} != chunk total {offset}", node.size)));
+                    }
+                    f.set_len(offset).map_err(to_target)?;
+                    files += 1;
+                    bytes += offset;
+                }
+            }
+            paths.push(path);
+        }
+
+        let queue = Mutex::new(plan.into_iter().collect::<Vec<_>>());
+        let failure: Mutex<Option<RepoError>> = Mutex::new(None);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        return;
+                    }
+                    let Some((pack, blobs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                        return;
+                    };
+                    if let Err(e) = self.restore_pack(pack, blobs, &paths) {
+                        failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        // Metadata last, deepest first, so directory times are not bumped afterwards.
+        for (node, path) in snap.nodes.iter().zip(&paths).rev() {
+            if !matches!(node.kind, NodeKind::Symlink(_)) {
+                set_times_and_mode(path, node).map_err(to_target)?;
+            }
+        }
+        Ok((files, bytes))
+    }
+
+    fn restore_pack(
+        &self,
+        pack: ObjectName,
+        blobs: HashMap<u32, (BlobEntry, Targets)>,
+        paths: &[PathBuf],
+    ) -> Result<()> {
+        let name = pack.to_hex();
+        let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
+        let header = self.store.get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
+        let opener = PackOpener::new(&self.keys, &name, &header).map_err(damaged)?;
+        let mut blobs: Vec<_> = blobs.into_values().collect();
+        blobs.sort_by_key(|(b, _)| b.offset);
+        let mut open_files: HashMap<usize, File> = HashMap::new();
+        let mut i = 0;
+        while i < blobs.len() {
+            // Coalesce neighbouring blobs into one ranged read.
+            let start = blobs[i].0.offset;
+            let mut end = start + blobs[i].0.length as u64;
+            let mut j = i + 1;
+            while j < blobs.len() && blobs[j].0.offset <= end + COALESCE_GAP && blobs[j].0.offset + blobs[j].0.length as u64 - start <= 64 << 20 {
+                end = end.max(blobs[j].0.offset + blobs[j].0.length as u64);
+                j += 1;
+            }
+            let data = self.store.get_range(ObjectKind::Pack, &name, start, end - start)?;
+            for (blob, targets) in &blobs[i..j] {
+                let from = (blob.offset - start) as usize;
+                let sealed = data.get(from..from + blob.length as usize).ok_or_else(|| {
+                    damaged(FormatError::Truncated { len: data.len(), min: from + blob.length as usize })
+                })?;
+                let plain = opener.open_blob(blob.seq, &blob.id, sealed).map_err(damaged)?;
+                let chunk = blob::decode(&plain, blob.raw_length as usize).map_err(damaged)?;
+                if chunk.len() != blob.raw_length as usize || !blob.id.verify(&self.keys, &chunk) {
+                    return Err(damaged(FormatError::Tampered));
+                }
+                for &(file, offset) in targets {
+                    let f = match open_files.entry(file) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                            OpenOptions::new()
+                                .write(true)
+                                .open(&paths[file])
+                                .map_err(|source| RepoError::Target { path: paths[file].clone(), source })?,
+                        ),
+                    };
+                    f.write_all_at(&chunk, offset)
+                        .map_err(|source| RepoError::Target { path: paths[file].clone(), source })?;
+                }
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! The engine's promises, each a test that fails if the promise is broken.
+
+use backlock_core::{envelope::ObjectKind, key::BackupKey};
+use backlock_repo::{BackupOptions, DeviceHome, RepoError, Repository};
+use backlock_store::{FsStore, MemoryStore, ObjectStore};
+use backlock_testkit::tree;
+use std::{path::Path, sync::Arc};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: BackupKey,
+    store: Arc<dyn ObjectStore>,
+    mem: Option<MemoryStore>,
+}
+
+impl Fixture {
+    fn memory() -> Self {
+        let mem = MemoryStore::new();
+        Self::with(Arc::new(mem.clone()), Some(mem))
+    }
+
+    fn fs() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::new(dir.path().join("repo")));
+        let mut f = Self::with(store, None);
+        f.dir = dir;
+        f
+    }
+
+    fn with(store: Arc<dyn ObjectStore>, mem: Option<MemoryStore>) -> Self {
+        let f = Fixture { dir: tempfile::tempdir().unwrap(), key: BackupKey::generate(), store, mem };
+        Repository::init(f.store.clone(), &f.key, f.home()).unwrap();
+        f
+    }
+
+    fn home(&self) -> DeviceHome {
+        DeviceHome::new(self.dir.path().join("home"))
+    }
+
+    fn repo(&self) -> Repository<backlock_repo::Indexed> {
+        Repository::open(self.store.clone(), &self.key, self.home()).unwrap().load_index().unwrap()
+    }
+
+    fn backup(&self, src: &Path) -> backlock_repo::BackupSummary {
+        let opts = BackupOptions { paths: vec![src.to_path_buf()], hostname: "test".into(), ..Default::default() };
+        self.repo().backup(&opts).unwrap()
+    }
+
+    fn restore_latest(&self, target: &Path) -> Result<backlock_repo::RestoreSummary, RepoError> {
+        let repo = Repository::open(self.store.clone(), &self.key, self.home())?.load_index()?;
+        let r = repo.find_snapshot("latest")?;
+        repo.restore(&r, target)
+    }
+}
+
+#[test]
+fn backup_restore_round_trip_is_exact() {
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 1);
+    let s = f.backup(&src);
+    assert_eq!(s.seq, 1);
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    tree::assert_same(&src, &target.join("chat"));
+}
+
+#[test]
+fn duplicates_and_unchanged_files_cost_nothing() {
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 2);
+    let first = f.backup(&src);
+    // The forwarded photo is stored once.
+    assert!(first.bytes_new < first.bytes_total - 600_000, "{first:?}");
+    let second = f.backup(&src);
+    assert_eq!(second.seq, 2);
+    assert_eq!(second.bytes_new, 0, "{second:?}");
+    assert!(second.files_unchanged >= 5, "{second:?}");
+}
+
+#[test]
+fn sqlite_day_stores_about_the_pages_that_changed() {
+    let f = Fixture::memory();
+    let src = f.dir.path().join("app");
+    std::fs::create_dir(&src).unwrap();
+    let db = src.join("msgstore.db");
+    tree::write_db(&db, 60_000, 3);
+    f.backup(&src);
+    let before = std::fs::read(&db).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    tree::insert_messages(&conn, 300, 4);
+    conn.execute("UPDATE message SET status = 2 WHERE id % 1999 = 0", []).unwrap();
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    drop(conn);
+    let after = std::fs::read(&db).unwrap();
+    let changed = after
+        .chunks(4096)
+        .enumerate()
+        .filter(|(i, p)| before.chunks(4096).nth(*i) != Some(*p))
+        .count() as u64;
+    let day = f.backup(&src);
+    // Page-aware chunks: new bytes are the changed pages, not the whole file.
+    assert!(day.bytes_new <= (changed + 2) * 4096, "changed {changed} pages, new {}", day.bytes_new);
+    assert!(day.bytes_new * 4 < after.len() as u64, "{day:?}");
+}
+
+#[test]
+fn live_sqlite_writer_still_yields_consistent_snapshot() {
+    let f = Fixture::fs();
+    let src = f.dir.path().join("app");
+    std::fs::create_dir(&src).unwrap();
+    let db = src.join("msgstore.db");
+    tree::write_db(&db, 20_000, 5);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tree::insert_messages(&conn, 50, 100 + i);
+                i += 1;
+            }
+            assert!(i > 0);
+        });
+        for _ in 0..3 {
+            f.backup(&src);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    assert!(!target.join("app/msgstore.db-wal").exists());
+    let conn = rusqlite::Connection::open(target.join("app/msgstore.db")).unwrap();
+    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    let rows: i64 = conn.query_row("SELECT count(*) FROM message", [], |r| r.get(0)).unwrap();
+    assert!(rows >= 20_000);
+}
+
+#[test]
+fn wrong_key_is_named_and_writes_nothing() {
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 6);
+    f.backup(&src);
+    let other = BackupKey::generate();
+    let err = Repository::open(f.store.clone(), &other, f.home()).err().unwrap();
+    assert!(matches!(err, RepoError::WrongKey));
+    assert_eq!(err.to_string().split(':').next().unwrap(), "this key does not open this repository");
+}
+
+fn assert_restore_fails_cleanly(f: &Fixture, object: &str) {
+    let target = f.dir.path().join("target");
+    let err = f.restore_latest(&target).unwrap_err().to_string();
+    assert!(err.contains(object), "error {err:?} does not name {object}");
+    assert!(!target.exists(), "partial restore left at target");
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("backlock-partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging directory left behind");
+}
+
+fn check_errors(f: &Fixture) -> Vec<String> {
+    Repository::open(f.store.clone(), &f.key, f.home()).unwrap().check(true).unwrap().errors
+}
+
+#[test]
+fn every_kind_of_damage_is_caught_and_named() {
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 3] = [
+        ("flipped", |d| { let i = d.len() / 2; d[i] ^= 0x40 }),
+        ("truncated", |d| d.truncate(d.len() - 100)),
+        ("emptied", |d| d.clear()),
+    ];
+    for kind in [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot] {
+        for (what, damage) in damages {
+            let f = Fixture::memory();
+            let src = tree::write_sample(f.dir.path(), 7);
+            f.backup(&src);
+            let victim = f.store.list(kind).unwrap()[0].name.clone();
+            f.mem.as_ref().unwrap().tamper(kind, &victim, damage);
+            let errors = check_errors(&f);
+            assert!(errors.iter().any(|e| e.contains(&victim)), "{what} {kind:?}: {errors:?}");
+            assert_restore_fails_cleanly(&f, &victim);
+        }
+    }
+}
+
+#[test]
+fn swapped_and_deleted_objects_are_caught() {
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 8);
+    f.backup(&src);
+    std::fs::write(src.join("new.txt"), tree::random_bytes(9, 2_000_000)).unwrap();
+    f.backup(&src);
+    // Swap: serve the older snapshot's bytes under the newest one's name.
+    let mut snaps = f.store.list(ObjectKind::Snapshot).unwrap();
+    snaps.sort_by(|a, b| a.name[16..].cmp(&b.name[16..]));
+    let old = f.store.get(ObjectKind::Snapshot, &snaps[0].name).unwrap();
+    f.store.put(ObjectKind::Snapshot, &snaps[1].name, &old).unwrap();
+    assert!(check_errors(&f).iter().any(|e| e.contains(&snaps[1].name)));
+    assert_restore_fails_cleanly(&f, &snaps[1].name);
+
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 8);
+    f.backup(&src);
+    let pack = f.store.list(ObjectKind::Pack).unwrap()[0].name.clone();
+    f.store.delete(ObjectKind::Pack, &pack).unwrap();
+    assert!(check_errors(&f).iter().any(|e| e.contains(&pack) && e.contains("missing")));
+    assert_restore_fails_cleanly(&f, &pack);
+}
+
+#[test]
+fn store_serving_an_older_snapshot_is_caught() {
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 10);
+    f.backup(&src);
+    f.backup(&src);
+    // The store "loses" the newest snapshot, serving the older one as newest.
+    let snaps = f.store.list(ObjectKind::Snapshot).unwrap();
+    let newest = snaps.iter().max_by_key(|o| &o.name[16..]).unwrap();
+    f.store.delete(ObjectKind::Snapshot, &newest.name).unwrap();
+    let repo = Repository::open(f.store.clone(), &f.key, f.home()).unwrap();
+    assert!(matches!(repo.snapshot_refs(), Err(RepoError::Rollback { seen: 2, served: 1 })));
+    // A new phone (fresh device state) cannot know, and restores the older one.
+    let fresh = DeviceHome::new(f.dir.path().join("new-phone"));
+    assert!(Repository::open(f.store.clone(), &f.key, fresh).unwrap().snapshot_refs().is_ok());
+}
+
+#[test]
+fn forget_and_prune_free_space_and_keep_the_rest_restorable() {
+    let f = Fixture::fs();
+    let src = tree::write_sample(f.dir.path(), 11);
+    f.backup(&src);
+    std::fs::remove_file(src.join("Media/Video/deep/er/VID-1.mp4")).unwrap();
+    std::fs::write(src.join("other.bin"), tree::random_bytes(1012, 1_500_000)).unwrap();
+    f.backup(&src);
+    let size = |s: &Arc<dyn ObjectStore>| s.list(ObjectKind::Pack).unwrap().iter().map(|o| o.size).sum::<u64>();
+    let before = size(&f.store);
+    let forgot = f.repo().forget_keep_last(1).unwrap();
+    assert_eq!((forgot.removed.len(), forgot.kept), (1, 1));
+    let pruned = f.repo().prune().unwrap();
+    let after = size(&f.store);
+    assert!(after + 2_500_000 < before, "{before} -> {after}: {pruned:?}");
+    assert!(check_errors(&f).is_empty());
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    tree::assert_same(&src, &target.join("chat"));
+    assert!(f.repo().forget_keep_last(0).is_err());
+}
+
+#[test]
+fn full_restore_target_reports_and_leaves_nothing() {
+    // A real full disk: a 2 MiB tmpfs (needs root, which CI has).
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 13);
+    f.backup(&src);
+    let mnt = f.dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "this test needs root to mount a small tmpfs");
+    let target = mnt.join("restore");
+    let err = f.restore_latest(&target).unwrap_err();
+    let leftover = tree::list_files(&mnt);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    assert!(matches!(err, RepoError::Target { .. }), "{err}");
+    assert!(err.to_string().contains("free space"), "{err}");
+    assert!(leftover.is_empty(), "left {leftover:?}");
+}
+
+#[test]
+fn full_store_fails_backup_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("store");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "this test needs root to mount a small tmpfs");
+    let result = std::panic::catch_unwind(|| {
+        let f = Fixture::with(Arc::new(FsStore::new(mnt.join("repo"))), None);
+        let small = f.dir.path().join("small");
+        std::fs::create_dir(&small).unwrap();
+        std::fs::write(small.join("a.txt"), b"first backup").unwrap();
+        f.backup(&small);
+        let big = tree::write_sample(f.dir.path(), 14);
+        std::fs::write(big.join("huge.bin"), tree::random_bytes(15, 8_000_000)).unwrap();
+        let opts = BackupOptions { paths: vec![big.clone()], ..Default::default() };
+        let err = f.repo().backup(&opts).unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        // The first snapshot still restores.
+        let target = f.dir.path().join("restored");
+        f.restore_latest(&target).unwrap();
+        assert_eq!(std::fs::read(target.join("small/a.txt")).unwrap(), b"first backup");
+    });
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    result.unwrap();
+}

@@ -1,0 +1,111 @@
+//! backlock-store: where repository objects live.
+//!
+//! The trait is deliberately narrow: whole-object put (atomic: a reader sees all of it
+//! or nothing), get, ranged get, list and delete, keyed by [`ObjectKind`] and name.
+//! Everything a store holds is already encrypted and authenticated by the repository
+//! layer, so a store only has to keep bytes, never to be trusted with them.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+mod fs;
+mod memory;
+
+pub use backlock_core::envelope::ObjectKind;
+pub use fs::FsStore;
+pub use memory::MemoryStore;
+
+/// An object listed by [`ObjectStore::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Why a store operation failed, and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{kind} object {name} is missing from the store")]
+    NotFound {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The store has no space left; nothing was written.
+    #[error("the store at {location} is full: free space there and run the command again")]
+    NoSpace {
+        /// The store's location.
+        location: String,
+    },
+    /// A failure that may pass (time-out, connection reset, throttling).
+    #[error("the store at {location} did not answer ({detail}): check it is reachable and try again")]
+    Transient {
+        /// The store's location.
+        location: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Any other I/O error.
+    #[error("store I/O failed on {what}: {source}")]
+    Io {
+        /// The object or path involved.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A place that keeps repository objects.
+pub trait ObjectStore: Send + Sync {
+    /// Stores `data` as `kind`/`name`. Atomic: on error or crash, no partial object is
+    /// visible under `name`.
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// Reads a whole object.
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError>;
+    /// Reads `len` bytes at `offset`; fewer when the object is shorter.
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError>;
+    /// Lists every object of a kind.
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError>;
+    /// Where the store is, for messages (never includes credentials).
+    fn location(&self) -> String;
+}
+
+impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        (**self).put(kind, name, data)
+    }
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
+        (**self).get(kind, name)
+    }
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        (**self).get_range(kind, name, offset, len)
+    }
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
+        (**self).list(kind)
+    }
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
+        (**self).delete(kind, name)
+    }
+    fn location(&self) -> String {
+        (**self).location()
+    }
+}
