@@ -16,6 +16,7 @@ mod index;
 mod prune;
 mod restore;
 mod sqlite;
+pub mod verify;
 
 pub use backup::{BackupOptions, BackupSummary, Progress};
 pub use check::CheckReport;

@@ -3,7 +3,6 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::{
-    collections::BTreeMap,
     fs,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
@@ -64,83 +63,17 @@ pub fn insert_messages(conn: &rusqlite::Connection, rows: u64, seed: u64) {
     conn.execute_batch("COMMIT").unwrap();
 }
 
-/// What a tree entry looks like, for comparison.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Entry {
-    /// Directory with its mode.
-    Dir(u32),
-    /// File with its mode, mtime (seconds) and content.
-    File(u32, i64, Vec<u8>),
-    /// SQLite database: mode and content with the header fields SQLite's online backup
-    /// rewrites (change counter, schema cookie, version-valid-for, library version)
-    /// masked out; every page and every other header byte must match.
-    Sqlite(u32, Vec<u8>),
-    /// Symlink target.
-    Link(PathBuf),
-}
-
-/// Reads a tree into a map of relative path → entry.
-pub fn read_tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
-    let mut out = BTreeMap::new();
-    visit(root, root, &mut out);
-    out
-}
-
-fn visit(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
-    let meta = fs::symlink_metadata(p).unwrap();
-    let rel = p.strip_prefix(root).unwrap().to_path_buf();
-    let mode = meta.mode() & 0o7777;
-    if meta.is_dir() {
-        out.insert(rel, Entry::Dir(mode));
-        for e in fs::read_dir(p).unwrap() {
-            visit(root, &e.unwrap().path(), out);
-        }
-    } else if meta.file_type().is_symlink() {
-        out.insert(rel, Entry::Link(fs::read_link(p).unwrap()));
-    } else {
-        let name = p.file_name().unwrap().to_string_lossy();
-        if name.ends_with("-wal") || name.ends_with("-shm") {
-            return;
-        }
-        let data = fs::read(p).unwrap();
-        if data.starts_with(b"SQLite format 3\0") {
-            out.insert(rel, Entry::Sqlite(mode, mask_sqlite_header(data)));
-        } else {
-            out.insert(rel, Entry::File(mode, meta.mtime(), data));
-        }
-    }
-}
-
-/// Masks the SQLite header fields that an online backup legitimately rewrites.
-pub fn mask_sqlite_header(mut data: Vec<u8>) -> Vec<u8> {
-    for range in [24..28, 40..44, 92..100] {
-        if data.len() >= range.end {
-            data[range].fill(0);
-        }
-    }
-    data
-}
-
-/// Asserts two trees are the same: names, kinds, modes, mtimes and bytes.
+/// Asserts two trees are the same: entries, kinds, modes, contents (SQLite databases
+/// page for page, see `backlock_repo::verify`) and the mtimes of regular files.
 pub fn assert_same(a: &Path, b: &Path) {
-    let (ta, tb) = (read_tree(a), read_tree(b));
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "different entries");
-    for (k, v) in &ta {
-        let w = &tb[k];
-        if v != w {
-            let bytes = |e: &Entry| match e {
-                Entry::File(m, t, d) => Some((*m, *t, d.clone())),
-                Entry::Sqlite(m, d) => Some((*m, 0, d.clone())),
-                _ => None,
-            };
-            let detail = match (bytes(v), bytes(w)) {
-                (Some((m1, t1, a)), Some((m2, t2, b))) => {
-                    let first = a.iter().zip(b.iter()).position(|(x, y)| x != y);
-                    format!("modes {m1:o}/{m2:o}, mtimes {t1}/{t2}, lengths {}/{}, first differing byte {first:?}", a.len(), b.len())
-                }
-                _ => format!("{v:?} vs {w:?}").chars().take(300).collect(),
-            };
-            panic!("{} differs: {detail}", k.display());
+    if let Err(e) = backlock_repo::verify::compare_trees(a, b) {
+        panic!("trees differ: {e}");
+    }
+    for entry in list_files(a) {
+        let meta = fs::symlink_metadata(&entry).unwrap();
+        if meta.is_file() && !entry.to_string_lossy().ends_with("-wal") && !entry.to_string_lossy().ends_with("-shm") {
+            let other = b.join(entry.strip_prefix(a).unwrap());
+            assert_eq!(meta.mtime(), fs::metadata(&other).unwrap().mtime(), "mtime of {}", entry.display());
         }
     }
 }

@@ -1,0 +1,363 @@
+//! `backlock`: end-to-end encrypted backups of a chat app's data.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod exit;
+mod key_input;
+
+use anyhow::{bail, Context, Result};
+use backlock_core::key::BackupKey;
+use backlock_repo::{BackupOptions, DeviceHome, Repository};
+use backlock_store::{FsStore, ObjectStore};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::{io::IsTerminal, path::PathBuf, sync::Arc};
+
+/// End-to-end encrypted, deduplicating backups for chat apps.
+#[derive(Parser)]
+#[command(name = "backlock", version, about, after_help = exit::HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct RepoArgs {
+    /// Repository location (a local directory).
+    #[arg(long, env = "BACKLOCK_REPO")]
+    repo: PathBuf,
+    /// File holding the 64-digit backup key (otherwise you are prompted).
+    #[arg(long, env = "BACKLOCK_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an encrypted repository and its backup key.
+    Init {
+        /// Repository location (a local directory).
+        #[arg(long, env = "BACKLOCK_REPO")]
+        repo: PathBuf,
+        /// Protect the backup with the 64-digit key alone (no vault).
+        #[arg(long)]
+        key_only: bool,
+        /// Skip the confirmation that the key is saved (scripts; use with --json).
+        #[arg(long)]
+        yes: bool,
+        /// Print machine-readable JSON (the key is printed once, in it).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back up files and directories as a new snapshot (incremental).
+    Backup {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Directories and files to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Restore a snapshot into a new or empty directory.
+    Restore {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot id (or a unique prefix), or `latest`.
+        #[arg(default_value = "latest")]
+        snapshot: String,
+        /// Where to restore; must not exist or be empty.
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// Verify that every snapshot can be restored.
+    Check {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Also read and authenticate every stored chunk.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Delete old snapshots (their data is freed by `prune`).
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// How many of the newest snapshots to keep (at least 1).
+        #[arg(long)]
+        keep_last: usize,
+    },
+    /// Remove data no snapshot uses.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Tell the whole story on generated chat data in a temporary directory.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BACKLOCK_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(exit::code_for(&e));
+    }
+}
+
+/// The device's state directory: `BACKLOCK_HOME`, else the XDG data directory.
+pub(crate) fn device_home() -> Result<DeviceHome> {
+    if let Some(h) = std::env::var_os("BACKLOCK_HOME") {
+        return Ok(DeviceHome::new(h));
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("cannot find a data directory: set BACKLOCK_HOME")?;
+    Ok(DeviceHome::new(data.join("backlock")))
+}
+
+fn store_at(path: &std::path::Path) -> Arc<dyn ObjectStore> {
+    Arc::new(FsStore::new(path))
+}
+
+fn open(args: &RepoArgs) -> Result<Repository> {
+    let key = key_input::read_key(args.key_file.as_deref())?;
+    Ok(Repository::open(store_at(&args.repo), &key, device_home()?)?)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("summaries serialise"));
+}
+
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init { repo, key_only, yes, json } => init(repo, key_only, yes, json),
+        Command::Backup { repo, paths } => {
+            let r = open(&repo)?.load_index()?;
+            let summary = backup(r, paths, !repo.json)?;
+            if repo.json {
+                print_json(&summary);
+            } else {
+                println!(
+                    "snapshot {} (#{}) saved: {} files, {} read, {} new, {} uploaded, in {:.1} s",
+                    &summary.snapshot[..8],
+                    summary.seq,
+                    summary.files,
+                    mib(summary.bytes_read),
+                    mib(summary.bytes_new),
+                    mib(summary.bytes_stored),
+                    summary.seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Snapshots { repo } => snapshots(&repo),
+        Command::Restore { repo, snapshot, target } => {
+            let r = open(&repo)?.load_index()?;
+            let which = r.find_snapshot(&snapshot)?;
+            let summary = r.restore(&which, &target)?;
+            if repo.json {
+                print_json(&summary);
+            } else {
+                println!(
+                    "restored snapshot {} into {}: {} files, {} in {:.1} s",
+                    &summary.snapshot[..8],
+                    target.display(),
+                    summary.files,
+                    mib(summary.bytes),
+                    summary.seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Check { repo, read_data } => {
+            let report = open(&repo)?.check(read_data)?;
+            if repo.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "checked {} snapshots, {} index objects, {} packs{}",
+                    report.snapshots,
+                    report.index_objects,
+                    report.packs,
+                    if read_data { format!(", {} chunks authenticated", report.blobs_read) } else { String::new() }
+                );
+                for n in &report.notes {
+                    println!("note: {n}");
+                }
+                for e in &report.errors {
+                    eprintln!("damaged: {e}");
+                }
+            }
+            if !report.errors.is_empty() {
+                return Err(exit::Damage(report.errors.len()).into());
+            }
+            if !repo.json {
+                println!("no errors: every snapshot can be restored");
+            }
+            Ok(())
+        }
+        Command::Forget { repo, keep_last } => {
+            let summary = open(&repo)?.forget_keep_last(keep_last)?;
+            if repo.json {
+                print_json(&summary);
+            } else {
+                println!("removed {} snapshot(s), kept {}; run `backlock prune` to free their data", summary.removed.len(), summary.kept);
+            }
+            Ok(())
+        }
+        Command::Prune { repo } => {
+            let summary = open(&repo)?.load_index()?.prune()?;
+            if repo.json {
+                print_json(&summary);
+            } else {
+                println!(
+                    "pruned: {} packs deleted, {} repacked, {} freed",
+                    summary.packs_deleted,
+                    summary.packs_repacked,
+                    mib(summary.bytes_freed.max(0) as u64)
+                );
+            }
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
+    if !key_only {
+        bail!(exit::Usage(
+            "choose how to protect the backup: --key-only (a 64-digit key you keep). Password mode needs the Backup Key Vault, which this build does not have yet".into()
+        ));
+    }
+    if !yes && !std::io::stdin().is_terminal() {
+        bail!(exit::Usage("init must confirm that you saved the key: run it in a terminal, or pass --yes --json in scripts".into()));
+    }
+    let key = BackupKey::generate();
+    let home = device_home()?;
+    let store = store_at(&repo);
+    // Refuse before showing a key that would never be used.
+    if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
+        return Err(backlock_repo::RepoError::AlreadyExists { location: store.location() }.into());
+    }
+    if !yes {
+        key_input::confirm_saved(&key)?;
+    }
+    let r = Repository::init(store, &key, home)?;
+    if json {
+        let shown = key.to_display();
+        print_json(&serde_json::json!({
+            "repo": repo.display().to_string(),
+            "repo_id": r.id(),
+            "key": shown.as_str(),
+        }));
+    } else {
+        if yes {
+            println!("Your backup key:\n\n    {}\n", key.to_display().as_str());
+            println!("{}", key_input::LOST_KEY_WARNING);
+        }
+        println!("created repository {} at {}", &r.id()[..8], repo.display());
+    }
+    Ok(())
+}
+
+fn backup(mut r: Repository<backlock_repo::Indexed>, paths: Vec<PathBuf>, show_progress: bool) -> Result<backlock_repo::BackupSummary> {
+    let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta} ({msg} files)")
+                .expect("static template"),
+        );
+        b
+    });
+    let on_progress = |p: backlock_repo::Progress| {
+        if let Some(b) = &bar {
+            b.set_length(p.bytes_total);
+            b.set_position(p.bytes_done);
+            b.set_message(format!("{}/{}", p.files_done, p.files_total));
+        }
+    };
+    let opts = BackupOptions {
+        paths,
+        hostname: hostname(),
+        progress: Some(&on_progress),
+        ..Default::default()
+    };
+    let summary = r.backup(&opts);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(summary?)
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn snapshots(args: &RepoArgs) -> Result<()> {
+    let r = open(args)?;
+    let mut rows = Vec::new();
+    for s in r.snapshot_refs()? {
+        let snap = r.load_snapshot(&s)?;
+        let files = snap.nodes.iter().filter(|n| n.is_file()).count();
+        let bytes: u64 = snap.nodes.iter().map(|n| n.size).sum();
+        rows.push(serde_json::json!({
+            "id": s.name.to_hex(),
+            "seq": s.seq,
+            "time_unix": snap.time_unix_ns / 1_000_000_000,
+            "host": snap.hostname,
+            "paths": snap.paths,
+            "files": files,
+            "bytes": bytes,
+        }));
+    }
+    if args.json {
+        print_json(&rows);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no snapshots yet");
+    }
+    println!("{:<10} {:>4}  {:<20} {:>8} {:>12}  paths", "id", "seq", "time (UTC)", "files", "size");
+    for row in rows {
+        println!(
+            "{:<10} {:>4}  {:<20} {:>8} {:>12}  {}",
+            &row["id"].as_str().unwrap_or_default()[..8],
+            row["seq"],
+            format_time(row["time_unix"].as_i64().unwrap_or(0)),
+            row["files"],
+            mib(row["bytes"].as_u64().unwrap_or(0)),
+            row["paths"].as_array().map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, without a date library (civil-from-days).
+fn format_time(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+}
