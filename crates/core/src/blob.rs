@@ -9,12 +9,20 @@ use crate::error::FormatError;
 pub const CODEC_RAW: u8 = 0;
 /// Codec byte: payload is one zstd frame of the chunk.
 pub const CODEC_ZSTD: u8 = 1;
-/// zstd level: level 3 is zstd's default balance of speed and ratio.
+/// zstd level for large chunks: zstd's default balance of speed and ratio.
 pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level for small chunks (SQLite pages), where level 3's per-call table
+/// building costs more than it saves.
+pub const ZSTD_LEVEL_SMALL: i32 = 1;
+/// Chunks up to this size are small.
+pub const SMALL_CHUNK: usize = 64 * 1024;
 
 /// Encodes chunks, reusing one zstd context (one per worker thread).
 pub struct BlobEncoder {
     zstd: zstd::bulk::Compressor<'static>,
+    zstd_small: zstd::bulk::Compressor<'static>,
+    /// Reused output buffer: zstd writes into its spare capacity, so nothing is zeroed.
+    scratch: Vec<u8>,
 }
 
 impl BlobEncoder {
@@ -22,6 +30,8 @@ impl BlobEncoder {
     pub fn new() -> std::io::Result<Self> {
         Ok(BlobEncoder {
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+            zstd_small: zstd::bulk::Compressor::new(ZSTD_LEVEL_SMALL)?,
+            scratch: Vec::new(),
         })
     }
 
@@ -41,13 +51,14 @@ impl BlobEncoder {
     /// blob and whether compression paid.
     pub fn encode(&mut self, chunk: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
         if try_compress {
-            let bound = zstd::zstd_safe::compress_bound(chunk.len());
-            let mut out = Vec::with_capacity(1 + bound);
-            out.push(CODEC_ZSTD);
-            out.resize(1 + bound, 0);
-            if let Ok(n) = self.zstd.compress_to_buffer(chunk, &mut out[1..]) {
+            self.scratch.clear();
+            self.scratch.reserve(zstd::zstd_safe::compress_bound(chunk.len()));
+            let zstd = if chunk.len() <= SMALL_CHUNK { &mut self.zstd_small } else { &mut self.zstd };
+            if let Ok(n) = zstd.compress_to_buffer(chunk, &mut self.scratch) {
                 if n + n / 32 < chunk.len() - chunk.len() / 32 {
-                    out.truncate(1 + n);
+                    let mut out = Vec::with_capacity(1 + n);
+                    out.push(CODEC_ZSTD);
+                    out.extend_from_slice(&self.scratch[..n]);
                     return (out, true);
                 }
             }

@@ -125,23 +125,12 @@ impl<R: Read> ChunkStream<'_, R> {
         }
         self.buf.drain(..self.start);
         self.start = 0;
-        let want = 2 * max;
-        while self.buf.len() < want {
-            let old = self.buf.len();
-            self.buf.resize(want, 0);
-            match self.reader.read(&mut self.buf[old..]) {
-                Ok(0) => {
-                    self.buf.truncate(old);
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.buf.truncate(old + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(old),
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e);
-                }
-            }
+        // read_to_end appends into spare capacity without zeroing it first, and grows
+        // the buffer only as far as the file needs (small media stay small).
+        let want = (2 * max - self.buf.len()) as u64;
+        let got = (&mut self.reader).take(want).read_to_end(&mut self.buf)?;
+        if (got as u64) < want {
+            self.eof = true;
         }
         Ok(())
     }

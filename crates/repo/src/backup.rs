@@ -37,6 +37,8 @@ use std::{
 
 /// Packs between two index objects written during a backup.
 const INDEX_EVERY_PACKS: usize = 8;
+/// Pack uploads in flight at once: overlaps store latency (an fsync, a cloud PUT).
+const UPLOADERS: usize = 3;
 
 /// Progress of a running backup.
 #[derive(Clone, Copy, Debug, Default)]
@@ -169,23 +171,27 @@ fn worker(keys: &RepoKeys, pack_size: usize, jobs: Receiver<Job>, packs: Sender<
 }
 
 fn uploader(store: &dyn ObjectStore, keys: &RepoKeys, packs: Receiver<FinishedPack>, shared: &Shared) {
-    let mut since_index = 0;
     for pack in packs {
-        if let Err(e) = store.put(ObjectKind::Pack, &pack.name.to_hex(), &pack.bytes) {
-            shared.fail(e.into());
+        // Once any upload failed, stop: the producer then sees closed channels.
+        if shared.error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return;
         }
+        if let Err(e) = store.put(ObjectKind::Pack, &pack.name.to_hex(), &pack.bytes) {
+            return shared.fail(e.into());
+        }
         shared.bytes_stored.fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(PackEntry { pack: pack.name, blobs: pack.blobs });
-        since_index += 1;
-        if since_index >= INDEX_EVERY_PACKS {
-            since_index = 0;
-            let file = IndexFile { packs: shared.take_pending() };
-            match write_index_object(store, keys, &file) {
+        // Index only packs whose upload finished: data before index, always.
+        let batch = {
+            let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push(PackEntry { pack: pack.name, blobs: pack.blobs });
+            if pending.len() >= INDEX_EVERY_PACKS {
+                std::mem::take(&mut *pending)
+            } else {
+                Vec::new()
+            }
+        };
+        if !batch.is_empty() {
+            match write_index_object(store, keys, &IndexFile { packs: batch }) {
                 Ok(n) => {
                     shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
                 }
@@ -302,6 +308,7 @@ impl Producer<'_> {
             let mut node = node_of(e, NodeKind::SqliteFile);
             let reader = File::open(capture.path()).map_err(source)?;
             node.size = reader.metadata().map_err(source)?.len();
+            let reader = io::BufReader::with_capacity(1 << 20, reader);
             for chunk in PageChunks::new(reader, page) {
                 if let Err(s) = self.chunk(chunk.map_err(source)?, true, &mut node) {
                     return Ok(Err(s));
@@ -428,7 +435,11 @@ impl Repository<Indexed> {
                 });
             }
             drop((job_rx, pack_tx));
-            s.spawn(|| uploader(store, keys, pack_rx, &shared));
+            for _ in 0..UPLOADERS {
+                let (rx, shared) = (pack_rx.clone(), &shared);
+                s.spawn(move || uploader(store, keys, rx, shared));
+            }
+            drop(pack_rx);
             let chunker = Chunker::new(keys, self.config.chunker);
             let mut producer = Producer {
                     keys,

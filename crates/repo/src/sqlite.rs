@@ -53,6 +53,9 @@ pub(crate) fn capture(path: &Path, tmp_dir: &Path) -> Result<tempfile::NamedTemp
         .tempfile_in(tmp_dir)
         .map_err(|e| err(format!("temporary file in {}: {e}", tmp_dir.display())))?;
     let mut dst = Connection::open(tmp.path()).map_err(|e| err(e.to_string()))?;
+    // The copy is read once and deleted: journaling or syncing it would only cost I/O.
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(|e| err(e.to_string()))?;
     {
         // One step copies every page under a single read transaction: the copy is one
         // consistent state even while the app keeps writing (WAL lets it).
