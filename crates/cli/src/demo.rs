@@ -4,7 +4,9 @@ use crate::mib;
 use anyhow::{ensure, Context, Result};
 use backlock_chatgen::{generate, simulate_day, ChatSpec};
 use backlock_core::key::BackupKey;
-use backlock_repo::{verify::compare_trees, BackupOptions, BackupSummary, DeviceHome, RepoError, Repository};
+use backlock_repo::{
+    verify::compare_trees, BackupOptions, BackupSummary, DeviceHome, RepoError, Repository,
+};
 use backlock_store::{FsStore, ObjectStore};
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
@@ -23,23 +25,34 @@ pub(crate) struct DemoArgs {
 }
 
 fn rate(bytes: u64, seconds: f64) -> String {
-    format!("{:.0} MiB/s", bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9))
+    format!(
+        "{:.0} MiB/s",
+        bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9)
+    )
 }
 
 pub(crate) fn run(args: DemoArgs) -> Result<()> {
-    ensure!(args.size_mb >= 2, crate::exit::Usage("--size-mb must be at least 2".into()));
+    ensure!(
+        args.size_mb >= 2,
+        crate::exit::Usage("--size-mb must be at least 2".into())
+    );
     let _temp;
     let root = match &args.dir {
         Some(d) => {
             ensure!(
                 !d.exists() || std::fs::read_dir(d)?.next().is_none(),
-                crate::exit::Usage(format!("{} is not empty: choose a new directory", d.display()))
+                crate::exit::Usage(format!(
+                    "{} is not empty: choose a new directory",
+                    d.display()
+                ))
             );
             std::fs::create_dir_all(d)?;
             d.clone()
         }
         None => {
-            _temp = tempfile::Builder::new().prefix("backlock-demo-").tempdir()?;
+            _temp = tempfile::Builder::new()
+                .prefix("backlock-demo-")
+                .tempdir()?;
             _temp.path().to_path_buf()
         }
     };
@@ -48,8 +61,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
 
     let phone = root.join("phone/ChatApp");
     std::fs::create_dir_all(&phone)?;
-    let gen = generate(&phone, &ChatSpec::scaled(args.size_mb * 1_000_000, args.seed))
-        .context("generating the sample chat data")?;
+    let gen = generate(
+        &phone,
+        &ChatSpec::scaled(args.size_mb * 1_000_000, args.seed),
+    )
+    .context("generating the sample chat data")?;
     let total = gen.db_bytes + gen.media_bytes;
     println!(
         "1. A phone with a chat app: {} messages in msgstore.db ({}), {} media files ({}, {} of them forwarded copies).",
@@ -64,12 +80,21 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(root.join("cloud")));
     let home = DeviceHome::new(root.join("phone/backlock-state"));
     Repository::init(store.clone(), &key, home.clone())?;
-    println!("2. Encrypted backup enabled. The backup key, which only the user keeps:\n\n       {}\n", key.to_display().as_str());
-    println!("   (`backlock init` makes the user confirm it is saved: losing it loses the backup.)");
+    println!(
+        "2. Encrypted backup enabled. The backup key, which only the user keeps:\n\n       {}\n",
+        key.to_display().as_str()
+    );
+    println!(
+        "   (`backlock init` makes the user confirm it is saved: losing it loses the backup.)"
+    );
 
     let backup = |home: &DeviceHome| -> Result<BackupSummary> {
         let mut repo = Repository::open(store.clone(), &key, home.clone())?.load_index()?;
-        let opts = BackupOptions { paths: vec![phone.clone()], hostname: crate::hostname(), ..Default::default() };
+        let opts = BackupOptions {
+            paths: vec![phone.clone()],
+            hostname: crate::hostname(),
+            ..Default::default()
+        };
         Ok(repo.backup(&opts)?)
     };
     let first = backup(&home)?;
@@ -101,7 +126,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     let new_phone = DeviceHome::new(root.join("new-phone/backlock-state"));
     let typed = BackupKey::parse(&key.to_display())?;
     let wrong = Repository::open(store.clone(), &BackupKey::generate(), new_phone.clone());
-    ensure!(matches!(wrong, Err(RepoError::WrongKey)), "a wrong key was not refused");
+    ensure!(
+        matches!(wrong, Err(RepoError::WrongKey)),
+        "a wrong key was not refused"
+    );
     let started = Instant::now();
     let repo = Repository::open(store.clone(), &typed, new_phone)?.load_index()?;
     let latest = repo.find_snapshot("latest")?;
@@ -114,22 +142,46 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         restore_secs,
         rate(restored.bytes, restore_secs)
     );
-    let report = compare_trees(&phone, &target.join("ChatApp")).map_err(|e| anyhow::anyhow!("verification failed: {e}"))?;
+    let report = compare_trees(&phone, &target.join("ChatApp"))
+        .map_err(|e| anyhow::anyhow!("verification failed: {e}"))?;
     println!(
         "6. Verified: {} files identical byte for byte; {} SQLite database identical page for page (only the header counters SQLite's online backup rewrites differ).",
         report.files, report.databases
     );
 
-    let repo_bytes: u64 = [backlock_store::ObjectKind::Pack, backlock_store::ObjectKind::Index, backlock_store::ObjectKind::Snapshot]
-        .iter()
-        .map(|k| store.list(*k).map(|l| l.iter().map(|o| o.size).sum::<u64>()).unwrap_or(0))
-        .sum();
+    let repo_bytes: u64 = [
+        backlock_store::ObjectKind::Pack,
+        backlock_store::ObjectKind::Index,
+        backlock_store::ObjectKind::Snapshot,
+    ]
+    .iter()
+    .map(|k| {
+        store
+            .list(*k)
+            .map(|l| l.iter().map(|o| o.size).sum::<u64>())
+            .unwrap_or(0)
+    })
+    .sum();
     println!("\nSummary");
     println!("  chat data                {:>12}", mib(total));
     println!("  repository (2 snapshots) {:>12}   (encrypted; the cloud sees no names, no content, no key)", mib(repo_bytes));
-    println!("  first backup             {:>12}   {:>6.2} s  {}", mib(first.bytes_stored), first.seconds, rate(first.bytes_read, first.seconds));
-    println!("  daily backup uploaded    {:>12}   {:>6.2} s", mib(second.bytes_stored), second.seconds);
-    println!("  restore on a new phone   {:>12}   {:>6.2} s  {}", mib(restored.bytes), restore_secs, rate(restored.bytes, restore_secs));
+    println!(
+        "  first backup             {:>12}   {:>6.2} s  {}",
+        mib(first.bytes_stored),
+        first.seconds,
+        rate(first.bytes_read, first.seconds)
+    );
+    println!(
+        "  daily backup uploaded    {:>12}   {:>6.2} s",
+        mib(second.bytes_stored),
+        second.seconds
+    );
+    println!(
+        "  restore on a new phone   {:>12}   {:>6.2} s  {}",
+        mib(restored.bytes),
+        restore_secs,
+        rate(restored.bytes, restore_secs)
+    );
     if args.dir.is_some() {
         println!("\nEverything is kept in {}.", root.display());
     }

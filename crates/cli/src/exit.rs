@@ -40,15 +40,21 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
             Some(RepoError::Rollback { .. }) => return 5,
             Some(RepoError::Target { .. }) => return 6,
             Some(RepoError::Store(s)) => Some(s),
-            Some(RepoError::Usage(_) | RepoError::TargetNotEmpty { .. } | RepoError::SnapshotNotFound { .. }) => {
-                return 2
-            }
+            Some(
+                RepoError::Usage(_)
+                | RepoError::TargetNotEmpty { .. }
+                | RepoError::SnapshotNotFound { .. },
+            ) => return 2,
             Some(_) => return 1,
             None => cause.downcast_ref::<StoreError>(),
         };
         if let Some(s) = store {
             // A missing object is damage to the repository, not a passing fault.
-            return if matches!(s, StoreError::NotFound { .. }) { 4 } else { 6 };
+            return if matches!(s, StoreError::NotFound { .. }) {
+                4
+            } else {
+                6
+            };
         }
     }
     1

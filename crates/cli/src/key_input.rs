@@ -13,7 +13,9 @@ Nobody else has it: not backlock, not your cloud. If you lose it, your backup ca
 fn parse(text: &str, source: &str) -> Result<BackupKey> {
     BackupKey::parse(text).map_err(|e| {
         let hint = match e {
-            KeyParseError::InvalidCharacter { .. } => "check for a mistyped letter (only 0-9 and a-f)",
+            KeyParseError::InvalidCharacter { .. } => {
+                "check for a mistyped letter (only 0-9 and a-f)"
+            }
             KeyParseError::WrongLength { .. } => "check for a missing or extra group",
         };
         BadKey(format!("{source}: {e}; {hint}")).into()
@@ -23,9 +25,10 @@ fn parse(text: &str, source: &str) -> Result<BackupKey> {
 /// The key from `key_file`, else from a hidden prompt on a terminal.
 pub(crate) fn read_key(key_file: Option<&Path>) -> Result<BackupKey> {
     if let Some(path) = key_file {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            BadKey(format!("cannot read the key file {}: {e}", path.display()))
-        })?);
+        let text =
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                BadKey(format!("cannot read the key file {}: {e}", path.display()))
+            })?);
         return parse(text.trim(), &format!("the key in {}", path.display()));
     }
     if !std::io::stdin().is_terminal() {
@@ -48,5 +51,9 @@ pub(crate) fn confirm_saved(key: &BackupKey) -> Result<()> {
         }
         eprintln!("That is not the last group. Look at the key again.");
     }
-    Err(Usage("the key was not confirmed; nothing was created. Run init again when you can save the key".into()).into())
+    Err(Usage(
+        "the key was not confirmed; nothing was created. Run init again when you can save the key"
+            .into(),
+    )
+    .into())
 }

@@ -130,11 +130,18 @@ fn store_at(path: &std::path::Path) -> Arc<dyn ObjectStore> {
 
 fn open(args: &RepoArgs) -> Result<Repository> {
     let key = key_input::read_key(args.key_file.as_deref())?;
-    Ok(Repository::open(store_at(&args.repo), &key, device_home()?)?)
+    Ok(Repository::open(
+        store_at(&args.repo),
+        &key,
+        device_home()?,
+    )?)
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("summaries serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("summaries serialise")
+    );
 }
 
 pub(crate) fn mib(bytes: u64) -> String {
@@ -143,7 +150,12 @@ pub(crate) fn mib(bytes: u64) -> String {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Init { repo, key_only, yes, json } => init(repo, key_only, yes, json),
+        Command::Init {
+            repo,
+            key_only,
+            yes,
+            json,
+        } => init(repo, key_only, yes, json),
         Command::Backup { repo, paths } => {
             let r = open(&repo)?.load_index()?;
             let summary = backup(r, paths, !repo.json)?;
@@ -164,7 +176,11 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Snapshots { repo } => snapshots(&repo),
-        Command::Restore { repo, snapshot, target } => {
+        Command::Restore {
+            repo,
+            snapshot,
+            target,
+        } => {
             let r = open(&repo)?.load_index()?;
             let which = r.find_snapshot(&snapshot)?;
             let summary = r.restore(&which, &target)?;
@@ -192,7 +208,11 @@ fn run(command: Command) -> Result<()> {
                     report.snapshots,
                     report.index_objects,
                     report.packs,
-                    if read_data { format!(", {} chunks authenticated", report.blobs_read) } else { String::new() }
+                    if read_data {
+                        format!(", {} chunks authenticated", report.blobs_read)
+                    } else {
+                        String::new()
+                    }
                 );
                 for n in &report.notes {
                     println!("note: {n}");
@@ -214,7 +234,11 @@ fn run(command: Command) -> Result<()> {
             if repo.json {
                 print_json(&summary);
             } else {
-                println!("removed {} snapshot(s), kept {}; run `backlock prune` to free their data", summary.removed.len(), summary.kept);
+                println!(
+                    "removed {} snapshot(s), kept {}; run `backlock prune` to free their data",
+                    summary.removed.len(),
+                    summary.kept
+                );
             }
             Ok(())
         }
@@ -250,7 +274,10 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     let store = store_at(&repo);
     // Refuse before showing a key that would never be used.
     if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
-        return Err(backlock_repo::RepoError::AlreadyExists { location: store.location() }.into());
+        return Err(backlock_repo::RepoError::AlreadyExists {
+            location: store.location(),
+        }
+        .into());
     }
     if !yes {
         key_input::confirm_saved(&key)?;
@@ -273,12 +300,18 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn backup(mut r: Repository<backlock_repo::Indexed>, paths: Vec<PathBuf>, show_progress: bool) -> Result<backlock_repo::BackupSummary> {
+fn backup(
+    mut r: Repository<backlock_repo::Indexed>,
+    paths: Vec<PathBuf>,
+    show_progress: bool,
+) -> Result<backlock_repo::BackupSummary> {
     let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
-            ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta} ({msg} files)")
-                .expect("static template"),
+            ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta} ({msg} files)",
+            )
+            .expect("static template"),
         );
         b
     });
@@ -332,7 +365,10 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
     if rows.is_empty() {
         println!("no snapshots yet");
     }
-    println!("{:<10} {:>4}  {:<20} {:>8} {:>12}  paths", "id", "seq", "time (UTC)", "files", "size");
+    println!(
+        "{:<10} {:>4}  {:<20} {:>8} {:>12}  paths",
+        "id", "seq", "time (UTC)", "files", "size"
+    );
     for row in rows {
         println!(
             "{:<10} {:>4}  {:<20} {:>8} {:>12}  {}",
@@ -341,7 +377,14 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
             format_time(row["time_unix"].as_i64().unwrap_or(0)),
             row["files"],
             mib(row["bytes"].as_u64().unwrap_or(0)),
-            row["paths"].as_array().map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+            row["paths"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -359,5 +402,10 @@ fn format_time(unix: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }

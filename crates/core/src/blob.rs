@@ -41,7 +41,8 @@ impl BlobEncoder {
         const SAMPLE: usize = 16 * 1024;
         if try_compress && chunk.len() > 4 * SAMPLE {
             let sample = &chunk[..SAMPLE];
-            let worth = zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 10);
+            let worth =
+                zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 10);
             return self.encode(chunk, worth);
         }
         self.encode(chunk, try_compress)
@@ -52,10 +53,15 @@ impl BlobEncoder {
     pub fn encode(&mut self, chunk: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
         if try_compress {
             self.scratch.clear();
-            self.scratch.reserve(zstd::zstd_safe::compress_bound(chunk.len()));
-            let zstd = if chunk.len() <= SMALL_CHUNK { &mut self.zstd_small } else { &mut self.zstd };
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(chunk.len()));
+            let zstd = if chunk.len() <= SMALL_CHUNK {
+                &mut self.zstd_small
+            } else {
+                &mut self.zstd
+            };
             if let Ok(n) = zstd.compress_to_buffer(chunk, &mut self.scratch) {
-                if n + n / 32 < chunk.len() - chunk.len() / 32 {
+                if n <= chunk.len() - chunk.len() / 32 {
                     let mut out = Vec::with_capacity(1 + n);
                     out.push(CODEC_ZSTD);
                     out.extend_from_slice(&self.scratch[..n]);
@@ -79,7 +85,9 @@ pub fn decode(blob: &[u8], max_len: usize) -> Result<Vec<u8>, FormatError> {
     };
     match blob.split_first() {
         Some((&CODEC_RAW, rest)) if rest.len() <= max_len => Ok(rest.to_vec()),
-        Some((&CODEC_RAW, rest)) => Err(malformed(format!("{} bytes exceeds {max_len}", rest.len()))),
+        Some((&CODEC_RAW, rest)) => {
+            Err(malformed(format!("{} bytes exceeds {max_len}", rest.len())))
+        }
         Some((&CODEC_ZSTD, rest)) => {
             zstd::bulk::decompress(rest, max_len).map_err(|e| malformed(e.to_string()))
         }

@@ -31,9 +31,19 @@ impl ChunkerParams {
         max: 8 * 1024 * 1024,
     };
 
-    /// True when the bounds are ones the chunker accepts.
+    /// True when the bounds are ones the chunker accepts: powers of two, ordered, with
+    /// the average inside fastcdc's mask table (a config is authenticated, but a
+    /// decoder must never panic on it).
     pub fn is_valid(&self) -> bool {
-        64 <= self.min && self.min <= self.avg && self.avg <= self.max && self.max <= 64 << 20
+        let p2 = |v: u32| v.is_power_of_two();
+        p2(self.min)
+            && p2(self.avg)
+            && p2(self.max)
+            && 64 <= self.min
+            && self.min <= self.avg
+            && self.avg <= 4 << 20
+            && self.avg <= self.max
+            && self.max <= 16 << 20
     }
 }
 

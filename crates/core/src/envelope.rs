@@ -86,7 +86,12 @@ fn random_salt() -> [u8; SALT_LEN] {
 
 /// Checks version and kind, returning the salt. Rejects before any decryption.
 fn parse_header(expected: ObjectKind, data: &[u8]) -> Result<&[u8], FormatError> {
-    let min = HEADER_LEN + if expected == ObjectKind::Pack { 0 } else { TAG_LEN };
+    let min = HEADER_LEN
+        + if expected == ObjectKind::Pack {
+            0
+        } else {
+            TAG_LEN
+        };
     if let Some(&v) = data.first() {
         // Version first, so a newer object says "upgrade" even if it is short.
         if v != FORMAT_VERSION {
@@ -286,7 +291,11 @@ impl PackOpener {
         let mut buf = sealed.to_vec();
         let len = self
             .key
-            .open_in_place(nonce(seq), Aad::from(blob_aad(&self.aad_prefix, seq, id)), &mut buf)
+            .open_in_place(
+                nonce(seq),
+                Aad::from(blob_aad(&self.aad_prefix, seq, id)),
+                &mut buf,
+            )
             .map_err(|_| FormatError::Tampered)?
             .len();
         buf.truncate(len);
@@ -310,7 +319,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(open(&k, ObjectKind::Index, "n", &bad).is_err(), "flip at {i}");
+            assert!(
+                open(&k, ObjectKind::Index, "n", &bad).is_err(),
+                "flip at {i}"
+            );
         }
         for len in 0..sealed.len() {
             assert!(open(&k, ObjectKind::Index, "n", &sealed[..len]).is_err());
@@ -321,7 +333,10 @@ mod tests {
     fn name_and_kind_are_bound() {
         let k = keys();
         let sealed = seal(&k, ObjectKind::Snapshot, "a", b"x");
-        assert_eq!(open(&k, ObjectKind::Snapshot, "b", &sealed), Err(FormatError::Tampered));
+        assert_eq!(
+            open(&k, ObjectKind::Snapshot, "b", &sealed),
+            Err(FormatError::Tampered)
+        );
         assert!(matches!(
             open(&k, ObjectKind::Index, "a", &sealed),
             Err(FormatError::KindMismatch { .. })
@@ -333,10 +348,16 @@ mod tests {
         let k = keys();
         let other = RepoKeys::derive(&BackupKey::from_bytes([8; 32]));
         let sealed = seal(&k, ObjectKind::Config, "config", b"cfg");
-        assert_eq!(open(&other, ObjectKind::Config, "config", &sealed), Err(FormatError::WrongKey));
+        assert_eq!(
+            open(&other, ObjectKind::Config, "config", &sealed),
+            Err(FormatError::WrongKey)
+        );
         let mut bad = sealed.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert_eq!(open(&k, ObjectKind::Config, "config", &bad), Err(FormatError::Tampered));
+        assert_eq!(
+            open(&k, ObjectKind::Config, "config", &bad),
+            Err(FormatError::Tampered)
+        );
     }
 
     #[test]
@@ -359,11 +380,15 @@ mod tests {
         let pb = p.push(&b, b"beta");
         let pack = p.finish();
         let o = PackOpener::new(&k, "p", &pack).unwrap();
-        let slice = |pl: BlobPlace| &pack[pl.offset as usize..pl.offset as usize + pl.length as usize];
+        let slice =
+            |pl: BlobPlace| &pack[pl.offset as usize..pl.offset as usize + pl.length as usize];
         assert_eq!(o.open_blob(pa.seq, &a, slice(pa)).unwrap(), b"alpha");
         assert_eq!(o.open_blob(pb.seq, &b, slice(pb)).unwrap(), b"beta");
         assert!(o.open_blob(pa.seq, &a, slice(pb)).is_err());
         assert!(o.open_blob(pb.seq, &a, slice(pb)).is_err());
-        assert!(PackOpener::new(&k, "q", &pack).unwrap().open_blob(pa.seq, &a, slice(pa)).is_err());
+        assert!(PackOpener::new(&k, "q", &pack)
+            .unwrap()
+            .open_blob(pa.seq, &a, slice(pa))
+            .is_err());
     }
 }

@@ -71,7 +71,7 @@ impl BackupKey {
         let mut digits = Zeroizing::new(Vec::with_capacity(64));
         for (i, c) in input.trim_end_matches(['\n', '\r']).chars().enumerate() {
             match c {
-                ' ' | '-' | '\t' => {}
+                ' ' | '-' => {}
                 c if c.is_ascii_hexdigit() => digits.push(c.to_ascii_lowercase() as u8),
                 _ => return Err(KeyParseError::InvalidCharacter { position: i + 1 }),
             }

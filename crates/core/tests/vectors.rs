@@ -75,10 +75,16 @@ fn key_derivation() {
             ("expect", "ok".into()),
             ("key", key().to_display().to_string()),
             ("key_id", hex::encode(keys.key_id())),
-            ("chunk_id_of_abc", ChunkId::compute(&keys, b"abc").to_string()),
+            (
+                "chunk_id_of_abc",
+                ChunkId::compute(&keys, b"abc").to_string(),
+            ),
             (
                 "owner_key",
-                hex::encode(*backlock_core::kdf::derive_subkey(&key(), backlock_core::kdf::LABEL_OWNER_KEY)),
+                hex::encode(*backlock_core::kdf::derive_subkey(
+                    &key(),
+                    backlock_core::kdf::LABEL_OWNER_KEY,
+                )),
             ),
         ],
     );
@@ -129,10 +135,19 @@ fn snapshot_object() {
             ("object", hex::encode(&sealed)),
         ],
     );
-    assert_eq!(envelope::open(&keys, ObjectKind::Snapshot, name, &sealed).unwrap(), plain);
-    assert_eq!(format::decode::<Snapshot>(&plain, "snapshot").unwrap(), snap);
+    assert_eq!(
+        envelope::open(&keys, ObjectKind::Snapshot, name, &sealed).unwrap(),
+        plain
+    );
+    assert_eq!(
+        format::decode::<Snapshot>(&plain, "snapshot").unwrap(),
+        snap
+    );
     // Compressed encodings must decode to the same value.
-    assert_eq!(format::decode::<Snapshot>(&format::encode(&snap), "snapshot").unwrap(), snap);
+    assert_eq!(
+        format::decode::<Snapshot>(&format::encode(&snap), "snapshot").unwrap(),
+        snap
+    );
 }
 
 #[test]
@@ -176,18 +191,30 @@ fn negative_vectors() {
             ("tampered-byte", tampered, name),
             ("truncated", object[..object.len() - 1].to_vec(), name),
             ("newer-version", newer, name),
-            ("swapped-name", object.clone(), "ffeeddccbbaa99887766554433221100"),
+            (
+                "swapped-name",
+                object.clone(),
+                "ffeeddccbbaa99887766554433221100",
+            ),
         ];
         for (file, bytes, n) in cases {
             let err = envelope::open(&keys, ObjectKind::Snapshot, n, &bytes).unwrap_err();
-            let text = format!("# {file}\nexpect: {err}\nname: {n}\nobject: {}\n", hex::encode(&bytes));
+            let text = format!(
+                "# {file}\nexpect: {err}\nname: {n}\nobject: {}\n",
+                hex::encode(&bytes)
+            );
             let path = dir().join(format!("{file}.txt"));
             if !path.exists() {
                 std::fs::write(path, text).unwrap();
             }
         }
     }
-    for file in ["tampered-byte", "truncated", "newer-version", "swapped-name"] {
+    for file in [
+        "tampered-byte",
+        "truncated",
+        "newer-version",
+        "swapped-name",
+    ] {
         let v = parse(&std::fs::read_to_string(dir().join(format!("{file}.txt"))).unwrap());
         let bytes = hex::decode(&v["object"]).unwrap();
         let got = envelope::open(&keys, ObjectKind::Snapshot, &v["name"], &bytes).unwrap_err();
@@ -209,8 +236,20 @@ fn pack_object() {
         packs: vec![PackEntry {
             pack: ObjectName::parse(name).unwrap(),
             blobs: vec![
-                BlobEntry { id: a, seq: pa.seq, offset: pa.offset, length: pa.length, raw_length: 11 },
-                BlobEntry { id: b, seq: pb.seq, offset: pb.offset, length: pb.length, raw_length: 6 },
+                BlobEntry {
+                    id: a,
+                    seq: pa.seq,
+                    offset: pa.offset,
+                    length: pa.length,
+                    raw_length: 11,
+                },
+                BlobEntry {
+                    id: b,
+                    seq: pb.seq,
+                    offset: pb.offset,
+                    length: pb.length,
+                    raw_length: 6,
+                },
             ],
         }],
     };
@@ -219,26 +258,39 @@ fn pack_object() {
         &[
             ("expect", "ok".into()),
             ("pack", hex::encode(&bytes)),
-            ("index_plaintext", hex::encode([&[0u8][..], &postcard::to_allocvec(&index).unwrap()].concat())),
+            (
+                "index_plaintext",
+                hex::encode([&[0u8][..], &postcard::to_allocvec(&index).unwrap()].concat()),
+            ),
         ],
     );
     let opener = PackOpener::new(&keys, name, &bytes).unwrap();
     let e = index.packs[0].blobs[1];
     let sealed = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-    assert_eq!(opener.open_blob(e.seq, &e.id, sealed).unwrap(), b"\x00second");
+    assert_eq!(
+        opener.open_blob(e.seq, &e.id, sealed).unwrap(),
+        b"\x00second"
+    );
 }
 
 #[test]
 fn chunk_boundaries() {
     let keys = RepoKeys::derive(&key());
-    let params = ChunkerParams { min: 4096, avg: 16384, max: 65536 };
+    let params = ChunkerParams {
+        min: 4096,
+        avg: 16384,
+        max: 65536,
+    };
     let lens = Chunker::new(&keys, params).chunk_lengths(&input(1 << 20));
     let text: Vec<String> = lens.iter().map(|l| l.to_string()).collect();
     check(
         "chunk-boundaries",
         &[
             ("expect", "ok".into()),
-            ("input", "BLAKE3 XOF of \"backlock test input\", 1048576 bytes".into()),
+            (
+                "input",
+                "BLAKE3 XOF of \"backlock test input\", 1048576 bytes".into(),
+            ),
             ("params", "min 4096, avg 16384, max 65536".into()),
             ("lengths", text.join(",")),
         ],

@@ -134,7 +134,12 @@ impl Shared {
     }
 }
 
-fn worker(keys: &RepoKeys, pack_size: usize, jobs: Receiver<Job>, packs: Sender<FinishedPack>) -> io::Result<()> {
+fn worker(
+    keys: &RepoKeys,
+    pack_size: usize,
+    jobs: Receiver<Job>,
+    packs: Sender<FinishedPack>,
+) -> io::Result<()> {
     let mut encoder = BlobEncoder::new()?;
     let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
     let finish = |(name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>)| FinishedPack {
@@ -144,16 +149,23 @@ fn worker(keys: &RepoKeys, pack_size: usize, jobs: Receiver<Job>, packs: Sender<
     };
     for job in jobs {
         let (blob, _) = encoder.encode_auto(&job.data, job.compress);
-        if let Some((_, sealer, _)) = &current {
-            if sealer.len() + blob.len() > pack_size {
-                if packs.send(finish(current.take().expect("checked"))).is_err() {
-                    return Ok(());
-                }
-            }
+        let full = current
+            .as_ref()
+            .is_some_and(|(_, sealer, _)| sealer.len() + blob.len() > pack_size);
+        if full
+            && packs
+                .send(finish(current.take().expect("checked")))
+                .is_err()
+        {
+            return Ok(());
         }
         let (_, sealer, blobs) = current.get_or_insert_with(|| {
             let name = ObjectName::random();
-            (name, PackSealer::new(keys, &name.to_hex(), pack_size + (1 << 20)), Vec::new())
+            (
+                name,
+                PackSealer::new(keys, &name.to_hex(), pack_size + (1 << 20)),
+                Vec::new(),
+            )
         });
         let place = sealer.push(&job.id, &blob);
         blobs.push(BlobEntry {
@@ -170,20 +182,35 @@ fn worker(keys: &RepoKeys, pack_size: usize, jobs: Receiver<Job>, packs: Sender<
     Ok(())
 }
 
-fn uploader(store: &dyn ObjectStore, keys: &RepoKeys, packs: Receiver<FinishedPack>, shared: &Shared) {
+fn uploader(
+    store: &dyn ObjectStore,
+    keys: &RepoKeys,
+    packs: Receiver<FinishedPack>,
+    shared: &Shared,
+) {
     for pack in packs {
         // Once any upload failed, stop: the producer then sees closed channels.
-        if shared.error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             return;
         }
         if let Err(e) = store.put(ObjectKind::Pack, &pack.name.to_hex(), &pack.bytes) {
             return shared.fail(e.into());
         }
-        shared.bytes_stored.fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+        shared
+            .bytes_stored
+            .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
         // Index only packs whose upload finished: data before index, always.
         let batch = {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push(PackEntry { pack: pack.name, blobs: pack.blobs });
+            pending.push(PackEntry {
+                pack: pack.name,
+                blobs: pack.blobs,
+            });
             if pending.len() >= INDEX_EVERY_PACKS {
                 std::mem::take(&mut *pending)
             } else {
@@ -232,10 +259,17 @@ fn walk(paths: &[PathBuf]) -> Result<Vec<Entry>> {
 }
 
 fn walk_into(path: &Path, rel: Vec<u8>, out: &mut Vec<Entry>) -> Result<()> {
-    let source = |e| RepoError::Source { path: path.to_path_buf(), source: e };
+    let source = |e| RepoError::Source {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let meta = fs::symlink_metadata(path).map_err(source)?;
     let is_dir = meta.is_dir();
-    out.push(Entry { fs_path: path.to_path_buf(), rel: rel.clone(), meta });
+    out.push(Entry {
+        fs_path: path.to_path_buf(),
+        rel: rel.clone(),
+        meta,
+    });
     if is_dir {
         let mut children: Vec<_> = fs::read_dir(path)
             .map_err(source)?
@@ -291,7 +325,9 @@ impl Producer<'_> {
         self.done.bytes_done += data.len() as u64;
         if self.known.insert(id) {
             self.bytes_new += data.len() as u64;
-            self.jobs.send(Job { id, data, compress }).map_err(|_| Stopped)?;
+            self.jobs
+                .send(Job { id, data, compress })
+                .map_err(|_| Stopped)?;
         }
         if let Some(p) = self.progress {
             p(self.done);
@@ -300,7 +336,10 @@ impl Producer<'_> {
     }
 
     fn file(&mut self, chunker: &Chunker, e: &Entry) -> Result<Result<Node, Stopped>> {
-        let source = |err| RepoError::Source { path: e.fs_path.clone(), source: err };
+        let source = |err| RepoError::Source {
+            path: e.fs_path.clone(),
+            source: err,
+        };
         let mut file = File::open(&e.fs_path).map_err(source)?;
         let page_size = sqlite::sniff(&mut file).map_err(source)?;
         if let Some(page) = page_size {
@@ -344,8 +383,10 @@ impl Producer<'_> {
             let node = if ft.is_dir() {
                 node_of(e, NodeKind::Dir)
             } else if ft.is_symlink() {
-                let target = fs::read_link(&e.fs_path)
-                    .map_err(|err| RepoError::Source { path: e.fs_path.clone(), source: err })?;
+                let target = fs::read_link(&e.fs_path).map_err(|err| RepoError::Source {
+                    path: e.fs_path.clone(),
+                    source: err,
+                })?;
                 node_of(e, NodeKind::Symlink(target.as_os_str().as_bytes().to_vec()))
             } else if ft.is_file() {
                 self.done.files_done += 1;
@@ -363,7 +404,10 @@ impl Producer<'_> {
                     {
                         self.files_unchanged += 1;
                         self.done.bytes_done += fresh.size;
-                        Node { chunks: old.chunks.clone(), ..fresh }
+                        Node {
+                            chunks: old.chunks.clone(),
+                            ..fresh
+                        }
                     }
                     _ => match self.file(chunker, e)? {
                         Ok(node) => node,
@@ -393,7 +437,11 @@ impl Repository<Indexed> {
         let seq = refs.last().map_or(1, |r| r.seq + 1);
         let entries = walk(&opts.paths)?;
         let files_total = entries.iter().filter(|e| e.meta.is_file()).count() as u64;
-        let bytes_total: u64 = entries.iter().filter(|e| e.meta.is_file()).map(|e| e.meta.len()).sum();
+        let bytes_total: u64 = entries
+            .iter()
+            .filter(|e| e.meta.is_file())
+            .map(|e| e.meta.len())
+            .sum();
         let previous: HashMap<&[u8], &Node> = parent
             .iter()
             .flat_map(|(_, s)| s.nodes.iter())
@@ -442,11 +490,15 @@ impl Repository<Indexed> {
             drop(pack_rx);
             let chunker = Chunker::new(keys, self.config.chunker);
             let mut producer = Producer {
-                    keys,
+                keys,
                 known: self.state.index.iter().map(|(id, _)| *id).collect(),
                 jobs: job_tx,
                 progress: opts.progress,
-                done: Progress { bytes_total, files_total, ..Progress::default() },
+                done: Progress {
+                    bytes_total,
+                    files_total,
+                    ..Progress::default()
+                },
                 tmp_dir: opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
                 bytes_read: 0,
                 bytes_new: 0,
@@ -455,7 +507,11 @@ impl Repository<Indexed> {
 
             let result = producer.nodes(&chunker, &entries, &previous, &captured);
             // Dropping the producer closes the job channel: workers flush their packs.
-            let stats = (producer.bytes_read, producer.bytes_new, producer.files_unchanged);
+            let stats = (
+                producer.bytes_read,
+                producer.bytes_new,
+                producer.files_unchanged,
+            );
             drop(producer);
             (result, stats)
         });
@@ -467,7 +523,12 @@ impl Repository<Indexed> {
             let n = write_index_object(store, keys, &IndexFile { packs: leftover })?;
             shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
         }
-        if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(e) = shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             return Err(e);
         }
         let nodes = produced?;
@@ -481,7 +542,12 @@ impl Repository<Indexed> {
             nodes,
         };
         let name = ObjectName::for_snapshot(seq);
-        let sealed = envelope::seal(keys, ObjectKind::Snapshot, &name.to_hex(), &format::encode(&snapshot));
+        let sealed = envelope::seal(
+            keys,
+            ObjectKind::Snapshot,
+            &name.to_hex(),
+            &format::encode(&snapshot),
+        );
         store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
         self.home.record(&self.id(), seq)?;
         // Later backups in this process dedup against what this one stored.

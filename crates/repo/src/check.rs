@@ -81,17 +81,25 @@ impl Repository<Open> {
         }
         for (pack, blobs) in &by_pack {
             let name = pack.to_hex();
-            let needed = blobs.iter().map(|b| b.offset + b.length as u64).max().unwrap_or(0);
+            let needed = blobs
+                .iter()
+                .map(|b| b.offset + b.length as u64)
+                .max()
+                .unwrap_or(0);
             match stored.get(&name) {
                 None => {
                     let lost = blobs.iter().filter(|b| used.contains(&b.id)).count();
                     if lost > 0 {
-                        report.errors.push(format!("pack object {name} is missing from the store ({lost} chunks in use)"));
+                        report.errors.push(format!(
+                            "pack object {name} is missing from the store ({lost} chunks in use)"
+                        ));
                     }
                     continue;
                 }
                 Some(&size) if size < needed => {
-                    report.errors.push(format!("pack object {name} is truncated: {size} bytes, index needs {needed}"));
+                    report.errors.push(format!(
+                        "pack object {name} is truncated: {size} bytes, index needs {needed}"
+                    ));
                     continue;
                 }
                 Some(_) => {}
@@ -102,22 +110,33 @@ impl Repository<Open> {
                 }
             }
         }
-        let unindexed = stored.keys().filter(|n| ObjectName::parse(n).is_none_or(|p| !by_pack.contains_key(&p))).count();
+        let unindexed = stored
+            .keys()
+            .filter(|n| ObjectName::parse(n).is_none_or(|p| !by_pack.contains_key(&p)))
+            .count();
         if unindexed > 0 {
             report.notes.push(format!("{unindexed} pack(s) not in any index (left by an interrupted backup or prune): `backlock prune` removes them"));
         }
         Ok(report)
     }
 
-    fn check_pack(&self, name: &str, blobs: &[backlock_core::format::BlobEntry], read: &mut u64) -> Result<()> {
+    fn check_pack(
+        &self,
+        name: &str,
+        blobs: &[backlock_core::format::BlobEntry],
+        read: &mut u64,
+    ) -> Result<()> {
         let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
         let data = self.store.get(ObjectKind::Pack, name)?;
         let opener = PackOpener::new(&self.keys, name, &data).map_err(damaged)?;
         for b in blobs {
             let end = (b.offset + b.length as u64) as usize;
-            let sealed = data
-                .get(b.offset as usize..end)
-                .ok_or_else(|| damaged(backlock_core::FormatError::Truncated { len: data.len(), min: end }))?;
+            let sealed = data.get(b.offset as usize..end).ok_or_else(|| {
+                damaged(backlock_core::FormatError::Truncated {
+                    len: data.len(),
+                    min: end,
+                })
+            })?;
             let plain = opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)?;
             let chunk = blob::decode(&plain, b.raw_length as usize).map_err(damaged)?;
             if chunk.len() != b.raw_length as usize || !b.id.verify(&self.keys, &chunk) {

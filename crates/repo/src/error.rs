@@ -9,7 +9,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum RepoError {
     /// The key opens no object here.
-    #[error("this key does not open this repository: check you used the key saved for this backup")]
+    #[error(
+        "this key does not open this repository: check you used the key saved for this backup"
+    )]
     WrongKey,
     /// No config object at the location.
     #[error("no backlock repository at {location}: run `backlock init` first, or check the path")]
@@ -101,7 +103,11 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    pub(crate) fn damaged(kind: backlock_core::envelope::ObjectKind, name: &str, source: FormatError) -> Self {
+    pub(crate) fn damaged(
+        kind: backlock_core::envelope::ObjectKind,
+        name: &str,
+        source: FormatError,
+    ) -> Self {
         if source == FormatError::WrongKey {
             return RepoError::WrongKey;
         }

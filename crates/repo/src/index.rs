@@ -42,7 +42,10 @@ impl Index {
     pub(crate) fn add(&mut self, file: &IndexFile) {
         for pack in &file.packs {
             for blob in &pack.blobs {
-                self.chunks.entry(blob.id).or_insert(Location { pack: pack.pack, blob: *blob });
+                self.chunks.entry(blob.id).or_insert(Location {
+                    pack: pack.pack,
+                    blob: *blob,
+                });
             }
         }
     }
@@ -78,14 +81,22 @@ impl Index {
     }
 }
 
-pub(crate) fn read_index_object(store: &dyn ObjectStore, keys: &RepoKeys, name: &str) -> Result<IndexFile> {
+pub(crate) fn read_index_object(
+    store: &dyn ObjectStore,
+    keys: &RepoKeys,
+    name: &str,
+) -> Result<IndexFile> {
     let sealed = store.get(ObjectKind::Index, name)?;
     let damaged = |e| RepoError::damaged(ObjectKind::Index, name, e);
     let plain = envelope::open(keys, ObjectKind::Index, name, &sealed).map_err(damaged)?;
     format::decode(&plain, "index").map_err(damaged)
 }
 
-pub(crate) fn write_index_object(store: &dyn ObjectStore, keys: &RepoKeys, file: &IndexFile) -> Result<u64> {
+pub(crate) fn write_index_object(
+    store: &dyn ObjectStore,
+    keys: &RepoKeys,
+    file: &IndexFile,
+) -> Result<u64> {
     let name = ObjectName::random().to_hex();
     let sealed = envelope::seal(keys, ObjectKind::Index, &name, &format::encode(file));
     store.put(ObjectKind::Index, &name, &sealed)?;

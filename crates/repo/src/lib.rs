@@ -80,9 +80,20 @@ impl Repository<Open> {
             pack_size: DEFAULT_PACK_SIZE,
             created_unix: now_unix_ns() / 1_000_000_000,
         };
-        let sealed = envelope::seal(&keys, ObjectKind::Config, CONFIG_NAME, &format::encode(&config));
+        let sealed = envelope::seal(
+            &keys,
+            ObjectKind::Config,
+            CONFIG_NAME,
+            &format::encode(&config),
+        );
         store.put(ObjectKind::Config, CONFIG_NAME, &sealed)?;
-        Ok(Repository { store, keys, config, home, state: Open })
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            home,
+            state: Open,
+        })
     }
 
     /// Opens a repository; fails with [`RepoError::WrongKey`] before anything else.
@@ -98,7 +109,8 @@ impl Repository<Open> {
         };
         let keys = Arc::new(RepoKeys::derive(key));
         let damaged = |e| RepoError::damaged(ObjectKind::Config, CONFIG_NAME, e);
-        let plain = envelope::open(&keys, ObjectKind::Config, CONFIG_NAME, &sealed).map_err(damaged)?;
+        let plain =
+            envelope::open(&keys, ObjectKind::Config, CONFIG_NAME, &sealed).map_err(damaged)?;
         let config: Config = format::decode(&plain, "config").map_err(damaged)?;
         if !config.chunker.is_valid() || config.pack_size < 1 << 16 {
             return Err(damaged(backlock_core::FormatError::Malformed {
@@ -106,7 +118,13 @@ impl Repository<Open> {
                 detail: "chunker or pack size out of range".into(),
             }));
         }
-        Ok(Repository { store, keys, config, home, state: Open })
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            home,
+            state: Open,
+        })
     }
 
     /// Loads every index object.
@@ -141,7 +159,10 @@ impl<S> Repository<S> {
             .list(ObjectKind::Snapshot)?
             .iter()
             .filter_map(|o| ObjectName::parse(&o.name))
-            .map(|name| SnapshotRef { name, seq: name.snapshot_seq() })
+            .map(|name| SnapshotRef {
+                name,
+                seq: name.snapshot_seq(),
+            })
             .collect();
         refs.sort_by_key(|r| (r.seq, r.name));
         let served = refs.last().map_or(0, |r| r.seq);
@@ -157,7 +178,8 @@ impl<S> Repository<S> {
         let name = r.name.to_hex();
         let sealed = self.store.get(ObjectKind::Snapshot, &name)?;
         let damaged = |e| RepoError::damaged(ObjectKind::Snapshot, &name, e);
-        let plain = envelope::open(&self.keys, ObjectKind::Snapshot, &name, &sealed).map_err(damaged)?;
+        let plain =
+            envelope::open(&self.keys, ObjectKind::Snapshot, &name, &sealed).map_err(damaged)?;
         let snap: Snapshot = format::decode(&plain, "snapshot").map_err(damaged)?;
         if snap.seq != r.seq {
             return Err(damaged(backlock_core::FormatError::Malformed {

@@ -49,7 +49,9 @@ impl<S> Repository<S> {
     /// Deletes all but the newest `keep` snapshots (`keep` ≥ 1).
     pub fn forget_keep_last(&self, keep: usize) -> Result<ForgetSummary> {
         if keep == 0 {
-            return Err(RepoError::Usage("--keep-last must be at least 1: the newest snapshot is always kept".into()));
+            return Err(RepoError::Usage(
+                "--keep-last must be at least 1: the newest snapshot is always kept".into(),
+            ));
         }
         let refs = self.snapshot_refs()?;
         let cut = refs.len().saturating_sub(keep);
@@ -58,7 +60,10 @@ impl<S> Repository<S> {
             self.store.delete(ObjectKind::Snapshot, &r.name.to_hex())?;
             removed.push(r.name.to_hex());
         }
-        Ok(ForgetSummary { removed, kept: refs.len() - cut })
+        Ok(ForgetSummary {
+            removed,
+            kept: refs.len() - cut,
+        })
     }
 }
 
@@ -68,14 +73,23 @@ impl Repository<Indexed> {
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
         for r in self.snapshot_refs()? {
-            used.extend(self.load_snapshot(&r)?.nodes.into_iter().flat_map(|n| n.chunks));
+            used.extend(
+                self.load_snapshot(&r)?
+                    .nodes
+                    .into_iter()
+                    .flat_map(|n| n.chunks),
+            );
         }
         let mut by_pack: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
         for (_, loc) in self.state.index.iter() {
             by_pack.entry(loc.pack).or_default().push(loc.blob);
         }
-        let stored: HashMap<String, u64> =
-            self.store.list(ObjectKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
+        let stored: HashMap<String, u64> = self
+            .store
+            .list(ObjectKind::Pack)?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect();
 
         let mut keep: Vec<PackEntry> = Vec::new();
         let mut repack: Vec<(ObjectName, Vec<BlobEntry>)> = Vec::new();
@@ -96,7 +110,10 @@ impl Repository<Indexed> {
         let mut written: i64 = 0;
         let mut sealer: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
         let pack_size = self.config.pack_size as usize;
-        let flush = |s: (ObjectName, PackSealer, Vec<BlobEntry>), keep: &mut Vec<PackEntry>, written: &mut i64| -> Result<()> {
+        let flush = |s: (ObjectName, PackSealer, Vec<BlobEntry>),
+                     keep: &mut Vec<PackEntry>,
+                     written: &mut i64|
+         -> Result<()> {
             let (name, sealer, blobs) = s;
             let bytes = sealer.finish();
             self.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
@@ -112,19 +129,34 @@ impl Repository<Indexed> {
             for b in live {
                 let end = (b.offset + b.length as u64) as usize;
                 let sealed = data.get(b.offset as usize..end).ok_or_else(|| {
-                    damaged(backlock_core::FormatError::Truncated { len: data.len(), min: end })
+                    damaged(backlock_core::FormatError::Truncated {
+                        len: data.len(),
+                        min: end,
+                    })
                 })?;
                 // Re-seal the encoded blob as is: no decompression needed.
                 let plain = opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)?;
-                if sealer.as_ref().is_some_and(|(_, s, _)| s.len() + plain.len() > pack_size) {
+                if sealer
+                    .as_ref()
+                    .is_some_and(|(_, s, _)| s.len() + plain.len() > pack_size)
+                {
                     flush(sealer.take().expect("checked"), &mut keep, &mut written)?;
                 }
                 let (_, s, blobs) = sealer.get_or_insert_with(|| {
                     let n = ObjectName::random();
-                    (n, PackSealer::new(&self.keys, &n.to_hex(), pack_size), Vec::new())
+                    (
+                        n,
+                        PackSealer::new(&self.keys, &n.to_hex(), pack_size),
+                        Vec::new(),
+                    )
                 });
                 let place = s.push(&b.id, &plain);
-                blobs.push(BlobEntry { seq: place.seq, offset: place.offset, length: place.length, ..*b });
+                blobs.push(BlobEntry {
+                    seq: place.seq,
+                    offset: place.offset,
+                    length: place.length,
+                    ..*b
+                });
             }
             summary.packs_repacked += 1;
         }
@@ -132,7 +164,13 @@ impl Repository<Indexed> {
             flush(s, &mut keep, &mut written)?;
         }
 
-        written += write_index_object(&*self.store, &self.keys, &IndexFile { packs: keep.clone() })? as i64;
+        written += write_index_object(
+            &*self.store,
+            &self.keys,
+            &IndexFile {
+                packs: keep.clone(),
+            },
+        )? as i64;
         for old in &self.state.index.objects {
             self.store.delete(ObjectKind::Index, old)?;
         }

@@ -64,18 +64,30 @@ impl Repository<Indexed> {
         let snap = self.load_snapshot(r)?;
         if let Ok(mut entries) = fs::read_dir(target) {
             if entries.next().is_some() {
-                return Err(RepoError::TargetNotEmpty { path: target.to_path_buf() });
+                return Err(RepoError::TargetNotEmpty {
+                    path: target.to_path_buf(),
+                });
             }
         } else if target.exists() {
-            return Err(RepoError::TargetNotEmpty { path: target.to_path_buf() });
+            return Err(RepoError::TargetNotEmpty {
+                path: target.to_path_buf(),
+            });
         }
-        let to_target = |source| RepoError::Target { path: target.to_path_buf(), source };
+        let to_target = |source| RepoError::Target {
+            path: target.to_path_buf(),
+            source,
+        };
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let base = target.file_name().map_or("restore".into(), |n| n.to_string_lossy().into_owned());
-        let staging = parent.join(format!(".{base}.backlock-partial-{}", ObjectName::random().short()));
+        let base = target
+            .file_name()
+            .map_or("restore".into(), |n| n.to_string_lossy().into_owned());
+        let staging = parent.join(format!(
+            ".{base}.backlock-partial-{}",
+            ObjectName::random().short()
+        ));
         fs::create_dir(&staging).map_err(to_target)?;
         match self.restore_into(&snap, &staging) {
             Ok((files, bytes)) => {
@@ -98,11 +110,17 @@ impl Repository<Indexed> {
     }
 
     fn restore_into(&self, snap: &Snapshot, root: &Path) -> Result<(u64, u64)> {
-        let to_target = |source| RepoError::Target { path: root.to_path_buf(), source };
+        let to_target = |source| RepoError::Target {
+            path: root.to_path_buf(),
+            source,
+        };
         let malformed = |detail: String| RepoError::Damaged {
             kind: "snapshot",
             name: format!("#{}", snap.seq),
-            source: FormatError::Malformed { what: "snapshot", detail },
+            source: FormatError::Malformed {
+                what: "snapshot",
+                detail,
+            },
         };
         let mut paths = Vec::with_capacity(snap.nodes.len());
         let mut plan: HashMap<ObjectName, HashMap<u32, (BlobEntry, Targets)>> = HashMap::new();
@@ -136,7 +154,10 @@ impl Repository<Indexed> {
                         offset += loc.blob.raw_length as u64;
                     }
                     if offset != node.size {
-                        return Err(malformed(format!("file size {} != chunk total {offset}", node.size)));
+                        return Err(malformed(format!(
+                            "file size {} != chunk total {offset}",
+                            node.size
+                        )));
                     }
                     f.set_len(offset).map_err(to_target)?;
                     files += 1;
@@ -148,18 +169,24 @@ impl Repository<Indexed> {
 
         let queue = Mutex::new(plan.into_iter().collect::<Vec<_>>());
         let failure: Mutex<Option<RepoError>> = Mutex::new(None);
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 4);
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| loop {
                     if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                         return;
                     }
-                    let Some((pack, blobs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                    let Some((pack, blobs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop()
+                    else {
                         return;
                     };
                     if let Err(e) = self.restore_pack(pack, blobs, &paths) {
-                        failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        failure
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
                         return;
                     }
                 });
@@ -185,7 +212,9 @@ impl Repository<Indexed> {
     ) -> Result<()> {
         let name = pack.to_hex();
         let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
-        let header = self.store.get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
+        let header = self
+            .store
+            .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
         let opener = PackOpener::new(&self.keys, &name, &header).map_err(damaged)?;
         let mut blobs: Vec<_> = blobs.into_values().collect();
         blobs.sort_by_key(|(b, _)| b.offset);
@@ -196,17 +225,27 @@ impl Repository<Indexed> {
             let start = blobs[i].0.offset;
             let mut end = start + blobs[i].0.length as u64;
             let mut j = i + 1;
-            while j < blobs.len() && blobs[j].0.offset <= end + COALESCE_GAP && blobs[j].0.offset + blobs[j].0.length as u64 - start <= 64 << 20 {
+            while j < blobs.len()
+                && blobs[j].0.offset <= end + COALESCE_GAP
+                && blobs[j].0.offset + blobs[j].0.length as u64 - start <= 64 << 20
+            {
                 end = end.max(blobs[j].0.offset + blobs[j].0.length as u64);
                 j += 1;
             }
-            let data = self.store.get_range(ObjectKind::Pack, &name, start, end - start)?;
+            let data = self
+                .store
+                .get_range(ObjectKind::Pack, &name, start, end - start)?;
             for (blob, targets) in &blobs[i..j] {
                 let from = (blob.offset - start) as usize;
                 let sealed = data.get(from..from + blob.length as usize).ok_or_else(|| {
-                    damaged(FormatError::Truncated { len: data.len(), min: from + blob.length as usize })
+                    damaged(FormatError::Truncated {
+                        len: data.len(),
+                        min: from + blob.length as usize,
+                    })
                 })?;
-                let plain = opener.open_blob(blob.seq, &blob.id, sealed).map_err(damaged)?;
+                let plain = opener
+                    .open_blob(blob.seq, &blob.id, sealed)
+                    .map_err(damaged)?;
                 let chunk = blob::decode(&plain, blob.raw_length as usize).map_err(damaged)?;
                 if chunk.len() != blob.raw_length as usize || !blob.id.verify(&self.keys, &chunk) {
                     return Err(damaged(FormatError::Tampered));
@@ -214,15 +253,20 @@ impl Repository<Indexed> {
                 for &(file, offset) in targets {
                     let f = match open_files.entry(file) {
                         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                            OpenOptions::new()
-                                .write(true)
-                                .open(&paths[file])
-                                .map_err(|source| RepoError::Target { path: paths[file].clone(), source })?,
-                        ),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(OpenOptions::new().write(true).open(&paths[file]).map_err(
+                                |source| RepoError::Target {
+                                    path: paths[file].clone(),
+                                    source,
+                                },
+                            )?)
+                        }
                     };
                     f.write_all_at(&chunk, offset)
-                        .map_err(|source| RepoError::Target { path: paths[file].clone(), source })?;
+                        .map_err(|source| RepoError::Target {
+                            path: paths[file].clone(),
+                            source,
+                        })?;
                 }
             }
             i = j;

@@ -42,12 +42,22 @@ pub(crate) fn capture(path: &Path, tmp_dir: &Path) -> Result<tempfile::NamedTemp
         path: path.to_path_buf(),
         detail,
     };
+    // Read-write (never create) when we may: a WAL database needs its -shm and -wal
+    // files while open, and only a read-write connection that closes last removes
+    // them again, leaving the app's folder as it was. Read-only otherwise.
     let src = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
+    .or_else(|_| {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    })
     .map_err(|e| err(e.to_string()))?;
-    src.busy_timeout(Duration::from_secs(30)).map_err(|e| err(e.to_string()))?;
+    src.busy_timeout(Duration::from_secs(30))
+        .map_err(|e| err(e.to_string()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".backlock-capture-")
         .tempfile_in(tmp_dir)
@@ -69,7 +79,11 @@ pub(crate) fn capture(path: &Path, tmp_dir: &Path) -> Result<tempfile::NamedTemp
                 StepResult::Busy | StepResult::Locked if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                _ => return Err(err("the database stayed locked by another writer for 60 s".into())),
+                _ => {
+                    return Err(err(
+                        "the database stayed locked by another writer for 60 s".into()
+                    ))
+                }
             }
         }
     }

@@ -5,11 +5,7 @@
 //! backup API matches its source page for page; only the header fields that SQLite
 //! rewrites in every backup copy may differ (docs/FORMAT.md §SQLite databases).
 
-use std::{
-    fs,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 /// Header byte ranges SQLite's online backup rewrites in the copy: file change counter,
 /// schema cookie, version-valid-for and library version number.
@@ -36,7 +32,9 @@ pub fn compare_trees(source: &Path, restored: &Path) -> Result<VerifyReport, Str
 }
 
 fn is_sidecar(name: &str) -> bool {
-    ["-wal", "-shm", "-journal"].iter().any(|s| name.ends_with(s))
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 fn names(dir: &Path) -> Result<Vec<String>, String> {
@@ -51,28 +49,49 @@ fn names(dir: &Path) -> Result<Vec<String>, String> {
 }
 
 fn compare(a: &Path, b: &Path, rel: &Path, report: &mut VerifyReport) -> Result<(), String> {
-    let show = |p: &Path| if rel.as_os_str().is_empty() { ".".into() } else { p.display().to_string() };
+    let show = |p: &Path| {
+        if rel.as_os_str().is_empty() {
+            ".".into()
+        } else {
+            p.display().to_string()
+        }
+    };
     let ma = fs::symlink_metadata(a).map_err(|e| format!("{}: {e}", a.display()))?;
-    let mb = fs::symlink_metadata(b).map_err(|_| format!("{} is missing from the restore", show(rel)))?;
+    let mb = fs::symlink_metadata(b)
+        .map_err(|_| format!("{} is missing from the restore", show(rel)))?;
     if ma.file_type() != mb.file_type() {
-        return Err(format!("{} is a different kind of entry after restore", show(rel)));
+        return Err(format!(
+            "{} is a different kind of entry after restore",
+            show(rel)
+        ));
     }
     if !ma.file_type().is_symlink() && ma.mode() & 0o7777 != mb.mode() & 0o7777 {
-        return Err(format!("{} has mode {:o}, expected {:o}", show(rel), mb.mode() & 0o7777, ma.mode() & 0o7777));
+        return Err(format!(
+            "{} has mode {:o}, expected {:o}",
+            show(rel),
+            mb.mode() & 0o7777,
+            ma.mode() & 0o7777
+        ));
     }
     if ma.is_dir() {
         let (na, nb) = (names(a)?, names(b)?);
         if na != nb {
             let extra: Vec<_> = nb.iter().filter(|n| !na.contains(n)).collect();
             let missing: Vec<_> = na.iter().filter(|n| !nb.contains(n)).collect();
-            return Err(format!("{}: missing {missing:?}, unexpected {extra:?}", show(rel)));
+            return Err(format!(
+                "{}: missing {missing:?}, unexpected {extra:?}",
+                show(rel)
+            ));
         }
         for n in na {
             compare(&a.join(&n), &b.join(&n), &rel.join(&n), report)?;
         }
     } else if ma.file_type().is_symlink() {
         if fs::read_link(a).ok() != fs::read_link(b).ok() {
-            return Err(format!("symlink {} points elsewhere after restore", show(rel)));
+            return Err(format!(
+                "symlink {} points elsewhere after restore",
+                show(rel)
+            ));
         }
     } else {
         let da = fs::read(a).map_err(|e| format!("{}: {e}", a.display()))?;
@@ -86,7 +105,11 @@ fn compare(a: &Path, b: &Path, rel: &Path, report: &mut VerifyReport) -> Result<
             }
         }
         if da != db {
-            let first = da.iter().zip(&db).position(|(x, y)| x != y).unwrap_or(da.len().min(db.len()));
+            let first = da
+                .iter()
+                .zip(&db)
+                .position(|(x, y)| x != y)
+                .unwrap_or(da.len().min(db.len()));
             return Err(format!(
                 "{} differs after restore (sizes {} and {}, first difference at byte {first})",
                 show(rel),

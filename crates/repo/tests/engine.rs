@@ -28,7 +28,12 @@ impl Fixture {
     }
 
     fn with(store: Arc<dyn ObjectStore>, mem: Option<MemoryStore>) -> Self {
-        let f = Fixture { dir: tempfile::tempdir().unwrap(), key: BackupKey::generate(), store, mem };
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            key: BackupKey::generate(),
+            store,
+            mem,
+        };
         Repository::init(f.store.clone(), &f.key, f.home()).unwrap();
         f
     }
@@ -38,11 +43,18 @@ impl Fixture {
     }
 
     fn repo(&self) -> Repository<backlock_repo::Indexed> {
-        Repository::open(self.store.clone(), &self.key, self.home()).unwrap().load_index().unwrap()
+        Repository::open(self.store.clone(), &self.key, self.home())
+            .unwrap()
+            .load_index()
+            .unwrap()
     }
 
     fn backup(&self, src: &Path) -> backlock_repo::BackupSummary {
-        let opts = BackupOptions { paths: vec![src.to_path_buf()], hostname: "test".into(), ..Default::default() };
+        let opts = BackupOptions {
+            paths: vec![src.to_path_buf()],
+            hostname: "test".into(),
+            ..Default::default()
+        };
         self.repo().backup(&opts).unwrap()
     }
 
@@ -88,8 +100,10 @@ fn sqlite_day_stores_about_the_pages_that_changed() {
     let before = std::fs::read(&db).unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
     tree::insert_messages(&conn, 300, 4);
-    conn.execute("UPDATE message SET status = 2 WHERE id % 1999 = 0", []).unwrap();
-    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    conn.execute("UPDATE message SET status = 2 WHERE id % 1999 = 0", [])
+        .unwrap();
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
     drop(conn);
     let after = std::fs::read(&db).unwrap();
     let changed = after
@@ -99,7 +113,11 @@ fn sqlite_day_stores_about_the_pages_that_changed() {
         .count() as u64;
     let day = f.backup(&src);
     // Page-aware chunks: new bytes are the changed pages, not the whole file.
-    assert!(day.bytes_new <= (changed + 2) * 4096, "changed {changed} pages, new {}", day.bytes_new);
+    assert!(
+        day.bytes_new <= (changed + 2) * 4096,
+        "changed {changed} pages, new {}",
+        day.bytes_new
+    );
     assert!(day.bytes_new * 4 < after.len() as u64, "{day:?}");
 }
 
@@ -114,7 +132,8 @@ fn live_sqlite_writer_still_yields_consistent_snapshot() {
     std::thread::scope(|s| {
         s.spawn(|| {
             let conn = rusqlite::Connection::open(&db).unwrap();
-            conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tree::insert_messages(&conn, 50, 100 + i);
@@ -131,9 +150,13 @@ fn live_sqlite_writer_still_yields_consistent_snapshot() {
     f.restore_latest(&target).unwrap();
     assert!(!target.join("app/msgstore.db-wal").exists());
     let conn = rusqlite::Connection::open(target.join("app/msgstore.db")).unwrap();
-    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
-    let rows: i64 = conn.query_row("SELECT count(*) FROM message", [], |r| r.get(0)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM message", [], |r| r.get(0))
+        .unwrap();
     assert!(rows >= 20_000);
 }
 
@@ -143,9 +166,14 @@ fn wrong_key_is_named_and_writes_nothing() {
     let src = tree::write_sample(f.dir.path(), 6);
     f.backup(&src);
     let other = BackupKey::generate();
-    let err = Repository::open(f.store.clone(), &other, f.home()).err().unwrap();
+    let err = Repository::open(f.store.clone(), &other, f.home())
+        .err()
+        .unwrap();
     assert!(matches!(err, RepoError::WrongKey));
-    assert_eq!(err.to_string().split(':').next().unwrap(), "this key does not open this repository");
+    assert_eq!(
+        err.to_string().split(':').next().unwrap(),
+        "this key does not open this repository"
+    );
 }
 
 fn assert_restore_fails_cleanly(f: &Fixture, object: &str) {
@@ -155,20 +183,33 @@ fn assert_restore_fails_cleanly(f: &Fixture, object: &str) {
     assert!(!target.exists(), "partial restore left at target");
     let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("backlock-partial"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("backlock-partial")
+        })
         .collect();
     assert!(leftovers.is_empty(), "staging directory left behind");
 }
 
 fn check_errors(f: &Fixture) -> Vec<String> {
-    Repository::open(f.store.clone(), &f.key, f.home()).unwrap().check(true).unwrap().errors
+    Repository::open(f.store.clone(), &f.key, f.home())
+        .unwrap()
+        .check(true)
+        .unwrap()
+        .errors
 }
 
 #[test]
 fn every_kind_of_damage_is_caught_and_named() {
     type Damage = fn(&mut Vec<u8>);
     let damages: [(&str, Damage); 3] = [
-        ("flipped", |d| { let i = d.len() / 2; d[i] ^= 0x40 }),
+        ("flipped", |d| {
+            let i = d.len() / 2;
+            d[i] ^= 0x40
+        }),
         ("truncated", |d| d.truncate(d.len() - 100)),
         ("emptied", |d| d.clear()),
     ];
@@ -180,7 +221,10 @@ fn every_kind_of_damage_is_caught_and_named() {
             let victim = f.store.list(kind).unwrap()[0].name.clone();
             f.mem.as_ref().unwrap().tamper(kind, &victim, damage);
             let errors = check_errors(&f);
-            assert!(errors.iter().any(|e| e.contains(&victim)), "{what} {kind:?}: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.contains(&victim)),
+                "{what} {kind:?}: {errors:?}"
+            );
             assert_restore_fails_cleanly(&f, &victim);
         }
     }
@@ -197,7 +241,9 @@ fn swapped_and_deleted_objects_are_caught() {
     let mut snaps = f.store.list(ObjectKind::Snapshot).unwrap();
     snaps.sort_by(|a, b| a.name[16..].cmp(&b.name[16..]));
     let old = f.store.get(ObjectKind::Snapshot, &snaps[0].name).unwrap();
-    f.store.put(ObjectKind::Snapshot, &snaps[1].name, &old).unwrap();
+    f.store
+        .put(ObjectKind::Snapshot, &snaps[1].name, &old)
+        .unwrap();
     assert!(check_errors(&f).iter().any(|e| e.contains(&snaps[1].name)));
     assert_restore_fails_cleanly(&f, &snaps[1].name);
 
@@ -206,7 +252,9 @@ fn swapped_and_deleted_objects_are_caught() {
     f.backup(&src);
     let pack = f.store.list(ObjectKind::Pack).unwrap()[0].name.clone();
     f.store.delete(ObjectKind::Pack, &pack).unwrap();
-    assert!(check_errors(&f).iter().any(|e| e.contains(&pack) && e.contains("missing")));
+    assert!(check_errors(&f)
+        .iter()
+        .any(|e| e.contains(&pack) && e.contains("missing")));
     assert_restore_fails_cleanly(&f, &pack);
 }
 
@@ -221,10 +269,16 @@ fn store_serving_an_older_snapshot_is_caught() {
     let newest = snaps.iter().max_by_key(|o| &o.name[16..]).unwrap();
     f.store.delete(ObjectKind::Snapshot, &newest.name).unwrap();
     let repo = Repository::open(f.store.clone(), &f.key, f.home()).unwrap();
-    assert!(matches!(repo.snapshot_refs(), Err(RepoError::Rollback { seen: 2, served: 1 })));
+    assert!(matches!(
+        repo.snapshot_refs(),
+        Err(RepoError::Rollback { seen: 2, served: 1 })
+    ));
     // A new phone (fresh device state) cannot know, and restores the older one.
     let fresh = DeviceHome::new(f.dir.path().join("new-phone"));
-    assert!(Repository::open(f.store.clone(), &f.key, fresh).unwrap().snapshot_refs().is_ok());
+    assert!(Repository::open(f.store.clone(), &f.key, fresh)
+        .unwrap()
+        .snapshot_refs()
+        .is_ok());
 }
 
 #[test]
@@ -235,13 +289,22 @@ fn forget_and_prune_free_space_and_keep_the_rest_restorable() {
     std::fs::remove_file(src.join("Media/Video/deep/er/VID-1.mp4")).unwrap();
     std::fs::write(src.join("other.bin"), tree::random_bytes(1012, 1_500_000)).unwrap();
     f.backup(&src);
-    let size = |s: &Arc<dyn ObjectStore>| s.list(ObjectKind::Pack).unwrap().iter().map(|o| o.size).sum::<u64>();
+    let size = |s: &Arc<dyn ObjectStore>| {
+        s.list(ObjectKind::Pack)
+            .unwrap()
+            .iter()
+            .map(|o| o.size)
+            .sum::<u64>()
+    };
     let before = size(&f.store);
     let forgot = f.repo().forget_keep_last(1).unwrap();
     assert_eq!((forgot.removed.len(), forgot.kept), (1, 1));
     let pruned = f.repo().prune().unwrap();
     let after = size(&f.store);
-    assert!(after + 2_500_000 < before, "{before} -> {after}: {pruned:?}");
+    assert!(
+        after + 2_500_000 < before,
+        "{before} -> {after}: {pruned:?}"
+    );
     assert!(check_errors(&f).is_empty());
     let target = f.dir.path().join("restored");
     f.restore_latest(&target).unwrap();
@@ -291,13 +354,19 @@ fn full_store_fails_backup_and_loses_nothing() {
         f.backup(&small);
         let big = tree::write_sample(f.dir.path(), 14);
         std::fs::write(big.join("huge.bin"), tree::random_bytes(15, 8_000_000)).unwrap();
-        let opts = BackupOptions { paths: vec![big.clone()], ..Default::default() };
+        let opts = BackupOptions {
+            paths: vec![big.clone()],
+            ..Default::default()
+        };
         let err = f.repo().backup(&opts).unwrap_err();
         assert!(err.to_string().contains("full"), "{err}");
         // The first snapshot still restores.
         let target = f.dir.path().join("restored");
         f.restore_latest(&target).unwrap();
-        assert_eq!(std::fs::read(target.join("small/a.txt")).unwrap(), b"first backup");
+        assert_eq!(
+            std::fs::read(target.join("small/a.txt")).unwrap(),
+            b"first backup"
+        );
     });
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     result.unwrap();

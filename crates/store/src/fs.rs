@@ -49,11 +49,18 @@ impl FsStore {
 
     fn path(&self, kind: ObjectKind, name: &str) -> Result<PathBuf, StoreError> {
         if !valid_name(name) {
-            return Err(self.io(name, io::Error::new(io::ErrorKind::InvalidInput, "invalid object name")));
+            return Err(self.io(
+                name,
+                io::Error::new(io::ErrorKind::InvalidInput, "invalid object name"),
+            ));
         }
         Ok(match kind {
             ObjectKind::Config => self.root.join(name),
-            ObjectKind::Pack => self.root.join("packs").join(&name[..2.min(name.len())]).join(name),
+            ObjectKind::Pack => self
+                .root
+                .join("packs")
+                .join(&name[..2.min(name.len())])
+                .join(name),
             _ => self.root.join(kind_dir(kind)).join(name),
         })
     }
@@ -86,7 +93,13 @@ impl FsStore {
             f.write_all(data)?;
             f.sync_all()?;
             let parent = path.parent().unwrap_or(&self.root);
-            fs::create_dir_all(parent)?;
+            if !parent.exists() {
+                fs::create_dir_all(parent)?;
+                // A new shard directory must itself be durable in its parent.
+                if let Some(grand) = parent.parent() {
+                    File::open(grand)?.sync_all()?;
+                }
+            }
             fs::rename(&tmp, path)?;
             File::open(parent)?.sync_all()
         })();
@@ -100,7 +113,8 @@ impl FsStore {
 impl ObjectStore for FsStore {
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
         let path = self.path(kind, name)?;
-        self.write_atomically(&path, data).map_err(|e| self.io(name, e))
+        self.write_atomically(&path, data)
+            .map_err(|e| self.io(name, e))
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
@@ -121,7 +135,9 @@ impl ObjectStore for FsStore {
         let path = self.path(kind, name)?;
         let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Self::not_found(kind, name)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Self::not_found(kind, name))
+            }
             Err(e) => return Err(self.io(name, e)),
         };
         let mut out = Vec::new();
@@ -144,7 +160,10 @@ impl ObjectStore for FsStore {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let meta = entry.metadata()?;
                 if meta.is_file() && valid_name(&name) {
-                    out.push(ObjectInfo { name, size: meta.len() });
+                    out.push(ObjectInfo {
+                        name,
+                        size: meta.len(),
+                    });
                 }
             }
             Ok(())
@@ -152,7 +171,10 @@ impl ObjectStore for FsStore {
         let result = match kind {
             ObjectKind::Config => {
                 return Ok(match fs::metadata(self.root.join("config")) {
-                    Ok(m) => vec![ObjectInfo { name: "config".into(), size: m.len() }],
+                    Ok(m) => vec![ObjectInfo {
+                        name: "config".into(),
+                        size: m.len(),
+                    }],
                     Err(_) => vec![],
                 })
             }

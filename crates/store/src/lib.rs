@@ -42,7 +42,9 @@ pub enum StoreError {
         location: String,
     },
     /// A failure that may pass (time-out, connection reset, throttling).
-    #[error("the store at {location} did not answer ({detail}): check it is reachable and try again")]
+    #[error(
+        "the store at {location} did not answer ({detail}): check it is reachable and try again"
+    )]
     Transient {
         /// The store's location.
         location: String,

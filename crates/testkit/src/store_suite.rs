@@ -21,7 +21,12 @@ fn put_get_list_delete(s: &dyn ObjectStore) {
     s.put(ObjectKind::Index, &name(1), b"one").unwrap();
     s.put(ObjectKind::Index, &name(2), b"two!").unwrap();
     assert_eq!(s.get(ObjectKind::Index, &name(1)).unwrap(), b"one");
-    let mut listed: Vec<_> = s.list(ObjectKind::Index).unwrap().into_iter().map(|o| (o.name, o.size)).collect();
+    let mut listed: Vec<_> = s
+        .list(ObjectKind::Index)
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
     listed.sort();
     assert_eq!(listed, vec![(name(1), 3), (name(2), 4)]);
     s.delete(ObjectKind::Index, &name(1)).unwrap();
@@ -33,9 +38,19 @@ fn put_get_list_delete(s: &dyn ObjectStore) {
 fn range_reads(s: &dyn ObjectStore) {
     let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     s.put(ObjectKind::Pack, &name(3), &data).unwrap();
-    assert_eq!(s.get_range(ObjectKind::Pack, &name(3), 10, 5).unwrap(), &data[10..15]);
-    assert_eq!(s.get_range(ObjectKind::Pack, &name(3), 99_990, 100).unwrap(), &data[99_990..]);
-    assert!(s.get_range(ObjectKind::Pack, &name(3), 200_000, 10).unwrap().is_empty());
+    assert_eq!(
+        s.get_range(ObjectKind::Pack, &name(3), 10, 5).unwrap(),
+        &data[10..15]
+    );
+    assert_eq!(
+        s.get_range(ObjectKind::Pack, &name(3), 99_990, 100)
+            .unwrap(),
+        &data[99_990..]
+    );
+    assert!(s
+        .get_range(ObjectKind::Pack, &name(3), 200_000, 10)
+        .unwrap()
+        .is_empty());
     s.delete(ObjectKind::Pack, &name(3)).unwrap();
 }
 
@@ -47,8 +62,14 @@ fn large_objects(s: &dyn ObjectStore) {
 }
 
 fn missing_objects(s: &dyn ObjectStore) {
-    assert!(matches!(s.get(ObjectKind::Snapshot, &name(5)), Err(StoreError::NotFound { .. })));
-    assert!(matches!(s.get_range(ObjectKind::Pack, &name(5), 0, 1), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.get(ObjectKind::Snapshot, &name(5)),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_range(ObjectKind::Pack, &name(5), 0, 1),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 fn concurrent_writers(s: Arc<dyn ObjectStore>) {
@@ -58,7 +79,8 @@ fn concurrent_writers(s: Arc<dyn ObjectStore>) {
             scope.spawn(move || {
                 for i in 0..10 {
                     let data = crate::tree::random_bytes((t * 100 + i) as u64, 50_000);
-                    s.put(ObjectKind::Pack, &name(1000 + t * 100 + i), &data).unwrap();
+                    s.put(ObjectKind::Pack, &name(1000 + t * 100 + i), &data)
+                        .unwrap();
                     assert!(s.get(ObjectKind::Pack, &name(1000 + t * 100 + i)).unwrap() == data);
                 }
             });
@@ -73,6 +95,9 @@ fn concurrent_writers(s: Arc<dyn ObjectStore>) {
 fn kinds_are_separate(s: &dyn ObjectStore) {
     s.put(ObjectKind::Snapshot, &name(6), b"s").unwrap();
     assert!(s.list(ObjectKind::Index).unwrap().is_empty());
-    assert!(matches!(s.get(ObjectKind::Index, &name(6)), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.get(ObjectKind::Index, &name(6)),
+        Err(StoreError::NotFound { .. })
+    ));
     s.delete(ObjectKind::Snapshot, &name(6)).unwrap();
 }

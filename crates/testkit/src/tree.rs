@@ -21,12 +21,18 @@ pub fn write_sample(root: &Path, seed: u64) -> PathBuf {
     let dir = root.join("chat");
     fs::create_dir_all(dir.join("Media/Images")).unwrap();
     fs::create_dir_all(dir.join("Media/Video/deep/er")).unwrap();
-    let text: Vec<u8> = (0..40_000).flat_map(|i| format!("message {i} see you later\n").into_bytes()).collect();
+    let text: Vec<u8> = (0..40_000)
+        .flat_map(|i| format!("message {i} see you later\n").into_bytes())
+        .collect();
     fs::write(dir.join("notes.txt"), &text).unwrap();
     let photo = random_bytes(seed, 700_000);
     fs::write(dir.join("Media/Images/IMG-1.jpg"), &photo).unwrap();
     fs::write(dir.join("Media/Images/IMG-1-forwarded.jpg"), &photo).unwrap();
-    fs::write(dir.join("Media/Video/deep/er/VID-1.mp4"), random_bytes(seed + 1, 3_000_000)).unwrap();
+    fs::write(
+        dir.join("Media/Video/deep/er/VID-1.mp4"),
+        random_bytes(seed + 1, 3_000_000),
+    )
+    .unwrap();
     fs::write(dir.join("empty"), b"").unwrap();
     fs::set_permissions(dir.join("notes.txt"), fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::symlink("Media/Images/IMG-1.jpg", dir.join("latest.jpg")).unwrap();
@@ -44,20 +50,34 @@ pub fn write_db(path: &Path, rows: u64, seed: u64) {
     )
     .unwrap();
     insert_messages(&conn, rows, seed);
-    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
 }
 
 /// Inserts `rows` chat-like messages in one transaction.
 pub fn insert_messages(conn: &rusqlite::Connection, rows: u64, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let words = ["hey", "see", "you", "at", "eight", "lunch", "photo", "ok", "thanks", "love", "coming", "home"];
+    let words = [
+        "hey", "see", "you", "at", "eight", "lunch", "photo", "ok", "thanks", "love", "coming",
+        "home",
+    ];
     conn.execute_batch("BEGIN").unwrap();
     {
-        let mut stmt = conn.prepare_cached("INSERT INTO message(chat, ts, status, body) VALUES (?1, ?2, ?3, ?4)").unwrap();
+        let mut stmt = conn
+            .prepare_cached("INSERT INTO message(chat, ts, status, body) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
         for _ in 0..rows {
             let n = 3 + rng.next_u32() as usize % 20;
-            let body: Vec<&str> = (0..n).map(|_| words[rng.next_u32() as usize % words.len()]).collect();
-            stmt.execute((rng.next_u32() % 50, (rng.next_u64() % 1_000_000) as i64, 1, body.join(" "))).unwrap();
+            let body: Vec<&str> = (0..n)
+                .map(|_| words[rng.next_u32() as usize % words.len()])
+                .collect();
+            stmt.execute((
+                rng.next_u32() % 50,
+                (rng.next_u64() % 1_000_000) as i64,
+                1,
+                body.join(" "),
+            ))
+            .unwrap();
         }
     }
     conn.execute_batch("COMMIT").unwrap();
@@ -71,9 +91,17 @@ pub fn assert_same(a: &Path, b: &Path) {
     }
     for entry in list_files(a) {
         let meta = fs::symlink_metadata(&entry).unwrap();
-        if meta.is_file() && !entry.to_string_lossy().ends_with("-wal") && !entry.to_string_lossy().ends_with("-shm") {
+        if meta.is_file()
+            && !entry.to_string_lossy().ends_with("-wal")
+            && !entry.to_string_lossy().ends_with("-shm")
+        {
             let other = b.join(entry.strip_prefix(a).unwrap());
-            assert_eq!(meta.mtime(), fs::metadata(&other).unwrap().mtime(), "mtime of {}", entry.display());
+            assert_eq!(
+                meta.mtime(),
+                fs::metadata(&other).unwrap().mtime(),
+                "mtime of {}",
+                entry.display()
+            );
         }
     }
 }

@@ -1,0 +1,1246 @@
+#!/usr/bin/env python3
+"""Backup benchmark: backlock vs restic vs borg, with `cat` as the I/O limit.
+
+Run through scripts/bench-backup (see bench/README.md). Standard library only.
+
+For each data-set size it generates a chat data set once (backlock-chatgen,
+fixed seed), then for each repetition:
+  A  initial backup of D by every tool into a fresh repository,
+     then `backlock-chatgen day` changes D in place (once, shared by all tools),
+  B  incremental backup of the same D by every tool,
+  C  full restore of the latest snapshot into a fresh directory per tool,
+     verified file by file (sha256) against D.
+Wall time (time.monotonic around the process), peak RSS (/usr/bin/time %M) and
+repository size (du -sb) are recorded; the table shows medians over repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOOLS_ALL = ("backlock", "restic", "borg", "cat")
+PEERS = ("restic", "borg")
+PHASES = (("initial", "initial backup"), ("incremental", "incremental backup"), ("restore", "restore"))
+GEN_SEED = 20240601
+DAY_SEED = 20240602
+PASSWORD = "bench-password-not-secret"
+BACKLOCK_BACKUP_KEYS = ("snapshot", "files", "bytes_read", "bytes_new", "bytes_stored",
+                        "dedup_ratio", "seconds")
+SPEEDUP_TARGET = 2.0
+GROWTH_TARGET = 0.25
+TIME_BIN = "/usr/bin/time"
+MB = 1_000_000
+MIB = 1024 * 1024
+
+# Every subprocess is bounded. Per-GB timeouts are generous on purpose.
+T_APT = 1800
+T_BUILD = 3600
+T_SHORT = 300
+
+
+def t_tool(gb: float) -> float:
+    return 1800 + 1800 * gb
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- output helpers
+
+def log(msg: str) -> None:
+    ts = time.strftime("%H:%M:%S")
+    print(f"[{ts}] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "n/a"
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{sign}{n / div:.2f} {unit}"
+    return f"{sign}{n:.0f} B"
+
+
+def fnum(x, nd=2, none="n/a") -> str:
+    if x is None:
+        return none
+    return f"{x:.{nd}f}"
+
+
+def _short(v):
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# --------------------------------------------------------------------------- subprocess
+
+class Result:
+    def __init__(self, rc, seconds, rss_kib, stdout, stderr_tail, timed_out, logpath):
+        self.rc = rc
+        self.seconds = seconds
+        self.rss_kib = rss_kib
+        self.stdout = stdout
+        self.stderr_tail = stderr_tail
+        self.timed_out = timed_out
+        self.log = logpath
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    # The child was started in its own session, so its process group id is its pid.
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(cmd, *, logdir: Path, name: str, timeout: float, env=None, cwd=None,
+        timed=False, check=False, stream=False) -> Result:
+    """Run cmd bounded by timeout; stdout/stderr go to files under logdir.
+
+    timed=True wraps it in /usr/bin/time -f '%e %M' to get peak RSS (KiB).
+    stream=True lets stderr through to the terminal (for long builds).
+    """
+    logdir.mkdir(parents=True, exist_ok=True)
+    out_path = logdir / f"{name}.out"
+    err_path = logdir / f"{name}.err"
+    time_path = logdir / f"{name}.time"
+    full = list(map(str, cmd))
+    if timed:
+        full = [TIME_BIN, "-f", "%e %M", "-o", str(time_path)] + full
+    with open(err_path, "ab") as ef:
+        ef.write(f"$ {shlex.join(full)}  (cwd={cwd or os.getcwd()})\n".encode())
+        err_start = ef.tell()
+    t0 = time.monotonic()
+    with open(out_path, "wb") as of, open(err_path, "ab") as ef:
+        p = subprocess.Popen(full, stdout=of, stderr=None if stream else ef,
+                             stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                             start_new_session=True)
+        timed_out = False
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(p)
+            rc = p.returncode if p.returncode is not None else -9
+        except BaseException:
+            _kill_group(p)
+            raise
+    seconds = time.monotonic() - t0
+    rss = None
+    if timed and time_path.exists():
+        for line in time_path.read_text(errors="replace").splitlines():
+            m = re.match(r"^\s*([\d.]+)\s+(\d+)\s*$", line)
+            if m:
+                rss = int(m.group(2))
+    stdout = out_path.read_text(errors="replace")
+    with open(err_path, "rb") as ef:
+        ef.seek(err_start)
+        err = ef.read().decode(errors="replace")
+    res = Result(rc, seconds, rss, stdout, err[-3000:], timed_out, str(err_path))
+    if check and (rc != 0 or timed_out):
+        raise BenchError(f"command failed (rc={rc}{', timed out' if timed_out else ''}): "
+                         f"{shlex.join(map(str, cmd))}\n--- stdout tail:\n{stdout[-1500:]}\n"
+                         f"--- stderr tail:\n{err[-2000:]}")
+    return res
+
+
+def last_json(text: str):
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def capture(cmd, timeout=T_SHORT) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        return (p.stdout + p.stderr).strip().splitlines()[0] if (p.stdout + p.stderr).strip() else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unavailable ({e})"
+
+
+# --------------------------------------------------------------------------- filesystem helpers
+
+def du_sb(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True,
+                         timeout=T_SHORT, check=True).stdout
+    return int(out.split()[0])
+
+
+def tree_stats(root: Path):
+    files = 0
+    total = 0
+    for dp, _dn, fn in os.walk(root):
+        for f in fn:
+            p = os.path.join(dp, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                files += 1
+                total += os.path.getsize(p)
+    return files, total
+
+
+def hash_tree(root: Path) -> dict:
+    """relative path -> (size, sha256) for every regular file (like find -type f)."""
+    out = {}
+    for dp, _dn, fn in os.walk(root):
+        for f in fn:
+            p = os.path.join(dp, f)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            h = hashlib.sha256()
+            with open(p, "rb") as fh:
+                while True:
+                    b = fh.read(1 << 20)
+                    if not b:
+                        break
+                    h.update(b)
+            out[os.path.relpath(p, root)] = (os.path.getsize(p), h.hexdigest())
+    return out
+
+
+def fingerprint(root: Path) -> dict:
+    """relative path -> (size, mtime_ns) of every file; cheap check that nobody wrote to D."""
+    out = {}
+    for dp, _dn, fn in os.walk(root):
+        for f in fn:
+            p = os.path.join(dp, f)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def source_changes(before: dict, after: dict) -> dict:
+    ch = {k: "added" for k in after if k not in before}
+    ch.update({k: "removed" for k in before if k not in after})
+    ch.update({k: "modified" for k in before if k in after and before[k] != after[k]})
+    return dict(sorted(ch.items()))
+
+
+def sqlite_diff_note(a: str, b: str):
+    """If two files are SQLite DBs of equal size differing only in header bytes, say which."""
+    try:
+        if os.path.getsize(a) != os.path.getsize(b):
+            return None
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            ha, hb = fa.read(100), fb.read(100)
+            if not (ha.startswith(b"SQLite format 3\x00") and hb.startswith(b"SQLite format 3\x00")):
+                return None
+            if fa.read() != fb.read():
+                return None
+        names = {24: "file change counter", 40: "schema cookie", 92: "version-valid-for"}
+        diff = sorted({(o // 4) * 4 for o in range(100) if ha[o] != hb[o]})
+        return ("SQLite header-only difference (rest of the file identical): " +
+                ", ".join(f"{names.get(o, 'offset ' + str(o))} "
+                          f"{int.from_bytes(ha[o:o + 4], 'big')}->{int.from_bytes(hb[o:o + 4], 'big')}"
+                          for o in diff))
+    except OSError:
+        return None
+
+
+SQLITE_REWRITTEN = {24, 40, 92, 96}  # change counter, schema cookie, version-valid-for, library version
+
+
+def sqlite_header_only(a: str, b: str) -> bool:
+    """True if a and b are equal SQLite files except the header fields the online backup rewrites."""
+    try:
+        if os.path.getsize(a) != os.path.getsize(b):
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            ha, hb = fa.read(100), fb.read(100)
+            if not ha.startswith(b"SQLite format 3\x00") or fa.read() != fb.read():
+                return False
+        return all((o // 4) * 4 in SQLITE_REWRITTEN for o in range(100) if ha[o] != hb[o])
+    except OSError:
+        return False
+
+
+def list_rel_files(root: Path) -> set:
+    s = set()
+    for dp, _dn, fn in os.walk(root):
+        for f in fn:
+            s.add(os.path.relpath(os.path.join(dp, f), root))
+    return s
+
+
+def rmtree(p: Path) -> None:
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.exists():
+        shutil.rmtree(p, ignore_errors=False)
+
+
+def db_pages(db: Path):
+    """(page_size, [sha1 of each page]) of an SQLite file, or None."""
+    if not db.exists():
+        return None
+    with open(db, "rb") as f:
+        hdr = f.read(100)
+        if len(hdr) < 100 or not hdr.startswith(b"SQLite format 3\x00"):
+            return None
+        ps = int.from_bytes(hdr[16:18], "big")
+        ps = 65536 if ps == 1 else ps
+        f.seek(0)
+        pages = []
+        while True:
+            b = f.read(ps)
+            if not b:
+                break
+            pages.append(hashlib.sha1(b).digest())
+    return ps, pages
+
+
+# --------------------------------------------------------------------------- page cache
+
+class CacheControl:
+    """sync + drop the page cache before each timed run.
+
+    Falls back to posix_fadvise(DONTNEED) on every file under the bench tree
+    when /proc/sys/vm/drop_caches cannot be written (e.g. in a container).
+    """
+
+    def __init__(self):
+        self.modes = set()
+        self.error = None
+
+    def drop(self, roots) -> str:
+        subprocess.run(["sync"], timeout=T_SHORT, check=False)
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            mode = "drop_caches"
+        except OSError as e:
+            self.error = f"{e.__class__.__name__}: {e}"
+            n = 0
+            for r in roots:
+                for dp, _dn, fn in os.walk(r):
+                    for f in fn:
+                        p = os.path.join(dp, f)
+                        try:
+                            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+                        except OSError:
+                            continue
+                        try:
+                            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                            n += 1
+                        except OSError:
+                            pass
+                        finally:
+                            os.close(fd)
+            mode = "fadvise" if n else "warm"
+        self.modes.add(mode)
+        return mode
+
+    def describe(self) -> str:
+        if self.modes == {"drop_caches"}:
+            return "page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed run: cold-cache numbers"
+        if self.modes <= {"fadvise", "drop_caches"} and self.modes:
+            return (f"could NOT drop caches ({self.error}); evicted data/repo files with "
+                    "posix_fadvise(DONTNEED) instead (approximately cold)")
+        return f"could NOT drop caches ({self.error}): all tools ran with a warm page cache"
+
+
+# --------------------------------------------------------------------------- setup: peers, build
+
+def ensure_peers(logdir: Path, env_info: dict) -> None:
+    missing = []
+    if not shutil.which("restic"):
+        missing.append("restic")
+    if not shutil.which("borg"):
+        missing.append("borgbackup")
+    if not os.path.exists(TIME_BIN):
+        missing.append("time")
+    if missing:
+        log(f"installing missing peers via apt-get: {' '.join(missing)}")
+        prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+        if prefix is None:
+            raise BenchError(f"need root (or sudo) to apt-get install {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = prefix + ["apt-get", "install", "-y", "--no-install-recommends",
+                            "restic", "borgbackup", "time"]
+        r = run(install, logdir=logdir, name="apt-install", timeout=T_APT, env=env)
+        if r.rc != 0:
+            log("apt-get install failed; running apt-get update and retrying")
+            run(prefix + ["apt-get", "update"], logdir=logdir, name="apt-update",
+                timeout=T_APT, env=env, check=True)
+            run(install, logdir=logdir, name="apt-install-2", timeout=T_APT, env=env, check=True)
+    v = env_info.setdefault("versions", {})
+    v["restic"] = capture(["restic", "version"])
+    v["borg"] = capture(["borg", "--version"])
+    v["time"] = capture([TIME_BIN, "--version"])
+    for pkg in ("restic", "borgbackup", "time"):
+        dv = capture(["dpkg-query", "-W", "-f", "${Version}", pkg])
+        if dv and "no packages" not in dv.lower() and "unavailable" not in dv:
+            v[f"{pkg} (deb)"] = dv
+
+
+def cargo_metadata(repo_root: Path) -> dict:
+    p = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                       cwd=repo_root, capture_output=True, text=True, timeout=T_SHORT)
+    if p.returncode != 0:
+        raise BenchError(f"cargo metadata failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout)
+
+
+def bin_path(meta: dict, package: str, default: str) -> Path:
+    name = default
+    for pkg in meta.get("packages", []):
+        if pkg["name"] == package:
+            bins = [t["name"] for t in pkg.get("targets", []) if "bin" in t.get("kind", [])]
+            if default in bins or not bins:
+                name = default
+            else:
+                name = bins[0]
+    return Path(meta["target_directory"]) / "release" / name
+
+
+def build(repo_root: Path, packages, logdir: Path, skip: bool) -> dict:
+    bins = {}
+    if not packages:
+        return bins
+    if not skip:
+        cmd = ["cargo", "build", "--release"]
+        for p in packages:
+            cmd += ["-p", p]
+        log(f"building: {' '.join(cmd)}  (CARGO_TARGET_DIR={os.environ.get('CARGO_TARGET_DIR', '<default>')})")
+        run(cmd, logdir=logdir, name="cargo-build", timeout=T_BUILD, cwd=repo_root,
+            check=True, stream=True)
+    meta = cargo_metadata(repo_root)
+    defaults = {"backlock-cli": "backlock", "backlock-chatgen": "backlock-chatgen"}
+    for p in packages:
+        b = bin_path(meta, p, defaults[p])
+        if not b.exists():
+            raise BenchError(f"binary for {p} not found at {b}")
+        bins[p] = b
+    return bins
+
+
+# --------------------------------------------------------------------------- stand-in data
+# Only for testing the harness without backlock-chatgen (--stand-in-data).
+# Mimics the shape: SQLite DB ~15% of total, incompressible media with ~20% dupes.
+
+def standin_generate(d: Path, total_mb: int, seed: int) -> dict:
+    rnd = random.Random(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    db_target = int(total_mb * MB * 0.15)
+    con = sqlite3.connect(d / "msgstore.db")
+    con.execute("PRAGMA page_size=4096")
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("CREATE TABLE messages(id INTEGER PRIMARY KEY, chat INTEGER, ts INTEGER, body TEXT)")
+    words = [("".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9))))
+             for _ in range(3000)]
+    i = 0
+    while (d / "msgstore.db").stat().st_size < db_target:
+        rows = []
+        for _ in range(5000):
+            i += 1
+            rows.append((i, rnd.randint(1, 200), 1_600_000_000 + i * 7,
+                         " ".join(rnd.choice(words) for _ in range(rnd.randint(3, 40)))))
+        con.executemany("INSERT INTO messages VALUES (?,?,?,?)", rows)
+        con.commit()
+    con.close()
+    media = d / "Media"
+    made = []
+    remaining = total_mb * MB - (d / "msgstore.db").stat().st_size
+    n = 0
+    while remaining > 0:
+        n += 1
+        sub = media / rnd.choice(["Images", "Video", "Audio", "Documents"])
+        sub.mkdir(parents=True, exist_ok=True)
+        p = sub / f"F-{n:06d}.bin"
+        if made and rnd.random() < 0.2:
+            src = rnd.choice(made)
+            shutil.copyfile(src, p)
+        else:
+            size = min(remaining, rnd.randint(20_000, 4_000_000))
+            p.write_bytes(rnd.randbytes(size))
+            made.append(p)
+        remaining -= p.stat().st_size
+    return {"standin": True, "files": n + 1, "total_mb": total_mb}
+
+
+def standin_day(d: Path, seed: int) -> dict:
+    rnd = random.Random(seed)
+    db = d / "msgstore.db"
+    before = db_pages(db)
+    con = sqlite3.connect(db)
+    (maxid,) = con.execute("SELECT max(id) FROM messages").fetchone()
+    # rewrite ~10% of rows in a few contiguous ranges (same length: in-place page changes)
+    for _ in range(10):
+        start = rnd.randint(1, max(1, maxid - maxid // 100))
+        con.execute("UPDATE messages SET body = upper(body) WHERE id BETWEEN ? AND ?",
+                    (start, start + maxid // 100))
+    rows = [(maxid + k + 1, rnd.randint(1, 200), 1_700_000_000 + k, "new message " * rnd.randint(1, 20))
+            for k in range(max(1, maxid // 50))]
+    con.executemany("INSERT INTO messages VALUES (?,?,?,?)", rows)
+    con.commit()
+    con.close()
+    after = db_pages(db)
+    changed = sum(1 for k, h in enumerate(after[1]) if k >= len(before[1]) or before[1][k] != h)
+    sub = d / "Media" / "Images"
+    sub.mkdir(parents=True, exist_ok=True)
+    for k in range(5):
+        (sub / f"DAY-{seed}-{k}.bin").write_bytes(rnd.randbytes(rnd.randint(50_000, 500_000)))
+    return {"standin": True, "db_pages_changed": changed, "db_pages": len(after[1])}
+
+
+# --------------------------------------------------------------------------- tools
+
+class Tool:
+    name = ""
+
+    def __init__(self, state: Path, repo: Path, logdir: Path, gb: float):
+        self.state = state
+        self.repo = repo
+        self.logdir = logdir
+        self.timeout = t_tool(gb)
+        self.home = state / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def env(self) -> dict:
+        e = {k: v for k, v in os.environ.items()
+             if not k.startswith(("RESTIC_", "BORG_", "BACKLOCK_"))}
+        e["HOME"] = str(self.home)  # nothing lands in the real ~
+        e["LC_ALL"] = "C.UTF-8"
+        return e
+
+    def init(self):
+        pass
+
+    def backup_cmd(self, data: Path, label: str):
+        raise NotImplementedError
+
+    def restore_cmd(self, target: Path, label: str):
+        """-> (cmd, cwd). target does not exist yet."""
+        raise NotImplementedError
+
+    def ok_rc(self, rc: int) -> bool:
+        return rc == 0
+
+    def parse_backup(self, stdout: str):
+        return None
+
+
+class Backlock(Tool):
+    name = "backlock"
+
+    def __init__(self, binary: Path, *a):
+        super().__init__(*a)
+        self.bin = binary
+        self.key_file = self.state / "key"
+        self.bl_home = self.state / "backlock-home"
+        self.bl_home.mkdir(parents=True, exist_ok=True)
+
+    def env(self):
+        e = super().env()
+        e["BACKLOCK_HOME"] = str(self.bl_home)
+        return e
+
+    def init(self):
+        r = run([self.bin, "init", "--repo", self.repo, "--key-only", "--yes", "--json"],
+                logdir=self.logdir, name="backlock-init", timeout=T_SHORT, env=self.env(), check=True)
+        j = last_json(r.stdout)
+        if not j or "key" not in j:
+            raise BenchError(f"backlock init printed no JSON with a key:\n{r.stdout[-1000:]}")
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(j["key"].strip() + "\n")
+        return j
+
+    def backup_cmd(self, data, label):
+        return [self.bin, "backup", "--repo", self.repo, "--key-file", self.key_file, "--json", data]
+
+    def restore_cmd(self, target, label):
+        return [self.bin, "restore", "latest", "--repo", self.repo, "--key-file", self.key_file,
+                "--target", target], None
+
+    def parse_backup(self, stdout):
+        return last_json(stdout)
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def env(self):
+        e = super().env()
+        e.update(RESTIC_PASSWORD=PASSWORD, RESTIC_REPOSITORY=str(self.repo),
+                 RESTIC_CACHE_DIR=str(self.state / "restic-cache"))
+        return e
+
+    def init(self):
+        run(["restic", "init", "--repository-version", "2"], logdir=self.logdir,
+            name="restic-init", timeout=T_SHORT, env=self.env(), check=True)
+
+    def backup_cmd(self, data, label):
+        return ["restic", "backup", "--host", "bench", "--tag", label, data]
+
+    def restore_cmd(self, target, label):
+        return ["restic", "restore", "latest", "--host", "bench", "--target", target], None
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def env(self):
+        e = super().env()
+        e.update(BORG_PASSPHRASE=PASSWORD, BORG_BASE_DIR=str(self.state / "borg-base"),
+                 BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+                 BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
+        return e
+
+    def init(self):
+        run(["borg", "init", "--encryption=repokey-blake2", self.repo], logdir=self.logdir,
+            name="borg-init", timeout=T_SHORT, env=self.env(), check=True)
+
+    def backup_cmd(self, data, label):
+        return ["borg", "create", f"{self.repo}::{label}", data]
+
+    def restore_cmd(self, target, label):
+        target.mkdir(parents=True)  # borg extracts into the current directory
+        return ["borg", "extract", f"{self.repo}::{label}"], target
+
+    def ok_rc(self, rc):
+        return rc in (0, 1)  # 1 = warning in borg 1.2
+
+
+class Cat(Tool):
+    name = "cat"
+
+    def backup_cmd(self, data, label):
+        q = shlex.quote(str(data))
+        return ["sh", "-c", f"find {q} -type f -print0 | xargs -0 cat > /dev/null"]
+
+
+# --------------------------------------------------------------------------- verification
+
+def verify(expected: dict, target: Path, data: Path) -> dict:
+    """Find where the tool put the tree (target, target/basename, target/<abs path>), compare."""
+    cands = []
+    for c in (target, target / data.name, target / str(data).lstrip("/")):
+        if c.is_dir() and c not in cands:
+            cands.append(c)
+    if not cands:
+        return {"ok": False, "summary": "restore dir missing", "root": None}
+    exp_names = set(expected)
+    best = max(cands, key=lambda c: (len(exp_names & list_rel_files(c)), -len(str(c))))
+    got = hash_tree(best)
+    missing = sorted(exp_names - set(got))
+    extra = sorted(set(got) - exp_names)
+    differ = sorted(k for k in exp_names & set(got) if got[k] != expected[k])
+    notes = {k: n for k in differ if (n := sqlite_diff_note(str(data / k), str(best / k)))}
+    # A SQLite database captured through SQLite's online backup API (as backlock does,
+    # so a live app's database is consistent) differs from the file on disk only in
+    # header counters SQLite rewrites in every copy; every page is compared above.
+    rewritten = {k for k in differ if sqlite_header_only(str(data / k), str(best / k))}
+    differ = [k for k in differ if k not in rewritten]
+    ok = not (missing or extra or differ)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing")
+    if extra:
+        parts.append(f"{len(extra)} extra")
+    if differ:
+        parts.append(f"{len(differ)} differ")
+    summary = "identical" if ok else ", ".join(parts)
+    if ok and rewritten:
+        summary += f" ({len(rewritten)} SQLite db: pages identical, header counters rewritten by SQLite's backup API)"
+    return {"ok": ok, "root": str(best.relative_to(target)) if best != target else ".",
+            "files": len(got), "summary": summary, "sqlite_header_only": sorted(rewritten),
+            "missing": missing[:10], "extra": extra[:10], "differ": differ[:10], "notes": notes}
+
+
+# --------------------------------------------------------------------------- one size
+
+def run_size(args, gb: float, sdir: Path, bins: dict, cache: CacheControl, tools_sel) -> dict:
+    total_mb = max(1, round(gb * 1000))  # chatgen MB = 10^6 bytes
+    logdir = args.workdir / "logs" / sdir.name
+    data = sdir / "data"
+    res = {"size_gb": gb, "total_mb": total_mb, "data_dir": str(data), "reps": [], "errors": []}
+    rmtree(sdir)
+    sdir.mkdir(parents=True)
+
+    log(f"[{gb:g} GB] generating data set ({total_mb} MB, seed {GEN_SEED})")
+    t0 = time.monotonic()
+    if args.stand_in_data:
+        res["generate"] = standin_generate(data, total_mb, GEN_SEED)
+    else:
+        r = run([bins["backlock-chatgen"], "generate", "--dir", data, "--total-mb", total_mb,
+                 "--seed", GEN_SEED], logdir=logdir, name="chatgen-generate",
+                timeout=t_tool(gb) * 2, check=True)
+        res["generate"] = last_json(r.stdout)
+    res["generate_seconds"] = round(time.monotonic() - t0, 2)
+    files, size = tree_stats(data)
+    res["data_files_initial"], res["data_bytes_initial"] = files, size
+    log(f"[{gb:g} GB] data set: {files} files, {fmt_bytes(size)} "
+        f"(generated in {res['generate_seconds']} s)")
+
+    pristine = sdir / "pristine"
+    if args.repeat > 1:
+        run(["cp", "-a", "--reflink=auto", data, pristine], logdir=logdir, name="cp-pristine",
+            timeout=t_tool(gb), check=True)
+
+    for rep in range(1, args.repeat + 1):
+        if rep > 1:
+            rmtree(data)
+            run(["cp", "-a", "--reflink=auto", pristine, data], logdir=logdir,
+                name=f"cp-restore-{rep}", timeout=t_tool(gb), check=True)
+        res["reps"].append(run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res))
+
+    if not args.keep:
+        rmtree(sdir)
+    return res
+
+
+def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> dict:
+    rdir = sdir / f"rep{rep}"
+    rmtree(rdir)
+    rlog = logdir / f"rep{rep}"
+    tools = []
+    for name in tools_sel:
+        state = rdir / "state" / name
+        repo = rdir / "repos" / name
+        state.mkdir(parents=True)
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        a = (state, repo, rlog, gb)
+        t = {"backlock": lambda: Backlock(bins.get("backlock-cli"), *a), "restic": lambda: Restic(*a),
+             "borg": lambda: Borg(*a), "cat": lambda: Cat(*a)}[name]()
+        tools.append(t)
+
+    out = {"rep": rep, "tools": {t.name: {"ok": True} for t in tools}}
+
+    def warn(msg):
+        res.setdefault("warnings", [])
+        if msg not in res["warnings"]:
+            res["warnings"].append(msg)
+            log(f"warning: {msg}")
+
+    def fail(t, phase, msg):
+        out["tools"][t.name]["ok"] = False
+        out["tools"][t.name].setdefault("errors", []).append(f"{phase}: {msg}")
+        res["errors"].append(f"rep {rep} {t.name} {phase}: {msg}")
+        log(f"!! {t.name} {phase} FAILED: {msg}")
+
+    for t in tools:
+        if t.name == "cat":
+            continue
+        try:
+            j = t.init()
+            if j:
+                out["tools"][t.name]["init"] = {k: v for k, v in j.items() if k != "key"}
+        except BenchError as e:
+            fail(t, "init", str(e))
+
+    cache_roots = [sdir]
+
+    def timed_phase(phase, label, data_bytes):
+        for t in tools:
+            st = out["tools"][t.name]
+            if not st["ok"]:
+                continue
+            if phase == "restore" and t.name == "cat":
+                continue
+            fp_before = fingerprint(data)
+            mode = cache.drop(cache_roots)
+            if phase == "restore":
+                target = rdir / "restore" / t.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                cmd, cwd = t.restore_cmd(target, label)
+            else:
+                cmd, cwd = t.backup_cmd(data, label), None
+            log(f"[{gb:g} GB rep {rep}] {phase:<11} {t.name}")
+            r = run(cmd, logdir=rlog, name=f"{t.name}-{phase}", timeout=t.timeout,
+                    env=t.env(), cwd=cwd, timed=True)
+            m = {"seconds": round(r.seconds, 3), "rss_kib": r.rss_kib, "rc": r.rc, "cache": mode,
+                 "mb_per_s": round(data_bytes / MB / r.seconds, 1) if r.seconds > 0 else None}
+            st[phase] = m
+            m["ok"] = not r.timed_out and t.ok_rc(r.rc)
+            changed = source_changes(fp_before, fingerprint(data))
+            if changed:
+                # A tool wrote into the directory being backed up. Report it as an error and
+                # remove files it added, so the next tools back up the same data.
+                added = [k for k, v in changed.items() if v == "added"]
+                for k in added:
+                    (data / k).unlink()
+                m["modified_source"] = changed
+                res["errors"].append(
+                    f"rep {rep} {t.name} {phase}: {t.name} wrote into the directory being "
+                    f"backed up: {changed}"
+                    + (f"; the harness deleted the added files so the other tools see the same "
+                       f"data" if added else ""))
+                log(f"!! {res['errors'][-1]}")
+            if not m["ok"]:
+                fail(t, phase, f"rc={r.rc}{' TIMEOUT' if r.timed_out else ''}; cmd: "
+                     f"{shlex.join(map(str, cmd))}; stderr tail: {r.stderr_tail[-800:].strip()}")
+                continue
+            if r.rc != 0:
+                m["warning"] = r.stderr_tail[-400:]
+            if phase != "restore":
+                rep_json = t.parse_backup(r.stdout)
+                if rep_json is not None:
+                    m["tool_report"] = rep_json
+                    missing = [k for k in BACKLOCK_BACKUP_KEYS if k not in rep_json]
+                    if missing:
+                        warn(f"{t.name} backup --json lacks keys {missing}: {r.stdout[-300:]!r}")
+                elif t.name == "backlock":
+                    warn(f"{t.name} backup --json printed no JSON object on stdout: {r.stdout[-300:]!r}")
+                if t.name != "cat":
+                    st[f"repo_bytes_after_{phase}"] = du_sb(t.repo)
+            else:
+                v = verify(expected_hashes, target, data)
+                m["verify"] = v
+                m["verified"] = v["ok"]  # timing stays valid; the mismatch is reported
+                if not v["ok"]:
+                    fail(t, "verify", f"restore differs from data: {v['summary']} "
+                         f"(e.g. {(v['missing'] + v['differ'] + v['extra'])[:3]})"
+                         + (f"; kept at {target}" if args.keep else "; --keep to inspect"))
+                else:
+                    rmtree(target)
+            log(f"    {r.seconds:8.2f} s  {m['mb_per_s']} MB/s  "
+                f"RSS {((r.rss_kib or 0) / 1024):.1f} MiB  rc={r.rc}")
+
+    # Phase A
+    timed_phase("initial", "initial", res["data_bytes_initial"])
+
+    # one simulated day
+    db = data / "msgstore.db"
+    before = db_pages(db)
+    size_before = tree_stats(data)
+    if args.stand_in_data:
+        day = standin_day(data, DAY_SEED)
+    else:
+        r = run([bins["backlock-chatgen"], "day", "--dir", data, "--seed", DAY_SEED],
+                logdir=rlog, name="chatgen-day", timeout=t_tool(gb), check=True)
+        day = last_json(r.stdout) or {"raw": r.stdout[-500:]}
+    after = db_pages(db)
+    files_after, bytes_after = tree_stats(data)
+    dayinfo = {"chatgen": day, "files_after": files_after, "bytes_after": bytes_after,
+               "bytes_delta": bytes_after - size_before[1], "files_delta": files_after - size_before[0]}
+    if isinstance(day, dict) and day.get("db_pages"):
+        dayinfo["page_change_fraction"] = day.get("db_pages_changed", 0) / day["db_pages"]
+    if before and after:
+        ch = sum(1 for k, h in enumerate(after[1]) if k >= len(before[1]) or before[1][k] != h)
+        dayinfo["measured_db_pages_changed"] = ch
+        dayinfo["measured_db_pages"] = len(after[1])
+        dayinfo["measured_page_change_fraction"] = ch / max(1, len(after[1]))
+    out["day"] = dayinfo
+    log(f"[{gb:g} GB rep {rep}] day: {json.dumps(day)[:200]}")
+
+    expected_hashes = hash_tree(data)
+
+    # Phase B, C
+    timed_phase("incremental", "day1", bytes_after)
+    timed_phase("restore", "day1", bytes_after)
+
+    for t in tools:
+        st = out["tools"][t.name]
+        a, b = st.get("repo_bytes_after_initial"), st.get("repo_bytes_after_incremental")
+        if a is not None and b is not None:
+            st["day_growth_bytes"] = b - a
+        if t.name != "cat" and t.state.exists():
+            st["state_bytes"] = du_sb(t.state)  # caches / device state (not counted as repo)
+
+    if not args.keep:
+        rmtree(rdir)
+    return out
+
+
+# --------------------------------------------------------------------------- summary / table
+
+def summarize(size_res: dict, tools_sel) -> dict:
+    """Medians over repetitions and the target ratios."""
+    reps = size_res["reps"]
+    s = {"tools": {}, "ratios": {}}
+    for name in tools_sel:
+        tr = {}
+        for ph, _ in PHASES:
+            ms = [r["tools"][name].get(ph) for r in reps if r["tools"].get(name, {}).get(ph)]
+            n_all = len(ms)
+            all_ok = n_all == len(reps) and all(m["ok"] for m in ms)
+            all_ms, ms = ms, [m for m in ms if m["ok"]]  # medians over good runs only
+            tr[ph] = {
+                "seconds": median([m["seconds"] for m in ms]),
+                "rss_mib": median([m["rss_kib"] / 1024 for m in ms if m.get("rss_kib") is not None]),
+                "mb_per_s": median([m["mb_per_s"] for m in ms]),
+                "n": len(ms), "n_failed": n_all - len(ms), "all_ok": all_ok,
+            }
+            if ph == "restore":
+                vs = [m.get("verify") for m in all_ms if m.get("verify")]
+                tr[ph]["verified"] = (all(v["ok"] for v in vs) if vs else None)
+                tr[ph]["verify_summary"] = "; ".join(sorted({v["summary"] for v in vs}))
+                tr[ph]["verify_sqlite_header_only"] = any(v.get("sqlite_header_only") for v in vs)
+                tr[ph]["verify_notes"] = sorted({f"{k}: {n}" for v in vs
+                                                 for k, n in v.get("notes", {}).items()})
+        tr["day_growth_bytes"] = median([r["tools"][name].get("day_growth_bytes") for r in reps])
+        tr["repo_bytes_initial"] = median([r["tools"][name].get("repo_bytes_after_initial") for r in reps])
+        tr["repo_bytes_final"] = median([r["tools"][name].get("repo_bytes_after_incremental") for r in reps])
+        tr["ok"] = all(r["tools"][name]["ok"] for r in reps)
+        s["tools"][name] = tr
+    T = s["tools"]
+
+    def sec(n, ph):
+        t = T.get(n)
+        return t[ph]["seconds"] if t and t[ph]["all_ok"] else None
+
+    sp = {}
+    for ph, _ in PHASES:
+        bl = sec("backlock", ph)
+        peers = [(sec(p, ph), p) for p in PEERS if sec(p, ph) is not None]
+        if bl and peers:
+            best, who = min(peers)
+            sp[ph] = {"speedup": best / bl, "vs": who, "pass": best / bl >= SPEEDUP_TARGET}
+            if ph == "restore" and T["backlock"][ph].get("verified") is False:
+                sp[ph].update({"pass": False, "note": "restore not identical"})
+        else:
+            sp[ph] = None
+    s["ratios"]["speedup"] = sp
+    g_bl = (T.get("backlock") or {}).get("day_growth_bytes")
+    g_r = (T.get("restic") or {}).get("day_growth_bytes")
+    if g_bl is not None and g_r:
+        s["ratios"]["growth_vs_restic"] = {"ratio": g_bl / g_r, "pass": g_bl / g_r <= GROWTH_TARGET}
+    g_b = (T.get("borg") or {}).get("day_growth_bytes")
+    if g_bl is not None and g_b:
+        s["ratios"]["growth_vs_borg"] = {"ratio": g_bl / g_b}
+    rss = {}
+    for ph, _ in PHASES:
+        a = (T.get("backlock") or {}).get(ph, {}).get("rss_mib")
+        b = (T.get("borg") or {}).get(ph, {}).get("rss_mib")
+        rss[ph] = {"backlock": a, "borg": b, "ratio": (a / b) if a and b else None}
+    s["ratios"]["rss_vs_borg"] = rss
+    vc = {}
+    for ph in ("initial", "incremental"):
+        a, c = sec("backlock", ph), sec("cat", ph)
+        vc[ph] = {"ratio": a / c if a and c else None, "cat_seconds": c}
+    s["ratios"]["vs_cat"] = vc
+    bl_rss = [(T.get("backlock") or {}).get(ph, {}).get("rss_mib") for ph, _ in PHASES]
+    bl_rss = [x for x in bl_rss if x is not None]
+    s["backlock_peak_rss_mib"] = max(bl_rss) if bl_rss else None
+    return s
+
+
+def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
+    L = []
+    gb = size_res["size_gb"]
+    reps = size_res["reps"]
+    d0 = size_res["data_bytes_initial"]
+    day = reps[0]["day"] if reps and "day" in reps[0] else {}
+    frac = day.get("page_change_fraction")
+    mfrac = day.get("measured_page_change_fraction")
+    L.append("")
+    L.append(f"=== {gb:g} GB data set: {size_res['data_files_initial']} files, {fmt_bytes(d0)}; "
+             f"{len(reps)} repetition(s), medians shown ===")
+    if day:
+        L.append(f"day: {fnum(frac * 100 if frac is not None else None, 1)}% of DB pages changed "
+                 f"(chatgen says {day.get('chatgen', {}).get('db_pages_changed', '?')}/"
+                 f"{day.get('chatgen', {}).get('db_pages', '?')}; measured "
+                 f"{fnum(mfrac * 100 if mfrac is not None else None, 1)}%), "
+                 f"data {day['bytes_delta']:+,} bytes, {day['files_delta']:+d} files "
+                 f"-> {fmt_bytes(day['bytes_after'])}")
+    L.append(f"cache: {cache_desc}")
+    cw = 25
+    head = f"{'':<20}|" + "|".join(f"{n:^{cw}}" for n in tools_sel)
+    sub = f"{'phase':<20}|" + "|".join(f"{'s':>8}{'MB/s':>8}{'RSS MiB':>9}" for _ in tools_sel)
+    L.append(head)
+    L.append(sub)
+    L.append("-" * len(sub))
+    for ph, label in PHASES:
+        cells = []
+        for n in tools_sel:
+            t = s["tools"][n][ph]
+            if n == "cat" and ph == "restore":
+                cells.append(f"{'—':^{cw}}")
+            elif ph == "restore" and t.get("verified") is False and t["n"]:
+                cells.append(f"{fnum(t['seconds']):>7}{fnum(t['mb_per_s'], 1):>7}"
+                             f"{fnum(t['rss_mib'], 1):>8} !!")
+            elif t["n_failed"]:
+                cells.append(f"{'!! FAILED ' + str(t['n_failed']) + 'x !!':^{cw}}")
+            elif t["n"] == 0:
+                cells.append(f"{'not run':^{cw}}")
+            else:
+                cells.append(f"{fnum(t['seconds']):>8}{fnum(t['mb_per_s'], 1):>8}{fnum(t['rss_mib'], 1):>9}")
+        L.append(f"{label:<20}|" + "|".join(cells))
+    L.append("-" * len(sub))
+    row = []
+    for n in tools_sel:
+        g = s["tools"][n]["day_growth_bytes"]
+        row.append(f"{('—' if n == 'cat' else fmt_bytes(g)):^{cw}}")
+    L.append(f"{'bytes added by day':<20}|" + "|".join(row))
+    row = []
+    for n in tools_sel:
+        a, b = s["tools"][n]["repo_bytes_initial"], s["tools"][n]["repo_bytes_final"]
+        row.append(f"{('—' if n == 'cat' else fmt_bytes(a) + ' / ' + fmt_bytes(b)):^{cw}}")
+    L.append(f"{'repo after A / B':<20}|" + "|".join(row))
+    row = []
+    for n in tools_sel:
+        r = s["tools"][n]["restore"]
+        if n == "cat":
+            row.append(f"{'—':^{cw}}")
+        elif r.get("verified") is None:
+            row.append(f"{'not run':^{cw}}")
+        elif r["verified"]:
+            row.append(f"{'OK (identical*)' if r.get('verify_sqlite_header_only') else 'OK (bit-identical)':^{cw}}")
+        else:
+            row.append(f"{'!!! MISMATCH !!!':^{cw}}")
+    L.append(f"{'restore verified':<20}|" + "|".join(row))
+    if any(s["tools"][n]["restore"].get("verify_sqlite_header_only") for n in tools_sel if n != "cat"):
+        L.append("    * every file identical; SQLite databases page for page, with only the header counters "
+                 "that SQLite's online backup API rewrites (change counter, schema cookie, version) differing")
+    for n in tools_sel:
+        r = s["tools"][n]["restore"]
+        if r.get("verified") is False:
+            L.append(f"!!! {n} restore is NOT identical to the data ('!!' above): {r['verify_summary']}")
+            for note in r.get("verify_notes", []):
+                L.append(f"    {note}")
+    for e in size_res["errors"]:
+        L.append(f"!!! ERROR {e[:600]}")
+    for w in size_res.get("warnings", []):
+        L.append(f"warning: {w[:400]}")
+    for ph in ("initial", "incremental"):
+        reps_bl = [r["tools"].get("backlock", {}).get(ph, {}).get("tool_report") for r in reps]
+        j = next((x for x in reps_bl if isinstance(x, dict)), None)
+        if j:
+            L.append(f"backlock's own report ({ph}, rep 1): " + ", ".join(
+                f"{k}={fmt_bytes(j[k]) if k.startswith('bytes') else _short(j[k])}"
+                for k in BACKLOCK_BACKUP_KEYS[1:] if k in j))
+    L.append("")
+
+    def pf(p):
+        return "PASS" if p else "FAIL"
+
+    R = s["ratios"]
+    parts = []
+    for ph, _ in PHASES:
+        x = R["speedup"].get(ph)
+        if x is None:
+            parts.append(f"{ph} n/a")
+        else:
+            parts.append(f"{ph} {x['speedup']:.2f}× (vs {x['vs']}) {pf(x['pass'])}"
+                         + (f" ({x['note']})" if x.get("note") else ""))
+    L.append(f"backlock speedup vs faster of restic/borg (target ≥ {SPEEDUP_TARGET:g}×): " + ", ".join(parts))
+    g = R.get("growth_vs_restic")
+    gbl = s["tools"].get("backlock", {}).get("day_growth_bytes")
+    grs = s["tools"].get("restic", {}).get("day_growth_bytes")
+    if g:
+        L.append(f"backlock day growth / restic day growth = {g['ratio']:.3f} "
+                 f"({fmt_bytes(gbl)} / {fmt_bytes(grs)}; target ≤ {GROWTH_TARGET}) {pf(g['pass'])}")
+    else:
+        L.append(f"backlock day growth / restic day growth = n/a (target ≤ {GROWTH_TARGET})")
+    if R.get("growth_vs_borg"):
+        L.append(f"backlock day growth / borg day growth = {R['growth_vs_borg']['ratio']:.3f} (info)")
+    parts = []
+    for ph, _ in PHASES:
+        x = R["rss_vs_borg"][ph]
+        parts.append(f"{ph} {fnum(x['backlock'], 1)}/{fnum(x['borg'], 1)} MiB = "
+                     f"{fnum(x['ratio'])}×")
+    L.append("backlock peak RSS vs borg (info): " + ", ".join(parts))
+    parts = []
+    for ph in ("initial", "incremental"):
+        x = R["vs_cat"][ph]
+        parts.append(f"{ph} {fnum(x['ratio'])}× cat's time (cat {fnum(x['cat_seconds'])} s)")
+    L.append("backlock vs cat (I/O limit; 1.00× = as fast as reading every file): " + ", ".join(parts))
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_sizes(s: str):
+    out = []
+    for part in s.split(","):
+        part = part.strip().lower().rstrip("gb").strip()
+        if not part:
+            continue
+        v = float(part)
+        if not (0 < v <= 1024):
+            raise argparse.ArgumentTypeError(f"size out of range: {part}")
+        out.append(v)
+    if not out:
+        raise argparse.ArgumentTypeError("no sizes")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bench-backup",
+        description="Benchmark backlock against restic, borg and cat (I/O limit) on a generated "
+                    "chat data set: initial backup, incremental after one simulated day, restore.")
+    ap.add_argument("--sizes", type=parse_sizes, default=[1.0],
+                    help="comma-separated data-set sizes in GB, fractions allowed (default: 1)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="scratch dir; needs ~8x the largest size free "
+                         "(default: /var/tmp/backlock-bench-<timestamp>)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep data, repos and state in the workdir (default: remove all but "
+                         "results.json and logs/)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="repetitions per size (fresh repos each); medians reported (default 1)")
+    ap.add_argument("--tools", default=",".join(TOOLS_ALL),
+                    help="subset of backlock,restic,borg,cat (default: all)")
+    ap.add_argument("--skip-build", action="store_true", help="use already-built release binaries")
+    ap.add_argument("--stand-in-data", action="store_true",
+                    help="testing only: generate a look-alike data set in Python instead of "
+                         "backlock-chatgen (numbers not comparable with real runs)")
+    ap.add_argument("--repo-root", type=Path, default=Path(__file__).resolve().parent.parent,
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    tools_sel = [t.strip() for t in args.tools.split(",") if t.strip()]
+    bad = [t for t in tools_sel if t not in TOOLS_ALL]
+    if bad or not tools_sel:
+        ap.error(f"unknown tools: {bad}")
+    tools_sel = [t for t in TOOLS_ALL if t in tools_sel]
+    if not 1 <= args.repeat <= 20:
+        ap.error("--repeat must be 1..20")
+    if args.workdir is None:
+        args.workdir = Path("/var/tmp") / f"backlock-bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.workdir = args.workdir.resolve()
+    args.repo_root = args.repo_root.resolve()
+
+    if args.workdir.exists() and any(args.workdir.iterdir()):
+        ap.error(f"--workdir {args.workdir} exists and is not empty")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    # Space: data + pristine copy (repeat>1) + 3 repos + 1 restore at a time, with headroom.
+    need_gb = (sum(args.sizes) if args.keep else max(args.sizes)) * (8 if args.repeat > 1 else 7)
+    free_gb = shutil.disk_usage(args.workdir).free / 2**30
+    if free_gb < need_gb * 0.75:
+        ap.error(f"{args.workdir}: {free_gb:.1f} GiB free, need about {need_gb:.1f} GiB")
+    elif free_gb < need_gb:
+        log(f"warning: {free_gb:.1f} GiB free in {args.workdir}, about {need_gb:.1f} GiB advised")
+
+    logdir = args.workdir / "logs"
+    results = {"started": _dt.datetime.now().isoformat(timespec="seconds"),
+               "args": {"sizes": args.sizes, "repeat": args.repeat, "tools": tools_sel,
+                        "stand_in_data": args.stand_in_data, "workdir": str(args.workdir)},
+               "env": {"kernel": platform.release(), "python": platform.python_version(),
+                       "cpus": os.cpu_count()},
+               "sizes": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            results["env"]["cpu"] = m.group(1) if m else "?"
+        with open("/proc/meminfo") as f:
+            results["env"]["mem"] = f.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+
+    rc = 0
+    cache = CacheControl()
+    try:
+        ensure_peers(logdir, results["env"])  # also provides /usr/bin/time
+        pkgs = []
+        if "backlock" in tools_sel:
+            pkgs.append("backlock-cli")
+        if not args.stand_in_data:
+            pkgs.append("backlock-chatgen")
+        bins = build(args.repo_root, pkgs, logdir, args.skip_build)
+        v = results["env"].setdefault("versions", {})
+        for p, b in bins.items():
+            v[p] = f"{capture([b, '--version'])} ({b})"
+        v["rustc"] = capture(["rustc", "--version"])
+        print("versions:", file=sys.stderr)
+        for k, val in v.items():
+            print(f"  {k:<17} {val}", file=sys.stderr)
+        print(f"  restic repo: --repository-version 2, compression auto (default); "
+              f"borg: repokey-blake2, compression lz4 (default)", file=sys.stderr)
+
+        summaries = []
+        for gb in args.sizes:
+            sdir = args.workdir / f"size-{gb:g}gb"
+            try:
+                sr = run_size(args, gb, sdir, bins, cache, tools_sel)
+            except BenchError as e:
+                log(f"!! size {gb:g} GB aborted: {e}")
+                results["sizes"].append({"size_gb": gb, "aborted": str(e)})
+                rc = 1
+                continue
+            s = summarize(sr, tools_sel)
+            sr["summary"] = s
+            results["sizes"].append(sr)
+            summaries.append((gb, s))
+            table = render(sr, s, tools_sel, cache.describe())
+            print(table, flush=True)
+            if sr["errors"]:
+                rc = 1
+            _write_results(args, results, cache)
+
+        if len(summaries) > 1 and "backlock" in tools_sel:
+            pts = [(gb, s["backlock_peak_rss_mib"]) for gb, s in summaries
+                   if s["backlock_peak_rss_mib"] is not None]
+            if len(pts) > 1:
+                lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
+                desc = ", ".join(f"{g:g} GB {r:.1f} MiB" for g, r in pts)
+                line = (f"backlock peak RSS across sizes: {desc} -> max/min {hi / lo:.2f}× "
+                        f"over {pts[-1][0] / pts[0][0]:.1f}× more data "
+                        f"(informational; no target set)")
+                print("\n" + line)
+                results["rss_flatness"] = {"points": pts, "max_over_min": hi / lo}
+    except BenchError as e:
+        log(f"!! aborted: {e}")
+        results["aborted"] = str(e)
+        rc = 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        results["aborted"] = "interrupted"
+        rc = 130
+    finally:
+        results["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+        path = _write_results(args, results, cache)
+        if not args.keep:
+            for p in args.workdir.iterdir():
+                if p.name not in ("results.json", "logs"):
+                    try:
+                        rmtree(p)
+                    except OSError as e:
+                        log(f"cleanup of {p} failed: {e}")
+        print(f"\nresults: {path}" + ("" if args.keep else "  (data, repos removed; --keep to keep)"))
+        if rc == 1:
+            print("!!! errors occurred (see above / results.json); exit status 1")
+    return rc
+
+
+def _write_results(args, results, cache) -> Path:
+    results["env"]["page_cache"] = cache.describe() if cache.modes else "not used yet"
+    path = args.workdir / "results.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

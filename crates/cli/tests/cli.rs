@@ -1,0 +1,320 @@
+//! The `backlock` command as a user and a script see it: outputs, exit codes, and
+//! faults injected into real processes.
+
+use backlock_testkit::tree;
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        c.args(args)
+            .env("BACKLOCK_HOME", self.path("home"))
+            .env("BACKLOCK_REPO", self.path("repo"))
+            .env("BACKLOCK_KEY_FILE", self.path("key"))
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `init --yes --json`, saving the printed key to the key file.
+    fn init(&self) -> String {
+        let out = self.ok(&["init", "--key-only", "--yes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let key = v["key"].as_str().unwrap().to_string();
+        std::fs::write(self.path("key"), &key).unwrap();
+        key
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn init_prints_key_once_and_everything_works_from_scripts() {
+    let env = Env::new();
+    let key = env.init();
+    assert_eq!(key.split(' ').count(), 16);
+    // The key is in no file of the repository.
+    for f in tree::list_files(&env.path("repo")) {
+        if f.is_file() {
+            let data = std::fs::read(&f).unwrap();
+            let raw = key.replace(' ', "");
+            assert!(!data.windows(raw.len()).any(|w| w == raw.as_bytes()));
+        }
+    }
+    let src = tree::write_sample(env.dir.path(), 1);
+    let summary: serde_json::Value =
+        serde_json::from_str(&env.ok(&["backup", "--json", src.to_str().unwrap()])).unwrap();
+    for field in [
+        "files",
+        "bytes_read",
+        "bytes_new",
+        "bytes_stored",
+        "dedup_ratio",
+        "seconds",
+    ] {
+        assert!(summary.get(field).is_some(), "summary lacks {field}");
+    }
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    tree::assert_same(&src, &env.path("out/chat"));
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+    // A second init on the same repository is refused and shows no new key.
+    let again = env.run(&["init", "--key-only", "--yes", "--json"]);
+    assert!(!again.status.success() && again.stdout.is_empty());
+}
+
+#[test]
+fn keys_come_only_from_files_or_prompts() {
+    let env = Env::new();
+    let out = env.run(&["init", "--key-only"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--yes --json"), "{}", stderr(&out));
+    assert!(!env.path("repo").exists());
+    env.init();
+    let out = env.run(&["snapshots", "--key", "0000"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = env
+        .cmd(&["snapshots"])
+        .env_remove("BACKLOCK_KEY_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--key-file"), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_key_names_the_position_and_wrong_key_writes_nothing() {
+    let env = Env::new();
+    let key = env.init();
+    let src = tree::write_sample(env.dir.path(), 2);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("target");
+    let mut bad = key.clone();
+    bad.replace_range(12..13, "z");
+    std::fs::write(env.path("key"), &bad).unwrap();
+    let out = env.run(&["restore", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("position 13"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(&key[..4]),
+        "the key leaked into an error"
+    );
+    std::fs::write(env.path("key"), "0123 ".repeat(16)).unwrap();
+    let out = env.run(&["restore", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("this key does not open this repository"));
+    assert!(!target.exists());
+}
+
+#[test]
+fn damage_and_rollback_get_their_exit_codes() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 3);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let snaps: Vec<_> = std::fs::read_dir(env.path("repo/snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let newest = snaps
+        .iter()
+        .max_by_key(|p| p.file_name().unwrap().to_string_lossy()[16..].to_string())
+        .unwrap();
+    let saved = std::fs::read(newest).unwrap();
+    std::fs::remove_file(newest).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("older state"));
+    let mut flipped = saved.clone();
+    flipped[60] ^= 1;
+    std::fs::write(newest, flipped).unwrap();
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(4));
+    let name = newest.file_name().unwrap().to_string_lossy().to_string();
+    assert!(stderr(&out).contains(&name), "{}", stderr(&out));
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("t").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(!env.path("t").exists());
+}
+
+/// Backups killed with SIGKILL at many instants: the previous snapshot still restores
+/// bit for bit, check finds nothing wrong, and the next backup completes.
+#[test]
+fn sigkill_at_any_moment_loses_nothing() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 4);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let first: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    let first_id = first[0]["id"].as_str().unwrap().to_string();
+    let reference = env.path("reference");
+    env.ok(&[
+        "restore",
+        &first_id,
+        "--target",
+        reference.to_str().unwrap(),
+    ]);
+    // Enough new data that a backup takes a while: many packs and index flushes.
+    for i in 0..6 {
+        std::fs::write(
+            src.join(format!("Media/VID-{i}.mp4")),
+            tree::random_bytes(100 + i, 10_000_000),
+        )
+        .unwrap();
+    }
+    let mut killed_mid_run = 0;
+    for (round, delay_ms) in [0u64, 5, 15, 30, 50, 80, 120, 180, 250, 350, 500, 700]
+        .into_iter()
+        .enumerate()
+    {
+        let mut child = env
+            .cmd(&["backup", src.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = env.path(&format!("after-kill-{round}"));
+        env.ok(&["restore", &first_id, "--target", out.to_str().unwrap()]);
+        tree::assert_same(&reference, &out);
+        let check = env.run(&["check"]);
+        assert!(check.status.success(), "round {round}: {}", stderr(&check));
+        std::fs::remove_dir_all(&out).unwrap();
+        assert!(!tree::list_files(&env.path("repo/tmp"))
+            .iter()
+            .any(|p| p.extension().is_none()));
+    }
+    assert!(
+        killed_mid_run >= 6,
+        "only {killed_mid_run} kills landed during a backup"
+    );
+    env.ok(&["backup", src.to_str().unwrap()]);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("final").to_str().unwrap(),
+    ]);
+    tree::assert_same(&src, &env.path("final/chat"));
+    // Prune removes what the killed runs left, and everything still restores.
+    env.ok(&["prune"]);
+    assert!(!env.ok(&["check", "--read-data"]).contains("note:"));
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn unreadable_source_file_is_named_and_nothing_is_committed() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 5);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let secret = src.join("Media/Images/locked.jpg");
+    std::fs::write(&secret, b"cannot read me").unwrap();
+    chmod(&secret, 0o000);
+    // Root reads anything, so run the backup as an unprivileged user when we are root.
+    let as_root = unsafe_free_geteuid() == 0;
+    for entry in walk_all(env.dir.path()) {
+        if entry != secret {
+            chmod(&entry, if entry.is_dir() { 0o777 } else { 0o666 });
+        }
+    }
+    chmod(env.dir.path(), 0o777);
+    let mut cmd = env.cmd(&["backup", src.to_str().unwrap()]);
+    if as_root {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("locked.jpg") && stderr(&out).contains("No snapshot was written"),
+        "{}",
+        stderr(&out)
+    );
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+}
+
+fn walk_all(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(p).unwrap() {
+        let path = e.unwrap().path();
+        if std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+        {
+            continue;
+        }
+        if path.is_dir() {
+            out.extend(walk_all(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+fn unsafe_free_geteuid() -> u32 {
+    // /proc/self/status has the effective uid second on its Uid: line.
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
