@@ -23,12 +23,13 @@ pub struct ChunkerParams {
 }
 
 impl ChunkerParams {
-    /// 512 KiB / 1 MiB / 8 MiB: few, large chunks keep per-object overhead low on cloud
-    /// stores; media rarely changes in place, so small chunks would buy nothing there.
+    /// 512 KiB / 1 MiB / 4 MiB: few, large chunks keep per-object overhead low on cloud
+    /// stores (media rarely changes in place, so small chunks would buy nothing there),
+    /// and a 4 MiB ceiling bounds the memory each chunk in flight can take.
     pub const DEFAULT: ChunkerParams = ChunkerParams {
         min: 512 * 1024,
         avg: 1024 * 1024,
-        max: 8 * 1024 * 1024,
+        max: 4 * 1024 * 1024,
     };
 
     /// True when the bounds are ones the chunker accepts: powers of two, ordered, with

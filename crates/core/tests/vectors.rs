@@ -155,7 +155,12 @@ fn config_object_and_wrong_key() {
     let keys = RepoKeys::derive(&key());
     let cfg = format::Config {
         repo_id: ObjectName([0x42; 16]),
-        chunker: ChunkerParams::DEFAULT,
+        // Explicit values: the vector must not follow later changes of the defaults.
+        chunker: ChunkerParams {
+            min: 512 * 1024,
+            avg: 1024 * 1024,
+            max: 8 * 1024 * 1024,
+        },
         pack_size: 16 << 20,
         created_unix: 1_795_000_000,
     };

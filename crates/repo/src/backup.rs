@@ -38,7 +38,7 @@ use std::{
 /// Packs between two index objects written during a backup.
 const INDEX_EVERY_PACKS: usize = 8;
 /// Pack uploads in flight at once: overlaps store latency (an fsync, a cloud PUT).
-const UPLOADERS: usize = 3;
+const UPLOADERS: usize = 2;
 
 /// Progress of a running backup.
 #[derive(Clone, Copy, Debug, Default)]
@@ -468,7 +468,7 @@ impl Repository<Indexed> {
             bytes_stored: AtomicU64::new(0),
         };
         let workers = opts.workers.max(1);
-        let (job_tx, job_rx) = bounded::<Job>(4 * workers);
+        let (job_tx, job_rx) = bounded::<Job>(2 * workers);
         let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
         // The producer (and with it the only job sender) lives inside the scope, so
         // even a panic drops the sender and lets the workers finish.

@@ -38,7 +38,7 @@ use backlock_store::{ObjectStore, StoreError};
 use std::sync::Arc;
 
 /// Default target size of a pack object.
-pub const DEFAULT_PACK_SIZE: u32 = 8 << 20;
+pub const DEFAULT_PACK_SIZE: u32 = 4 << 20;
 
 /// Typestate: config read, key verified.
 pub struct Open;
