@@ -38,6 +38,7 @@ mod media;
 mod text;
 
 pub use error::ChatGenError;
+pub use media::civil as civil_from_days;
 
 /// Name of the message store inside the data folder.
 pub const DB_FILE: &str = "msgstore.db";

@@ -422,7 +422,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// Civil date (year, month, day) of days since 1970-01-01.
-fn civil(days: i64) -> (i64, i64, i64) {
+/// (year, month, day) of a day count since 1970-01-01, proleptic Gregorian.
+pub fn civil(days: i64) -> (i64, i64, i64) {
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -548,7 +548,11 @@ impl Repository<Indexed> {
             &name.to_hex(),
             &format::encode(&snapshot),
         );
+        // Index durable before the snapshot that needs it; the snapshot durable before
+        // the device records it as seen.
+        store.flush()?;
         store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
+        store.flush()?;
         self.home.record(&self.id(), seq)?;
         // Later backups in this process dedup against what this one stored.
         self.state.index = crate::index::Index::load(store, keys)?;

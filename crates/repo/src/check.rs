@@ -3,11 +3,10 @@
 
 use crate::{
     error::{RepoError, Result},
-    index::{read_index_object, Index},
+    index::{decode_chunk, open_blob_at, read_index_object, Index},
     Open, Repository,
 };
 use backlock_core::{
-    blob,
     envelope::{ObjectKind, PackOpener},
     ids::{ChunkId, ObjectName},
 };
@@ -130,18 +129,8 @@ impl Repository<Open> {
         let data = self.store.get(ObjectKind::Pack, name)?;
         let opener = PackOpener::new(&self.keys, name, &data).map_err(damaged)?;
         for b in blobs {
-            let end = (b.offset + b.length as u64) as usize;
-            let sealed = data.get(b.offset as usize..end).ok_or_else(|| {
-                damaged(backlock_core::FormatError::Truncated {
-                    len: data.len(),
-                    min: end,
-                })
-            })?;
-            let plain = opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)?;
-            let chunk = blob::decode(&plain, b.raw_length as usize).map_err(damaged)?;
-            if chunk.len() != b.raw_length as usize || !b.id.verify(&self.keys, &chunk) {
-                return Err(damaged(backlock_core::FormatError::Tampered));
-            }
+            let encoded = open_blob_at(&opener, name, &data, 0, b)?;
+            decode_chunk(&self.keys, name, &encoded, b)?;
             *read += 1;
         }
         Ok(())

@@ -92,13 +92,54 @@ pub(crate) fn read_index_object(
     format::decode(&plain, "index").map_err(damaged)
 }
 
+/// Writes an index object after making every pack put so far durable (data → index).
 pub(crate) fn write_index_object(
     store: &dyn ObjectStore,
     keys: &RepoKeys,
     file: &IndexFile,
 ) -> Result<u64> {
+    store.flush()?;
     let name = ObjectName::random().to_hex();
     let sealed = envelope::seal(keys, ObjectKind::Index, &name, &format::encode(file));
     store.put(ObjectKind::Index, &name, &sealed)?;
     Ok(sealed.len() as u64)
+}
+
+/// Authenticates blob `b` of pack `name` taken from `data`, which holds the pack's
+/// bytes starting at offset `start`; returns the encoded blob (codec byte first).
+pub(crate) fn open_blob_at(
+    opener: &backlock_core::envelope::PackOpener,
+    name: &str,
+    data: &[u8],
+    start: u64,
+    b: &BlobEntry,
+) -> Result<Vec<u8>> {
+    let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
+    let from = b.offset.checked_sub(start).map(|f| f as usize);
+    let end = from.map(|f| f + b.length as usize);
+    let sealed = from
+        .zip(end)
+        .and_then(|(f, e)| data.get(f..e))
+        .ok_or_else(|| {
+            damaged(backlock_core::FormatError::Truncated {
+                len: data.len(),
+                min: end.unwrap_or(usize::MAX),
+            })
+        })?;
+    opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)
+}
+
+/// Decodes an encoded blob and checks it is exactly the chunk its ID names.
+pub(crate) fn decode_chunk(
+    keys: &RepoKeys,
+    name: &str,
+    encoded: &[u8],
+    b: &BlobEntry,
+) -> Result<Vec<u8>> {
+    let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
+    let chunk = backlock_core::blob::decode(encoded, b.raw_length as usize).map_err(damaged)?;
+    if chunk.len() != b.raw_length as usize || !b.id.verify(keys, &chunk) {
+        return Err(damaged(backlock_core::FormatError::Tampered));
+    }
+    Ok(chunk)
 }

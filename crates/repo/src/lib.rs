@@ -87,6 +87,7 @@ impl Repository<Open> {
             &format::encode(&config),
         );
         store.put(ObjectKind::Config, CONFIG_NAME, &sealed)?;
+        store.flush()?;
         Ok(Repository {
             store,
             keys,

@@ -9,7 +9,7 @@
 
 use crate::{
     error::{RepoError, Result},
-    index::write_index_object,
+    index::{open_blob_at, write_index_object},
     Indexed, Repository,
 };
 use backlock_core::{
@@ -127,15 +127,8 @@ impl Repository<Indexed> {
             let data = self.store.get(ObjectKind::Pack, &name)?;
             let opener = PackOpener::new(&self.keys, &name, &data).map_err(damaged)?;
             for b in live {
-                let end = (b.offset + b.length as u64) as usize;
-                let sealed = data.get(b.offset as usize..end).ok_or_else(|| {
-                    damaged(backlock_core::FormatError::Truncated {
-                        len: data.len(),
-                        min: end,
-                    })
-                })?;
                 // Re-seal the encoded blob as is: no decompression needed.
-                let plain = opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)?;
+                let plain = open_blob_at(&opener, &name, &data, 0, b)?;
                 if sealer
                     .as_ref()
                     .is_some_and(|(_, s, _)| s.len() + plain.len() > pack_size)
@@ -171,9 +164,12 @@ impl Repository<Indexed> {
                 packs: keep.clone(),
             },
         )? as i64;
+        self.store.flush()?;
         for old in &self.state.index.objects {
             self.store.delete(ObjectKind::Index, old)?;
         }
+        // Old indexes must be gone for good before the packs they name are deleted.
+        self.store.flush()?;
         summary.index_objects_replaced = self.state.index.objects.len();
 
         let kept: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();

@@ -4,10 +4,10 @@
 
 use crate::{
     error::{RepoError, Result},
+    index::{decode_chunk, open_blob_at},
     Indexed, Repository, SnapshotRef,
 };
 use backlock_core::{
-    blob,
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
     format::{BlobEntry, Node, NodeKind, Snapshot},
     ids::ObjectName,
@@ -236,20 +236,8 @@ impl Repository<Indexed> {
                 .store
                 .get_range(ObjectKind::Pack, &name, start, end - start)?;
             for (blob, targets) in &blobs[i..j] {
-                let from = (blob.offset - start) as usize;
-                let sealed = data.get(from..from + blob.length as usize).ok_or_else(|| {
-                    damaged(FormatError::Truncated {
-                        len: data.len(),
-                        min: from + blob.length as usize,
-                    })
-                })?;
-                let plain = opener
-                    .open_blob(blob.seq, &blob.id, sealed)
-                    .map_err(damaged)?;
-                let chunk = blob::decode(&plain, blob.raw_length as usize).map_err(damaged)?;
-                if chunk.len() != blob.raw_length as usize || !blob.id.verify(&self.keys, &chunk) {
-                    return Err(damaged(FormatError::Tampered));
-                }
+                let encoded = open_blob_at(&opener, &name, &data, start, blob)?;
+                let chunk = decode_chunk(&self.keys, &name, &encoded, blob)?;
                 for &(file, offset) in targets {
                     let f = match open_files.entry(file) {
                         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),

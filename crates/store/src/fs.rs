@@ -1,21 +1,30 @@
 //! The local-disk store.
 //!
 //! Layout under the root: `config`, `packs/<first 2 hex digits>/<name>`, `index/<name>`,
-//! `snapshots/<name>`, and `tmp/` for writes in flight. A put writes into `tmp/`,
-//! fsyncs, renames into place and fsyncs the directory, so a crash never leaves a
-//! partial object under its final name.
+//! `snapshots/<name>`, and `tmp/` for writes in flight. A put writes into `tmp/` and
+//! renames into place, so a killed process never leaves a partial object under its
+//! final name. Durability is batched: [`ObjectStore::flush`] fsyncs every object put
+//! since the last flush and their directories, so packs stream through the page cache
+//! while the disk drains, and one wait covers many objects before the index commits.
 
 use crate::{ObjectInfo, ObjectKind, ObjectStore, StoreError};
 use std::{
+    collections::BTreeSet,
     fs::{self, File, OpenOptions},
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 /// A repository in a local directory.
 #[derive(Clone, Debug)]
 pub struct FsStore {
     root: PathBuf,
+    /// Objects and directories written since the last flush.
+    unsynced: Arc<Mutex<Vec<PathBuf>>>,
+    /// Serialises flushes: a flush returns only once everything put before it is synced,
+    /// even entries another flush took from the list.
+    flushing: Arc<Mutex<()>>,
 }
 
 fn kind_dir(kind: ObjectKind) -> &'static str {
@@ -39,7 +48,11 @@ fn valid_name(name: &str) -> bool {
 impl FsStore {
     /// Opens (or prepares to create) a store rooted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FsStore { root: root.into() }
+        FsStore {
+            root: root.into(),
+            unsynced: Arc::default(),
+            flushing: Arc::default(),
+        }
     }
 
     /// The root directory.
@@ -88,23 +101,49 @@ impl FsStore {
         let tmp_dir = self.root.join("tmp");
         fs::create_dir_all(&tmp_dir)?;
         let tmp = tmp_dir.join(format!("{}.tmp", hex::encode(rand::random::<[u8; 12]>())));
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
-            f.sync_all()?;
-            let parent = path.parent().unwrap_or(&self.root);
             if !parent.exists() {
-                fs::create_dir_all(parent)?;
-                // A new shard directory must itself be durable in its parent.
+                fs::create_dir_all(&parent)?;
+                // The new directory's entry lives in its parent: sync that too.
                 if let Some(grand) = parent.parent() {
-                    File::open(grand)?.sync_all()?;
+                    self.unsynced
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(grand.to_path_buf());
                 }
             }
-            fs::rename(&tmp, path)?;
-            File::open(parent)?.sync_all()
+            fs::rename(&tmp, path)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        unsynced.push(path.to_path_buf());
+        unsynced.push(parent);
+        Ok(())
+    }
+
+    fn sync_pending(&self) -> io::Result<()> {
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let paths = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        let (dirs, files): (BTreeSet<_>, BTreeSet<_>) = paths.into_iter().partition(|p| p.is_dir());
+        let sync = |p: &PathBuf| match File::open(p) {
+            Ok(f) => f.sync_all(),
+            // Deleted since (pruned): nothing left to make durable.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        let result = files.iter().chain(dirs.iter()).try_for_each(sync);
+        if result.is_err() {
+            // Keep them for the next flush; the caller reports the failure.
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(files.into_iter().chain(dirs));
         }
         result
     }
@@ -198,8 +237,16 @@ impl ObjectStore for FsStore {
     }
 
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
-        match fs::remove_file(self.path(kind, name)?) {
-            Ok(()) => Ok(()),
+        let path = self.path(kind, name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+                self.unsynced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(dir);
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io(name, e)),
         }
@@ -207,5 +254,9 @@ impl ObjectStore for FsStore {
 
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.sync_pending().map_err(|e| self.io("flush", e))
     }
 }

@@ -63,6 +63,10 @@ pub enum StoreError {
 }
 
 /// A place that keeps repository objects.
+///
+/// Commit order relies on two promises: a put is atomic (a reader never sees part of an
+/// object under its name), and every put that returned before [`ObjectStore::flush`]
+/// was called survives a power loss once `flush` returns.
 pub trait ObjectStore: Send + Sync {
     /// Stores `data` as `kind`/`name`. Atomic: on error or crash, no partial object is
     /// visible under `name`.
@@ -83,6 +87,11 @@ pub trait ObjectStore: Send + Sync {
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError>;
     /// Where the store is, for messages (never includes credentials).
     fn location(&self) -> String;
+    /// Makes every completed put durable. Stores whose puts are durable when they
+    /// return (memory, cloud object stores) need not override it.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
@@ -109,5 +118,8 @@ impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
     }
 }

@@ -29,8 +29,10 @@ fn put_get_list_delete(s: &dyn ObjectStore) {
         .collect();
     listed.sort();
     assert_eq!(listed, vec![(name(1), 3), (name(2), 4)]);
+    s.flush().unwrap();
     s.delete(ObjectKind::Index, &name(1)).unwrap();
     s.delete(ObjectKind::Index, &name(1)).unwrap(); // deleting twice is fine
+    s.flush().unwrap();
     assert_eq!(s.list(ObjectKind::Index).unwrap().len(), 1);
     s.delete(ObjectKind::Index, &name(2)).unwrap();
 }
@@ -86,6 +88,7 @@ fn concurrent_writers(s: Arc<dyn ObjectStore>) {
             });
         }
     });
+    s.flush().unwrap();
     assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 80);
     for o in s.list(ObjectKind::Pack).unwrap() {
         s.delete(ObjectKind::Pack, &o.name).unwrap();
