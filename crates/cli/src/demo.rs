@@ -89,7 +89,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     );
 
     let backup = |home: &DeviceHome| -> Result<BackupSummary> {
-        let mut repo = Repository::open(store.clone(), &key, home.clone())?.load_index()?;
+        let repo = Repository::open(store.clone(), &key, home.clone())?.load_index()?;
         let opts = BackupOptions {
             paths: vec![phone.clone()],
             hostname: crate::hostname(),

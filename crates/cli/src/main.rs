@@ -301,7 +301,7 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
 }
 
 fn backup(
-    mut r: Repository<backlock_repo::Indexed>,
+    r: Repository<backlock_repo::Indexed>,
     paths: Vec<PathBuf>,
     show_progress: bool,
 ) -> Result<backlock_repo::BackupSummary> {

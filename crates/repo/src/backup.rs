@@ -304,7 +304,10 @@ fn node_of(e: &Entry, kind: NodeKind) -> Node {
 /// The producing side, run on the calling thread.
 struct Producer<'a> {
     keys: &'a RepoKeys,
-    known: HashSet<ChunkId>,
+    /// The repository's index: chunks already stored.
+    index: &'a crate::index::Index,
+    /// Chunks this backup has sent to the workers (not in the index yet).
+    new: HashSet<ChunkId>,
     jobs: Sender<Job>,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     done: Progress,
@@ -323,7 +326,7 @@ impl Producer<'_> {
         node.chunks.push(id);
         self.bytes_read += data.len() as u64;
         self.done.bytes_done += data.len() as u64;
-        if self.known.insert(id) {
+        if !self.index.contains(&id) && self.new.insert(id) {
             self.bytes_new += data.len() as u64;
             self.jobs
                 .send(Job { id, data, compress })
@@ -400,7 +403,7 @@ impl Producer<'_> {
                             && old.mtime_ns == fresh.mtime_ns
                             && old.ctime_ns == fresh.ctime_ns
                             && old.inode == fresh.inode
-                            && old.chunks.iter().all(|c| self.known.contains(c)) =>
+                            && old.chunks.iter().all(|c| self.index.contains(c)) =>
                     {
                         self.files_unchanged += 1;
                         self.done.bytes_done += fresh.size;
@@ -426,8 +429,9 @@ impl Producer<'_> {
 }
 
 impl Repository<Indexed> {
-    /// Backs up `opts.paths` as a new snapshot.
-    pub fn backup(&mut self, opts: &BackupOptions) -> Result<BackupSummary> {
+    /// Backs up `opts.paths` as a new snapshot. Consumes the repository: its index no
+    /// longer describes the store afterwards (open it again for another backup).
+    pub fn backup(self, opts: &BackupOptions) -> Result<BackupSummary> {
         let start = Instant::now();
         let refs = self.snapshot_refs()?;
         let parent = match refs.last() {
@@ -491,7 +495,8 @@ impl Repository<Indexed> {
             let chunker = Chunker::new(keys, self.config.chunker);
             let mut producer = Producer {
                 keys,
-                known: self.state.index.iter().map(|(id, _)| *id).collect(),
+                index: &self.state.index,
+                new: HashSet::new(),
                 jobs: job_tx,
                 progress: opts.progress,
                 done: Progress {
@@ -554,8 +559,6 @@ impl Repository<Indexed> {
         store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
         store.flush()?;
         self.home.record(&self.id(), seq)?;
-        // Later backups in this process dedup against what this one stored.
-        self.state.index = crate::index::Index::load(store, keys)?;
 
         let files = snapshot.nodes.iter().filter(|n| n.is_file()).count() as u64;
         let snap_bytes: u64 = snapshot.nodes.iter().map(|n| n.size).sum();

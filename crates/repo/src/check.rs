@@ -3,7 +3,7 @@
 
 use crate::{
     error::{RepoError, Result},
-    index::{decode_chunk, open_blob_at, read_index_object, Index},
+    index::{decode_chunk, open_blob_at, read_index_object, stored_sizes, Index},
     Open, Repository,
 };
 use backlock_core::{
@@ -11,7 +11,7 @@ use backlock_core::{
     ids::{ChunkId, ObjectName},
 };
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// What `check` found. `errors` empty means every snapshot is restorable.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,17 +67,9 @@ impl Repository<Open> {
             }
             report.snapshots += 1;
         }
-        let stored: HashMap<String, u64> = self
-            .store
-            .list(ObjectKind::Pack)?
-            .into_iter()
-            .map(|o| (o.name, o.size))
-            .collect();
+        let stored = stored_sizes(&*self.store, ObjectKind::Pack)?;
         report.packs = stored.len();
-        let mut by_pack: HashMap<ObjectName, Vec<_>> = HashMap::new();
-        for (_, loc) in index.iter() {
-            by_pack.entry(loc.pack).or_default().push(loc.blob);
-        }
+        let by_pack = index.by_pack();
         for (pack, blobs) in &by_pack {
             let name = pack.to_hex();
             let needed = blobs

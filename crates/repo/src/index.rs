@@ -79,6 +79,27 @@ impl Index {
     pub fn packs(&self) -> HashSet<ObjectName> {
         self.chunks.values().map(|l| l.pack).collect()
     }
+
+    /// The indexed blobs of each pack.
+    pub(crate) fn by_pack(&self) -> HashMap<ObjectName, Vec<BlobEntry>> {
+        let mut out: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
+        for loc in self.chunks.values() {
+            out.entry(loc.pack).or_default().push(loc.blob);
+        }
+        out
+    }
+}
+
+/// Every stored object of `kind` with its size.
+pub(crate) fn stored_sizes(
+    store: &dyn ObjectStore,
+    kind: ObjectKind,
+) -> Result<HashMap<String, u64>> {
+    Ok(store
+        .list(kind)?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect())
 }
 
 pub(crate) fn read_index_object(

@@ -9,7 +9,7 @@
 
 use crate::{
     error::{RepoError, Result},
-    index::{open_blob_at, write_index_object},
+    index::{open_blob_at, stored_sizes, write_index_object},
     Indexed, Repository,
 };
 use backlock_core::{
@@ -18,7 +18,7 @@ use backlock_core::{
     ids::{ChunkId, ObjectName},
 };
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// Repack a pack when at least this fraction of its bytes is unused.
 const REPACK_DEAD_FRACTION: f64 = 0.25;
@@ -80,16 +80,8 @@ impl Repository<Indexed> {
                     .flat_map(|n| n.chunks),
             );
         }
-        let mut by_pack: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
-        for (_, loc) in self.state.index.iter() {
-            by_pack.entry(loc.pack).or_default().push(loc.blob);
-        }
-        let stored: HashMap<String, u64> = self
-            .store
-            .list(ObjectKind::Pack)?
-            .into_iter()
-            .map(|o| (o.name, o.size))
-            .collect();
+        let by_pack = self.state.index.by_pack();
+        let stored = stored_sizes(&*self.store, ObjectKind::Pack)?;
 
         let mut keep: Vec<PackEntry> = Vec::new();
         let mut repack: Vec<(ObjectName, Vec<BlobEntry>)> = Vec::new();
