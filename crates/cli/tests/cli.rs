@@ -318,3 +318,72 @@ fn unsafe_free_geteuid() -> u32 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap()
 }
+
+/// `init` without `--yes` shows the key, warns, and creates the repository only after
+/// the user types back its last group, on a real terminal (a pty from script(1)).
+#[test]
+fn interactive_init_requires_typing_back_the_last_group() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let env = Env::new();
+    let repo = env.path("repo");
+    let line = format!(
+        "{} init --key-only --repo {}",
+        env!("CARGO_BIN_EXE_backlock"),
+        repo.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("BACKLOCK_HOME", env.path("home"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let (mut seen, mut key) = (String::new(), None::<String>);
+    let mut byte = [0u8; 1];
+    // Read until the prompt, remembering the displayed key (16 groups of 4 hex digits).
+    while !seen.ends_with("last group of 4 digits: ") {
+        assert_eq!(
+            out.read(&mut byte).unwrap(),
+            1,
+            "output ended early: {seen}"
+        );
+        seen.push(byte[0] as char);
+        if byte[0] == b'\n' {
+            let last = seen.lines().last().unwrap_or("").trim().to_string();
+            if last.split(' ').count() == 16 && last.split(' ').all(|g| g.len() == 4) {
+                key = Some(last);
+            }
+        }
+    }
+    let key = key.expect("the key was shown");
+    assert!(
+        seen.contains("can never be restored"),
+        "no warning in {seen}"
+    );
+    assert!(
+        !repo.join("config").exists(),
+        "repository created before confirmation"
+    );
+    stdin.write_all(b"0000\n").unwrap();
+    let mut rest = String::new();
+    while !rest.contains("That is not the last group") {
+        let mut l = String::new();
+        assert!(
+            out.read_line(&mut l).unwrap() > 0,
+            "no retry prompt: {rest}"
+        );
+        rest.push_str(&l);
+    }
+    let last_group = key.rsplit(' ').next().unwrap().to_string();
+    stdin
+        .write_all(format!("{last_group}\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(repo.join("config").exists());
+    std::fs::write(env.path("key"), &key).unwrap();
+    env.ok(&["snapshots"]);
+}
