@@ -4,7 +4,8 @@ use backlock_repo::RepoError;
 use backlock_store::StoreError;
 
 pub(crate) const HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 wrong or malformed key, \
-4 damaged repository, 5 store rolled back, 6 store or target I/O (full, unreachable).\n\
+4 damaged repository, 5 store rolled back, 6 store or target I/O (full, unreachable), \
+7 repository in use by another backup or prune (try again later).\n\
 Environment: BACKLOCK_REPO, BACKLOCK_KEY_FILE, BACKLOCK_HOME (device state; default: XDG data dir).";
 
 /// A usage error (exit 2).
@@ -39,6 +40,7 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
             Some(RepoError::Damaged { .. }) => return 4,
             Some(RepoError::Rollback { .. }) => return 5,
             Some(RepoError::Target { .. }) => return 6,
+            Some(RepoError::Locked { .. }) => return 7,
             Some(RepoError::Store(s)) => Some(s),
             Some(
                 RepoError::Usage(_)

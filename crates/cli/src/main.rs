@@ -336,9 +336,7 @@ fn backup(
 }
 
 pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+    backlock_repo::hostname()
 }
 
 fn snapshots(args: &RepoArgs) -> Result<()> {

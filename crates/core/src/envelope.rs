@@ -36,15 +36,18 @@ pub enum ObjectKind {
     Snapshot = 3,
     /// Encrypted chunk blobs.
     Pack = 4,
+    /// A lock held by a running backup, check or prune (docs/FORMAT.md §Locks).
+    Lock = 5,
 }
 
 impl ObjectKind {
     /// Every kind, in commit order.
-    pub const ALL: [ObjectKind; 4] = [
+    pub const ALL: [ObjectKind; 5] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Index,
         ObjectKind::Snapshot,
+        ObjectKind::Lock,
     ];
 
     /// Lowercase name, also the store's folder for this kind.
@@ -54,6 +57,7 @@ impl ObjectKind {
             ObjectKind::Index => "index",
             ObjectKind::Snapshot => "snapshot",
             ObjectKind::Pack => "pack",
+            ObjectKind::Lock => "lock",
         }
     }
 }

@@ -121,6 +121,19 @@ impl Node {
     }
 }
 
+/// A lock object's content (docs/FORMAT.md §Locks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// Exclusive (prune) or shared (backup, check).
+    pub exclusive: bool,
+    /// Host that holds it.
+    pub hostname: String,
+    /// Process that holds it.
+    pub pid: u32,
+    /// When it was taken or last refreshed, seconds since the Unix epoch.
+    pub time_unix: i64,
+}
+
 /// Encodes an object's plaintext: `codec byte || zstd(postcard(value))`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let raw = postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail");
@@ -164,6 +177,7 @@ pub mod fuzz {
         let _ = decode::<Config>(data, "config");
         let _ = decode::<IndexFile>(data, "index");
         let _ = decode::<Snapshot>(data, "snapshot");
+        let _ = decode::<Lock>(data, "lock");
         let _ = crate::blob::decode(data, 1 << 20);
         let _ = crate::chunker::sqlite_page_size(data);
     }

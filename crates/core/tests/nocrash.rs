@@ -19,7 +19,7 @@ proptest! {
     }
 
     #[test]
-    fn test_nocrash_envelope(data in proptest::collection::vec(any::<u8>(), 0..512), kind in 0usize..4) {
+    fn test_nocrash_envelope(data in proptest::collection::vec(any::<u8>(), 0..512), kind in 0usize..5) {
         let k = keys();
         let kind = ObjectKind::ALL[kind];
         if kind == ObjectKind::Pack {

@@ -185,6 +185,7 @@ fn worker(
 fn uploader(
     store: &dyn ObjectStore,
     keys: &RepoKeys,
+    lock: &crate::RepoLock,
     packs: Receiver<FinishedPack>,
     shared: &Shared,
 ) {
@@ -204,6 +205,9 @@ fn uploader(
         shared
             .bytes_stored
             .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+        if let Err(e) = lock.refresh_if_due() {
+            return shared.fail(e);
+        }
         // Index only packs whose upload finished: data before index, always.
         let batch = {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -433,6 +437,7 @@ impl Repository<Indexed> {
     /// longer describes the store afterwards (open it again for another backup).
     pub fn backup(self, opts: &BackupOptions) -> Result<BackupSummary> {
         let start = Instant::now();
+        let lock = self.lock(false)?;
         let refs = self.snapshot_refs()?;
         let parent = match refs.last() {
             Some(r) => Some((r.name, self.load_snapshot(r)?)),
@@ -489,7 +494,8 @@ impl Repository<Indexed> {
             drop((job_rx, pack_tx));
             for _ in 0..UPLOADERS {
                 let (rx, shared) = (pack_rx.clone(), &shared);
-                s.spawn(move || uploader(store, keys, rx, shared));
+                let lock = &lock;
+                s.spawn(move || uploader(store, keys, lock, rx, shared));
             }
             drop(pack_rx);
             let chunker = Chunker::new(keys, self.config.chunker);

@@ -33,6 +33,7 @@ pub struct CheckReport {
 impl Repository<Open> {
     /// Checks the repository; wrong key and rollback are errors, damage is reported.
     pub fn check(&self, read_data: bool) -> Result<CheckReport> {
+        let _lock = self.lock(false)?;
         let mut report = CheckReport::default();
         let refs = self.snapshot_refs()?;
         let mut index = Index::default();

@@ -97,6 +97,14 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// Another operation holds a conflicting lock.
+    #[error("the repository is in use by {holder} (lock refreshed {age_secs} s ago): wait for it to finish and try again; a lock whose process is gone expires after an hour")]
+    Locked {
+        /// Who holds it.
+        holder: String,
+        /// Seconds since it was taken or refreshed.
+        age_secs: i64,
+    },
     /// Invalid input from the caller.
     #[error("{0}")]
     Usage(String),

@@ -13,6 +13,7 @@ mod check;
 pub mod device;
 mod error;
 mod index;
+mod lock;
 mod prune;
 mod restore;
 mod sqlite;
@@ -23,6 +24,7 @@ pub use check::CheckReport;
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
 pub use index::Index;
+pub use lock::{hostname, RepoLock, STALE_AFTER_SECS};
 pub use prune::{ForgetSummary, PruneSummary};
 pub use restore::RestoreSummary;
 
@@ -145,6 +147,11 @@ impl<S> Repository<S> {
     /// The repository's random identifier.
     pub fn id(&self) -> String {
         self.config.repo_id.to_hex()
+    }
+
+    /// Takes the repository lock: shared (backup, check) or exclusive (prune).
+    pub fn lock(&self, exclusive: bool) -> Result<RepoLock> {
+        RepoLock::acquire(&self.store, &self.keys, exclusive)
     }
 
     /// The store it lives in.

@@ -70,6 +70,7 @@ impl<S> Repository<S> {
 impl Repository<Indexed> {
     /// Removes data that no snapshot uses.
     pub fn prune(self) -> Result<PruneSummary> {
+        let _lock = self.lock(true)?;
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
         for r in self.snapshot_refs()? {

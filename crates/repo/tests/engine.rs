@@ -371,3 +371,79 @@ fn full_store_fails_backup_and_loses_nothing() {
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     result.unwrap();
 }
+
+#[test]
+fn prune_and_backup_never_overlap() {
+    use backlock_core::{envelope, format, kdf::RepoKeys};
+    let f = Fixture::fs();
+    let src = tree::write_sample(f.dir.path(), 20);
+    f.backup(&src);
+    // A running backup (shared lock) blocks prune, but not another backup or a check.
+    let running = f.repo().lock(false).unwrap();
+    assert!(matches!(f.repo().prune(), Err(RepoError::Locked { .. })));
+    f.backup(&src);
+    assert!(check_errors(&f).is_empty());
+    drop(running);
+    // A running prune (exclusive lock) blocks backups and checks.
+    let pruning = f.repo().lock(true).unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.repo().backup(&opts),
+        Err(RepoError::Locked { .. })
+    ));
+    let check = Repository::open(f.store.clone(), &f.key, f.home())
+        .unwrap()
+        .check(false);
+    assert!(matches!(check, Err(RepoError::Locked { .. })));
+    drop(pruning);
+    f.repo().prune().unwrap();
+    assert!(
+        f.store.list(ObjectKind::Lock).unwrap().is_empty(),
+        "an operation kept its lock"
+    );
+
+    // Another device's exclusive lock: honoured while fresh, ignored after an hour.
+    let keys = RepoKeys::derive(&f.key);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (age, blocks) in [(0, true), (backlock_repo::STALE_AFTER_SECS + 60, false)] {
+        let lock = format::Lock {
+            exclusive: true,
+            hostname: "other-phone".into(),
+            pid: 1,
+            time_unix: now - age,
+        };
+        let name = "0123456789abcdef0123456789abcdef";
+        let sealed = envelope::seal(&keys, ObjectKind::Lock, name, &format::encode(&lock));
+        f.store.put(ObjectKind::Lock, name, &sealed).unwrap();
+        let result = f.repo().backup(&opts);
+        assert_eq!(
+            matches!(result, Err(RepoError::Locked { .. })),
+            blocks,
+            "age {age}: {result:?}"
+        );
+        f.store.delete(ObjectKind::Lock, name).unwrap();
+    }
+    // A lock left by a dead process on this host is cleaned up by the next operation.
+    let dead = format::Lock {
+        exclusive: true,
+        hostname: backlock_repo::hostname(),
+        pid: u32::MAX - 1,
+        time_unix: now,
+    };
+    let name = "fedcba9876543210fedcba9876543210";
+    f.store
+        .put(
+            ObjectKind::Lock,
+            name,
+            &envelope::seal(&keys, ObjectKind::Lock, name, &format::encode(&dead)),
+        )
+        .unwrap();
+    f.backup(&src);
+    assert!(f.store.list(ObjectKind::Lock).unwrap().is_empty());
+}

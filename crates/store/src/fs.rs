@@ -33,6 +33,7 @@ fn kind_dir(kind: ObjectKind) -> &'static str {
         ObjectKind::Pack => "packs",
         ObjectKind::Index => "index",
         ObjectKind::Snapshot => "snapshots",
+        ObjectKind::Lock => "locks",
     }
 }
 
