@@ -105,3 +105,21 @@ pub fn derive_subkey(key: &BackupKey, label: &[u8]) -> zeroize::Zeroizing<[u8; 3
     expand(&hk, label, &mut *out);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_only_the_public_key_id() {
+        let keys = RepoKeys::derive(&BackupKey::from_bytes([0x11; 32]));
+        let dbg = format!("{keys:?}");
+        assert!(dbg.contains(&hex::encode(keys.key_id())));
+        for secret in [&keys.object_master[..], &keys.chunk_id[..]] {
+            assert!(
+                !dbg.contains(&hex::encode(&secret[..4])),
+                "a subkey leaked into Debug"
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@ use backlock_core::{
     kdf::RepoKeys,
 };
 use backlock_store::ObjectStore;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A chunk's location: its pack and blob entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,11 +73,6 @@ impl Index {
     /// Every indexed chunk.
     pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &Location)> {
         self.chunks.iter()
-    }
-
-    /// Every pack referenced.
-    pub fn packs(&self) -> HashSet<ObjectName> {
-        self.chunks.values().map(|l| l.pack).collect()
     }
 
     /// The indexed blobs of each pack.

@@ -447,3 +447,68 @@ fn prune_and_backup_never_overlap() {
     f.backup(&src);
     assert!(f.store.list(ObjectKind::Lock).unwrap().is_empty());
 }
+
+/// Data → index → snapshot, each made durable before the next names it: every pack an
+/// index names was put before a flush that precedes the index, and the snapshot is put
+/// after a flush that follows the last index, then flushed itself.
+#[test]
+fn commit_order_makes_each_step_durable_before_the_next() {
+    use backlock_core::{envelope, format, kdf::RepoKeys};
+    use backlock_testkit::recording::{Op, RecordingStore};
+    let rec = Arc::new(RecordingStore::new());
+    let f = Fixture::with(rec.clone(), None);
+    let src = tree::write_sample(f.dir.path(), 30);
+    // Enough data for several periodic index objects as well as the final one.
+    for i in 0..5 {
+        std::fs::write(
+            src.join(format!("Media/big-{i}.bin")),
+            tree::random_bytes(300 + i, 12_000_000),
+        )
+        .unwrap();
+    }
+    f.backup(&src);
+    let log = rec.log();
+    let keys = RepoKeys::derive(&f.key);
+    let last_flush_before = |i: usize| {
+        log[..i]
+            .iter()
+            .rposition(|o| *o == Op::Flush)
+            .expect("a flush")
+    };
+    let put_at = |kind, name: &str| {
+        log.iter()
+            .position(|o| *o == Op::Put(kind, name.to_string()))
+            .unwrap()
+    };
+    let (mut indexes, mut snapshots) = (0, 0);
+    for (i, op) in log.iter().enumerate() {
+        match op {
+            Op::Put(ObjectKind::Index, name) => {
+                indexes += 1;
+                let sealed = rec.inner.get(ObjectKind::Index, name).unwrap();
+                let plain = envelope::open(&keys, ObjectKind::Index, name, &sealed).unwrap();
+                let file: format::IndexFile = format::decode(&plain, "index").unwrap();
+                for pack in file.packs {
+                    assert!(put_at(ObjectKind::Pack, &pack.pack.to_hex()) < last_flush_before(i));
+                }
+            }
+            Op::Put(ObjectKind::Snapshot, _) => {
+                snapshots += 1;
+                let last_index = log[..i]
+                    .iter()
+                    .rposition(|o| matches!(o, Op::Put(ObjectKind::Index, _)))
+                    .unwrap();
+                assert!(
+                    last_index < last_flush_before(i),
+                    "snapshot put before its index was flushed"
+                );
+                assert!(log[i + 1..].contains(&Op::Flush), "snapshot never flushed");
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        indexes >= 2 && snapshots == 1,
+        "{indexes} indexes, {snapshots} snapshots"
+    );
+}

@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod recording;
 pub mod store_suite;
 pub mod tree;
