@@ -1,0 +1,145 @@
+//! The vault's side of OPAQUE (docs/VAULT.md §Flows). Pure functions over bytes: the
+//! server crate decides when to count, commit and answer.
+
+use crate::suite::{credential_identifier, identifiers, Suite, CONTEXT};
+use opaque_ke::errors::ProtocolError;
+use opaque_ke::{
+    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
+    ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup,
+};
+use rand::rngs::OsRng;
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// The fleet secret: OPRF seed and the server's static key pair.
+pub struct ServerKeys(ServerSetup<Suite>);
+
+impl fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerKeys")
+            .field("public_key", &hex::encode(self.public_key()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request that is not a valid OPAQUE message, or a stored record that is damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The client's message does not decode.
+    #[error("malformed OPAQUE message")]
+    Malformed,
+    /// KE3 does not verify: the client did not know the password.
+    #[error("KE3 does not verify")]
+    WrongPassword,
+    /// The stored secret or record does not decode.
+    #[error("stored vault state is damaged")]
+    Damaged,
+}
+
+impl ServerKeys {
+    /// A fresh fleet secret.
+    pub fn generate() -> Self {
+        ServerKeys(ServerSetup::new(&mut OsRng))
+    }
+
+    /// From its stored bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StepError> {
+        ServerSetup::deserialize(bytes)
+            .map(ServerKeys)
+            .map_err(|_| StepError::Damaged)
+    }
+
+    /// Its bytes, for sealed storage only.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.serialize().to_vec())
+    }
+
+    /// The public key devices pin.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.0
+            .keypair()
+            .public()
+            .serialize()
+            .as_slice()
+            .try_into()
+            .expect("ristretto255 public keys are 32 bytes")
+    }
+
+    /// Registration step 1: evaluate the OPRF under the key of a new record.
+    pub fn evaluate_registration(
+        &self,
+        account: &str,
+        record_id: &[u8; 16],
+        request: &[u8],
+    ) -> Result<Vec<u8>, StepError> {
+        let request =
+            RegistrationRequest::<Suite>::deserialize(request).map_err(|_| StepError::Malformed)?;
+        let start = ServerRegistration::<Suite>::start(
+            &self.0,
+            request,
+            &credential_identifier(account, record_id),
+        )
+        .map_err(|_| StepError::Malformed)?;
+        Ok(start.message.serialize().to_vec())
+    }
+
+    /// KE1 → KE2 against a stored password file. The caller must count the attempt
+    /// durably before sending KE2.
+    pub fn start_login(
+        &self,
+        password_file: &[u8],
+        account: &str,
+        record_id: &[u8; 16],
+        ke1: &[u8],
+    ) -> Result<(PendingLogin, Vec<u8>), StepError> {
+        let ke1 = CredentialRequest::<Suite>::deserialize(ke1).map_err(|_| StepError::Malformed)?;
+        let file =
+            ServerRegistration::<Suite>::deserialize(password_file).map_err(|_| StepError::Damaged)?;
+        let start = ServerLogin::start(
+            &mut OsRng,
+            &self.0,
+            Some(file),
+            ke1,
+            &credential_identifier(account, record_id),
+            ServerLoginParameters {
+                context: Some(CONTEXT),
+                identifiers: identifiers(account),
+            },
+        )
+        .map_err(|_| StepError::Malformed)?;
+        Ok((PendingLogin(start.state), start.message.serialize().to_vec()))
+    }
+}
+
+/// Checks a `RegistrationUpload` and returns the password file to store.
+pub fn password_file(upload: &[u8]) -> Result<Vec<u8>, StepError> {
+    let upload = RegistrationUpload::<Suite>::deserialize(upload).map_err(|_| StepError::Malformed)?;
+    Ok(ServerRegistration::finish(upload).serialize().to_vec())
+}
+
+/// The vault's half of a login between KE2 and KE3.
+pub struct PendingLogin(ServerLogin<Suite>);
+
+impl fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PendingLogin(REDACTED)")
+    }
+}
+
+impl PendingLogin {
+    /// Verifies KE3; on success returns the session key.
+    pub fn finish(self, account: &str, ke3: &[u8]) -> Result<Zeroizing<Vec<u8>>, StepError> {
+        let ke3 = CredentialFinalization::<Suite>::deserialize(ke3).map_err(|_| StepError::Malformed)?;
+        match self.0.finish(
+            ke3,
+            ServerLoginParameters {
+                context: Some(CONTEXT),
+                identifiers: identifiers(account),
+            },
+        ) {
+            Ok(done) => Ok(Zeroizing::new(done.session_key.to_vec())),
+            Err(ProtocolError::InvalidLoginError) => Err(StepError::WrongPassword),
+            Err(_) => Err(StepError::Malformed),
+        }
+    }
+}
