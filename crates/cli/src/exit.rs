@@ -3,10 +3,36 @@
 use backlock_repo::RepoError;
 use backlock_store::StoreError;
 
-pub(crate) const HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 wrong or malformed key, \
+pub(crate) const HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 wrong or malformed key (or no key in the vault), \
 4 damaged repository, 5 store rolled back, 6 store or target I/O (full, unreachable), \
-7 repository in use by another backup or prune (try again later).\n\
-Environment: BACKLOCK_REPO, BACKLOCK_KEY_FILE, BACKLOCK_HOME (device state; default: XDG data dir).";
+7 repository in use by another backup or prune (try again later), 8 wrong password (attempts left), \
+9 locked: the vault destroyed the key after too many wrong passwords, 10 vault unavailable, \
+11 the vault is not the one this device pinned.\n\
+Environment: BACKLOCK_REPO, BACKLOCK_KEY_FILE, BACKLOCK_HOME (device state; default: XDG data dir), \
+BACKLOCK_VAULT, BACKLOCK_VAULT_DATA, BACKLOCK_ACCOUNT, BACKLOCK_TOKEN, BACKLOCK_PASSWORD_FILE, BACKLOCK_VAULT_KEY.";
+
+/// A password-mode failure, each with its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VaultFailure {
+    /// Exit 8.
+    #[error("wrong password — {attempts_left} attempts left")]
+    WrongPassword { attempts_left: u32 },
+    /// Exit 9.
+    #[error("too many wrong passwords: the vault has destroyed the key, and this backup can never be recovered with a password")]
+    Locked,
+    /// Exit 3.
+    #[error("no backup key is registered for this account in the vault; check --account, or restore with the 64-digit key")]
+    NoKey,
+    /// Exit 10.
+    #[error("the vault is unavailable: {0}; check the vault address and try again later")]
+    Unavailable(String),
+    /// Exit 11.
+    #[error("{0}")]
+    WrongServer(String),
+    /// Exit 1.
+    #[error("{0}")]
+    Other(String),
+}
 
 /// A usage error (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +49,28 @@ pub(crate) struct Damage(pub usize);
 #[error("{0}")]
 pub(crate) struct BadKey(pub String);
 
+/// With `--json`, failures are also a JSON object on stdout: `error` (a stable code),
+/// `message`, and for a wrong password `attempts_left`.
+pub(crate) fn print_json_error(e: &anyhow::Error) {
+    let vault = e.chain().find_map(|c| c.downcast_ref::<VaultFailure>());
+    let (code, attempts_left) = match vault {
+        Some(VaultFailure::WrongPassword { attempts_left }) => {
+            ("wrong_password", Some(*attempts_left))
+        }
+        Some(VaultFailure::Locked) => ("locked", Some(0)),
+        Some(VaultFailure::NoKey) => ("no_key", None),
+        Some(VaultFailure::Unavailable(_)) => ("vault_unavailable", None),
+        Some(VaultFailure::WrongServer(_)) => ("wrong_vault", None),
+        _ => ("error", None),
+    };
+    let mut out =
+        serde_json::json!({"error": code, "exit_code": code_for(e), "message": format!("{e:#}")});
+    if let Some(n) = attempts_left {
+        out["attempts_left"] = n.into();
+    }
+    println!("{out}");
+}
+
 /// Maps an error chain to the documented exit code.
 pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
@@ -34,6 +82,16 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
         }
         if cause.is::<Damage>() {
             return 4;
+        }
+        if let Some(v) = cause.downcast_ref::<VaultFailure>() {
+            return match v {
+                VaultFailure::WrongPassword { .. } => 8,
+                VaultFailure::Locked => 9,
+                VaultFailure::NoKey => 3,
+                VaultFailure::Unavailable(_) => 10,
+                VaultFailure::WrongServer(_) => 11,
+                VaultFailure::Other(_) => 1,
+            };
         }
         let store = match cause.downcast_ref::<RepoError>() {
             Some(RepoError::WrongKey) => return 3,

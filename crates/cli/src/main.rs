@@ -4,6 +4,9 @@
 mod demo;
 mod exit;
 mod key_input;
+mod password_mode;
+mod vault;
+mod vault_cmd;
 
 use anyhow::{bail, Context, Result};
 use backlock_core::key::BackupKey;
@@ -22,16 +25,19 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct RepoArgs {
+pub(crate) struct RepoArgs {
     /// Repository location (a local directory).
     #[arg(long, env = "BACKLOCK_REPO")]
-    repo: PathBuf,
-    /// File holding the 64-digit backup key (otherwise you are prompted).
+    pub(crate) repo: PathBuf,
+    /// File holding the 64-digit backup key (otherwise: the key this device keeps, the
+    /// password if a vault or account is named, or a prompt).
     #[arg(long, env = "BACKLOCK_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    vault: vault::VaultArgs,
 }
 
 #[derive(Subcommand)]
@@ -42,15 +48,46 @@ enum Command {
         #[arg(long, env = "BACKLOCK_REPO")]
         repo: PathBuf,
         /// Protect the backup with the 64-digit key alone (no vault).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "password")]
         key_only: bool,
+        /// Protect the key with a password held by the Backup Key Vault.
+        #[arg(long)]
+        password: bool,
         /// Skip the confirmation that the key is saved (scripts; use with --json).
         #[arg(long)]
         yes: bool,
         /// Print machine-readable JSON (the key is printed once, in it).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        vault: vault::VaultArgs,
     },
+    /// Choose a new password (on the device that holds the key).
+    ChangePassword {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Switch between the 64-digit key and a password.
+    Switch {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Keep the 64-digit key yourself and delete the vault record.
+        #[arg(
+            long,
+            required_unless_present = "to_password",
+            conflicts_with = "to_password"
+        )]
+        to_key: bool,
+        /// Put the key behind a password in the vault.
+        #[arg(long)]
+        to_password: bool,
+        /// Skip the confirmation that the key is saved (scripts; use with --json).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run or use the Backup Key Vault.
+    #[command(subcommand)]
+    Vault(vault_cmd::VaultCommand),
     /// Back up files and directories as a new snapshot (incremental).
     Backup {
         #[command(flatten)]
@@ -108,8 +145,16 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli.command) {
         eprintln!("error: {e:#}");
+        if json_requested() {
+            exit::print_json_error(&e);
+        }
         std::process::exit(exit::code_for(&e));
     }
+}
+
+/// Whether the command line asked for JSON output.
+fn json_requested() -> bool {
+    std::env::args().skip(1).any(|a| a == "--json")
 }
 
 /// The device's state directory: `BACKLOCK_HOME`, else the XDG data directory.
@@ -129,7 +174,7 @@ fn store_at(path: &std::path::Path) -> Arc<dyn ObjectStore> {
 }
 
 fn open(args: &RepoArgs) -> Result<Repository> {
-    let key = key_input::read_key(args.key_file.as_deref())?;
+    let key = password_mode::resolve_key(&args.repo, args.key_file.as_deref(), &args.vault)?;
     Ok(Repository::open(
         store_at(&args.repo),
         &key,
@@ -153,9 +198,37 @@ fn run(command: Command) -> Result<()> {
         Command::Init {
             repo,
             key_only,
+            password,
             yes,
             json,
-        } => init(repo, key_only, yes, json),
+            vault,
+        } => {
+            if password {
+                password_mode::init(&repo, &vault, yes, json)
+            } else {
+                init(repo, key_only, yes, json)
+            }
+        }
+        Command::ChangePassword { repo } => password_mode::change_password(
+            &repo.repo,
+            repo.key_file.as_deref(),
+            &repo.vault,
+            repo.json,
+        ),
+        Command::Switch {
+            repo,
+            to_key,
+            to_password: _,
+            yes,
+        } => password_mode::switch(
+            &repo.repo,
+            repo.key_file.as_deref(),
+            &repo.vault,
+            to_key,
+            yes,
+            repo.json,
+        ),
+        Command::Vault(command) => vault_cmd::run(command),
         Command::Backup { repo, paths } => {
             let r = open(&repo)?.load_index()?;
             let summary = backup(r, paths, !repo.json)?;
@@ -263,7 +336,7 @@ fn run(command: Command) -> Result<()> {
 fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     if !key_only {
         bail!(exit::Usage(
-            "choose how to protect the backup: --key-only (a 64-digit key you keep). Password mode needs the Backup Key Vault, which this build does not have yet".into()
+            "choose how to protect the backup: --key-only (a 64-digit key you keep) or --password (the key behind a password in the Backup Key Vault)".into()
         ));
     }
     if !yes && !std::io::stdin().is_terminal() {

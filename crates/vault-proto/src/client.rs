@@ -2,9 +2,12 @@
 //!
 //! Each step takes `self`, so a login state cannot answer two KE2s.
 
+use crate::owner::OwnerKey;
 use crate::password::Password;
 use crate::suite::{identifiers, Stretch, Suite, CONTEXT};
-use crate::wire::{RecoverFinish, RecoverFinishReply, RecoverStartReply, RegisterFinish, RegisterStartReply};
+use crate::wire::{
+    RecoverFinish, RecoverFinishReply, RecoverStartReply, RegisterFinish, RegisterStartReply,
+};
 use crate::wrap;
 use backlock_core::key::BackupKey;
 use opaque_ke::errors::ProtocolError;
@@ -51,14 +54,20 @@ fn check_pin(pinned: &[u8; 32], presented: &[u8]) -> Result<(), ClientError> {
 pub struct RegistrationStarted(ClientRegistration<Suite>);
 
 /// Step 1 of registering `password`: the OPAQUE `RegistrationRequest`.
-pub fn start_registration(password: &Password) -> Result<(RegistrationStarted, Vec<u8>), ClientError> {
+pub fn start_registration(
+    password: &Password,
+) -> Result<(RegistrationStarted, Vec<u8>), ClientError> {
     let start = ClientRegistration::<Suite>::start(&mut OsRng, password.expose_secret())
         .map_err(|_| ClientError::BadReply("password cannot be blinded"))?;
-    Ok((RegistrationStarted(start.state), start.message.serialize().to_vec()))
+    Ok((
+        RegistrationStarted(start.state),
+        start.message.serialize().to_vec(),
+    ))
 }
 
 impl RegistrationStarted {
-    /// Step 2: the record for the vault, with `key` wrapped under the export key.
+    /// Step 2: the record for the vault, with `key` wrapped under the export key and the
+    /// owner public key derived from it.
     /// `replace` is left `None`; set it with [`crate::owner`] to change a record.
     pub fn finish(
         self,
@@ -67,7 +76,6 @@ impl RegistrationStarted {
         reply: &RegisterStartReply,
         pinned: &[u8; 32],
         key: &BackupKey,
-        owner_public_key: [u8; 32],
         ksf: &Stretch,
     ) -> Result<RegisterFinish, ClientError> {
         let response = RegistrationResponse::<Suite>::deserialize(&reply.response)
@@ -88,7 +96,7 @@ impl RegistrationStarted {
             record_id: reply.record_id,
             upload: finish.message.serialize().to_vec(),
             wrapped: wrap::wrap(&export_key, account, key),
-            owner_public_key,
+            owner_public_key: OwnerKey::derive(key).public_key(),
             replace: None,
         })
     }
@@ -101,7 +109,10 @@ pub struct RecoveryStarted(ClientLogin<Suite>);
 pub fn start_recovery(password: &Password) -> Result<(RecoveryStarted, Vec<u8>), ClientError> {
     let start = ClientLogin::<Suite>::start(&mut OsRng, password.expose_secret())
         .map_err(|_| ClientError::BadReply("password cannot be blinded"))?;
-    Ok((RecoveryStarted(start.state), start.message.serialize().to_vec()))
+    Ok((
+        RecoveryStarted(start.state),
+        start.message.serialize().to_vec(),
+    ))
 }
 
 /// A login that succeeded on the device; waiting for the vault to release the key.
@@ -153,9 +164,11 @@ impl RecoveryStarted {
 impl Recovered {
     /// Decrypts the released key: session key first, then the export key.
     pub fn open(self, account: &str, reply: &RecoverFinishReply) -> Result<BackupKey, ClientError> {
-        let wrapped = wrap::open_release(&self.session_key, &self.session, account, &reply.released)
-            .map_err(|_| ClientError::BadReply("released key"))?;
-        wrap::unwrap(&self.export_key, account, &wrapped).map_err(|_| ClientError::BadReply("wrapped key"))
+        let wrapped =
+            wrap::open_release(&self.session_key, &self.session, account, &reply.released)
+                .map_err(|_| ClientError::BadReply("released key"))?;
+        wrap::unwrap(&self.export_key, account, &wrapped)
+            .map_err(|_| ClientError::BadReply("wrapped key"))
     }
 
     /// The export key, to wrap a key again under the same password (switching keys).

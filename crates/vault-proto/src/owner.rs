@@ -119,7 +119,14 @@ mod tests {
         assert!(!verify(&pk, OwnerOp::Delete, "alice", 5, b"p", &sig));
         assert!(!verify(&pk, OwnerOp::Delete, "alice", 4, b"q", &sig));
         let other = OwnerKey::derive(&BackupKey::from_bytes([4; 32]));
-        assert!(!verify(&other.public_key(), OwnerOp::Delete, "alice", 4, b"p", &sig));
+        assert!(!verify(
+            &other.public_key(),
+            OwnerOp::Delete,
+            "alice",
+            4,
+            b"p",
+            &sig
+        ));
         assert!(!format!("{owner:?}").contains(&hex::encode([3u8; 32])));
     }
 }

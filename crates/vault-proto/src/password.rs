@@ -65,8 +65,14 @@ mod tests {
 
     #[test]
     fn policy_and_redaction() {
-        assert_eq!(Password::new("abc12".into()).check_policy(), Err(PasswordPolicyError::TooShort));
-        assert_eq!(Password::new("123456".into()).check_policy(), Err(PasswordPolicyError::NoLetter));
+        assert_eq!(
+            Password::new("abc12".into()).check_policy(),
+            Err(PasswordPolicyError::TooShort)
+        );
+        assert_eq!(
+            Password::new("123456".into()).check_policy(),
+            Err(PasswordPolicyError::NoLetter)
+        );
         assert!(Password::new("éléphant\n".into()).check_policy().is_ok());
         let p = Password::new("hunter2x\r\n".into());
         assert_eq!(p.expose_secret(), b"hunter2x");

@@ -93,8 +93,8 @@ impl ServerKeys {
         ke1: &[u8],
     ) -> Result<(PendingLogin, Vec<u8>), StepError> {
         let ke1 = CredentialRequest::<Suite>::deserialize(ke1).map_err(|_| StepError::Malformed)?;
-        let file =
-            ServerRegistration::<Suite>::deserialize(password_file).map_err(|_| StepError::Damaged)?;
+        let file = ServerRegistration::<Suite>::deserialize(password_file)
+            .map_err(|_| StepError::Damaged)?;
         let start = ServerLogin::start(
             &mut OsRng,
             &self.0,
@@ -107,13 +107,17 @@ impl ServerKeys {
             },
         )
         .map_err(|_| StepError::Malformed)?;
-        Ok((PendingLogin(start.state), start.message.serialize().to_vec()))
+        Ok((
+            PendingLogin(start.state),
+            start.message.serialize().to_vec(),
+        ))
     }
 }
 
 /// Checks a `RegistrationUpload` and returns the password file to store.
 pub fn password_file(upload: &[u8]) -> Result<Vec<u8>, StepError> {
-    let upload = RegistrationUpload::<Suite>::deserialize(upload).map_err(|_| StepError::Malformed)?;
+    let upload =
+        RegistrationUpload::<Suite>::deserialize(upload).map_err(|_| StepError::Malformed)?;
     Ok(ServerRegistration::finish(upload).serialize().to_vec())
 }
 
@@ -129,7 +133,8 @@ impl fmt::Debug for PendingLogin {
 impl PendingLogin {
     /// Verifies KE3; on success returns the session key.
     pub fn finish(self, account: &str, ke3: &[u8]) -> Result<Zeroizing<Vec<u8>>, StepError> {
-        let ke3 = CredentialFinalization::<Suite>::deserialize(ke3).map_err(|_| StepError::Malformed)?;
+        let ke3 =
+            CredentialFinalization::<Suite>::deserialize(ke3).map_err(|_| StepError::Malformed)?;
         match self.0.finish(
             ke3,
             ServerLoginParameters {

@@ -22,7 +22,9 @@ pub enum AccountError {
     #[error("an account name has 1 to {MAX_ACCOUNT_LEN} characters")]
     Length,
     /// A character outside the allowed set.
-    #[error("account name: character {position} is not allowed (use letters, digits and . _ @ + : -)")]
+    #[error(
+        "account name: character {position} is not allowed (use letters, digits and . _ @ + : -)"
+    )]
     Character {
         /// 1-based position of the first bad character.
         position: usize,
@@ -87,7 +89,10 @@ impl TokenSecret {
     pub fn issue(&self, account: &str, expires_unix: u64) -> Result<String, AccountError> {
         validate_account(account)?;
         let tag = self.mac(account, expires_unix).finalize().into_bytes();
-        Ok(format!("{PREFIX}{account}.{expires_unix}.{}", hex::encode(tag)))
+        Ok(format!(
+            "{PREFIX}{account}.{expires_unix}.{}",
+            hex::encode(tag)
+        ))
     }
 
     /// Verifies `token` at time `now_unix` and returns the account it vouches for.
@@ -140,7 +145,11 @@ impl AccountToken {
         };
         validate_account(account).map_err(|_| TokenError::Malformed)?;
         // Canonical decimal only, so one token has one spelling.
-        if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) || (expiry.len() > 1 && expiry.starts_with('0')) {
+        if expiry.is_empty()
+            || expiry.len() > 20
+            || !expiry.bytes().all(|b| b.is_ascii_digit())
+            || (expiry.len() > 1 && expiry.starts_with('0'))
+        {
             return Err(TokenError::Malformed);
         }
         let expires_unix = expiry.parse().map_err(|_| TokenError::Malformed)?;
@@ -173,7 +182,14 @@ mod tests {
         // Another account with the same MAC is forged.
         let swapped = token.replace("+15551234567", "+15551234568");
         assert_eq!(secret.verify(&swapped, 0), Err(TokenError::Forged));
-        for bad in ["", "bl1.", "bl1.a.1", "bl2.a.1.00", "bl1.a b.1.00", "bl1.a.01.00"] {
+        for bad in [
+            "",
+            "bl1.",
+            "bl1.a.1",
+            "bl2.a.1.00",
+            "bl1.a b.1.00",
+            "bl1.a.01.00",
+        ] {
             assert_eq!(secret.verify(bad, 0), Err(TokenError::Malformed), "{bad}");
         }
     }

@@ -254,7 +254,9 @@ pub enum DecodeError {
     #[error("empty message")]
     Empty,
     /// The version byte names another protocol version.
-    #[error("wire version {0} is not supported (this build speaks {WIRE_VERSION}); upgrade backlock")]
+    #[error(
+        "wire version {0} is not supported (this build speaks {WIRE_VERSION}); upgrade backlock"
+    )]
     UnsupportedVersion(u8),
     /// Longer than [`MAX_BODY`].
     #[error("message of {0} bytes exceeds the {MAX_BODY}-byte limit")]
@@ -345,7 +347,10 @@ mod tests {
         );
         let mut trailing = body.clone();
         trailing.push(0);
-        assert_eq!(decode::<RecoverStart>(&trailing), Err(DecodeError::Malformed));
+        assert_eq!(
+            decode::<RecoverStart>(&trailing),
+            Err(DecodeError::Malformed)
+        );
         assert_eq!(decode::<RecoverStart>(&[]), Err(DecodeError::Empty));
         assert_eq!(
             decode::<RecoverStart>(&vec![WIRE_VERSION; MAX_BODY + 1]),

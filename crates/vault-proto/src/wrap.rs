@@ -30,12 +30,21 @@ pub const WRAPPED_LEN: usize = 1 + NONCE_LEN + KEY_LEN + 16;
 #[error("the vault's answer does not decrypt")]
 pub struct UnwrapError;
 
-fn aead_key(ikm: &[u8], info: &[u8]) -> LessSafeKey {
+fn derive(ikm: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut key = Zeroizing::new([0u8; 32]);
     Hkdf::<Sha256>::new(Some(SALT), ikm)
         .expand(info, &mut *key)
         .expect("32 bytes is a valid HKDF length");
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*key).expect("32-byte AES key"))
+    key
+}
+
+fn aead_key(ikm: &[u8], info: &[u8]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*derive(ikm, info)).expect("32-byte AES key"))
+}
+
+/// The wrap key an export key yields (exposed so tests can show it never travels).
+pub fn wrap_key(export_key: &[u8]) -> Zeroizing<[u8; 32]> {
+    derive(export_key, WRAP_INFO)
 }
 
 fn aad(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -71,7 +80,9 @@ pub fn unwrap(export_key: &[u8], account: &str, wrapped: &[u8]) -> Result<Backup
     if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_VERSION {
         return Err(UnwrapError);
     }
-    let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().expect("length checked");
+    let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN]
+        .try_into()
+        .expect("length checked");
     let mut body = Zeroizing::new(wrapped[1 + NONCE_LEN..].to_vec());
     let plain = aead_key(export_key, WRAP_INFO)
         .open_in_place(
@@ -124,11 +135,17 @@ mod tests {
         let key = BackupKey::from_bytes([5; 32]);
         let wrapped = wrap(&[1; 64], "alice", &key);
         assert_eq!(wrapped.len(), WRAPPED_LEN);
-        assert_eq!(unwrap(&[1; 64], "alice", &wrapped).unwrap().expose_secret(), &[5; 32]);
+        assert_eq!(
+            unwrap(&[1; 64], "alice", &wrapped).unwrap().expose_secret(),
+            &[5; 32]
+        );
         assert_eq!(unwrap(&[2; 64], "alice", &wrapped).err(), Some(UnwrapError));
         assert_eq!(unwrap(&[1; 64], "bob", &wrapped).err(), Some(UnwrapError));
         let released = release(&[7; 64], &[1; 16], "alice", &wrapped);
-        assert_eq!(open_release(&[7; 64], &[1; 16], "alice", &released).unwrap(), wrapped);
+        assert_eq!(
+            open_release(&[7; 64], &[1; 16], "alice", &released).unwrap(),
+            wrapped
+        );
         assert!(open_release(&[7; 64], &[2; 16], "alice", &released).is_err());
         assert!(open_release(&[8; 64], &[1; 16], "alice", &released).is_err());
     }

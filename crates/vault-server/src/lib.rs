@@ -1,7 +1,18 @@
 //! backlock-vault-server: the Backup Key Vault.
 //!
 //! - [`state`]: the replicated state machine, where guesses are counted.
+//! - [`raft`]: openraft storage, network and the [`raft::VaultNode`] that runs it.
+//! - [`seal`]: the HSM interface that seals everything at rest.
+//! - [`service`]: request handling: tokens, counting before KE2, release after KE3.
+//! - [`api`]: the HTTP API; [`run`]: a whole vault on a socket.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod api;
+pub mod metrics;
+pub mod raft;
+pub mod run;
+pub mod seal;
+pub mod secrets;
+pub mod service;
 pub mod state;

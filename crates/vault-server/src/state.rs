@@ -123,7 +123,7 @@ pub enum EraseReason {
 }
 
 /// The result of applying a command, returned to the proposer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// Register or Replace took effect.
     Stored {
@@ -150,6 +150,33 @@ pub enum Applied {
     Refused(Refusal),
 }
 
+impl fmt::Debug for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Applied::Stored {
+                generation,
+                attempts_left,
+            } => f
+                .debug_struct("Stored")
+                .field("generation", generation)
+                .field("attempts_left", attempts_left)
+                .finish(),
+            Applied::Counted { attempts_left } => f
+                .debug_struct("Counted")
+                .field("attempts_left", attempts_left)
+                .finish(),
+            // The wrapped key stays out of logs: with the fleet secret it would allow
+            // offline guessing.
+            Applied::Restored { attempts_left, .. } => f
+                .debug_struct("Restored")
+                .field("attempts_left", attempts_left)
+                .finish_non_exhaustive(),
+            Applied::Erased => f.write_str("Erased"),
+            Applied::Refused(r) => f.debug_tuple("Refused").field(r).finish(),
+        }
+    }
+}
+
 /// Why a command changed nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
@@ -167,9 +194,19 @@ pub enum Refusal {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultState {
     records: BTreeMap<String, Record>,
-    /// Highest generation ever issued per account survives erasure, so a proof for an
-    /// erased record can never match a later one.
-    generations: BTreeMap<String, u64>,
+    /// What outlives a record: the highest generation issued (so a proof for an erased
+    /// record never matches a later one) and whether the guess limit erased it (so the
+    /// account holder hears "locked", not "no key").
+    history: BTreeMap<String, History>,
+}
+
+/// The part of an account that survives erasure. Holds no secret.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Highest generation issued.
+    pub generation: u64,
+    /// The last record was erased by the guess limit.
+    pub locked: bool,
 }
 
 impl VaultState {
@@ -178,11 +215,19 @@ impl VaultState {
         self.records.get(account)
     }
 
+    /// Whether the account's last record was erased by the guess limit (and no new one
+    /// was registered since).
+    pub fn locked(&self, account: &str) -> bool {
+        !self.records.contains_key(account) && self.history.get(account).is_some_and(|h| h.locked)
+    }
+
     /// Records whose count is zero and whose last guess was made before `cutoff_ms`.
     pub fn expired_exhausted(&self, cutoff_ms: u64) -> Vec<(String, u64)> {
         self.records
             .iter()
-            .filter(|(_, r)| r.attempts_left == 0 && r.exhausted_at_ms.is_some_and(|t| t < cutoff_ms))
+            .filter(|(_, r)| {
+                r.attempts_left == 0 && r.exhausted_at_ms.is_some_and(|t| t < cutoff_ms)
+            })
             .map(|(a, r)| (a.clone(), r.generation))
             .collect()
     }
@@ -198,8 +243,10 @@ impl VaultState {
     }
 
     fn store(&mut self, account: &str, new: NewRecord) -> Applied {
-        let generation = self.generations.get(account).copied().unwrap_or(0) + 1;
-        self.generations.insert(account.to_owned(), generation);
+        let history = self.history.entry(account.to_owned()).or_default();
+        history.generation += 1;
+        history.locked = false;
+        let generation = history.generation;
         let attempts_left = new.max_attempts;
         self.records.insert(
             account.to_owned(),
@@ -282,12 +329,14 @@ impl VaultState {
             Command::Erase {
                 account,
                 generation,
-                reason: _,
+                reason,
             } => match self.records.get(&account) {
                 None => Applied::Refused(Refusal::NoRecord),
                 Some(r) if r.generation != generation => Applied::Refused(Refusal::StaleGeneration),
                 Some(_) => {
                     self.records.remove(&account);
+                    let history = self.history.entry(account).or_default();
+                    history.locked = reason == EraseReason::Exhausted;
                     Applied::Erased
                 }
             },
@@ -324,7 +373,13 @@ mod tests {
             account: "a".into(),
             record: new_record(3),
         });
-        assert_eq!(reg, Applied::Stored { generation: 1, attempts_left: 3 });
+        assert_eq!(
+            reg,
+            Applied::Stored {
+                generation: 1,
+                attempts_left: 3
+            }
+        );
         assert_eq!(attempt(&mut s, 1), Applied::Counted { attempts_left: 2 });
         assert_eq!(attempt(&mut s, 1), Applied::Counted { attempts_left: 1 });
         assert_eq!(attempt(&mut s, 1), Applied::Counted { attempts_left: 0 });
@@ -333,17 +388,44 @@ mod tests {
         assert_eq!(s.expired_exhausted(5), vec![]);
         assert_eq!(s.expired_exhausted(6), vec![("a".to_string(), 1)]);
         // The last guess may still be right.
-        let ok = s.apply(Command::Success { account: "a".into(), generation: 1 });
-        assert_eq!(ok, Applied::Restored { attempts_left: 3, wrapped: vec![3; 8] });
+        let ok = s.apply(Command::Success {
+            account: "a".into(),
+            generation: 1,
+        });
+        assert_eq!(
+            ok,
+            Applied::Restored {
+                attempts_left: 3,
+                wrapped: vec![3; 8]
+            }
+        );
         assert_eq!(s.record("a").unwrap().exhausted_at_ms, None);
+
+        for _ in 0..3 {
+            attempt(&mut s, 1);
+        }
+        let erased = s.apply(Command::Erase {
+            account: "a".into(),
+            generation: 1,
+            reason: EraseReason::Exhausted,
+        });
+        assert_eq!(erased, Applied::Erased);
+        assert!(s.locked("a"));
+        assert!(s.record("a").is_none());
     }
 
     #[test]
     fn stale_generations_and_erasure() {
         let mut s = VaultState::default();
-        s.apply(Command::Register { account: "a".into(), record: new_record(10) });
+        s.apply(Command::Register {
+            account: "a".into(),
+            record: new_record(10),
+        });
         assert_eq!(
-            s.apply(Command::Register { account: "a".into(), record: new_record(10) }),
+            s.apply(Command::Register {
+                account: "a".into(),
+                record: new_record(10)
+            }),
             Applied::Refused(Refusal::AlreadyRegistered)
         );
         let replaced = s.apply(Command::Replace {
@@ -351,21 +433,48 @@ mod tests {
             generation: 1,
             record: new_record(10),
         });
-        assert_eq!(replaced, Applied::Stored { generation: 2, attempts_left: 10 });
-        // A guess against the old record is not counted; the old proof is stale.
-        assert_eq!(attempt(&mut s, 1), Applied::Refused(Refusal::StaleGeneration));
         assert_eq!(
-            s.apply(Command::Erase { account: "a".into(), generation: 1, reason: EraseReason::Owner }),
+            replaced,
+            Applied::Stored {
+                generation: 2,
+                attempts_left: 10
+            }
+        );
+        // A guess against the old record is not counted; the old proof is stale.
+        assert_eq!(
+            attempt(&mut s, 1),
             Applied::Refused(Refusal::StaleGeneration)
         );
         assert_eq!(
-            s.apply(Command::Erase { account: "a".into(), generation: 2, reason: EraseReason::Owner }),
+            s.apply(Command::Erase {
+                account: "a".into(),
+                generation: 1,
+                reason: EraseReason::Owner
+            }),
+            Applied::Refused(Refusal::StaleGeneration)
+        );
+        assert_eq!(
+            s.apply(Command::Erase {
+                account: "a".into(),
+                generation: 2,
+                reason: EraseReason::Owner
+            }),
             Applied::Erased
         );
         assert!(s.record("a").is_none());
+        assert!(!s.locked("a"), "an owner delete is not a lockout");
         // Registering again never reuses a generation.
-        let again = s.apply(Command::Register { account: "a".into(), record: new_record(10) });
-        assert_eq!(again, Applied::Stored { generation: 3, attempts_left: 10 });
+        let again = s.apply(Command::Register {
+            account: "a".into(),
+            record: new_record(10),
+        });
+        assert_eq!(
+            again,
+            Applied::Stored {
+                generation: 3,
+                attempts_left: 10
+            }
+        );
         assert!(!format!("{:?}", s).contains("[2, 2"));
     }
 }

@@ -1,0 +1,278 @@
+//! The device flows of password mode (docs/VAULT.md §Device flows): enable, recover on a
+//! new device, change the password, switch between key and password, delete the record.
+
+use crate::exit::{Usage, VaultFailure};
+use crate::vault::{
+    connect, read_new_password, read_password, VaultArgs, FORGOTTEN_PASSWORD_WARNING,
+};
+use crate::{device_home, key_input, print_json, store_at};
+use anyhow::Result;
+use backlock_core::key::BackupKey;
+use backlock_repo::{DeviceHome, Repository};
+use backlock_vault_client::VaultError;
+use backlock_vault_proto::owner::OwnerKey;
+use std::io::IsTerminal;
+use std::path::Path;
+
+/// The name a repository's key is kept under on this device.
+pub(crate) fn location(repo: &Path) -> String {
+    std::path::absolute(repo)
+        .unwrap_or_else(|_| repo.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The key for `repo`: from the key file, else kept on this device, else recovered from
+/// the vault with the password (when a vault or account is named), else typed.
+pub(crate) fn resolve_key(
+    repo: &Path,
+    key_file: Option<&Path>,
+    vault: &VaultArgs,
+) -> Result<BackupKey> {
+    if key_file.is_some() {
+        return key_input::read_key(key_file);
+    }
+    let home = device_home()?;
+    if let Some(key) = home.load_key(&location(repo))? {
+        return Ok(key);
+    }
+    if vault.given() {
+        let key = recover(vault, &home)?;
+        // Check the key before keeping it: the account may belong to another backup.
+        Repository::open(store_at(repo), &key, home.clone())?;
+        home.save_key(&location(repo), &key)?;
+        eprintln!("Recovered the backup key from the vault; this device keeps it from now on.");
+        return Ok(key);
+    }
+    key_input::read_key(None)
+}
+
+/// One recovery: asks for the password until it is right, the key is destroyed, or the
+/// password came from a file (one guess per run, so scripts never burn guesses in a loop).
+fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<BackupKey> {
+    let session = connect(vault, home)?;
+    let interactive = vault.password_file.is_none() && std::io::stdin().is_terminal();
+    let result = loop {
+        let password = read_password(vault, "Backup password: ")?;
+        match session.block_on(
+            session
+                .client
+                .recover(&password, &session.pinned, &session.ksf),
+        ) {
+            Ok(key) => break Ok(key),
+            Err(VaultError::WrongPassword { attempts_left })
+                if interactive && attempts_left > 0 =>
+            {
+                eprintln!("wrong password — {attempts_left} attempts left");
+            }
+            Err(e) => break Err(VaultFailure::from(e).into()),
+        }
+    };
+    session.close();
+    result
+}
+
+/// `init --password`: a new key, kept on this device and registered behind a password.
+pub(crate) fn init(repo: &Path, vault: &VaultArgs, yes: bool, json: bool) -> Result<()> {
+    let home = device_home()?;
+    let store = store_at(repo);
+    if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
+        return Err(backlock_repo::RepoError::AlreadyExists {
+            location: store.location(),
+        }
+        .into());
+    }
+    if !yes && !json {
+        eprintln!("{FORGOTTEN_PASSWORD_WARNING}\n");
+    }
+    let password = read_new_password(vault)?;
+    let key = BackupKey::generate();
+    let session = connect(vault, &home)?;
+    let registered = session.block_on(session.client.register(
+        &password,
+        &key,
+        &session.pinned,
+        None,
+        &session.ksf,
+    ));
+    let account = session.client.account().to_owned();
+    let pinned = hex::encode(session.pinned);
+    session.close();
+    let registered = registered.map_err(|e| match e {
+        VaultError::AlreadyRegistered(_) => Usage(format!(
+            "a backup key is already registered for account {account}: change its password with \
+             `backlock change-password` on the device that holds the key, or delete it with `backlock vault delete`"
+        ))
+        .into(),
+        other => anyhow::Error::from(VaultFailure::from(other)),
+    })?;
+    // The key is kept before the repository exists, so it is never lost in between.
+    home.save_key(&location(repo), &key)?;
+    let r = Repository::init(store, &key, home)?;
+    if json {
+        print_json(&serde_json::json!({
+            "repo": repo.display().to_string(),
+            "repo_id": r.id(),
+            "mode": "password",
+            "account": account,
+            "vault_key": pinned,
+            "attempts_left": registered.attempts_left,
+        }));
+    } else {
+        println!(
+            "created repository {} at {}; its key is protected by your password in the vault (account {account}, {} guesses allowed)",
+            &r.id()[..8],
+            repo.display(),
+            registered.attempts_left
+        );
+    }
+    Ok(())
+}
+
+fn key_held_here(repo: &Path, key_file: Option<&Path>) -> Result<BackupKey> {
+    let key = match key_file {
+        Some(_) => key_input::read_key(key_file)?,
+        None => device_home()?.load_key(&location(repo))?.ok_or_else(|| {
+            Usage("this device does not hold the backup key of this repository: pass --key-file, or restore with the password first".into())
+        })?,
+    };
+    // Only a key that opens the repository may speak for it.
+    Repository::open(store_at(repo), &key, device_home()?)?;
+    Ok(key)
+}
+
+/// `change-password`: a new password for the key this device holds.
+pub(crate) fn change_password(
+    repo: &Path,
+    key_file: Option<&Path>,
+    vault: &VaultArgs,
+    json: bool,
+) -> Result<()> {
+    let key = key_held_here(repo, key_file)?;
+    let password = read_new_password(vault)?;
+    let home = device_home()?;
+    let session = connect(vault, &home)?;
+    let owner = OwnerKey::derive(&key);
+    let result = session.block_on(session.client.register(
+        &password,
+        &key,
+        &session.pinned,
+        Some(&owner),
+        &session.ksf,
+    ));
+    session.close();
+    let reply = result.map_err(|e| match e {
+        VaultError::NoKey => Usage("the vault has no record for this account: enable password mode with `backlock switch --to-password`".into()).into(),
+        other => anyhow::Error::from(VaultFailure::from(other)),
+    })?;
+    if json {
+        print_json(
+            &serde_json::json!({"changed": true, "generation": reply.generation, "attempts_left": reply.attempts_left}),
+        );
+    } else {
+        println!("password changed; {} guesses allowed", reply.attempts_left);
+    }
+    Ok(())
+}
+
+/// `switch --to-key`: show the key for safekeeping, then delete the vault record.
+/// `switch --to-password`: register the key this device holds behind a password.
+pub(crate) fn switch(
+    repo: &Path,
+    key_file: Option<&Path>,
+    vault: &VaultArgs,
+    to_key: bool,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
+    let key = key_held_here(repo, key_file)?;
+    let home = device_home()?;
+    if to_key {
+        if !yes {
+            if !std::io::stdin().is_terminal() {
+                return Err(Usage("switching to the key must confirm that you saved it: run in a terminal, or pass --yes --json".into()).into());
+            }
+            key_input::confirm_saved(&key)?;
+        }
+        let session = connect(vault, &home)?;
+        let result = session.block_on(session.client.delete(&key));
+        session.close();
+        match result {
+            Ok(()) | Err(VaultError::NoKey) => {}
+            Err(e) => return Err(VaultFailure::from(e).into()),
+        }
+        if json {
+            print_json(&serde_json::json!({"mode": "key", "key": key.to_display().as_str()}));
+        } else {
+            if yes {
+                println!(
+                    "Your backup key:\n\n    {}\n\n{}",
+                    key.to_display().as_str(),
+                    key_input::LOST_KEY_WARNING
+                );
+            }
+            println!("switched to the 64-digit key: the vault record is deleted; the password no longer opens this backup");
+        }
+        return Ok(());
+    }
+    if !yes && !json {
+        eprintln!("{FORGOTTEN_PASSWORD_WARNING}\n");
+    }
+    let password = read_new_password(vault)?;
+    let session = connect(vault, &home)?;
+    let owner = OwnerKey::derive(&key);
+    let mut result = session.block_on(session.client.register(
+        &password,
+        &key,
+        &session.pinned,
+        None,
+        &session.ksf,
+    ));
+    if let Err(VaultError::AlreadyRegistered(_)) = result {
+        // A record from this same key (an earlier switch): replace it under its owner proof.
+        result = session.block_on(session.client.register(
+            &password,
+            &key,
+            &session.pinned,
+            Some(&owner),
+            &session.ksf,
+        ));
+    }
+    session.close();
+    let reply = result.map_err(VaultFailure::from)?;
+    home.save_key(&location(repo), &key)?;
+    if json {
+        print_json(&serde_json::json!({"mode": "password", "attempts_left": reply.attempts_left}));
+    } else {
+        println!(
+            "switched to password mode; {} guesses allowed",
+            reply.attempts_left
+        );
+    }
+    Ok(())
+}
+
+/// `vault delete`: erase the account's record, proving ownership with the key.
+pub(crate) fn delete(
+    repo: &Path,
+    key_file: Option<&Path>,
+    vault: &VaultArgs,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
+    let key = key_held_here(repo, key_file)?;
+    if !yes {
+        return Err(Usage("deleting the vault record means the password will no longer open this backup; keep the 64-digit key (`backlock switch --to-key`) or pass --yes".into()).into());
+    }
+    let home = device_home()?;
+    let session = connect(vault, &home)?;
+    let result = session.block_on(session.client.delete(&key));
+    session.close();
+    result.map_err(VaultFailure::from)?;
+    if json {
+        print_json(&serde_json::json!({"deleted": true}));
+    } else {
+        println!("the vault record is deleted; this device still holds the key");
+    }
+    Ok(())
+}

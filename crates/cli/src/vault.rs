@@ -1,0 +1,232 @@
+//! Password mode: reaching the Backup Key Vault (remote, or embedded in this process),
+//! pinning its key, and reading passwords (docs/VAULT.md §Device flows).
+
+use crate::exit::{Usage, VaultFailure};
+use anyhow::{Context, Result};
+use backlock_repo::DeviceHome;
+use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_proto::password::Password;
+use backlock_vault_proto::suite::Stretch;
+use backlock_vault_server::run::{RunningVault, ServeConfig};
+use backlock_vault_server::service::VaultConfig;
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Account used with the embedded vault when none is given.
+pub(crate) const LOCAL_ACCOUNT: &str = "local";
+
+pub(crate) const FORGOTTEN_PASSWORD_WARNING: &str =
+    "The vault keeps your backup key behind this password and allows 10 wrong guesses; \
+after that it destroys the key. Nobody can reset the password for you: if you forget it, \
+you can still change it from this device, but a new phone can never restore the backup.";
+
+/// Where the vault is and who is asking.
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct VaultArgs {
+    /// Vault URL (default: a vault embedded in this process, data in --vault-data).
+    #[arg(long, env = "BACKLOCK_VAULT")]
+    pub vault: Option<String>,
+    /// Data directory of the embedded vault (default: the XDG data dir's backlock-vault).
+    #[arg(long, env = "BACKLOCK_VAULT_DATA")]
+    pub vault_data: Option<PathBuf>,
+    /// Account the vault record belongs to (default with the embedded vault: `local`).
+    #[arg(long, env = "BACKLOCK_ACCOUNT")]
+    pub account: Option<String>,
+    /// File holding the password (otherwise you are prompted).
+    #[arg(long, env = "BACKLOCK_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The vault public key to pin (hex, as `vault serve` prints it); otherwise the key
+    /// seen first is pinned.
+    #[arg(long, env = "BACKLOCK_VAULT_KEY")]
+    pub vault_key: Option<String>,
+}
+
+impl VaultArgs {
+    /// Whether the user named a vault or an account: a wish for password mode.
+    pub fn given(&self) -> bool {
+        self.vault.is_some() || self.account.is_some()
+    }
+}
+
+/// A vault session: the client, the pinned key, and the embedded vault if there is one.
+pub(crate) struct Session {
+    pub runtime: tokio::runtime::Runtime,
+    pub client: VaultClient,
+    pub pinned: [u8; 32],
+    pub ksf: Stretch,
+    embedded: Option<RunningVault>,
+}
+
+impl Session {
+    /// Runs a vault call to completion.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// Stops the embedded vault cleanly.
+    pub fn close(mut self) {
+        if let Some(v) = self.embedded.take() {
+            self.runtime.block_on(v.shutdown());
+        }
+    }
+}
+
+fn default_vault_data() -> Result<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("cannot find a data directory for the embedded vault: set BACKLOCK_VAULT_DATA")?;
+    Ok(data.join("backlock-vault"))
+}
+
+/// Starts an embedded vault in `data` on a loopback port.
+pub(crate) fn start_embedded(
+    runtime: &tokio::runtime::Runtime,
+    data: &Path,
+) -> Result<RunningVault> {
+    runtime
+        .block_on(RunningVault::start(ServeConfig {
+            data: data.to_path_buf(),
+            node_key: None,
+            listen: ([127, 0, 0, 1], 0).into(),
+            vault: VaultConfig::default(),
+        }))
+        .map_err(|e| VaultFailure::Unavailable(e.to_string()).into())
+}
+
+/// Connects to the configured vault (starting the embedded one if none is named) and
+/// pins its key.
+pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (url, token, account, embedded, pin_name) = match &args.vault {
+        Some(url) => {
+            let account = args.account.clone().ok_or_else(|| {
+                Usage(
+                    "a remote vault needs an account: pass --account ID or set BACKLOCK_ACCOUNT"
+                        .into(),
+                )
+            })?;
+            let token = Zeroizing::new(std::env::var("BACKLOCK_TOKEN").map_err(|_| {
+                Usage("a remote vault needs the relay's account token in BACKLOCK_TOKEN".into())
+            })?);
+            (
+                url.clone(),
+                token,
+                account,
+                None,
+                url.trim_end_matches('/').to_owned(),
+            )
+        }
+        None => {
+            let data = match &args.vault_data {
+                Some(d) => d.clone(),
+                None => default_vault_data()?,
+            };
+            let running = start_embedded(&runtime, &data)?;
+            let account = args.account.clone().unwrap_or_else(|| LOCAL_ACCOUNT.into());
+            let expires = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                + 600;
+            let token = Zeroizing::new(
+                running
+                    .vault
+                    .token_secret()
+                    .issue(&account, expires)
+                    .map_err(|e| Usage(format!("--account: {e}")))?,
+            );
+            let name = format!(
+                "embedded:{}",
+                std::path::absolute(&data).unwrap_or(data).display()
+            );
+            (running.url(), token, account, Some(running), name)
+        }
+    };
+    backlock_vault_proto::token::validate_account(&account)
+        .map_err(|e| Usage(format!("--account: {e}")))?;
+    let client = VaultClient::new(&url, &account, &token).map_err(VaultFailure::from)?;
+    let info = runtime
+        .block_on(client.info())
+        .map_err(VaultFailure::from)?;
+    let presented = hex::encode(info.server_public_key);
+    let pinned_hex = match (&args.vault_key, home.vault_pin(&pin_name)?) {
+        (Some(given), _) => given.trim().to_ascii_lowercase(),
+        (None, Some(pinned)) => pinned,
+        (None, None) => {
+            eprintln!("Pinning the vault's public key {presented} (first use of {pin_name}).");
+            home.pin_vault(&pin_name, &presented)?;
+            presented.clone()
+        }
+    };
+    if pinned_hex != presented {
+        return Err(VaultFailure::WrongServer(format!(
+            "the vault at {url} presents public key {presented}, but this device pinned {pinned_hex}; \
+             refusing to send it anything (if the vault was really re-created, remove its entry from {}/vault-pins.json)",
+            home.root().display()
+        ))
+        .into());
+    }
+    Ok(Session {
+        runtime,
+        client,
+        pinned: info.server_public_key,
+        ksf: Stretch::default(),
+        embedded,
+    })
+}
+
+/// Reads a password from `--password-file`, else a hidden prompt.
+pub(crate) fn read_password(args: &VaultArgs, prompt: &str) -> Result<Password> {
+    if let Some(path) = &args.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Usage(format!(
+                "cannot read the password file {}: {e}",
+                path.display()
+            ))
+        })?;
+        return Ok(Password::new(text));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Usage("no password given: pass --password-file FILE or set BACKLOCK_PASSWORD_FILE (passwords are never taken as arguments)".into()).into());
+    }
+    Ok(Password::new(rpassword::prompt_password(prompt)?))
+}
+
+/// A new password: the policy, then typed twice (a password file counts as typed twice).
+pub(crate) fn read_new_password(args: &VaultArgs) -> Result<Password> {
+    let password = read_password(args, "New password (at least 6 characters, one letter): ")?;
+    password
+        .check_policy()
+        .map_err(|e| Usage(format!("{e}; choose another password")))?;
+    if args.password_file.is_none() {
+        let again = read_password(args, "Type it again: ")?;
+        if !password.matches(&again) {
+            return Err(Usage("the two passwords differ; nothing was changed".into()).into());
+        }
+    }
+    Ok(password)
+}
+
+/// Maps a vault error to a CLI failure with its exit code.
+impl From<VaultError> for VaultFailure {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::WrongPassword { attempts_left } => {
+                VaultFailure::WrongPassword { attempts_left }
+            }
+            VaultError::Locked => VaultFailure::Locked,
+            VaultError::NoKey => VaultFailure::NoKey,
+            VaultError::Unavailable(m) => VaultFailure::Unavailable(m),
+            VaultError::WrongServer(m) => VaultFailure::WrongServer(m),
+            other => VaultFailure::Other(other.to_string()),
+        }
+    }
+}

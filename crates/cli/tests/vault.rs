@@ -1,0 +1,465 @@
+//! Password mode as users and scripts see it, against a real `backlock vault serve`
+//! process that the tests start, kill and restart.
+
+use backlock_testkit::tree;
+use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_proto::client::start_recovery;
+use backlock_vault_proto::password::Password;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const PASSWORD: &str = "tulip garden 42";
+
+/// A `backlock vault serve` process on a loopback port.
+struct VaultProcess {
+    child: Child,
+    url: String,
+    public_key: String,
+}
+
+impl VaultProcess {
+    fn start(data: &Path, extra: &[&str]) -> VaultProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backlock"))
+            .args([
+                "vault",
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let public_key = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .strip_prefix("vault public key: ")
+            .unwrap()
+            .to_owned();
+        let url = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        VaultProcess {
+            child,
+            url,
+            public_key,
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for VaultProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn secret(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn token(&self, account: &str) -> String {
+        let out = self.backlock(
+            "-",
+            None,
+            &[
+                "vault",
+                "token",
+                "--data",
+                self.path("vault").to_str().unwrap(),
+                "--account",
+                account,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Runs `backlock` as the phone whose state is `home`, talking to `vault` (or the
+    /// embedded vault when `None`).
+    fn backlock(&self, home: &str, vault: Option<(&VaultProcess, &str)>, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        c.args(args)
+            .env("BACKLOCK_HOME", self.path(home))
+            .env("BACKLOCK_REPO", self.path("repo"))
+            .env("BACKLOCK_VAULT_DATA", self.path("embedded-vault"))
+            .env_remove("BACKLOCK_KEY_FILE")
+            .env_remove("BACKLOCK_VAULT")
+            .env_remove("BACKLOCK_ACCOUNT")
+            .stdin(Stdio::null());
+        if let Some((v, account)) = vault {
+            c.env("BACKLOCK_VAULT", &v.url)
+                .env("BACKLOCK_ACCOUNT", account)
+                .env("BACKLOCK_TOKEN", self.token(account));
+        }
+        c.output().unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
+}
+
+#[test]
+fn password_mode_from_enable_to_new_phones() {
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &[]);
+    let v = Some((&vault, "alice"));
+    let pw = env.secret("pw", &format!("{PASSWORD}\n"));
+    let pw = pw.to_str().unwrap();
+    let wrong = env.secret("wrong", "tulip garden 24");
+    let wrong = wrong.to_str().unwrap();
+
+    // The policy is enforced before anything is created.
+    let weak = env.secret("weak", "12345678");
+    let out = env.backlock(
+        "phone1",
+        v,
+        &[
+            "init",
+            "--password",
+            "--password-file",
+            weak.to_str().unwrap(),
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("at least one letter"));
+    assert!(!env.path("repo").exists());
+
+    let out = env.backlock(
+        "phone1",
+        v,
+        &[
+            "init",
+            "--password",
+            "--password-file",
+            pw,
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_code(&out, 0);
+    let init = json(&out);
+    assert_eq!(init["mode"], "password");
+    assert_eq!(init["vault_key"], vault.public_key.as_str());
+    assert_eq!(init["attempts_left"], 10);
+
+    // The original device backs up without asking: it keeps the key.
+    let src = tree::write_sample(env.dir.path(), 3);
+    assert_code(
+        &env.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
+        0,
+    );
+
+    // A new phone: a wrong password counts down and restores nothing.
+    let target = env.path("restored");
+    let t = target.to_str().unwrap();
+    let out = env.backlock(
+        "phone2",
+        v,
+        &["restore", "--password-file", wrong, "--target", t, "--json"],
+    );
+    assert_code(&out, 8);
+    assert_eq!(json(&out)["attempts_left"], 9);
+    assert!(stderr(&out).contains("wrong password — 9 attempts left"));
+    assert!(!target.exists());
+    let out = env.backlock(
+        "phone2",
+        v,
+        &["restore", "--password-file", pw, "--target", t],
+    );
+    assert_code(&out, 0);
+    tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+
+    // Change the password on the original device: the old one no longer opens it.
+    let new_pw = env.secret("new-pw", "daffodil field 7");
+    let new_pw = new_pw.to_str().unwrap();
+    assert_code(
+        &env.backlock("phone1", v, &["change-password", "--password-file", new_pw]),
+        0,
+    );
+    let out = env.backlock("phone3", v, &["snapshots", "--password-file", pw, "--json"]);
+    assert_code(&out, 8);
+    assert_code(
+        &env.backlock("phone3", v, &["snapshots", "--password-file", new_pw]),
+        0,
+    );
+    // A phone that recovered the key is an original device now: it may change it too.
+    assert_code(
+        &env.backlock("phone3", v, &["change-password", "--password-file", pw]),
+        0,
+    );
+
+    // Back to the 64-digit key: the vault record is deleted, the key printed once.
+    let out = env.backlock("phone1", v, &["switch", "--to-key", "--yes", "--json"]);
+    assert_code(&out, 0);
+    let key = json(&out)["key"].as_str().unwrap().to_owned();
+    assert_eq!(key.split(' ').count(), 16);
+    let out = env.backlock("phone4", v, &["snapshots", "--password-file", pw]);
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains("no backup key is registered"),
+        "{}",
+        stderr(&out)
+    );
+    let key_file = env.secret("key", &key);
+    assert_code(
+        &env.backlock(
+            "phone4",
+            None,
+            &["snapshots", "--key-file", key_file.to_str().unwrap()],
+        ),
+        0,
+    );
+
+    // And to a password again.
+    assert_code(
+        &env.backlock(
+            "phone1",
+            v,
+            &["switch", "--to-password", "--password-file", pw, "--json"],
+        ),
+        0,
+    );
+    assert_code(
+        &env.backlock("phone5", v, &["snapshots", "--password-file", pw]),
+        0,
+    );
+    assert_code(&env.backlock("phone1", v, &["vault", "delete"]), 2);
+    assert_code(&env.backlock("phone1", v, &["vault", "delete", "--yes"]), 0);
+    assert_code(
+        &env.backlock("phone6", v, &["snapshots", "--password-file", pw]),
+        3,
+    );
+}
+
+#[test]
+fn the_guess_limit_destroys_the_key_for_good() {
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &["--max-attempts", "3"]);
+    let v = Some((&vault, "bob"));
+    let pw = env.secret("pw", PASSWORD);
+    let wrong = env.secret("wrong", "tulip garden 24");
+    assert_code(
+        &env.backlock(
+            "phone1",
+            v,
+            &[
+                "init",
+                "--password",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--yes",
+            ],
+        ),
+        0,
+    );
+    let wrong = wrong.to_str().unwrap();
+    for left in [2, 1] {
+        let out = env.backlock(
+            "phone2",
+            v,
+            &["snapshots", "--password-file", wrong, "--json"],
+        );
+        assert_code(&out, 8);
+        assert_eq!(json(&out)["attempts_left"], left);
+    }
+    let out = env.backlock(
+        "phone2",
+        v,
+        &["snapshots", "--password-file", wrong, "--json"],
+    );
+    assert_code(&out, 9);
+    assert_eq!(json(&out)["error"], "locked");
+    let out = env.backlock(
+        "phone2",
+        v,
+        &["snapshots", "--password-file", pw.to_str().unwrap()],
+    );
+    assert_code(&out, 9);
+    assert!(
+        stderr(&out).contains("can never be recovered"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_vault_killed_between_ke1_and_ke3_keeps_the_attempt_counted() {
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &[]);
+    let pw = env.secret("pw", PASSWORD);
+    assert_code(
+        &env.backlock(
+            "phone1",
+            Some((&vault, "carol")),
+            &[
+                "init",
+                "--password",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--yes",
+            ],
+        ),
+        0,
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let token = env.token("carol");
+    let pinned: [u8; 32] = hex::decode(&vault.public_key).unwrap().try_into().unwrap();
+    let client = VaultClient::new(&vault.url, "carol", &token).unwrap();
+    // KE1 with the right password; KE2 comes back counted. Then the vault dies.
+    let (_, ke1) = start_recovery(&Password::new(PASSWORD.into())).unwrap();
+    let ke2 = runtime.block_on(client.guess_once(ke1)).unwrap();
+    assert_eq!(ke2.attempts_left, 9);
+    vault.kill();
+
+    let vault = VaultProcess::start(&env.path("vault"), &[]);
+    let client = VaultClient::new(&vault.url, "carol", &token).unwrap();
+    let status = runtime.block_on(client.status()).unwrap();
+    assert_eq!(
+        status.record.unwrap().attempts_left,
+        9,
+        "a guess answered before the crash must stay counted"
+    );
+    // The right password still works and restores the count.
+    let ksf = backlock_vault_proto::suite::Stretch::default();
+    runtime
+        .block_on(client.recover(&Password::new(PASSWORD.into()), &pinned, &ksf))
+        .unwrap();
+    assert_eq!(
+        runtime
+            .block_on(client.status())
+            .unwrap()
+            .record
+            .unwrap()
+            .attempts_left,
+        10
+    );
+    assert!(matches!(
+        runtime.block_on(client.recover(&Password::new("nope nope".into()), &pinned, &ksf)),
+        Err(VaultError::WrongPassword { attempts_left: 9 })
+    ));
+}
+
+#[test]
+fn a_vault_with_another_key_is_refused() {
+    let env = Env::new();
+    let first = VaultProcess::start(&env.path("vault"), &[]);
+    let pw = env.secret("pw", PASSWORD);
+    let pw = pw.to_str().unwrap();
+    assert_code(
+        &env.backlock(
+            "phone1",
+            Some((&first, "dan")),
+            &["init", "--password", "--password-file", pw, "--yes"],
+        ),
+        0,
+    );
+    let other = VaultProcess::start(&env.path("other-vault"), &[]);
+    // The device expects the first vault's key; the second presents its own.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlock"));
+    let out = cmd
+        .args(["snapshots", "--password-file", pw])
+        .env("BACKLOCK_HOME", env.path("phone2"))
+        .env("BACKLOCK_REPO", env.path("repo"))
+        .env("BACKLOCK_VAULT", &other.url)
+        .env("BACKLOCK_ACCOUNT", "dan")
+        .env("BACKLOCK_TOKEN", "bl1.dan.1.00")
+        .env("BACKLOCK_VAULT_KEY", &first.public_key)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_code(&out, 11);
+    assert!(
+        stderr(&out).contains("refusing to send it anything"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_embedded_vault_is_the_default() {
+    let env = Env::new();
+    let pw = env.secret("pw", PASSWORD);
+    let pw = pw.to_str().unwrap();
+    assert_code(
+        &env.backlock(
+            "phone1",
+            None,
+            &["init", "--password", "--password-file", pw, "--yes"],
+        ),
+        0,
+    );
+    let src = tree::write_sample(env.dir.path(), 1);
+    assert_code(
+        &env.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
+        0,
+    );
+    let target = env.path("restored");
+    let out = env.backlock(
+        "phone2",
+        None,
+        &[
+            "restore",
+            "--account",
+            "local",
+            "--password-file",
+            pw,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_code(&out, 0);
+    tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+}

@@ -1,0 +1,262 @@
+//! backlock-vault-bench: drives a real `backlock vault serve` with N concurrent clients
+//! and prints registrations/s and recoveries/s with p50/p99 latency, next to the bare
+//! server-side OPAQUE cost on one core measured in the same run.
+//!
+//! Clients use a memoized Argon2id so the load measures the vault, not Argon2. See
+//! `crates/vault-bench/README.md` and `scripts/bench-vault`.
+#![forbid(unsafe_code)]
+
+mod affinity;
+mod bare;
+mod load;
+mod report;
+mod stats;
+mod vault_process;
+mod wire_client;
+
+use affinity::{PinMode, Pinning};
+use anyhow::{bail, ensure, Context, Result};
+use backlock_core::key::BackupKey;
+use backlock_vault_proto::password::Password;
+use backlock_vault_proto::suite::Stretch;
+use clap::Parser;
+use load::{Account, Target};
+use report::{Round, Setup};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use vault_process::VaultProcess;
+
+/// Benchmark a backlock vault: registrations/s and recoveries/s against the bare
+/// server-side OPAQUE cost on one core.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Concurrent clients, each with its own account.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds of recoveries per round.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Accounts registered per round, `--clients` at a time (default: 2 × clients;
+    /// each costs one real client Argon2id, outside the timing).
+    #[arg(long)]
+    registrations: Option<usize>,
+    /// Run the timed phases this many times and report medians.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Pin the vault to one CPU and the load generator to another (Linux, taskset).
+    #[arg(long, value_enum, default_value = "auto")]
+    pin: PinMode,
+    /// Rounds of the bare OPAQUE measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    bare_rounds: usize,
+    /// Logins per bare OPAQUE round.
+    #[arg(long, default_value_t = 300)]
+    bare_logins: usize,
+    /// The `backlock` binary (default: next to this one).
+    #[arg(long)]
+    backlock: Option<PathBuf>,
+    /// Keep the vault's data directory and log, and print where they are.
+    #[arg(long)]
+    keep: bool,
+    /// Exit with status 3 when recoveries/s is below the target share of bare OPAQUE.
+    #[arg(long)]
+    require_target: bool,
+}
+
+/// Exit status when `--require-target` is given and the target is missed.
+const BELOW_TARGET: u8 = 3;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(ratio) if args.require_target && ratio < report::TARGET_RATIO => {
+            eprintln!("backlock-vault-bench: below target");
+            ExitCode::from(BELOW_TARGET)
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backlock-vault-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The whole benchmark; returns the (median) recoveries / bare OPAQUE ratio.
+fn run(args: &Args) -> Result<f64> {
+    check_args(args)?;
+    // Before any thread exists, so every later thread inherits the pinning.
+    let pinning = affinity::pin_self(args.pin)?;
+    let backlock = backlock_binary(args)?;
+    let workdir = tempfile::Builder::new()
+        .prefix("backlock-vault-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let mut vault = VaultProcess::start(&backlock, workdir.path(), &pinning)?;
+    check_vault_pinning(&vault, &pinning)?;
+    eprintln!("vault running at {} (pid {})", vault.url, vault.pid());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let target = Target {
+        url: vault.url.clone(),
+        pinned: vault.public_key,
+        ksf: Stretch::memoized(),
+        vault_pid: vault.pid(),
+    };
+    let mut rounds = Vec::with_capacity(args.repeat);
+    for index in 0..args.repeat {
+        let round = run_round(args, index, &mut vault, &runtime, &target)?;
+        if args.repeat > 1 {
+            report::print_round(index, &round);
+        }
+        rounds.push(round);
+    }
+    drop(runtime);
+    vault.stop()?;
+    let setup = Setup {
+        clients: args.clients,
+        seconds: args.seconds,
+        pinning: pinning.describe(),
+    };
+    report::print_table(&setup, &rounds);
+    if args.keep {
+        let kept = workdir.keep();
+        println!("vault data and log kept in {}", kept.display());
+    }
+    Ok(report::median_ratio(&rounds))
+}
+
+fn check_args(args: &Args) -> Result<()> {
+    ensure!(args.clients > 0, "--clients must be above zero");
+    ensure!(args.repeat > 0, "--repeat must be above zero");
+    ensure!(
+        args.seconds > 0.0 && args.seconds.is_finite(),
+        "--seconds must be a positive number"
+    );
+    if let Some(n) = args.registrations {
+        ensure!(
+            n >= args.clients,
+            "--registrations ({n}) must be at least --clients ({}): each client recovers its own account",
+            args.clients
+        );
+    }
+    Ok(())
+}
+
+/// `--backlock`, or `backlock` next to this binary (how `cargo build` lays them out).
+fn backlock_binary(args: &Args) -> Result<PathBuf> {
+    let path = match &args.backlock {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("cannot locate this binary")?
+            .with_file_name("backlock"),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p backlock-cli` or pass --backlock",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Confirms the kernel really restricts the vault to the CPU we asked for.
+fn check_vault_pinning(vault: &VaultProcess, pinning: &Pinning) -> Result<()> {
+    let Pinning::Pinned { vault_cpu, .. } = pinning else {
+        return Ok(());
+    };
+    let allowed = affinity::allowed_cpus(&vault.pid().to_string())?;
+    ensure!(
+        allowed == [*vault_cpu],
+        "the vault may run on CPUs {allowed:?}, not just {vault_cpu}"
+    );
+    Ok(())
+}
+
+/// One round: bare OPAQUE, then fresh accounts registered, then recoveries.
+fn run_round(
+    args: &Args,
+    index: usize,
+    vault: &mut VaultProcess,
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+) -> Result<Round> {
+    let bare = bare::measure(args.bare_rounds, args.bare_logins)?;
+    let count = args.registrations.unwrap_or(2 * args.clients);
+    let accounts = make_accounts(vault, index, count)?;
+    let registrations = runtime.block_on(load::register(target, &accounts, args.clients))?;
+    vault.check_alive()?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let recovering = &accounts[..args.clients];
+    let recoveries = runtime.block_on(load::recover(target, recovering, duration))?;
+    vault.check_alive()?;
+    Ok(Round {
+        bare,
+        registrations,
+        recoveries,
+    })
+}
+
+/// `count` fresh accounts for round `round`, each with a token and its own key.
+fn make_accounts(vault: &VaultProcess, round: usize, count: usize) -> Result<Vec<Arc<Account>>> {
+    (0..count)
+        .map(|i| {
+            let name = format!("bench-{round}-{i}");
+            Ok(Arc::new(Account {
+                token: vault.token(&name)?,
+                password: Password::new(format!("bench password {i}")),
+                key: BackupKey::generate(),
+                name,
+            }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_checked() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["backlock-vault-bench"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(|a| check_args(&a))
+        };
+        assert!(parse(&[]).unwrap().is_ok());
+        assert!(parse(&["--clients", "0"]).unwrap().is_err());
+        assert!(parse(&["--clients", "8", "--registrations", "4"])
+            .unwrap()
+            .is_err());
+        assert!(parse(&["--seconds", "-1"]).unwrap().is_err());
+        assert!(parse(&["--pin", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn a_missing_backlock_binary_is_a_clear_error() {
+        let args = Args::try_parse_from([
+            "backlock-vault-bench",
+            "--backlock",
+            "/nonexistent/backlock",
+        ])
+        .unwrap();
+        let err = backlock_binary(&args).unwrap_err().to_string();
+        assert!(err.contains("cargo build --release -p backlock-cli"), "{err}");
+    }
+
+    #[test]
+    fn a_vault_that_cannot_start_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("backlock");
+        std::fs::write(&fake, "").unwrap();
+        let pinning = Pinning::Unpinned("test".to_owned());
+        let err = VaultProcess::start(&fake, dir.path(), &pinning)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("cannot start"), "{err:#}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The printed table: one row per measurement, medians over rounds when repeated.
+
+use crate::bare::BareOpaque;
+use crate::load::{Phase, Registrations};
+use crate::stats::median;
+
+/// The target: recoveries/s at least half the bare one-core OPAQUE rate.
+pub const TARGET_RATIO: f64 = 0.5;
+
+/// Everything one round measured.
+#[derive(Clone, Debug)]
+pub struct Round {
+    /// Bare server-side OPAQUE on one core.
+    pub bare: BareOpaque,
+    /// Registrations (vault share).
+    pub registrations: Registrations,
+    /// Recoveries.
+    pub recoveries: Phase,
+}
+
+impl Round {
+    /// recoveries/s ÷ bare logins/s.
+    pub fn ratio(&self) -> f64 {
+        self.recoveries.rate() / self.bare.rate()
+    }
+}
+
+/// The run's settings, for the header.
+pub struct Setup {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Seconds of recoveries per round.
+    pub seconds: f64,
+    /// How the processes are pinned.
+    pub pinning: String,
+}
+
+/// One line per round, printed as rounds finish when repeating.
+pub fn print_round(index: usize, round: &Round) {
+    println!(
+        "round {}: bare OPAQUE {:.0}/s, registrations {:.1}/s, recoveries {:.1}/s, ratio {:.2}",
+        index + 1,
+        round.bare.rate(),
+        round.registrations.phase.rate(),
+        round.recoveries.rate(),
+        round.ratio()
+    );
+}
+
+/// recoveries/s ÷ bare logins/s, median over rounds.
+pub fn median_ratio(rounds: &[Round]) -> f64 {
+    median_of(rounds, Round::ratio)
+}
+
+fn median_of(rounds: &[Round], f: impl Fn(&Round) -> f64) -> f64 {
+    median(&rounds.iter().map(f).collect::<Vec<_>>())
+}
+
+/// The table (medians over `rounds`), the ratio and the notes that say what was timed.
+pub fn print_table(setup: &Setup, rounds: &[Round]) {
+    let repeated = if rounds.len() > 1 {
+        format!(", median of {} rounds", rounds.len())
+    } else {
+        String::new()
+    };
+    println!();
+    println!(
+        "vault benchmark ({} clients, {} s, {}{repeated})",
+        setup.clients, setup.seconds, setup.pinning
+    );
+    println!("{:<30}{:>10}{:>11}{:>11}", "", "rate/s", "p50 ms", "p99 ms");
+    let bare_ms = median_of(rounds, |r| r.bare.median_us() / 1e3);
+    println!(
+        "{:<30}{:>10.1}{:>11.3}{:>11}",
+        "bare OPAQUE server (1 core)",
+        median_of(rounds, |r| r.bare.rate()),
+        bare_ms,
+        "-"
+    );
+    print_phase_row("registrations", rounds, |r| &r.registrations.phase);
+    print_phase_row("recoveries", rounds, |r| &r.recoveries);
+    let ratio = median_ratio(rounds);
+    let verdict = if ratio >= TARGET_RATIO { "met" } else { "NOT met" };
+    println!("recoveries / bare OPAQUE = {ratio:.2}  (target >= {TARGET_RATIO:.2}: {verdict})");
+    print_notes(rounds);
+}
+
+fn print_phase_row(label: &str, rounds: &[Round], phase: impl Fn(&Round) -> &Phase) {
+    println!(
+        "{:<30}{:>10.1}{:>11.2}{:>11.2}",
+        label,
+        median_of(rounds, |r| phase(r).rate()),
+        median_of(rounds, |r| phase(r).latencies.percentile_ms(50.0)),
+        median_of(rounds, |r| phase(r).latencies.percentile_ms(99.0)),
+    );
+}
+
+/// What each row includes, and where the vault's time went (last round).
+fn print_notes(rounds: &[Round]) {
+    let Some(last) = rounds.last() else { return };
+    let bare_us = last.bare.median_us();
+    println!();
+    println!(
+        "bare OPAQUE: ServerKeys::start_login + PendingLogin::finish only, median of {} rounds: {bare_us:.1} µs/login",
+        last.bare.rounds.len()
+    );
+    let reg = &last.registrations;
+    println!(
+        "registrations: {} accounts, both HTTP round trips timed (incl. the Raft commit); the clients' Argon2id between them ({:.0} ms each) is not",
+        reg.phase.completed,
+        reg.client_ksf.as_secs_f64() * 1e3 / reg.phase.completed.max(1) as f64
+    );
+    let rec = &last.recoveries;
+    println!(
+        "recoveries: {} in {:.2} s, each KE1 -> KE2 -> KE3 -> key over HTTP, client Argon2id memoized",
+        rec.completed,
+        rec.elapsed.as_secs_f64()
+    );
+    let secs = rec.elapsed.as_secs_f64().max(1e-9);
+    let per_recovery = |cpu: f64| cpu * 1e6 / rec.completed.max(1) as f64;
+    if let Some(cpu) = rec.vault_cpu {
+        println!(
+            "  vault CPU: {:.2} cores busy, {:.0} µs per recovery ({:.1}x bare OPAQUE)",
+            cpu / secs,
+            per_recovery(cpu),
+            per_recovery(cpu) / bare_us
+        );
+    }
+    if let Some(cpu) = rec.load_cpu {
+        println!(
+            "  load generator CPU: {:.2} cores busy, {:.0} µs per recovery",
+            cpu / secs,
+            per_recovery(cpu)
+        );
+    }
+    if let Some((before, after)) = rec.metrics {
+        let counted = after.recoveries.saturating_sub(before.recoveries);
+        let entries = after.last_applied.saturating_sub(before.last_applied);
+        println!(
+            "  vault /metrics: {counted} keys released, {:.2} Raft entries committed per recovery",
+            entries as f64 / counted.max(1) as f64
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! backlock-vault-client: the device's side of the Backup Key Vault.
+//!
+//! [`VaultClient`] speaks the vault's HTTP API and runs the password flows of
+//! docs/VAULT.md: register a key behind a password, recover it on a new device, change
+//! the password or delete the record from the device that holds the key.
+//!
+//! The client pins the vault's OPAQUE public key: every flow takes the pinned key and
+//! refuses a vault that presents another.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+use backlock_core::key::BackupKey;
+use backlock_vault_proto::client::{start_recovery, start_registration, ClientError};
+use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
+use backlock_vault_proto::password::Password;
+use backlock_vault_proto::suite::Stretch;
+use backlock_vault_proto::wire::{
+    self, path, AccountStatus, DeleteRecord, Deleted, ErrorCode, OwnerProof, RecoverFinish,
+    RecoverFinishReply, RecoverStart, RecoverStartReply, RegisterFinishReply, RegisterStart,
+    RegisterStartReply, ServerInfo, StatusRequest, WireError,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// Everything a vault call can end in. Variants say what the caller may do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// The guess was wrong; `attempts_left` more are allowed.
+    #[error("wrong password — {attempts_left} attempts left")]
+    WrongPassword {
+        /// Guesses left before the key is destroyed.
+        attempts_left: u32,
+    },
+    /// The guess limit was reached: the key is destroyed, the backup lost for good.
+    #[error("too many wrong passwords: the vault has destroyed the key, and this backup can never be recovered with a password")]
+    Locked,
+    /// No key is registered for the account.
+    #[error("no backup key is registered for this account in the vault")]
+    NoKey,
+    /// A key is already registered; change it from the device that holds the key.
+    #[error("{0}")]
+    AlreadyRegistered(String),
+    /// The token or owner proof was refused.
+    #[error("the vault refused the request: {0}")]
+    Refused(String),
+    /// The vault presented another public key than the pinned one.
+    #[error("{0}")]
+    WrongServer(String),
+    /// Not reachable, no quorum, or rate limited: retry later.
+    #[error("the vault is unavailable: {0}")]
+    Unavailable(String),
+    /// The vault speaks another protocol version.
+    #[error("{0}")]
+    Upgrade(String),
+    /// The vault answered outside the protocol.
+    #[error("the vault's answer is not valid: {0}")]
+    Protocol(String),
+}
+
+impl VaultError {
+    fn from_wire(e: WireError) -> Self {
+        match e.code {
+            ErrorCode::WrongPassword => VaultError::WrongPassword {
+                attempts_left: e.attempts_left.unwrap_or(0),
+            },
+            ErrorCode::Locked => VaultError::Locked,
+            ErrorCode::NoKey => VaultError::NoKey,
+            ErrorCode::AlreadyRegistered => VaultError::AlreadyRegistered(e.message),
+            ErrorCode::BadToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::Forbidden
+            | ErrorCode::SessionExpired
+            | ErrorCode::Malformed => VaultError::Refused(e.message),
+            ErrorCode::UnsupportedVersion => VaultError::Upgrade(e.message),
+            ErrorCode::RateLimited | ErrorCode::Unavailable => VaultError::Unavailable(e.message),
+            _ => VaultError::Protocol(e.message),
+        }
+    }
+
+    fn from_client(e: ClientError) -> Self {
+        match e {
+            ClientError::WrongServer { .. } => VaultError::WrongServer(e.to_string()),
+            other => VaultError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// A connection to one vault for one account.
+pub struct VaultClient {
+    http: reqwest::Client,
+    base: String,
+    account: String,
+    token: String,
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient")
+            .field("base", &self.base)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultClient {
+    /// A client of the vault at `base_url` (e.g. `http://127.0.0.1:7070`) for `account`,
+    /// vouched for by the relay's `token`.
+    pub fn new(base_url: &str, account: &str, token: &str) -> Result<Self, VaultError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| VaultError::Unavailable(format!("cannot set up HTTP: {e}")))?;
+        Ok(VaultClient {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            account: account.to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    /// The account this client acts for.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    async fn read_reply<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, VaultError> {
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| VaultError::Unavailable(format!("{}: {e}", self.base)))?;
+        if status.is_success() {
+            return wire::decode(&body).map_err(|e| VaultError::Protocol(e.to_string()));
+        }
+        match serde_json::from_slice::<WireError>(&body) {
+            Ok(e) => Err(VaultError::from_wire(e)),
+            Err(_) if status.is_server_error() => Err(VaultError::Unavailable(format!(
+                "{} answered HTTP {status}",
+                self.base
+            ))),
+            Err(_) => Err(VaultError::Protocol(format!(
+                "HTTP {status} without a vault error body"
+            ))),
+        }
+    }
+
+    async fn call<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        route: &str,
+        req: &Req,
+    ) -> Result<Rep, VaultError> {
+        let response = self
+            .http
+            .post(format!("{}{route}", self.base))
+            .bearer_auth(&self.token)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-backlock-vault",
+            )
+            .body(wire::encode(req))
+            .send()
+            .await
+            .map_err(|e| {
+                VaultError::Unavailable(format!("cannot reach the vault at {}: {e}", self.base))
+            })?;
+        self.read_reply(response).await
+    }
+
+    /// The vault's public key and limits.
+    pub async fn info(&self) -> Result<ServerInfo, VaultError> {
+        let response = self
+            .http
+            .get(format!("{}{}", self.base, path::INFO))
+            .send()
+            .await
+            .map_err(|e| {
+                VaultError::Unavailable(format!("cannot reach the vault at {}: {e}", self.base))
+            })?;
+        self.read_reply(response).await
+    }
+
+    /// The account's record: registered or not, guesses left, generation.
+    pub async fn status(&self) -> Result<AccountStatus, VaultError> {
+        self.call(
+            path::STATUS,
+            &StatusRequest {
+                account: self.account.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Registers `key` behind `password`. With `replace`, replaces the current record
+    /// (change password, or a new key), signed by the current owner key.
+    pub async fn register(
+        &self,
+        password: &Password,
+        key: &BackupKey,
+        pinned: &[u8; 32],
+        replace: Option<&OwnerKey>,
+        ksf: &Stretch,
+    ) -> Result<RegisterFinishReply, VaultError> {
+        let proof_generation = match replace {
+            Some(_) => Some(
+                self.status()
+                    .await?
+                    .record
+                    .ok_or(VaultError::NoKey)?
+                    .generation,
+            ),
+            None => None,
+        };
+        let (started, request) = start_registration(password).map_err(VaultError::from_client)?;
+        let reply: RegisterStartReply = self
+            .call(
+                path::REGISTER_START,
+                &RegisterStart {
+                    account: self.account.clone(),
+                    request,
+                },
+            )
+            .await?;
+        let mut finish = started
+            .finish(password, &self.account, &reply, pinned, key, ksf)
+            .map_err(VaultError::from_client)?;
+        if let (Some(owner), Some(generation)) = (replace, proof_generation) {
+            let payload = owner::replace_payload(
+                &finish.record_id,
+                &finish.upload,
+                &finish.wrapped,
+                &finish.owner_public_key,
+            );
+            finish.replace = Some(OwnerProof {
+                generation,
+                signature: owner.sign(OwnerOp::Replace, &self.account, generation, &payload),
+            });
+        }
+        self.call(path::REGISTER_FINISH, &finish).await
+    }
+
+    /// One guess: KE1, KE2 (the vault counts it first), and on a right password KE3
+    /// and the released key.
+    pub async fn recover(
+        &self,
+        password: &Password,
+        pinned: &[u8; 32],
+        ksf: &Stretch,
+    ) -> Result<BackupKey, VaultError> {
+        let (started, ke1) = start_recovery(password).map_err(VaultError::from_client)?;
+        let reply: RecoverStartReply = self
+            .call(
+                path::RECOVER_START,
+                &RecoverStart {
+                    account: self.account.clone(),
+                    ke1,
+                },
+            )
+            .await?;
+        let attempts_left = reply.attempts_left;
+        let (finish, recovered) = match started.finish(password, &self.account, &reply, pinned, ksf)
+        {
+            Ok(done) => done,
+            Err(ClientError::WrongPassword) if attempts_left == 0 => {
+                return Err(VaultError::Locked)
+            }
+            Err(ClientError::WrongPassword) => {
+                return Err(VaultError::WrongPassword { attempts_left })
+            }
+            Err(e) => return Err(VaultError::from_client(e)),
+        };
+        let released: RecoverFinishReply = self.call(path::RECOVER_FINISH, &finish).await?;
+        recovered
+            .open(&self.account, &released)
+            .map_err(VaultError::from_client)
+    }
+
+    /// Sends KE1 and returns the raw KE2 reply without finishing: one counted guess.
+    /// For tests and load generators that probe the guess limit.
+    pub async fn guess_once(&self, ke1: Vec<u8>) -> Result<RecoverStartReply, VaultError> {
+        self.call(
+            path::RECOVER_START,
+            &RecoverStart {
+                account: self.account.clone(),
+                ke1,
+            },
+        )
+        .await
+    }
+
+    /// Sends KE3 for a guess made with [`VaultClient::guess_once`]; the reply carries the
+    /// released key for [`backlock_vault_proto::client::Recovered::open`].
+    pub async fn finish_guess(
+        &self,
+        finish: &RecoverFinish,
+    ) -> Result<RecoverFinishReply, VaultError> {
+        self.call(path::RECOVER_FINISH, finish).await
+    }
+
+    /// Erases the account's record, proving ownership with the key.
+    pub async fn delete(&self, key: &BackupKey) -> Result<(), VaultError> {
+        let generation = self
+            .status()
+            .await?
+            .record
+            .ok_or(VaultError::NoKey)?
+            .generation;
+        let owner = OwnerKey::derive(key);
+        let request = DeleteRecord {
+            account: self.account.clone(),
+            proof: OwnerProof {
+                generation,
+                signature: owner.sign(OwnerOp::Delete, &self.account, generation, &[]),
+            },
+        };
+        let _: Deleted = self.call(path::DELETE, &request).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! The vault's HTTP API (docs/VAULT.md §HTTP API).
+//!
+//! Requests and replies are `WIRE_VERSION ‖ postcard` bodies; errors are JSON
+//! [`WireError`]s with a matching HTTP status; the account token rides in
+//! `Authorization: Bearer`.
+
+use crate::service::{Reply, Vault};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use backlock_vault_proto::wire::{self, path, DecodeError, ErrorCode, WireError, MAX_BODY};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Media type of request and reply bodies.
+pub const CONTENT_TYPE: &str = "application/x-backlock-vault";
+
+/// The HTTP status that goes with each error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::WrongPassword | ErrorCode::BadToken | ErrorCode::TokenExpired => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorCode::Locked => StatusCode::GONE,
+        ErrorCode::NoKey | ErrorCode::SessionExpired => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyRegistered => StatusCode::CONFLICT,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::UnsupportedVersion | ErrorCode::Malformed => StatusCode::BAD_REQUEST,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: WireError) -> Response {
+    let mut response = (status_of(e.code), axum::Json(&e)).into_response();
+    if let Some(ms) = e.retry_after_ms {
+        let secs = ms.div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
+fn respond<T: Serialize>(reply: Reply<T>) -> Response {
+    match reply {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], wire::encode(&body)).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Reply<T> {
+    wire::decode(body).map_err(|e| match e {
+        DecodeError::UnsupportedVersion(_) => {
+            WireError::new(ErrorCode::UnsupportedVersion, e.to_string())
+        }
+        _ => WireError::new(ErrorCode::Malformed, e.to_string()),
+    })
+}
+
+fn token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn info(State(vault): State<Arc<Vault>>) -> Response {
+    respond(Ok(vault.info()))
+}
+
+async fn register_start(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    respond(decode(&body).and_then(|req| v.register_start(token(&h), req)))
+}
+
+async fn register_finish(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.register_finish(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn recover_start(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.recover_start(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn recover_finish(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.recover_finish(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn delete(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.delete(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn status(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    respond(decode(&body).and_then(|req| v.status(token(&h), req)))
+}
+
+async fn healthz(State(v): State<Arc<Vault>>) -> Response {
+    if v.is_serving() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no leader\n").into_response()
+    }
+}
+
+async fn metrics(State(v): State<Arc<Vault>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        v.metrics.render(v.gauges()),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(WireError::new(
+        ErrorCode::Malformed,
+        "no such endpoint; this vault speaks wire version 1 under /v1/",
+    ))
+}
+
+/// The device-facing API.
+pub fn router(vault: Arc<Vault>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route(path::INFO, get(info))
+        .route(path::REGISTER_START, post(register_start))
+        .route(path::REGISTER_FINISH, post(register_finish))
+        .route(path::RECOVER_START, post(recover_start))
+        .route(path::RECOVER_FINISH, post(recover_finish))
+        .route(path::DELETE, post(delete))
+        .route(path::STATUS, post(status))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(vault)
+}

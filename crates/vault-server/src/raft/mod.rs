@@ -1,0 +1,390 @@
+//! The vault under Raft (docs/VAULT.md §Fleet): every state change is a committed,
+//! durable log entry before it takes effect. All openraft-facing code lives here.
+//!
+//! - [`VaultNode`]: one replica; propose commands, read applied state, report status.
+//! - [`LogStore`], [`StateMachineStore`]: sealed storage, one file per log entry, so an
+//!   erased record's bytes can really leave the data directory.
+//! - [`HttpNetwork`], [`peer_router`]: Raft messages between replicas over HTTP.
+
+mod files;
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
+
+pub use log_store::LogStore;
+pub use network::{peer_router, HttpNetwork, PeerClient};
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use types::{TypeConfig, VaultRaft};
+
+use crate::seal::Sealer;
+use crate::state::{Applied, Command, VaultState};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::metrics::WaitError;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use state_machine::StateHandle;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long [`VaultNode::start`] waits for a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long [`VaultNode::propose`] waits for the entry to commit and apply.
+const PROPOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for in-flight state machine work (snapshot writes).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Entries between policy snapshots; erasures trigger one at once.
+const SNAPSHOT_EVERY: u64 = 1000;
+
+/// What a replica needs to start.
+pub struct NodeConfig {
+    /// Data directory (log, vote, snapshot), created with mode 0700 if absent.
+    pub dir: PathBuf,
+    /// Seals everything written to `dir`.
+    pub sealer: Arc<dyn Sealer>,
+    /// This replica's Raft id, stable for its lifetime.
+    pub node_id: u64,
+    /// `host:port` where peers reach this replica's [`peer_router`].
+    pub addr: String,
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("dir", &self.dir)
+            .field("sealer", &self.sealer.describe())
+            .field("node_id", &self.node_id)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// How a replica that was never initialised joins a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Bootstrap {
+    /// A one-replica vault: initialise with this node alone and wait until it leads.
+    SingleReplica,
+    /// Initialise with these members (id → `host:port`) and wait until a leader is known.
+    Members(BTreeMap<u64, String>),
+    /// Do not initialise: another member's initialisation reaches this one. Returns at
+    /// once.
+    Join,
+}
+
+/// The seal context of `path`, a file in the data directory `dir` of a node, or `None`
+/// if it is not one of the node's sealed files. Lets audits and tests unseal everything
+/// the node keeps at rest.
+pub fn seal_context(dir: &Path, path: &Path) -> Option<Vec<u8>> {
+    let relative = path.strip_prefix(dir).ok()?;
+    if relative == Path::new(state_machine::SNAPSHOT_FILE) {
+        return Some(state_machine::SNAPSHOT_CONTEXT.to_vec());
+    }
+    log_store::seal_context(relative)
+}
+
+/// Why a replica did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory could not be opened (I/O, wrong key, damaged file).
+    #[error("cannot open the vault data directory {dir}: {reason}")]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// openraft refused to start or initialise.
+    #[error("the Raft node did not start: {0}")]
+    Raft(String),
+    /// No leader emerged in time (for a one-replica vault: this node did not become
+    /// leader, e.g. the directory belongs to a larger cluster).
+    #[error("node {node_id} saw no leader within {waited:?}; check that a majority of replicas is running")]
+    NoLeader {
+        /// This replica.
+        node_id: u64,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+/// Why a proposal did not take effect (or may not have).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// No leader, no quorum, not the leader, or shutting down: retry later or elsewhere.
+    /// After a timeout the command may still commit later.
+    #[error("the vault is unavailable: {0}")]
+    Unavailable(String),
+    /// Storage failed or the node stopped on an error: this replica needs an operator.
+    #[error("the vault replica failed: {0}")]
+    Fatal(String),
+}
+
+/// A replica's view of the cluster, for `/metrics` and `vault status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// This replica.
+    pub node_id: u64,
+    /// The leader this replica knows of.
+    pub leader_id: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last entry in the log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry applied to the state machine.
+    pub last_applied_index: Option<u64>,
+    /// Index of the last entry known committed (as durably recorded).
+    pub commit_index: Option<u64>,
+    /// Index the latest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the log was purged (after a snapshot).
+    pub purged_index: Option<u64>,
+}
+
+/// One vault replica running the [`VaultState`] machine under Raft.
+pub struct VaultNode {
+    node_id: u64,
+    raft: VaultRaft,
+    state: StateHandle,
+    log: LogStore,
+    eraser: JoinHandle<()>,
+}
+
+impl fmt::Debug for VaultNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultNode")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_config() -> Result<Config, StartError> {
+    Config {
+        cluster_name: "backlock-vault".to_owned(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        // After a snapshot every entry it covers is purged: the log must not keep erased
+        // records' bytes.
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        snapshot_max_chunk_size: network::SNAPSHOT_CHUNK,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+impl VaultNode {
+    /// Starts a one-replica vault on `config.dir`: opens the sealed storage, initialises
+    /// the cluster on first start, and returns once this node leads.
+    pub async fn start(config: NodeConfig) -> Result<VaultNode, StartError> {
+        Self::start_with(config, Bootstrap::SingleReplica).await
+    }
+
+    /// Starts a replica, initialising the cluster as `bootstrap` says if it never was.
+    pub async fn start_with(
+        config: NodeConfig,
+        bootstrap: Bootstrap,
+    ) -> Result<VaultNode, StartError> {
+        let NodeConfig {
+            dir,
+            sealer,
+            node_id,
+            addr,
+        } = config;
+        let storage_error = |reason: String| StartError::Storage {
+            dir: dir.clone(),
+            reason,
+        };
+        let open_dir = dir.clone();
+        let (log, sm) = tokio::task::spawn_blocking(move || {
+            let log = LogStore::open(&open_dir, sealer.clone()).map_err(|e| e.to_string())?;
+            let sm = StateMachineStore::open(&open_dir, sealer).map_err(|e| e.to_string())?;
+            Ok::<_, String>((log, sm))
+        })
+        .await
+        .map_err(|e| storage_error(e.to_string()))?
+        .map_err(storage_error)?;
+        let state = sm.state_handle();
+        let dropped_records = sm.dropped_records();
+
+        let config = Arc::new(raft_config()?);
+        let raft = VaultRaft::new(node_id, config, HttpNetwork::new(), log.clone(), sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let eraser = tokio::spawn(snapshot_after_drops(raft.clone(), dropped_records));
+        let node = VaultNode {
+            node_id,
+            raft,
+            state,
+            log,
+            eraser,
+        };
+
+        let initialized = node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let members = match bootstrap {
+            Bootstrap::Join => return Ok(node),
+            Bootstrap::SingleReplica => BTreeMap::from([(node_id, addr)]),
+            Bootstrap::Members(members) => members,
+        };
+        let single = members.len() == 1 && members.contains_key(&node_id);
+        if !initialized {
+            let nodes: BTreeMap<u64, BasicNode> = members
+                .into_iter()
+                .map(|(id, addr)| (id, BasicNode { addr }))
+                .collect();
+            node.raft
+                .initialize(nodes)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        }
+        let waited = node
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(
+                |m| match m.current_leader {
+                    Some(leader) => !single || leader == node_id,
+                    None => false,
+                },
+                "a leader is known",
+            )
+            .await;
+        match waited {
+            Ok(_) => Ok(node),
+            Err(e) => {
+                node.shutdown().await;
+                match e {
+                    WaitError::Timeout(..) => Err(StartError::NoLeader {
+                        node_id,
+                        waited: LEADER_WAIT,
+                    }),
+                    WaitError::ShuttingDown => {
+                        Err(StartError::Raft("Raft stopped while starting".to_owned()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `command` to the log (durably, on a majority) and applies it; returns the
+    /// state machine's result.
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        let written = tokio::time::timeout(PROPOSE_WAIT, self.raft.client_write(command)).await;
+        let Ok(written) = written else {
+            return Err(ProposeError::Unavailable(format!(
+                "no quorum committed the command within {PROPOSE_WAIT:?}; it may still commit"
+            )));
+        };
+        match written {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let leader = match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(node)) => format!("node {id} at {}", node.addr),
+                    (Some(id), None) => format!("node {id}"),
+                    _ => "unknown (election in progress)".to_owned(),
+                };
+                Err(ProposeError::Unavailable(format!(
+                    "replica {} is not the leader; the leader is {leader}",
+                    self.node_id
+                )))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Fatal(e.to_string()))
+            }
+            Err(RaftError::Fatal(Fatal::Stopped)) => Err(ProposeError::Unavailable(
+                "the replica is shutting down".to_owned(),
+            )),
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Runs `f` on the state applied so far on this replica (not linearizable on its own:
+    /// a follower may lag).
+    pub fn read<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
+        f(&self.state.read().state)
+    }
+
+    /// This replica's view of the cluster.
+    pub fn status(&self) -> NodeStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        NodeStatus {
+            node_id: self.node_id,
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            // From the state machine itself: metrics trail the apply by a moment.
+            last_applied_index: self.state.read().last_applied.map(|id| id.index),
+            commit_index: self.log.committed().map(|id| id.index),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
+        }
+    }
+
+    /// The routes peers post Raft messages to (see [`peer_router`]).
+    pub fn peer_router(&self) -> axum::Router {
+        peer_router(self.raft.clone())
+    }
+
+    /// Stops Raft and waits (bounded) for in-flight state machine work to finish.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft task ended abnormally");
+        }
+        self.eraser.abort();
+        // openraft's state machine worker and snapshot builds hold the store; once they
+        // let go, nothing writes to the directory any more.
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while self.state.holders() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for VaultNode {
+    fn drop(&mut self) {
+        self.eraser.abort();
+    }
+}
+
+/// Triggers a snapshot after a record was erased or replaced, and again until one covers
+/// that entry (a build already running may predate it). The snapshot lets openraft purge
+/// the log entries that carried the record's bytes.
+async fn snapshot_after_drops(raft: VaultRaft, mut dropped: watch::Receiver<Option<u64>>) {
+    while dropped.changed().await.is_ok() {
+        let Some(target) = *dropped.borrow_and_update() else {
+            continue;
+        };
+        loop {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            let covered = raft
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= target),
+                    "a snapshot covers the dropped record",
+                )
+                .await;
+            match covered {
+                Ok(_) => break,
+                Err(WaitError::Timeout(..)) => {
+                    tracing::warn!(target, "snapshot after erasure is late; retrying")
+                }
+                Err(WaitError::ShuttingDown) => return,
+            }
+        }
+    }
+}

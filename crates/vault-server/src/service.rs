@@ -1,0 +1,576 @@
+//! The vault's request handling, independent of HTTP (docs/VAULT.md §Flows).
+//!
+//! The rule that makes the guess limit hold: a recovery's KE2 is computed first, then
+//! the attempt is committed to the replicated log, and only then is KE2 returned. The
+//! count is checked when the entry is applied, so concurrent guesses, on any replica,
+//! can never take it below zero.
+
+use crate::metrics::Metrics;
+use crate::raft::{ProposeError, VaultNode};
+use crate::state::{Applied, Command, EraseReason, NewRecord, Refusal};
+use backlock_vault_proto::owner::{self, OwnerOp};
+use backlock_vault_proto::server::{password_file, PendingLogin, ServerKeys, StepError};
+use backlock_vault_proto::token::{TokenError, TokenSecret};
+use backlock_vault_proto::wire::{
+    AccountStatus, DeleteRecord, Deleted, ErrorCode, RecordStatus, RecoverFinish,
+    RecoverFinishReply, RecoverStart, RecoverStartReply, RegisterFinish, RegisterFinishReply,
+    RegisterStart, RegisterStartReply, ServerInfo, StatusRequest, WireError, WIRE_VERSION,
+};
+use backlock_vault_proto::wrap::{self, WRAPPED_LEN};
+use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Tunables of one vault (the same on every replica).
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    /// Wrong guesses allowed per record (DESIGN.md: 10).
+    pub max_attempts: u32,
+    /// How long a login may sit between KE2 and KE3.
+    pub session_ttl: Duration,
+    /// Requests per account allowed in a burst.
+    pub account_burst: u32,
+    /// Requests per account per second, sustained.
+    pub account_rate: f64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            max_attempts: 10,
+            session_ttl: Duration::from_secs(60),
+            account_burst: 20,
+            account_rate: 1.0,
+        }
+    }
+}
+
+struct Session {
+    account: String,
+    generation: u64,
+    login: PendingLogin,
+    expires: Instant,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// A vault: replicated state plus the secrets and the login sessions of this replica.
+pub struct Vault {
+    node: VaultNode,
+    server: ServerKeys,
+    tokens: TokenSecret,
+    config: VaultConfig,
+    sessions: Mutex<HashMap<[u8; 16], Session>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// An error reply.
+pub type Reply<T> = Result<T, WireError>;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError::new(code, message)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn locked() -> WireError {
+    let mut e = err(
+        ErrorCode::Locked,
+        "too many wrong passwords: the key for this account has been destroyed and the \
+         backup can never be recovered with a password",
+    );
+    e.attempts_left = Some(0);
+    e
+}
+
+fn no_key() -> WireError {
+    err(
+        ErrorCode::NoKey,
+        "no backup key is registered for this account",
+    )
+}
+
+fn unavailable(e: ProposeError) -> WireError {
+    let mut w = err(
+        ErrorCode::Unavailable,
+        format!("the vault cannot commit right now ({e}); retry shortly"),
+    );
+    w.retry_after_ms = Some(1000);
+    w
+}
+
+fn malformed(what: &str) -> WireError {
+    err(ErrorCode::Malformed, format!("malformed {what}"))
+}
+
+impl Vault {
+    /// A vault over a started node.
+    pub fn new(
+        node: VaultNode,
+        server: ServerKeys,
+        tokens: TokenSecret,
+        config: VaultConfig,
+    ) -> Self {
+        Vault {
+            node,
+            server,
+            tokens,
+            config,
+            sessions: Mutex::default(),
+            buckets: Mutex::default(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The replication node, for status and shutdown.
+    pub fn node(&self) -> &VaultNode {
+        &self.node
+    }
+
+    /// Gives up the node, for a clean shutdown.
+    pub fn into_node(self) -> VaultNode {
+        self.node
+    }
+
+    /// Whether this replica can serve: it knows a leader.
+    pub fn is_serving(&self) -> bool {
+        self.node.status().leader_id.is_some()
+    }
+
+    /// Figures for `/metrics`.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let status = self.node.status();
+        crate::metrics::Gauges {
+            records: self.node.read(|s| s.len() as u64),
+            term: status.term,
+            last_applied: status.last_applied_index.unwrap_or(0),
+            is_leader: status.leader_id == Some(status.node_id),
+        }
+    }
+
+    /// The token secret, for the embedded vault that issues its own tokens.
+    pub fn token_secret(&self) -> &TokenSecret {
+        &self.tokens
+    }
+
+    /// What the vault says about itself.
+    pub fn info(&self) -> ServerInfo {
+        ServerInfo {
+            server_public_key: self.server.public_key(),
+            max_attempts: self.config.max_attempts,
+            versions: vec![WIRE_VERSION],
+        }
+    }
+
+    /// Checks the token and that it vouches for `account`, then the account's rate.
+    fn admit(&self, token: Option<&str>, account: &str) -> Reply<()> {
+        let token = token.ok_or_else(|| {
+            err(
+                ErrorCode::BadToken,
+                "no account token: the relay must vouch for the account",
+            )
+        })?;
+        let now = now_ms() / 1000;
+        match self.tokens.verify(token, now) {
+            Ok(vouched) if vouched == account => {}
+            Ok(_) => {
+                return Err(err(
+                    ErrorCode::BadToken,
+                    "the account token is for another account",
+                ))
+            }
+            Err(TokenError::Expired) => {
+                return Err(err(
+                    ErrorCode::TokenExpired,
+                    "the account token has expired; get a new one",
+                ))
+            }
+            Err(e) => return Err(err(ErrorCode::BadToken, e.to_string())),
+        }
+        self.rate_limit(account)
+    }
+
+    fn rate_limit(&self, account: &str) -> Reply<()> {
+        let mut buckets = self.buckets.lock().expect("rate-limit lock poisoned");
+        let now = Instant::now();
+        let burst = f64::from(self.config.account_burst);
+        let bucket = buckets.entry(account.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.config.account_rate;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        self.metrics.rate_limited.inc();
+        let wait = ((1.0 - bucket.tokens) / self.config.account_rate * 1000.0).ceil() as u64;
+        let mut e = err(
+            ErrorCode::RateLimited,
+            "too many requests for this account; retry later",
+        );
+        e.retry_after_ms = Some(wait.max(1));
+        Err(e)
+    }
+
+    async fn propose(&self, command: Command) -> Reply<Applied> {
+        self.node.propose(command).await.map_err(unavailable)
+    }
+
+    /// Registration step 1: evaluate the OPRF under a fresh record id.
+    pub fn register_start(
+        &self,
+        token: Option<&str>,
+        req: RegisterStart,
+    ) -> Reply<RegisterStartReply> {
+        self.admit(token, &req.account)?;
+        let mut record_id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut record_id);
+        let response = self
+            .server
+            .evaluate_registration(&req.account, &record_id, &req.request)
+            .map_err(|_| malformed("registration request"))?;
+        Ok(RegisterStartReply {
+            record_id,
+            response,
+        })
+    }
+
+    /// Registration step 2: store a first record, or replace one with the owner's proof.
+    pub async fn register_finish(
+        &self,
+        token: Option<&str>,
+        req: RegisterFinish,
+    ) -> Reply<RegisterFinishReply> {
+        self.admit(token, &req.account)?;
+        let password_file =
+            password_file(&req.upload).map_err(|_| malformed("registration upload"))?;
+        if req.wrapped.len() != WRAPPED_LEN {
+            return Err(malformed("wrapped key"));
+        }
+        let record = NewRecord {
+            record_id: req.record_id,
+            password_file,
+            wrapped: req.wrapped.clone(),
+            owner_public_key: req.owner_public_key,
+            max_attempts: self.config.max_attempts,
+        };
+        let command = match &req.replace {
+            None => Command::Register {
+                account: req.account.clone(),
+                record,
+            },
+            Some(proof) => {
+                let owner = self
+                    .node
+                    .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
+                    .ok_or_else(no_key)?;
+                let payload = owner::replace_payload(
+                    &req.record_id,
+                    &req.upload,
+                    &req.wrapped,
+                    &req.owner_public_key,
+                );
+                if !owner::verify(
+                    &owner,
+                    OwnerOp::Replace,
+                    &req.account,
+                    proof.generation,
+                    &payload,
+                    &proof.signature,
+                ) {
+                    return Err(err(ErrorCode::Forbidden, "the owner proof does not verify: sign with the key this record was registered with"));
+                }
+                Command::Replace {
+                    account: req.account.clone(),
+                    generation: proof.generation,
+                    record,
+                }
+            }
+        };
+        match self.propose(command).await? {
+            Applied::Stored {
+                generation,
+                attempts_left,
+            } => {
+                self.metrics.registrations.inc();
+                tracing::info!(account = %req.account, generation, replaced = req.replace.is_some(), "record stored");
+                Ok(RegisterFinishReply {
+                    generation,
+                    attempts_left,
+                })
+            }
+            Applied::Refused(Refusal::AlreadyRegistered) => Err(err(
+                ErrorCode::AlreadyRegistered,
+                "a key is already registered for this account: change the password from the \
+                 device that holds the key, or delete the record first",
+            )),
+            Applied::Refused(Refusal::NoRecord) => Err(no_key()),
+            Applied::Refused(Refusal::Exhausted) => Err(locked()),
+            Applied::Refused(Refusal::StaleGeneration) => Err(err(
+                ErrorCode::Forbidden,
+                "the record changed since this proof was made; fetch its status and sign again",
+            )),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// KE1 → KE2, with the guess durably counted before KE2 leaves.
+    pub async fn recover_start(
+        &self,
+        token: Option<&str>,
+        req: RecoverStart,
+    ) -> Reply<RecoverStartReply> {
+        self.admit(token, &req.account)?;
+        let record = self.node.read(|s| {
+            s.record(&req.account).map(|r| {
+                (
+                    r.generation,
+                    r.record_id,
+                    r.password_file.clone(),
+                    r.attempts_left,
+                )
+            })
+        });
+        let Some((generation, record_id, file, attempts_left)) = record else {
+            return Err(if self.node.read(|s| s.locked(&req.account)) {
+                locked()
+            } else {
+                no_key()
+            });
+        };
+        if attempts_left == 0 {
+            return Err(self.erase_exhausted(&req.account, generation).await);
+        }
+        let (login, ke2) = self
+            .server
+            .start_login(&file, &req.account, &record_id, &req.ke1)
+            .map_err(|e| match e {
+                StepError::Damaged => err(ErrorCode::Internal, "the stored record is damaged"),
+                _ => malformed("KE1"),
+            })?;
+        let command = Command::Attempt {
+            account: req.account.clone(),
+            generation,
+            now_ms: now_ms(),
+        };
+        let attempts_left = match self.propose(command).await? {
+            Applied::Counted { attempts_left } => attempts_left,
+            Applied::Refused(Refusal::Exhausted) => {
+                return Err(self.erase_exhausted(&req.account, generation).await)
+            }
+            Applied::Refused(Refusal::NoRecord) => {
+                return Err(if self.node.read(|s| s.locked(&req.account)) {
+                    locked()
+                } else {
+                    no_key()
+                })
+            }
+            Applied::Refused(Refusal::StaleGeneration) => {
+                let mut e = err(
+                    ErrorCode::Unavailable,
+                    "the record changed during this attempt; retry",
+                );
+                e.retry_after_ms = Some(0);
+                return Err(e);
+            }
+            other => return Err(unexpected(other)),
+        };
+        self.metrics.attempts.inc();
+        tracing::info!(account = %req.account, attempts_left, "guess counted");
+        let mut session = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut session);
+        let mut sessions = self.sessions.lock().expect("session lock poisoned");
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        sessions.insert(
+            session,
+            Session {
+                account: req.account,
+                generation,
+                login,
+                expires: now + self.config.session_ttl,
+            },
+        );
+        Ok(RecoverStartReply {
+            session,
+            ke2,
+            attempts_left,
+        })
+    }
+
+    /// KE3: a right guess restores the count and releases the wrapped key.
+    pub async fn recover_finish(
+        &self,
+        token: Option<&str>,
+        req: RecoverFinish,
+    ) -> Reply<RecoverFinishReply> {
+        self.admit(token, &req.account)?;
+        let session = self
+            .sessions
+            .lock()
+            .expect("session lock poisoned")
+            .remove(&req.session);
+        let session = match session {
+            Some(s) if s.account == req.account && s.expires > Instant::now() => s,
+            _ => {
+                return Err(err(
+                    ErrorCode::SessionExpired,
+                    "this recovery session is unknown or expired; start the recovery again",
+                ))
+            }
+        };
+        let session_key = match session.login.finish(&req.account, &req.ke3) {
+            Ok(k) => k,
+            Err(StepError::WrongPassword) => {
+                let left = self
+                    .node
+                    .read(|s| s.record(&req.account).map(|r| r.attempts_left));
+                if left == Some(0) {
+                    return Err(self.erase_exhausted(&req.account, session.generation).await);
+                }
+                let mut e = err(ErrorCode::WrongPassword, "wrong password");
+                e.attempts_left = left;
+                return Err(e);
+            }
+            Err(_) => return Err(malformed("KE3")),
+        };
+        let command = Command::Success {
+            account: req.account.clone(),
+            generation: session.generation,
+        };
+        match self.propose(command).await? {
+            Applied::Restored {
+                attempts_left,
+                wrapped,
+            } => {
+                self.metrics.recoveries.inc();
+                tracing::info!(account = %req.account, "key released");
+                Ok(RecoverFinishReply {
+                    released: wrap::release(&session_key, &req.session, &req.account, &wrapped),
+                    generation: session.generation,
+                    attempts_left,
+                })
+            }
+            Applied::Refused(Refusal::NoRecord) => Err(locked()),
+            Applied::Refused(Refusal::StaleGeneration) => Err(err(
+                ErrorCode::SessionExpired,
+                "the password was changed during this recovery; start again with the new one",
+            )),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Erases the record on the owner's request.
+    pub async fn delete(&self, token: Option<&str>, req: DeleteRecord) -> Reply<Deleted> {
+        self.admit(token, &req.account)?;
+        let owner = self
+            .node
+            .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
+            .ok_or_else(no_key)?;
+        if !owner::verify(
+            &owner,
+            OwnerOp::Delete,
+            &req.account,
+            req.proof.generation,
+            &[],
+            &req.proof.signature,
+        ) {
+            return Err(err(ErrorCode::Forbidden, "the owner proof does not verify: sign with the key this record was registered with"));
+        }
+        let command = Command::Erase {
+            account: req.account.clone(),
+            generation: req.proof.generation,
+            reason: EraseReason::Owner,
+        };
+        match self.propose(command).await? {
+            Applied::Erased => {
+                tracing::info!(account = %req.account, "record deleted by its owner");
+                Ok(Deleted {})
+            }
+            Applied::Refused(Refusal::NoRecord) => Err(no_key()),
+            Applied::Refused(Refusal::StaleGeneration) => Err(err(
+                ErrorCode::Forbidden,
+                "the record changed since this proof was made; fetch its status and sign again",
+            )),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The account's record state.
+    pub fn status(&self, token: Option<&str>, req: StatusRequest) -> Reply<AccountStatus> {
+        self.admit(token, &req.account)?;
+        if self.node.read(|s| s.locked(&req.account)) {
+            return Err(locked());
+        }
+        let record = self.node.read(|s| {
+            s.record(&req.account).map(|r| RecordStatus {
+                generation: r.generation,
+                attempts_left: r.attempts_left,
+                owner_public_key: r.owner_public_key,
+            })
+        });
+        Ok(AccountStatus { record })
+    }
+
+    /// A record at zero with no right guess in flight is erased; the caller hears
+    /// "locked" either way.
+    async fn erase_exhausted(&self, account: &str, generation: u64) -> WireError {
+        let command = Command::Erase {
+            account: account.to_owned(),
+            generation,
+            reason: EraseReason::Exhausted,
+        };
+        match self.node.propose(command).await {
+            Ok(Applied::Erased) => {
+                self.metrics.lockouts.inc();
+                tracing::warn!(account = %account, "guess limit reached: record erased");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(account = %account, error = %e, "could not erase an exhausted record yet")
+            }
+        }
+        locked()
+    }
+
+    /// One pass of housekeeping: drop expired sessions; erase records whose last guess
+    /// can no longer finish. Run it every second on every replica (only the leader's
+    /// proposals commit).
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        self.sessions
+            .lock()
+            .expect("session lock poisoned")
+            .retain(|_, s| s.expires > now);
+        self.buckets
+            .lock()
+            .expect("rate-limit lock poisoned")
+            .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(600));
+        let cutoff = now_ms().saturating_sub(self.config.session_ttl.as_millis() as u64);
+        for (account, generation) in self.node.read(|s| s.expired_exhausted(cutoff)) {
+            self.erase_exhausted(&account, generation).await;
+        }
+    }
+}
+
+fn unexpected(applied: Applied) -> WireError {
+    tracing::error!(?applied, "state machine answered out of protocol");
+    err(
+        ErrorCode::Internal,
+        "internal error; the request may be retried",
+    )
+}

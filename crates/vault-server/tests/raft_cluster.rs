@@ -1,0 +1,126 @@
+//! Three replicas in one process, talking Raft over HTTP on 127.0.0.1: writes on the
+//! leader reach the followers, a follower points at the leader, and an erasure purges
+//! every replica's log.
+
+use backlock_vault_server::raft::{Bootstrap, NodeConfig, VaultNode};
+use backlock_vault_server::seal::{KeyFileSealer, Sealer};
+use backlock_vault_server::state::{Applied, Command, EraseReason, NewRecord};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+fn record() -> NewRecord {
+    NewRecord {
+        record_id: [1; 16],
+        password_file: b"cluster-password-file".to_vec(),
+        wrapped: b"cluster-wrapped-key".to_vec(),
+        owner_public_key: [2; 32],
+        max_attempts: 10,
+    }
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn attempts_left(node: &VaultNode) -> Option<u32> {
+    node.read(|s| s.record("alice").map(|r| r.attempts_left))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_the_leader_reach_the_followers() {
+    let root = tempfile::tempdir().unwrap();
+    let sealer: Arc<dyn Sealer> = Arc::new(KeyFileSealer::open_or_create(root.path().join("node.key")).unwrap());
+    let mut listeners = BTreeMap::new();
+    for id in 1..=3u64 {
+        listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let members: BTreeMap<u64, String> = listeners
+        .iter()
+        .map(|(id, l)| (*id, l.local_addr().unwrap().to_string()))
+        .collect();
+
+    // Followers first, serving their peer routes; then node 1 initialises the cluster.
+    let mut nodes = BTreeMap::new();
+    for (id, listener) in listeners.into_iter().rev() {
+        let bootstrap = if id == 1 { Bootstrap::Members(members.clone()) } else { Bootstrap::Join };
+        let node = VaultNode::start_with(
+            NodeConfig {
+                dir: root.path().join(format!("node{id}")),
+                sealer: sealer.clone(),
+                node_id: id,
+                addr: members[&id].clone(),
+            },
+            bootstrap,
+        )
+        .await
+        .unwrap();
+        let router = node.peer_router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        nodes.insert(id, node);
+    }
+
+    let leader_id = nodes[&1].status().leader_id.expect("node 1 saw a leader");
+    let leader = &nodes[&leader_id];
+    let stored = leader
+        .propose(Command::Register {
+            account: "alice".into(),
+            record: record(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, Applied::Stored { generation: 1, attempts_left: 10 });
+    for left in [9, 8] {
+        let attempt = Command::Attempt {
+            account: "alice".into(),
+            generation: 1,
+            now_ms: 1,
+        };
+        assert_eq!(leader.propose(attempt).await.unwrap(), Applied::Counted { attempts_left: left });
+    }
+    for node in nodes.values() {
+        eventually("every replica applied both guesses", || attempts_left(node) == Some(8)).await;
+        assert_eq!(node.status().leader_id, Some(leader_id));
+    }
+
+    // A follower refuses to propose and names the leader.
+    let (_, follower) = nodes.iter().find(|(id, _)| **id != leader_id).unwrap();
+    let refused = follower
+        .propose(Command::Success {
+            account: "alice".into(),
+            generation: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains(&format!("leader is node {leader_id} at {}", members[&leader_id])), "{refused}");
+
+    // An erasure is applied everywhere, and every replica's log drops the record.
+    let erase = Command::Erase {
+        account: "alice".into(),
+        generation: 1,
+        reason: EraseReason::Exhausted,
+    };
+    assert_eq!(leader.propose(erase).await.unwrap(), Applied::Erased);
+    let erase_index = leader.status().last_applied_index.unwrap();
+    for (id, node) in &nodes {
+        eventually("the erasure reached every replica", || attempts_left(node).is_none()).await;
+        eventually("every replica purged its log through the erasure", || {
+            node.status().purged_index >= Some(erase_index)
+        })
+        .await;
+        let dir = root.path().join(format!("node{id}")).join("log");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let index: u64 = entry.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            assert!(index > erase_index, "node {id} keeps log entry {index}");
+        }
+    }
+
+    for node in nodes.into_values() {
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,420 @@
+//! The vault's HTTP API end to end: a real server on loopback, the device client, and
+//! the claims the guess limit rests on.
+
+use backlock_core::key::BackupKey;
+use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_proto::client::start_recovery;
+use backlock_vault_proto::owner::OwnerKey;
+use backlock_vault_proto::password::Password;
+use backlock_vault_proto::suite::Stretch;
+use backlock_vault_proto::wire::{self, ErrorCode, WireError};
+use backlock_vault_server::run::{RunningVault, ServeConfig};
+use backlock_vault_server::seal::{KeyFileSealer, Sealer};
+use backlock_vault_server::service::VaultConfig;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tempfile::TempDir;
+
+const RIGHT: &str = "correct horse 7";
+const WRONG: &str = "incorrect horse 7";
+
+struct Harness {
+    dir: TempDir,
+    vault: RunningVault,
+    ksf: Stretch,
+}
+
+fn generous() -> VaultConfig {
+    VaultConfig {
+        account_burst: 10_000,
+        account_rate: 10_000.0,
+        ..VaultConfig::default()
+    }
+}
+
+impl Harness {
+    async fn start(config: VaultConfig) -> Harness {
+        let dir = TempDir::new().unwrap();
+        let vault = RunningVault::start(ServeConfig {
+            data: dir.path().join("vault"),
+            node_key: None,
+            listen: ([127, 0, 0, 1], 0).into(),
+            vault: config,
+        })
+        .await
+        .unwrap();
+        Harness {
+            dir,
+            vault,
+            ksf: Stretch::memoized(),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("vault")
+    }
+
+    fn token(&self, account: &str) -> String {
+        let expires = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        self.vault
+            .vault
+            .token_secret()
+            .issue(account, expires)
+            .unwrap()
+    }
+
+    fn client(&self, account: &str) -> VaultClient {
+        VaultClient::new(&self.vault.url(), account, &self.token(account)).unwrap()
+    }
+
+    fn pinned(&self) -> [u8; 32] {
+        self.vault.vault.info().server_public_key
+    }
+
+    async fn register(&self, account: &str, password: &str, key: &BackupKey) {
+        self.client(account)
+            .register(
+                &Password::new(password.into()),
+                key,
+                &self.pinned(),
+                None,
+                &self.ksf,
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn recover(&self, account: &str, password: &str) -> Result<BackupKey, VaultError> {
+        self.client(account)
+            .recover(&Password::new(password.into()), &self.pinned(), &self.ksf)
+            .await
+    }
+
+    async fn attempts_left(&self, account: &str) -> u32 {
+        self.client(account)
+            .status()
+            .await
+            .unwrap()
+            .record
+            .unwrap()
+            .attempts_left
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Every file of the data directory, raw, and unsealed where it is sealed (the node
+/// key file itself and the lock file are not).
+fn data_contents(data: &Path) -> Vec<(PathBuf, Vec<u8>, Option<Vec<u8>>)> {
+    let sealer = KeyFileSealer::open_or_create(data.join("node.key")).unwrap();
+    files(data)
+        .into_iter()
+        .map(|path| {
+            let raw = std::fs::read(&path).unwrap();
+            let plain = backlock_vault_server::raft::seal_context(&data.join("raft"), &path)
+                .or_else(|| {
+                    (path == data.join("secrets.sealed"))
+                        .then(|| b"backlock vault secrets v1".to_vec())
+                })
+                .map(|context| sealer.open(&context, &raw).unwrap().to_vec());
+            (path, raw, plain)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_guesses_count_exactly_the_limit_then_the_record_is_gone() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    h.register("alice", RIGHT, &key).await;
+    let upload_markers = {
+        // The stored password file and wrapped key, as the vault holds them.
+        let record = h
+            .vault
+            .vault
+            .node()
+            .read(|s| s.record("alice").cloned())
+            .unwrap();
+        (record.password_file, record.wrapped)
+    };
+
+    let url = h.vault.url();
+    let token = h.token("alice");
+    let mut guesses = Vec::new();
+    for _ in 0..32 {
+        let (url, token) = (url.clone(), token.clone());
+        guesses.push(tokio::spawn(async move {
+            let client = VaultClient::new(&url, "alice", &token).unwrap();
+            let (_, ke1) = start_recovery(&Password::new(WRONG.into())).unwrap();
+            client
+                .guess_once(ke1)
+                .await
+                .map(|reply| reply.attempts_left)
+        }));
+    }
+    let mut counted = Vec::new();
+    let mut locked = 0;
+    for g in guesses {
+        match g.await.unwrap() {
+            Ok(left) => counted.push(left),
+            Err(VaultError::Locked) => locked += 1,
+            Err(e) => panic!("unexpected answer to a guess: {e}"),
+        }
+    }
+    counted.sort_unstable();
+    // Exactly ten KE2s left the vault, each with a distinct count: linearizable.
+    assert_eq!(counted, (0..10).collect::<Vec<_>>());
+    assert_eq!(locked, 22);
+
+    // The right password now hears "locked", and the record is erased.
+    assert!(matches!(
+        h.recover("alice", RIGHT).await,
+        Err(VaultError::Locked)
+    ));
+    assert!(matches!(
+        h.client("alice").status().await,
+        Err(VaultError::Locked)
+    ));
+    let data = h.data();
+    h.vault.shutdown().await;
+
+    let (file, wrapped) = upload_markers;
+    for (path, raw, plain) in data_contents(&data) {
+        for (what, needle) in [("password file", &file), ("wrapped key", &wrapped)] {
+            assert!(!contains(&raw, needle), "{what} in {}", path.display());
+            if let Some(plain) = &plain {
+                assert!(
+                    !contains(plain, needle),
+                    "{what} sealed in {}",
+                    path.display()
+                );
+            }
+        }
+        assert!(
+            !contains(&raw, key.expose_secret()),
+            "key in {}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nine_wrong_guesses_then_the_right_one_recovers_and_restores_the_count() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    h.register("bob", RIGHT, &key).await;
+    for expected_left in (1..10).rev() {
+        match h.recover("bob", WRONG).await {
+            Err(VaultError::WrongPassword { attempts_left }) => {
+                assert_eq!(attempts_left, expected_left)
+            }
+            other => panic!("expected a wrong password, got {other:?}"),
+        }
+    }
+    assert_eq!(h.attempts_left("bob").await, 1);
+    let recovered = h.recover("bob", RIGHT).await.unwrap();
+    assert_eq!(recovered.expose_secret(), key.expose_secret());
+    assert_eq!(h.attempts_left("bob").await, 10);
+    h.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_last_guess_still_recovers() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    h.register("carol", RIGHT, &key).await;
+    for _ in 0..9 {
+        assert!(h.recover("carol", WRONG).await.is_err());
+    }
+    // The tenth guess takes the count to zero; it is right, so the key is released.
+    assert_eq!(
+        h.recover("carol", RIGHT).await.unwrap().expose_secret(),
+        key.expose_secret()
+    );
+    assert_eq!(h.attempts_left("carol").await, 10);
+    h.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_password_and_delete_need_the_owner_key() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    h.register("dave", RIGHT, &key).await;
+    let client = h.client("dave");
+    let new = Password::new("new password 8".into());
+
+    // A first registration over an existing record is refused.
+    let again = client
+        .register(&new, &BackupKey::generate(), &h.pinned(), None, &h.ksf)
+        .await;
+    assert!(matches!(again, Err(VaultError::AlreadyRegistered(_))));
+    // Another key cannot sign a replacement.
+    let stranger = OwnerKey::derive(&BackupKey::generate());
+    let forged = client
+        .register(&new, &key, &h.pinned(), Some(&stranger), &h.ksf)
+        .await;
+    assert!(matches!(forged, Err(VaultError::Refused(_))), "{forged:?}");
+    assert!(matches!(
+        client.delete(&BackupKey::generate()).await,
+        Err(VaultError::Refused(_))
+    ));
+
+    // The owner changes the password: the old one stops working.
+    let owner = OwnerKey::derive(&key);
+    let changed = client
+        .register(&new, &key, &h.pinned(), Some(&owner), &h.ksf)
+        .await
+        .unwrap();
+    assert_eq!(changed.generation, 2);
+    assert!(matches!(
+        h.recover("dave", RIGHT).await,
+        Err(VaultError::WrongPassword { .. })
+    ));
+    assert_eq!(
+        h.recover("dave", "new password 8")
+            .await
+            .unwrap()
+            .expose_secret(),
+        key.expose_secret()
+    );
+
+    client.delete(&key).await.unwrap();
+    assert!(client.status().await.unwrap().record.is_none());
+    assert!(matches!(
+        h.recover("dave", "new password 8").await,
+        Err(VaultError::NoKey)
+    ));
+    h.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_versions_rate_limits_and_pinning() {
+    let h = Harness::start(VaultConfig {
+        account_burst: 3,
+        account_rate: 0.01,
+        ..VaultConfig::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let url = h.vault.url();
+    let body = wire::encode(&wire::StatusRequest {
+        account: "erin".into(),
+    });
+    let send = |token: Option<String>, body: Vec<u8>| {
+        let mut req = http.post(format!("{url}{}", wire::path::STATUS)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let error = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").is_some();
+        let e: WireError = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        (status, e.code, retry)
+    };
+
+    assert_eq!(
+        error(send(None, body.clone()).await.unwrap()).await.1,
+        ErrorCode::BadToken
+    );
+    let other = h.token("frank");
+    assert_eq!(
+        error(send(Some(other), body.clone()).await.unwrap())
+            .await
+            .1,
+        ErrorCode::BadToken
+    );
+    let expired = h.vault.vault.token_secret().issue("erin", 1).unwrap();
+    assert_eq!(
+        error(send(Some(expired), body.clone()).await.unwrap())
+            .await
+            .1,
+        ErrorCode::TokenExpired
+    );
+    let mut newer = body.clone();
+    newer[0] = 9;
+    let (status, code, _) = error(send(Some(h.token("erin")), newer).await.unwrap()).await;
+    assert_eq!((status, code), (400, ErrorCode::UnsupportedVersion));
+
+    // Refused tokens and versions cost nothing; then a burst of 3 passes and the 4th waits.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = send(Some(h.token("erin")), body.clone()).await.unwrap();
+        codes.push(if r.status().is_success() {
+            None
+        } else {
+            Some(error(r).await)
+        });
+    }
+    assert_eq!(codes[..3], [None, None, None]);
+    assert_eq!(codes[3], Some((429, ErrorCode::RateLimited, true)));
+
+    // A device that pinned another key refuses this vault before sending a password.
+    let key = BackupKey::generate();
+    let wrong_pin = [7u8; 32];
+    let refused = h
+        .client("gina")
+        .register(&Password::new(RIGHT.into()), &key, &wrong_pin, None, &h.ksf)
+        .await;
+    assert!(
+        matches!(refused, Err(VaultError::WrongServer(_))),
+        "{refused:?}"
+    );
+
+    let health = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backlock_vault_rate_limited_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("backlock_vault_raft_is_leader 1"),
+        "{metrics}"
+    );
+    h.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_data_directory() {
+    let h = Harness::start(generous()).await;
+    let second = RunningVault::start(ServeConfig {
+        data: h.data(),
+        node_key: None,
+        listen: ([127, 0, 0, 1], 0).into(),
+        vault: generous(),
+    })
+    .await;
+    assert!(matches!(
+        second,
+        Err(backlock_vault_server::run::ServeError::InUse(_))
+    ));
+    h.vault.shutdown().await;
+}
