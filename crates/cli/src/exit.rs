@@ -26,6 +26,9 @@ pub(crate) enum VaultFailure {
     /// Exit 10.
     #[error("the vault is unavailable: {0}; check the vault address and try again later")]
     Unavailable(String),
+    /// Exit 10 too: the vault is up but refuses more requests for now.
+    #[error("{0}")]
+    Busy(String),
     /// Exit 11.
     #[error("{0}")]
     WrongServer(String),
@@ -60,6 +63,7 @@ pub(crate) fn print_json_error(e: &anyhow::Error) {
         Some(VaultFailure::Locked) => ("locked", Some(0)),
         Some(VaultFailure::NoKey) => ("no_key", None),
         Some(VaultFailure::Unavailable(_)) => ("vault_unavailable", None),
+        Some(VaultFailure::Busy(_)) => ("vault_busy", None),
         Some(VaultFailure::WrongServer(_)) => ("wrong_vault", None),
         _ => ("error", None),
     };
@@ -88,7 +92,7 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
                 VaultFailure::WrongPassword { .. } => 8,
                 VaultFailure::Locked => 9,
                 VaultFailure::NoKey => 3,
-                VaultFailure::Unavailable(_) => 10,
+                VaultFailure::Unavailable(_) | VaultFailure::Busy(_) => 10,
                 VaultFailure::WrongServer(_) => 11,
                 VaultFailure::Other(_) => 1,
             };

@@ -42,6 +42,10 @@ pub(crate) struct VaultArgs {
     /// seen first is pinned.
     #[arg(long, env = "BACKLOCK_VAULT_KEY")]
     pub vault_key: Option<String>,
+    /// PEM file of the CA that signed an `https://` vault's certificate (default: the
+    /// system's roots).
+    #[arg(long, env = "BACKLOCK_VAULT_CA")]
+    pub vault_ca: Option<PathBuf>,
 }
 
 impl VaultArgs {
@@ -93,6 +97,7 @@ pub(crate) fn start_embedded(
             node_key: None,
             listen: ([127, 0, 0, 1], 0).into(),
             vault: VaultConfig::default(),
+            tls: None,
         }))
         .map_err(|e| VaultFailure::Unavailable(e.to_string()).into())
 }
@@ -152,7 +157,17 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
     };
     backlock_vault_proto::token::validate_account(&account)
         .map_err(|e| Usage(format!("--account: {e}")))?;
-    let client = VaultClient::new(&url, &account, &token).map_err(VaultFailure::from)?;
+    let ca = match &args.vault_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            Usage(format!(
+                "cannot read the vault CA file {}: {e}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let client =
+        VaultClient::with_ca(&url, &account, &token, ca.as_deref()).map_err(VaultFailure::from)?;
     let info = runtime
         .block_on(client.info())
         .map_err(VaultFailure::from)?;
@@ -225,6 +240,7 @@ impl From<VaultError> for VaultFailure {
             VaultError::Locked => VaultFailure::Locked,
             VaultError::NoKey => VaultFailure::NoKey,
             VaultError::Unavailable(m) => VaultFailure::Unavailable(m),
+            e @ VaultError::RateLimited { .. } => VaultFailure::Busy(e.to_string()),
             VaultError::WrongServer(m) => VaultFailure::WrongServer(m),
             other => VaultFailure::Other(other.to_string()),
         }

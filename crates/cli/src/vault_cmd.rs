@@ -3,7 +3,7 @@
 use crate::exit::{Usage, VaultFailure};
 use crate::password_mode;
 use anyhow::{Context, Result};
-use backlock_vault_server::run::{load_secrets, RunningVault, ServeConfig};
+use backlock_vault_server::run::{load_secrets, RunningVault, ServeConfig, TlsFiles};
 use backlock_vault_server::service::VaultConfig;
 use clap::Subcommand;
 use std::net::SocketAddr;
@@ -32,6 +32,12 @@ pub(crate) enum VaultCommand {
         /// Requests per account per second, sustained.
         #[arg(long, default_value_t = 1.0)]
         account_rate: f64,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print a development account token, as the relay would issue.
     Token {
@@ -67,6 +73,8 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             max_attempts,
             account_burst,
             account_rate,
+            tls_cert,
+            tls_key,
         } => {
             if max_attempts == 0 || account_burst == 0 || account_rate <= 0.0 {
                 return Err(Usage(
@@ -81,6 +89,9 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                     data,
                     node_key,
                     listen,
+                    tls: tls_cert
+                        .zip(tls_key)
+                        .map(|(cert, key)| TlsFiles { cert, key }),
                     vault: VaultConfig {
                         max_attempts,
                         account_burst,
@@ -96,7 +107,7 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                     "vault public key: {}",
                     hex::encode(running.vault.info().server_public_key)
                 );
-                println!("listening on http://{}", running.addr);
+                println!("listening on {}", running.url());
                 wait_for_stop().await;
                 running.shutdown().await;
                 Ok(())

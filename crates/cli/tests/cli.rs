@@ -99,7 +99,10 @@ fn init_prints_key_once_and_everything_works_from_scripts() {
     assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
     // A second init on the same repository is refused and shows no new key.
     let again = env.run(&["init", "--key-only", "--yes", "--json"]);
-    assert!(!again.status.success() && again.stdout.is_empty());
+    assert!(!again.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(error["error"], "error");
+    assert!(error.get("key").is_none(), "{error}");
 }
 
 #[test]

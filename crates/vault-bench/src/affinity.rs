@@ -75,7 +75,12 @@ pub fn pin_self(mode: PinMode) -> Result<Pinning> {
         )));
     };
     let status = Command::new("taskset")
-        .args(["-p", "-c", &load_cpu.to_string(), &std::process::id().to_string()])
+        .args([
+            "-p",
+            "-c",
+            &load_cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
         .stdout(Stdio::null())
         .status()
         .context("cannot run taskset")?;

@@ -101,11 +101,7 @@ pub struct BareOpaque {
 impl BareOpaque {
     /// Median per-login server time in microseconds.
     pub fn median_us(&self) -> f64 {
-        let us: Vec<f64> = self
-            .rounds
-            .iter()
-            .map(|d| d.as_secs_f64() * 1e6)
-            .collect();
+        let us: Vec<f64> = self.rounds.iter().map(|d| d.as_secs_f64() * 1e6).collect();
         crate::stats::median(&us)
     }
 
@@ -117,7 +113,10 @@ impl BareOpaque {
 
 /// Runs `rounds` rounds of `logins` logins on the calling thread.
 pub fn measure(rounds: usize, logins: usize) -> Result<BareOpaque> {
-    ensure!(rounds > 0 && logins > 0, "bare rounds and logins must be above zero");
+    ensure!(
+        rounds > 0 && logins > 0,
+        "bare rounds and logins must be above zero"
+    );
     let fixture = Fixture::register().context("registering the bare-OPAQUE record")?;
     for _ in 0..WARM_UP_LOGINS {
         fixture.timed_login()?;

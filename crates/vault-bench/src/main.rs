@@ -22,7 +22,7 @@ use backlock_vault_proto::suite::Stretch;
 use clap::Parser;
 use load::{Account, Target};
 use report::{Round, Setup};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,10 @@ struct Args {
     /// The `backlock` binary (default: next to this one).
     #[arg(long)]
     backlock: Option<PathBuf>,
+    /// Directory to create the vault's data directory in (default: the system's
+    /// temporary directory). Its filesystem's fsync cost shapes the results.
+    #[arg(long)]
+    workdir: Option<PathBuf>,
     /// Keep the vault's data directory and log, and print where they are.
     #[arg(long)]
     keep: bool,
@@ -90,10 +94,7 @@ fn run(args: &Args) -> Result<f64> {
     // Before any thread exists, so every later thread inherits the pinning.
     let pinning = affinity::pin_self(args.pin)?;
     let backlock = backlock_binary(args)?;
-    let workdir = tempfile::Builder::new()
-        .prefix("backlock-vault-bench-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let workdir = make_workdir(args.workdir.as_deref())?;
     let mut vault = VaultProcess::start(&backlock, workdir.path(), &pinning)?;
     check_vault_pinning(&vault, &pinning)?;
     eprintln!("vault running at {} (pid {})", vault.url, vault.pid());
@@ -121,6 +122,7 @@ fn run(args: &Args) -> Result<f64> {
         clients: args.clients,
         seconds: args.seconds,
         pinning: pinning.describe(),
+        data_dir: workdir.path().to_path_buf(),
     };
     report::print_table(&setup, &rounds);
     if args.keep {
@@ -145,6 +147,18 @@ fn check_args(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A fresh directory for the vault's data and log, under `parent` if given.
+fn make_workdir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("backlock-vault-bench-");
+    match parent {
+        Some(dir) => builder
+            .tempdir_in(dir)
+            .with_context(|| format!("creating a directory in {}", dir.display())),
+        None => builder.tempdir().context("creating a temporary directory"),
+    }
 }
 
 /// `--backlock`, or `backlock` next to this binary (how `cargo build` lays them out).
@@ -232,7 +246,8 @@ mod tests {
         assert!(parse(&["--clients", "8", "--registrations", "4"])
             .unwrap()
             .is_err());
-        assert!(parse(&["--seconds", "-1"]).unwrap().is_err());
+        assert!(parse(&["--seconds=-1"]).unwrap().is_err());
+        assert!(parse(&["--seconds", "0"]).unwrap().is_err());
         assert!(parse(&["--pin", "sometimes"]).is_err());
     }
 
@@ -245,7 +260,10 @@ mod tests {
         ])
         .unwrap();
         let err = backlock_binary(&args).unwrap_err().to_string();
-        assert!(err.contains("cargo build --release -p backlock-cli"), "{err}");
+        assert!(
+            err.contains("cargo build --release -p backlock-cli"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Setup {
     pub seconds: f64,
     /// How the processes are pinned.
     pub pinning: String,
+    /// Where the vault kept its data (the filesystem matters: every commit fsyncs).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// One line per round, printed as rounds finish when repeating.
@@ -80,9 +82,18 @@ pub fn print_table(setup: &Setup, rounds: &[Round]) {
     print_phase_row("registrations", rounds, |r| &r.registrations.phase);
     print_phase_row("recoveries", rounds, |r| &r.recoveries);
     let ratio = median_ratio(rounds);
-    let verdict = if ratio >= TARGET_RATIO { "met" } else { "NOT met" };
+    let verdict = if ratio >= TARGET_RATIO {
+        "met"
+    } else {
+        "NOT met"
+    };
     println!("recoveries / bare OPAQUE = {ratio:.2}  (target >= {TARGET_RATIO:.2}: {verdict})");
     print_notes(rounds);
+    let fs = filesystem_type(&setup.data_dir).unwrap_or_else(|| "filesystem unknown".to_owned());
+    println!(
+        "vault data directory: {} ({fs}; every Raft append and commit point is fsync'd)",
+        setup.data_dir.display()
+    );
 }
 
 fn print_phase_row(label: &str, rounds: &[Round], phase: impl Fn(&Round) -> &Phase) {
@@ -137,8 +148,20 @@ fn print_notes(rounds: &[Round]) {
         let counted = after.recoveries.saturating_sub(before.recoveries);
         let entries = after.last_applied.saturating_sub(before.last_applied);
         println!(
-            "  vault /metrics: {counted} keys released, {:.2} Raft entries committed per recovery",
-            entries as f64 / counted.max(1) as f64
+            "  vault /metrics: {counted} keys released, {:.2} Raft entries committed per recovery, {:.0} entries/s",
+            entries as f64 / counted.max(1) as f64,
+            entries as f64 / secs
         );
     }
+}
+
+/// The filesystem type of `dir` as `stat -f` names it (e.g. ext4, tmpfs).
+fn filesystem_type(dir: &std::path::Path) -> Option<String> {
+    let output = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    let name = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    (output.status.success() && !name.is_empty()).then_some(name)
 }

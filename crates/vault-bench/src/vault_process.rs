@@ -80,7 +80,14 @@ impl VaultProcess {
     /// Issues an account token with `backlock vault token`.
     pub fn token(&self, account: &str) -> Result<String> {
         let output = Command::new(&self.backlock)
-            .args(["vault", "token", "--account", account, "--ttl", TOKEN_TTL_SECS])
+            .args([
+                "vault",
+                "token",
+                "--account",
+                account,
+                "--ttl",
+                TOKEN_TTL_SECS,
+            ])
             .arg("--data")
             .arg(&self.data)
             .stdin(Stdio::null())
@@ -105,7 +112,11 @@ impl VaultProcess {
 
     /// Fails if the vault has exited (a crash under load must not look like slowness).
     pub fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait().context("cannot poll the vault process")? {
+        match self
+            .child
+            .try_wait()
+            .context("cannot poll the vault process")?
+        {
             None => Ok(()),
             Some(status) => bail!(
                 "the vault exited during the benchmark ({status}); its log ends with:\n{}",

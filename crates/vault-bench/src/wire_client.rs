@@ -58,7 +58,11 @@ impl WireClient {
             return wire::decode(&body).map_err(|e| anyhow!("POST {route}: bad reply: {e}"));
         }
         Err(match serde_json::from_slice::<WireError>(&body) {
-            Ok(e) => anyhow!("POST {route}: vault answered {status} {:?}: {}", e.code, e.message),
+            Ok(e) => anyhow!(
+                "POST {route}: vault answered {status} {:?}: {}",
+                e.code,
+                e.message
+            ),
             Err(_) => anyhow!("POST {route}: vault answered {status} without an error body"),
         })
     }

@@ -47,7 +47,13 @@ pub enum VaultError {
     /// The vault presented another public key than the pinned one.
     #[error("{0}")]
     WrongServer(String),
-    /// Not reachable, no quorum, or rate limited: retry later.
+    /// Too many requests for this account: retry after the given time.
+    #[error("the vault has had too many requests for this account; retry in {} s", retry_after_ms.div_ceil(1000).max(1))]
+    RateLimited {
+        /// When to retry.
+        retry_after_ms: u64,
+    },
+    /// Not reachable or no quorum: retry later.
     #[error("the vault is unavailable: {0}")]
     Unavailable(String),
     /// The vault speaks another protocol version.
@@ -73,7 +79,10 @@ impl VaultError {
             | ErrorCode::SessionExpired
             | ErrorCode::Malformed => VaultError::Refused(e.message),
             ErrorCode::UnsupportedVersion => VaultError::Upgrade(e.message),
-            ErrorCode::RateLimited | ErrorCode::Unavailable => VaultError::Unavailable(e.message),
+            ErrorCode::RateLimited => VaultError::RateLimited {
+                retry_after_ms: e.retry_after_ms.unwrap_or(1000),
+            },
+            ErrorCode::Unavailable => VaultError::Unavailable(e.message),
             _ => VaultError::Protocol(e.message),
         }
     }
@@ -107,9 +116,27 @@ impl VaultClient {
     /// A client of the vault at `base_url` (e.g. `http://127.0.0.1:7070`) for `account`,
     /// vouched for by the relay's `token`.
     pub fn new(base_url: &str, account: &str, token: &str) -> Result<Self, VaultError> {
-        let http = reqwest::Client::builder()
+        Self::with_ca(base_url, account, token, None)
+    }
+
+    /// Like [`VaultClient::new`], trusting only the CA certificates in `ca_pem` for an
+    /// `https://` vault (a private fleet CA) instead of the system's roots.
+    pub fn with_ca(
+        base_url: &str,
+        account: &str,
+        token: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, VaultError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                VaultError::Refused(format!("the vault CA file is not PEM certificates: {e}"))
+            })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| VaultError::Unavailable(format!("cannot set up HTTP: {e}")))?;
         Ok(VaultClient {

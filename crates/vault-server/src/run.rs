@@ -26,6 +26,23 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Guess limit, session lifetime and rate limits.
     pub vault: VaultConfig,
+    /// Serve HTTPS with this certificate chain and key (PEM files); plain HTTP if `None`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the API's TLS certificate chain and private key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+}
+
+/// How to stop the HTTP server gracefully.
+enum Stop {
+    Plain(Option<oneshot::Sender<()>>),
+    Tls(axum_server::Handle),
 }
 
 /// Why a vault did not start.
@@ -52,9 +69,10 @@ pub enum ServeError {
 pub struct RunningVault {
     /// The bound address.
     pub addr: SocketAddr,
+    tls: bool,
     /// The service, for tests and the embedded vault.
     pub vault: Arc<Vault>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Stop,
     server: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     _lock: File,
@@ -139,16 +157,47 @@ impl RunningVault {
         .map_err(|e| ServeError::Setup(e.to_string()))?;
         let VaultSecrets { server, tokens } = secrets;
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault));
-        let (stop, stopped) = oneshot::channel::<()>();
         let app = api::router(vault.clone());
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "vault HTTP server stopped");
+        let (stop, server) = match &config.tls {
+            None => {
+                let (stop, stopped) = oneshot::channel::<()>();
+                let server = tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "vault HTTP server stopped");
+                    }
+                });
+                (Stop::Plain(Some(stop)), server)
             }
-        });
+            Some(files) => {
+                let tls =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                        .await
+                        .map_err(|e| {
+                            ServeError::Setup(format!(
+                                "cannot load the TLS certificate {} and key {}: {e}",
+                                files.cert.display(),
+                                files.key.display()
+                            ))
+                        })?;
+                let std_listener = listener.into_std().map_err(|source| ServeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+                let handle = axum_server::Handle::new();
+                let serve = axum_server::from_tcp_rustls(std_listener, tls)
+                    .handle(handle.clone())
+                    .serve(app.into_make_service());
+                let server = tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "vault HTTPS server stopped");
+                    }
+                });
+                (Stop::Tls(handle), server)
+            }
+        };
         let sweeping = vault.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -160,8 +209,9 @@ impl RunningVault {
         tracing::info!(%addr, public_key = %hex::encode(vault.info().server_public_key), "vault serving");
         Ok(RunningVault {
             addr,
+            tls: config.tls.is_some(),
             vault,
-            stop: Some(stop),
+            stop,
             server,
             sweeper,
             _lock: lock,
@@ -170,13 +220,19 @@ impl RunningVault {
 
     /// The base URL of the device API.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops serving and shuts the node down cleanly.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        match &mut self.stop {
+            Stop::Plain(stop) => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+            Stop::Tls(handle) => handle.graceful_shutdown(Some(Duration::from_secs(5))),
         }
         self.sweeper.abort();
         let _ = (&mut self.server).await;

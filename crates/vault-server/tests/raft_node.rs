@@ -262,3 +262,47 @@ async fn a_data_directory_under_another_key_does_not_start() {
     .unwrap_err();
     assert!(err.to_string().contains("does not open"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_record_leaves_no_old_copy() {
+    let fx = Fixture::new();
+    let node = fx.start().await;
+    node.propose(register("alice", record(ALICE_FILE, ALICE_WRAPPED)))
+        .await
+        .unwrap();
+    let replaced = node
+        .propose(Command::Replace {
+            account: "alice".into(),
+            generation: 1,
+            record: record(BOB_FILE, b"new-wrapped"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced,
+        Applied::Stored {
+            generation: 2,
+            attempts_left: 10
+        }
+    );
+    let replace_index = node.status().last_applied_index.unwrap();
+    eventually("the log is purged through the replacement", || {
+        node.status().purged_index >= Some(replace_index)
+    })
+    .await;
+    let files = fx.contents();
+    for (path, _, plain) in &files {
+        assert!(
+            !contains(plain, ALICE_FILE),
+            "{} keeps the old record",
+            path.display()
+        );
+        assert!(
+            !contains(plain, ALICE_WRAPPED),
+            "{} keeps the old record",
+            path.display()
+        );
+    }
+    assert!(files.iter().any(|(_, _, plain)| contains(plain, BOB_FILE)));
+    node.shutdown().await;
+}

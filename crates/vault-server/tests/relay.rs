@@ -113,6 +113,7 @@ async fn a_logging_relay_learns_nothing_that_opens_the_backup() {
         node_key: None,
         listen: ([127, 0, 0, 1], 0).into(),
         vault: VaultConfig::default(),
+        tls: None,
     })
     .await
     .unwrap();

@@ -40,6 +40,7 @@ impl Harness {
             node_key: None,
             listen: ([127, 0, 0, 1], 0).into(),
             vault: config,
+            tls: None,
         })
         .await
         .unwrap();
@@ -410,6 +411,7 @@ async fn a_second_process_cannot_open_the_same_data_directory() {
         node_key: None,
         listen: ([127, 0, 0, 1], 0).into(),
         vault: generous(),
+        tls: None,
     })
     .await;
     assert!(matches!(
@@ -417,4 +419,72 @@ async fn a_second_process_cannot_open_the_same_data_directory() {
         Err(backlock_vault_server::run::ServeError::InUse(_))
     ));
     h.vault.shutdown().await;
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let (cert, key) = (dir.join("vault.crt"), dir.join("vault.key"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (cert, key, ca_cert.pem().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_configured_and_only_the_given_ca_is_trusted() {
+    let dir = TempDir::new().unwrap();
+    let (cert, key_file, ca) = private_ca(dir.path());
+    let vault = RunningVault::start(ServeConfig {
+        data: dir.path().join("vault"),
+        node_key: None,
+        listen: ([127, 0, 0, 1], 0).into(),
+        vault: generous(),
+        tls: Some(backlock_vault_server::run::TlsFiles {
+            cert,
+            key: key_file,
+        }),
+    })
+    .await
+    .unwrap();
+    let url = vault.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = vault.vault.token_secret().issue("ivy", expires).unwrap();
+
+    // Trusting the private CA: the whole flow works over TLS.
+    let client = VaultClient::with_ca(&url, "ivy", &token, Some(&ca)).unwrap();
+    let pinned = client.info().await.unwrap().server_public_key;
+    let ksf = Stretch::memoized();
+    let key = BackupKey::generate();
+    let password = Password::new(RIGHT.into());
+    client
+        .register(&password, &key, &pinned, None, &ksf)
+        .await
+        .unwrap();
+    let recovered = client.recover(&password, &pinned, &ksf).await.unwrap();
+    assert_eq!(recovered.expose_secret(), key.expose_secret());
+
+    // The system's roots do not know this CA; plain HTTP gets no answer either.
+    let untrusting = VaultClient::new(&url, "ivy", &token).unwrap();
+    assert!(matches!(
+        untrusting.info().await,
+        Err(VaultError::Unavailable(_))
+    ));
+    let plain = VaultClient::new(&url.replace("https://", "http://"), "ivy", &token).unwrap();
+    assert!(plain.info().await.is_err());
+    vault.shutdown().await;
 }

@@ -53,7 +53,10 @@ struct LogIndex {
 impl LogStore {
     /// Opens (or creates) the log under `dir`, finishing any purge or truncation a crash
     /// interrupted. Does blocking file I/O.
-    #[allow(clippy::result_large_err, reason = "openraft's error type, as its storage traits return it")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "openraft's error type, as its storage traits return it"
+    )]
     pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Self, StorageError> {
         let shared = Shared {
             dir: dir.to_path_buf(),

@@ -312,7 +312,8 @@ impl VaultNode {
     }
 
     /// Runs `f` on the state applied so far on this replica (not linearizable on its own:
-    /// a follower may lag).
+    /// a follower may lag). `f` runs under the state lock, which blocks applying: keep it
+    /// short and never await inside.
     pub fn read<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
         f(&self.state.read().state)
     }

@@ -73,7 +73,10 @@ impl StateHandle {
 impl StateMachineStore {
     /// Opens the state machine under `dir`, loading the snapshot if there is one. Does
     /// blocking file I/O.
-    #[allow(clippy::result_large_err, reason = "openraft's error type, as its storage traits return it")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "openraft's error type, as its storage traits return it"
+    )]
     pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Self, StorageError> {
         let read = || -> Result<Option<StoredSnapshot>, FileError> {
             files::create_private_dir(dir)?;
@@ -150,7 +153,10 @@ impl Shared {
     }
 }
 
-#[allow(clippy::result_large_err, reason = "openraft's error type, as its storage traits return it")]
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's error type, as its storage traits return it"
+)]
 fn decode_data(bytes: &[u8], meta: &SnapshotMeta) -> Result<SmData, StorageError> {
     let data: SmData = postcard::from_bytes(bytes)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
