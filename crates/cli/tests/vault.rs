@@ -30,8 +30,10 @@ impl VaultProcess {
                 "127.0.0.1:0",
             ])
             .args(extra)
+            // Every log line the vault can write, kept beside its data for inspection.
+            .env("BACKLOCK_LOG", "trace")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -282,6 +284,22 @@ fn password_mode_from_enable_to_new_phones() {
         &env.backlock("phone6", v, &["snapshots", "--password-file", pw]),
         3,
     );
+
+    // The vault's trace-level log names no password, key or token.
+    let log = std::fs::read_to_string(env.path("vault.log")).unwrap();
+    assert!(log.contains("guess counted"), "the log was captured");
+    let raw_key = key.replace(' ', "");
+    let token = env.token("alice");
+    let token_mac = token.rsplit('.').next().unwrap();
+    for secret in [
+        PASSWORD,
+        "tulip garden 24",
+        "daffodil field 7",
+        &raw_key,
+        token_mac,
+    ] {
+        assert!(!log.contains(secret), "the vault log contains a secret");
+    }
 }
 
 #[test]

@@ -155,13 +155,19 @@ fn print_notes(rounds: &[Round]) {
     }
 }
 
-/// The filesystem type of `dir` as `stat -f` names it (e.g. ext4, tmpfs).
+/// The filesystem type of `dir` (e.g. ext4, tmpfs): `findmnt`, else `stat -f` (which
+/// names ext4 "ext2/ext3").
 fn filesystem_type(dir: &std::path::Path) -> Option<String> {
-    let output = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .ok()?;
-    let name = String::from_utf8(output.stdout).ok()?.trim().to_owned();
-    (output.status.success() && !name.is_empty()).then_some(name)
+    let run = |program: &str, args: &[&str]| -> Option<String> {
+        let output = std::process::Command::new(program)
+            .args(args)
+            .arg(dir)
+            .output()
+            .ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        // Stacked mounts print one line each; the first is the one `dir` is on.
+        let name = text.lines().next()?.trim().to_owned();
+        (output.status.success() && !name.is_empty()).then_some(name)
+    };
+    run("findmnt", &["-n", "-o", "FSTYPE", "--target"]).or_else(|| run("stat", &["-f", "-c", "%T"]))
 }
