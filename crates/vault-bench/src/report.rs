@@ -91,7 +91,7 @@ pub fn print_table(setup: &Setup, rounds: &[Round]) {
     print_notes(rounds);
     let fs = filesystem_type(&setup.data_dir).unwrap_or_else(|| "filesystem unknown".to_owned());
     println!(
-        "vault data directory: {} ({fs}; every Raft append and commit point is fsync'd)",
+        "vault data directory: {} ({fs}; each group of Raft appends is made durable with one syncfs before it is acknowledged)",
         setup.data_dir.display()
     );
 }
