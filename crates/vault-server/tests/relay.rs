@@ -4,6 +4,7 @@
 
 use backlock_core::kdf::RepoKeys;
 use backlock_core::key::BackupKey;
+use backlock_testkit::tree::list_files;
 use backlock_vault_client::VaultClient;
 use backlock_vault_proto::client::start_recovery;
 use backlock_vault_proto::owner::OwnerKey;
@@ -12,7 +13,6 @@ use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::wrap;
 use backlock_vault_server::run::{RunningVault, ServeConfig};
 use backlock_vault_server::service::VaultConfig;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,19 +56,6 @@ async fn start_relay(upstream: std::net::SocketAddr, log: Transcript) -> String 
         }
     });
     url
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -154,7 +141,7 @@ async fn a_logging_relay_learns_nothing_that_opens_the_backup() {
     let mut everything = log.lock().unwrap().clone();
     let sealer =
         backlock_vault_server::seal::KeyFileSealer::open_or_create(data.join("node.key")).unwrap();
-    for path in files(&data) {
+    for path in list_files(&data).into_iter().filter(|p| p.is_file()) {
         let raw = std::fs::read(&path).unwrap();
         if let Some(context) = backlock_vault_server::raft::seal_context(&data.join("raft"), &path)
         {

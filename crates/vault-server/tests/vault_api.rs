@@ -2,6 +2,7 @@
 //! the claims the guess limit rests on.
 
 use backlock_core::key::BackupKey;
+use backlock_testkit::tree::list_files;
 use backlock_vault_client::{VaultClient, VaultError};
 use backlock_vault_proto::client::start_recovery;
 use backlock_vault_proto::owner::OwnerKey;
@@ -110,25 +111,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// Every file of the data directory, raw, and unsealed where it is sealed (the node
 /// key file itself and the lock file are not).
 fn data_contents(data: &Path) -> Vec<(PathBuf, Vec<u8>, Option<Vec<u8>>)> {
     let sealer = KeyFileSealer::open_or_create(data.join("node.key")).unwrap();
-    files(data)
+    list_files(data)
         .into_iter()
+        .filter(|p| p.is_file())
         .map(|path| {
             let raw = std::fs::read(&path).unwrap();
             let plain = backlock_vault_server::raft::seal_context(&data.join("raft"), &path)
