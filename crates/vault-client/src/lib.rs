@@ -181,7 +181,7 @@ impl VaultClient {
         route: &str,
         req: &Req,
     ) -> Result<Rep, VaultError> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}{route}", self.base))
             .bearer_auth(&self.token)
@@ -189,26 +189,25 @@ impl VaultClient {
                 reqwest::header::CONTENT_TYPE,
                 "application/x-backlock-vault",
             )
-            .body(wire::encode(req))
-            .send()
-            .await
-            .map_err(|e| {
-                VaultError::Unavailable(format!("cannot reach the vault at {}: {e}", self.base))
-            })?;
+            .body(wire::encode(req));
+        self.send(request).await
+    }
+
+    /// Sends a request and reads the vault's reply or error.
+    async fn send<Rep: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Rep, VaultError> {
+        let response = request.send().await.map_err(|e| {
+            VaultError::Unavailable(format!("cannot reach the vault at {}: {e}", self.base))
+        })?;
         self.read_reply(response).await
     }
 
     /// The vault's public key and limits.
     pub async fn info(&self) -> Result<ServerInfo, VaultError> {
-        let response = self
-            .http
-            .get(format!("{}{}", self.base, path::INFO))
-            .send()
+        self.send(self.http.get(format!("{}{}", self.base, path::INFO)))
             .await
-            .map_err(|e| {
-                VaultError::Unavailable(format!("cannot reach the vault at {}: {e}", self.base))
-            })?;
-        self.read_reply(response).await
     }
 
     /// The account's record: registered or not, guesses left, generation.
