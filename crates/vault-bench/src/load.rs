@@ -6,7 +6,9 @@ use crate::wire_client::{self, VaultMetrics, WireClient};
 use anyhow::{bail, ensure, Context, Result};
 use backlock_core::key::BackupKey;
 use backlock_vault_client::VaultClient;
-use backlock_vault_proto::client::{start_registration, RegistrationStarted};
+use backlock_vault_proto::client::{
+    start_recovery, start_registration, RecoveryStarted, RegistrationStarted,
+};
 use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::wire::{
@@ -197,10 +199,34 @@ async fn send_finishes(
     Ok(latencies)
 }
 
-/// One recovery that must release exactly the registered key.
-async fn recover_once(client: &VaultClient, account: &Account, target: &Target) -> Result<()> {
+/// The recovery rate KE1s are prepared for before timing starts; a faster vault gets
+/// the rest made on the fly.
+const PREPARED_RATE: f64 = 2500.0;
+
+/// KE1s made before the timed phase, so that the load generator's own CPU goes to the
+/// steps that depend on the vault's answers.
+type Prepared = Vec<(RecoveryStarted, Vec<u8>)>;
+
+fn prepare(account: &Account, count: usize) -> Result<Prepared> {
+    (0..count)
+        .map(|_| start_recovery(&account.password).context("preparing a KE1"))
+        .collect()
+}
+
+/// One recovery that must release exactly the registered key; uses a prepared KE1 if
+/// one is left.
+async fn recover_once(
+    client: &VaultClient,
+    account: &Account,
+    target: &Target,
+    prepared: &mut Prepared,
+) -> Result<()> {
+    let (started, ke1) = match prepared.pop() {
+        Some(ready) => ready,
+        None => start_recovery(&account.password).context("making a KE1")?,
+    };
     let key = client
-        .recover(&account.password, &target.pinned, &target.ksf)
+        .recover_started(started, ke1, &account.password, &target.pinned, &target.ksf)
         .await
         .with_context(|| format!("recovery for {}", account.name))?;
     if key.expose_secret() != account.key.expose_secret() {
@@ -221,7 +247,7 @@ async fn warm_clients(
         tasks.spawn(async move {
             let client = VaultClient::new(&target.url, &account.name, &account.token)
                 .context("creating a vault client")?;
-            recover_once(&client, &account, &target).await?;
+            recover_once(&client, &account, &target, &mut Vec::new()).await?;
             anyhow::Ok((client, account))
         });
     }
@@ -233,7 +259,8 @@ async fn warm_clients(
 }
 
 /// Every account recovers in a closed loop for `duration`; the rate counts recoveries
-/// that completed, over the time until the last one did.
+/// that completed, over the time until the last one did. KE1s for up to
+/// [`PREPARED_RATE`] recoveries a second are made before the clock starts.
 pub async fn recover(
     target: &Target,
     accounts: &[Arc<Account>],
@@ -241,20 +268,28 @@ pub async fn recover(
 ) -> Result<Phase> {
     ensure!(!accounts.is_empty(), "no accounts to recover");
     let clients = warm_clients(target, accounts).await?;
+    let per_client = (PREPARED_RATE * duration.as_secs_f64() / clients.len() as f64).ceil();
+    let clients = clients
+        .into_iter()
+        .map(|(client, account)| {
+            let prepared = prepare(&account, per_client as usize)?;
+            anyhow::Ok((client, account, prepared))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let before = wire_client::metrics(&target.url).await?;
     let vault_cpu = CpuMeter::start(target.vault_pid);
     let load_cpu = CpuMeter::start(std::process::id());
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = JoinSet::new();
-    for (client, account) in clients {
+    for (client, account, mut prepared) in clients {
         let target = target.clone();
         tasks.spawn(async move {
             let mut latencies = Latencies::default();
             let mut last = Instant::now();
             while Instant::now() < deadline {
                 let timer = Instant::now();
-                recover_once(&client, &account, &target).await?;
+                recover_once(&client, &account, &target, &mut prepared).await?;
                 last = Instant::now();
                 latencies.push(last - timer);
             }

@@ -33,8 +33,9 @@ use vault_process::VaultProcess;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Concurrent clients, each with its own account.
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent clients, each with its own account. A closed loop needs enough of them
+    /// to keep a batching vault busy: with too few it measures round-trip latency.
+    #[arg(long, default_value_t = 32)]
     clients: usize,
     /// Seconds of recoveries per round.
     #[arg(long, default_value_t = 10.0)]

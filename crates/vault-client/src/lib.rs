@@ -10,7 +10,9 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 use backlock_core::key::BackupKey;
-use backlock_vault_proto::client::{start_recovery, start_registration, ClientError};
+use backlock_vault_proto::client::{
+    start_recovery, start_registration, ClientError, RecoveryStarted,
+};
 use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
@@ -278,6 +280,21 @@ impl VaultClient {
         ksf: &Stretch,
     ) -> Result<BackupKey, VaultError> {
         let (started, ke1) = start_recovery(password).map_err(VaultError::from_client)?;
+        self.recover_started(started, ke1, password, pinned, ksf)
+            .await
+    }
+
+    /// [`VaultClient::recover`] from a KE1 made earlier with
+    /// [`backlock_vault_proto::client::start_recovery`] (a load generator prepares them
+    /// ahead, so that it measures the vault rather than itself).
+    pub async fn recover_started(
+        &self,
+        started: RecoveryStarted,
+        ke1: Vec<u8>,
+        password: &Password,
+        pinned: &[u8; 32],
+        ksf: &Stretch,
+    ) -> Result<BackupKey, VaultError> {
         let reply: RecoverStartReply = self
             .call(
                 path::RECOVER_START,

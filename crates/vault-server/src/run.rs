@@ -6,6 +6,7 @@ use crate::raft::{NodeConfig, VaultNode};
 use crate::seal::{KeyFileSealer, Sealer};
 use crate::secrets::VaultSecrets;
 use crate::service::{Vault, VaultConfig};
+use axum::serve::ListenerExt;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,6 +162,12 @@ impl RunningVault {
         let (stop, server) = match &config.tls {
             None => {
                 let (stop, stopped) = oneshot::channel::<()>();
+                // Small replies must not wait for the client's delayed ACK (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
                 let server = tokio::spawn(async move {
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                         let _ = stopped.await;

@@ -1,7 +1,7 @@
 //! A one-replica vault node on disk: durability across restarts, erasure that really
 //! removes a record's bytes, and nothing stored in plaintext.
 
-use backlock_vault_server::raft::{seal_context, NodeConfig, VaultNode};
+use backlock_vault_server::raft::{unseal_file, NodeConfig, VaultNode};
 use backlock_vault_server::seal::{KeyFileSealer, Sealer};
 use backlock_vault_server::state::{Applied, Command, EraseReason, NewRecord};
 use std::path::{Path, PathBuf};
@@ -46,14 +46,12 @@ impl Fixture {
         let mut out = Vec::new();
         for path in walk(&self.data()) {
             let raw = std::fs::read(&path).unwrap();
-            let context = seal_context(&self.data(), &path).unwrap_or_else(|| {
-                panic!("unexpected file in the data directory: {}", path.display())
-            });
-            let plain = self
-                .sealer
-                .open(&context, &raw)
+            let plain = unseal_file(&self.data(), &path, &*self.sealer)
+                .unwrap_or_else(|| {
+                    panic!("unexpected file in the data directory: {}", path.display())
+                })
                 .unwrap_or_else(|e| panic!("{} is not sealed for its place: {e}", path.display()));
-            out.push((path, raw, plain.to_vec()));
+            out.push((path, raw, plain));
         }
         out
     }
@@ -76,8 +74,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn log_indexes(data: &Path) -> Vec<u64> {
-    let mut indexes: Vec<u64> = std::fs::read_dir(data.join("log"))
+/// The first entry of each log segment (segments are named after it).
+fn segment_firsts(data: &Path) -> Vec<u64> {
+    let mut indexes: Vec<u64> = std::fs::read_dir(data.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
         .collect();
@@ -187,7 +186,7 @@ async fn an_erased_record_leaves_the_data_directory() {
     assert!(files
         .iter()
         .any(|(_, _, plain)| contains(plain, ALICE_WRAPPED)));
-    let logged_before_erase = log_indexes(&fx.data());
+    let logged_before_erase = segment_firsts(&fx.data());
 
     let erased = node
         .propose(Command::Erase {
@@ -204,12 +203,12 @@ async fn an_erased_record_leaves_the_data_directory() {
     })
     .await;
 
-    let logged_now = log_indexes(&fx.data());
+    let logged_now = segment_firsts(&fx.data());
     assert!(
         logged_now
             .iter()
             .all(|i| !logged_before_erase.contains(i) && *i > erase_index),
-        "log files from before the erase remain: {logged_now:?}"
+        "log segments from before the erase remain: {logged_now:?}"
     );
     for (path, raw, plain) in fx.contents() {
         for secret in [ALICE_FILE, ALICE_WRAPPED] {
@@ -304,5 +303,69 @@ async fn a_replaced_record_leaves_no_old_copy() {
         );
     }
     assert!(files.iter().any(|(_, _, plain)| contains(plain, BOB_FILE)));
+    node.shutdown().await;
+}
+
+/// Concurrent proposals share log entries (batching), each caller still gets its own
+/// command's result, and every guess is counted exactly once across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_entries_and_each_gets_its_result() {
+    let fx = Fixture::new();
+    let node = std::sync::Arc::new(fx.start().await);
+    node.propose(register("alice", record(ALICE_FILE, ALICE_WRAPPED)))
+        .await
+        .unwrap();
+    let before = node.status().last_log_index.unwrap();
+    let guesses: Vec<_> = (0..10)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { node.propose(attempt("alice")).await.unwrap() })
+        })
+        .collect();
+    let registrations: Vec<_> = (0..40)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let account = format!("user{i}");
+                (
+                    node.propose(register(&account, record(BOB_FILE, ALICE_WRAPPED)))
+                        .await
+                        .unwrap(),
+                    account,
+                )
+            })
+        })
+        .collect();
+    let mut left = Vec::new();
+    for guess in guesses {
+        match guess.await.unwrap() {
+            Applied::Counted { attempts_left } => left.push(attempts_left),
+            other => panic!("a guess got {other:?}"),
+        }
+    }
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        (0..10).collect::<Vec<u32>>(),
+        "each guess counted once"
+    );
+    for registration in registrations {
+        let (applied, account) = registration.await.unwrap();
+        assert!(
+            matches!(applied, Applied::Stored { generation: 1, .. }),
+            "{account}: {applied:?}"
+        );
+    }
+    let entries = node.status().last_log_index.unwrap() - before;
+    assert!(entries < 50, "50 proposals took {entries} entries");
+
+    let node = std::sync::Arc::into_inner(node).unwrap();
+    node.shutdown().await;
+    let node = fx.start().await;
+    assert_eq!(
+        node.read(|s| s.record("alice").map(|r| r.attempts_left)),
+        Some(0)
+    );
+    assert!(node.read(|s| s.record("user39").is_some()));
     node.shutdown().await;
 }

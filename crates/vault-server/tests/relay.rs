@@ -143,11 +143,10 @@ async fn a_logging_relay_learns_nothing_that_opens_the_backup() {
         backlock_vault_server::seal::KeyFileSealer::open_or_create(data.join("node.key")).unwrap();
     for path in list_files(&data).into_iter().filter(|p| p.is_file()) {
         let raw = std::fs::read(&path).unwrap();
-        if let Some(context) = backlock_vault_server::raft::seal_context(&data.join("raft"), &path)
+        if let Some(plain) =
+            backlock_vault_server::raft::unseal_file(&data.join("raft"), &path, &sealer)
         {
-            everything.extend_from_slice(
-                &backlock_vault_server::seal::Sealer::open(&sealer, &context, &raw).unwrap(),
-            );
+            everything.extend_from_slice(&plain.unwrap());
         }
         everything.extend_from_slice(&raw);
     }

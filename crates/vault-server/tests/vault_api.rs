@@ -120,12 +120,17 @@ fn data_contents(data: &Path) -> Vec<(PathBuf, Vec<u8>, Option<Vec<u8>>)> {
         .filter(|p| p.is_file())
         .map(|path| {
             let raw = std::fs::read(&path).unwrap();
-            let plain = backlock_vault_server::raft::seal_context(&data.join("raft"), &path)
-                .or_else(|| {
-                    (path == data.join("secrets.sealed"))
-                        .then(|| b"backlock vault secrets v1".to_vec())
-                })
-                .map(|context| sealer.open(&context, &raw).unwrap().to_vec());
+            let plain =
+                backlock_vault_server::raft::unseal_file(&data.join("raft"), &path, &sealer)
+                    .or_else(|| {
+                        (path == data.join("secrets.sealed")).then(|| {
+                            sealer
+                                .open(b"backlock vault secrets v1", &raw)
+                                .map(|plain| plain.to_vec())
+                                .map_err(|e| e.to_string())
+                        })
+                    })
+                    .map(|plain| plain.unwrap());
             (path, raw, plain)
         })
         .collect()

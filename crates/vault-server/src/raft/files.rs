@@ -75,13 +75,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileError> {
         .map_err(|e| FileError::io(dir, e))
 }
 
-/// Makes everything written to the filesystem holding `dir` durable (file data, renames
-/// and deletions) with one `syncfs(2)`: one flush for a whole group of files, where
-/// fsyncing each file and then the directory would cost a flush per file.
-pub(crate) fn sync_filesystem(dir: &File, path: &Path) -> Result<(), FileError> {
-    rustix::fs::syncfs(dir).map_err(|e| FileError::io(path, e.into()))
-}
-
 /// Removes leftover temporary files in `dir` (a crash between write and rename).
 pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), FileError> {
     for entry in fs::read_dir(dir).map_err(|e| FileError::io(dir, e))? {
@@ -106,7 +99,7 @@ pub(crate) fn write_sealed<T: Serialize + ?Sized>(
 
 /// [`write_sealed`] without the fsync of the file: the rename is still atomic, but after
 /// a crash the file may be missing, or present and empty (a rename can reach the disk
-/// before the data), until the caller flushes the filesystem ([`sync_filesystem`]).
+/// before the data). For hints that are safe to lose.
 pub(crate) fn write_sealed_unsynced<T: Serialize + ?Sized>(
     sealer: &dyn Sealer,
     path: &Path,

@@ -1,30 +1,28 @@
-//! The Raft log: one sealed file per entry, so purging an entry deletes its bytes.
+//! The Raft log store: openraft's view of the log, over the segment files of [`Wal`].
 //!
 //! Layout under the data directory:
-//! - `log/<index, 20 digits>`: one entry, sealed with context `"backlock vault log" ‖ index`.
+//! - `wal/`: the entries, in segment files (see [`super::wal`]).
 //! - `vote`, `committed`, `purged`: small sealed files, each replaced atomically.
-//!
-//! A B-tree file would keep freed pages (and with them erased records), so the log is
-//! plain files: deleting an entry's file is what makes an erased record leave the disk.
 //!
 //! Group commit: [`RaftLogStorage::append`] puts the entries in memory and queues them
 //! for one long-lived writer thread, then returns (openraft's storage-v2 contract: the
 //! callback, not the return, says "durable"). The writer takes every queued job at once,
-//! writes each entry to its own file (temporary name, rename, no per-file fsync), makes
-//! the whole group durable with one `syncfs(2)`, and only then completes the callbacks,
-//! in order. Truncation and purge go through the same queue, so they are ordered with
-//! the writes before them. Every entry that has not been purged stays in memory too, so
-//! openraft's reads (replication, apply) never go back to the disk; purge (after each
-//! snapshot) is what bounds that memory.
+//! appends the group's entries to the current segment, makes them durable with one
+//! `fdatasync`, and only then completes the callbacks, in order. Truncation and purge go
+//! through the same queue, so they are ordered with the writes before them. Every entry
+//! that has not been purged stays in memory too, so openraft's reads (replication,
+//! apply) never go back to the disk; purge (after each snapshot) is what bounds that
+//! memory, and what removes erased records' bytes from the disk.
 
 use super::files::{self, FileError};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::wal::{self, Wal};
 use crate::seal::Sealer;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, StorageIOError};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
@@ -32,18 +30,16 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
-/// Seal context prefix of a log entry; the big-endian index follows.
-pub(crate) const LOG_CONTEXT: &[u8] = b"backlock vault log";
 pub(crate) const VOTE_CONTEXT: &[u8] = b"backlock vault vote";
 pub(crate) const COMMITTED_CONTEXT: &[u8] = b"backlock vault committed";
 pub(crate) const PURGED_CONTEXT: &[u8] = b"backlock vault purged";
 
+/// The log's segment directory, under the data directory.
+pub(crate) const WAL_DIR: &str = "wal";
+
 /// Entries between writes of the `committed` hint while running (see
 /// [`Writer::write_committed`]).
 const COMMITTED_EVERY: u64 = 1024;
-
-/// Digits of a log file name: every `u64` fits, and names sort like indexes.
-const INDEX_DIGITS: usize = 20;
 
 /// The vault's Raft log store (and, cloned, its log reader).
 #[derive(Clone)]
@@ -53,7 +49,6 @@ pub struct LogStore {
 
 struct Shared {
     dir: PathBuf,
-    log_dir: PathBuf,
     sealer: Arc<dyn Sealer>,
     index: Mutex<LogIndex>,
     /// Queue of the writer thread; `None` only while dropping.
@@ -80,15 +75,14 @@ enum Job {
     Append { entries: Vec<Entry>, done: Done },
     /// Record the commit point (a hint, see [`Writer::write_committed`]).
     Committed(Option<LogId>),
-    /// Delete these entry files (newest first) and flush.
+    /// Remove every entry from this index on, durably.
     Truncate {
-        doomed: Vec<u64>,
+        from: u64,
         reply: oneshot::Sender<Result<(), FileError>>,
     },
-    /// Record the purge point durably, then delete these entry files and flush.
+    /// Record the purge point durably, then remove every entry up to it from disk.
     Purge {
         log_id: LogId,
-        doomed: Vec<u64>,
         reply: oneshot::Sender<Result<(), FileError>>,
     },
 }
@@ -102,26 +96,21 @@ impl LogStore {
     )]
     pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Self, StorageError> {
         let read_error = |e: &FileError| io_error(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let log_dir = dir.join("log");
-        let index = load(dir, &log_dir, &*sealer).map_err(|e| read_error(&e))?;
-        let log_dir_handle =
-            File::open(&log_dir).map_err(|e| read_error(&FileError::io(&log_dir, e)))?;
+        let (index, wal) = load(dir, &sealer).map_err(|e| read_error(&e))?;
         let (jobs, queue) = mpsc::channel();
         let writer = Writer {
             dir: dir.to_path_buf(),
-            log_dir: log_dir.clone(),
-            log_dir_handle,
+            wal,
             sealer: sealer.clone(),
             failed: None,
         };
         let writer = std::thread::Builder::new()
             .name("vault-log-writer".to_owned())
             .spawn(move || writer.run(&queue))
-            .map_err(|e| read_error(&FileError::io(&log_dir, e)))?;
+            .map_err(|e| read_error(&FileError::io(dir, e)))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
-                log_dir,
                 sealer,
                 index: Mutex::new(index),
                 jobs: Some(jobs),
@@ -172,12 +161,12 @@ impl LogStore {
     }
 
     /// Drops the entries in `range` from memory (and, for a purge, moves the purge
-    /// point) and queues the job that deletes their files; the future says when it is
-    /// done.
+    /// point) and queues `job`, which removes them from disk; the future says when it
+    /// is done.
     fn queue_removal(
         &self,
         range: impl RangeBounds<u64>,
-        job: impl FnOnce(Vec<u64>, oneshot::Sender<Result<(), FileError>>) -> Job,
+        job: impl FnOnce(oneshot::Sender<Result<(), FileError>>) -> Job,
     ) -> impl std::future::Future<Output = Result<(), FileError>> + Send + 'static {
         let (reply, done) = oneshot::channel();
         let sent = {
@@ -186,7 +175,7 @@ impl LogStore {
             for i in &doomed {
                 index.entries.remove(i);
             }
-            let job = job(doomed, reply);
+            let job = job(reply);
             if let Job::Purge { log_id, .. } = &job {
                 index.last_purged = Some(*log_id);
             }
@@ -210,11 +199,6 @@ impl Shared {
             .expect("log index lock poisoned by a panic")
     }
 
-    #[cfg(test)]
-    fn entry_path(&self, index: u64) -> PathBuf {
-        entry_path(&self.log_dir, index)
-    }
-
     /// Queues `job`; gives it back if the writer thread is gone.
     fn send(&self, job: Job) -> Result<(), Job> {
         match &self.jobs {
@@ -225,7 +209,7 @@ impl Shared {
 
     fn writer_gone(&self) -> FileError {
         FileError::io(
-            &self.log_dir,
+            &self.dir.join(WAL_DIR),
             io::Error::other("the log writer thread stopped"),
         )
     }
@@ -243,84 +227,32 @@ impl Drop for Shared {
     }
 }
 
-fn entry_path(log_dir: &Path, index: u64) -> PathBuf {
-    log_dir.join(format!("{index:0width$}", width = INDEX_DIGITS))
-}
-
-/// Reads the log (every entry, unsealed) from disk and deletes what a crash left over.
-fn load(dir: &Path, log_dir: &Path, sealer: &dyn Sealer) -> Result<LogIndex, FileError> {
-    files::create_private_dir(log_dir)?;
+/// Reads the log from disk, finishing what a crash interrupted.
+fn load(dir: &Path, sealer: &Arc<dyn Sealer>) -> Result<(LogIndex, Wal), FileError> {
+    files::create_private_dir(dir)?;
     files::remove_temp_files(dir)?;
-    files::remove_temp_files(log_dir)?;
     let last_purged: Option<LogId> =
-        files::read_sealed(sealer, &dir.join("purged"), PURGED_CONTEXT)?;
-    let mut on_disk = Vec::new();
-    for item in fs::read_dir(log_dir).map_err(|e| FileError::io(log_dir, e))? {
-        let item = item.map_err(|e| FileError::io(log_dir, e))?;
-        let name = item.file_name();
-        let index = name
-            .to_str()
-            .filter(|n| n.len() == INDEX_DIGITS)
-            .and_then(|n| n.parse::<u64>().ok())
-            .ok_or_else(|| {
-                FileError::io(
-                    &item.path(),
-                    io::Error::other(
-                        "not a log entry file; move it out of the vault's log directory",
-                    ),
-                )
-            })?;
-        on_disk.push(index);
-    }
-    on_disk.sort_unstable();
-
-    // Acknowledged entries form one run from just after the purge point. Anything
-    // before it is an interrupted purge; anything after a gap was never acknowledged
-    // (a crash mid-append). Both are deleted: purged bytes must not linger. An empty
-    // file also ends the run: entry files are not fsynced one by one, so a crash before
-    // the group's flush can leave a renamed file whose data never reached the disk; it
-    // was never acknowledged (acknowledgement waits for the flush), nor was anything
-    // after it.
-    let first = last_purged.as_ref().map_or(0, |p| p.index + 1);
-    let mut expected = Some(first);
-    let mut entries = BTreeMap::new();
-    let mut stale = Vec::new();
-    for index in on_disk {
-        if index < first || Some(index) != expected {
-            stale.push(index);
-            continue;
-        }
-        let path = entry_path(log_dir, index);
-        if is_empty(&path)? {
-            stale.push(index);
-            expected = None;
-            continue;
-        }
-        let entry: Entry = files::read_sealed(sealer, &path, &log_context(index))?
-            .ok_or_else(|| FileError::io(&path, io::ErrorKind::NotFound.into()))?;
-        entries.insert(index, entry);
-        expected = Some(index + 1);
-    }
-    for index in stale.iter().rev() {
-        files::remove_if_present(&entry_path(log_dir, *index))?;
-    }
-    if !stale.is_empty() {
-        files::sync_dir(log_dir)?;
-    }
+        files::read_sealed(&**sealer, &dir.join("purged"), PURGED_CONTEXT)?;
+    let first_live = last_purged.as_ref().map_or(0, |p| p.index + 1);
+    let (wal, live) = Wal::open(&dir.join(WAL_DIR), sealer.clone(), first_live)?;
+    let entries = live.into_iter().map(|e| (e.log_id.index, e)).collect();
     let committed_path = dir.join("committed");
-    // `committed` is written without fsync (see `Writer::write_committed`): an empty
-    // file is a crash before its data reached the disk, and means "unknown", as a
-    // missing one does.
+    // `committed` is written without fsync while running (see
+    // `Writer::write_committed`): an empty file is a crash before its data reached the
+    // disk, and means "unknown", as a missing one does.
     let committed: Option<Option<LogId>> = if is_empty(&committed_path)? {
         None
     } else {
-        files::read_sealed(sealer, &committed_path, COMMITTED_CONTEXT)?
+        files::read_sealed(&**sealer, &committed_path, COMMITTED_CONTEXT)?
     };
-    Ok(LogIndex {
-        entries,
-        last_purged,
-        committed: committed.flatten(),
-    })
+    Ok((
+        LogIndex {
+            entries,
+            last_purged,
+            committed: committed.flatten(),
+        },
+        wal,
+    ))
 }
 
 /// Whether `path` exists and holds no bytes.
@@ -332,31 +264,10 @@ fn is_empty(path: &Path) -> Result<bool, FileError> {
     }
 }
 
-/// Writes each entry to its own file (temporary name, then rename), without flushing:
-/// the caller flushes the whole group once.
-fn write_entry_files(
-    sealer: &dyn Sealer,
-    log_dir: &Path,
-    entries: &[Entry],
-) -> Result<(), FileError> {
-    for entry in entries {
-        let index = entry.log_id.index;
-        files::write_sealed_unsynced(
-            sealer,
-            &entry_path(log_dir, index),
-            &log_context(index),
-            entry,
-        )?;
-    }
-    Ok(())
-}
-
-/// The writer thread's state: it alone writes and deletes entry files.
+/// The writer thread's state: it alone writes to the log's files.
 struct Writer {
     dir: PathBuf,
-    log_dir: PathBuf,
-    /// The log directory, open for `syncfs`.
-    log_dir_handle: File,
+    wal: Wal,
     sealer: Arc<dyn Sealer>,
     /// The first failure: after it nothing more is written or acknowledged (a later
     /// entry must never be durable after an earlier one was lost).
@@ -377,27 +288,21 @@ impl Writer {
                 match job {
                     Job::Append { entries, done } => {
                         if self.failed.is_none() {
-                            if let Err(e) =
-                                write_entry_files(&*self.sealer, &self.log_dir, &entries)
-                            {
+                            if let Err(e) = self.wal.append(&entries) {
                                 self.fail(&e);
                             }
                         }
                         waiting.push(done);
                     }
                     Job::Committed(value) => committed = value,
-                    Job::Truncate { doomed, reply } => {
+                    Job::Truncate { from, reply } => {
                         self.flush(&mut waiting);
-                        let result = self.checked(|w| w.truncate(&doomed));
+                        let result = self.checked(|w| w.wal.truncate(from));
                         let _ = reply.send(result);
                     }
-                    Job::Purge {
-                        log_id,
-                        doomed,
-                        reply,
-                    } => {
+                    Job::Purge { log_id, reply } => {
                         self.flush(&mut waiting);
-                        let result = self.checked(|w| w.purge(log_id, &doomed));
+                        let result = self.checked(|w| w.purge(log_id));
                         let _ = reply.send(result);
                     }
                 }
@@ -405,17 +310,15 @@ impl Writer {
             self.flush(&mut waiting);
             let index = |id: Option<LogId>| id.map_or(0, |id| id.index + 1);
             if index(committed) >= index(written) + COMMITTED_EVERY
-                && self.write_committed(committed)
+                && self.write_committed(committed, false)
             {
                 written = committed;
             }
         }
-        // The store was dropped, every queued entry is flushed: leave the last commit
+        // The store was dropped and every queued entry is flushed: leave the last commit
         // point on disk.
-        if committed != written && self.write_committed(committed) {
-            if let Err(e) = self.sync() {
-                tracing::warn!("cannot flush the vault's commit point: {e}");
-            }
+        if committed != written {
+            self.write_committed(committed, true);
         }
     }
 
@@ -434,7 +337,7 @@ impl Writer {
         work: impl FnOnce(&mut Self) -> Result<(), FileError>,
     ) -> Result<(), FileError> {
         if let Some(e) = self.failure() {
-            return Err(FileError::io(&self.log_dir, e));
+            return Err(FileError::io(&self.dir.join(WAL_DIR), e));
         }
         let result = work(self);
         if let Err(e) = &result {
@@ -443,17 +346,13 @@ impl Writer {
         result
     }
 
-    fn sync(&self) -> Result<(), FileError> {
-        files::sync_filesystem(&self.log_dir_handle, &self.log_dir)
-    }
-
     /// Makes the written entries durable with one flush, then completes their appends.
     fn flush(&mut self, waiting: &mut Vec<Done>) {
         if waiting.is_empty() {
             return;
         }
         if self.failed.is_none() {
-            if let Err(e) = self.sync() {
+            if let Err(e) = self.wal.sync() {
                 self.fail(&e);
             }
         }
@@ -462,16 +361,7 @@ impl Writer {
         }
     }
 
-    fn truncate(&mut self, doomed: &[u64]) -> Result<(), FileError> {
-        // Newest first, and flushed before any later append is written, so a crash
-        // never leaves old entries after new ones.
-        for index in doomed.iter().rev() {
-            files::remove_if_present(&entry_path(&self.log_dir, *index))?;
-        }
-        self.sync()
-    }
-
-    fn purge(&mut self, log_id: LogId, doomed: &[u64]) -> Result<(), FileError> {
+    fn purge(&mut self, log_id: LogId) -> Result<(), FileError> {
         // Record the purge point durably first: if we crash midway, opening finishes
         // the job (and without it, a log missing its first entries would not open).
         files::write_sealed_durably(
@@ -480,29 +370,27 @@ impl Writer {
             PURGED_CONTEXT,
             &log_id,
         )?;
-        for index in doomed {
-            files::remove_if_present(&entry_path(&self.log_dir, *index))?;
-        }
-        self.sync()
+        self.wal.purge(log_id.index + 1)
     }
 
-    /// Writes the commit point without fsync; returns whether it was written. It is only
-    /// a hint: openraft reapplies entries up to it at startup, and a stale (lower) or
-    /// missing value is safe, since the leader re-establishes the commit point. So it is
-    /// written only every [`COMMITTED_EVERY`] entries and on shutdown, never on the
-    /// commit path, and always after the flush of the entries it covers (a follower's
-    /// commit point may run ahead of its durable log), so it never points past the
-    /// durable log; the next flush makes it durable.
-    fn write_committed(&mut self, committed: Option<LogId>) -> bool {
+    /// Writes the commit point, synced only if `durable`; returns whether it was
+    /// written. It is only a hint: openraft reapplies entries up to it at startup, and a
+    /// stale (lower) or missing value is safe, since the leader re-establishes the
+    /// commit point. So it is written only every [`COMMITTED_EVERY`] entries and on
+    /// shutdown, never on the commit path, and always after the flush of the entries it
+    /// covers (a follower's commit point may run ahead of its durable log), so it never
+    /// points past the durable log.
+    fn write_committed(&mut self, committed: Option<LogId>, durable: bool) -> bool {
         if self.failed.is_some() {
             return false;
         }
-        match files::write_sealed_unsynced(
-            &*self.sealer,
-            &self.dir.join("committed"),
-            COMMITTED_CONTEXT,
-            &committed,
-        ) {
+        let path = self.dir.join("committed");
+        let written = if durable {
+            files::write_sealed_durably(&*self.sealer, &path, COMMITTED_CONTEXT, &committed)
+        } else {
+            files::write_sealed_unsynced(&*self.sealer, &path, COMMITTED_CONTEXT, &committed)
+        };
+        match written {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!("cannot record the vault's commit point: {e}");
@@ -512,28 +400,33 @@ impl Writer {
     }
 }
 
-/// The seal context of a log store file, by its path relative to the data directory.
-pub(crate) fn seal_context(relative: &Path) -> Option<Vec<u8>> {
+/// Unseals a log store file, by its path relative to the data directory: `None` if it
+/// is not one of them.
+pub(crate) fn unseal_file(
+    sealer: &dyn Sealer,
+    relative: &Path,
+    bytes: &[u8],
+) -> Option<Result<Vec<u8>, String>> {
     let name = relative.file_name()?.to_str()?;
     let parent = relative.parent()?;
-    if parent == Path::new("log") && name.len() == INDEX_DIGITS {
-        return name.parse().ok().map(log_context);
+    if parent == Path::new(WAL_DIR) {
+        return wal::unseal_segment(sealer, name, bytes);
     }
     if parent != Path::new("") {
         return None;
     }
-    match name {
-        "vote" => Some(VOTE_CONTEXT.to_vec()),
-        "committed" => Some(COMMITTED_CONTEXT.to_vec()),
-        "purged" => Some(PURGED_CONTEXT.to_vec()),
-        _ => None,
-    }
-}
-
-fn log_context(index: u64) -> Vec<u8> {
-    let mut context = LOG_CONTEXT.to_vec();
-    context.extend_from_slice(&index.to_be_bytes());
-    context
+    let context = match name {
+        "vote" => VOTE_CONTEXT,
+        "committed" => COMMITTED_CONTEXT,
+        "purged" => PURGED_CONTEXT,
+        _ => return None,
+    };
+    Some(
+        sealer
+            .open(context, bytes)
+            .map(|plain| plain.to_vec())
+            .map_err(|e| e.to_string()),
+    )
 }
 
 fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &FileError) -> StorageError {
@@ -634,20 +527,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let done = self.queue_removal(log_id.index.., |doomed, reply| Job::Truncate {
-            doomed,
-            reply,
-        });
+        let from = log_id.index;
+        let done = self.queue_removal(from.., |reply| Job::Truncate { from, reply });
         done.await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let done = self.queue_removal(..=log_id.index, |doomed, reply| Job::Purge {
-            log_id,
-            doomed,
-            reply,
-        });
+        let done = self.queue_removal(..=log_id.index, |reply| Job::Purge { log_id, reply });
         done.await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
     }
@@ -659,9 +546,16 @@ mod tests {
     use crate::seal::KeyFileSealer;
     use openraft::CommittedLeaderId;
 
+    fn sealer(root: &Path) -> Arc<dyn Sealer> {
+        Arc::new(KeyFileSealer::open_or_create(root.join("node.key")).unwrap())
+    }
+
     fn open(root: &Path) -> LogStore {
-        let sealer = Arc::new(KeyFileSealer::open_or_create(root.join("node.key")).unwrap());
-        LogStore::open(&root.join("data"), sealer).unwrap()
+        LogStore::open(&root.join("data"), sealer(root)).unwrap()
+    }
+
+    fn wal_dir(root: &Path) -> PathBuf {
+        root.join("data").join(WAL_DIR)
     }
 
     fn blank(index: u64) -> Entry {
@@ -669,12 +563,6 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: openraft::EntryPayload::Blank,
         }
-    }
-
-    /// Writes entry files directly, as the writer thread does, and flushes them.
-    fn write(store: &LogStore, entries: &[Entry]) {
-        write_entry_files(&*store.shared.sealer, &store.shared.log_dir, entries).unwrap();
-        files::sync_dir(&store.shared.log_dir).unwrap();
     }
 
     /// Appends through the writer thread; the receiver yields once they are durable.
@@ -691,89 +579,21 @@ mod tests {
         rx
     }
 
-    fn files_in(store: &LogStore) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&store.shared.log_dir)
+    fn append_durably(store: &LogStore, entries: Vec<Entry>) {
+        append(store, entries).recv().unwrap().unwrap();
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.shared.lock().entries.keys().copied().collect()
+    }
+
+    fn segments(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(wal_dir(root))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
-    }
-
-    #[test]
-    fn reopening_finishes_an_interrupted_purge() {
-        let root = tempfile::tempdir().unwrap();
-        let store = open(root.path());
-        write(&store, &(0..6).map(blank).collect::<Vec<_>>());
-        // Crash after the purge point was recorded, before the files were deleted.
-        let purged = blank(2).log_id;
-        files::write_sealed_durably(
-            &*store.shared.sealer,
-            &store.shared.dir.join("purged"),
-            PURGED_CONTEXT,
-            &purged,
-        )
-        .unwrap();
-        drop(store);
-        let store = open(root.path());
-        assert_eq!(files_in(&store).len(), 3, "entries 0..=2 are deleted");
-        let index = store.shared.lock();
-        assert_eq!(index.last_purged, Some(purged));
-        assert_eq!(
-            index.entries.keys().copied().collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
-    }
-
-    #[test]
-    fn reopening_drops_unacknowledged_entries_after_a_gap_and_temp_files() {
-        let root = tempfile::tempdir().unwrap();
-        let store = open(root.path());
-        write(&store, &(0..6).map(blank).collect::<Vec<_>>());
-        fs::remove_file(store.shared.entry_path(3)).unwrap();
-        fs::write(
-            store.shared.log_dir.join("00000000000000000009.tmp"),
-            b"half",
-        )
-        .unwrap();
-        drop(store);
-        let store = open(root.path());
-        assert_eq!(
-            files_in(&store),
-            vec![
-                "00000000000000000000",
-                "00000000000000000001",
-                "00000000000000000002"
-            ]
-        );
-        assert_eq!(store.shared.lock().entries.len(), 3);
-    }
-
-    #[test]
-    fn a_foreign_file_in_the_log_directory_is_reported() {
-        let root = tempfile::tempdir().unwrap();
-        let store = open(root.path());
-        fs::write(store.shared.log_dir.join("notes.txt"), b"x").unwrap();
-        drop(store);
-        let sealer = Arc::new(KeyFileSealer::open_or_create(root.path().join("node.key")).unwrap());
-        let err = LogStore::open(&root.path().join("data"), sealer)
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("not a log entry file"), "{err}");
-    }
-
-    #[test]
-    fn an_entry_moved_to_another_index_does_not_open() {
-        let root = tempfile::tempdir().unwrap();
-        let store = open(root.path());
-        write(&store, &[blank(0), blank(1)]);
-        fs::copy(store.shared.entry_path(0), store.shared.entry_path(1)).unwrap();
-        drop(store);
-        let sealer = Arc::new(KeyFileSealer::open_or_create(root.path().join("node.key")).unwrap());
-        let err = LogStore::open(&root.path().join("data"), sealer)
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("does not open"), "{err}");
     }
 
     #[test]
@@ -786,35 +606,180 @@ mod tests {
         for ack in acks {
             ack.recv().unwrap().unwrap();
         }
-        assert_eq!(files_in(&store).len(), 50);
         drop(store);
-        let store = open(root.path());
-        assert_eq!(
-            store
-                .shared
-                .lock()
-                .entries
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            (0..50).collect::<Vec<_>>()
-        );
+        assert_eq!(indexes(&open(root.path())), (0..50).collect::<Vec<_>>());
     }
 
     #[test]
-    fn an_empty_entry_file_ends_the_log_on_reopen() {
+    fn a_torn_tail_is_cut_off_on_reopen() {
         let root = tempfile::tempdir().unwrap();
         let store = open(root.path());
-        write(&store, &(0..5).map(blank).collect::<Vec<_>>());
-        // A crash after the rename, before the data reached the disk.
-        fs::write(store.shared.entry_path(2), b"").unwrap();
+        append_durably(&store, (0..5).map(blank).collect());
+        drop(store);
+        let segment = wal_dir(root.path()).join(&segments(root.path())[0]);
+        let whole = fs::read(&segment).unwrap();
+        // A crash mid-append: the last record is half written.
+        fs::write(&segment, &whole[..whole.len() - 7]).unwrap();
+        let store = open(root.path());
+        assert_eq!(indexes(&store), vec![0, 1, 2, 3]);
+        // The cut is durable and the log goes on from there.
+        append_durably(&store, vec![blank(4), blank(5)]);
+        drop(store);
+        assert_eq!(indexes(&open(root.path())), (0..6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_that_does_not_open_is_damage_not_a_torn_write() {
+        let root = tempfile::tempdir().unwrap();
+        let store = open(root.path());
+        append_durably(&store, (0..3).map(blank).collect());
+        drop(store);
+        // Another node's key: every record is whole but none opens. Opening must fail
+        // rather than cut the log.
+        let other = tempfile::tempdir().unwrap();
+        let err = LogStore::open(&root.path().join("data"), sealer(other.path()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("does not open"), "{err}");
+        assert_eq!(indexes(&open(root.path())), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_record_moved_to_another_index_does_not_open() {
+        let root = tempfile::tempdir().unwrap();
+        let store = open(root.path());
+        append_durably(&store, vec![blank(0)]);
+        drop(store);
+        let segment = wal_dir(root.path()).join(&segments(root.path())[0]);
+        let record = fs::read(&segment).unwrap();
+        // Entry 0's record repeated as entry 1.
+        fs::write(&segment, [record.clone(), record].concat()).unwrap();
+        let err = LogStore::open(&root.path().join("data"), sealer(root.path()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("does not open"), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_file_in_the_log_directory_is_reported() {
+        let root = tempfile::tempdir().unwrap();
+        drop(open(root.path()));
+        fs::write(wal_dir(root.path()).join("notes.txt"), b"x").unwrap();
+        let err = LogStore::open(&root.path().join("data"), sealer(root.path()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a log segment"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn purge_removes_purged_records_from_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = open(root.path());
+        append_durably(&store, (0..8).map(blank).collect());
+        store.purge(blank(4).log_id).await.unwrap();
+        assert_eq!(segments(root.path()), vec!["00000000000000000005"]);
+        let sealer = sealer(root.path());
+        let segment = wal_dir(root.path()).join("00000000000000000005");
+        let plain = wal::unseal_segment(
+            &*sealer,
+            "00000000000000000005",
+            &fs::read(segment).unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+        let live: Vec<u8> = (5..8)
+            .flat_map(|i| postcard::to_allocvec(&blank(i)).unwrap())
+            .collect();
+        assert_eq!(plain, live, "only entries 5..8 remain on disk");
+        // Everything purged: the next entry starts a new, empty segment.
+        store.purge(blank(7).log_id).await.unwrap();
+        assert_eq!(segments(root.path()), vec!["00000000000000000008"]);
+        append_durably(&store, vec![blank(8)]);
+        drop(store);
+        assert_eq!(indexes(&open(root.path())), vec![8]);
+    }
+
+    #[test]
+    fn reopening_finishes_an_interrupted_purge() {
+        let root = tempfile::tempdir().unwrap();
+        let store = open(root.path());
+        append_durably(&store, (0..6).map(blank).collect());
+        // A crash after the purge point was recorded, before the segment was cut.
+        files::write_sealed_durably(
+            &*store.shared.sealer,
+            &store.shared.dir.join("purged"),
+            PURGED_CONTEXT,
+            &blank(2).log_id,
+        )
+        .unwrap();
         drop(store);
         let store = open(root.path());
-        assert_eq!(
-            files_in(&store),
-            vec!["00000000000000000000", "00000000000000000001"]
-        );
-        assert_eq!(store.shared.lock().entries.len(), 2);
+        assert_eq!(segments(root.path()), vec!["00000000000000000003"]);
+        assert_eq!(store.shared.lock().last_purged, Some(blank(2).log_id));
+        assert_eq!(indexes(&store), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn reopening_after_a_purge_renamed_its_copy_keeps_one_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let store = open(root.path());
+        append_durably(&store, (0..6).map(blank).collect());
+        drop(store);
+        // A crash after the copy of entries 3..6 was renamed into place, before the old
+        // segment was deleted.
+        let dir = wal_dir(root.path());
+        let sealer = sealer(root.path());
+        let (mut wal, _) = Wal::open(&dir, sealer.clone(), 0).unwrap();
+        let old = fs::read(dir.join("00000000000000000000")).unwrap();
+        wal.purge(3).unwrap();
+        drop(wal);
+        fs::write(dir.join("00000000000000000000"), old).unwrap();
+        files::write_sealed_durably(
+            &*sealer,
+            &root.path().join("data").join("purged"),
+            PURGED_CONTEXT,
+            &blank(2).log_id,
+        )
+        .unwrap();
+        let store = open(root.path());
+        assert_eq!(segments(root.path()), vec!["00000000000000000003"]);
+        assert_eq!(indexes(&store), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn segments_roll_over_and_truncation_spans_them() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = wal_dir(root.path());
+        let sealer = sealer(root.path());
+        let (mut wal, _) = Wal::open(&dir, sealer.clone(), 0).unwrap();
+        // Entries big enough that a few of them fill a segment.
+        let big = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Membership(openraft::Membership::new(
+                vec![(0..8_000u64).collect()],
+                None,
+            )),
+        };
+        for i in 0..30 {
+            wal.append(&[big(i)]).unwrap();
+        }
+        wal.sync().unwrap();
+        let firsts = wal.segment_firsts();
+        assert!(firsts.len() >= 3, "{firsts:?}");
+        // Truncate into the second segment: later segments go, the log goes on.
+        let from = firsts[1] + 1;
+        wal.truncate(from).unwrap();
+        assert_eq!(wal.next_index(), from);
+        wal.append(&[blank(from)]).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, entries) = Wal::open(&dir, sealer, 0).unwrap();
+        let read: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(read, (0..=from).collect::<Vec<_>>());
+        assert!(matches!(
+            entries.last().unwrap().payload,
+            openraft::EntryPayload::Blank
+        ));
     }
 
     #[test]
@@ -837,14 +802,6 @@ mod tests {
         store.purge(blank(1).log_id).await.unwrap();
         second.recv().unwrap().unwrap();
         store.save_committed(Some(blank(3).log_id)).await.unwrap();
-        assert_eq!(
-            files_in(&store),
-            vec![
-                "00000000000000000002",
-                "00000000000000000003",
-                "00000000000000000004"
-            ]
-        );
         let read = store.try_get_log_entries(0..10).await.unwrap();
         assert_eq!(
             read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
@@ -852,16 +809,7 @@ mod tests {
         );
         drop(store);
         let mut store = open(root.path());
-        assert_eq!(
-            store
-                .shared
-                .lock()
-                .entries
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![2, 3, 4]
-        );
+        assert_eq!(indexes(&store), vec![2, 3, 4]);
         assert_eq!(store.read_committed().await.unwrap(), Some(blank(3).log_id));
     }
 }

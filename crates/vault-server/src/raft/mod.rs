@@ -2,24 +2,28 @@
 //! durable log entry before it takes effect. All openraft-facing code lives here.
 //!
 //! - [`VaultNode`]: one replica; propose commands, read applied state, report status.
-//! - [`LogStore`], [`StateMachineStore`]: sealed storage, one file per log entry, so an
-//!   erased record's bytes can really leave the data directory.
+//! - [`LogStore`], [`StateMachineStore`]: sealed storage (segment files for the log, a
+//!   snapshot file), purged so an erased record's bytes really leave the data directory.
+//! - Proposals are batched: one log entry carries every command proposed while the
+//!   previous entry was being committed (see `batcher`).
 //! - [`HttpNetwork`], [`peer_router`]: Raft messages between replicas over HTTP.
 
+mod batcher;
 mod files;
 mod log_store;
 mod network;
 mod state_machine;
 mod types;
+mod wal;
 
 pub use log_store::LogStore;
 pub use network::{peer_router, HttpNetwork, PeerClient};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
-pub use types::{TypeConfig, VaultRaft};
+pub use types::{Batch, TypeConfig, VaultRaft};
 
 use crate::seal::Sealer;
 use crate::state::{Applied, Command, VaultState};
-use openraft::error::{ClientWriteError, Fatal, RaftError};
+use batcher::Batcher;
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use state_machine::StateHandle;
@@ -33,8 +37,6 @@ use tokio::task::JoinHandle;
 
 /// How long [`VaultNode::start`] waits for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
-/// How long [`VaultNode::propose`] waits for the entry to commit and apply.
-const PROPOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for in-flight state machine work (snapshot writes).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Entries between policy snapshots; erasures trigger one at once.
@@ -76,15 +78,29 @@ pub enum Bootstrap {
     Join,
 }
 
-/// The seal context of `path`, a file in the data directory `dir` of a node, or `None`
-/// if it is not one of the node's sealed files. Lets audits and tests unseal everything
-/// the node keeps at rest.
-pub fn seal_context(dir: &Path, path: &Path) -> Option<Vec<u8>> {
+/// Unseals `path`, a file in the data directory `dir` of a node, for audits and tests
+/// of everything the node keeps at rest: `None` if it is not one of the node's sealed
+/// files, an error if it does not open under `sealer`. A log segment yields its
+/// records' plaintexts one after another.
+pub fn unseal_file(
+    dir: &Path,
+    path: &Path,
+    sealer: &dyn Sealer,
+) -> Option<Result<Vec<u8>, String>> {
     let relative = path.strip_prefix(dir).ok()?;
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
+    };
     if relative == Path::new(state_machine::SNAPSHOT_FILE) {
-        return Some(state_machine::SNAPSHOT_CONTEXT.to_vec());
+        return Some(
+            sealer
+                .open(state_machine::SNAPSHOT_CONTEXT, &bytes)
+                .map(|plain| plain.to_vec())
+                .map_err(|e| e.to_string()),
+        );
     }
-    log_store::seal_context(relative)
+    log_store::unseal_file(sealer, relative, &bytes)
 }
 
 /// Why a replica did not start.
@@ -114,7 +130,7 @@ pub enum StartError {
 }
 
 /// Why a proposal did not take effect (or may not have).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProposeError {
     /// No leader, no quorum, not the leader, or shutting down: retry later or elsewhere.
@@ -154,6 +170,7 @@ pub struct VaultNode {
     raft: VaultRaft,
     state: StateHandle,
     log: LogStore,
+    batcher: Batcher,
     eraser: JoinHandle<()>,
 }
 
@@ -224,6 +241,7 @@ impl VaultNode {
         let eraser = tokio::spawn(snapshot_after_drops(raft.clone(), dropped_records));
         let node = VaultNode {
             node_id,
+            batcher: Batcher::start(raft.clone(), node_id),
             raft,
             state,
             log,
@@ -280,35 +298,9 @@ impl VaultNode {
     }
 
     /// Commits `command` to the log (durably, on a majority) and applies it; returns the
-    /// state machine's result.
+    /// state machine's result. Concurrent proposals share log entries (see `batcher`).
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
-        let written = tokio::time::timeout(PROPOSE_WAIT, self.raft.client_write(command)).await;
-        let Ok(written) = written else {
-            return Err(ProposeError::Unavailable(format!(
-                "no quorum committed the command within {PROPOSE_WAIT:?}; it may still commit"
-            )));
-        };
-        match written {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let leader = match (forward.leader_id, forward.leader_node) {
-                    (Some(id), Some(node)) => format!("node {id} at {}", node.addr),
-                    (Some(id), None) => format!("node {id}"),
-                    _ => "unknown (election in progress)".to_owned(),
-                };
-                Err(ProposeError::Unavailable(format!(
-                    "replica {} is not the leader; the leader is {leader}",
-                    self.node_id
-                )))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ProposeError::Fatal(e.to_string()))
-            }
-            Err(RaftError::Fatal(Fatal::Stopped)) => Err(ProposeError::Unavailable(
-                "the replica is shutting down".to_owned(),
-            )),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
-        }
+        self.batcher.propose(command).await
     }
 
     /// Runs `f` on the state applied so far on this replica (not linearizable on its own:
@@ -341,6 +333,7 @@ impl VaultNode {
 
     /// Stops Raft and waits (bounded) for in-flight state machine work to finish.
     pub async fn shutdown(self) {
+        self.batcher.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft task ended abnormally");
         }

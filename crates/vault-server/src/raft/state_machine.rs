@@ -6,9 +6,9 @@
 //! bytes (which may hold an erased record) leave the directory.
 
 use super::files::{self, FileError};
-use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::seal::Sealer;
-use crate::state::{Applied, Command, Refusal, VaultState};
+use crate::state::{Applied, Command, VaultState};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -215,12 +215,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// The result of entries that are not vault commands (blank, membership). openraft
-/// needs one result per entry; no caller of `propose` ever sees these.
-fn no_command_result() -> Applied {
-    Applied::Refused(Refusal::NoRecord)
-}
-
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -229,7 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((sm.last_applied, sm.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -244,24 +238,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .expect("state machine lock poisoned by a panic while applying");
             for entry in entries {
                 sm.last_applied = Some(entry.log_id);
+                // Entries that are not vault commands (blank, membership) yield no
+                // results; no caller of `propose` waits for them.
                 let result = match entry.payload {
-                    EntryPayload::Blank => no_command_result(),
+                    EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(membership) => {
                         sm.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                        no_command_result()
+                        Vec::new()
                     }
-                    EntryPayload::Normal(command) => {
-                        let replaces = matches!(command, Command::Replace { .. });
-                        let result = sm.state.apply(command);
-                        match result {
-                            Applied::Erased => dropped = Some(entry.log_id.index),
-                            Applied::Stored { .. } if replaces => {
-                                dropped = Some(entry.log_id.index)
+                    EntryPayload::Normal(Batch(commands)) => commands
+                        .into_iter()
+                        .map(|command| {
+                            let replaces = matches!(command, Command::Replace { .. });
+                            let result = sm.state.apply(command);
+                            if matches!(result, Applied::Erased)
+                                || (replaces && matches!(result, Applied::Stored { .. }))
+                            {
+                                dropped = Some(entry.log_id.index);
                             }
-                            _ => {}
-                        }
-                        result
-                    }
+                            result
+                        })
+                        .collect(),
                 };
                 results.push(result);
             }

@@ -1,14 +1,21 @@
 //! The openraft type configuration of the vault.
 
 use crate::state::{Applied, Command};
+use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
+/// What one log entry carries: commands proposed together, applied in order (see
+/// `batcher`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
 openraft::declare_raft_types!(
-    /// openraft types for the vault: log entries carry [`Command`]s, applying one yields
-    /// [`Applied`], nodes are `u64` ids with an HTTP address.
+    /// openraft types for the vault: a log entry carries a [`Batch`] of commands,
+    /// applying it yields one [`Applied`] per command, nodes are `u64` ids with an HTTP
+    /// address.
     pub TypeConfig:
-        D = Command,
-        R = Applied,
+        D = Batch,
+        R = Vec<Applied>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
