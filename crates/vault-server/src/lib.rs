@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod pkcs11;
 pub mod raft;
 pub mod run;
 pub mod seal;

@@ -2,8 +2,8 @@
 //!
 //! Every byte the vault writes to its data directory (log entries, vote, snapshots) is
 //! sealed through a [`Sealer`], an HSM-style interface: the caller never sees the key.
-//! [`KeyFileSealer`] keeps the key in a local file; a PKCS#11 sealer comes later behind
-//! the same trait.
+//! [`KeyFileSealer`] keeps the key in a local file (the default);
+//! [`crate::pkcs11::Pkcs11Sealer`] keeps it inside a PKCS#11 token.
 //!
 //! Sealed layout (version 1): `0x01 ‖ nonce (12) ‖ ciphertext ‖ tag (16)`, AES-256-GCM
 //! with a random 96-bit nonce per value and the caller's `context` as associated data, so
@@ -85,6 +85,9 @@ pub enum SealError {
          or was altered"
     )]
     Unauthentic,
+    /// The PKCS#11 token refused or could not be reached.
+    #[error("the vault's PKCS#11 token failed: {0}")]
+    Token(String),
 }
 
 /// Sealed format version written by this code.
