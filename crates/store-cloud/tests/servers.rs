@@ -260,3 +260,89 @@ fn s3_half_written_objects_are_never_trusted() {
         assert!(!name.contains("backlock-partial"), "left behind: {name}");
     }
 }
+
+/// A backup cut off by a store that stops taking packs indexes the packs it finished;
+/// the next backup uploads only the rest, and the result restores identically.
+#[test]
+fn s3_interrupted_backup_resumes_without_uploading_finished_packs_again() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let upstream: SocketAddr = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, 0.0, 1, Duration::from_secs(1));
+    let mut env = server.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let opts = Options {
+        retries: 2,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        ..options()
+    };
+    let store = Arc::new(open(&server.url("resume"), env, &opts));
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("media");
+    std::fs::create_dir(&src).unwrap();
+    let raw: u64 = (0..6u64)
+        .map(|i| {
+            let data = tree::random_bytes(100 + i, 2 << 20);
+            std::fs::write(src.join(format!("VID-{i}.mp4")), &data).unwrap();
+            data.len() as u64
+        })
+        .sum();
+    let key = BackupKey::generate();
+    let home = DeviceHome::new(tmp.path().join("home"));
+    Repository::init(store.clone(), &key, home.clone()).unwrap();
+    let backup = || {
+        Repository::open(store.clone(), &key, home.clone())
+            .unwrap()
+            .load_index()
+            .unwrap()
+            .backup(&BackupOptions {
+                paths: vec![src.clone()],
+                hostname: "test".into(),
+                ..Default::default()
+            })
+    };
+
+    proxy.fail_after(&format!("PUT /{}/resume/packs/", server.bucket), 1);
+    let e = backup().unwrap_err();
+    assert!(
+        matches!(e, RepoError::Store(StoreError::Transient { .. })),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("try again"), "{text}");
+    let first = store.list(ObjectKind::Pack).unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(store.list(ObjectKind::Snapshot).unwrap().is_empty());
+
+    proxy.recover();
+    let summary = backup().unwrap();
+    let after = store.list(ObjectKind::Pack).unwrap();
+    for p in &first {
+        assert!(after.contains(p), "finished pack {} was lost", p.name);
+    }
+    let packed: u64 = after.iter().map(|p| p.size).sum();
+    assert!(
+        packed < raw + raw / 20,
+        "{packed} bytes of packs for {raw} bytes of media: data was uploaded twice"
+    );
+    assert!(
+        summary.bytes_stored < raw - first[0].size + raw / 20,
+        "the second backup uploaded {} bytes",
+        summary.bytes_stored
+    );
+    let repo = Repository::open(store.clone(), &key, home)
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let latest = repo.find_snapshot("latest").unwrap();
+    let target = tmp.path().join("restored");
+    repo.restore(&latest, &target).unwrap();
+    tree::assert_same(&src, &target.join("media"));
+}

@@ -74,7 +74,27 @@ pub struct FaultProxy {
     /// What it did.
     pub counters: Arc<Counters>,
     ratio: Arc<Mutex<f64>>,
+    outage: Arc<Outage>,
     stop: Arc<AtomicBool>,
+}
+
+/// Requests whose first line contains `needle` pass `allowed` times, then every
+/// later one is answered 503: a store that stops taking one kind of upload.
+#[derive(Debug, Default)]
+struct Outage {
+    rule: Mutex<Option<(String, u64)>>,
+    seen: AtomicU64,
+}
+
+impl Outage {
+    fn hits(&self, head: &str) -> bool {
+        let rule = self.rule.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((needle, allowed)) = rule.as_ref() else {
+            return false;
+        };
+        let first = head.lines().next().unwrap_or("");
+        first.contains(needle.as_str()) && self.seen.fetch_add(1, Ordering::SeqCst) >= *allowed
+    }
 }
 
 impl FaultProxy {
@@ -86,9 +106,11 @@ impl FaultProxy {
         let counters = Arc::new(Counters::default());
         let ratio = Arc::new(Mutex::new(ratio));
         let stop = Arc::new(AtomicBool::new(false));
+        let outage = Arc::new(Outage::default());
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
         {
             let (counters, ratio, stop) = (counters.clone(), ratio.clone(), stop.clone());
+            let outage = outage.clone();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -100,9 +122,9 @@ impl FaultProxy {
                         let r = *ratio.lock().unwrap_or_else(|p| p.into_inner());
                         (rng.gen::<f64>() < r).then(|| ALL[rng.gen_range(0..ALL.len())])
                     };
-                    let counters = counters.clone();
+                    let (counters, outage) = (counters.clone(), outage.clone());
                     std::thread::spawn(move || {
-                        let _ = serve(conn, upstream, fault, stall, &counters);
+                        let _ = serve(conn, upstream, fault, stall, &counters, &outage);
                     });
                 }
             });
@@ -111,8 +133,23 @@ impl FaultProxy {
             addr,
             counters,
             ratio,
+            outage,
             stop,
         }
+    }
+
+    /// From now on, requests whose request line contains `needle` (a method and path
+    /// prefix such as `"PUT /bucket/prefix/packs/"`) pass `allowed` more times, then
+    /// every one is answered 503.
+    pub fn fail_after(&self, needle: &str, allowed: u64) {
+        self.outage.seen.store(0, Ordering::SeqCst);
+        *self.outage.rule.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((needle.to_string(), allowed));
+    }
+
+    /// Ends an outage set by [`FaultProxy::fail_after`].
+    pub fn recover(&self) {
+        *self.outage.rule.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Changes the fault ratio (0.0 turns the proxy into a plain relay).
@@ -199,10 +236,16 @@ fn serve(
     fault: Option<Fault>,
     stall: Duration,
     counters: &Counters,
+    outage: &Outage,
 ) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let (head, body) = read_request(&mut conn)?;
     counters.requests.fetch_add(1, Ordering::Relaxed);
+    let fault = if outage.hits(&head) {
+        Some(Fault::SlowDown)
+    } else {
+        fault
+    };
     if let Some(f) = fault {
         counters.faults[ALL.iter().position(|x| *x == f).unwrap_or(0)]
             .fetch_add(1, Ordering::Relaxed);
