@@ -146,6 +146,7 @@ pub struct Stats {
 /// A repository in a cloud store.
 pub struct CloudStore {
     op: Operator,
+    max_in_flight: usize,
     location: String,
     put_mode: PutMode,
     stats: Arc<Stats>,
@@ -221,6 +222,7 @@ impl CloudStore {
             );
         CloudStore {
             op,
+            max_in_flight: options.max_in_flight,
             location,
             put_mode,
             stats,
@@ -468,5 +470,10 @@ impl ObjectStore for CloudStore {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    /// As many uploads as requests may be in flight: cloud puts wait on the network.
+    fn max_concurrent_puts(&self) -> usize {
+        self.max_in_flight
     }
 }

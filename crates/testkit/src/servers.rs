@@ -459,11 +459,24 @@ impl SftpServer {
     }
 
     /// The environment a client needs. The host key is new on every run, so tests
-    /// accept it; users keep the default (strict).
+    /// accept it (ssh records it in the user's known_hosts; dropping the server
+    /// removes it again); users keep the default (strict).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("BACKLOCK_SFTP_KEY", self.key.display().to_string()),
             ("BACKLOCK_SFTP_KNOWN_HOSTS", "accept".into()),
         ]
+    }
+}
+
+impl Drop for SftpServer {
+    fn drop(&mut self) {
+        // Forget the throwaway host key ssh recorded for this port.
+        let _ = Command::new("ssh-keygen")
+            .arg("-R")
+            .arg(format!("[127.0.0.1]:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
