@@ -9,7 +9,10 @@ pub(crate) const HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 wrong or ma
 9 locked: the vault destroyed the key after too many wrong passwords, 10 vault unavailable, \
 11 the vault is not the one this device pinned.\n\
 Environment: BACKLOCK_REPO, BACKLOCK_KEY_FILE, BACKLOCK_HOME (device state; default: XDG data dir), \
-BACKLOCK_VAULT, BACKLOCK_VAULT_DATA, BACKLOCK_ACCOUNT, BACKLOCK_TOKEN, BACKLOCK_PASSWORD_FILE, BACKLOCK_VAULT_KEY.";
+BACKLOCK_VAULT, BACKLOCK_VAULT_DATA, BACKLOCK_ACCOUNT, BACKLOCK_TOKEN, BACKLOCK_PASSWORD_FILE, BACKLOCK_VAULT_KEY.\n\
+Stores: BACKLOCK_CREDENTIALS (credentials file; default ~/.config/backlock/credentials), AWS_* for s3://, \
+BACKLOCK_WEBDAV_PASSWORD, BACKLOCK_SFTP_KEY, BACKLOCK_SFTP_KNOWN_HOSTS, BACKLOCK_STORE_CONNECTIONS, \
+BACKLOCK_STORE_RETRIES, BACKLOCK_STORE_TIMEOUT; the README lists every store's variables.";
 
 /// A password-mode failure, each with its own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +81,7 @@ pub(crate) fn print_json_error(e: &anyhow::Error) {
 /// Maps an error chain to the documented exit code.
 pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
-        if cause.is::<Usage>() {
+        if cause.is::<Usage>() || cause.is::<backlock_store_cloud::OpenError>() {
             return 2;
         }
         if cause.is::<BadKey>() {

@@ -26,7 +26,10 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub(crate) struct RepoArgs {
-    /// Repository location (a local directory).
+    /// Repository location: a local directory or a store URL (s3://BUCKET/PREFIX,
+    /// webdav[s]://HOST/PATH, sftp://USER@HOST/PATH, gcs://, azblob://, gdrive://,
+    /// onedrive://, dropbox://). Credentials come from the environment or the
+    /// credentials file, never the URL.
     #[arg(long, env = "BACKLOCK_REPO")]
     pub(crate) repo: PathBuf,
     /// File holding the 64-digit backup key (otherwise: the key this device keeps, the
@@ -44,7 +47,7 @@ pub(crate) struct RepoArgs {
 enum Command {
     /// Create an encrypted repository and its backup key.
     Init {
-        /// Repository location (a local directory).
+        /// Repository location: a local directory or a store URL (see `backup --help`).
         #[arg(long, env = "BACKLOCK_REPO")]
         repo: PathBuf,
         /// Protect the backup with the 64-digit key alone (no vault).
@@ -169,14 +172,20 @@ pub(crate) fn device_home() -> Result<DeviceHome> {
     Ok(DeviceHome::new(data.join("backlock")))
 }
 
-fn store_at(path: &std::path::Path) -> Arc<dyn ObjectStore> {
-    Arc::new(FsStore::new(path))
+/// The store `--repo` names: a local directory, or a cloud store opened with the
+/// credentials in the environment or the credentials file.
+pub(crate) fn store_at(repo: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
+    let Some(url) = repo.to_str() else {
+        return Ok(Arc::new(FsStore::new(repo)));
+    };
+    let settings = backlock_store_cloud::Settings::from_env()?;
+    Ok(backlock_store_cloud::open(url, &settings)?)
 }
 
 fn open(args: &RepoArgs) -> Result<Repository> {
     let key = password_mode::resolve_key(&args.repo, args.key_file.as_deref(), &args.vault)?;
     Ok(Repository::open(
-        store_at(&args.repo),
+        store_at(&args.repo)?,
         &key,
         device_home()?,
     )?)
@@ -344,7 +353,7 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     }
     let key = BackupKey::generate();
     let home = device_home()?;
-    let store = store_at(&repo);
+    let store = store_at(&repo)?;
     // Refuse before showing a key that would never be used.
     if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
         return Err(backlock_repo::RepoError::AlreadyExists {
@@ -359,7 +368,7 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     if json {
         let shown = key.to_display();
         print_json(&serde_json::json!({
-            "repo": repo.display().to_string(),
+            "repo": r.store().location(),
             "repo_id": r.id(),
             "key": shown.as_str(),
         }));
@@ -368,7 +377,11 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
             println!("Your backup key:\n\n    {}\n", key.to_display().as_str());
             println!("{}", key_input::LOST_KEY_WARNING);
         }
-        println!("created repository {} at {}", &r.id()[..8], repo.display());
+        println!(
+            "created repository {} at {}",
+            &r.id()[..8],
+            r.store().location()
+        );
     }
     Ok(())
 }

@@ -14,12 +14,16 @@ use backlock_vault_proto::owner::OwnerKey;
 use std::io::IsTerminal;
 use std::path::Path;
 
-/// The name a repository's key is kept under on this device.
+/// The name a repository's key is kept under on this device: the absolute path of a
+/// local repository, the URL (without credentials) of a cloud one.
 pub(crate) fn location(repo: &Path) -> String {
-    std::path::absolute(repo)
-        .unwrap_or_else(|_| repo.to_path_buf())
-        .display()
-        .to_string()
+    match repo.to_str().map(backlock_store_cloud::Location::parse) {
+        Some(Ok(l)) => l.display(),
+        _ => std::path::absolute(repo)
+            .unwrap_or_else(|_| repo.to_path_buf())
+            .display()
+            .to_string(),
+    }
 }
 
 /// The key for `repo`: from the key file, else kept on this device, else recovered from
@@ -39,7 +43,7 @@ pub(crate) fn resolve_key(
     if vault.given() {
         let key = recover(vault, &home)?;
         // Check the key before keeping it: the account may belong to another backup.
-        Repository::open(store_at(repo), &key, home.clone())?;
+        Repository::open(store_at(repo)?, &key, home.clone())?;
         home.save_key(&location(repo), &key)?;
         eprintln!("Recovered the backup key from the vault; this device keeps it from now on.");
         return Ok(key);
@@ -75,7 +79,7 @@ fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<BackupKey> {
 /// `init --password`: a new key, kept on this device and registered behind a password.
 pub(crate) fn init(repo: &Path, vault: &VaultArgs, yes: bool, json: bool) -> Result<()> {
     let home = device_home()?;
-    let store = store_at(repo);
+    let store = store_at(repo)?;
     if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
         return Err(backlock_repo::RepoError::AlreadyExists {
             location: store.location(),
@@ -137,7 +141,7 @@ fn key_held_here(repo: &Path, key_file: Option<&Path>) -> Result<BackupKey> {
         })?,
     };
     // Only a key that opens the repository may speak for it.
-    Repository::open(store_at(repo), &key, device_home()?)?;
+    Repository::open(store_at(repo)?, &key, device_home()?)?;
     Ok(key)
 }
 

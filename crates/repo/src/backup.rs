@@ -2,9 +2,10 @@
 //!
 //! Threads: this thread walks the sources, chunks and hashes (chunking and keyed
 //! BLAKE3 run at GiB/s); `workers` threads compress and seal new chunks into their own
-//! packs; one uploader thread stores finished packs and, every few packs, an index
-//! object naming them, so an interrupted backup leaves its uploaded data reusable.
-//! Memory is bounded by the channel capacities and the pack size.
+//! packs; uploader threads (as many as the store takes puts at once, at most
+//! [`MAX_UPLOADERS`]) store finished packs and, every few packs, an index object naming
+//! them, so an interrupted backup leaves its uploaded data reusable. Memory is bounded
+//! by the channel capacities, the uploaders and the pack size.
 
 use crate::{
     error::{RepoError, Result},
@@ -37,8 +38,9 @@ use std::{
 
 /// Packs between two index objects written during a backup.
 const INDEX_EVERY_PACKS: usize = 8;
-/// Pack uploads in flight at once: overlaps store latency (an fsync, a cloud PUT).
-const UPLOADERS: usize = 2;
+/// Most pack uploads in flight at once, whatever the store asks for
+/// ([`ObjectStore::max_concurrent_puts`]): each holds one pack in memory.
+const MAX_UPLOADERS: usize = 16;
 
 /// Progress of a running backup.
 #[derive(Clone, Copy, Debug, Default)]
@@ -492,7 +494,8 @@ impl Repository<Indexed> {
                 });
             }
             drop((job_rx, pack_tx));
-            for _ in 0..UPLOADERS {
+            // Uploads overlap store latency (an fsync, a cloud PUT).
+            for _ in 0..store.max_concurrent_puts().clamp(1, MAX_UPLOADERS) {
                 let (rx, shared) = (pack_rx.clone(), &shared);
                 let lock = &lock;
                 s.spawn(move || uploader(store, keys, lock, rx, shared));

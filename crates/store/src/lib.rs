@@ -92,6 +92,12 @@ pub trait ObjectStore: Send + Sync {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// How many puts a writer should keep in flight: two overlap a local disk's
+    /// latency; a cloud store, whose requests wait on the network, says more (its
+    /// own limit on requests in flight).
+    fn max_concurrent_puts(&self) -> usize {
+        2
+    }
 }
 
 impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
@@ -121,5 +127,8 @@ impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
     }
     fn flush(&self) -> Result<(), StoreError> {
         (**self).flush()
+    }
+    fn max_concurrent_puts(&self) -> usize {
+        (**self).max_concurrent_puts()
     }
 }

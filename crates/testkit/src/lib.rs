@@ -1,8 +1,11 @@
-//! Test helpers shared by backlock's crates: sample trees, tree comparison, and the
-//! object-store conformance suite every backend must pass.
+//! Test helpers shared by backlock's crates: sample trees, tree comparison, the
+//! object-store conformance suite every backend must pass, real storage servers on
+//! loopback, and a fault-injecting HTTP proxy.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod fault_proxy;
 pub mod recording;
+pub mod servers;
 pub mod store_suite;
 pub mod tree;
