@@ -7,7 +7,7 @@
 //! caller's context as associated data), so only where the key lives differs. The nonce
 //! comes from the vault's own generator, not the token's.
 
-use crate::seal::{SealError, Sealer};
+use crate::seal::{split_sealed, SealError, Sealer};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
@@ -182,16 +182,7 @@ impl Sealer for Pkcs11Sealer {
     }
 
     fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let Some((&version, rest)) = sealed.split_first() else {
-            return Err(SealError::Truncated { len: 0 });
-        };
-        if version != VERSION {
-            return Err(SealError::UnknownVersion { version });
-        }
-        if sealed.len() < OVERHEAD {
-            return Err(SealError::Truncated { len: sealed.len() });
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let (nonce, ciphertext) = split_sealed(sealed)?;
         let mut iv = [0u8; NONCE_LEN];
         iv.copy_from_slice(nonce);
         let params = GcmParams::new(&mut iv, context, TAG_BITS.into())

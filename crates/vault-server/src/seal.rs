@@ -90,6 +90,20 @@ pub enum SealError {
     Token(String),
 }
 
+/// Splits a sealed value (version 1 layout) into its nonce and its ciphertext with tag.
+pub(crate) fn split_sealed(sealed: &[u8]) -> Result<(&[u8], &[u8]), SealError> {
+    let Some((&version, rest)) = sealed.split_first() else {
+        return Err(SealError::Truncated { len: 0 });
+    };
+    if version != VERSION {
+        return Err(SealError::UnknownVersion { version });
+    }
+    if sealed.len() < OVERHEAD {
+        return Err(SealError::Truncated { len: sealed.len() });
+    }
+    Ok(rest.split_at(NONCE_LEN))
+}
+
 /// Sealed format version written by this code.
 const VERSION: u8 = 1;
 /// AES-256 key length.
@@ -236,16 +250,7 @@ impl Sealer for KeyFileSealer {
     }
 
     fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let Some((&version, rest)) = sealed.split_first() else {
-            return Err(SealError::Truncated { len: 0 });
-        };
-        if version != VERSION {
-            return Err(SealError::UnknownVersion { version });
-        }
-        if sealed.len() < OVERHEAD {
-            return Err(SealError::Truncated { len: sealed.len() });
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let (nonce, ciphertext) = split_sealed(sealed)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce)
             .map_err(|_| SealError::Truncated { len: sealed.len() })?;
         let mut body = Zeroizing::new(ciphertext.to_vec());
