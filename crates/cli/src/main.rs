@@ -3,6 +3,8 @@
 
 mod demo;
 mod exit;
+mod fleet_certs;
+mod fleet_status;
 mod key_input;
 mod password_mode;
 mod vault;

@@ -1,8 +1,13 @@
-//! `backlock vault …`: run a vault, issue development tokens, delete a record.
+//! `backlock vault …`: run a vault (one replica, or a fleet replica from its
+//! configuration file), set up and inspect a fleet, issue development tokens, delete a
+//! record.
 
 use crate::exit::{Usage, VaultFailure};
+use crate::fleet_certs;
 use crate::password_mode;
 use anyhow::{Context, Result};
+use backlock_vault_server::fleet;
+use backlock_vault_server::fleet_config::FleetConfig;
 use backlock_vault_server::run::{load_secrets, RunningVault, ServeConfig, TlsFiles};
 use backlock_vault_server::service::VaultConfig;
 use clap::Subcommand;
@@ -12,11 +17,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Subcommand)]
 pub(crate) enum VaultCommand {
-    /// Run a one-replica vault until interrupted (Ctrl-C or SIGTERM).
+    /// Run a vault until interrupted (Ctrl-C or SIGTERM): one replica of a fleet with
+    /// --config, or a one-replica vault with --data.
     Serve {
-        /// Data directory (created on first start, with the vault's secrets).
-        #[arg(long)]
-        data: PathBuf,
+        /// A fleet replica's configuration file (docs/OPERATIONS.md); the other options
+        /// then come from it.
+        #[arg(long, conflicts_with_all = ["data", "node_key", "tls_cert"])]
+        config: Option<PathBuf>,
+        /// Data directory of a one-replica vault (created on first start, with its
+        /// secrets).
+        #[arg(long, required_unless_present = "config")]
+        data: Option<PathBuf>,
         /// Address for the device API.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
@@ -39,11 +50,47 @@ pub(crate) enum VaultCommand {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Create the fleet secret and a one-member fleet on the first replica (once).
+    Init {
+        /// This replica's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Fetch the fleet secret from a running member (over mutual TLS); the replica then
+    /// joins as a voter when `vault serve` starts. Also brings back a wiped replica.
+    Join {
+        /// This replica's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show the leader, term, commit index and each replica's health and lag.
+    Status {
+        /// A replica's configuration file (its fleet certificate is used to ask).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a replica from the fleet (a site retired, or replaced by a new one).
+    Remove {
+        /// A replica's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Id of the replica to remove.
+        #[arg(long)]
+        replica: u64,
+    },
+    /// Create the fleet CA (once) and a certificate per replica for mutual TLS.
+    Certs(fleet_certs::CertsArgs),
     /// Print a development account token, as the relay would issue.
     Token {
-        /// The vault's data directory.
+        /// A one-replica vault's data directory.
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        data: Option<PathBuf>,
+        /// A fleet replica's configuration file.
         #[arg(long)]
-        data: PathBuf,
+        config: Option<PathBuf>,
         /// Account to vouch for.
         #[arg(long)]
         account: String,
@@ -67,6 +114,31 @@ pub(crate) enum VaultCommand {
 pub(crate) fn run(command: VaultCommand) -> Result<()> {
     match command {
         VaultCommand::Serve {
+            config: Some(config),
+            ..
+        } => {
+            let config = load_config(&config)?;
+            block_on(async {
+                let running = RunningVault::start_fleet(&config)
+                    .await
+                    .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
+                println!(
+                    "vault public key: {}",
+                    hex::encode(running.vault.info().server_public_key)
+                );
+                println!(
+                    "replica {} listening on {}, peers on {}",
+                    config.node_id,
+                    running.url(),
+                    config.peer_listen
+                );
+                wait_for_stop().await;
+                running.shutdown().await;
+                Ok::<_, anyhow::Error>(())
+            })?
+        }
+        VaultCommand::Serve {
+            config: None,
             data,
             listen,
             node_key,
@@ -76,15 +148,14 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             tls_cert,
             tls_key,
         } => {
+            let data = data.ok_or_else(|| Usage("give --data DIR or --config FILE".into()))?;
             if max_attempts == 0 || account_burst == 0 || account_rate <= 0.0 {
                 return Err(Usage(
                     "--max-attempts, --account-burst and --account-rate must be above zero".into(),
                 )
                 .into());
             }
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
+            block_on(async {
                 let config = ServeConfig {
                     data,
                     node_key,
@@ -110,17 +181,56 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                 println!("listening on {}", running.url());
                 wait_for_stop().await;
                 running.shutdown().await;
-                Ok(())
-            })
+                Ok::<_, anyhow::Error>(())
+            })?
         }
+        VaultCommand::Init { config } => {
+            let config = load_config(&config)?;
+            let public_key = block_on(fleet::init(&config))?.map_err(|e| Usage(e.to_string()))?;
+            println!("vault public key: {}", hex::encode(public_key));
+            println!(
+                "fleet initialised with replica {}: start it with `backlock vault serve --config`, then run `backlock vault join` on each other replica",
+                config.node_id
+            );
+            Ok(())
+        }
+        VaultCommand::Join { config } => {
+            let config = load_config(&config)?;
+            let public_key = block_on(fleet::join(&config))?
+                .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
+            println!("vault public key: {}", hex::encode(public_key));
+            println!(
+                "replica {} holds the fleet secret: start it with `backlock vault serve --config`; it joins as a voter once it has caught up",
+                config.node_id
+            );
+            Ok(())
+        }
+        VaultCommand::Status { config, json } => {
+            let config = load_config(&config)?;
+            let views = block_on(fleet::status(&config))?.map_err(|e| Usage(e.to_string()))?;
+            crate::fleet_status::print(&views, json)
+        }
+        VaultCommand::Remove { config, replica } => {
+            let config = load_config(&config)?;
+            block_on(fleet::remove(&config, replica))?
+                .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
+            println!("replica {replica} removed from the fleet");
+            Ok(())
+        }
+        VaultCommand::Certs(args) => fleet_certs::run(&args),
         VaultCommand::Token {
             data,
+            config,
             account,
             ttl,
             node_key,
         } => {
-            let secrets =
-                load_secrets(&data, node_key.as_deref()).map_err(|e| Usage(e.to_string()))?;
+            let secrets = match (data, config) {
+                (Some(data), _) => load_secrets(&data, node_key.as_deref()),
+                (None, Some(config)) => load_fleet_secrets(&load_config(&config)?),
+                (None, None) => return Err(Usage("give --data DIR or --config FILE".into()).into()),
+            }
+            .map_err(|e| Usage(e.to_string()))?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -140,6 +250,30 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             repo.json,
         ),
     }
+}
+
+fn load_config(path: &std::path::Path) -> Result<FleetConfig> {
+    FleetConfig::load(path).map_err(|e| Usage(e.to_string()).into())
+}
+
+fn load_fleet_secrets(
+    config: &FleetConfig,
+) -> Result<backlock_vault_server::secrets::VaultSecrets, backlock_vault_server::run::ServeError> {
+    let sealer = backlock_vault_server::run::open_fleet_sealer(config)?;
+    backlock_vault_server::secrets::VaultSecrets::load(&config.data, sealer.as_ref())
+        .map_err(|e| backlock_vault_server::run::ServeError::Setup(e.to_string()))?
+        .ok_or_else(|| {
+            backlock_vault_server::run::ServeError::Setup(format!(
+                "{} holds no fleet secret yet: run `backlock vault init` or `backlock vault join`",
+                config.data.display()
+            ))
+        })
+}
+
+fn block_on<T, E>(work: impl std::future::Future<Output = Result<T, E>>) -> Result<Result<T, E>> {
+    Ok(tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(work))
 }
 
 async fn wait_for_stop() {

@@ -1,10 +1,13 @@
 //! Test helpers shared by backlock's crates: sample trees, tree comparison, the
 //! object-store conformance suite every backend must pass, real storage servers on
-//! loopback, and a fault-injecting HTTP proxy.
+//! loopback, a fault-injecting HTTP proxy, and a vault fleet of real processes with a
+//! partitioning proxy.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod fault_proxy;
+pub mod fleet;
+pub mod partition;
 pub mod recording;
 pub mod servers;
 pub mod store_suite;

@@ -6,6 +6,11 @@
 //!
 //! The client pins the vault's OPAQUE public key: every flow takes the pinned key and
 //! refuses a vault that presents another.
+//!
+//! A client may be given every replica of a fleet: a request that finds its replica
+//! unreachable or without a quorum goes to the next one. The two steps of a recovery go
+//! to the same replica (it holds the login between them); if that replica fails in
+//! between, the recovery starts again elsewhere and the lost attempt stays counted.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
@@ -22,6 +27,7 @@ use backlock_vault_proto::wire::{
     RegisterStartReply, ServerInfo, StatusRequest, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Everything a vault call can end in. Variants say what the caller may do next.
@@ -97,10 +103,13 @@ impl VaultError {
     }
 }
 
-/// A connection to one vault for one account.
+/// A connection to one vault (one replica, or every replica of a fleet) for one
+/// account.
 pub struct VaultClient {
     http: reqwest::Client,
-    base: String,
+    replicas: Vec<String>,
+    /// The replica that answered last: tried first.
+    preferred: AtomicUsize,
     account: String,
     token: String,
 }
@@ -108,7 +117,7 @@ pub struct VaultClient {
 impl std::fmt::Debug for VaultClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultClient")
-            .field("base", &self.base)
+            .field("replicas", &self.replicas)
             .field("account", &self.account)
             .finish_non_exhaustive()
     }
@@ -116,13 +125,14 @@ impl std::fmt::Debug for VaultClient {
 
 impl VaultClient {
     /// A client of the vault at `base_url` (e.g. `http://127.0.0.1:7070`) for `account`,
-    /// vouched for by the relay's `token`.
+    /// vouched for by the relay's `token`. `base_url` may list every replica of a fleet,
+    /// separated by commas.
     pub fn new(base_url: &str, account: &str, token: &str) -> Result<Self, VaultError> {
         Self::with_ca(base_url, account, token, None)
     }
 
     /// Like [`VaultClient::new`], trusting only the CA certificates in `ca_pem` for an
-    /// `https://` vault (a private fleet CA) instead of the system's roots.
+    /// `https://` vault (a private CA) instead of the system's roots.
     pub fn with_ca(
         base_url: &str,
         account: &str,
@@ -141,9 +151,18 @@ impl VaultClient {
         let http = builder
             .build()
             .map_err(|e| VaultError::Unavailable(format!("cannot set up HTTP: {e}")))?;
+        let replicas: Vec<String> = base_url
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
+        if replicas.is_empty() {
+            return Err(VaultError::Refused("no vault URL given".to_owned()));
+        }
         Ok(VaultClient {
             http,
-            base: base_url.trim_end_matches('/').to_owned(),
+            replicas,
+            preferred: AtomicUsize::new(0),
             account: account.to_owned(),
             token: token.to_owned(),
         })
@@ -156,21 +175,21 @@ impl VaultClient {
 
     async fn read_reply<T: DeserializeOwned>(
         &self,
+        base: &str,
         response: reqwest::Response,
     ) -> Result<T, VaultError> {
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| VaultError::Unavailable(format!("{}: {e}", self.base)))?;
+            .map_err(|e| VaultError::Unavailable(format!("{base}: {e}")))?;
         if status.is_success() {
             return wire::decode(&body).map_err(|e| VaultError::Protocol(e.to_string()));
         }
         match serde_json::from_slice::<WireError>(&body) {
             Ok(e) => Err(VaultError::from_wire(e)),
             Err(_) if status.is_server_error() => Err(VaultError::Unavailable(format!(
-                "{} answered HTTP {status}",
-                self.base
+                "{base} answered HTTP {status}"
             ))),
             Err(_) => Err(VaultError::Protocol(format!(
                 "HTTP {status} without a vault error body"
@@ -178,38 +197,73 @@ impl VaultClient {
         }
     }
 
+    /// Sends one request to replica `index` and reads its reply or error.
+    async fn call_at<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        index: usize,
+        route: &str,
+        req: Option<&Req>,
+    ) -> Result<Rep, VaultError> {
+        let base = &self.replicas[index];
+        let request = match req {
+            Some(req) => self
+                .http
+                .post(format!("{base}{route}"))
+                .bearer_auth(&self.token)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-backlock-vault",
+                )
+                .body(wire::encode(req)),
+            None => self.http.get(format!("{base}{route}")),
+        };
+        let response = request.send().await.map_err(|e| {
+            VaultError::Unavailable(format!("cannot reach the vault at {base}: {e}"))
+        })?;
+        self.read_reply(base, response).await
+    }
+
+    /// Sends a request to the preferred replica, and on "unavailable" to the next ones
+    /// in turn; returns which replica answered.
+    async fn call_any<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        route: &str,
+        req: Option<&Req>,
+    ) -> Result<(usize, Rep), VaultError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut unavailable = Vec::new();
+        for step in 0..self.replicas.len() {
+            let index = (first + step) % self.replicas.len();
+            match self.call_at(index, route, req).await {
+                Err(VaultError::Unavailable(why)) => unavailable.push(why),
+                Ok(reply) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((index, reply));
+                }
+                Err(e) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Err(VaultError::Unavailable(unavailable.join("; ")))
+    }
+
     async fn call<Req: Serialize, Rep: DeserializeOwned>(
         &self,
         route: &str,
         req: &Req,
     ) -> Result<Rep, VaultError> {
-        let request = self
-            .http
-            .post(format!("{}{route}", self.base))
-            .bearer_auth(&self.token)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-backlock-vault",
-            )
-            .body(wire::encode(req));
-        self.send(request).await
-    }
-
-    /// Sends a request and reads the vault's reply or error.
-    async fn send<Rep: DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<Rep, VaultError> {
-        let response = request.send().await.map_err(|e| {
-            VaultError::Unavailable(format!("cannot reach the vault at {}: {e}", self.base))
-        })?;
-        self.read_reply(response).await
+        self.call_any(route, Some(req))
+            .await
+            .map(|(_, reply)| reply)
     }
 
     /// The vault's public key and limits.
     pub async fn info(&self) -> Result<ServerInfo, VaultError> {
-        self.send(self.http.get(format!("{}{}", self.base, path::INFO)))
+        self.call_any::<(), _>(path::INFO, None)
             .await
+            .map(|(_, info)| info)
     }
 
     /// The account's record: registered or not, guesses left, generation.
@@ -295,13 +349,13 @@ impl VaultClient {
         pinned: &[u8; 32],
         ksf: &Stretch,
     ) -> Result<BackupKey, VaultError> {
-        let reply: RecoverStartReply = self
-            .call(
+        let (replica, reply): (usize, RecoverStartReply) = self
+            .call_any(
                 path::RECOVER_START,
-                &RecoverStart {
+                Some(&RecoverStart {
                     account: self.account.clone(),
                     ke1,
-                },
+                }),
             )
             .await?;
         let attempts_left = reply.attempts_left;
@@ -316,7 +370,10 @@ impl VaultClient {
             }
             Err(e) => return Err(VaultError::from_client(e)),
         };
-        let released: RecoverFinishReply = self.call(path::RECOVER_FINISH, &finish).await?;
+        // The replica that sent KE2 holds the login.
+        let released: RecoverFinishReply = self
+            .call_at(replica, path::RECOVER_FINISH, Some(&finish))
+            .await?;
         recovered
             .open(&self.account, &released)
             .map_err(VaultError::from_client)
@@ -335,13 +392,38 @@ impl VaultClient {
         .await
     }
 
-    /// Sends KE3 for a guess made with [`VaultClient::guess_once`]; the reply carries the
-    /// released key for [`backlock_vault_proto::client::Recovered::open`].
+    /// [`VaultClient::guess_once`] on replica `index` of the list only, without failover.
+    pub async fn guess_at(
+        &self,
+        index: usize,
+        ke1: Vec<u8>,
+    ) -> Result<RecoverStartReply, VaultError> {
+        self.call_at(
+            index % self.replicas.len(),
+            path::RECOVER_START,
+            Some(&RecoverStart {
+                account: self.account.clone(),
+                ke1,
+            }),
+        )
+        .await
+    }
+
+    /// Sends KE3 for a guess made with [`VaultClient::guess_once`] (to the replica that
+    /// answered last); the reply carries the released key for
+    /// [`backlock_vault_proto::client::Recovered::open`].
     pub async fn finish_guess(
         &self,
         finish: &RecoverFinish,
     ) -> Result<RecoverFinishReply, VaultError> {
-        self.call(path::RECOVER_FINISH, finish).await
+        let replica = self.preferred.load(Ordering::Relaxed);
+        self.call_at(replica, path::RECOVER_FINISH, Some(finish))
+            .await
+    }
+
+    /// How many replicas this client knows.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
     }
 
     /// Erases the account's record, proving ownership with the key.

@@ -108,7 +108,10 @@ async fn delete(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Respo
 }
 
 async fn status(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
-    respond(decode(&body).and_then(|req| v.status(token(&h), req)))
+    match decode(&body) {
+        Ok(req) => respond(v.status(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
 }
 
 async fn healthz(State(v): State<Arc<Vault>>) -> Response {

@@ -9,6 +9,9 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod api;
+pub mod fleet;
+pub mod fleet_config;
+pub mod fleet_tls;
 pub mod metrics;
 pub mod pkcs11;
 pub mod raft;

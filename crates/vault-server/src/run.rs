@@ -1,20 +1,31 @@
 //! Running a whole vault: data directory, node key, secrets, the Raft node, the HTTP API
-//! and housekeeping (docs/VAULT.md §Operating a vault).
+//! and housekeeping (docs/VAULT.md §Operating a vault, docs/OPERATIONS.md).
+//!
+//! [`RunningVault::start`] runs a one-replica vault (the embedded default);
+//! [`RunningVault::start_fleet`] runs one replica of a fleet from its configuration file,
+//! with a second listener for its peers behind mutual TLS.
 
 use crate::api;
-use crate::raft::{NodeConfig, VaultNode};
+use crate::fleet_config::FleetConfig;
+use crate::pkcs11::{Pkcs11Sealer, TokenConfig};
+use crate::raft::{Bootstrap, HttpNetwork, NodeConfig, VaultNode, VoteGate};
 use crate::seal::{KeyFileSealer, Sealer};
 use crate::secrets::VaultSecrets;
 use crate::service::{Vault, VaultConfig};
 use axum::serve::ListenerExt;
+use serde::Deserialize;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Marks a replica that joined (or rejoined after losing its data) and has not yet
+/// been confirmed by the leader as holding the whole log: it does not vote meanwhile.
+pub const JOINING_MARKER: &str = "joining";
 
 /// Where and how to run a one-replica vault.
 #[derive(Clone, Debug)]
@@ -32,7 +43,8 @@ pub struct ServeConfig {
 }
 
 /// PEM files of the API's TLS certificate chain and private key.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Certificate chain, leaf first.
     pub cert: PathBuf,
@@ -75,12 +87,15 @@ pub struct RunningVault {
     pub vault: Arc<Vault>,
     stop: Stop,
     server: JoinHandle<()>,
-    sweeper: JoinHandle<()>,
+    /// Background work that holds the vault: housekeeping, a pending join, the peer
+    /// listener.
+    tasks: Vec<JoinHandle<()>>,
+    peer_stop: Option<axum_server::Handle>,
     _lock: File,
 }
 
 /// Creates the data directory readable by its owner only.
-fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
+pub(crate) fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -94,7 +109,7 @@ fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
         })
 }
 
-fn lock_data_dir(dir: &Path) -> Result<File, ServeError> {
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, ServeError> {
     use fs2::FileExt;
     create_data_dir(dir)?;
     let path = dir.join("lock");
@@ -116,6 +131,35 @@ pub fn open_sealer(data: &Path, node_key: Option<&Path>) -> Result<Arc<dyn Seale
     Ok(Arc::new(sealer))
 }
 
+/// The node key a fleet replica's configuration names: a PKCS#11 token, or a key file.
+pub fn open_fleet_sealer(config: &FleetConfig) -> Result<Arc<dyn Sealer>, ServeError> {
+    let Some(hsm) = &config.pkcs11 else {
+        return open_sealer(&config.data, config.node_key.as_deref());
+    };
+    create_data_dir(&config.data)?;
+    let pin = match &hsm.pin_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map(|pin| pin.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| {
+                ServeError::Setup(format!("cannot read the PIN file {}: {e}", file.display()))
+            })?,
+        None => std::env::var("BACKLOCK_HSM_PIN").map_err(|_| {
+            ServeError::Setup(
+                "the [pkcs11] token needs a PIN: set pin_file in the configuration or BACKLOCK_HSM_PIN"
+                    .to_owned(),
+            )
+        })?,
+    };
+    let sealer = Pkcs11Sealer::open_or_create(&TokenConfig {
+        module: hsm.module.clone(),
+        token_label: hsm.token_label.clone(),
+        pin: zeroize::Zeroizing::new(pin),
+        key_label: hsm.key_label.clone(),
+    })
+    .map_err(|e| ServeError::Setup(e.to_string()))?;
+    Ok(Arc::new(sealer))
+}
+
 /// Loads the sealed secrets of an existing vault (for `vault token`).
 pub fn load_secrets(data: &Path, node_key: Option<&Path>) -> Result<VaultSecrets, ServeError> {
     if !data.join(crate::secrets::FILE).exists() {
@@ -130,6 +174,90 @@ pub fn load_secrets(data: &Path, node_key: Option<&Path>) -> Result<VaultSecrets
         .map_err(|e| ServeError::Setup(e.to_string()))
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: ([0, 0, 0, 0], 0).into(),
+        source,
+    })
+}
+
+/// Serves `app` on `listener`, over TLS if `tls` names files.
+async fn serve_api(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<&TlsFiles>,
+) -> Result<(Stop, JoinHandle<()>), ServeError> {
+    let addr = local_addr(&listener)?;
+    let Some(files) = tls else {
+        let (stop, stopped) = oneshot::channel::<()>();
+        // Small replies must not wait for the client's delayed ACK (Nagle).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "vault HTTP server stopped");
+            }
+        });
+        return Ok((Stop::Plain(Some(stop)), server));
+    };
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+        .await
+        .map_err(|e| {
+            ServeError::Setup(format!(
+                "cannot load the TLS certificate {} and key {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    let (handle, server) = serve_rustls(listener, app, tls)?;
+    let _ = addr;
+    Ok((Stop::Tls(handle), server))
+}
+
+fn serve_rustls(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: axum_server::tls_rustls::RustlsConfig,
+) -> Result<(axum_server::Handle, JoinHandle<()>), ServeError> {
+    let addr = local_addr(&listener)?;
+    let std_listener = listener
+        .into_std()
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let handle = axum_server::Handle::new();
+    let serve = axum_server::from_tcp_rustls(std_listener, tls)
+        .handle(handle.clone())
+        .serve(app.into_make_service());
+    let server = tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "vault HTTPS server stopped");
+        }
+    });
+    Ok((handle, server))
+}
+
+/// Housekeeping every second: expired sessions, exhausted records.
+fn start_sweeper(vault: Arc<Vault>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            vault.sweep().await;
+        }
+    })
+}
+
 impl RunningVault {
     /// Opens (or creates) the vault in `config.data` and serves it.
     pub async fn start(config: ServeConfig) -> Result<RunningVault, ServeError> {
@@ -137,90 +265,111 @@ impl RunningVault {
         let sealer = open_sealer(&config.data, config.node_key.as_deref())?;
         let secrets = VaultSecrets::load_or_create(&config.data, sealer.as_ref())
             .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let node = VaultNode::start(NodeConfig {
-            dir: config.data.join("raft"),
+        let listener = bind(config.listen).await?;
+        let addr = local_addr(&listener)?;
+        let node = VaultNode::start(NodeConfig::local(
+            config.data.join("raft"),
             sealer,
-            node_id: 1,
-            addr: addr.to_string(),
-        })
+            1,
+            addr.to_string(),
+        ))
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
         let VaultSecrets { server, tokens } = secrets;
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault));
-        let app = api::router(vault.clone());
-        let (stop, server) = match &config.tls {
-            None => {
-                let (stop, stopped) = oneshot::channel::<()>();
-                // Small replies must not wait for the client's delayed ACK (Nagle).
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                let server = tokio::spawn(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "vault HTTP server stopped");
-                    }
-                });
-                (Stop::Plain(Some(stop)), server)
-            }
-            Some(files) => {
-                let tls =
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                        .await
-                        .map_err(|e| {
-                            ServeError::Setup(format!(
-                                "cannot load the TLS certificate {} and key {}: {e}",
-                                files.cert.display(),
-                                files.key.display()
-                            ))
-                        })?;
-                let std_listener = listener.into_std().map_err(|source| ServeError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-                let handle = axum_server::Handle::new();
-                let serve = axum_server::from_tcp_rustls(std_listener, tls)
-                    .handle(handle.clone())
-                    .serve(app.into_make_service());
-                let server = tokio::spawn(async move {
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "vault HTTPS server stopped");
-                    }
-                });
-                (Stop::Tls(handle), server)
-            }
-        };
-        let sweeping = vault.clone();
-        let sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                sweeping.sweep().await;
-            }
-        });
+        let (stop, server) =
+            serve_api(listener, api::router(vault.clone()), config.tls.as_ref()).await?;
         tracing::info!(%addr, public_key = %hex::encode(vault.info().server_public_key), "vault serving");
         Ok(RunningVault {
             addr,
             tls: config.tls.is_some(),
+            tasks: vec![start_sweeper(vault.clone())],
             vault,
             stop,
             server,
-            sweeper,
+            peer_stop: None,
+            _lock: lock,
+        })
+    }
+
+    /// Runs one replica of a fleet, as its configuration file says. The replica must
+    /// have been set up with `vault init` (the first) or `vault join` (the others).
+    /// Serves at once; device requests get "unavailable" until a leader is known.
+    pub async fn start_fleet(config: &FleetConfig) -> Result<RunningVault, ServeError> {
+        let lock = lock_data_dir(&config.data)?;
+        let sealer = open_fleet_sealer(config)?;
+        let secrets = VaultSecrets::load(&config.data, sealer.as_ref())
+            .map_err(|e| ServeError::Setup(e.to_string()))?
+            .ok_or_else(|| {
+                ServeError::Setup(format!(
+                    "{} holds no fleet secret: run `backlock vault init` on the first replica, `backlock vault join` on the others",
+                    config.data.display()
+                ))
+            })?;
+        let peer_tls = config
+            .fleet_tls
+            .load()
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let source = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
+        let client = peer_tls
+            .http_client(source)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let api_listener = bind(config.listen).await?;
+        let addr = local_addr(&api_listener)?;
+        let peer_listener = bind(config.peer_listen).await?;
+        let joining = config.data.join(JOINING_MARKER);
+        let votes = VoteGate::new(!joining.exists());
+        let node = VaultNode::start_with(
+            NodeConfig {
+                dir: config.data.join("raft"),
+                sealer,
+                node_id: config.node_id,
+                addr: config.peer_address(),
+                network: HttpNetwork::mutual_tls(client),
+                votes,
+            },
+            Bootstrap::Join,
+        )
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let transfer = secrets.to_transfer();
+        let peer_app = node.peer_router().route(
+            crate::fleet::SECRETS_ROUTE,
+            axum::routing::get(move || {
+                let bytes = transfer.to_vec();
+                async move { bytes }
+            }),
+        );
+        let VaultSecrets { server, tokens } = secrets;
+        let vault = Arc::new(Vault::new(node, server, tokens, config.vault()));
+        let (peer_stop, peer_server) = serve_rustls(
+            peer_listener,
+            peer_app,
+            axum_server::tls_rustls::RustlsConfig::from_config(peer_tls.server),
+        )?;
+        let (stop, server) = serve_api(
+            api_listener,
+            api::router(vault.clone()),
+            config.api_tls.as_ref(),
+        )
+        .await?;
+        let mut tasks = vec![start_sweeper(vault.clone()), peer_server];
+        if joining.exists() {
+            tasks.push(tokio::spawn(finish_join(
+                vault.clone(),
+                config.other_peers(),
+                joining,
+            )));
+        }
+        tracing::info!(%addr, node_id = config.node_id, public_key = %hex::encode(vault.info().server_public_key), "vault replica serving");
+        Ok(RunningVault {
+            addr,
+            tls: config.api_tls.is_some(),
+            vault,
+            stop,
+            server,
+            tasks,
+            peer_stop: Some(peer_stop),
             _lock: lock,
         })
     }
@@ -241,7 +390,13 @@ impl RunningVault {
             }
             Stop::Tls(handle) => handle.graceful_shutdown(Some(Duration::from_secs(5))),
         }
-        self.sweeper.abort();
+        if let Some(peer) = &self.peer_stop {
+            peer.shutdown();
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = (&mut self.server).await;
         match Arc::try_unwrap(self.vault) {
             Ok(vault) => vault.into_node().shutdown().await,
@@ -249,5 +404,21 @@ impl RunningVault {
                 "vault still referenced at shutdown; the node stops with the process"
             ),
         }
+    }
+}
+
+/// Asks the leader to confirm this replica as a voter holding the whole log, then drops
+/// the joining marker: from then on the replica votes, after restarts too.
+async fn finish_join(vault: Arc<Vault>, contacts: Vec<String>, marker: PathBuf) {
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    match vault.node().join(&contacts, far).await {
+        Ok(()) => {
+            if let Err(e) = std::fs::remove_file(&marker) {
+                tracing::error!(error = %e, marker = %marker.display(), "joined, but cannot remove the joining marker; remove it by hand");
+            } else {
+                tracing::info!("joined the fleet: this replica holds the whole log and votes");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not join the fleet"),
     }
 }

@@ -47,64 +47,99 @@ pub enum SecretsError {
     Unseal(PathBuf),
 }
 
+/// Bytes of the secrets as one replica hands them to a joining one (over mutual TLS).
+pub type Transfer = zeroize::Zeroizing<Vec<u8>>;
+
 impl VaultSecrets {
+    /// Fresh secrets.
+    pub fn generate() -> Self {
+        VaultSecrets {
+            server: ServerKeys::generate(),
+            tokens: TokenSecret::generate(),
+        }
+    }
+
+    /// The secrets as a joining replica receives them.
+    pub fn to_transfer(&self) -> Transfer {
+        let stored = Stored {
+            server: self.server.to_bytes().to_vec(),
+            tokens: *self.tokens.expose_secret(),
+        };
+        zeroize::Zeroizing::new(
+            postcard::to_allocvec(&stored).expect("postcard encodes into a Vec"),
+        )
+    }
+
+    /// Secrets received from another replica; `None` if the bytes are not secrets.
+    pub fn from_transfer(bytes: &[u8]) -> Option<Self> {
+        let stored: Stored = postcard::from_bytes(bytes).ok()?;
+        Some(VaultSecrets {
+            server: ServerKeys::from_bytes(&stored.server).ok()?,
+            tokens: TokenSecret::from_bytes(stored.tokens),
+        })
+    }
+
+    /// Whether `dir` holds sealed secrets.
+    pub fn exist(dir: &Path) -> bool {
+        dir.join(FILE).exists()
+    }
+
+    /// Loads `dir/secrets.sealed`; `None` if there is none.
+    pub fn load(dir: &Path, sealer: &dyn Sealer) -> Result<Option<Self>, SecretsError> {
+        let path = dir.join(FILE);
+        let sealed = match fs::read(&path) {
+            Ok(sealed) => sealed,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(SecretsError::Io { path, source }),
+        };
+        let plain = sealer
+            .open(CONTEXT, &sealed)
+            .map_err(|_| SecretsError::Unseal(path.clone()))?;
+        Self::from_transfer(&plain)
+            .map(Some)
+            .ok_or(SecretsError::Unseal(path))
+    }
+
     /// Loads `dir/secrets.sealed`, or creates it with fresh secrets if `dir` has none.
     pub fn load_or_create(dir: &Path, sealer: &dyn Sealer) -> Result<Self, SecretsError> {
+        if let Some(secrets) = Self::load(dir, sealer)? {
+            return Ok(secrets);
+        }
+        let secrets = Self::generate();
+        secrets.store(dir, sealer)?;
+        Ok(secrets)
+    }
+
+    /// Seals these secrets into `dir/secrets.sealed`, which must not exist yet.
+    pub fn store(&self, dir: &Path, sealer: &dyn Sealer) -> Result<(), SecretsError> {
         let path = dir.join(FILE);
         let io = |source| SecretsError::Io {
             path: path.clone(),
             source,
         };
-        match fs::read(&path) {
-            Ok(sealed) => {
-                let plain = sealer
-                    .open(CONTEXT, &sealed)
-                    .map_err(|_| SecretsError::Unseal(path.clone()))?;
-                let stored: Stored =
-                    postcard::from_bytes(&plain).map_err(|_| SecretsError::Unseal(path.clone()))?;
-                Ok(VaultSecrets {
-                    server: ServerKeys::from_bytes(&stored.server)
-                        .map_err(|_| SecretsError::Unseal(path.clone()))?,
-                    tokens: TokenSecret::from_bytes(stored.tokens),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let secrets = VaultSecrets {
-                    server: ServerKeys::generate(),
-                    tokens: TokenSecret::generate(),
-                };
-                let stored = Stored {
-                    server: secrets.server.to_bytes().to_vec(),
-                    tokens: *secrets.tokens.expose_secret(),
-                };
-                let plain = zeroize::Zeroizing::new(
-                    postcard::to_allocvec(&stored).expect("postcard encodes into a Vec"),
-                );
-                let sealed = sealer
-                    .seal(CONTEXT, &plain)
-                    .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-                fs::create_dir_all(dir).map_err(io)?;
-                // hard_link fails if the file exists: two processes racing to initialise
-                // never overwrite each other's secrets.
-                let tmp = dir.join(format!("{FILE}.tmp"));
-                let mut f = {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&tmp)
-                        .map_err(io)?
-                };
-                f.write_all(&sealed).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                fs::hard_link(&tmp, &path).map_err(io)?;
-                fs::remove_file(&tmp).map_err(io)?;
-                fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-                Ok(secrets)
-            }
-            Err(e) => Err(io(e)),
-        }
+        let sealed = sealer
+            .seal(CONTEXT, &self.to_transfer())
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        fs::create_dir_all(dir).map_err(io)?;
+        // hard_link fails if the file exists: two processes racing to initialise
+        // never overwrite each other's secrets.
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?
+        };
+        f.write_all(&sealed).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        let linked = fs::hard_link(&tmp, &path);
+        fs::remove_file(&tmp).map_err(io)?;
+        linked.map_err(io)?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(())
     }
 }

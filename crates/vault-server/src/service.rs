@@ -274,6 +274,7 @@ impl Vault {
                 record,
             },
             Some(proof) => {
+                self.node.catch_up().await.map_err(unavailable)?;
                 let owner = self
                     .node
                     .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
@@ -335,16 +336,27 @@ impl Vault {
         req: RecoverStart,
     ) -> Reply<RecoverStartReply> {
         self.admit(token, &req.account)?;
-        let record = self.node.read(|s| {
-            s.record(&req.account).map(|r| {
-                (
-                    r.generation,
-                    r.record_id,
-                    r.password_file.clone(),
-                    r.attempts_left,
-                )
+        let read = || {
+            self.node.read(|s| {
+                s.record(&req.account).map(|r| {
+                    (
+                        r.generation,
+                        r.record_id,
+                        r.password_file.clone(),
+                        r.attempts_left,
+                    )
+                })
             })
-        });
+        };
+        // A follower may not have applied a registration that just committed: before
+        // saying "no key", catch up with the leader.
+        let record = match read() {
+            Some(record) => Some(record),
+            None => {
+                self.node.catch_up().await.map_err(unavailable)?;
+                read()
+            }
+        };
         let Some((generation, record_id, file, attempts_left)) = record else {
             return Err(if self.node.read(|s| s.locked(&req.account)) {
                 locked()
@@ -477,6 +489,7 @@ impl Vault {
     /// Erases the record on the owner's request.
     pub async fn delete(&self, token: Option<&str>, req: DeleteRecord) -> Reply<Deleted> {
         self.admit(token, &req.account)?;
+        self.node.catch_up().await.map_err(unavailable)?;
         let owner = self
             .node
             .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
@@ -511,8 +524,10 @@ impl Vault {
     }
 
     /// The account's record state.
-    pub fn status(&self, token: Option<&str>, req: StatusRequest) -> Reply<AccountStatus> {
+    pub async fn status(&self, token: Option<&str>, req: StatusRequest) -> Reply<AccountStatus> {
         self.admit(token, &req.account)?;
+        // Linearizable: a device reads its count after its own guesses, on any replica.
+        self.node.catch_up().await.map_err(unavailable)?;
         if self.node.read(|s| s.locked(&req.account)) {
             return Err(locked());
         }
@@ -539,6 +554,15 @@ impl Vault {
                 self.metrics.lockouts.inc();
                 tracing::warn!(account = %account, "guess limit reached: record erased");
             }
+            Ok(Applied::Refused(Refusal::NotExhausted)) => {
+                // This replica's copy lagged: the record still has guesses.
+                let mut e = err(
+                    ErrorCode::Unavailable,
+                    "the vault replica was catching up; retry",
+                );
+                e.retry_after_ms = Some(0);
+                return e;
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(account = %account, error = %e, "could not erase an exhausted record yet")
@@ -547,9 +571,8 @@ impl Vault {
         locked()
     }
 
-    /// One pass of housekeeping: drop expired sessions; erase records whose last guess
-    /// can no longer finish. Run it every second on every replica (only the leader's
-    /// proposals commit).
+    /// One pass of housekeeping: drop expired sessions; on the leader, erase records
+    /// whose last guess can no longer finish. Run it every second on every replica.
     pub async fn sweep(&self) {
         let now = Instant::now();
         self.sessions
@@ -560,6 +583,10 @@ impl Vault {
             .lock()
             .expect("rate-limit lock poisoned")
             .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(600));
+        // Only the leader's erasures commit without a round trip; one proposer is enough.
+        if !self.node.is_leader() {
+            return;
+        }
         let cutoff = now_ms().saturating_sub(self.config.session_ttl.as_millis() as u64);
         for (account, generation) in self.node.read(|s| s.expired_exhausted(cutoff)) {
             self.erase_exhausted(&account, generation).await;

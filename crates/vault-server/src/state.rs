@@ -188,6 +188,9 @@ pub enum Refusal {
     Exhausted,
     /// The record changed since the proposer read it.
     StaleGeneration,
+    /// An erasure for an exhausted count found guesses left (the proposer read a lagging
+    /// replica, or a right guess restored the count meanwhile).
+    NotExhausted,
 }
 
 /// Every record, by account.
@@ -333,6 +336,9 @@ impl VaultState {
             } => match self.records.get(&account) {
                 None => Applied::Refused(Refusal::NoRecord),
                 Some(r) if r.generation != generation => Applied::Refused(Refusal::StaleGeneration),
+                Some(r) if reason == EraseReason::Exhausted && r.attempts_left > 0 => {
+                    Applied::Refused(Refusal::NotExhausted)
+                }
                 Some(_) => {
                     self.records.remove(&account);
                     let history = self.history.entry(account).or_default();
@@ -412,6 +418,34 @@ mod tests {
         assert_eq!(erased, Applied::Erased);
         assert!(s.locked("a"));
         assert!(s.record("a").is_none());
+    }
+
+    #[test]
+    fn an_exhausted_erasure_needs_a_count_of_zero_when_applied() {
+        let mut s = VaultState::default();
+        s.apply(Command::Register {
+            account: "a".into(),
+            record: new_record(2),
+        });
+        let erase = Command::Erase {
+            account: "a".into(),
+            generation: 1,
+            reason: EraseReason::Exhausted,
+        };
+        assert_eq!(
+            s.apply(erase.clone()),
+            Applied::Refused(Refusal::NotExhausted)
+        );
+        assert!(s.record("a").is_some());
+        for _ in 0..2 {
+            s.apply(Command::Attempt {
+                account: "a".into(),
+                generation: 1,
+                now_ms: 0,
+            });
+        }
+        assert_eq!(s.apply(erase), Applied::Erased);
+        assert!(s.locked("a"));
     }
 
     #[test]

@@ -155,12 +155,12 @@ async fn vault_on_the_token() {
     let sealer: Arc<dyn Sealer> = Arc::new(Pkcs11Sealer::open_or_create(&config).unwrap());
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let node = VaultNode::start(NodeConfig {
-        dir: data.clone(),
-        sealer: sealer.clone(),
-        node_id: 1,
-        addr: "127.0.0.1:0".into(),
-    })
+    let node = VaultNode::start(NodeConfig::local(
+        data.clone(),
+        sealer.clone(),
+        1,
+        "127.0.0.1:0".into(),
+    ))
     .await
     .unwrap();
     let stored = node

@@ -1,5 +1,5 @@
 //! Three replicas in one process, talking Raft over HTTP on 127.0.0.1: writes on the
-//! leader reach the followers, a follower points at the leader, and an erasure purges
+//! leader reach the followers, a follower forwards to the leader, and an erasure purges
 //! every replica's log.
 
 use backlock_vault_server::raft::{Bootstrap, NodeConfig, VaultNode};
@@ -55,12 +55,12 @@ async fn writes_on_the_leader_reach_the_followers() {
             Bootstrap::Join
         };
         let node = VaultNode::start_with(
-            NodeConfig {
-                dir: root.path().join(format!("node{id}")),
-                sealer: sealer.clone(),
-                node_id: id,
-                addr: members[&id].clone(),
-            },
+            NodeConfig::local(
+                root.path().join(format!("node{id}")),
+                sealer.clone(),
+                id,
+                members[&id].clone(),
+            ),
             bootstrap,
         )
         .await
@@ -107,28 +107,31 @@ async fn writes_on_the_leader_reach_the_followers() {
         assert_eq!(node.status().leader_id, Some(leader_id));
     }
 
-    // A follower refuses to propose and names the leader.
+    // A follower forwards its proposal to the leader and hears the result.
     let (_, follower) = nodes.iter().find(|(id, _)| **id != leader_id).unwrap();
-    let refused = follower
+    let restored = follower
         .propose(Command::Success {
             account: "alice".into(),
             generation: 1,
         })
         .await
-        .unwrap_err();
+        .unwrap();
     assert!(
-        refused.to_string().contains(&format!(
-            "leader is node {leader_id} at {}",
-            members[&leader_id]
-        )),
-        "{refused}"
+        matches!(restored, Applied::Restored { attempts_left: 10, .. }),
+        "{restored:?}"
     );
+    for node in nodes.values() {
+        eventually("every replica applied the forwarded success", || {
+            attempts_left(node) == Some(10)
+        })
+        .await;
+    }
 
     // An erasure is applied everywhere, and every replica's log drops the record.
     let erase = Command::Erase {
         account: "alice".into(),
         generation: 1,
-        reason: EraseReason::Exhausted,
+        reason: EraseReason::Owner,
     };
     assert_eq!(leader.propose(erase).await.unwrap(), Applied::Erased);
     let erase_index = leader.status().last_applied_index.unwrap();
@@ -176,11 +179,13 @@ async fn a_replica_that_was_down_catches_up_from_a_snapshot() {
         .iter()
         .map(|(id, l)| (*id, l.local_addr().unwrap().to_string()))
         .collect();
-    let config = |id: u64| NodeConfig {
-        dir: root.path().join(format!("node{id}")),
-        sealer: sealer.clone(),
-        node_id: id,
-        addr: members[&id].clone(),
+    let config = |id: u64| {
+        NodeConfig::local(
+            root.path().join(format!("node{id}")),
+            sealer.clone(),
+            id,
+            members[&id].clone(),
+        )
     };
     // Node 3 is down: its port accepts nothing yet.
     let late_listener = listeners.remove(&3).unwrap();

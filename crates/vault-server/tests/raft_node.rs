@@ -30,12 +30,12 @@ impl Fixture {
     }
 
     async fn start(&self) -> VaultNode {
-        VaultNode::start(NodeConfig {
-            dir: self.data(),
-            sealer: self.sealer.clone(),
-            node_id: 1,
-            addr: "127.0.0.1:0".into(),
-        })
+        VaultNode::start(NodeConfig::local(
+            self.data(),
+            self.sealer.clone(),
+            1,
+            "127.0.0.1:0".into(),
+        ))
         .await
         .unwrap()
     }
@@ -251,12 +251,12 @@ async fn a_data_directory_under_another_key_does_not_start() {
     node.shutdown().await;
 
     let other_key = tempfile::tempdir().unwrap();
-    let err = VaultNode::start(NodeConfig {
-        dir: fx.data(),
-        sealer: Arc::new(KeyFileSealer::open_or_create(other_key.path().join("node.key")).unwrap()),
-        node_id: 1,
-        addr: "127.0.0.1:0".into(),
-    })
+    let err = VaultNode::start(NodeConfig::local(
+        fx.data(),
+        Arc::new(KeyFileSealer::open_or_create(other_key.path().join("node.key")).unwrap()),
+        1,
+        "127.0.0.1:0".into(),
+    ))
     .await
     .unwrap_err();
     assert!(err.to_string().contains("does not open"), "{err}");

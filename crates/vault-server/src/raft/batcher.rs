@@ -8,12 +8,21 @@
 //! one flush for many guesses while an idle one adds no delay. The commands of an entry
 //! are applied in order, exactly as if they had been proposed one after another, and no
 //! caller hears back before the whole entry is committed.
+//!
+//! On a follower the batch goes to the leader, which commits it as one entry and sends
+//! back what applying it gave. A batch is retried, until [`PROPOSE_WAIT`] runs out,
+//! only when it surely was not written (this replica or the peer asked was not the
+//! leader, or the leader could not be reached, or it has not heard from a quorum lately
+//! and wrote nothing, see `lease`): a retry never commits a command twice.
 
+use super::lease::QuorumLease;
+use super::network::{HttpNetwork, PeerCallError};
+use super::peer::PeerRefusal;
 use super::types::{Batch, VaultRaft};
-use super::ProposeError;
+use super::{ProposeError, PROPOSE_WAIT};
 use crate::state::{Applied, Command};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -21,8 +30,8 @@ use tokio::task::JoinHandle;
 /// hundred bytes).
 const MAX_BATCH: usize = 512;
 
-/// How long a proposal may wait for a quorum before the caller hears "unavailable".
-const PROPOSE_WAIT: Duration = Duration::from_secs(5);
+/// Pause before retrying a batch that found no leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
 
@@ -33,9 +42,14 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn start(raft: VaultRaft, node_id: u64) -> Self {
+    pub(crate) fn start(
+        raft: VaultRaft,
+        node_id: u64,
+        network: HttpNetwork,
+        lease: QuorumLease,
+    ) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(raft, node_id, pending));
+        let task = tokio::spawn(run(raft, node_id, network, lease, pending));
         Self { queue, task }
     }
 
@@ -63,6 +77,8 @@ impl Drop for Batcher {
 async fn run(
     raft: VaultRaft,
     node_id: u64,
+    network: HttpNetwork,
+    lease: QuorumLease,
     mut pending: mpsc::UnboundedReceiver<(Command, Reply)>,
 ) {
     while let Some(first) = pending.recv().await {
@@ -76,7 +92,7 @@ async fn run(
         }
         let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let count = commands.len();
-        let results = match write(&raft, node_id, Batch(commands)).await {
+        let results = match write(&raft, node_id, &network, &lease, Batch(commands)).await {
             Ok(results) if results.len() == count => results.into_iter().map(Ok).collect(),
             Ok(results) => {
                 let e = ProposeError::Fatal(format!(
@@ -93,31 +109,70 @@ async fn run(
     }
 }
 
-/// Commits one batch through Raft (durably, on a majority) and applies it.
-async fn write(raft: &VaultRaft, node_id: u64, batch: Batch) -> Result<Vec<Applied>, ProposeError> {
-    let written = tokio::time::timeout(PROPOSE_WAIT, raft.client_write(batch)).await;
-    let Ok(written) = written else {
-        return Err(ProposeError::Unavailable(format!(
+/// Commits one batch through Raft (durably, on a majority), here or on the leader, and
+/// applies it.
+async fn write(
+    raft: &VaultRaft,
+    node_id: u64,
+    network: &HttpNetwork,
+    lease: &QuorumLease,
+    batch: Batch,
+) -> Result<Vec<Applied>, ProposeError> {
+    let deadline = Instant::now() + PROPOSE_WAIT;
+    let may_still_commit = || {
+        ProposeError::Unavailable(format!(
             "no quorum committed the command within {PROPOSE_WAIT:?}; it may still commit"
-        )));
+        ))
     };
-    match written {
-        Ok(response) => Ok(response.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            let leader = match (forward.leader_id, forward.leader_node) {
-                (Some(id), Some(node)) => format!("node {id} at {}", node.addr),
-                (Some(id), None) => format!("node {id}"),
-                _ => "unknown (election in progress)".to_owned(),
-            };
-            Err(ProposeError::Unavailable(format!(
-                "replica {node_id} is not the leader; the leader is {leader}"
-            )))
+    let mut why = "no leader is known (election in progress)".to_owned();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProposeError::Unavailable(format!(
+                "replica {node_id} could not reach a leader within {PROPOSE_WAIT:?}: {why}"
+            )));
         }
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-            Err(ProposeError::Fatal(e.to_string()))
+        if let Err(no_quorum) = lease.check(raft, node_id) {
+            why = no_quorum;
+            tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+            continue;
         }
-        Err(RaftError::Fatal(Fatal::Stopped)) => Err(shutting_down()),
-        Err(RaftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
+        let written = tokio::time::timeout(left, raft.client_write(batch.clone()))
+            .await
+            .map_err(|_| may_still_commit())?;
+        let forward = match written {
+            Ok(response) => return Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                return Err(ProposeError::Fatal(e.to_string()))
+            }
+            Err(RaftError::Fatal(Fatal::Stopped)) => return Err(shutting_down()),
+            Err(RaftError::Fatal(e)) => return Err(ProposeError::Fatal(e.to_string())),
+        };
+        let leader = forward
+            .leader_id
+            .filter(|id| *id != node_id)
+            .zip(forward.leader_node);
+        if let Some((leader_id, leader)) = leader {
+            match network.propose(&leader.addr, &batch, left).await {
+                Ok(results) => return Ok(results),
+                // Surely not written: wait for the election and try again.
+                Err(e @ PeerCallError::NotSent { .. })
+                | Err(e @ PeerCallError::Refused(PeerRefusal::NotLeader(_)))
+                | Err(e @ PeerCallError::Refused(PeerRefusal::NoQuorum(_))) => {
+                    why = format!("leader {leader_id}: {e}");
+                }
+                Err(PeerCallError::Refused(PeerRefusal::Rejected(e))) => {
+                    return Err(ProposeError::Fatal(e))
+                }
+                Err(e) => {
+                    return Err(ProposeError::Unavailable(format!(
+                        "leader {leader_id}: {e}; the command may still commit"
+                    )))
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE.min(left)).await;
     }
 }
 

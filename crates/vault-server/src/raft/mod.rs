@@ -6,18 +6,23 @@
 //!   snapshot file), purged so an erased record's bytes really leave the data directory.
 //! - Proposals are batched: one log entry carries every command proposed while the
 //!   previous entry was being committed (see `batcher`).
-//! - [`HttpNetwork`], [`peer_router`]: Raft messages between replicas over HTTP.
+//! - [`HttpNetwork`], [`VaultNode::peer_router`]: messages between replicas over HTTP
+//!   (mutual TLS in a fleet). A follower forwards its proposals to the leader, and a
+//!   replica that lost its state does not vote until it has caught up ([`VoteGate`]).
 
 mod batcher;
 mod files;
+mod lease;
 mod log_store;
 mod network;
+mod peer;
 mod state_machine;
 mod types;
 mod wal;
 
 pub use log_store::LogStore;
-pub use network::{peer_router, HttpNetwork, PeerClient};
+pub use network::{HttpNetwork, PeerCallError, PeerClient};
+pub use peer::{JoinRequest, PeerRefusal, ReplicaReport, VoteGate};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{Batch, TypeConfig, VaultRaft};
 
@@ -39,6 +44,11 @@ use tokio::task::JoinHandle;
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight state machine work (snapshot writes).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long a proposal may wait for a quorum (and a leader) before the caller hears
+/// "unavailable".
+pub(crate) const PROPOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long a join request may take: the leader answers once the replica caught up.
+const JOIN_CALL_WAIT: Duration = Duration::from_secs(150);
 /// Entries between policy snapshots; erasures trigger one at once.
 const SNAPSHOT_EVERY: u64 = 1000;
 
@@ -50,8 +60,26 @@ pub struct NodeConfig {
     pub sealer: Arc<dyn Sealer>,
     /// This replica's Raft id, stable for its lifetime.
     pub node_id: u64,
-    /// `host:port` where peers reach this replica's [`peer_router`].
+    /// `host:port` where peers reach this replica's [`VaultNode::peer_router`].
     pub addr: String,
+    /// How this replica reaches its peers.
+    pub network: HttpNetwork,
+    /// Whether this replica votes (closed while a rejoining replica catches up).
+    pub votes: VoteGate,
+}
+
+impl NodeConfig {
+    /// A replica on plain HTTP that votes: tests and in-process clusters.
+    pub fn local(dir: PathBuf, sealer: Arc<dyn Sealer>, node_id: u64, addr: String) -> Self {
+        NodeConfig {
+            dir,
+            sealer,
+            node_id,
+            addr,
+            network: HttpNetwork::new(),
+            votes: VoteGate::new(true),
+        }
+    }
 }
 
 impl fmt::Debug for NodeConfig {
@@ -61,7 +89,8 @@ impl fmt::Debug for NodeConfig {
             .field("sealer", &self.sealer.describe())
             .field("node_id", &self.node_id)
             .field("addr", &self.addr)
-            .finish()
+            .field("votes", &self.votes.is_open())
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,11 +196,16 @@ pub struct NodeStatus {
 /// One vault replica running the [`VaultState`] machine under Raft.
 pub struct VaultNode {
     node_id: u64,
+    addr: String,
     raft: VaultRaft,
     state: StateHandle,
     log: LogStore,
     batcher: Batcher,
+    network: HttpNetwork,
+    votes: VoteGate,
+    lease: lease::QuorumLease,
     eraser: JoinHandle<()>,
+    lease_watch: JoinHandle<()>,
 }
 
 impl fmt::Debug for VaultNode {
@@ -217,6 +251,8 @@ impl VaultNode {
             sealer,
             node_id,
             addr,
+            network,
+            votes,
         } = config;
         let storage_error = |reason: String| StartError::Storage {
             dir: dir.clone(),
@@ -235,14 +271,21 @@ impl VaultNode {
         let dropped_records = sm.dropped_records();
 
         let config = Arc::new(raft_config()?);
-        let raft = VaultRaft::new(node_id, config, HttpNetwork::new(), log.clone(), sm)
+        let raft = VaultRaft::new(node_id, config, network.clone(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let eraser = tokio::spawn(snapshot_after_drops(raft.clone(), dropped_records));
+        let lease = lease::QuorumLease::default();
+        let lease_watch = lease.watch(raft.clone());
         let node = VaultNode {
             node_id,
-            batcher: Batcher::start(raft.clone(), node_id),
+            addr: addr.clone(),
+            batcher: Batcher::start(raft.clone(), node_id, network.clone(), lease.clone()),
+            lease,
+            lease_watch,
             raft,
+            network,
+            votes,
             state,
             log,
             eraser,
@@ -326,9 +369,104 @@ impl VaultNode {
         }
     }
 
-    /// The routes peers post Raft messages to (see [`peer_router`]).
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader == Some(self.node_id)
+    }
+
+    /// This replica's report on itself, as peers and `vault status` see it.
+    pub fn report(&self) -> ReplicaReport {
+        peer::report(&self.peer_context())
+    }
+
+    /// The gate that keeps a rejoining replica from voting.
+    pub fn votes(&self) -> &VoteGate {
+        &self.votes
+    }
+
+    /// Waits until this replica has applied everything committed before the call, so
+    /// that a read of its state that follows is linearizable. On a follower this asks
+    /// the leader for its commit index.
+    pub async fn catch_up(&self) -> Result<(), ProposeError> {
+        let index = match peer::leader_read_index(&self.raft).await {
+            Ok(index) => index,
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
+            )) => {
+                let leader = forward
+                    .leader_node
+                    .ok_or_else(|| ProposeError::Unavailable("no leader is known".to_owned()))?;
+                self.network
+                    .read_index(&leader.addr, PROPOSE_WAIT)
+                    .await
+                    .map_err(|e| ProposeError::Unavailable(e.to_string()))?
+            }
+            Err(e) => return Err(ProposeError::Unavailable(e.to_string())),
+        };
+        let Some(index) = index else { return Ok(()) };
+        self.raft
+            .wait(Some(PROPOSE_WAIT))
+            .applied_index_at_least(Some(index), "caught up with the leader")
+            .await
+            .map(|_| ())
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))
+    }
+
+    /// Asks the leader, through the peers at `contacts`, to make this replica a voting
+    /// member, and opens the vote gate once the leader says it holds the whole log.
+    /// Retries until it succeeds or `deadline` passes.
+    pub async fn join(&self, contacts: &[String], deadline: Instant) -> Result<(), String> {
+        let request = JoinRequest {
+            node_id: self.node_id,
+            addr: self.addr.clone(),
+        };
+        let mut leader: Option<String> = None;
+        let mut last = "no other replica is configured".to_owned();
+        loop {
+            let targets = leader
+                .iter()
+                .chain(contacts.iter())
+                .cloned()
+                .collect::<Vec<_>>();
+            for target in targets {
+                if target == self.addr {
+                    continue;
+                }
+                match self.network.join(&target, &request, JOIN_CALL_WAIT).await {
+                    Ok(()) => {
+                        self.votes.open();
+                        return Ok(());
+                    }
+                    Err(PeerCallError::Refused(PeerRefusal::NotLeader(Some((_, addr))))) => {
+                        leader = Some(addr);
+                        last = format!("{target} is not the leader");
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn peer_context(&self) -> peer::PeerContext {
+        peer::PeerContext {
+            raft: self.raft.clone(),
+            votes: self.votes.clone(),
+            lease: self.lease.clone(),
+            state: self.state.clone(),
+            log: self.log.clone(),
+        }
+    }
+
+    /// The routes peers call (Raft messages, forwarded proposals, joins, status).
     pub fn peer_router(&self) -> axum::Router {
-        peer_router(self.raft.clone())
+        peer::router(self.peer_context())
     }
 
     /// Stops Raft and waits (bounded) for in-flight state machine work to finish.
@@ -338,6 +476,7 @@ impl VaultNode {
             tracing::warn!(error = %e, "Raft task ended abnormally");
         }
         self.eraser.abort();
+        self.lease_watch.abort();
         // openraft's state machine worker and snapshot builds hold the store; once they
         // let go, nothing writes to the directory any more.
         let deadline = Instant::now() + SHUTDOWN_WAIT;
@@ -350,6 +489,7 @@ impl VaultNode {
 impl Drop for VaultNode {
     fn drop(&mut self) {
         self.eraser.abort();
+        self.lease_watch.abort();
     }
 }
 

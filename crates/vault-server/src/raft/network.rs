@@ -1,17 +1,17 @@
-//! Raft messages between replicas: postcard bodies over HTTP.
+//! Messages between replicas: postcard bodies over HTTP, HTTPS with mutual TLS in a
+//! fleet (see `fleet_tls`).
 //!
-//! A replica posts to `http://{addr}/raft/{append,vote,snapshot}` of its peer, which
-//! [`peer_router`] serves. Each response is a postcard `Result<reply, RaftError>`, so a
-//! peer's Raft-level refusal comes back as a [`RemoteError`] and transport trouble as
-//! [`Unreachable`] or [`NetworkError`]. Mutual TLS is added when the routes are mounted.
+//! A replica posts Raft messages to `{scheme}://{addr}/raft/{append,vote,snapshot}` of
+//! its peer, which [`super::peer_router`] serves. Each response is a postcard
+//! `Result<reply, RaftError>`, so a peer's Raft-level refusal comes back as a
+//! [`RemoteError`] and transport trouble as [`Unreachable`] or [`NetworkError`]. The same
+//! routes carry what a follower asks of the leader: forwarded proposals, read indexes
+//! and joins ([`HttpNetwork::propose`] and its siblings).
 
-use super::types::{TypeConfig, VaultRaft};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
+use super::peer::{JoinRequest, PeerRefusal, ReplicaReport};
+use super::types::{Batch, TypeConfig};
+use crate::state::Applied;
+use axum::http::header;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -25,26 +25,189 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::error::Error;
 use std::io;
+use std::time::Duration;
 
 /// Largest request body a peer accepts: a batch of entries or one snapshot chunk.
 pub(crate) const MAX_PEER_BODY: usize = 16 * 1024 * 1024;
 /// Snapshot chunk size, well under [`MAX_PEER_BODY`].
 pub(crate) const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
 
-const CONTENT_TYPE: &str = "application/x-backlock-raft";
+pub(crate) const CONTENT_TYPE: &str = "application/x-backlock-raft";
+
+/// How a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    /// The request never reached the peer (no connection): safe to retry elsewhere.
+    #[error("cannot reach the replica at {addr}: {reason}")]
+    NotSent {
+        /// The peer address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer answered with a refusal.
+    #[error("{0}")]
+    Refused(PeerRefusal),
+    /// The request may have reached the peer, but no valid answer came back.
+    #[error("no valid answer from the replica at {addr}: {reason}")]
+    Failed {
+        /// The peer address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+}
 
 /// Creates one [`PeerClient`] per peer, sharing one HTTP connection pool.
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: reqwest::Client,
+    scheme: &'static str,
 }
 
 impl HttpNetwork {
-    /// A network with its own connection pool.
+    /// Plain HTTP, for replicas in one process or on one trusted host (tests).
     pub fn new() -> Self {
         Self {
             client: reqwest::Client::new(),
+            scheme: "http",
         }
+    }
+
+    /// HTTPS through `client`, which presents this replica's fleet certificate (see
+    /// [`crate::fleet_tls::PeerTls::http_client`]).
+    pub fn mutual_tls(client: reqwest::Client) -> Self {
+        Self {
+            client,
+            scheme: "https",
+        }
+    }
+
+    fn url(&self, addr: &str, route: &str) -> String {
+        format!("{}://{addr}{route}", self.scheme)
+    }
+
+    /// Posts `request` to `route` of the replica at `addr` and decodes its postcard
+    /// `Result<T, PeerRefusal>`.
+    async fn post<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        route: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<T, PeerCallError> {
+        let body = postcard::to_allocvec(request).map_err(|e| PeerCallError::NotSent {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let request = self
+            .client
+            .post(self.url(addr, route))
+            .timeout(timeout)
+            .header(header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body);
+        let bytes = self.send(addr, request).await?;
+        let reply: Result<T, PeerRefusal> =
+            postcard::from_bytes(&bytes).map_err(|e| PeerCallError::Failed {
+                addr: addr.to_owned(),
+                reason: format!("undecodable reply: {e}"),
+            })?;
+        reply.map_err(PeerCallError::Refused)
+    }
+
+    async fn send(
+        &self,
+        addr: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, PeerCallError> {
+        let response = request.send().await.map_err(|e| {
+            let reason = error_chain(&e);
+            if e.is_connect() {
+                PeerCallError::NotSent {
+                    addr: addr.to_owned(),
+                    reason,
+                }
+            } else {
+                PeerCallError::Failed {
+                    addr: addr.to_owned(),
+                    reason,
+                }
+            }
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| PeerCallError::Failed {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !status.is_success() {
+            return Err(PeerCallError::Failed {
+                addr: addr.to_owned(),
+                reason: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Asks the leader at `addr` to commit `batch`; returns what applying it gave.
+    pub async fn propose(
+        &self,
+        addr: &str,
+        batch: &Batch,
+        timeout: Duration,
+    ) -> Result<Vec<Applied>, PeerCallError> {
+        self.post(addr, "/raft/propose", batch, timeout).await
+    }
+
+    /// Asks the leader at `addr` for an index that, once applied here, makes a read
+    /// linearizable.
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Option<u64>, PeerCallError> {
+        self.post(addr, "/raft/read-index", &(), timeout).await
+    }
+
+    /// Asks the replica at `addr` (the leader) to make the sender a voting member.
+    pub async fn join(
+        &self,
+        addr: &str,
+        request: &JoinRequest,
+        timeout: Duration,
+    ) -> Result<(), PeerCallError> {
+        self.post(addr, "/raft/join", request, timeout).await
+    }
+
+    /// Asks the leader at `addr` to remove a replica from the fleet.
+    pub async fn remove(
+        &self,
+        addr: &str,
+        node_id: u64,
+        timeout: Duration,
+    ) -> Result<(), PeerCallError> {
+        self.post(addr, "/raft/remove", &node_id, timeout).await
+    }
+
+    /// The replica at `addr` reports on itself.
+    pub async fn status(&self, addr: &str) -> Result<ReplicaReport, PeerCallError> {
+        let request = self
+            .client
+            .get(self.url(addr, "/raft/status"))
+            .timeout(Duration::from_secs(3));
+        let bytes = self.send(addr, request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| PeerCallError::Failed {
+            addr: addr.to_owned(),
+            reason: format!("undecodable status: {e}"),
+        })
+    }
+
+    /// GETs `route` of the replica at `addr` (the fleet secret for a joining replica).
+    pub async fn get_bytes(&self, addr: &str, route: &str) -> Result<Vec<u8>, PeerCallError> {
+        let request = self
+            .client
+            .get(self.url(addr, route))
+            .timeout(Duration::from_secs(10));
+        self.send(addr, request).await
     }
 }
 
@@ -54,12 +217,24 @@ impl Default for HttpNetwork {
     }
 }
 
+/// An error with its causes: reqwest's own message hides why a TLS handshake failed.
+fn error_chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
-            client: self.client.clone(),
+            network: self.clone(),
             target,
             node: node.clone(),
         }
@@ -68,7 +243,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 
 /// Sends Raft messages to one peer.
 pub struct PeerClient {
-    client: reqwest::Client,
+    network: HttpNetwork,
     target: u64,
     node: BasicNode,
 }
@@ -89,8 +264,9 @@ impl PeerClient {
     {
         let body =
             postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let url = format!("http://{}/raft/{route}", self.node.addr);
+        let url = self.network.url(&self.node.addr, route);
         let response = self
+            .network
             .client
             .post(url)
             .timeout(option.hard_ttl())
@@ -133,7 +309,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.call("append", &rpc, &option).await
+        self.call("/raft/append", &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -141,7 +317,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call("snapshot", &rpc, &option).await
+        self.call("/raft/snapshot", &rpc, &option).await
     }
 
     async fn vote(
@@ -149,52 +325,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.call("vote", &rpc, &option).await
+        self.call("/raft/vote", &rpc, &option).await
     }
-}
-
-/// Routes serving a replica's peers: `POST /raft/append`, `/raft/vote`, `/raft/snapshot`.
-pub fn peer_router(raft: VaultRaft) -> Router {
-    Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
-        .with_state(raft)
-}
-
-async fn append(State(raft): State<VaultRaft>, body: Bytes) -> Response {
-    match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(request) => reply(&raft.append_entries(request).await),
-        Err(e) => bad_request(&e),
-    }
-}
-
-async fn vote(State(raft): State<VaultRaft>, body: Bytes) -> Response {
-    match postcard::from_bytes::<VoteRequest<u64>>(&body) {
-        Ok(request) => reply(&raft.vote(request).await),
-        Err(e) => bad_request(&e),
-    }
-}
-
-async fn snapshot(State(raft): State<VaultRaft>, body: Bytes) -> Response {
-    match postcard::from_bytes::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(request) => reply(&raft.install_snapshot(request).await),
-        Err(e) => bad_request(&e),
-    }
-}
-
-fn reply<T: Serialize>(result: &T) -> Response {
-    match postcard::to_allocvec(result) {
-        Ok(bytes) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the reply: {e}"),
-        )
-            .into_response(),
-    }
-}
-
-fn bad_request(e: &postcard::Error) -> Response {
-    (StatusCode::BAD_REQUEST, format!("not a Raft message: {e}")).into_response()
 }

@@ -1,0 +1,380 @@
+//! The five-replica vault fleet as real processes on loopback (`backlock vault serve
+//! --config`), set up with `vault certs`, `init` and `join`: the guess limit holds under
+//! a storm with leader kills, the fleet serves with two replicas down and refuses with
+//! three, a partitioned minority serves no guess, and every record and count survives
+//! restarts and a wiped replica.
+
+use backlock_core::key::BackupKey;
+use backlock_testkit::fleet::{Fleet, FleetOptions};
+use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_proto::client::start_recovery;
+use backlock_vault_proto::password::Password;
+use backlock_vault_proto::suite::Stretch;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const RIGHT: &str = "correct horse battery staple";
+const WRONG: &str = "wrong horse";
+const LIMIT: u32 = 10;
+
+fn backlock() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_backlock"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A device given every replica, starting with replica `first` (0-based).
+fn device(urls: &[String], first: usize, account: &str, token: &str) -> VaultClient {
+    let mut rotated = urls.to_vec();
+    rotated.rotate_left(first % urls.len());
+    VaultClient::new(&rotated.join(","), account, token).unwrap()
+}
+
+/// Retries `work` while the vault is unavailable (an election after a kill), for up to
+/// 30 s, and returns its first other outcome.
+async fn settled<T, F, Fut>(mut work: F) -> Result<T, VaultError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, VaultError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match work().await {
+            Err(VaultError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// [`settled`], which must succeed.
+async fn patiently<T, F, Fut>(what: &str, work: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, VaultError>>,
+{
+    settled(work)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn register(client: &VaultClient, pinned: &[u8; 32]) -> BackupKey {
+    let key = BackupKey::generate();
+    let ksf = Stretch::memoized();
+    let password = Password::new(RIGHT.into());
+    patiently("register", || {
+        client.register(&password, &key, pinned, None, &ksf)
+    })
+    .await;
+    key
+}
+
+async fn attempts_left(client: &VaultClient) -> Option<u32> {
+    patiently("status", || client.status())
+        .await
+        .record
+        .map(|r| r.attempts_left)
+}
+
+#[test]
+fn two_replicas_down_still_serve_three_down_refuse_and_serve_no_guess() {
+    let mut fleet = Fleet::start(backlock(), FleetOptions::default());
+    let urls = fleet.urls();
+    let token = fleet.token("ada");
+    let rt = runtime();
+    let client = device(&urls, 0, "ada", &token);
+    let ksf = Stretch::memoized();
+    let right = Password::new(RIGHT.into());
+    let key = rt.block_on(register(&client, &fleet.public_key));
+
+    // Two down, the leader among them.
+    let leader = fleet.wait_for_leader(Duration::from_secs(10)).unwrap();
+    let other = if leader == 1 { 2 } else { 1 };
+    fleet.kill(leader);
+    fleet.kill(other);
+    let recovered = rt.block_on(patiently("recover with two down", || {
+        client.recover(&right, &fleet.public_key, &ksf)
+    }));
+    assert_eq!(recovered.expose_secret(), key.expose_secret());
+    let token_b = fleet.token("bea");
+    let second = device(&urls, 3, "bea", &token_b);
+    rt.block_on(register(&second, &fleet.public_key));
+
+    // Three down: every replica left refuses, and no KE2 leaves the minority.
+    let third = (1..=5).find(|id| ![leader, other].contains(id)).unwrap();
+    fleet.kill(third);
+    // Past the leader's quorum lease, a leader cut off from its majority appends nothing
+    // (a guess refused now never counts later).
+    std::thread::sleep(Duration::from_millis(1500));
+    let probe = Arc::new(device(&urls, 0, "ada", &token));
+    let live: Vec<usize> = (0..5).filter(|i| fleet.replicas[*i].is_running()).collect();
+    let answers = rt.block_on(async {
+        let mut guesses = tokio::task::JoinSet::new();
+        for i in live {
+            let (_, ke1) = start_recovery(&Password::new(WRONG.into())).unwrap();
+            let probe = probe.clone();
+            guesses.spawn(async move { probe.guess_at(i, ke1).await });
+        }
+        guesses.join_all().await
+    });
+    for answer in answers {
+        match answer {
+            Err(VaultError::Unavailable(_)) => {}
+            other => panic!("a minority answered a guess: {other:?}"),
+        }
+    }
+    let status = fleet.status(1);
+    assert!(
+        !status.0,
+        "status must fail without a majority: {}",
+        status.1
+    );
+
+    // Back to a majority: the account still has every attempt the minority refused.
+    fleet.restart(third);
+    assert_eq!(rt.block_on(attempts_left(&client)), Some(LIMIT));
+    fleet.restart(leader);
+    fleet.restart(other);
+    let recovered = rt.block_on(patiently("recover after restarts", || {
+        client.recover(&right, &fleet.public_key, &ksf)
+    }));
+    assert_eq!(recovered.expose_secret(), key.expose_secret());
+}
+
+/// One storm: a fresh account, 64 concurrent wrong guesses spread over every replica.
+/// Returns the KE2 replies served (each one a guess the attacker can test offline).
+async fn storm(urls: &[String], pinned: [u8; 32], account: &str, token: &str) -> Vec<u32> {
+    let owner = device(urls, 0, account, token);
+    register(&owner, &pinned).await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let client = device(urls, i, account, token);
+        let (_, ke1) = start_recovery(&Password::new(format!("{WRONG} {i}"))).unwrap();
+        guesses.spawn(async move { client.guess_once(ke1).await });
+    }
+    let mut served = Vec::new();
+    while let Some(result) = guesses.join_next().await {
+        match result.unwrap() {
+            Ok(reply) => served.push(reply.attempts_left),
+            Err(
+                VaultError::Locked | VaultError::Unavailable(_) | VaultError::RateLimited { .. },
+            ) => {}
+            Err(e) => panic!("unexpected answer to a guess: {e}"),
+        }
+    }
+    served
+}
+
+/// Waits until every replica answers and all have applied the same entries to the
+/// same state (equal digests).
+fn wait_for_agreement(fleet: &Fleet) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, json) = fleet.status(1);
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
+        let views: BTreeSet<(String, String)> = replicas
+            .iter()
+            .map(|r| {
+                (
+                    r["last_applied_index"].to_string(),
+                    r["state_digest"].to_string(),
+                )
+            })
+            .collect();
+        let all_up = replicas.iter().all(|r| r["health"] == "ok");
+        if all_up && replicas.len() == fleet.replicas.len() && views.len() == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas disagree: {json}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The guess limit under a storm of concurrent guesses on every replica while the leader
+/// is killed every second (and restarted half a second later). `BACKLOCK_FLEET_STORMS` sets the number of storms (20 in
+/// CI; `scripts/soak-vault` runs 1,000).
+#[test]
+fn guess_storms_with_leader_kills_never_serve_more_than_the_limit() {
+    let storms: usize = std::env::var("BACKLOCK_FLEET_STORMS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let fleet = Fleet::start(backlock(), FleetOptions::default());
+    let urls = fleet.urls();
+    let pinned = fleet.public_key;
+    let fleet = Arc::new(Mutex::new(fleet));
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let killer = {
+        let (fleet, stop, kills) = (fleet.clone(), stop.clone(), kills.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1000));
+                let leader = fleet.lock().unwrap().leader();
+                let Some(leader) = leader else { continue };
+                fleet.lock().unwrap().kill(leader);
+                kills.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(500));
+                fleet.lock().unwrap().restart(leader);
+            }
+        })
+    };
+    let rt = runtime();
+    let mut worst = 0;
+    for i in 0..storms {
+        let account = format!("storm-{i}");
+        let token = fleet.lock().unwrap().token(&account);
+        let served = rt.block_on(storm(&urls, pinned, &account, &token));
+        let distinct: BTreeSet<u32> = served.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            served.len(),
+            "storm {i}: two KE2s reported the same count: {served:?}"
+        );
+        assert!(
+            served.len() <= LIMIT as usize,
+            "storm {i}: {} guesses served, limit {LIMIT}: {served:?}",
+            served.len()
+        );
+        worst = worst.max(served.len());
+    }
+    stop.store(true, Ordering::SeqCst);
+    killer.join().unwrap();
+    let kills = kills.load(Ordering::SeqCst);
+    println!(
+        "guess storms: {storms} storms of 64 guesses, {kills} leader kills; worst count served: {worst} (limit {LIMIT})"
+    );
+    assert!(kills > 0, "the leader was never killed");
+    let fleet = fleet.lock().unwrap();
+    wait_for_agreement(&fleet);
+}
+
+/// One wrong guess on replica `index` only; `Ok(attempts_left)` if a KE2 was served.
+async fn wrong_guess_at(client: &VaultClient, index: usize) -> Result<u32, VaultError> {
+    let (_, ke1) = start_recovery(&Password::new(WRONG.into())).unwrap();
+    client.guess_at(index, ke1).await.map(|r| r.attempts_left)
+}
+
+#[test]
+fn a_partitioned_minority_serves_no_guess_and_all_agree_after_healing() {
+    let fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            partitionable: true,
+            ..FleetOptions::default()
+        },
+    );
+    let urls = fleet.urls();
+    let token = fleet.token("cy");
+    let rt = runtime();
+    let client = Arc::new(device(&urls, 0, "cy", &token));
+    rt.block_on(register(&client, &fleet.public_key));
+
+    // The old leader and one follower on the small side.
+    let leader = fleet.wait_for_leader(Duration::from_secs(10)).unwrap();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let minority = [leader, follower];
+    fleet.partition(&minority);
+    std::thread::sleep(Duration::from_millis(1500));
+    let answers = rt.block_on(async {
+        let mut guesses = tokio::task::JoinSet::new();
+        for id in minority {
+            let client = client.clone();
+            guesses.spawn(async move { wrong_guess_at(&client, id as usize - 1).await });
+        }
+        guesses.join_all().await
+    });
+    for answer in answers {
+        assert!(
+            matches!(answer, Err(VaultError::Unavailable(_))),
+            "the minority answered a guess: {answer:?}"
+        );
+    }
+    // The majority elects a leader and serves.
+    let majority: Vec<u64> = (1..=5).filter(|id| !minority.contains(id)).collect();
+    let served = rt.block_on(patiently("a guess on the majority side", || {
+        wrong_guess_at(&client, majority[0] as usize - 1)
+    }));
+    assert_eq!(served, LIMIT - 1);
+
+    fleet.heal();
+    wait_for_agreement(&fleet);
+    assert_eq!(rt.block_on(attempts_left(&client)), Some(LIMIT - 1));
+}
+
+#[test]
+fn every_record_and_count_survives_a_full_restart_and_a_wiped_replica_catches_up() {
+    let mut fleet = Fleet::start(backlock(), FleetOptions::default());
+    let urls = fleet.urls();
+    let rt = runtime();
+    let ksf = Stretch::memoized();
+    let right = Password::new(RIGHT.into());
+    let clients: Vec<Arc<VaultClient>> = ["dee", "eve", "fay"]
+        .iter()
+        .enumerate()
+        .map(|(i, account)| Arc::new(device(&urls, i, account, &fleet.token(account))))
+        .collect();
+    let mut keys = Vec::new();
+    for client in &clients {
+        keys.push(rt.block_on(register(client, &fleet.public_key)));
+    }
+    // dee: three wrong guesses; eve: locked out (its erasure snapshots and purges the
+    // log on every replica); fay: untouched.
+    for _ in 0..3 {
+        rt.block_on(patiently("a wrong guess", || {
+            wrong_guess_at(&clients[0], 0)
+        }));
+    }
+    for _ in 0..LIMIT {
+        rt.block_on(patiently("a wrong guess", || {
+            wrong_guess_at(&clients[1], 1)
+        }));
+    }
+    assert!(matches!(
+        rt.block_on(settled(|| wrong_guess_at(&clients[1], 1))),
+        Err(VaultError::Locked)
+    ));
+
+    for id in 1..=5 {
+        fleet.kill(id);
+    }
+    for id in 1..=5 {
+        fleet.restart(id);
+    }
+    assert_eq!(rt.block_on(attempts_left(&clients[0])), Some(LIMIT - 3));
+    assert!(matches!(
+        rt.block_on(settled(|| clients[1].status())),
+        Err(VaultError::Locked)
+    ));
+    assert_eq!(rt.block_on(attempts_left(&clients[2])), Some(LIMIT));
+
+    // A follower loses its whole data directory and comes back with `vault join`.
+    let leader = fleet.wait_for_leader(Duration::from_secs(10)).unwrap();
+    let wiped = if leader == 5 { 4 } else { 5 };
+    fleet.wipe_and_rejoin(wiped);
+    wait_for_agreement(&fleet);
+    let (_, json) = fleet.status(1);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let report = &status["replicas"][wiped as usize - 1];
+    assert!(
+        report["snapshot_index"].as_u64().is_some(),
+        "the wiped replica caught up without a snapshot: {json}"
+    );
+    // It serves: the right password, through it first, releases fay's key.
+    let through_wiped = device(&urls, wiped as usize - 1, "fay", &fleet.token("fay"));
+    let key = rt.block_on(patiently("recover through the rejoined replica", || {
+        through_wiped.recover(&right, &fleet.public_key, &ksf)
+    }));
+    assert_eq!(key.expose_secret(), keys[2].expose_secret());
+}

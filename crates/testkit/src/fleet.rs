@@ -1,0 +1,418 @@
+//! A vault fleet of real `backlock vault serve` processes on loopback, set up the way an
+//! operator does it (`vault certs`, `vault init`, `vault join`, `vault serve`), for fault
+//! tests and the fleet benchmark. Processes are killed when the [`Fleet`] is dropped.
+//!
+//! Replica `i` serves devices on `127.0.0.1` and its peers on `127.0.0.(10+i)`, from
+//! which it also calls its peers. With `partitionable`, peers reach each replica
+//! through a [`PartitionProxy`] that can cut chosen replicas off.
+
+use crate::partition::PartitionProxy;
+use crate::servers::free_ports;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long a replica may take to print its banner, or to join.
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// How to build the fleet.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// Number of replicas (3, 5 or 7).
+    pub size: usize,
+    /// Guess limit.
+    pub max_attempts: u32,
+    /// Put a [`PartitionProxy`] in front of every peer listener.
+    pub partitionable: bool,
+    /// Extra environment for every replica process (e.g. `BACKLOCK_LOG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            size: 5,
+            max_attempts: 10,
+            partitionable: false,
+            env: vec![("BACKLOCK_LOG".into(), "warn".into())],
+        }
+    }
+}
+
+/// One replica of the fleet.
+pub struct Replica {
+    /// Its Raft id (1-based).
+    pub id: u64,
+    /// Base URL of its device API.
+    pub api: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// The address it calls peers from.
+    pub peer_ip: IpAddr,
+    log: PathBuf,
+    child: Option<Child>,
+    proxy: Option<PartitionProxy>,
+}
+
+impl Replica {
+    /// Whether its process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A running fleet; see the module docs.
+pub struct Fleet {
+    root: TempDir,
+    backlock: PathBuf,
+    options: FleetOptions,
+    /// The replicas, `replicas[i].id == i + 1`.
+    pub replicas: Vec<Replica>,
+    /// The OPAQUE public key devices pin.
+    pub public_key: [u8; 32],
+}
+
+fn run(backlock: &Path, args: &[&str]) -> String {
+    let output = Command::new(backlock)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", backlock.display()));
+    assert!(
+        output.status.success(),
+        "backlock {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn public_key_of(banner: &str) -> [u8; 32] {
+    let hex = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("vault public key: "))
+        .unwrap_or_else(|| panic!("no public key in {banner:?}"));
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex public key");
+    }
+    key
+}
+
+/// GET `path` from `addr` over plain HTTP; `None` if it does not answer.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().ok()?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+impl Fleet {
+    /// Sets up and starts a fleet with the `backlock` binary; returns once every
+    /// replica is a voting member.
+    pub fn start(backlock: &Path, options: FleetOptions) -> Fleet {
+        let root = TempDir::new().expect("temporary directory");
+        let size = options.size;
+        let ports = free_ports(size * 3);
+        let certs = root.path().join("certs");
+        let mut cert_args = vec![
+            "vault".to_owned(),
+            "certs".into(),
+            "--out".into(),
+            certs.display().to_string(),
+        ];
+        let peer_ip = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8));
+        for i in 1..=size {
+            cert_args.push("--replica".into());
+            cert_args.push(format!("{i}={}", peer_ip(i)));
+        }
+        let cert_args: Vec<&str> = cert_args.iter().map(String::as_str).collect();
+        run(backlock, &cert_args);
+
+        // Peer addresses every member knows (the proxy's, when partitionable).
+        let listen = |i: usize| SocketAddr::new(peer_ip(i), ports[size + i - 1]);
+        let advertised = |i: usize| {
+            if options.partitionable {
+                SocketAddr::new(peer_ip(i), ports[2 * size + i - 1])
+            } else {
+                listen(i)
+            }
+        };
+        let api = |i: usize| format!("127.0.0.1:{}", ports[i - 1]);
+        let mut table = String::new();
+        for i in 1..=size {
+            table.push_str(&format!(
+                "\n[[replicas]]\nid = {i}\npeer = \"{}\"\napi = \"http://{}\"\n",
+                advertised(i),
+                api(i)
+            ));
+        }
+        let mut replicas = Vec::new();
+        for i in 1..=size {
+            let dir = root.path().join(format!("replica-{i}"));
+            fs::create_dir_all(&dir).expect("replica directory");
+            let config = dir.join("vault.toml");
+            let text = format!(
+                "node_id = {i}\ndata = \"data\"\nlisten = \"{}\"\npeer_listen = \"{}\"\n\
+                 max_attempts = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
+                 [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{i}.pem\"\nkey = \"{c}/replica-{i}.key\"\n{table}",
+                api(i),
+                listen(i),
+                options.max_attempts,
+                c = certs.display(),
+            );
+            fs::write(&config, text).expect("write the configuration");
+            let proxy = options.partitionable.then(|| {
+                PartitionProxy::start(advertised(i), listen(i)).expect("start a partition proxy")
+            });
+            replicas.push(Replica {
+                id: i as u64,
+                api: format!("http://{}", api(i)),
+                config,
+                data: dir.join("data"),
+                peer_ip: peer_ip(i),
+                log: dir.join("vault.log"),
+                child: None,
+                proxy,
+            });
+        }
+        let mut fleet = Fleet {
+            root,
+            backlock: backlock.to_path_buf(),
+            options,
+            replicas,
+            public_key: [0; 32],
+        };
+        let banner = fleet.backlock(&["vault", "init", "--config"], 1);
+        fleet.public_key = public_key_of(&banner);
+        fleet.restart(1);
+        for id in 2..=size as u64 {
+            fleet.join(id);
+        }
+        fleet
+    }
+
+    fn replica(&self, id: u64) -> &Replica {
+        &self.replicas[id as usize - 1]
+    }
+
+    fn replica_mut(&mut self, id: u64) -> &mut Replica {
+        &mut self.replicas[id as usize - 1]
+    }
+
+    /// Runs `backlock ARGS CONFIG-OF-id` and returns its stdout (panics on failure).
+    pub fn backlock(&self, args: &[&str], id: u64) -> String {
+        let config = self.replica(id).config.display().to_string();
+        let mut all = args.to_vec();
+        all.push(&config);
+        run(&self.backlock, &all)
+    }
+
+    /// `vault status --json` as seen with replica `id`'s configuration, and whether it
+    /// exited 0 (a majority and a leader).
+    pub fn status(&self, id: u64) -> (bool, String) {
+        let output = Command::new(&self.backlock)
+            .args(["vault", "status", "--json", "--config"])
+            .arg(&self.replica(id).config)
+            .output()
+            .expect("run vault status");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
+    /// Starts replica `id`'s process (after a kill, or the first time) and waits for its
+    /// banner.
+    pub fn restart(&mut self, id: u64) {
+        let backlock = self.backlock.clone();
+        let env = self.options.env.clone();
+        let replica = self.replica_mut(id);
+        assert!(replica.child.is_none(), "replica {id} is already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&replica.log)
+            .expect("replica log");
+        let mut child = Command::new(&backlock)
+            .args(["vault", "serve", "--config"])
+            .arg(&replica.config)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start backlock vault serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut seen = String::new();
+            while let Some(Ok(line)) = lines.next() {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("listening on") {
+                    let _ = tx.send(seen.clone());
+                }
+            }
+        });
+        replica.child = Some(child);
+        if rx.recv_timeout(START_WAIT).is_err() {
+            let log = fs::read_to_string(&self.replica(id).log).unwrap_or_default();
+            panic!("replica {id} did not start:\n{log}");
+        }
+    }
+
+    /// Fetches the fleet secret for replica `id` (`vault join`), starts it and waits
+    /// until the leader has confirmed it as a voter holding the whole log.
+    pub fn join(&mut self, id: u64) {
+        self.backlock(&["vault", "join", "--config"], id);
+        self.restart(id);
+        let marker = self.replica(id).data.join("joining");
+        let deadline = Instant::now() + START_WAIT;
+        while marker.exists() {
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(&self.replica(id).log).unwrap_or_default();
+                panic!("replica {id} did not finish joining:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs replica `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.replica_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills replica `id`, deletes its data directory (node key included), and brings it
+    /// back the way an operator would: `vault join`, then `vault serve`.
+    pub fn wipe_and_rejoin(&mut self, id: u64) {
+        self.kill(id);
+        fs::remove_dir_all(&self.replica(id).data).expect("wipe the data directory");
+        self.join(id);
+    }
+
+    /// The replica that says it leads, among those running.
+    pub fn leader(&self) -> Option<u64> {
+        self.replicas
+            .iter()
+            .filter(|r| r.is_running())
+            .find(|r| {
+                let addr = r.api.trim_start_matches("http://");
+                http_get(addr, "/metrics")
+                    .is_some_and(|m| m.lines().any(|l| l == "backlock_vault_raft_is_leader 1"))
+            })
+            .map(|r| r.id)
+    }
+
+    /// Waits until some running replica leads.
+    pub fn wait_for_leader(&self, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(id) = self.leader() {
+                return Some(id);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every replica's device API URL, the list a device is given.
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.api.clone()).collect()
+    }
+
+    /// An account token for `account`, as the relay would issue.
+    pub fn token(&self, account: &str) -> String {
+        self.backlock(&["vault", "token", "--account", account, "--config"], 1)
+            .trim()
+            .to_owned()
+    }
+
+    /// Cuts the replicas in `side` off from the others (both directions).
+    pub fn partition(&self, side: &[u64]) {
+        let inside: Vec<IpAddr> = self
+            .replicas
+            .iter()
+            .filter(|r| side.contains(&r.id))
+            .map(|r| r.peer_ip)
+            .collect();
+        let outside: Vec<IpAddr> = self
+            .replicas
+            .iter()
+            .filter(|r| !side.contains(&r.id))
+            .map(|r| r.peer_ip)
+            .collect();
+        for r in &self.replicas {
+            let proxy = r
+                .proxy
+                .as_ref()
+                .expect("start the fleet with partitionable");
+            proxy.block(if side.contains(&r.id) {
+                &outside
+            } else {
+                &inside
+            });
+        }
+    }
+
+    /// Ends a partition.
+    pub fn heal(&self) {
+        for r in &self.replicas {
+            if let Some(proxy) = &r.proxy {
+                proxy.heal();
+            }
+        }
+    }
+
+    /// The fleet's working directory (certificates, configurations, data, logs).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Replica `id`'s log so far (stderr of its processes).
+    pub fn log(&self, id: u64) -> String {
+        fs::read_to_string(&self.replica(id).log).unwrap_or_default()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for id in 1..=self.replicas.len() as u64 {
+            self.kill(id);
+        }
+        // A failing test shows what each replica said.
+        if std::thread::panicking() {
+            for r in &self.replicas {
+                let log = self.log(r.id);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- replica {} log (last lines):", r.id);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! A fleet replica's configuration file (TOML; docs/OPERATIONS.md §Configuration).
+//!
+//! Paths in the file are relative to the file's own directory. The PKCS#11 PIN never
+//! sits in the file itself: it comes from `pin_file` or from `BACKLOCK_HSM_PIN`.
+
+use crate::fleet_tls::FleetTlsFiles;
+use crate::run::TlsFiles;
+use crate::service::VaultConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Fleet sizes the vault supports: a majority survives one site down (3), two (5) or
+/// three (7).
+pub const FLEET_SIZES: [usize; 3] = [3, 5, 7];
+
+/// One replica's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// This replica's id: one of `replicas`, never reused for another machine.
+    pub node_id: u64,
+    /// Data directory (sealed log, snapshot, sealed secrets).
+    pub data: PathBuf,
+    /// Address of the device API.
+    pub listen: SocketAddr,
+    /// Address the peer listener binds.
+    pub peer_listen: SocketAddr,
+    /// Guess limit: the same on every replica.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Requests per account allowed in a burst, per replica.
+    #[serde(default = "default_burst")]
+    pub account_burst: u32,
+    /// Requests per account per second, sustained, per replica.
+    #[serde(default = "default_rate")]
+    pub account_rate: f64,
+    /// HTTPS for the device API (plain HTTP if absent: only behind a TLS proxy).
+    #[serde(default)]
+    pub api_tls: Option<TlsFiles>,
+    /// Mutual TLS between replicas (required).
+    pub fleet_tls: FleetTlsFiles,
+    /// Node key file (default `DATA/node.key`); ignored with `[pkcs11]`.
+    #[serde(default)]
+    pub node_key: Option<PathBuf>,
+    /// Seal with a key generated inside a PKCS#11 token instead of a key file.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// Every replica of the fleet, this one included.
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+/// Where the node key lives in a PKCS#11 token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Settings {
+    /// The token's PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// Label of the node key inside the token (created on first start).
+    pub key_label: String,
+    /// File holding the user PIN (otherwise `BACKLOCK_HSM_PIN`).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+}
+
+/// One replica as every member knows it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// Its Raft id.
+    pub id: u64,
+    /// `host:port` where the other replicas reach its peer listener; its fleet
+    /// certificate names this host.
+    pub peer: String,
+    /// URL of its device API, for `vault status` and the devices' replica list.
+    pub api: String,
+}
+
+fn default_max_attempts() -> u32 {
+    VaultConfig::default().max_attempts
+}
+fn default_burst() -> u32 {
+    VaultConfig::default().account_burst
+}
+fn default_rate() -> f64 {
+    VaultConfig::default().account_rate
+}
+
+/// The configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("vault configuration {path}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+impl FleetConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<FleetConfig, ConfigError> {
+        let error = |reason: String| ConfigError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut config: FleetConfig = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.data);
+        resolve(&mut self.fleet_tls.ca);
+        resolve(&mut self.fleet_tls.cert);
+        resolve(&mut self.fleet_tls.key);
+        if let Some(tls) = &mut self.api_tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        if let Some(key) = &mut self.node_key {
+            resolve(key);
+        }
+        if let Some(hsm) = &mut self.pkcs11 {
+            resolve(&mut hsm.module);
+            if let Some(pin) = &mut hsm.pin_file {
+                resolve(pin);
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !FLEET_SIZES.contains(&self.replicas.len()) {
+            return Err(format!(
+                "lists {} replicas; a fleet has 3, 5 (the default) or 7, one per site",
+                self.replicas.len()
+            ));
+        }
+        let mut ids: Vec<u64> = self.replicas.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.replicas.len() || ids.contains(&0) {
+            return Err("replica ids must be distinct and above zero".to_owned());
+        }
+        if self.me().is_none() {
+            return Err(format!(
+                "node_id = {} is not one of the [[replicas]]",
+                self.node_id
+            ));
+        }
+        if self.max_attempts == 0 || self.account_burst == 0 || self.account_rate <= 0.0 {
+            return Err(
+                "max_attempts, account_burst and account_rate must be above zero".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// This replica's entry.
+    pub fn me(&self) -> Option<&ReplicaEntry> {
+        self.replicas.iter().find(|r| r.id == self.node_id)
+    }
+
+    /// The address peers reach this replica at.
+    pub fn peer_address(&self) -> String {
+        self.me().map(|r| r.peer.clone()).unwrap_or_default()
+    }
+
+    /// The other replicas' peer addresses.
+    pub fn other_peers(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|r| r.id != self.node_id)
+            .map(|r| r.peer.clone())
+            .collect()
+    }
+
+    /// Guess limit, session lifetime and rate limits.
+    pub fn vault(&self) -> VaultConfig {
+        VaultConfig {
+            max_attempts: self.max_attempts,
+            account_burst: self.account_burst,
+            account_rate: self.account_rate,
+            session_ttl: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! What a replica serves its peers: Raft messages, and what followers ask of the leader
+//! (forwarded proposals, read indexes, joins and removals), plus a status report for
+//! `backlock vault status`. Mounted on the peer listener, behind mutual TLS in a fleet.
+
+use super::log_store::LogStore;
+use super::network::{CONTENT_TYPE, MAX_PEER_BODY};
+use super::state_machine::StateHandle;
+use super::types::{Batch, TypeConfig, VaultRaft};
+use super::PROPOSE_WAIT;
+use crate::state::Applied;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the leader works on a join (the new replica catching up included).
+const JOIN_WAIT: Duration = Duration::from_secs(120);
+
+/// A replica asking to become (again) a voting member.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its Raft id.
+    pub node_id: u64,
+    /// Where peers reach it.
+    pub addr: String,
+}
+
+/// Why a peer did not do what was asked.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PeerRefusal {
+    /// Only the leader does this; here is the leader if known (id, peer address).
+    NotLeader(Option<(u64, String)>),
+    /// No quorum, timeout, or shutting down: retry later.
+    Unavailable(String),
+    /// The leader has not heard from a quorum lately and wrote nothing: safe to retry.
+    NoQuorum(String),
+    /// The request itself cannot succeed.
+    Rejected(String),
+}
+
+impl fmt::Display for PeerRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerRefusal::NotLeader(Some((id, addr))) => {
+                write!(f, "not the leader; the leader is replica {id} at {addr}")
+            }
+            PeerRefusal::NotLeader(None) => write!(f, "not the leader, and no leader is known"),
+            PeerRefusal::Unavailable(why) => write!(f, "unavailable: {why}"),
+            PeerRefusal::NoQuorum(why) => write!(f, "no quorum: {why}"),
+            PeerRefusal::Rejected(why) => write!(f, "rejected: {why}"),
+        }
+    }
+}
+
+/// One replica's report on itself (JSON), as `vault status` collects it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaReport {
+    /// This replica.
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// The leader this replica knows of.
+    pub leader_id: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Last entry in the log.
+    pub last_log_index: Option<u64>,
+    /// Last entry known committed.
+    pub commit_index: Option<u64>,
+    /// Last entry applied to the state machine.
+    pub last_applied_index: Option<u64>,
+    /// Last entry the latest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// Voting members, with their peer addresses.
+    pub voters: BTreeMap<u64, String>,
+    /// Non-voting members (catching up).
+    pub learners: BTreeMap<u64, String>,
+    /// On the leader: the last entry each member is known to hold.
+    pub replication: Option<BTreeMap<u64, Option<u64>>>,
+    /// BLAKE3 of the applied state (records and counts) at `last_applied_index`:
+    /// replicas at the same index must agree.
+    pub state_digest: String,
+    /// False while a rejoining replica has not caught up (it does not vote then).
+    pub votes: bool,
+}
+
+/// Whether this replica may vote: a replica that lost its state (or never had any)
+/// must not, until the leader says it holds everything it may once have acknowledged.
+#[derive(Clone, Debug)]
+pub struct VoteGate(Arc<AtomicBool>);
+
+impl VoteGate {
+    /// A gate, open or closed.
+    pub fn new(open: bool) -> Self {
+        VoteGate(Arc::new(AtomicBool::new(open)))
+    }
+
+    /// Lets the replica vote.
+    pub fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the replica votes.
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct PeerContext {
+    pub(crate) raft: VaultRaft,
+    pub(crate) votes: VoteGate,
+    pub(crate) lease: super::lease::QuorumLease,
+    pub(crate) state: StateHandle,
+    pub(crate) log: LogStore,
+}
+
+/// The routes peers call: `/raft/{append,vote,snapshot}` (Raft itself),
+/// `/raft/{propose,read-index,join,remove}` (asked of the leader), `GET /raft/status`.
+pub(crate) fn router(context: PeerContext) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/propose", post(propose))
+        .route("/raft/read-index", post(read_index))
+        .route("/raft/join", post(join))
+        .route("/raft/remove", post(remove))
+        .route("/raft/status", get(status))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .with_state(context)
+}
+
+fn decoded<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(body)
+}
+
+fn bad_request(e: &postcard::Error) -> Response {
+    (StatusCode::BAD_REQUEST, format!("not a peer message: {e}")).into_response()
+}
+
+fn reply<T: Serialize>(result: &T) -> Response {
+    match postcard::to_allocvec(result) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the reply: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn append(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    match decoded::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(request) => reply(&peer.raft.append_entries(request).await),
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn vote(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    if !peer.votes.is_open() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is rejoining and does not vote until it has caught up",
+        )
+            .into_response();
+    }
+    match decoded::<VoteRequest<u64>>(&body) {
+        Ok(request) => reply(&peer.raft.vote(request).await),
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn snapshot(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    match decoded::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(request) => reply(&peer.raft.install_snapshot(request).await),
+        Err(e) => bad_request(&e),
+    }
+}
+
+fn not_leader(forward: &ForwardToLeader<u64, BasicNode>) -> PeerRefusal {
+    PeerRefusal::NotLeader(
+        forward
+            .leader_id
+            .zip(forward.leader_node.as_ref().map(|n| n.addr.clone())),
+    )
+}
+
+fn write_refusal(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> PeerRefusal {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            PeerRefusal::Rejected(e.to_string())
+        }
+        RaftError::Fatal(e) => PeerRefusal::Unavailable(e.to_string()),
+    }
+}
+
+async fn propose(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    let batch: Batch = match decoded(&body) {
+        Ok(batch) => batch,
+        Err(e) => return bad_request(&e),
+    };
+    let node_id = peer.raft.metrics().borrow().id;
+    if let Err(why) = peer.lease.check(&peer.raft, node_id) {
+        return reply(&Err::<Vec<Applied>, _>(PeerRefusal::NoQuorum(why)));
+    }
+    let result = match tokio::time::timeout(PROPOSE_WAIT, peer.raft.client_write(batch)).await {
+        Ok(Ok(written)) => Ok(written.data),
+        Ok(Err(e)) => Err(write_refusal(e)),
+        Err(_) => Err(PeerRefusal::Unavailable(format!(
+            "no quorum committed the entry within {PROPOSE_WAIT:?}; it may still commit"
+        ))),
+    };
+    reply(&result)
+}
+
+async fn read_index(State(peer): State<PeerContext>) -> Response {
+    let result = match leader_read_index(&peer.raft).await {
+        Ok(index) => Ok(index),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(&f)),
+        Err(e) => Err(PeerRefusal::Unavailable(e.to_string())),
+    };
+    reply(&result)
+}
+
+/// On the leader: an index that, once applied, makes a read linearizable.
+///
+/// openraft's own read index is the larger of the commit index and the leader's first
+/// entry in its term. A leader that resumed its term after a restart (openraft restores
+/// it at once) has no such entry, and the commit index it loaded is only a hint that may
+/// lag far behind. So the leader confirms its leadership and then answers with the last
+/// entry of its log: everything committed so far is at or before it, and it commits
+/// soon while this replica leads (or the reader times out).
+pub(crate) async fn leader_read_index(
+    raft: &VaultRaft,
+) -> Result<Option<u64>, RaftError<u64, CheckIsLeaderError<u64, BasicNode>>> {
+    let confirmed = raft.ensure_linearizable().await?.map(|id| id.index);
+    let last = raft.metrics().borrow().last_log_index;
+    Ok(confirmed.max(last))
+}
+
+async fn join(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    match decoded::<JoinRequest>(&body) {
+        Ok(request) => reply(&admit(&peer.raft, request).await),
+        Err(e) => bad_request(&e),
+    }
+}
+
+fn leader_check(raft: &VaultRaft) -> Result<(), PeerRefusal> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader == Some(metrics.id) {
+        return Ok(());
+    }
+    let leader = metrics.current_leader.and_then(|id| {
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&id).map(|n| (id, n.addr.clone()))
+    });
+    Err(PeerRefusal::NotLeader(leader))
+}
+
+/// Makes the replica a voting member once it holds the whole log. A replica that is
+/// already a voter (restarted, or rejoining with its data wiped) is answered once it
+/// has caught up with the leader's log as it is now.
+async fn admit(raft: &VaultRaft, request: JoinRequest) -> Result<(), PeerRefusal> {
+    leader_check(raft)?;
+    let JoinRequest { node_id, addr } = request;
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership().clone();
+    let is_voter = membership.voter_ids().any(|id| id == node_id);
+    let timed_out = || {
+        PeerRefusal::Unavailable(format!(
+            "replica {node_id} did not catch up within {JOIN_WAIT:?}; it retries"
+        ))
+    };
+    if is_voter {
+        if membership.get_node(&node_id).map(|n| n.addr.as_str()) != Some(addr.as_str()) {
+            let nodes = BTreeMap::from([(node_id, BasicNode { addr })]);
+            tokio::time::timeout(
+                JOIN_WAIT,
+                raft.change_membership(ChangeMembers::SetNodes(nodes), true),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(write_refusal)?;
+        }
+        let target = raft.metrics().borrow().last_log_index;
+        let caught_up = raft
+            .wait(Some(JOIN_WAIT))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&node_id).copied().flatten())
+                        .map(|id| id.index)
+                        >= target
+                },
+                "the rejoining replica holds the leader's log",
+            )
+            .await;
+        return caught_up.map(|_| ()).map_err(|_| timed_out());
+    }
+    // Blocking: returns once the learner has caught up, so promoting it never stalls
+    // the quorum.
+    tokio::time::timeout(
+        JOIN_WAIT,
+        raft.add_learner(node_id, BasicNode { addr }, true),
+    )
+    .await
+    .map_err(|_| timed_out())?
+    .map_err(write_refusal)?;
+    tokio::time::timeout(
+        JOIN_WAIT,
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false),
+    )
+    .await
+    .map_err(|_| timed_out())?
+    .map_err(write_refusal)?;
+    tracing::info!(node_id, "replica joined the fleet as a voter");
+    Ok(())
+}
+
+async fn remove(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    let node_id: u64 = match decoded(&body) {
+        Ok(id) => id,
+        Err(e) => return bad_request(&e),
+    };
+    let result = async {
+        leader_check(&peer.raft)?;
+        if peer.raft.metrics().borrow().id == node_id {
+            return Err(PeerRefusal::Rejected(
+                "the leader does not remove itself; stop it so another replica leads, then remove it there".to_owned(),
+            ));
+        }
+        let ids = BTreeSet::from([node_id]);
+        for change in [
+            ChangeMembers::RemoveVoters(ids.clone()),
+            ChangeMembers::RemoveNodes(ids.clone()),
+        ] {
+            tokio::time::timeout(JOIN_WAIT, peer.raft.change_membership(change, false))
+                .await
+                .map_err(|_| PeerRefusal::Unavailable("no quorum for the change".to_owned()))?
+                .map_err(write_refusal)?;
+        }
+        tracing::info!(node_id, "replica removed from the fleet");
+        Ok(())
+    }
+    .await;
+    reply(&result)
+}
+
+async fn status(State(peer): State<PeerContext>) -> Response {
+    axum::Json(report(&peer)).into_response()
+}
+
+pub(crate) fn report(peer: &PeerContext) -> ReplicaReport {
+    let metrics = peer.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let nodes = |ids: Vec<u64>| -> BTreeMap<u64, String> {
+        ids.into_iter()
+            .map(|id| {
+                let addr = membership.get_node(&id).map(|n| n.addr.clone());
+                (id, addr.unwrap_or_default())
+            })
+            .collect()
+    };
+    let role = match metrics.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    let (applied, digest) = {
+        let sm = peer.state.read();
+        let bytes = postcard::to_allocvec(&sm.state).unwrap_or_default();
+        let digest = blake3::hash(&bytes);
+        (
+            sm.last_applied.map(|id| id.index),
+            digest.to_hex().to_string(),
+        )
+    };
+    ReplicaReport {
+        node_id: metrics.id,
+        role: role.to_owned(),
+        leader_id: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        commit_index: peer.log.committed().map(|id| id.index),
+        last_applied_index: applied,
+        snapshot_index: metrics.snapshot.map(|id| id.index),
+        voters: nodes(membership.voter_ids().collect()),
+        learners: nodes(membership.learner_ids().collect()),
+        replication: metrics.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, log_id)| (*id, log_id.map(|l| l.index)))
+                .collect()
+        }),
+        state_digest: digest,
+        votes: peer.votes.is_open(),
+    }
+}
