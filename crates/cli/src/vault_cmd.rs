@@ -121,7 +121,7 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             block_on(async {
                 let running = RunningVault::start_fleet(&config)
                     .await
-                    .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
+                    .map_err(|e| VaultFailure::Other(e.to_string()))?;
                 println!(
                     "vault public key: {}",
                     hex::encode(running.vault.info().server_public_key)

@@ -378,3 +378,105 @@ fn every_record_and_count_survives_a_full_restart_and_a_wiped_replica_catches_up
     }));
     assert_eq!(key.expose_secret(), keys[2].expose_secret());
 }
+
+fn backlock_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(backlock())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_fleet_configurations_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vault.toml");
+    let path = config.to_str().unwrap();
+    let replicas = |n: u64| -> String {
+        (1..=n)
+            .map(|i| format!("[[replicas]]\nid = {i}\npeer = \"127.0.0.1:{}\"\napi = \"http://127.0.0.1:1\"\n", 7100 + i))
+            .collect()
+    };
+    let base =
+        "node_id = 1\ndata = \"data\"\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n\
+                [fleet_tls]\nca = \"ca.pem\"\ncert = \"r1.pem\"\nkey = \"r1.key\"\n";
+    let cases: Vec<(String, &str)> = vec![
+        ("node_id = ".to_owned(), "vault.toml"),
+        (format!("{base}{}", replicas(4)), "3, 5 (the default) or 7"),
+        (
+            format!(
+                "{}{}",
+                base.replace("node_id = 1", "node_id = 9"),
+                replicas(5)
+            ),
+            "node_id = 9 is not one of the [[replicas]]",
+        ),
+        (
+            format!("{base}colour = \"blue\"\n{}", replicas(5)),
+            "colour",
+        ),
+        (format!("{base}{}", replicas(5)), "fleet CA certificate"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&config, &text).unwrap();
+        for command in [
+            &["vault", "serve", "--config", path][..],
+            &["vault", "init", "--config", path],
+        ] {
+            let out = backlock_output(command);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command:?} accepted:\n{text}");
+            assert!(
+                stderr.contains(expected),
+                "{command:?}: {stderr}\nexpected {expected:?} for:\n{text}"
+            );
+        }
+    }
+    // Nothing was created for a configuration that does not load.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn a_replica_that_was_never_set_up_says_what_to_run() {
+    let fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            size: 3,
+            ..FleetOptions::default()
+        },
+    );
+    let dir = fleet.root().join("replica-4");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Replica 3's configuration, pointed at an empty data directory.
+    let text = std::fs::read_to_string(fleet.root().join("replica-3/vault.toml"))
+        .unwrap()
+        .replace(
+            "data = \"data\"",
+            &format!("data = \"{}\"", dir.join("data").display()),
+        )
+        .replace(
+            &format!(
+                "listen = \"{}\"",
+                fleet.replicas[2].api.trim_start_matches("http://")
+            ),
+            "listen = \"127.0.0.1:0\"",
+        );
+    let config = dir.join("vault.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = backlock_output(&["vault", "serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vault join"), "{stderr}");
+    // `init` on a replica of a running fleet is refused once it holds the secret.
+    let out = backlock_output(&[
+        "vault",
+        "init",
+        "--config",
+        fleet.replicas[0].config.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use") || stderr.contains("already belongs"),
+        "{stderr}"
+    );
+}

@@ -28,6 +28,9 @@ fn has_raft_state(data: &Path) -> bool {
 /// replica that already holds a secret or Raft state. Returns the OPAQUE public key
 /// devices pin.
 pub async fn init(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
+    // The certificates are needed by `serve` right after: check them before anything is
+    // created.
+    config.fleet_tls.load().map_err(setup)?;
     let _lock = lock_data_dir(&config.data)?;
     if VaultSecrets::exist(&config.data) || has_raft_state(&config.data) {
         return Err(setup(format!(
@@ -70,6 +73,7 @@ fn peer_network(config: &FleetConfig) -> Result<HttpNetwork, ServeError> {
 /// joins as a voter when `vault serve` first runs. Also the way back for a replica
 /// whose data was lost. Returns the OPAQUE public key.
 pub async fn join(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
+    let network = peer_network(config)?;
     let _lock = lock_data_dir(&config.data)?;
     if VaultSecrets::exist(&config.data) {
         return Err(setup(format!(
@@ -77,7 +81,6 @@ pub async fn join(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
             config.data.display()
         )));
     }
-    let network = peer_network(config)?;
     let mut failures = Vec::new();
     let mut secrets = None;
     for peer in config.other_peers() {

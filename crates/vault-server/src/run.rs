@@ -296,6 +296,11 @@ impl RunningVault {
     /// have been set up with `vault init` (the first) or `vault join` (the others).
     /// Serves at once; device requests get "unavailable" until a leader is known.
     pub async fn start_fleet(config: &FleetConfig) -> Result<RunningVault, ServeError> {
+        // Certificates first: a configuration that cannot work creates nothing.
+        let peer_tls = config
+            .fleet_tls
+            .load()
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
         let lock = lock_data_dir(&config.data)?;
         let sealer = open_fleet_sealer(config)?;
         let secrets = VaultSecrets::load(&config.data, sealer.as_ref())
@@ -306,10 +311,6 @@ impl RunningVault {
                     config.data.display()
                 ))
             })?;
-        let peer_tls = config
-            .fleet_tls
-            .load()
-            .map_err(|e| ServeError::Setup(e.to_string()))?;
         let source = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
         let client = peer_tls
             .http_client(source)

@@ -117,7 +117,13 @@ async fn writes_on_the_leader_reach_the_followers() {
         .await
         .unwrap();
     assert!(
-        matches!(restored, Applied::Restored { attempts_left: 10, .. }),
+        matches!(
+            restored,
+            Applied::Restored {
+                attempts_left: 10,
+                ..
+            }
+        ),
         "{restored:?}"
     );
     for node in nodes.values() {
