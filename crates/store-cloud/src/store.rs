@@ -109,7 +109,7 @@ tokio::task_local! {
 
 /// Runs one store request on the shared runtime and waits for it; returns the
 /// result and how many times it was retried.
-fn block_on<T: Send + 'static>(
+pub(crate) fn block_on<T: Send + 'static>(
     fut: impl Future<Output = opendal::Result<T>> + Send + 'static,
 ) -> (opendal::Result<T>, u32) {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -291,16 +291,22 @@ impl CloudStore {
         clean
     }
 
-    fn error(
+    fn error(&self, kind: ObjectKind, name: &str, failure: (opendal::Error, u32)) -> StoreError {
+        self.error_on(kind.as_str(), name, failure)
+    }
+
+    /// The [`StoreError`] for a failed request on `what` `name` ("pack 0a1b…",
+    /// "file Media/IMG-1.jpg").
+    pub(crate) fn error_on(
         &self,
-        kind: ObjectKind,
+        what: &'static str,
         name: &str,
         (e, retries): (opendal::Error, u32),
     ) -> StoreError {
         let detail = self.scrub(e.to_string());
         if e.kind() == ErrorKind::NotFound {
             return StoreError::NotFound {
-                kind: kind.as_str(),
+                kind: what,
                 name: name.to_string(),
             };
         }
@@ -335,7 +341,7 @@ impl CloudStore {
             ),
         };
         StoreError::Io {
-            what: format!("{} ({} {name})", self.location, kind.as_str()),
+            what: format!("{} ({what} {name})", self.location),
             source: io::Error::new(io_kind, format!("{advice} ({detail})")),
         }
     }

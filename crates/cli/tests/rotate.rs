@@ -1,0 +1,325 @@
+//! `backlock rotate-key` as real processes: snapshots restore bit for bit under the
+//! new key, the old key opens no object left in the store, and SIGKILL at every step
+//! leaves a repository that one of the two keys opens completely.
+
+use backlock_core::{
+    envelope::{self, ObjectKind, PackOpener, HEADER_LEN},
+    format::{self, IndexFile},
+    kdf::RepoKeys,
+    key::BackupKey,
+};
+use backlock_testkit::tree;
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A repository with two snapshots, each restored once as the reference.
+    fn new() -> (Env, String) {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = env.ok(&["init", "--key-only", "--yes", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let key = v["key"].as_str().unwrap().to_string();
+        std::fs::write(env.path("key"), &key).unwrap();
+        let src = tree::write_sample(env.dir.path(), 5);
+        env.ok(&["backup", src.to_str().unwrap()]);
+        std::fs::write(
+            src.join("Media/VID-2.mp4"),
+            tree::random_bytes(9, 2_000_000),
+        )
+        .unwrap();
+        std::fs::remove_file(src.join("notes.txt")).unwrap();
+        env.ok(&["backup", src.to_str().unwrap()]);
+        for (i, id) in env.snapshot_ids().iter().enumerate() {
+            env.ok(&[
+                "restore",
+                id,
+                "--target",
+                env.path(&format!("reference-{i}")).to_str().unwrap(),
+            ]);
+        }
+        (env, key)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        c.args(args)
+            .env_remove(backlock_repo::testhook::PAUSE_VAR)
+            .env("BACKLOCK_HOME", self.path("home"))
+            .env("BACKLOCK_REPO", self.path("repo"))
+            .env("BACKLOCK_KEY_FILE", self.path("key"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn snapshot_ids(&self) -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["snapshots", "--json"])).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// With the key in the key file: every snapshot restores exactly as before, and
+    /// `check --read-data` finds nothing wrong.
+    fn assert_whole(&self, tag: &str) {
+        let ids = self.snapshot_ids();
+        assert_eq!(ids.len(), 2, "{tag}");
+        for (i, id) in ids.iter().enumerate() {
+            let out = self.path(&format!("{tag}-{i}"));
+            self.ok(&["restore", id, "--target", out.to_str().unwrap()]);
+            assert_identical(&self.path(&format!("reference-{i}")), &out);
+            std::fs::remove_dir_all(out).unwrap();
+        }
+        let check = self.ok(&["check", "--read-data"]);
+        assert!(check.contains("no errors"), "{tag}: {check}");
+    }
+
+    fn rotate_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["rotate-key", "--yes", "--json"])).unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Restores are compared byte for byte, every file (the restore of a restore).
+fn assert_identical(a: &Path, b: &Path) {
+    let rel = |root: &Path| -> Vec<PathBuf> {
+        tree::list_files(root)
+            .into_iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect()
+    };
+    assert_eq!(rel(a), rel(b));
+    for r in rel(a) {
+        let (pa, pb) = (a.join(&r), b.join(&r));
+        if std::fs::symlink_metadata(&pa).unwrap().is_file() {
+            assert!(
+                std::fs::read(pa).unwrap() == std::fs::read(pb).unwrap(),
+                "{}",
+                r.display()
+            );
+        }
+    }
+}
+
+/// Every object file in the repository, with its kind and name.
+fn objects(repo: &Path) -> Vec<(ObjectKind, String, PathBuf)> {
+    let mut out = Vec::new();
+    for p in tree::list_files(repo) {
+        if !p.is_file() {
+            continue;
+        }
+        let rel = p.strip_prefix(repo).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let kind = match top {
+            "packs" => ObjectKind::Pack,
+            "index" => ObjectKind::Index,
+            "snapshots" => ObjectKind::Snapshot,
+            "locks" => ObjectKind::Lock,
+            "tmp" => continue,
+            _ => ObjectKind::Config,
+        };
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        out.push((kind, name, p));
+    }
+    out
+}
+
+/// Tries every object in the store with `keys`; returns how many it opens. Packs are
+/// tried blob by blob at the places the new index gives.
+fn objects_opened(repo: &Path, keys: &RepoKeys, new_keys: &RepoKeys) -> usize {
+    let all = objects(repo);
+    let mut places = Vec::new();
+    for (kind, name, path) in &all {
+        if *kind == ObjectKind::Index {
+            let sealed = std::fs::read(path).unwrap();
+            let plain = envelope::open(new_keys, ObjectKind::Index, name, &sealed).unwrap();
+            let index: IndexFile = format::decode(&plain, "index").unwrap();
+            for p in index.packs {
+                places.extend(p.blobs.into_iter().map(|b| (p.pack.to_hex(), b)));
+            }
+        }
+    }
+    let mut opened = 0;
+    for (kind, name, path) in &all {
+        let data = std::fs::read(path).unwrap();
+        if *kind == ObjectKind::Pack {
+            let opener = PackOpener::new(keys, name, &data[..HEADER_LEN]).unwrap();
+            for (_, b) in places.iter().filter(|(p, _)| p == name) {
+                let sealed = &data[b.offset as usize..(b.offset + b.length as u64) as usize];
+                // The chunk ID under either key: the old key opens a blob under neither.
+                if opener.open_blob(b.seq, &b.id, sealed).is_ok() {
+                    opened += 1;
+                }
+            }
+        } else if envelope::open(keys, *kind, name, &data).is_ok() {
+            opened += 1;
+        }
+    }
+    opened
+}
+
+#[test]
+fn rotated_repository_restores_bit_for_bit_and_the_old_key_opens_nothing() {
+    let (env, old_key) = Env::new();
+    let before: Vec<String> = objects(&env.path("repo"))
+        .into_iter()
+        .map(|o| o.1)
+        .collect();
+    let v = env.rotate_json();
+    let new_key = v["key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, old_key);
+    assert_eq!(v["summary"]["snapshots"], 2, "{v}");
+    assert!(
+        v["summary"]["objects_deleted"].as_u64().unwrap() >= 4,
+        "{v}"
+    );
+
+    // The old key is refused, as a wrong key.
+    let out = env.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    std::fs::write(env.path("key"), &new_key).unwrap();
+    env.assert_whole("after");
+
+    // Nothing from before is left but the (rewritten) config.
+    let after: Vec<String> = objects(&env.path("repo"))
+        .into_iter()
+        .map(|o| o.1)
+        .collect();
+    for name in &after {
+        assert!(
+            name == "config" || !before.contains(name),
+            "{name} survived"
+        );
+    }
+    let old = RepoKeys::derive(&BackupKey::parse(&old_key).unwrap());
+    let new = RepoKeys::derive(&BackupKey::parse(&new_key).unwrap());
+    assert_eq!(objects_opened(&env.path("repo"), &old, &new), 0);
+    // … while the new key opens every one of them (the test is not vacuous).
+    let total_blobs_and_objects = objects_opened(&env.path("repo"), &new, &new);
+    assert!(
+        total_blobs_and_objects > after.len(),
+        "{total_blobs_and_objects}"
+    );
+
+    // Backups go on, deduplicating against the rotated data; the device state
+    // (newest snapshot seen) carried over.
+    let src = env.path("chat");
+    let summary: serde_json::Value =
+        serde_json::from_str(&env.ok(&["backup", "--json", src.to_str().unwrap()])).unwrap();
+    assert_eq!(summary["seq"], 3, "{summary}");
+    assert_eq!(summary["files_unchanged"].as_u64(), Some(5), "{summary}");
+}
+
+#[test]
+fn rotate_key_asks_for_confirmation_or_yes() {
+    let (env, _) = Env::new();
+    let out = env.run(&["rotate-key"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--yes --json"), "{}", stderr(&out));
+    env.assert_whole("unchanged");
+    std::fs::write(env.path("key"), "11".repeat(32)).unwrap();
+    let out = env.run(&["rotate-key", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+/// SIGKILL paused at each step: before the switch the old key opens everything, after
+/// it the new key (kept on the device until the rotation finished) does; the re-run
+/// finishes and shows the same new key, and the old key then opens nothing.
+#[test]
+fn sigkill_at_each_step_leaves_one_key_opening_everything() {
+    for step in [
+        "rotate:packs-written",
+        "rotate:marked",
+        "rotate:written",
+        "rotate:verified",
+        "rotate:committed",
+        "rotate:deleting",
+    ] {
+        let (env, old_key) = Env::new();
+        let mut child = env
+            .cmd(&["rotate-key", "--yes", "--json"])
+            .env(backlock_repo::testhook::PAUSE_VAR, step)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains(&format!("paused at {step}")) => break,
+                Some(Ok(_)) => {}
+                _ => panic!("rotate-key ended before {step}: {:?}", child.wait()),
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let switched = matches!(step, "rotate:committed" | "rotate:deleting");
+        if switched {
+            let out = env.run(&["snapshots"]);
+            assert_eq!(out.status.code(), Some(3), "{step}: old key still opens");
+            // The new key is on the device until the rotation finishes.
+            let kept: Vec<_> = tree::list_files(&env.path("home/keys"));
+            assert_eq!(kept.len(), 1, "{step}");
+            let text = std::fs::read_to_string(&kept[0]).unwrap();
+            let line = text.lines().find(|l| !l.starts_with('#')).unwrap();
+            std::fs::write(env.path("key"), line).unwrap();
+        }
+        env.assert_whole(&format!("killed-{}", step.replace(':', "-")));
+        std::fs::write(env.path("key"), &old_key).unwrap();
+
+        let v = env.rotate_json();
+        let new_key = v["key"].as_str().unwrap().to_string();
+        assert_eq!(v["summary"]["finished_earlier"], switched, "{step}: {v}");
+        std::fs::write(env.path("key"), &new_key).unwrap();
+        env.assert_whole(&format!("final-{}", step.replace(':', "-")));
+        assert!(
+            tree::list_files(&env.path("home/keys")).is_empty(),
+            "{step}"
+        );
+        let old = RepoKeys::derive(&BackupKey::parse(&old_key).unwrap());
+        let new = RepoKeys::derive(&BackupKey::parse(&new_key).unwrap());
+        assert_eq!(objects_opened(&env.path("repo"), &old, &new), 0, "{step}");
+        assert!(
+            !objects(&env.path("repo"))
+                .iter()
+                .any(|(_, n, _)| n.starts_with("rotation-")),
+            "{step}: a marker is left"
+        );
+    }
+}
