@@ -5,57 +5,23 @@
 use backlock_testkit::{servers::S3Server, tree};
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-struct Env {
-    dir: tempfile::TempDir,
-    extra: Vec<(&'static str, String)>,
+mod common;
+
+use common::{assert_identical, count_files, stderr, Env};
+
+/// What the migration tests add to the shared environment.
+trait MigrateEnv {
+    fn source(&self) -> (PathBuf, PathBuf);
+    fn restore_latest(&self, name: &str) -> PathBuf;
+    fn migrate_paused(&self, from: &Path, step: &str) -> Child;
 }
 
-impl Env {
-    fn new() -> Self {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-            extra: Vec::new(),
-        };
-        let out = env.ok(&["init", "--key-only", "--yes", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
-        env
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
-        c.args(args)
-            .env_remove(backlock_migrate::PAUSE_VAR)
-            .env("BACKLOCK_HOME", self.path("home"))
-            .env("BACKLOCK_REPO", self.path("repo"))
-            .env("BACKLOCK_KEY_FILE", self.path("key"))
-            .stdin(Stdio::null());
-        for (k, v) in &self.extra {
-            c.env(k, v);
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
+impl MigrateEnv for Env {
     /// A chat folder (WAL database with its sidecars, media, a symlink, an empty
     /// file) and an exact copy of it to compare with later.
     fn source(&self) -> (PathBuf, PathBuf) {
@@ -73,28 +39,9 @@ impl Env {
         out.join("chat")
     }
 
-    /// Starts `migrate` paused at `step`; returns once it is waiting there.
-    fn spawn_paused(&self, from: &Path, step: &str) -> Child {
-        let mut child = self
-            .cmd(&["migrate", "--from", from.to_str().unwrap()])
-            .env(backlock_migrate::PAUSE_VAR, step)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let marker = format!("paused at {step}");
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains(&marker) => break,
-                Some(Ok(_)) => {}
-                _ => panic!("migrate ended before {step}: {:?}", child.wait()),
-            }
-        }
-        // Keep draining stderr so the child never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        child
+    /// Starts `migrate` paused at `step`.
+    fn migrate_paused(&self, from: &Path, step: &str) -> Child {
+        self.spawn_paused(&["migrate", "--from", from.to_str().unwrap()], step)
     }
 }
 
@@ -112,10 +59,6 @@ fn leave_wal(path: &Path) {
     std::fs::write(&wal, log).unwrap();
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn copy_tree(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .args(["-a", from.to_str().unwrap(), to.to_str().unwrap()])
@@ -124,58 +67,9 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-/// Every entry, bit for bit: names, kinds, modes, symlink targets, contents (SQLite
-/// sidecars included, no header masked).
-fn assert_identical(a: &Path, b: &Path) {
-    let rel = |root: &Path| -> Vec<PathBuf> {
-        tree::list_files(root)
-            .into_iter()
-            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
-            .collect()
-    };
-    let (ra, rb) = (rel(a), rel(b));
-    assert_eq!(
-        ra,
-        rb,
-        "different entries in {} and {}",
-        a.display(),
-        b.display()
-    );
-    for r in ra {
-        let (pa, pb) = (a.join(&r), b.join(&r));
-        let (ma, mb) = (
-            std::fs::symlink_metadata(&pa).unwrap(),
-            std::fs::symlink_metadata(&pb).unwrap(),
-        );
-        assert_eq!(ma.file_type(), mb.file_type(), "{}", r.display());
-        if ma.file_type().is_symlink() {
-            assert_eq!(
-                std::fs::read_link(&pa).unwrap(),
-                std::fs::read_link(&pb).unwrap()
-            );
-        } else {
-            assert_eq!(ma.mode(), mb.mode(), "mode of {}", r.display());
-        }
-        if ma.is_file() {
-            assert!(
-                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
-                "{} differs",
-                r.display()
-            );
-        }
-    }
-}
-
-fn count_files(root: &Path) -> usize {
-    tree::list_files(root)
-        .iter()
-        .filter(|p| !std::fs::symlink_metadata(p).unwrap().is_dir())
-        .count()
-}
-
 #[test]
 fn migrate_verifies_then_deletes_and_the_snapshot_restores_bit_for_bit() {
-    let env = Env::new();
+    let (env, _) = Env::new();
     let (src, reference) = env.source();
     assert!(src.join("msgstore.db-wal").metadata().unwrap().len() > 0);
     let files = count_files(&src);
@@ -199,7 +93,7 @@ fn migrate_verifies_then_deletes_and_the_snapshot_restores_bit_for_bit() {
 
 #[test]
 fn migrate_prints_each_deleted_path_and_a_summary() {
-    let env = Env::new();
+    let (env, _) = Env::new();
     let (src, _) = env.source();
     let files = count_files(&src);
     let out = env.ok(&["migrate", "--from", src.to_str().unwrap()]);
@@ -217,9 +111,9 @@ fn migrate_prints_each_deleted_path_and_a_summary() {
 #[test]
 fn sigkill_at_each_step_never_deletes_before_verification() {
     for step in ["after-backup", "after-restore", "verified", "deleting"] {
-        let env = Env::new();
+        let (env, _) = Env::new();
         let (src, reference) = env.source();
-        let mut child = env.spawn_paused(&src, step);
+        let mut child = env.migrate_paused(&src, step);
         child.kill().unwrap();
         child.wait().unwrap();
         if step == "deleting" {
@@ -240,11 +134,11 @@ fn sigkill_at_each_step_never_deletes_before_verification() {
 /// Killed after every file was deleted but before the folders: the re-run only tidies.
 #[test]
 fn rerun_after_every_file_was_deleted_removes_the_folders_left() {
-    let env = Env::new();
+    let (env, _) = Env::new();
     let (src, reference) = env.source();
     // Simulate the kill just before the directories go: the journal is written at
     // `verified`; delete the files by hand as the killed run would have.
-    let mut child = env.spawn_paused(&src, "verified");
+    let mut child = env.migrate_paused(&src, "verified");
     child.kill().unwrap();
     child.wait().unwrap();
     for f in tree::list_files(&src) {
@@ -270,7 +164,7 @@ fn rerun_after_every_file_was_deleted_removes_the_folders_left() {
 /// newest snapshot already restores the whole original exactly.
 #[test]
 fn sigkill_at_random_instants_never_loses_a_file() {
-    let env = Env::new();
+    let (env, _) = Env::new();
     let (src, _) = env.source();
     for i in 0..4 {
         std::fs::write(
@@ -338,9 +232,9 @@ fn source_changed_between_backup_and_verification_deletes_nothing() {
         }),
     ];
     for (what, change) in changes {
-        let env = Env::new();
+        let (env, _) = Env::new();
         let (src, _) = env.source();
-        let mut child = env.spawn_paused(&src, "after-restore");
+        let mut child = env.migrate_paused(&src, "after-restore");
         change(&src);
         let after = env.path("after-change");
         copy_tree(&src, &after);
@@ -352,7 +246,7 @@ fn source_changed_between_backup_and_verification_deletes_nothing() {
         let out = env.run(&["migrate", "--from", src.to_str().unwrap(), "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let env = Env::new();
+    let (env, _) = Env::new();
     let (src, _) = env.source();
     let mut child = env
         .cmd(&["migrate", "--from", src.to_str().unwrap()])
@@ -381,7 +275,7 @@ fn source_changed_between_backup_and_verification_deletes_nothing() {
 
 #[test]
 fn bad_input_is_explained_and_deletes_nothing() {
-    let env = Env::new();
+    let (env, _) = Env::new();
     let (src, reference) = env.source();
     let missing = env.path("no-such-folder");
     let file = env.path("a-file");
@@ -457,7 +351,7 @@ fn migrate_from_an_s3_url() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let mut env = Env::new();
+    let (mut env, _) = Env::new();
     env.extra = server.env();
     let settings = server
         .env()

@@ -9,71 +9,43 @@ use backlock_core::{
     key::BackupKey,
 };
 use backlock_testkit::tree;
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-};
+use std::path::{Path, PathBuf};
 
-struct Env {
-    dir: tempfile::TempDir,
+mod common;
+
+use common::{assert_identical, stderr, Env};
+
+/// A repository with two snapshots, each restored once as the reference.
+fn with_two_snapshots() -> (Env, String) {
+    let (env, key) = Env::new();
+    let src = tree::write_sample(env.dir.path(), 5);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    std::fs::write(
+        src.join("Media/VID-2.mp4"),
+        tree::random_bytes(9, 2_000_000),
+    )
+    .unwrap();
+    std::fs::remove_file(src.join("notes.txt")).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    for (i, id) in env.snapshot_ids().iter().enumerate() {
+        env.ok(&[
+            "restore",
+            id,
+            "--target",
+            env.path(&format!("reference-{i}")).to_str().unwrap(),
+        ]);
+    }
+    (env, key)
 }
 
-impl Env {
-    /// A repository with two snapshots, each restored once as the reference.
-    fn new() -> (Env, String) {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let out = env.ok(&["init", "--key-only", "--yes", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let key = v["key"].as_str().unwrap().to_string();
-        std::fs::write(env.path("key"), &key).unwrap();
-        let src = tree::write_sample(env.dir.path(), 5);
-        env.ok(&["backup", src.to_str().unwrap()]);
-        std::fs::write(
-            src.join("Media/VID-2.mp4"),
-            tree::random_bytes(9, 2_000_000),
-        )
-        .unwrap();
-        std::fs::remove_file(src.join("notes.txt")).unwrap();
-        env.ok(&["backup", src.to_str().unwrap()]);
-        for (i, id) in env.snapshot_ids().iter().enumerate() {
-            env.ok(&[
-                "restore",
-                id,
-                "--target",
-                env.path(&format!("reference-{i}")).to_str().unwrap(),
-            ]);
-        }
-        (env, key)
-    }
+/// What the rotation tests add to the shared environment.
+trait RotateEnv {
+    fn snapshot_ids(&self) -> Vec<String>;
+    fn assert_whole(&self, tag: &str);
+    fn rotate_json(&self) -> serde_json::Value;
+}
 
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
-        c.args(args)
-            .env_remove(backlock_repo::testhook::PAUSE_VAR)
-            .env("BACKLOCK_HOME", self.path("home"))
-            .env("BACKLOCK_REPO", self.path("repo"))
-            .env("BACKLOCK_KEY_FILE", self.path("key"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
+impl RotateEnv for Env {
     fn snapshot_ids(&self) -> Vec<String> {
         let list: serde_json::Value =
             serde_json::from_str(&self.ok(&["snapshots", "--json"])).unwrap();
@@ -101,31 +73,6 @@ impl Env {
 
     fn rotate_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["rotate-key", "--yes", "--json"])).unwrap()
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Restores are compared byte for byte, every file (the restore of a restore).
-fn assert_identical(a: &Path, b: &Path) {
-    let rel = |root: &Path| -> Vec<PathBuf> {
-        tree::list_files(root)
-            .into_iter()
-            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
-            .collect()
-    };
-    assert_eq!(rel(a), rel(b));
-    for r in rel(a) {
-        let (pa, pb) = (a.join(&r), b.join(&r));
-        if std::fs::symlink_metadata(&pa).unwrap().is_file() {
-            assert!(
-                std::fs::read(pa).unwrap() == std::fs::read(pb).unwrap(),
-                "{}",
-                r.display()
-            );
-        }
     }
 }
 
@@ -194,7 +141,7 @@ fn objects_opened(repo: &Path, keys: &RepoKeys, new_keys: &RepoKeys) -> usize {
 
 #[test]
 fn rotated_repository_restores_bit_for_bit_and_the_old_key_opens_nothing() {
-    let (env, old_key) = Env::new();
+    let (env, old_key) = with_two_snapshots();
     let before: Vec<String> = objects(&env.path("repo"))
         .into_iter()
         .map(|o| o.1)
@@ -246,7 +193,7 @@ fn rotated_repository_restores_bit_for_bit_and_the_old_key_opens_nothing() {
 
 #[test]
 fn rotate_key_asks_for_confirmation_or_yes() {
-    let (env, _) = Env::new();
+    let (env, _) = with_two_snapshots();
     let out = env.run(&["rotate-key"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--yes --json"), "{}", stderr(&out));
@@ -269,23 +216,8 @@ fn sigkill_at_each_step_leaves_one_key_opening_everything() {
         "rotate:committed",
         "rotate:deleting",
     ] {
-        let (env, old_key) = Env::new();
-        let mut child = env
-            .cmd(&["rotate-key", "--yes", "--json"])
-            .env(backlock_repo::testhook::PAUSE_VAR, step)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.contains(&format!("paused at {step}")) => break,
-                Some(Ok(_)) => {}
-                _ => panic!("rotate-key ended before {step}: {:?}", child.wait()),
-            }
-        }
+        let (env, old_key) = with_two_snapshots();
+        let mut child = env.spawn_paused(&["rotate-key", "--yes", "--json"], step);
         child.kill().unwrap();
         child.wait().unwrap();
 

@@ -1,7 +1,7 @@
 //! The verification: a restored tree against the source, every file bit for bit,
 //! streamed block by block (memory stays at two blocks whatever the file sizes).
 
-use crate::source::{fill, scan_dir, Entry, Kind, Manifest, Source, BLOCK};
+use crate::source::{read_up_to, scan_dir, Entry, Kind, Manifest, Source};
 use crate::MigrateError;
 use std::{fs, path::Path};
 
@@ -121,22 +121,21 @@ fn first_difference(
         path: path.to_path_buf(),
         source: err,
     };
-    let mut mine = vec![0u8; BLOCK];
     let mut offset = 0u64;
     for block in source.blocks(e)? {
         let theirs = block?;
-        let n = fill(&mut restored, &mut mine[..theirs.len()]).map_err(work)?;
-        if mine[..n] != theirs[..] {
-            let at = mine[..n]
+        let mine = read_up_to(&mut restored, theirs.len()).map_err(work)?;
+        if mine != theirs {
+            let at = mine
                 .iter()
                 .zip(&theirs)
                 .position(|(x, y)| x != y)
-                .unwrap_or(n);
+                .unwrap_or(mine.len());
             return Ok(Some(offset + at as u64));
         }
-        offset += n as u64;
+        offset += mine.len() as u64;
     }
     // The restore must end where the source does.
-    let more = fill(&mut restored, &mut mine[..1]).map_err(work)?;
+    let more = read_up_to(&mut restored, 1).map_err(work)?.len();
     Ok((more > 0).then_some(offset))
 }

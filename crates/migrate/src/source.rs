@@ -317,14 +317,7 @@ impl Iterator for Blocks<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let block = match (&mut self.file, self.source) {
             (Some(file), Source::Local(root)) => {
-                let mut buf = vec![0u8; BLOCK];
-                match fill(file, &mut buf) {
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Ok(buf)
-                    }
-                    Err(e) => Err(read_error(root.join(&self.entry.rel), e)),
-                }
+                read_up_to(file, BLOCK).map_err(|e| read_error(root.join(&self.entry.rel), e))
             }
             (_, Source::Cloud(store)) => {
                 let left = self.entry.size.saturating_sub(self.offset);
@@ -349,16 +342,9 @@ impl Iterator for Blocks<'_> {
     }
 }
 
-/// Fills `buf` as far as the reader goes; returns the bytes read.
-pub(crate) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+/// Reads up to `len` bytes, fewer only at the end of `r`.
+pub(crate) fn read_up_to(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    r.take(len as u64).read_to_end(&mut buf)?;
+    Ok(buf)
 }

@@ -346,6 +346,22 @@ impl CloudStore {
         }
     }
 
+    /// One ranged read of `path`, with the retries it took.
+    pub(crate) fn read_at(
+        &self,
+        path: String,
+        offset: u64,
+        len: u64,
+    ) -> (opendal::Result<Vec<u8>>, u32) {
+        let op = self.op.clone();
+        block_on(async move {
+            op.read_with(&path)
+                .range(offset..offset.saturating_add(len))
+                .await
+                .map(|b| b.to_vec())
+        })
+    }
+
     async fn put_via_rename(op: Operator, path: String, data: Vec<u8>) -> opendal::Result<()> {
         let tmp = format!("tmp/{}.tmp", hex::encode(rand::random::<[u8; 12]>()));
         let result = async {
@@ -389,14 +405,7 @@ impl ObjectStore for CloudStore {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let path = self.path(kind, name)?;
-        let op = self.op.clone();
-        let (result, retries) = block_on(async move {
-            op.read_with(&path)
-                .range(offset..offset.saturating_add(len))
-                .await
-                .map(|b| b.to_vec())
-        });
+        let (result, retries) = self.read_at(self.path(kind, name)?, offset, len);
         match result {
             Ok(data) => Ok(data),
             // The object exists and ends before `offset`.

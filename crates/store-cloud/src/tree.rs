@@ -102,14 +102,7 @@ impl CloudStore {
 
     /// Reads `len` bytes of `path` at `offset` (fewer at its end).
     pub fn tree_read(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        let owned = checked(path)?.to_string();
-        let op = self.operator().clone();
-        let (result, retries) = block_on(async move {
-            op.read_with(&owned)
-                .range(offset..offset.saturating_add(len))
-                .await
-                .map(|b| b.to_vec())
-        });
+        let (result, retries) = self.read_at(checked(path)?.to_string(), offset, len);
         match result {
             Ok(data) => Ok(data),
             Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => Ok(Vec::new()),
