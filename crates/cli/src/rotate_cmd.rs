@@ -72,13 +72,18 @@ pub(crate) fn run(args: &RepoArgs, yes: bool) -> Result<()> {
 
     if let (Some(old), Some(password)) = (&kept, &vault) {
         let session = connect(&args.vault, &home)?;
-        let result = session.block_on(session.client.register(
-            password,
-            &new_key,
-            &session.pinned,
-            Some(&OwnerKey::derive(old)),
-            &session.ksf,
-        ));
+        let register = |owner: &BackupKey| {
+            session.block_on(session.client.register(
+                password,
+                &new_key,
+                &session.pinned,
+                Some(&OwnerKey::derive(owner)),
+                &session.ksf,
+            ))
+        };
+        // A run stopped after the vault took the new key: the record is the new
+        // key's to replace now.
+        let result = register(old).or_else(|e| register(&new_key).map_err(|_| e));
         session.close();
         result.map_err(VaultFailure::from)?;
     }

@@ -255,3 +255,74 @@ fn sigkill_at_each_step_leaves_one_key_opening_everything() {
         );
     }
 }
+
+/// Password mode: the device keeps the key, and the vault is given the new key in
+/// place of the old one behind the password chosen during the rotation; a new phone
+/// restores with that password, and the device backs up on without asking.
+#[test]
+fn password_mode_rotation_re_wraps_the_new_key_in_the_vault() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        extra: Vec::new(),
+    };
+    let run = |home: &str, args: &[&str]| {
+        env.cmd(args)
+            .env_remove("BACKLOCK_KEY_FILE")
+            .env("BACKLOCK_HOME", env.path(home))
+            .env("BACKLOCK_VAULT_DATA", env.path("embedded-vault"))
+            .output()
+            .unwrap()
+    };
+    let ok = |home: &str, args: &[&str]| {
+        let out = run(home, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    std::fs::write(env.path("pw-old"), "tulip garden 42").unwrap();
+    std::fs::write(env.path("pw-new"), "orchid meadow 77").unwrap();
+    let (old_pw, new_pw) = (env.path("pw-old"), env.path("pw-new"));
+    let (old_pw, new_pw) = (old_pw.to_str().unwrap(), new_pw.to_str().unwrap());
+    ok(
+        "phone1",
+        &["init", "--password", "--password-file", old_pw, "--yes"],
+    );
+    let src = tree::write_sample(env.dir.path(), 3);
+    ok("phone1", &["backup", src.to_str().unwrap()]);
+
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        "phone1",
+        &["rotate-key", "--yes", "--json", "--password-file", new_pw],
+    ))
+    .unwrap();
+    assert_eq!(v["vault_updated"], true, "{v}");
+    assert_eq!(v["summary"]["snapshots"], 1, "{v}");
+
+    // The old password no longer opens anything; the new one restores on a new phone.
+    let restore = |home: &str, pw: &str, target: &str| {
+        run(
+            home,
+            &[
+                "restore",
+                "--account",
+                "local",
+                "--password-file",
+                pw,
+                "--target",
+                env.path(target).to_str().unwrap(),
+            ],
+        )
+    };
+    let out = restore("phone2", old_pw, "with-old");
+    assert!(!out.status.success());
+    assert!(!env.path("with-old").exists());
+    let out = restore("phone3", new_pw, "with-new");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A live database is captured (docs/FORMAT.md §SQLite databases): page for page.
+    tree::assert_same(&src, &env.path("with-new/chat"));
+    // The device now keeps the new key: backups need no key and no password.
+    ok("phone1", &["backup", src.to_str().unwrap()]);
+    // The key shown is the one the vault gave phone3.
+    std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
+    let check = env.cmd(&["check"]).output().unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
+}
