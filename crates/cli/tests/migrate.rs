@@ -412,6 +412,9 @@ fn migrate_from_an_s3_url() {
         }
     }
     assert!(store.tree_list().unwrap().files.is_empty());
+    // The snapshot names where the data came from, not the download folder.
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(list[0]["paths"][0], url.as_str(), "{list}");
     assert_eq!(neighbour.tree_list().unwrap().files.len(), 1);
     // The restore holds exactly the objects (regular files; the symlink was never
     // an object), byte for byte.

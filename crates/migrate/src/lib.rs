@@ -356,6 +356,7 @@ impl Steps<'_> {
                     paths: vec![staged],
                     hostname: self.target.hostname.clone(),
                     verbatim: true,
+                    recorded_paths: Some(vec![source.location()]),
                     ..Default::default()
                 })?;
                 pause("after-backup");

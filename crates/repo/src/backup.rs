@@ -73,6 +73,9 @@ pub struct BackupOptions<'a> {
     /// writes to, such as an unencrypted backup being migrated, so that its restore
     /// equals it bit for bit (docs/FORMAT.md §SQLite databases).
     pub verbatim: bool,
+    /// What the snapshot records as its paths instead of `paths` (a migration from a
+    /// store records the store's URL, not the folder it was downloaded into).
+    pub recorded_paths: Option<Vec<String>>,
 }
 
 impl Default for BackupOptions<'_> {
@@ -84,6 +87,7 @@ impl Default for BackupOptions<'_> {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tmp_dir: None,
             verbatim: false,
+            recorded_paths: None,
         }
     }
 }
@@ -587,7 +591,10 @@ impl Repository<Indexed> {
             parent: parent.map(|(n, _)| n),
             time_unix_ns: now_unix_ns(),
             hostname: opts.hostname.clone(),
-            paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
+            paths: opts
+                .recorded_paths
+                .clone()
+                .unwrap_or_else(|| opts.paths.iter().map(|p| p.display().to_string()).collect()),
             nodes,
         };
         let name = ObjectName::for_snapshot(seq);
