@@ -2,7 +2,10 @@
 //! restore of the new snapshot matched it bit for bit; SIGKILL at named points and at
 //! random instants never deletes anything earlier, and a re-run finishes the job.
 
-use backlock_testkit::{servers::S3Server, tree};
+use backlock_testkit::{
+    servers::{S3Server, WebDavServer},
+    tree,
+};
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
@@ -344,87 +347,116 @@ fn bad_input_is_explained_and_deletes_nothing() {
     assert!(env.ok(&["snapshots", "--json"]).trim() == "[]");
 }
 
-/// The unencrypted backup in a real S3 server (SeaweedFS): downloaded, backed up,
-/// restored and compared with the objects read again, then every object deleted.
+/// Uploads the regular files under `src` to `url`; returns the store and what it holds.
+fn upload(
+    url: &str,
+    settings: &backlock_store_cloud::Settings,
+    src: &Path,
+) -> (backlock_store_cloud::CloudStore, Vec<(String, Vec<u8>)>) {
+    let store = backlock_store_cloud::open_cloud(
+        &backlock_store_cloud::Location::parse(url).unwrap(),
+        settings,
+        &backlock_store_cloud::Options::default(),
+    )
+    .unwrap();
+    let mut uploaded = Vec::new();
+    for f in tree::list_files(src) {
+        if std::fs::symlink_metadata(&f).unwrap().is_file() {
+            let rel = f.strip_prefix(src).unwrap().to_str().unwrap().to_string();
+            put(&store, &rel, std::fs::read(&f).unwrap());
+            uploaded.push((rel, std::fs::read(&f).unwrap()));
+        }
+    }
+    (store, uploaded)
+}
+
+fn put(store: &backlock_store_cloud::CloudStore, path: &str, data: Vec<u8>) {
+    let (op, path) = (store.operator().clone(), path.to_string());
+    backlock_store_cloud::runtime()
+        .block_on(async move { op.write(&path, data).await })
+        .unwrap();
+}
+
+/// The unencrypted backup in a real store: refused while it changes, killed while
+/// deleting and run again, then every object gone and the snapshot restoring what
+/// the store held, byte for byte; a neighbouring prefix untouched.
+fn migrate_from_a_store(server_env: Vec<(&'static str, String)>, url: String, neighbour: String) {
+    let (mut env, _) = Env::new();
+    env.extra = server_env.clone();
+    let settings = server_env
+        .iter()
+        .fold(backlock_store_cloud::Settings::empty(), |s, (k, v)| {
+            s.with(k, v)
+        });
+    let (src, _) = env.source();
+    let (store, mut held) = upload(&url, &settings, &src);
+    let (neighbour, kept) = upload(&neighbour, &settings, &src.join("Media"));
+    let from = ["migrate", "--from", url.as_str(), "--json"];
+
+    // Rewritten between the backup and the verification: nothing is deleted.
+    let mut child = env.spawn_paused(&from, "after-restore");
+    let notes = held.iter_mut().find(|(p, _)| p == "notes.txt").unwrap();
+    notes.1 = b"rewritten in the store".to_vec();
+    put(&store, "notes.txt", notes.1.clone());
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(store.tree_list().unwrap().files.len(), held.len());
+
+    // Killed after the first deletion: the re-run deletes the rest.
+    let mut child = env.spawn_paused(&from, "deleting");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(store.tree_list().unwrap().files.len(), held.len() - 1);
+    let out = env.ok(&from);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["deleted"].as_array().unwrap().len(),
+        held.len() - 1,
+        "{v}"
+    );
+    assert!(v["deleted"][0].as_str().unwrap().starts_with(&url), "{v}");
+    for (name, value) in &server_env {
+        if name.contains("SECRET") || name.contains("PASSWORD") {
+            assert!(!out.contains(value.as_str()), "{name} in the output");
+        }
+    }
+    let left = store.tree_list().unwrap();
+    assert!(left.files.is_empty() && left.dirs.is_empty(), "{left:?}");
+    assert_eq!(neighbour.tree_list().unwrap().files.len(), kept.len());
+
+    // The snapshot names where the data came from, not the download folder, and
+    // restores exactly what the store held.
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    let newest = list.as_array().unwrap().last().unwrap();
+    assert_eq!(newest["paths"][0], url.as_str(), "{list}");
+    let restored = env.restore_latest("restored");
+    for (rel, data) in &held {
+        assert!(std::fs::read(restored.join(rel)).unwrap() == *data, "{rel}");
+    }
+    assert_eq!(count_files(&restored), held.len());
+}
+
 #[test]
 fn migrate_from_an_s3_url() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let (mut env, _) = Env::new();
-    env.extra = server.env();
-    let settings = server
-        .env()
-        .into_iter()
-        .fold(backlock_store_cloud::Settings::empty(), |s, (k, v)| {
-            s.with(k, &v)
-        });
-    let url = server.url("plain/chat");
-    let store = backlock_store_cloud::open_cloud(
-        &backlock_store_cloud::Location::parse(&url).unwrap(),
-        &settings,
-        &backlock_store_cloud::Options::default(),
-    )
-    .unwrap();
-    let (src, _) = env.source();
-    let mut uploaded = Vec::new();
-    for f in tree::list_files(&src) {
-        if std::fs::symlink_metadata(&f).unwrap().is_file() {
-            let rel = f.strip_prefix(&src).unwrap().to_str().unwrap().to_string();
-            let data = std::fs::read(&f).unwrap();
-            let op = store.operator().clone();
-            let path = rel.clone();
-            backlock_store_cloud::runtime()
-                .block_on(async move { op.write(&path, data).await })
-                .unwrap();
-            uploaded.push(rel);
-        }
-    }
-    // A neighbour prefix that must survive.
-    let op = store.operator().clone();
-    let neighbour = backlock_store_cloud::open_cloud(
-        &backlock_store_cloud::Location::parse(&server.url("plain/chat2")).unwrap(),
-        &settings,
-        &backlock_store_cloud::Options::default(),
-    )
-    .unwrap();
-    let nop = neighbour.operator().clone();
-    backlock_store_cloud::runtime()
-        .block_on(async move { nop.write("keep.txt", b"keep".to_vec()).await })
-        .unwrap();
-    drop(op);
+    migrate_from_a_store(
+        server.env(),
+        server.url("plain/chat"),
+        server.url("plain/chat2"),
+    );
+}
 
-    let out = env.ok(&["migrate", "--from", &url, "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        v["deleted"].as_array().unwrap().len(),
-        uploaded.len(),
-        "{v}"
+/// WebDAV has directories: they go too, once empty.
+#[test]
+fn migrate_from_a_webdav_url() {
+    let Some(server) = WebDavServer::start() else {
+        return;
+    };
+    migrate_from_a_store(
+        server.env(),
+        server.url("plain/chat"),
+        server.url("plain/chat2"),
     );
-    assert_eq!(
-        v["files_verified"].as_u64().unwrap() as usize,
-        uploaded.len()
-    );
-    assert!(v["deleted"][0].as_str().unwrap().starts_with(&url), "{v}");
-    for (_, value) in server.env() {
-        if value.len() > 8 {
-            assert!(!out.contains(&value));
-        }
-    }
-    assert!(store.tree_list().unwrap().files.is_empty());
-    // The snapshot names where the data came from, not the download folder.
-    let list: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
-    assert_eq!(list[0]["paths"][0], url.as_str(), "{list}");
-    assert_eq!(neighbour.tree_list().unwrap().files.len(), 1);
-    // The restore holds exactly the objects (regular files; the symlink was never
-    // an object), byte for byte.
-    let restored = env.restore_latest("restored");
-    for rel in &uploaded {
-        assert!(
-            std::fs::read(restored.join(rel)).unwrap()
-                == std::fs::read(env.path("reference").join(rel)).unwrap(),
-            "{rel}"
-        );
-    }
-    assert_eq!(count_files(&restored), uploaded.len());
 }
