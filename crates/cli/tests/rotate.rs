@@ -326,3 +326,43 @@ fn password_mode_rotation_re_wraps_the_new_key_in_the_vault() {
     let check = env.cmd(&["check"]).output().unwrap();
     assert!(check.status.success(), "{}", stderr(&check));
 }
+
+/// SIGKILL at random instants, round after round: every time, the key the device
+/// last saw or the new key it keeps opens every snapshot, restoring bit for bit.
+#[test]
+fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
+    let (env, _) = with_two_snapshots();
+    let mut landed = 0;
+    for (round, delay_ms) in [5u64, 15, 30, 50, 80, 120, 170, 230, 300, 400]
+        .into_iter()
+        .enumerate()
+    {
+        let mut child = env
+            .cmd(&["rotate-key", "--yes", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            // It finished before the kill and printed the new key.
+            std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
+        } else if env.run(&["snapshots"]).status.code() == Some(3) {
+            // Switched: the new key is the one this device keeps until it finishes.
+            let kept = tree::list_files(&env.path("home/keys"));
+            let text = std::fs::read_to_string(&kept[0]).unwrap();
+            let line = text.lines().find(|l| !l.starts_with('#')).unwrap();
+            std::fs::write(env.path("key"), line).unwrap();
+        }
+        env.assert_whole(&format!("round-{round}"));
+    }
+    assert!(landed >= 4, "only {landed} kills landed during a rotation");
+    let v = env.rotate_json();
+    std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
+    env.assert_whole("final");
+}
