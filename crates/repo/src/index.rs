@@ -29,9 +29,13 @@ pub struct Index {
 
 impl Index {
     /// Reads and authenticates every index object.
-    pub(crate) fn load(store: &dyn ObjectStore, keys: &RepoKeys) -> Result<Self> {
+    pub(crate) fn load(
+        store: &dyn ObjectStore,
+        keys: &RepoKeys,
+        hidden: &crate::rotate::Hidden,
+    ) -> Result<Self> {
         let mut index = Index::default();
-        for info in store.list(ObjectKind::Index)? {
+        for info in hidden.filter(store.list(ObjectKind::Index)?) {
             let file = read_index_object(store, keys, &info.name)?;
             index.add(&file);
             index.objects.push(info.name);
@@ -85,16 +89,9 @@ impl Index {
     }
 }
 
-/// Every stored object of `kind` with its size.
-pub(crate) fn stored_sizes(
-    store: &dyn ObjectStore,
-    kind: ObjectKind,
-) -> Result<HashMap<String, u64>> {
-    Ok(store
-        .list(kind)?
-        .into_iter()
-        .map(|o| (o.name, o.size))
-        .collect())
+/// Every object of a listing with its size.
+pub(crate) fn stored_sizes(listing: Vec<backlock_store::ObjectInfo>) -> HashMap<String, u64> {
+    listing.into_iter().map(|o| (o.name, o.size)).collect()
 }
 
 pub(crate) fn read_index_object(

@@ -16,7 +16,9 @@ mod index;
 mod lock;
 mod prune;
 mod restore;
+mod rotate;
 mod sqlite;
+pub mod testhook;
 pub mod verify;
 
 pub use backup::{BackupOptions, BackupSummary, Progress};
@@ -27,6 +29,7 @@ pub use index::Index;
 pub use lock::{hostname, RepoLock, STALE_AFTER_SECS};
 pub use prune::{ForgetSummary, PruneSummary};
 pub use restore::RestoreSummary;
+pub use rotate::RotateSummary;
 
 use backlock_core::{
     chunker::ChunkerParams,
@@ -36,7 +39,7 @@ use backlock_core::{
     kdf::RepoKeys,
     key::BackupKey,
 };
-use backlock_store::{ObjectStore, StoreError};
+use backlock_store::{ObjectInfo, ObjectStore, StoreError};
 use std::sync::Arc;
 
 /// Default target size of a pack object.
@@ -55,6 +58,8 @@ pub struct Repository<S = Open> {
     keys: Arc<RepoKeys>,
     config: Config,
     home: DeviceHome,
+    /// The other generation of a key rotation in progress (docs/FORMAT.md §Key rotation).
+    hidden: Arc<rotate::Hidden>,
     state: S,
 }
 
@@ -95,6 +100,7 @@ impl Repository<Open> {
             keys,
             config,
             home,
+            hidden: Arc::default(),
             state: Open,
         })
     }
@@ -121,23 +127,26 @@ impl Repository<Open> {
                 detail: "chunker or pack size out of range".into(),
             }));
         }
+        let hidden = Arc::new(rotate::Hidden::load(&*store, &keys)?);
         Ok(Repository {
             store,
             keys,
             config,
             home,
+            hidden,
             state: Open,
         })
     }
 
     /// Loads every index object.
     pub fn load_index(self) -> Result<Repository<Indexed>> {
-        let index = Index::load(&*self.store, &self.keys)?;
+        let index = Index::load(&*self.store, &self.keys, &self.hidden)?;
         Ok(Repository {
             store: self.store,
             keys: self.keys,
             config: self.config,
             home: self.home,
+            hidden: self.hidden,
             state: Indexed { index },
         })
     }
@@ -151,7 +160,13 @@ impl<S> Repository<S> {
 
     /// Takes the repository lock: shared (backup, check) or exclusive (prune).
     pub fn lock(&self, exclusive: bool) -> Result<RepoLock> {
-        RepoLock::acquire(&self.store, &self.keys, exclusive)
+        RepoLock::acquire(&self.store, &self.keys, exclusive, self.hidden.rotating())
+    }
+
+    /// Lists the objects of `kind` this key's generation holds: during a key
+    /// rotation, the other key's objects are left out.
+    pub(crate) fn listed(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>> {
+        Ok(self.hidden.filter(self.store.list(kind)?))
     }
 
     /// The store it lives in.
@@ -163,8 +178,7 @@ impl<S> Repository<S> {
     /// listed must be at least the newest this device has seen.
     pub fn snapshot_refs(&self) -> Result<Vec<SnapshotRef>> {
         let mut refs: Vec<SnapshotRef> = self
-            .store
-            .list(ObjectKind::Snapshot)?
+            .listed(ObjectKind::Snapshot)?
             .iter()
             .filter_map(|o| ObjectName::parse(&o.name))
             .map(|name| SnapshotRef {

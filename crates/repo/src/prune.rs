@@ -70,6 +70,11 @@ impl<S> Repository<S> {
 impl Repository<Indexed> {
     /// Removes data that no snapshot uses.
     pub fn prune(self) -> Result<PruneSummary> {
+        if self.hidden.rotating() {
+            return Err(RepoError::Usage(
+                "a key rotation is unfinished: run `backlock rotate-key` to complete it, then prune".into(),
+            ));
+        }
         let _lock = self.lock(true)?;
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
@@ -82,7 +87,7 @@ impl Repository<Indexed> {
             );
         }
         let by_pack = self.state.index.by_pack();
-        let stored = stored_sizes(&*self.store, ObjectKind::Pack)?;
+        let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
 
         let mut keep: Vec<PackEntry> = Vec::new();
         let mut repack: Vec<(ObjectName, Vec<BlobEntry>)> = Vec::new();

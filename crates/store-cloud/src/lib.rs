@@ -23,11 +23,13 @@ mod location;
 mod services;
 mod settings;
 mod store;
+mod tree;
 
 pub use backlock_store::{FsStore, ObjectStore};
 pub use location::{Drive, Location, ICLOUD_HELP};
 pub use settings::{default_credentials_file, Settings, Value, CREDENTIALS_FILE_VAR};
 pub use store::{runtime, CloudStore, Options, Stats};
+pub use tree::{TreeFile, TreeListing};
 
 use std::sync::Arc;
 

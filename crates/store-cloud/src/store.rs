@@ -109,7 +109,7 @@ tokio::task_local! {
 
 /// Runs one store request on the shared runtime and waits for it; returns the
 /// result and how many times it was retried.
-fn block_on<T: Send + 'static>(
+pub(crate) fn block_on<T: Send + 'static>(
     fut: impl Future<Output = opendal::Result<T>> + Send + 'static,
 ) -> (opendal::Result<T>, u32) {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -291,16 +291,22 @@ impl CloudStore {
         clean
     }
 
-    fn error(
+    fn error(&self, kind: ObjectKind, name: &str, failure: (opendal::Error, u32)) -> StoreError {
+        self.error_on(kind.as_str(), name, failure)
+    }
+
+    /// The [`StoreError`] for a failed request on `what` `name` ("pack 0a1b…",
+    /// "file Media/IMG-1.jpg").
+    pub(crate) fn error_on(
         &self,
-        kind: ObjectKind,
+        what: &'static str,
         name: &str,
         (e, retries): (opendal::Error, u32),
     ) -> StoreError {
         let detail = self.scrub(e.to_string());
         if e.kind() == ErrorKind::NotFound {
             return StoreError::NotFound {
-                kind: kind.as_str(),
+                kind: what,
                 name: name.to_string(),
             };
         }
@@ -335,9 +341,25 @@ impl CloudStore {
             ),
         };
         StoreError::Io {
-            what: format!("{} ({} {name})", self.location, kind.as_str()),
+            what: format!("{} ({what} {name})", self.location),
             source: io::Error::new(io_kind, format!("{advice} ({detail})")),
         }
+    }
+
+    /// One ranged read of `path`, with the retries it took.
+    pub(crate) fn read_at(
+        &self,
+        path: String,
+        offset: u64,
+        len: u64,
+    ) -> (opendal::Result<Vec<u8>>, u32) {
+        let op = self.op.clone();
+        block_on(async move {
+            op.read_with(&path)
+                .range(offset..offset.saturating_add(len))
+                .await
+                .map(|b| b.to_vec())
+        })
     }
 
     async fn put_via_rename(op: Operator, path: String, data: Vec<u8>) -> opendal::Result<()> {
@@ -383,14 +405,7 @@ impl ObjectStore for CloudStore {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let path = self.path(kind, name)?;
-        let op = self.op.clone();
-        let (result, retries) = block_on(async move {
-            op.read_with(&path)
-                .range(offset..offset.saturating_add(len))
-                .await
-                .map(|b| b.to_vec())
-        });
+        let (result, retries) = self.read_at(self.path(kind, name)?, offset, len);
         match result {
             Ok(data) => Ok(data),
             // The object exists and ends before `offset`.

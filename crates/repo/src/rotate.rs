@@ -1,0 +1,535 @@
+//! Key rotation (docs/FORMAT.md §Key rotation): every chunk in use is re-sealed under
+//! a new key, every snapshot rewritten, the new generation verified, and only then
+//! the config replaced (the commit) and the old generation deleted.
+//!
+//! While a rotation is in progress, a marker object under each key lists both
+//! generations, and each key's readers hide the other generation's objects
+//! ([`Hidden`]). Killed at any instant, the repository opens with the old key until
+//! the config is replaced, and with the new key from then on.
+
+use crate::{
+    error::{RepoError, Result},
+    index::{decode_chunk, open_blob_at, Index},
+    testhook::pause,
+    Open, RepoLock, Repository, SnapshotRef,
+};
+use backlock_core::{
+    envelope::{self, ObjectKind, PackOpener, PackSealer, HEADER_LEN},
+    format::{
+        self, BlobEntry, IndexFile, ObjectSet, PackEntry, Rotation, Snapshot, CONFIG_NAME,
+        ROTATION_PREFIX,
+    },
+    ids::{ChunkId, ObjectName},
+    kdf::RepoKeys,
+    key::BackupKey,
+};
+use backlock_store::{ObjectInfo, ObjectStore, StoreError};
+use serde::Serialize;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
+
+/// The marker's name for a key: `rotation-<key_id hex>`.
+fn marker_name(key_id: &[u8; 16]) -> String {
+    format!("{ROTATION_PREFIX}{}", hex::encode(key_id))
+}
+
+/// What this key's readers must not see: the other generation of a rotation in
+/// progress (nothing when there is none).
+#[derive(Debug, Default)]
+pub(crate) struct Hidden {
+    /// The marker sealed under this key, if any.
+    marker: Option<Rotation>,
+    names: HashSet<String>,
+}
+
+impl Hidden {
+    /// Reads the marker sealed under `keys`, if a rotation is in progress.
+    pub(crate) fn load(store: &dyn ObjectStore, keys: &RepoKeys) -> Result<Self> {
+        let name = marker_name(keys.key_id());
+        let sealed = match store.get(ObjectKind::Config, &name) {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Ok(Hidden::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let damaged = |e| RepoError::damaged(ObjectKind::Config, &name, e);
+        let plain = envelope::open(keys, ObjectKind::Config, &name, &sealed).map_err(damaged)?;
+        let marker: Rotation = format::decode(&plain, "rotation marker").map_err(damaged)?;
+        Ok(Hidden::from_marker(marker, keys.key_id()))
+    }
+
+    fn from_marker(marker: Rotation, key_id: &[u8; 16]) -> Self {
+        let other = if marker.new_key_id == *key_id {
+            &marker.old
+        } else {
+            &marker.new
+        };
+        let names = other
+            .packs
+            .iter()
+            .chain(&other.indexes)
+            .chain(&other.snapshots)
+            .map(ObjectName::to_hex)
+            .collect();
+        Hidden {
+            marker: Some(marker),
+            names,
+        }
+    }
+
+    /// True while a rotation marker exists for this key.
+    pub(crate) fn rotating(&self) -> bool {
+        self.marker.is_some()
+    }
+
+    /// `listing` without the other generation's objects.
+    pub(crate) fn filter(&self, mut listing: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+        if !self.names.is_empty() {
+            listing.retain(|o| !self.names.contains(&o.name));
+        }
+        listing
+    }
+}
+
+/// What a key rotation did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RotateSummary {
+    /// Snapshots rewritten under the new key.
+    pub snapshots: u64,
+    /// Chunks re-sealed under the new key.
+    pub chunks: u64,
+    /// Pack objects written.
+    pub packs_written: u64,
+    /// Bytes written (packs, index, snapshots).
+    pub bytes_written: u64,
+    /// Objects of the old key deleted.
+    pub objects_deleted: u64,
+    /// True when this run only finished a rotation that had already switched keys.
+    pub finished_earlier: bool,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// The new generation, built before anything but packs is written.
+struct NewGeneration {
+    packs: Vec<PackEntry>,
+    chunk_map: HashMap<ChunkId, ChunkId>,
+    bytes: u64,
+}
+
+impl Repository<Open> {
+    /// True when this key is the new key of a rotation that switched the config but
+    /// was stopped before it deleted the old generation: [`Self::finish_rotation`].
+    pub fn rotation_to_this_key_pending(&self) -> bool {
+        self.hidden
+            .marker
+            .as_ref()
+            .is_some_and(|m| m.new_key_id == *self.keys.key_id())
+    }
+
+    /// Finishes a rotation to this key: deletes the old generation and the markers.
+    pub fn finish_rotation(&self) -> Result<RotateSummary> {
+        let start = Instant::now();
+        let Some(marker) = self.hidden.marker.clone() else {
+            return Ok(RotateSummary::default());
+        };
+        if marker.new_key_id != *self.keys.key_id() {
+            return Err(RepoError::Usage(
+                "this key is the old key of an interrupted rotation: rotate again".into(),
+            ));
+        }
+        let _lock = self.lock(true)?;
+        let deleted = self.remove_generation(&marker.old, &marker)?;
+        Ok(RotateSummary {
+            objects_deleted: deleted,
+            finished_earlier: true,
+            seconds: start.elapsed().as_secs_f64(),
+            ..RotateSummary::default()
+        })
+    }
+
+    /// Re-encrypts the repository under `new_key`. The old key opens the repository
+    /// until the config is replaced; from then on only the new one does, and
+    /// afterwards no object the old key could open remains.
+    pub fn rotate_key(&self, new_key: &BackupKey) -> Result<RotateSummary> {
+        let start = Instant::now();
+        let new_keys = Arc::new(RepoKeys::derive(new_key));
+        if new_keys.key_id() == self.keys.key_id() {
+            return Err(RepoError::Usage(
+                "the new key is the current key: nothing to rotate".into(),
+            ));
+        }
+        if self.rotation_to_this_key_pending() {
+            return Err(RepoError::Usage(
+                "a rotation to this key is unfinished: run `backlock rotate-key` again to finish it first".into(),
+            ));
+        }
+        let lock = self.lock(true)?;
+        // An attempt stopped before its commit: remove what it wrote.
+        if let Some(marker) = &self.hidden.marker {
+            self.remove_generation(&marker.new, marker)?;
+        }
+        let index = Index::load(&*self.store, &self.keys, &self.hidden)?;
+        self.remove_unindexed_packs(&index)?;
+
+        let refs = self.snapshot_refs()?;
+        let snaps: Vec<(SnapshotRef, Snapshot)> = refs
+            .iter()
+            .map(|r| self.load_snapshot(r).map(|s| (*r, s)))
+            .collect::<Result<_>>()?;
+        let used: HashSet<ChunkId> = snaps
+            .iter()
+            .flat_map(|(_, s)| s.nodes.iter().flat_map(|n| n.chunks.iter().copied()))
+            .collect();
+        if let Some(missing) = used.iter().find(|c| !index.contains(c)) {
+            return Err(RepoError::Damaged {
+                kind: "index",
+                name: format!("(chunk {missing})"),
+                source: backlock_core::FormatError::Malformed {
+                    what: "index",
+                    detail: "a snapshot needs a chunk no index lists; run `backlock check` before rotating".into(),
+                },
+            });
+        }
+        let old = ObjectSet {
+            packs: names(self.listed(ObjectKind::Pack)?),
+            indexes: names(self.listed(ObjectKind::Index)?),
+            snapshots: refs.iter().map(|r| r.name).collect(),
+        };
+
+        let generation = match self.reseal(&index, &used, &new_keys, &lock) {
+            Ok(g) => g,
+            Err(e) => {
+                // Unindexed packs: harmless, but do not leave them behind.
+                let _ = self.remove_unindexed_packs(&index);
+                return Err(e);
+            }
+        };
+        pause("rotate:packs-written");
+
+        // The new index and snapshots, under names chosen now so the markers can
+        // list them before they exist.
+        let index_name = ObjectName::random();
+        let renamed: HashMap<ObjectName, ObjectName> = refs
+            .iter()
+            .map(|r| (r.name, ObjectName::for_snapshot(r.seq)))
+            .collect();
+        let new_snaps: Vec<(ObjectName, Snapshot)> = snaps
+            .into_iter()
+            .map(|(r, s)| {
+                let nodes = s
+                    .nodes
+                    .into_iter()
+                    .map(|mut n| {
+                        n.chunks = n.chunks.iter().map(|c| generation.chunk_map[c]).collect();
+                        n
+                    })
+                    .collect();
+                let parent = s.parent.and_then(|p| renamed.get(&p).copied());
+                (renamed[&r.name], Snapshot { parent, nodes, ..s })
+            })
+            .collect();
+        let marker = Rotation {
+            old_key_id: *self.keys.key_id(),
+            new_key_id: *new_keys.key_id(),
+            old,
+            new: ObjectSet {
+                packs: generation.packs.iter().map(|p| p.pack).collect(),
+                indexes: vec![index_name],
+                snapshots: new_snaps.iter().map(|(n, _)| *n).collect(),
+            },
+        };
+        let plain = format::encode(&marker);
+        for keys in [&self.keys, &new_keys] {
+            let name = marker_name(keys.key_id());
+            let sealed = envelope::seal(keys, ObjectKind::Config, &name, &plain);
+            self.store.flush()?;
+            self.store.put(ObjectKind::Config, &name, &sealed)?;
+        }
+        self.store.flush()?;
+        pause("rotate:marked");
+
+        // The new generation, sealed under the new key: index, then snapshots.
+        let mut bytes = generation.bytes;
+        let index_file = IndexFile {
+            packs: generation.packs.clone(),
+        };
+        let sealed = envelope::seal(
+            &new_keys,
+            ObjectKind::Index,
+            &index_name.to_hex(),
+            &format::encode(&index_file),
+        );
+        self.store
+            .put(ObjectKind::Index, &index_name.to_hex(), &sealed)?;
+        bytes += sealed.len() as u64;
+        self.store.flush()?;
+        for (name, snap) in &new_snaps {
+            let sealed = envelope::seal(
+                &new_keys,
+                ObjectKind::Snapshot,
+                &name.to_hex(),
+                &format::encode(snap),
+            );
+            self.store
+                .put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
+            bytes += sealed.len() as u64;
+        }
+        self.store.flush()?;
+        pause("rotate:written");
+
+        // Verify the new generation as a reader of the new key sees it: every chunk
+        // authenticated under the new key, every snapshot as rewritten.
+        let view = Repository {
+            store: self.store.clone(),
+            keys: new_keys.clone(),
+            config: self.config.clone(),
+            home: self.home.clone(),
+            hidden: Arc::new(Hidden::from_marker(marker.clone(), new_keys.key_id())),
+            state: Open,
+        };
+        if let Err(e) = view.verify_generation(&new_snaps) {
+            let _ = self.remove_generation(&marker.new, &marker);
+            return Err(e);
+        }
+        pause("rotate:verified");
+
+        // The commit: the config now opens with the new key only.
+        let config = envelope::seal(
+            &new_keys,
+            ObjectKind::Config,
+            CONFIG_NAME,
+            &format::encode(&self.config),
+        );
+        self.store.put(ObjectKind::Config, CONFIG_NAME, &config)?;
+        self.store.flush()?;
+        pause("rotate:committed");
+
+        let deleted = view.remove_generation(&marker.old, &marker)?;
+        drop(lock);
+        Ok(RotateSummary {
+            snapshots: new_snaps.len() as u64,
+            chunks: generation.chunk_map.len() as u64,
+            packs_written: generation.packs.len() as u64,
+            bytes_written: bytes,
+            objects_deleted: deleted,
+            finished_earlier: false,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Every chunk in `used`, authenticated under the old key and re-sealed
+    /// (without recompressing) under the new key's chunk ID into new packs.
+    fn reseal(
+        &self,
+        index: &Index,
+        used: &HashSet<ChunkId>,
+        new_keys: &RepoKeys,
+        lock: &RepoLock,
+    ) -> Result<NewGeneration> {
+        let pack_size = self.config.pack_size as usize;
+        let mut out = NewGeneration {
+            packs: Vec::new(),
+            chunk_map: HashMap::new(),
+            bytes: 0,
+        };
+        let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
+        let mut by_pack: Vec<_> = index.by_pack().into_iter().collect();
+        by_pack.sort_by_key(|(p, _)| *p);
+        for (pack, mut blobs) in by_pack {
+            blobs.retain(|b| used.contains(&b.id));
+            if blobs.is_empty() {
+                continue;
+            }
+            blobs.sort_by_key(|b| b.offset);
+            let name = pack.to_hex();
+            let data = self.store.get(ObjectKind::Pack, &name)?;
+            let header = data.get(..HEADER_LEN).unwrap_or(&data);
+            let opener = PackOpener::new(&self.keys, &name, header)
+                .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+            for b in &blobs {
+                let encoded = open_blob_at(&opener, &name, &data, 0, b)?;
+                let chunk = decode_chunk(&self.keys, &name, &encoded, b)?;
+                let new_id = ChunkId::compute(new_keys, &chunk);
+                if out.chunk_map.insert(b.id, new_id).is_some() {
+                    continue;
+                }
+                let full = current
+                    .as_ref()
+                    .is_some_and(|(_, s, _)| s.len() + encoded.len() > pack_size);
+                if full {
+                    self.put_pack(current.take().expect("checked"), &mut out)?;
+                    lock.refresh_if_due()?;
+                }
+                let (_, sealer, entries) = current.get_or_insert_with(|| {
+                    let name = ObjectName::random();
+                    (
+                        name,
+                        PackSealer::new(new_keys, &name.to_hex(), pack_size + (1 << 20)),
+                        Vec::new(),
+                    )
+                });
+                let place = sealer.push(&new_id, &encoded);
+                entries.push(BlobEntry {
+                    id: new_id,
+                    seq: place.seq,
+                    offset: place.offset,
+                    length: place.length,
+                    raw_length: b.raw_length,
+                });
+            }
+        }
+        if let Some(last) = current.take() {
+            self.put_pack(last, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn put_pack(
+        &self,
+        (name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>),
+        out: &mut NewGeneration,
+    ) -> Result<()> {
+        let bytes = sealer.finish();
+        self.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
+        out.bytes += bytes.len() as u64;
+        out.packs.push(PackEntry { pack: name, blobs });
+        Ok(())
+    }
+
+    /// Reads the new generation back through the new key: every snapshot as
+    /// written, and every chunk authenticated against its new ID.
+    fn verify_generation(&self, expected: &[(ObjectName, Snapshot)]) -> Result<()> {
+        let refs = self.snapshot_refs()?;
+        if refs.len() != expected.len() {
+            return Err(RepoError::Usage(format!(
+                "the new key lists {} snapshots, {} were written: nothing was switched; check the store and rotate again",
+                refs.len(),
+                expected.len()
+            )));
+        }
+        for (r, (name, snap)) in refs.iter().zip(expected) {
+            if r.name != *name || self.load_snapshot(r)? != *snap {
+                return Err(RepoError::Usage(format!(
+                    "snapshot #{} reads back differently under the new key: nothing was switched; check the store and rotate again",
+                    r.seq
+                )));
+            }
+        }
+        let report = self.check(true)?;
+        if let Some(first) = report.errors.first() {
+            return Err(RepoError::Usage(format!(
+                "the re-encrypted data failed verification ({first}): nothing was switched; check the store and rotate again"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes the objects of `set` (snapshots, then indexes, then packs), the lock
+    /// objects this key cannot open (the other key's, left by a stopped rotation), then
+    /// both markers: the other key's first, this key's last.
+    fn remove_generation(&self, set: &ObjectSet, marker: &Rotation) -> Result<u64> {
+        let mut deleted = 0u64;
+        for (kind, names) in [
+            (ObjectKind::Snapshot, &set.snapshots),
+            (ObjectKind::Index, &set.indexes),
+        ] {
+            for n in names {
+                self.store.delete(kind, &n.to_hex())?;
+                deleted += 1;
+                if deleted == 1 {
+                    pause("rotate:deleting");
+                }
+            }
+        }
+        self.store.flush()?;
+        for n in &set.packs {
+            self.store.delete(ObjectKind::Pack, &n.to_hex())?;
+            deleted += 1;
+        }
+        self.store.flush()?;
+        for info in self.store.list(ObjectKind::Lock)? {
+            let opens = self
+                .store
+                .get(ObjectKind::Lock, &info.name)
+                .map(|s| envelope::open(&self.keys, ObjectKind::Lock, &info.name, &s).is_ok());
+            if matches!(opens, Ok(false)) {
+                self.store.delete(ObjectKind::Lock, &info.name)?;
+            }
+        }
+        let mine = self.keys.key_id();
+        let other = if marker.new_key_id == *mine {
+            marker.old_key_id
+        } else {
+            marker.new_key_id
+        };
+        self.store
+            .delete(ObjectKind::Config, &marker_name(&other))?;
+        self.store.flush()?;
+        self.store.delete(ObjectKind::Config, &marker_name(mine))?;
+        self.store.flush()?;
+        Ok(deleted)
+    }
+
+    /// Deletes packs no index names (left by a stopped backup or rotation). Runs
+    /// under the exclusive lock, like prune.
+    fn remove_unindexed_packs(&self, index: &Index) -> Result<()> {
+        let indexed = index.by_pack();
+        for info in self.listed(ObjectKind::Pack)? {
+            if ObjectName::parse(&info.name).is_none_or(|p| !indexed.contains_key(&p)) {
+                self.store.delete(ObjectKind::Pack, &info.name)?;
+            }
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+}
+
+fn names(listing: Vec<ObjectInfo>) -> Vec<ObjectName> {
+    listing
+        .iter()
+        .filter_map(|o| ObjectName::parse(&o.name))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_key_hides_the_other_generation() {
+        let (a, b, c) = (
+            ObjectName::random(),
+            ObjectName::random(),
+            ObjectName::random(),
+        );
+        let marker = Rotation {
+            old_key_id: [1; 16],
+            new_key_id: [2; 16],
+            old: ObjectSet {
+                packs: vec![a],
+                ..ObjectSet::default()
+            },
+            new: ObjectSet {
+                snapshots: vec![b],
+                ..ObjectSet::default()
+            },
+        };
+        let listing = |names: &[ObjectName]| -> Vec<ObjectInfo> {
+            names
+                .iter()
+                .map(|n| ObjectInfo {
+                    name: n.to_hex(),
+                    size: 1,
+                })
+                .collect()
+        };
+        let old = Hidden::from_marker(marker.clone(), &[1; 16]);
+        let new = Hidden::from_marker(marker, &[2; 16]);
+        assert_eq!(old.filter(listing(&[a, b, c])), listing(&[a, c]));
+        assert_eq!(new.filter(listing(&[a, b, c])), listing(&[b, c]));
+        assert_eq!(Hidden::default().filter(listing(&[a])), listing(&[a]));
+    }
+}
