@@ -30,6 +30,8 @@ pub struct FleetOptions {
     pub partitionable: bool,
     /// Extra environment for every replica process (e.g. `BACKLOCK_LOG`).
     pub env: Vec<(String, String)>,
+    /// A command that runs each replica process (e.g. `taskset -c 0`); none if empty.
+    pub launcher: Vec<String>,
 }
 
 impl Default for FleetOptions {
@@ -39,6 +41,7 @@ impl Default for FleetOptions {
             max_attempts: 10,
             partitionable: false,
             env: vec![("BACKLOCK_LOG".into(), "warn".into())],
+            launcher: Vec::new(),
         }
     }
 }
@@ -244,6 +247,14 @@ impl Fleet {
     pub fn restart(&mut self, id: u64) {
         let backlock = self.backlock.clone();
         let env = self.options.env.clone();
+        let mut command = match self.options.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&backlock);
+                command
+            }
+            None => Command::new(&backlock),
+        };
         let replica = self.replica_mut(id);
         assert!(replica.child.is_none(), "replica {id} is already running");
         let log = fs::OpenOptions::new()
@@ -251,7 +262,7 @@ impl Fleet {
             .append(true)
             .open(&replica.log)
             .expect("replica log");
-        let mut child = Command::new(&backlock)
+        let mut child = command
             .args(["vault", "serve", "--config"])
             .arg(&replica.config)
             .envs(env)

@@ -33,14 +33,25 @@ pub struct Account {
 /// What the clients share: where the vault is, its pinned key, the memoized KSF.
 #[derive(Clone)]
 pub struct Target {
-    /// Base URL of the vault.
-    pub url: String,
+    /// Base URL of each replica (one for a one-replica vault). Client `i` starts at
+    /// replica `i mod n` and fails over to the next ones.
+    pub urls: Vec<String>,
     /// The vault's OPAQUE public key.
     pub pinned: [u8; 32],
     /// Argon2id with a memo shared by all clients.
     pub ksf: Stretch,
-    /// The vault's process id, for its CPU time.
-    pub vault_pid: u32,
+    /// The vault's process ids, for their CPU time.
+    pub vault_pids: Vec<u32>,
+}
+
+impl Target {
+    /// The replica list for client `i`: its own first.
+    fn urls_for(&self, i: usize) -> String {
+        let mut urls = self.urls.clone();
+        let n = urls.len().max(1);
+        urls.rotate_left(i % n);
+        urls.join(",")
+    }
 }
 
 /// One timed phase.
@@ -93,10 +104,11 @@ pub async fn register(
     clients: usize,
 ) -> Result<Registrations> {
     let mut result = Registrations::default();
-    let vault_cpu = CpuMeter::start(target.vault_pid);
+    let vault_cpu = CpuMeter::start_all(&target.vault_pids);
     let wires = accounts
         .iter()
-        .map(|a| WireClient::new(&target.url, &a.token))
+        .enumerate()
+        .map(|(i, a)| WireClient::new(&target.urls[i % target.urls.len()], &a.token))
         .collect::<Result<Vec<_>>>()?;
     for (wave, wave_wires) in accounts.chunks(clients).zip(wires.chunks(clients)) {
         let timer = Instant::now();
@@ -242,10 +254,10 @@ async fn warm_clients(
     accounts: &[Arc<Account>],
 ) -> Result<Vec<(VaultClient, Arc<Account>)>> {
     let mut tasks = JoinSet::new();
-    for account in accounts {
+    for (i, account) in accounts.iter().enumerate() {
         let (target, account) = (target.clone(), account.clone());
         tasks.spawn(async move {
-            let client = VaultClient::new(&target.url, &account.name, &account.token)
+            let client = VaultClient::new(&target.urls_for(i), &account.name, &account.token)
                 .context("creating a vault client")?;
             recover_once(&client, &account, &target, &mut Vec::new()).await?;
             anyhow::Ok((client, account))
@@ -276,8 +288,8 @@ pub async fn recover(
             anyhow::Ok((client, account, prepared))
         })
         .collect::<Result<Vec<_>>>()?;
-    let before = wire_client::metrics(&target.url).await?;
-    let vault_cpu = CpuMeter::start(target.vault_pid);
+    let before = wire_client::metrics_of(&target.urls).await?;
+    let vault_cpu = CpuMeter::start_all(&target.vault_pids);
     let load_cpu = CpuMeter::start(std::process::id());
     let started = Instant::now();
     let deadline = started + duration;
@@ -307,6 +319,6 @@ pub async fn recover(
     phase.completed = phase.latencies.len();
     phase.vault_cpu = vault_cpu.used();
     phase.load_cpu = load_cpu.used();
-    phase.metrics = Some((before, wire_client::metrics(&target.url).await?));
+    phase.metrics = Some((before, wire_client::metrics_of(&target.urls).await?));
     Ok(phase)
 }

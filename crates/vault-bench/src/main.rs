@@ -17,6 +17,7 @@ mod wire_client;
 use affinity::{PinMode, Pinning};
 use anyhow::{bail, ensure, Context, Result};
 use backlock_core::key::BackupKey;
+use backlock_testkit::fleet::{Fleet, FleetOptions};
 use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
 use clap::Parser;
@@ -69,6 +70,9 @@ struct Args {
     /// Exit with status 3 when recoveries/s is below the target share of bare OPAQUE.
     #[arg(long)]
     require_target: bool,
+    /// Also measure recoveries on a fleet of this many replicas (3, 5 or 7; 0: skip).
+    #[arg(long, default_value_t = 5)]
+    fleet: usize,
 }
 
 /// Exit status when `--require-target` is given and the target is missed.
@@ -104,14 +108,15 @@ fn run(args: &Args) -> Result<f64> {
         .build()
         .context("starting the async runtime")?;
     let target = Target {
-        url: vault.url.clone(),
+        urls: vec![vault.url.clone()],
         pinned: vault.public_key,
         ksf: Stretch::memoized(),
-        vault_pid: vault.pid(),
+        vault_pids: vec![vault.pid()],
     };
+    let fleet = start_fleet(args, &backlock, &pinning)?;
     let mut rounds = Vec::with_capacity(args.repeat);
     for index in 0..args.repeat {
-        let round = run_round(args, index, &mut vault, &runtime, &target)?;
+        let round = run_round(args, index, &mut vault, fleet.as_ref(), &runtime, &target)?;
         if args.repeat > 1 {
             report::print_round(index, &round);
         }
@@ -192,37 +197,99 @@ fn check_vault_pinning(vault: &VaultProcess, pinning: &Pinning) -> Result<()> {
     Ok(())
 }
 
-/// One round: bare OPAQUE, then fresh accounts registered, then recoveries.
+/// The fleet, set up as an operator would (`vault certs`, `init`, `join`), its replicas
+/// pinned like the one-replica vault.
+fn start_fleet(args: &Args, backlock: &Path, pinning: &Pinning) -> Result<Option<Fleet>> {
+    if args.fleet == 0 {
+        return Ok(None);
+    }
+    ensure!(
+        [3, 5, 7].contains(&args.fleet),
+        "--fleet must be 3, 5 or 7 (or 0 to skip the fleet)"
+    );
+    let launcher = match pinning {
+        Pinning::Pinned { vault_cpu, .. } => {
+            vec!["taskset".to_owned(), "-c".to_owned(), vault_cpu.to_string()]
+        }
+        Pinning::Unpinned(_) => Vec::new(),
+    };
+    let fleet = Fleet::start(
+        backlock,
+        FleetOptions {
+            size: args.fleet,
+            launcher,
+            ..FleetOptions::default()
+        },
+    );
+    eprintln!(
+        "fleet of {} running at {}",
+        args.fleet,
+        fleet.urls().join(", ")
+    );
+    Ok(Some(fleet))
+}
+
+fn fleet_target(fleet: &Fleet) -> Target {
+    Target {
+        urls: fleet.urls(),
+        pinned: fleet.public_key,
+        ksf: Stretch::memoized(),
+        vault_pids: fleet.replicas.iter().filter_map(|r| r.pid()).collect(),
+    }
+}
+
+/// One round: bare OPAQUE, then fresh accounts registered, then recoveries; then the
+/// same recoveries on the fleet.
 fn run_round(
     args: &Args,
     index: usize,
     vault: &mut VaultProcess,
+    fleet: Option<&Fleet>,
     runtime: &tokio::runtime::Runtime,
     target: &Target,
 ) -> Result<Round> {
     let bare = bare::measure(args.bare_rounds, args.bare_logins)?;
     let count = args.registrations.unwrap_or(2 * args.clients);
-    let accounts = make_accounts(vault, index, count)?;
+    let accounts = make_accounts(|name| vault.token(name), &index.to_string(), count)?;
     let registrations = runtime.block_on(load::register(target, &accounts, args.clients))?;
     vault.check_alive()?;
     let duration = Duration::from_secs_f64(args.seconds);
     let recovering = &accounts[..args.clients];
     let recoveries = runtime.block_on(load::recover(target, recovering, duration))?;
     vault.check_alive()?;
+    let fleet = match fleet {
+        None => None,
+        Some(fleet) => {
+            let target = fleet_target(fleet);
+            let accounts = make_accounts(
+                |name| Ok(fleet.token(name)),
+                &format!("fleet-{index}"),
+                args.clients,
+            )?;
+            runtime.block_on(load::register(&target, &accounts, args.clients))?;
+            let phase = runtime.block_on(load::recover(&target, &accounts, duration))?;
+            Some((fleet.replicas.len(), phase))
+        }
+    };
     Ok(Round {
         bare,
         registrations,
         recoveries,
+        fleet,
     })
 }
 
 /// `count` fresh accounts for round `round`, each with a token and its own key.
-fn make_accounts(vault: &VaultProcess, round: usize, count: usize) -> Result<Vec<Arc<Account>>> {
+fn make_accounts(
+    token: impl Fn(&str) -> Result<String>,
+    round: &str,
+    count: usize,
+) -> Result<Vec<Arc<Account>>> {
     (0..count)
         .map(|i| {
             let name = format!("bench-{round}-{i}");
             Ok(Arc::new(Account {
-                token: vault.token(&name)?,
+                token: token(&name)?,
                 password: Password::new(format!("bench password {i}")),
                 key: BackupKey::generate(),
                 name,

@@ -16,6 +16,8 @@ pub struct Round {
     pub registrations: Registrations,
     /// Recoveries.
     pub recoveries: Phase,
+    /// Recoveries on the fleet, and its size, if one ran.
+    pub fleet: Option<(usize, Phase)>,
 }
 
 impl Round {
@@ -23,7 +25,17 @@ impl Round {
     pub fn ratio(&self) -> f64 {
         self.recoveries.rate() / self.bare.rate()
     }
+
+    /// Fleet recoveries/s ÷ one-replica recoveries/s.
+    pub fn fleet_ratio(&self) -> Option<f64> {
+        self.fleet
+            .as_ref()
+            .map(|(_, fleet)| fleet.rate() / self.recoveries.rate().max(1e-9))
+    }
 }
+
+/// The fleet's recoveries/s must reach this share of the one-replica rate.
+pub const FLEET_TARGET_RATIO: f64 = 0.5;
 
 /// The run's settings, for the header.
 pub struct Setup {
@@ -40,12 +52,20 @@ pub struct Setup {
 /// One line per round, printed as rounds finish when repeating.
 pub fn print_round(index: usize, round: &Round) {
     println!(
-        "round {}: bare OPAQUE {:.0}/s, registrations {:.1}/s, recoveries {:.1}/s, ratio {:.2}",
+        "round {}: bare OPAQUE {:.0}/s, registrations {:.1}/s, recoveries {:.1}/s, ratio {:.2}{}",
         index + 1,
         round.bare.rate(),
         round.registrations.phase.rate(),
         round.recoveries.rate(),
-        round.ratio()
+        round.ratio(),
+        match &round.fleet {
+            Some((size, fleet)) => format!(
+                ", fleet of {size}: {:.1}/s ({:.2} of one replica)",
+                fleet.rate(),
+                round.fleet_ratio().unwrap_or(0.0)
+            ),
+            None => String::new(),
+        }
     );
 }
 
@@ -88,6 +108,31 @@ pub fn print_table(setup: &Setup, rounds: &[Round]) {
         "NOT met"
     };
     println!("recoveries / bare OPAQUE = {ratio:.2}  (target >= {TARGET_RATIO:.2}: {verdict})");
+    if let Some(size) = rounds
+        .first()
+        .and_then(|r| r.fleet.as_ref())
+        .map(|(n, _)| *n)
+    {
+        let fleet_rounds: Vec<Round> = rounds
+            .iter()
+            .filter(|r| r.fleet.is_some())
+            .cloned()
+            .collect();
+        print_phase_row(
+            &format!("fleet of {size}: recoveries"),
+            &fleet_rounds,
+            |r| &r.fleet.as_ref().expect("filtered").1,
+        );
+        let fleet_ratio = median_of(&fleet_rounds, |r| r.fleet_ratio().unwrap_or(0.0));
+        let verdict = if fleet_ratio >= FLEET_TARGET_RATIO {
+            "met"
+        } else {
+            "NOT met"
+        };
+        println!(
+            "fleet of {size} / one replica = {fleet_ratio:.2}  (target >= {FLEET_TARGET_RATIO:.2}: {verdict})"
+        );
+    }
     print_notes(rounds);
     let fs = filesystem_type(&setup.data_dir).unwrap_or_else(|| "filesystem unknown".to_owned());
     println!(
@@ -121,9 +166,22 @@ fn print_notes(rounds: &[Round]) {
         reg.phase.completed,
         reg.client_ksf.as_secs_f64() * 1e3 / reg.phase.completed.max(1) as f64
     );
-    let rec = &last.recoveries;
     println!(
-        "recoveries: {} in {:.2} s, each KE1 -> KE2 -> KE3 -> key over HTTP; client KE1s prepared before timing, client Argon2id memoized",
+        "recoveries: each KE1 -> KE2 -> KE3 -> key over HTTP; client KE1s prepared before timing, client Argon2id memoized"
+    );
+    print_recovery_notes("one replica", &last.recoveries, bare_us);
+    if let Some((size, fleet)) = &last.fleet {
+        print_recovery_notes(
+            &format!("fleet of {size} (all replicas on the vault's CPU; client i starts at replica i mod {size})"),
+            fleet,
+            bare_us,
+        );
+    }
+}
+
+fn print_recovery_notes(label: &str, rec: &Phase, bare_us: f64) {
+    println!(
+        "{label}: {} recoveries in {:.2} s",
         rec.completed,
         rec.elapsed.as_secs_f64()
     );

@@ -68,25 +68,33 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
 }
 
 /// CPU time of a process over an interval, as a share of one core.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CpuMeter {
-    pid: u32,
+    pids: Vec<u32>,
     start: Option<f64>,
+}
+
+fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|pid| cpu_seconds(&pid.to_string())).sum()
 }
 
 impl CpuMeter {
     /// Starts measuring process `pid` (this process when `pid` is ours).
     pub fn start(pid: u32) -> Self {
+        Self::start_all(&[pid])
+    }
+
+    /// Starts measuring the processes `pids` together.
+    pub fn start_all(pids: &[u32]) -> Self {
         CpuMeter {
-            pid,
-            start: cpu_seconds(&pid.to_string()),
+            pids: pids.to_vec(),
+            start: total_cpu_seconds(pids),
         }
     }
 
-    /// CPU seconds used since [`CpuMeter::start`].
+    /// CPU seconds used since the start.
     pub fn used(&self) -> Option<f64> {
-        let now = cpu_seconds(&self.pid.to_string())?;
-        Some(now - self.start?)
+        Some(total_cpu_seconds(&self.pids)? - self.start?)
     }
 }
 

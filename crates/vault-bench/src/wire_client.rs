@@ -98,3 +98,15 @@ pub async fn metrics(base: &str) -> Result<VaultMetrics> {
         last_applied: value("backlock_vault_raft_last_applied"),
     })
 }
+
+/// The counters of several replicas: recoveries summed (each is counted where it was
+/// served), the furthest applied entry.
+pub async fn metrics_of(bases: &[String]) -> Result<VaultMetrics> {
+    let mut total = VaultMetrics::default();
+    for base in bases {
+        let m = metrics(base).await?;
+        total.recoveries += m.recoveries;
+        total.last_applied = total.last_applied.max(m.last_applied);
+    }
+    Ok(total)
+}

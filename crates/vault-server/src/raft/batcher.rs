@@ -37,8 +37,39 @@ type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
 
 /// Submits commands to Raft in batches; see the module docs.
 pub(crate) struct Batcher {
-    queue: mpsc::UnboundedSender<(Command, Reply)>,
+    queue: Queue,
     task: JoinHandle<()>,
+}
+
+/// Where commands wait for the next entry; the leader also queues here the commands its
+/// followers forward, so that they share entries with its own.
+#[derive(Clone)]
+pub(crate) struct Queue(mpsc::UnboundedSender<(Command, Reply)>);
+
+impl Queue {
+    /// Queues `commands` in order and waits for each one's result.
+    pub(crate) async fn propose_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<Applied, ProposeError>> {
+        let mut waiting = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, result) = oneshot::channel();
+            if self.0.send((command, reply)).is_err() {
+                waiting.push(None);
+            } else {
+                waiting.push(Some(result));
+            }
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for result in waiting {
+            results.push(match result {
+                Some(result) => result.await.unwrap_or_else(|_| Err(shutting_down())),
+                None => Err(shutting_down()),
+            });
+        }
+        results
+    }
 }
 
 impl Batcher {
@@ -50,16 +81,24 @@ impl Batcher {
     ) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(raft, node_id, network, lease, pending));
-        Self { queue, task }
+        Self {
+            queue: Queue(queue),
+            task,
+        }
     }
 
     /// Commits `command` in the next entry and returns what applying it gave.
     pub(crate) async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
-        let (reply, result) = oneshot::channel();
         self.queue
-            .send((command, reply))
-            .map_err(|_| shutting_down())?;
-        result.await.unwrap_or_else(|_| Err(shutting_down()))
+            .propose_all(vec![command])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(shutting_down()))
+    }
+
+    /// The queue, for commands forwarded by followers.
+    pub(crate) fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     /// Stops submitting; proposals still queued get "unavailable".
@@ -93,7 +132,7 @@ async fn run(
         let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let count = commands.len();
         let results = match write(&raft, node_id, &network, &lease, Batch(commands)).await {
-            Ok(results) if results.len() == count => results.into_iter().map(Ok).collect(),
+            Ok(results) if results.len() == count => results,
             Ok(results) => {
                 let e = ProposeError::Fatal(format!(
                     "the state machine returned {} results for {count} commands",
@@ -110,14 +149,14 @@ async fn run(
 }
 
 /// Commits one batch through Raft (durably, on a majority), here or on the leader, and
-/// applies it.
+/// applies it; returns each command's outcome.
 async fn write(
     raft: &VaultRaft,
     node_id: u64,
     network: &HttpNetwork,
     lease: &QuorumLease,
     batch: Batch,
-) -> Result<Vec<Applied>, ProposeError> {
+) -> Result<Vec<Result<Applied, ProposeError>>, ProposeError> {
     let deadline = Instant::now() + PROPOSE_WAIT;
     let may_still_commit = || {
         ProposeError::Unavailable(format!(
@@ -141,7 +180,7 @@ async fn write(
             .await
             .map_err(|_| may_still_commit())?;
         let forward = match written {
-            Ok(response) => return Ok(response.data),
+            Ok(response) => return Ok(response.data.into_iter().map(Ok).collect()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 return Err(ProposeError::Fatal(e.to_string()))
@@ -155,7 +194,18 @@ async fn write(
             .zip(forward.leader_node);
         if let Some((leader_id, leader)) = leader {
             match network.propose(&leader.addr, &batch, left).await {
-                Ok(results) => return Ok(results),
+                Ok(results) if results.len() == batch.0.len() => {
+                    // Each command's own outcome: a failure of one (say, the leader lost
+                    // its lead between two entries) leaves the others' results intact.
+                    return Ok(results);
+                }
+                Ok(results) => {
+                    return Err(ProposeError::Fatal(format!(
+                        "leader {leader_id} returned {} results for {} commands",
+                        results.len(),
+                        batch.0.len()
+                    )))
+                }
                 // Surely not written: wait for the election and try again.
                 Err(e @ PeerCallError::NotSent { .. })
                 | Err(e @ PeerCallError::Refused(PeerRefusal::NotLeader(_)))

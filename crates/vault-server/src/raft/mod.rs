@@ -159,7 +159,7 @@ pub enum StartError {
 }
 
 /// Why a proposal did not take effect (or may not have).
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ProposeError {
     /// No leader, no quorum, not the leader, or shutting down: retry later or elsewhere.
@@ -459,6 +459,7 @@ impl VaultNode {
             raft: self.raft.clone(),
             votes: self.votes.clone(),
             lease: self.lease.clone(),
+            queue: self.batcher.queue(),
             state: self.state.clone(),
             log: self.log.clone(),
         }

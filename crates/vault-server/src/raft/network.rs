@@ -10,6 +10,7 @@
 
 use super::peer::{JoinRequest, PeerRefusal, ReplicaReport};
 use super::types::{Batch, TypeConfig};
+use super::ProposeError;
 use crate::state::Applied;
 use axum::http::header;
 use openraft::error::{
@@ -148,13 +149,14 @@ impl HttpNetwork {
         Ok(bytes.to_vec())
     }
 
-    /// Asks the leader at `addr` to commit `batch`; returns what applying it gave.
+    /// Asks the leader at `addr` to commit the commands of `batch` (in order, sharing
+    /// entries with its own); returns each one's outcome.
     pub async fn propose(
         &self,
         addr: &str,
         batch: &Batch,
         timeout: Duration,
-    ) -> Result<Vec<Applied>, PeerCallError> {
+    ) -> Result<Vec<Result<Applied, ProposeError>>, PeerCallError> {
         self.post(addr, "/raft/propose", batch, timeout).await
     }
 

@@ -6,7 +6,7 @@ use super::log_store::LogStore;
 use super::network::{CONTENT_TYPE, MAX_PEER_BODY};
 use super::state_machine::StateHandle;
 use super::types::{Batch, TypeConfig, VaultRaft};
-use super::PROPOSE_WAIT;
+use super::ProposeError;
 use crate::state::Applied;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -123,6 +123,7 @@ pub(crate) struct PeerContext {
     pub(crate) raft: VaultRaft,
     pub(crate) votes: VoteGate,
     pub(crate) lease: super::lease::QuorumLease,
+    pub(crate) queue: super::batcher::Queue,
     pub(crate) state: StateHandle,
     pub(crate) log: LogStore,
 }
@@ -213,18 +214,18 @@ async fn propose(State(peer): State<PeerContext>, body: Bytes) -> Response {
         Ok(batch) => batch,
         Err(e) => return bad_request(&e),
     };
+    // Checked before anything is queued, so the follower may retry on these refusals.
+    if let Err(refusal) = leader_check(&peer.raft) {
+        return reply(&Err::<Vec<Result<Applied, ProposeError>>, _>(refusal));
+    }
     let node_id = peer.raft.metrics().borrow().id;
     if let Err(why) = peer.lease.check(&peer.raft, node_id) {
-        return reply(&Err::<Vec<Applied>, _>(PeerRefusal::NoQuorum(why)));
+        return reply(&Err::<Vec<Result<Applied, ProposeError>>, _>(
+            PeerRefusal::NoQuorum(why),
+        ));
     }
-    let result = match tokio::time::timeout(PROPOSE_WAIT, peer.raft.client_write(batch)).await {
-        Ok(Ok(written)) => Ok(written.data),
-        Ok(Err(e)) => Err(write_refusal(e)),
-        Err(_) => Err(PeerRefusal::Unavailable(format!(
-            "no quorum committed the entry within {PROPOSE_WAIT:?}; it may still commit"
-        ))),
-    };
-    reply(&result)
+    let results = peer.queue.propose_all(batch.0).await;
+    reply(&Ok::<_, PeerRefusal>(results))
 }
 
 async fn read_index(State(peer): State<PeerContext>) -> Response {
