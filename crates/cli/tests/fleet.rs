@@ -480,3 +480,97 @@ fn a_replica_that_was_never_set_up_says_what_to_run() {
         "{stderr}"
     );
 }
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Replicas sealed by keys inside SoftHSM2 tokens: neither a data directory nor a token
+/// directory holds the backup key, the password or any part of the fleet secret in
+/// clear.
+#[test]
+fn pkcs11_sealed_replicas_hold_no_key_password_or_fleet_secret_in_clear() {
+    use backlock_vault_server::fleet::SECRETS_ROUTE;
+    use backlock_vault_server::fleet_tls::FleetTlsFiles;
+    use backlock_vault_server::raft::HttpNetwork;
+
+    let module = Path::new("/usr/lib/softhsm/libsofthsm2.so");
+    assert!(
+        module.is_file(),
+        "SoftHSM2 is not installed: run scripts/test, which installs the Debian package softhsm2"
+    );
+    let fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            size: 3,
+            pkcs11_module: Some(module.to_path_buf()),
+            ..FleetOptions::default()
+        },
+    );
+    let urls = fleet.urls();
+    let rt = runtime();
+    let client = device(&urls, 1, "gil", &fleet.token("gil"));
+    let key = rt.block_on(register(&client, &fleet.public_key));
+    rt.block_on(patiently("a wrong guess", || wrong_guess_at(&client, 2)));
+    let ksf = Stretch::memoized();
+    let right = Password::new(RIGHT.into());
+    rt.block_on(patiently("recover", || {
+        client.recover(&right, &fleet.public_key, &ksf)
+    }));
+
+    // The fleet secret as a member hands it to a joining replica.
+    let certs = fleet.root().join("certs");
+    let tls = FleetTlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("replica-1.pem"),
+        key: certs.join("replica-1.key"),
+    }
+    .load()
+    .unwrap();
+    let network = HttpNetwork::mutual_tls(tls.http_client(None).unwrap());
+    let (_, json) = fleet.status(1);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let peer = status["replicas"][0]["peer"].as_str().unwrap().to_owned();
+    let secret = rt
+        .block_on(network.get_bytes(&peer, SECRETS_ROUTE))
+        .unwrap();
+    assert!(
+        secret.len() >= 96,
+        "a fleet secret of {} bytes",
+        secret.len()
+    );
+
+    let mut needles: Vec<(&str, Vec<u8>)> = vec![
+        ("the backup key", key.expose_secret().to_vec()),
+        ("the password", RIGHT.as_bytes().to_vec()),
+    ];
+    for chunk in secret.chunks_exact(16) {
+        needles.push(("16 bytes of the fleet secret", chunk.to_vec()));
+    }
+    let mut scanned = 0;
+    for replica in &fleet.replicas {
+        let token_dir = replica.token_dir.clone().unwrap();
+        assert!(
+            !replica.data.join("node.key").exists(),
+            "replica {} has a key file",
+            replica.id
+        );
+        for dir in [&replica.data, &token_dir] {
+            for file in backlock_testkit::tree::list_files(dir) {
+                if file.is_dir() {
+                    continue;
+                }
+                let bytes = std::fs::read(&file).unwrap();
+                scanned += 1;
+                for (what, needle) in &needles {
+                    assert!(
+                        !contains(&bytes, needle),
+                        "{} holds {what} in clear",
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(scanned > 9, "only {scanned} files scanned");
+}

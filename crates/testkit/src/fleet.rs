@@ -32,6 +32,9 @@ pub struct FleetOptions {
     pub env: Vec<(String, String)>,
     /// A command that runs each replica process (e.g. `taskset -c 0`); none if empty.
     pub launcher: Vec<String>,
+    /// Seal each replica's data with a key in its own SoftHSM2 token, through this
+    /// PKCS#11 module, instead of a key file.
+    pub pkcs11_module: Option<PathBuf>,
 }
 
 impl Default for FleetOptions {
@@ -42,6 +45,7 @@ impl Default for FleetOptions {
             partitionable: false,
             env: vec![("BACKLOCK_LOG".into(), "warn".into())],
             launcher: Vec::new(),
+            pkcs11_module: None,
         }
     }
 }
@@ -58,6 +62,10 @@ pub struct Replica {
     pub data: PathBuf,
     /// The address it calls peers from.
     pub peer_ip: IpAddr,
+    /// Its SoftHSM2 token directory, with PKCS#11 sealing.
+    pub token_dir: Option<PathBuf>,
+    /// Environment of its processes (`SOFTHSM2_CONF`).
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     proxy: Option<PartitionProxy>,
@@ -86,9 +94,10 @@ pub struct Fleet {
     pub public_key: [u8; 32],
 }
 
-fn run(backlock: &Path, args: &[&str]) -> String {
+fn run(backlock: &Path, args: &[&str], env: &[(String, String)]) -> String {
     let output = Command::new(backlock)
         .args(args)
+        .envs(env.iter().cloned())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", backlock.display()));
     assert!(
@@ -110,6 +119,39 @@ fn public_key_of(banner: &str) -> [u8; 32] {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex public key");
     }
     key
+}
+
+/// PIN of the test tokens (written to each replica's `hsm.pin`).
+const TOKEN_PIN: &str = "4711-fleet-user";
+
+/// A SoftHSM2 token for replica `i` in `dir/tokens`, and the environment that points
+/// SoftHSM2 at it.
+fn softhsm_token(dir: &Path, i: usize) -> (PathBuf, Vec<(String, String)>) {
+    let tokens = dir.join("tokens");
+    fs::create_dir_all(&tokens).expect("token directory");
+    let conf = dir.join("softhsm2.conf");
+    fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .expect("write softhsm2.conf");
+    fs::write(dir.join("hsm.pin"), TOKEN_PIN).expect("write the PIN file");
+    let env = vec![("SOFTHSM2_CONF".to_owned(), conf.display().to_string())];
+    let output = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", &format!("replica-{i}")])
+        .args(["--so-pin", "4711-fleet-so", "--pin", TOKEN_PIN])
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run softhsm2-util (scripts/test installs softhsm2)");
+    assert!(
+        output.status.success(),
+        "softhsm2-util --init-token: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (tokens, env)
 }
 
 /// GET `path` from `addr` over plain HTTP; `None` if it does not answer.
@@ -147,7 +189,7 @@ impl Fleet {
             cert_args.push(format!("{i}={}", peer_ip(i)));
         }
         let cert_args: Vec<&str> = cert_args.iter().map(String::as_str).collect();
-        run(backlock, &cert_args);
+        run(backlock, &cert_args, &[]);
 
         // Peer addresses every member knows (the proxy's, when partitionable).
         let listen = |i: usize| SocketAddr::new(peer_ip(i), ports[size + i - 1]);
@@ -172,10 +214,21 @@ impl Fleet {
             let dir = root.path().join(format!("replica-{i}"));
             fs::create_dir_all(&dir).expect("replica directory");
             let config = dir.join("vault.toml");
+            let (token_dir, env, hsm) = match &options.pkcs11_module {
+                Some(module) => {
+                    let (token_dir, env) = softhsm_token(&dir, i);
+                    let hsm = format!(
+                        "\n[pkcs11]\nmodule = \"{}\"\ntoken_label = \"replica-{i}\"\nkey_label = \"vault-node-key\"\npin_file = \"hsm.pin\"\n",
+                        module.display()
+                    );
+                    (Some(token_dir), env, hsm)
+                }
+                None => (None, Vec::new(), String::new()),
+            };
             let text = format!(
                 "node_id = {i}\ndata = \"data\"\nlisten = \"{}\"\npeer_listen = \"{}\"\n\
                  max_attempts = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
-                 [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{i}.pem\"\nkey = \"{c}/replica-{i}.key\"\n{table}",
+                 [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{i}.pem\"\nkey = \"{c}/replica-{i}.key\"\n{hsm}{table}",
                 api(i),
                 listen(i),
                 options.max_attempts,
@@ -191,6 +244,8 @@ impl Fleet {
                 config,
                 data: dir.join("data"),
                 peer_ip: peer_ip(i),
+                token_dir,
+                env,
                 log: dir.join("vault.log"),
                 child: None,
                 proxy,
@@ -222,10 +277,11 @@ impl Fleet {
 
     /// Runs `backlock ARGS CONFIG-OF-id` and returns its stdout (panics on failure).
     pub fn backlock(&self, args: &[&str], id: u64) -> String {
-        let config = self.replica(id).config.display().to_string();
+        let replica = self.replica(id);
+        let config = replica.config.display().to_string();
         let mut all = args.to_vec();
         all.push(&config);
-        run(&self.backlock, &all)
+        run(&self.backlock, &all, &replica.env)
     }
 
     /// `vault status --json` as seen with replica `id`'s configuration, and whether it
@@ -234,6 +290,7 @@ impl Fleet {
         let output = Command::new(&self.backlock)
             .args(["vault", "status", "--json", "--config"])
             .arg(&self.replica(id).config)
+            .envs(self.replica(id).env.iter().cloned())
             .output()
             .expect("run vault status");
         (
@@ -256,6 +313,7 @@ impl Fleet {
             None => Command::new(&backlock),
         };
         let replica = self.replica_mut(id);
+        command.envs(replica.env.iter().cloned());
         assert!(replica.child.is_none(), "replica {id} is already running");
         let log = fs::OpenOptions::new()
             .create(true)
