@@ -68,15 +68,27 @@ where
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// Registers a new key behind [`RIGHT`], retrying while the vault is unavailable. A
+/// retry that finds the account registered means an earlier try committed although its
+/// answer was lost (a leader killed in between): with the same key and password, that is
+/// the registration wanted.
 async fn register(client: &VaultClient, pinned: &[u8; 32]) -> BackupKey {
     let key = BackupKey::generate();
     let ksf = Stretch::memoized();
     let password = Password::new(RIGHT.into());
-    patiently("register", || {
-        client.register(&password, &key, pinned, None, &ksf)
-    })
-    .await;
-    key
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut retried = false;
+    loop {
+        match client.register(&password, &key, pinned, None, &ksf).await {
+            Ok(_) => return key,
+            Err(VaultError::AlreadyRegistered(_)) if retried => return key,
+            Err(VaultError::Unavailable(_)) if Instant::now() < deadline => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("register: {e}"),
+        }
+    }
 }
 
 async fn attempts_left(client: &VaultClient) -> Option<u32> {

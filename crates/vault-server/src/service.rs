@@ -385,11 +385,14 @@ impl Vault {
                 return Err(self.erase_exhausted(&req.account, generation).await)
             }
             Applied::Refused(Refusal::NoRecord) => {
+                // Erased meanwhile, maybe by the guess limit: this replica may not have
+                // applied the erasure yet, and must not say "no key" for "locked".
+                self.node.catch_up().await.map_err(unavailable)?;
                 return Err(if self.node.read(|s| s.locked(&req.account)) {
                     locked()
                 } else {
                     no_key()
-                })
+                });
             }
             Applied::Refused(Refusal::StaleGeneration) => {
                 let mut e = err(
