@@ -113,10 +113,16 @@ fn run(args: &Args) -> Result<f64> {
         ksf: Stretch::memoized(),
         vault_pids: vec![vault.pid()],
     };
-    let fleet = start_fleet(args, &backlock, &pinning)?;
     let mut rounds = Vec::with_capacity(args.repeat);
     for index in 0..args.repeat {
-        let round = run_round(args, index, &mut vault, fleet.as_ref(), &runtime, &target)?;
+        let round = run_round(
+            args,
+            index,
+            &mut vault,
+            (&backlock, &pinning),
+            &runtime,
+            &target,
+        )?;
         if args.repeat > 1 {
             report::print_round(index, &round);
         }
@@ -239,12 +245,13 @@ fn fleet_target(fleet: &Fleet) -> Target {
 }
 
 /// One round: bare OPAQUE, then fresh accounts registered, then recoveries; then the
-/// same recoveries on the fleet.
+/// same recoveries on a fleet started for the round (so that its heartbeats do not take
+/// the one-replica vault's CPU) and stopped after it.
 fn run_round(
     args: &Args,
     index: usize,
     vault: &mut VaultProcess,
-    fleet: Option<&Fleet>,
+    (backlock, pinning): (&Path, &Pinning),
     runtime: &tokio::runtime::Runtime,
     target: &Target,
 ) -> Result<Round> {
@@ -257,10 +264,10 @@ fn run_round(
     let recovering = &accounts[..args.clients];
     let recoveries = runtime.block_on(load::recover(target, recovering, duration))?;
     vault.check_alive()?;
-    let fleet = match fleet {
+    let fleet = match start_fleet(args, backlock, pinning)? {
         None => None,
         Some(fleet) => {
-            let target = fleet_target(fleet);
+            let target = fleet_target(&fleet);
             let accounts = make_accounts(
                 |name| Ok(fleet.token(name)),
                 &format!("fleet-{index}"),
@@ -268,6 +275,7 @@ fn run_round(
             )?;
             runtime.block_on(load::register(&target, &accounts, args.clients))?;
             let phase = runtime.block_on(load::recover(&target, &accounts, duration))?;
+            // Dropping the fleet kills its processes.
             Some((fleet.replicas.len(), phase))
         }
     };
