@@ -193,7 +193,6 @@ async fn serve_api(
     app: axum::Router,
     tls: Option<&TlsFiles>,
 ) -> Result<(Stop, JoinHandle<()>), ServeError> {
-    let addr = local_addr(&listener)?;
     let Some(files) = tls else {
         let (stop, stopped) = oneshot::channel::<()>();
         // Small replies must not wait for the client's delayed ACK (Nagle).
@@ -222,7 +221,6 @@ async fn serve_api(
             ))
         })?;
     let (handle, server) = serve_rustls(listener, app, tls)?;
-    let _ = addr;
     Ok((Stop::Tls(handle), server))
 }
 
