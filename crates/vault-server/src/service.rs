@@ -275,6 +275,9 @@ impl Vault {
             },
             Some(proof) => {
                 self.node.catch_up().await.map_err(unavailable)?;
+                if let Some(done) = self.replayed(&req) {
+                    return Ok(done);
+                }
                 let owner = self
                     .node
                     .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
@@ -302,7 +305,14 @@ impl Vault {
                 }
             }
         };
-        match self.propose(command).await? {
+        let applied = self.propose(command).await?;
+        if let Applied::Refused(Refusal::AlreadyRegistered | Refusal::StaleGeneration) = applied {
+            self.node.catch_up().await.map_err(unavailable)?;
+            if let Some(done) = self.replayed(&req) {
+                return Ok(done);
+            }
+        }
+        match applied {
             Applied::Stored {
                 generation,
                 attempts_left,
@@ -327,6 +337,26 @@ impl Vault {
             )),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The answer to a registration that is already committed: a device whose answer
+    /// was lost (a replica killed after the commit) sends the same finish again, to this
+    /// or another replica, and must hear success rather than "already registered". The
+    /// record id is fresh from the vault at each registration start, so a match is that
+    /// same registration; a replay changes nothing.
+    fn replayed(&self, req: &RegisterFinish) -> Option<RegisterFinishReply> {
+        self.node.read(|s| {
+            s.record(&req.account)
+                .filter(|r| {
+                    r.record_id == req.record_id
+                        && r.wrapped == req.wrapped
+                        && r.owner_public_key == req.owner_public_key
+                })
+                .map(|r| RegisterFinishReply {
+                    generation: r.generation,
+                    attempts_left: r.attempts_left,
+                })
+        })
     }
 
     /// KE1 → KE2, with the guess durably counted before KE2 leaves.

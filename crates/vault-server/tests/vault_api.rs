@@ -4,8 +4,8 @@
 use backlock_core::key::BackupKey;
 use backlock_testkit::tree::list_files;
 use backlock_vault_client::{VaultClient, VaultError};
-use backlock_vault_proto::client::start_recovery;
-use backlock_vault_proto::owner::OwnerKey;
+use backlock_vault_proto::client::{start_recovery, start_registration};
+use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::wire::{self, ErrorCode, WireError};
@@ -481,4 +481,105 @@ async fn tls_when_configured_and_only_the_given_ca_is_trusted() {
     let plain = VaultClient::new(&url.replace("https://", "http://"), "ivy", &token).unwrap();
     assert!(plain.info().await.is_err());
     vault.shutdown().await;
+}
+
+/// Posts one request the way the device client does, without its failover, so a test
+/// can send the same message twice.
+async fn post<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+    h: &Harness,
+    account: &str,
+    route: &str,
+    req: &Req,
+) -> Result<Rep, ErrorCode> {
+    let reply = reqwest::Client::new()
+        .post(format!("{}{route}", h.vault.url()))
+        .bearer_auth(h.token(account))
+        .body(wire::encode(req))
+        .send()
+        .await
+        .unwrap();
+    let ok = reply.status().is_success();
+    let body = reply.bytes().await.unwrap();
+    if ok {
+        Ok(wire::decode(&body).unwrap())
+    } else {
+        Err(serde_json::from_slice::<WireError>(&body).unwrap().code)
+    }
+}
+
+/// A registration's finish message, ready to send (and send again).
+async fn registration(
+    h: &Harness,
+    account: &str,
+    password: &str,
+    key: &BackupKey,
+) -> wire::RegisterFinish {
+    let password = Password::new(password.into());
+    let (started, request) = start_registration(&password).unwrap();
+    let start = wire::RegisterStart {
+        account: account.into(),
+        request,
+    };
+    let reply: wire::RegisterStartReply = post(h, account, wire::path::REGISTER_START, &start)
+        .await
+        .unwrap();
+    started
+        .finish(&password, account, &reply, &h.pinned(), key, &h.ksf)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_sent_again_after_a_lost_answer_succeeds_and_changes_nothing() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    let first = registration(&h, "hana", RIGHT, &key).await;
+    let finish = |m: wire::RegisterFinish| {
+        let h = &h;
+        async move {
+            post::<_, wire::RegisterFinishReply>(h, "hana", wire::path::REGISTER_FINISH, &m).await
+        }
+    };
+    let stored = finish(first.clone()).await.unwrap();
+    assert_eq!(finish(first.clone()).await, Ok(stored.clone()));
+
+    // A guess spent in between is not given back by the repeat.
+    assert!(h.recover("hana", WRONG).await.is_err());
+    let again = finish(first.clone()).await.unwrap();
+    assert_eq!(again.generation, stored.generation);
+    assert_eq!(again.attempts_left, stored.attempts_left - 1);
+
+    // A different registration over the record is still refused.
+    let other = registration(&h, "hana", RIGHT, &BackupKey::generate()).await;
+    assert_eq!(finish(other).await, Err(ErrorCode::AlreadyRegistered));
+
+    // A password change sent twice: one new generation, both answers success.
+    let mut change = registration(&h, "hana", "new password 9", &key).await;
+    let payload = owner::replace_payload(
+        &change.record_id,
+        &change.upload,
+        &change.wrapped,
+        &change.owner_public_key,
+    );
+    change.replace = Some(wire::OwnerProof {
+        generation: stored.generation,
+        signature: OwnerKey::derive(&key).sign(
+            OwnerOp::Replace,
+            "hana",
+            stored.generation,
+            &payload,
+        ),
+    });
+    let changed = finish(change.clone()).await.unwrap();
+    assert_eq!(changed.generation, stored.generation + 1);
+    assert_eq!(finish(change).await, Ok(changed));
+    // The first registration is now history: sending it again is refused.
+    assert_eq!(finish(first).await, Err(ErrorCode::AlreadyRegistered));
+    assert_eq!(
+        h.recover("hana", "new password 9")
+            .await
+            .unwrap()
+            .expose_secret(),
+        key.expose_secret()
+    );
+    h.vault.shutdown().await;
 }
