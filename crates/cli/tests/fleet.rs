@@ -192,7 +192,7 @@ async fn storm(urls: &[String], pinned: [u8; 32], account: &str, token: &str) ->
 fn wait_for_agreement(fleet: &Fleet) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, json) = fleet.status(1);
+        let (_, json) = fleet.status(fleet.replicas[0].id);
         let status: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
         let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
         let views: BTreeSet<(String, String)> = replicas
@@ -389,6 +389,92 @@ fn every_record_and_count_survives_a_full_restart_and_a_wiped_replica_catches_up
         through_wiped.recover(&right, &fleet.public_key, &ksf)
     }));
     assert_eq!(key.expose_secret(), keys[2].expose_secret());
+}
+
+/// A dead site replaced by a new replica with a new id, as docs/OPERATIONS.md says,
+/// while a device keeps recovering: no recovery fails during the change, and afterwards
+/// the new replica votes and holds every record (with two old replicas down, the three
+/// left, the new one among them, still serve).
+#[test]
+fn a_dead_site_is_replaced_by_a_new_replica_without_downtime() {
+    let mut fleet = Fleet::start(backlock(), FleetOptions::default());
+    let rt = runtime();
+    let ksf = Stretch::memoized();
+    let right = Password::new(RIGHT.into());
+    let client = device(&fleet.urls(), 0, "gus", &fleet.token("gus"));
+    let key = rt.block_on(register(&client, &fleet.public_key));
+
+    // The leader's site dies; the others elect a new leader and keep serving.
+    let dead = fleet.wait_for_leader(Duration::from_secs(10)).unwrap();
+    fleet.kill(dead);
+    rt.block_on(patiently("recover with the site down", || {
+        client.recover(&right, &fleet.public_key, &ksf)
+    }));
+
+    // A device recovers in a loop for the whole replacement; every attempt must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let device_loop = {
+        let (stop, pinned) = (stop.clone(), fleet.public_key);
+        let client = device(&fleet.urls(), 0, "gus", &fleet.token("gus"));
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let (ksf, right) = (Stretch::memoized(), Password::new(RIGHT.into()));
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                outcomes.push(
+                    rt.block_on(client.recover(&right, &pinned, &ksf))
+                        .map(|_| ()),
+                );
+            }
+            outcomes
+        })
+    };
+    fleet.replace(dead, 6);
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = device_loop.join().unwrap();
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty() && !outcomes.is_empty(),
+        "{} of {} recoveries failed during the replacement: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    println!(
+        "{} recoveries during the replacement, none failed",
+        outcomes.len()
+    );
+
+    // The fleet is {old four, 6}: 6 votes, the dead id is gone, all agree.
+    wait_for_agreement(&fleet);
+    let (_, json) = fleet.status(6);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let voters: BTreeSet<u64> = status["voters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no voters in {json}"))
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let expected: BTreeSet<u64> = fleet.replicas.iter().map(|r| r.id).collect();
+    assert_eq!(voters, expected, "{json}");
+    assert!(
+        status["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["votes"] == true),
+        "{json}"
+    );
+
+    // Two old replicas down: the new one is needed for a majority, and it has the record.
+    let old: Vec<u64> = expected.iter().copied().filter(|&id| id != 6).collect();
+    fleet.kill(old[0]);
+    fleet.kill(old[1]);
+    let through_new = device(&fleet.urls(), 4, "gus", &fleet.token("gus"));
+    let recovered = rt.block_on(patiently(
+        "recover with the new replica in the majority",
+        || through_new.recover(&right, &fleet.public_key, &ksf),
+    ));
+    assert_eq!(recovered.expose_secret(), key.expose_secret());
 }
 
 fn backlock_output(args: &[&str]) -> std::process::Output {

@@ -62,6 +62,12 @@ pub struct Replica {
     pub data: PathBuf,
     /// The address it calls peers from.
     pub peer_ip: IpAddr,
+    /// Where its peer listener binds.
+    listen: SocketAddr,
+    /// Where the other replicas reach it (a partition proxy, or `listen`).
+    advertised: SocketAddr,
+    /// Its `[pkcs11]` configuration section, if any.
+    hsm: String,
     /// Its SoftHSM2 token directory, with PKCS#11 sealing.
     pub token_dir: Option<PathBuf>,
     /// Environment of its processes (`SOFTHSM2_CONF`).
@@ -86,9 +92,10 @@ impl Replica {
 /// A running fleet; see the module docs.
 pub struct Fleet {
     root: TempDir,
+    certs: PathBuf,
     backlock: PathBuf,
     options: FleetOptions,
-    /// The replicas, `replicas[i].id == i + 1`.
+    /// The replicas in the order of their sites (a replaced site keeps its place).
     pub replicas: Vec<Replica>,
     /// The OPAQUE public key devices pin.
     pub public_key: [u8; 32],
@@ -126,7 +133,7 @@ const TOKEN_PIN: &str = "4711-fleet-user";
 
 /// A SoftHSM2 token for replica `i` in `dir/tokens`, and the environment that points
 /// SoftHSM2 at it.
-fn softhsm_token(dir: &Path, i: usize) -> (PathBuf, Vec<(String, String)>) {
+fn softhsm_token(dir: &Path, i: u64) -> (PathBuf, Vec<(String, String)>) {
     let tokens = dir.join("tokens");
     fs::create_dir_all(&tokens).expect("token directory");
     let conf = dir.join("softhsm2.conf");
@@ -154,6 +161,11 @@ fn softhsm_token(dir: &Path, i: usize) -> (PathBuf, Vec<(String, String)>) {
     (tokens, env)
 }
 
+/// The address replica `id` calls its peers from and listens for them on.
+fn peer_ip(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8))
+}
+
 /// GET `path` from `addr` over plain HTTP; `None` if it does not answer.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     let addr: SocketAddr = addr.parse().ok()?;
@@ -174,105 +186,147 @@ impl Fleet {
     /// replica is a voting member.
     pub fn start(backlock: &Path, options: FleetOptions) -> Fleet {
         let root = TempDir::new().expect("temporary directory");
-        let size = options.size;
-        let ports = free_ports(size * 3);
         let certs = root.path().join("certs");
-        let mut cert_args = vec![
-            "vault".to_owned(),
-            "certs".into(),
-            "--out".into(),
-            certs.display().to_string(),
-        ];
-        let peer_ip = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8));
-        for i in 1..=size {
-            cert_args.push("--replica".into());
-            cert_args.push(format!("{i}={}", peer_ip(i)));
-        }
-        let cert_args: Vec<&str> = cert_args.iter().map(String::as_str).collect();
-        run(backlock, &cert_args, &[]);
-
-        // Peer addresses every member knows (the proxy's, when partitionable).
-        let listen = |i: usize| SocketAddr::new(peer_ip(i), ports[size + i - 1]);
-        let advertised = |i: usize| {
-            if options.partitionable {
-                SocketAddr::new(peer_ip(i), ports[2 * size + i - 1])
-            } else {
-                listen(i)
-            }
-        };
-        let api = |i: usize| format!("127.0.0.1:{}", ports[i - 1]);
-        let mut table = String::new();
-        for i in 1..=size {
-            table.push_str(&format!(
-                "\n[[replicas]]\nid = {i}\npeer = \"{}\"\napi = \"http://{}\"\n",
-                advertised(i),
-                api(i)
-            ));
-        }
-        let mut replicas = Vec::new();
-        for i in 1..=size {
-            let dir = root.path().join(format!("replica-{i}"));
-            fs::create_dir_all(&dir).expect("replica directory");
-            let config = dir.join("vault.toml");
-            let (token_dir, env, hsm) = match &options.pkcs11_module {
-                Some(module) => {
-                    let (token_dir, env) = softhsm_token(&dir, i);
-                    let hsm = format!(
-                        "\n[pkcs11]\nmodule = \"{}\"\ntoken_label = \"replica-{i}\"\nkey_label = \"vault-node-key\"\npin_file = \"hsm.pin\"\n",
-                        module.display()
-                    );
-                    (Some(token_dir), env, hsm)
-                }
-                None => (None, Vec::new(), String::new()),
-            };
-            let text = format!(
-                "node_id = {i}\ndata = \"data\"\nlisten = \"{}\"\npeer_listen = \"{}\"\n\
-                 max_attempts = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
-                 [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{i}.pem\"\nkey = \"{c}/replica-{i}.key\"\n{hsm}{table}",
-                api(i),
-                listen(i),
-                options.max_attempts,
-                c = certs.display(),
-            );
-            fs::write(&config, text).expect("write the configuration");
-            let proxy = options.partitionable.then(|| {
-                PartitionProxy::start(advertised(i), listen(i)).expect("start a partition proxy")
-            });
-            replicas.push(Replica {
-                id: i as u64,
-                api: format!("http://{}", api(i)),
-                config,
-                data: dir.join("data"),
-                peer_ip: peer_ip(i),
-                token_dir,
-                env,
-                log: dir.join("vault.log"),
-                child: None,
-                proxy,
-            });
-        }
         let mut fleet = Fleet {
             root,
+            certs,
             backlock: backlock.to_path_buf(),
             options,
-            replicas,
+            replicas: Vec::new(),
             public_key: [0; 32],
         };
+        let ids: Vec<u64> = (1..=fleet.options.size as u64).collect();
+        fleet.issue_certificates(&ids);
+        for &id in &ids {
+            let replica = fleet.new_replica(id);
+            fleet.replicas.push(replica);
+        }
+        fleet.write_configs();
         let banner = fleet.backlock(&["vault", "init", "--config"], 1);
         fleet.public_key = public_key_of(&banner);
         fleet.restart(1);
-        for id in 2..=size as u64 {
+        for &id in &ids[1..] {
             fleet.join(id);
         }
         fleet
     }
 
+    /// `vault certs` for `ids` (the CA is made the first time and reused after).
+    fn issue_certificates(&self, ids: &[u64]) {
+        let mut args = vec![
+            "vault".to_owned(),
+            "certs".into(),
+            "--out".into(),
+            self.certs.display().to_string(),
+        ];
+        for &id in ids {
+            args.push("--replica".into());
+            args.push(format!("{id}={}", peer_ip(id)));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&self.backlock, &args, &[]);
+    }
+
+    /// A replica's directory, addresses and token, not yet configured or started.
+    fn new_replica(&self, id: u64) -> Replica {
+        let ports = free_ports(3);
+        let ip = peer_ip(id);
+        let listen = SocketAddr::new(ip, ports[1]);
+        // Peers reach it at the proxy's address when the fleet is partitionable.
+        let advertised = if self.options.partitionable {
+            SocketAddr::new(ip, ports[2])
+        } else {
+            listen
+        };
+        let dir = self.root.path().join(format!("replica-{id}"));
+        fs::create_dir_all(&dir).expect("replica directory");
+        let (token_dir, env, hsm) = match &self.options.pkcs11_module {
+            Some(module) => {
+                let (token_dir, env) = softhsm_token(&dir, id);
+                let hsm = format!(
+                    "\n[pkcs11]\nmodule = \"{}\"\ntoken_label = \"replica-{id}\"\nkey_label = \"vault-node-key\"\npin_file = \"hsm.pin\"\n",
+                    module.display()
+                );
+                (Some(token_dir), env, hsm)
+            }
+            None => (None, Vec::new(), String::new()),
+        };
+        let proxy = self
+            .options
+            .partitionable
+            .then(|| PartitionProxy::start(advertised, listen).expect("start a partition proxy"));
+        Replica {
+            id,
+            api: format!("http://127.0.0.1:{}", ports[0]),
+            config: dir.join("vault.toml"),
+            data: dir.join("data"),
+            peer_ip: ip,
+            listen,
+            advertised,
+            hsm,
+            token_dir,
+            env,
+            log: dir.join("vault.log"),
+            child: None,
+            proxy,
+        }
+    }
+
+    /// Writes every replica's `vault.toml`, listing the current replicas.
+    fn write_configs(&self) {
+        let mut table = String::new();
+        for r in &self.replicas {
+            table.push_str(&format!(
+                "\n[[replicas]]\nid = {}\npeer = \"{}\"\napi = \"{}\"\n",
+                r.id, r.advertised, r.api
+            ));
+        }
+        for r in &self.replicas {
+            let text = format!(
+                "node_id = {id}\ndata = \"data\"\nlisten = \"{api}\"\npeer_listen = \"{listen}\"\n\
+                 max_attempts = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
+                 [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n{hsm}{table}",
+                self.options.max_attempts,
+                id = r.id,
+                api = r.api.trim_start_matches("http://"),
+                listen = r.listen,
+                c = self.certs.display(),
+                hsm = r.hsm,
+            );
+            fs::write(&r.config, text).expect("write the configuration");
+        }
+    }
+
+    /// Replaces the site of replica `old` (typically killed) by a new replica `new`,
+    /// the way docs/OPERATIONS.md tells an operator to: a certificate from the fleet
+    /// CA, `old` swapped for `new` in every configuration, `vault join` and `vault
+    /// serve` on the new one, then `vault remove --replica OLD`.
+    pub fn replace(&mut self, old: u64, new: u64) {
+        self.issue_certificates(&[new]);
+        let replica = self.new_replica(new);
+        let at = self.index(old);
+        self.kill(old);
+        self.replicas[at] = replica;
+        self.write_configs();
+        self.join(new);
+        let old = old.to_string();
+        self.backlock(&["vault", "remove", "--replica", &old, "--config"], new);
+    }
+
+    fn index(&self, id: u64) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no replica {id} in the fleet"))
+    }
+
     fn replica(&self, id: u64) -> &Replica {
-        &self.replicas[id as usize - 1]
+        &self.replicas[self.index(id)]
     }
 
     fn replica_mut(&mut self, id: u64) -> &mut Replica {
-        &mut self.replicas[id as usize - 1]
+        let at = self.index(id);
+        &mut self.replicas[at]
     }
 
     /// Runs `backlock ARGS CONFIG-OF-id` and returns its stdout (panics on failure).
@@ -415,7 +469,8 @@ impl Fleet {
 
     /// An account token for `account`, as the relay would issue.
     pub fn token(&self, account: &str) -> String {
-        self.backlock(&["vault", "token", "--account", account, "--config"], 1)
+        let first = self.replicas[0].id;
+        self.backlock(&["vault", "token", "--account", account, "--config"], first)
             .trim()
             .to_owned()
     }
@@ -469,8 +524,11 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for id in 1..=self.replicas.len() as u64 {
-            self.kill(id);
+        for r in &mut self.replicas {
+            if let Some(mut child) = r.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         // A failing test shows what each replica said.
         if std::thread::panicking() {
