@@ -197,8 +197,10 @@ impl Fleet {
         };
         let ids: Vec<u64> = (1..=fleet.options.size as u64).collect();
         fleet.issue_certificates(&ids);
-        for &id in &ids {
-            let replica = fleet.new_replica(id);
+        // One call, so no two replicas are handed the same free port.
+        let ports = free_ports(3 * ids.len());
+        for (&id, ports) in ids.iter().zip(ports.chunks(3)) {
+            let replica = fleet.new_replica(id, ports);
             fleet.replicas.push(replica);
         }
         fleet.write_configs();
@@ -227,9 +229,9 @@ impl Fleet {
         run(&self.backlock, &args, &[]);
     }
 
-    /// A replica's directory, addresses and token, not yet configured or started.
-    fn new_replica(&self, id: u64) -> Replica {
-        let ports = free_ports(3);
+    /// A replica's directory, addresses and token, not yet configured or started, on
+    /// three free `ports` (device API, peer listener, partition proxy).
+    fn new_replica(&self, id: u64, ports: &[u16]) -> Replica {
         let ip = peer_ip(id);
         let listen = SocketAddr::new(ip, ports[1]);
         // Peers reach it at the proxy's address when the fleet is partitionable.
@@ -303,7 +305,7 @@ impl Fleet {
     /// serve` on the new one, then `vault remove --replica OLD`.
     pub fn replace(&mut self, old: u64, new: u64) {
         self.issue_certificates(&[new]);
-        let replica = self.new_replica(new);
+        let replica = self.new_replica(new, &free_ports(3));
         let at = self.index(old);
         self.kill(old);
         self.replicas[at] = replica;
