@@ -114,7 +114,7 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
             Some(RepoError::Damaged { .. }) => return 4,
             Some(RepoError::Rollback { .. }) => return 5,
             Some(RepoError::Target { .. }) => return 6,
-            Some(RepoError::Locked { .. }) => return 7,
+            Some(RepoError::Locked { .. } | RepoError::KeyAlreadyKept { .. }) => return 7,
             Some(RepoError::Store(s)) => Some(s),
             Some(
                 RepoError::Usage(_)

@@ -36,7 +36,12 @@ pub(crate) fn run(args: &RepoArgs, yes: bool) -> Result<()> {
     // switched and was then stopped) the new one this device kept.
     let (repo, switched) = match Repository::open(store.clone(), &current, home.clone()) {
         Ok(r) => {
-            let switched = r.rotation_to_this_key_pending();
+            // A kept new key equal to the current one: the rotation ended but was
+            // stopped before this device forgot the kept copy.
+            let ended = pending
+                .as_ref()
+                .is_some_and(|p| p.expose_secret() == current.expose_secret());
+            let switched = r.rotation_to_this_key_pending() || ended;
             (r, switched)
         }
         Err(RepoError::WrongKey) if pending.is_some() => {
@@ -56,8 +61,13 @@ pub(crate) fn run(args: &RepoArgs, yes: bool) -> Result<()> {
 
     let (new_key, summary) = if switched {
         let new_key = pending.clone().unwrap_or_else(|| current.clone());
-        (new_key, repo.finish_rotation()?)
+        let summary = RotateSummary {
+            finished_earlier: true,
+            ..repo.finish_rotation()?
+        };
+        (new_key, summary)
     } else {
+        let fresh = pending.is_none();
         let new_key = pending.unwrap_or_else(BackupKey::generate);
         if !yes {
             if !std::io::stdin().is_terminal() {
@@ -65,7 +75,9 @@ pub(crate) fn run(args: &RepoArgs, yes: bool) -> Result<()> {
             }
             key_input::confirm_saved(&new_key)?;
         }
-        home.save_key(&pending_loc, &new_key)?;
+        if fresh {
+            home.save_new_key(&pending_loc, &new_key)?;
+        }
         let summary = repo.rotate_key(&new_key)?;
         (new_key, summary)
     };

@@ -226,11 +226,9 @@ fn sigkill_at_each_step_leaves_one_key_opening_everything() {
             let out = env.run(&["snapshots"]);
             assert_eq!(out.status.code(), Some(3), "{step}: old key still opens");
             // The new key is on the device until the rotation finishes.
-            let kept: Vec<_> = tree::list_files(&env.path("home/keys"));
-            assert_eq!(kept.len(), 1, "{step}");
-            let text = std::fs::read_to_string(&kept[0]).unwrap();
-            let line = text.lines().find(|l| !l.starts_with('#')).unwrap();
-            std::fs::write(env.path("key"), line).unwrap();
+            assert_eq!(tree::list_files(&env.path("home/keys")).len(), 1, "{step}");
+            let kept = pending_key(&env).expect("switched without keeping the new key");
+            std::fs::write(env.path("key"), kept.to_display().as_str()).unwrap();
         }
         env.assert_whole(&format!("killed-{}", step.replace(':', "-")));
         std::fs::write(env.path("key"), &old_key).unwrap();
@@ -354,10 +352,8 @@ fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
             std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
         } else if env.run(&["snapshots"]).status.code() == Some(3) {
             // Switched: the new key is the one this device keeps until it finishes.
-            let kept = tree::list_files(&env.path("home/keys"));
-            let text = std::fs::read_to_string(&kept[0]).unwrap();
-            let line = text.lines().find(|l| !l.starts_with('#')).unwrap();
-            std::fs::write(env.path("key"), line).unwrap();
+            let kept = pending_key(&env).expect("switched without keeping the new key");
+            std::fs::write(env.path("key"), kept.to_display().as_str()).unwrap();
         }
         env.assert_whole(&format!("round-{round}"));
     }
@@ -365,4 +361,42 @@ fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
     let v = env.rotate_json();
     std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
     env.assert_whole("final");
+    // Finished: no copy of any key is left on the device, not even one a killed
+    // save wrote to a temporary file.
+    assert_eq!(
+        tree::list_files(&env.path("home/keys")),
+        Vec::<PathBuf>::new()
+    );
+}
+
+/// The new key this device keeps while a rotation of the test repository runs.
+fn pending_key(env: &Env) -> Option<BackupKey> {
+    let repo = std::path::absolute(env.path("repo")).unwrap();
+    let home = backlock_repo::DeviceHome::new(env.path("home"));
+    home.load_key(&format!("{} (key rotation in progress)", repo.display()))
+        .unwrap()
+}
+
+/// Killed after the rotation ended but before the device forgot the kept new key:
+/// the next run, with the new key, reports the rotation finished and shows that key,
+/// instead of refusing it as "the current key".
+#[test]
+fn a_run_stopped_after_the_end_of_a_rotation_is_finished_by_the_next_run() {
+    let (env, _) = with_two_snapshots();
+    let v = env.rotate_json();
+    let key = v["key"].as_str().unwrap();
+    std::fs::write(env.path("key"), key).unwrap();
+    let repo = std::path::absolute(env.path("repo")).unwrap();
+    backlock_repo::DeviceHome::new(env.path("home"))
+        .save_key(
+            &format!("{} (key rotation in progress)", repo.display()),
+            &BackupKey::parse(key).unwrap(),
+        )
+        .unwrap();
+
+    let again = env.rotate_json();
+    assert_eq!(again["key"], key, "{again}");
+    assert_eq!(again["summary"]["finished_earlier"], true, "{again}");
+    assert!(pending_key(&env).is_none());
+    env.assert_whole("after");
 }

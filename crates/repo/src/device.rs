@@ -90,24 +90,47 @@ impl DeviceHome {
 
     /// Keeps `key` for `location` (file mode 0600, replaced atomically).
     pub fn save_key(&self, location: &str, key: &BackupKey) -> Result<()> {
+        self.write_key(location, key, true)
+    }
+
+    /// Keeps `key` for `location` only if no key is kept there yet: a second process
+    /// that would overwrite the key a first one is about to switch the repository to
+    /// gets [`RepoError::KeyAlreadyKept`] instead.
+    pub fn save_new_key(&self, location: &str, key: &BackupKey) -> Result<()> {
+        self.write_key(location, key, false)
+    }
+
+    fn write_key(&self, location: &str, key: &BackupKey, replace: bool) -> Result<()> {
         let path = self.key_path(location);
         let text = Zeroizing::new(format!(
             "# backlock backup key for {location}\n{}\n",
             key.to_display().as_str()
         ));
+        // A save killed before its rename left a temporary file holding a key.
+        remove_stale_temps(&path).map_err(|source| RepoError::Device {
+            path: path.clone(),
+            source,
+        })?;
         // NamedTempFile creates the file with mode 0600 before anything is written.
-        write_atomically(&path, text.as_bytes())
-            .map_err(|source| RepoError::Device { path, source })
-    }
-
-    /// Forgets the key kept for `location`.
-    pub fn forget_key(&self, location: &str) -> Result<()> {
-        let path = self.key_path(location);
-        match std::fs::remove_file(&path) {
+        match write_via_temp(&path, text.as_bytes(), replace) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(RepoError::KeyAlreadyKept { path })
+            }
             Err(source) => Err(RepoError::Device { path, source }),
         }
+    }
+
+    /// Forgets the key kept for `location`, with any copy a killed save left behind.
+    pub fn forget_key(&self, location: &str) -> Result<()> {
+        let path = self.key_path(location);
+        let removed = match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        removed
+            .and_then(|()| remove_stale_temps(&path))
+            .map_err(|source| RepoError::Device { path, source })
     }
 
     fn pins_path(&self) -> PathBuf {
@@ -143,12 +166,102 @@ impl DeviceHome {
 
 /// Writes a small file via a temporary sibling and rename.
 pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, data, true)
+}
+
+/// The temporary siblings of `path` are `.<file name>.<random>.tmp`, so the ones a
+/// killed writer left behind can be found and removed.
+fn temp_prefix(path: &Path) -> String {
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+    format!(".{}.", file.unwrap_or_default())
+}
+
+fn write_via_temp(path: &Path, data: &[u8], replace: bool) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(path))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    if replace {
+        tmp.persist(path).map_err(|e| e.error)?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    }
     Ok(())
+}
+
+/// Removes the temporary siblings of `path` that killed writers left behind.
+fn remove_stale_temps(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            match std::fs::remove_file(dir.join(&*name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_key_copy_left_by_a_killed_save_is_removed_by_the_next_save_and_by_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = DeviceHome::new(dir.path());
+        let path = home.key_path("s3://bucket/chats");
+        let keys = path.parent().unwrap();
+        std::fs::create_dir_all(keys).unwrap();
+        // What a save killed between its write and its rename leaves.
+        let stale = keys.join(format!("{}abc123.tmp", temp_prefix(&path)));
+        std::fs::write(&stale, "# old\n0000").unwrap();
+        let other = keys.join(".unrelated.tmp");
+        std::fs::write(&other, "not ours").unwrap();
+
+        home.save_key("s3://bucket/chats", &BackupKey::generate())
+            .unwrap();
+        assert!(!stale.exists());
+        std::fs::write(&stale, "# old\n0000").unwrap();
+        home.forget_key("s3://bucket/chats").unwrap();
+        assert_eq!(files(keys), [".unrelated.tmp"]);
+    }
+
+    #[test]
+    fn a_new_key_never_replaces_a_kept_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = DeviceHome::new(dir.path());
+        let first = BackupKey::generate();
+        home.save_new_key("repo", &first).unwrap();
+        let err = home
+            .save_new_key("repo", &BackupKey::generate())
+            .unwrap_err();
+        assert!(matches!(err, RepoError::KeyAlreadyKept { .. }), "{err}");
+        let kept = home.load_key("repo").unwrap().unwrap();
+        assert_eq!(kept.expose_secret(), first.expose_secret());
+        assert_eq!(files(home.key_path("repo").parent().unwrap()).len(), 1);
+    }
 }

@@ -97,6 +97,13 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// A key rotation started by another process on this device keeps its new key
+    /// there already.
+    #[error("a key rotation of this repository is already running on this device (its new key is kept at {path}): wait for it to end, then run `backlock rotate-key` again")]
+    KeyAlreadyKept {
+        /// The kept key's file.
+        path: PathBuf,
+    },
     /// Another operation holds a conflicting lock.
     #[error("the repository is in use by {holder} (lock refreshed {age_secs} s ago): wait for it to finish and try again; a lock whose process is gone expires after an hour")]
     Locked {
