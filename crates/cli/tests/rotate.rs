@@ -4,7 +4,7 @@
 
 use backlock_core::{
     envelope::{self, ObjectKind, PackOpener, HEADER_LEN},
-    format::{self, IndexFile},
+    format::IndexFile,
     kdf::RepoKeys,
     key::BackupKey,
 };
@@ -113,8 +113,9 @@ fn objects_opened(repo: &Path, keys: &RepoKeys, new_keys: &RepoKeys) -> usize {
     for (kind, name, path) in &all {
         if *kind == ObjectKind::Index {
             let sealed = std::fs::read(path).unwrap();
-            let plain = envelope::open(new_keys, ObjectKind::Index, name, &sealed).unwrap();
-            let index: IndexFile = format::decode(&plain, "index").unwrap();
+            let (v, plain) =
+                envelope::open_versioned(new_keys, ObjectKind::Index, name, &sealed).unwrap();
+            let index = IndexFile::decode(v, &plain).unwrap();
             for p in index.packs {
                 places.extend(p.blobs.into_iter().map(|b| (p.pack.to_hex(), b)));
             }

@@ -1,7 +1,9 @@
 //! Blob codec (docs/FORMAT.md §Blobs): `codec byte || payload`, sealed into packs.
 //!
 //! Codec 0 stores the chunk as is; codec 1 is a zstd frame. Compression is kept only
-//! when it saves at least 1/32 of the chunk, so media is stored raw.
+//! when it saves at least 1/32 of the chunk, so media is stored raw. Codec 2 is a
+//! zstd frame compressed against the previous version of the chunk (its *base*, named
+//! by the index), so a SQLite page that changed by one row costs tens of bytes.
 
 use crate::error::FormatError;
 
@@ -9,6 +11,11 @@ use crate::error::FormatError;
 pub const CODEC_RAW: u8 = 0;
 /// Codec byte: payload is one zstd frame of the chunk.
 pub const CODEC_ZSTD: u8 = 1;
+/// Codec byte: payload is one zstd frame of the chunk, compressed with the base
+/// chunk as a raw-content prefix (zstd's "reference prefix").
+pub const CODEC_ZSTD_DELTA: u8 = 2;
+/// zstd level of deltas: they are small, so the table setup of level 3 is cheap.
+pub const ZSTD_LEVEL_DELTA: i32 = 3;
 /// zstd level for large chunks: zstd's default balance of speed and ratio.
 pub const ZSTD_LEVEL: i32 = 3;
 /// zstd level for small chunks (SQLite pages), where level 3's per-call table
@@ -76,14 +83,76 @@ impl BlobEncoder {
     }
 }
 
+impl BlobEncoder {
+    /// Encodes `chunk` given the previous version of it, `base`: as a delta (codec 2)
+    /// when that is shorter than [`Self::encode`]'s blob. Returns the blob and whether
+    /// it is a delta (whose index entry must then name the base).
+    pub fn encode_against(&mut self, chunk: &[u8], base: &[u8]) -> (Vec<u8>, bool) {
+        let (full, _) = self.encode(chunk, true);
+        match encode_delta(chunk, base) {
+            Some(delta) if delta.len() < full.len() => (delta, true),
+            _ => (full, false),
+        }
+    }
+}
+
+/// `chunk` as a codec-2 blob against `base`; `None` if zstd refuses (it does not for
+/// in-memory buffers).
+fn encode_delta(chunk: &[u8], base: &[u8]) -> Option<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    // A fresh context: a referenced prefix borrows the context for its lifetime.
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL_DELTA))
+        .ok()?;
+    cctx.ref_prefix(base).ok()?;
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
+    cctx.compress2(&mut frame, chunk).ok()?;
+    let mut out = Vec::with_capacity(1 + frame.len());
+    out.push(CODEC_ZSTD_DELTA);
+    out.extend_from_slice(&frame);
+    Some(out)
+}
+
 /// Decodes a blob whose chunk is at most `max_len` bytes (a bound from the index, so a
-/// hostile frame cannot make us allocate more).
-pub fn decode(blob: &[u8], max_len: usize) -> Result<Vec<u8>, FormatError> {
+/// hostile frame cannot make us allocate more). `base` is the plaintext of the chunk
+/// the index names as this blob's base: required for codec 2, refused otherwise.
+pub fn decode(blob: &[u8], max_len: usize, base: Option<&[u8]>) -> Result<Vec<u8>, FormatError> {
     let malformed = |detail: String| FormatError::Malformed {
         what: "blob",
         detail,
     };
-    match blob.split_first() {
+    match (blob.split_first(), base) {
+        (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) => decode_delta(rest, max_len, base),
+        (Some((&CODEC_ZSTD_DELTA, _)), None) => Err(malformed(
+            "a delta blob whose index entry names no base".into(),
+        )),
+        (Some((&c, _)), Some(_)) if c == CODEC_RAW || c == CODEC_ZSTD => Err(malformed(
+            "the index names a base for a blob that is not a delta".into(),
+        )),
+        (b, _) => decode_whole(b, max_len),
+    }
+}
+
+fn decode_delta(frame: &[u8], max_len: usize, base: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let malformed = |detail: String| FormatError::Malformed {
+        what: "blob",
+        detail,
+    };
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    dctx.ref_prefix(base)
+        .map_err(|c| malformed(zstd::zstd_safe::get_error_name(c).into()))?;
+    let mut out = Vec::with_capacity(max_len);
+    dctx.decompress(&mut out, frame)
+        .map_err(|c| malformed(zstd::zstd_safe::get_error_name(c).into()))?;
+    Ok(out)
+}
+
+fn decode_whole(blob: Option<(&u8, &[u8])>, max_len: usize) -> Result<Vec<u8>, FormatError> {
+    let malformed = |detail: String| FormatError::Malformed {
+        what: "blob",
+        detail,
+    };
+    match blob {
         Some((&CODEC_RAW, rest)) if rest.len() <= max_len => Ok(rest.to_vec()),
         Some((&CODEC_RAW, rest)) => {
             Err(malformed(format!("{} bytes exceeds {max_len}", rest.len())))
@@ -106,18 +175,48 @@ mod tests {
         let text = b"hello there, see you at eight? ".repeat(200);
         let (blob, compressed) = enc.encode(&text, true);
         assert!(compressed && blob.len() < text.len() / 4);
-        assert_eq!(decode(&blob, text.len()).unwrap(), text);
+        assert_eq!(decode(&blob, text.len(), None).unwrap(), text);
         let mut noise = vec![0u8; 5000];
         blake3::Hasher::new().finalize_xof().fill(&mut noise);
         let (blob, compressed) = enc.encode(&noise, true);
         assert!(!compressed && blob[0] == CODEC_RAW);
-        assert_eq!(decode(&blob, noise.len()).unwrap(), noise);
+        assert_eq!(decode(&blob, noise.len(), None).unwrap(), noise);
+    }
+
+    #[test]
+    fn a_page_changed_by_one_row_is_stored_as_a_short_delta() {
+        let mut enc = BlobEncoder::new().unwrap();
+        let mut base = vec![0u8; 4096];
+        blake3::Hasher::new().finalize_xof().fill(&mut base);
+        let mut page = base.clone();
+        page[1000..1040].copy_from_slice(&[7u8; 40]);
+        let (blob, delta) = enc.encode_against(&page, &base);
+        assert!(delta && blob[0] == CODEC_ZSTD_DELTA, "{}", blob.len());
+        assert!(blob.len() < 100, "{} bytes", blob.len());
+        assert_eq!(decode(&blob, page.len(), Some(&base)).unwrap(), page);
+        // The base is part of the meaning: another base, or none, does not decode.
+        let mut other = base.clone();
+        other[2000] ^= 1;
+        assert_ne!(
+            decode(&blob, page.len(), Some(&other)).ok(),
+            Some(page.clone())
+        );
+        assert!(decode(&blob, page.len(), None).is_err());
+        assert!(decode(&blob, page.len() - 1, Some(&base)).is_err());
+        // Unrelated content is stored whole, and then must not be given a base.
+        let mut unrelated = vec![0u8; 4096];
+        blake3::Hasher::new_derive_key("other")
+            .finalize_xof()
+            .fill(&mut unrelated);
+        let (blob, delta) = enc.encode_against(&unrelated, &base);
+        assert!(!delta && blob[0] == CODEC_RAW);
+        assert!(decode(&blob, 4096, Some(&base)).is_err());
     }
 
     #[test]
     fn decode_respects_bound() {
         let mut enc = BlobEncoder::new().unwrap();
         let (blob, _) = enc.encode(&[0u8; 10_000], true);
-        assert!(decode(&blob, 9_999).is_err());
+        assert!(decode(&blob, 9_999, None).is_err());
     }
 }

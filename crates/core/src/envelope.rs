@@ -18,6 +18,17 @@ use subtle::ConstantTimeEq;
 
 /// Format version, the first byte of every object (§Envelope).
 pub const FORMAT_VERSION: u8 = 1;
+/// The version of index objects that name the bases of delta blobs
+/// (docs/FORMAT.md §Compatibility); every other object stays version 1.
+pub const INDEX_VERSION_DELTAS: u8 = 2;
+
+/// The newest version this build reads for objects of `kind`.
+pub fn newest_version(kind: ObjectKind) -> u8 {
+    match kind {
+        ObjectKind::Index => INDEX_VERSION_DELTAS,
+        _ => FORMAT_VERSION,
+    }
+}
 /// Length of the random per-object salt.
 pub const SALT_LEN: usize = 32;
 /// Length of the common header: version, kind, salt.
@@ -74,9 +85,9 @@ fn nonce(counter: u32) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn header(kind: ObjectKind, salt: &[u8; SALT_LEN]) -> Vec<u8> {
+fn header(version: u8, kind: ObjectKind, salt: &[u8; SALT_LEN]) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN + 64);
-    h.push(FORMAT_VERSION);
+    h.push(version);
     h.push(kind as u8);
     h.extend_from_slice(salt);
     h
@@ -88,19 +99,23 @@ fn random_salt() -> [u8; SALT_LEN] {
     salt
 }
 
-/// Checks version and kind, returning the salt. Rejects before any decryption.
-fn parse_header(expected: ObjectKind, data: &[u8]) -> Result<&[u8], FormatError> {
+/// Checks version and kind, returning the version and the salt. Rejects before any
+/// decryption.
+fn parse_header(expected: ObjectKind, data: &[u8]) -> Result<(u8, &[u8]), FormatError> {
     let min = HEADER_LEN
         + if expected == ObjectKind::Pack {
             0
         } else {
             TAG_LEN
         };
-    if let Some(&v) = data.first() {
-        // Version first, so a newer object says "upgrade" even if it is short.
-        if v != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion { found: v });
-        }
+    let newest = newest_version(expected);
+    let version = data.first().copied().unwrap_or(FORMAT_VERSION);
+    // Version first, so a newer object says "upgrade" even if it is short.
+    if version == 0 || version > newest {
+        return Err(FormatError::UnsupportedVersion {
+            found: version,
+            newest,
+        });
     }
     if data.len() < min {
         return Err(FormatError::Truncated {
@@ -114,12 +129,22 @@ fn parse_header(expected: ObjectKind, data: &[u8]) -> Result<&[u8], FormatError>
             found: data[1],
         });
     }
-    Ok(&data[2..HEADER_LEN])
+    Ok((version, &data[2..HEADER_LEN]))
 }
 
 /// Seals a single-message object (config, index, snapshot) under a fresh salt.
 pub fn seal(keys: &RepoKeys, kind: ObjectKind, name: &str, plaintext: &[u8]) -> Vec<u8> {
     seal_with_salt(keys, kind, name, plaintext, &random_salt())
+}
+
+/// [`seal`] as format `version` (≤ [`newest_version`] of `kind`).
+pub fn seal_as(
+    keys: &RepoKeys,
+    (kind, version): (ObjectKind, u8),
+    name: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    seal_with_salt_as(keys, (kind, version), name, plaintext, &random_salt())
 }
 
 /// [`seal`] with a caller-chosen salt: for known-answer vectors only. Reusing a salt
@@ -131,8 +156,24 @@ pub fn seal_with_salt(
     plaintext: &[u8],
     salt: &[u8; SALT_LEN],
 ) -> Vec<u8> {
+    seal_with_salt_as(keys, (kind, FORMAT_VERSION), name, plaintext, salt)
+}
+
+/// [`seal_with_salt`] as format `version`.
+pub fn seal_with_salt_as(
+    keys: &RepoKeys,
+    (kind, version): (ObjectKind, u8),
+    name: &str,
+    plaintext: &[u8],
+    salt: &[u8; SALT_LEN],
+) -> Vec<u8> {
     assert!(kind != ObjectKind::Pack, "packs are sealed with PackSealer");
-    let mut out = header(kind, salt);
+    assert!(
+        (1..=newest_version(kind)).contains(&version),
+        "no format version {version} for {} objects",
+        kind.as_str()
+    );
+    let mut out = header(version, kind, salt);
     if kind == ObjectKind::Config {
         out.extend_from_slice(keys.key_id());
     }
@@ -155,7 +196,18 @@ pub fn open(
     name: &str,
     data: &[u8],
 ) -> Result<Vec<u8>, FormatError> {
-    let salt = parse_header(kind, data)?;
+    open_versioned(keys, kind, name, data).map(|(_, plain)| plain)
+}
+
+/// [`open`], also returning the object's format version (authenticated: it is part
+/// of the header, which is associated data).
+pub fn open_versioned(
+    keys: &RepoKeys,
+    kind: ObjectKind,
+    name: &str,
+    data: &[u8],
+) -> Result<(u8, Vec<u8>), FormatError> {
+    let (version, salt) = parse_header(kind, data)?;
     let mut aad_len = HEADER_LEN;
     if kind == ObjectKind::Config {
         let id_end = HEADER_LEN + crate::kdf::KEY_ID_LEN;
@@ -178,7 +230,7 @@ pub fn open(
         .map_err(|_| FormatError::Tampered)?
         .len();
     body.truncate(plain_len);
-    Ok(body)
+    Ok((version, body))
 }
 
 /// Where a sealed blob sits in its pack.
@@ -209,7 +261,7 @@ impl PackSealer {
     /// [`PackSealer::new`] with a chosen salt: for known-answer vectors only.
     pub fn with_salt(keys: &RepoKeys, name: &str, capacity: usize, salt: &[u8; SALT_LEN]) -> Self {
         let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(&header(ObjectKind::Pack, salt));
+        buf.extend_from_slice(&header(FORMAT_VERSION, ObjectKind::Pack, salt));
         let mut aad_prefix = buf.clone();
         aad_prefix.extend_from_slice(name.as_bytes());
         PackSealer {
@@ -275,7 +327,7 @@ pub struct PackOpener {
 impl PackOpener {
     /// Reads the header (the first [`HEADER_LEN`] bytes or more) of pack `name`.
     pub fn new(keys: &RepoKeys, name: &str, header_bytes: &[u8]) -> Result<Self, FormatError> {
-        let salt = parse_header(ObjectKind::Pack, header_bytes)?;
+        let (_, salt) = parse_header(ObjectKind::Pack, header_bytes)?;
         let mut aad_prefix = header_bytes[..HEADER_LEN].to_vec();
         aad_prefix.extend_from_slice(name.as_bytes());
         Ok(PackOpener {
@@ -367,11 +419,35 @@ mod tests {
     #[test]
     fn newer_version_asks_for_upgrade() {
         let k = keys();
-        let mut sealed = seal(&k, ObjectKind::Index, "n", b"x");
+        let mut sealed = seal(&k, ObjectKind::Snapshot, "n", b"x");
         sealed[0] = 2;
         assert_eq!(
-            open(&k, ObjectKind::Index, "n", &sealed),
-            Err(FormatError::UnsupportedVersion { found: 2 })
+            open(&k, ObjectKind::Snapshot, "n", &sealed),
+            Err(FormatError::UnsupportedVersion {
+                found: 2,
+                newest: 1
+            })
+        );
+        // Index objects have a version 2; it is authenticated like the rest.
+        let v2 = seal_as(&k, (ObjectKind::Index, 2), "n", b"x");
+        assert_eq!(
+            open_versioned(&k, ObjectKind::Index, "n", &v2),
+            Ok((2, b"x".to_vec()))
+        );
+        let mut downgraded = v2.clone();
+        downgraded[0] = 1;
+        assert_eq!(
+            open(&k, ObjectKind::Index, "n", &downgraded),
+            Err(FormatError::Tampered)
+        );
+        let mut newer = v2;
+        newer[0] = 3;
+        assert_eq!(
+            open(&k, ObjectKind::Index, "n", &newer),
+            Err(FormatError::UnsupportedVersion {
+                found: 3,
+                newest: 2
+            })
         );
     }
 

@@ -5,10 +5,12 @@
 #[non_exhaustive]
 pub enum FormatError {
     /// The object was written by a newer backlock.
-    #[error("written by a newer backlock (format version {found}, this build reads version 1): upgrade backlock")]
+    #[error("written by a newer backlock (format version {found}, this build reads version {newest}): upgrade backlock")]
     UnsupportedVersion {
         /// The version byte found.
         found: u8,
+        /// The newest version this build reads for the object's kind.
+        newest: u8,
     },
     /// The object is not of the kind it is stored as (swapped by the store).
     #[error("object kind mismatch (expected {expected}, found {found}): the store swapped or replaced this object")]

@@ -31,15 +31,16 @@ pub struct Config {
     pub created_unix: i64,
 }
 
-/// One index object: which blobs each listed pack holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One index object: which blobs each listed pack holds. Encoded with
+/// [`IndexFile::encode`]: version 1 when no blob names a base, else version 2.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexFile {
     /// Packs described by this index object.
     pub packs: Vec<PackEntry>,
 }
 
 /// The blobs of one pack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackEntry {
     /// The pack object's name.
     pub pack: ObjectName,
@@ -48,7 +49,7 @@ pub struct PackEntry {
 }
 
 /// Where one chunk is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobEntry {
     /// The chunk's ID.
     pub id: ChunkId,
@@ -60,6 +61,143 @@ pub struct BlobEntry {
     pub length: u32,
     /// Length of the chunk's plaintext.
     pub raw_length: u32,
+    /// For a delta blob (codec 2), the chunk it was encoded against; that chunk's
+    /// own blob is never a delta. Index version 2 only.
+    pub base: Option<ChunkId>,
+}
+
+/// The wire forms of index objects: `B` is [`BlobV1`] in version 1 and
+/// [`BlobEntry`]'s fields in order (with `base` last) in version 2.
+mod wire {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Index<B> {
+        pub packs: Vec<Pack<B>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Pack<B> {
+        pub pack: ObjectName,
+        pub blobs: Vec<B>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct BlobV1 {
+        pub id: ChunkId,
+        pub seq: u32,
+        pub offset: u64,
+        pub length: u32,
+        pub raw_length: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct BlobV2 {
+        pub id: ChunkId,
+        pub seq: u32,
+        pub offset: u64,
+        pub length: u32,
+        pub raw_length: u32,
+        pub base: Option<ChunkId>,
+    }
+}
+
+impl IndexFile {
+    /// The format version this index needs: 2 when a blob names a base, else 1.
+    pub fn version(&self) -> u8 {
+        let deltas = self
+            .packs
+            .iter()
+            .any(|p| p.blobs.iter().any(|b| b.base.is_some()));
+        if deltas {
+            crate::envelope::INDEX_VERSION_DELTAS
+        } else {
+            crate::envelope::FORMAT_VERSION
+        }
+    }
+
+    /// The object plaintext ([`encode`]) and the version to seal it as.
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        let (version, raw) = self.to_postcard();
+        (version, encode_postcard(raw))
+    }
+
+    /// The postcard encoding (the codec-0 payload) and the version it belongs to.
+    pub fn to_postcard(&self) -> (u8, Vec<u8>) {
+        let version = self.version();
+        let raw = if version == crate::envelope::FORMAT_VERSION {
+            postcard::to_allocvec(&self.to_wire(|b| wire::BlobV1 {
+                id: b.id,
+                seq: b.seq,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+            }))
+        } else {
+            postcard::to_allocvec(&self.to_wire(|b| wire::BlobV2 {
+                id: b.id,
+                seq: b.seq,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+                base: b.base,
+            }))
+        }
+        .expect("postcard encoding into a Vec cannot fail");
+        (version, raw)
+    }
+
+    /// Decodes the plaintext of an index object of format `version`.
+    pub fn decode(version: u8, plain: &[u8]) -> Result<Self, FormatError> {
+        let index = if version == crate::envelope::FORMAT_VERSION {
+            let w: wire::Index<wire::BlobV1> = decode(plain, "index")?;
+            Self::from_wire(w, |b| BlobEntry {
+                id: b.id,
+                seq: b.seq,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+                base: None,
+            })
+        } else {
+            let w: wire::Index<wire::BlobV2> = decode(plain, "index")?;
+            Self::from_wire(w, |b| BlobEntry {
+                id: b.id,
+                seq: b.seq,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+                base: b.base,
+            })
+        };
+        Ok(index)
+    }
+
+    fn to_wire<B>(&self, blob: impl Fn(&BlobEntry) -> B) -> wire::Index<B> {
+        wire::Index {
+            packs: self
+                .packs
+                .iter()
+                .map(|p| wire::Pack {
+                    pack: p.pack,
+                    blobs: p.blobs.iter().map(&blob).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_wire<B>(w: wire::Index<B>, blob: impl Fn(B) -> BlobEntry) -> Self {
+        IndexFile {
+            packs: w
+                .packs
+                .into_iter()
+                .map(|p| PackEntry {
+                    pack: p.pack,
+                    blobs: p.blobs.into_iter().map(&blob).collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One backup.
@@ -166,7 +304,11 @@ pub struct Rotation {
 
 /// Encodes an object's plaintext: `codec byte || zstd(postcard(value))`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let raw = postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail");
+    encode_postcard(postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail"))
+}
+
+/// The object plaintext of a postcard encoding: compressed when that is shorter.
+fn encode_postcard(raw: Vec<u8>) -> Vec<u8> {
     match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
         Ok(z) if z.len() < raw.len() => [&[CODEC_ZSTD][..], &z].concat(),
         _ => [&[CODEC_RAW][..], &raw].concat(),
@@ -205,10 +347,13 @@ pub mod fuzz {
     /// Runs every decoder of repository objects on `data`; must never panic.
     pub fn decode_all(data: &[u8]) {
         let _ = decode::<Config>(data, "config");
-        let _ = decode::<IndexFile>(data, "index");
+        let _ = IndexFile::decode(1, data);
+        let _ = IndexFile::decode(2, data);
         let _ = decode::<Snapshot>(data, "snapshot");
         let _ = decode::<Lock>(data, "lock");
-        let _ = crate::blob::decode(data, 1 << 20);
+        let _ = crate::blob::decode(data, 1 << 20, None);
+        let (base, blob) = data.split_at(data.len().min(4096));
+        let _ = crate::blob::decode(blob, 1 << 20, Some(base));
         let _ = crate::chunker::sqlite_page_size(data);
     }
 }

@@ -290,6 +290,7 @@ fn pack_object() {
                     offset: pa.offset,
                     length: pa.length,
                     raw_length: 11,
+                    base: None,
                 },
                 BlobEntry {
                     id: b,
@@ -297,6 +298,7 @@ fn pack_object() {
                     offset: pb.offset,
                     length: pb.length,
                     raw_length: 6,
+                    base: None,
                 },
             ],
         }],
@@ -308,7 +310,7 @@ fn pack_object() {
             ("pack", hex::encode(&bytes)),
             (
                 "index_plaintext",
-                hex::encode([&[0u8][..], &postcard::to_allocvec(&index).unwrap()].concat()),
+                hex::encode([&[0u8][..], &version_1(&index)].concat()),
             ),
         ],
     );
@@ -319,6 +321,70 @@ fn pack_object() {
         opener.open_blob(e.seq, &e.id, sealed).unwrap(),
         b"\x00second"
     );
+}
+
+/// The postcard encoding of an index that names no base: version 1.
+fn version_1(index: &IndexFile) -> Vec<u8> {
+    let (version, raw) = index.to_postcard();
+    assert_eq!(version, 1);
+    raw
+}
+
+/// Format version 2 of index objects: a delta blob (codec 2) names its base.
+#[test]
+fn index_object_naming_a_base() {
+    let keys = RepoKeys::derive(&key());
+    let base = ChunkId::compute(&keys, b"page, yesterday");
+    let index = IndexFile {
+        packs: vec![PackEntry {
+            pack: ObjectName::parse("21222324252627282920212223242526").unwrap(),
+            blobs: vec![
+                BlobEntry {
+                    id: base,
+                    seq: 0,
+                    offset: 34,
+                    length: 32,
+                    raw_length: 15,
+                    base: None,
+                },
+                BlobEntry {
+                    id: ChunkId::compute(&keys, b"page, today"),
+                    seq: 1,
+                    offset: 66,
+                    length: 30,
+                    raw_length: 11,
+                    base: Some(base),
+                },
+            ],
+        }],
+    };
+    let (version, raw) = index.to_postcard();
+    assert_eq!(version, 2);
+    let plain = [&[0u8][..], &raw].concat();
+    let name = "31323334353637383930313233343536";
+    let sealed =
+        envelope::seal_with_salt_as(&keys, (ObjectKind::Index, 2), name, &plain, &salt(0x44));
+    check(
+        "index-object-v2",
+        &[
+            ("expect", "ok".into()),
+            ("index_plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    let (v, opened) = envelope::open_versioned(&keys, ObjectKind::Index, name, &sealed).unwrap();
+    assert_eq!(IndexFile::decode(v, &opened).unwrap(), index);
+    // Read as version 1, the same bytes are not an index (trailing base fields).
+    assert!(IndexFile::decode(1, &plain).is_err());
+    // A version-1 index still decodes, every base absent.
+    let v1 = IndexFile {
+        packs: vec![PackEntry {
+            blobs: vec![index.packs[0].blobs[0]],
+            ..index.packs[0].clone()
+        }],
+    };
+    let (_, raw) = v1.encode();
+    assert_eq!(IndexFile::decode(1, &raw).unwrap(), v1);
 }
 
 #[test]

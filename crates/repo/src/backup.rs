@@ -8,6 +8,7 @@
 //! by the channel capacities, the uploaders and the pack size.
 
 use crate::{
+    bases::BaseReader,
     error::{RepoError, Result},
     index::write_index_object,
     now_unix_ns, sqlite, Indexed, Repository,
@@ -121,7 +122,13 @@ struct Job {
     id: ChunkId,
     data: Vec<u8>,
     compress: bool,
+    /// The previous version of this chunk (a SQLite page) and its ID: the worker
+    /// stores a delta against it when that is shorter.
+    base: Option<(ChunkId, Vec<u8>)>,
 }
+
+/// Changed SQLite pages whose bases are read together, in one pass over their packs.
+const BASE_WINDOW: usize = 256;
 
 struct FinishedPack {
     name: ObjectName,
@@ -161,7 +168,13 @@ fn worker(
         blobs,
     };
     for job in jobs {
-        let (blob, _) = encoder.encode_auto(&job.data, job.compress);
+        let (blob, base) = match &job.base {
+            Some((base_id, base)) => {
+                let (blob, delta) = encoder.encode_against(&job.data, base);
+                (blob, delta.then_some(*base_id))
+            }
+            None => (encoder.encode_auto(&job.data, job.compress).0, None),
+        };
         let full = current
             .as_ref()
             .is_some_and(|(_, sealer, _)| sealer.len() + blob.len() > pack_size);
@@ -187,6 +200,7 @@ fn worker(
             offset: place.offset,
             length: place.length,
             raw_length: job.data.len() as u32,
+            base,
         });
     }
     if let Some(p) = current.take() {
@@ -323,6 +337,10 @@ struct Producer<'a> {
     keys: &'a RepoKeys,
     /// The repository's index: chunks already stored.
     index: &'a crate::index::Index,
+    /// Reads the previous versions of changed SQLite pages.
+    bases: BaseReader<'a>,
+    /// Changed pages waiting for their bases, each with its base's ID.
+    window: Vec<(Job, ChunkId)>,
     /// Chunks this backup has sent to the workers (not in the index yet).
     new: HashSet<ChunkId>,
     jobs: Sender<Job>,
@@ -339,16 +357,40 @@ struct Producer<'a> {
 struct Stopped;
 
 impl Producer<'_> {
-    fn chunk(&mut self, data: Vec<u8>, compress: bool, node: &mut Node) -> Result<(), Stopped> {
+    /// Adds `data` as the next chunk of `node`, sending it to the workers if it is new.
+    /// `previous` is the chunk at the same place in the parent snapshot's version of
+    /// a database: the base a changed page may be stored as a delta of.
+    fn chunk(
+        &mut self,
+        data: Vec<u8>,
+        node: &mut Node,
+        previous: Option<&ChunkId>,
+    ) -> Result<(), Stopped> {
         let id = ChunkId::compute(self.keys, &data);
         node.chunks.push(id);
         self.bytes_read += data.len() as u64;
         self.done.bytes_done += data.len() as u64;
         if !self.index.contains(&id) && self.new.insert(id) {
             self.bytes_new += data.len() as u64;
-            self.jobs
-                .send(Job { id, data, compress })
-                .map_err(|_| Stopped)?;
+            let job = Job {
+                id,
+                data,
+                compress: true,
+                base: None,
+            };
+            // A base is never a delta itself: a delta's base is the delta's base.
+            let base = previous
+                .and_then(|p| self.index.get(p))
+                .map(|l| l.blob.base.unwrap_or(l.blob.id));
+            match base {
+                Some(base) => {
+                    self.window.push((job, base));
+                    if self.window.len() >= BASE_WINDOW {
+                        self.flush_window()?;
+                    }
+                }
+                None => self.jobs.send(job).map_err(|_| Stopped)?,
+            }
         }
         if let Some(p) = self.progress {
             p(self.done);
@@ -356,12 +398,35 @@ impl Producer<'_> {
         Ok(())
     }
 
-    /// Feeds `chunks` into `node`; returns the bytes read.
+    /// Reads the bases of the waiting pages and sends them to the workers. A base
+    /// that cannot be read only costs space: the page is then stored whole.
+    fn flush_window(&mut self) -> Result<(), Stopped> {
+        if self.window.is_empty() {
+            return Ok(());
+        }
+        let window = std::mem::take(&mut self.window);
+        let bases = match self.bases.read(window.iter().map(|(_, b)| *b)) {
+            Ok(bases) => bases,
+            Err(e) => {
+                tracing::warn!(error = %e, "previous page versions unreadable: storing the changed pages whole");
+                HashMap::new()
+            }
+        };
+        for (mut job, base) in window {
+            job.base = bases.get(&base).map(|plain| (base, plain.clone()));
+            self.jobs.send(job).map_err(|_| Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds `chunks` into `node`; returns the bytes read. `previous`: the parent
+    /// snapshot's chunk list of this database, page for page.
     fn chunk_all(
         &mut self,
         chunks: impl Iterator<Item = io::Result<Vec<u8>>>,
         node: &mut Node,
         path: &Path,
+        previous: &[ChunkId],
     ) -> Result<Result<u64, Stopped>> {
         let mut size = 0;
         for chunk in chunks {
@@ -370,14 +435,21 @@ impl Producer<'_> {
                 source,
             })?;
             size += chunk.len() as u64;
-            if let Err(s) = self.chunk(chunk, true, node) {
+            let prev = previous.get(node.chunks.len());
+            if let Err(s) = self.chunk(chunk, node, prev) {
                 return Ok(Err(s));
             }
         }
-        Ok(Ok(size))
+        Ok(self.flush_window().map(|()| size))
     }
 
-    fn file(&mut self, chunker: &Chunker, e: &Entry) -> Result<Result<Node, Stopped>> {
+    /// Reads file `e`; `previous` is its node in the parent snapshot, if any.
+    fn file(
+        &mut self,
+        chunker: &Chunker,
+        e: &Entry,
+        previous: Option<&Node>,
+    ) -> Result<Result<Node, Stopped>> {
         let source = |err| RepoError::Source {
             path: e.fs_path.clone(),
             source: err,
@@ -392,18 +464,24 @@ impl Producer<'_> {
                 let mut node = node_of(e, NodeKind::SqliteFile);
                 let reader = File::open(capture.path()).map_err(source)?;
                 let reader = io::BufReader::with_capacity(1 << 20, reader);
-                let read = self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path)?;
+                // Changed pages become deltas of their previous version.
+                let pages = previous
+                    .filter(|p| p.kind == NodeKind::SqliteFile)
+                    .map_or(&[][..], |p| &p.chunks);
+                let read =
+                    self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path, pages)?;
                 (node, read)
             }
             Some(page) => {
                 let mut node = node_of(e, NodeKind::File);
                 let reader = io::BufReader::with_capacity(1 << 20, file);
-                let read = self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path)?;
+                let read =
+                    self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path, &[])?;
                 (node, read)
             }
             None => {
                 let mut node = node_of(e, NodeKind::File);
-                let read = self.chunk_all(chunker.stream(file), &mut node, &e.fs_path)?;
+                let read = self.chunk_all(chunker.stream(file), &mut node, &e.fs_path, &[])?;
                 (node, read)
             }
         };
@@ -441,9 +519,11 @@ impl Producer<'_> {
                     continue;
                 }
                 let fresh = node_of(e, NodeKind::File);
-                match previous.get(e.rel.as_slice()) {
+                let old = previous.get(e.rel.as_slice()).copied();
+                match old {
                     Some(old)
-                        if old.size == fresh.size
+                        if old.kind == NodeKind::File
+                            && old.size == fresh.size
                             && old.mtime_ns == fresh.mtime_ns
                             && old.ctime_ns == fresh.ctime_ns
                             && old.inode == fresh.inode
@@ -456,7 +536,7 @@ impl Producer<'_> {
                             ..fresh
                         }
                     }
-                    _ => match self.file(chunker, e)? {
+                    _ => match self.file(chunker, e, old)? {
                         Ok(node) => node,
                         // The pipeline failed; the caller reports the reason.
                         Err(Stopped) => break,
@@ -494,7 +574,7 @@ impl Repository<Indexed> {
         let previous: HashMap<&[u8], &Node> = parent
             .iter()
             .flat_map(|(_, s)| s.nodes.iter())
-            .filter(|n| n.kind == NodeKind::File)
+            .filter(|n| matches!(n.kind, NodeKind::File | NodeKind::SqliteFile))
             .map(|n| (n.path.as_slice(), n))
             .collect();
         let captured: HashSet<PathBuf> = entries
@@ -543,6 +623,8 @@ impl Repository<Indexed> {
             let mut producer = Producer {
                 keys,
                 index: &self.state.index,
+                bases: BaseReader::new(store, keys, &self.state.index),
+                window: Vec::new(),
                 new: HashSet::new(),
                 jobs: job_tx,
                 progress: opts.progress,

@@ -2,6 +2,7 @@
 //! with `read_data`, authenticates every blob of every pack too.
 
 use crate::{
+    bases::BaseReader,
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_at, read_index_object, stored_sizes, Index},
     Open, Repository,
@@ -68,6 +69,21 @@ impl Repository<Open> {
             }
             report.snapshots += 1;
         }
+        // A delta needs its base: indexed, and not a delta itself.
+        let bases: HashSet<ChunkId> = used
+            .iter()
+            .filter_map(|c| index.get(c).and_then(|l| l.blob.base))
+            .collect();
+        let broken = bases
+            .iter()
+            .filter(|b| index.get(b).is_none_or(|l| l.blob.base.is_some()))
+            .count();
+        if broken > 0 {
+            report.errors.push(format!(
+                "{broken} chunks that snapshots need are stored as deltas of a chunk no index lists (or of another delta): their pack or index object is missing or damaged"
+            ));
+        }
+        used.extend(bases);
         let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
         report.packs = stored.len();
         let by_pack = index.by_pack();
@@ -97,7 +113,7 @@ impl Repository<Open> {
                 Some(_) => {}
             }
             if read_data {
-                if let Err(e) = self.check_pack(&name, blobs, &mut report.blobs_read) {
+                if let Err(e) = self.check_pack(&index, &name, blobs, &mut report.blobs_read) {
                     report.errors.push(e.to_string());
                 }
             }
@@ -112,8 +128,10 @@ impl Repository<Open> {
         Ok(report)
     }
 
+    /// Authenticates and decodes every blob of pack `name`; deltas against their bases.
     fn check_pack(
         &self,
+        index: &Index,
         name: &str,
         blobs: &[backlock_core::format::BlobEntry],
         read: &mut u64,
@@ -121,9 +139,12 @@ impl Repository<Open> {
         let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
         let data = self.store.get(ObjectKind::Pack, name)?;
         let opener = PackOpener::new(&self.keys, name, &data).map_err(damaged)?;
+        let bases = BaseReader::new(&*self.store, &self.keys, index)
+            .read(blobs.iter().filter_map(|b| b.base))?;
         for b in blobs {
             let encoded = open_blob_at(&opener, name, &data, 0, b)?;
-            decode_chunk(&self.keys, name, &encoded, b)?;
+            let base = b.base.map(|id| bases[&id].as_slice());
+            decode_chunk(&self.keys, name, &encoded, b, base)?;
             *read += 1;
         }
         Ok(())

@@ -3,7 +3,7 @@
 use crate::error::{RepoError, Result};
 use backlock_core::{
     envelope::{self, ObjectKind},
-    format::{self, BlobEntry, IndexFile},
+    format::{BlobEntry, IndexFile},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
@@ -101,8 +101,9 @@ pub(crate) fn read_index_object(
 ) -> Result<IndexFile> {
     let sealed = store.get(ObjectKind::Index, name)?;
     let damaged = |e| RepoError::damaged(ObjectKind::Index, name, e);
-    let plain = envelope::open(keys, ObjectKind::Index, name, &sealed).map_err(damaged)?;
-    format::decode(&plain, "index").map_err(damaged)
+    let (version, plain) =
+        envelope::open_versioned(keys, ObjectKind::Index, name, &sealed).map_err(damaged)?;
+    IndexFile::decode(version, &plain).map_err(damaged)
 }
 
 /// Writes an index object after making every pack put so far durable (data → index).
@@ -113,7 +114,8 @@ pub(crate) fn write_index_object(
 ) -> Result<u64> {
     store.flush()?;
     let name = ObjectName::random().to_hex();
-    let sealed = envelope::seal(keys, ObjectKind::Index, &name, &format::encode(file));
+    let (version, plain) = file.encode();
+    let sealed = envelope::seal_as(keys, (ObjectKind::Index, version), &name, &plain);
     store.put(ObjectKind::Index, &name, &sealed)?;
     Ok(sealed.len() as u64)
 }
@@ -142,15 +144,18 @@ pub(crate) fn open_blob_at(
     opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)
 }
 
-/// Decodes an encoded blob and checks it is exactly the chunk its ID names.
+/// Decodes an encoded blob and checks it is exactly the chunk its ID names. `base` is
+/// the plaintext of `b.base` for a delta blob, `None` otherwise.
 pub(crate) fn decode_chunk(
     keys: &RepoKeys,
     name: &str,
     encoded: &[u8],
     b: &BlobEntry,
+    base: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
-    let chunk = backlock_core::blob::decode(encoded, b.raw_length as usize).map_err(damaged)?;
+    let chunk =
+        backlock_core::blob::decode(encoded, b.raw_length as usize, base).map_err(damaged)?;
     if chunk.len() != b.raw_length as usize || !b.id.verify(keys, &chunk) {
         return Err(damaged(backlock_core::FormatError::Tampered));
     }

@@ -9,6 +9,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod backup;
+mod bases;
 mod check;
 pub mod device;
 mod error;

@@ -86,6 +86,12 @@ impl Repository<Indexed> {
                     .flat_map(|n| n.chunks),
             );
         }
+        // A live delta keeps its base alive.
+        let bases: Vec<ChunkId> = used
+            .iter()
+            .filter_map(|c| self.state.index.get(c).and_then(|l| l.blob.base))
+            .collect();
+        used.extend(bases);
         let by_pack = self.state.index.by_pack();
         let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
 

@@ -3,14 +3,15 @@
 //! directory, so nothing partial is ever left under the target's name.
 
 use crate::{
+    bases::bad_base,
     error::{RepoError, Result},
-    index::{decode_chunk, open_blob_at},
+    index::{decode_chunk, open_blob_at, Location},
     Indexed, Repository, SnapshotRef,
 };
 use backlock_core::{
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
     format::{BlobEntry, Node, NodeKind, Snapshot},
-    ids::ObjectName,
+    ids::{ChunkId, ObjectName},
     FormatError,
 };
 use serde::Serialize;
@@ -42,6 +43,21 @@ pub struct RestoreSummary {
 
 /// Where one chunk's bytes go.
 type Targets = Vec<(usize, u64)>;
+
+/// The blobs to restore from each pack, by sequence number.
+type Plan = HashMap<ObjectName, HashMap<u32, (BlobEntry, Targets)>>;
+
+/// The base plaintext of a blob (`None` for a whole blob).
+type BaseOf<'a> = dyn Fn(&BlobEntry) -> Result<Option<Vec<u8>>> + Sync + 'a;
+
+fn add(plan: &mut Plan, loc: &Location, target: (usize, u64)) {
+    plan.entry(loc.pack)
+        .or_default()
+        .entry(loc.blob.seq)
+        .or_insert_with(|| (loc.blob, Vec::new()))
+        .1
+        .push(target);
+}
 
 /// Converts a snapshot path into a relative path that cannot escape the target.
 fn safe_rel(raw: &[u8]) -> Option<PathBuf> {
@@ -89,7 +105,11 @@ impl Repository<Indexed> {
             ObjectName::random().short()
         ));
         fs::create_dir(&staging).map_err(to_target)?;
-        match self.restore_into(&snap, &staging) {
+        // Bases of deltas that no restored file holds are staged here.
+        let scratch = staging.with_extension("bases");
+        let restored = self.restore_into(&snap, &staging, &scratch);
+        let _ = fs::remove_file(&scratch);
+        match restored {
             Ok((files, bytes)) => {
                 fs::rename(&staging, target).map_err(|e| {
                     let _ = fs::remove_dir_all(&staging);
@@ -109,7 +129,10 @@ impl Repository<Indexed> {
         }
     }
 
-    fn restore_into(&self, snap: &Snapshot, root: &Path) -> Result<(u64, u64)> {
+    /// Writes the files of `snap` under `root` in two passes: every whole blob (and
+    /// each delta's base), then the deltas, decoded against bases read back from where
+    /// the first pass wrote them (a restored file, or `scratch`).
+    fn restore_into(&self, snap: &Snapshot, root: &Path, scratch: &Path) -> Result<(u64, u64)> {
         let to_target = |source| RepoError::Target {
             path: root.to_path_buf(),
             source,
@@ -122,8 +145,10 @@ impl Repository<Indexed> {
                 detail,
             },
         };
-        let mut paths = Vec::with_capacity(snap.nodes.len());
-        let mut plan: HashMap<ObjectName, HashMap<u32, (BlobEntry, Targets)>> = HashMap::new();
+        let mut paths = Vec::with_capacity(snap.nodes.len() + 1);
+        let (mut whole, mut deltas) = (Plan::new(), Plan::new());
+        // Where the first pass writes each whole chunk: (file, offset, length).
+        let mut placed: HashMap<ChunkId, (usize, u64, u32)> = HashMap::new();
         let (mut files, mut bytes) = (0, 0);
         for (i, node) in snap.nodes.iter().enumerate() {
             let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
@@ -137,20 +162,17 @@ impl Repository<Indexed> {
                     let f = File::create(&path).map_err(to_target)?;
                     let mut offset = 0u64;
                     for id in &node.chunks {
-                        let loc = self.state.index.get(id).ok_or_else(|| RepoError::Damaged {
-                            kind: "index",
-                            name: format!("(chunk {id})"),
-                            source: FormatError::Malformed {
-                                what: "index",
-                                detail: "a chunk of this snapshot is in no index object".into(),
-                            },
+                        let loc = self.state.index.get(id).ok_or_else(|| {
+                            bad_base(id, "a chunk of this snapshot is in no index object")
                         })?;
-                        plan.entry(loc.pack)
-                            .or_default()
-                            .entry(loc.blob.seq)
-                            .or_insert_with(|| (loc.blob, Vec::new()))
-                            .1
-                            .push((i, offset));
+                        if loc.blob.base.is_some() {
+                            add(&mut deltas, loc, (i, offset));
+                        } else {
+                            add(&mut whole, loc, (i, offset));
+                            placed
+                                .entry(*id)
+                                .or_insert((i, offset, loc.blob.raw_length));
+                        }
                         offset += loc.blob.raw_length as u64;
                     }
                     if offset != node.size {
@@ -166,7 +188,58 @@ impl Repository<Indexed> {
             }
             paths.push(path);
         }
+        // Bases no restored file holds go to the scratch file.
+        paths.push(scratch.to_path_buf());
+        let mut scratch_len = 0u64;
+        for blob in deltas.values().flat_map(|b| b.values().map(|(e, _)| e)) {
+            let base = blob.base.expect("only deltas are planned here");
+            if placed.contains_key(&base) {
+                continue;
+            }
+            let loc = self
+                .state
+                .index
+                .get(&base)
+                .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
+            if loc.blob.base.is_some() {
+                return Err(bad_base(&base, "a delta's base is itself a delta"));
+            }
+            add(&mut whole, loc, (paths.len() - 1, scratch_len));
+            placed.insert(base, (paths.len() - 1, scratch_len, loc.blob.raw_length));
+            scratch_len += loc.blob.raw_length as u64;
+        }
+        if scratch_len > 0 {
+            File::create_new(scratch)
+                .and_then(|f| f.set_len(scratch_len))
+                .map_err(to_target)?;
+        }
 
+        self.run_plan(whole, &paths, &|_| Ok(None))?;
+        let read_base = |blob: &BlobEntry| -> Result<Option<Vec<u8>>> {
+            let base = blob.base.expect("only deltas are planned here");
+            let (file, offset, len) = placed[&base];
+            let mut buf = vec![0u8; len as usize];
+            File::open(&paths[file])
+                .and_then(|f| f.read_exact_at(&mut buf, offset))
+                .map_err(|source| RepoError::Target {
+                    path: paths[file].clone(),
+                    source,
+                })?;
+            Ok(Some(buf))
+        };
+        self.run_plan(deltas, &paths, &read_base)?;
+
+        // Metadata last, deepest first, so directory times are not bumped afterwards.
+        for (node, path) in snap.nodes.iter().zip(&paths).rev() {
+            if !matches!(node.kind, NodeKind::Symlink(_)) {
+                set_times_and_mode(path, node).map_err(to_target)?;
+            }
+        }
+        Ok((files, bytes))
+    }
+
+    /// Restores the blobs of `plan`, a few packs at a time.
+    fn run_plan(&self, plan: Plan, paths: &[PathBuf], base: &BaseOf<'_>) -> Result<()> {
         let queue = Mutex::new(plan.into_iter().collect::<Vec<_>>());
         let failure: Mutex<Option<RepoError>> = Mutex::new(None);
         let threads = std::thread::available_parallelism()
@@ -182,7 +255,7 @@ impl Repository<Indexed> {
                     else {
                         return;
                     };
-                    if let Err(e) = self.restore_pack(pack, blobs, &paths) {
+                    if let Err(e) = self.restore_pack(pack, blobs, paths, base) {
                         failure
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -192,16 +265,10 @@ impl Repository<Indexed> {
                 });
             }
         });
-        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
+        match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        // Metadata last, deepest first, so directory times are not bumped afterwards.
-        for (node, path) in snap.nodes.iter().zip(&paths).rev() {
-            if !matches!(node.kind, NodeKind::Symlink(_)) {
-                set_times_and_mode(path, node).map_err(to_target)?;
-            }
-        }
-        Ok((files, bytes))
     }
 
     fn restore_pack(
@@ -209,6 +276,7 @@ impl Repository<Indexed> {
         pack: ObjectName,
         blobs: HashMap<u32, (BlobEntry, Targets)>,
         paths: &[PathBuf],
+        base_of: &BaseOf<'_>,
     ) -> Result<()> {
         let name = pack.to_hex();
         let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
@@ -237,7 +305,8 @@ impl Repository<Indexed> {
                 .get_range(ObjectKind::Pack, &name, start, end - start)?;
             for (blob, targets) in &blobs[i..j] {
                 let encoded = open_blob_at(&opener, &name, &data, start, blob)?;
-                let chunk = decode_chunk(&self.keys, &name, &encoded, blob)?;
+                let base = base_of(blob)?;
+                let chunk = decode_chunk(&self.keys, &name, &encoded, blob, base.as_deref())?;
                 for &(file, offset) in targets {
                     let f = match open_files.entry(file) {
                         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),

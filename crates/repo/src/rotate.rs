@@ -8,6 +8,7 @@
 //! the config is replaced, and with the new key from then on.
 
 use crate::{
+    bases::BaseReader,
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_at, Index},
     testhook::pause,
@@ -179,10 +180,16 @@ impl Repository<Open> {
             .iter()
             .map(|r| self.load_snapshot(r).map(|s| (*r, s)))
             .collect::<Result<_>>()?;
-        let used: HashSet<ChunkId> = snaps
+        let mut used: HashSet<ChunkId> = snaps
             .iter()
             .flat_map(|(_, s)| s.nodes.iter().flat_map(|n| n.chunks.iter().copied()))
             .collect();
+        // Deltas are re-sealed as they are: their bases come along.
+        let bases: Vec<ChunkId> = used
+            .iter()
+            .filter_map(|c| index.get(c).and_then(|l| l.blob.base))
+            .collect();
+        used.extend(bases);
         if let Some(missing) = used.iter().find(|c| !index.contains(c)) {
             return Err(RepoError::Damaged {
                 kind: "index",
@@ -256,11 +263,12 @@ impl Repository<Open> {
         let index_file = IndexFile {
             packs: generation.packs.clone(),
         };
-        let sealed = envelope::seal(
+        let (version, plain) = index_file.encode();
+        let sealed = envelope::seal_as(
             &new_keys,
-            ObjectKind::Index,
+            (ObjectKind::Index, version),
             &index_name.to_hex(),
-            &format::encode(&index_file),
+            &plain,
         );
         self.store
             .put(ObjectKind::Index, &index_name.to_hex(), &sealed)?;
@@ -349,10 +357,15 @@ impl Repository<Open> {
             let header = data.get(..HEADER_LEN).unwrap_or(&data);
             let opener = PackOpener::new(&self.keys, &name, header)
                 .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+            let bases = BaseReader::new(&*self.store, &self.keys, index)
+                .read(blobs.iter().filter_map(|b| b.base))?;
             for b in &blobs {
                 let encoded = open_blob_at(&opener, &name, &data, 0, b)?;
-                let chunk = decode_chunk(&self.keys, &name, &encoded, b)?;
+                let base = b.base.map(|id| bases[&id].as_slice());
+                let chunk = decode_chunk(&self.keys, &name, &encoded, b, base)?;
                 let new_id = ChunkId::compute(new_keys, &chunk);
+                // A delta's payload does not depend on the key: only its base's ID.
+                let new_base = base.map(|plain| ChunkId::compute(new_keys, plain));
                 if out.chunk_map.insert(b.id, new_id).is_some() {
                     continue;
                 }
@@ -378,6 +391,7 @@ impl Repository<Open> {
                     offset: place.offset,
                     length: place.length,
                     raw_length: b.raw_length,
+                    base: new_base,
                 });
             }
         }

@@ -1,0 +1,116 @@
+//! Reading the chunks that delta blobs are encoded against (docs/FORMAT.md §Blobs):
+//! whole chunks by ID, neighbours in a pack fetched with one ranged read.
+
+use crate::{
+    error::{RepoError, Result},
+    index::{decode_chunk, open_blob_at, Index},
+};
+use backlock_core::{
+    envelope::{ObjectKind, PackOpener, HEADER_LEN},
+    format::BlobEntry,
+    ids::{ChunkId, ObjectName},
+    kdf::RepoKeys,
+    FormatError,
+};
+use backlock_store::ObjectStore;
+use std::collections::HashMap;
+
+/// Blobs closer than this in a pack are fetched in one read: bases are single SQLite
+/// pages scattered through the packs of a database.
+const COALESCE_GAP: u64 = 16 << 10;
+
+/// The error for an index whose delta chain is not what the format allows.
+pub(crate) fn bad_base(id: &ChunkId, detail: &str) -> RepoError {
+    RepoError::Damaged {
+        kind: "index",
+        name: format!("(chunk {id})"),
+        source: FormatError::Malformed {
+            what: "index",
+            detail: detail.into(),
+        },
+    }
+}
+
+/// Reads base chunks of one repository, keeping each pack's opener.
+pub(crate) struct BaseReader<'a> {
+    store: &'a dyn ObjectStore,
+    keys: &'a RepoKeys,
+    index: &'a Index,
+    openers: HashMap<ObjectName, PackOpener>,
+}
+
+impl<'a> BaseReader<'a> {
+    pub(crate) fn new(store: &'a dyn ObjectStore, keys: &'a RepoKeys, index: &'a Index) -> Self {
+        BaseReader {
+            store,
+            keys,
+            index,
+            openers: HashMap::new(),
+        }
+    }
+
+    /// The plaintexts of `ids`, each authenticated against its ID. A base must be
+    /// indexed and must not be a delta itself.
+    pub(crate) fn read(
+        &mut self,
+        ids: impl IntoIterator<Item = ChunkId>,
+    ) -> Result<HashMap<ChunkId, Vec<u8>>> {
+        let mut by_pack: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
+        for id in ids {
+            let loc = self
+                .index
+                .get(&id)
+                .ok_or_else(|| bad_base(&id, "a delta's base is in no index object"))?;
+            if loc.blob.base.is_some() {
+                return Err(bad_base(&id, "a delta's base is itself a delta"));
+            }
+            by_pack.entry(loc.pack).or_default().push(loc.blob);
+        }
+        let mut out = HashMap::new();
+        for (pack, mut blobs) in by_pack {
+            blobs.sort_by_key(|b| b.offset);
+            blobs.dedup_by_key(|b| b.id);
+            self.read_pack(pack, &blobs, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn read_pack(
+        &mut self,
+        pack: ObjectName,
+        blobs: &[BlobEntry],
+        out: &mut HashMap<ChunkId, Vec<u8>>,
+    ) -> Result<()> {
+        let name = pack.to_hex();
+        let opener = match self.openers.entry(pack) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let header = self
+                    .store
+                    .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
+                let opener = PackOpener::new(self.keys, &name, &header)
+                    .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+                v.insert(opener)
+            }
+        };
+        let mut i = 0;
+        while i < blobs.len() {
+            let start = blobs[i].offset;
+            let mut end = start + blobs[i].length as u64;
+            let mut j = i + 1;
+            while j < blobs.len() && blobs[j].offset <= end + COALESCE_GAP {
+                end = end.max(blobs[j].offset + blobs[j].length as u64);
+                j += 1;
+            }
+            let data = self
+                .store
+                .get_range(ObjectKind::Pack, &name, start, end - start)?;
+            for b in &blobs[i..j] {
+                let encoded = open_blob_at(opener, &name, &data, start, b)?;
+                out.insert(b.id, decode_chunk(self.keys, &name, &encoded, b, None)?);
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}
