@@ -91,14 +91,33 @@ mod wire {
         pub raw_length: u32,
     }
 
-    #[derive(Serialize, Deserialize)]
-    pub struct BlobV2 {
-        pub id: ChunkId,
-        pub seq: u32,
-        pub offset: u64,
-        pub length: u32,
-        pub raw_length: u32,
-        pub base: Option<ChunkId>,
+    /// Version 2: the version-1 fields, then `base` (postcard encodes a tuple as its
+    /// fields in order, exactly like a struct).
+    pub type BlobV2 = (BlobV1, Option<ChunkId>);
+
+    impl From<&BlobEntry> for BlobV1 {
+        fn from(b: &BlobEntry) -> Self {
+            BlobV1 {
+                id: b.id,
+                seq: b.seq,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+            }
+        }
+    }
+
+    impl BlobV1 {
+        pub fn with_base(self, base: Option<ChunkId>) -> BlobEntry {
+            BlobEntry {
+                id: self.id,
+                seq: self.seq,
+                offset: self.offset,
+                length: self.length,
+                raw_length: self.raw_length,
+                base,
+            }
+        }
     }
 }
 
@@ -126,22 +145,9 @@ impl IndexFile {
     pub fn to_postcard(&self) -> (u8, Vec<u8>) {
         let version = self.version();
         let raw = if version == crate::envelope::FORMAT_VERSION {
-            postcard::to_allocvec(&self.to_wire(|b| wire::BlobV1 {
-                id: b.id,
-                seq: b.seq,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-            }))
+            postcard::to_allocvec(&self.to_wire(|b: &BlobEntry| wire::BlobV1::from(b)))
         } else {
-            postcard::to_allocvec(&self.to_wire(|b| wire::BlobV2 {
-                id: b.id,
-                seq: b.seq,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-                base: b.base,
-            }))
+            postcard::to_allocvec(&self.to_wire(|b| (wire::BlobV1::from(b), b.base)))
         }
         .expect("postcard encoding into a Vec cannot fail");
         (version, raw)
@@ -151,24 +157,10 @@ impl IndexFile {
     pub fn decode(version: u8, plain: &[u8]) -> Result<Self, FormatError> {
         let index = if version == crate::envelope::FORMAT_VERSION {
             let w: wire::Index<wire::BlobV1> = decode(plain, "index")?;
-            Self::from_wire(w, |b| BlobEntry {
-                id: b.id,
-                seq: b.seq,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-                base: None,
-            })
+            Self::from_wire(w, |b| b.with_base(None))
         } else {
             let w: wire::Index<wire::BlobV2> = decode(plain, "index")?;
-            Self::from_wire(w, |b| BlobEntry {
-                id: b.id,
-                seq: b.seq,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-                base: b.base,
-            })
+            Self::from_wire(w, |(b, base)| b.with_base(base))
         };
         Ok(index)
     }
