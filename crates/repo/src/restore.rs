@@ -106,7 +106,11 @@ impl Repository<Indexed> {
         ));
         fs::create_dir(&staging).map_err(to_target)?;
         // Bases of deltas that no restored file holds are staged here.
-        let scratch = staging.with_extension("bases");
+        // (Named after the staging directory, random part included, so a restore
+        // killed before removing it never stands in the way of the next one.)
+        let mut scratch = staging.clone().into_os_string();
+        scratch.push(".bases");
+        let scratch = PathBuf::from(scratch);
         let restored = self.restore_into(&snap, &staging, &scratch);
         let _ = fs::remove_file(&scratch);
         match restored {
