@@ -344,7 +344,7 @@ pub mod fuzz {
         let _ = decode::<Snapshot>(data, "snapshot");
         let _ = decode::<Lock>(data, "lock");
         let _ = crate::blob::decode(data, 1 << 20, None);
-        let (base, blob) = data.split_at(data.len().min(4096));
+        let (base, blob) = data.split_at(data.len() / 2);
         let _ = crate::blob::decode(blob, 1 << 20, Some(base));
         let _ = crate::chunker::sqlite_page_size(data);
     }

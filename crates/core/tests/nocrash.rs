@@ -32,6 +32,27 @@ proptest! {
     }
 
     #[test]
+    fn test_nocrash_delta_blob(
+        base in proptest::collection::vec(any::<u8>(), 0..4096),
+        page in proptest::collection::vec(any::<u8>(), 1..4096),
+        flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..4),
+        bound in 0usize..8192,
+    ) {
+        // A real delta with bytes flipped, decoded against its base: an error or the
+        // wrong chunk (caught by the ID check), never a panic or more than `bound` bytes.
+        let mut enc = backlock_core::blob::BlobEncoder::new().unwrap();
+        let (mut blob, _) = enc.encode_against(&page, &base);
+        blob[0] = backlock_core::blob::CODEC_ZSTD_DELTA;
+        for (at, x) in flips {
+            let i = at % blob.len();
+            blob[i] ^= x;
+        }
+        if let Ok(chunk) = backlock_core::blob::decode(&blob, bound, Some(&base)) {
+            prop_assert!(chunk.len() <= bound);
+        }
+    }
+
+    #[test]
     fn test_nocrash_key_parse(s in ".{0,100}") {
         let _ = BackupKey::parse(&s);
     }
