@@ -45,19 +45,37 @@ impl BlobEncoder {
     /// Encodes `chunk`, compressing only if a 16 KiB sample compresses by 10% or more,
     /// so incompressible media costs a sample, not a full zstd pass.
     pub fn encode_auto(&mut self, chunk: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
+        let (codec, payload) = self.encode_auto_parts(chunk, try_compress);
+        (join(codec, payload), codec == CODEC_ZSTD)
+    }
+
+    /// [`Self::encode_auto`] as the blob's codec byte and payload, so a caller that
+    /// seals the blob straight into a pack never copies a chunk stored raw.
+    pub fn encode_auto_parts<'s>(
+        &'s mut self,
+        chunk: &'s [u8],
+        try_compress: bool,
+    ) -> (u8, &'s [u8]) {
         const SAMPLE: usize = 16 * 1024;
         if try_compress && chunk.len() > 4 * SAMPLE {
             let sample = &chunk[..SAMPLE];
             let worth =
                 zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 10);
-            return self.encode(chunk, worth);
+            return self.encode_parts(chunk, worth);
         }
-        self.encode(chunk, try_compress)
+        self.encode_parts(chunk, try_compress)
     }
 
     /// Encodes `chunk`, trying compression when `try_compress`. Returns the encoded
     /// blob and whether compression paid.
     pub fn encode(&mut self, chunk: &[u8], try_compress: bool) -> (Vec<u8>, bool) {
+        let (codec, payload) = self.encode_parts(chunk, try_compress);
+        (join(codec, payload), codec == CODEC_ZSTD)
+    }
+
+    /// [`Self::encode`] as the blob's codec byte and payload (a zstd frame in this
+    /// encoder's scratch buffer, or the chunk itself).
+    pub fn encode_parts<'s>(&'s mut self, chunk: &'s [u8], try_compress: bool) -> (u8, &'s [u8]) {
         if try_compress {
             self.scratch.clear();
             self.scratch
@@ -69,18 +87,20 @@ impl BlobEncoder {
             };
             if let Ok(n) = zstd.compress_to_buffer(chunk, &mut self.scratch) {
                 if n <= chunk.len() - chunk.len() / 32 {
-                    let mut out = Vec::with_capacity(1 + n);
-                    out.push(CODEC_ZSTD);
-                    out.extend_from_slice(&self.scratch[..n]);
-                    return (out, true);
+                    return (CODEC_ZSTD, &self.scratch[..n]);
                 }
             }
         }
-        let mut out = Vec::with_capacity(1 + chunk.len());
-        out.push(CODEC_RAW);
-        out.extend_from_slice(chunk);
-        (out, false)
+        (CODEC_RAW, chunk)
     }
+}
+
+/// A blob from its codec byte and payload.
+fn join(codec: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + payload.len());
+    out.push(codec);
+    out.extend_from_slice(payload);
+    out
 }
 
 impl BlobEncoder {

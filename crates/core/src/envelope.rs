@@ -260,7 +260,17 @@ impl PackSealer {
 
     /// [`PackSealer::new`] with a chosen salt: for known-answer vectors only.
     pub fn with_salt(keys: &RepoKeys, name: &str, capacity: usize, salt: &[u8; SALT_LEN]) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
+        Self::start(keys, name, Vec::with_capacity(capacity), salt)
+    }
+
+    /// [`PackSealer::new`] writing into `buf` (cleared first): a finished pack's
+    /// buffer handed back for reuse, so packs do not cost a fresh allocation each.
+    pub fn with_buffer(keys: &RepoKeys, name: &str, buf: Vec<u8>) -> Self {
+        Self::start(keys, name, buf, &random_salt())
+    }
+
+    fn start(keys: &RepoKeys, name: &str, mut buf: Vec<u8>, salt: &[u8; SALT_LEN]) -> Self {
+        buf.clear();
         buf.extend_from_slice(&header(FORMAT_VERSION, ObjectKind::Pack, salt));
         let mut aad_prefix = buf.clone();
         aad_prefix.extend_from_slice(name.as_bytes());
@@ -274,10 +284,18 @@ impl PackSealer {
 
     /// Seals `plaintext` (an encoded blob, see [`crate::blob`]) as the next blob.
     pub fn push(&mut self, id: &ChunkId, plaintext: &[u8]) -> BlobPlace {
+        self.push_parts(id, &[plaintext])
+    }
+
+    /// [`PackSealer::push`] of the concatenation of `parts`, copied once, straight
+    /// into the pack.
+    pub fn push_parts(&mut self, id: &ChunkId, parts: &[&[u8]]) -> BlobPlace {
         let seq = self.next_seq;
         self.next_seq += 1;
         let offset = self.buf.len();
-        self.buf.extend_from_slice(plaintext);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
         let tag = self
             .key
             .seal_in_place_separate_tag(

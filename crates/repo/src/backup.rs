@@ -1,17 +1,23 @@
 //! Backup: walk, chunk, deduplicate, compress, seal, upload; then index; then snapshot.
 //!
-//! Threads: this thread walks the sources, chunks and hashes (chunking and keyed
-//! BLAKE3 run at GiB/s); `workers` threads compress and seal new chunks into their own
-//! packs; uploader threads (as many as the store takes puts at once, at most
-//! [`MAX_UPLOADERS`]) store finished packs and, every few packs, an index object naming
-//! them, so an interrupted backup leaves its uploaded data reusable. Memory is bounded
-//! by the channel capacities, the uploaders and the pack size.
+//! Threads: this thread walks the sources; [`PRODUCERS`] threads take files largest
+//! first, read, chunk and hash them (chunking and keyed BLAKE3 run at GiB/s), so a
+//! chat database's pages are computed on while media streams from disk; a prefetcher
+//! asks the kernel for the files coming next; `workers` threads compress and seal new
+//! chunks into their own packs; uploader threads (as many as the store takes puts at
+//! once, at most [`MAX_UPLOADERS`]) store finished packs and, every few packs, an
+//! index object naming them, so an interrupted backup leaves its uploaded data
+//! reusable. Memory is bounded by the channel capacities, the uploaders and the pack
+//! size; pack buffers circulate between workers and uploaders rather than being
+//! allocated anew.
 
 use crate::{
     bases::BaseReader,
     error::{RepoError, Result},
     index::write_index_object,
-    now_unix_ns, sqlite, Indexed, Repository,
+    now_unix_ns,
+    readahead::ReadAhead,
+    sqlite, Indexed, Repository,
 };
 use backlock_core::{
     blob::BlobEncoder,
@@ -31,7 +37,7 @@ use std::{
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
     time::Instant,
@@ -159,6 +165,7 @@ fn worker(
     pack_size: usize,
     jobs: Receiver<Job>,
     packs: Sender<FinishedPack>,
+    spare: &Receiver<Vec<u8>>,
 ) -> io::Result<()> {
     let mut encoder = BlobEncoder::new()?;
     let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
@@ -168,16 +175,22 @@ fn worker(
         blobs,
     };
     for job in jobs {
-        let (blob, base) = match &job.base {
+        let delta_blob: Vec<u8>;
+        // The blob as codec byte and payload: a raw chunk is copied only into the pack.
+        let (codec, payload, base) = match &job.base {
             Some((base_id, base)) => {
                 let (blob, delta) = encoder.encode_against(&job.data, base);
-                (blob, delta.then_some(*base_id))
+                delta_blob = blob;
+                (delta_blob[0], &delta_blob[1..], delta.then_some(*base_id))
             }
-            None => (encoder.encode_auto(&job.data, job.compress).0, None),
+            None => {
+                let (codec, payload) = encoder.encode_auto_parts(&job.data, job.compress);
+                (codec, payload, None)
+            }
         };
         let full = current
             .as_ref()
-            .is_some_and(|(_, sealer, _)| sealer.len() + blob.len() > pack_size);
+            .is_some_and(|(_, sealer, _)| sealer.len() + 1 + payload.len() > pack_size);
         if full
             && packs
                 .send(finish(current.take().expect("checked")))
@@ -187,13 +200,16 @@ fn worker(
         }
         let (_, sealer, blobs) = current.get_or_insert_with(|| {
             let name = ObjectName::random();
+            let buf = spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(pack_size + (1 << 20)));
             (
                 name,
-                PackSealer::new(keys, &name.to_hex(), pack_size + (1 << 20)),
+                PackSealer::with_buffer(keys, &name.to_hex(), buf),
                 Vec::new(),
             )
         });
-        let place = sealer.push(&job.id, &blob);
+        let place = sealer.push_parts(&job.id, &[&[codec], payload]);
         blobs.push(BlobEntry {
             id: job.id,
             seq: place.seq,
@@ -214,6 +230,7 @@ fn uploader(
     keys: &RepoKeys,
     lock: &crate::RepoLock,
     packs: Receiver<FinishedPack>,
+    spare: &Sender<Vec<u8>>,
     shared: &Shared,
 ) {
     for pack in packs {
@@ -232,6 +249,9 @@ fn uploader(
         shared
             .bytes_stored
             .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+        // The buffer goes back to the workers: packs reuse a fixed set of buffers
+        // instead of leaving the allocator to hold freed ones.
+        let _ = spare.try_send(pack.bytes);
         if let Err(e) = lock.refresh_if_due() {
             return shared.fail(e);
         }
@@ -332,28 +352,56 @@ fn node_of(e: &Entry, kind: NodeKind) -> Node {
     }
 }
 
-/// The producing side, run on the calling thread.
-struct Producer<'a> {
+/// Threads that read, chunk and hash source files. Two, so that one keeps the disk
+/// busy with media while the other computes over a database's pages.
+const PRODUCERS: usize = 2;
+
+/// What the producing threads share.
+struct ProduceState<'a> {
     keys: &'a RepoKeys,
     /// The repository's index: chunks already stored.
     index: &'a crate::index::Index,
+    /// Chunks this backup has sent to the workers (not in the index yet).
+    new: Mutex<HashSet<ChunkId>>,
+    progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    bytes_total: u64,
+    files_total: u64,
+    bytes_done: AtomicU64,
+    files_done: AtomicU64,
+    tmp_dir: PathBuf,
+    verbatim: bool,
+    bytes_read: AtomicU64,
+    bytes_new: AtomicU64,
+    files_unchanged: AtomicU64,
+    /// Set when one producer failed: the others stop at their next chunk.
+    stop: AtomicBool,
+}
+
+impl ProduceState<'_> {
+    fn report(&self) {
+        if let Some(p) = self.progress {
+            p(Progress {
+                bytes_done: self.bytes_done.load(Ordering::Relaxed),
+                bytes_total: self.bytes_total,
+                files_done: self.files_done.load(Ordering::Relaxed),
+                files_total: self.files_total,
+            });
+        }
+    }
+}
+
+/// One producing thread.
+struct Producer<'a> {
+    shared: &'a ProduceState<'a>,
     /// Reads the previous versions of changed SQLite pages.
     bases: BaseReader<'a>,
     /// Changed pages waiting for their bases, each with its base's ID.
     window: Vec<(Job, ChunkId)>,
-    /// Chunks this backup has sent to the workers (not in the index yet).
-    new: HashSet<ChunkId>,
     jobs: Sender<Job>,
-    progress: Option<&'a (dyn Fn(Progress) + Sync)>,
-    done: Progress,
-    tmp_dir: PathBuf,
-    verbatim: bool,
-    bytes_read: u64,
-    bytes_new: u64,
-    files_unchanged: u64,
 }
 
-/// The pipeline has stopped (a worker or the uploader failed); the reason is in `Shared`.
+/// The pipeline has stopped (a worker, the uploader or another producer failed); the
+/// reason is in `Shared` or with the failed producer.
 struct Stopped;
 
 impl Producer<'_> {
@@ -366,12 +414,19 @@ impl Producer<'_> {
         node: &mut Node,
         previous: Option<&ChunkId>,
     ) -> Result<(), Stopped> {
-        let id = ChunkId::compute(self.keys, &data);
+        let sh = self.shared;
+        if sh.stop.load(Ordering::Relaxed) {
+            return Err(Stopped);
+        }
+        let id = ChunkId::compute(sh.keys, &data);
         node.chunks.push(id);
-        self.bytes_read += data.len() as u64;
-        self.done.bytes_done += data.len() as u64;
-        if !self.index.contains(&id) && self.new.insert(id) {
-            self.bytes_new += data.len() as u64;
+        let len = data.len() as u64;
+        sh.bytes_read.fetch_add(len, Ordering::Relaxed);
+        sh.bytes_done.fetch_add(len, Ordering::Relaxed);
+        let is_new =
+            !sh.index.contains(&id) && sh.new.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        if is_new {
+            sh.bytes_new.fetch_add(len, Ordering::Relaxed);
             let job = Job {
                 id,
                 data,
@@ -380,7 +435,7 @@ impl Producer<'_> {
             };
             // A base is never a delta itself: a delta's base is the delta's base.
             let base = previous
-                .and_then(|p| self.index.get(p))
+                .and_then(|p| sh.index.get(p))
                 .map(|l| l.blob.base.unwrap_or(l.blob.id));
             match base {
                 Some(base) => {
@@ -392,9 +447,7 @@ impl Producer<'_> {
                 None => self.jobs.send(job).map_err(|_| Stopped)?,
             }
         }
-        if let Some(p) = self.progress {
-            p(self.done);
-        }
+        sh.report();
         Ok(())
     }
 
@@ -459,8 +512,8 @@ impl Producer<'_> {
         io::Seek::rewind(&mut file).map_err(source)?;
         // A live database is captured, a verbatim one read as it is; both page by page.
         let (mut node, read) = match page_size {
-            Some(page) if !self.verbatim => {
-                let capture = sqlite::capture(&e.fs_path, &self.tmp_dir)?;
+            Some(page) if !self.shared.verbatim => {
+                let capture = sqlite::capture(&e.fs_path, &self.shared.tmp_dir)?;
                 let mut node = node_of(e, NodeKind::SqliteFile);
                 let reader = File::open(capture.path()).map_err(source)?;
                 let reader = io::BufReader::with_capacity(1 << 20, reader);
@@ -474,14 +527,19 @@ impl Producer<'_> {
             }
             Some(page) => {
                 let mut node = node_of(e, NodeKind::File);
-                let reader = io::BufReader::with_capacity(1 << 20, file);
+                let reader = io::BufReader::with_capacity(1 << 20, ReadAhead::new(file));
                 let read =
                     self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path, &[])?;
                 (node, read)
             }
             None => {
                 let mut node = node_of(e, NodeKind::File);
-                let read = self.chunk_all(chunker.stream(file), &mut node, &e.fs_path, &[])?;
+                let read = self.chunk_all(
+                    chunker.stream(ReadAhead::new(file)),
+                    &mut node,
+                    &e.fs_path,
+                    &[],
+                )?;
                 (node, read)
             }
         };
@@ -494,62 +552,194 @@ impl Producer<'_> {
         }
     }
 
-    /// Turns walked entries into snapshot nodes, feeding new chunks to the workers.
-    fn nodes(
+    /// Turns the entry `e` into its snapshot node (`None`: not stored), feeding new
+    /// chunks to the workers.
+    fn node(
         &mut self,
         chunker: &Chunker,
-        entries: &[Entry],
+        e: &Entry,
         previous: &HashMap<&[u8], &Node>,
         captured: &HashSet<PathBuf>,
-    ) -> Result<Vec<Node>> {
-        let mut nodes = Vec::with_capacity(entries.len());
-        for e in entries {
-            let ft = e.meta.file_type();
-            let node = if ft.is_dir() {
-                node_of(e, NodeKind::Dir)
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&e.fs_path).map_err(|err| RepoError::Source {
-                    path: e.fs_path.clone(),
-                    source: err,
-                })?;
-                node_of(e, NodeKind::Symlink(target.as_os_str().as_bytes().to_vec()))
-            } else if ft.is_file() {
-                self.done.files_done += 1;
-                if sqlite::is_sidecar(&e.fs_path).is_some_and(|base| captured.contains(&base)) {
-                    continue;
-                }
-                let fresh = node_of(e, NodeKind::File);
-                let old = previous.get(e.rel.as_slice()).copied();
-                match old {
-                    Some(old)
-                        if old.kind == NodeKind::File
-                            && old.size == fresh.size
-                            && old.mtime_ns == fresh.mtime_ns
-                            && old.ctime_ns == fresh.ctime_ns
-                            && old.inode == fresh.inode
-                            && old.chunks.iter().all(|c| self.index.contains(c)) =>
-                    {
-                        self.files_unchanged += 1;
-                        self.done.bytes_done += fresh.size;
-                        Node {
-                            chunks: old.chunks.clone(),
-                            ..fresh
-                        }
+    ) -> Result<Result<Option<Node>, Stopped>> {
+        let sh = self.shared;
+        let ft = e.meta.file_type();
+        let node = if ft.is_dir() {
+            node_of(e, NodeKind::Dir)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&e.fs_path).map_err(|err| RepoError::Source {
+                path: e.fs_path.clone(),
+                source: err,
+            })?;
+            node_of(e, NodeKind::Symlink(target.as_os_str().as_bytes().to_vec()))
+        } else if ft.is_file() {
+            sh.files_done.fetch_add(1, Ordering::Relaxed);
+            if sqlite::is_sidecar(&e.fs_path).is_some_and(|base| captured.contains(&base)) {
+                return Ok(Ok(None));
+            }
+            let fresh = node_of(e, NodeKind::File);
+            let old = previous.get(e.rel.as_slice()).copied();
+            match old {
+                Some(old) if unchanged(old, &fresh, sh.index) => {
+                    sh.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                    sh.bytes_done.fetch_add(fresh.size, Ordering::Relaxed);
+                    Node {
+                        chunks: old.chunks.clone(),
+                        ..fresh
                     }
-                    _ => match self.file(chunker, e, old)? {
-                        Ok(node) => node,
-                        // The pipeline failed; the caller reports the reason.
-                        Err(Stopped) => break,
-                    },
                 }
-            } else {
-                tracing::warn!(path = %e.fs_path.display(), "skipping special file (socket, fifo or device)");
-                continue;
-            };
-            nodes.push(node);
-        }
-        Ok(nodes)
+                _ => match self.file(chunker, e, old)? {
+                    Ok(node) => node,
+                    Err(Stopped) => return Ok(Err(Stopped)),
+                },
+            }
+        } else {
+            tracing::warn!(path = %e.fs_path.display(), "skipping special file (socket, fifo or device)");
+            return Ok(Ok(None));
+        };
+        Ok(Ok(Some(node)))
     }
+}
+
+/// Whether file `fresh` is `old` (its node in the parent snapshot) untouched, with
+/// every chunk still stored: then it is not read again.
+fn unchanged(old: &Node, fresh: &Node, index: &crate::index::Index) -> bool {
+    old.kind == NodeKind::File
+        && old.size == fresh.size
+        && old.mtime_ns == fresh.mtime_ns
+        && old.ctime_ns == fresh.ctime_ns
+        && old.inode == fresh.inode
+        && old.chunks.iter().all(|c| index.contains(c))
+}
+
+/// How far the prefetcher keeps ahead of the producers, in bytes of files to read.
+const PREFETCH_AHEAD: u64 = 256 << 20;
+
+/// Asks the kernel to read `files` (in the order the producers will read them, each
+/// with its size) into the page cache, staying at most [`PREFETCH_AHEAD`] bytes ahead
+/// of what the producers have read. While they compute over a database's pages the
+/// disk would otherwise idle; this way it fetches the media that comes next. Memory
+/// is the kernel's page cache, which it reclaims at will, not this process's.
+fn prefetch(files: &[(&Path, u64)], shared: &ProduceState, done: &AtomicBool) {
+    let mut advised = 0u64;
+    for &(path, size) in files {
+        while advised > shared.bytes_read.load(Ordering::Relaxed) + PREFETCH_AHEAD {
+            if done.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if done.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(f) = File::open(path) {
+            // Advice only: a failure costs speed, never correctness.
+            let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
+        }
+        advised += size;
+    }
+}
+
+/// The order producers take entries in: largest files first, so a big database
+/// starts at once and overlaps the many media files instead of running alone at
+/// the end (the longest-job-first rule for parallel machines).
+fn work_order(entries: &[Entry]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| {
+        let m = &entries[i].meta;
+        std::cmp::Reverse(if m.is_file() { m.len() } else { 0 })
+    });
+    order
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs [`PRODUCERS`] threads over `entries`; returns the nodes in walk order.
+/// `Ok(None)`: the pipeline stopped, and the reason is in `Shared`.
+fn produce<'a>(
+    shared: &'a ProduceState<'a>,
+    store: &'a dyn ObjectStore,
+    chunker: &Chunker,
+    entries: &[Entry],
+    previous: &HashMap<&[u8], &Node>,
+    captured: &HashSet<PathBuf>,
+    jobs: Sender<Job>,
+) -> Result<Option<Vec<Node>>> {
+    let order = work_order(entries);
+    // What the producers will read, in the order they read it.
+    let to_read: Vec<(&Path, u64)> = order
+        .iter()
+        .map(|&i| &entries[i])
+        .filter(|e| e.meta.is_file())
+        .filter(|e| !sqlite::is_sidecar(&e.fs_path).is_some_and(|b| captured.contains(&b)))
+        .filter(|e| {
+            !previous
+                .get(e.rel.as_slice())
+                .is_some_and(|old| unchanged(old, &node_of(e, NodeKind::File), shared.index))
+        })
+        .map(|e| (e.fs_path.as_path(), e.meta.len()))
+        .collect();
+    let producers_done = AtomicBool::new(false);
+    let cursor = AtomicUsize::new(0);
+    let run = |jobs: Sender<Job>| -> Result<Result<Vec<(usize, Node)>, Stopped>> {
+        let mut producer = Producer {
+            shared,
+            bases: BaseReader::new(store, shared.keys, shared.index),
+            window: Vec::new(),
+            jobs,
+        };
+        let mut out = Vec::new();
+        loop {
+            let Some(&i) = order.get(cursor.fetch_add(1, Ordering::Relaxed)) else {
+                return Ok(Ok(out));
+            };
+            let node = producer.node(chunker, &entries[i], previous, captured);
+            match node {
+                Ok(Ok(Some(node))) => out.push((i, node)),
+                Ok(Ok(None)) => {}
+                Ok(Err(Stopped)) => return Ok(Err(Stopped)),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let results: Vec<_> = std::thread::scope(|s| {
+        s.spawn(|| prefetch(&to_read, shared, &producers_done));
+        // Stops the prefetcher however the producers end, a panic included.
+        let _stop_prefetch = SetOnDrop(&producers_done);
+        let handles: Vec<_> = (0..PRODUCERS)
+            .map(|_| {
+                let jobs = jobs.clone();
+                s.spawn(move || run(jobs))
+            })
+            .collect();
+        drop(jobs);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut nodes = Vec::with_capacity(entries.len());
+    let mut stopped = false;
+    for r in results {
+        match r? {
+            Ok(part) => nodes.extend(part),
+            Err(Stopped) => stopped = true,
+        }
+    }
+    if stopped {
+        return Ok(None);
+    }
+    nodes.sort_unstable_by_key(|(i, _)| *i);
+    Ok(Some(nodes.into_iter().map(|(_, n)| n).collect()))
 }
 
 impl Repository<Indexed> {
@@ -596,60 +786,65 @@ impl Repository<Indexed> {
             pending: Mutex::new(Vec::new()),
             bytes_stored: AtomicU64::new(0),
         };
+        let produce_state = ProduceState {
+            keys,
+            index: &self.state.index,
+            new: Mutex::new(HashSet::new()),
+            progress: opts.progress,
+            bytes_total,
+            files_total,
+            bytes_done: AtomicU64::new(0),
+            files_done: AtomicU64::new(0),
+            tmp_dir: opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+            verbatim: opts.verbatim,
+            bytes_read: AtomicU64::new(0),
+            bytes_new: AtomicU64::new(0),
+            files_unchanged: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        };
         let workers = opts.workers.max(1);
         let (job_tx, job_rx) = bounded::<Job>(2 * workers);
         let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
+        // Finished packs' buffers, returned by the uploaders for the workers' next packs.
+        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(workers + uploaders + 1);
         // The producer (and with it the only job sender) lives inside the scope, so
         // even a panic drops the sender and lets the workers finish.
-        let (produced, stats) = std::thread::scope(|s| {
+        let produced = std::thread::scope(|s| {
             for _ in 0..workers {
                 let (rx, tx) = (job_rx.clone(), pack_tx.clone());
-                let shared = &shared;
+                let (shared, spare) = (&shared, &spare_rx);
                 s.spawn(move || {
-                    if let Err(e) = worker(keys, pack_size, rx, tx) {
+                    if let Err(e) = worker(keys, pack_size, rx, tx, spare) {
                         shared.fail(RepoError::Usage(format!("compression failed: {e}")));
                     }
                 });
             }
             drop((job_rx, pack_tx));
             // Uploads overlap store latency (an fsync, a cloud PUT).
-            for _ in 0..store.max_concurrent_puts().clamp(1, MAX_UPLOADERS) {
+            for _ in 0..uploaders {
                 let (rx, shared) = (pack_rx.clone(), &shared);
-                let lock = &lock;
-                s.spawn(move || uploader(store, keys, lock, rx, shared));
+                let (lock, spare) = (&lock, &spare_tx);
+                s.spawn(move || uploader(store, keys, lock, rx, spare, shared));
             }
             drop(pack_rx);
             let chunker = Chunker::new(keys, self.config.chunker);
-            let mut producer = Producer {
-                keys,
-                index: &self.state.index,
-                bases: BaseReader::new(store, keys, &self.state.index),
-                window: Vec::new(),
-                new: HashSet::new(),
-                jobs: job_tx,
-                progress: opts.progress,
-                done: Progress {
-                    bytes_total,
-                    files_total,
-                    ..Progress::default()
-                },
-                tmp_dir: opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
-                verbatim: opts.verbatim,
-                bytes_read: 0,
-                bytes_new: 0,
-                files_unchanged: 0,
-            };
-
-            let result = producer.nodes(&chunker, &entries, &previous, &captured);
-            // Dropping the producer closes the job channel: workers flush their packs.
-            let stats = (
-                producer.bytes_read,
-                producer.bytes_new,
-                producer.files_unchanged,
-            );
-            drop(producer);
-            (result, stats)
+            // `job_tx` moves in: once the producers end, the workers flush their packs.
+            produce(
+                &produce_state,
+                store,
+                &chunker,
+                &entries,
+                &previous,
+                &captured,
+                job_tx,
+            )
         });
+        let stats = (
+            produce_state.bytes_read.into_inner(),
+            produce_state.bytes_new.into_inner(),
+            produce_state.files_unchanged.into_inner(),
+        );
         let (bytes_read, bytes_new, files_unchanged) = stats;
 
         // Whatever was uploaded gets indexed, even on failure, so a retry reuses it.
@@ -666,7 +861,9 @@ impl Repository<Indexed> {
         {
             return Err(e);
         }
-        let nodes = produced?;
+        // A stopped pipeline left its reason in `shared.error`, returned above.
+        let nodes = produced?
+            .ok_or_else(|| RepoError::Usage("the backup stopped early; run it again".into()))?;
 
         let snapshot = Snapshot {
             seq,

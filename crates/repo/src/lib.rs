@@ -16,6 +16,7 @@ mod error;
 mod index;
 mod lock;
 mod prune;
+mod readahead;
 mod restore;
 mod rotate;
 mod sqlite;
