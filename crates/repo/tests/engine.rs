@@ -599,3 +599,36 @@ fn changed_pages_are_stored_as_deltas_and_their_bases_outlive_prune() {
         .unwrap();
     tree::assert_same(&src, &target.join("app"));
 }
+
+/// Producers take files largest first and in parallel; the snapshot still lists
+/// every entry once, in walk order (a directory before what it holds).
+#[test]
+fn snapshot_nodes_keep_walk_order_whatever_order_files_are_read_in() {
+    let f = Fixture::memory();
+    let src = f.dir.path().join("chat");
+    let mut expected = vec!["chat".to_string()];
+    for d in ["a", "b", "c"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        expected.push(format!("chat/{d}"));
+        for (i, name) in ["f", "g", "h", "i", "j"].iter().enumerate() {
+            // Sizes rise and fall against name order, so largest-first differs from it.
+            let len = 1000 + ((i * 7919 + d.len() * 104_729) % 300_000);
+            let data: Vec<u8> = (0..len).map(|k| (k * 31 + i) as u8).collect();
+            std::fs::write(src.join(d).join(name), data).unwrap();
+            expected.push(format!("chat/{d}/{name}"));
+        }
+    }
+    f.backup(&src);
+    let repo = f.repo();
+    let refs = repo.snapshot_refs().unwrap();
+    let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
+    let paths: Vec<String> = snapshot
+        .nodes
+        .iter()
+        .map(|n| String::from_utf8(n.path.clone()).unwrap())
+        .collect();
+    assert_eq!(paths, expected);
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    tree::assert_same(&src, &target.join("chat"));
+}
