@@ -28,6 +28,9 @@ pub const SMALL_CHUNK: usize = 64 * 1024;
 pub struct BlobEncoder {
     zstd: zstd::bulk::Compressor<'static>,
     zstd_small: zstd::bulk::Compressor<'static>,
+    /// For the sample that decides whether a large chunk is worth compressing; kept,
+    /// since a context per chunk costs an allocation the size of its tables.
+    zstd_sample: zstd::bulk::Compressor<'static>,
     /// Reused output buffer: zstd writes into its spare capacity, so nothing is zeroed.
     scratch: Vec<u8>,
 }
@@ -38,6 +41,7 @@ impl BlobEncoder {
         Ok(BlobEncoder {
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
             zstd_small: zstd::bulk::Compressor::new(ZSTD_LEVEL_SMALL)?,
+            zstd_sample: zstd::bulk::Compressor::new(1)?,
             scratch: Vec::new(),
         })
     }
@@ -59,8 +63,13 @@ impl BlobEncoder {
         const SAMPLE: usize = 16 * 1024;
         if try_compress && chunk.len() > 4 * SAMPLE {
             let sample = &chunk[..SAMPLE];
-            let worth =
-                zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE - SAMPLE / 10);
+            self.scratch.clear();
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(SAMPLE));
+            let worth = self
+                .zstd_sample
+                .compress_to_buffer(sample, &mut self.scratch)
+                .is_ok_and(|n| n < SAMPLE - SAMPLE / 10);
             return self.encode_parts(chunk, worth);
         }
         self.encode_parts(chunk, try_compress)

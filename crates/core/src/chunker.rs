@@ -109,14 +109,28 @@ impl Chunker {
 
     /// Streams `reader` as chunks, holding at most about two maximum chunks in memory.
     pub fn stream<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
+        self.stream_with(reader, Vec::new())
+    }
+
+    /// [`stream`](Self::stream) reading through `buf` (cleared first), so one buffer
+    /// serves many files; [`ChunkStream::into_buffer`] gives it back.
+    pub fn stream_with<R: Read>(&self, reader: R, mut buf: Vec<u8>) -> ChunkStream<'_, R> {
+        buf.clear();
         ChunkStream {
             chunker: self,
             reader,
-            buf: Vec::new(),
+            buf,
             start: 0,
             eof: false,
         }
     }
+}
+
+/// A source of chunks that copies each into a buffer the caller owns, so a pipeline
+/// can recycle chunk buffers instead of allocating one per chunk.
+pub trait ChunkSource {
+    /// Replaces `out`'s contents with the next chunk; `false` at the end.
+    fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool>;
 }
 
 /// Chunks of one file, produced by [`Chunker::stream`].
@@ -147,20 +161,37 @@ impl<R: Read> ChunkStream<'_, R> {
     }
 }
 
+impl<R> ChunkStream<'_, R> {
+    /// The read buffer, for the next [`Chunker::stream_with`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl<R: Read> ChunkSource for ChunkStream<'_, R> {
+    fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        self.fill()?;
+        out.clear();
+        if self.start == self.buf.len() {
+            return Ok(false);
+        }
+        let len = self.chunker.cut(&self.buf[self.start..]);
+        // Exactly: a recycled buffer then grows only to the largest chunk it held.
+        out.reserve_exact(len);
+        out.extend_from_slice(&self.buf[self.start..self.start + len]);
+        self.start += len;
+        Ok(true)
+    }
+}
+
 impl<R: Read> Iterator for ChunkStream<'_, R> {
     type Item = io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Err(e) = self.fill() {
-            return Some(Err(e));
-        }
-        if self.start == self.buf.len() {
-            return None;
-        }
-        let len = self.chunker.cut(&self.buf[self.start..]);
-        let chunk = self.buf[self.start..self.start + len].to_vec();
-        self.start += len;
-        Some(Ok(chunk))
+        let mut chunk = Vec::new();
+        self.next_into(&mut chunk)
+            .map(|more| more.then_some(chunk))
+            .transpose()
     }
 }
 
@@ -195,34 +226,36 @@ impl<R: Read> PageChunks<R> {
     }
 }
 
+impl<R: Read> ChunkSource for PageChunks<R> {
+    fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
+        if self.done {
+            return Ok(false);
+        }
+        // `read_to_end` retries interrupted reads and appends without zeroing first.
+        let got = (&mut self.reader).take(self.page as u64).read_to_end(out);
+        match got {
+            Ok(n) if n == self.page => Ok(true),
+            Ok(n) => {
+                self.done = true;
+                Ok(n > 0)
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        }
+    }
+}
+
 impl<R: Read> Iterator for PageChunks<R> {
     type Item = io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let mut buf = vec![0u8; self.page];
-        let mut filled = 0;
-        while filled < self.page {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-        if filled < self.page {
-            self.done = true;
-            if filled == 0 {
-                return None;
-            }
-            buf.truncate(filled);
-        }
-        Some(Ok(buf))
+        let mut page = Vec::with_capacity(self.page);
+        self.next_into(&mut page)
+            .map(|more| more.then_some(page))
+            .transpose()
     }
 }
 

@@ -173,19 +173,21 @@ pub fn seal_with_salt_as(
         "no format version {version} for {} objects",
         kind.as_str()
     );
-    let mut out = header(version, kind, salt);
+    let mut head = header(version, kind, salt);
     if kind == ObjectKind::Config {
-        out.extend_from_slice(keys.key_id());
+        head.extend_from_slice(keys.key_id());
     }
-    let mut aad = out.clone();
-    aad.extend_from_slice(name.as_bytes());
-    let body_start = out.len();
+    // One allocation of the final size: a snapshot can be megabytes.
+    let mut out = Vec::with_capacity(head.len() + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(&head);
     out.extend_from_slice(plaintext);
-    let mut body = out.split_off(body_start);
-    aead_key(keys, salt)
-        .seal_in_place_append_tag(nonce(0), Aad::from(&aad), &mut body)
+    let body_start = head.len();
+    let mut aad = head;
+    aad.extend_from_slice(name.as_bytes());
+    let tag = aead_key(keys, salt)
+        .seal_in_place_separate_tag(nonce(0), Aad::from(&aad), &mut out[body_start..])
         .expect("AES-GCM sealing of an in-memory buffer cannot fail");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(tag.as_ref());
     out
 }
 

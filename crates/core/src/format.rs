@@ -137,19 +137,25 @@ impl IndexFile {
 
     /// The object plaintext ([`encode`]) and the version to seal it as.
     pub fn encode(&self) -> (u8, Vec<u8>) {
-        let (version, raw) = self.to_postcard();
-        (version, encode_postcard(raw))
+        let (version, raw) = self.raw_plaintext();
+        (version, compress_if_shorter(raw))
     }
 
     /// The postcard encoding (the codec-0 payload) and the version it belongs to.
     pub fn to_postcard(&self) -> (u8, Vec<u8>) {
+        let (version, mut raw) = self.raw_plaintext();
+        raw.remove(0);
+        (version, raw)
+    }
+
+    /// `CODEC_RAW || postcard` and the version it belongs to.
+    fn raw_plaintext(&self) -> (u8, Vec<u8>) {
         let version = self.version();
         let raw = if version == crate::envelope::FORMAT_VERSION {
-            postcard::to_allocvec(&self.to_wire(|b: &BlobEntry| wire::BlobV1::from(b)))
+            raw_plaintext(&self.to_wire(|b: &BlobEntry| wire::BlobV1::from(b)))
         } else {
-            postcard::to_allocvec(&self.to_wire(|b| (wire::BlobV1::from(b), b.base)))
-        }
-        .expect("postcard encoding into a Vec cannot fail");
+            raw_plaintext(&self.to_wire(|b| (wire::BlobV1::from(b), b.base)))
+        };
         (version, raw)
     }
 
@@ -238,7 +244,8 @@ pub enum NodeKind {
     Dir,
     /// A regular file.
     File,
-    /// A SQLite database captured with the online backup API, chunked by page.
+    /// A live SQLite database, read through SQLite under one read transaction and
+    /// chunked by page.
     SqliteFile,
     /// A symbolic link and its target.
     Symlink(Vec<u8>),
@@ -296,14 +303,32 @@ pub struct Rotation {
 
 /// Encodes an object's plaintext: `codec byte || zstd(postcard(value))`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    encode_postcard(postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail"))
+    compress_if_shorter(raw_plaintext(value))
 }
 
-/// The object plaintext of a postcard encoding: compressed when that is shorter.
-fn encode_postcard(raw: Vec<u8>) -> Vec<u8> {
-    match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
-        Ok(z) if z.len() < raw.len() => [&[CODEC_ZSTD][..], &z].concat(),
-        _ => [&[CODEC_RAW][..], &raw].concat(),
+/// `CODEC_RAW || postcard(value)`, in one allocation of the exact size: a snapshot
+/// of a large database is megabytes of chunk IDs, and every spare copy of it is
+/// peak memory.
+fn raw_plaintext<T: Serialize>(value: &T) -> Vec<u8> {
+    let expect = "postcard encoding into a Vec cannot fail";
+    let size = postcard::experimental::serialized_size(value).expect(expect);
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(CODEC_RAW);
+    postcard::to_extend(value, out).expect(expect)
+}
+
+/// The object plaintext `raw` (`CODEC_RAW || payload`), compressed when that is
+/// shorter. The frame is the one `zstd::bulk::compress` makes at [`ZSTD_LEVEL`].
+fn compress_if_shorter(raw: Vec<u8>) -> Vec<u8> {
+    let payload = &raw[1..];
+    let mut z = vec![0u8; 1 + zstd::zstd_safe::compress_bound(payload.len())];
+    z[0] = CODEC_ZSTD;
+    match zstd::bulk::compress_to_buffer(payload, &mut z[1..], ZSTD_LEVEL) {
+        Ok(n) if n < payload.len() => {
+            z.truncate(1 + n);
+            z
+        }
+        _ => raw,
     }
 }
 

@@ -8,8 +8,8 @@
 //! once, at most [`MAX_UPLOADERS`]) store finished packs and, every few packs, an
 //! index object naming them, so an interrupted backup leaves its uploaded data
 //! reusable. Memory is bounded by the channel capacities, the uploaders and the pack
-//! size; pack buffers circulate between workers and uploaders rather than being
-//! allocated anew.
+//! size; chunk and pack buffers circulate through pools rather than being allocated
+//! anew, so memory stays flat as the data grows.
 
 use crate::{
     bases::BaseReader,
@@ -21,7 +21,7 @@ use crate::{
 };
 use backlock_core::{
     blob::BlobEncoder,
-    chunker::{Chunker, PageChunks},
+    chunker::{ChunkSource, Chunker, PageChunks},
     envelope::{self, ObjectKind, PackSealer},
     format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
@@ -72,10 +72,8 @@ pub struct BackupOptions<'a> {
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     /// Compression and sealing threads (default: available cores).
     pub workers: usize,
-    /// Where SQLite captures are staged (default: the system temporary directory).
-    pub tmp_dir: Option<PathBuf>,
     /// Store every file exactly as it is on disk: SQLite databases are read directly
-    /// (still one chunk per page) instead of captured through the online backup API,
+    /// as files (still one chunk per page) instead of through SQLite,
     /// and their `-wal`/`-shm`/`-journal` sidecars are kept. For a source nothing
     /// writes to, such as an unencrypted backup being migrated, so that its restore
     /// equals it bit for bit (docs/FORMAT.md §SQLite databases).
@@ -92,7 +90,6 @@ impl Default for BackupOptions<'_> {
             hostname: String::new(),
             progress: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            tmp_dir: None,
             verbatim: false,
             recorded_paths: None,
         }
@@ -160,13 +157,50 @@ impl Shared {
     }
 }
 
+/// Buffers passed back to the threads that fill them once their contents are gone,
+/// so the hot path reuses memory instead of allocating: glibc's per-thread arenas
+/// keep freed multi-MiB buffers as resident fragments, and RSS then grows with the
+/// data instead of staying flat.
+struct BufferPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl BufferPool {
+    /// A pool keeping at most `capacity` buffers.
+    fn new(capacity: usize) -> Self {
+        let (tx, rx) = bounded(capacity);
+        BufferPool { tx, rx }
+    }
+
+    /// A kept buffer (empty, with its capacity), or a new one of `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        self.rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(capacity))
+    }
+
+    /// Keeps `buf` for a later [`take`](Self::take) if the pool has room and it is
+    /// worth keeping (a SQLite page's buffer is not: small ones allocate cheaply).
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() >= POOLED_MIN {
+            buf.clear();
+            let _ = self.tx.try_send(buf);
+        }
+    }
+}
+
+/// The smallest buffer a [`BufferPool`] keeps.
+const POOLED_MIN: usize = 64 << 10;
+
 fn worker(
     keys: &RepoKeys,
     pack_size: usize,
     jobs: Receiver<Job>,
     packs: Sender<FinishedPack>,
-    spare: &Receiver<Vec<u8>>,
+    pools: (&BufferPool, &BufferPool),
 ) -> io::Result<()> {
+    let (pack_pool, chunk_pool) = pools;
     let mut encoder = BlobEncoder::new()?;
     let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
     let finish = |(name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>)| FinishedPack {
@@ -200,9 +234,7 @@ fn worker(
         }
         let (_, sealer, blobs) = current.get_or_insert_with(|| {
             let name = ObjectName::random();
-            let buf = spare
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(pack_size + (1 << 20)));
+            let buf = pack_pool.take(pack_size + (1 << 20));
             (
                 name,
                 PackSealer::with_buffer(keys, &name.to_hex(), buf),
@@ -218,6 +250,7 @@ fn worker(
             raw_length: job.data.len() as u32,
             base,
         });
+        chunk_pool.give(job.data);
     }
     if let Some(p) = current.take() {
         let _ = packs.send(finish(p));
@@ -230,7 +263,7 @@ fn uploader(
     keys: &RepoKeys,
     lock: &crate::RepoLock,
     packs: Receiver<FinishedPack>,
-    spare: &Sender<Vec<u8>>,
+    pack_pool: &BufferPool,
     shared: &Shared,
 ) {
     for pack in packs {
@@ -249,9 +282,8 @@ fn uploader(
         shared
             .bytes_stored
             .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
-        // The buffer goes back to the workers: packs reuse a fixed set of buffers
-        // instead of leaving the allocator to hold freed ones.
-        let _ = spare.try_send(pack.bytes);
+        // The buffer goes back to the workers: packs reuse a fixed set of buffers.
+        pack_pool.give(pack.bytes);
         if let Err(e) = lock.refresh_if_due() {
             return shared.fail(e);
         }
@@ -362,19 +394,20 @@ struct ProduceState<'a> {
     /// The repository's index: chunks already stored.
     index: &'a crate::index::Index,
     /// Chunks this backup has sent to the workers (not in the index yet).
-    new: Mutex<HashSet<ChunkId>>,
+    new: NewChunks,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     bytes_total: u64,
     files_total: u64,
     bytes_done: AtomicU64,
     files_done: AtomicU64,
-    tmp_dir: PathBuf,
     verbatim: bool,
     bytes_read: AtomicU64,
     bytes_new: AtomicU64,
     files_unchanged: AtomicU64,
     /// Set when one producer failed: the others stop at their next chunk.
     stop: AtomicBool,
+    /// Buffers of content-defined chunks, returned by the workers once sealed.
+    chunk_pool: &'a BufferPool,
 }
 
 impl ProduceState<'_> {
@@ -390,6 +423,21 @@ impl ProduceState<'_> {
     }
 }
 
+/// The set of chunks a backup has stored so far, in shards: each shard's table grows
+/// on its own, so a growing set never holds an old and a new copy of all of itself
+/// at once (a 4 GB backup has 150,000 chunks), and the producers rarely wait for
+/// each other. Chunk IDs are keyed hashes, so their first byte spreads them evenly.
+#[derive(Default)]
+struct NewChunks([Mutex<HashSet<ChunkId>>; 16]);
+
+impl NewChunks {
+    /// Adds `id`; true if it was not there yet.
+    fn insert(&self, id: ChunkId) -> bool {
+        let shard = &self.0[usize::from(id.0[0]) % self.0.len()];
+        shard.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+    }
+}
+
 /// One producing thread.
 struct Producer<'a> {
     shared: &'a ProduceState<'a>,
@@ -398,6 +446,8 @@ struct Producer<'a> {
     /// Changed pages waiting for their bases, each with its base's ID.
     window: Vec<(Job, ChunkId)>,
     jobs: Sender<Job>,
+    /// The chunker's read buffer, kept from file to file.
+    stream_buf: Vec<u8>,
 }
 
 /// The pipeline has stopped (a worker, the uploader or another producer failed); the
@@ -423,9 +473,10 @@ impl Producer<'_> {
         let len = data.len() as u64;
         sh.bytes_read.fetch_add(len, Ordering::Relaxed);
         sh.bytes_done.fetch_add(len, Ordering::Relaxed);
-        let is_new =
-            !sh.index.contains(&id) && sh.new.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
-        if is_new {
+        let is_new = !sh.index.contains(&id) && sh.new.insert(id);
+        if !is_new {
+            sh.chunk_pool.give(data);
+        } else {
             sh.bytes_new.fetch_add(len, Ordering::Relaxed);
             let job = Job {
                 id,
@@ -472,21 +523,33 @@ impl Producer<'_> {
         Ok(())
     }
 
-    /// Feeds `chunks` into `node`; returns the bytes read. `previous`: the parent
-    /// snapshot's chunk list of this database, page for page.
+    /// Feeds the chunks of `source` into `node`; returns the bytes read. Chunks of
+    /// `page` bytes (a database's) get fresh buffers, others pooled ones.
+    /// `previous`: the parent snapshot's chunk list of this database, page for page.
     fn chunk_all(
         &mut self,
-        chunks: impl Iterator<Item = io::Result<Vec<u8>>>,
+        source: &mut (impl ChunkSource + ?Sized),
+        page: Option<usize>,
         node: &mut Node,
         path: &Path,
         previous: &[ChunkId],
     ) -> Result<Result<u64, Stopped>> {
         let mut size = 0;
-        for chunk in chunks {
-            let chunk = chunk.map_err(|source| RepoError::Source {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        loop {
+            let mut chunk = match page {
+                Some(page) => Vec::with_capacity(page),
+                None => self.shared.chunk_pool.take(0),
+            };
+            let more = source
+                .next_into(&mut chunk)
+                .map_err(|source| RepoError::Source {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if !more {
+                self.shared.chunk_pool.give(chunk);
+                break;
+            }
             size += chunk.len() as u64;
             let prev = previous.get(node.chunks.len());
             if let Err(s) = self.chunk(chunk, node, prev) {
@@ -513,34 +576,35 @@ impl Producer<'_> {
         // A live database is captured, a verbatim one read as it is; both page by page.
         let (mut node, read) = match page_size {
             Some(page) if !self.shared.verbatim => {
-                let capture = sqlite::capture(&e.fs_path, &self.shared.tmp_dir)?;
+                drop(file);
                 let mut node = node_of(e, NodeKind::SqliteFile);
-                let reader = File::open(capture.path()).map_err(source)?;
-                let reader = io::BufReader::with_capacity(1 << 20, reader);
+                node.chunks
+                    .reserve_exact((e.meta.len() / page as u64) as usize + 1);
                 // Changed pages become deltas of their previous version.
-                let pages = previous
+                let previous = previous
                     .filter(|p| p.kind == NodeKind::SqliteFile)
                     .map_or(&[][..], |p| &p.chunks);
-                let read =
-                    self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path, pages)?;
+                let read = sqlite::with_pages(&e.fs_path, |pages| {
+                    self.chunk_all(pages, Some(page), &mut node, &e.fs_path, previous)
+                })??;
                 (node, read)
             }
             Some(page) => {
                 let mut node = node_of(e, NodeKind::File);
+                node.chunks
+                    .reserve_exact((e.meta.len() / page as u64) as usize + 1);
                 let reader = io::BufReader::with_capacity(1 << 20, ReadAhead::new(file));
-                let read =
-                    self.chunk_all(PageChunks::new(reader, page), &mut node, &e.fs_path, &[])?;
+                let mut source = PageChunks::new(reader, page);
+                let read = self.chunk_all(&mut source, Some(page), &mut node, &e.fs_path, &[])?;
                 (node, read)
             }
             None => {
                 let mut node = node_of(e, NodeKind::File);
-                let read = self.chunk_all(
-                    chunker.stream(ReadAhead::new(file)),
-                    &mut node,
-                    &e.fs_path,
-                    &[],
-                )?;
-                (node, read)
+                let buf = std::mem::take(&mut self.stream_buf);
+                let mut source = chunker.stream_with(ReadAhead::new(file), buf);
+                let read = self.chunk_all(&mut source, None, &mut node, &e.fs_path, &[]);
+                self.stream_buf = source.into_buffer();
+                (node, read?)
             }
         };
         match read {
@@ -693,6 +757,7 @@ fn produce<'a>(
             bases: BaseReader::new(store, shared.keys, shared.index),
             window: Vec::new(),
             jobs,
+            stream_buf: Vec::new(),
         };
         let mut out = Vec::new();
         loop {
@@ -786,36 +851,39 @@ impl Repository<Indexed> {
             pending: Mutex::new(Vec::new()),
             bytes_stored: AtomicU64::new(0),
         };
+        let workers = opts.workers.max(1);
+        let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
+        // Room for every buffer that can be in flight at once: chunks held by the
+        // producers, queued for and held by the workers; packs being filled, queued
+        // and uploaded.
+        let chunk_pool = BufferPool::new(PRODUCERS + 2 * workers);
+        let pack_pool = BufferPool::new(workers + uploaders + 1);
         let produce_state = ProduceState {
             keys,
             index: &self.state.index,
-            new: Mutex::new(HashSet::new()),
+            new: NewChunks::default(),
             progress: opts.progress,
             bytes_total,
             files_total,
             bytes_done: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
-            tmp_dir: opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
             verbatim: opts.verbatim,
             bytes_read: AtomicU64::new(0),
             bytes_new: AtomicU64::new(0),
             files_unchanged: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            chunk_pool: &chunk_pool,
         };
-        let workers = opts.workers.max(1);
-        let (job_tx, job_rx) = bounded::<Job>(2 * workers);
+        let (job_tx, job_rx) = bounded::<Job>(workers);
         let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
-        let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
-        // Finished packs' buffers, returned by the uploaders for the workers' next packs.
-        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(workers + uploaders + 1);
         // The producer (and with it the only job sender) lives inside the scope, so
         // even a panic drops the sender and lets the workers finish.
         let produced = std::thread::scope(|s| {
             for _ in 0..workers {
                 let (rx, tx) = (job_rx.clone(), pack_tx.clone());
-                let (shared, spare) = (&shared, &spare_rx);
+                let (shared, pools) = (&shared, (&pack_pool, &chunk_pool));
                 s.spawn(move || {
-                    if let Err(e) = worker(keys, pack_size, rx, tx, spare) {
+                    if let Err(e) = worker(keys, pack_size, rx, tx, pools) {
                         shared.fail(RepoError::Usage(format!("compression failed: {e}")));
                     }
                 });
@@ -824,8 +892,8 @@ impl Repository<Indexed> {
             // Uploads overlap store latency (an fsync, a cloud PUT).
             for _ in 0..uploaders {
                 let (rx, shared) = (pack_rx.clone(), &shared);
-                let (lock, spare) = (&lock, &spare_tx);
-                s.spawn(move || uploader(store, keys, lock, rx, spare, shared));
+                let (lock, pack_pool) = (&lock, &pack_pool);
+                s.spawn(move || uploader(store, keys, lock, rx, pack_pool, shared));
             }
             drop(pack_rx);
             let chunker = Chunker::new(keys, self.config.chunker);
@@ -846,6 +914,9 @@ impl Repository<Indexed> {
             produce_state.files_unchanged.into_inner(),
         );
         let (bytes_read, bytes_new, files_unchanged) = stats;
+        // Free the pipeline's memory before the snapshot is encoded: with a large
+        // database, the snapshot is the biggest object this process makes.
+        drop((produce_state.new, chunk_pool, pack_pool));
 
         // Whatever was uploaded gets indexed, even on failure, so a retry reuses it.
         let leftover = shared.take_pending();
@@ -864,6 +935,9 @@ impl Repository<Indexed> {
         // A stopped pipeline left its reason in `shared.error`, returned above.
         let nodes = produced?
             .ok_or_else(|| RepoError::Usage("the backup stopped early; run it again".into()))?;
+        let files = nodes.iter().filter(|n| n.is_file()).count() as u64;
+        let snap_bytes: u64 = nodes.iter().map(|n| n.size).sum();
+        drop(previous);
 
         let snapshot = Snapshot {
             seq,
@@ -877,21 +951,16 @@ impl Repository<Indexed> {
             nodes,
         };
         let name = ObjectName::for_snapshot(seq);
-        let sealed = envelope::seal(
-            keys,
-            ObjectKind::Snapshot,
-            &name.to_hex(),
-            &format::encode(&snapshot),
-        );
+        let plaintext = format::encode(&snapshot);
+        drop(snapshot);
+        let sealed = envelope::seal(keys, ObjectKind::Snapshot, &name.to_hex(), &plaintext);
+        drop(plaintext);
         // Index durable before the snapshot that needs it; the snapshot durable before
         // the device records it as seen.
         store.flush()?;
         store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
         store.flush()?;
         self.home.record(&self.id(), seq)?;
-
-        let files = snapshot.nodes.iter().filter(|n| n.is_file()).count() as u64;
-        let snap_bytes: u64 = snapshot.nodes.iter().map(|n| n.size).sum();
         Ok(BackupSummary {
             snapshot: name.to_hex(),
             seq,

@@ -1,14 +1,12 @@
-//! Live SQLite databases are captured with SQLite's online backup API, never by
-//! copying the file under a writer, then chunked one page per chunk.
+//! Live SQLite databases are read through SQLite itself, never by copying the file
+//! under a writer: every page comes from `sqlite_dbpage` within one read
+//! transaction, then becomes one chunk.
 
 use crate::error::{RepoError, Result};
-use backlock_core::chunker::sqlite_page_size;
-use rusqlite::{
-    backup::{Backup, StepResult},
-    Connection, OpenFlags,
-};
+use backlock_core::chunker::{sqlite_page_size, ChunkSource};
+use rusqlite::{Connection, OpenFlags};
 use std::{
-    io::Read,
+    io::{self, Read},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,8 +34,20 @@ pub(crate) fn is_sidecar(path: &Path) -> Option<PathBuf> {
         .map(|base| path.with_file_name(base))
 }
 
-/// Copies a consistent snapshot of the database at `path` into a temporary file.
-pub(crate) fn capture(path: &Path, tmp_dir: &Path) -> Result<tempfile::NamedTempFile> {
+/// How long a backup waits for a writer that holds the database locked (a
+/// rollback-journal database mid-commit) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `read` over the pages of the live database at `path`, in page order, as one
+/// consistent state even while an app keeps writing: a single `SELECT` over
+/// `sqlite_dbpage` is a single read transaction, which sees committed pages
+/// (write-ahead log included) and nothing after. Unlike a copy through the online
+/// backup API, nothing is written to a temporary file: the pages stream straight
+/// into the backup, and the restored file is the database's own bytes.
+pub(crate) fn with_pages<T>(
+    path: &Path,
+    read: impl FnOnce(&mut dyn ChunkSource) -> T,
+) -> Result<T> {
     let err = |detail: String| RepoError::Sqlite {
         path: path.to_path_buf(),
         detail,
@@ -45,7 +55,7 @@ pub(crate) fn capture(path: &Path, tmp_dir: &Path) -> Result<tempfile::NamedTemp
     // Read-write (never create) when we may: a WAL database needs its -shm and -wal
     // files while open, and only a read-write connection that closes last removes
     // them again, leaving the app's folder as it was. Read-only otherwise.
-    let src = Connection::open_with_flags(
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -56,37 +66,62 @@ pub(crate) fn capture(path: &Path, tmp_dir: &Path) -> Result<tempfile::NamedTemp
         )
     })
     .map_err(|e| err(e.to_string()))?;
-    src.busy_timeout(Duration::from_secs(30))
+    conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| err(e.to_string()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".backlock-capture-")
-        .tempfile_in(tmp_dir)
-        .map_err(|e| err(format!("temporary file in {}: {e}", tmp_dir.display())))?;
-    let mut dst = Connection::open(tmp.path()).map_err(|e| err(e.to_string()))?;
-    // The copy is read once and deleted: journaling or syncing it would only cost I/O.
-    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+    let mut stmt = conn
+        .prepare("SELECT pgno, data FROM sqlite_dbpage")
         .map_err(|e| err(e.to_string()))?;
-    {
-        // One step copies every page under a single read transaction: the copy is one
-        // consistent state even while the app keeps writing (WAL lets it).
-        let backup = Backup::new(&src, &mut dst).map_err(|e| err(e.to_string()))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match backup.step(-1).map_err(|e| err(e.to_string()))? {
-                StepResult::Done => break,
-                StepResult::More => {}
-                // A writer holds a lock (rollback-journal databases): wait, bounded.
-                StepResult::Busy | StepResult::Locked if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    return Err(err(
-                        "the database stayed locked by another writer for 60 s".into()
-                    ))
-                }
-            }
-        }
+    let rows = stmt.query([]).map_err(|e| err(e.to_string()))?;
+    let mut pages = LivePages {
+        rows,
+        next_pgno: 1,
+        failed: None,
+    };
+    let out = read(&mut pages);
+    match pages.failed {
+        Some(detail) => Err(err(detail)),
+        None => Ok(out),
     }
-    dst.close().map_err(|(_, e)| err(e.to_string()))?;
-    Ok(tmp)
+}
+
+/// The rows of `SELECT pgno, data FROM sqlite_dbpage` as chunks.
+struct LivePages<'s> {
+    rows: rusqlite::Rows<'s>,
+    next_pgno: i64,
+    /// What went wrong, reported by [`with_pages`] rather than as an I/O error.
+    failed: Option<String>,
+}
+
+impl LivePages<'_> {
+    fn next_page(&mut self, out: &mut Vec<u8>) -> std::result::Result<bool, String> {
+        let Some(row) = self.rows.next().map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let pgno: i64 = row.get(0).map_err(|e| e.to_string())?;
+        // Chunk i is page i + 1: delta bases and restore rely on it.
+        if pgno != self.next_pgno {
+            return Err(format!(
+                "page {pgno} came where page {} was due",
+                self.next_pgno
+            ));
+        }
+        self.next_pgno += 1;
+        let data = row
+            .get_ref(1)
+            .and_then(|v| v.as_blob().map_err(Into::into))
+            .map_err(|e| e.to_string())?;
+        out.extend_from_slice(data);
+        Ok(true)
+    }
+}
+
+impl ChunkSource for LivePages<'_> {
+    fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
+        self.next_page(out).map_err(|detail| {
+            let e = io::Error::other(detail.clone());
+            self.failed = Some(detail);
+            e
+        })
+    }
 }

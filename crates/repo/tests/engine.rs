@@ -161,6 +161,35 @@ fn live_sqlite_writer_still_yields_consistent_snapshot() {
 }
 
 #[test]
+fn a_database_restores_as_its_own_bytes_pending_write_ahead_log_included() {
+    let f = Fixture::fs();
+    let src = f.dir.path().join("app");
+    std::fs::create_dir(&src).unwrap();
+    let db = src.join("msgstore.db");
+    tree::write_db(&db, 5_000, 7);
+    // The app stays open with transactions only in its write-ahead log.
+    let app = rusqlite::Connection::open(&db).unwrap();
+    app.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    tree::insert_messages(&app, 500, 8);
+    let wal = src.join("msgstore.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "no pending WAL");
+    f.backup(&src);
+    // What the backup stored is the database the app has once it checkpoints: the
+    // same bytes, header included (no copy rewrote counters).
+    app.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+    drop(app);
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    let restored = std::fs::read(target.join("app/msgstore.db")).unwrap();
+    assert!(
+        restored == std::fs::read(&db).unwrap(),
+        "restored database differs"
+    );
+    assert!(!target.join("app/msgstore.db-wal").exists());
+}
+
+#[test]
 fn wrong_key_is_named_and_writes_nothing() {
     let f = Fixture::memory();
     let src = tree::write_sample(f.dir.path(), 6);
