@@ -49,15 +49,34 @@ fn find_binary(name: &str, env: Option<&str>, extra: &[&str]) -> Option<PathBuf>
         .find(|p| p.is_file())
 }
 
-/// `n` distinct ports that were free a moment ago.
+/// `n` ports, free a moment ago on every address, never handed out twice in this
+/// process. They come from below the kernel's ephemeral range (32768 and up by
+/// default), so an outgoing connection of some other test cannot take one while a
+/// killed server is being restarted on it; and a wildcard bind conflicts with a
+/// listener on any address, so a port one fleet's replica holds on 127.0.0.12 is not
+/// handed to another fleet's replica there.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound address").port())
-        .collect()
+    const FIRST: u16 = 20_000;
+    const END: u16 = 32_000;
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    if *next == 0 {
+        // Test binaries run one after another; spread them anyway.
+        *next = FIRST + (std::process::id() % 40) as u16 * 300;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in FIRST..END {
+        if out.len() == n {
+            break;
+        }
+        let port = *next;
+        *next = if port + 1 >= END { FIRST } else { port + 1 };
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    assert_eq!(out.len(), n, "no {n} free ports in {FIRST}..{END}");
+    out
 }
 
 /// Waits until `port` accepts connections or `child` exits; returns whether it is up.
