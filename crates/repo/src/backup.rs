@@ -855,9 +855,10 @@ impl Repository<Indexed> {
         let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
         // Room for every buffer that can be in flight at once: chunks held by the
         // producers, queued for and held by the workers; packs being filled, queued
-        // and uploaded.
+        // and uploaded (a finished pack waits in its worker until an uploader takes
+        // it: the pack channel holds none).
         let chunk_pool = BufferPool::new(PRODUCERS + 2 * workers);
-        let pack_pool = BufferPool::new(workers + uploaders + 1);
+        let pack_pool = BufferPool::new(workers + uploaders);
         let produce_state = ProduceState {
             keys,
             index: &self.state.index,
@@ -875,7 +876,7 @@ impl Repository<Indexed> {
             chunk_pool: &chunk_pool,
         };
         let (job_tx, job_rx) = bounded::<Job>(workers);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
         // The producer (and with it the only job sender) lives inside the scope, so
         // even a panic drops the sender and lets the workers finish.
         let produced = std::thread::scope(|s| {
