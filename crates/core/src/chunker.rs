@@ -289,6 +289,33 @@ mod tests {
     }
 
     #[test]
+    fn recycled_buffers_leave_chunks_unchanged() {
+        let keys = RepoKeys::derive(&BackupKey::from_bytes([3; 32]));
+        let c = Chunker::new(&keys, SMALL);
+        let (first, second) = (data(300_000), data(1 << 20));
+        // The read buffer of one file, and a chunk buffer, still full of its bytes.
+        let mut stream = c.stream_with(&first[..], Vec::new());
+        let mut chunk = Vec::new();
+        while stream.next_into(&mut chunk).unwrap() {}
+        let mut stream = c.stream_with(&second[..], stream.into_buffer());
+        let mut chunk = vec![0xAA; 5000];
+        let mut got = Vec::new();
+        while stream.next_into(&mut chunk).unwrap() {
+            got.push(chunk.clone());
+        }
+        let mut pos = 0;
+        let want: Vec<Vec<u8>> = c
+            .chunk_lengths(&second)
+            .into_iter()
+            .map(|n| {
+                pos += n;
+                second[pos - n..pos].to_vec()
+            })
+            .collect();
+        assert!(got == want, "chunks differ after recycling buffers");
+    }
+
+    #[test]
     fn boundaries_depend_on_key() {
         let d = data(1 << 20);
         let a = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([3; 32])), SMALL);
