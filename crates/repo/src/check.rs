@@ -4,7 +4,7 @@
 use crate::{
     bases::BaseReader,
     error::{RepoError, Result},
-    index::{decode_chunk, open_blob_at, read_index_object, stored_sizes, Index},
+    index::{decode_chunk, open_blob_at, read_index_object, stored_sizes, Index, IndexBuilder},
     Open, Repository,
 };
 use backlock_core::{
@@ -37,15 +37,16 @@ impl Repository<Open> {
         let _lock = self.lock(false)?;
         let mut report = CheckReport::default();
         let refs = self.snapshot_refs()?;
-        let mut index = Index::default();
+        let mut builder = IndexBuilder::default();
         for info in self.listed(ObjectKind::Index)? {
             match read_index_object(&*self.store, &self.keys, &info.name) {
-                Ok(file) => index.add(&file),
+                Ok(file) => builder.add(&file),
                 Err(RepoError::WrongKey) => return Err(RepoError::WrongKey),
                 Err(e) => report.errors.push(e.to_string()),
             }
             report.index_objects += 1;
         }
+        let index = builder.finish();
         let mut used: HashSet<ChunkId> = HashSet::new();
         for r in &refs {
             match self.load_snapshot(r) {

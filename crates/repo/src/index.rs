@@ -1,4 +1,10 @@
 //! The in-memory index: where each chunk is stored.
+//!
+//! A repository holds one blob per distinct chunk, and a chat database alone is one
+//! chunk per 4 KiB page, so the index is the largest structure a backup or restore
+//! keeps. It is a sorted table of 64-byte entries (pack names and delta bases are kept
+//! once, in side tables) found through a table of ID prefixes: chunk IDs are keyed
+//! MACs, so they spread evenly and a prefix bucket holds a handful of entries.
 
 use crate::error::{RepoError, Result};
 use backlock_core::{
@@ -19,12 +25,112 @@ pub struct Location {
     pub blob: BlobEntry,
 }
 
+/// An indexed blob's place in the index: a 4-byte handle for plans of many chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Slot(u32);
+
+/// One indexed blob. Pack and base are numbers into [`Index`]'s side tables.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: ChunkId,
+    offset: u64,
+    pack: u32,
+    seq: u32,
+    length: u32,
+    raw_length: u32,
+    /// 1 + the base's position in `bases` for a delta blob; 0 for a whole blob.
+    base: u32,
+}
+
+/// Bits of a chunk ID that pick its bucket in the prefix table.
+const PREFIX_BITS: u32 = 16;
+
+fn prefix(id: &ChunkId) -> usize {
+    u16::from_be_bytes([id.0[0], id.0[1]]) as usize >> (16 - PREFIX_BITS)
+}
+
 /// All index objects, merged.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
-    chunks: HashMap<ChunkId, Location>,
+    /// Sorted by ID, one entry per ID.
+    entries: Vec<Entry>,
+    /// `entries[starts[p]..starts[p + 1]]` are the entries whose ID has prefix `p`.
+    starts: Vec<u32>,
+    packs: Vec<ObjectName>,
+    bases: Vec<ChunkId>,
     /// The index objects this was built from.
     pub(crate) objects: Vec<String>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        IndexBuilder::default().finish()
+    }
+}
+
+/// Collects index objects; [`IndexBuilder::finish`] sorts them into an [`Index`].
+#[derive(Default)]
+pub(crate) struct IndexBuilder {
+    entries: Vec<Entry>,
+    packs: Vec<ObjectName>,
+    pack_numbers: HashMap<ObjectName, u32>,
+    bases: Vec<ChunkId>,
+}
+
+impl IndexBuilder {
+    /// Adds the blobs of one index object. Where two objects list the same chunk, the
+    /// one added first wins, as it always has.
+    pub(crate) fn add(&mut self, file: &IndexFile) {
+        for pack in &file.packs {
+            let next = self.packs.len() as u32;
+            let number = *self.pack_numbers.entry(pack.pack).or_insert(next);
+            if number == next {
+                self.packs.push(pack.pack);
+            }
+            self.entries.reserve(pack.blobs.len());
+            for blob in &pack.blobs {
+                let base = match blob.base {
+                    None => 0,
+                    Some(b) => {
+                        self.bases.push(b);
+                        self.bases.len() as u32
+                    }
+                };
+                self.entries.push(Entry {
+                    id: blob.id,
+                    offset: blob.offset,
+                    pack: number,
+                    seq: blob.seq,
+                    length: blob.length,
+                    raw_length: blob.raw_length,
+                    base,
+                });
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Index {
+        let mut entries = self.entries;
+        // Stable, so among entries of one ID the first added is the one kept.
+        entries.sort_by_key(|e| e.id);
+        entries.dedup_by(|later, kept| later.id == kept.id);
+        entries.shrink_to_fit();
+        let mut starts = Vec::with_capacity((1 << PREFIX_BITS) + 1);
+        let mut at = 0;
+        for p in 0..=(1usize << PREFIX_BITS) {
+            while at < entries.len() && prefix(&entries[at].id) < p {
+                at += 1;
+            }
+            starts.push(at as u32);
+        }
+        Index {
+            entries,
+            starts,
+            packs: self.packs,
+            bases: self.bases,
+            objects: Vec::new(),
+        }
+    }
 }
 
 impl Index {
@@ -34,55 +140,87 @@ impl Index {
         keys: &RepoKeys,
         hidden: &crate::rotate::Hidden,
     ) -> Result<Self> {
-        let mut index = Index::default();
+        let mut builder = IndexBuilder::default();
+        let mut objects = Vec::new();
         for info in hidden.filter(store.list(ObjectKind::Index)?) {
             let file = read_index_object(store, keys, &info.name)?;
-            index.add(&file);
-            index.objects.push(info.name);
+            builder.add(&file);
+            objects.push(info.name);
         }
+        let mut index = builder.finish();
+        index.objects = objects;
         Ok(index)
     }
 
-    pub(crate) fn add(&mut self, file: &IndexFile) {
-        for pack in &file.packs {
-            for blob in &pack.blobs {
-                self.chunks.entry(blob.id).or_insert(Location {
-                    pack: pack.pack,
-                    blob: *blob,
-                });
-            }
+    /// The slot of `id`, if it is indexed.
+    pub(crate) fn slot(&self, id: &ChunkId) -> Option<Slot> {
+        let p = prefix(id);
+        let (from, to) = (self.starts[p] as usize, self.starts[p + 1] as usize);
+        let bucket = &self.entries[from..to];
+        bucket
+            .binary_search_by(|e| e.id.cmp(id))
+            .ok()
+            .map(|i| Slot((from + i) as u32))
+    }
+
+    /// Where the blob in `slot` is stored.
+    pub(crate) fn location(&self, slot: Slot) -> Location {
+        let e = &self.entries[slot.0 as usize];
+        Location {
+            pack: self.packs[e.pack as usize],
+            blob: BlobEntry {
+                id: e.id,
+                seq: e.seq,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+                base: e.base.checked_sub(1).map(|b| self.bases[b as usize]),
+            },
         }
     }
 
+    /// True when the blob in `slot` is a delta.
+    pub(crate) fn is_delta(&self, slot: Slot) -> bool {
+        self.entries[slot.0 as usize].base != 0
+    }
+
+    /// Length of the chunk in `slot`.
+    pub(crate) fn raw_length(&self, slot: Slot) -> u32 {
+        self.entries[slot.0 as usize].raw_length
+    }
+
+    /// Sorts slots into read order: pack by pack, in the order the index lists the
+    /// packs (the order they were written), by offset within a pack.
+    pub(crate) fn read_order(&self, slot: Slot) -> (u32, u64) {
+        let e = &self.entries[slot.0 as usize];
+        (e.pack, e.offset)
+    }
+
     /// Where `id` is stored.
-    pub fn get(&self, id: &ChunkId) -> Option<&Location> {
-        self.chunks.get(id)
+    pub fn get(&self, id: &ChunkId) -> Option<Location> {
+        self.slot(id).map(|s| self.location(s))
     }
 
     /// True when `id` is stored.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.chunks.contains_key(id)
+        self.slot(id).is_some()
     }
 
     /// Number of chunks indexed.
     pub fn len(&self) -> usize {
-        self.chunks.len()
+        self.entries.len()
     }
 
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// Every indexed chunk.
-    pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &Location)> {
-        self.chunks.iter()
+        self.entries.is_empty()
     }
 
     /// The indexed blobs of each pack.
     pub(crate) fn by_pack(&self) -> HashMap<ObjectName, Vec<BlobEntry>> {
         let mut out: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
-        for loc in self.chunks.values() {
+        for slot in 0..self.entries.len() {
+            let loc = self.location(Slot(slot as u32));
             out.entry(loc.pack).or_default().push(loc.blob);
         }
         out
@@ -160,4 +298,100 @@ pub(crate) fn decode_chunk(
         return Err(damaged(backlock_core::FormatError::Tampered));
     }
     Ok(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backlock_core::format::PackEntry;
+
+    fn blob(id: ChunkId, seq: u32, base: Option<ChunkId>) -> BlobEntry {
+        BlobEntry {
+            id,
+            seq,
+            offset: 100 + seq as u64 * 10,
+            length: 10,
+            raw_length: 4096 + seq,
+            base,
+        }
+    }
+
+    fn id(n: u32) -> ChunkId {
+        ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
+    #[test]
+    fn finds_every_chunk_and_no_other() {
+        let (a, b) = (ObjectName([1; 16]), ObjectName([2; 16]));
+        // Edge prefixes too: the first and the last bucket.
+        let mut ids: Vec<ChunkId> = (0..5000).map(id).collect();
+        ids.push(ChunkId([0; 32]));
+        ids.push(ChunkId([0xff; 32]));
+        let file = IndexFile {
+            packs: vec![
+                PackEntry {
+                    pack: a,
+                    blobs: (0..2500).map(|i| blob(ids[i], i as u32, None)).collect(),
+                },
+                PackEntry {
+                    pack: b,
+                    blobs: (2500..ids.len())
+                        .map(|i| blob(ids[i], i as u32, Some(ids[i - 2500])))
+                        .collect(),
+                },
+            ],
+        };
+        let mut builder = IndexBuilder::default();
+        builder.add(&file);
+        let index = builder.finish();
+        assert_eq!(index.len(), ids.len());
+        for (i, want) in file
+            .packs
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| (p.pack, *b)))
+            .enumerate()
+        {
+            let got = index.get(&ids[i]).expect("indexed");
+            assert_eq!(
+                got,
+                Location {
+                    pack: want.0,
+                    blob: want.1
+                }
+            );
+            assert_eq!(
+                index.is_delta(index.slot(&ids[i]).unwrap()),
+                want.1.base.is_some()
+            );
+        }
+        for n in 5000..7000 {
+            assert!(!index.contains(&id(n)));
+        }
+        assert!(!index.contains(&ChunkId([0x80; 32])));
+        assert_eq!(Index::default().get(&ids[0]), None);
+    }
+
+    #[test]
+    fn the_first_object_to_list_a_chunk_wins() {
+        let (a, b) = (ObjectName([1; 16]), ObjectName([2; 16]));
+        let one = |pack, seq| IndexFile {
+            packs: vec![PackEntry {
+                pack,
+                blobs: vec![blob(id(7), seq, None), blob(id(seq), seq, None)],
+            }],
+        };
+        let mut builder = IndexBuilder::default();
+        builder.add(&one(a, 1));
+        builder.add(&one(b, 2));
+        builder.add(&one(a, 3));
+        let index = builder.finish();
+        assert_eq!(index.len(), 4);
+        let loc = index.get(&id(7)).unwrap();
+        assert_eq!((loc.pack, loc.blob.seq), (a, 1));
+        // A pack listed by two objects is one pack.
+        assert_eq!(index.by_pack().len(), 2);
+        assert_eq!(index.by_pack()[&a].len(), 3);
+        let (s1, s3) = (index.slot(&id(1)).unwrap(), index.slot(&id(3)).unwrap());
+        assert_eq!(index.read_order(s1).0, index.read_order(s3).0);
+    }
 }

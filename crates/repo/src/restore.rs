@@ -5,23 +5,26 @@
 use crate::{
     bases::bad_base,
     error::{RepoError, Result},
-    index::{decode_chunk, open_blob_at, Location},
+    index::{decode_chunk, open_blob_at, Slot},
     Indexed, Repository, SnapshotRef,
 };
 use backlock_core::{
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
     format::{BlobEntry, Node, NodeKind, Snapshot},
-    ids::{ChunkId, ObjectName},
+    ids::ObjectName,
     FormatError,
 };
 use serde::Serialize;
 use std::{
-    collections::HashMap,
+    collections::{hash_map::Entry, HashMap},
     ffi::OsStr,
     fs::{self, File, OpenOptions},
     os::unix::{ffi::OsStrExt, fs::FileExt, fs::PermissionsExt},
     path::{Component, Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
@@ -41,23 +44,19 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// Where one chunk's bytes go.
-type Targets = Vec<(usize, u64)>;
+/// One chunk to write: its blob, and the file and offset it goes to.
+#[derive(Clone, Copy)]
+struct Piece {
+    slot: Slot,
+    file: u32,
+    offset: u64,
+}
 
-/// The blobs to restore from each pack, by sequence number.
-type Plan = HashMap<ObjectName, HashMap<u32, (BlobEntry, Targets)>>;
+/// Where the plaintext of a delta's base can be read back: (slot, file, offset).
+type Placed = Vec<(Slot, u32, u64)>;
 
 /// The base plaintext of a blob (`None` for a whole blob).
 type BaseOf<'a> = dyn Fn(&BlobEntry) -> Result<Option<Vec<u8>>> + Sync + 'a;
-
-fn add(plan: &mut Plan, loc: &Location, target: (usize, u64)) {
-    plan.entry(loc.pack)
-        .or_default()
-        .entry(loc.blob.seq)
-        .or_insert_with(|| (loc.blob, Vec::new()))
-        .1
-        .push(target);
-}
 
 /// Converts a snapshot path into a relative path that cannot escape the target.
 fn safe_rel(raw: &[u8]) -> Option<PathBuf> {
@@ -137,6 +136,7 @@ impl Repository<Indexed> {
     /// each delta's base), then the deltas, decoded against bases read back from where
     /// the first pass wrote them (a restored file, or `scratch`).
     fn restore_into(&self, snap: &Snapshot, root: &Path, scratch: &Path) -> Result<(u64, u64)> {
+        let index = &self.state.index;
         let to_target = |source| RepoError::Target {
             path: root.to_path_buf(),
             source,
@@ -150,9 +150,7 @@ impl Repository<Indexed> {
             },
         };
         let mut paths = Vec::with_capacity(snap.nodes.len() + 1);
-        let (mut whole, mut deltas) = (Plan::new(), Plan::new());
-        // Where the first pass writes each whole chunk: (file, offset, length).
-        let mut placed: HashMap<ChunkId, (usize, u64, u32)> = HashMap::new();
+        let (mut whole, mut deltas) = (Vec::new(), Vec::new());
         let (mut files, mut bytes) = (0, 0);
         for (i, node) in snap.nodes.iter().enumerate() {
             let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
@@ -166,18 +164,19 @@ impl Repository<Indexed> {
                     let f = File::create(&path).map_err(to_target)?;
                     let mut offset = 0u64;
                     for id in &node.chunks {
-                        let loc = self.state.index.get(id).ok_or_else(|| {
+                        let slot = index.slot(id).ok_or_else(|| {
                             bad_base(id, "a chunk of this snapshot is in no index object")
                         })?;
-                        if loc.blob.base.is_some() {
-                            add(&mut deltas, loc, (i, offset));
-                        } else {
-                            add(&mut whole, loc, (i, offset));
-                            placed
-                                .entry(*id)
-                                .or_insert((i, offset, loc.blob.raw_length));
+                        let piece = Piece {
+                            slot,
+                            file: i as u32,
+                            offset,
+                        };
+                        match index.is_delta(slot) {
+                            true => deltas.push(piece),
+                            false => whole.push(piece),
                         }
-                        offset += loc.blob.raw_length as u64;
+                        offset += index.raw_length(slot) as u64;
                     }
                     if offset != node.size {
                         return Err(malformed(format!(
@@ -192,26 +191,8 @@ impl Repository<Indexed> {
             }
             paths.push(path);
         }
-        // Bases no restored file holds go to the scratch file.
         paths.push(scratch.to_path_buf());
-        let mut scratch_len = 0u64;
-        for blob in deltas.values().flat_map(|b| b.values().map(|(e, _)| e)) {
-            let base = blob.base.expect("only deltas are planned here");
-            if placed.contains_key(&base) {
-                continue;
-            }
-            let loc = self
-                .state
-                .index
-                .get(&base)
-                .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
-            if loc.blob.base.is_some() {
-                return Err(bad_base(&base, "a delta's base is itself a delta"));
-            }
-            add(&mut whole, loc, (paths.len() - 1, scratch_len));
-            placed.insert(base, (paths.len() - 1, scratch_len, loc.blob.raw_length));
-            scratch_len += loc.blob.raw_length as u64;
-        }
+        let (placed, scratch_len) = self.place_bases(&mut whole, &deltas, paths.len() - 1)?;
         if scratch_len > 0 {
             File::create_new(scratch)
                 .and_then(|f| f.set_len(scratch_len))
@@ -221,12 +202,17 @@ impl Repository<Indexed> {
         self.run_plan(whole, &paths, &|_| Ok(None))?;
         let read_base = |blob: &BlobEntry| -> Result<Option<Vec<u8>>> {
             let base = blob.base.expect("only deltas are planned here");
-            let (file, offset, len) = placed[&base];
-            let mut buf = vec![0u8; len as usize];
-            File::open(&paths[file])
+            let (slot, file, offset) = index
+                .slot(&base)
+                .and_then(|s| placed.binary_search_by_key(&s, |&(s, ..)| s).ok())
+                .map(|at| placed[at])
+                .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
+            let path = &paths[file as usize];
+            let mut buf = vec![0u8; index.raw_length(slot) as usize];
+            File::open(path)
                 .and_then(|f| f.read_exact_at(&mut buf, offset))
                 .map_err(|source| RepoError::Target {
-                    path: paths[file].clone(),
+                    path: path.clone(),
                     source,
                 })?;
             Ok(Some(buf))
@@ -242,9 +228,67 @@ impl Repository<Indexed> {
         Ok((files, bytes))
     }
 
-    /// Restores the blobs of `plan`, a few packs at a time.
-    fn run_plan(&self, plan: Plan, paths: &[PathBuf], base: &BaseOf<'_>) -> Result<()> {
-        let queue = Mutex::new(plan.into_iter().collect::<Vec<_>>());
+    /// Finds where the first pass writes the base of each delta, sorted by slot. A
+    /// base that no restored file holds is added to `whole`, written to file `scratch`;
+    /// returns the scratch file's length too.
+    fn place_bases(
+        &self,
+        whole: &mut Vec<Piece>,
+        deltas: &[Piece],
+        scratch: usize,
+    ) -> Result<(Placed, u64)> {
+        let index = &self.state.index;
+        let mut needed = Vec::new();
+        for delta in deltas {
+            let base = index.location(delta.slot).blob.base;
+            let base = base.expect("a delta blob names its base");
+            let slot = index
+                .slot(&base)
+                .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
+            if index.is_delta(slot) {
+                return Err(bad_base(&base, "a delta's base is itself a delta"));
+            }
+            needed.push(slot);
+        }
+        needed.sort_unstable();
+        needed.dedup();
+        let mut placed: Placed = whole
+            .iter()
+            .filter(|p| needed.binary_search(&p.slot).is_ok())
+            .map(|p| (p.slot, p.file, p.offset))
+            .collect();
+        placed.sort_by_key(|&(slot, ..)| slot);
+        placed.dedup_by_key(|&mut (slot, ..)| slot);
+        let held = placed.len();
+        let mut scratch_len = 0u64;
+        for slot in needed {
+            if placed[..held]
+                .binary_search_by_key(&slot, |&(s, ..)| s)
+                .is_err()
+            {
+                let piece = Piece {
+                    slot,
+                    file: scratch as u32,
+                    offset: scratch_len,
+                };
+                whole.push(piece);
+                placed.push((slot, piece.file, piece.offset));
+                scratch_len += index.raw_length(slot) as u64;
+            }
+        }
+        placed.sort_by_key(|&(slot, ..)| slot);
+        Ok((placed, scratch_len))
+    }
+
+    /// Restores `pieces` pack by pack, in the order the packs were written, on a few
+    /// threads.
+    fn run_plan(&self, mut pieces: Vec<Piece>, paths: &[PathBuf], base: &BaseOf<'_>) -> Result<()> {
+        let index = &self.state.index;
+        pieces.sort_unstable_by_key(|p| (index.read_order(p.slot), p.file, p.offset));
+        let packs: Vec<&[Piece]> = pieces
+            .chunk_by(|a, b| index.read_order(a.slot).0 == index.read_order(b.slot).0)
+            .collect();
+        let next = AtomicUsize::new(0);
         let failure: Mutex<Option<RepoError>> = Mutex::new(None);
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -255,11 +299,10 @@ impl Repository<Indexed> {
                     if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                         return;
                     }
-                    let Some((pack, blobs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop()
-                    else {
+                    let Some(pack) = packs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    if let Err(e) = self.restore_pack(pack, blobs, paths, base) {
+                    if let Err(e) = self.restore_pack(pack, paths, base) {
                         failure
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -275,62 +318,84 @@ impl Repository<Indexed> {
         }
     }
 
+    /// Restores the pieces of one pack, sorted by offset.
     fn restore_pack(
         &self,
-        pack: ObjectName,
-        blobs: HashMap<u32, (BlobEntry, Targets)>,
+        pieces: &[Piece],
         paths: &[PathBuf],
         base_of: &BaseOf<'_>,
     ) -> Result<()> {
-        let name = pack.to_hex();
+        let index = &self.state.index;
+        let name = index.location(pieces[0].slot).pack.to_hex();
         let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
-        let header = self
-            .store
-            .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
-        let opener = PackOpener::new(&self.keys, &name, &header).map_err(damaged)?;
-        let mut blobs: Vec<_> = blobs.into_values().collect();
-        blobs.sort_by_key(|(b, _)| b.offset);
-        let mut open_files: HashMap<usize, File> = HashMap::new();
+        // Each blob once, with every piece it fills.
+        let blobs: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.slot == b.slot).collect();
+        let entry = |i: usize| index.location(blobs[i][0].slot).blob;
+        // Neighbouring blobs are fetched in one ranged read: (blobs, start, end).
+        let mut reads = Vec::new();
         let mut i = 0;
         while i < blobs.len() {
-            // Coalesce neighbouring blobs into one ranged read.
-            let start = blobs[i].0.offset;
-            let mut end = start + blobs[i].0.length as u64;
+            let start = entry(i).offset;
+            let mut end = start + entry(i).length as u64;
             let mut j = i + 1;
-            while j < blobs.len()
-                && blobs[j].0.offset <= end + COALESCE_GAP
-                && blobs[j].0.offset + blobs[j].0.length as u64 - start <= 64 << 20
-            {
-                end = end.max(blobs[j].0.offset + blobs[j].0.length as u64);
+            while j < blobs.len() {
+                let b = entry(j);
+                if b.offset > end + COALESCE_GAP || b.offset + b.length as u64 - start > 64 << 20 {
+                    break;
+                }
+                end = end.max(b.offset + b.length as u64);
                 j += 1;
             }
-            let data = self
-                .store
-                .get_range(ObjectKind::Pack, &name, start, end - start)?;
-            for (blob, targets) in &blobs[i..j] {
-                let encoded = open_blob_at(&opener, &name, &data, start, blob)?;
-                let base = base_of(blob)?;
-                let chunk = decode_chunk(&self.keys, &name, &encoded, blob, base.as_deref())?;
-                for &(file, offset) in targets {
-                    let f = match open_files.entry(file) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(OpenOptions::new().write(true).open(&paths[file]).map_err(
-                                |source| RepoError::Target {
-                                    path: paths[file].clone(),
-                                    source,
-                                },
-                            )?)
+            reads.push((i..j, start, end));
+            i = j;
+        }
+        // The pack's header comes with the first read when that starts close to it.
+        let mut first = None;
+        if reads[0].1 <= HEADER_LEN as u64 + COALESCE_GAP {
+            reads[0].1 = 0;
+            first = Some(
+                self.store
+                    .get_range(ObjectKind::Pack, &name, 0, reads[0].2)?,
+            );
+        }
+        let opener = match &first {
+            Some(data) => PackOpener::new(&self.keys, &name, data),
+            None => {
+                let header = self
+                    .store
+                    .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
+                PackOpener::new(&self.keys, &name, &header)
+            }
+        }
+        .map_err(damaged)?;
+        let mut open_files: HashMap<u32, File> = HashMap::new();
+        for (range, start, end) in reads {
+            let data = match first.take() {
+                Some(data) => data,
+                None => self
+                    .store
+                    .get_range(ObjectKind::Pack, &name, start, end - start)?,
+            };
+            for group in &blobs[range] {
+                let blob = index.location(group[0].slot).blob;
+                let encoded = open_blob_at(&opener, &name, &data, start, &blob)?;
+                let base = base_of(&blob)?;
+                let chunk = decode_chunk(&self.keys, &name, &encoded, &blob, base.as_deref())?;
+                for piece in *group {
+                    let path = &paths[piece.file as usize];
+                    let target = |source| RepoError::Target {
+                        path: path.clone(),
+                        source,
+                    };
+                    let f = match open_files.entry(piece.file) {
+                        Entry::Occupied(o) => o.into_mut(),
+                        Entry::Vacant(v) => {
+                            v.insert(OpenOptions::new().write(true).open(path).map_err(target)?)
                         }
                     };
-                    f.write_all_at(&chunk, offset)
-                        .map_err(|source| RepoError::Target {
-                            path: paths[file].clone(),
-                            source,
-                        })?;
+                    f.write_all_at(&chunk, piece.offset).map_err(target)?;
                 }
             }
-            i = j;
         }
         Ok(())
     }

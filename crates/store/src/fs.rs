@@ -186,7 +186,9 @@ impl ObjectStore for FsStore {
             }
             Err(e) => return Err(self.io(name, e)),
         };
-        let mut out = Vec::new();
+        // One allocation of the final size: the range is often a whole 4 MiB pack.
+        let size = f.metadata().map_err(|e| self.io(name, e))?.len();
+        let mut out = Vec::with_capacity(len.min(size.saturating_sub(offset)) as usize);
         f.seek(SeekFrom::Start(offset))
             .and_then(|_| f.take(len).read_to_end(&mut out))
             .map_err(|e| self.io(name, e))?;
