@@ -6,6 +6,7 @@
 //! by the index), so a SQLite page that changed by one row costs tens of bytes.
 
 use crate::error::FormatError;
+use std::borrow::Cow;
 
 /// Codec byte: payload is the chunk itself.
 pub const CODEC_RAW: u8 = 0;
@@ -146,19 +147,60 @@ fn encode_delta(chunk: &[u8], base: &[u8]) -> Option<Vec<u8>> {
 /// hostile frame cannot make us allocate more). `base` is the plaintext of the chunk
 /// the index names as this blob's base: required for codec 2, refused otherwise.
 pub fn decode(blob: &[u8], max_len: usize, base: Option<&[u8]>) -> Result<Vec<u8>, FormatError> {
-    let malformed = |detail: String| FormatError::Malformed {
-        what: "blob",
-        detail,
-    };
-    match (blob.split_first(), base) {
-        (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) => decode_delta(rest, max_len, base),
-        (Some((&CODEC_ZSTD_DELTA, _)), None) => Err(malformed(
-            "a delta blob whose index entry names no base".into(),
-        )),
-        (Some((&c, _)), Some(_)) if c == CODEC_RAW || c == CODEC_ZSTD => Err(malformed(
-            "the index names a base for a blob that is not a delta".into(),
-        )),
-        (b, _) => decode_whole(b, max_len),
+    BlobDecoder::new()?
+        .decode(blob, max_len, base)
+        .map(Cow::into_owned)
+}
+
+/// Decodes blobs, reusing one zstd context (one per reading thread): creating a
+/// context per blob cost a restore more than decompressing its database pages.
+pub struct BlobDecoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+}
+
+impl BlobDecoder {
+    /// A new decoder.
+    pub fn new() -> Result<Self, FormatError> {
+        let zstd = zstd::bulk::Decompressor::new().map_err(|e| FormatError::Malformed {
+            what: "blob",
+            detail: format!("no zstd context: {e}"),
+        })?;
+        Ok(BlobDecoder { zstd })
+    }
+
+    /// [`decode`]: a raw blob's chunk is borrowed from `blob`, not copied.
+    pub fn decode<'a>(
+        &mut self,
+        blob: &'a [u8],
+        max_len: usize,
+        base: Option<&[u8]>,
+    ) -> Result<Cow<'a, [u8]>, FormatError> {
+        let malformed = |detail: String| FormatError::Malformed {
+            what: "blob",
+            detail,
+        };
+        match (blob.split_first(), base) {
+            (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) => {
+                decode_delta(rest, max_len, base).map(Cow::Owned)
+            }
+            (Some((&CODEC_ZSTD_DELTA, _)), None) => Err(malformed(
+                "a delta blob whose index entry names no base".into(),
+            )),
+            (Some((&c, _)), Some(_)) if c == CODEC_RAW || c == CODEC_ZSTD => Err(malformed(
+                "the index names a base for a blob that is not a delta".into(),
+            )),
+            (Some((&CODEC_RAW, rest)), None) if rest.len() <= max_len => Ok(Cow::Borrowed(rest)),
+            (Some((&CODEC_RAW, rest)), None) => {
+                Err(malformed(format!("{} bytes exceeds {max_len}", rest.len())))
+            }
+            (Some((&CODEC_ZSTD, rest)), None) => self
+                .zstd
+                .decompress(rest, max_len)
+                .map(Cow::Owned)
+                .map_err(|e| malformed(e.to_string())),
+            (Some((&c, _)), _) => Err(malformed(format!("unknown codec {c}"))),
+            (None, _) => Err(malformed("empty".into())),
+        }
     }
 }
 
@@ -167,6 +209,7 @@ fn decode_delta(frame: &[u8], max_len: usize, base: &[u8]) -> Result<Vec<u8>, Fo
         what: "blob",
         detail,
     };
+    // A fresh context: a referenced prefix borrows the context for its lifetime.
     let mut dctx = zstd::zstd_safe::DCtx::create();
     dctx.ref_prefix(base)
         .map_err(|c| malformed(zstd::zstd_safe::get_error_name(c).into()))?;
@@ -174,24 +217,6 @@ fn decode_delta(frame: &[u8], max_len: usize, base: &[u8]) -> Result<Vec<u8>, Fo
     dctx.decompress(&mut out, frame)
         .map_err(|c| malformed(zstd::zstd_safe::get_error_name(c).into()))?;
     Ok(out)
-}
-
-fn decode_whole(blob: Option<(&u8, &[u8])>, max_len: usize) -> Result<Vec<u8>, FormatError> {
-    let malformed = |detail: String| FormatError::Malformed {
-        what: "blob",
-        detail,
-    };
-    match blob {
-        Some((&CODEC_RAW, rest)) if rest.len() <= max_len => Ok(rest.to_vec()),
-        Some((&CODEC_RAW, rest)) => {
-            Err(malformed(format!("{} bytes exceeds {max_len}", rest.len())))
-        }
-        Some((&CODEC_ZSTD, rest)) => {
-            zstd::bulk::decompress(rest, max_len).map_err(|e| malformed(e.to_string()))
-        }
-        Some((&c, _)) => Err(malformed(format!("unknown codec {c}"))),
-        None => Err(malformed("empty".into())),
-    }
 }
 
 #[cfg(test)]

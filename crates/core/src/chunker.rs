@@ -150,12 +150,23 @@ impl<R: Read> ChunkStream<'_, R> {
         }
         self.buf.drain(..self.start);
         self.start = 0;
-        // read_to_end appends into spare capacity without zeroing it first, and grows
-        // the buffer only as far as the file needs (small media stay small).
-        let want = (2 * max - self.buf.len()) as u64;
-        let got = (&mut self.reader).take(want).read_to_end(&mut self.buf)?;
-        if (got as u64) < want {
-            self.eof = true;
+        let full = 2 * max;
+        while self.buf.len() < full {
+            // Grows only as far as the file needs (small media stay small), doubling,
+            // and never past two maximum chunks: `read_to_end` on its own would double
+            // a full buffer once more to probe for the end.
+            if self.buf.len() == self.buf.capacity() {
+                let more = self.buf.capacity().max(64 << 10).min(full - self.buf.len());
+                self.buf.reserve_exact(more);
+            }
+            // Bounded by the spare capacity, `read_to_end` appends without zeroing first
+            // and never reallocates.
+            let room = (self.buf.capacity().min(full) - self.buf.len()) as u64;
+            let got = (&mut self.reader).take(room).read_to_end(&mut self.buf)?;
+            if (got as u64) < room {
+                self.eof = true;
+                break;
+            }
         }
         Ok(())
     }
@@ -313,6 +324,28 @@ mod tests {
             })
             .collect();
         assert!(got == want, "chunks differ after recycling buffers");
+    }
+
+    #[test]
+    fn the_read_buffer_holds_at_most_two_maximum_chunks() {
+        let c = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([3; 32])), SMALL);
+        let max = SMALL.max as usize;
+        let small = data(1000);
+        let mut stream = c.stream(&small[..]);
+        let mut chunk = Vec::new();
+        while stream.next_into(&mut chunk).unwrap() {}
+        assert!(
+            stream.into_buffer().capacity() <= 64 << 10,
+            "a small file stays small"
+        );
+        let large = data(40 * max + 123);
+        let mut stream = c.stream(&large[..]);
+        let mut total = 0;
+        while stream.next_into(&mut chunk).unwrap() {
+            total += chunk.len();
+        }
+        assert_eq!(total, large.len());
+        assert!(stream.into_buffer().capacity() <= 2 * max);
     }
 
     #[test]

@@ -358,24 +358,35 @@ impl PackOpener {
 
     /// Authenticates and decrypts one sealed blob; returns its encoded plaintext.
     pub fn open_blob(&self, seq: u32, id: &ChunkId, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        let mut buf = sealed.to_vec();
+        let len = self.open_blob_in_place(seq, id, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// [`open_blob`](Self::open_blob) decrypting in `sealed` itself: returns the
+    /// encoded blob, a prefix of `sealed`. Saves a copy of every restored byte.
+    pub fn open_blob_in_place<'a>(
+        &self,
+        seq: u32,
+        id: &ChunkId,
+        sealed: &'a mut [u8],
+    ) -> Result<&'a [u8], FormatError> {
         if sealed.len() < TAG_LEN {
             return Err(FormatError::Truncated {
                 len: sealed.len(),
                 min: TAG_LEN,
             });
         }
-        let mut buf = sealed.to_vec();
-        let len = self
+        let plain = self
             .key
             .open_in_place(
                 nonce(seq),
                 Aad::from(blob_aad(&self.aad_prefix, seq, id)),
-                &mut buf,
+                sealed,
             )
-            .map_err(|_| FormatError::Tampered)?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+            .map_err(|_| FormatError::Tampered)?;
+        Ok(plain)
     }
 }
 

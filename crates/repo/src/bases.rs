@@ -6,6 +6,7 @@ use crate::{
     index::{decode_chunk, open_blob_at, Index},
 };
 use backlock_core::{
+    blob::BlobDecoder,
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
     format::BlobEntry,
     ids::{ChunkId, ObjectName},
@@ -93,6 +94,8 @@ impl<'a> BaseReader<'a> {
                 v.insert(opener)
             }
         };
+        let mut decoder =
+            BlobDecoder::new().map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
         let mut i = 0;
         while i < blobs.len() {
             let start = blobs[i].offset;
@@ -107,7 +110,8 @@ impl<'a> BaseReader<'a> {
                 .get_range(ObjectKind::Pack, &name, start, end - start)?;
             for b in &blobs[i..j] {
                 let encoded = open_blob_at(opener, &name, &data, start, b)?;
-                out.insert(b.id, decode_chunk(self.keys, &name, &encoded, b, None)?);
+                let chunk = decode_chunk(&mut decoder, self.keys, &name, &encoded, b, None)?;
+                out.insert(b.id, chunk.into_owned());
             }
             i = j;
         }

@@ -8,6 +8,7 @@ use crate::{
     Open, Repository,
 };
 use backlock_core::{
+    blob::BlobDecoder,
     envelope::{ObjectKind, PackOpener},
     ids::{ChunkId, ObjectName},
 };
@@ -142,10 +143,11 @@ impl Repository<Open> {
         let opener = PackOpener::new(&self.keys, name, &data).map_err(damaged)?;
         let bases = BaseReader::new(&*self.store, &self.keys, index)
             .read(blobs.iter().filter_map(|b| b.base))?;
+        let mut decoder = BlobDecoder::new().map_err(damaged)?;
         for b in blobs {
             let encoded = open_blob_at(&opener, name, &data, 0, b)?;
             let base = b.base.map(|id| bases[&id].as_slice());
-            decode_chunk(&self.keys, name, &encoded, b, base)?;
+            decode_chunk(&mut decoder, &self.keys, name, &encoded, b, base)?;
             *read += 1;
         }
         Ok(())

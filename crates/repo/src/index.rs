@@ -8,13 +8,14 @@
 
 use crate::error::{RepoError, Result};
 use backlock_core::{
+    blob::BlobDecoder,
     envelope::{self, ObjectKind},
     format::{BlobEntry, IndexFile},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
 use backlock_store::ObjectStore;
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 /// A chunk's location: its pack and blob entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,18 +283,46 @@ pub(crate) fn open_blob_at(
     opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)
 }
 
+/// [`open_blob_at`] decrypting in `data` itself: the encoded blob is a slice of it.
+pub(crate) fn open_blob_in<'a>(
+    opener: &backlock_core::envelope::PackOpener,
+    name: &str,
+    data: &'a mut [u8],
+    start: u64,
+    b: &BlobEntry,
+) -> Result<&'a [u8]> {
+    let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
+    let len = data.len();
+    let from = b.offset.checked_sub(start).map(|f| f as usize);
+    let end = from.map(|f| f + b.length as usize);
+    let sealed = from
+        .zip(end)
+        .and_then(|(f, e)| data.get_mut(f..e))
+        .ok_or_else(|| {
+            damaged(backlock_core::FormatError::Truncated {
+                len,
+                min: end.unwrap_or(usize::MAX),
+            })
+        })?;
+    opener
+        .open_blob_in_place(b.seq, &b.id, sealed)
+        .map_err(damaged)
+}
+
 /// Decodes an encoded blob and checks it is exactly the chunk its ID names. `base` is
 /// the plaintext of `b.base` for a delta blob, `None` otherwise.
-pub(crate) fn decode_chunk(
+pub(crate) fn decode_chunk<'a>(
+    decoder: &mut BlobDecoder,
     keys: &RepoKeys,
     name: &str,
-    encoded: &[u8],
+    encoded: &'a [u8],
     b: &BlobEntry,
     base: Option<&[u8]>,
-) -> Result<Vec<u8>> {
+) -> Result<Cow<'a, [u8]>> {
     let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
-    let chunk =
-        backlock_core::blob::decode(encoded, b.raw_length as usize, base).map_err(damaged)?;
+    let chunk = decoder
+        .decode(encoded, b.raw_length as usize, base)
+        .map_err(damaged)?;
     if chunk.len() != b.raw_length as usize || !b.id.verify(keys, &chunk) {
         return Err(damaged(backlock_core::FormatError::Tampered));
     }

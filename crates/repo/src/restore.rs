@@ -5,10 +5,11 @@
 use crate::{
     bases::bad_base,
     error::{RepoError, Result},
-    index::{decode_chunk, open_blob_at, Slot},
+    index::{decode_chunk, open_blob_in, Slot},
     Indexed, Repository, SnapshotRef,
 };
 use backlock_core::{
+    blob::BlobDecoder,
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
     format::{BlobEntry, Node, NodeKind, Snapshot},
     ids::ObjectName,
@@ -30,6 +31,9 @@ use std::{
 
 /// Ranges closer than this are fetched in one read.
 const COALESCE_GAP: u64 = 1 << 20;
+
+/// How many packs ahead of the one being restored the store is asked to fetch.
+const PREFETCH_PACKS: usize = 4;
 
 /// What a restore did.
 #[derive(Clone, Debug, Serialize)]
@@ -295,19 +299,33 @@ impl Repository<Indexed> {
             .clamp(2, 4);
         std::thread::scope(|s| {
             for _ in 0..threads {
-                s.spawn(|| loop {
-                    if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                        return;
-                    }
-                    let Some(pack) = packs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        return;
-                    };
-                    if let Err(e) = self.restore_pack(pack, paths, base) {
+                s.spawn(|| {
+                    let fail = |e| {
                         failure
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .get_or_insert(e);
-                        return;
+                    };
+                    let mut decoder = match BlobDecoder::new() {
+                        Ok(d) => d,
+                        Err(e) => return fail(RepoError::damaged(ObjectKind::Pack, "(any)", e)),
+                    };
+                    loop {
+                        if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                            return;
+                        }
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(pack) = packs.get(k) else {
+                            return;
+                        };
+                        // The disk fetches the packs that come next while this one is
+                        // decrypted, checked and written.
+                        if let Some(ahead) = packs.get(k + PREFETCH_PACKS) {
+                            self.prefetch(ahead);
+                        }
+                        if let Err(e) = self.restore_pack(&mut decoder, pack, paths, base) {
+                            return fail(e);
+                        }
                     }
                 });
             }
@@ -318,9 +336,20 @@ impl Repository<Indexed> {
         }
     }
 
+    /// Asks the store to start reading the part of a pack that `pieces` need.
+    fn prefetch(&self, pieces: &[Piece]) {
+        let index = &self.state.index;
+        let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+        let pack = index.location(first.slot).pack.to_hex();
+        let end = index.location(last.slot).blob;
+        let end = end.offset + end.length as u64;
+        self.store.prefetch(ObjectKind::Pack, &pack, 0, end);
+    }
+
     /// Restores the pieces of one pack, sorted by offset.
     fn restore_pack(
         &self,
+        decoder: &mut BlobDecoder,
         pieces: &[Piece],
         paths: &[PathBuf],
         base_of: &BaseOf<'_>,
@@ -370,7 +399,7 @@ impl Repository<Indexed> {
         .map_err(damaged)?;
         let mut open_files: HashMap<u32, File> = HashMap::new();
         for (range, start, end) in reads {
-            let data = match first.take() {
+            let mut data = match first.take() {
                 Some(data) => data,
                 None => self
                     .store
@@ -378,9 +407,10 @@ impl Repository<Indexed> {
             };
             for group in &blobs[range] {
                 let blob = index.location(group[0].slot).blob;
-                let encoded = open_blob_at(&opener, &name, &data, start, &blob)?;
                 let base = base_of(&blob)?;
-                let chunk = decode_chunk(&self.keys, &name, &encoded, &blob, base.as_deref())?;
+                let encoded = open_blob_in(&opener, &name, &mut data, start, &blob)?;
+                let chunk =
+                    decode_chunk(decoder, &self.keys, &name, encoded, &blob, base.as_deref())?;
                 for piece in *group {
                     let path = &paths[piece.file as usize];
                     let target = |source| RepoError::Target {

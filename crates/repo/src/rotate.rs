@@ -15,6 +15,7 @@ use crate::{
     Open, RepoLock, Repository, SnapshotRef,
 };
 use backlock_core::{
+    blob::BlobDecoder,
     envelope::{self, ObjectKind, PackOpener, PackSealer, HEADER_LEN},
     format::{
         self, BlobEntry, IndexFile, ObjectSet, PackEntry, Rotation, Snapshot, CONFIG_NAME,
@@ -359,10 +360,12 @@ impl Repository<Open> {
                 .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
             let bases = BaseReader::new(&*self.store, &self.keys, index)
                 .read(blobs.iter().filter_map(|b| b.base))?;
+            let mut decoder =
+                BlobDecoder::new().map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
             for b in &blobs {
                 let encoded = open_blob_at(&opener, &name, &data, 0, b)?;
                 let base = b.base.map(|id| bases[&id].as_slice());
-                let chunk = decode_chunk(&self.keys, &name, &encoded, b, base)?;
+                let chunk = decode_chunk(&mut decoder, &self.keys, &name, &encoded, b, base)?;
                 let new_id = ChunkId::compute(new_keys, &chunk);
                 // A delta's payload does not depend on the key: only its base's ID.
                 let new_base = base.map(|plain| ChunkId::compute(new_keys, plain));

@@ -171,6 +171,14 @@ impl ObjectStore for FsStore {
         }
     }
 
+    fn prefetch(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) {
+        // WILLNEED starts asynchronous reads and returns at once.
+        if let Some(f) = self.path(kind, name).ok().and_then(|p| File::open(p).ok()) {
+            let advice = rustix::fs::Advice::WillNeed;
+            let _ = rustix::fs::fadvise(&f, offset, std::num::NonZeroU64::new(len), advice);
+        }
+    }
+
     fn get_range(
         &self,
         kind: ObjectKind,

@@ -98,6 +98,9 @@ pub trait ObjectStore: Send + Sync {
     fn max_concurrent_puts(&self) -> usize {
         2
     }
+    /// Hints that `len` bytes at `offset` of an object will be read soon, so a store
+    /// that can start reading early (a local disk) does. Only a hint: nothing fails.
+    fn prefetch(&self, _kind: ObjectKind, _name: &str, _offset: u64, _len: u64) {}
 }
 
 impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
@@ -130,5 +133,8 @@ impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
     }
     fn max_concurrent_puts(&self) -> usize {
         (**self).max_concurrent_puts()
+    }
+    fn prefetch(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) {
+        (**self).prefetch(kind, name, offset, len)
     }
 }
