@@ -204,7 +204,13 @@ impl<S> Repository<S> {
         let damaged = |e| RepoError::damaged(ObjectKind::Snapshot, &name, e);
         let plain =
             envelope::open(&self.keys, ObjectKind::Snapshot, &name, &sealed).map_err(damaged)?;
-        let snap: Snapshot = format::decode(&plain, "snapshot").map_err(damaged)?;
+        let mut snap: Snapshot = format::decode(&plain, "snapshot").map_err(damaged)?;
+        drop((sealed, plain));
+        // Decoding grows each chunk list by doubling, and a database's list (a chunk
+        // ID per page) is what a backup keeps longest after the index.
+        for node in &mut snap.nodes {
+            node.chunks.shrink_to_fit();
+        }
         if snap.seq != r.seq {
             return Err(damaged(backlock_core::FormatError::Malformed {
                 what: "snapshot",
