@@ -15,7 +15,7 @@ use backlock_core::{
     kdf::RepoKeys,
 };
 use backlock_store::ObjectStore;
-use std::{borrow::Cow, collections::HashMap};
+use std::{borrow::Cow, collections::HashMap, ops::Range};
 
 /// A chunk's location: its pack and blob entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +259,23 @@ pub(crate) fn write_index_object(
     Ok(sealed.len() as u64)
 }
 
+/// Where blob `b` lies in `data`, which holds a pack's bytes from offset `start`.
+fn blob_range(name: &str, len: usize, start: u64, b: &BlobEntry) -> Result<Range<usize>> {
+    let from = b.offset.checked_sub(start).map(|f| f as usize);
+    let end = from.and_then(|f| f.checked_add(b.length as usize));
+    match from.zip(end) {
+        Some((f, e)) if e <= len => Ok(f..e),
+        _ => Err(RepoError::damaged(
+            ObjectKind::Pack,
+            name,
+            backlock_core::FormatError::Truncated {
+                len,
+                min: end.unwrap_or(usize::MAX),
+            },
+        )),
+    }
+}
+
 /// Authenticates blob `b` of pack `name` taken from `data`, which holds the pack's
 /// bytes starting at offset `start`; returns the encoded blob (codec byte first).
 pub(crate) fn open_blob_at(
@@ -268,19 +285,10 @@ pub(crate) fn open_blob_at(
     start: u64,
     b: &BlobEntry,
 ) -> Result<Vec<u8>> {
-    let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
-    let from = b.offset.checked_sub(start).map(|f| f as usize);
-    let end = from.map(|f| f + b.length as usize);
-    let sealed = from
-        .zip(end)
-        .and_then(|(f, e)| data.get(f..e))
-        .ok_or_else(|| {
-            damaged(backlock_core::FormatError::Truncated {
-                len: data.len(),
-                min: end.unwrap_or(usize::MAX),
-            })
-        })?;
-    opener.open_blob(b.seq, &b.id, sealed).map_err(damaged)
+    let sealed = &data[blob_range(name, data.len(), start, b)?];
+    opener
+        .open_blob(b.seq, &b.id, sealed)
+        .map_err(|e| RepoError::damaged(ObjectKind::Pack, name, e))
 }
 
 /// [`open_blob_at`] decrypting in `data` itself: the encoded blob is a slice of it.
@@ -291,22 +299,10 @@ pub(crate) fn open_blob_in<'a>(
     start: u64,
     b: &BlobEntry,
 ) -> Result<&'a [u8]> {
-    let damaged = |e| RepoError::damaged(ObjectKind::Pack, name, e);
-    let len = data.len();
-    let from = b.offset.checked_sub(start).map(|f| f as usize);
-    let end = from.map(|f| f + b.length as usize);
-    let sealed = from
-        .zip(end)
-        .and_then(|(f, e)| data.get_mut(f..e))
-        .ok_or_else(|| {
-            damaged(backlock_core::FormatError::Truncated {
-                len,
-                min: end.unwrap_or(usize::MAX),
-            })
-        })?;
+    let range = blob_range(name, data.len(), start, b)?;
     opener
-        .open_blob_in_place(b.seq, &b.id, sealed)
-        .map_err(damaged)
+        .open_blob_in_place(b.seq, &b.id, &mut data[range])
+        .map_err(|e| RepoError::damaged(ObjectKind::Pack, name, e))
 }
 
 /// Decodes an encoded blob and checks it is exactly the chunk its ID names. `base` is
