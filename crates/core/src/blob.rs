@@ -147,7 +147,7 @@ fn encode_delta(chunk: &[u8], base: &[u8]) -> Option<Vec<u8>> {
 /// hostile frame cannot make us allocate more). `base` is the plaintext of the chunk
 /// the index names as this blob's base: required for codec 2, refused otherwise.
 pub fn decode(blob: &[u8], max_len: usize, base: Option<&[u8]>) -> Result<Vec<u8>, FormatError> {
-    BlobDecoder::new()?
+    BlobDecoder::new()
         .decode(blob, max_len, base)
         .map(Cow::into_owned)
 }
@@ -155,17 +155,21 @@ pub fn decode(blob: &[u8], max_len: usize, base: Option<&[u8]>) -> Result<Vec<u8
 /// Decodes blobs, reusing one zstd context (one per reading thread): creating a
 /// context per blob cost a restore more than decompressing its database pages.
 pub struct BlobDecoder {
-    zstd: zstd::bulk::Decompressor<'static>,
+    zstd: zstd::zstd_safe::DCtx<'static>,
+}
+
+impl Default for BlobDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl BlobDecoder {
-    /// A new decoder.
-    pub fn new() -> Result<Self, FormatError> {
-        let zstd = zstd::bulk::Decompressor::new().map_err(|e| FormatError::Malformed {
-            what: "blob",
-            detail: format!("no zstd context: {e}"),
-        })?;
-        Ok(BlobDecoder { zstd })
+    /// A new decoder (like any allocation, it aborts only when memory runs out).
+    pub fn new() -> Self {
+        BlobDecoder {
+            zstd: zstd::zstd_safe::DCtx::create(),
+        }
     }
 
     /// [`decode`]: a raw blob's chunk is borrowed from `blob`, not copied.
@@ -193,11 +197,14 @@ impl BlobDecoder {
             (Some((&CODEC_RAW, rest)), None) => {
                 Err(malformed(format!("{} bytes exceeds {max_len}", rest.len())))
             }
-            (Some((&CODEC_ZSTD, rest)), None) => self
-                .zstd
-                .decompress(rest, max_len)
-                .map(Cow::Owned)
-                .map_err(|e| malformed(e.to_string())),
+            (Some((&CODEC_ZSTD, rest)), None) => {
+                // Output capacity is the bound: a larger frame is an error, not a resize.
+                let mut out = Vec::with_capacity(max_len);
+                self.zstd
+                    .decompress(&mut out, rest)
+                    .map_err(|c| malformed(zstd::zstd_safe::get_error_name(c).into()))?;
+                Ok(Cow::Owned(out))
+            }
             (Some((&c, _)), _) => Err(malformed(format!("unknown codec {c}"))),
             (None, _) => Err(malformed("empty".into())),
         }

@@ -94,8 +94,7 @@ impl<'a> BaseReader<'a> {
                 v.insert(opener)
             }
         };
-        let mut decoder =
-            BlobDecoder::new().map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+        let mut decoder = BlobDecoder::new();
         let mut i = 0;
         while i < blobs.len() {
             let start = blobs[i].offset;

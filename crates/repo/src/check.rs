@@ -143,7 +143,7 @@ impl Repository<Open> {
         let opener = PackOpener::new(&self.keys, name, &data).map_err(damaged)?;
         let bases = BaseReader::new(&*self.store, &self.keys, index)
             .read(blobs.iter().filter_map(|b| b.base))?;
-        let mut decoder = BlobDecoder::new().map_err(damaged)?;
+        let mut decoder = BlobDecoder::new();
         for b in blobs {
             let encoded = open_blob_at(&opener, name, &data, 0, b)?;
             let base = b.base.map(|id| bases[&id].as_slice());

@@ -306,10 +306,7 @@ impl Repository<Indexed> {
                             .unwrap_or_else(|p| p.into_inner())
                             .get_or_insert(e);
                     };
-                    let mut decoder = match BlobDecoder::new() {
-                        Ok(d) => d,
-                        Err(e) => return fail(RepoError::damaged(ObjectKind::Pack, "(any)", e)),
-                    };
+                    let mut decoder = BlobDecoder::new();
                     loop {
                         if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                             return;

@@ -360,8 +360,7 @@ impl Repository<Open> {
                 .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
             let bases = BaseReader::new(&*self.store, &self.keys, index)
                 .read(blobs.iter().filter_map(|b| b.base))?;
-            let mut decoder =
-                BlobDecoder::new().map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+            let mut decoder = BlobDecoder::new();
             for b in &blobs {
                 let encoded = open_blob_at(&opener, &name, &data, 0, b)?;
                 let base = b.base.map(|id| bases[&id].as_slice());
