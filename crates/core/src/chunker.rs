@@ -107,7 +107,7 @@ impl Chunker {
         out
     }
 
-    /// Streams `reader` as chunks, holding at most about two maximum chunks in memory.
+    /// Streams `reader` as chunks, reading through a buffer of one maximum chunk.
     pub fn stream<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
         self.stream_with(reader, Vec::new())
     }
@@ -143,25 +143,31 @@ pub struct ChunkStream<'c, R> {
 }
 
 impl<R: Read> ChunkStream<'_, R> {
-    fn fill(&mut self) -> io::Result<()> {
-        let max = self.chunker.params.max as usize;
-        if self.eof || self.buf.len() - self.start >= max {
+    /// Makes at least `want` unread bytes available (fewer only at the end of the
+    /// file), in a buffer that never holds more than one maximum chunk.
+    fn fill(&mut self, want: usize) -> io::Result<()> {
+        let limit = self.chunker.params.max as usize;
+        if self.eof || self.buf.len() - self.start >= want {
             return Ok(());
         }
-        self.buf.drain(..self.start);
-        self.start = 0;
-        let full = 2 * max;
-        while self.buf.len() < full {
-            // Grows only as far as the file needs (small media stay small), doubling,
-            // and never past two maximum chunks: `read_to_end` on its own would double
-            // a full buffer once more to probe for the end.
+        if self.start + want > limit {
+            // Moves fewer than `want` bytes, after at least `limit - want` were consumed.
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        while self.buf.len() < limit {
+            // Grows only as far as the file needs (small media stay small), doubling.
             if self.buf.len() == self.buf.capacity() {
-                let more = self.buf.capacity().max(64 << 10).min(full - self.buf.len());
+                let more = self
+                    .buf
+                    .capacity()
+                    .max(64 << 10)
+                    .min(limit - self.buf.len());
                 self.buf.reserve_exact(more);
             }
             // Bounded by the spare capacity, `read_to_end` appends without zeroing first
             // and never reallocates.
-            let room = (self.buf.capacity().min(full) - self.buf.len()) as u64;
+            let room = (self.buf.capacity().min(limit) - self.buf.len()) as u64;
             let got = (&mut self.reader).take(room).read_to_end(&mut self.buf)?;
             if (got as u64) < room {
                 self.eof = true;
@@ -181,12 +187,26 @@ impl<R> ChunkStream<'_, R> {
 
 impl<R: Read> ChunkSource for ChunkStream<'_, R> {
     fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
-        self.fill()?;
         out.clear();
-        if self.start == self.buf.len() {
-            return Ok(false);
-        }
-        let len = self.chunker.cut(&self.buf[self.start..]);
+        let max = self.chunker.params.max as usize;
+        // Most chunks end within two averages: cut within what is buffered, and read
+        // up to a whole maximum chunk only when no boundary shows there.
+        let mut want = (2 * self.chunker.params.avg as usize).min(max);
+        let len = loop {
+            self.fill(want)?;
+            let avail = self.buf.len() - self.start;
+            if avail == 0 {
+                return Ok(false);
+            }
+            let len = self.chunker.cut(&self.buf[self.start..]);
+            // A cut before the end of the buffered bytes is where the whole file would
+            // be cut: FastCDC takes the first position whose hash matches, and the
+            // hash and mask at each position depend only on the bytes before it.
+            if len < avail || avail >= max || self.eof {
+                break len;
+            }
+            want = max;
+        };
         // Exactly: a recycled buffer then grows only to the largest chunk it held.
         out.reserve_exact(len);
         out.extend_from_slice(&self.buf[self.start..self.start + len]);
@@ -327,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn the_read_buffer_holds_at_most_two_maximum_chunks() {
+    fn the_read_buffer_holds_at_most_one_maximum_chunk() {
         let c = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([3; 32])), SMALL);
         let max = SMALL.max as usize;
         let small = data(1000);
@@ -345,7 +365,49 @@ mod tests {
             total += chunk.len();
         }
         assert_eq!(total, large.len());
-        assert!(stream.into_buffer().capacity() <= 2 * max);
+        assert!(stream.into_buffer().capacity() <= max);
+    }
+
+    /// A reader that returns at most `step` bytes per read, as pipes and networks do.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.step).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The stream cuts where the whole file in memory is cut, whatever the reads
+        /// return: cuts found within a partial buffer must be final. Runs of one byte
+        /// force chunks of the maximum size; noise gives chunks around the average.
+        #[test]
+        fn streamed_cuts_are_the_cuts_of_the_whole_file(
+            runs in proptest::collection::vec((0u8..3, 1usize..200_000), 1..12),
+            step in 1usize..300_000,
+            seed in 0u64..1000,
+        ) {
+            let c = Chunker::new(&RepoKeys::derive(&BackupKey::from_bytes([9; 32])), SMALL);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut d = Vec::new();
+            for (kind, len) in runs {
+                let at = d.len();
+                d.resize(at + len, kind);
+                if kind == 0 {
+                    rng.fill_bytes(&mut d[at..]);
+                }
+            }
+            let reader = Trickle { data: &d, step };
+            let lens: Vec<usize> = c.stream(reader).map(|r| r.unwrap().len()).collect();
+            proptest::prop_assert_eq!(lens, c.chunk_lengths(&d));
+        }
     }
 
     #[test]
