@@ -38,6 +38,8 @@ pub(crate) struct BaseReader<'a> {
     keys: &'a RepoKeys,
     index: &'a Index,
     openers: HashMap<ObjectName, PackOpener>,
+    /// The read buffer, reused from read to read.
+    data: Vec<u8>,
 }
 
 impl<'a> BaseReader<'a> {
@@ -47,6 +49,7 @@ impl<'a> BaseReader<'a> {
             keys,
             index,
             openers: HashMap::new(),
+            data: Vec::new(),
         }
     }
 
@@ -104,11 +107,11 @@ impl<'a> BaseReader<'a> {
                 end = end.max(blobs[j].offset + blobs[j].length as u64);
                 j += 1;
             }
-            let data = self
-                .store
-                .get_range(ObjectKind::Pack, &name, start, end - start)?;
+            let data = &mut self.data;
+            self.store
+                .get_range_into(ObjectKind::Pack, &name, start, end - start, data)?;
             for b in &blobs[i..j] {
-                let encoded = open_blob_at(opener, &name, &data, start, b)?;
+                let encoded = open_blob_at(opener, &name, data, start, b)?;
                 let chunk = decode_chunk(&mut decoder, self.keys, &name, &encoded, b, None)?;
                 out.insert(b.id, chunk.into_owned());
             }

@@ -307,6 +307,7 @@ impl Repository<Indexed> {
                             .get_or_insert(e);
                     };
                     let mut decoder = BlobDecoder::new();
+                    let mut data = Vec::new();
                     loop {
                         if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                             return;
@@ -320,7 +321,9 @@ impl Repository<Indexed> {
                         if let Some(ahead) = packs.get(k + PREFETCH_PACKS) {
                             self.prefetch(ahead);
                         }
-                        if let Err(e) = self.restore_pack(&mut decoder, pack, paths, base) {
+                        if let Err(e) =
+                            self.restore_pack(&mut decoder, &mut data, pack, paths, base)
+                        {
                             return fail(e);
                         }
                     }
@@ -343,10 +346,12 @@ impl Repository<Indexed> {
         self.store.prefetch(ObjectKind::Pack, &pack, 0, end);
     }
 
-    /// Restores the pieces of one pack, sorted by offset.
+    /// Restores the pieces of one pack, sorted by offset, reading into `data` (the
+    /// thread's buffer, reused from pack to pack).
     fn restore_pack(
         &self,
         decoder: &mut BlobDecoder,
+        data: &mut Vec<u8>,
         pieces: &[Piece],
         paths: &[PathBuf],
         base_of: &BaseOf<'_>,
@@ -376,36 +381,29 @@ impl Repository<Indexed> {
             i = j;
         }
         // The pack's header comes with the first read when that starts close to it.
-        let mut first = None;
-        if reads[0].1 <= HEADER_LEN as u64 + COALESCE_GAP {
+        let header_in_first = reads[0].1 <= HEADER_LEN as u64 + COALESCE_GAP;
+        let opener = if header_in_first {
             reads[0].1 = 0;
-            first = Some(
-                self.store
-                    .get_range(ObjectKind::Pack, &name, 0, reads[0].2)?,
-            );
-        }
-        let opener = match &first {
-            Some(data) => PackOpener::new(&self.keys, &name, data),
-            None => {
-                let header = self
-                    .store
-                    .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
-                PackOpener::new(&self.keys, &name, &header)
-            }
+            self.store
+                .get_range_into(ObjectKind::Pack, &name, 0, reads[0].2, data)?;
+            PackOpener::new(&self.keys, &name, data)
+        } else {
+            let header = self
+                .store
+                .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
+            PackOpener::new(&self.keys, &name, &header)
         }
         .map_err(damaged)?;
         let mut out = Writer::new(paths);
-        for (range, start, end) in reads {
-            let mut data = match first.take() {
-                Some(data) => data,
-                None => self
-                    .store
-                    .get_range(ObjectKind::Pack, &name, start, end - start)?,
-            };
+        for (k, (range, start, end)) in reads.into_iter().enumerate() {
+            if k > 0 || !header_in_first {
+                self.store
+                    .get_range_into(ObjectKind::Pack, &name, start, end - start, data)?;
+            }
             for group in &blobs[range] {
                 let blob = index.location(group[0].slot).blob;
                 let base = base_of(&blob)?;
-                let encoded = open_blob_in(&opener, &name, &mut data, start, &blob)?;
+                let encoded = open_blob_in(&opener, &name, data, start, &blob)?;
                 let chunk =
                     decode_chunk(decoder, &self.keys, &name, encoded, &blob, base.as_deref())?;
                 for piece in *group {

@@ -186,6 +186,19 @@ impl ObjectStore for FsStore {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    fn get_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         let path = self.path(kind, name)?;
         let mut f = match File::open(&path) {
             Ok(f) => f,
@@ -194,13 +207,15 @@ impl ObjectStore for FsStore {
             }
             Err(e) => return Err(self.io(name, e)),
         };
-        // One allocation of the final size: the range is often a whole 4 MiB pack.
+        // Room for exactly the range (often a whole 4 MiB pack), reserved once:
+        // `read_to_end` would otherwise double the buffer past it.
         let size = f.metadata().map_err(|e| self.io(name, e))?.len();
-        let mut out = Vec::with_capacity(len.min(size.saturating_sub(offset)) as usize);
+        buf.clear();
+        buf.reserve_exact(len.min(size.saturating_sub(offset)) as usize);
         f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.take(len).read_to_end(&mut out))
+            .and_then(|_| f.take(len).read_to_end(buf))
             .map_err(|e| self.io(name, e))?;
-        Ok(out)
+        Ok(())
     }
 
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {

@@ -81,6 +81,20 @@ pub trait ObjectStore: Send + Sync {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError>;
+    /// [`get_range`](Self::get_range) into `buf`, replacing its contents. A reader of
+    /// many ranges passes the same buffer each time, so a store that reads into it (a
+    /// local disk) allocates and faults in its pages once, not once per range.
+    fn get_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        *buf = self.get_range(kind, name, offset, len)?;
+        Ok(())
+    }
     /// Lists every object of a kind.
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError>;
     /// Deletes an object; deleting a missing object is not an error.
@@ -118,6 +132,16 @@ impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
         (**self).get_range(kind, name, offset, len)
+    }
+    fn get_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        (**self).get_range_into(kind, name, offset, len, buf)
     }
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
         (**self).list(kind)

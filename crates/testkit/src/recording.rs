@@ -56,6 +56,16 @@ impl ObjectStore for RecordingStore {
     ) -> Result<Vec<u8>, StoreError> {
         self.inner.get_range(kind, name, offset, len)
     }
+    fn get_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner.get_range_into(kind, name, offset, len, buf)
+    }
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StoreError> {
         self.inner.list(kind)
     }
