@@ -248,6 +248,28 @@ def fingerprint(root: Path) -> dict:
     return out
 
 
+def fresh_file_bytes(root: Path, before: dict, after: dict) -> int:
+    """Bytes of files added since `before` (a fingerprint) whose content no earlier file
+    has: data every tool must store, whatever it does with the database."""
+    def digest(rel):
+        h = hashlib.sha256()
+        with open(root / rel, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        return h.digest()
+    by_size = {}
+    for rel, (size, _) in before.items():
+        by_size.setdefault(size, []).append(rel)
+    fresh = 0
+    for rel, (size, _) in after.items():
+        if rel in before:
+            continue
+        mine = digest(rel)
+        if not any(digest(old) == mine for old in by_size.get(size, [])):
+            fresh += size
+    return fresh
+
+
 def source_changes(before: dict, after: dict) -> dict:
     ch = {k: "added" for k in after if k not in before}
     ch.update({k: "removed" for k in before if k not in after})
@@ -957,6 +979,7 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
     db = data / "msgstore.db"
     before = db_pages(db)
     size_before = tree_stats(data)
+    files_before = fingerprint(data)
     if args.stand_in_data:
         day = standin_day(data, DAY_SEED)
     else:
@@ -966,6 +989,7 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
     after = db_pages(db)
     files_after, bytes_after = tree_stats(data)
     dayinfo = {"chatgen": day, "files_after": files_after, "bytes_after": bytes_after,
+               "fresh_file_bytes": fresh_file_bytes(data, files_before, fingerprint(data)),
                "bytes_delta": bytes_after - size_before[1], "files_delta": files_after - size_before[0]}
     if isinstance(day, dict) and day.get("db_pages"):
         dayinfo["page_change_fraction"] = day.get("db_pages_changed", 0) / day["db_pages"]
@@ -1179,6 +1203,11 @@ def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
                  f"({fmt_bytes(gbl)} / {fmt_bytes(grs)}; target ≤ {GROWTH_TARGET}) {pf(g['pass'])}")
     else:
         L.append(f"backlock day growth / restic day growth = n/a (target ≤ {GROWTH_TARGET})")
+    fresh = day.get("fresh_file_bytes")
+    if fresh is not None and gbl is not None and grs is not None and grs > fresh:
+        L.append(f"of which new files with new content (every tool stores them): {fmt_bytes(fresh)}; "
+                 f"the rest, the database's change: backlock {fmt_bytes(gbl - fresh)} / restic "
+                 f"{fmt_bytes(grs - fresh)} = {(gbl - fresh) / (grs - fresh):.3f} (info)")
     if R.get("growth_vs_borg"):
         L.append(f"backlock day growth / borg day growth = {R['growth_vs_borg']['ratio']:.3f} (info)")
     parts = []
