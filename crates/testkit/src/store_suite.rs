@@ -54,6 +54,17 @@ fn range_reads(s: &dyn ObjectStore) {
         .get_range(ObjectKind::Pack, &name(3), 200_000, 10)
         .unwrap()
         .is_empty());
+    // Into a reused buffer: its old contents and capacity never leak into the range.
+    let mut buf = vec![0xEE; 50_000];
+    s.get_range_into(ObjectKind::Pack, &name(3), 20, 7, &mut buf)
+        .unwrap();
+    assert_eq!(buf, &data[20..27]);
+    s.get_range_into(ObjectKind::Pack, &name(3), 60_000, 90_000, &mut buf)
+        .unwrap();
+    assert_eq!(buf, &data[60_000..]);
+    s.get_range_into(ObjectKind::Pack, &name(3), 200_000, 10, &mut buf)
+        .unwrap();
+    assert!(buf.is_empty());
     s.delete(ObjectKind::Pack, &name(3)).unwrap();
 }
 
@@ -71,6 +82,10 @@ fn missing_objects(s: &dyn ObjectStore) {
     ));
     assert!(matches!(
         s.get_range(ObjectKind::Pack, &name(5), 0, 1),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_range_into(ObjectKind::Pack, &name(5), 0, 1, &mut Vec::new()),
         Err(StoreError::NotFound { .. })
     ));
 }
