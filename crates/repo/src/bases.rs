@@ -16,9 +16,13 @@ use backlock_core::{
 use backlock_store::ObjectStore;
 use std::collections::HashMap;
 
-/// Blobs closer than this in a pack are fetched in one read: bases are single SQLite
-/// pages scattered through the packs of a database.
-const COALESCE_GAP: u64 = 16 << 10;
+/// Blobs closer than this in a pack are fetched in one read. Bases are single SQLite
+/// pages scattered through the packs of a database (a day changes about one page in
+/// eight); on a cloud store each read is a request, which costs more than reading
+/// through the pages between them, and a local disk reads ahead over them anyway.
+const COALESCE_GAP: u64 = 1 << 20;
+/// A read that joins blobs spans at most this many bytes: the read buffer's size.
+const READ_SPAN: u64 = 1 << 20;
 
 /// The error for an index whose delta chain is not what the format allows.
 pub(crate) fn bad_base(id: &ChunkId, detail: &str) -> RepoError {
@@ -40,6 +44,7 @@ pub(crate) struct BaseReader<'a> {
     openers: HashMap<ObjectName, PackOpener>,
     /// The read buffer, reused from read to read.
     data: Vec<u8>,
+    decoder: BlobDecoder,
 }
 
 impl<'a> BaseReader<'a> {
@@ -50,6 +55,7 @@ impl<'a> BaseReader<'a> {
             index,
             openers: HashMap::new(),
             data: Vec::new(),
+            decoder: BlobDecoder::new(),
         }
     }
 
@@ -79,6 +85,14 @@ impl<'a> BaseReader<'a> {
         Ok(out)
     }
 
+    /// Keeps the opener of pack `pack`, whose header starts the read buffer.
+    fn keep_opener(&mut self, pack: ObjectName, name: &str) -> Result<()> {
+        let opener = PackOpener::new(self.keys, name, &self.data)
+            .map_err(|e| RepoError::damaged(ObjectKind::Pack, name, e))?;
+        self.openers.insert(pack, opener);
+        Ok(())
+    }
+
     fn read_pack(
         &mut self,
         pack: ObjectName,
@@ -86,33 +100,40 @@ impl<'a> BaseReader<'a> {
         out: &mut HashMap<ChunkId, Vec<u8>>,
     ) -> Result<()> {
         let name = pack.to_hex();
-        let opener = match self.openers.entry(pack) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let header = self
-                    .store
-                    .get_range(ObjectKind::Pack, &name, 0, HEADER_LEN as u64)?;
-                let opener = PackOpener::new(self.keys, &name, &header)
-                    .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
-                v.insert(opener)
-            }
-        };
-        let mut decoder = BlobDecoder::new();
         let mut i = 0;
         while i < blobs.len() {
-            let start = blobs[i].offset;
+            let mut start = blobs[i].offset;
             let mut end = start + blobs[i].length as u64;
             let mut j = i + 1;
-            while j < blobs.len() && blobs[j].offset <= end + COALESCE_GAP {
+            while j < blobs.len()
+                && blobs[j].offset <= end + COALESCE_GAP
+                && blobs[j].offset + blobs[j].length as u64 - start <= READ_SPAN
+            {
                 end = end.max(blobs[j].offset + blobs[j].length as u64);
                 j += 1;
+            }
+            // A pack seen for the first time needs its header: with the first read
+            // when that starts close to it, in a request of its own otherwise.
+            if !self.openers.contains_key(&pack) {
+                if start <= HEADER_LEN as u64 + COALESCE_GAP {
+                    start = 0;
+                } else {
+                    let (len, data) = (HEADER_LEN as u64, &mut self.data);
+                    self.store
+                        .get_range_into(ObjectKind::Pack, &name, 0, len, data)?;
+                    self.keep_opener(pack, &name)?;
+                }
             }
             let data = &mut self.data;
             self.store
                 .get_range_into(ObjectKind::Pack, &name, start, end - start, data)?;
+            if start == 0 && !self.openers.contains_key(&pack) {
+                self.keep_opener(pack, &name)?;
+            }
+            let opener = &self.openers[&pack];
             for b in &blobs[i..j] {
-                let encoded = open_blob_at(opener, &name, data, start, b)?;
-                let chunk = decode_chunk(&mut decoder, self.keys, &name, &encoded, b, None)?;
+                let encoded = open_blob_at(opener, &name, &self.data, start, b)?;
+                let chunk = decode_chunk(&mut self.decoder, self.keys, &name, &encoded, b, None)?;
                 out.insert(b.id, chunk.into_owned());
             }
             i = j;
