@@ -326,6 +326,91 @@ fn password_mode_rotation_re_wraps_the_new_key_in_the_vault() {
     assert!(check.status.success(), "{}", stderr(&check));
 }
 
+/// Password mode, SIGKILL at random instants: whatever a rotation was doing (keys,
+/// re-sealing, the vault's record, the device's copy), running it again finishes
+/// it; then the new password restores everything on a new phone, the previous
+/// password restores nothing, and the device backs up on without asking.
+#[test]
+fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        extra: Vec::new(),
+    };
+    let cmd = |home: &str, args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env_remove("BACKLOCK_KEY_FILE")
+            .env("BACKLOCK_HOME", env.path(home))
+            .env("BACKLOCK_VAULT_DATA", env.path("embedded-vault"));
+        c
+    };
+    let ok = |home: &str, args: &[&str]| {
+        let out = cmd(home, args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    let password = |round: usize| {
+        let path = env.path(&format!("pw-{round}"));
+        std::fs::write(&path, format!("orchid meadow {round} of 77")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // On a new phone each time: a fresh device home, restoring into `tag`.
+    let restores = |pw: &str, tag: &str| {
+        let target = env.path(tag);
+        let home = format!("{tag}-phone");
+        let out = cmd(
+            &home,
+            &["restore", "--account", "local", "--password-file", pw],
+        )
+        .args(["--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+        match out.status.success() {
+            true => Some(target),
+            false => {
+                assert!(
+                    !target.exists(),
+                    "a failed restore left {}",
+                    target.display()
+                );
+                None
+            }
+        }
+    };
+    let first = password(0);
+    ok(
+        "phone",
+        &["init", "--password", "--password-file", &first, "--yes"],
+    );
+    let src = tree::write_sample(env.dir.path(), 3);
+    ok("phone", &["backup", src.to_str().unwrap()]);
+
+    let mut landed = 0;
+    for (round, delay_ms) in [10u64, 40, 90, 160, 260, 400].into_iter().enumerate() {
+        let (old_pw, new_pw) = (password(round), password(round + 1));
+        let rotate = ["rotate-key", "--yes", "--json", "--password-file", &new_pw];
+        let mut child = cmd("phone", &rotate)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        ok("phone", &rotate);
+        let restored = restores(&new_pw, &format!("new-{round}"))
+            .expect("the new password restores after the rotation finished");
+        tree::assert_same(&src, &restored.join("chat"));
+        assert!(
+            restores(&old_pw, &format!("old-{round}")).is_none(),
+            "round {round}: the previous password still restores"
+        );
+        ok("phone", &["backup", src.to_str().unwrap()]);
+    }
+    assert!(landed >= 3, "only {landed} kills landed during a rotation");
+}
+
 /// SIGKILL at random instants, round after round: every time, the key the device
 /// last saw or the new key it keeps opens every snapshot, restoring bit for bit.
 #[test]
