@@ -387,17 +387,8 @@ fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
     for (round, delay_ms) in [10u64, 40, 90, 160, 260, 400].into_iter().enumerate() {
         let (old_pw, new_pw) = (password(round), password(round + 1));
         let rotate = ["rotate-key", "--yes", "--json", "--password-file", &new_pw];
-        let mut child = cmd("phone", &rotate)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            landed += 1;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let (hit, _) = kill_after(cmd("phone", &rotate), delay_ms);
+        landed += usize::from(hit);
         ok("phone", &rotate);
         let restored = restores(&new_pw, &format!("new-{round}"))
             .expect("the new password restores after the rotation finished");
@@ -421,18 +412,8 @@ fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
         .into_iter()
         .enumerate()
     {
-        let mut child = env
-            .cmd(&["rotate-key", "--yes", "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            landed += 1;
-        }
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
+        let (hit, out) = kill_after(env.cmd(&["rotate-key", "--yes", "--json"]), delay_ms);
+        landed += usize::from(hit);
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             // It finished before the kill and printed the new key.
             std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
@@ -453,6 +434,20 @@ fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
         tree::list_files(&env.path("home/keys")),
         Vec::<PathBuf>::new()
     );
+}
+
+/// Runs `cmd` and kills it with SIGKILL after `delay_ms`: whether it was still
+/// running then (the kill landed), and what it printed.
+fn kill_after(mut cmd: std::process::Command, delay_ms: u64) -> (bool, std::process::Output) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let landed = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    (landed, child.wait_with_output().unwrap())
 }
 
 /// The new key this device keeps while a rotation of the test repository runs.
