@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{assert_identical, stderr, Env};
+use common::{assert_identical, kill_after, stderr, Env};
 
 /// A repository with two snapshots, each restored once as the reference.
 fn with_two_snapshots() -> (Env, String) {
@@ -384,7 +384,11 @@ fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
     ok("phone", &["backup", src.to_str().unwrap()]);
 
     let mut landed = 0;
-    for (round, delay_ms) in [10u64, 40, 90, 160, 260, 400].into_iter().enumerate() {
+    // Dense early: a rotation of this small repository takes a few hundred ms.
+    for (round, delay_ms) in [5u64, 20, 40, 70, 110, 160, 230, 320]
+        .into_iter()
+        .enumerate()
+    {
         let (old_pw, new_pw) = (password(round), password(round + 1));
         let rotate = ["rotate-key", "--yes", "--json", "--password-file", &new_pw];
         let (hit, _) = kill_after(cmd("phone", &rotate), delay_ms);
@@ -434,20 +438,6 @@ fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
         tree::list_files(&env.path("home/keys")),
         Vec::<PathBuf>::new()
     );
-}
-
-/// Runs `cmd` and kills it with SIGKILL after `delay_ms`: whether it was still
-/// running then (the kill landed), and what it printed.
-fn kill_after(mut cmd: std::process::Command, delay_ms: u64) -> (bool, std::process::Output) {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-    let landed = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    (landed, child.wait_with_output().unwrap())
 }
 
 /// The new key this device keeps while a rotation of the test repository runs.
