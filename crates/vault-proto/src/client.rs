@@ -4,7 +4,7 @@
 
 use crate::owner::OwnerKey;
 use crate::password::Password;
-use crate::suite::{identifiers, Stretch, Suite, CONTEXT};
+use crate::suite::{identifiers, whole, Stretch, Suite, CONTEXT};
 use crate::wire::{
     RecoverFinish, RecoverFinishReply, RecoverStartReply, RegisterFinish, RegisterStartReply,
 };
@@ -78,8 +78,9 @@ impl RegistrationStarted {
         key: &BackupKey,
         ksf: &Stretch,
     ) -> Result<RegisterFinish, ClientError> {
-        let response = RegistrationResponse::<Suite>::deserialize(&reply.response)
-            .map_err(|_| ClientError::BadReply("registration response"))?;
+        let parsed = RegistrationResponse::<Suite>::deserialize(&reply.response);
+        let response = whole(&reply.response, parsed, |m| m.serialize().len())
+            .ok_or(ClientError::BadReply("registration response"))?;
         let finish = self
             .0
             .finish(
@@ -132,8 +133,9 @@ impl RecoveryStarted {
         pinned: &[u8; 32],
         ksf: &Stretch,
     ) -> Result<(RecoverFinish, Recovered), ClientError> {
-        let ke2 = CredentialResponse::<Suite>::deserialize(&reply.ke2)
-            .map_err(|_| ClientError::BadReply("KE2"))?;
+        let parsed = CredentialResponse::<Suite>::deserialize(&reply.ke2);
+        let ke2 = whole(&reply.ke2, parsed, |m| m.serialize().len())
+            .ok_or(ClientError::BadReply("KE2"))?;
         let result = self.0.finish(
             &mut OsRng,
             password.expose_secret(),

@@ -1,7 +1,7 @@
 //! The vault's side of OPAQUE (docs/VAULT.md §Flows). Pure functions over bytes: the
 //! server crate decides when to count, commit and answer.
 
-use crate::suite::{credential_identifier, identifiers, Suite, CONTEXT};
+use crate::suite::{credential_identifier, identifiers, whole, Suite, CONTEXT};
 use opaque_ke::errors::ProtocolError;
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
@@ -72,8 +72,9 @@ impl ServerKeys {
         record_id: &[u8; 16],
         request: &[u8],
     ) -> Result<Vec<u8>, StepError> {
+        let parsed = RegistrationRequest::<Suite>::deserialize(request);
         let request =
-            RegistrationRequest::<Suite>::deserialize(request).map_err(|_| StepError::Malformed)?;
+            whole(request, parsed, |m| m.serialize().len()).ok_or(StepError::Malformed)?;
         let start = ServerRegistration::<Suite>::start(
             &self.0,
             request,
@@ -92,9 +93,11 @@ impl ServerKeys {
         record_id: &[u8; 16],
         ke1: &[u8],
     ) -> Result<(PendingLogin, Vec<u8>), StepError> {
-        let ke1 = CredentialRequest::<Suite>::deserialize(ke1).map_err(|_| StepError::Malformed)?;
-        let file = ServerRegistration::<Suite>::deserialize(password_file)
-            .map_err(|_| StepError::Damaged)?;
+        let parsed = CredentialRequest::<Suite>::deserialize(ke1);
+        let ke1 = whole(ke1, parsed, |m| m.serialize().len()).ok_or(StepError::Malformed)?;
+        let parsed = ServerRegistration::<Suite>::deserialize(password_file);
+        let file =
+            whole(password_file, parsed, |m| m.serialize().len()).ok_or(StepError::Damaged)?;
         let start = ServerLogin::start(
             &mut OsRng,
             &self.0,
@@ -116,8 +119,8 @@ impl ServerKeys {
 
 /// Checks a `RegistrationUpload` and returns the password file to store.
 pub fn password_file(upload: &[u8]) -> Result<Vec<u8>, StepError> {
-    let upload =
-        RegistrationUpload::<Suite>::deserialize(upload).map_err(|_| StepError::Malformed)?;
+    let parsed = RegistrationUpload::<Suite>::deserialize(upload);
+    let upload = whole(upload, parsed, |m| m.serialize().len()).ok_or(StepError::Malformed)?;
     Ok(ServerRegistration::finish(upload).serialize().to_vec())
 }
 
@@ -133,8 +136,8 @@ impl fmt::Debug for PendingLogin {
 impl PendingLogin {
     /// Verifies KE3; on success returns the session key.
     pub fn finish(self, account: &str, ke3: &[u8]) -> Result<Zeroizing<Vec<u8>>, StepError> {
-        let ke3 =
-            CredentialFinalization::<Suite>::deserialize(ke3).map_err(|_| StepError::Malformed)?;
+        let parsed = CredentialFinalization::<Suite>::deserialize(ke3);
+        let ke3 = whole(ke3, parsed, |m| m.serialize().len()).ok_or(StepError::Malformed)?;
         match self.0.finish(
             ke3,
             ServerLoginParameters {

@@ -116,6 +116,17 @@ impl Ksf for Stretch {
     }
 }
 
+/// `parsed` if its encoding is all of `input`. opaque-ke reads the fields a message
+/// needs and ignores any bytes after them, so without this a longer input (another
+/// message, or bytes appended) would be accepted as its prefix.
+pub(crate) fn whole<T, E>(
+    input: &[u8],
+    parsed: Result<T, E>,
+    encoded_len: impl FnOnce(&T) -> usize,
+) -> Option<T> {
+    parsed.ok().filter(|m| encoded_len(m) == input.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

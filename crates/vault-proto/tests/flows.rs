@@ -135,6 +135,19 @@ fn server_rejects_a_forged_ke3_and_garbage() {
             .err(),
         Some(StepError::Malformed)
     );
+    // A valid KE1 with one byte appended is refused, not read as its prefix (which
+    // opaque-ke alone would do); without the byte it is accepted.
+    let (_, ke1) = start_recovery(&Password::new("guess123".into())).unwrap();
+    let longer = [&ke1[..], &[0]].concat();
+    assert_eq!(
+        server
+            .start_login(&stored.file, ACCOUNT, &stored.record_id, &longer)
+            .err(),
+        Some(StepError::Malformed)
+    );
+    assert!(server
+        .start_login(&stored.file, ACCOUNT, &stored.record_id, &ke1)
+        .is_ok());
     assert_eq!(
         server
             .evaluate_registration(ACCOUNT, &[0; 16], b"short")
