@@ -255,6 +255,16 @@ fn sigkill_at_each_step_leaves_one_key_opening_everything() {
     }
 }
 
+/// `backlock ARGS` on the device whose home is `home`, in password mode: no key
+/// file, the embedded vault shared by every device of the test.
+fn password_mode(env: &Env, home: &str, args: &[&str]) -> std::process::Command {
+    let mut c = env.cmd(args);
+    c.env_remove("BACKLOCK_KEY_FILE")
+        .env("BACKLOCK_HOME", env.path(home))
+        .env("BACKLOCK_VAULT_DATA", env.path("embedded-vault"));
+    c
+}
+
 /// Password mode: the device keeps the key, and the vault is given the new key in
 /// place of the old one behind the password chosen during the rotation; a new phone
 /// restores with that password, and the device backs up on without asking.
@@ -264,14 +274,7 @@ fn password_mode_rotation_re_wraps_the_new_key_in_the_vault() {
         dir: tempfile::tempdir().unwrap(),
         extra: Vec::new(),
     };
-    let run = |home: &str, args: &[&str]| {
-        env.cmd(args)
-            .env_remove("BACKLOCK_KEY_FILE")
-            .env("BACKLOCK_HOME", env.path(home))
-            .env("BACKLOCK_VAULT_DATA", env.path("embedded-vault"))
-            .output()
-            .unwrap()
-    };
+    let run = |home: &str, args: &[&str]| password_mode(&env, home, args).output().unwrap();
     let ok = |home: &str, args: &[&str]| {
         let out = run(home, args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -336,13 +339,7 @@ fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
         dir: tempfile::tempdir().unwrap(),
         extra: Vec::new(),
     };
-    let cmd = |home: &str, args: &[&str]| {
-        let mut c = env.cmd(args);
-        c.env_remove("BACKLOCK_KEY_FILE")
-            .env("BACKLOCK_HOME", env.path(home))
-            .env("BACKLOCK_VAULT_DATA", env.path("embedded-vault"));
-        c
-    };
+    let cmd = |home: &str, args: &[&str]| password_mode(&env, home, args);
     let ok = |home: &str, args: &[&str]| {
         let out = cmd(home, args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
