@@ -167,6 +167,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread starts: freed pipeline buffers must leave, not stay resident.
+    backlock_allocator::return_freed_blocks();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("BACKLOCK_LOG"))
         .with_writer(std::io::stderr)
