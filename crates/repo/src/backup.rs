@@ -3,13 +3,13 @@
 //! Threads: this thread walks the sources; [`PRODUCERS`] threads take files largest
 //! first, read, chunk and hash them (chunking and keyed BLAKE3 run at GiB/s), so a
 //! chat database's pages are computed on while media streams from disk; a prefetcher
-//! asks the kernel for the files coming next; `workers` threads compress and seal new
-//! chunks into their own packs; uploader threads (as many as the store takes puts at
-//! once, at most [`MAX_UPLOADERS`]) store finished packs and, every few packs, an
-//! index object naming them, so an interrupted backup leaves its uploaded data
-//! reusable. Memory is bounded by the channel capacities, the uploaders and the pack
-//! size; chunk and pack buffers circulate through pools rather than being allocated
-//! anew, so memory stays flat as the data grows.
+//! asks the kernel for the files coming next; `workers` threads compress new chunks
+//! and seal them into the one pack being filled; uploader threads (as many as the
+//! store takes puts at once, at most [`MAX_UPLOADERS`]) store finished packs and,
+//! every few packs, an index object naming them, so an interrupted backup leaves its
+//! uploaded data reusable. The pipeline's memory is bounded by the channel
+//! capacities, the uploaders and the pack size; chunk and pack buffers circulate
+//! through pools rather than being allocated anew, so it does not grow with the data.
 
 use crate::{
     bases::BaseReader,
@@ -193,21 +193,95 @@ impl BufferPool {
 /// The smallest buffer a [`BufferPool`] keeps.
 const POOLED_MIN: usize = 64 << 10;
 
-fn worker(
-    keys: &RepoKeys,
+/// A pack being filled: its name, its sealer and the blobs pushed so far.
+type OpenPack = (ObjectName, PackSealer, Vec<BlobEntry>);
+
+/// A chunk encoded by a worker, ready to be sealed into the pack.
+struct EncodedChunk<'a> {
+    id: ChunkId,
+    raw_length: u32,
+    /// The base of a delta blob.
+    base: Option<ChunkId>,
+    codec: u8,
+    payload: &'a [u8],
+}
+
+/// The one pack all workers fill. One pack per worker would hold another pack's worth
+/// of memory for no speed: sealing a blob takes well under a millisecond, so workers
+/// rarely wait for each other here (compression, the slow part, happens outside).
+struct FillingPack<'a> {
+    keys: &'a RepoKeys,
     pack_size: usize,
-    jobs: Receiver<Job>,
-    packs: Sender<FinishedPack>,
-    pools: (&BufferPool, &BufferPool),
-) -> io::Result<()> {
-    let (pack_pool, chunk_pool) = pools;
-    let mut encoder = BlobEncoder::new()?;
-    let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
-    let finish = |(name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>)| FinishedPack {
+    pack_pool: &'a BufferPool,
+    open: Mutex<Option<OpenPack>>,
+    /// Workers still running: the last one out sends the last pack.
+    running: AtomicUsize,
+}
+
+/// The uploaders are gone (one failed); the reason is in `Shared`.
+struct UploadersGone;
+
+impl FillingPack<'_> {
+    /// Seals a blob into the pack. A full pack is handed to an uploader first, with
+    /// the pack locked: the other worker waits rather than start a new pack, so no
+    /// more than one pack is ever open beside those being uploaded.
+    fn push(&self, chunk: EncodedChunk, packs: &Sender<FinishedPack>) -> Result<(), UploadersGone> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let full = open
+            .as_ref()
+            .is_some_and(|(_, sealer, _)| sealer.len() + 1 + chunk.payload.len() > self.pack_size);
+        if full {
+            let pack = open.take().expect("checked");
+            packs.send(finished(pack)).map_err(|_| UploadersGone)?;
+        }
+        let (_, sealer, blobs) = open.get_or_insert_with(|| {
+            let name = ObjectName::random();
+            let buf = self.pack_pool.take(self.pack_size + (1 << 20));
+            (
+                name,
+                PackSealer::with_buffer(self.keys, &name.to_hex(), buf),
+                Vec::new(),
+            )
+        });
+        let place = sealer.push_parts(&chunk.id, &[&[chunk.codec], chunk.payload]);
+        blobs.push(BlobEntry {
+            id: chunk.id,
+            seq: place.seq,
+            offset: place.offset,
+            length: place.length,
+            raw_length: chunk.raw_length,
+            base: chunk.base,
+        });
+        Ok(())
+    }
+
+    /// A worker is done; the last one sends the pack left open.
+    fn leave(&self, packs: &Sender<FinishedPack>) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let last = self.open.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(pack) = last {
+                // Uploaders gone: the backup fails, with the reason in `Shared`.
+                let _ = packs.send(finished(pack));
+            }
+        }
+    }
+}
+
+fn finished((name, sealer, blobs): OpenPack) -> FinishedPack {
+    FinishedPack {
         name,
         bytes: sealer.finish(),
         blobs,
-    };
+    }
+}
+
+fn worker(
+    jobs: Receiver<Job>,
+    pack: &FillingPack,
+    packs: &Sender<FinishedPack>,
+    chunk_pool: &BufferPool,
+) -> io::Result<()> {
+    let mut encoder = BlobEncoder::new()?;
     for job in jobs {
         let delta_blob: Vec<u8>;
         // The blob as codec byte and payload: a raw chunk is copied only into the pack.
@@ -222,38 +296,18 @@ fn worker(
                 (codec, payload, None)
             }
         };
-        let full = current
-            .as_ref()
-            .is_some_and(|(_, sealer, _)| sealer.len() + 1 + payload.len() > pack_size);
-        if full
-            && packs
-                .send(finish(current.take().expect("checked")))
-                .is_err()
-        {
-            return Ok(());
-        }
-        let (_, sealer, blobs) = current.get_or_insert_with(|| {
-            let name = ObjectName::random();
-            let buf = pack_pool.take(pack_size + (1 << 20));
-            (
-                name,
-                PackSealer::with_buffer(keys, &name.to_hex(), buf),
-                Vec::new(),
-            )
-        });
-        let place = sealer.push_parts(&job.id, &[&[codec], payload]);
-        blobs.push(BlobEntry {
+        let chunk = EncodedChunk {
             id: job.id,
-            seq: place.seq,
-            offset: place.offset,
-            length: place.length,
             raw_length: job.data.len() as u32,
             base,
-        });
+            codec,
+            payload,
+        };
+        let pushed = pack.push(chunk, packs);
         chunk_pool.give(job.data);
-    }
-    if let Some(p) = current.take() {
-        let _ = packs.send(finish(p));
+        if pushed.is_err() {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -854,11 +908,17 @@ impl Repository<Indexed> {
         let workers = opts.workers.max(1);
         let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
         // Room for every buffer that can be in flight at once: chunks held by the
-        // producers, queued for and held by the workers; packs being filled, queued
-        // and uploaded (a finished pack waits in its worker until an uploader takes
-        // it: the pack channel holds none).
+        // producers, queued for and held by the workers; the pack being filled (or
+        // handed over: the pack channel holds none) and those being uploaded.
         let chunk_pool = BufferPool::new(PRODUCERS + 2 * workers);
-        let pack_pool = BufferPool::new(workers + uploaders);
+        let pack_pool = BufferPool::new(1 + uploaders);
+        let filling = FillingPack {
+            keys,
+            pack_size,
+            pack_pool: &pack_pool,
+            open: Mutex::new(None),
+            running: AtomicUsize::new(workers),
+        };
         let produce_state = ProduceState {
             keys,
             index: &self.state.index,
@@ -882,11 +942,12 @@ impl Repository<Indexed> {
         let produced = std::thread::scope(|s| {
             for _ in 0..workers {
                 let (rx, tx) = (job_rx.clone(), pack_tx.clone());
-                let (shared, pools) = (&shared, (&pack_pool, &chunk_pool));
+                let (shared, filling, chunk_pool) = (&shared, &filling, &chunk_pool);
                 s.spawn(move || {
-                    if let Err(e) = worker(keys, pack_size, rx, tx, pools) {
+                    if let Err(e) = worker(rx, filling, &tx, chunk_pool) {
                         shared.fail(RepoError::Usage(format!("compression failed: {e}")));
                     }
+                    filling.leave(&tx);
                 });
             }
             drop((job_rx, pack_tx));
@@ -974,5 +1035,64 @@ impl Repository<Indexed> {
             dedup_ratio: snap_bytes as f64 / bytes_new.max(1) as f64,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DeviceHome;
+    use backlock_core::key::BackupKey;
+    use backlock_store::MemoryStore;
+    use rand::RngCore;
+    use std::sync::Arc;
+
+    /// However many workers seal chunks, they fill one pack at a time, so every pack of
+    /// a backup but its last is full. With a pack per worker, each worker's last pack
+    /// was part-filled, and each worker held a pack's worth of memory.
+    #[test]
+    fn workers_fill_one_pack_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let db = rusqlite::Connection::open(src.join("chat.db")).unwrap();
+        db.execute_batch("CREATE TABLE m(body BLOB)").unwrap();
+        let mut rng = rand::thread_rng();
+        for _ in 0..800 {
+            let mut body = vec![0u8; 3000];
+            rng.fill_bytes(&mut body);
+            db.execute("INSERT INTO m VALUES (?1)", [body]).unwrap();
+        }
+        drop(db);
+        let store = MemoryStore::new();
+        let key = BackupKey::generate();
+        let home = DeviceHome::new(dir.path().join("home"));
+        let mut repo = Repository::init(Arc::new(store.clone()), &key, home)
+            .unwrap()
+            .load_index()
+            .unwrap();
+        let pack_size = 64 << 10;
+        repo.config.pack_size = pack_size;
+        let opts = BackupOptions {
+            paths: vec![src],
+            hostname: "test".into(),
+            workers: 4,
+            ..Default::default()
+        };
+        repo.backup(&opts).unwrap();
+        let sizes: Vec<u64> = store
+            .list(ObjectKind::Pack)
+            .unwrap()
+            .iter()
+            .map(|o| o.size)
+            .collect();
+        assert!(sizes.len() >= 30, "only {} packs", sizes.len());
+        // A pack is sent when the next blob, a page of at most 4 KiB and its framing,
+        // does not fit.
+        let part_filled = sizes
+            .iter()
+            .filter(|&&size| size + 4200 < u64::from(pack_size))
+            .count();
+        assert!(part_filled <= 1, "{part_filled} part-filled packs: {sizes:?}");
     }
 }
