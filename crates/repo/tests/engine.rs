@@ -544,6 +544,43 @@ fn commit_order_makes_each_step_durable_before_the_next() {
 }
 
 /// A day of chatting in the database, checkpointed; returns the pages it changed.
+/// A database's new page list is written over its parent's list as the pages are
+/// read: one that shrank or grew since the parent restores exact, and so do the
+/// snapshots before it.
+#[test]
+fn a_database_that_shrank_or_grew_restores_exact_and_so_do_its_parents() {
+    let f = Fixture::memory();
+    let src = f.dir.path().join("app");
+    std::fs::create_dir(&src).unwrap();
+    let db = src.join("msgstore.db");
+    tree::write_db(&db, 20_000, 5);
+    let shrink = |conn: &rusqlite::Connection| {
+        conn.execute("DELETE FROM message WHERE id % 3 <> 0", [])
+            .unwrap();
+        conn.execute_batch("VACUUM").unwrap();
+    };
+    let grow = |conn: &rusqlite::Connection| tree::insert_messages(conn, 8_000, 6);
+    let mut versions = vec![(f.backup(&src).snapshot, std::fs::read(&db).unwrap())];
+    for change in [&shrink as &dyn Fn(&rusqlite::Connection), &grow] {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        change(&conn);
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        drop(conn);
+        versions.push((f.backup(&src).snapshot, std::fs::read(&db).unwrap()));
+    }
+    let sizes: Vec<usize> = versions.iter().map(|(_, bytes)| bytes.len()).collect();
+    assert!(sizes[1] < sizes[0] && sizes[2] > sizes[1], "{sizes:?}");
+    let repo = f.repo();
+    for (i, (name, bytes)) in versions.iter().enumerate() {
+        let target = f.dir.path().join(format!("restored-{i}"));
+        repo.restore(&repo.find_snapshot(name).unwrap(), &target)
+            .unwrap();
+        let restored = std::fs::read(target.join("app/msgstore.db")).unwrap();
+        assert!(restored == *bytes, "snapshot {i} ({name}) differs");
+    }
+}
+
 fn chat_for_a_day(db: &Path, seed: u64) -> u64 {
     let before = std::fs::read(db).unwrap();
     let conn = rusqlite::Connection::open(db).unwrap();
