@@ -6,7 +6,7 @@
 //! `scripts/test` installs them and sets `BACKLOCK_TEST_SERVERS=required`.
 
 use backlock_testkit::{
-    servers::{S3Server, SftpServer, WebDavServer},
+    servers::{AzuriteServer, S3Server, SftpServer, WebDavServer},
     tree,
 };
 use std::{
@@ -45,7 +45,7 @@ impl Cli<'_> {
         );
         assert!(out.status.success(), "{args:?} failed: {stderr}");
         for (name, value) in &self.env {
-            if name.contains("SECRET") || name.contains("PASSWORD") {
+            if name.contains("SECRET") || name.contains("PASSWORD") || name.ends_with("_KEY") {
                 assert!(
                     !stdout.contains(value.as_str()) && !stderr.contains(value.as_str()),
                     "{name} leaked into the output of {args:?}"
@@ -119,6 +119,14 @@ fn s3_without_credentials_says_what_to_set() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
     assert!(stderr.contains("credentials"), "{stderr}");
+}
+
+#[test]
+fn azure_blob_url_round_trips_through_the_cli() {
+    let Some(server) = AzuriteServer::start() else {
+        return;
+    };
+    round_trip(server.url("phones/alice"), server.env());
 }
 
 #[test]

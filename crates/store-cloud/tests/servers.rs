@@ -1,5 +1,5 @@
 //! The conformance suite and a backup → restore round trip against real servers on
-//! loopback (SeaweedFS S3, nginx WebDAV, OpenSSH SFTP), and the same backup through
+//! loopback (SeaweedFS S3, nginx WebDAV, OpenSSH SFTP, Azurite Azure Blob), and the same backup through
 //! a proxy that plays a failing cloud.
 //!
 //! Without the servers installed these tests print a loud skip line and pass;
@@ -11,7 +11,7 @@ use backlock_store::{ObjectStore, StoreError};
 use backlock_store_cloud::{open_cloud, Location, Options, Settings};
 use backlock_testkit::{
     fault_proxy::{Fault, FaultProxy},
-    servers::{S3Server, SftpServer, WebDavServer},
+    servers::{AzuriteServer, S3Server, SftpServer, WebDavServer},
     store_suite, tree,
 };
 use std::{
@@ -91,6 +91,18 @@ fn round_trip(store: Arc<dyn ObjectStore>, dir: &Path) {
 #[test]
 fn s3_conforms_and_round_trips() {
     let Some(server) = S3Server::start() else {
+        return;
+    };
+    let store = open(&server.url("conformance"), server.env(), &options());
+    store_suite::run_all(Arc::new(store));
+    let store = open(&server.url("phone/one"), server.env(), &options());
+    let dir = tempfile::tempdir().unwrap();
+    round_trip(Arc::new(store), dir.path());
+}
+
+#[test]
+fn azure_blob_conforms_and_round_trips() {
+    let Some(server) = AzuriteServer::start() else {
         return;
     };
     let store = open(&server.url("conformance"), server.env(), &options());

@@ -1,5 +1,5 @@
-//! Real storage servers on loopback for tests: SeaweedFS (S3), nginx (WebDAV) and
-//! OpenSSH (SFTP). Each runs in its own temporary directory on free ports and is
+//! Real storage servers on loopback for tests: SeaweedFS (S3), nginx (WebDAV),
+//! OpenSSH (SFTP) and Azurite (Azure Blob). Each runs in its own temporary directory on free ports and is
 //! killed when dropped.
 //!
 //! `scripts/test` installs them and sets `BACKLOCK_TEST_SERVERS=required`, so in CI
@@ -19,6 +19,8 @@ use tempfile::TempDir;
 pub const REQUIRE_VAR: &str = "BACKLOCK_TEST_SERVERS";
 /// The `weed` binary (SeaweedFS); otherwise `weed` on the `PATH`.
 pub const WEED_VAR: &str = "BACKLOCK_WEED";
+/// The `azurite-blob` script (Azurite); otherwise `azurite-blob` on the `PATH`.
+pub const AZURITE_VAR: &str = "BACKLOCK_AZURITE";
 
 /// Whether real servers are required (CI).
 pub fn required() -> bool {
@@ -246,6 +248,142 @@ fn wait_for_bucket(port: u16, bucket: &str, within: Duration) -> bool {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Azurite, Microsoft's Azure Blob emulator (`azurite-blob`, from npm), with one
+/// account of a random key and one container.
+pub struct AzuriteServer {
+    _process: Process,
+    /// `http://127.0.0.1:PORT/ACCOUNT`: Azurite serves accounts path-style.
+    pub endpoint: String,
+    /// The storage account.
+    pub account: String,
+    /// Its key, base64 as Azure shows it.
+    pub key: String,
+    /// The container created at start.
+    pub container: String,
+    /// The server's data and logs.
+    pub dir: TempDir,
+}
+
+impl AzuriteServer {
+    /// Starts Azurite, or returns `None` after a loud skip line when it is not
+    /// installed and not required.
+    pub fn start() -> Option<AzuriteServer> {
+        use base64::Engine;
+        let Some(azurite) = find_binary("azurite-blob", Some(AZURITE_VAR), &[]) else {
+            return unavailable(
+                "Azurite (Azure Blob)",
+                "`azurite-blob` not found (npm install azurite, or set BACKLOCK_AZURITE)",
+            );
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let account = "backlocktest".to_string();
+            let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+            let port = free_ports(1)[0];
+            let log = dir.path().join("azurite.log");
+            let mut cmd = Command::new(&azurite);
+            cmd.current_dir(dir.path())
+                .env("AZURITE_ACCOUNTS", format!("{account}:{key}"))
+                .args(["--blobHost", "127.0.0.1", "--blobPort"])
+                .arg(port.to_string())
+                .arg("--location")
+                .arg(dir.path().join("data"))
+                // No calls home from a test; and the newest API versions a client
+                // sends are accepted.
+                .args(["--disableTelemetry", "--skipApiVersionCheck"]);
+            let mut process = match spawn(&mut cmd, &log) {
+                Ok(p) => p,
+                Err(e) => {
+                    return unavailable(
+                        "Azurite (Azure Blob)",
+                        &format!("cannot run {}: {e}", azurite.display()),
+                    )
+                }
+            };
+            let container = "backlock";
+            if wait_for_port(&mut process.child, port, Duration::from_secs(30))
+                && create_container(port, &account, &key, container, Duration::from_secs(30))
+            {
+                return Some(AzuriteServer {
+                    _process: process,
+                    endpoint: format!("http://127.0.0.1:{port}/{account}"),
+                    account,
+                    key,
+                    container: container.into(),
+                    dir,
+                });
+            }
+            last = log_tail(&log);
+        }
+        unavailable(
+            "Azurite (Azure Blob)",
+            &format!("it did not come up:\n{last}"),
+        )
+    }
+
+    /// The repository URL for `prefix`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("azblob://{}/{prefix}", self.container)
+    }
+
+    /// The environment a client needs.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT", self.account.clone()),
+            ("AZURE_STORAGE_KEY", self.key.clone()),
+            ("AZURE_STORAGE_ENDPOINT", self.endpoint.clone()),
+        ]
+    }
+}
+
+/// Creates `container` with one Shared Key request (the backup tool itself never
+/// creates containers, as it never creates buckets). Returns whether it exists.
+fn create_container(
+    port: u16,
+    account: &str,
+    key: &str,
+    container: &str,
+    within: Duration,
+) -> bool {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    const VERSION: &str = "2021-08-06";
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(key).expect("base64 account key");
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        // Shared Key: the verb, eleven empty standard headers, the x-ms- headers, then
+        // the resource, whose path names the account again in path-style URLs.
+        let to_sign = format!(
+            "PUT\n{}x-ms-date:{date}\nx-ms-version:{VERSION}\n/{account}/{account}/{container}\nrestype:container",
+            "\n".repeat(11)
+        );
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(to_sign.as_bytes());
+        let signature = b64.encode(mac.finalize().into_bytes());
+        let request = format!(
+            "PUT /{account}/{container}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             x-ms-date: {date}\r\nx-ms-version: {VERSION}\r\n\
+             Authorization: SharedKey {account}:{signature}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = [0u8; 12];
+            if s.write_all(request.as_bytes()).is_ok() && s.read_exact(&mut head).is_ok() {
+                // 201 Created, or 409 Conflict: it exists already.
+                if matches!(&head[9..12], b"201" | b"409") {
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     false
 }
