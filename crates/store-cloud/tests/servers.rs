@@ -88,16 +88,22 @@ fn round_trip(store: Arc<dyn ObjectStore>, dir: &Path) {
     assert!(report.blobs_read > 0);
 }
 
+/// The conformance suite under the prefix `conformance`, then a round trip under
+/// `phone/one`, on the server whose URLs `url` makes.
+fn conforms_and_round_trips(url: impl Fn(&str) -> String, env: Vec<(&str, String)>) {
+    let store = open(&url("conformance"), env.clone(), &options());
+    store_suite::run_all(Arc::new(store));
+    let store = open(&url("phone/one"), env, &options());
+    let dir = tempfile::tempdir().unwrap();
+    round_trip(Arc::new(store), dir.path());
+}
+
 #[test]
 fn s3_conforms_and_round_trips() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = open(&server.url("conformance"), server.env(), &options());
-    store_suite::run_all(Arc::new(store));
-    let store = open(&server.url("phone/one"), server.env(), &options());
-    let dir = tempfile::tempdir().unwrap();
-    round_trip(Arc::new(store), dir.path());
+    conforms_and_round_trips(|p| server.url(p), server.env());
 }
 
 #[test]
@@ -105,11 +111,7 @@ fn azure_blob_conforms_and_round_trips() {
     let Some(server) = AzuriteServer::start() else {
         return;
     };
-    let store = open(&server.url("conformance"), server.env(), &options());
-    store_suite::run_all(Arc::new(store));
-    let store = open(&server.url("phone/one"), server.env(), &options());
-    let dir = tempfile::tempdir().unwrap();
-    round_trip(Arc::new(store), dir.path());
+    conforms_and_round_trips(|p| server.url(p), server.env());
 }
 
 #[test]
@@ -117,13 +119,9 @@ fn webdav_conforms_and_round_trips() {
     let Some(server) = WebDavServer::start() else {
         return;
     };
-    let store = open(&server.url("conformance"), server.env(), &options());
-    store_suite::run_all(Arc::new(store));
-    let store = open(&server.url("backups/phone"), server.env(), &options());
-    let dir = tempfile::tempdir().unwrap();
-    round_trip(Arc::new(store), dir.path());
+    conforms_and_round_trips(|p| server.url(p), server.env());
     // Uploads went through tmp/ and nothing was left there.
-    let tmp = server.dir.path().join("data/backups/phone/tmp");
+    let tmp = server.dir.path().join("data/phone/one/tmp");
     assert_eq!(tree::list_files(&tmp), Vec::<std::path::PathBuf>::new());
 }
 
@@ -159,12 +157,8 @@ fn sftp_conforms_and_round_trips() {
     let Some(server) = SftpServer::start() else {
         return;
     };
-    let store = open(&server.url("conformance"), server.env(), &options());
-    store_suite::run_all(Arc::new(store));
-    let store = open(&server.url("phone"), server.env(), &options());
-    let dir = tempfile::tempdir().unwrap();
-    round_trip(Arc::new(store), dir.path());
-    let tmp = server.dir.path().join("data/phone/tmp");
+    conforms_and_round_trips(|p| server.url(p), server.env());
+    let tmp = server.dir.path().join("data/phone/one/tmp");
     assert_eq!(tree::list_files(&tmp), Vec::<std::path::PathBuf>::new());
 }
 
