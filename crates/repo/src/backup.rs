@@ -208,7 +208,8 @@ struct EncodedChunk<'a> {
 
 /// The one pack all workers fill. One pack per worker would hold another pack's worth
 /// of memory for no speed: sealing a blob takes well under a millisecond, so workers
-/// rarely wait for each other here (compression, the slow part, happens outside).
+/// rarely wait for each other here (compression, the slow part, happens outside);
+/// they do wait, all of them, when uploads fall behind, as they would have anyway.
 struct FillingPack<'a> {
     keys: &'a RepoKeys,
     pack_size: usize,
@@ -218,21 +219,22 @@ struct FillingPack<'a> {
     running: AtomicUsize,
 }
 
-/// The uploaders are gone (one failed); the reason is in `Shared`.
-struct UploadersGone;
-
 impl FillingPack<'_> {
     /// Seals a blob into the pack. A full pack is handed to an uploader first, with
     /// the pack locked: the other worker waits rather than start a new pack, so no
-    /// more than one pack is ever open beside those being uploaded.
-    fn push(&self, chunk: EncodedChunk, packs: &Sender<FinishedPack>) -> Result<(), UploadersGone> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+    /// more than one pack is ever open beside those being uploaded. `Stopped`: the
+    /// uploaders are gone (one failed), or a worker panicked while sealing, which may
+    /// have left the open pack half-sealed; it is then never used again.
+    fn push(&self, chunk: EncodedChunk, packs: &Sender<FinishedPack>) -> Result<(), Stopped> {
+        let Ok(mut open) = self.open.lock() else {
+            return Err(Stopped);
+        };
         let full = open
             .as_ref()
             .is_some_and(|(_, sealer, _)| sealer.len() + 1 + chunk.payload.len() > self.pack_size);
         if full {
             let pack = open.take().expect("checked");
-            packs.send(finished(pack)).map_err(|_| UploadersGone)?;
+            packs.send(finished(pack)).map_err(|_| Stopped)?;
         }
         let (_, sealer, blobs) = open.get_or_insert_with(|| {
             let name = ObjectName::random();
@@ -255,10 +257,11 @@ impl FillingPack<'_> {
         Ok(())
     }
 
-    /// A worker is done; the last one sends the pack left open.
+    /// A worker is done; the last one sends the pack left open (none after a panic:
+    /// the backup fails then, and a half-sealed pack must not be stored).
     fn leave(&self, packs: &Sender<FinishedPack>) {
         if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let last = self.open.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let last = self.open.lock().ok().and_then(|mut open| open.take());
             if let Some(pack) = last {
                 // Uploaders gone: the backup fails, with the reason in `Shared`.
                 let _ = packs.send(finished(pack));
@@ -985,7 +988,8 @@ impl Repository<Indexed> {
             }
             drop(pack_rx);
             let chunker = Chunker::new(keys, self.config.chunker);
-            // `job_tx` moves in: once the producers end, the workers flush their packs.
+            // `job_tx` moves in: once the producers end, the workers finish, and the last
+            // one out sends the open pack.
             produce(
                 &produce_state,
                 store,
@@ -1004,7 +1008,12 @@ impl Repository<Indexed> {
         let (bytes_read, bytes_new, files_unchanged) = stats;
         // Free the pipeline's memory before the snapshot is encoded: with a large
         // database, the snapshot is the biggest object this process makes.
-        drop((produce_state.new, chunk_pool, pack_pool));
+        drop((
+            produce_state.new,
+            produce_state.page_lists,
+            chunk_pool,
+            pack_pool,
+        ));
 
         // Whatever was uploaded gets indexed, even on failure, so a retry reuses it.
         let leftover = shared.take_pending();
@@ -1084,7 +1093,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         fs::create_dir(&src).unwrap();
-        let db = rusqlite::Connection::open(src.join("chat.db")).unwrap();
+        let db_path = src.join("chat.db");
+        let db = rusqlite::Connection::open(&db_path).unwrap();
         db.execute_batch("CREATE TABLE m(body BLOB)").unwrap();
         let mut rng = rand::thread_rng();
         for _ in 0..800 {
@@ -1096,7 +1106,7 @@ mod tests {
         let store = MemoryStore::new();
         let key = BackupKey::generate();
         let home = DeviceHome::new(dir.path().join("home"));
-        let mut repo = Repository::init(Arc::new(store.clone()), &key, home)
+        let mut repo = Repository::init(Arc::new(store.clone()), &key, home.clone())
             .unwrap()
             .load_index()
             .unwrap();
@@ -1109,6 +1119,15 @@ mod tests {
             ..Default::default()
         };
         repo.backup(&opts).unwrap();
+        // The last, part-filled pack was sent too: the database restores exact.
+        let repo = Repository::open(Arc::new(store.clone()), &key, home)
+            .unwrap()
+            .load_index()
+            .unwrap();
+        let restored = dir.path().join("restored");
+        repo.restore(&repo.find_snapshot("latest").unwrap(), &restored)
+            .unwrap();
+        assert!(fs::read(restored.join("src/chat.db")).unwrap() == fs::read(&db_path).unwrap());
         let sizes: Vec<u64> = store
             .list(ObjectKind::Pack)
             .unwrap()

@@ -543,12 +543,11 @@ fn commit_order_makes_each_step_durable_before_the_next() {
     );
 }
 
-/// A day of chatting in the database, checkpointed; returns the pages it changed.
 /// A database's new page list is written over its parent's list as the pages are
-/// read: one that shrank or grew since the parent restores exact, and so do the
-/// snapshots before it.
+/// read: one that shrank or grew since the parent restores exact, as do the snapshots
+/// before it.
 #[test]
-fn a_database_that_shrank_or_grew_restores_exact_and_so_do_its_parents() {
+fn a_database_that_shrank_or_grew_since_its_parent_restores_exact() {
     let f = Fixture::memory();
     let src = f.dir.path().join("app");
     std::fs::create_dir(&src).unwrap();
@@ -581,6 +580,7 @@ fn a_database_that_shrank_or_grew_restores_exact_and_so_do_its_parents() {
     }
 }
 
+/// A day of chatting in the database, checkpointed; returns the pages it changed.
 fn chat_for_a_day(db: &Path, seed: u64) -> u64 {
     let before = std::fs::read(db).unwrap();
     let conn = rusqlite::Connection::open(db).unwrap();

@@ -306,9 +306,14 @@ impl AzuriteServer {
                 }
             };
             let container = "backlock";
-            if wait_for_port(&mut process.child, port, Duration::from_secs(30))
-                && create_container(port, &account, &key, container, Duration::from_secs(30))
-            {
+            let up = wait_for_port(&mut process.child, port, Duration::from_secs(30));
+            let created =
+                up.then(|| create_container(&mut process.child, port, &account, &key, container));
+            last = match created {
+                Some(Err(ref refused)) => format!("creating the container: {refused}\n"),
+                _ => String::new(),
+            };
+            if let Some(Ok(())) = created {
                 return Some(AzuriteServer {
                     _process: process,
                     endpoint: format!("http://127.0.0.1:{port}/{account}"),
@@ -318,7 +323,7 @@ impl AzuriteServer {
                     dir,
                 });
             }
-            last = log_tail(&log);
+            last.push_str(&log_tail(&log));
         }
         unavailable(
             "Azurite (Azure Blob)",
@@ -342,21 +347,26 @@ impl AzuriteServer {
 }
 
 /// Creates `container` with one Shared Key request (the backup tool itself never
-/// creates containers, as it never creates buckets). Returns whether it exists.
+/// creates containers, as it never creates buckets), retrying while Azurite is still
+/// starting; a refusal (a 4xx other than 409, which says it exists) ends at once.
 fn create_container(
+    azurite: &mut Child,
     port: u16,
     account: &str,
     key: &str,
     container: &str,
-    within: Duration,
-) -> bool {
+) -> Result<(), String> {
     use base64::Engine;
     use hmac::{Hmac, Mac};
     const VERSION: &str = "2021-08-06";
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.decode(key).expect("base64 account key");
-    let deadline = Instant::now() + within;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = "no answer".to_string();
     while Instant::now() < deadline {
+        if let Ok(Some(status)) = azurite.try_wait() {
+            return Err(format!("azurite exited ({status})"));
+        }
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         // Shared Key: the verb, eleven empty standard headers, the x-ms- headers, then
         // the resource, whose path names the account again in path-style URLs.
@@ -377,15 +387,18 @@ fn create_container(
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let mut head = [0u8; 12];
             if s.write_all(request.as_bytes()).is_ok() && s.read_exact(&mut head).is_ok() {
-                // 201 Created, or 409 Conflict: it exists already.
-                if matches!(&head[9..12], b"201" | b"409") {
-                    return true;
+                last = String::from_utf8_lossy(&head).into_owned();
+                match &head[9..12] {
+                    // Created, or Conflict: it exists already.
+                    b"201" | b"409" => return Ok(()),
+                    [b'4', ..] => return Err(format!("refused: {last}")),
+                    _ => {}
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    false
+    Err(format!("no success within 30 s; last answer: {last}"))
 }
 
 /// nginx with the WebDAV modules, behind basic authentication.
