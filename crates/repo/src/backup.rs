@@ -333,14 +333,18 @@ fn uploader(
         {
             return;
         }
-        if let Err(e) = store.put(ObjectKind::Pack, &pack.name.to_hex(), &pack.bytes) {
-            return shared.fail(e.into());
+        let size = pack.bytes.len() as u64;
+        match store.put_owned(ObjectKind::Pack, &pack.name.to_hex(), pack.bytes) {
+            // The buffer goes back to the workers: packs reuse a fixed set of buffers,
+            // except where the store kept one as its request body.
+            Ok(buffer) => {
+                shared.bytes_stored.fetch_add(size, Ordering::Relaxed);
+                if let Some(buffer) = buffer {
+                    pack_pool.give(buffer);
+                }
+            }
+            Err(e) => return shared.fail(e.into()),
         }
-        shared
-            .bytes_stored
-            .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
-        // The buffer goes back to the workers: packs reuse a fixed set of buffers.
-        pack_pool.give(pack.bytes);
         if let Err(e) = lock.refresh_if_due() {
             return shared.fail(e);
         }

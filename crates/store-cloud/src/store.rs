@@ -362,6 +362,17 @@ impl CloudStore {
         })
     }
 
+    /// Stores `data`, which becomes the request body.
+    fn put_body(&self, kind: ObjectKind, name: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.path(kind, name)?;
+        let op = self.op.clone();
+        let (result, retries) = match self.put_mode {
+            PutMode::Direct => block_on(async move { op.write(&path, data).await.map(|_| ()) }),
+            PutMode::ViaRename => block_on(Self::put_via_rename(op, path, data)),
+        };
+        result.map_err(|e| self.error(kind, name, (e, retries)))
+    }
+
     async fn put_via_rename(op: Operator, path: String, data: Vec<u8>) -> opendal::Result<()> {
         let tmp = format!("tmp/{}.tmp", hex::encode(rand::random::<[u8; 12]>()));
         let result = async {
@@ -378,14 +389,17 @@ impl CloudStore {
 
 impl ObjectStore for CloudStore {
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let path = self.path(kind, name)?;
-        let op = self.op.clone();
-        let data = data.to_vec();
-        let (result, retries) = match self.put_mode {
-            PutMode::Direct => block_on(async move { op.write(&path, data).await.map(|_| ()) }),
-            PutMode::ViaRename => block_on(Self::put_via_rename(op, path, data)),
-        };
-        result.map_err(|e| self.error(kind, name, (e, retries)))
+        self.put_body(kind, name, data.to_vec())
+    }
+
+    /// The pack buffer becomes the request body: no copy of a pack per upload.
+    fn put_owned(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        data: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.put_body(kind, name, data).map(|()| None)
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {

@@ -71,6 +71,18 @@ pub trait ObjectStore: Send + Sync {
     /// Stores `data` as `kind`/`name`. Atomic: on error or crash, no partial object is
     /// visible under `name`.
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// [`put`](Self::put) of a buffer the caller gives up. A store that sends an owned
+    /// request body (a cloud store) takes it instead of copying it and returns `None`;
+    /// the others return it unchanged, for the caller to fill again.
+    fn put_owned(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        data: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.put(kind, name, &data)?;
+        Ok(Some(data))
+    }
     /// Reads a whole object.
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError>;
     /// Reads `len` bytes at `offset`; fewer when the object is shorter.
@@ -120,6 +132,14 @@ pub trait ObjectStore: Send + Sync {
 impl<S: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<S> {
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StoreError> {
         (**self).put(kind, name, data)
+    }
+    fn put_owned(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        data: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).put_owned(kind, name, data)
     }
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StoreError> {
         (**self).get(kind, name)

@@ -72,6 +72,12 @@ fn large_objects(s: &dyn ObjectStore) {
     let data = crate::tree::random_bytes(9, 24 << 20);
     s.put(ObjectKind::Pack, &name(4), &data).unwrap();
     assert!(s.get(ObjectKind::Pack, &name(4)).unwrap() == data);
+    // Given up by the caller: stored whole, and a buffer handed back is untouched.
+    let returned = s
+        .put_owned(ObjectKind::Pack, &name(4), data.clone())
+        .unwrap();
+    assert!(returned.is_none_or(|buffer| buffer == data));
+    assert!(s.get(ObjectKind::Pack, &name(4)).unwrap() == data);
     s.delete(ObjectKind::Pack, &name(4)).unwrap();
 }
 
