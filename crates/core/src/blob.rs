@@ -32,6 +32,8 @@ pub struct BlobEncoder {
     /// For the sample that decides whether a large chunk is worth compressing; kept,
     /// since a context per chunk costs an allocation the size of its tables.
     zstd_sample: zstd::bulk::Compressor<'static>,
+    /// For deltas, whose base is passed as raw content on each call.
+    zstd_delta: zstd::zstd_safe::CCtx<'static>,
     /// Reused output buffer: zstd writes into its spare capacity, so nothing is zeroed.
     scratch: Vec<u8>,
 }
@@ -43,6 +45,7 @@ impl BlobEncoder {
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
             zstd_small: zstd::bulk::Compressor::new(ZSTD_LEVEL_SMALL)?,
             zstd_sample: zstd::bulk::Compressor::new(1)?,
+            zstd_delta: zstd::zstd_safe::CCtx::create(),
             scratch: Vec::new(),
         })
     }
@@ -118,29 +121,52 @@ impl BlobEncoder {
     /// when that is shorter than [`Self::encode`]'s blob. Returns the blob and whether
     /// it is a delta (whose index entry must then name the base).
     pub fn encode_against(&mut self, chunk: &[u8], base: &[u8]) -> (Vec<u8>, bool) {
-        let (full, _) = self.encode(chunk, true);
-        match encode_delta(chunk, base) {
-            Some(delta) if delta.len() < full.len() => (delta, true),
-            _ => (full, false),
+        let delta = self.encode_delta(chunk, base);
+        // Compressed whole, a page of chat rows keeps well over an eighth of its size:
+        // a delta under that wins without trying.
+        match delta {
+            Some(delta) if delta.len() <= chunk.len() / 8 => (delta, true),
+            delta => {
+                let (full, _) = self.encode(chunk, true);
+                match delta {
+                    Some(delta) if delta.len() < full.len() => (delta, true),
+                    _ => (full, false),
+                }
+            }
         }
+    }
+
+    /// `chunk` as a codec-2 blob against `base`; `None` if zstd refuses (it does not for
+    /// in-memory buffers).
+    fn encode_delta(&mut self, chunk: &[u8], base: &[u8]) -> Option<Vec<u8>> {
+        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
+        if is_raw_content(base) {
+            // The reused context: a context per delta cost its tables' allocation and
+            // page faults every time, more than compressing a 16 KiB run of pages.
+            self.zstd_delta
+                .compress_using_dict(&mut frame, chunk, base, ZSTD_LEVEL_DELTA)
+                .ok()?;
+        } else {
+            // zstd would read this base as a dictionary of its own format.
+            let mut cctx = zstd::zstd_safe::CCtx::create();
+            cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(
+                ZSTD_LEVEL_DELTA,
+            ))
+            .ok()?;
+            cctx.ref_prefix(base).ok()?;
+            cctx.compress2(&mut frame, chunk).ok()?;
+        }
+        Some(join(CODEC_ZSTD_DELTA, &frame))
     }
 }
 
-/// `chunk` as a codec-2 blob against `base`; `None` if zstd refuses (it does not for
-/// in-memory buffers).
-fn encode_delta(chunk: &[u8], base: &[u8]) -> Option<Vec<u8>> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    // A fresh context: a referenced prefix borrows the context for its lifetime.
-    let mut cctx = CCtx::create();
-    cctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL_DELTA))
-        .ok()?;
-    cctx.ref_prefix(base).ok()?;
-    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
-    cctx.compress2(&mut frame, chunk).ok()?;
-    let mut out = Vec::with_capacity(1 + frame.len());
-    out.push(CODEC_ZSTD_DELTA);
-    out.extend_from_slice(&frame);
-    Some(out)
+/// The first four bytes of a zstd dictionary (0xEC30A437, little-endian).
+const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xA4, 0x30, 0xEC];
+
+/// True when zstd's `*_usingDict` functions take `base` as raw content, exactly as
+/// the `refPrefix` the format specifies: anything but a zstd dictionary's header.
+fn is_raw_content(base: &[u8]) -> bool {
+    !base.starts_with(&ZSTD_DICT_MAGIC)
 }
 
 /// Decodes a blob whose chunk is at most `max_len` bytes (a bound from the index, so a
@@ -184,6 +210,14 @@ impl BlobDecoder {
             detail,
         };
         match (blob.split_first(), base) {
+            (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) if is_raw_content(base) => {
+                // The reused context, base as raw content: the same as a prefix.
+                let mut out = Vec::with_capacity(max_len);
+                self.zstd
+                    .decompress_using_dict(&mut out, rest, base)
+                    .map_err(|c| malformed(zstd::zstd_safe::get_error_name(c).into()))?;
+                Ok(Cow::Owned(out))
+            }
             (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) => {
                 decode_delta(rest, max_len, base).map(Cow::Owned)
             }
@@ -211,6 +245,8 @@ impl BlobDecoder {
     }
 }
 
+/// A delta whose base zstd would take for a dictionary: decoded with the base as a
+/// prefix, as the format defines it.
 fn decode_delta(frame: &[u8], max_len: usize, base: &[u8]) -> Result<Vec<u8>, FormatError> {
     let malformed = |detail: String| FormatError::Malformed {
         what: "blob",
@@ -272,6 +308,54 @@ mod tests {
         let (blob, delta) = enc.encode_against(&unrelated, &base);
         assert!(!delta && blob[0] == CODEC_RAW);
         assert!(decode(&blob, 4096, Some(&base)).is_err());
+    }
+
+    /// A 16 KiB run of pages with one page changed by a row.
+    fn base_and_changed_run(seed: &str) -> (Vec<u8>, Vec<u8>) {
+        let mut base = vec![0u8; 16384];
+        blake3::Hasher::new_derive_key(seed)
+            .finalize_xof()
+            .fill(&mut base);
+        let mut run = base.clone();
+        run[9000..9050].copy_from_slice(&[3u8; 50]);
+        (base, run)
+    }
+
+    /// The reused contexts pass the base as raw content, which the format defines as
+    /// zstd's `refPrefix`: each side must read what the other writes, and a base that
+    /// looks like a zstd dictionary must still be taken as plain content.
+    #[test]
+    fn deltas_from_reused_contexts_are_prefix_deltas() {
+        let mut enc = BlobEncoder::new().unwrap();
+        let mut dec = BlobDecoder::new();
+        let (base, run) = base_and_changed_run("prefix");
+        // Many deltas through one encoder and decoder: no base leaks into the next.
+        for i in 0..3 {
+            let (blob, delta) = enc.encode_against(&run, &base);
+            assert!(delta && blob.len() < 200, "round {i}: {} bytes", blob.len());
+            assert_eq!(decode_delta(&blob[1..], run.len(), &base).unwrap(), run);
+            assert_eq!(*dec.decode(&blob, run.len(), Some(&base)).unwrap(), run[..]);
+            let (whole, _) = enc.encode(&run, true);
+            assert_eq!(*dec.decode(&whole, run.len(), None).unwrap(), run[..]);
+        }
+        // A delta written with a prefix, as the format specifies, read by the decoder.
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        cctx.ref_prefix(&base).unwrap();
+        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(run.len()));
+        cctx.compress2(&mut frame, &run).unwrap();
+        let blob = join(CODEC_ZSTD_DELTA, &frame);
+        assert!(blob.len() < 200, "{} bytes", blob.len());
+        assert_eq!(*dec.decode(&blob, run.len(), Some(&base)).unwrap(), run[..]);
+        // A base that starts like a zstd dictionary is still plain content.
+        let (mut base, _) = base_and_changed_run("dictionary-like");
+        base[..4].copy_from_slice(&ZSTD_DICT_MAGIC);
+        assert!(!is_raw_content(&base));
+        let mut run = base.clone();
+        run[100..120].copy_from_slice(&[1u8; 20]);
+        let (blob, delta) = enc.encode_against(&run, &base);
+        assert!(delta && blob.len() < 200, "{} bytes", blob.len());
+        assert_eq!(*dec.decode(&blob, run.len(), Some(&base)).unwrap(), run[..]);
+        assert_eq!(decode_delta(&blob[1..], run.len(), &base).unwrap(), run);
     }
 
     #[test]

@@ -410,3 +410,41 @@ fn chunk_boundaries() {
         ],
     );
 }
+
+/// A delta blob (codec 2, §Blobs) decodes against its base's plaintext as a zstd
+/// prefix. The blob bytes are whatever the encoder wrote when the vector was made;
+/// an encoder may write other bytes (zstd's output is not the format), but every
+/// reader must turn these into the run of pages.
+#[test]
+fn delta_blob() {
+    use backlock_core::blob::{decode, BlobEncoder, CODEC_ZSTD_DELTA};
+    let base = input(16384);
+    let mut run = base.clone();
+    run[9000..9050].fill(3);
+    let path = dir().join("delta-blob.txt");
+    let blob = match std::fs::read_to_string(&path) {
+        Ok(stored) => hex::decode(&parse(&stored)["blob"]).unwrap(),
+        Err(_) if std::env::var_os("BACKLOCK_BLESS").is_some() => {
+            let (blob, delta) = BlobEncoder::new().unwrap().encode_against(&run, &base);
+            assert!(delta);
+            let text = format!(
+                "expect: ok\nbase: the first 16384 bytes of BLAKE3 XOF of \"backlock test input\"\n\
+                 chunk: the base with bytes 9000..9050 set to 0x03\nblob: {}\n",
+                hex::encode(&blob)
+            );
+            std::fs::write(&path, text).unwrap();
+            blob
+        }
+        Err(e) => panic!("vector delta-blob missing ({e}); BACKLOCK_BLESS=1 writes it"),
+    };
+    assert_eq!(blob[0], CODEC_ZSTD_DELTA);
+    assert_eq!(decode(&blob, run.len(), Some(&base)).unwrap(), run);
+    // Without its base, or against another, it is not the chunk.
+    assert!(decode(&blob, run.len(), None).is_err());
+    let mut other = base.clone();
+    other[100] ^= 1;
+    assert!(decode(&blob, run.len(), Some(&other)).ok() != Some(run.clone()));
+    // Today's encoder still writes a delta this reader turns into the chunk.
+    let (ours, _) = BlobEncoder::new().unwrap().encode_against(&run, &base);
+    assert_eq!(decode(&ours, run.len(), Some(&base)).unwrap(), run);
+}

@@ -21,7 +21,7 @@ use crate::{
 };
 use backlock_core::{
     blob::BlobEncoder,
-    chunker::{ChunkSource, Chunker, PageChunks},
+    chunker::{database_chunk, ChunkSource, Chunker, PageChunks},
     envelope::{self, ObjectKind, PackSealer},
     format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
@@ -73,7 +73,7 @@ pub struct BackupOptions<'a> {
     /// Compression and sealing threads (default: available cores).
     pub workers: usize,
     /// Store every file exactly as it is on disk: SQLite databases are read directly
-    /// as files (still one chunk per page) instead of through SQLite,
+    /// as files (still in runs of whole pages) instead of through SQLite,
     /// and their `-wal`/`-shm`/`-journal` sidecars are kept. For a source nothing
     /// writes to, such as an unencrypted backup being migrated, so that its restore
     /// equals it bit for bit (docs/FORMAT.md §SQLite databases).
@@ -130,8 +130,9 @@ struct Job {
     base: Option<(ChunkId, Vec<u8>)>,
 }
 
-/// Changed SQLite pages whose bases are read together, in one pass over their packs.
-const BASE_WINDOW: usize = 256;
+/// Changed runs of SQLite pages whose bases are read together, in one pass over their
+/// packs, up to this many bytes of them: the window holds them and their bases.
+const BASE_WINDOW_BYTES: usize = 1 << 20;
 
 struct FinishedPack {
     name: ObjectName,
@@ -533,6 +534,8 @@ struct Producer<'a> {
     bases: BaseReader<'a>,
     /// Changed pages waiting for their bases, each with its base's ID.
     window: Vec<(Job, ChunkId)>,
+    /// Bytes of the chunks in `window`.
+    window_bytes: usize,
     jobs: Sender<Job>,
     /// The chunker's read buffer, kept from file to file.
     stream_buf: Vec<u8>,
@@ -572,8 +575,9 @@ impl Producer<'_> {
                 .map(|l| l.blob.base.unwrap_or(l.blob.id));
             match base {
                 Some(base) => {
+                    self.window_bytes += job.data.len();
                     self.window.push((job, base));
-                    if self.window.len() >= BASE_WINDOW {
+                    if self.window_bytes >= BASE_WINDOW_BYTES {
                         self.flush_window()?;
                     }
                 }
@@ -591,15 +595,29 @@ impl Producer<'_> {
             return Ok(());
         }
         let window = std::mem::take(&mut self.window);
-        let bases = match self.bases.read(window.iter().map(|(_, b)| *b)) {
+        self.window_bytes = 0;
+        let mut bases = match self.bases.read(window.iter().map(|(_, b)| *b)) {
             Ok(bases) => bases,
             Err(e) => {
                 tracing::warn!(error = %e, "previous page versions unreadable: storing the changed pages whole");
                 HashMap::new()
             }
         };
+        let mut uses: HashMap<ChunkId, usize> = HashMap::new();
+        for (_, base) in &window {
+            *uses.entry(*base).or_default() += 1;
+        }
         for (mut job, base) in window {
-            job.base = bases.get(&base).map(|plain| (base, plain.clone()));
+            // A base's last user takes it; earlier ones (pages equal yesterday) copy it.
+            let left = uses.get_mut(&base).map(|n| {
+                *n -= 1;
+                *n
+            });
+            let plain = match left {
+                Some(0) => bases.remove(&base),
+                _ => bases.get(&base).cloned(),
+            };
+            job.base = plain.map(|plain| (base, plain));
             self.jobs.send(job).map_err(|_| Stopped)?;
         }
         Ok(())
@@ -666,21 +684,23 @@ impl Producer<'_> {
                 let mut node = node_of(e, NodeKind::SqliteFile);
                 // Changed pages become deltas of their previous version.
                 node.chunks = self.shared.page_lists.take(&e.rel);
-                let page_count = (e.meta.len() / page as u64) as usize + 1;
+                let size = database_chunk(page);
+                let chunk_count = (e.meta.len() / size as u64) as usize + 1;
                 node.chunks
-                    .reserve_exact(page_count.saturating_sub(node.chunks.len()));
+                    .reserve_exact(chunk_count.saturating_sub(node.chunks.len()));
                 let read = sqlite::with_pages(&e.fs_path, |pages| {
-                    self.chunk_all(pages, Some(page), &mut node, &e.fs_path)
+                    self.chunk_all(pages, Some(size), &mut node, &e.fs_path)
                 })??;
                 (node, read)
             }
             Some(page) => {
                 let mut node = node_of(e, NodeKind::File);
+                let size = database_chunk(page);
                 node.chunks
-                    .reserve_exact((e.meta.len() / page as u64) as usize + 1);
+                    .reserve_exact((e.meta.len() / size as u64) as usize + 1);
                 let reader = io::BufReader::with_capacity(1 << 20, ReadAhead::new(file));
-                let mut source = PageChunks::new(reader, page);
-                let read = self.chunk_all(&mut source, Some(page), &mut node, &e.fs_path)?;
+                let mut source = PageChunks::new(reader, size);
+                let read = self.chunk_all(&mut source, Some(size), &mut node, &e.fs_path)?;
                 (node, read)
             }
             None => {
@@ -841,6 +861,7 @@ fn produce<'a>(
             shared,
             bases: BaseReader::new(store, shared.keys, shared.index),
             window: Vec::new(),
+            window_bytes: 0,
             jobs,
             stream_buf: Vec::new(),
         };
@@ -1139,11 +1160,12 @@ mod tests {
             .map(|o| o.size)
             .collect();
         assert!(sizes.len() >= 30, "only {} packs", sizes.len());
-        // A pack is sent when the next blob, a page of at most 4 KiB and its framing,
-        // does not fit.
+        // A pack is sent when the next blob, a run of pages and its framing, does not
+        // fit.
+        let blob_max = (database_chunk(4096) + 200) as u64;
         let part_filled = sizes
             .iter()
-            .filter(|&&size| size + 4200 < u64::from(pack_size))
+            .filter(|&&size| size + blob_max < u64::from(pack_size))
             .count();
         assert!(
             part_filled <= 1,

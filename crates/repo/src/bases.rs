@@ -16,7 +16,7 @@ use backlock_core::{
 use backlock_store::ObjectStore;
 use std::collections::HashMap;
 
-/// Blobs closer than this in a pack are fetched in one read. Bases are single SQLite
+/// Blobs closer than this in a pack are fetched in one read. Bases are runs of SQLite
 /// pages scattered through the packs of a database (a day changes about one page in
 /// eight); on a cloud store each read is a request, which costs more than reading
 /// through the pages between them, and a local disk reads ahead over them anyway.

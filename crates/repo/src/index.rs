@@ -1,7 +1,7 @@
 //! The in-memory index: where each chunk is stored.
 //!
 //! A repository holds one blob per distinct chunk, and a chat database alone is one
-//! chunk per 4 KiB page, so the index is the largest structure a backup or restore
+//! chunk per 16 KiB run of pages, so the index is the largest structure a backup or restore
 //! keeps. It is a sorted table of 64-byte entries (pack names and delta bases are kept
 //! once, in side tables) found through a table of ID prefixes: chunk IDs are keyed
 //! MACs, so they spread evenly and a prefix bucket holds a handful of entries.

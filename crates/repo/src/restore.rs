@@ -417,8 +417,8 @@ impl Repository<Indexed> {
 }
 
 /// Writes restored chunks into the target files. Chunks that continue one another in
-/// a file (a database's pages, stored in order) are gathered into one write: a system
-/// call per 4 KiB page cost a restore more than copying the pages.
+/// a file (a database's runs of pages, stored in order) are gathered into one write: a
+/// system call per 4 KiB page cost a restore more than copying the pages.
 struct Writer<'a> {
     paths: &'a [PathBuf],
     files: HashMap<u32, File>,

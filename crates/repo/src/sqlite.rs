@@ -1,9 +1,9 @@
 //! Live SQLite databases are read through SQLite itself, never by copying the file
 //! under a writer: every page comes from `sqlite_dbpage` within one read
-//! transaction, then becomes one chunk.
+//! transaction, and runs of them become chunks.
 
 use crate::error::{RepoError, Result};
-use backlock_core::chunker::{sqlite_page_size, ChunkSource};
+use backlock_core::chunker::{database_chunk, sqlite_page_size, ChunkSource};
 use rusqlite::{Connection, OpenFlags};
 use std::{
     io::{self, Read},
@@ -75,6 +75,7 @@ pub(crate) fn with_pages<T>(
     let mut pages = LivePages {
         rows,
         next_pgno: 1,
+        page: 0,
         failed: None,
     };
     let out = read(&mut pages);
@@ -88,6 +89,8 @@ pub(crate) fn with_pages<T>(
 struct LivePages<'s> {
     rows: rusqlite::Rows<'s>,
     next_pgno: i64,
+    /// The size of the pages read so far (SQLite's, from the first page).
+    page: usize,
     /// What went wrong, reported by [`with_pages`] rather than as an I/O error.
     failed: Option<String>,
 }
@@ -98,7 +101,7 @@ impl LivePages<'_> {
             return Ok(false);
         };
         let pgno: i64 = row.get(0).map_err(|e| e.to_string())?;
-        // Chunk i is page i + 1: delta bases and restore rely on it.
+        // Pages in order, none missing: delta bases and restore rely on it.
         if pgno != self.next_pgno {
             return Err(format!(
                 "page {pgno} came where page {} was due",
@@ -110,18 +113,34 @@ impl LivePages<'_> {
             .get_ref(1)
             .and_then(|v| v.as_blob().map_err(Into::into))
             .map_err(|e| e.to_string())?;
+        if self.page == 0 {
+            self.page = data.len();
+        } else if data.len() != self.page {
+            return Err(format!(
+                "page {pgno} has {} bytes where pages have {}",
+                data.len(),
+                self.page
+            ));
+        }
         out.extend_from_slice(data);
         Ok(true)
     }
 }
 
 impl ChunkSource for LivePages<'_> {
+    /// The next run of pages ([`database_chunk`] bytes, fewer at the end).
     fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         out.clear();
-        self.next_page(out).map_err(|detail| {
-            let e = io::Error::other(detail.clone());
-            self.failed = Some(detail);
-            e
-        })
+        loop {
+            match self.next_page(out) {
+                Ok(true) if out.len() < database_chunk(self.page) => continue,
+                Ok(_) => return Ok(!out.is_empty()),
+                Err(detail) => {
+                    let e = io::Error::other(detail.clone());
+                    self.failed = Some(detail);
+                    return Err(e);
+                }
+            }
+        }
     }
 }

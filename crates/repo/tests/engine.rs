@@ -106,19 +106,31 @@ fn sqlite_day_stores_about_the_pages_that_changed() {
         .unwrap();
     drop(conn);
     let after = std::fs::read(&db).unwrap();
-    let changed = after
-        .chunks(4096)
-        .enumerate()
-        .filter(|(i, p)| before.chunks(4096).nth(*i) != Some(*p))
-        .count() as u64;
+    let changed = |size: usize| {
+        after
+            .chunks(size)
+            .enumerate()
+            .filter(|(i, p)| before.chunks(size).nth(*i) != Some(*p))
+            .count()
+    };
+    // A database is chunked in runs of pages (16 KiB of 4 KiB pages).
+    let (pages, runs) = (
+        changed(4096),
+        changed(backlock_core::chunker::DATABASE_CHUNK),
+    );
     let day = f.backup(&src);
-    // Page-aware chunks: new bytes are the changed pages, not the whole file.
+    // Page-aware chunks: new bytes are the changed runs of pages, not the whole file,
+    // and what is stored (deltas, snapshot and index) is less than the changed pages.
     assert!(
-        day.bytes_new <= (changed + 2) * 4096,
-        "changed {changed} pages, new {}",
+        day.bytes_new <= (runs * backlock_core::chunker::DATABASE_CHUNK) as u64,
+        "changed {runs} runs of pages, new {}",
         day.bytes_new
     );
-    assert!(day.bytes_new * 4 < after.len() as u64, "{day:?}");
+    assert!(
+        day.bytes_stored < (pages * 4096) as u64,
+        "changed {pages} pages, stored {day:?}"
+    );
+    assert!(day.bytes_stored * 20 < after.len() as u64, "{day:?}");
 }
 
 #[test]
@@ -697,4 +709,54 @@ fn snapshot_nodes_keep_walk_order_whatever_order_files_are_read_in() {
     let target = f.dir.path().join("restored");
     f.restore_latest(&target).unwrap();
     tree::assert_same(&src, &target.join("chat"));
+}
+
+/// A database is cut into runs of whole pages, whatever its page size: 16 KiB runs of
+/// small pages, one chunk per page of 16 KiB or more, a short last run; each restores
+/// as its own bytes.
+#[test]
+fn databases_are_cut_into_runs_of_whole_pages_of_any_size() {
+    let f = Fixture::memory();
+    let src = f.dir.path().join("app");
+    std::fs::create_dir(&src).unwrap();
+    let sizes = [512usize, 4096, 65536];
+    for page in sizes {
+        let db = src.join(format!("p{page}.db"));
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        // The page size sticks once the first table is written.
+        conn.pragma_update(None, "page_size", page as i64).unwrap();
+        conn.execute_batch("CREATE TABLE pad(x)").unwrap();
+        drop(conn);
+        tree::write_db(&db, 3_001, page as u64);
+    }
+    f.backup(&src);
+    let repo = f.repo();
+    let refs = repo.snapshot_refs().unwrap();
+    let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
+    for page in sizes {
+        let bytes = std::fs::read(src.join(format!("p{page}.db"))).unwrap();
+        assert_eq!(backlock_core::chunker::sqlite_page_size(&bytes), Some(page));
+        let node = snapshot
+            .nodes
+            .iter()
+            .find(|n| n.path == format!("app/p{page}.db").into_bytes())
+            .unwrap();
+        let run = page.max(backlock_core::chunker::DATABASE_CHUNK);
+        assert_eq!(node.size, bytes.len() as u64, "page size {page}");
+        assert_eq!(
+            node.chunks.len(),
+            bytes.len().div_ceil(run),
+            "page size {page}"
+        );
+    }
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    for page in sizes {
+        let name = format!("p{page}.db");
+        assert!(
+            std::fs::read(target.join("app").join(&name)).unwrap()
+                == std::fs::read(src.join(&name)).unwrap(),
+            "{name} differs"
+        );
+    }
 }
