@@ -165,13 +165,15 @@ impl Shared {
 struct BufferPool {
     tx: Sender<Vec<u8>>,
     rx: Receiver<Vec<u8>>,
+    /// Capacity a kept buffer is cut back to.
+    max_kept: usize,
 }
 
 impl BufferPool {
-    /// A pool keeping at most `capacity` buffers.
-    fn new(capacity: usize) -> Self {
+    /// A pool keeping at most `capacity` buffers of at most `max_kept` bytes each.
+    fn new(capacity: usize, max_kept: usize) -> Self {
         let (tx, rx) = bounded(capacity);
-        BufferPool { tx, rx }
+        BufferPool { tx, rx, max_kept }
     }
 
     /// A kept buffer (empty, with its capacity), or a new one of `capacity` bytes.
@@ -182,10 +184,14 @@ impl BufferPool {
     }
 
     /// Keeps `buf` for a later [`take`](Self::take) if the pool has room and it is
-    /// worth keeping (a SQLite page's buffer is not: small ones allocate cheaply).
+    /// worth keeping (a SQLite page's buffer is not: small ones allocate cheaply). A
+    /// chunk buffer grows to the largest chunk it held, so over a long backup every
+    /// kept one would reach the largest chunk size: cut back, the kept memory stays
+    /// the same however much data goes through (glibc returns the cut pages).
     fn give(&self, mut buf: Vec<u8>) {
         if buf.capacity() >= POOLED_MIN {
             buf.clear();
+            buf.shrink_to(self.max_kept);
             let _ = self.tx.try_send(buf);
         }
     }
@@ -963,8 +969,12 @@ impl Repository<Indexed> {
         // Room for every buffer that can be in flight at once: chunks held by the
         // producers, queued for and held by the workers; the pack being filled (or
         // handed over: the pack channel holds none) and those being uploaded.
-        let chunk_pool = BufferPool::new(PRODUCERS + 2 * workers);
-        let pack_pool = BufferPool::new(1 + uploaders);
+        // Chunk buffers are kept at up to twice the average chunk: most chunks fit.
+        let chunk_pool = BufferPool::new(
+            PRODUCERS + 2 * workers,
+            2 * self.config.chunker.avg as usize,
+        );
+        let pack_pool = BufferPool::new(1 + uploaders, usize::MAX);
         let filling = FillingPack {
             keys,
             pack_size,
@@ -1109,6 +1119,22 @@ mod tests {
     use backlock_store::MemoryStore;
     use rand::RngCore;
     use std::sync::Arc;
+
+    /// Kept chunk buffers are cut back to the pool's limit, so the memory a long backup
+    /// keeps does not creep up to the largest chunk times the pool's size; small ones
+    /// are not kept, and a full pool drops what it is given.
+    #[test]
+    fn the_buffer_pool_keeps_few_buffers_of_bounded_size() {
+        let pool = BufferPool::new(2, 1 << 20);
+        pool.give(Vec::with_capacity(4 << 20));
+        pool.give(Vec::with_capacity(512 << 10));
+        pool.give(Vec::with_capacity(3 << 20));
+        pool.give(Vec::with_capacity(1 << 10));
+        let kept: Vec<usize> = pool.rx.try_iter().map(|b| b.capacity()).collect();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept[0] >= 1 << 20 && kept[0] < (1 << 20) + 4096, "{kept:?}");
+        assert!(kept[1] >= 512 << 10 && kept[1] < 1 << 20, "{kept:?}");
+    }
 
     /// However many workers seal chunks, they fill one pack at a time, so every pack of
     /// a backup but its last is full. With a pack per worker, each worker's last pack
