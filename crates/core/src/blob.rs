@@ -3,7 +3,7 @@
 //! Codec 0 stores the chunk as is; codec 1 is a zstd frame. Compression is kept only
 //! when it saves at least 1/32 of the chunk, so media is stored raw. Codec 2 is a
 //! zstd frame compressed against the previous version of the chunk (its *base*, named
-//! by the index), so a SQLite page that changed by one row costs tens of bytes.
+//! by the index), so a run of SQLite pages that changed by one row costs tens of bytes.
 
 use crate::error::FormatError;
 use std::borrow::Cow;
@@ -19,7 +19,7 @@ pub const CODEC_ZSTD_DELTA: u8 = 2;
 pub const ZSTD_LEVEL_DELTA: i32 = 3;
 /// zstd level for large chunks: zstd's default balance of speed and ratio.
 pub const ZSTD_LEVEL: i32 = 3;
-/// zstd level for small chunks (SQLite pages), where level 3's per-call table
+/// zstd level for small chunks (runs of SQLite pages), where level 3's per-call table
 /// building costs more than it saves.
 pub const ZSTD_LEVEL_SMALL: i32 = 1;
 /// Chunks up to this size are small.
@@ -118,11 +118,12 @@ fn join(codec: u8, payload: &[u8]) -> Vec<u8> {
 
 impl BlobEncoder {
     /// Encodes `chunk` given the previous version of it, `base`: as a delta (codec 2)
-    /// when that is shorter than [`Self::encode`]'s blob. Returns the blob and whether
-    /// it is a delta (whose index entry must then name the base).
+    /// when that is at most an eighth of the chunk, or else shorter than
+    /// [`Self::encode`]'s blob. Returns the blob and whether it is a delta (whose index
+    /// entry must then name the base).
     pub fn encode_against(&mut self, chunk: &[u8], base: &[u8]) -> (Vec<u8>, bool) {
         let delta = self.encode_delta(chunk, base);
-        // Compressed whole, a page of chat rows keeps well over an eighth of its size:
+        // Compressed whole, a run of chat rows keeps well over an eighth of its size:
         // a delta under that wins without trying.
         match delta {
             Some(delta) if delta.len() <= chunk.len() / 8 => (delta, true),
@@ -211,6 +212,7 @@ impl BlobDecoder {
         };
         match (blob.split_first(), base) {
             (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) if is_raw_content(base) => {
+                one_frame(rest)?;
                 // The reused context, base as raw content: the same as a prefix.
                 let mut out = Vec::with_capacity(max_len);
                 self.zstd
@@ -219,6 +221,7 @@ impl BlobDecoder {
                 Ok(Cow::Owned(out))
             }
             (Some((&CODEC_ZSTD_DELTA, rest)), Some(base)) => {
+                one_frame(rest)?;
                 decode_delta(rest, max_len, base).map(Cow::Owned)
             }
             (Some((&CODEC_ZSTD_DELTA, _)), None) => Err(malformed(
@@ -232,6 +235,7 @@ impl BlobDecoder {
                 Err(malformed(format!("{} bytes exceeds {max_len}", rest.len())))
             }
             (Some((&CODEC_ZSTD, rest)), None) => {
+                one_frame(rest)?;
                 // Output capacity is the bound: a larger frame is an error, not a resize.
                 let mut out = Vec::with_capacity(max_len);
                 self.zstd
@@ -242,6 +246,25 @@ impl BlobDecoder {
             (Some((&c, _)), _) => Err(malformed(format!("unknown codec {c}"))),
             (None, _) => Err(malformed("empty".into())),
         }
+    }
+}
+
+/// The first four bytes of a zstd frame (0xFD2FB528, little-endian).
+const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// A blob's payload is exactly one standard zstd frame, as the format says: zstd
+/// itself would also accept frames of its legacy formats, skippable frames, and
+/// several frames one after another.
+fn one_frame(payload: &[u8]) -> Result<(), FormatError> {
+    let whole = payload.starts_with(&ZSTD_FRAME_MAGIC)
+        && zstd::zstd_safe::find_frame_compressed_size(payload) == Ok(payload.len());
+    if whole {
+        Ok(())
+    } else {
+        Err(FormatError::Malformed {
+            what: "blob",
+            detail: "its payload is not exactly one zstd frame".into(),
+        })
     }
 }
 
@@ -328,16 +351,28 @@ mod tests {
     fn deltas_from_reused_contexts_are_prefix_deltas() {
         let mut enc = BlobEncoder::new().unwrap();
         let mut dec = BlobDecoder::new();
-        let (base, run) = base_and_changed_run("prefix");
-        // Many deltas through one encoder and decoder: no base leaks into the next.
+        let (base_a, run_a) = base_and_changed_run("prefix a");
+        let (base_b, run_b) = base_and_changed_run("prefix b");
+        // Deltas against alternating bases through one encoder and one decoder, with
+        // a damaged delta and a whole blob between them: nothing of one call's base
+        // or state reaches the next.
         for i in 0..3 {
-            let (blob, delta) = enc.encode_against(&run, &base);
-            assert!(delta && blob.len() < 200, "round {i}: {} bytes", blob.len());
-            assert_eq!(decode_delta(&blob[1..], run.len(), &base).unwrap(), run);
-            assert_eq!(*dec.decode(&blob, run.len(), Some(&base)).unwrap(), run[..]);
-            let (whole, _) = enc.encode(&run, true);
-            assert_eq!(*dec.decode(&whole, run.len(), None).unwrap(), run[..]);
+            for (base, run) in [(&base_a, &run_a), (&base_b, &run_b)] {
+                let (blob, delta) = enc.encode_against(run, base);
+                assert!(delta && blob.len() < 200, "round {i}: {} bytes", blob.len());
+                assert_eq!(decode_delta(&blob[1..], run.len(), base).unwrap(), *run);
+                let mut damaged = blob.clone();
+                let last = damaged.len() - 1;
+                damaged[last] ^= 0x55;
+                assert!(
+                    dec.decode(&damaged, run.len(), Some(base)).ok().as_deref() != Some(&run[..])
+                );
+                assert_eq!(*dec.decode(&blob, run.len(), Some(base)).unwrap(), run[..]);
+                let (whole, _) = enc.encode(run, true);
+                assert_eq!(*dec.decode(&whole, run.len(), None).unwrap(), run[..]);
+            }
         }
+        let (base, run) = (base_a, run_a);
         // A delta written with a prefix, as the format specifies, read by the decoder.
         let mut cctx = zstd::zstd_safe::CCtx::create();
         cctx.ref_prefix(&base).unwrap();
@@ -356,6 +391,28 @@ mod tests {
         assert!(delta && blob.len() < 200, "{} bytes", blob.len());
         assert_eq!(*dec.decode(&blob, run.len(), Some(&base)).unwrap(), run[..]);
         assert_eq!(decode_delta(&blob[1..], run.len(), &base).unwrap(), run);
+    }
+
+    /// A zstd payload is one standard frame: not two frames, a frame with bytes after
+    /// it, or a skippable frame, which zstd alone would all accept.
+    #[test]
+    fn a_payload_is_exactly_one_zstd_frame() {
+        let mut enc = BlobEncoder::new().unwrap();
+        let text = b"see you at eight ".repeat(100);
+        let (blob, compressed) = enc.encode(&text, true);
+        assert!(compressed);
+        let frame = &blob[1..];
+        let two = [&blob[..], frame].concat();
+        let trailing = [&blob[..], &[0u8][..]].concat();
+        let skippable = [&[CODEC_ZSTD, 0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0][..], frame].concat();
+        for bad in [two, trailing, skippable] {
+            assert!(decode(&bad, 2 * text.len(), None).is_err());
+        }
+        let (base, run) = base_and_changed_run("frames");
+        let (delta, _) = enc.encode_against(&run, &base);
+        let two = [&delta[..], &delta[1..]].concat();
+        assert!(decode(&two, 2 * run.len(), Some(&base)).is_err());
+        assert_eq!(decode(&delta, run.len(), Some(&base)).unwrap(), run);
     }
 
     #[test]

@@ -252,7 +252,8 @@ pub fn database_chunk(page: usize) -> usize {
     page.max(DATABASE_CHUNK)
 }
 
-/// Splits a reader into fixed-size pages (the last may be shorter).
+/// Splits a reader into fixed-size chunks, the last possibly shorter: a database's
+/// runs of whole pages ([`database_chunk`]).
 pub struct PageChunks<R> {
     reader: R,
     page: usize,

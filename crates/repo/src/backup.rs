@@ -125,7 +125,7 @@ struct Job {
     id: ChunkId,
     data: Vec<u8>,
     compress: bool,
-    /// The previous version of this chunk (a SQLite page) and its ID: the worker
+    /// The previous version of this chunk (a run of SQLite pages) and its ID: the worker
     /// stores a delta against it when that is shorter.
     base: Option<(ChunkId, Vec<u8>)>,
 }
@@ -184,14 +184,14 @@ impl BufferPool {
     }
 
     /// Keeps `buf` for a later [`take`](Self::take) if the pool has room and it is
-    /// worth keeping (a SQLite page's buffer is not: small ones allocate cheaply). A
+    /// worth keeping (a 16 KiB run of pages' buffer is not: small ones allocate cheaply). A
     /// chunk buffer grows to the largest chunk it held, so over a long backup every
     /// kept one would reach the largest chunk size: cut back, the kept memory stays
     /// the same however much data goes through (glibc returns the cut pages).
     fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() >= POOLED_MIN {
+        if buf.capacity() >= POOLED_MIN && !self.tx.is_full() {
             buf.clear();
-            buf.shrink_to(self.max_kept);
+            buf.shrink_to(self.max_kept.max(POOLED_MIN));
             let _ = self.tx.try_send(buf);
         }
     }
@@ -481,8 +481,8 @@ struct ProduceState<'a> {
 }
 
 /// The parent snapshot's chunk lists of its SQLite databases, by path, moved out of
-/// it: the producer reading a database takes its list and overwrites it page by page
-/// (a 600 MB database's list is 4.7 MB, and it is held once, not twice).
+/// it: the producer reading a database takes its list and overwrites it run by run
+/// (a 600 MB database's list is 1.2 MB, and it is held once, not twice).
 struct PageLists(HashMap<Vec<u8>, Mutex<Vec<ChunkId>>>);
 
 impl PageLists {
@@ -536,7 +536,7 @@ impl NewChunks {
 /// One producing thread.
 struct Producer<'a> {
     shared: &'a ProduceState<'a>,
-    /// Reads the previous versions of changed SQLite pages.
+    /// Reads the previous versions of changed runs of SQLite pages.
     bases: BaseReader<'a>,
     /// Changed pages waiting for their bases, each with its base's ID.
     window: Vec<(Job, ChunkId)>,
@@ -554,8 +554,13 @@ struct Stopped;
 impl Producer<'_> {
     /// Hashes `data` into its chunk ID, sending it to the workers if it is new.
     /// `previous` is the chunk at the same place in the parent snapshot's version of
-    /// a database: the base a changed page may be stored as a delta of.
-    fn chunk(&mut self, data: Vec<u8>, previous: Option<&ChunkId>) -> Result<ChunkId, Stopped> {
+    /// a database, and whether it was that version's last: the base a changed run of
+    /// pages may be stored as a delta of.
+    fn chunk(
+        &mut self,
+        data: Vec<u8>,
+        previous: Option<(ChunkId, bool)>,
+    ) -> Result<ChunkId, Stopped> {
         let sh = self.shared;
         if sh.stop.load(Ordering::Relaxed) {
             return Err(Stopped);
@@ -575,10 +580,18 @@ impl Producer<'_> {
                 compress: true,
                 base: None,
             };
-            // A base is never a delta itself: a delta's base is the delta's base.
+            // The previous version covers the same bytes: the same length, or less if
+            // the database has grown past its end. (Parent chunks of another length
+            // were cut another way, one page per chunk or another page size: a delta
+            // against them would only cost a base read and a compression.) A base is
+            // never a delta itself: a delta's base is the delta's base.
             let base = previous
-                .and_then(|p| sh.index.get(p))
-                .map(|l| l.blob.base.unwrap_or(l.blob.id));
+                .and_then(|(p, last)| sh.index.get(&p).map(|l| (l, last)))
+                .filter(|(l, last)| {
+                    let prev_len = l.blob.raw_length as u64;
+                    prev_len == len || (*last && prev_len < len)
+                })
+                .map(|(l, _)| l.blob.base.unwrap_or(l.blob.id));
             match base {
                 Some(base) => {
                     self.window_bytes += job.data.len();
@@ -594,8 +607,8 @@ impl Producer<'_> {
         Ok(id)
     }
 
-    /// Reads the bases of the waiting pages and sends them to the workers. A base
-    /// that cannot be read only costs space: the page is then stored whole.
+    /// Reads the bases of the waiting runs and sends them to the workers. A base
+    /// that cannot be read only costs space: the run is then stored whole.
     fn flush_window(&mut self) -> Result<(), Stopped> {
         if self.window.is_empty() {
             return Ok(());
@@ -605,7 +618,7 @@ impl Producer<'_> {
         let mut bases = match self.bases.read(window.iter().map(|(_, b)| *b)) {
             Ok(bases) => bases,
             Err(e) => {
-                tracing::warn!(error = %e, "previous page versions unreadable: storing the changed pages whole");
+                tracing::warn!(error = %e, "previous versions of database pages unreadable: storing the changed pages whole");
                 HashMap::new()
             }
         };
@@ -630,22 +643,23 @@ impl Producer<'_> {
     }
 
     /// Feeds the chunks of `source` into `node`; returns the bytes read. Chunks of
-    /// `page` bytes (a database's) get fresh buffers, others pooled ones.
+    /// `run` bytes (a database's runs of pages) get fresh buffers, others pooled ones.
     /// `node.chunks` holds on entry the parent snapshot's chunk list of this database,
-    /// page for page, or nothing: each entry is the base of the page read at its place
-    /// and is then overwritten by that page's ID, so a database's list is held once.
+    /// run for run, or nothing: each entry is the base of the run read at its place
+    /// and is then overwritten by that run's ID, so a database's list is held once.
     fn chunk_all(
         &mut self,
         source: &mut (impl ChunkSource + ?Sized),
-        page: Option<usize>,
+        run: Option<usize>,
         node: &mut Node,
         path: &Path,
     ) -> Result<Result<u64, Stopped>> {
         let mut size = 0;
         let mut count = 0;
+        let parent_count = node.chunks.len();
         loop {
-            let mut chunk = match page {
-                Some(page) => Vec::with_capacity(page),
+            let mut chunk = match run {
+                Some(run) => Vec::with_capacity(run),
                 None => self.shared.chunk_pool.take(0),
             };
             let more = source
@@ -659,8 +673,11 @@ impl Producer<'_> {
                 break;
             }
             size += chunk.len() as u64;
-            let previous = node.chunks.get(count).copied();
-            let id = match self.chunk(chunk, previous.as_ref()) {
+            let previous = node
+                .chunks
+                .get(count)
+                .map(|&p| (p, count + 1 == parent_count));
+            let id = match self.chunk(chunk, previous) {
                 Ok(id) => id,
                 Err(s) => return Ok(Err(s)),
             };
@@ -683,7 +700,7 @@ impl Producer<'_> {
         let mut file = File::open(&e.fs_path).map_err(source)?;
         let page_size = sqlite::sniff(&mut file).map_err(source)?;
         io::Seek::rewind(&mut file).map_err(source)?;
-        // A live database is captured, a verbatim one read as it is; both page by page.
+        // A live database is captured, a verbatim one read as it is; both in runs of pages.
         let (mut node, read) = match page_size {
             Some(page) if !self.shared.verbatim => {
                 drop(file);

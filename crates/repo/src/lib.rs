@@ -207,7 +207,7 @@ impl<S> Repository<S> {
         let mut snap: Snapshot = format::decode(&plain, "snapshot").map_err(damaged)?;
         drop((sealed, plain));
         // Decoding grows each chunk list by doubling, and a database's list (a chunk
-        // ID per page) is what a backup keeps longest after the index.
+        // ID per 16 KiB run of pages) is what a backup keeps longest after the index.
         for node in &mut snap.nodes {
             node.chunks.shrink_to_fit();
         }

@@ -418,7 +418,7 @@ impl Repository<Indexed> {
 
 /// Writes restored chunks into the target files. Chunks that continue one another in
 /// a file (a database's runs of pages, stored in order) are gathered into one write: a
-/// system call per 4 KiB page cost a restore more than copying the pages.
+/// system call per chunk cost a restore of 4 KiB pages more than copying them.
 struct Writer<'a> {
     paths: &'a [PathBuf],
     files: HashMap<u32, File>,

@@ -727,12 +727,14 @@ fn databases_are_cut_into_runs_of_whole_pages_of_any_size() {
         conn.pragma_update(None, "page_size", page as i64).unwrap();
         conn.execute_batch("CREATE TABLE pad(x)").unwrap();
         drop(conn);
-        tree::write_db(&db, 3_001, page as u64);
+        let seed = page as u64;
+        tree::write_db(&db, 3_001, seed);
     }
     f.backup(&src);
     let repo = f.repo();
     let refs = repo.snapshot_refs().unwrap();
     let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
+    let mut short_last_runs = 0;
     for page in sizes {
         let bytes = std::fs::read(src.join(format!("p{page}.db"))).unwrap();
         assert_eq!(backlock_core::chunker::sqlite_page_size(&bytes), Some(page));
@@ -748,7 +750,9 @@ fn databases_are_cut_into_runs_of_whole_pages_of_any_size() {
             bytes.len().div_ceil(run),
             "page size {page}"
         );
+        short_last_runs += usize::from(bytes.len() % run != 0);
     }
+    assert!(short_last_runs > 0, "no database ends in a short run");
     let target = f.dir.path().join("restored");
     f.restore_latest(&target).unwrap();
     for page in sizes {
@@ -759,4 +763,46 @@ fn databases_are_cut_into_runs_of_whole_pages_of_any_size() {
             "{name} differs"
         );
     }
+}
+
+/// A changed run is stored as a delta only of a parent chunk covering the same bytes.
+/// After the page size changes (VACUUM), the parent's chunk at each position covers
+/// other bytes, so no delta is tried, and none is stored.
+#[test]
+fn a_delta_base_covers_the_same_bytes_as_its_run() {
+    let f = Fixture::memory();
+    let src = f.dir.path().join("app");
+    std::fs::create_dir(&src).unwrap();
+    let db = src.join("msgstore.db");
+    tree::write_db(&db, 20_000, 9);
+    f.backup(&src);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA page_size=65536; VACUUM;")
+        .unwrap();
+    drop(conn);
+    let bytes = std::fs::read(&db).unwrap();
+    assert_eq!(
+        backlock_core::chunker::sqlite_page_size(&bytes),
+        Some(65536)
+    );
+    f.backup(&src);
+    let repo = f.repo();
+    let refs = repo.snapshot_refs().unwrap();
+    let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
+    let node = snapshot
+        .nodes
+        .iter()
+        .find(|n| n.path == b"app/msgstore.db")
+        .unwrap();
+    assert_eq!(node.chunks.len(), bytes.len().div_ceil(65536));
+    for id in &node.chunks {
+        let blob = repo.index().get(id).unwrap().blob;
+        if let Some(base) = blob.base {
+            let base_len = repo.index().get(&base).unwrap().blob.raw_length;
+            assert_eq!(base_len, blob.raw_length, "a delta against other bytes");
+        }
+    }
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    assert!(std::fs::read(target.join("app/msgstore.db")).unwrap() == bytes);
 }
