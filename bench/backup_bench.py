@@ -1096,6 +1096,22 @@ def summarize(size_res: dict, tools_sel) -> dict:
     return s
 
 
+def render_rss_across_sizes(summaries, tools_sel) -> str:
+    """Each tool's peak RSS per phase at the smallest and largest size, and its growth."""
+    (g0, s0), (g1, s1) = summaries[0], summaries[-1]
+    L = [f"peak RSS per phase from {g0:g} GB to {g1:g} GB (MiB, medians):"]
+    for name in [t for t in ("backlock", "restic", "borg") if t in tools_sel]:
+        cells = []
+        for ph, label in PHASES:
+            a = ((s0["tools"].get(name) or {}).get(ph) or {}).get("rss_mib")
+            b = ((s1["tools"].get(name) or {}).get(ph) or {}).get("rss_mib")
+            if a and b:
+                cells.append(f"{label} {a:.1f} -> {b:.1f} ({b - a:+.1f}, {b / a:.2f}×)")
+        if cells:
+            L.append(f"  {name:<9} " + "; ".join(cells))
+    return "\n".join(L)
+
+
 def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
     L = []
     gb = size_res["size_gb"]
@@ -1360,6 +1376,7 @@ def main(argv=None) -> int:
                         f"over {pts[-1][0] / pts[0][0]:.1f}× more data "
                         f"(informational; no target set)")
                 print("\n" + line)
+                print(render_rss_across_sizes(summaries, tools_sel))
                 results["rss_flatness"] = {"points": pts, "max_over_min": hi / lo}
     except BenchError as e:
         log(f"!! aborted: {e}")
