@@ -4,7 +4,10 @@ use backlock_core::{envelope::ObjectKind, key::BackupKey};
 use backlock_repo::{BackupOptions, DeviceHome, RepoError, Repository};
 use backlock_store::{FsStore, MemoryStore, ObjectStore};
 use backlock_testkit::tree;
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -58,6 +61,26 @@ impl Fixture {
         self.repo().backup(&opts).unwrap()
     }
 
+    /// A fresh `app` folder for the test's files, and the path of its `msgstore.db`.
+    fn app(&self) -> (PathBuf, PathBuf) {
+        let src = self.dir.path().join("app");
+        std::fs::create_dir(&src).unwrap();
+        let db = src.join("msgstore.db");
+        (src, db)
+    }
+
+    /// The node at `path` in the newest snapshot.
+    fn latest_node(&self, path: &str) -> backlock_core::format::Node {
+        let repo = self.repo();
+        let refs = repo.snapshot_refs().unwrap();
+        let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
+        snapshot
+            .nodes
+            .into_iter()
+            .find(|n| n.path == path.as_bytes())
+            .unwrap()
+    }
+
     fn restore_latest(&self, target: &Path) -> Result<backlock_repo::RestoreSummary, RepoError> {
         let repo = Repository::open(self.store.clone(), &self.key, self.home())?.load_index()?;
         let r = repo.find_snapshot("latest")?;
@@ -92,9 +115,7 @@ fn duplicates_and_unchanged_files_cost_nothing() {
 #[test]
 fn sqlite_day_stores_about_the_pages_that_changed() {
     let f = Fixture::memory();
-    let src = f.dir.path().join("app");
-    std::fs::create_dir(&src).unwrap();
-    let db = src.join("msgstore.db");
+    let (src, db) = f.app();
     tree::write_db(&db, 60_000, 3);
     f.backup(&src);
     let before = std::fs::read(&db).unwrap();
@@ -136,9 +157,7 @@ fn sqlite_day_stores_about_the_pages_that_changed() {
 #[test]
 fn live_sqlite_writer_still_yields_consistent_snapshot() {
     let f = Fixture::fs();
-    let src = f.dir.path().join("app");
-    std::fs::create_dir(&src).unwrap();
-    let db = src.join("msgstore.db");
+    let (src, db) = f.app();
     tree::write_db(&db, 20_000, 5);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -175,9 +194,7 @@ fn live_sqlite_writer_still_yields_consistent_snapshot() {
 #[test]
 fn a_database_restores_as_its_own_bytes_pending_write_ahead_log_included() {
     let f = Fixture::fs();
-    let src = f.dir.path().join("app");
-    std::fs::create_dir(&src).unwrap();
-    let db = src.join("msgstore.db");
+    let (src, db) = f.app();
     tree::write_db(&db, 5_000, 7);
     // The app stays open with transactions only in its write-ahead log.
     let app = rusqlite::Connection::open(&db).unwrap();
@@ -561,9 +578,7 @@ fn commit_order_makes_each_step_durable_before_the_next() {
 #[test]
 fn a_database_that_shrank_or_grew_since_its_parent_restores_exact() {
     let f = Fixture::memory();
-    let src = f.dir.path().join("app");
-    std::fs::create_dir(&src).unwrap();
-    let db = src.join("msgstore.db");
+    let (src, db) = f.app();
     tree::write_db(&db, 20_000, 5);
     let shrink = |conn: &rusqlite::Connection| {
         conn.execute("DELETE FROM message WHERE id % 3 <> 0", [])
@@ -617,9 +632,7 @@ fn chat_for_a_day(db: &Path, seed: u64) -> u64 {
 #[test]
 fn changed_pages_are_stored_as_deltas_and_their_bases_outlive_prune() {
     let f = Fixture::fs();
-    let src = f.dir.path().join("app");
-    std::fs::create_dir(&src).unwrap();
-    let db = src.join("msgstore.db");
+    let (src, db) = f.app();
     tree::write_db(&db, 60_000, 3);
     let first = f.backup(&src);
     let changed = chat_for_a_day(&db, 4);
@@ -731,18 +744,11 @@ fn databases_are_cut_into_runs_of_whole_pages_of_any_size() {
         tree::write_db(&db, 3_001, seed);
     }
     f.backup(&src);
-    let repo = f.repo();
-    let refs = repo.snapshot_refs().unwrap();
-    let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
     let mut short_last_runs = 0;
     for page in sizes {
         let bytes = std::fs::read(src.join(format!("p{page}.db"))).unwrap();
         assert_eq!(backlock_core::chunker::sqlite_page_size(&bytes), Some(page));
-        let node = snapshot
-            .nodes
-            .iter()
-            .find(|n| n.path == format!("app/p{page}.db").into_bytes())
-            .unwrap();
+        let node = f.latest_node(&format!("app/p{page}.db"));
         let run = page.max(backlock_core::chunker::DATABASE_CHUNK);
         assert_eq!(node.size, bytes.len() as u64, "page size {page}");
         assert_eq!(
@@ -771,9 +777,7 @@ fn databases_are_cut_into_runs_of_whole_pages_of_any_size() {
 #[test]
 fn a_delta_base_covers_the_same_bytes_as_its_run() {
     let f = Fixture::memory();
-    let src = f.dir.path().join("app");
-    std::fs::create_dir(&src).unwrap();
-    let db = src.join("msgstore.db");
+    let (src, db) = f.app();
     tree::write_db(&db, 20_000, 9);
     f.backup(&src);
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -786,15 +790,9 @@ fn a_delta_base_covers_the_same_bytes_as_its_run() {
         Some(65536)
     );
     f.backup(&src);
-    let repo = f.repo();
-    let refs = repo.snapshot_refs().unwrap();
-    let snapshot = repo.load_snapshot(refs.last().unwrap()).unwrap();
-    let node = snapshot
-        .nodes
-        .iter()
-        .find(|n| n.path == b"app/msgstore.db")
-        .unwrap();
+    let node = f.latest_node("app/msgstore.db");
     assert_eq!(node.chunks.len(), bytes.len().div_ceil(65536));
+    let repo = f.repo();
     for id in &node.chunks {
         let blob = repo.index().get(id).unwrap().blob;
         if let Some(base) = blob.base {
