@@ -5,7 +5,6 @@ use backlock_testkit::tree;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::Duration,
 };
 
 struct Env {
@@ -187,73 +186,6 @@ fn damage_and_rollback_get_their_exit_codes() {
 
 /// Backups killed with SIGKILL at many instants: the previous snapshot still restores
 /// bit for bit, check finds nothing wrong, and the next backup completes.
-#[test]
-fn sigkill_at_any_moment_loses_nothing() {
-    let env = Env::new();
-    env.init();
-    let src = tree::write_sample(env.dir.path(), 4);
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let first: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
-    let first_id = first[0]["id"].as_str().unwrap().to_string();
-    let reference = env.path("reference");
-    env.ok(&[
-        "restore",
-        &first_id,
-        "--target",
-        reference.to_str().unwrap(),
-    ]);
-    // Enough new data that a backup takes a while: many packs and index flushes.
-    for i in 0..6 {
-        std::fs::write(
-            src.join(format!("Media/VID-{i}.mp4")),
-            tree::random_bytes(100 + i, 10_000_000),
-        )
-        .unwrap();
-    }
-    let mut killed_mid_run = 0;
-    for (round, delay_ms) in [0u64, 5, 15, 30, 50, 80, 120, 180, 250, 350, 500, 700]
-        .into_iter()
-        .enumerate()
-    {
-        let mut child = env
-            .cmd(&["backup", src.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let out = env.path(&format!("after-kill-{round}"));
-        env.ok(&["restore", &first_id, "--target", out.to_str().unwrap()]);
-        tree::assert_same(&reference, &out);
-        let check = env.run(&["check"]);
-        assert!(check.status.success(), "round {round}: {}", stderr(&check));
-        std::fs::remove_dir_all(&out).unwrap();
-        assert!(!tree::list_files(&env.path("repo/tmp"))
-            .iter()
-            .any(|p| p.extension().is_none()));
-    }
-    assert!(
-        killed_mid_run >= 6,
-        "only {killed_mid_run} kills landed during a backup"
-    );
-    env.ok(&["backup", src.to_str().unwrap()]);
-    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        env.path("final").to_str().unwrap(),
-    ]);
-    tree::assert_same(&src, &env.path("final/chat"));
-    // Prune removes what the killed runs left, and everything still restores.
-    env.ok(&["prune"]);
-    assert!(!env.ok(&["check", "--read-data"]).contains("note:"));
-}
-
 fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();

@@ -4,6 +4,7 @@
 
 use backlock_testkit::{
     servers::{S3Server, WebDavServer},
+    timing::{spread, RunClock},
     tree,
 };
 use std::{
@@ -14,7 +15,7 @@ use std::{
 
 mod common;
 
-use common::{assert_identical, count_files, kill_after, stderr, Env};
+use common::{assert_identical, count_files, stderr, Env};
 
 /// What the migration tests add to the shared environment.
 trait MigrateEnv {
@@ -112,7 +113,7 @@ fn migrate_prints_each_deleted_path_and_a_summary() {
 /// deleted; at any step a re-run finishes the job and the snapshot restores exactly.
 #[test]
 fn sigkill_at_each_step_never_deletes_before_verification() {
-    for step in ["after-backup", "after-restore", "verified", "deleting"] {
+    for step in backlock_migrate::STEPS {
         let (env, _) = Env::new();
         let (src, reference) = env.source();
         let mut child = env.migrate_paused(&src, step);
@@ -162,49 +163,69 @@ fn rerun_after_every_file_was_deleted_removes_the_folders_left() {
     );
 }
 
-/// SIGKILL at random instants: whenever anything is missing from the source, the
-/// newest snapshot already restores the whole original exactly.
+/// SIGKILL at instants spread over a migration measured first, each round a new
+/// migration: whenever anything is missing from the source, the newest snapshot
+/// already restores the whole original exactly, and a re-run finishes the job.
 #[test]
 fn sigkill_at_random_instants_never_loses_a_file() {
-    let (env, _) = Env::new();
-    let (src, _) = env.source();
-    for i in 0..4 {
-        std::fs::write(
-            src.join(format!("Media/VID-{i}.mp4")),
-            tree::random_bytes(40 + i, 6_000_000),
-        )
-        .unwrap();
-    }
-    let reference = env.path("reference-big");
-    copy_tree(&src, &reference);
-    let mut landed = 0;
-    // Dense early: the first run that is not killed finishes the migration and ends
-    // the rounds, and a quiet machine migrates these 25 MB in well under a second.
-    for (round, delay_ms) in [5u64, 10, 20, 35, 50, 70, 100, 140, 200, 300, 450, 700, 1000]
-        .into_iter()
-        .enumerate()
-    {
-        if !src.exists() {
-            break;
+    // A chat folder with enough media that a migration does some work.
+    let big_source = |env: &Env| {
+        let (src, _) = env.source();
+        for i in 0..4 {
+            std::fs::write(
+                src.join(format!("Media/VID-{i}.mp4")),
+                tree::random_bytes(40 + i, 6_000_000),
+            )
+            .unwrap();
         }
-        let (hit, _) = kill_after(
-            env.cmd(&["migrate", "--from", src.to_str().unwrap()]),
-            delay_ms,
+        let reference = env.path("reference-big");
+        copy_tree(&src, &reference);
+        (src, reference)
+    };
+    let migrate = |env: &Env, src: &Path| env.cmd(&["migrate", "--from", src.to_str().unwrap()]);
+    // The clock: one whole migration of the same folder on this machine.
+    let (measured, _) = Env::new();
+    let (src, _) = big_source(&measured);
+    let (mut clock, out) = RunClock::measure(&mut migrate(&measured, &src));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let fractions = spread(8);
+    let mut landed = 0;
+    for (round, fraction) in fractions.iter().copied().enumerate() {
+        // A try that ends before its kill finished its migration: the next try
+        // starts a new one.
+        let mut current = None;
+        let hit = clock.kill_mid_run(
+            || {
+                let (env, _) = Env::new();
+                let (src, reference) = big_source(&env);
+                let cmd = migrate(&env, &src);
+                current = Some((env, src, reference));
+                cmd
+            },
+            fraction,
+            |_| {},
         );
         landed += usize::from(hit);
+        let (env, src, reference) = current.unwrap();
         if src.exists() && count_files(&src) == count_files(&reference) {
             assert_identical(&reference, &src);
         } else {
             let restored = env.restore_latest(&format!("round-{round}"));
             assert_identical(&reference, &restored);
         }
+        if src.exists() {
+            env.ok(&["migrate", "--from", src.to_str().unwrap()]);
+        }
+        assert!(!src.exists(), "round {round}: the source is left behind");
+        assert_identical(&reference, &env.restore_latest("final"));
     }
-    assert!(landed >= 4, "only {landed} kills landed during a migration");
-    if src.exists() {
-        env.ok(&["migrate", "--from", src.to_str().unwrap()]);
-    }
-    assert!(!src.exists());
-    assert_identical(&reference, &env.restore_latest("final"));
+    assert_eq!(
+        landed,
+        fractions.len(),
+        "a migration kept ending before its kill (clock {:?})",
+        clock.typical()
+    );
 }
 
 /// A change made to the source while `migrate` waits.

@@ -8,12 +8,14 @@ use backlock_core::{
     kdf::RepoKeys,
     key::BackupKey,
 };
+use backlock_repo::testhook::step;
+use backlock_testkit::timing::{spread, Kill, RunClock};
 use backlock_testkit::tree;
 use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{assert_identical, kill_after, stderr, Env};
+use common::{assert_identical, stderr, Env};
 
 /// A repository with two snapshots, each restored once as the reference.
 fn with_two_snapshots() -> (Env, String) {
@@ -209,48 +211,38 @@ fn rotate_key_asks_for_confirmation_or_yes() {
 /// finishes and shows the same new key, and the old key then opens nothing.
 #[test]
 fn sigkill_at_each_step_leaves_one_key_opening_everything() {
-    for step in [
-        "rotate:packs-written",
-        "rotate:marked",
-        "rotate:written",
-        "rotate:verified",
-        "rotate:committed",
-        "rotate:deleting",
-    ] {
+    for at in step::ROTATE {
         let (env, old_key) = with_two_snapshots();
-        let mut child = env.spawn_paused(&["rotate-key", "--yes", "--json"], step);
+        let mut child = env.spawn_paused(&["rotate-key", "--yes", "--json"], at);
         child.kill().unwrap();
         child.wait().unwrap();
 
-        let switched = matches!(step, "rotate:committed" | "rotate:deleting");
+        let switched = matches!(at, step::ROTATE_COMMITTED | step::ROTATE_DELETING);
         if switched {
             let out = env.run(&["snapshots"]);
-            assert_eq!(out.status.code(), Some(3), "{step}: old key still opens");
+            assert_eq!(out.status.code(), Some(3), "{at}: old key still opens");
             // The new key is on the device until the rotation finishes.
-            assert_eq!(tree::list_files(&env.path("home/keys")).len(), 1, "{step}");
+            assert_eq!(tree::list_files(&env.path("home/keys")).len(), 1, "{at}");
             let kept = pending_key(&env).expect("switched without keeping the new key");
             std::fs::write(env.path("key"), kept.to_display().as_str()).unwrap();
         }
-        env.assert_whole(&format!("killed-{}", step.replace(':', "-")));
+        env.assert_whole(&format!("killed-{}", at.replace(':', "-")));
         std::fs::write(env.path("key"), &old_key).unwrap();
 
         let v = env.rotate_json();
         let new_key = v["key"].as_str().unwrap().to_string();
-        assert_eq!(v["summary"]["finished_earlier"], switched, "{step}: {v}");
+        assert_eq!(v["summary"]["finished_earlier"], switched, "{at}: {v}");
         std::fs::write(env.path("key"), &new_key).unwrap();
-        env.assert_whole(&format!("final-{}", step.replace(':', "-")));
-        assert!(
-            tree::list_files(&env.path("home/keys")).is_empty(),
-            "{step}"
-        );
+        env.assert_whole(&format!("final-{}", at.replace(':', "-")));
+        assert!(tree::list_files(&env.path("home/keys")).is_empty(), "{at}");
         let old = RepoKeys::derive(&BackupKey::parse(&old_key).unwrap());
         let new = RepoKeys::derive(&BackupKey::parse(&new_key).unwrap());
-        assert_eq!(objects_opened(&env.path("repo"), &old, &new), 0, "{step}");
+        assert_eq!(objects_opened(&env.path("repo"), &old, &new), 0, "{at}");
         assert!(
             !objects(&env.path("repo"))
                 .iter()
                 .any(|(_, n, _)| n.starts_with("rotation-")),
-            "{step}: a marker is left"
+            "{at}: a marker is left"
         );
     }
 }
@@ -380,15 +372,21 @@ fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
     let src = tree::write_sample(env.dir.path(), 3);
     ok("phone", &["backup", src.to_str().unwrap()]);
 
+    // The clock: one whole rotation of this repository on this machine.
+    let (mut clock, out) = RunClock::measure(&mut cmd(
+        "phone",
+        &["rotate-key", "--yes", "--json", "--password-file", &first],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let fractions = spread(8);
     let mut landed = 0;
-    // Dense early: a rotation of this small repository takes a few hundred ms.
-    for (round, delay_ms) in [5u64, 20, 40, 70, 110, 160, 230, 320]
-        .into_iter()
-        .enumerate()
-    {
+    for (round, fraction) in fractions.iter().copied().enumerate() {
         let (old_pw, new_pw) = (password(round), password(round + 1));
         let rotate = ["rotate-key", "--yes", "--json", "--password-file", &new_pw];
-        let (hit, _) = kill_after(cmd("phone", &rotate), delay_ms);
+        // A try that ends before its kill rotates to the new password: as good a
+        // start for the next try as any.
+        let hit = clock.kill_mid_run(|| cmd("phone", &rotate), fraction, |_| {});
         landed += usize::from(hit);
         ok("phone", &rotate);
         let restored = restores(&new_pw, &format!("new-{round}"))
@@ -400,7 +398,12 @@ fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
         );
         ok("phone", &["backup", src.to_str().unwrap()]);
     }
-    assert!(landed >= 3, "only {landed} kills landed during a rotation");
+    assert_eq!(
+        landed,
+        fractions.len(),
+        "a rotation kept ending before its kill (clock {:?})",
+        clock.typical()
+    );
 }
 
 /// SIGKILL at random instants, round after round: every time, the key the device
@@ -408,24 +411,38 @@ fn password_mode_rotation_killed_anywhere_is_finished_by_the_next_run() {
 #[test]
 fn sigkill_at_random_instants_leaves_one_key_opening_everything() {
     let (env, _) = with_two_snapshots();
-    let mut landed = 0;
-    for (round, delay_ms) in [5u64, 15, 30, 50, 80, 120, 170, 230, 300, 400]
-        .into_iter()
-        .enumerate()
-    {
-        let (hit, out) = kill_after(env.cmd(&["rotate-key", "--yes", "--json"]), delay_ms);
-        landed += usize::from(hit);
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            // It finished before the kill and printed the new key.
+    let rotate = || env.cmd(&["rotate-key", "--yes", "--json"]);
+    // A run that finished printed the new key: from then on it is the key.
+    let take_key = |kill: &Kill| {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kill.output.stdout) {
             std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
-        } else if env.run(&["snapshots"]).status.code() == Some(3) {
+        }
+    };
+    // The clock: one whole rotation of this repository on this machine.
+    let (mut clock, out) = RunClock::measure(&mut rotate());
+    assert!(out.status.success(), "{}", stderr(&out));
+    take_key(&Kill {
+        landed: false,
+        output: out,
+    });
+
+    let fractions = spread(10);
+    let mut landed = 0;
+    for (round, fraction) in fractions.iter().copied().enumerate() {
+        landed += usize::from(clock.kill_mid_run(rotate, fraction, take_key));
+        if env.run(&["snapshots"]).status.code() == Some(3) {
             // Switched: the new key is the one this device keeps until it finishes.
             let kept = pending_key(&env).expect("switched without keeping the new key");
             std::fs::write(env.path("key"), kept.to_display().as_str()).unwrap();
         }
         env.assert_whole(&format!("round-{round}"));
     }
-    assert!(landed >= 4, "only {landed} kills landed during a rotation");
+    assert_eq!(
+        landed,
+        fractions.len(),
+        "a rotation kept ending before its kill (clock {:?})",
+        clock.typical()
+    );
     let v = env.rotate_json();
     std::fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
     env.assert_whole("final");

@@ -42,6 +42,13 @@ use std::{
 /// Test hook: the step (see the table above) at which to stop.
 pub use backlock_repo::testhook::PAUSE_VAR;
 
+const AFTER_BACKUP: &str = "after-backup";
+const AFTER_RESTORE: &str = "after-restore";
+const VERIFIED: &str = "verified";
+const DELETING: &str = "deleting";
+/// The named steps of a migration, in the order it reaches them (the table above).
+pub const STEPS: [&str; 4] = [AFTER_BACKUP, AFTER_RESTORE, VERIFIED, DELETING];
+
 /// Why a migration stopped. Unless the variant says otherwise, nothing was deleted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -359,7 +366,7 @@ impl Steps<'_> {
                     recorded_paths: Some(vec![source.location()]),
                     ..Default::default()
                 })?;
-                pause("after-backup");
+                pause(AFTER_BACKUP);
                 Made {
                     snapshot: b.snapshot,
                     seq: b.seq,
@@ -381,7 +388,7 @@ impl Steps<'_> {
         }
         repo.restore(&snapshot, &restored)?;
         let _ = std::fs::remove_dir_all(work.join("stage"));
-        pause("after-restore");
+        pause(AFTER_RESTORE);
         self.verify_and_delete(
             &repo,
             backup,
@@ -434,7 +441,7 @@ impl Steps<'_> {
             path: journal_path.to_path_buf(),
             source: e,
         })?;
-        pause("verified");
+        pause(VERIFIED);
 
         let mut deleted = Vec::new();
         let mut kept = Vec::new();
@@ -447,7 +454,7 @@ impl Steps<'_> {
                     on_deleted(&shown);
                     deleted.push(shown);
                     if deleted.len() == 1 {
-                        pause("deleting");
+                        pause(DELETING);
                     }
                 }
                 Some(_) => kept.push(source.show(&e.rel)),

@@ -17,7 +17,9 @@ use crate::{
     index::write_index_object,
     now_unix_ns,
     readahead::ReadAhead,
-    sqlite, Indexed, Repository,
+    sqlite,
+    testhook::{pause, step},
+    Indexed, Repository,
 };
 use backlock_core::{
     blob::BlobEncoder,
@@ -1110,8 +1112,10 @@ impl Repository<Indexed> {
         // Index durable before the snapshot that needs it; the snapshot durable before
         // the device records it as seen.
         store.flush()?;
+        pause(step::BACKUP_INDEXED);
         store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
         store.flush()?;
+        pause(step::BACKUP_COMMITTED);
         self.home.record(&self.id(), seq)?;
         Ok(BackupSummary {
             snapshot: name.to_hex(),

@@ -11,7 +11,7 @@ use crate::{
     bases::BaseReader,
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_at, Index},
-    testhook::pause,
+    testhook::{pause, step},
     Open, RepoLock, Repository, SnapshotRef,
 };
 use backlock_core::{
@@ -215,7 +215,7 @@ impl Repository<Open> {
                 return Err(e);
             }
         };
-        pause("rotate:packs-written");
+        pause(step::ROTATE_PACKS_WRITTEN);
 
         // The new index and snapshots, under names chosen now so the markers can
         // list them before they exist.
@@ -257,7 +257,7 @@ impl Repository<Open> {
             self.store.put(ObjectKind::Config, &name, &sealed)?;
         }
         self.store.flush()?;
-        pause("rotate:marked");
+        pause(step::ROTATE_MARKED);
 
         // The new generation, sealed under the new key: index, then snapshots.
         let mut bytes = generation.bytes;
@@ -287,7 +287,7 @@ impl Repository<Open> {
             bytes += sealed.len() as u64;
         }
         self.store.flush()?;
-        pause("rotate:written");
+        pause(step::ROTATE_WRITTEN);
 
         // Verify the new generation as a reader of the new key sees it: every chunk
         // authenticated under the new key, every snapshot as rewritten.
@@ -303,7 +303,7 @@ impl Repository<Open> {
             let _ = self.remove_generation(&marker.new, &marker);
             return Err(e);
         }
-        pause("rotate:verified");
+        pause(step::ROTATE_VERIFIED);
 
         // The commit: the config now opens with the new key only.
         let config = envelope::seal(
@@ -314,7 +314,7 @@ impl Repository<Open> {
         );
         self.store.put(ObjectKind::Config, CONFIG_NAME, &config)?;
         self.store.flush()?;
-        pause("rotate:committed");
+        pause(step::ROTATE_COMMITTED);
 
         let deleted = view.remove_generation(&marker.old, &marker)?;
         drop(lock);
@@ -456,7 +456,7 @@ impl Repository<Open> {
                 self.store.delete(kind, &n.to_hex())?;
                 deleted += 1;
                 if deleted == 1 {
-                    pause("rotate:deleting");
+                    pause(step::ROTATE_DELETING);
                 }
             }
         }

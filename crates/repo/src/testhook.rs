@@ -12,3 +12,37 @@ pub fn pause(step: &str) {
         let _ = std::io::stdin().read_line(&mut String::new());
     }
 }
+
+/// The named steps of the engine's operations, each just after a commit became
+/// durable, in the order an operation reaches them. Kill tests iterate these lists, so
+/// a step added here is tested at once.
+pub mod step {
+    /// Backup: every pack indexed and flushed; the snapshot not yet written.
+    pub const BACKUP_INDEXED: &str = "backup:indexed";
+    /// Backup: the snapshot written and flushed; the device has not recorded it yet.
+    pub const BACKUP_COMMITTED: &str = "backup:committed";
+    /// Every step of a backup.
+    pub const BACKUP: [&str; 2] = [BACKUP_INDEXED, BACKUP_COMMITTED];
+
+    /// Rotation: every pack in use re-sealed under the new key.
+    pub const ROTATE_PACKS_WRITTEN: &str = "rotate:packs-written";
+    /// Rotation: the markers naming both generations are written.
+    pub const ROTATE_MARKED: &str = "rotate:marked";
+    /// Rotation: the new generation's index and snapshots are written.
+    pub const ROTATE_WRITTEN: &str = "rotate:written";
+    /// Rotation: the new generation verified under the new key.
+    pub const ROTATE_VERIFIED: &str = "rotate:verified";
+    /// Rotation: the config opens with the new key only (the switch).
+    pub const ROTATE_COMMITTED: &str = "rotate:committed";
+    /// Rotation: the first object of the old generation is deleted.
+    pub const ROTATE_DELETING: &str = "rotate:deleting";
+    /// Every step of a rotation.
+    pub const ROTATE: [&str; 6] = [
+        ROTATE_PACKS_WRITTEN,
+        ROTATE_MARKED,
+        ROTATE_WRITTEN,
+        ROTATE_VERIFIED,
+        ROTATE_COMMITTED,
+        ROTATE_DELETING,
+    ];
+}

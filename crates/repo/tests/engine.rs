@@ -3,9 +3,10 @@
 use backlock_core::{envelope::ObjectKind, key::BackupKey};
 use backlock_repo::{BackupOptions, DeviceHome, RepoError, Repository};
 use backlock_store::{FsStore, MemoryStore, ObjectStore};
-use backlock_testkit::tree;
+use backlock_testkit::{timing, tree};
 use std::{
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     sync::Arc,
 };
 
@@ -159,23 +160,26 @@ fn live_sqlite_writer_still_yields_consistent_snapshot() {
     let f = Fixture::fs();
     let (src, db) = f.app();
     tree::write_db(&db, 20_000, 5);
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             let conn = rusqlite::Connection::open(&db).unwrap();
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .unwrap();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tree::insert_messages(&conn, 50, 100 + i);
-                i += 1;
+            conn.busy_timeout(timing::PATIENCE).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                tree::insert_messages(&conn, 50, 100 + written.load(Ordering::Relaxed));
+                written.fetch_add(1, Ordering::Relaxed);
             }
-            assert!(i > 0);
         });
-        for _ in 0..3 {
+        // Each backup starts after the writer committed again, however the two
+        // threads are scheduled.
+        for round in 1..=3 {
+            timing::wait_until("the writer commits", || {
+                written.load(Ordering::Relaxed) >= round
+            });
             f.backup(&src);
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
     });
     let target = f.dir.path().join("restored");
     f.restore_latest(&target).unwrap();

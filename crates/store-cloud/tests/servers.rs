@@ -41,7 +41,7 @@ fn open(
 ) -> backlock_store_cloud::CloudStore {
     let store = open_cloud(&Location::parse(url).unwrap(), &settings(env), options).unwrap();
     // A fresh server may take a moment to serve its bucket.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + backlock_testkit::timing::PATIENCE;
     loop {
         match store.list(ObjectKind::Config) {
             Ok(_) => return store,
@@ -175,7 +175,10 @@ fn s3_faults_are_retried_and_the_backup_restores_identically() {
         .trim_start_matches("http://")
         .parse()
         .unwrap();
-    let proxy = FaultProxy::start(upstream, 0.35, 5, Duration::from_secs(3));
+    // A request's time-out must pass a healthy request on a busy machine (a 4 MiB pack
+    // through the proxy takes tens of ms on a quiet one) and be passed by a stall.
+    let timeout = Duration::from_secs(5);
+    let proxy = FaultProxy::start(upstream, 0.35, 5, timeout * 2);
     let mut env = server.env();
     env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
     env.push(("AWS_ENDPOINT_URL", proxy.url()));
@@ -183,8 +186,8 @@ fn s3_faults_are_retried_and_the_backup_restores_identically() {
         retries: 12,
         min_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(200),
-        io_timeout: Duration::from_secs(1),
-        timeout: Duration::from_secs(1),
+        io_timeout: timeout,
+        timeout,
         max_in_flight: 4,
     };
     let store = Arc::new(open(&server.url("faulty"), env, &faulty));

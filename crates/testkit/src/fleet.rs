@@ -8,6 +8,7 @@
 
 use crate::partition::PartitionProxy;
 use crate::servers::free_ports;
+use crate::timing::{wait_until, PATIENCE};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// How long a replica may take to print its banner, or to join.
-const START_WAIT: Duration = Duration::from_secs(60);
+const START_WAIT: Duration = PATIENCE;
 
 /// How to build the fleet.
 #[derive(Clone, Debug)]
@@ -450,18 +451,32 @@ impl Fleet {
             .map(|r| r.id)
     }
 
-    /// Waits until some running replica leads.
-    pub fn wait_for_leader(&self, within: Duration) -> Option<u64> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(id) = self.leader() {
-                return Some(id);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Waits until some running replica leads; panics after [`PATIENCE`].
+    pub fn wait_for_leader(&self) -> u64 {
+        let mut leader = None;
+        wait_until("a running replica leads", || {
+            leader = self.leader();
+            leader.is_some()
+        });
+        leader.expect("a leader")
+    }
+
+    /// Waits until no running replica among `ids` may append a guess: each follows,
+    /// or leads without having heard from a quorum within its lease. From then on a
+    /// guess sent to them cannot be appended, so it can never count later.
+    pub fn wait_until_none_may_append(&self, ids: &[u64]) {
+        wait_until("no replica of the minority may append", || {
+            !self
+                .replicas
+                .iter()
+                .filter(|r| ids.contains(&r.id) && r.is_running())
+                .any(|r| {
+                    let addr = r.api.trim_start_matches("http://");
+                    // A replica that does not answer may be the one still appending.
+                    http_get(addr, "/metrics")
+                        .is_none_or(|m| m.lines().any(|l| l == "backlock_vault_raft_may_append 1"))
+                })
+        });
     }
 
     /// Every replica's device API URL, the list a device is given.

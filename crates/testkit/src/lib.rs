@@ -1,7 +1,8 @@
 //! Test helpers shared by backlock's crates: sample trees, tree comparison, the
 //! object-store conformance suite every backend must pass, real storage servers on
-//! loopback, a fault-injecting HTTP proxy, and a vault fleet of real processes with a
-//! partitioning proxy.
+//! loopback, a fault-injecting HTTP proxy, a vault fleet of real processes with a
+//! partitioning proxy, and timing that follows the machine's speed (polls with a
+//! deadline, kill instants from a measured run).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -11,4 +12,5 @@ pub mod partition;
 pub mod recording;
 pub mod servers;
 pub mod store_suite;
+pub mod timing;
 pub mod tree;

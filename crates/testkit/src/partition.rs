@@ -3,18 +3,23 @@
 //!
 //! Each replica connects to its peers from its own loopback address (127.0.0.x), so the
 //! proxy tells callers apart by source address. Blocking a source refuses its new
-//! connections and resets the ones it has open.
+//! connections and resets the ones it has open. A connection's descriptors are closed
+//! as soon as either side closes it, so a long test holds only the connections that
+//! are open, well under a user's descriptor limit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 #[derive(Default)]
 struct Shared {
     blocked: HashSet<IpAddr>,
-    open: Vec<(IpAddr, TcpStream)>,
+    /// Each open connection's source and its two sockets, by connection number.
+    open: HashMap<u64, (IpAddr, [TcpStream; 2])>,
+    next: u64,
 }
 
 /// A proxy from `listen` to `upstream`, for the life of the test process.
@@ -45,14 +50,16 @@ impl PartitionProxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
-                for stream in [&client, &server] {
-                    if let Ok(clone) = stream.try_clone() {
-                        state.open.push((source, clone));
-                    }
-                }
+                let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let id = state.next;
+                state.next += 1;
+                state.open.insert(id, (source, [c, s]));
                 drop(state);
-                pipe(&client, &server);
-                pipe(&server, &client);
+                let done = Arc::new(AtomicU8::new(0));
+                pipe(&client, &server, id, &accepting, &done);
+                pipe(&server, &client, id, &accepting, &done);
             }
         });
         Ok(PartitionProxy { listen, shared })
@@ -62,10 +69,12 @@ impl PartitionProxy {
     pub fn block(&self, sources: &[IpAddr]) {
         let mut state = self.shared.lock().expect("proxy lock");
         state.blocked.extend(sources.iter().copied());
-        let Shared { blocked, open } = &mut *state;
-        open.retain(|(source, stream)| {
+        let Shared { blocked, open, .. } = &mut *state;
+        open.retain(|_, (source, streams)| {
             if blocked.contains(source) {
-                let _ = stream.shutdown(Shutdown::Both);
+                for stream in streams {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
                 false
             } else {
                 true
@@ -79,14 +88,25 @@ impl PartitionProxy {
     }
 }
 
-/// Copies `from` → `to` on a thread until either side closes.
-fn pipe(from: &TcpStream, to: &TcpStream) {
+/// Copies `from` → `to` on a thread until either side closes; the second direction
+/// to finish (`done` counts them) forgets connection `id`, closing its sockets.
+fn pipe(
+    from: &TcpStream,
+    to: &TcpStream,
+    id: u64,
+    shared: &Arc<Mutex<Shared>>,
+    done: &Arc<AtomicU8>,
+) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
+    let (shared, done) = (shared.clone(), done.clone());
     thread::spawn(move || {
         let _ = io::copy(&mut from, &mut to);
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
+        if done.fetch_add(1, Ordering::SeqCst) == 1 {
+            shared.lock().expect("proxy lock").open.remove(&id);
+        }
     });
 }

@@ -6,6 +6,7 @@
 //! a server that cannot start fails the test. Without it (a developer's plain
 //! `cargo test`) a missing server prints a loud skip line and the test returns.
 
+use crate::timing::PATIENCE;
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -196,8 +197,8 @@ impl S3Server {
                     )
                 }
             };
-            if wait_for_port(&mut process.child, p[6], Duration::from_secs(30))
-                && wait_for_bucket(p[6], "backlock", Duration::from_secs(30))
+            if wait_for_port(&mut process.child, p[6], PATIENCE)
+                && wait_for_bucket(p[6], "backlock", PATIENCE)
             {
                 return Some(S3Server {
                     _process: process,
@@ -306,7 +307,7 @@ impl AzuriteServer {
                 }
             };
             let container = "backlock";
-            let up = wait_for_port(&mut process.child, port, Duration::from_secs(30));
+            let up = wait_for_port(&mut process.child, port, PATIENCE);
             let created =
                 up.then(|| create_container(&mut process.child, port, &account, &key, container));
             last = match created {
@@ -361,7 +362,7 @@ fn create_container(
     const VERSION: &str = "2021-08-06";
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.decode(key).expect("base64 account key");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     let mut last = "no answer".to_string();
     while Instant::now() < deadline {
         if let Ok(Some(status)) = azurite.try_wait() {
@@ -492,7 +493,7 @@ http {{
                 Ok(p) => p,
                 Err(e) => return unavailable("nginx (WebDAV)", &format!("cannot run nginx: {e}")),
             };
-            if wait_for_port(&mut process.child, port, Duration::from_secs(15)) {
+            if wait_for_port(&mut process.child, port, PATIENCE) {
                 return Some(WebDavServer {
                     _process: process,
                     authority: format!("127.0.0.1:{port}"),
@@ -604,7 +605,7 @@ impl SftpServer {
                 Ok(p) => p,
                 Err(e) => return unavailable("OpenSSH (SFTP)", &format!("cannot run sshd: {e}")),
             };
-            if wait_for_port(&mut process.child, port, Duration::from_secs(15)) {
+            if wait_for_port(&mut process.child, port, PATIENCE) {
                 return Some(SftpServer {
                     _process: process,
                     port,

@@ -45,6 +45,9 @@ pub struct Gauges {
     pub last_applied: u64,
     /// 1 if this replica is the leader.
     pub is_leader: bool,
+    /// 1 if this replica leads and has heard from a quorum within its lease, so it may
+    /// append a guess now.
+    pub may_append: bool,
 }
 
 impl Metrics {
@@ -101,6 +104,11 @@ impl Metrics {
                 "backlock_vault_raft_is_leader",
                 "1 if this replica leads.",
                 u64::from(gauges.is_leader),
+            ),
+            (
+                "backlock_vault_raft_may_append",
+                "1 if this replica leads within its quorum lease (it may append a guess).",
+                u64::from(gauges.may_append),
             ),
         ];
         for (name, help, v) in gauges {

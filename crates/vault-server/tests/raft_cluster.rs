@@ -2,12 +2,12 @@
 //! leader reach the followers, a follower forwards to the leader, and an erasure purges
 //! every replica's log.
 
+use backlock_testkit::timing::eventually;
 use backlock_vault_server::raft::{Bootstrap, NodeConfig, VaultNode};
 use backlock_vault_server::seal::{KeyFileSealer, Sealer};
 use backlock_vault_server::state::{Applied, Command, EraseReason, NewRecord};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 fn record() -> NewRecord {
@@ -17,14 +17,6 @@ fn record() -> NewRecord {
         wrapped: b"cluster-wrapped-key".to_vec(),
         owner_public_key: [2; 32],
         max_attempts: 10,
-    }
-}
-
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1,12 +1,12 @@
 //! A one-replica vault node on disk: durability across restarts, erasure that really
 //! removes a record's bytes, and nothing stored in plaintext.
 
+use backlock_testkit::timing::eventually;
 use backlock_vault_server::raft::{unseal_file, NodeConfig, VaultNode};
 use backlock_vault_server::seal::{KeyFileSealer, Sealer};
 use backlock_vault_server::state::{Applied, Command, EraseReason, NewRecord};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Distinctive bytes, so a search of the data directory cannot match by accident.
 const ALICE_FILE: &[u8] = b"alice-password-file-7f3a9c0e55d1b2a4";
@@ -106,14 +106,6 @@ fn attempt(account: &str) -> Command {
         account: account.into(),
         generation: 1,
         now_ms: 1_000,
-    }
-}
-
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

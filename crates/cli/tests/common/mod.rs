@@ -85,20 +85,6 @@ impl Env {
     }
 }
 
-/// Runs `cmd` and kills it with SIGKILL after `delay_ms`: whether it was still
-/// running then (the kill landed), and what it printed.
-pub fn kill_after(mut cmd: Command, delay_ms: u64) -> (bool, Output) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-    let landed = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    (landed, child.wait_with_output().unwrap())
-}
-
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -376,6 +376,12 @@ impl VaultNode {
         metrics.current_leader == Some(self.node_id)
     }
 
+    /// Whether this replica leads and may append now: it has heard from a quorum
+    /// within its lease (a leader cut off from its majority stops appending).
+    pub fn may_append(&self) -> bool {
+        self.is_leader() && self.lease.check(&self.raft, self.node_id).is_ok()
+    }
+
     /// This replica's report on itself, as peers and `vault status` see it.
     pub fn report(&self) -> ReplicaReport {
         peer::report(&self.peer_context())
