@@ -55,6 +55,22 @@ pub(crate) struct Damage(pub usize);
 #[error("{0}")]
 pub(crate) struct BadKey(pub String);
 
+/// The error and its causes, each cause once: a message that already says its cause
+/// (most of ours do, to put the advice after it) is not followed by it again.
+pub(crate) fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 /// With `--json`, failures are also a JSON object on stdout: `error` (a stable code),
 /// `message`, and for a wrong password `attempts_left`.
 pub(crate) fn print_json_error(e: &anyhow::Error) {
@@ -71,7 +87,7 @@ pub(crate) fn print_json_error(e: &anyhow::Error) {
         _ => ("error", None),
     };
     let mut out =
-        serde_json::json!({"error": code, "exit_code": code_for(e), "message": format!("{e:#}")});
+        serde_json::json!({"error": code, "exit_code": code_for(e), "message": message(e)});
     if let Some(n) = attempts_left {
         out["attempts_left"] = n.into();
     }
@@ -111,7 +127,11 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
         }
         let store = match cause.downcast_ref::<RepoError>() {
             Some(RepoError::WrongKey) => return 3,
-            Some(RepoError::Damaged { .. }) => return 4,
+            Some(
+                RepoError::Damaged { .. }
+                | RepoError::UnauthenticSnapshots { .. }
+                | RepoError::NewestDamaged { .. },
+            ) => return 4,
             Some(RepoError::Rollback { .. }) => return 5,
             Some(RepoError::Target { .. }) => return 6,
             Some(RepoError::Locked { .. } | RepoError::KeyAlreadyKept { .. }) => return 7,

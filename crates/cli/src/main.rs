@@ -162,8 +162,27 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Remove what does not belong in the repository.
+    Repair {
+        #[command(subcommand)]
+        what: Repair,
+    },
     /// Tell the whole story on generated chat data in a temporary directory.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum Repair {
+    /// Delete the snapshot objects that do not authenticate under this key (made up
+    /// by whoever can write to the store, or cut short by a power loss). Every other
+    /// command already ignores them; authentic snapshots are never touched.
+    Snapshots {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Delete without asking (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn main() {
@@ -175,7 +194,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli.command) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", exit::message(&e));
         if json_requested() {
             exit::print_json_error(&e);
         }
@@ -269,6 +288,7 @@ fn run(command: Command) -> Result<()> {
         Command::Backup { repo, paths } => {
             let r = open(&repo)?.load_index()?;
             let summary = backup(r, paths, !repo.json)?;
+            warn_ignored(&summary.ignored_snapshots);
             if repo.json {
                 print_json(&summary);
             } else {
@@ -286,13 +306,22 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Snapshots { repo } => snapshots(&repo),
+        Command::Repair {
+            what: Repair::Snapshots { repo, yes },
+        } => repair_snapshots(&repo, yes),
         Command::Restore {
             repo,
             snapshot,
             target,
         } => {
             let r = open(&repo)?.load_index()?;
-            let which = r.find_snapshot(&snapshot)?;
+            let which = if snapshot == "latest" {
+                let (latest, ignored) = r.latest()?;
+                warn_ignored(&ignored);
+                latest
+            } else {
+                r.find_snapshot(&snapshot)?
+            };
             let summary = r.restore(&which, &target)?;
             if repo.json {
                 print_json(&summary);
@@ -341,6 +370,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Forget { repo, keep_last } => {
             let summary = open(&repo)?.forget_keep_last(keep_last)?;
+            warn_ignored(&summary.ignored);
             if repo.json {
                 print_json(&summary);
             } else {
@@ -353,7 +383,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Prune { repo } => {
-            let summary = open(&repo)?.load_index()?.prune()?;
+            let summary = open(&repo)?.load_index_exclusive()?.prune()?;
             if repo.json {
                 print_json(&summary);
             } else {
@@ -455,11 +485,56 @@ pub(crate) fn hostname() -> String {
     backlock_repo::hostname()
 }
 
+/// Names, on stderr, each snapshot object a command passed over.
+fn warn_ignored(ignored: &[backlock_repo::RejectedSnapshot]) {
+    for bad in ignored {
+        eprintln!("warning: {bad}");
+    }
+}
+
+fn repair_snapshots(args: &RepoArgs, yes: bool) -> Result<()> {
+    let r = open(args)?;
+    let found = r.authentic_snapshots(|_, _| Ok(()))?;
+    if found.is_empty() {
+        if args.json {
+            print_json(&serde_json::json!({ "removed": [] }));
+        } else {
+            println!("every snapshot object authenticates: nothing to remove");
+        }
+        return Ok(());
+    }
+    for bad in &found {
+        eprintln!("does not authenticate: {} ({})", bad.name, bad.reason);
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(exit::Usage(format!(
+                "{} snapshot object(s) above would be deleted: pass --yes to delete them",
+                found.len()
+            )));
+        }
+        eprint!("Delete these {} object(s)? Type yes: ", found.len());
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            bail!(exit::Usage("nothing was deleted".into()));
+        }
+    }
+    let removed = r.remove_unauthentic_snapshots()?;
+    if args.json {
+        print_json(&serde_json::json!({ "removed": removed }));
+    } else {
+        for bad in &removed {
+            println!("removed {}", bad.name);
+        }
+    }
+    Ok(())
+}
+
 fn snapshots(args: &RepoArgs) -> Result<()> {
     let r = open(args)?;
     let mut rows = Vec::new();
-    for s in r.snapshot_refs()? {
-        let snap = r.load_snapshot(&s)?;
+    let ignored = r.authentic_snapshots(|s, snap| {
         let files = snap.nodes.iter().filter(|n| n.is_file()).count();
         let bytes: u64 = snap.nodes.iter().map(|n| n.size).sum();
         rows.push(serde_json::json!({
@@ -471,7 +546,9 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
             "files": files,
             "bytes": bytes,
         }));
-    }
+        Ok(())
+    })?;
+    warn_ignored(&ignored);
     if args.json {
         print_json(&rows);
         return Ok(());

@@ -322,3 +322,158 @@ fn interactive_init_requires_typing_back_the_last_group() {
     std::fs::write(env.path("key"), &key).unwrap();
     env.ok(&["snapshots"]);
 }
+
+/// `cmd` run under a soft limit of `limit` open descriptors.
+fn with_descriptor_limit(cmd: &Command, limit: usize) -> Command {
+    let mut limited = Command::new("sh");
+    limited
+        .arg("-c")
+        .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(std::process::Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
+        };
+    }
+    limited
+}
+
+/// Issue 18 (0): a folder of 40 times more files than the process may hold open (a
+/// phone's media folder holds tens of thousands) backs up and restores under that
+/// limit, every file exact.
+#[test]
+fn forty_times_more_files_than_open_descriptors_back_up_and_restore() {
+    const LIMIT: usize = 128;
+    let env = Env::new();
+    env.init();
+    let src = env.path("chat");
+    for d in 0..40 {
+        let dir = src.join(format!("Media/Voice/{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..128 {
+            std::fs::write(
+                dir.join(format!("PTT-{f:03}.opus")),
+                format!("voice {d} {f}\n"),
+            )
+            .unwrap();
+        }
+    }
+    let run = |args: &[&str]| {
+        let out = with_descriptor_limit(&env.cmd(args), LIMIT)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    run(&["backup", src.to_str().unwrap()]);
+    let target = env.path("restored");
+    run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    tree::assert_same(&src, &target.join("chat"));
+}
+
+fn snapshot_list(env: &Env) -> (Vec<serde_json::Value>, String) {
+    let out = env.run(&["snapshots", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (rows.as_array().unwrap().clone(), stderr(&out))
+}
+
+/// Issue 18 (1): whoever can write to the store drops 200 random bytes in as the
+/// newest snapshot (sequence 255). Every command passes over the object and names it;
+/// `forget --keep-last 1` keeps the newest real snapshot instead of it; `prune`
+/// deletes nothing while it is there; `repair snapshots --yes` removes it and nothing
+/// else.
+#[test]
+fn a_fabricated_newest_snapshot_never_displaces_a_real_one() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 6);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    std::fs::write(src.join("notes.txt"), b"a later note").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let fake = "aaaaaaaaaaaaaaaa00000000000000ff";
+    std::fs::write(
+        env.path("repo/snapshots").join(fake),
+        tree::random_bytes(77, 200),
+    )
+    .unwrap();
+
+    let (rows, warned) = snapshot_list(&env);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(warned.contains(fake), "{warned}");
+
+    let out = env.run(&["backup", "--json", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(fake));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["seq"], 3, "{summary}");
+
+    let out = env.run(&["forget", "--keep-last", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (rows, _) = snapshot_list(&env);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["id"], summary["snapshot"], "forget kept {rows:?}");
+
+    let prune = env.run(&["prune"]);
+    assert_eq!(prune.status.code(), Some(4), "{}", stderr(&prune));
+    assert!(stderr(&prune).contains(fake));
+    let asked = env.run(&["repair", "snapshots"]);
+    assert_eq!(asked.status.code(), Some(2), "{}", stderr(&asked));
+    assert!(env.path("repo/snapshots").join(fake).exists());
+    let repaired = env.ok(&["repair", "snapshots", "--yes", "--json"]);
+    assert!(repaired.contains(fake), "{repaired}");
+    assert!(!env.path("repo/snapshots").join(fake).exists());
+
+    env.ok(&["prune"]);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+    let target = env.path("restored");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    tree::assert_same(&src, &target.join("chat"));
+}
+
+/// Issue 18 (1): a power loss between a snapshot's put and its flush leaves it cut
+/// short under its final name (the device never recorded it). The next backup takes
+/// the newest authentic snapshot as its parent, `restore latest` restores that, and
+/// `check` names the damaged object.
+#[test]
+fn a_snapshot_cut_short_by_a_power_loss_is_passed_over() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 8);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let (before, _) = snapshot_list(&env);
+    let first = env.path("first");
+    env.ok(&["restore", "latest", "--target", first.to_str().unwrap()]);
+    std::fs::write(src.join("notes.txt"), b"written before the power cut").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // The second snapshot's bytes never reached the disk; the device never
+    // recorded it.
+    let (rows, _) = snapshot_list(&env);
+    let cut = rows[1]["id"].as_str().unwrap().to_string();
+    let path = env.path("repo/snapshots").join(&cut);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    std::fs::remove_dir_all(env.path("home")).unwrap();
+
+    let target = env.path("restored");
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&cut), "{}", stderr(&out));
+    tree::assert_same(&env.path("first"), &target);
+    assert_eq!(snapshot_list(&env).0, before);
+
+    let check = env.run(&["check"]);
+    assert_eq!(check.status.code(), Some(4));
+    assert!(stderr(&check).contains(&cut), "{}", stderr(&check));
+    let out = env.run(&["backup", "--json", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["seq"], 2, "{summary}");
+}

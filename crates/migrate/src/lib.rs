@@ -376,8 +376,8 @@ impl Steps<'_> {
         let target = self.target;
         let repo = Repository::open(target.store.clone(), target.key, target.home.clone())?
             .load_index()?;
-        // Held until the source is gone: no prune frees the snapshot's data meanwhile.
-        let _lock = repo.lock(false)?;
+        // `repo` holds its shared lock until the source is gone: no prune frees the
+        // snapshot's data meanwhile.
         let snapshot = repo.find_snapshot(&backup.snapshot)?;
         let restored = work.join("restore");
         if restored.exists() {

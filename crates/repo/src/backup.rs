@@ -121,6 +121,9 @@ pub struct BackupSummary {
     pub dedup_ratio: f64,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Newer snapshot objects that did not authenticate and were passed over for the
+    /// parent (see [`crate::RejectedSnapshot`]).
+    pub ignored_snapshots: Vec<crate::RejectedSnapshot>,
 }
 
 struct Job {
@@ -943,14 +946,14 @@ impl Repository<Indexed> {
     /// longer describes the store afterwards (open it again for another backup).
     pub fn backup(self, opts: &BackupOptions) -> Result<BackupSummary> {
         let start = Instant::now();
-        let lock = self.lock(false)?;
-        let refs = self.snapshot_refs()?;
-        let mut parent = match refs.last() {
-            Some(r) => Some((r.name, self.load_snapshot(r)?)),
-            None => None,
-        };
+        let lock = &self.state.lock;
+        // The parent is the newest snapshot that authenticates: an object the store
+        // made up, or one cut short, is passed over (and named in the summary).
+        let newest = self.newest_snapshot()?;
+        let ignored_snapshots = newest.rejected;
+        let seq = newest.snapshot.as_ref().map_or(1, |(r, _)| r.seq + 1);
+        let mut parent = newest.snapshot.map(|(r, snap)| (r.name, snap));
         let page_lists = PageLists::take_from(parent.as_mut().map(|(_, s)| s));
-        let seq = refs.last().map_or(1, |r| r.seq + 1);
         let entries = walk(&opts.paths)?;
         let files_total = entries.iter().filter(|e| e.meta.is_file()).count() as u64;
         let bytes_total: u64 = entries
@@ -1037,7 +1040,7 @@ impl Repository<Indexed> {
             // Uploads overlap store latency (an fsync, a cloud PUT).
             for _ in 0..uploaders {
                 let (rx, shared) = (pack_rx.clone(), &shared);
-                let (lock, pack_pool) = (&lock, &pack_pool);
+                let pack_pool = &pack_pool;
                 s.spawn(move || uploader(store, keys, lock, rx, pack_pool, shared));
             }
             drop(pack_rx);
@@ -1128,6 +1131,7 @@ impl Repository<Indexed> {
             bytes_stored: shared.bytes_stored.load(Ordering::Relaxed) + sealed.len() as u64,
             dedup_ratio: snap_bytes as f64 / bytes_new.max(1) as f64,
             seconds: start.elapsed().as_secs_f64(),
+            ignored_snapshots,
         })
     }
 }

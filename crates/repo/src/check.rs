@@ -35,7 +35,7 @@ pub struct CheckReport {
 impl Repository<Open> {
     /// Checks the repository; wrong key and rollback are errors, damage is reported.
     pub fn check(&self, read_data: bool) -> Result<CheckReport> {
-        let _lock = self.lock(false)?;
+        let lock = self.lock(false)?;
         let mut report = CheckReport::default();
         let refs = self.snapshot_refs()?;
         let mut builder = IndexBuilder::default();
@@ -50,7 +50,7 @@ impl Repository<Open> {
         let index = builder.finish();
         let mut used: HashSet<ChunkId> = HashSet::new();
         for r in &refs {
-            match self.load_snapshot(r) {
+            match self.authenticate(r)? {
                 Ok(snap) => {
                     let missing = snap
                         .nodes
@@ -67,7 +67,7 @@ impl Repository<Open> {
                     }
                     used.extend(snap.nodes.iter().flat_map(|n| n.chunks.iter().copied()));
                 }
-                Err(e) => report.errors.push(e.to_string()),
+                Err(bad) => report.errors.push(bad.to_string()),
             }
             report.snapshots += 1;
         }
@@ -90,6 +90,7 @@ impl Repository<Open> {
         report.packs = stored.len();
         let by_pack = index.by_pack();
         for (pack, blobs) in &by_pack {
+            lock.refresh_if_due()?;
             let name = pack.to_hex();
             let needed = blobs
                 .iter()

@@ -36,6 +36,27 @@ pub enum RepoError {
         #[source]
         source: FormatError,
     },
+    /// Listed snapshot objects do not authenticate, and the operation would need them
+    /// gone first (prune would free data a damaged real snapshot may still need).
+    #[error("{count} snapshot object(s) do not authenticate (first: {first}: {reason}). Nothing was deleted: run `backlock check`, then `backlock repair snapshots` to remove them")]
+    UnauthenticSnapshots {
+        /// How many.
+        count: usize,
+        /// The first one's name.
+        first: String,
+        /// Why it does not authenticate.
+        reason: String,
+    },
+    /// The newest snapshot this device has seen is listed but does not authenticate.
+    #[error("the newest snapshot this device has seen (#{seen}) does not open: snapshot object {name}: {reason}. Restore an older snapshot by its id (`backlock snapshots` lists them), and run `backlock check --read-data`")]
+    NewestDamaged {
+        /// Its sequence number, as this device recorded it.
+        seen: u64,
+        /// The object that claims it.
+        name: String,
+        /// Why it does not open.
+        reason: String,
+    },
     /// The store served an older state than this device has seen.
     #[error("the store is serving an older state than this device has seen: newest snapshot there is #{served}, this device saw #{seen}. The store rolled back or lost snapshots; do not prune, and check the store")]
     Rollback {
@@ -74,7 +95,7 @@ pub enum RepoError {
         detail: String,
     },
     /// The restore target could not be written; nothing was left under its name.
-    #[error("cannot write the restore to {path}: {source}. Nothing was left under the target name; free space or fix permissions and run the restore again")]
+    #[error("cannot write the restore to {path}: {source}. Nothing was left under the target name; {}, then run the restore again", target_advice(.source))]
     Target {
         /// The target.
         path: PathBuf,
@@ -136,3 +157,23 @@ impl RepoError {
 
 /// Result alias.
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// What to do about a restore target that could not be written, by its cause.
+fn target_advice(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::StorageFull | K::QuotaExceeded => "free space on the target's disk",
+        K::PermissionDenied | K::ReadOnlyFilesystem => {
+            "choose a target you may write to, or fix its permissions"
+        }
+        K::AlreadyExists | K::NotADirectory | K::IsADirectory => {
+            "the snapshot names an entry twice or a file below a file: check the repository with `backlock check`"
+        }
+        _ => match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                "raise the open-file limit (`ulimit -n`)"
+            }
+            _ => "fix what the error names",
+        },
+    }
+}

@@ -42,6 +42,7 @@ use backlock_core::{
     key::BackupKey,
 };
 use backlock_store::{ObjectInfo, ObjectStore, StoreError};
+use serde::Serialize;
 use std::sync::Arc;
 
 /// Default target size of a pack object.
@@ -49,9 +50,13 @@ pub const DEFAULT_PACK_SIZE: u32 = 4 << 20;
 
 /// Typestate: config read, key verified.
 pub struct Open;
-/// Typestate: every index object loaded.
+/// Typestate: every index object loaded, under a repository lock taken first.
 pub struct Indexed {
     index: Index,
+    /// Taken before the index was read and held as long as the repository: a prune
+    /// (exclusive) can never delete what a backup's or restore's index names, and a
+    /// backup's packs are never unindexed under a prune's eyes.
+    lock: RepoLock,
 }
 
 /// An opened repository.
@@ -72,6 +77,40 @@ pub struct SnapshotRef {
     pub name: ObjectName,
     /// Its sequence number (authenticated when the object is opened).
     pub seq: u64,
+}
+
+/// A listed snapshot object that does not authenticate under this key: damaged,
+/// fabricated by whoever can write to the store, cut short by a power loss, or gone
+/// since the listing. Every command ignores it (it is never a parent, never `latest`,
+/// never counted by a retention rule, never deleted by one) and names it in a
+/// warning; `check` reports it and `repair snapshots` removes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RejectedSnapshot {
+    /// The object name.
+    pub name: String,
+    /// The sequence number its name claims.
+    pub seq: u64,
+    /// Why it does not count.
+    pub reason: String,
+}
+
+impl std::fmt::Display for RejectedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ignoring snapshot object {}: {}. Run `backlock repair snapshots` to remove it",
+            self.name, self.reason
+        )
+    }
+}
+
+/// The newest authentic snapshot of a listing, with the newer objects that did not
+/// authenticate.
+pub struct Newest {
+    /// The newest snapshot that authenticates, loaded (`None`: there is none).
+    pub snapshot: Option<(SnapshotRef, Snapshot)>,
+    /// Newer listed objects that do not count, newest first.
+    pub rejected: Vec<RejectedSnapshot>,
 }
 
 impl Repository<Open> {
@@ -140,8 +179,21 @@ impl Repository<Open> {
         })
     }
 
-    /// Loads every index object.
+    /// Takes a shared lock (backup, restore), then loads every index object.
     pub fn load_index(self) -> Result<Repository<Indexed>> {
+        self.load_index_under(false)
+    }
+
+    /// Takes the exclusive lock (prune), then loads every index object.
+    pub fn load_index_exclusive(self) -> Result<Repository<Indexed>> {
+        self.load_index_under(true)
+    }
+
+    fn load_index_under(self, exclusive: bool) -> Result<Repository<Indexed>> {
+        // The lock first: an index read before it could miss what a process that
+        // held the lock meanwhile committed.
+        let lock = self.lock(exclusive)?;
+        testhook::pause(testhook::step::LOCKED);
         let index = Index::load(&*self.store, &self.keys, &self.hidden)?;
         Ok(Repository {
             store: self.store,
@@ -149,7 +201,7 @@ impl Repository<Open> {
             config: self.config,
             home: self.home,
             hidden: self.hidden,
-            state: Indexed { index },
+            state: Indexed { index, lock },
         })
     }
 }
@@ -197,6 +249,91 @@ impl<S> Repository<S> {
         Ok(refs)
     }
 
+    /// Loads `r`; `Ok(Err(..))` if the object does not authenticate or is gone (a
+    /// store's doing: the caller skips it), `Err` for everything else (a wrong key, an
+    /// unreachable store, this device's state).
+    pub(crate) fn authenticate(
+        &self,
+        r: &SnapshotRef,
+    ) -> Result<std::result::Result<Snapshot, RejectedSnapshot>> {
+        match self.load_snapshot(r) {
+            Ok(snap) => Ok(Ok(snap)),
+            Err(
+                e @ (RepoError::Damaged { .. } | RepoError::Store(StoreError::NotFound { .. })),
+            ) => Ok(Err(RejectedSnapshot {
+                name: r.name.to_hex(),
+                seq: r.seq,
+                reason: e.to_string(),
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest snapshot that authenticates, skipping newer objects that do not;
+    /// fails if it is older than this device has seen (the store rolled back, or
+    /// replaced the newest snapshots by objects that do not authenticate).
+    pub fn newest_snapshot(&self) -> Result<Newest> {
+        let refs = self.snapshot_refs()?;
+        let seen = self.home.seen(&self.id())?.newest_seq;
+        let mut rejected = Vec::new();
+        let mut snapshot = None;
+        for r in refs.iter().rev() {
+            match self.authenticate(r)? {
+                Ok(snap) => {
+                    snapshot = Some((*r, snap));
+                    break;
+                }
+                Err(bad) => rejected.push(bad),
+            }
+        }
+        let served = snapshot.as_ref().map_or(0, |(r, _)| r.seq);
+        if served < seen {
+            // The snapshots this device saw are listed but do not open: damage, not
+            // an older state.
+            if let Some(bad) = rejected.iter().find(|b| b.seq >= seen) {
+                return Err(RepoError::NewestDamaged {
+                    seen,
+                    name: bad.name.clone(),
+                    reason: bad.reason.clone(),
+                });
+            }
+            return Err(RepoError::Rollback { seen, served });
+        }
+        Ok(Newest { snapshot, rejected })
+    }
+
+    /// Visits every snapshot that authenticates, oldest first; returns the listed
+    /// objects that do not.
+    pub fn authentic_snapshots(
+        &self,
+        mut each: impl FnMut(SnapshotRef, Snapshot) -> Result<()>,
+    ) -> Result<Vec<RejectedSnapshot>> {
+        let mut rejected = Vec::new();
+        for r in self.snapshot_refs()? {
+            match self.authenticate(&r)? {
+                Ok(snap) => each(r, snap)?,
+                Err(bad) => rejected.push(bad),
+            }
+        }
+        Ok(rejected)
+    }
+
+    /// `repair snapshots`: deletes the listed snapshot objects that do not
+    /// authenticate, under the exclusive lock, and returns them. Authentic snapshots
+    /// are never touched.
+    pub fn remove_unauthentic_snapshots(&self) -> Result<Vec<RejectedSnapshot>> {
+        let _lock = self.lock(true)?;
+        let rejected = self.authentic_snapshots(|_, _| Ok(()))?;
+        for bad in &rejected {
+            match self.store.delete(ObjectKind::Snapshot, &bad.name) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store.flush()?;
+        Ok(rejected)
+    }
+
     /// Reads and authenticates one snapshot.
     pub fn load_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
         let name = r.name.to_hex();
@@ -222,12 +359,21 @@ impl<S> Repository<S> {
         Ok(snap)
     }
 
+    /// The ref of the newest authentic snapshot, and the newer objects skipped.
+    pub fn latest(&self) -> Result<(SnapshotRef, Vec<RejectedSnapshot>)> {
+        let newest = self.newest_snapshot()?;
+        match newest.snapshot {
+            Some((r, _)) => Ok((r, newest.rejected)),
+            None => Err(RepoError::NoSnapshots),
+        }
+    }
+
     /// Finds a snapshot by `latest`, a full name or a unique prefix of its short id.
     pub fn find_snapshot(&self, id: &str) -> Result<SnapshotRef> {
-        let refs = self.snapshot_refs()?;
         if id == "latest" {
-            return refs.last().copied().ok_or(RepoError::NoSnapshots);
+            return self.latest().map(|(r, _)| r);
         }
+        let refs = self.snapshot_refs()?;
         let id_lower = id.to_ascii_lowercase();
         let matches: Vec<_> = refs
             .iter()

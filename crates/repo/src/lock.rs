@@ -127,6 +127,11 @@ impl RepoLock {
         Ok(held)
     }
 
+    /// Whether this is the exclusive lock (prune's).
+    pub fn is_exclusive(&self) -> bool {
+        self.lock.exclusive
+    }
+
     /// Rewrites the lock with the current time if it is due, so a long operation's
     /// lock never looks stale.
     pub(crate) fn refresh_if_due(&self) -> Result<()> {

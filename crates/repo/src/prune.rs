@@ -10,7 +10,8 @@
 use crate::{
     error::{RepoError, Result},
     index::{open_blob_at, stored_sizes, write_index_object},
-    Indexed, Repository,
+    testhook::{pause, step},
+    Indexed, Open, Repository,
 };
 use backlock_core::{
     envelope::{ObjectKind, PackOpener, PackSealer},
@@ -30,6 +31,8 @@ pub struct ForgetSummary {
     pub removed: Vec<String>,
     /// Snapshots kept.
     pub kept: usize,
+    /// Listed objects that do not authenticate: neither counted nor deleted.
+    pub ignored: Vec<crate::RejectedSnapshot>,
 }
 
 /// What `prune` removed.
@@ -45,15 +48,23 @@ pub struct PruneSummary {
     pub index_objects_replaced: usize,
 }
 
-impl<S> Repository<S> {
-    /// Deletes all but the newest `keep` snapshots (`keep` ≥ 1).
+impl Repository<Open> {
+    /// Deletes all but the newest `keep` snapshots (`keep` ≥ 1), under a shared lock.
     pub fn forget_keep_last(&self, keep: usize) -> Result<ForgetSummary> {
         if keep == 0 {
             return Err(RepoError::Usage(
                 "--keep-last must be at least 1: the newest snapshot is always kept".into(),
             ));
         }
-        let refs = self.snapshot_refs()?;
+        let _lock = self.lock(false)?;
+        // Only snapshots that authenticate count, and only they are deleted: an object
+        // the store made up can neither push a real snapshot out of the newest `keep`
+        // nor be deleted as if it were one.
+        let mut refs = Vec::new();
+        let ignored = self.authentic_snapshots(|r, _| {
+            refs.push(r);
+            Ok(())
+        })?;
         let cut = refs.len().saturating_sub(keep);
         let mut removed = Vec::new();
         for r in &refs[..cut] {
@@ -63,6 +74,7 @@ impl<S> Repository<S> {
         Ok(ForgetSummary {
             removed,
             kept: refs.len() - cut,
+            ignored,
         })
     }
 }
@@ -75,16 +87,25 @@ impl Repository<Indexed> {
                 "a key rotation is unfinished: run `backlock rotate-key` to complete it, then prune".into(),
             ));
         }
-        let _lock = self.lock(true)?;
+        if !self.state.lock.is_exclusive() {
+            return Err(RepoError::Usage(
+                "prune needs the exclusive lock taken before the index is read (load_index_exclusive)".into(),
+            ));
+        }
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
-        for r in self.snapshot_refs()? {
-            used.extend(
-                self.load_snapshot(&r)?
-                    .nodes
-                    .into_iter()
-                    .flat_map(|n| n.chunks),
-            );
+        let rejected = self.authentic_snapshots(|_, snap| {
+            used.extend(snap.nodes.into_iter().flat_map(|n| n.chunks));
+            Ok(())
+        })?;
+        // A damaged snapshot may be a real one whose data is still here: prune frees
+        // nothing until it is repaired or removed on purpose.
+        if let Some(bad) = rejected.first() {
+            return Err(RepoError::UnauthenticSnapshots {
+                count: rejected.len(),
+                first: bad.name.clone(),
+                reason: bad.reason.clone(),
+            });
         }
         // A live delta keeps its base alive.
         let bases: Vec<ChunkId> = used
@@ -92,6 +113,24 @@ impl Repository<Indexed> {
             .filter_map(|c| self.state.index.get(c).and_then(|l| l.blob.base))
             .collect();
         used.extend(bases);
+        // Everything in use must be indexed before anything goes: a chunk in use that
+        // no index names means an index object is missing or was replaced by an older
+        // one, and deleting by this index would delete data a snapshot needs.
+        let unindexed = used
+            .iter()
+            .filter(|c| !self.state.index.contains(c))
+            .count();
+        if unindexed > 0 {
+            return Err(RepoError::Damaged {
+                kind: "index",
+                name: format!("({unindexed} chunks in use)"),
+                source: backlock_core::FormatError::Malformed {
+                    what: "index",
+                    detail: "snapshots need chunks that no index object lists; nothing was deleted. Run `backlock check`".into(),
+                },
+            });
+        }
+        pause(step::PRUNE_PLANNED);
         let by_pack = self.state.index.by_pack();
         let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
 
@@ -126,6 +165,7 @@ impl Repository<Indexed> {
             Ok(())
         };
         for (pack, live) in &repack {
+            self.state.lock.refresh_if_due()?;
             let name = pack.to_hex();
             let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
             let data = self.store.get(ObjectKind::Pack, &name)?;

@@ -1,6 +1,15 @@
 //! Restore: into a staging directory beside the target, every chunk authenticated and
-//! checked against its ID, then renamed onto the target. A failure removes the staging
-//! directory, so nothing partial is ever left under the target's name.
+//! checked against its ID, made durable, then renamed onto the target. A failure
+//! removes the staging directory, so nothing partial is ever left under the target's
+//! name.
+//!
+//! Nothing outside the staging directory is ever created, opened or changed, whatever
+//! the snapshot says: paths are relative with no `..`, no open follows a symlink in its
+//! last component, and symlinks are created last, after every file and directory, so
+//! no path written through can cross one (a link `A` beside a directory `a/` on a
+//! case-folding file system fails to be created instead of redirecting `a/`). Only
+//! the permission bits are restored, never ownership, so setuid and setgid are
+//! dropped: a restored program must not run as whoever owned it on the old device.
 
 use crate::{
     bases::bad_base,
@@ -17,10 +26,10 @@ use backlock_core::{
 };
 use serde::Serialize;
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::VecDeque,
     ffi::OsStr,
     fs::{self, File, OpenOptions},
-    os::unix::{ffi::OsStrExt, fs::FileExt, fs::PermissionsExt},
+    os::unix::{ffi::OsStrExt, fs::FileExt, fs::OpenOptionsExt, fs::PermissionsExt},
     path::{Component, Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -69,11 +78,38 @@ fn safe_rel(raw: &[u8]) -> Option<PathBuf> {
     ok.then(|| p.to_path_buf())
 }
 
+/// The permission bits restore sets: setuid and setgid go, since ownership is not
+/// restored; the sticky bit and rwx stay.
+const RESTORED_MODE_BITS: u32 = 0o1777;
+
+/// Opens an existing restored entry without following a symlink in its last
+/// component.
+fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 fn set_times_and_mode(path: &Path, node: &Node) -> std::io::Result<()> {
     let mtime = UNIX_EPOCH + Duration::from_nanos(node.mtime_ns.max(0) as u64);
-    let f = File::open(path)?;
+    let f = open_nofollow(path, false)?;
     f.set_modified(mtime)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777))
+    f.set_permissions(fs::Permissions::from_mode(node.mode & RESTORED_MODE_BITS))
+}
+
+/// Makes the staged tree durable before it takes the target's name: one `syncfs` of
+/// its file system (not an fsync per file), so a power loss after the rename can
+/// never leave full-length, zero-filled files under their final names.
+fn sync_tree(staging: &Path) -> std::io::Result<()> {
+    let dir = File::open(staging)?;
+    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+}
+
+/// Makes a rename in `parent` durable.
+fn sync_dir(parent: &Path) -> std::io::Result<()> {
+    File::open(parent)?.sync_all()
 }
 
 impl Repository<Indexed> {
@@ -118,8 +154,14 @@ impl Repository<Indexed> {
         let _ = fs::remove_file(&scratch);
         match restored {
             Ok((files, bytes)) => {
-                fs::rename(&staging, target).map_err(|e| {
-                    let _ = fs::remove_dir_all(&staging);
+                sync_tree(&staging)
+                    .and_then(|()| fs::rename(&staging, target))
+                    .map_err(|e| {
+                        let _ = fs::remove_dir_all(&staging);
+                        to_target(e)
+                    })?;
+                sync_dir(&parent).map_err(|e| {
+                    let _ = fs::remove_dir_all(target);
                     to_target(e)
                 })?;
                 Ok(RestoreSummary {
@@ -161,11 +203,16 @@ impl Repository<Indexed> {
             let path = root.join(rel);
             match &node.kind {
                 NodeKind::Dir => fs::create_dir_all(&path).map_err(to_target)?,
-                NodeKind::Symlink(t) => {
-                    std::os::unix::fs::symlink(OsStr::from_bytes(t), &path).map_err(to_target)?
-                }
+                // Created last (below).
+                NodeKind::Symlink(_) => {}
                 NodeKind::File | NodeKind::SqliteFile => {
-                    let f = File::create(&path).map_err(to_target)?;
+                    // A new file, never one that is already there (a snapshot naming a
+                    // path twice is refused, not merged).
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(to_target)?;
                     let mut offset = 0u64;
                     for id in &node.chunks {
                         let slot = index.slot(id).ok_or_else(|| {
@@ -213,7 +260,7 @@ impl Repository<Indexed> {
                 .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
             let path = &paths[file as usize];
             let mut buf = vec![0u8; index.raw_length(slot) as usize];
-            File::open(path)
+            open_nofollow(path, false)
                 .and_then(|f| f.read_exact_at(&mut buf, offset))
                 .map_err(|source| RepoError::Target {
                     path: path.clone(),
@@ -223,7 +270,13 @@ impl Repository<Indexed> {
         };
         self.run_plan(deltas, &paths, &read_base)?;
 
-        // Metadata last, deepest first, so directory times are not bumped afterwards.
+        // Symlinks once nothing more is written through a path, then metadata,
+        // deepest first, so directory times are not bumped afterwards.
+        for (node, path) in snap.nodes.iter().zip(&paths) {
+            if let NodeKind::Symlink(t) = &node.kind {
+                std::os::unix::fs::symlink(OsStr::from_bytes(t), path).map_err(to_target)?;
+            }
+        }
         for (node, path) in snap.nodes.iter().zip(&paths).rev() {
             if !matches!(node.kind, NodeKind::Symlink(_)) {
                 set_times_and_mode(path, node).map_err(to_target)?;
@@ -419,15 +472,22 @@ impl Repository<Indexed> {
 /// Writes restored chunks into the target files. Chunks that continue one another in
 /// a file (a database's runs of pages, stored in order) are gathered into one write: a
 /// system call per chunk cost a restore of 4 KiB pages more than copying them.
+///
+/// It keeps at most [`OPEN_FILES`] files open, so a pack holding thousands of small
+/// files restores under any descriptor limit: a pack's pieces come in file order, so
+/// the file closed to make room is almost never needed again.
 struct Writer<'a> {
     paths: &'a [PathBuf],
-    files: HashMap<u32, File>,
+    /// Open files, least recently opened first.
+    files: VecDeque<(u32, File)>,
     /// A run of small chunks not yet written: file, offset, bytes.
     run: (u32, u64, Vec<u8>),
 }
 
 /// Chunks smaller than this are gathered into runs.
 const GATHER_BELOW: usize = 64 << 10;
+/// Files a writer (one per restoring thread) keeps open at once.
+const OPEN_FILES: usize = 8;
 /// A run is written once it reaches this size.
 const RUN_MAX: usize = 1 << 20;
 
@@ -435,7 +495,7 @@ impl<'a> Writer<'a> {
     fn new(paths: &'a [PathBuf]) -> Self {
         Writer {
             paths,
-            files: HashMap::new(),
+            files: VecDeque::with_capacity(OPEN_FILES),
             run: (0, 0, Vec::new()),
         }
     }
@@ -473,13 +533,18 @@ impl<'a> Writer<'a> {
             path: path.clone(),
             source,
         };
-        let f = match self.files.entry(file) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                v.insert(OpenOptions::new().write(true).open(path).map_err(target)?)
+        let at = match self.files.iter().position(|(f, _)| *f == file) {
+            Some(at) => at,
+            None => {
+                if self.files.len() == OPEN_FILES {
+                    self.files.pop_front();
+                }
+                self.files
+                    .push_back((file, open_nofollow(path, true).map_err(target)?));
+                self.files.len() - 1
             }
         };
-        f.write_all_at(bytes, offset).map_err(target)
+        self.files[at].1.write_all_at(bytes, offset).map_err(target)
     }
 }
 

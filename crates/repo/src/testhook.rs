@@ -17,6 +17,12 @@ pub fn pause(step: &str) {
 /// durable, in the order an operation reaches them. Kill tests iterate these lists, so
 /// a step added here is tested at once.
 pub mod step {
+    /// Any command that loads the index: its lock is taken, the index not read yet.
+    pub const LOCKED: &str = "locked";
+    /// Prune: the index loaded and what is in use computed; nothing written or
+    /// deleted yet.
+    pub const PRUNE_PLANNED: &str = "prune:planned";
+
     /// Backup: every pack indexed and flushed; the snapshot not yet written.
     pub const BACKUP_INDEXED: &str = "backup:indexed";
     /// Backup: the snapshot written and flushed; the device has not recorded it yet.

@@ -46,11 +46,18 @@ impl Fixture {
         DeviceHome::new(self.dir.path().join("home"))
     }
 
+    fn open(&self) -> Repository {
+        Repository::open(self.store.clone(), &self.key, self.home()).unwrap()
+    }
+
+    /// Opened, under a shared lock, indexed.
     fn repo(&self) -> Repository<backlock_repo::Indexed> {
-        Repository::open(self.store.clone(), &self.key, self.home())
-            .unwrap()
-            .load_index()
-            .unwrap()
+        self.open().load_index().unwrap()
+    }
+
+    /// Opened, under the exclusive lock, indexed: ready to prune.
+    fn pruner(&self) -> Repository<backlock_repo::Indexed> {
+        self.open().load_index_exclusive().unwrap()
     }
 
     fn backup(&self, src: &Path) -> backlock_repo::BackupSummary {
@@ -359,9 +366,9 @@ fn forget_and_prune_free_space_and_keep_the_rest_restorable() {
             .sum::<u64>()
     };
     let before = size(&f.store);
-    let forgot = f.repo().forget_keep_last(1).unwrap();
+    let forgot = f.open().forget_keep_last(1).unwrap();
     assert_eq!((forgot.removed.len(), forgot.kept), (1, 1));
-    let pruned = f.repo().prune().unwrap();
+    let pruned = f.pruner().prune().unwrap();
     let after = size(&f.store);
     assert!(
         after + 2_500_000 < before,
@@ -371,7 +378,7 @@ fn forget_and_prune_free_space_and_keep_the_rest_restorable() {
     let target = f.dir.path().join("restored");
     f.restore_latest(&target).unwrap();
     tree::assert_same(&src, &target.join("chat"));
-    assert!(f.repo().forget_keep_last(0).is_err());
+    assert!(f.open().forget_keep_last(0).is_err());
 }
 
 #[test]
@@ -441,19 +448,22 @@ fn prune_and_backup_never_overlap() {
     let src = tree::write_sample(f.dir.path(), 20);
     f.backup(&src);
     // A running backup (shared lock) blocks prune, but not another backup or a check.
-    let running = f.repo().lock(false).unwrap();
-    assert!(matches!(f.repo().prune(), Err(RepoError::Locked { .. })));
+    let running = f.open().lock(false).unwrap();
+    assert!(matches!(
+        f.open().load_index_exclusive(),
+        Err(RepoError::Locked { .. })
+    ));
     f.backup(&src);
     assert!(check_errors(&f).is_empty());
     drop(running);
     // A running prune (exclusive lock) blocks backups and checks.
-    let pruning = f.repo().lock(true).unwrap();
+    let pruning = f.open().lock(true).unwrap();
     let opts = BackupOptions {
         paths: vec![src.clone()],
         ..Default::default()
     };
     assert!(matches!(
-        f.repo().backup(&opts),
+        f.open().load_index(),
         Err(RepoError::Locked { .. })
     ));
     let check = Repository::open(f.store.clone(), &f.key, f.home())
@@ -461,7 +471,7 @@ fn prune_and_backup_never_overlap() {
         .check(false);
     assert!(matches!(check, Err(RepoError::Locked { .. })));
     drop(pruning);
-    f.repo().prune().unwrap();
+    f.pruner().prune().unwrap();
     assert!(
         f.store.list(ObjectKind::Lock).unwrap().is_empty(),
         "an operation kept its lock"
@@ -483,7 +493,7 @@ fn prune_and_backup_never_overlap() {
         let name = "0123456789abcdef0123456789abcdef";
         let sealed = envelope::seal(&keys, ObjectKind::Lock, name, &format::encode(&lock));
         f.store.put(ObjectKind::Lock, name, &sealed).unwrap();
-        let result = f.repo().backup(&opts);
+        let result = f.open().load_index().and_then(|r| r.backup(&opts));
         assert_eq!(
             matches!(result, Err(RepoError::Locked { .. })),
             blocks,
@@ -667,9 +677,8 @@ fn changed_pages_are_stored_as_deltas_and_their_bases_outlive_prune() {
     tree::assert_same(&src, &target.join("app"));
 
     // Only the newest snapshot stays; the first one stored the bases.
-    let repo = f.repo();
-    repo.forget_keep_last(1).unwrap();
-    repo.prune().unwrap();
+    f.open().forget_keep_last(1).unwrap();
+    f.pruner().prune().unwrap();
     let report = Repository::open(f.store.clone(), &f.key, f.home())
         .unwrap()
         .check(true)
@@ -807,4 +816,94 @@ fn a_delta_base_covers_the_same_bytes_as_its_run() {
     let target = f.dir.path().join("restored");
     f.restore_latest(&target).unwrap();
     assert!(std::fs::read(target.join("app/msgstore.db")).unwrap() == bytes);
+}
+
+/// Seals `snapshot` as the newest snapshot object, as a device holding the key (or a
+/// crafted backup) would write it.
+fn commit_crafted(f: &Fixture, snapshot: &backlock_core::format::Snapshot) {
+    use backlock_core::{envelope, format, ids::ObjectName, kdf::RepoKeys};
+    let keys = RepoKeys::derive(&f.key);
+    let name = ObjectName::for_snapshot(snapshot.seq).to_hex();
+    let sealed = envelope::seal(
+        &keys,
+        ObjectKind::Snapshot,
+        &name,
+        &format::encode(snapshot),
+    );
+    f.store.put(ObjectKind::Snapshot, &name, &sealed).unwrap();
+}
+
+/// Issue 18 (5): a snapshot with a symlink `chat/escape` pointing outside the target,
+/// and a file `chat/escape/owned.txt` after it. Restore must not write through the
+/// link: nothing appears outside the target, and nothing is left under its name.
+#[test]
+fn a_crafted_symlink_never_lets_restore_write_outside_its_target() {
+    use backlock_core::format::{Node, NodeKind};
+    let f = Fixture::fs();
+    let src = tree::write_sample(f.dir.path(), 3);
+    f.backup(&src);
+    let outside = f.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+
+    let repo = f.repo();
+    let refs = repo.snapshot_refs().unwrap();
+    let mut snap = repo.load_snapshot(refs.last().unwrap()).unwrap();
+    let notes = snap
+        .nodes
+        .iter()
+        .find(|n| n.path == b"chat/notes.txt")
+        .unwrap()
+        .clone();
+    let link = Node {
+        path: b"chat/escape".to_vec(),
+        kind: NodeKind::Symlink(outside.as_os_str().as_encoded_bytes().to_vec()),
+        size: 0,
+        chunks: Vec::new(),
+        ..notes.clone()
+    };
+    let through = Node {
+        path: b"chat/escape/owned.txt".to_vec(),
+        ..notes
+    };
+    let at = snap
+        .nodes
+        .iter()
+        .position(|n| n.path == b"chat/notes.txt")
+        .unwrap();
+    snap.nodes.insert(at, through);
+    snap.nodes.insert(at, link);
+    snap.seq += 1;
+    commit_crafted(&f, &snap);
+
+    let target = f.dir.path().join("restored");
+    let e = f.restore_latest(&target).unwrap_err();
+    assert!(matches!(e, RepoError::Target { .. }), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "restore wrote through a symlink into {}",
+        outside.display()
+    );
+    assert!(!target.exists());
+}
+
+/// Issue 18 (5): ownership is not restored, so neither are setuid and setgid: a
+/// restored program must not run as whoever owned it on the old device.
+#[test]
+fn restore_drops_setuid_and_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::fs();
+    let (src, _) = f.app();
+    let tool = src.join("tool");
+    std::fs::write(&tool, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let sticky = src.join("shared");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    f.backup(&src);
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&target.join("app/tool")), 0o755);
+    assert_eq!(mode(&target.join("app/shared")), 0o1777);
 }

@@ -60,13 +60,14 @@ impl Env {
     }
 
     /// Starts `args` paused at `step` (`backlock_repo::testhook`); returns once it
-    /// waits there, its stdin open so the test can let it go on, or kill it.
+    /// waits there, its stdin open so the test can let it go on, or kill it, and its
+    /// stdout kept for `wait_with_output`.
     pub fn spawn_paused(&self, args: &[&str], step: &str) -> Child {
         let mut child = self
             .cmd(args)
             .env(backlock_repo::testhook::PAUSE_VAR, step)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
