@@ -127,6 +127,7 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
         }
         let store = match cause.downcast_ref::<RepoError>() {
             Some(RepoError::WrongKey) => return 3,
+            Some(RepoError::Interrupted) => return crate::INTERRUPTED_EXIT,
             Some(
                 RepoError::Damaged { .. }
                 | RepoError::UnauthenticSnapshots { .. }

@@ -249,7 +249,34 @@ pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// Exit code of an operation stopped by SIGINT or SIGTERM (README).
+const INTERRUPTED_EXIT: i32 = 130;
+
+/// Lets SIGINT and SIGTERM stop a repository operation cleanly
+/// (`backlock_repo::interrupt`); a second signal ends the process at once.
+fn stop_cleanly_on_signals() -> Result<()> {
+    let flag = backlock_repo::interrupt::flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, INTERRUPTED_EXIT, flag.clone())?;
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(())
+}
+
 fn run(command: Command) -> Result<()> {
+    // The operations that hold a repository lock while they work: key rotation and
+    // migration are built to be killed at any instant and keep the default action.
+    if matches!(
+        command,
+        Command::Backup { .. }
+            | Command::Restore { .. }
+            | Command::Check { .. }
+            | Command::Forget { .. }
+            | Command::Prune { .. }
+            | Command::Repair { .. }
+    ) {
+        stop_cleanly_on_signals()?;
+    }
     match command {
         Command::Init {
             repo,
@@ -315,6 +342,7 @@ fn run(command: Command) -> Result<()> {
             target,
         } => {
             let r = open(&repo)?.load_index()?;
+            let new_device = r.seen_seq()? == 0;
             let which = if snapshot == "latest" {
                 let (latest, ignored) = r.latest()?;
                 warn_ignored(&ignored);
@@ -322,7 +350,27 @@ fn run(command: Command) -> Result<()> {
             } else {
                 r.find_snapshot(&snapshot)?
             };
-            let summary = r.restore(&which, &target)?;
+            // Before anything is written: on a new phone, the snapshot's date and number
+            // are the only check that the store served the newest backup.
+            let announce = |snap: &backlock_core::format::Snapshot| {
+                eprintln!(
+                    "restoring snapshot {} (#{}), taken {} UTC on {}",
+                    &which.name.to_hex()[..8],
+                    snap.seq,
+                    format_time(snap.time_unix_ns.div_euclid(1_000_000_000)),
+                    if snap.hostname.is_empty() {
+                        "an unnamed host"
+                    } else {
+                        &snap.hostname
+                    }
+                );
+                if new_device {
+                    eprintln!(
+                        "this device has not seen this repository before: check that this is your newest backup (the store could serve an older one)"
+                    );
+                }
+            };
+            let summary = r.restore_announced(&which, &target, &announce)?;
             if repo.json {
                 print_json(&summary);
             } else {

@@ -477,3 +477,45 @@ fn a_snapshot_cut_short_by_a_power_loss_is_passed_over() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["seq"], 2, "{summary}");
 }
+
+/// Issue 18 (6): a new phone has no record of the repository, so nothing on it can
+/// tell an older snapshot from the newest. Before writing anything, restore names the
+/// snapshot's number and date, and on a device that never saw the repository says so.
+#[test]
+fn a_new_phone_is_shown_which_snapshot_it_restores_before_anything_is_written() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 9);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    let target = env.path("on-the-old-phone");
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("(#2), taken "), "{said}");
+    assert!(!said.contains("not seen this repository"), "{said}");
+
+    let target = env.path("on-a-new-phone");
+    let out = env
+        .cmd(&[
+            "restore",
+            "latest",
+            "--json",
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .env("BACKLOCK_HOME", env.path("new-phone"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("(#2), taken "), "{said}");
+    assert!(said.contains("not seen this repository before"), "{said}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["seq"], 2, "{summary}");
+    assert!(
+        summary["time_unix"].as_i64().unwrap() > 1_700_000_000,
+        "{summary}"
+    );
+}

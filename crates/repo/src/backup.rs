@@ -898,7 +898,9 @@ fn produce<'a>(
             let Some(&i) = order.get(cursor.fetch_add(1, Ordering::Relaxed)) else {
                 return Ok(Ok(out));
             };
-            let node = producer.node(chunker, &entries[i], previous, captured);
+            // A signal stops the backup between files; what was uploaded is indexed.
+            let node = crate::interrupt::check()
+                .and_then(|()| producer.node(chunker, &entries[i], previous, captured));
             match node {
                 Ok(Ok(Some(node))) => out.push((i, node)),
                 Ok(Ok(None)) => {}

@@ -90,6 +90,7 @@ impl Repository<Open> {
         report.packs = stored.len();
         let by_pack = index.by_pack();
         for (pack, blobs) in &by_pack {
+            crate::interrupt::check()?;
             lock.refresh_if_due()?;
             let name = pack.to_hex();
             let needed = blobs

@@ -57,6 +57,9 @@ pub enum RepoError {
         /// Why it does not open.
         reason: String,
     },
+    /// SIGINT or SIGTERM arrived and the operation stopped cleanly.
+    #[error("stopped by a signal (SIGINT or SIGTERM): the repository lock is released and nothing was left half-written; run the command again to finish")]
+    Interrupted,
     /// The store served an older state than this device has seen.
     #[error("the store is serving an older state than this device has seen: newest snapshot there is #{served}, this device saw #{seen}. The store rolled back or lost snapshots; do not prune, and check the store")]
     Rollback {

@@ -14,6 +14,7 @@ mod check;
 pub mod device;
 mod error;
 mod index;
+pub mod interrupt;
 mod lock;
 mod prune;
 mod readahead;
@@ -28,7 +29,7 @@ pub use check::CheckReport;
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
 pub use index::Index;
-pub use lock::{hostname, RepoLock, STALE_AFTER_SECS};
+pub use lock::{holder_identity, hostname, RepoLock, STALE_AFTER_SECS};
 pub use prune::{ForgetSummary, PruneSummary};
 pub use restore::RestoreSummary;
 pub use rotate::RotateSummary;
@@ -221,6 +222,12 @@ impl<S> Repository<S> {
     /// rotation, the other key's objects are left out.
     pub(crate) fn listed(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>> {
         Ok(self.hidden.filter(self.store.list(kind)?))
+    }
+
+    /// The newest snapshot sequence this device has recorded for this repository (0:
+    /// it has never seen one, as on a new phone, so nothing here detects a rollback).
+    pub fn seen_seq(&self) -> Result<u64> {
+        Ok(self.home.seen(&self.id())?.newest_seq)
     }
 
     /// The store it lives in.

@@ -18,7 +18,9 @@ use backlock_core::{
 use backlock_store::{ObjectStore, StoreError};
 use std::{sync::Arc, sync::Mutex, time::Instant};
 
-/// A lock not refreshed for this long belongs to a process that is gone.
+/// A lock not refreshed for this long belongs to a process that is gone. With
+/// refreshes every [`REFRESH_EVERY_SECS`], two devices' clocks may disagree by up to
+/// 50 minutes before a live lock could look stale.
 pub const STALE_AFTER_SECS: i64 = 3600;
 /// Long operations refresh their lock this often.
 const REFRESH_EVERY_SECS: u64 = 600;
@@ -52,9 +54,33 @@ fn write(store: &dyn ObjectStore, keys: &RepoKeys, name: &str, lock: &Lock) -> R
     Ok(store.flush()?)
 }
 
-/// True when `lock` was taken on this host by a process that no longer exists.
+/// Who holds a lock, as written in its `hostname` field: the host name, then this
+/// boot's id and this process's PID namespace. Two containers (or two machines
+/// restored from one image) may share a host name; only a holder with the same boot
+/// and PID namespace can be judged gone by a missing `/proc/PID`.
+pub fn holder_identity() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+    let boot = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{} [{boot} {pid_ns}]", hostname())
+}
+
+/// The host name part of a holder identity, for messages.
+fn host_of(holder: &str) -> &str {
+    holder.split(" [").next().unwrap_or(holder)
+}
+
+/// True when `lock` was taken in this boot and PID namespace by a process that no
+/// longer exists. A lock written by an older backlock (a bare host name) is never
+/// judged gone: it expires instead.
 fn holder_is_gone(lock: &Lock) -> bool {
-    lock.hostname == hostname() && !std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
+    let identity = holder_identity();
+    // Without a boot id or a namespace to compare, nothing is certain.
+    !identity.ends_with("[ ]")
+        && lock.hostname == identity
+        && !std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
 }
 
 impl RepoLock {
@@ -67,7 +93,7 @@ impl RepoLock {
         let name = ObjectName::random().to_hex();
         let lock = Lock {
             exclusive,
-            hostname: hostname(),
+            hostname: holder_identity(),
             pid: std::process::id(),
             time_unix: now_secs(),
         };
@@ -117,7 +143,7 @@ impl RepoLock {
                         } else {
                             "a backup or check"
                         },
-                        other.hostname,
+                        host_of(&other.hostname),
                         other.pid
                     ),
                     age_secs: (now - other.time_unix).max(0),

@@ -131,6 +131,7 @@ impl Repository<Indexed> {
             });
         }
         pause(step::PRUNE_PLANNED);
+        crate::interrupt::check()?;
         let by_pack = self.state.index.by_pack();
         let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
 
@@ -165,6 +166,7 @@ impl Repository<Indexed> {
             Ok(())
         };
         for (pack, live) in &repack {
+            crate::interrupt::check()?;
             self.state.lock.refresh_if_due()?;
             let name = pack.to_hex();
             let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);

@@ -49,6 +49,10 @@ const PREFETCH_PACKS: usize = 4;
 pub struct RestoreSummary {
     /// The snapshot restored.
     pub snapshot: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was taken, seconds since the Unix epoch.
+    pub time_unix: i64,
     /// Files written.
     pub files: u64,
     /// Bytes written.
@@ -115,8 +119,21 @@ fn sync_dir(parent: &Path) -> std::io::Result<()> {
 impl Repository<Indexed> {
     /// Restores snapshot `r` into `target`, which must not exist or be empty.
     pub fn restore(&self, r: &SnapshotRef, target: &Path) -> Result<RestoreSummary> {
+        self.restore_announced(r, target, &|_| {})
+    }
+
+    /// [`Self::restore`], telling `announce` which snapshot it is about to write (its
+    /// sequence and date) once the snapshot authenticated, before anything is written:
+    /// on a new phone nothing else vouches that it is the newest.
+    pub fn restore_announced(
+        &self,
+        r: &SnapshotRef,
+        target: &Path,
+        announce: &dyn Fn(&Snapshot),
+    ) -> Result<RestoreSummary> {
         let start = Instant::now();
         let snap = self.load_snapshot(r)?;
+        announce(&snap);
         if let Ok(mut entries) = fs::read_dir(target) {
             if entries.next().is_some() {
                 return Err(RepoError::TargetNotEmpty {
@@ -166,6 +183,8 @@ impl Repository<Indexed> {
                 })?;
                 Ok(RestoreSummary {
                     snapshot: r.name.to_hex(),
+                    seq: snap.seq,
+                    time_unix: snap.time_unix_ns.div_euclid(1_000_000_000),
                     files,
                     bytes,
                     seconds: start.elapsed().as_secs_f64(),
@@ -199,6 +218,7 @@ impl Repository<Indexed> {
         let (mut whole, mut deltas) = (Vec::new(), Vec::new());
         let (mut files, mut bytes) = (0, 0);
         for (i, node) in snap.nodes.iter().enumerate() {
+            crate::interrupt::check()?;
             let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
             let path = root.join(rel);
             match &node.kind {
@@ -369,6 +389,9 @@ impl Repository<Indexed> {
                         let Some(pack) = packs.get(k) else {
                             return;
                         };
+                        if let Err(e) = crate::interrupt::check() {
+                            return fail(e);
+                        }
                         // The disk fetches the packs that come next while this one is
                         // decrypted, checked and written.
                         if let Some(ahead) = packs.get(k + PREFETCH_PACKS) {

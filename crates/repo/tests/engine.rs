@@ -483,11 +483,23 @@ fn prune_and_backup_never_overlap() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    for (age, blocks) in [(0, true), (backlock_repo::STALE_AFTER_SECS + 60, false)] {
+    // Issue 18 (3): a container with the same host name, whose process this one cannot
+    // see in /proc, is another holder too: its lock is not taken for a dead one.
+    let same_name_elsewhere = format!("{} [another-boot pid:[1]]", backlock_repo::hostname());
+    for (holder, age, blocks) in [
+        ("other-phone".to_string(), 0, true),
+        (backlock_repo::hostname(), 0, true),
+        (same_name_elsewhere, 0, true),
+        (
+            "other-phone".to_string(),
+            backlock_repo::STALE_AFTER_SECS + 60,
+            false,
+        ),
+    ] {
         let lock = format::Lock {
             exclusive: true,
-            hostname: "other-phone".into(),
-            pid: 1,
+            hostname: holder,
+            pid: u32::MAX - 1,
             time_unix: now - age,
         };
         let name = "0123456789abcdef0123456789abcdef";
@@ -504,7 +516,7 @@ fn prune_and_backup_never_overlap() {
     // A lock left by a dead process on this host is cleaned up by the next operation.
     let dead = format::Lock {
         exclusive: true,
-        hostname: backlock_repo::hostname(),
+        hostname: backlock_repo::holder_identity(),
         pid: u32::MAX - 1,
         time_unix: now,
     };
