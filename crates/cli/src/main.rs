@@ -118,6 +118,11 @@ enum Command {
         /// Where to restore; must not exist or be empty.
         #[arg(long)]
         target: PathBuf,
+        /// After a rollback or damage error: restore this snapshot (`latest`: the
+        /// newest that opens) although this device has seen a newer one. Recorded in
+        /// this device's state.
+        #[arg(long)]
+        accept_older: bool,
     },
     /// Verify that every snapshot can be restored.
     Check {
@@ -340,10 +345,21 @@ fn run(command: Command) -> Result<()> {
             repo,
             snapshot,
             target,
+            accept_older,
         } => {
             let r = open(&repo)?.load_index()?;
             let new_device = r.seen_seq()? == 0;
-            let which = if snapshot == "latest" {
+            let which = if accept_older {
+                let (older, seen) = r.accept_older(&snapshot)?;
+                if older.seq < seen {
+                    eprintln!(
+                        "warning: restoring snapshot {} (#{}) although this device has seen #{seen}: the store serves an older state, or the newer snapshots do not open. This choice is recorded in this device's state",
+                        &older.name.to_hex()[..8],
+                        older.seq
+                    );
+                }
+                older
+            } else if snapshot == "latest" {
                 let (latest, ignored) = r.latest()?;
                 warn_ignored(&ignored);
                 latest

@@ -519,3 +519,54 @@ fn a_new_phone_is_shown_which_snapshot_it_restores_before_anything_is_written() 
         "{summary}"
     );
 }
+
+/// Issue 18: after a refusal the user is not locked out of their own data. The store
+/// dropped the newest snapshot; `restore` refuses (rollback), and `restore
+/// --accept-older` restores what the store has, says so, and records it.
+#[test]
+fn after_a_rollback_the_user_can_still_restore_what_the_store_has() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 10);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let first = env.path("first");
+    env.ok(&["restore", "latest", "--target", first.to_str().unwrap()]);
+    std::fs::write(src.join("notes.txt"), b"newer").unwrap();
+    let newest: serde_json::Value =
+        serde_json::from_str(&env.ok(&["backup", "--json", src.to_str().unwrap()])).unwrap();
+    let newest = newest["snapshot"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.path("repo/snapshots").join(&newest)).unwrap();
+
+    let target = env.path("restored");
+    let refused = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(5), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--accept-older"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!target.exists());
+
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--accept-older",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("although this device has seen #2"),
+        "{}",
+        stderr(&out)
+    );
+    tree::assert_same(&first, &target);
+    let state = tree::list_files(&env.path("home/repos"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    assert_eq!(state["newest_seq"], 2, "{state}");
+    assert_eq!(state["accepted_older"][0]["seq"], 1, "{state}");
+    assert_eq!(state["accepted_older"][0]["seen"], 2, "{state}");
+}

@@ -21,6 +21,23 @@ pub struct DeviceHome {
 pub struct SeenState {
     /// Newest snapshot sequence number seen.
     pub newest_seq: u64,
+    /// Older snapshots the user chose to restore after a rollback or damage error
+    /// (`restore --accept-older`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_older: Vec<AcceptedOlder>,
+}
+
+/// One `restore --accept-older`: which snapshot, and what the device had seen then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedOlder {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The newest sequence this device had seen.
+    pub seen: u64,
+    /// When, seconds since the Unix epoch.
+    pub at_unix: i64,
 }
 
 impl DeviceHome {
@@ -56,9 +73,29 @@ impl DeviceHome {
         if self.seen(repo_id)?.newest_seq >= seq {
             return Ok(());
         }
+        let state = SeenState {
+            newest_seq: seq,
+            ..self.seen(repo_id)?
+        };
+        self.write_seen(repo_id, &state)
+    }
+
+    /// Records that the user restored `snapshot` (`seq`) although this device had
+    /// seen a newer one.
+    pub fn record_accepted_older(&self, repo_id: &str, snapshot: &str, seq: u64) -> Result<()> {
+        let mut state = self.seen(repo_id)?;
+        state.accepted_older.push(AcceptedOlder {
+            snapshot: snapshot.to_string(),
+            seq,
+            seen: state.newest_seq,
+            at_unix: crate::now_unix_ns().div_euclid(1_000_000_000),
+        });
+        self.write_seen(repo_id, &state)
+    }
+
+    fn write_seen(&self, repo_id: &str, state: &SeenState) -> Result<()> {
         let path = self.path(repo_id);
-        let state = SeenState { newest_seq: seq };
-        let json = serde_json::to_vec_pretty(&state).expect("plain struct serialises");
+        let json = serde_json::to_vec_pretty(state).expect("plain struct serialises");
         write_atomically(&path, &json).map_err(|source| RepoError::Device { path, source })
     }
 }

@@ -48,7 +48,7 @@ pub enum RepoError {
         reason: String,
     },
     /// The newest snapshot this device has seen is listed but does not authenticate.
-    #[error("the newest snapshot this device has seen (#{seen}) does not open: snapshot object {name}: {reason}. Restore an older snapshot by its id (`backlock snapshots` lists them), and run `backlock check --read-data`")]
+    #[error("the newest snapshot this device has seen (#{seen}) does not open: snapshot object {name}: {reason}. Run `backlock check --read-data`; to restore the newest snapshot that opens: `backlock restore latest --accept-older --target DIR`")]
     NewestDamaged {
         /// Its sequence number, as this device recorded it.
         seen: u64,
@@ -61,7 +61,7 @@ pub enum RepoError {
     #[error("stopped by a signal (SIGINT or SIGTERM): the repository lock is released and nothing was left half-written; run the command again to finish")]
     Interrupted,
     /// The store served an older state than this device has seen.
-    #[error("the store is serving an older state than this device has seen: newest snapshot there is #{served}, this device saw #{seen}. The store rolled back or lost snapshots; do not prune, and check the store")]
+    #[error("the store is serving an older state than this device has seen: newest snapshot there is #{served}, this device saw #{seen}. The store rolled back or lost snapshots; do not prune, and check the store. To restore what it has anyway: `backlock restore latest --accept-older --target DIR`")]
     Rollback {
         /// Newest sequence number the device recorded.
         seen: u64,

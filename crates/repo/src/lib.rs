@@ -238,6 +238,17 @@ impl<S> Repository<S> {
     /// Lists snapshots oldest first and checks the store did not roll back: the newest
     /// listed must be at least the newest this device has seen.
     pub fn snapshot_refs(&self) -> Result<Vec<SnapshotRef>> {
+        let refs = self.listing()?;
+        let served = refs.last().map_or(0, |r| r.seq);
+        let seen = self.home.seen(&self.id())?.newest_seq;
+        if served < seen {
+            return Err(RepoError::Rollback { seen, served });
+        }
+        Ok(refs)
+    }
+
+    /// The listed snapshot names, oldest first, with no rollback check.
+    fn listing(&self) -> Result<Vec<SnapshotRef>> {
         let mut refs: Vec<SnapshotRef> = self
             .listed(ObjectKind::Snapshot)?
             .iter()
@@ -248,12 +259,47 @@ impl<S> Repository<S> {
             })
             .collect();
         refs.sort_by_key(|r| (r.seq, r.name));
-        let served = refs.last().map_or(0, |r| r.seq);
-        let seen = self.home.seen(&self.id())?.newest_seq;
-        if served < seen {
-            return Err(RepoError::Rollback { seen, served });
-        }
         Ok(refs)
+    }
+
+    /// `restore --accept-older`: after a rollback or damage error, the user may still
+    /// restore what the store has. Finds snapshot `id` (`latest`: the newest that
+    /// authenticates) without the rollback check, authenticates it, and records the
+    /// choice in the device state; returns it with the sequence this device had seen.
+    pub fn accept_older(&self, id: &str) -> Result<(SnapshotRef, u64)> {
+        let seen = self.home.seen(&self.id())?.newest_seq;
+        let refs = self.listing()?;
+        let chosen = if id == "latest" {
+            let mut found = None;
+            for r in refs.iter().rev() {
+                if self.authenticate(r)?.is_ok() {
+                    found = Some(*r);
+                    break;
+                }
+            }
+            found.ok_or(RepoError::NoSnapshots)?
+        } else {
+            let id_lower = id.to_ascii_lowercase();
+            let matches: Vec<_> = refs
+                .iter()
+                .filter(|r| !id_lower.is_empty() && r.name.to_hex().starts_with(&id_lower))
+                .collect();
+            match matches.as_slice() {
+                [one] => **one,
+                [] => return Err(RepoError::SnapshotNotFound { id: id.to_string() }),
+                _ => {
+                    return Err(RepoError::Usage(format!(
+                        "snapshot id {id:?} is ambiguous: give more digits"
+                    )))
+                }
+            }
+        };
+        self.load_snapshot(&chosen)?;
+        if chosen.seq < seen {
+            self.home
+                .record_accepted_older(&self.id(), &chosen.name.to_hex(), chosen.seq)?;
+        }
+        Ok((chosen, seen))
     }
 
     /// Loads `r`; `Ok(Err(..))` if the object does not authenticate or is gone (a
