@@ -50,6 +50,16 @@ pub(crate) struct Usage(pub String);
 #[error("{0} problem(s) found: some snapshots cannot be fully restored")]
 pub(crate) struct Damage(pub usize);
 
+/// The backup committed a snapshot that leaves entries out (exit 12).
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {snapshot} was saved but is incomplete: {count} entr(y/ies) could not be read (listed above). Fix access to them, or exclude them, and back up again")]
+pub(crate) struct Incomplete {
+    /// The snapshot's short id.
+    pub snapshot: String,
+    /// How many entries it left out.
+    pub count: usize,
+}
+
 /// A key that could not be read or parsed (exit 3).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -106,6 +116,9 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
         if cause.is::<Damage>() {
             return 4;
         }
+        if cause.is::<Incomplete>() {
+            return 12;
+        }
         if let Some(m) = cause.downcast_ref::<backlock_migrate::MigrateError>() {
             use backlock_migrate::MigrateError as M;
             return match m {
@@ -131,7 +144,8 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
             Some(
                 RepoError::Damaged { .. }
                 | RepoError::UnauthenticSnapshots { .. }
-                | RepoError::NewestDamaged { .. },
+                | RepoError::NewestDamaged { .. }
+                | RepoError::Newer { .. },
             ) => return 4,
             Some(RepoError::Rollback { .. }) => return 5,
             Some(RepoError::Target { .. }) => return 6,

@@ -200,7 +200,8 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli.command) {
         eprintln!("error: {}", exit::message(&e));
-        if json_requested() {
+        // An incomplete backup already printed its summary, which says so.
+        if json_requested() && !e.is::<exit::Incomplete>() {
             exit::print_json_error(&e);
         }
         std::process::exit(exit::code_for(&e));
@@ -321,6 +322,12 @@ fn run(command: Command) -> Result<()> {
             let r = open(&repo)?.load_index()?;
             let summary = backup(r, paths, !repo.json)?;
             warn_ignored(&summary.ignored_snapshots);
+            for w in &summary.warnings {
+                eprintln!("warning: {w}");
+            }
+            for k in &summary.skipped {
+                eprintln!("not backed up: {}: {}", k.path, k.reason);
+            }
             if repo.json {
                 print_json(&summary);
             } else {
@@ -334,6 +341,12 @@ fn run(command: Command) -> Result<()> {
                     mib(summary.bytes_stored),
                     summary.seconds
                 );
+            }
+            if !summary.skipped.is_empty() {
+                bail!(exit::Incomplete {
+                    snapshot: summary.snapshot[..8].to_owned(),
+                    count: summary.skipped.len(),
+                });
             }
             Ok(())
         }
@@ -601,6 +614,8 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
     let ignored = r.authentic_snapshots(|s, snap| {
         let files = snap.nodes.iter().filter(|n| n.is_file()).count();
         let bytes: u64 = snap.nodes.iter().map(|n| n.size).sum();
+        // A snapshot whose metadata does not decode still restores: say so.
+        let skipped = snap.skipped().map(|k| k.len()).unwrap_or(usize::MAX);
         rows.push(serde_json::json!({
             "id": s.name.to_hex(),
             "seq": s.seq,
@@ -609,6 +624,8 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
             "paths": snap.paths,
             "files": files,
             "bytes": bytes,
+            "incomplete": skipped > 0,
+            "skipped": skipped.min(u32::MAX as usize),
         }));
         Ok(())
     })?;
@@ -625,8 +642,12 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
         "id", "seq", "time (UTC)", "files", "size"
     );
     for row in rows {
+        let incomplete = match row["skipped"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!("  [incomplete: {n} left out]"),
+        };
         println!(
-            "{:<10} {:>4}  {:<20} {:>8} {:>12}  {}",
+            "{:<10} {:>4}  {:<20} {:>8} {:>12}  {}{incomplete}",
             &row["id"].as_str().unwrap_or_default()[..8],
             row["seq"],
             format_time(row["time_unix"].as_i64().unwrap_or(0)),

@@ -191,8 +191,11 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Issue 18 (4): one unreadable file no longer stops the backup of everything else.
+/// It is named, the snapshot is committed and marked incomplete, `snapshots` says so,
+/// and the command exits with 12.
 #[test]
-fn unreadable_source_file_is_named_and_nothing_is_committed() {
+fn an_unreadable_file_is_left_out_named_and_the_snapshot_marked_incomplete() {
     use std::os::unix::process::CommandExt;
     let env = Env::new();
     env.init();
@@ -209,20 +212,103 @@ fn unreadable_source_file_is_named_and_nothing_is_committed() {
         }
     }
     chmod(env.dir.path(), 0o777);
-    let mut cmd = env.cmd(&["backup", src.to_str().unwrap()]);
+    let mut cmd = env.cmd(&["backup", "--json", src.to_str().unwrap()]);
     if as_root {
         cmd.uid(65534).gid(65534);
     }
     let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("locked.jpg") && stderr(&out).contains("No snapshot was written"),
+        stderr(&out).contains("not backed up: chat/Media/Images/locked.jpg"),
         "{}",
         stderr(&out)
     );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["skipped"][0]["path"],
+        "chat/Media/Images/locked.jpg"
+    );
+
     let list: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["incomplete"], true, "{list:?}");
+    assert_eq!(list[1]["skipped"], 1);
+    assert!(env.ok(&["snapshots"]).contains("[incomplete: 1 left out]"));
     assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+    // Everything else is in the snapshot.
+    std::fs::remove_file(&secret).unwrap();
+    let target = env.path("restored");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    tree::assert_same(&src, &target.join("chat"));
+}
+
+/// Issue 18 (4): a chat attachment that starts with SQLite's header but is cut short
+/// (a half-downloaded `.db` document) used to stop every backup. It is stored as
+/// plain bytes with a warning, and restores as those bytes.
+#[test]
+fn a_malformed_sqlite_attachment_is_stored_as_bytes_and_backups_go_on() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 14);
+    let whole = std::fs::read(src.join("msgstore.db")).unwrap();
+    let document = src.join("Media/Documents/export.db");
+    std::fs::create_dir_all(document.parent().unwrap()).unwrap();
+    let mut cut = whole[..whole.len() / 3].to_vec();
+    cut.extend_from_slice(&tree::random_bytes(3, 5000));
+    std::fs::write(&document, &cut).unwrap();
+
+    let out = env.run(&["backup", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("export.db") && stderr(&out).contains("stored as plain bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let target = env.path("restored");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    tree::assert_same(&src, &target.join("chat"));
+    assert!(std::fs::read(target.join("chat/Media/Documents/export.db")).unwrap() == cut);
+}
+
+/// Issue 18 (4): a file deleted between the listing and its read (a chat app
+/// clearing its cache) is left out as vanished; the rest is committed.
+#[test]
+fn a_file_that_vanishes_during_the_backup_is_left_out_as_vanished() {
+    use std::io::Write;
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 15);
+    let cache = src.join("Media/cache.tmp");
+    std::fs::write(&cache, b"gone soon").unwrap();
+    let mut child = env
+        .cmd(&["backup", "--json", src.to_str().unwrap()])
+        .env(
+            backlock_repo::testhook::PAUSE_VAR,
+            backlock_repo::testhook::step::BACKUP_WALKED,
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.contains("paused at backup:walked"), "{line}");
+    std::fs::remove_file(&cache).unwrap();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(out.status.code(), Some(12), "{rest}");
+    assert!(
+        rest.contains("chat/Media/cache.tmp: vanished during the backup"),
+        "{rest}"
+    );
+    let target = env.path("restored");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    tree::assert_same(&src, &target.join("chat"));
 }
 
 fn walk_all(p: &Path) -> Vec<PathBuf> {

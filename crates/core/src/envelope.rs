@@ -21,11 +21,15 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The version of index objects that name the bases of delta blobs
 /// (docs/FORMAT.md §Compatibility); every other object stays version 1.
 pub const INDEX_VERSION_DELTAS: u8 = 2;
+/// The version of snapshot objects that carry metadata (docs/FORMAT.md §Snapshot
+/// metadata); a snapshot without any stays version 1.
+pub const SNAPSHOT_VERSION_META: u8 = 2;
 
 /// The newest version this build reads for objects of `kind`.
 pub fn newest_version(kind: ObjectKind) -> u8 {
     match kind {
         ObjectKind::Index => INDEX_VERSION_DELTAS,
+        ObjectKind::Snapshot => SNAPSHOT_VERSION_META,
         _ => FORMAT_VERSION,
     }
 }
@@ -167,12 +171,26 @@ pub fn seal_with_salt_as(
     plaintext: &[u8],
     salt: &[u8; SALT_LEN],
 ) -> Vec<u8> {
-    assert!(kind != ObjectKind::Pack, "packs are sealed with PackSealer");
     assert!(
         (1..=newest_version(kind)).contains(&version),
         "no format version {version} for {} objects",
         kind.as_str()
     );
+    seal_any_version(keys, (kind, version), name, plaintext, salt)
+}
+
+/// [`seal_with_salt_as`] for any version byte, newer than this build's included: for
+/// tests of the compatibility rule (a newer writer's object still authenticates under
+/// the version-1 envelope) only.
+#[doc(hidden)]
+pub fn seal_any_version(
+    keys: &RepoKeys,
+    (kind, version): (ObjectKind, u8),
+    name: &str,
+    plaintext: &[u8],
+    salt: &[u8; SALT_LEN],
+) -> Vec<u8> {
+    assert!(kind != ObjectKind::Pack, "packs are sealed with PackSealer");
     let mut head = header(version, kind, salt);
     if kind == ObjectKind::Config {
         head.extend_from_slice(keys.key_id());
@@ -210,6 +228,30 @@ pub fn open_versioned(
     data: &[u8],
 ) -> Result<(u8, Vec<u8>), FormatError> {
     let (version, salt) = parse_header(kind, data)?;
+    open_body(keys, kind, name, data, salt).map(|body| (version, body))
+}
+
+/// Whether `data`, whose version is newer than this build reads, authenticates under
+/// the version-1 envelope, which every later version keeps for single-message objects
+/// (docs/FORMAT.md §Compatibility): `true` means a newer backlock wrote it, `false`
+/// that nobody holding the key did (made up, or damaged).
+pub fn is_authentic_newer(keys: &RepoKeys, kind: ObjectKind, name: &str, data: &[u8]) -> bool {
+    let newer = data.first().is_some_and(|&v| v > newest_version(kind));
+    newer
+        && kind != ObjectKind::Pack
+        && data.len() >= HEADER_LEN + TAG_LEN
+        && data[1] == kind as u8
+        && open_body(keys, kind, name, data, &data[2..HEADER_LEN]).is_ok()
+}
+
+/// Authenticates and decrypts a single-message object whose header was checked.
+fn open_body(
+    keys: &RepoKeys,
+    kind: ObjectKind,
+    name: &str,
+    data: &[u8],
+    salt: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let mut aad_len = HEADER_LEN;
     if kind == ObjectKind::Config {
         let id_end = HEADER_LEN + crate::kdf::KEY_ID_LEN;
@@ -232,7 +274,7 @@ pub fn open_versioned(
         .map_err(|_| FormatError::Tampered)?
         .len();
     body.truncate(plain_len);
-    Ok((version, body))
+    Ok(body)
 }
 
 /// Where a sealed blob sits in its pack.
@@ -451,9 +493,18 @@ mod tests {
     fn newer_version_asks_for_upgrade() {
         let k = keys();
         let mut sealed = seal(&k, ObjectKind::Snapshot, "n", b"x");
-        sealed[0] = 2;
+        sealed[0] = 3;
         assert_eq!(
             open(&k, ObjectKind::Snapshot, "n", &sealed),
+            Err(FormatError::UnsupportedVersion {
+                found: 3,
+                newest: 2
+            })
+        );
+        let mut lock = seal(&k, ObjectKind::Lock, "n", b"x");
+        lock[0] = 2;
+        assert_eq!(
+            open(&k, ObjectKind::Lock, "n", &lock),
             Err(FormatError::UnsupportedVersion {
                 found: 2,
                 newest: 1

@@ -11,6 +11,7 @@ use crate::{
     ids::{ChunkId, ObjectName},
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Read;
 
 /// The config object's name.
@@ -198,8 +199,9 @@ impl IndexFile {
     }
 }
 
-/// One backup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One backup. Encoded with [`Snapshot::encode`]: version 1 when `meta` is empty,
+/// else version 2 (docs/FORMAT.md §Objects).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// 1 for the first snapshot, parent's + 1 after; a device refuses to go back.
     pub seq: u64,
@@ -211,8 +213,170 @@ pub struct Snapshot {
     pub hostname: String,
     /// The paths given to `backup`, as typed.
     pub paths: Vec<String>,
+    /// Named fields added after version 1, each value in the encoding its key's
+    /// section of docs/FORMAT.md gives (§Snapshot metadata). A reader skips keys it
+    /// does not know, so later features add keys, not snapshot layouts.
+    pub meta: BTreeMap<String, Vec<u8>>,
     /// Every directory, file and link, parents before children.
     pub nodes: Vec<Node>,
+}
+
+/// The metadata key of an incomplete snapshot: what the backup could not store.
+pub const META_INCOMPLETE: &str = "incomplete";
+
+/// One entry a backup could not store (docs/FORMAT.md §Snapshot metadata).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Its path, as a node's.
+    pub path: Vec<u8>,
+    /// Why (an OS error, "vanished during the backup").
+    pub reason: String,
+}
+
+/// Snapshot layouts on the wire, by format version: the fields of [`Snapshot`] in
+/// order, version 2 adding `meta` before `nodes` (§Objects).
+mod snapshot_wire {
+    use super::*;
+
+    #[derive(Serialize)]
+    pub struct V1Ref<'a> {
+        pub seq: u64,
+        pub parent: &'a Option<ObjectName>,
+        pub time_unix_ns: i64,
+        pub hostname: &'a str,
+        pub paths: &'a [String],
+        pub nodes: &'a [Node],
+    }
+
+    #[derive(Serialize)]
+    pub struct V2Ref<'a> {
+        pub seq: u64,
+        pub parent: &'a Option<ObjectName>,
+        pub time_unix_ns: i64,
+        pub hostname: &'a str,
+        pub paths: &'a [String],
+        pub meta: &'a BTreeMap<String, Vec<u8>>,
+        pub nodes: &'a [Node],
+    }
+
+    #[derive(Deserialize)]
+    pub struct V1 {
+        pub seq: u64,
+        pub parent: Option<ObjectName>,
+        pub time_unix_ns: i64,
+        pub hostname: String,
+        pub paths: Vec<String>,
+        pub nodes: Vec<Node>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct V2 {
+        pub seq: u64,
+        pub parent: Option<ObjectName>,
+        pub time_unix_ns: i64,
+        pub hostname: String,
+        pub paths: Vec<String>,
+        pub meta: BTreeMap<String, Vec<u8>>,
+        pub nodes: Vec<Node>,
+    }
+}
+
+impl Snapshot {
+    /// The format version this snapshot needs: 2 when it carries metadata, else 1, so
+    /// a complete snapshot stays readable by every earlier build.
+    pub fn version(&self) -> u8 {
+        match self.meta.is_empty() {
+            true => crate::envelope::FORMAT_VERSION,
+            false => crate::envelope::SNAPSHOT_VERSION_META,
+        }
+    }
+
+    /// The object plaintext ([`encode`]) and the version to seal it as.
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        let (version, raw) = self.raw_plaintext();
+        (version, compress_if_shorter(raw))
+    }
+
+    /// The postcard encoding (the codec-0 payload) and the version it belongs to.
+    pub fn to_postcard(&self) -> (u8, Vec<u8>) {
+        let (version, mut raw) = self.raw_plaintext();
+        raw.remove(0);
+        (version, raw)
+    }
+
+    fn raw_plaintext(&self) -> (u8, Vec<u8>) {
+        let version = self.version();
+        let raw = if version == crate::envelope::FORMAT_VERSION {
+            raw_plaintext(&snapshot_wire::V1Ref {
+                seq: self.seq,
+                parent: &self.parent,
+                time_unix_ns: self.time_unix_ns,
+                hostname: &self.hostname,
+                paths: &self.paths,
+                nodes: &self.nodes,
+            })
+        } else {
+            raw_plaintext(&snapshot_wire::V2Ref {
+                seq: self.seq,
+                parent: &self.parent,
+                time_unix_ns: self.time_unix_ns,
+                hostname: &self.hostname,
+                paths: &self.paths,
+                meta: &self.meta,
+                nodes: &self.nodes,
+            })
+        };
+        (version, raw)
+    }
+
+    /// Decodes the plaintext of a snapshot object of format `version`.
+    pub fn decode(version: u8, plain: &[u8]) -> Result<Self, FormatError> {
+        Ok(if version == crate::envelope::FORMAT_VERSION {
+            let w: snapshot_wire::V1 = decode(plain, "snapshot")?;
+            Snapshot {
+                seq: w.seq,
+                parent: w.parent,
+                time_unix_ns: w.time_unix_ns,
+                hostname: w.hostname,
+                paths: w.paths,
+                meta: BTreeMap::new(),
+                nodes: w.nodes,
+            }
+        } else {
+            let w: snapshot_wire::V2 = decode(plain, "snapshot")?;
+            Snapshot {
+                seq: w.seq,
+                parent: w.parent,
+                time_unix_ns: w.time_unix_ns,
+                hostname: w.hostname,
+                paths: w.paths,
+                meta: w.meta,
+                nodes: w.nodes,
+            }
+        })
+    }
+
+    /// What the backup could not store; empty for a complete snapshot.
+    pub fn skipped(&self) -> Result<Vec<Skipped>, FormatError> {
+        match self.meta.get(META_INCOMPLETE) {
+            None => Ok(Vec::new()),
+            Some(v) => postcard::from_bytes(v).map_err(|e| FormatError::Malformed {
+                what: "snapshot metadata",
+                detail: format!("{META_INCOMPLETE}: {e}"),
+            }),
+        }
+    }
+
+    /// Marks the snapshot incomplete, listing what was not stored.
+    pub fn set_skipped(&mut self, skipped: &[Skipped]) {
+        match skipped.is_empty() {
+            true => self.meta.remove(META_INCOMPLETE),
+            false => self.meta.insert(
+                META_INCOMPLETE.to_owned(),
+                postcard::to_allocvec(skipped).expect("postcard into a Vec cannot fail"),
+            ),
+        };
+    }
 }
 
 /// A file system entry in a snapshot.
@@ -366,7 +530,8 @@ pub mod fuzz {
         let _ = decode::<Config>(data, "config");
         let _ = IndexFile::decode(1, data);
         let _ = IndexFile::decode(2, data);
-        let _ = decode::<Snapshot>(data, "snapshot");
+        let _ = Snapshot::decode(1, data);
+        let _ = Snapshot::decode(2, data).map(|s| s.skipped());
         let _ = decode::<Lock>(data, "lock");
         let _ = crate::blob::decode(data, 1 << 20, None);
         let (base, blob) = data.split_at(data.len() / 2);

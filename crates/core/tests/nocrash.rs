@@ -29,6 +29,7 @@ proptest! {
         } else {
             let _ = envelope::open(&k, kind, "n", &data);
         }
+        let _ = envelope::is_authentic_newer(&k, kind, "n", &data);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use backlock_core::{
     blob::BlobEncoder,
     chunker::{database_chunk, ChunkSource, Chunker, PageChunks},
     envelope::{self, ObjectKind, PackSealer},
-    format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Snapshot},
+    format::{BlobEntry, IndexFile, Node, NodeKind, PackEntry, Skipped, Snapshot},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
@@ -124,6 +124,21 @@ pub struct BackupSummary {
     /// Newer snapshot objects that did not authenticate and were passed over for the
     /// parent (see [`crate::RejectedSnapshot`]).
     pub ignored_snapshots: Vec<crate::RejectedSnapshot>,
+    /// Entries left out (unreadable, vanished, a database that stayed locked): the
+    /// snapshot is marked incomplete and names them.
+    pub skipped: Vec<SkippedEntry>,
+    /// Entries stored, with something to know (a file that looks like a database but
+    /// SQLite cannot read, stored as plain bytes).
+    pub warnings: Vec<String>,
+}
+
+/// An entry a backup left out.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedEntry {
+    /// Its path in the snapshot.
+    pub path: String,
+    /// Why.
+    pub reason: String,
 }
 
 struct Job {
@@ -391,7 +406,7 @@ struct Entry {
     meta: fs::Metadata,
 }
 
-fn walk(paths: &[PathBuf]) -> Result<Vec<Entry>> {
+fn walk(paths: &[PathBuf], skipped: &mut Option<&mut Vec<Skipped>>) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut roots = HashSet::new();
     for path in paths {
@@ -409,17 +424,36 @@ fn walk(paths: &[PathBuf]) -> Result<Vec<Entry>> {
                 String::from_utf8_lossy(&name)
             )));
         }
-        walk_into(path, name, &mut out)?;
+        walk_into(path, name, &mut out, skipped)?;
     }
     Ok(out)
 }
 
-fn walk_into(path: &Path, rel: Vec<u8>, out: &mut Vec<Entry>) -> Result<()> {
-    let source = |e| RepoError::Source {
-        path: path.to_path_buf(),
-        source: e,
+/// Lists `path` and everything below it into `out`. An entry that vanished or a
+/// directory that cannot be listed is recorded in `skipped` (or, with `skipped`
+/// `None`, as in a verbatim migration, fails the walk).
+fn walk_into(
+    path: &Path,
+    rel: Vec<u8>,
+    out: &mut Vec<Entry>,
+    skipped: &mut Option<&mut Vec<Skipped>>,
+) -> Result<()> {
+    let mut skip = |e: io::Error| -> Result<()> {
+        match skipped {
+            Some(list) => {
+                list.push(skipped_entry(&rel, &e));
+                Ok(())
+            }
+            None => Err(RepoError::Source {
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        }
     };
-    let meta = fs::symlink_metadata(path).map_err(source)?;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return skip(e),
+    };
     let is_dir = meta.is_dir();
     out.push(Entry {
         fs_path: path.to_path_buf(),
@@ -427,20 +461,33 @@ fn walk_into(path: &Path, rel: Vec<u8>, out: &mut Vec<Entry>) -> Result<()> {
         meta,
     });
     if is_dir {
-        let mut children: Vec<_> = fs::read_dir(path)
-            .map_err(source)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(source)?;
+        let listed: io::Result<Vec<_>> =
+            fs::read_dir(path).and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect());
+        let mut children = match listed {
+            Ok(children) => children,
+            Err(e) => return skip(e),
+        };
         children.sort();
         for child in children {
             let mut child_rel = rel.clone();
             child_rel.push(b'/');
             child_rel.extend_from_slice(child.as_bytes());
-            walk_into(&path.join(&child), child_rel, out)?;
+            walk_into(&path.join(&child), child_rel, out, skipped)?;
         }
     }
     Ok(())
+}
+
+/// What a snapshot records of an entry it could not store.
+fn skipped_entry(rel: &[u8], e: &io::Error) -> Skipped {
+    let reason = match e.kind() {
+        io::ErrorKind::NotFound => "vanished during the backup".to_owned(),
+        _ => e.to_string(),
+    };
+    Skipped {
+        path: rel.to_vec(),
+        reason,
+    }
 }
 
 fn node_of(e: &Entry, kind: NodeKind) -> Node {
@@ -483,6 +530,11 @@ struct ProduceState<'a> {
     chunk_pool: &'a BufferPool,
     /// The parent snapshot's page lists of its databases.
     page_lists: PageLists,
+    /// Entries left out: unreadable, vanished, or a database that stayed locked.
+    skipped: Mutex<Vec<Skipped>>,
+    /// What the user should know about entries that were stored (a file that looks
+    /// like a database but is not one, stored as plain bytes).
+    warnings: Mutex<Vec<String>>,
 }
 
 /// The parent snapshot's chunk lists of its SQLite databases, by path, moved out of
@@ -716,10 +768,30 @@ impl Producer<'_> {
                 let chunk_count = (e.meta.len() / size as u64) as usize + 1;
                 node.chunks
                     .reserve_exact(chunk_count.saturating_sub(node.chunks.len()));
-                let read = sqlite::with_pages(&e.fs_path, |pages| {
+                let captured = sqlite::with_pages(&e.fs_path, |pages| {
                     self.chunk_all(pages, Some(size), &mut node, &e.fs_path)
-                })??;
-                (node, read)
+                });
+                match captured {
+                    Ok(read) => (node, read?),
+                    // Not a database SQLite can read (a half-downloaded `.db` a chat
+                    // peer sent): its bytes are kept as they are.
+                    Err(RepoError::Sqlite {
+                        busy: false,
+                        detail,
+                        ..
+                    }) => {
+                        self.shared
+                            .warnings
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!(
+                                "{} starts like a SQLite database but SQLite cannot read it ({detail}): stored as plain bytes",
+                                e.fs_path.display()
+                            ));
+                        return self.plain_file(chunker, e);
+                    }
+                    Err(other) => return Err(other),
+                }
             }
             Some(page) => {
                 let mut node = node_of(e, NodeKind::File);
@@ -731,14 +803,7 @@ impl Producer<'_> {
                 let read = self.chunk_all(&mut source, Some(size), &mut node, &e.fs_path)?;
                 (node, read)
             }
-            None => {
-                let mut node = node_of(e, NodeKind::File);
-                let buf = std::mem::take(&mut self.stream_buf);
-                let mut source = chunker.stream_with(ReadAhead::new(file), buf);
-                let read = self.chunk_all(&mut source, None, &mut node, &e.fs_path);
-                self.stream_buf = source.into_buffer();
-                (node, read?)
-            }
+            None => return self.stream_file(chunker, e, file),
         };
         match read {
             Ok(size) => {
@@ -747,6 +812,33 @@ impl Producer<'_> {
             }
             Err(s) => Ok(Err(s)),
         }
+    }
+
+    /// `e` as plain bytes in content-defined chunks, read again from the start.
+    fn plain_file(&mut self, chunker: &Chunker, e: &Entry) -> Result<Result<Node, Stopped>> {
+        let file = File::open(&e.fs_path).map_err(|err| RepoError::Source {
+            path: e.fs_path.clone(),
+            source: err,
+        })?;
+        self.stream_file(chunker, e, file)
+    }
+
+    /// The content-defined chunks of `file`, the opened `e`.
+    fn stream_file(
+        &mut self,
+        chunker: &Chunker,
+        e: &Entry,
+        file: File,
+    ) -> Result<Result<Node, Stopped>> {
+        let mut node = node_of(e, NodeKind::File);
+        let buf = std::mem::take(&mut self.stream_buf);
+        let mut source = chunker.stream_with(ReadAhead::new(file), buf);
+        let read = self.chunk_all(&mut source, None, &mut node, &e.fs_path);
+        self.stream_buf = source.into_buffer();
+        Ok(read?.map(|size| {
+            node.size = size;
+            node
+        }))
     }
 
     /// Turns the entry `e` into its snapshot node (`None`: not stored), feeding new
@@ -905,6 +997,22 @@ fn produce<'a>(
                 Ok(Ok(Some(node))) => out.push((i, node)),
                 Ok(Ok(None)) => {}
                 Ok(Err(Stopped)) => return Ok(Err(Stopped)),
+                // One unreadable file does not stop the backup of all the others.
+                Err(RepoError::Source { source, .. }) if !shared.verbatim => shared
+                    .skipped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(skipped_entry(&entries[i].rel, &source)),
+                Err(RepoError::Sqlite {
+                    busy: true, detail, ..
+                }) if !shared.verbatim => shared
+                    .skipped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Skipped {
+                        path: entries[i].rel.clone(),
+                        reason: format!("the database stayed locked: {detail}"),
+                    }),
                 Err(e) => {
                     shared.stop.store(true, Ordering::Relaxed);
                     return Err(e);
@@ -956,7 +1064,11 @@ impl Repository<Indexed> {
         let seq = newest.snapshot.as_ref().map_or(1, |(r, _)| r.seq + 1);
         let mut parent = newest.snapshot.map(|(r, snap)| (r.name, snap));
         let page_lists = PageLists::take_from(parent.as_mut().map(|(_, s)| s));
-        let entries = walk(&opts.paths)?;
+        // Entries that cannot be read are left out and named in the snapshot, except in
+        // a verbatim copy (migration), which must hold everything or nothing.
+        let mut skipped = Vec::new();
+        let entries = walk(&opts.paths, &mut (!opts.verbatim).then_some(&mut skipped))?;
+        pause(step::BACKUP_WALKED);
         let files_total = entries.iter().filter(|e| e.meta.is_file()).count() as u64;
         let bytes_total: u64 = entries
             .iter()
@@ -1022,6 +1134,8 @@ impl Repository<Indexed> {
             stop: AtomicBool::new(false),
             chunk_pool: &chunk_pool,
             page_lists,
+            skipped: Mutex::new(skipped),
+            warnings: Mutex::new(Vec::new()),
         };
         let (job_tx, job_rx) = bounded::<Job>(workers);
         let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
@@ -1065,6 +1179,16 @@ impl Repository<Indexed> {
             produce_state.files_unchanged.into_inner(),
         );
         let (bytes_read, bytes_new, files_unchanged) = stats;
+        let mut skipped = produce_state
+            .skipped
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        // In walk order, as the snapshot lists its nodes.
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        let warnings = produce_state
+            .warnings
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         // Free the pipeline's memory before the snapshot is encoded: with a large
         // database, the snapshot is the biggest object this process makes.
         drop((
@@ -1098,7 +1222,7 @@ impl Repository<Indexed> {
         // is encoded.
         let parent = parent.map(|(name, _)| name);
 
-        let snapshot = Snapshot {
+        let mut snapshot = Snapshot {
             seq,
             parent,
             time_unix_ns: now_unix_ns(),
@@ -1107,12 +1231,19 @@ impl Repository<Indexed> {
                 .recorded_paths
                 .clone()
                 .unwrap_or_else(|| opts.paths.iter().map(|p| p.display().to_string()).collect()),
+            meta: Default::default(),
             nodes,
         };
+        snapshot.set_skipped(&skipped);
         let name = ObjectName::for_snapshot(seq);
-        let plaintext = format::encode(&snapshot);
+        let (version, plaintext) = snapshot.encode();
         drop(snapshot);
-        let sealed = envelope::seal(keys, ObjectKind::Snapshot, &name.to_hex(), &plaintext);
+        let sealed = envelope::seal_as(
+            keys,
+            (ObjectKind::Snapshot, version),
+            &name.to_hex(),
+            &plaintext,
+        );
         drop(plaintext);
         // Index durable before the snapshot that needs it; the snapshot durable before
         // the device records it as seen.
@@ -1134,6 +1265,14 @@ impl Repository<Indexed> {
             dedup_ratio: snap_bytes as f64 / bytes_new.max(1) as f64,
             seconds: start.elapsed().as_secs_f64(),
             ignored_snapshots,
+            skipped: skipped
+                .iter()
+                .map(|k| SkippedEntry {
+                    path: String::from_utf8_lossy(&k.path).into_owned(),
+                    reason: k.reason.clone(),
+                })
+                .collect(),
+            warnings,
         })
     }
 }

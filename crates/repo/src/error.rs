@@ -60,6 +60,17 @@ pub enum RepoError {
     /// SIGINT or SIGTERM arrived and the operation stopped cleanly.
     #[error("stopped by a signal (SIGINT or SIGTERM): the repository lock is released and nothing was left half-written; run the command again to finish")]
     Interrupted,
+    /// An object written by a newer backlock (it authenticates under this key).
+    #[error("{kind} object {name} was {source}")]
+    Newer {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The version found and the newest this build reads.
+        #[source]
+        source: FormatError,
+    },
     /// The store served an older state than this device has seen.
     #[error("the store is serving an older state than this device has seen: newest snapshot there is #{served}, this device saw #{seen}. The store rolled back or lost snapshots; do not prune, and check the store. To restore what it has anyway: `backlock restore latest --accept-older --target DIR`")]
     Rollback {
@@ -96,6 +107,8 @@ pub enum RepoError {
         path: PathBuf,
         /// SQLite's message.
         detail: String,
+        /// It stayed locked by a writer (rather than being unreadable as a database).
+        busy: bool,
     },
     /// The restore target could not be written; nothing was left under its name.
     #[error("cannot write the restore to {path}: {source}. Nothing was left under the target name; {}, then run the restore again", target_advice(.source))]

@@ -24,7 +24,7 @@ mod sqlite;
 pub mod testhook;
 pub mod verify;
 
-pub use backup::{BackupOptions, BackupSummary, Progress};
+pub use backup::{BackupOptions, BackupSummary, Progress, SkippedEntry};
 pub use check::CheckReport;
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
@@ -41,6 +41,7 @@ use backlock_core::{
     ids::ObjectName,
     kdf::RepoKeys,
     key::BackupKey,
+    FormatError,
 };
 use backlock_store::{ObjectInfo, ObjectStore, StoreError};
 use serde::Serialize;
@@ -392,9 +393,31 @@ impl<S> Repository<S> {
         let name = r.name.to_hex();
         let sealed = self.store.get(ObjectKind::Snapshot, &name)?;
         let damaged = |e| RepoError::damaged(ObjectKind::Snapshot, &name, e);
-        let plain =
-            envelope::open(&self.keys, ObjectKind::Snapshot, &name, &sealed).map_err(damaged)?;
-        let mut snap: Snapshot = format::decode(&plain, "snapshot").map_err(damaged)?;
+        let (version, plain) =
+            match envelope::open_versioned(&self.keys, ObjectKind::Snapshot, &name, &sealed) {
+                Ok(opened) => opened,
+                // A newer backlock's snapshot is real: refuse to go on rather than pass
+                // it over. Anything else that claims a newer version is made up.
+                Err(e @ FormatError::UnsupportedVersion { .. }) => {
+                    return Err(
+                        match envelope::is_authentic_newer(
+                            &self.keys,
+                            ObjectKind::Snapshot,
+                            &name,
+                            &sealed,
+                        ) {
+                            true => RepoError::Newer {
+                                kind: "snapshot",
+                                name,
+                                source: e,
+                            },
+                            false => damaged(FormatError::Tampered),
+                        },
+                    )
+                }
+                Err(e) => return Err(damaged(e)),
+            };
+        let mut snap = Snapshot::decode(version, &plain).map_err(damaged)?;
         drop((sealed, plain));
         // Decoding grows each chunk list by doubling, and a database's list (a chunk
         // ID per 16 KiB run of pages) is what a backup keeps longest after the index.

@@ -276,11 +276,12 @@ impl Repository<Open> {
         bytes += sealed.len() as u64;
         self.store.flush()?;
         for (name, snap) in &new_snaps {
-            let sealed = envelope::seal(
+            let (version, plain) = snap.encode();
+            let sealed = envelope::seal_as(
                 &new_keys,
-                ObjectKind::Snapshot,
+                (ObjectKind::Snapshot, version),
                 &name.to_hex(),
-                &format::encode(snap),
+                &plain,
             );
             self.store
                 .put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;

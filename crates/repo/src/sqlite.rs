@@ -48,9 +48,13 @@ pub(crate) fn with_pages<T>(
     path: &Path,
     read: impl FnOnce(&mut dyn ChunkSource) -> T,
 ) -> Result<T> {
-    let err = |detail: String| RepoError::Sqlite {
+    let err = |e: rusqlite::Error| RepoError::Sqlite {
         path: path.to_path_buf(),
-        detail,
+        busy: matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        ),
+        detail: e.to_string(),
     };
     // Read-write (never create) when we may: a WAL database needs its -shm and -wal
     // files while open, and only a read-write connection that closes last removes
@@ -65,13 +69,12 @@ pub(crate) fn with_pages<T>(
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
     })
-    .map_err(|e| err(e.to_string()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| err(e.to_string()))?;
+    .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     let mut stmt = conn
         .prepare("SELECT pgno, data FROM sqlite_dbpage")
-        .map_err(|e| err(e.to_string()))?;
-    let rows = stmt.query([]).map_err(|e| err(e.to_string()))?;
+        .map_err(err)?;
+    let rows = stmt.query([]).map_err(err)?;
     let mut pages = LivePages {
         rows,
         next_pgno: 1,
@@ -80,7 +83,11 @@ pub(crate) fn with_pages<T>(
     };
     let out = read(&mut pages);
     match pages.failed {
-        Some(detail) => Err(err(detail)),
+        Some((detail, busy)) => Err(RepoError::Sqlite {
+            path: path.to_path_buf(),
+            detail,
+            busy,
+        }),
         None => Ok(out),
     }
 }
@@ -91,36 +98,45 @@ struct LivePages<'s> {
     next_pgno: i64,
     /// The size of the pages read so far (SQLite's, from the first page).
     page: usize,
-    /// What went wrong, reported by [`with_pages`] rather than as an I/O error.
-    failed: Option<String>,
+    /// What went wrong, and whether it was a lock, reported by [`with_pages`] rather
+    /// than as an I/O error.
+    failed: Option<(String, bool)>,
 }
 
 impl LivePages<'_> {
-    fn next_page(&mut self, out: &mut Vec<u8>) -> std::result::Result<bool, String> {
-        let Some(row) = self.rows.next().map_err(|e| e.to_string())? else {
+    fn next_page(&mut self, out: &mut Vec<u8>) -> std::result::Result<bool, (String, bool)> {
+        let plain = |e: String| (e, false);
+        let Some(row) = self.rows.next().map_err(|e| {
+            let busy = matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            );
+            (e.to_string(), busy)
+        })?
+        else {
             return Ok(false);
         };
-        let pgno: i64 = row.get(0).map_err(|e| e.to_string())?;
+        let pgno: i64 = row.get(0).map_err(|e| plain(e.to_string()))?;
         // Pages in order, none missing: delta bases and restore rely on it.
         if pgno != self.next_pgno {
-            return Err(format!(
+            return Err(plain(format!(
                 "page {pgno} came where page {} was due",
                 self.next_pgno
-            ));
+            )));
         }
         self.next_pgno += 1;
         let data = row
             .get_ref(1)
             .and_then(|v| v.as_blob().map_err(Into::into))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| plain(e.to_string()))?;
         if self.page == 0 {
             self.page = data.len();
         } else if data.len() != self.page {
-            return Err(format!(
+            return Err(plain(format!(
                 "page {pgno} has {} bytes where pages have {}",
                 data.len(),
                 self.page
-            ));
+            )));
         }
         out.extend_from_slice(data);
         Ok(true)
@@ -135,9 +151,9 @@ impl ChunkSource for LivePages<'_> {
             match self.next_page(out) {
                 Ok(true) if out.len() < database_chunk(self.page) => continue,
                 Ok(_) => return Ok(!out.is_empty()),
-                Err(detail) => {
-                    let e = io::Error::other(detail.clone());
-                    self.failed = Some(detail);
+                Err(failure) => {
+                    let e = io::Error::other(failure.0.clone());
+                    self.failed = Some(failure);
                     return Err(e);
                 }
             }

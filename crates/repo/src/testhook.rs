@@ -23,6 +23,8 @@ pub mod step {
     /// deleted yet.
     pub const PRUNE_PLANNED: &str = "prune:planned";
 
+    /// Backup: the source listed; no file read yet.
+    pub const BACKUP_WALKED: &str = "backup:walked";
     /// Backup: every pack indexed and flushed; the snapshot not yet written.
     pub const BACKUP_INDEXED: &str = "backup:indexed";
     /// Backup: the snapshot written and flushed; the device has not recorded it yet.

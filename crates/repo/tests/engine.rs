@@ -833,15 +833,11 @@ fn a_delta_base_covers_the_same_bytes_as_its_run() {
 /// Seals `snapshot` as the newest snapshot object, as a device holding the key (or a
 /// crafted backup) would write it.
 fn commit_crafted(f: &Fixture, snapshot: &backlock_core::format::Snapshot) {
-    use backlock_core::{envelope, format, ids::ObjectName, kdf::RepoKeys};
+    use backlock_core::{envelope, ids::ObjectName, kdf::RepoKeys};
     let keys = RepoKeys::derive(&f.key);
     let name = ObjectName::for_snapshot(snapshot.seq).to_hex();
-    let sealed = envelope::seal(
-        &keys,
-        ObjectKind::Snapshot,
-        &name,
-        &format::encode(snapshot),
-    );
+    let (version, plain) = snapshot.encode();
+    let sealed = envelope::seal_as(&keys, (ObjectKind::Snapshot, version), &name, &plain);
     f.store.put(ObjectKind::Snapshot, &name, &sealed).unwrap();
 }
 
@@ -918,4 +914,37 @@ fn restore_drops_setuid_and_setgid() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&target.join("app/tool")), 0o755);
     assert_eq!(mode(&target.join("app/shared")), 0o1777);
+}
+
+/// A snapshot a newer backlock wrote (it authenticates, with a version this build does
+/// not read) stops the backup with "upgrade backlock"; one that only claims a newer
+/// version (it does not authenticate) is passed over like any made-up object.
+#[test]
+fn a_newer_writers_snapshot_stops_the_backup_and_a_made_up_one_does_not() {
+    use backlock_core::{envelope, ids::ObjectName, kdf::RepoKeys};
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 16);
+    f.backup(&src);
+    let keys = RepoKeys::derive(&f.key);
+    let salt = [7u8; envelope::SALT_LEN];
+
+    let made_up = ObjectName::for_snapshot(40).to_hex();
+    let mut bytes =
+        envelope::seal_any_version(&keys, (ObjectKind::Snapshot, 9), &made_up, b"\0x", &salt);
+    *bytes.last_mut().unwrap() ^= 1;
+    f.store.put(ObjectKind::Snapshot, &made_up, &bytes).unwrap();
+    let s = f.backup(&src);
+    assert_eq!(s.seq, 2);
+    assert_eq!(s.ignored_snapshots.len(), 1, "{:?}", s.ignored_snapshots);
+
+    let newer = ObjectName::for_snapshot(50).to_hex();
+    let bytes = envelope::seal_any_version(&keys, (ObjectKind::Snapshot, 9), &newer, b"\0x", &salt);
+    f.store.put(ObjectKind::Snapshot, &newer, &bytes).unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
+    let e = f.repo().backup(&opts).unwrap_err();
+    assert!(matches!(e, RepoError::Newer { .. }), "{e}");
+    assert!(e.to_string().contains("upgrade backlock"), "{e}");
 }

@@ -1,0 +1,94 @@
+//! Every build reads what earlier format versions wrote: the committed fixture
+//! repositories restore exactly as their manifests say, check clean, and take new
+//! backups from this build.
+
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(version: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{version}"))
+}
+
+/// `path kind-or-mode hash` lines of the tree under `root`, as the manifest has them.
+fn manifest_of(prefix: &str, root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for path in backlock_testkit::tree::list_files(root) {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap();
+            lines.push(format!("{prefix} {rel} link {}", target.display()));
+        } else if meta.is_file() {
+            let hash = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+            let mode = meta.permissions().mode() & 0o7777;
+            lines.push(format!("{prefix} {rel} {mode:o} {hash}"));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_repository_written_by_format_version_1_is_read_and_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(fixture("v1").join("repo"))
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        c.args(args)
+            .env("BACKLOCK_HOME", dir.path().join("home"))
+            .env("BACKLOCK_REPO", &repo)
+            .env("BACKLOCK_KEY_FILE", fixture("v1").join("key"));
+        c
+    };
+    let ok = |args: &[&str]| {
+        let out = cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let list: serde_json::Value = serde_json::from_str(&ok(&["snapshots", "--json"])).unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let expected = std::fs::read_to_string(fixture("v1").join("manifest.txt")).unwrap();
+    let mut got = Vec::new();
+    for id in &ids {
+        let target = dir.path().join(format!("restored-{}", &id[..8]));
+        ok(&["restore", id, "--target", target.to_str().unwrap()]);
+        got.extend(manifest_of(&id[..8], &target));
+    }
+    let mut expected: Vec<String> = expected.lines().map(str::to_owned).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(ok(&["check", "--read-data"]).contains("no errors"));
+
+    // This build goes on from there: a new backup on top, restored exactly.
+    let src = dir
+        .path()
+        .join("restored-".to_owned() + &ids[1][..8])
+        .join("chat");
+    std::fs::write(src.join("notes.txt"), "written by a later build\n").unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&["backup", "--json", src.to_str().unwrap()])).unwrap();
+    assert_eq!(out["seq"], 3, "{out}");
+    let target = dir.path().join("after");
+    ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    backlock_testkit::tree::assert_same(&src, &target.join("chat"));
+}
