@@ -34,6 +34,16 @@ pub enum FormatError {
         /// Minimum length.
         min: usize,
     },
+    /// An object's payload is over the limit every reader enforces.
+    #[error("{what} of {size} bytes is over the {limit}-byte limit of an object")]
+    TooLarge {
+        /// Which structure.
+        what: &'static str,
+        /// Its payload's length (at least; a reader stops counting past the limit).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Authenticated plaintext did not decode (a bug or a format mismatch).
     #[error("malformed {what}: {detail}")]
     Malformed {

@@ -16,8 +16,28 @@ use std::io::Read;
 
 /// The config object's name.
 pub const CONFIG_NAME: &str = "config";
-/// Largest decoded object accepted (a snapshot of ~10 million files).
+/// Largest object payload (its postcard encoding, decompressed) a reader accepts
+/// (a snapshot of ~10 million files), and so the largest a writer may write
+/// (docs/FORMAT.md §Objects).
 pub const MAX_OBJECT_PLAINTEXT: u64 = 2 << 30;
+
+/// Refuses to write a `what` whose payload of `size` bytes a reader would refuse.
+pub fn check_size(what: &'static str, size: u64, limit: u64) -> Result<(), FormatError> {
+    match size <= limit {
+        true => Ok(()),
+        false => Err(FormatError::TooLarge { what, size, limit }),
+    }
+}
+
+/// The postcard length of `value`.
+fn payload_len<T: Serialize>(value: &T) -> u64 {
+    postcard::experimental::serialized_size(value).expect("postcard sizes any value") as u64
+}
+
+/// The postcard length of a varint `n`.
+fn varint_len(n: u64) -> u64 {
+    (64 - n.max(1).leading_zeros() as u64).div_ceil(7)
+}
 
 /// Repository parameters, written once by `init`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +178,50 @@ impl IndexFile {
             raw_plaintext(&self.to_wire(|b| (wire::BlobV1::from(b), b.base)))
         };
         (version, raw)
+    }
+
+    /// The postcard length of one pack's entry at `version`.
+    fn pack_len(pack: &PackEntry, version: u8) -> u64 {
+        let one = IndexFile {
+            packs: vec![PackEntry {
+                pack: pack.pack,
+                blobs: Vec::new(),
+            }],
+        };
+        let per_blob = |b: &BlobEntry| match version == crate::envelope::FORMAT_VERSION {
+            true => payload_len(&wire::BlobV1::from(b)),
+            false => payload_len(&(wire::BlobV1::from(b), b.base)),
+        };
+        // The empty pack's entry (its name and a zero count), then the blobs with
+        // their count.
+        payload_len(&one.to_wire(|b: &BlobEntry| wire::BlobV1::from(b))) - 1 - 1
+            + varint_len(pack.blobs.len() as u64)
+            + pack.blobs.iter().map(per_blob).sum::<u64>()
+    }
+
+    /// Splits into index objects whose payloads are at most `limit` bytes each, packs
+    /// kept whole and in order.
+    pub fn split_within(self, limit: u64) -> Result<Vec<IndexFile>, FormatError> {
+        let version = self.version();
+        let mut out = Vec::new();
+        let mut current = IndexFile::default();
+        // The payload: the count of packs (a varint), then each pack's entry.
+        let mut entries = 0;
+        let total = |count: usize, entries: u64| varint_len(count as u64) + entries;
+        for pack in self.packs {
+            let len = Self::pack_len(&pack, version);
+            check_size("index entry of one pack", total(1, len), limit)?;
+            if total(current.packs.len() + 1, entries + len) > limit {
+                out.push(std::mem::take(&mut current));
+                entries = 0;
+            }
+            entries += len;
+            current.packs.push(pack);
+        }
+        if !current.packs.is_empty() || out.is_empty() {
+            out.push(current);
+        }
+        Ok(out)
     }
 
     /// Decodes the plaintext of an index object of format `version`.
@@ -356,6 +420,30 @@ impl Snapshot {
         })
     }
 
+    /// The length of the snapshot's payload, what a reader's limit applies to
+    /// (computed without encoding it: a snapshot can be megabytes).
+    pub fn payload_len(&self) -> u64 {
+        match self.version() == crate::envelope::FORMAT_VERSION {
+            true => payload_len(&snapshot_wire::V1Ref {
+                seq: self.seq,
+                parent: &self.parent,
+                time_unix_ns: self.time_unix_ns,
+                hostname: &self.hostname,
+                paths: &self.paths,
+                nodes: &self.nodes,
+            }),
+            false => payload_len(&snapshot_wire::V2Ref {
+                seq: self.seq,
+                parent: &self.parent,
+                time_unix_ns: self.time_unix_ns,
+                hostname: &self.hostname,
+                paths: &self.paths,
+                meta: &self.meta,
+                nodes: &self.nodes,
+            }),
+        }
+    }
+
     /// What the backup could not store; empty for a complete snapshot.
     pub fn skipped(&self) -> Result<Vec<Skipped>, FormatError> {
         match self.meta.get(META_INCOMPLETE) {
@@ -499,15 +587,26 @@ fn compress_if_shorter(raw: Vec<u8>) -> Vec<u8> {
 /// Decodes an object's plaintext as `what`; never panics on arbitrary bytes.
 pub fn decode<T: DeserializeOwned>(plain: &[u8], what: &'static str) -> Result<T, FormatError> {
     let malformed = |detail: String| FormatError::Malformed { what, detail };
+    let too_large = |size: u64| FormatError::TooLarge {
+        what,
+        size,
+        limit: MAX_OBJECT_PLAINTEXT,
+    };
     let raw = match plain.split_first() {
+        Some((&CODEC_RAW, rest)) if rest.len() as u64 > MAX_OBJECT_PLAINTEXT => {
+            return Err(too_large(rest.len() as u64))
+        }
         Some((&CODEC_RAW, rest)) => rest.to_vec(),
         Some((&CODEC_ZSTD, rest)) => {
             let mut out = Vec::new();
             zstd::stream::read::Decoder::new(rest)
                 .map_err(|e| malformed(e.to_string()))?
-                .take(MAX_OBJECT_PLAINTEXT)
+                .take(MAX_OBJECT_PLAINTEXT + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| malformed(e.to_string()))?;
+            if out.len() as u64 > MAX_OBJECT_PLAINTEXT {
+                return Err(too_large(out.len() as u64));
+            }
             out
         }
         Some((&c, _)) => return Err(malformed(format!("unknown codec {c}"))),
@@ -537,5 +636,80 @@ pub mod fuzz {
         let (base, blob) = data.split_at(data.len() / 2);
         let _ = crate::blob::decode(blob, 1 << 20, Some(base));
         let _ = crate::chunker::sqlite_page_size(data);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn index_of(packs: u8, blobs: u8) -> IndexFile {
+        IndexFile {
+            packs: (0..packs)
+                .map(|p| PackEntry {
+                    pack: ObjectName([p; 16]),
+                    blobs: (0..blobs)
+                        .map(|b| BlobEntry {
+                            id: ChunkId([b; 32]),
+                            seq: b as u32,
+                            offset: 34 + 1000 * b as u64,
+                            length: 1000,
+                            raw_length: 4000,
+                            base: (b % 3 == 0).then_some(ChunkId([p; 32])),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_index_split_within_a_limit_keeps_every_pack_in_order_and_each_part_fits() {
+        let whole = index_of(40, 9);
+        let whole_len = whole.to_postcard().1.len() as u64;
+        for limit in [whole_len, whole_len - 1, 2000, 700] {
+            let parts = whole.clone().split_within(limit).unwrap();
+            for part in &parts {
+                assert!(part.to_postcard().1.len() as u64 <= limit, "limit {limit}");
+            }
+            let rejoined: Vec<PackEntry> = parts.into_iter().flat_map(|p| p.packs).collect();
+            assert_eq!(rejoined, whole.packs, "limit {limit}");
+        }
+        assert_eq!(whole.clone().split_within(whole_len).unwrap().len(), 1);
+        assert!(whole.clone().split_within(whole_len - 1).unwrap().len() > 1);
+        // One pack's entry alone over the limit cannot be split: refused.
+        assert!(matches!(
+            whole.split_within(100),
+            Err(FormatError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_snapshots_payload_length_is_its_encodings() {
+        let mut snap = Snapshot {
+            seq: 7,
+            hostname: "phone".into(),
+            paths: vec!["/data".into()],
+            ..Snapshot::default()
+        };
+        assert_eq!(snap.payload_len(), snap.to_postcard().1.len() as u64);
+        snap.set_skipped(&[Skipped {
+            path: b"a".to_vec(),
+            reason: "gone".into(),
+        }]);
+        assert_eq!(snap.payload_len(), snap.to_postcard().1.len() as u64);
+    }
+
+    #[test]
+    fn readers_refuse_a_payload_over_the_limit_with_its_size() {
+        assert!(check_size("x", MAX_OBJECT_PLAINTEXT, MAX_OBJECT_PLAINTEXT).is_ok());
+        assert_eq!(
+            check_size("x", MAX_OBJECT_PLAINTEXT + 1, MAX_OBJECT_PLAINTEXT),
+            Err(FormatError::TooLarge {
+                what: "x",
+                size: MAX_OBJECT_PLAINTEXT + 1,
+                limit: MAX_OBJECT_PLAINTEXT
+            })
+        );
     }
 }

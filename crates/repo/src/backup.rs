@@ -25,7 +25,7 @@ use backlock_core::{
     blob::BlobEncoder,
     chunker::{database_chunk, ChunkSource, Chunker, PageChunks},
     envelope::{self, ObjectKind, PackSealer},
-    format::{BlobEntry, IndexFile, Node, NodeKind, PackEntry, Skipped, Snapshot},
+    format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Skipped, Snapshot},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
@@ -165,6 +165,8 @@ struct Shared {
     error: Mutex<Option<RepoError>>,
     pending: Mutex<Vec<PackEntry>>,
     bytes_stored: AtomicU64,
+    /// The largest payload of an index object written.
+    object_limit: u64,
 }
 
 impl Shared {
@@ -389,7 +391,7 @@ fn uploader(
             }
         };
         if !batch.is_empty() {
-            match write_index_object(store, keys, &IndexFile { packs: batch }) {
+            match write_index_object(store, keys, IndexFile { packs: batch }, shared.object_limit) {
                 Ok(n) => {
                     shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
                 }
@@ -1099,6 +1101,7 @@ impl Repository<Indexed> {
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             bytes_stored: AtomicU64::new(0),
+            object_limit: self.object_limit,
         };
         let workers = opts.workers.max(1);
         let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
@@ -1201,7 +1204,12 @@ impl Repository<Indexed> {
         // Whatever was uploaded gets indexed, even on failure, so a retry reuses it.
         let leftover = shared.take_pending();
         if !leftover.is_empty() {
-            let n = write_index_object(store, keys, &IndexFile { packs: leftover })?;
+            let n = write_index_object(
+                store,
+                keys,
+                IndexFile { packs: leftover },
+                shared.object_limit,
+            )?;
             shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
         }
         if let Some(e) = shared
@@ -1235,6 +1243,10 @@ impl Repository<Indexed> {
             nodes,
         };
         snapshot.set_skipped(&skipped);
+        // Never write what no reader would accept: a snapshot of this many entries
+        // has to be split by the user (issue: snapshots as trees will lift this).
+        format::check_size("snapshot", snapshot.payload_len(), self.object_limit)
+            .map_err(|source| RepoError::TooLarge { source })?;
         let name = ObjectName::for_snapshot(seq);
         let (version, plaintext) = snapshot.encode();
         drop(snapshot);

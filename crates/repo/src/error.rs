@@ -57,6 +57,14 @@ pub enum RepoError {
         /// Why it does not open.
         reason: String,
     },
+    /// An object to write is over the size every reader accepts; nothing was
+    /// committed.
+    #[error("{source}: no snapshot was written. Back up fewer files at once (several folders in separate snapshots)")]
+    TooLarge {
+        /// The object and its size.
+        #[source]
+        source: FormatError,
+    },
     /// SIGINT or SIGTERM arrived and the operation stopped cleanly.
     #[error("stopped by a signal (SIGINT or SIGTERM): the repository lock is released and nothing was left half-written; run the command again to finish")]
     Interrupted,

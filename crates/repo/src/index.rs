@@ -245,18 +245,28 @@ pub(crate) fn read_index_object(
     IndexFile::decode(version, &plain).map_err(damaged)
 }
 
-/// Writes an index object after making every pack put so far durable (data → index).
+/// Writes `file` as index objects after making every pack put so far durable (data →
+/// index): one, or as many as keep each payload within `limit` (what readers accept).
+/// Returns the bytes written.
 pub(crate) fn write_index_object(
     store: &dyn ObjectStore,
     keys: &RepoKeys,
-    file: &IndexFile,
+    file: IndexFile,
+    limit: u64,
 ) -> Result<u64> {
+    let parts = file
+        .split_within(limit)
+        .map_err(|e| RepoError::damaged(ObjectKind::Index, "(new)", e))?;
     store.flush()?;
-    let name = ObjectName::random().to_hex();
-    let (version, plain) = file.encode();
-    let sealed = envelope::seal_as(keys, (ObjectKind::Index, version), &name, &plain);
-    store.put(ObjectKind::Index, &name, &sealed)?;
-    Ok(sealed.len() as u64)
+    let mut written = 0;
+    for part in parts {
+        let name = ObjectName::random().to_hex();
+        let (version, plain) = part.encode();
+        let sealed = envelope::seal_as(keys, (ObjectKind::Index, version), &name, &plain);
+        store.put(ObjectKind::Index, &name, &sealed)?;
+        written += sealed.len() as u64;
+    }
+    Ok(written)
 }
 
 /// Where blob `b` lies in `data`, which holds a pack's bytes from offset `start`.

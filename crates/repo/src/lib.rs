@@ -69,6 +69,9 @@ pub struct Repository<S = Open> {
     home: DeviceHome,
     /// The other generation of a key rotation in progress (docs/FORMAT.md §Key rotation).
     hidden: Arc<rotate::Hidden>,
+    /// The largest object payload this writer writes ([`format::MAX_OBJECT_PLAINTEXT`],
+    /// the readers' limit; smaller only in tests of the boundary).
+    object_limit: u64,
     state: S,
 }
 
@@ -144,6 +147,7 @@ impl Repository<Open> {
             config,
             home,
             hidden: Arc::default(),
+            object_limit: format::MAX_OBJECT_PLAINTEXT,
             state: Open,
         })
     }
@@ -177,6 +181,7 @@ impl Repository<Open> {
             config,
             home,
             hidden,
+            object_limit: format::MAX_OBJECT_PLAINTEXT,
             state: Open,
         })
     }
@@ -203,12 +208,20 @@ impl Repository<Open> {
             config: self.config,
             home: self.home,
             hidden: self.hidden,
+            object_limit: self.object_limit,
             state: Indexed { index, lock },
         })
     }
 }
 
 impl<S> Repository<S> {
+    /// Writes no object whose payload is over `limit` bytes (at most the readers'
+    /// [`format::MAX_OBJECT_PLAINTEXT`]): for tests of that boundary with small objects.
+    pub fn with_object_limit(mut self, limit: u64) -> Self {
+        self.object_limit = limit.min(format::MAX_OBJECT_PLAINTEXT);
+        self
+    }
+
     /// The repository's random identifier.
     pub fn id(&self) -> String {
         self.config.repo_id.to_hex()

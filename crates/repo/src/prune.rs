@@ -203,12 +203,14 @@ impl Repository<Indexed> {
             flush(s, &mut keep, &mut written)?;
         }
 
+        // One new index, in as many objects as readers need.
         written += write_index_object(
             &*self.store,
             &self.keys,
-            &IndexFile {
+            IndexFile {
                 packs: keep.clone(),
             },
+            self.object_limit,
         )? as i64;
         self.store.flush()?;
         for old in &self.state.index.objects {

@@ -217,9 +217,16 @@ impl Repository<Open> {
         };
         pause(step::ROTATE_PACKS_WRITTEN);
 
-        // The new index and snapshots, under names chosen now so the markers can
-        // list them before they exist.
-        let index_name = ObjectName::random();
+        // The new index (in as many objects as keep each within what readers accept)
+        // and snapshots, under names chosen now so the markers can list them before
+        // they exist.
+        let index_parts = IndexFile {
+            packs: generation.packs.clone(),
+        }
+        .split_within(self.object_limit)
+        .map_err(|source| RepoError::TooLarge { source })?;
+        let index_names: Vec<ObjectName> =
+            index_parts.iter().map(|_| ObjectName::random()).collect();
         let renamed: HashMap<ObjectName, ObjectName> = refs
             .iter()
             .map(|r| (r.name, ObjectName::for_snapshot(r.seq)))
@@ -245,7 +252,7 @@ impl Repository<Open> {
             old,
             new: ObjectSet {
                 packs: generation.packs.iter().map(|p| p.pack).collect(),
-                indexes: vec![index_name],
+                indexes: index_names.clone(),
                 snapshots: new_snaps.iter().map(|(n, _)| *n).collect(),
             },
         };
@@ -261,21 +268,22 @@ impl Repository<Open> {
 
         // The new generation, sealed under the new key: index, then snapshots.
         let mut bytes = generation.bytes;
-        let index_file = IndexFile {
-            packs: generation.packs.clone(),
-        };
-        let (version, plain) = index_file.encode();
-        let sealed = envelope::seal_as(
-            &new_keys,
-            (ObjectKind::Index, version),
-            &index_name.to_hex(),
-            &plain,
-        );
-        self.store
-            .put(ObjectKind::Index, &index_name.to_hex(), &sealed)?;
-        bytes += sealed.len() as u64;
+        for (index_name, part) in index_names.iter().zip(&index_parts) {
+            let (version, plain) = part.encode();
+            let sealed = envelope::seal_as(
+                &new_keys,
+                (ObjectKind::Index, version),
+                &index_name.to_hex(),
+                &plain,
+            );
+            self.store
+                .put(ObjectKind::Index, &index_name.to_hex(), &sealed)?;
+            bytes += sealed.len() as u64;
+        }
         self.store.flush()?;
         for (name, snap) in &new_snaps {
+            format::check_size("snapshot", snap.payload_len(), self.object_limit)
+                .map_err(|source| RepoError::TooLarge { source })?;
             let (version, plain) = snap.encode();
             let sealed = envelope::seal_as(
                 &new_keys,
@@ -298,6 +306,7 @@ impl Repository<Open> {
             config: self.config.clone(),
             home: self.home.clone(),
             hidden: Arc::new(Hidden::from_marker(marker.clone(), new_keys.key_id())),
+            object_limit: self.object_limit,
             state: Open,
         };
         if let Err(e) = view.verify_generation(&new_snaps) {

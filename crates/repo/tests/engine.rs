@@ -948,3 +948,76 @@ fn a_newer_writers_snapshot_stops_the_backup_and_a_made_up_one_does_not() {
     assert!(matches!(e, RepoError::Newer { .. }), "{e}");
     assert!(e.to_string().contains("upgrade backlock"), "{e}");
 }
+
+/// Issue 18 (7): the writer never writes an object the reader would refuse. With a
+/// small limit (as 2 GiB is to a snapshot of ten million files), a snapshot over it
+/// is refused before anything names it, and prune writes its index in as many objects
+/// as keep each within it, every snapshot still restoring.
+#[test]
+fn objects_over_the_readers_limit_are_split_or_never_written() {
+    let f = Fixture::memory();
+    let (src, _) = f.app();
+    // Many unique chunks: an index entry (about 45 bytes a chunk) outgrows the
+    // snapshot's list (32 bytes a chunk).
+    for i in 0..6 {
+        std::fs::write(
+            src.join(format!("VID-{i}.mp4")),
+            tree::random_bytes(60 + i, 10_000_000),
+        )
+        .unwrap();
+    }
+    let first = f.backup(&src);
+    let repo = f.repo();
+    let refs = repo.snapshot_refs().unwrap();
+    let snapshot_len = repo.load_snapshot(&refs[0]).unwrap().payload_len();
+    drop(repo);
+    let index_objects = || f.store.list(ObjectKind::Index).unwrap().len();
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        hostname: "test".into(),
+        ..Default::default()
+    };
+
+    // A snapshot one byte over the limit: refused, nothing committed.
+    std::fs::write(src.join("note.txt"), b"one more").unwrap();
+    let e = f
+        .open()
+        .with_object_limit(snapshot_len / 2)
+        .load_index()
+        .unwrap()
+        .backup(&opts)
+        .unwrap_err();
+    assert!(matches!(e, RepoError::TooLarge { .. }), "{e}");
+    assert_eq!(f.repo().snapshot_refs().unwrap().len(), 1);
+
+    // Prune under a limit that the whole index exceeds: several index objects, each
+    // within the limit, and everything restores.
+    let limit = snapshot_len + 150;
+    let second = f
+        .open()
+        .with_object_limit(limit)
+        .load_index()
+        .unwrap()
+        .backup(&opts)
+        .unwrap();
+    assert!(second.seq > first.seq);
+    f.open()
+        .with_object_limit(limit)
+        .load_index_exclusive()
+        .unwrap()
+        .prune()
+        .unwrap();
+    assert!(index_objects() > 1, "prune wrote one index object");
+    let keys = backlock_core::kdf::RepoKeys::derive(&f.key);
+    for info in f.store.list(ObjectKind::Index).unwrap() {
+        let sealed = f.store.get(ObjectKind::Index, &info.name).unwrap();
+        let (version, plain) =
+            backlock_core::envelope::open_versioned(&keys, ObjectKind::Index, &info.name, &sealed)
+                .unwrap();
+        let file = backlock_core::format::IndexFile::decode(version, &plain).unwrap();
+        assert!(file.to_postcard().1.len() as u64 <= limit);
+    }
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    tree::assert_same(&src, &target.join("app"));
+}
