@@ -293,20 +293,7 @@ impl<S> Repository<S> {
             }
             found.ok_or(RepoError::NoSnapshots)?
         } else {
-            let id_lower = id.to_ascii_lowercase();
-            let matches: Vec<_> = refs
-                .iter()
-                .filter(|r| !id_lower.is_empty() && r.name.to_hex().starts_with(&id_lower))
-                .collect();
-            match matches.as_slice() {
-                [one] => **one,
-                [] => return Err(RepoError::SnapshotNotFound { id: id.to_string() }),
-                _ => {
-                    return Err(RepoError::Usage(format!(
-                        "snapshot id {id:?} is ambiguous: give more digits"
-                    )))
-                }
-            }
+            by_prefix(&refs, id)?
         };
         self.load_snapshot(&chosen)?;
         if chosen.seq < seen {
@@ -462,19 +449,7 @@ impl<S> Repository<S> {
         if id == "latest" {
             return self.latest().map(|(r, _)| r);
         }
-        let refs = self.snapshot_refs()?;
-        let id_lower = id.to_ascii_lowercase();
-        let matches: Vec<_> = refs
-            .iter()
-            .filter(|r| !id_lower.is_empty() && r.name.to_hex().starts_with(&id_lower))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(**one),
-            [] => Err(RepoError::SnapshotNotFound { id: id.to_string() }),
-            _ => Err(RepoError::Usage(format!(
-                "snapshot id {id:?} is ambiguous: give more digits"
-            ))),
-        }
+        by_prefix(&self.snapshot_refs()?, id)
     }
 }
 
@@ -482,6 +457,22 @@ impl Repository<Indexed> {
     /// The loaded index.
     pub fn index(&self) -> &Index {
         &self.state.index
+    }
+}
+
+/// The one snapshot of `refs` whose name starts with `id` (any case).
+fn by_prefix(refs: &[SnapshotRef], id: &str) -> Result<SnapshotRef> {
+    let id_lower = id.to_ascii_lowercase();
+    let matches: Vec<_> = refs
+        .iter()
+        .filter(|r| !id_lower.is_empty() && r.name.to_hex().starts_with(&id_lower))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(**one),
+        [] => Err(RepoError::SnapshotNotFound { id: id.to_string() }),
+        _ => Err(RepoError::Usage(format!(
+            "snapshot id {id:?} is ambiguous: give more digits"
+        ))),
     }
 }
 
