@@ -1,6 +1,6 @@
 //! Test helpers shared by backlock's crates: sample trees, tree comparison, the
 //! object-store conformance suite every backend must pass, real storage servers on
-//! loopback, a fault-injecting HTTP proxy, a vault fleet of real processes with a
+//! loopback, a fault-injecting HTTP proxy, a store that lies on command, a vault fleet of real processes with a
 //! partitioning proxy, and timing that follows the machine's speed (polls with a
 //! deadline, kill instants from a measured run).
 #![forbid(unsafe_code)]
@@ -8,6 +8,7 @@
 
 pub mod fault_proxy;
 pub mod fleet;
+pub mod hostile;
 pub mod partition;
 pub mod recording;
 pub mod servers;
