@@ -229,7 +229,13 @@ impl ObjectStore for FsStore {
             for entry in entries {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let meta = entry.metadata()?;
+                // Deleted since the directory was read (a lock released, a pack
+                // pruned by another process): not there, so not listed.
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 if meta.is_file() && valid_name(&name) {
                     out.push(ObjectInfo {
                         name,
