@@ -145,9 +145,10 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
                 RepoError::Damaged { .. }
                 | RepoError::UnauthenticSnapshots { .. }
                 | RepoError::NewestDamaged { .. }
-                | RepoError::Newer { .. },
+                | RepoError::Newer { .. }
+                | RepoError::UpgradeNeeded { .. },
             ) => return 4,
-            Some(RepoError::Rollback { .. }) => return 5,
+            Some(RepoError::Rollback { .. } | RepoError::IndexRollback { .. }) => return 5,
             Some(RepoError::Target { .. }) => return 6,
             Some(RepoError::Locked { .. } | RepoError::KeyAlreadyKept { .. }) => return 7,
             Some(RepoError::Store(s)) => Some(s),

@@ -102,8 +102,9 @@ pub(crate) fn run(args: &RepoArgs, yes: bool) -> Result<()> {
     if kept.is_some() {
         home.save_key(&loc, &new_key)?;
     }
-    home.forget_key(&pending_loc)?;
+    // Shown before the kept copy goes: a run killed between the two shows it again.
     report(args, yes, &new_key, &summary, vault.is_some());
+    home.forget_key(&pending_loc)?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `backlock backup` killed with SIGKILL at each named commit step and at instants
 //! spread over a backup measured on this machine: the earlier snapshot restores
 //! exactly, `check` finds nothing wrong, nothing half-written is left under a final
-//! name, and the next backup finishes.
+//! name, and the next backup finishes. `prune` killed at each of its steps too.
 
 use backlock_repo::testhook::step;
 use backlock_testkit::timing::{spread, RunClock};
@@ -79,6 +79,32 @@ fn sigkill_at_each_commit_step_loses_nothing() {
         // device never recorded it.
         let expected = if at == step::BACKUP_COMMITTED { 2 } else { 1 };
         assert_eq!(snapshots.as_array().unwrap().len(), expected, "{at}");
+        assert_next_backup_finishes(&env, &src, &tag);
+    }
+}
+
+/// A prune killed after it planned, and after its new index and index set (before any
+/// delete): the kept snapshot restores exactly, `check` is clean, and the next prune
+/// finishes the job.
+#[test]
+fn sigkill_at_each_prune_step_loses_nothing() {
+    for at in step::PRUNE {
+        let (env, src, _) = with_one_snapshot_and_new_media();
+        env.ok(&["backup", src.to_str().unwrap()]);
+        for i in 0..3 {
+            std::fs::remove_file(src.join(format!("Media/VID-100-{i}.mp4"))).unwrap();
+        }
+        env.ok(&["backup", src.to_str().unwrap()]);
+        env.ok(&["forget", "--keep-last", "1"]);
+        let mut child = env.spawn_paused(&["prune"], at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let tag = at.replace(':', "-");
+        let out = env.path(&format!("latest-{tag}"));
+        env.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+        tree::assert_same(&src, &out.join("chat"));
+        let check = env.run(&["check", "--read-data"]);
+        assert!(check.status.success(), "{tag}: {}", stderr(&check));
         assert_next_backup_finishes(&env, &src, &tag);
     }
 }

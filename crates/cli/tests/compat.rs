@@ -30,13 +30,14 @@ fn manifest_of(prefix: &str, root: &Path) -> Vec<String> {
     lines
 }
 
-#[test]
-fn a_repository_written_by_format_version_1_is_read_and_extended() {
+/// Restores every snapshot of fixture `version` as its manifest says, checks it, and
+/// backs up on top of it with this build; returns the copy of the repository.
+fn read_and_extend(version: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let copied = Command::new("cp")
         .arg("-a")
-        .arg(fixture("v1").join("repo"))
+        .arg(fixture(version).join("repo"))
         .arg(&repo)
         .status()
         .unwrap();
@@ -46,7 +47,7 @@ fn a_repository_written_by_format_version_1_is_read_and_extended() {
         c.args(args)
             .env("BACKLOCK_HOME", dir.path().join("home"))
             .env("BACKLOCK_REPO", &repo)
-            .env("BACKLOCK_KEY_FILE", fixture("v1").join("key"));
+            .env("BACKLOCK_KEY_FILE", fixture(version).join("key"));
         c
     };
     let ok = |args: &[&str]| {
@@ -67,7 +68,7 @@ fn a_repository_written_by_format_version_1_is_read_and_extended() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 2);
-    let expected = std::fs::read_to_string(fixture("v1").join("manifest.txt")).unwrap();
+    let expected = std::fs::read_to_string(fixture(version).join("manifest.txt")).unwrap();
     let mut got = Vec::new();
     for id in &ids {
         let target = dir.path().join(format!("restored-{}", &id[..8]));
@@ -76,6 +77,7 @@ fn a_repository_written_by_format_version_1_is_read_and_extended() {
     }
     let mut expected: Vec<String> = expected.lines().map(str::to_owned).collect();
     expected.sort();
+    got.sort();
     assert_eq!(got, expected);
     assert!(ok(&["check", "--read-data"]).contains("no errors"));
 
@@ -91,4 +93,35 @@ fn a_repository_written_by_format_version_1_is_read_and_extended() {
     let target = dir.path().join("after");
     ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     backlock_testkit::tree::assert_same(&src, &target.join("chat"));
+    (dir, repo)
+}
+
+/// The format version byte of the config object of `repo`.
+fn config_version(repo: &Path) -> u8 {
+    std::fs::read(repo.join("config")).unwrap()[0]
+}
+
+fn index_sets(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("indexsets")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_repository_written_by_format_version_1_is_read_and_extended() {
+    // Writer level 1: no index set, a version-1 config.
+    assert_eq!(config_version(&fixture("v1").join("repo")), 1);
+    assert_eq!(index_sets(&fixture("v1").join("repo")), 0);
+    let (_dir, repo) = read_and_extend("v1");
+    // The first backup adopted every index object into an index set, then raised the
+    // writer level, so that older builds no longer change it.
+    assert_eq!(index_sets(&repo), 1);
+    assert_eq!(config_version(&repo), 2);
+}
+
+#[test]
+fn a_repository_written_by_writer_level_2_is_read_and_extended() {
+    assert_eq!(config_version(&fixture("v2").join("repo")), 2);
+    assert_eq!(index_sets(&fixture("v2").join("repo")), 1);
+    let (_dir, repo) = read_and_extend("v2");
+    // The backup's set superseded the fixture's.
+    assert_eq!(index_sets(&repo), 1);
 }

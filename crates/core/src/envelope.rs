@@ -24,12 +24,16 @@ pub const INDEX_VERSION_DELTAS: u8 = 2;
 /// The version of snapshot objects that carry metadata (docs/FORMAT.md §Snapshot
 /// metadata); a snapshot without any stays version 1.
 pub const SNAPSHOT_VERSION_META: u8 = 2;
+/// The version of config objects that record a writer level (docs/FORMAT.md
+/// §Compatibility); a config of level 1 stays version 1.
+pub const CONFIG_VERSION_LEVEL: u8 = 2;
 
 /// The newest version this build reads for objects of `kind`.
 pub fn newest_version(kind: ObjectKind) -> u8 {
     match kind {
         ObjectKind::Index => INDEX_VERSION_DELTAS,
         ObjectKind::Snapshot => SNAPSHOT_VERSION_META,
+        ObjectKind::Config => CONFIG_VERSION_LEVEL,
         _ => FORMAT_VERSION,
     }
 }
@@ -53,19 +57,22 @@ pub enum ObjectKind {
     Pack = 4,
     /// A lock held by a running backup, check or prune (docs/FORMAT.md §Locks).
     Lock = 5,
+    /// Which index objects are live (docs/FORMAT.md §Index sets).
+    IndexSet = 6,
 }
 
 impl ObjectKind {
     /// Every kind, in commit order.
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 6] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Index,
+        ObjectKind::IndexSet,
         ObjectKind::Snapshot,
         ObjectKind::Lock,
     ];
 
-    /// Lowercase name, also the store's folder for this kind.
+    /// Lowercase name, as errors name the kind.
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Config => "config",
@@ -73,6 +80,7 @@ impl ObjectKind {
             ObjectKind::Snapshot => "snapshot",
             ObjectKind::Pack => "pack",
             ObjectKind::Lock => "lock",
+            ObjectKind::IndexSet => "index set",
         }
     }
 }

@@ -39,8 +39,10 @@ fn varint_len(n: u64) -> u64 {
     (64 - n.max(1).leading_zeros() as u64).div_ceil(7)
 }
 
-/// Repository parameters, written once by `init`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Repository parameters, written by `init`; rewritten only to raise
+/// `writer_level` (docs/FORMAT.md §Compatibility) or by a key rotation.
+/// Version 1 when `writer_level` is 1, else version 2 (which adds it).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Random repository identifier; the device keys its state by it.
     pub repo_id: ObjectName,
@@ -50,6 +52,77 @@ pub struct Config {
     pub pack_size: u32,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: i64,
+    /// The lowest repository level a build must write to change this repository
+    /// (back up, forget, prune, rotate); reading needs no level. 1 for a version-1
+    /// config.
+    pub writer_level: u32,
+}
+
+/// The repository level this build writes: 2 = index objects are live only when an
+/// index set names them (docs/FORMAT.md §Index sets).
+pub const WRITER_LEVEL: u32 = 2;
+
+impl Config {
+    /// The format version this config is sealed as.
+    pub fn version(&self) -> u8 {
+        match self.writer_level {
+            0 | 1 => crate::envelope::FORMAT_VERSION,
+            _ => crate::envelope::CONFIG_VERSION_LEVEL,
+        }
+    }
+
+    /// The postcard encoding (the codec-0 payload) and the version it belongs to.
+    pub fn to_postcard(&self) -> (u8, Vec<u8>) {
+        let v1 = wire::ConfigV1 {
+            repo_id: self.repo_id,
+            chunker: self.chunker,
+            pack_size: self.pack_size,
+            created_unix: self.created_unix,
+        };
+        let expect = "postcard encoding into a Vec cannot fail";
+        let raw = match self.version() {
+            crate::envelope::FORMAT_VERSION => postcard::to_allocvec(&v1).expect(expect),
+            _ => postcard::to_allocvec(&(v1, self.writer_level)).expect(expect),
+        };
+        (self.version(), raw)
+    }
+
+    /// The object plaintext ([`encode`]) and the version to seal it as.
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        let (version, raw) = self.to_postcard();
+        (
+            version,
+            compress_if_shorter([&[CODEC_RAW][..], &raw].concat()),
+        )
+    }
+
+    /// Decodes the plaintext of a config object of format `version`.
+    pub fn decode(version: u8, plain: &[u8]) -> Result<Self, FormatError> {
+        let (v1, writer_level) = if version == crate::envelope::FORMAT_VERSION {
+            (decode::<wire::ConfigV1>(plain, "config")?, 1)
+        } else {
+            decode::<(wire::ConfigV1, u32)>(plain, "config")?
+        };
+        Ok(Config {
+            repo_id: v1.repo_id,
+            chunker: v1.chunker,
+            pack_size: v1.pack_size,
+            created_unix: v1.created_unix,
+            writer_level,
+        })
+    }
+}
+
+/// The live index objects (kind 6, docs/FORMAT.md §Index sets): written by each
+/// backup and prune, named like a snapshot by its sequence number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSet {
+    /// 1 for the first set, else the newest listed set's + 1; equals the name's.
+    pub seq: u64,
+    /// Raised by each prune and key rotation; only sets of the highest epoch count.
+    pub epoch: u64,
+    /// Every index object live when it was written, sorted.
+    pub indexes: Vec<ObjectName>,
 }
 
 /// One index object: which blobs each listed pack holds. Encoded with
@@ -91,6 +164,16 @@ pub struct BlobEntry {
 /// [`BlobEntry`]'s fields in order (with `base` last) in version 2.
 mod wire {
     use super::*;
+
+    /// The fields of a version-1 config, in wire order (version 2 appends
+    /// `writer_level`).
+    #[derive(Serialize, Deserialize)]
+    pub struct ConfigV1 {
+        pub repo_id: ObjectName,
+        pub chunker: ChunkerParams,
+        pub pack_size: u32,
+        pub created_unix: i64,
+    }
 
     #[derive(Serialize, Deserialize)]
     pub struct Index<B> {
@@ -626,7 +709,9 @@ pub mod fuzz {
     use super::*;
     /// Runs every decoder of repository objects on `data`; must never panic.
     pub fn decode_all(data: &[u8]) {
-        let _ = decode::<Config>(data, "config");
+        let _ = Config::decode(1, data);
+        let _ = Config::decode(2, data);
+        let _ = decode::<IndexSet>(data, "index set");
         let _ = IndexFile::decode(1, data);
         let _ = IndexFile::decode(2, data);
         let _ = Snapshot::decode(1, data);

@@ -164,6 +164,8 @@ struct FinishedPack {
 struct Shared {
     error: Mutex<Option<RepoError>>,
     pending: Mutex<Vec<PackEntry>>,
+    /// The index objects this backup wrote: its index set adds them.
+    indexes: Mutex<Vec<ObjectName>>,
     bytes_stored: AtomicU64,
     /// The largest payload of an index object written.
     object_limit: u64,
@@ -177,6 +179,22 @@ impl Shared {
 
     fn take_pending(&self) -> Vec<PackEntry> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Writes `packs` as index objects and remembers their names.
+    fn write_index(
+        &self,
+        store: &dyn ObjectStore,
+        keys: &RepoKeys,
+        packs: Vec<PackEntry>,
+    ) -> Result<()> {
+        let (names, n) = write_index_object(store, keys, IndexFile { packs }, self.object_limit)?;
+        self.indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(names);
+        self.bytes_stored.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -391,11 +409,8 @@ fn uploader(
             }
         };
         if !batch.is_empty() {
-            match write_index_object(store, keys, IndexFile { packs: batch }, shared.object_limit) {
-                Ok(n) => {
-                    shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => return shared.fail(e),
+            if let Err(e) = shared.write_index(store, keys, batch) {
+                return shared.fail(e);
             }
         }
     }
@@ -1059,6 +1074,10 @@ impl Repository<Indexed> {
     pub fn backup(self, opts: &BackupOptions) -> Result<BackupSummary> {
         let start = Instant::now();
         let lock = &self.state.lock;
+        // Never build on index sets the store rolled back: their index objects may
+        // name packs a prune deleted.
+        self.state.live.writable()?;
+        self.check_writer_level()?;
         // The parent is the newest snapshot that authenticates: an object the store
         // made up, or one cut short, is passed over (and named in the summary).
         let newest = self.newest_snapshot()?;
@@ -1100,6 +1119,7 @@ impl Repository<Indexed> {
         let shared = Shared {
             error: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
+            indexes: Mutex::new(Vec::new()),
             bytes_stored: AtomicU64::new(0),
             object_limit: self.object_limit,
         };
@@ -1188,10 +1208,13 @@ impl Repository<Indexed> {
             .unwrap_or_else(|p| p.into_inner());
         // In walk order, as the snapshot lists its nodes.
         skipped.sort_by(|a, b| a.path.cmp(&b.path));
-        let warnings = produce_state
-            .warnings
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut warnings = self.state.live.warnings();
+        warnings.extend(
+            produce_state
+                .warnings
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         // Free the pipeline's memory before the snapshot is encoded: with a large
         // database, the snapshot is the biggest object this process makes.
         drop((
@@ -1201,16 +1224,16 @@ impl Repository<Indexed> {
             pack_pool,
         ));
 
-        // Whatever was uploaded gets indexed, even on failure, so a retry reuses it.
+        // Whatever was uploaded gets indexed, and the index set names it, even on
+        // failure, so a retry reuses it.
         let leftover = shared.take_pending();
         if !leftover.is_empty() {
-            let n = write_index_object(
-                store,
-                keys,
-                IndexFile { packs: leftover },
-                shared.object_limit,
-            )?;
-            shared.bytes_stored.fetch_add(n, Ordering::Relaxed);
+            shared.write_index(store, keys, leftover)?;
+        }
+        let written =
+            std::mem::take(&mut *shared.indexes.lock().unwrap_or_else(|p| p.into_inner()));
+        if !written.is_empty() || self.state.live.legacy {
+            self.write_index_set(&written)?;
         }
         if let Some(e) = shared
             .error

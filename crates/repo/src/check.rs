@@ -38,16 +38,40 @@ impl Repository<Open> {
         let lock = self.lock(false)?;
         let mut report = CheckReport::default();
         let refs = self.snapshot_refs()?;
+        // The index objects the index sets name, as every other command reads them.
+        let live = self.live_indexes()?;
+        if let Some((seen, served)) = live.rolled_back {
+            report
+                .errors
+                .push(RepoError::IndexRollback { seen, served }.to_string());
+        }
+        for (name, reason) in &live.rejected {
+            report.notes.push(format!("index set object {name} does not count: {reason} (made up, damaged, or sealed under the other key of a rotation in progress); `backlock prune` removes it"));
+        }
         let mut builder = IndexBuilder::default();
-        for info in self.listed(ObjectKind::Index)? {
-            match read_index_object(&*self.store, &self.keys, &info.name) {
+        for name in &live.names {
+            match read_index_object(&*self.store, &self.keys, name) {
                 Ok(file) => builder.add(&file),
                 Err(RepoError::WrongKey) => return Err(RepoError::WrongKey),
+                Err(RepoError::Store(backlock_store::StoreError::NotFound { .. })) => {
+                    report.errors.push(format!(
+                        "index object {name}, which the index set names, is missing from the store"
+                    ))
+                }
                 Err(e) => report.errors.push(e.to_string()),
             }
             report.index_objects += 1;
         }
         let index = builder.finish();
+        let named: HashSet<&String> = live.names.iter().collect();
+        let unnamed = self
+            .listed(ObjectKind::Index)?
+            .iter()
+            .filter(|o| !named.contains(&o.name))
+            .count();
+        if unnamed > 0 {
+            report.notes.push(format!("{unnamed} index object(s) named by no index set (left by an interrupted backup or prune, or served again by the store) do not count: `backlock prune` removes them"));
+        }
         let mut used: HashSet<ChunkId> = HashSet::new();
         for r in &refs {
             match self.authenticate(r)? {

@@ -21,10 +21,17 @@ pub struct DeviceHome {
 pub struct SeenState {
     /// Newest snapshot sequence number seen.
     pub newest_seq: u64,
+    /// Newest index set sequence number seen (docs/FORMAT.md §Index sets).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub newest_index_set: u64,
     /// Older snapshots the user chose to restore after a rollback or damage error
     /// (`restore --accept-older`), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_older: Vec<AcceptedOlder>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One `restore --accept-older`: which snapshot, and what the device had seen then.
@@ -76,6 +83,19 @@ impl DeviceHome {
         let state = SeenState {
             newest_seq: seq,
             ..self.seen(repo_id)?
+        };
+        self.write_seen(repo_id, &state)
+    }
+
+    /// Records index set `seq` as seen if it is newer than what was recorded.
+    pub fn record_index_set(&self, repo_id: &str, seq: u64) -> Result<()> {
+        let state = self.seen(repo_id)?;
+        if state.newest_index_set >= seq {
+            return Ok(());
+        }
+        let state = SeenState {
+            newest_index_set: seq,
+            ..state
         };
         self.write_seen(repo_id, &state)
     }

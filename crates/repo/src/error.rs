@@ -87,6 +87,23 @@ pub enum RepoError {
         /// Newest sequence number the store lists.
         served: u64,
     },
+    /// The store served older index sets than this device has seen: a writer
+    /// building on them could reference packs a prune deleted.
+    #[error("the store is serving older index sets than this device has seen: the newest there is #{served}, this device saw #{seen}. The store rolled back or lost index objects; nothing was written. Do not back up or prune here until the store is checked (`backlock check`); restoring still works")]
+    IndexRollback {
+        /// Newest index set sequence number the device recorded.
+        seen: u64,
+        /// Newest one the store lists (0: none).
+        served: u64,
+    },
+    /// A newer backlock raised the repository's writer level above this build's.
+    #[error("this repository was changed by a newer backlock (repository level {level}, this build writes level {supported}): upgrade backlock to back up, forget, prune or rotate here; restore, snapshots and check still work")]
+    UpgradeNeeded {
+        /// The config's writer level.
+        level: u32,
+        /// This build's.
+        supported: u32,
+    },
     /// A snapshot id matched nothing.
     #[error("no snapshot matches {id:?}: run `backlock snapshots` to list them")]
     SnapshotNotFound {

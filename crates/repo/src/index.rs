@@ -14,7 +14,7 @@ use backlock_core::{
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
-use backlock_store::ObjectStore;
+use backlock_store::{ObjectStore, StoreError};
 use std::{borrow::Cow, collections::HashMap, ops::Range};
 
 /// A chunk's location: its pack and blob entry.
@@ -59,8 +59,6 @@ pub struct Index {
     starts: Vec<u32>,
     packs: Vec<ObjectName>,
     bases: Vec<ChunkId>,
-    /// The index objects this was built from.
-    pub(crate) objects: Vec<String>,
 }
 
 impl Default for Index {
@@ -129,28 +127,29 @@ impl IndexBuilder {
             starts,
             packs: self.packs,
             bases: self.bases,
-            objects: Vec::new(),
         }
     }
 }
 
 impl Index {
-    /// Reads and authenticates every index object.
+    /// Reads and authenticates the live index objects; those the sets name but the
+    /// store does not hold are noted in `live.missing`.
     pub(crate) fn load(
         store: &dyn ObjectStore,
         keys: &RepoKeys,
-        hidden: &crate::rotate::Hidden,
+        live: &mut crate::indexset::LiveIndexes,
     ) -> Result<Self> {
         let mut builder = IndexBuilder::default();
-        let mut objects = Vec::new();
-        for info in hidden.filter(store.list(ObjectKind::Index)?) {
-            let file = read_index_object(store, keys, &info.name)?;
-            builder.add(&file);
-            objects.push(info.name);
+        for name in &live.names {
+            match read_index_object(store, keys, name) {
+                Ok(file) => builder.add(&file),
+                Err(RepoError::Store(StoreError::NotFound { .. })) => {
+                    live.missing.push(name.clone())
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let mut index = builder.finish();
-        index.objects = objects;
-        Ok(index)
+        Ok(builder.finish())
     }
 
     /// The slot of `id`, if it is indexed.
@@ -247,26 +246,28 @@ pub(crate) fn read_index_object(
 
 /// Writes `file` as index objects after making every pack put so far durable (data →
 /// index): one, or as many as keep each payload within `limit` (what readers accept).
-/// Returns the bytes written.
+/// Returns their names and the bytes written.
 pub(crate) fn write_index_object(
     store: &dyn ObjectStore,
     keys: &RepoKeys,
     file: IndexFile,
     limit: u64,
-) -> Result<u64> {
+) -> Result<(Vec<ObjectName>, u64)> {
     let parts = file
         .split_within(limit)
         .map_err(|e| RepoError::damaged(ObjectKind::Index, "(new)", e))?;
     store.flush()?;
     let mut written = 0;
+    let mut names = Vec::with_capacity(parts.len());
     for part in parts {
-        let name = ObjectName::random().to_hex();
+        let name = ObjectName::random();
         let (version, plain) = part.encode();
-        let sealed = envelope::seal_as(keys, (ObjectKind::Index, version), &name, &plain);
-        store.put(ObjectKind::Index, &name, &sealed)?;
+        let sealed = envelope::seal_as(keys, (ObjectKind::Index, version), &name.to_hex(), &plain);
+        store.put(ObjectKind::Index, &name.to_hex(), &sealed)?;
         written += sealed.len() as u64;
+        names.push(name);
     }
-    Ok(written)
+    Ok((names, written))
 }
 
 /// Where blob `b` lies in `data`, which holds a pack's bytes from offset `start`.

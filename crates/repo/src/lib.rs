@@ -14,6 +14,7 @@ mod check;
 pub mod device;
 mod error;
 mod index;
+mod indexset;
 pub mod interrupt;
 mod lock;
 mod prune;
@@ -55,6 +56,8 @@ pub struct Open;
 /// Typestate: every index object loaded, under a repository lock taken first.
 pub struct Indexed {
     index: Index,
+    /// The index sets it was loaded from (docs/FORMAT.md §Index sets).
+    live: indexset::LiveIndexes,
     /// Taken before the index was read and held as long as the repository: a prune
     /// (exclusive) can never delete what a backup's or restore's index names, and a
     /// backup's packs are never unindexed under a prune's eyes.
@@ -132,15 +135,13 @@ impl Repository<Open> {
             chunker: ChunkerParams::DEFAULT,
             pack_size: DEFAULT_PACK_SIZE,
             created_unix: now_unix_ns() / 1_000_000_000,
+            writer_level: format::WRITER_LEVEL,
         };
-        let sealed = envelope::seal(
-            &keys,
-            ObjectKind::Config,
-            CONFIG_NAME,
-            &format::encode(&config),
-        );
+        let sealed = seal_config(&keys, &config);
         store.put(ObjectKind::Config, CONFIG_NAME, &sealed)?;
-        store.flush()?;
+        // A repository of writer level 2 always lists an index set: none listed is
+        // the store's doing.
+        indexset::LiveIndexes::default().write_next(&*store, &keys, Default::default(), true)?;
         Ok(Repository {
             store,
             keys,
@@ -165,9 +166,10 @@ impl Repository<Open> {
         };
         let keys = Arc::new(RepoKeys::derive(key));
         let damaged = |e| RepoError::damaged(ObjectKind::Config, CONFIG_NAME, e);
-        let plain =
-            envelope::open(&keys, ObjectKind::Config, CONFIG_NAME, &sealed).map_err(damaged)?;
-        let config: Config = format::decode(&plain, "config").map_err(damaged)?;
+        let (version, plain) =
+            envelope::open_versioned(&keys, ObjectKind::Config, CONFIG_NAME, &sealed)
+                .map_err(damaged)?;
+        let config = Config::decode(version, &plain).map_err(damaged)?;
         if !config.chunker.is_valid() || config.pack_size < 1 << 16 {
             return Err(damaged(backlock_core::FormatError::Malformed {
                 what: "config",
@@ -201,7 +203,9 @@ impl Repository<Open> {
         // held the lock meanwhile committed.
         let lock = self.lock(exclusive)?;
         testhook::pause(testhook::step::LOCKED);
-        let index = Index::load(&*self.store, &self.keys, &self.hidden)?;
+        let mut live = self.live_indexes()?;
+        live.record(&self.home, &self.id())?;
+        let index = Index::load(&*self.store, &self.keys, &mut live)?;
         Ok(Repository {
             store: self.store,
             keys: self.keys,
@@ -209,12 +213,50 @@ impl Repository<Open> {
             home: self.home,
             hidden: self.hidden,
             object_limit: self.object_limit,
-            state: Indexed { index, lock },
+            state: Indexed { index, live, lock },
         })
     }
 }
 
+/// The sealed config object.
+pub(crate) fn seal_config(keys: &RepoKeys, config: &Config) -> Vec<u8> {
+    let (version, plain) = config.encode();
+    envelope::seal_as(keys, (ObjectKind::Config, version), CONFIG_NAME, &plain)
+}
+
 impl<S> Repository<S> {
+    /// Refuses to change a repository whose writer level a newer build raised above
+    /// this build's. Call under the repository lock, before writing anything.
+    pub(crate) fn check_writer_level(&self) -> Result<()> {
+        match self.config.writer_level > format::WRITER_LEVEL {
+            true => Err(RepoError::UpgradeNeeded {
+                level: self.config.writer_level,
+                supported: format::WRITER_LEVEL,
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// Raises the writer level to this build's once an index set is written, so that
+    /// older builds (which would write index objects no set names) refuse to change
+    /// the repository, and so that a store serving no set is caught.
+    pub(crate) fn raise_writer_level(&self) -> Result<()> {
+        if self.config.writer_level < format::WRITER_LEVEL {
+            let sealed = seal_config(&self.keys, &self.writer_config());
+            self.store.put(ObjectKind::Config, CONFIG_NAME, &sealed)?;
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The config as this build writes it: at its writer level at least.
+    pub(crate) fn writer_config(&self) -> Config {
+        Config {
+            writer_level: self.config.writer_level.max(format::WRITER_LEVEL),
+            ..self.config.clone()
+        }
+    }
+
     /// Writes no object whose payload is over `limit` bytes (at most the readers'
     /// [`format::MAX_OBJECT_PLAINTEXT`]): for tests of that boundary with small objects.
     pub fn with_object_limit(mut self, limit: u64) -> Self {
@@ -242,6 +284,17 @@ impl<S> Repository<S> {
     /// it has never seen one, as on a new phone, so nothing here detects a rollback).
     pub fn seen_seq(&self) -> Result<u64> {
         Ok(self.home.seen(&self.id())?.newest_seq)
+    }
+
+    /// The live index objects, as the listed index sets say.
+    pub(crate) fn live_indexes(&self) -> Result<indexset::LiveIndexes> {
+        indexset::LiveIndexes::load(
+            &*self.store,
+            &self.keys,
+            &self.hidden,
+            &self.home,
+            &self.config,
+        )
     }
 
     /// The store it lives in.
@@ -377,6 +430,7 @@ impl<S> Repository<S> {
     /// are never touched.
     pub fn remove_unauthentic_snapshots(&self) -> Result<Vec<RejectedSnapshot>> {
         let _lock = self.lock(true)?;
+        self.check_writer_level()?;
         let rejected = self.authentic_snapshots(|_, _| Ok(()))?;
         for bad in &rejected {
             match self.store.delete(ObjectKind::Snapshot, &bad.name) {

@@ -10,6 +10,7 @@
 use crate::{
     error::{RepoError, Result},
     index::{open_blob_at, stored_sizes, write_index_object},
+    indexset::delete_all,
     testhook::{pause, step},
     Indexed, Open, Repository,
 };
@@ -57,6 +58,7 @@ impl Repository<Open> {
             ));
         }
         let _lock = self.lock(false)?;
+        self.check_writer_level()?;
         // Only snapshots that authenticate count, and only they are deleted: an object
         // the store made up can neither push a real snapshot out of the newest `keep`
         // nor be deleted as if it were one.
@@ -92,6 +94,9 @@ impl Repository<Indexed> {
                 "prune needs the exclusive lock taken before the index is read (load_index_exclusive)".into(),
             ));
         }
+        // Never delete by index sets the store rolled back.
+        self.state.live.writable()?;
+        self.check_writer_level()?;
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
         let rejected = self.authentic_snapshots(|_, snap| {
@@ -203,22 +208,48 @@ impl Repository<Indexed> {
             flush(s, &mut keep, &mut written)?;
         }
 
-        // One new index, in as many objects as readers need.
-        written += write_index_object(
+        // One new index, in as many objects as readers need, and the index set of a
+        // new epoch naming only it: from here no earlier set counts, so no index
+        // object deleted below can count again, whatever the store serves.
+        let (indexes, n) = write_index_object(
             &*self.store,
             &self.keys,
             IndexFile {
                 packs: keep.clone(),
             },
             self.object_limit,
-        )? as i64;
-        self.store.flush()?;
-        for old in &self.state.index.objects {
-            self.store.delete(ObjectKind::Index, old)?;
-        }
-        // Old indexes must be gone for good before the packs they name are deleted.
-        self.store.flush()?;
-        summary.index_objects_replaced = self.state.index.objects.len();
+        )?;
+        written += n as i64;
+        let live = &self.state.live;
+        let (set, seq) = live.write_next(
+            &*self.store,
+            &self.keys,
+            indexes.iter().copied().collect(),
+            true,
+        )?;
+        self.home.record_index_set(&self.id(), seq)?;
+        self.raise_writer_level()?;
+        pause(step::PRUNE_INDEXED);
+        // Every other index object and set: the old live ones, and any a stopped
+        // backup wrote that no set names. Gone for good (flushed) before the packs
+        // they name are deleted.
+        let new: HashSet<String> = indexes.iter().map(ObjectName::to_hex).collect();
+        let old: Vec<String> = self
+            .listed(ObjectKind::Index)?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| !new.contains(n))
+            .collect();
+        let sets: Vec<String> = self
+            .store
+            .list(ObjectKind::IndexSet)?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| *n != set)
+            .collect();
+        delete_all(&*self.store, ObjectKind::Index, &old)?;
+        delete_all(&*self.store, ObjectKind::IndexSet, &sets)?;
+        summary.index_objects_replaced = old.len();
 
         let kept: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();
         let mut freed: i64 = 0;

@@ -173,14 +173,28 @@ impl Repository<Open> {
         if let Some(marker) = &self.hidden.marker {
             self.remove_generation(&marker.new, marker)?;
         }
-        let index = Index::load(&*self.store, &self.keys, &self.hidden)?;
+        let mut live = self.live_indexes()?;
+        live.writable()?;
+        live.record(&self.home, &self.id())?;
+        self.check_writer_level()?;
+        let index = Index::load(&*self.store, &self.keys, &mut live)?;
         self.remove_unindexed_packs(&index)?;
 
-        let refs = self.snapshot_refs()?;
-        let snaps: Vec<(SnapshotRef, Snapshot)> = refs
-            .iter()
-            .map(|r| self.load_snapshot(r).map(|s| (*r, s)))
-            .collect::<Result<_>>()?;
+        let mut snaps: Vec<(SnapshotRef, Snapshot)> = Vec::new();
+        let rejected = self.authentic_snapshots(|r, s| {
+            snaps.push((r, s));
+            Ok(())
+        })?;
+        // As prune: the old generation's data is deleted at the end, and a damaged
+        // snapshot may be a real one the user wants to look at first.
+        if let Some(bad) = rejected.first() {
+            return Err(RepoError::UnauthenticSnapshots {
+                count: rejected.len(),
+                first: bad.name.clone(),
+                reason: bad.reason.clone(),
+            });
+        }
+        let refs: Vec<SnapshotRef> = snaps.iter().map(|(r, _)| *r).collect();
         let mut used: HashSet<ChunkId> = snaps
             .iter()
             .flat_map(|(_, s)| s.nodes.iter().flat_map(|n| n.chunks.iter().copied()))
@@ -280,7 +294,13 @@ impl Repository<Open> {
                 .put(ObjectKind::Index, &index_name.to_hex(), &sealed)?;
             bytes += sealed.len() as u64;
         }
-        self.store.flush()?;
+        // Sealed under the new key, a new epoch: the old key's sets never count for it.
+        live.write_next(
+            &*self.store,
+            &new_keys,
+            index_names.iter().copied().collect(),
+            true,
+        )?;
         for (name, snap) in &new_snaps {
             format::check_size("snapshot", snap.payload_len(), self.object_limit)
                 .map_err(|source| RepoError::TooLarge { source })?;
@@ -316,12 +336,7 @@ impl Repository<Open> {
         pause(step::ROTATE_VERIFIED);
 
         // The commit: the config now opens with the new key only.
-        let config = envelope::seal(
-            &new_keys,
-            ObjectKind::Config,
-            CONFIG_NAME,
-            &format::encode(&self.config),
-        );
+        let config = crate::seal_config(&new_keys, &self.writer_config());
         self.store.put(ObjectKind::Config, CONFIG_NAME, &config)?;
         self.store.flush()?;
         pause(step::ROTATE_COMMITTED);
@@ -453,8 +468,8 @@ impl Repository<Open> {
         Ok(())
     }
 
-    /// Deletes the objects of `set` (snapshots, then indexes, then packs), the lock
-    /// objects this key cannot open (the other key's, left by a stopped rotation), then
+    /// Deletes the objects of `set` (snapshots, then indexes, then packs), the index
+    /// sets and lock objects this key cannot open (the other key's, left by a stopped rotation), then
     /// both markers: the other key's first, this key's last.
     fn remove_generation(&self, set: &ObjectSet, marker: &Rotation) -> Result<u64> {
         let mut deleted = 0u64;
@@ -476,6 +491,16 @@ impl Repository<Open> {
             deleted += 1;
         }
         self.store.flush()?;
+        // The other key's index sets, which this key cannot open.
+        for info in self.store.list(ObjectKind::IndexSet)? {
+            let opens = self
+                .store
+                .get(ObjectKind::IndexSet, &info.name)
+                .map(|s| envelope::open(&self.keys, ObjectKind::IndexSet, &info.name, &s).is_ok());
+            if matches!(opens, Ok(false)) {
+                self.store.delete(ObjectKind::IndexSet, &info.name)?;
+            }
+        }
         for info in self.store.list(ObjectKind::Lock)? {
             let opens = self
                 .store

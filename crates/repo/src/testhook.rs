@@ -22,6 +22,11 @@ pub mod step {
     /// Prune: the index loaded and what is in use computed; nothing written or
     /// deleted yet.
     pub const PRUNE_PLANNED: &str = "prune:planned";
+    /// Prune: the new index and the index set of a new epoch naming it are written and
+    /// flushed; no old index object or pack deleted yet.
+    pub const PRUNE_INDEXED: &str = "prune:indexed";
+    /// Every step of a prune.
+    pub const PRUNE: [&str; 2] = [PRUNE_PLANNED, PRUNE_INDEXED];
 
     /// Backup: the source listed; no file read yet.
     pub const BACKUP_WALKED: &str = "backup:walked";

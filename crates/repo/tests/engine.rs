@@ -1021,3 +1021,69 @@ fn objects_over_the_readers_limit_are_split_or_never_written() {
     f.restore_latest(&target).unwrap();
     tree::assert_same(&src, &target.join("app"));
 }
+
+/// A newer build raised the repository's writer level above this build's: this build
+/// refuses to back up, forget, prune or rotate there ("upgrade backlock"), and
+/// changes nothing; it still lists, checks and restores.
+#[test]
+fn a_repository_a_newer_writer_raised_is_read_but_never_changed() {
+    use backlock_core::{envelope, format, kdf::RepoKeys};
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 17);
+    f.backup(&src);
+    let keys = RepoKeys::derive(&f.key);
+    let sealed = f
+        .store
+        .get(ObjectKind::Config, format::CONFIG_NAME)
+        .unwrap();
+    let (version, plain) =
+        envelope::open_versioned(&keys, ObjectKind::Config, format::CONFIG_NAME, &sealed).unwrap();
+    let mut config = format::Config::decode(version, &plain).unwrap();
+    assert_eq!(config.writer_level, format::WRITER_LEVEL);
+    config.writer_level = format::WRITER_LEVEL + 1;
+    let (version, plain) = config.encode();
+    let raised = envelope::seal_as(
+        &keys,
+        (ObjectKind::Config, version),
+        format::CONFIG_NAME,
+        &plain,
+    );
+    f.store
+        .put(ObjectKind::Config, format::CONFIG_NAME, &raised)
+        .unwrap();
+    let before = stored_objects(&*f.store);
+
+    let refused = |e: RepoError| {
+        assert!(matches!(e, RepoError::UpgradeNeeded { .. }), "{e}");
+        assert!(e.to_string().contains("upgrade backlock"), "{e}");
+    };
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
+    refused(f.repo().backup(&opts).unwrap_err());
+    refused(f.open().forget_keep_last(1).unwrap_err());
+    refused(f.pruner().prune().unwrap_err());
+    refused(f.open().rotate_key(&BackupKey::generate()).unwrap_err());
+    assert_eq!(stored_objects(&*f.store), before);
+
+    assert!(f.open().check(true).unwrap().errors.is_empty());
+    let target = f.dir.path().join("restored");
+    f.restore_latest(&target).unwrap();
+    tree::assert_same(&src, &target.join("chat"));
+}
+
+/// Every object the store holds but locks, with its bytes.
+fn stored_objects(store: &dyn ObjectStore) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for kind in ObjectKind::ALL {
+        if kind == ObjectKind::Lock {
+            continue;
+        }
+        for o in store.list(kind).unwrap() {
+            let bytes = store.get(kind, &o.name).unwrap();
+            out.push((kind.as_str().to_owned(), o.name, bytes));
+        }
+    }
+    out
+}

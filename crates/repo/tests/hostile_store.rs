@@ -122,3 +122,144 @@ fn a_stale_snapshot_listing_is_caught_as_a_rollback() {
     s.store.fresh_listing(ObjectKind::Snapshot);
     s.restore_latest_matches(&src, "restored");
 }
+
+impl Setup {
+    /// `forget --keep-last 1`, then `prune`.
+    fn forget_and_prune(&self) {
+        self.open().forget_keep_last(1).unwrap();
+        self.open().load_index_exclusive().unwrap().prune().unwrap();
+    }
+
+    /// The same repository seen from a device that never saw it (a new phone).
+    fn fresh_device(&self) -> Setup {
+        Setup {
+            dir: tempfile::tempdir_in(self.dir.path()).unwrap(),
+            key: BackupKey::from_bytes(*self.key.expose_secret()),
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// The attack: back up a file, remove it, back up, forget, prune (its pack
+/// is deleted); then the store serves every deleted index object again, and every
+/// deleted index set too, and the file comes back. A backup that trusted the replayed
+/// index would store nothing ("0.0 MiB new") and reference a pack that is gone.
+/// Checked from the device that pruned and from a device that never saw the store.
+#[test]
+fn replayed_index_objects_never_make_a_backup_reference_deleted_packs() {
+    for fresh in [false, true] {
+        let s = Setup::new();
+        let src = tree::write_sample(s.dir.path(), 34);
+        let attachment = src.join("Media/Images/IMG-2.jpg");
+        std::fs::write(&attachment, tree::random_bytes(3400, 900_000)).unwrap();
+        s.backup(&src).unwrap();
+        let kept = std::fs::read(&attachment).unwrap();
+        std::fs::remove_file(&attachment).unwrap();
+        s.backup(&src).unwrap();
+        s.forget_and_prune();
+
+        let replayed = s.store.replay_deleted(ObjectKind::Index);
+        assert!(replayed >= 1, "the prune deleted index objects to replay");
+        s.store.replay_deleted(ObjectKind::IndexSet);
+        std::fs::write(&attachment, &kept).unwrap();
+        let device = if fresh { s.fresh_device() } else { s };
+        let summary = device.backup(&src).unwrap();
+        assert!(
+            summary.bytes_new >= kept.len() as u64 / 2,
+            "fresh {fresh}: the attachment's data was not stored again ({} bytes new)",
+            summary.bytes_new
+        );
+        device.restore_latest_matches(&src, &format!("restored-{fresh}"));
+    }
+}
+
+/// The store hides every index set (so that, were the listing of index objects to
+/// count again, its replayed ones would): a repository whose config says it has sets
+/// is not backed up or pruned on, even by a device that never saw it.
+#[test]
+fn hiding_every_index_set_is_refused_not_taken_for_an_old_repository() {
+    let s = Setup::new();
+    let src = tree::write_sample(s.dir.path(), 35);
+    s.backup(&src).unwrap();
+    std::fs::write(src.join("notes.txt"), b"changed").unwrap();
+    s.backup(&src).unwrap();
+    s.forget_and_prune();
+    s.store.replay_deleted(ObjectKind::Index);
+    for set in s.store.held(ObjectKind::IndexSet) {
+        s.store.drop_object(ObjectKind::IndexSet, &set);
+    }
+    for device in [&s, &s.fresh_device()] {
+        match device.backup(&src) {
+            Err(RepoError::IndexRollback { served: 0, .. }) => {}
+            other => panic!("a store hiding its index sets was trusted: {other:?}"),
+        }
+        match device.open().load_index_exclusive().unwrap().prune() {
+            Err(RepoError::IndexRollback { .. }) => {}
+            other => panic!("prune trusted a store hiding its index sets: {other:?}"),
+        }
+        let report = device.open().check(false).unwrap();
+        assert!(
+            report.errors.iter().any(|e| e.contains("older index sets")),
+            "{:?}",
+            report.errors
+        );
+    }
+}
+
+/// A stale listing of index sets after a prune (the old sets listed, the new one
+/// not): the device that pruned refuses to build on it.
+#[test]
+fn a_stale_index_set_listing_after_a_prune_is_caught_as_a_rollback() {
+    let s = Setup::new();
+    let src = tree::write_sample(s.dir.path(), 36);
+    s.backup(&src).unwrap();
+    std::fs::write(src.join("notes.txt"), b"changed").unwrap();
+    s.backup(&src).unwrap();
+    s.store.freeze_listing(ObjectKind::IndexSet).unwrap();
+    s.store.freeze_listing(ObjectKind::Index).unwrap();
+    s.forget_and_prune();
+    s.store.replay_deleted(ObjectKind::Index);
+    s.store.replay_deleted(ObjectKind::IndexSet);
+    match s.backup(&src) {
+        Err(RepoError::IndexRollback { seen, served }) if served < seen => {}
+        other => panic!("a stale listing of index sets was accepted: {other:?}"),
+    }
+    s.store.fresh_listing(ObjectKind::IndexSet);
+    s.store.fresh_listing(ObjectKind::Index);
+}
+
+/// The store drops an index object the live set names: `check` reports it, the next
+/// backup warns and stores the chunks it listed again, and nothing is lost.
+#[test]
+fn a_dropped_index_object_is_reported_and_its_chunks_stored_again() {
+    let s = Setup::new();
+    let src = tree::write_sample(s.dir.path(), 37);
+    s.backup(&src).unwrap();
+    for index in s.store.held(ObjectKind::Index) {
+        s.store.drop_object(ObjectKind::Index, &index);
+    }
+    let report = s.open().check(false).unwrap();
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("is missing from the store")),
+        "{:?}",
+        report.errors
+    );
+    let again = s.backup(&src).unwrap();
+    assert!(
+        again
+            .warnings
+            .iter()
+            .any(|w| w.contains("missing from the store")),
+        "{:?}",
+        again.warnings
+    );
+    assert!(again.bytes_new > 3_000_000, "{} bytes new", again.bytes_new);
+    let repo = s.open().load_index().unwrap();
+    let latest = repo.find_snapshot("latest").unwrap();
+    let target = s.dir.path().join("restored");
+    repo.restore(&latest, &target).unwrap();
+    tree::assert_same(&src, &target.join("chat"));
+}

@@ -182,6 +182,7 @@ fn kind_dir(kind: ObjectKind) -> &'static str {
         ObjectKind::Index => "index/",
         ObjectKind::Snapshot => "snapshots/",
         ObjectKind::Lock => "locks/",
+        ObjectKind::IndexSet => "indexsets/",
     }
 }
 

@@ -35,6 +35,7 @@ fn kind_dir(kind: ObjectKind) -> &'static str {
         ObjectKind::Index => "index",
         ObjectKind::Snapshot => "snapshots",
         ObjectKind::Lock => "locks",
+        ObjectKind::IndexSet => "indexsets",
     }
 }
 

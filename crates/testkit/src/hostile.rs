@@ -79,6 +79,36 @@ impl HostileStore {
         st.dropped.remove(&key(kind, name));
     }
 
+    /// Serves again, as they last were, every object of `kind` that was put and is
+    /// deleted now (what a bucket restored from an old copy, or a replica that missed
+    /// the deletes, serves). Returns how many.
+    pub fn replay_deleted(&self, kind: ObjectKind) -> usize {
+        let here: HashSet<String> = match self.inner.list(kind) {
+            Ok(listed) => listed.into_iter().map(|o| o.name).collect(),
+            Err(_) => return 0,
+        };
+        let mut st = self.state();
+        let gone: Vec<(Key, Vec<u8>)> = st
+            .history
+            .iter()
+            .filter(|((k, name), _)| *k == kind as u8 && !here.contains(name))
+            .filter_map(|(k, versions)| versions.last().map(|v| (k.clone(), v.clone())))
+            .collect();
+        for (k, bytes) in &gone {
+            st.dropped.remove(k);
+            st.replayed.insert(k.clone(), bytes.clone());
+        }
+        gone.len()
+    }
+
+    /// Names of the objects of `kind` the store holds now (whatever it serves).
+    pub fn held(&self, kind: ObjectKind) -> Vec<String> {
+        self.inner
+            .list(kind)
+            .map(|l| l.into_iter().map(|o| o.name).collect())
+            .unwrap_or_default()
+    }
+
     /// Hides `kind`/`name` from reads and listings.
     pub fn drop_object(&self, kind: ObjectKind, name: &str) {
         self.state().dropped.insert(key(kind, name));
