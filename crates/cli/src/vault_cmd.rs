@@ -149,9 +149,13 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             tls_key,
         } => {
             let data = data.ok_or_else(|| Usage("give --data DIR or --config FILE".into()))?;
-            if max_attempts == 0 || account_burst == 0 || account_rate <= 0.0 {
+            // A NaN passes `<= 0.0` and would turn the rate limit off.
+            if max_attempts == 0
+                || account_burst == 0
+                || !(account_rate.is_finite() && account_rate > 0.0)
+            {
                 return Err(Usage(
-                    "--max-attempts, --account-burst and --account-rate must be above zero".into(),
+                    "--max-attempts, --account-burst and --account-rate must be finite numbers above zero".into(),
                 )
                 .into());
             }

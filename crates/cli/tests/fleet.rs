@@ -334,7 +334,14 @@ fn a_partitioned_minority_serves_no_guess_and_all_agree_after_healing() {
 
 #[test]
 fn every_record_and_count_survives_a_full_restart_and_a_wiped_replica_catches_up() {
-    let mut fleet = Fleet::start(backlock(), FleetOptions::default());
+    // eve's record goes once her last wrong guess's attempt expires.
+    let mut fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            attempt_ttl_secs: 2,
+            ..FleetOptions::default()
+        },
+    );
     let urls = fleet.urls();
     let rt = runtime();
     let ksf = Stretch::memoized();
@@ -364,6 +371,17 @@ fn every_record_and_count_survives_a_full_restart_and_a_wiped_replica_catches_up
         rt.block_on(settled(|| wrong_guess_at(&clients[1], 1))),
         Err(VaultError::Locked)
     ));
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(
+        rt.block_on(settled(|| clients[1].status())),
+        Err(VaultError::Locked)
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "eve's exhausted record was never erased"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     for id in 1..=5 {
         fleet.kill(id);
@@ -529,6 +547,19 @@ fn bad_fleet_configurations_get_clear_errors() {
             format!("{base}colour = \"blue\"\n{}", replicas(5)),
             "colour",
         ),
+        // A NaN rate passed `<= 0.0` and turned the rate limit off.
+        (
+            format!("account_rate = nan\n{base}{}", replicas(5)),
+            "finite numbers above zero",
+        ),
+        (
+            format!("account_rate = inf\n{base}{}", replicas(5)),
+            "finite numbers above zero",
+        ),
+        (
+            format!("attempt_ttl_secs = 0\n{base}{}", replicas(5)),
+            "attempt_ttl_secs",
+        ),
         (format!("{base}{}", replicas(5)), "fleet CA certificate"),
     ];
     for (text, expected) in cases {
@@ -688,4 +719,112 @@ fn pkcs11_sealed_replicas_hold_no_key_password_or_fleet_secret_in_clear() {
         }
     }
     assert!(scanned > 9, "only {scanned} files scanned");
+}
+
+/// A device's KE1 sent to every replica in turn while the leader is killed (each
+/// retry of a failover): one guess, counted once, answered everywhere with the same
+/// KE2, and finished at another replica than the one that answered first.
+#[test]
+fn one_ke1_retried_at_every_replica_during_an_election_is_counted_once() {
+    let mut fleet = Fleet::start(backlock(), FleetOptions::default());
+    let urls = fleet.urls();
+    let token = fleet.token("cyd");
+    let rt = runtime();
+    let client = device(&urls, 0, "cyd", &token);
+    let key = rt.block_on(register(&client, &fleet.public_key));
+    let right = Password::new(RIGHT.into());
+    let (started, ke1) = start_recovery(&right).unwrap();
+
+    let leader = fleet.wait_for_leader();
+    fleet.kill(leader);
+    let mut replies = Vec::new();
+    for id in (1..=5u64).filter(|id| *id != leader) {
+        let probe = device(&urls, 0, "cyd", &token);
+        replies.push(rt.block_on(patiently("the same KE1 again", || {
+            probe.guess_at(id as usize - 1, ke1.clone())
+        })));
+    }
+    fleet.restart(leader);
+    let probe = device(&urls, 0, "cyd", &token);
+    replies.push(rt.block_on(patiently("the same KE1 at the old leader", || {
+        probe.guess_at(leader as usize - 1, ke1.clone())
+    })));
+    for reply in &replies {
+        assert_eq!(reply.attempts_left, LIMIT - 1);
+        assert_eq!(reply.session, replies[0].session);
+        assert_eq!(reply.ke2, replies[0].ke2, "another KE2 for the same KE1");
+    }
+    assert_eq!(rt.block_on(attempts_left(&client)), Some(LIMIT - 1));
+
+    let (finish, recovered) = started
+        .finish(
+            &right,
+            "cyd",
+            &replies[0],
+            &fleet.public_key,
+            &Stretch::memoized(),
+        )
+        .unwrap();
+    let elsewhere = device(&urls, leader as usize, "cyd", &token);
+    let released = rt.block_on(patiently("KE3 at another replica", || {
+        elsewhere.finish_guess(&finish)
+    }));
+    assert_eq!(
+        recovered.open("cyd", &released).unwrap().expose_secret(),
+        key.expose_secret()
+    );
+    assert_eq!(rt.block_on(attempts_left(&client)), Some(LIMIT));
+}
+
+/// The tenth guess is right, and the majority of sites goes down between its KE2 and
+/// its KE3: the KE3 waits for them and the key is released; the record is not erased.
+#[test]
+fn a_right_last_guess_survives_an_outage_of_the_majority() {
+    let mut fleet = Fleet::start(backlock(), FleetOptions::default());
+    let urls = fleet.urls();
+    let token = fleet.token("eve");
+    let rt = runtime();
+    let client = device(&urls, 0, "eve", &token);
+    let key = rt.block_on(register(&client, &fleet.public_key));
+    for _ in 0..LIMIT - 1 {
+        let (_, ke1) = start_recovery(&Password::new(WRONG.into())).unwrap();
+        rt.block_on(patiently("a wrong guess", || {
+            client.guess_once(ke1.clone())
+        }));
+    }
+    let right = Password::new(RIGHT.into());
+    let (started, ke1) = start_recovery(&right).unwrap();
+    let reply = rt.block_on(patiently("the last guess", || {
+        client.guess_once(ke1.clone())
+    }));
+    assert_eq!(reply.attempts_left, 0);
+    let (finish, recovered) = started
+        .finish(
+            &right,
+            "eve",
+            &reply,
+            &fleet.public_key,
+            &Stretch::memoized(),
+        )
+        .unwrap();
+
+    let down = [1, 2, 3];
+    for id in down {
+        fleet.kill(id);
+    }
+    match rt.block_on(client.finish_guess(&finish)) {
+        Err(VaultError::Unavailable(_)) => {}
+        other => panic!("a minority finished a login: {other:?}"),
+    }
+    for id in down {
+        fleet.restart(id);
+    }
+    let released = rt.block_on(patiently("KE3 once the majority is back", || {
+        client.finish_guess(&finish)
+    }));
+    assert_eq!(
+        recovered.open("eve", &released).unwrap().expose_secret(),
+        key.expose_secret()
+    );
+    assert_eq!(rt.block_on(attempts_left(&client)), Some(LIMIT));
 }

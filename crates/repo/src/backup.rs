@@ -732,6 +732,8 @@ impl Producer<'_> {
         let mut count = 0;
         let parent_count = node.chunks.len();
         loop {
+            // A signal stops a large file between chunks, not at its end.
+            crate::interrupt::check()?;
             let mut chunk = match run {
                 Some(run) => Vec::with_capacity(run),
                 None => self.shared.chunk_pool.take(0),
@@ -1007,7 +1009,8 @@ fn produce<'a>(
             let Some(&i) = order.get(cursor.fetch_add(1, Ordering::Relaxed)) else {
                 return Ok(Ok(out));
             };
-            // A signal stops the backup between files; what was uploaded is indexed.
+            // A signal stops the backup between files (and between a file's chunks);
+            // what was uploaded is indexed.
             let node = crate::interrupt::check()
                 .and_then(|()| producer.node(chunker, &entries[i], previous, captured));
             match node {

@@ -210,11 +210,13 @@ impl Repository<Indexed> {
         let (_, seq) = live.write_next(&*self.store, &self.keys, live.with(written), false)?;
         self.home.record_index_set(&self.id(), seq)?;
         self.raise_writer_level()?;
+        // Not flushed here: a superseded set that came back would name a subset of the
+        // new one. The snapshot's flush makes the deletes durable.
         delete_all(&*self.store, ObjectKind::IndexSet, &live.sets)
     }
 }
 
-/// Deletes `names` of `kind`; one already gone is fine.
+/// Deletes `names` of `kind` (not flushed); one already gone is fine.
 pub(crate) fn delete_all(
     store: &dyn ObjectStore,
     kind: ObjectKind,
@@ -226,6 +228,5 @@ pub(crate) fn delete_all(
             Err(e) => return Err(e.into()),
         }
     }
-    store.flush()?;
     Ok(())
 }

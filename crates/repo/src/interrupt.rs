@@ -1,7 +1,7 @@
 //! SIGINT and SIGTERM as a request to stop cleanly.
 //!
 //! The `backlock` command points the signals at [`flag`]; long operations look at it
-//! between steps (a backup between files and packs, a restore between packs, prune
+//! between steps (a backup between chunks and packs, a restore between packs, prune
 //! and check between packs) and stop with [`RepoError::Interrupted`], so their locks
 //! are released and nothing is left half-written. Inert unless a signal arrives.
 

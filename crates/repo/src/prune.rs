@@ -249,6 +249,7 @@ impl Repository<Indexed> {
             .collect();
         delete_all(&*self.store, ObjectKind::Index, &old)?;
         delete_all(&*self.store, ObjectKind::IndexSet, &sets)?;
+        self.store.flush()?;
         summary.index_objects_replaced = old.len();
 
         let kept: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();

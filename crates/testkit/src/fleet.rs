@@ -27,6 +27,8 @@ pub struct FleetOptions {
     pub size: usize,
     /// Guess limit.
     pub max_attempts: u32,
+    /// Seconds an attempt stays open for its KE3 (`attempt_ttl_secs`).
+    pub attempt_ttl_secs: u64,
     /// Put a [`PartitionProxy`] in front of every peer listener.
     pub partitionable: bool,
     /// Extra environment for every replica process (e.g. `BACKLOCK_LOG`).
@@ -43,6 +45,7 @@ impl Default for FleetOptions {
         FleetOptions {
             size: 5,
             max_attempts: 10,
+            attempt_ttl_secs: 60,
             partitionable: false,
             env: vec![("BACKLOCK_LOG".into(), "warn".into())],
             launcher: Vec::new(),
@@ -287,9 +290,10 @@ impl Fleet {
         for r in &self.replicas {
             let text = format!(
                 "node_id = {id}\ndata = \"data\"\nlisten = \"{api}\"\npeer_listen = \"{listen}\"\n\
-                 max_attempts = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
+                 max_attempts = {}\nattempt_ttl_secs = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
                  [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n{hsm}{table}",
                 self.options.max_attempts,
+                self.options.attempt_ttl_secs,
                 id = r.id,
                 api = r.api.trim_start_matches("http://"),
                 listen = r.listen,

@@ -349,7 +349,7 @@ impl VaultClient {
         pinned: &[u8; 32],
         ksf: &Stretch,
     ) -> Result<BackupKey, VaultError> {
-        let (replica, reply): (usize, RecoverStartReply) = self
+        let (_, reply): (usize, RecoverStartReply) = self
             .call_any(
                 path::RECOVER_START,
                 Some(&RecoverStart {
@@ -370,10 +370,10 @@ impl VaultClient {
             }
             Err(e) => return Err(VaultError::from_client(e)),
         };
-        // The replica that sent KE2 holds the login.
-        let released: RecoverFinishReply = self
-            .call_at(replica, path::RECOVER_FINISH, Some(&finish))
-            .await?;
+        // Any replica finishes an open attempt (its login is derived from the fleet
+        // secret and the log); the one that sent KE2 (now preferred) first.
+        let (_, released): (usize, RecoverFinishReply) =
+            self.call_any(path::RECOVER_FINISH, Some(&finish)).await?;
         recovered
             .open(&self.account, &released)
             .map_err(VaultError::from_client)
@@ -410,15 +410,15 @@ impl VaultClient {
     }
 
     /// Sends KE3 for a guess made with [`VaultClient::guess_once`] (to the replica that
-    /// answered last); the reply carries the released key for
-    /// [`backlock_vault_proto::client::Recovered::open`].
+    /// answered last, then to the others while they are unavailable); the reply
+    /// carries the released key for [`backlock_vault_proto::client::Recovered::open`].
     pub async fn finish_guess(
         &self,
         finish: &RecoverFinish,
     ) -> Result<RecoverFinishReply, VaultError> {
-        let replica = self.preferred.load(Ordering::Relaxed);
-        self.call_at(replica, path::RECOVER_FINISH, Some(finish))
+        self.call_any(path::RECOVER_FINISH, Some(finish))
             .await
+            .map(|(_, reply)| reply)
     }
 
     /// How many replicas this client knows.

@@ -84,10 +84,71 @@ impl ServerKeys {
         Ok(start.message.serialize().to_vec())
     }
 
+    /// Checks that `ke1` is a well-formed KE1 (before a guess is counted for it).
+    pub fn check_ke1(ke1: &[u8]) -> Result<(), StepError> {
+        let parsed = CredentialRequest::<Suite>::deserialize(ke1);
+        whole(ke1, parsed, |m| m.serialize().len())
+            .map(drop)
+            .ok_or(StepError::Malformed)
+    }
+
+    /// The seed of the vault's randomness in the KE2 of the attempt opened at `place`
+    /// (a unique position in the replicated log) with id `attempt`: every replica
+    /// holding the fleet secret computes the same KE2 for it, so a retry at another
+    /// replica gets the same answer and any replica can verify the KE3, and no other
+    /// attempt ever gets the same randomness.
+    pub fn login_seed(
+        &self,
+        account: &str,
+        generation: u64,
+        place: (u64, u32),
+        attempt: &[u8; 16],
+    ) -> Zeroizing<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let secret = self.to_bytes();
+        let mut key = Hmac::<sha2::Sha256>::new_from_slice(&secret).expect("any key length");
+        key.update(b"backlock vault v1 login randomness");
+        let key = Zeroizing::new(key.finalize().into_bytes());
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(&(account.len() as u64).to_be_bytes());
+        mac.update(account.as_bytes());
+        mac.update(&generation.to_be_bytes());
+        mac.update(&place.0.to_be_bytes());
+        mac.update(&place.1.to_be_bytes());
+        mac.update(attempt);
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
+    /// [`Self::start_login`] with the vault's randomness drawn from `seed`
+    /// ([`Self::login_seed`]): the same inputs give the same KE2 and login state.
+    pub fn start_login_seeded(
+        &self,
+        password_file: &[u8],
+        account: &str,
+        record_id: &[u8; 16],
+        ke1: &[u8],
+        seed: &[u8; 32],
+    ) -> Result<(PendingLogin, Vec<u8>), StepError> {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(*seed);
+        self.start_login_with(&mut rng, password_file, account, record_id, ke1)
+    }
+
     /// KE1 → KE2 against a stored password file. The caller must count the attempt
     /// durably before sending KE2.
     pub fn start_login(
         &self,
+        password_file: &[u8],
+        account: &str,
+        record_id: &[u8; 16],
+        ke1: &[u8],
+    ) -> Result<(PendingLogin, Vec<u8>), StepError> {
+        self.start_login_with(&mut OsRng, password_file, account, record_id, ke1)
+    }
+
+    fn start_login_with<R: rand::RngCore + rand::CryptoRng>(
+        &self,
+        rng: &mut R,
         password_file: &[u8],
         account: &str,
         record_id: &[u8; 16],
@@ -99,7 +160,7 @@ impl ServerKeys {
         let file =
             whole(password_file, parsed, |m| m.serialize().len()).ok_or(StepError::Damaged)?;
         let start = ServerLogin::start(
-            &mut OsRng,
+            rng,
             &self.0,
             Some(file),
             ke1,

@@ -36,6 +36,10 @@ pub struct FleetConfig {
     /// Requests per account per second, sustained, per replica.
     #[serde(default = "default_rate")]
     pub account_rate: f64,
+    /// Seconds a guess's attempt stays open for its KE3 (the same on every replica):
+    /// also how long a record at zero waits for a right last guess before erasure.
+    #[serde(default = "default_attempt_ttl")]
+    pub attempt_ttl_secs: u64,
     /// HTTPS for the device API (plain HTTP if absent: only behind a TLS proxy).
     #[serde(default)]
     pub api_tls: Option<TlsFiles>,
@@ -87,6 +91,9 @@ fn default_burst() -> u32 {
 }
 fn default_rate() -> f64 {
     VaultConfig::default().account_rate
+}
+fn default_attempt_ttl() -> u64 {
+    VaultConfig::default().session_ttl.as_secs()
 }
 
 /// The configuration file cannot be used.
@@ -158,10 +165,19 @@ impl FleetConfig {
                 self.node_id
             ));
         }
-        if self.max_attempts == 0 || self.account_burst == 0 || self.account_rate <= 0.0 {
+        // `NaN <= 0.0` is false: a NaN rate would pass a plain comparison and turn the
+        // rate limit off.
+        if self.max_attempts == 0
+            || self.account_burst == 0
+            || !(self.account_rate.is_finite() && self.account_rate > 0.0)
+        {
             return Err(
-                "max_attempts, account_burst and account_rate must be above zero".to_owned(),
+                "max_attempts, account_burst and account_rate must be finite numbers above zero"
+                    .to_owned(),
             );
+        }
+        if !(1..=3600).contains(&self.attempt_ttl_secs) {
+            return Err("attempt_ttl_secs must be between 1 and 3600".to_owned());
         }
         Ok(())
     }
@@ -191,7 +207,7 @@ impl FleetConfig {
             max_attempts: self.max_attempts,
             account_burst: self.account_burst,
             account_rate: self.account_rate,
-            session_ttl: Duration::from_secs(60),
+            session_ttl: Duration::from_secs(self.attempt_ttl_secs),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The vault's request handling, independent of HTTP (docs/VAULT.md §Flows).
 //!
-//! The rule that makes the guess limit hold: a recovery's KE2 is computed first, then
-//! the attempt is committed to the replicated log, and only then is KE2 returned. The
-//! count is checked when the entry is applied, so concurrent guesses, on any replica,
-//! can never take it below zero.
+//! The rule that makes the guess limit hold: a recovery's attempt is committed to the
+//! replicated log before its KE2 is returned. The count is checked when the entry is
+//! applied, so concurrent guesses, on any replica, can never take it below zero; and
+//! the attempt is named by its KE1, so the same KE1 sent again (to any replica) is
+//! counted once and answered with the same KE2 (docs/VAULT.md §Recovery).
 
 use crate::metrics::Metrics;
 use crate::raft::{ProposeError, VaultNode};
-use crate::state::{Applied, Command, EraseReason, NewRecord, Refusal};
+use crate::state::{Applied, Command, EraseReason, NewRecord, Place, Refusal};
 use backlock_vault_proto::owner::{self, OwnerOp};
 use backlock_vault_proto::server::{password_file, PendingLogin, ServerKeys, StepError};
 use backlock_vault_proto::token::{TokenError, TokenSecret};
@@ -46,13 +47,6 @@ impl Default for VaultConfig {
     }
 }
 
-struct Session {
-    account: String,
-    generation: u64,
-    login: PendingLogin,
-    expires: Instant,
-}
-
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -64,7 +58,6 @@ pub struct Vault {
     server: ServerKeys,
     tokens: TokenSecret,
     config: VaultConfig,
-    sessions: Mutex<HashMap<[u8; 16], Session>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
@@ -127,7 +120,6 @@ impl Vault {
             server,
             tokens,
             config,
-            sessions: Mutex::default(),
             buckets: Mutex::default(),
             metrics: Metrics::default(),
         }
@@ -369,14 +361,8 @@ impl Vault {
         self.admit(token, &req.account)?;
         let read = || {
             self.node.read(|s| {
-                s.record(&req.account).map(|r| {
-                    (
-                        r.generation,
-                        r.record_id,
-                        r.password_file.clone(),
-                        r.attempts_left,
-                    )
-                })
+                s.record(&req.account)
+                    .map(|r| (r.generation, r.record_id, r.password_file.clone()))
             })
         };
         // A follower may not have applied a registration that just committed: before
@@ -388,32 +374,40 @@ impl Vault {
                 read()
             }
         };
-        let Some((generation, record_id, file, attempts_left)) = record else {
+        let Some((generation, record_id, file)) = record else {
             return Err(if self.node.read(|s| s.locked(&req.account)) {
                 locked()
             } else {
                 no_key()
             });
         };
-        if attempts_left == 0 {
-            return Err(self.erase_exhausted(&req.account, generation).await);
-        }
-        let (login, ke2) = self
-            .server
-            .start_login(&file, &req.account, &record_id, &req.ke1)
-            .map_err(|e| match e {
-                StepError::Damaged => err(ErrorCode::Internal, "the stored record is damaged"),
-                _ => malformed("KE1"),
-            })?;
-        let command = Command::Attempt {
+        // A malformed KE1 costs no guess.
+        ServerKeys::check_ke1(&req.ke1).map_err(|_| malformed("KE1"))?;
+        let id = attempt_id(&req.account, generation, &req.ke1);
+        let command = Command::Open {
             account: req.account.clone(),
             generation,
+            id,
+            ke1: req.ke1.clone(),
             now_ms: now_ms(),
+            ttl_ms: self.config.session_ttl.as_millis() as u64,
         };
-        let attempts_left = match self.propose(command).await? {
-            Applied::Counted { attempts_left } => attempts_left,
+        let (attempts_left, place, again) = match self.propose(command).await? {
+            Applied::Opened {
+                attempts_left,
+                place,
+                again,
+            } => (attempts_left, place, again),
             Applied::Refused(Refusal::Exhausted) => {
-                return Err(self.erase_exhausted(&req.account, generation).await)
+                // Another device's last guess may still be right: the record stays
+                // until no attempt is open.
+                if self
+                    .node
+                    .read(|s| s.has_open_attempt(&req.account, now_ms()))
+                {
+                    return Err(locked());
+                }
+                return Err(self.erase_exhausted(&req.account, generation).await);
             }
             Applied::Refused(Refusal::NoRecord) => {
                 // Erased meanwhile, maybe by the guess limit: this replica may not have
@@ -435,68 +429,133 @@ impl Vault {
             }
             other => return Err(unexpected(other)),
         };
-        self.metrics.attempts.inc();
-        tracing::info!(account = %req.account, attempts_left, "guess counted");
-        let mut session = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut session);
-        let mut sessions = self.sessions.lock().expect("session lock poisoned");
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        sessions.insert(
-            session,
-            Session {
-                account: req.account,
-                generation,
-                login,
-                expires: now + self.config.session_ttl,
-            },
-        );
+        let (_, ke2) = self.login(
+            &req.account,
+            generation,
+            &record_id,
+            &file,
+            &req.ke1,
+            place,
+            &id,
+        )?;
+        if again {
+            tracing::info!(account = %req.account, attempts_left, "guess answered again, not counted again");
+        } else {
+            self.metrics.attempts.inc();
+            tracing::info!(account = %req.account, attempts_left, "guess counted");
+        }
         Ok(RecoverStartReply {
-            session,
+            session: id,
             ke2,
             attempts_left,
         })
     }
 
-    /// KE3: a right guess restores the count and releases the wrapped key.
+    /// The vault's half of the login of attempt `id` opened at `place`: the same on
+    /// every replica (its randomness is derived from the fleet secret and the place).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the inputs of one deterministic step"
+    )]
+    fn login(
+        &self,
+        account: &str,
+        generation: u64,
+        record_id: &[u8; 16],
+        file: &[u8],
+        ke1: &[u8],
+        place: Place,
+        id: &[u8; 16],
+    ) -> Reply<(PendingLogin, Vec<u8>)> {
+        let seed = self
+            .server
+            .login_seed(account, generation, (place.index, place.position), id);
+        self.server
+            .start_login_seeded(file, account, record_id, ke1, &seed)
+            .map_err(|e| match e {
+                StepError::Damaged => err(ErrorCode::Internal, "the stored record is damaged"),
+                _ => malformed("KE1"),
+            })
+    }
+
+    /// KE3, at any replica: a right guess restores the count and releases the wrapped
+    /// key; a wrong one closes its attempt.
     pub async fn recover_finish(
         &self,
         token: Option<&str>,
         req: RecoverFinish,
     ) -> Reply<RecoverFinishReply> {
         self.admit(token, &req.account)?;
-        let session = self
-            .sessions
-            .lock()
-            .expect("session lock poisoned")
-            .remove(&req.session);
-        let session = match session {
-            Some(s) if s.account == req.account && s.expires > Instant::now() => s,
-            _ => {
-                return Err(err(
-                    ErrorCode::SessionExpired,
-                    "this recovery session is unknown or expired; start the recovery again",
-                ))
+        let read = || {
+            self.node.read(|s| {
+                let a = s.open_attempt(&req.account, &req.session)?;
+                let r = s.record(&req.account)?;
+                (r.generation == a.generation)
+                    .then(|| (a.clone(), r.record_id, r.password_file.clone()))
+            })
+        };
+        // Opened through another replica, maybe not applied here yet.
+        let found = match read() {
+            Some(found) => Some(found),
+            None => {
+                self.node.catch_up().await.map_err(unavailable)?;
+                read()
             }
         };
-        let session_key = match session.login.finish(&req.account, &req.ke3) {
+        let expired = || {
+            err(
+                ErrorCode::SessionExpired,
+                "this recovery session is unknown or expired; start the recovery again",
+            )
+        };
+        let Some((attempt, record_id, file)) = found else {
+            return Err(expired());
+        };
+        if attempt.expires_ms <= now_ms() {
+            return Err(expired());
+        }
+        let generation = attempt.generation;
+        let (login, _) = self.login(
+            &req.account,
+            generation,
+            &record_id,
+            &file,
+            &attempt.ke1,
+            attempt.place,
+            &attempt.id,
+        )?;
+        let session_key = match login.finish(&req.account, &req.ke3) {
             Ok(k) => k,
             Err(StepError::WrongPassword) => {
-                let left = self
-                    .node
-                    .read(|s| s.record(&req.account).map(|r| r.attempts_left));
-                if left == Some(0) {
-                    return Err(self.erase_exhausted(&req.account, session.generation).await);
-                }
-                let mut e = err(ErrorCode::WrongPassword, "wrong password");
-                e.attempts_left = left;
-                return Err(e);
+                let close = Command::Close {
+                    account: req.account.clone(),
+                    generation,
+                    id: attempt.id,
+                    now_ms: now_ms(),
+                };
+                return Err(match self.propose(close).await {
+                    Ok(Applied::Erased) => {
+                        self.metrics.lockouts.inc();
+                        tracing::warn!(account = %req.account, "guess limit reached: record erased");
+                        locked()
+                    }
+                    Ok(Applied::Closed { attempts_left: 0 }) => locked(),
+                    // Closed, already closed, or not committed now (it expires anyway):
+                    // the guess was counted when it was opened.
+                    _ => {
+                        let mut e = err(ErrorCode::WrongPassword, "wrong password");
+                        e.attempts_left = Some(attempt.attempts_left);
+                        e
+                    }
+                });
             }
             Err(_) => return Err(malformed("KE3")),
         };
-        let command = Command::Success {
+        let command = Command::Finish {
             account: req.account.clone(),
-            generation: session.generation,
+            generation,
+            id: attempt.id,
+            now_ms: now_ms(),
         };
         match self.propose(command).await? {
             Applied::Restored {
@@ -507,11 +566,12 @@ impl Vault {
                 tracing::info!(account = %req.account, "key released");
                 Ok(RecoverFinishReply {
                     released: wrap::release(&session_key, &req.session, &req.account, &wrapped),
-                    generation: session.generation,
+                    generation,
                     attempts_left,
                 })
             }
             Applied::Refused(Refusal::NoRecord) => Err(locked()),
+            Applied::Refused(Refusal::AttemptClosed) => Err(expired()),
             Applied::Refused(Refusal::StaleGeneration) => Err(err(
                 ErrorCode::SessionExpired,
                 "the password was changed during this recovery; start again with the new one",
@@ -609,10 +669,6 @@ impl Vault {
     /// whose last guess can no longer finish. Run it every second on every replica.
     pub async fn sweep(&self) {
         let now = Instant::now();
-        self.sessions
-            .lock()
-            .expect("session lock poisoned")
-            .retain(|_, s| s.expires > now);
         self.buckets
             .lock()
             .expect("rate-limit lock poisoned")
@@ -625,9 +681,25 @@ impl Vault {
         for (account, generation) in self.node.read(|s| s.expired_exhausted(cutoff)) {
             self.erase_exhausted(&account, generation).await;
         }
+        let now_ms = now_ms();
+        if self.node.read(|s| s.any_expired_attempt(now_ms)) {
+            let _ = self.node.propose(Command::Sweep { now_ms }).await;
+        }
     }
 }
 
+/// An attempt's id: the account, the record's generation and the KE1 (whose
+/// client nonce and blinded password make it unique to one try).
+fn attempt_id(account: &str, generation: u64, ke1: &[u8]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key("backlock vault v1 attempt id");
+    h.update(&(account.len() as u64).to_be_bytes());
+    h.update(account.as_bytes());
+    h.update(&generation.to_be_bytes());
+    h.update(ke1);
+    h.finalize().as_bytes()[..16]
+        .try_into()
+        .expect("16 of 32 bytes")
+}
 fn unexpected(applied: Applied) -> WireError {
     tracing::error!(?applied, "state machine answered out of protocol");
     err(

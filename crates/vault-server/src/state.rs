@@ -9,6 +9,46 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// Where a command was applied: its log entry and its place in the entry's batch.
+/// Unique for ever, so the KE2 of an attempt opened there is never computed for
+/// another attempt (docs/VAULT.md §Recovery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    /// Log index of the entry.
+    pub index: u64,
+    /// Position of the command in the entry's batch.
+    pub position: u32,
+}
+
+/// A guess whose KE2 went out and whose KE3 has not been settled: any replica can
+/// answer its KE1 again (with the same KE2) or finish it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAttempt {
+    /// The attempt's id, from the account, generation and KE1; also the session id.
+    pub id: [u8; 16],
+    /// Generation of the record it runs against.
+    pub generation: u64,
+    /// Where it was opened: seeds the vault's randomness in KE2.
+    pub place: Place,
+    /// The device's KE1 (public: a relay sees it).
+    pub ke1: Vec<u8>,
+    /// The count after this guess, as answered.
+    pub attempts_left: u32,
+    /// Proposer time (Unix ms) after which it can no longer be finished.
+    pub expires_ms: u64,
+}
+
+impl fmt::Debug for OpenAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAttempt")
+            .field("id", &hex::encode(self.id))
+            .field("generation", &self.generation)
+            .field("attempts_left", &self.attempts_left)
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One account's registered key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -111,6 +151,53 @@ pub enum Command {
         /// Why.
         reason: EraseReason,
     },
+    /// One guess, named by its id: counted unless an attempt of that id is open, in
+    /// which case it is answered again as it was (a retry at another replica, or of
+    /// a proposal that timed out and committed anyway). Replaces `Attempt`.
+    Open {
+        /// Account.
+        account: String,
+        /// Generation the KE2 is computed from.
+        generation: u64,
+        /// The attempt's id.
+        id: [u8; 16],
+        /// The device's KE1.
+        ke1: Vec<u8>,
+        /// Proposer's clock, Unix ms.
+        now_ms: u64,
+        /// How long the attempt stays open.
+        ttl_ms: u64,
+    },
+    /// A KE3 of open attempt `id` verified: the attempt closes and the count goes back
+    /// to the maximum. Refused once the attempt is closed or expired. Replaces
+    /// `Success`.
+    Finish {
+        /// Account.
+        account: String,
+        /// Generation the login ran against.
+        generation: u64,
+        /// The attempt.
+        id: [u8; 16],
+        /// Proposer's clock, Unix ms.
+        now_ms: u64,
+    },
+    /// A KE3 of open attempt `id` did not verify: the attempt closes, and if the count
+    /// is zero and no other attempt is open, the record is erased.
+    Close {
+        /// Account.
+        account: String,
+        /// Generation the login ran against.
+        generation: u64,
+        /// The attempt.
+        id: [u8; 16],
+        /// Proposer's clock, Unix ms.
+        now_ms: u64,
+    },
+    /// Forget every attempt expired by `now_ms` (the leader's sweeper).
+    Sweep {
+        /// Proposer's clock, Unix ms.
+        now_ms: u64,
+    },
 }
 
 /// Why a record is erased.
@@ -137,6 +224,22 @@ pub enum Applied {
         /// Guesses left if this one is wrong.
         attempts_left: u32,
     },
+    /// An attempt is open (newly counted, or `again`: it was open already).
+    Opened {
+        /// Guesses left if this one is wrong.
+        attempts_left: u32,
+        /// Where it was first opened.
+        place: Place,
+        /// It was open already: not counted again.
+        again: bool,
+    },
+    /// A wrong KE3 closed its attempt.
+    Closed {
+        /// Guesses left.
+        attempts_left: u32,
+    },
+    /// Expired attempts forgotten.
+    Swept,
     /// The count is back to the maximum; here is the wrapped key to release.
     Restored {
         /// Guesses allowed again.
@@ -165,6 +268,20 @@ impl fmt::Debug for Applied {
                 .debug_struct("Counted")
                 .field("attempts_left", attempts_left)
                 .finish(),
+            Applied::Opened {
+                attempts_left,
+                again,
+                ..
+            } => f
+                .debug_struct("Opened")
+                .field("attempts_left", attempts_left)
+                .field("again", again)
+                .finish_non_exhaustive(),
+            Applied::Closed { attempts_left } => f
+                .debug_struct("Closed")
+                .field("attempts_left", attempts_left)
+                .finish(),
+            Applied::Swept => f.write_str("Swept"),
             // The wrapped key stays out of logs: with the fleet secret it would allow
             // offline guessing.
             Applied::Restored { attempts_left, .. } => f
@@ -191,6 +308,8 @@ pub enum Refusal {
     /// An erasure for an exhausted count found guesses left (the proposer read a lagging
     /// replica, or a right guess restored the count meanwhile).
     NotExhausted,
+    /// No open attempt has that id: it was finished, closed, or it expired.
+    AttemptClosed,
 }
 
 /// Every record, by account.
@@ -201,6 +320,11 @@ pub struct VaultState {
     /// record never matches a later one) and whether the guess limit erased it (so the
     /// account holder hears "locked", not "no key").
     history: BTreeMap<String, History>,
+    /// Open attempts by account. Not part of the record's layout: a snapshot carries
+    /// them after the state ([`VaultState::attempts_trailer`]), so a snapshot written
+    /// before attempts had ids still reads.
+    #[serde(skip)]
+    attempts: BTreeMap<String, Vec<OpenAttempt>>,
 }
 
 /// The part of an account that survives erasure. Holds no secret.
@@ -222,6 +346,40 @@ impl VaultState {
     /// was registered since).
     pub fn locked(&self, account: &str) -> bool {
         !self.records.contains_key(account) && self.history.get(account).is_some_and(|h| h.locked)
+    }
+
+    /// The open attempt `id` of `account`, if it is open.
+    pub fn open_attempt(&self, account: &str, id: &[u8; 16]) -> Option<&OpenAttempt> {
+        self.attempts.get(account)?.iter().find(|a| a.id == *id)
+    }
+
+    /// Whether `account` has an attempt open at `now_ms`.
+    pub fn has_open_attempt(&self, account: &str, now_ms: u64) -> bool {
+        self.attempts
+            .get(account)
+            .is_some_and(|open| open.iter().any(|a| a.expires_ms > now_ms))
+    }
+
+    /// Whether any attempt has expired by `now_ms` (a sweep would forget it).
+    pub fn any_expired_attempt(&self, now_ms: u64) -> bool {
+        self.attempts
+            .values()
+            .flatten()
+            .any(|a| a.expires_ms <= now_ms)
+    }
+
+    /// The open attempts, encoded to follow the state in a snapshot.
+    pub fn attempts_trailer(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.attempts).expect("postcard encodes into a Vec")
+    }
+
+    /// Restores the open attempts from a snapshot's trailer (empty: none).
+    pub fn set_attempts_trailer(&mut self, trailer: &[u8]) -> Result<(), postcard::Error> {
+        self.attempts = match trailer.is_empty() {
+            true => BTreeMap::new(),
+            false => postcard::from_bytes(trailer)?,
+        };
+        Ok(())
     }
 
     /// Records whose count is zero and whose last guess was made before `cutoff_ms`.
@@ -270,8 +428,38 @@ impl VaultState {
         }
     }
 
-    /// Applies one committed command.
-    pub fn apply(&mut self, command: Command) -> Applied {
+    /// Drops the attempts of `account` that expired by `now_ms`.
+    fn expire(&mut self, account: &str, now_ms: u64) {
+        if let Some(open) = self.attempts.get_mut(account) {
+            open.retain(|a| a.expires_ms > now_ms);
+            if open.is_empty() {
+                self.attempts.remove(account);
+            }
+        }
+    }
+
+    /// Removes open attempt `id` of `account` if it is open at `now_ms`.
+    fn take_open(&mut self, account: &str, id: &[u8; 16], now_ms: u64) -> Option<OpenAttempt> {
+        self.expire(account, now_ms);
+        let open = self.attempts.get_mut(account)?;
+        let at = open.iter().position(|a| a.id == *id)?;
+        let attempt = open.remove(at);
+        if open.is_empty() {
+            self.attempts.remove(account);
+        }
+        Some(attempt)
+    }
+
+    fn erase(&mut self, account: &str, reason: EraseReason) -> Applied {
+        self.records.remove(account);
+        self.attempts.remove(account);
+        let history = self.history.entry(account.to_owned()).or_default();
+        history.locked = reason == EraseReason::Exhausted;
+        Applied::Erased
+    }
+
+    /// Applies one committed command, applied at `place`.
+    pub fn apply(&mut self, command: Command, place: Place) -> Applied {
         match command {
             Command::Register { account, record } => {
                 if self.records.contains_key(&account) {
@@ -339,13 +527,111 @@ impl VaultState {
                 Some(r) if reason == EraseReason::Exhausted && r.attempts_left > 0 => {
                     Applied::Refused(Refusal::NotExhausted)
                 }
-                Some(_) => {
-                    self.records.remove(&account);
-                    let history = self.history.entry(account).or_default();
-                    history.locked = reason == EraseReason::Exhausted;
-                    Applied::Erased
-                }
+                Some(_) => self.erase(&account, reason),
             },
+            Command::Open {
+                account,
+                generation,
+                id,
+                ke1,
+                now_ms,
+                ttl_ms,
+            } => {
+                match self.records.get(&account) {
+                    None => return Applied::Refused(Refusal::NoRecord),
+                    Some(r) if r.generation != generation => {
+                        return Applied::Refused(Refusal::StaleGeneration)
+                    }
+                    Some(_) => {}
+                }
+                self.expire(&account, now_ms);
+                if let Some(a) = self.open_attempt(&account, &id) {
+                    return Applied::Opened {
+                        attempts_left: a.attempts_left,
+                        place: a.place,
+                        again: true,
+                    };
+                }
+                let r = self.records.get_mut(&account).expect("checked above");
+                if r.attempts_left == 0 {
+                    return Applied::Refused(Refusal::Exhausted);
+                }
+                r.attempts_left -= 1;
+                if r.attempts_left == 0 {
+                    r.exhausted_at_ms = Some(now_ms);
+                }
+                let attempts_left = r.attempts_left;
+                self.attempts.entry(account).or_default().push(OpenAttempt {
+                    id,
+                    generation,
+                    place,
+                    ke1,
+                    attempts_left,
+                    expires_ms: now_ms.saturating_add(ttl_ms),
+                });
+                Applied::Opened {
+                    attempts_left,
+                    place,
+                    again: false,
+                }
+            }
+            Command::Finish {
+                account,
+                generation,
+                id,
+                now_ms,
+            } => {
+                match self.records.get(&account) {
+                    None => return Applied::Refused(Refusal::NoRecord),
+                    Some(r) if r.generation != generation => {
+                        return Applied::Refused(Refusal::StaleGeneration)
+                    }
+                    Some(_) => {}
+                }
+                if self.take_open(&account, &id, now_ms).is_none() {
+                    return Applied::Refused(Refusal::AttemptClosed);
+                }
+                let r = self.records.get_mut(&account).expect("checked above");
+                r.attempts_left = r.max_attempts;
+                r.exhausted_at_ms = None;
+                Applied::Restored {
+                    attempts_left: r.attempts_left,
+                    wrapped: r.wrapped.clone(),
+                }
+            }
+            Command::Close {
+                account,
+                generation,
+                id,
+                now_ms,
+            } => {
+                match self.records.get(&account) {
+                    None => return Applied::Refused(Refusal::NoRecord),
+                    Some(r) if r.generation != generation => {
+                        return Applied::Refused(Refusal::StaleGeneration)
+                    }
+                    Some(_) => {}
+                }
+                if self.take_open(&account, &id, now_ms).is_none() {
+                    return Applied::Refused(Refusal::AttemptClosed);
+                }
+                let left = self.records[&account].attempts_left;
+                // The last guess was wrong and no other is pending: nothing can
+                // restore the count any more.
+                if left == 0 && !self.has_open_attempt(&account, now_ms) {
+                    return self.erase(&account, EraseReason::Exhausted);
+                }
+                Applied::Closed {
+                    attempts_left: left,
+                }
+            }
+            Command::Sweep { now_ms } => {
+                let accounts: Vec<String> = self.attempts.keys().cloned().collect();
+                for account in accounts {
+                    self.expire(&account, now_ms);
+                }
+                Applied::Swept
+            }
         }
     }
 }
@@ -364,21 +650,199 @@ mod tests {
         }
     }
 
+    fn ap(s: &mut VaultState, c: Command) -> Applied {
+        s.apply(c, Place::default())
+    }
+
     fn attempt(s: &mut VaultState, generation: u64) -> Applied {
-        s.apply(Command::Attempt {
-            account: "a".into(),
-            generation,
-            now_ms: 5,
-        })
+        ap(
+            s,
+            Command::Attempt {
+                account: "a".into(),
+                generation,
+                now_ms: 5,
+            },
+        )
+    }
+
+    fn open(s: &mut VaultState, id: u8, now_ms: u64, index: u64) -> Applied {
+        s.apply(
+            Command::Open {
+                account: "a".into(),
+                generation: 1,
+                id: [id; 16],
+                ke1: vec![id; 4],
+                now_ms,
+                ttl_ms: 100,
+            },
+            Place { index, position: 0 },
+        )
+    }
+
+    fn settle(s: &mut VaultState, id: u8, now_ms: u64, right: bool) -> Applied {
+        let (account, generation, id) = ("a".to_string(), 1, [id; 16]);
+        ap(
+            s,
+            match right {
+                true => Command::Finish {
+                    account,
+                    generation,
+                    id,
+                    now_ms,
+                },
+                false => Command::Close {
+                    account,
+                    generation,
+                    id,
+                    now_ms,
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn an_attempt_sent_again_while_open_is_counted_once_and_answered_the_same() {
+        let mut s = VaultState::default();
+        ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(3),
+            },
+        );
+        let first = open(&mut s, 7, 10, 40);
+        let place = Place {
+            index: 40,
+            position: 0,
+        };
+        assert_eq!(
+            first,
+            Applied::Opened {
+                attempts_left: 2,
+                place,
+                again: false
+            }
+        );
+        // The same KE1 at another replica, or a proposal that committed twice.
+        assert_eq!(
+            open(&mut s, 7, 20, 41),
+            Applied::Opened {
+                attempts_left: 2,
+                place,
+                again: true
+            }
+        );
+        assert_eq!(s.record("a").unwrap().attempts_left, 2);
+        // A right KE3 closes it for good: a replayed KE3 is refused, and the same KE1
+        // is a new attempt at a new place (so its KE2 differs from the one recorded).
+        assert!(matches!(
+            settle(&mut s, 7, 30, true),
+            Applied::Restored {
+                attempts_left: 3,
+                ..
+            }
+        ));
+        assert_eq!(
+            settle(&mut s, 7, 31, true),
+            Applied::Refused(Refusal::AttemptClosed)
+        );
+        let replay = open(&mut s, 7, 40, 42);
+        assert_eq!(
+            replay,
+            Applied::Opened {
+                attempts_left: 2,
+                place: Place {
+                    index: 42,
+                    position: 0
+                },
+                again: false
+            }
+        );
+        // Past its time an attempt can be neither finished nor answered again.
+        assert_eq!(
+            settle(&mut s, 7, 140, true),
+            Applied::Refused(Refusal::AttemptClosed)
+        );
+        assert!(matches!(
+            open(&mut s, 7, 150, 43),
+            Applied::Opened {
+                again: false,
+                attempts_left: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_last_guess_erases_only_when_no_other_attempt_is_open() {
+        let mut s = VaultState::default();
+        ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(2),
+            },
+        );
+        open(&mut s, 1, 0, 1);
+        open(&mut s, 2, 0, 2);
+        assert_eq!(open(&mut s, 3, 0, 3), Applied::Refused(Refusal::Exhausted));
+        // The second guess is wrong, but the first may still be right.
+        assert_eq!(
+            settle(&mut s, 2, 5, false),
+            Applied::Closed { attempts_left: 0 }
+        );
+        assert!(s.record("a").is_some());
+        assert!(matches!(
+            settle(&mut s, 1, 6, true),
+            Applied::Restored { .. }
+        ));
+        // Both wrong: the second close erases.
+        open(&mut s, 1, 10, 4);
+        open(&mut s, 2, 10, 5);
+        assert_eq!(
+            settle(&mut s, 1, 11, false),
+            Applied::Closed { attempts_left: 0 }
+        );
+        assert_eq!(settle(&mut s, 2, 12, false), Applied::Erased);
+        assert!(s.locked("a"));
+    }
+
+    #[test]
+    fn open_attempts_survive_a_snapshot_and_an_old_snapshot_has_none() {
+        let mut s = VaultState::default();
+        ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(3),
+            },
+        );
+        open(&mut s, 9, 0, 1);
+        let mut bytes = postcard::to_allocvec(&s).unwrap();
+        let old_layout = bytes.clone();
+        bytes.extend(s.attempts_trailer());
+        let (mut back, trailer): (VaultState, &[u8]) = postcard::take_from_bytes(&bytes).unwrap();
+        back.set_attempts_trailer(trailer).unwrap();
+        assert_eq!(back, s);
+        let (mut old, rest): (VaultState, &[u8]) = postcard::take_from_bytes(&old_layout).unwrap();
+        old.set_attempts_trailer(rest).unwrap();
+        assert!(old.open_attempt("a", &[9; 16]).is_none());
+        assert_eq!(old.record("a"), s.record("a"));
+        // Swept once expired.
+        ap(&mut s, Command::Sweep { now_ms: 100 });
+        assert!(s.open_attempt("a", &[9; 16]).is_none());
     }
 
     #[test]
     fn guesses_are_counted_until_zero_and_never_below() {
         let mut s = VaultState::default();
-        let reg = s.apply(Command::Register {
-            account: "a".into(),
-            record: new_record(3),
-        });
+        let reg = ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(3),
+            },
+        );
         assert_eq!(
             reg,
             Applied::Stored {
@@ -394,10 +858,13 @@ mod tests {
         assert_eq!(s.expired_exhausted(5), vec![]);
         assert_eq!(s.expired_exhausted(6), vec![("a".to_string(), 1)]);
         // The last guess may still be right.
-        let ok = s.apply(Command::Success {
-            account: "a".into(),
-            generation: 1,
-        });
+        let ok = ap(
+            &mut s,
+            Command::Success {
+                account: "a".into(),
+                generation: 1,
+            },
+        );
         assert_eq!(
             ok,
             Applied::Restored {
@@ -410,11 +877,14 @@ mod tests {
         for _ in 0..3 {
             attempt(&mut s, 1);
         }
-        let erased = s.apply(Command::Erase {
-            account: "a".into(),
-            generation: 1,
-            reason: EraseReason::Exhausted,
-        });
+        let erased = ap(
+            &mut s,
+            Command::Erase {
+                account: "a".into(),
+                generation: 1,
+                reason: EraseReason::Exhausted,
+            },
+        );
         assert_eq!(erased, Applied::Erased);
         assert!(s.locked("a"));
         assert!(s.record("a").is_none());
@@ -423,50 +893,65 @@ mod tests {
     #[test]
     fn an_exhausted_erasure_needs_a_count_of_zero_when_applied() {
         let mut s = VaultState::default();
-        s.apply(Command::Register {
-            account: "a".into(),
-            record: new_record(2),
-        });
+        ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(2),
+            },
+        );
         let erase = Command::Erase {
             account: "a".into(),
             generation: 1,
             reason: EraseReason::Exhausted,
         };
         assert_eq!(
-            s.apply(erase.clone()),
+            ap(&mut s, erase.clone()),
             Applied::Refused(Refusal::NotExhausted)
         );
         assert!(s.record("a").is_some());
         for _ in 0..2 {
-            s.apply(Command::Attempt {
-                account: "a".into(),
-                generation: 1,
-                now_ms: 0,
-            });
+            ap(
+                &mut s,
+                Command::Attempt {
+                    account: "a".into(),
+                    generation: 1,
+                    now_ms: 0,
+                },
+            );
         }
-        assert_eq!(s.apply(erase), Applied::Erased);
+        assert_eq!(ap(&mut s, erase), Applied::Erased);
         assert!(s.locked("a"));
     }
 
     #[test]
     fn stale_generations_and_erasure() {
         let mut s = VaultState::default();
-        s.apply(Command::Register {
-            account: "a".into(),
-            record: new_record(10),
-        });
-        assert_eq!(
-            s.apply(Command::Register {
+        ap(
+            &mut s,
+            Command::Register {
                 account: "a".into(),
-                record: new_record(10)
-            }),
+                record: new_record(10),
+            },
+        );
+        assert_eq!(
+            ap(
+                &mut s,
+                Command::Register {
+                    account: "a".into(),
+                    record: new_record(10)
+                }
+            ),
             Applied::Refused(Refusal::AlreadyRegistered)
         );
-        let replaced = s.apply(Command::Replace {
-            account: "a".into(),
-            generation: 1,
-            record: new_record(10),
-        });
+        let replaced = ap(
+            &mut s,
+            Command::Replace {
+                account: "a".into(),
+                generation: 1,
+                record: new_record(10),
+            },
+        );
         assert_eq!(
             replaced,
             Applied::Stored {
@@ -480,28 +965,37 @@ mod tests {
             Applied::Refused(Refusal::StaleGeneration)
         );
         assert_eq!(
-            s.apply(Command::Erase {
-                account: "a".into(),
-                generation: 1,
-                reason: EraseReason::Owner
-            }),
+            ap(
+                &mut s,
+                Command::Erase {
+                    account: "a".into(),
+                    generation: 1,
+                    reason: EraseReason::Owner
+                }
+            ),
             Applied::Refused(Refusal::StaleGeneration)
         );
         assert_eq!(
-            s.apply(Command::Erase {
-                account: "a".into(),
-                generation: 2,
-                reason: EraseReason::Owner
-            }),
+            ap(
+                &mut s,
+                Command::Erase {
+                    account: "a".into(),
+                    generation: 2,
+                    reason: EraseReason::Owner
+                }
+            ),
             Applied::Erased
         );
         assert!(s.record("a").is_none());
         assert!(!s.locked("a"), "an owner delete is not a lockout");
         // Registering again never reuses a generation.
-        let again = s.apply(Command::Register {
-            account: "a".into(),
-            record: new_record(10),
-        });
+        let again = ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(10),
+            },
+        );
         assert_eq!(
             again,
             Applied::Stored {

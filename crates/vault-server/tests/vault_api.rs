@@ -2,6 +2,7 @@
 //! the claims the guess limit rests on.
 
 use backlock_core::key::BackupKey;
+use backlock_testkit::timing::eventually;
 use backlock_testkit::tree::list_files;
 use backlock_vault_client::{VaultClient, VaultError};
 use backlock_vault_proto::client::{start_recovery, start_registration};
@@ -13,7 +14,7 @@ use backlock_vault_server::run::{RunningVault, ServeConfig};
 use backlock_vault_server::seal::{KeyFileSealer, Sealer};
 use backlock_vault_server::service::VaultConfig;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 
 const RIGHT: &str = "correct horse 7";
@@ -138,7 +139,13 @@ fn data_contents(data: &Path) -> Vec<(PathBuf, Vec<u8>, Option<Vec<u8>>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_wrong_guesses_count_exactly_the_limit_then_the_record_is_gone() {
-    let h = Harness::start(generous()).await;
+    // Each KE2 of a wrong password is an attempt left open (no KE3 can be made); the
+    // record goes once the last of them can no longer be finished.
+    let h = Harness::start(VaultConfig {
+        session_ttl: Duration::from_millis(1500),
+        ..generous()
+    })
+    .await;
     let key = BackupKey::generate();
     h.register("alice", RIGHT, &key).await;
     let upload_markers = {
@@ -180,11 +187,17 @@ async fn concurrent_wrong_guesses_count_exactly_the_limit_then_the_record_is_gon
     assert_eq!(counted, (0..10).collect::<Vec<_>>());
     assert_eq!(locked, 22);
 
-    // The right password now hears "locked", and the record is erased.
+    // The right password now hears "locked", and once the last attempt expired the
+    // record is erased.
     assert!(matches!(
         h.recover("alice", RIGHT).await,
         Err(VaultError::Locked)
     ));
+    let node = h.vault.vault.node();
+    eventually("the exhausted record is erased", || {
+        node.read(|s| s.locked("alice"))
+    })
+    .await;
     assert!(matches!(
         h.client("alice").status().await,
         Err(VaultError::Locked)
@@ -581,5 +594,48 @@ async fn a_registration_sent_again_after_a_lost_answer_succeeds_and_changes_noth
             .expose_secret(),
         key.expose_secret()
     );
+    h.vault.shutdown().await;
+}
+
+/// A relay records a successful login (its KE1 and KE3); wrong guesses follow; the
+/// relay replays the login to put the count back to the maximum. The KE1 sent again
+/// is a new attempt (its KE2 is not the one recorded), so the recorded KE3 does not
+/// verify: the replay costs a guess and restores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_successful_login_never_resets_the_count() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    h.register("dora", RIGHT, &key).await;
+    let client = h.client("dora");
+    let right = Password::new(RIGHT.into());
+    let (started, ke1) = start_recovery(&right).unwrap();
+    let reply = client.guess_once(ke1.clone()).await.unwrap();
+    let (finish, recovered) = started
+        .finish(&right, "dora", &reply, &h.pinned(), &h.ksf)
+        .unwrap();
+    let released = client.finish_guess(&finish).await.unwrap();
+    assert_eq!(
+        recovered.open("dora", &released).unwrap().expose_secret(),
+        key.expose_secret()
+    );
+    for _ in 0..3 {
+        assert!(h.recover("dora", WRONG).await.is_err());
+    }
+    assert_eq!(h.attempts_left("dora").await, 7);
+
+    // The replay: the same KE3 for its finished session is refused, and the same KE1
+    // opens a new attempt whose KE2 differs from the recorded one.
+    match client.finish_guess(&finish).await {
+        Err(VaultError::Refused(why)) if why.contains("session") => {}
+        other => panic!("a finished session was finished again: {other:?}"),
+    }
+    let again = client.guess_once(ke1).await.unwrap();
+    assert_ne!(again.ke2, reply.ke2);
+    assert_eq!(again.attempts_left, 6);
+    match client.finish_guess(&finish).await {
+        Err(VaultError::WrongPassword { attempts_left: 6 }) => {}
+        other => panic!("a replayed KE3 was not refused: {other:?}"),
+    }
+    assert_eq!(h.attempts_left("dora").await, 6);
     h.vault.shutdown().await;
 }

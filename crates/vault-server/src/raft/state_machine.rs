@@ -8,7 +8,7 @@
 use super::files::{self, FileError};
 use super::types::{Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::seal::Sealer;
-use crate::state::{Applied, Command, VaultState};
+use crate::state::{Applied, Command, Place, VaultState};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,12 @@ impl Shared {
     reason = "openraft's error type, as its storage traits return it"
 )]
 fn decode_data(bytes: &[u8], meta: &SnapshotMeta) -> Result<SmData, StorageError> {
-    let data: SmData = postcard::from_bytes(bytes)
+    // `postcard(SmData)`, then the open attempts (absent in a snapshot written before
+    // attempts had ids).
+    let (mut data, trailer): (SmData, &[u8]) = postcard::take_from_bytes(bytes)
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+    data.state
+        .set_attempts_trailer(trailer)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
     if data.last_applied != meta.last_log_id {
         let msg = io::Error::other("snapshot data and metadata disagree on the last applied entry");
@@ -189,8 +194,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let sm = self.shared.read();
-            let data =
+            let mut data =
                 postcard::to_allocvec(&*sm).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            data.extend(sm.state.attempts_trailer());
             let build = self.shared.builds.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match sm.last_applied {
                 Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
@@ -248,9 +254,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     EntryPayload::Normal(Batch(commands)) => commands
                         .into_iter()
-                        .map(|command| {
+                        .enumerate()
+                        .map(|(position, command)| {
                             let replaces = matches!(command, Command::Replace { .. });
-                            let result = sm.state.apply(command);
+                            let place = Place {
+                                index: entry.log_id.index,
+                                position: position as u32,
+                            };
+                            let result = sm.state.apply(command, place);
                             if matches!(result, Applied::Erased)
                                 || (replaces && matches!(result, Applied::Stored { .. }))
                             {
