@@ -98,6 +98,8 @@ pub(crate) fn start_embedded(
             listen: ([127, 0, 0, 1], 0).into(),
             vault: VaultConfig::default(),
             tls: None,
+            http: Default::default(),
+            metrics_listen: None,
         }))
         .map_err(|e| VaultFailure::Unavailable(e.to_string()).into())
 }

@@ -49,6 +49,9 @@ pub(crate) enum VaultCommand {
         /// PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve /metrics on this address (for monitoring; it needs no credential).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Create the fleet secret and a one-member fleet on the first replica (once).
     Init {
@@ -147,6 +150,7 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             account_rate,
             tls_cert,
             tls_key,
+            metrics_listen,
         } => {
             let data = data.ok_or_else(|| Usage("give --data DIR or --config FILE".into()))?;
             // A NaN passes `<= 0.0` and would turn the rate limit off.
@@ -173,6 +177,8 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                         account_rate,
                         ..VaultConfig::default()
                     },
+                    http: Default::default(),
+                    metrics_listen,
                 };
                 let running = RunningVault::start(config)
                     .await

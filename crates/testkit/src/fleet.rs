@@ -60,6 +60,8 @@ pub struct Replica {
     pub id: u64,
     /// Base URL of its device API.
     pub api: String,
+    /// Where it serves `/metrics`.
+    pub metrics: SocketAddr,
     /// Its configuration file.
     pub config: PathBuf,
     /// Its data directory.
@@ -202,8 +204,8 @@ impl Fleet {
         let ids: Vec<u64> = (1..=fleet.options.size as u64).collect();
         fleet.issue_certificates(&ids);
         // One call, so no two replicas are handed the same free port.
-        let ports = free_ports(3 * ids.len());
-        for (&id, ports) in ids.iter().zip(ports.chunks(3)) {
+        let ports = free_ports(4 * ids.len());
+        for (&id, ports) in ids.iter().zip(ports.chunks(4)) {
             let replica = fleet.new_replica(id, ports);
             fleet.replicas.push(replica);
         }
@@ -234,7 +236,7 @@ impl Fleet {
     }
 
     /// A replica's directory, addresses and token, not yet configured or started, on
-    /// three free `ports` (device API, peer listener, partition proxy).
+    /// four free `ports` (device API, peer listener, partition proxy, metrics).
     fn new_replica(&self, id: u64, ports: &[u16]) -> Replica {
         let ip = peer_ip(id);
         let listen = SocketAddr::new(ip, ports[1]);
@@ -264,6 +266,7 @@ impl Fleet {
         Replica {
             id,
             api: format!("http://127.0.0.1:{}", ports[0]),
+            metrics: SocketAddr::from(([127, 0, 0, 1], ports[3])),
             config: dir.join("vault.toml"),
             data: dir.join("data"),
             peer_ip: ip,
@@ -289,7 +292,7 @@ impl Fleet {
         }
         for r in &self.replicas {
             let text = format!(
-                "node_id = {id}\ndata = \"data\"\nlisten = \"{api}\"\npeer_listen = \"{listen}\"\n\
+                "node_id = {id}\ndata = \"data\"\nlisten = \"{api}\"\npeer_listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\n\
                  max_attempts = {}\nattempt_ttl_secs = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
                  [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n{hsm}{table}",
                 self.options.max_attempts,
@@ -297,6 +300,7 @@ impl Fleet {
                 id = r.id,
                 api = r.api.trim_start_matches("http://"),
                 listen = r.listen,
+                metrics = r.metrics,
                 c = self.certs.display(),
                 hsm = r.hsm,
             );
@@ -310,7 +314,7 @@ impl Fleet {
     /// serve` on the new one, then `vault remove --replica OLD`.
     pub fn replace(&mut self, old: u64, new: u64) {
         self.issue_certificates(&[new]);
-        let replica = self.new_replica(new, &free_ports(3));
+        let replica = self.new_replica(new, &free_ports(4));
         let at = self.index(old);
         self.kill(old);
         self.replicas[at] = replica;
@@ -448,8 +452,7 @@ impl Fleet {
             .iter()
             .filter(|r| r.is_running())
             .find(|r| {
-                let addr = r.api.trim_start_matches("http://");
-                http_get(addr, "/metrics")
+                http_get(&r.metrics.to_string(), "/metrics")
                     .is_some_and(|m| m.lines().any(|l| l == "backlock_vault_raft_is_leader 1"))
             })
             .map(|r| r.id)
@@ -475,9 +478,8 @@ impl Fleet {
                 .iter()
                 .filter(|r| ids.contains(&r.id) && r.is_running())
                 .any(|r| {
-                    let addr = r.api.trim_start_matches("http://");
                     // A replica that does not answer may be the one still appending.
-                    http_get(addr, "/metrics")
+                    http_get(&r.metrics.to_string(), "/metrics")
                         .is_none_or(|m| m.lines().any(|l| l == "backlock_vault_raft_may_append 1"))
                 })
         });

@@ -36,6 +36,8 @@ pub struct Target {
     /// Base URL of each replica (one for a one-replica vault). Client `i` starts at
     /// replica `i mod n` and fails over to the next ones.
     pub urls: Vec<String>,
+    /// Base URL of each replica's `/metrics` listener.
+    pub metrics_urls: Vec<String>,
     /// The vault's OPAQUE public key.
     pub pinned: [u8; 32],
     /// Argon2id with a memo shared by all clients.
@@ -288,7 +290,7 @@ pub async fn recover(
             anyhow::Ok((client, account, prepared))
         })
         .collect::<Result<Vec<_>>>()?;
-    let before = wire_client::metrics_of(&target.urls).await?;
+    let before = wire_client::metrics_of(&target.metrics_urls).await?;
     let vault_cpu = CpuMeter::start_all(&target.vault_pids);
     let load_cpu = CpuMeter::start(std::process::id());
     let started = Instant::now();
@@ -319,6 +321,6 @@ pub async fn recover(
     phase.completed = phase.latencies.len();
     phase.vault_cpu = vault_cpu.used();
     phase.load_cpu = load_cpu.used();
-    phase.metrics = Some((before, wire_client::metrics_of(&target.urls).await?));
+    phase.metrics = Some((before, wire_client::metrics_of(&target.metrics_urls).await?));
     Ok(phase)
 }

@@ -109,6 +109,7 @@ fn run(args: &Args) -> Result<f64> {
         .context("starting the async runtime")?;
     let target = Target {
         urls: vec![vault.url.clone()],
+        metrics_urls: vec![vault.metrics_url.clone()],
         pinned: vault.public_key,
         ksf: Stretch::memoized(),
         vault_pids: vec![vault.pid()],
@@ -238,6 +239,11 @@ fn start_fleet(args: &Args, backlock: &Path, pinning: &Pinning) -> Result<Option
 fn fleet_target(fleet: &Fleet) -> Target {
     Target {
         urls: fleet.urls(),
+        metrics_urls: fleet
+            .replicas
+            .iter()
+            .map(|r| format!("http://{}", r.metrics))
+            .collect(),
         pinned: fleet.public_key,
         ksf: Stretch::memoized(),
         vault_pids: fleet.replicas.iter().filter_map(|r| r.pid()).collect(),

@@ -25,6 +25,8 @@ pub struct VaultProcess {
     log: PathBuf,
     /// Base URL of the device API.
     pub url: String,
+    /// Base URL of its `/metrics` listener.
+    pub metrics_url: String,
     /// The OPAQUE public key clients pin.
     pub public_key: [u8; 32],
 }
@@ -35,9 +37,15 @@ impl VaultProcess {
         let data = workdir.join("data");
         let log = workdir.join("vault.log");
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // A free port for /metrics (the device API's is picked by the vault).
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port for /metrics")?;
         let mut command = pinning.command_for_vault(backlock);
         command
             .args(["vault", "serve", "--listen", "127.0.0.1:0"])
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
             .arg("--data")
             .arg(&data)
             .args(["--account-burst", NO_RATE_LIMIT])
@@ -60,6 +68,7 @@ impl VaultProcess {
             data,
             log,
             url: String::new(),
+            metrics_url: format!("http://{metrics}"),
             public_key: [0; 32],
         };
         match read_banner(stdout) {

@@ -36,7 +36,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
-fn error_response(e: WireError) -> Response {
+pub(crate) fn error_response(e: WireError) -> Response {
     let mut response = (status_of(e.code), axum::Json(&e)).into_response();
     if let Some(ms) = e.retry_after_ms {
         let secs = ms.div_ceil(1000).max(1);
@@ -137,11 +137,19 @@ async fn not_found() -> Response {
     ))
 }
 
+/// `/metrics` (and `/healthz`), served on their own listener: monitoring reads
+/// them without any credential of the device API or the fleet.
+pub fn metrics_router(vault: Arc<Vault>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(vault)
+}
+
 /// The device-facing API.
 pub fn router(vault: Arc<Vault>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route(path::INFO, get(info))
         .route(path::REGISTER_START, post(register_start))
         .route(path::REGISTER_FINISH, post(register_finish))

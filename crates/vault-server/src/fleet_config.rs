@@ -27,6 +27,13 @@ pub struct FleetConfig {
     pub listen: SocketAddr,
     /// Address the peer listener binds.
     pub peer_listen: SocketAddr,
+    /// Address of `/metrics` for monitoring (not served if absent). Keep it off the
+    /// internet: it needs no credential.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Time-outs and connection limits of the device API.
+    #[serde(default)]
+    pub http: crate::http::HttpLimits,
     /// Guess limit: the same on every replica.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -179,6 +186,7 @@ impl FleetConfig {
         if !(1..=3600).contains(&self.attempt_ttl_secs) {
             return Err("attempt_ttl_secs must be between 1 and 3600".to_owned());
         }
+        self.http.check()?;
         Ok(())
     }
 

@@ -4,7 +4,8 @@
 //! - [`raft`]: openraft storage, network and the [`raft::VaultNode`] that runs it.
 //! - [`seal`]: the HSM interface that seals everything at rest.
 //! - [`service`]: request handling: tokens, counting before KE2, release after KE3.
-//! - [`api`]: the HTTP API; [`run`]: a whole vault on a socket.
+//! - [`api`]: the HTTP API, served by [`http`] within limits; [`run`]: a whole vault on a
+//!   socket.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod fleet;
 pub mod fleet_config;
 pub mod fleet_tls;
+pub mod http;
 pub mod metrics;
 pub mod pkcs11;
 pub mod raft;

@@ -7,12 +7,12 @@
 
 use crate::api;
 use crate::fleet_config::FleetConfig;
+use crate::http::{self, HttpLimits};
 use crate::pkcs11::{Pkcs11Sealer, TokenConfig};
 use crate::raft::{Bootstrap, HttpNetwork, NodeConfig, VaultNode, VoteGate};
 use crate::seal::{KeyFileSealer, Sealer};
 use crate::secrets::VaultSecrets;
 use crate::service::{Vault, VaultConfig};
-use axum::serve::ListenerExt;
 use serde::Deserialize;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Marks a replica that joined (or rejoined after losing its data) and has not yet
@@ -40,6 +39,11 @@ pub struct ServeConfig {
     pub vault: VaultConfig,
     /// Serve HTTPS with this certificate chain and key (PEM files); plain HTTP if `None`.
     pub tls: Option<TlsFiles>,
+    /// Time-outs and connection limits of the device API.
+    pub http: HttpLimits,
+    /// Address for `/metrics` (for monitoring, apart from the device API); none if
+    /// `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// PEM files of the API's TLS certificate chain and private key.
@@ -50,12 +54,6 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key of the leaf.
     pub key: PathBuf,
-}
-
-/// How to stop the HTTP server gracefully.
-enum Stop {
-    Plain(Option<oneshot::Sender<()>>),
-    Tls(axum_server::Handle),
 }
 
 /// Why a vault did not start.
@@ -83,10 +81,11 @@ pub struct RunningVault {
     /// The bound address.
     pub addr: SocketAddr,
     tls: bool,
+    /// The bound address of `/metrics`, if it is served.
+    pub metrics_addr: Option<SocketAddr>,
     /// The service, for tests and the embedded vault.
     pub vault: Arc<Vault>,
-    stop: Stop,
-    server: JoinHandle<()>,
+    servers: Vec<http::Server>,
     /// Background work that holds the vault: housekeeping, a pending join, the peer
     /// listener.
     tasks: Vec<JoinHandle<()>>,
@@ -187,41 +186,48 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServeError> {
     })
 }
 
-/// Serves `app` on `listener`, over TLS if `tls` names files.
+/// Serves the device API on `listener`, over TLS if `tls` names files, and `/metrics`
+/// on its own listener if one is given.
 async fn serve_api(
     listener: TcpListener,
-    app: axum::Router,
+    vault: Arc<Vault>,
     tls: Option<&TlsFiles>,
-) -> Result<(Stop, JoinHandle<()>), ServeError> {
-    let Some(files) = tls else {
-        let (stop, stopped) = oneshot::channel::<()>();
-        // Small replies must not wait for the client's delayed ACK (Nagle).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "vault HTTP server stopped");
-            }
-        });
-        return Ok((Stop::Plain(Some(stop)), server));
+    limits: &HttpLimits,
+    metrics: Option<TcpListener>,
+) -> Result<Vec<http::Server>, ServeError> {
+    let acceptor = match tls {
+        None => None,
+        Some(files) => {
+            let config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await
+                    .map_err(|e| {
+                        ServeError::Setup(format!(
+                            "cannot load the TLS certificate {} and key {}: {e}",
+                            files.cert.display(),
+                            files.key.display()
+                        ))
+                    })?;
+            let mut config = (*config.get_inner()).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        }
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-        .await
-        .map_err(|e| {
-            ServeError::Setup(format!(
-                "cannot load the TLS certificate {} and key {}: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
-    let (handle, server) = serve_rustls(listener, app, tls)?;
-    Ok((Stop::Tls(handle), server))
+    let mut servers = vec![http::serve(
+        listener,
+        api::router(vault.clone()),
+        acceptor,
+        limits.clone(),
+    )];
+    if let Some(listener) = metrics {
+        servers.push(http::serve(
+            listener,
+            api::metrics_router(vault),
+            None,
+            limits.clone(),
+        ));
+    }
+    Ok(servers)
 }
 
 fn serve_rustls(
@@ -263,8 +269,14 @@ impl RunningVault {
         let sealer = open_sealer(&config.data, config.node_key.as_deref())?;
         let secrets = VaultSecrets::load_or_create(&config.data, sealer.as_ref())
             .map_err(|e| ServeError::Setup(e.to_string()))?;
+        config.http.check().map_err(ServeError::Setup)?;
         let listener = bind(config.listen).await?;
         let addr = local_addr(&listener)?;
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(local_addr).transpose()?;
         let node = VaultNode::start(NodeConfig::local(
             config.data.join("raft"),
             sealer,
@@ -275,16 +287,22 @@ impl RunningVault {
         .map_err(|e| ServeError::Setup(e.to_string()))?;
         let VaultSecrets { server, tokens } = secrets;
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault));
-        let (stop, server) =
-            serve_api(listener, api::router(vault.clone()), config.tls.as_ref()).await?;
+        let servers = serve_api(
+            listener,
+            vault.clone(),
+            config.tls.as_ref(),
+            &config.http,
+            metrics,
+        )
+        .await?;
         tracing::info!(%addr, public_key = %hex::encode(vault.info().server_public_key), "vault serving");
         Ok(RunningVault {
             addr,
             tls: config.tls.is_some(),
+            metrics_addr,
             tasks: vec![start_sweeper(vault.clone())],
             vault,
-            stop,
-            server,
+            servers,
             peer_stop: None,
             _lock: lock,
         })
@@ -315,6 +333,11 @@ impl RunningVault {
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         let api_listener = bind(config.listen).await?;
         let addr = local_addr(&api_listener)?;
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(local_addr).transpose()?;
         let peer_listener = bind(config.peer_listen).await?;
         let joining = config.data.join(JOINING_MARKER);
         let votes = VoteGate::new(!joining.exists());
@@ -346,10 +369,12 @@ impl RunningVault {
             peer_app,
             axum_server::tls_rustls::RustlsConfig::from_config(peer_tls.server),
         )?;
-        let (stop, server) = serve_api(
+        let servers = serve_api(
             api_listener,
-            api::router(vault.clone()),
+            vault.clone(),
             config.api_tls.as_ref(),
+            &config.http,
+            metrics,
         )
         .await?;
         let mut tasks = vec![start_sweeper(vault.clone()), peer_server];
@@ -364,9 +389,9 @@ impl RunningVault {
         Ok(RunningVault {
             addr,
             tls: config.api_tls.is_some(),
+            metrics_addr,
             vault,
-            stop,
-            server,
+            servers,
             tasks,
             peer_stop: Some(peer_stop),
             _lock: lock,
@@ -381,13 +406,8 @@ impl RunningVault {
 
     /// Stops serving and shuts the node down cleanly.
     pub async fn shutdown(mut self) {
-        match &mut self.stop {
-            Stop::Plain(stop) => {
-                if let Some(stop) = stop.take() {
-                    let _ = stop.send(());
-                }
-            }
-            Stop::Tls(handle) => handle.graceful_shutdown(Some(Duration::from_secs(5))),
+        for server in self.servers.drain(..) {
+            server.stop(Duration::from_secs(5)).await;
         }
         if let Some(peer) = &self.peer_stop {
             peer.shutdown();
@@ -396,7 +416,6 @@ impl RunningVault {
             task.abort();
             let _ = task.await;
         }
-        let _ = (&mut self.server).await;
         match Arc::try_unwrap(self.vault) {
             Ok(vault) => vault.into_node().shutdown().await,
             Err(_) => tracing::warn!(

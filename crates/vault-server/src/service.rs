@@ -95,9 +95,12 @@ fn no_key() -> WireError {
 }
 
 fn unavailable(e: ProposeError) -> WireError {
+    // The cause names replicas and their addresses: for the operator's log, not for
+    // whoever sent the request.
+    tracing::warn!(error = %e, "request refused: cannot commit");
     let mut w = err(
         ErrorCode::Unavailable,
-        format!("the vault cannot commit right now ({e}); retry shortly"),
+        "the vault cannot commit right now (no quorum reachable, or an election in progress); retry shortly",
     );
     w.retry_after_ms = Some(1000);
     w

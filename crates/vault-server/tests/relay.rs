@@ -101,6 +101,8 @@ async fn a_logging_relay_learns_nothing_that_opens_the_backup() {
         listen: ([127, 0, 0, 1], 0).into(),
         vault: VaultConfig::default(),
         tls: None,
+        http: Default::default(),
+        metrics_listen: None,
     })
     .await
     .unwrap();

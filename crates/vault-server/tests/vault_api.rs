@@ -43,6 +43,8 @@ impl Harness {
             listen: ([127, 0, 0, 1], 0).into(),
             vault: config,
             tls: None,
+            http: Default::default(),
+            metrics_listen: Some(([127, 0, 0, 1], 0).into()),
         })
         .await
         .unwrap();
@@ -391,8 +393,12 @@ async fn tokens_versions_rate_limits_and_pinning() {
 
     let health = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    // `/metrics` is not on the device API, only on its own listener.
+    let on_api = http.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_ne!(on_api.status().as_u16(), 200);
+    let metrics_url = format!("http://{}", h.vault.metrics_addr.unwrap());
     let metrics = http
-        .get(format!("{url}/metrics"))
+        .get(format!("{metrics_url}/metrics"))
         .send()
         .await
         .unwrap()
@@ -419,6 +425,8 @@ async fn a_second_process_cannot_open_the_same_data_directory() {
         listen: ([127, 0, 0, 1], 0).into(),
         vault: generous(),
         tls: None,
+        http: Default::default(),
+        metrics_listen: None,
     })
     .await;
     assert!(matches!(
@@ -460,6 +468,8 @@ async fn tls_when_configured_and_only_the_given_ca_is_trusted() {
             cert,
             key: key_file,
         }),
+        http: Default::default(),
+        metrics_listen: None,
     })
     .await
     .unwrap();
@@ -638,4 +648,116 @@ async fn a_replayed_successful_login_never_resets_the_count() {
     }
     assert_eq!(h.attempts_left("dora").await, 6);
     h.vault.shutdown().await;
+}
+
+/// A slowloris from one address: more connections than one address may hold, each
+/// trickling a request's headers a byte at a time, and some sending nothing. The ones
+/// over its share are closed at once, the trickling ones when their header time-out
+/// runs out, the silent ones when their idle time-out does; meanwhile a device at
+/// another address is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_holds_only_its_share_of_connections_and_only_briefly() {
+    use backlock_vault_server::http::HttpLimits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    let dir = TempDir::new().unwrap();
+    let vault = RunningVault::start(ServeConfig {
+        data: dir.path().join("vault"),
+        node_key: None,
+        listen: ([127, 0, 0, 1], 0).into(),
+        vault: generous(),
+        tls: None,
+        http: HttpLimits {
+            header_timeout_secs: 2,
+            idle_timeout_secs: 3,
+            max_connections_per_ip: 20,
+            ..HttpLimits::default()
+        },
+        metrics_listen: None,
+    })
+    .await
+    .unwrap();
+    let addr = vault.addr;
+
+    // Closed: the peer ends the stream (or resets it) within `within`.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Ten over the share of one address: closed at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut refused = 0;
+    for stream in held.iter_mut() {
+        if closed_within(stream, Duration::from_millis(20)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 10,
+        "connections over one address's share were kept"
+    );
+    let mut kept: Vec<TcpStream> = Vec::new();
+    for mut stream in held {
+        if stream.write_all(b"P").await.is_ok() {
+            kept.push(stream);
+        }
+    }
+    kept.truncate(20);
+    let (trickling, silent) = kept.split_at_mut(10);
+    for stream in trickling.iter_mut() {
+        stream
+            .write_all(b"OST /v1/status HTTP/1.1\r\nHost: v")
+            .await
+            .unwrap();
+    }
+
+    // A device elsewhere is served meanwhile.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut device = socket.connect(addr).await.unwrap();
+    device
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    device.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Trickling a byte every half second does not keep a connection past its header
+    // time-out; sending nothing more does not keep one past the idle time-out.
+    for stream in trickling.iter_mut() {
+        let mut closed = false;
+        for _ in 0..12 {
+            if stream.write_all(b"x").await.is_err()
+                || closed_within(stream, Duration::from_millis(500)).await
+            {
+                closed = true;
+                break;
+            }
+        }
+        assert!(
+            closed,
+            "a trickling connection outlived its header time-out"
+        );
+    }
+    for stream in silent.iter_mut() {
+        assert!(
+            closed_within(stream, Duration::from_secs(6)).await,
+            "a silent connection outlived its idle time-out"
+        );
+    }
+    vault.shutdown().await;
 }
