@@ -38,10 +38,15 @@ pub(crate) struct VaultArgs {
     /// File holding the password (otherwise you are prompted).
     #[arg(long, env = "BACKLOCK_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
-    /// The vault public key to pin (hex, as `vault serve` prints it); otherwise the key
-    /// seen first is pinned.
+    /// The vault public key to pin (hex, as the vault's operator publishes it and
+    /// `vault serve` prints it). Required the first time a device uses a remote vault:
+    /// the key a server presents on first contact is never trusted.
     #[arg(long, env = "BACKLOCK_VAULT_KEY")]
     pub vault_key: Option<String>,
+    /// Allow a remote vault over plain `http://` beyond this machine (a test network):
+    /// anyone on the path sees which account asks, when, and how often.
+    #[arg(long, env = "BACKLOCK_VAULT_INSECURE_HTTP")]
+    pub insecure_http: bool,
     /// PEM file of the CA that signed an `https://` vault's certificate (default: the
     /// system's roots).
     #[arg(long, env = "BACKLOCK_VAULT_CA")]
@@ -114,6 +119,14 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
         .context("cannot start the async runtime")?;
     let (url, token, account, embedded, pin_name) = match &args.vault {
         Some(url) => {
+            let insecure = VaultClient::insecure_replicas(url);
+            if !insecure.is_empty() && !args.insecure_http {
+                return Err(Usage(format!(
+                    "the vault URL {} is not https:// (plain HTTP is allowed only to this machine): use the vault's https:// address, or pass --insecure-http on a test network",
+                    insecure.join(", ")
+                ))
+                .into());
+            }
             let account = args.account.clone().ok_or_else(|| {
                 Usage(
                     "a remote vault needs an account: pass --account ID or set BACKLOCK_ACCOUNT"
@@ -174,13 +187,21 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
         .block_on(client.info())
         .map_err(VaultFailure::from)?;
     let presented = hex::encode(info.server_public_key);
-    let pinned_hex = match (&args.vault_key, home.vault_pin(&pin_name)?) {
+    let stored = home.vault_pin(&pin_name)?;
+    let pinned_hex = match (&args.vault_key, &stored) {
         (Some(given), _) => given.trim().to_ascii_lowercase(),
-        (None, Some(pinned)) => pinned,
-        (None, None) => {
+        (None, Some(pinned)) => pinned.clone(),
+        // The embedded vault runs in this process: what it presents is its own key.
+        (None, None) if embedded.is_some() => {
             eprintln!("Pinning the vault's public key {presented} (first use of {pin_name}).");
-            home.pin_vault(&pin_name, &presented)?;
             presented.clone()
+        }
+        (None, None) => {
+            return Err(Usage(format!(
+                "this device does not know the public key of the vault at {url}: pass --vault-key HEX (or set BACKLOCK_VAULT_KEY) as the vault's operator publishes it. \
+                 backlock never trusts the key a server presents on first contact: whoever answered first could then guess the password without limit"
+            ))
+            .into())
         }
     };
     if pinned_hex != presented {
@@ -190,6 +211,9 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
             home.root().display()
         ))
         .into());
+    }
+    if stored.is_none() {
+        home.pin_vault(&pin_name, &pinned_hex)?;
     }
     Ok(Session {
         runtime,

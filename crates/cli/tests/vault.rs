@@ -123,7 +123,9 @@ impl Env {
             .env_remove("BACKLOCK_ACCOUNT")
             .stdin(Stdio::null());
         if let Some((v, account)) = vault {
+            // The key the vault's operator publishes (here, its banner).
             c.env("BACKLOCK_VAULT", &v.url)
+                .env("BACKLOCK_VAULT_KEY", &v.public_key)
                 .env("BACKLOCK_ACCOUNT", account)
                 .env("BACKLOCK_TOKEN", self.token(account));
         }
@@ -481,4 +483,91 @@ fn the_embedded_vault_is_the_default() {
     );
     assert_code(&out, 0);
     tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+}
+
+/// A man in the middle answers the device's first contact (here a second vault at the
+/// URL the device was given). With no key from the vault's operator, the device
+/// talks to no remote vault at all; with it, it refuses the impostor before sending
+/// anything: no registration upload, no wrapped key, nothing to guess offline.
+#[test]
+fn a_man_in_the_middle_at_first_registration_is_refused() {
+    let env = Env::new();
+    let real = VaultProcess::start(&env.path("vault"), &[]);
+    let impostor = VaultProcess::start(&env.path("impostor"), &[]);
+    let pw = env.secret("pw", PASSWORD);
+    let first_contact = |key: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        cmd.args([
+            "init",
+            "--password",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--yes",
+        ])
+        .env("BACKLOCK_HOME", env.path("phone"))
+        .env("BACKLOCK_REPO", env.path("repo"))
+        .env("BACKLOCK_VAULT", &impostor.url)
+        .env("BACKLOCK_ACCOUNT", "ivy")
+        .env("BACKLOCK_TOKEN", env.token("ivy"))
+        .env_remove("BACKLOCK_VAULT_KEY")
+        .stdin(Stdio::null());
+        if let Some(key) = key {
+            cmd.env("BACKLOCK_VAULT_KEY", key);
+        }
+        cmd.output().unwrap()
+    };
+    let out = first_contact(None);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("--vault-key"), "{}", stderr(&out));
+    let out = first_contact(Some(&real.public_key));
+    assert_code(&out, 11);
+    assert!(
+        stderr(&out).contains("refusing to send it anything"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.path("repo").join("config").exists());
+    assert!(
+        !std::fs::read_to_string(env.path("phone/vault-pins.json"))
+            .unwrap_or_default()
+            .contains(&impostor.public_key),
+        "the impostor's key was pinned"
+    );
+    drop(real);
+}
+
+/// A remote vault over plain HTTP beyond this machine is refused before any
+/// connection, unless the user says `--insecure-http`.
+#[test]
+fn plain_http_to_a_remote_vault_is_refused() {
+    let env = Env::new();
+    let pw = env.secret("pw", PASSWORD);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlock"));
+    let out = cmd
+        .args([
+            "init",
+            "--password",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--yes",
+        ])
+        .env("BACKLOCK_HOME", env.path("phone"))
+        .env("BACKLOCK_REPO", env.path("repo"))
+        .env(
+            "BACKLOCK_VAULT",
+            "http://127.0.0.1:1,http://vault.example.net:7070",
+        )
+        .env("BACKLOCK_ACCOUNT", "ivy")
+        .env("BACKLOCK_TOKEN", "bl1.ivy.1.00")
+        .env("BACKLOCK_VAULT_KEY", "00".repeat(32))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("http://vault.example.net:7070") && err.contains("--insecure-http"),
+        "{err}"
+    );
+    assert!(!err.contains("127.0.0.1:1,"), "{err}");
 }

@@ -131,6 +131,31 @@ impl VaultClient {
         Self::with_ca(base_url, account, token, None)
     }
 
+    /// The replicas of `base_url` (comma-separated) that would be reached over plain
+    /// HTTP on a host other than this machine's loopback: a man in the middle could
+    /// answer them (docs/VAULT.md §Pinning). Unparsable URLs are listed too.
+    pub fn insecure_replicas(base_url: &str) -> Vec<String> {
+        base_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .filter(|u| match reqwest::Url::parse(u) {
+                Ok(url) if url.scheme() == "https" => false,
+                Ok(url) if url.scheme() == "http" => {
+                    let host = url.host_str().unwrap_or("");
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let loopback = host.eq_ignore_ascii_case("localhost")
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback());
+                    !loopback
+                }
+                _ => true,
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Like [`VaultClient::new`], trusting only the CA certificates in `ca_pem` for an
     /// `https://` vault (a private CA) instead of the system's roots.
     pub fn with_ca(
@@ -444,5 +469,26 @@ impl VaultClient {
         };
         let _: Deleted = self.call(path::DELETE, &request).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_insecure_beyond_this_machine() {
+        let list =
+            "http://127.0.0.1:7070, http://localhost:1,http://[::1]:2,https://vault.example:443,\
+                    http://vault.example:7070,http://10.0.0.5,ftp://x,not a url";
+        assert_eq!(
+            VaultClient::insecure_replicas(list),
+            [
+                "http://vault.example:7070",
+                "http://10.0.0.5",
+                "ftp://x",
+                "not a url"
+            ]
+        );
     }
 }
