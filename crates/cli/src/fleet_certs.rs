@@ -44,7 +44,7 @@ fn parse_replica(text: &str) -> Result<(u64, String), String> {
 
 /// Writes `contents` to a new file readable by its owner only (`0600`), or refuses to
 /// overwrite one.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<()> {
+pub(crate) fn write_new(path: &Path, contents: &str, mode: u32) -> Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -3,6 +3,7 @@
 
 mod demo;
 mod exit;
+mod fleet_bundle;
 mod fleet_certs;
 mod fleet_status;
 mod key_input;

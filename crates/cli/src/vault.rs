@@ -43,6 +43,14 @@ pub(crate) struct VaultArgs {
     /// the key a server presents on first contact is never trusted.
     #[arg(long, env = "BACKLOCK_VAULT_KEY")]
     pub vault_key: Option<String>,
+    /// A signed fleet bundle file (`vault bundle`): the fleet's replicas and key, in
+    /// place of --vault and --vault-key; needs --vault-signer.
+    #[arg(long, env = "BACKLOCK_VAULT_BUNDLE", conflicts_with = "vault")]
+    pub vault_bundle: Option<PathBuf>,
+    /// The public key of the fleet's bundle signer (hex, as `vault bundle-key` printed
+    /// it; the app ships it).
+    #[arg(long, env = "BACKLOCK_VAULT_SIGNER")]
+    pub vault_signer: Option<String>,
     /// Allow a remote vault over plain `http://` beyond this machine (a test network):
     /// anyone on the path sees which account asks, when, and how often.
     #[arg(long, env = "BACKLOCK_VAULT_INSECURE_HTTP")]
@@ -56,7 +64,7 @@ pub(crate) struct VaultArgs {
 impl VaultArgs {
     /// Whether the user named a vault or an account: a wish for password mode.
     pub fn given(&self) -> bool {
-        self.vault.is_some() || self.account.is_some()
+        self.vault.is_some() || self.vault_bundle.is_some() || self.account.is_some()
     }
 }
 
@@ -109,6 +117,54 @@ pub(crate) fn start_embedded(
         .map_err(|e| VaultFailure::Unavailable(e.to_string()).into())
 }
 
+/// A fleet bundle the device may use: verified, and not older than one it took.
+struct Bundle {
+    url: String,
+    key: String,
+    version: u64,
+    /// `bundle:<signer hex>:<fleet>`: where its pin and newest version are kept.
+    pin_name: String,
+}
+
+fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<Bundle> {
+    use backlock_vault_proto::bundle::SignedBundle;
+    let signer = signer.ok_or_else(|| {
+        Usage("a fleet bundle needs the fleet's signer key: pass --vault-signer HEX (or set BACKLOCK_VAULT_SIGNER)".into())
+    })?;
+    let mut signer_key = [0u8; 32];
+    hex::decode_to_slice(signer.trim(), &mut signer_key)
+        .map_err(|_| Usage("--vault-signer must be 64 hex digits".into()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Usage(format!(
+            "cannot read the fleet bundle {}: {e}",
+            file.display()
+        ))
+    })?;
+    let signed = SignedBundle::parse(&text)
+        .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
+    let (bundle, key) = signed
+        .verify(&signer_key)
+        .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
+    let pin_name = format!("bundle:{}:{}", hex::encode(signer_key), bundle.fleet);
+    if let Some(newest) = home.bundle_version(&pin_name)? {
+        if bundle.version < newest {
+            return Err(VaultFailure::WrongServer(format!(
+                "{} is version {} of fleet {}, but this device already took version {newest}: an older bundle may list replicas or a key the fleet no longer uses; get the current one",
+                file.display(),
+                bundle.version,
+                bundle.fleet
+            ))
+            .into());
+        }
+    }
+    Ok(Bundle {
+        url: bundle.replicas.join(","),
+        key: hex::encode(key),
+        version: bundle.version,
+        pin_name,
+    })
+}
+
 /// Connects to the configured vault (starting the embedded one if none is named) and
 /// pins its key.
 pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
@@ -117,7 +173,15 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (url, token, account, embedded, pin_name) = match &args.vault {
+    let bundle = match &args.vault_bundle {
+        Some(file) => Some(read_bundle(file, args.vault_signer.as_deref(), home)?),
+        None => None,
+    };
+    let remote = match &bundle {
+        Some(b) => Some(b.url.clone()),
+        None => args.vault.clone(),
+    };
+    let (url, token, account, embedded, pin_name) = match &remote {
         Some(url) => {
             let insecure = VaultClient::insecure_replicas(url);
             if !insecure.is_empty() && !args.insecure_http {
@@ -136,13 +200,11 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
             let token = Zeroizing::new(std::env::var("BACKLOCK_TOKEN").map_err(|_| {
                 Usage("a remote vault needs the relay's account token in BACKLOCK_TOKEN".into())
             })?);
-            (
-                url.clone(),
-                token,
-                account,
-                None,
-                url.trim_end_matches('/').to_owned(),
-            )
+            let pin_name = match &bundle {
+                Some(b) => b.pin_name.clone(),
+                None => url.trim_end_matches('/').to_owned(),
+            };
+            (url.clone(), token, account, None, pin_name)
         }
         None => {
             let data = match &args.vault_data {
@@ -189,6 +251,8 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
     let presented = hex::encode(info.server_public_key);
     let stored = home.vault_pin(&pin_name)?;
     let pinned_hex = match (&args.vault_key, &stored) {
+        // A verified bundle names the key, whatever was pinned from an older bundle.
+        _ if bundle.is_some() => bundle.as_ref().map(|b| b.key.clone()).unwrap_or_default(),
         (Some(given), _) => given.trim().to_ascii_lowercase(),
         (None, Some(pinned)) => pinned.clone(),
         // The embedded vault runs in this process: what it presents is its own key.
@@ -212,8 +276,11 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
         ))
         .into());
     }
-    if stored.is_none() {
+    if stored.as_deref() != Some(pinned_hex.as_str()) {
         home.pin_vault(&pin_name, &pinned_hex)?;
+    }
+    if let Some(b) = &bundle {
+        home.record_bundle_version(&b.pin_name, b.version)?;
     }
     Ok(Session {
         runtime,

@@ -86,6 +86,14 @@ pub(crate) enum VaultCommand {
     },
     /// Create the fleet CA (once) and a certificate per replica for mutual TLS.
     Certs(fleet_certs::CertsArgs),
+    /// Create the fleet's offline signing key for bundles (once); prints its public half.
+    BundleKey {
+        /// The key file to create (mode 0600); keep it offline.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a fleet bundle: the replicas' URLs and the fleet's public key, for devices.
+    Bundle(crate::fleet_bundle::BundleArgs),
     /// Print a development account token, as the relay would issue.
     Token {
         /// A one-replica vault's data directory.
@@ -228,6 +236,8 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             Ok(())
         }
         VaultCommand::Certs(args) => fleet_certs::run(&args),
+        VaultCommand::BundleKey { out } => crate::fleet_bundle::new_key(&out),
+        VaultCommand::Bundle(args) => crate::fleet_bundle::sign(&args),
         VaultCommand::Token {
             data,
             config,

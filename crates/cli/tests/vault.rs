@@ -571,3 +571,109 @@ fn plain_http_to_a_remote_vault_is_refused() {
     );
     assert!(!err.contains("127.0.0.1:1,"), "{err}");
 }
+
+/// The operator signs a fleet bundle offline. A device given only the signer's public
+/// key pins the fleet from the bundle; a bundle changed on the way (a replica swapped
+/// for an impostor) or signed by anyone else is refused, and so is a version older
+/// than one the device took.
+#[test]
+fn a_signed_fleet_bundle_pins_the_fleet_and_older_or_forged_ones_are_refused() {
+    let env = Env::new();
+    let real = VaultProcess::start(&env.path("vault"), &[]);
+    let impostor = VaultProcess::start(&env.path("impostor"), &[]);
+    let operator = |args: &[&str]| {
+        let out = env.backlock("-", None, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let signer_of = |file: &str| {
+        let out = operator(&[
+            "vault",
+            "bundle-key",
+            "--out",
+            env.path(file).to_str().unwrap(),
+        ]);
+        out.split_whitespace().last().unwrap().to_owned()
+    };
+    let signer = signer_of("signer.key");
+    let other_signer_key = signer_of("other.key");
+    let bundle = |key_file: &str, version: &str, url: &str, public_key: &str, out: &str| {
+        operator(&[
+            "vault",
+            "bundle",
+            "--signing-key",
+            env.path(key_file).to_str().unwrap(),
+            "--fleet",
+            "test",
+            "--version",
+            version,
+            "--replica",
+            url,
+            "--public-key",
+            public_key,
+            "--out",
+            env.path(out).to_str().unwrap(),
+        ]);
+        env.path(out)
+    };
+    let v1 = bundle("signer.key", "1", &real.url, &real.public_key, "v1.json");
+    let v2 = bundle("signer.key", "2", &real.url, &real.public_key, "v2.json");
+    let forged = env.path("forged.json");
+    std::fs::write(
+        &forged,
+        std::fs::read_to_string(&v2)
+            .unwrap()
+            .replace(&real.url, &impostor.url),
+    )
+    .unwrap();
+    let stranger = bundle(
+        "other.key",
+        "9",
+        &impostor.url,
+        &impostor.public_key,
+        "stranger.json",
+    );
+    assert_ne!(signer, other_signer_key);
+
+    let pw = env.secret("pw", PASSWORD);
+    let device = |bundle: &Path, repo: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        cmd.args([
+            "init",
+            "--password",
+            "--yes",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ])
+        .env("BACKLOCK_HOME", env.path("phone"))
+        .env("BACKLOCK_REPO", env.path(repo))
+        .env("BACKLOCK_VAULT_BUNDLE", bundle)
+        .env("BACKLOCK_VAULT_SIGNER", &signer)
+        .env("BACKLOCK_ACCOUNT", repo)
+        .env("BACKLOCK_TOKEN", env.token(repo))
+        .env_remove("BACKLOCK_VAULT")
+        .env_remove("BACKLOCK_VAULT_KEY")
+        .stdin(Stdio::null());
+        cmd.output().unwrap()
+    };
+    for refused in [&forged, &stranger] {
+        let out = device(refused, "chats");
+        assert_code(&out, 11);
+        assert!(
+            stderr(&out).contains("not signed by the fleet's signing key"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!env.path("chats").join("config").exists());
+    assert_code(&device(&v2, "chats"), 0);
+    // Once version 2 was taken, version 1 (which may list retired replicas) is not.
+    let out = device(&v1, "photos");
+    assert_code(&out, 11);
+    assert!(
+        stderr(&out).contains("already took version 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_code(&device(&v2, "photos"), 0);
+}

@@ -221,6 +221,40 @@ impl DeviceHome {
     }
 }
 
+impl DeviceHome {
+    fn bundles_path(&self) -> PathBuf {
+        self.root.join("vault-bundles.json")
+    }
+
+    /// The newest fleet bundle version this device took for `fleet` (named with its
+    /// signer), if any.
+    pub fn bundle_version(&self, fleet: &str) -> Result<Option<u64>> {
+        let path = self.bundles_path();
+        let versions: BTreeMap<String, u64> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RepoError::Device {
+                path: path.clone(),
+                source: e.into(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(RepoError::Device { path, source }),
+        };
+        Ok(versions.get(fleet).copied())
+    }
+
+    /// Records that this device took version `version` of `fleet`'s bundle.
+    pub fn record_bundle_version(&self, fleet: &str, version: u64) -> Result<()> {
+        let path = self.bundles_path();
+        let mut versions: BTreeMap<String, u64> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        let newest = versions.entry(fleet.to_owned()).or_insert(version);
+        *newest = (*newest).max(version);
+        let json = serde_json::to_vec_pretty(&versions).expect("map of numbers serialises");
+        write_atomically(&path, &json).map_err(|source| RepoError::Device { path, source })
+    }
+}
+
 /// Writes a small file via a temporary sibling and rename.
 pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     write_via_temp(path, data, true)

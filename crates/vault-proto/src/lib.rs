@@ -6,11 +6,13 @@
 //! - [`wrap`]: the backup key wrapped under the export key, released under the session key.
 //! - [`token`]: account tokens the relay issues; [`owner`]: owner proofs from the key.
 //! - [`password`]: the password type and its policy.
+//! - [`bundle`]: the signed list of a fleet's replicas and key that devices pin.
 //!
 //! The specification is `docs/VAULT.md`; constants cite its sections.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod bundle;
 pub mod client;
 pub mod owner;
 pub mod password;
