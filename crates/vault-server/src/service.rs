@@ -651,6 +651,8 @@ impl Vault {
                 self.metrics.lockouts.inc();
                 tracing::warn!(account = %account, "guess limit reached: record erased");
             }
+            // The last guesses are still open: the sweeper erases once they are not.
+            Ok(Applied::Refused(Refusal::AttemptsOpen)) => {}
             Ok(Applied::Refused(Refusal::NotExhausted)) => {
                 // This replica's copy lagged: the record still has guesses.
                 let mut e = err(

@@ -310,6 +310,8 @@ pub enum Refusal {
     NotExhausted,
     /// No open attempt has that id: it was finished, closed, or it expired.
     AttemptClosed,
+    /// An erasure for an exhausted count found an attempt not yet closed or swept.
+    AttemptsOpen,
 }
 
 /// Every record, by account.
@@ -526,6 +528,13 @@ impl VaultState {
                 Some(r) if r.generation != generation => Applied::Refused(Refusal::StaleGeneration),
                 Some(r) if reason == EraseReason::Exhausted && r.attempts_left > 0 => {
                     Applied::Refused(Refusal::NotExhausted)
+                }
+                // A guess still open may be the right one; its attempt closes or is
+                // swept first, whatever the proposer's (maybe lagging) copy showed.
+                Some(_)
+                    if reason == EraseReason::Exhausted && self.attempts.contains_key(&account) =>
+                {
+                    Applied::Refused(Refusal::AttemptsOpen)
                 }
                 Some(_) => self.erase(&account, reason),
             },
@@ -786,6 +795,13 @@ mod tests {
         open(&mut s, 1, 0, 1);
         open(&mut s, 2, 0, 2);
         assert_eq!(open(&mut s, 3, 0, 3), Applied::Refused(Refusal::Exhausted));
+        // An erasure proposed from a copy that has not seen the open attempts waits.
+        let erase = Command::Erase {
+            account: "a".into(),
+            generation: 1,
+            reason: EraseReason::Exhausted,
+        };
+        assert_eq!(ap(&mut s, erase), Applied::Refused(Refusal::AttemptsOpen));
         // The second guess is wrong, but the first may still be right.
         assert_eq!(
             settle(&mut s, 2, 5, false),
