@@ -530,6 +530,19 @@ fn by_prefix(refs: &[SnapshotRef], id: &str) -> Result<SnapshotRef> {
     }
 }
 
+/// Fails with [`RepoError::UnauthenticSnapshots`] if any listed snapshot did not
+/// authenticate: what deletes data (prune, a rotation) must not guess about them.
+pub(crate) fn refuse_unauthentic(rejected: &[RejectedSnapshot]) -> Result<()> {
+    match rejected.first() {
+        Some(bad) => Err(RepoError::UnauthenticSnapshots {
+            count: rejected.len(),
+            first: bad.name.clone(),
+            reason: bad.reason.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn now_unix_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

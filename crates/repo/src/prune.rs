@@ -105,13 +105,7 @@ impl Repository<Indexed> {
         })?;
         // A damaged snapshot may be a real one whose data is still here: prune frees
         // nothing until it is repaired or removed on purpose.
-        if let Some(bad) = rejected.first() {
-            return Err(RepoError::UnauthenticSnapshots {
-                count: rejected.len(),
-                first: bad.name.clone(),
-                reason: bad.reason.clone(),
-            });
-        }
+        crate::refuse_unauthentic(&rejected)?;
         // A live delta keeps its base alive.
         let bases: Vec<ChunkId> = used
             .iter()

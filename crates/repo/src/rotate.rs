@@ -187,13 +187,7 @@ impl Repository<Open> {
         })?;
         // As prune: the old generation's data is deleted at the end, and a damaged
         // snapshot may be a real one the user wants to look at first.
-        if let Some(bad) = rejected.first() {
-            return Err(RepoError::UnauthenticSnapshots {
-                count: rejected.len(),
-                first: bad.name.clone(),
-                reason: bad.reason.clone(),
-            });
-        }
+        crate::refuse_unauthentic(&rejected)?;
         let refs: Vec<SnapshotRef> = snaps.iter().map(|(r, _)| *r).collect();
         let mut used: HashSet<ChunkId> = snaps
             .iter()
@@ -491,23 +485,16 @@ impl Repository<Open> {
             deleted += 1;
         }
         self.store.flush()?;
-        // The other key's index sets, which this key cannot open.
-        for info in self.store.list(ObjectKind::IndexSet)? {
-            let opens = self
-                .store
-                .get(ObjectKind::IndexSet, &info.name)
-                .map(|s| envelope::open(&self.keys, ObjectKind::IndexSet, &info.name, &s).is_ok());
-            if matches!(opens, Ok(false)) {
-                self.store.delete(ObjectKind::IndexSet, &info.name)?;
-            }
-        }
-        for info in self.store.list(ObjectKind::Lock)? {
-            let opens = self
-                .store
-                .get(ObjectKind::Lock, &info.name)
-                .map(|s| envelope::open(&self.keys, ObjectKind::Lock, &info.name, &s).is_ok());
-            if matches!(opens, Ok(false)) {
-                self.store.delete(ObjectKind::Lock, &info.name)?;
+        // The other key's index sets and locks, which this key cannot open.
+        for kind in [ObjectKind::IndexSet, ObjectKind::Lock] {
+            for info in self.store.list(kind)? {
+                let opens = self
+                    .store
+                    .get(kind, &info.name)
+                    .map(|s| envelope::open(&self.keys, kind, &info.name, &s).is_ok());
+                if matches!(opens, Ok(false)) {
+                    self.store.delete(kind, &info.name)?;
+                }
             }
         }
         let mine = self.keys.key_id();

@@ -430,6 +430,17 @@ impl VaultState {
         }
     }
 
+    /// Refuses a command for `account` unless its record exists at `generation`.
+    fn current(&self, account: &str, generation: u64) -> Result<(), Applied> {
+        match self.records.get(account) {
+            None => Err(Applied::Refused(Refusal::NoRecord)),
+            Some(r) if r.generation != generation => {
+                Err(Applied::Refused(Refusal::StaleGeneration))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Drops the attempts of `account` that expired by `now_ms`.
     fn expire(&mut self, account: &str, now_ms: u64) {
         if let Some(open) = self.attempts.get_mut(account) {
@@ -546,12 +557,8 @@ impl VaultState {
                 now_ms,
                 ttl_ms,
             } => {
-                match self.records.get(&account) {
-                    None => return Applied::Refused(Refusal::NoRecord),
-                    Some(r) if r.generation != generation => {
-                        return Applied::Refused(Refusal::StaleGeneration)
-                    }
-                    Some(_) => {}
+                if let Err(refused) = self.current(&account, generation) {
+                    return refused;
                 }
                 self.expire(&account, now_ms);
                 if let Some(a) = self.open_attempt(&account, &id) {
@@ -590,12 +597,8 @@ impl VaultState {
                 id,
                 now_ms,
             } => {
-                match self.records.get(&account) {
-                    None => return Applied::Refused(Refusal::NoRecord),
-                    Some(r) if r.generation != generation => {
-                        return Applied::Refused(Refusal::StaleGeneration)
-                    }
-                    Some(_) => {}
+                if let Err(refused) = self.current(&account, generation) {
+                    return refused;
                 }
                 if self.take_open(&account, &id, now_ms).is_none() {
                     return Applied::Refused(Refusal::AttemptClosed);
@@ -614,12 +617,8 @@ impl VaultState {
                 id,
                 now_ms,
             } => {
-                match self.records.get(&account) {
-                    None => return Applied::Refused(Refusal::NoRecord),
-                    Some(r) if r.generation != generation => {
-                        return Applied::Refused(Refusal::StaleGeneration)
-                    }
-                    Some(_) => {}
+                if let Err(refused) = self.current(&account, generation) {
+                    return refused;
                 }
                 if self.take_open(&account, &id, now_ms).is_none() {
                     return Applied::Refused(Refusal::AttemptClosed);
