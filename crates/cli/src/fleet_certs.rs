@@ -2,15 +2,18 @@
 //! TLS between replicas (docs/OPERATIONS.md §Certificates).
 //!
 //! The CA is created once (`ca.pem`, `ca.key`) and reused when certificates for new
-//! replicas are issued later. `ca.key` can issue certificates every replica trusts, and
-//! a replica hands the fleet secret to any holder of one: keep it offline.
+//! replicas are issued later. A replica's certificate names its id; a monitoring
+//! host's names it as a monitor. A certificate alone admits no one: a replica that is
+//! not a member needs a join ticket, a removed one is refused. Still, `ca.key` can
+//! issue a certificate for any member's id: keep it offline.
 
 use crate::exit::Usage;
 use anyhow::{Context, Result};
+use backlock_vault_server::fleet_tls::{monitor_uri, replica_uri};
 use clap::Args;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair,
+    Issuer, KeyPair, SanType,
 };
 use std::fs;
 use std::io::Write;
@@ -23,8 +26,22 @@ pub(crate) struct CertsArgs {
     #[arg(long)]
     out: std::path::PathBuf,
     /// A replica as ID=HOST, HOST being the name or IP in its `peer` address; repeat.
-    #[arg(long = "replica", value_parser = parse_replica, required = true)]
+    #[arg(long = "replica", value_parser = parse_replica, required_unless_present = "monitors")]
     replicas: Vec<(u64, String)>,
+    /// A monitoring host's name: its certificate (`monitor-NAME.pem`) may read the
+    /// fleet's status and nothing else; repeat.
+    #[arg(long = "monitor", value_parser = parse_monitor)]
+    monitors: Vec<String>,
+}
+
+fn parse_monitor(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| text.to_owned())
+        .ok_or_else(|| format!("{text}: a monitor name is 1 to 64 letters, digits, '-' or '_'"))
 }
 
 fn parse_replica(text: &str) -> Result<(u64, String), String> {
@@ -90,6 +107,29 @@ fn load_or_create_ca(out: &Path) -> Result<Issuer<'static, KeyPair>> {
     Ok(Issuer::new(params, key))
 }
 
+/// Signs `params` (named `common_name`) with the CA and writes `FILE.pem`, `FILE.key`.
+fn issue(
+    out: &Path,
+    ca: &Issuer<'static, KeyPair>,
+    mut params: CertificateParams,
+    key: &KeyPair,
+    common_name: &str,
+    file: &str,
+) -> Result<()> {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, format!("backlock {common_name}"));
+    params.distinguished_name = name;
+    let cert = params
+        .signed_by(key, ca)
+        .with_context(|| format!("signing the certificate of {common_name}"))?;
+    write_new(
+        &out.join(format!("{file}.key")),
+        &key.serialize_pem(),
+        0o600,
+    )?;
+    write_new(&out.join(format!("{file}.pem")), &cert.pem(), 0o644)
+}
+
 pub(crate) fn run(args: &CertsArgs) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
@@ -105,27 +145,41 @@ pub(crate) fn run(args: &CertsArgs) -> Result<()> {
                 "replica {id}: {host} is not a valid host name: {e}"
             ))
         })?;
+        // The id the replica is known by: peers accept it only as that replica.
+        params.subject_alt_names.push(SanType::URI(
+            replica_uri(*id).try_into().context("the replica URI")?,
+        ));
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, format!("backlock vault replica {id}"));
-        params.distinguished_name = name;
-        let cert = params
-            .signed_by(&key, &ca)
-            .with_context(|| format!("signing replica {id}'s certificate"))?;
-        write_new(
-            &args.out.join(format!("replica-{id}.key")),
-            &key.serialize_pem(),
-            0o600,
-        )?;
-        write_new(
-            &args.out.join(format!("replica-{id}.pem")),
-            &cert.pem(),
-            0o644,
+        issue(
+            &args.out,
+            &ca,
+            params,
+            &key,
+            &format!("vault replica {id}"),
+            &format!("replica-{id}"),
         )?;
         println!("replica {id} ({host}): replica-{id}.pem, replica-{id}.key");
+    }
+    for monitor in &args.monitors {
+        let key = KeyPair::generate().context("generating a monitor key")?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).context("monitor parameters")?;
+        params.subject_alt_names.push(SanType::URI(
+            monitor_uri(monitor).try_into().context("the monitor URI")?,
+        ));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        issue(
+            &args.out,
+            &ca,
+            params,
+            &key,
+            &format!("vault monitor {monitor}"),
+            &format!("monitor-{monitor}"),
+        )?;
+        println!("monitor {monitor}: monitor-{monitor}.pem, monitor-{monitor}.key (status only)");
     }
     println!(
         "fleet CA: {} (keep ca.key offline: it can admit a replica to the fleet)",

@@ -59,18 +59,44 @@ pub(crate) enum VaultCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Fetch the fleet secret from a running member (over mutual TLS); the replica then
-    /// joins as a voter when `vault serve` starts. Also brings back a wiped replica.
+    /// Fetch the fleet secret from a running member (over mutual TLS) with a ticket from
+    /// `vault admit`; the replica then joins as a voter when `vault serve` starts. Also
+    /// brings back a wiped replica.
     Join {
         /// This replica's configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// The join ticket `vault admit --replica ID` printed for this replica (64 hex
+        /// digits; used once).
+        #[arg(long, env = "BACKLOCK_JOIN_TICKET", hide_env_values = true)]
+        ticket: String,
+    },
+    /// Issue a one-time join ticket for replica ID (run on a member's host; valid for
+    /// --valid-minutes, committed through the fleet).
+    Admit {
+        /// A member's configuration file (its certificate is used to ask).
+        #[arg(long)]
+        config: PathBuf,
+        /// The id of the replica to admit (its certificate must name it).
+        #[arg(long)]
+        replica: u64,
+        /// Minutes the ticket stays valid.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        valid_minutes: u64,
     },
     /// Show the leader, term, commit index and each replica's health and lag.
     Status {
-        /// A replica's configuration file (its fleet certificate is used to ask).
+        /// A replica's configuration file (its fleet certificate is used to ask), or a
+        /// copy of one on a monitoring host, with --cert and --key.
         #[arg(long)]
         config: PathBuf,
+        /// A monitoring certificate (`vault certs --monitor NAME`) instead of the
+        /// replica's: it may read status and nothing else.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The monitoring certificate's key.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
         /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
@@ -212,9 +238,14 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             );
             Ok(())
         }
-        VaultCommand::Join { config } => {
+        VaultCommand::Join { config, ticket } => {
             let config = load_config(&config)?;
-            let public_key = block_on(fleet::join(&config))?
+            let ticket = fleet::JoinTicket::from_hex(&ticket).ok_or_else(|| {
+                Usage(
+                    "the join ticket is 64 hex digits, as `backlock vault admit` printed it".into(),
+                )
+            })?;
+            let public_key = block_on(fleet::join(&config, &ticket))?
                 .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
             println!("vault public key: {}", hex::encode(public_key));
             println!(
@@ -223,8 +254,32 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             );
             Ok(())
         }
-        VaultCommand::Status { config, json } => {
+        VaultCommand::Admit {
+            config,
+            replica,
+            valid_minutes,
+        } => {
             let config = load_config(&config)?;
+            let valid = std::time::Duration::from_secs(valid_minutes * 60);
+            let ticket = block_on(fleet::admit(&config, replica, valid))?
+                .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
+            println!("{}", ticket.to_hex().as_str());
+            eprintln!(
+                "join ticket for replica {replica}, valid {valid_minutes} min, usable once: on its host run `BACKLOCK_JOIN_TICKET=<ticket> backlock vault join --config FILE`"
+            );
+            Ok(())
+        }
+        VaultCommand::Status {
+            config,
+            cert,
+            key,
+            json,
+        } => {
+            let mut config = load_config(&config)?;
+            if let (Some(cert), Some(key)) = (cert, key) {
+                config.fleet_tls.cert = cert;
+                config.fleet_tls.key = key;
+            }
             let views = block_on(fleet::status(&config))?.map_err(|e| Usage(e.to_string()))?;
             crate::fleet_status::print(&views, json)
         }

@@ -640,7 +640,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// clear.
 #[test]
 fn pkcs11_sealed_replicas_hold_no_key_password_or_fleet_secret_in_clear() {
-    use backlock_vault_server::fleet::SECRETS_ROUTE;
+    use backlock_vault_server::fleet::JoinTicket;
     use backlock_vault_server::fleet_tls::FleetTlsFiles;
     use backlock_vault_server::raft::HttpNetwork;
 
@@ -681,8 +681,9 @@ fn pkcs11_sealed_replicas_hold_no_key_password_or_fleet_secret_in_clear() {
     let (_, json) = fleet.status(1);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     let peer = status["replicas"][0]["peer"].as_str().unwrap().to_owned();
+    let ticket = JoinTicket::from_hex(&fleet.admit(1)).unwrap();
     let secret = rt
-        .block_on(network.get_bytes(&peer, SECRETS_ROUTE))
+        .block_on(network.fetch_secret(&peer, ticket.bytes()))
         .unwrap();
     assert!(
         secret.len() >= 96,

@@ -331,7 +331,8 @@ impl Fleet {
             .unwrap_or_else(|| panic!("no replica {id} in the fleet"))
     }
 
-    fn replica(&self, id: u64) -> &Replica {
+    /// Replica `id`.
+    pub fn replica(&self, id: u64) -> &Replica {
         &self.replicas[self.index(id)]
     }
 
@@ -414,10 +415,38 @@ impl Fleet {
         }
     }
 
-    /// Fetches the fleet secret for replica `id` (`vault join`), starts it and waits
-    /// until the leader has confirmed it as a voter holding the whole log.
+    /// A join ticket for replica `id` (`vault admit` on a running member), printed
+    /// once.
+    pub fn admit(&self, id: u64) -> String {
+        let member = self
+            .replicas
+            .iter()
+            .find(|r| r.id != id && r.child.is_some())
+            .expect("a running member to admit the replica")
+            .id;
+        let replica = id.to_string();
+        self.backlock(
+            &["vault", "admit", "--replica", &replica, "--config"],
+            member,
+        )
+        .trim()
+        .to_owned()
+    }
+
+    /// Fetches the fleet secret for replica `id` with a fresh ticket (`vault admit`,
+    /// `vault join`), starts it and waits until the leader has confirmed it as a voter
+    /// holding the whole log.
     pub fn join(&mut self, id: u64) {
-        self.backlock(&["vault", "join", "--config"], id);
+        let ticket = self.admit(id);
+        let replica = self.replica(id);
+        let mut env = replica.env.clone();
+        env.push(("BACKLOCK_JOIN_TICKET".to_owned(), ticket));
+        let config = replica.config.display().to_string();
+        run(
+            &self.backlock,
+            &["vault", "join", "--config", &config],
+            &env,
+        );
         self.restart(id);
         let marker = self.replica(id).data.join("joining");
         let deadline = Instant::now() + START_WAIT;

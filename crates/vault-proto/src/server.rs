@@ -186,6 +186,7 @@ pub fn password_file(upload: &[u8]) -> Result<Vec<u8>, StepError> {
 }
 
 /// The vault's half of a login between KE2 and KE3.
+#[derive(Clone)]
 pub struct PendingLogin(ServerLogin<Suite>);
 
 impl fmt::Debug for PendingLogin {

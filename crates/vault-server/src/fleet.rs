@@ -3,16 +3,14 @@
 //!
 //! The fleet secret (OPRF seed and server key pair, and the relay's token secret) is
 //! created once, by `init`. A joining replica fetches it from a running member over
-//! mutual TLS, authenticated by the fleet CA, and seals it under its own node key.
+//! mutual TLS with a one-time ticket the operator issued on a member (`vault admit`),
+//! for the replica id its certificate names, and seals it under its own node key.
 
 use crate::fleet_config::{FleetConfig, ReplicaEntry};
 use crate::raft::{Bootstrap, HttpNetwork, NodeConfig, ReplicaReport, VaultNode, VoteGate};
 use crate::run::{lock_data_dir, open_fleet_sealer, ServeError, JOINING_MARKER};
 use crate::secrets::VaultSecrets;
 use std::path::Path;
-
-/// Route on the peer listener that hands the fleet secret to a joining replica.
-pub const SECRETS_ROUTE: &str = "/fleet/secrets";
 
 fn setup(e: impl std::fmt::Display) -> ServeError {
     ServeError::Setup(e.to_string())
@@ -69,10 +67,76 @@ fn peer_network(config: &FleetConfig) -> Result<HttpNetwork, ServeError> {
     ))
 }
 
-/// Fetches the fleet secret from a running member and seals it here; the replica then
-/// joins as a voter when `vault serve` first runs. Also the way back for a replica
-/// whose data was lost. Returns the OPAQUE public key.
-pub async fn join(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
+/// A one-time join ticket (`vault admit` prints it, `vault join --ticket` uses it).
+pub struct JoinTicket(zeroize::Zeroizing<[u8; 32]>);
+
+impl JoinTicket {
+    /// A fresh random ticket.
+    pub fn generate() -> Self {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut *bytes);
+        JoinTicket(bytes)
+    }
+
+    /// The ticket as the operator copies it (64 hex digits).
+    pub fn to_hex(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(hex::encode(*self.0))
+    }
+
+    /// The ticket's bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Reads a ticket as `to_hex` wrote it.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), &mut *bytes).ok()?;
+        Some(JoinTicket(bytes))
+    }
+}
+
+impl std::fmt::Debug for JoinTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinTicket(REDACTED)")
+    }
+}
+
+/// Opens a join ticket for replica `replica` through a running member (any: the ticket
+/// is committed through Raft), valid for `valid`. Run on a member's host: it calls
+/// with that replica's certificate.
+pub async fn admit(
+    config: &FleetConfig,
+    replica: u64,
+    valid: std::time::Duration,
+) -> Result<JoinTicket, ServeError> {
+    let network = peer_network(config)?;
+    let ticket = JoinTicket::generate();
+    let request = crate::raft::AdmitRequest {
+        replica,
+        ticket_hash: crate::members::ticket_hash(ticket.bytes()),
+        valid_ms: valid.as_millis() as u64,
+    };
+    let mut failures = Vec::new();
+    for entry in &config.replicas {
+        match network.admit(&entry.peer, &request).await {
+            Ok(()) => return Ok(ticket),
+            Err(crate::raft::PeerCallError::Refused(crate::raft::PeerRefusal::Rejected(why))) => {
+                return Err(setup(why))
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(setup(format!(
+        "no replica opened the ticket ({}); a majority must be running",
+        failures.join("; ")
+    )))
+}
+
+/// Fetches the fleet secret from a running member with a join ticket and seals it
+/// here; the replica then joins as a voter when `vault serve` first runs. Also the way
+/// back for a replica whose data was lost. Returns the OPAQUE public key.
+pub async fn join(config: &FleetConfig, ticket: &JoinTicket) -> Result<[u8; 32], ServeError> {
     let network = peer_network(config)?;
     let _lock = lock_data_dir(&config.data)?;
     if VaultSecrets::exist(&config.data) {
@@ -84,7 +148,7 @@ pub async fn join(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
     let mut failures = Vec::new();
     let mut secrets = None;
     for peer in config.other_peers() {
-        match network.get_bytes(&peer, SECRETS_ROUTE).await {
+        match network.fetch_secret(&peer, ticket.bytes()).await {
             Ok(bytes) => {
                 let bytes = zeroize::Zeroizing::new(bytes);
                 match VaultSecrets::from_transfer(&bytes) {
@@ -100,8 +164,9 @@ pub async fn join(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
     }
     let secrets = secrets.ok_or_else(|| {
         setup(format!(
-            "no running replica handed over the fleet secret ({}); start at least one member and check the fleet certificates",
-            failures.join("; ")
+            "no running replica handed over the fleet secret ({}); issue a ticket with `backlock vault admit --replica {}` on a member, and check the fleet certificates",
+            failures.join("; "),
+            config.node_id
         ))
     })?;
     let sealer = open_fleet_sealer(config)?;

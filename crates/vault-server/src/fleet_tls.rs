@@ -5,6 +5,10 @@
 //! certificate of the fleet CA, and talks only to peers whose server certificate the
 //! fleet CA signed for the address it dialled. Raft messages, forwarded proposals and
 //! the fleet secret handed to a joining replica travel only over these connections.
+//!
+//! A certificate names who holds it ([`PeerIdentity`]): one replica id, or a monitoring
+//! host. The CA only vouches for that name; what the holder may do is decided by the
+//! fleet's replicated state (the peer routes' guard).
 
 use rustls::client::ClientConfig;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -17,6 +21,63 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The URI, in a certificate's subject alternative names, that names replica `id`.
+pub fn replica_uri(id: u64) -> String {
+    format!("{REPLICA_URI}{id}")
+}
+
+/// The URI that names a monitoring host, which may read status and nothing else.
+pub fn monitor_uri(name: &str) -> String {
+    format!("{MONITOR_URI}{name}")
+}
+
+const REPLICA_URI: &str = "urn:backlock:replica:";
+const MONITOR_URI: &str = "urn:backlock:monitor:";
+/// The common name `vault certs` gave replicas before certificates carried the URI.
+const LEGACY_REPLICA_CN: &str = "backlock vault replica ";
+
+/// Who a peer certificate names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerIdentity {
+    /// Replica `id` of the fleet.
+    Replica(u64),
+    /// A monitoring host: status only.
+    Monitor(String),
+}
+
+/// Reads the identity a (CA-verified) certificate names: exactly one replica or monitor
+/// URI; failing any, the common name older `vault certs` wrote. `None`: it names no
+/// one, or more than one.
+pub fn identify(der: &[u8]) -> Option<PeerIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut named = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                if let Some(id) = uri.strip_prefix(REPLICA_URI) {
+                    named.push(PeerIdentity::Replica(replica_id(id)?));
+                } else if let Some(monitor) = uri.strip_prefix(MONITOR_URI) {
+                    named.push(PeerIdentity::Monitor(monitor.to_owned()));
+                }
+            }
+        }
+    }
+    if named.is_empty() {
+        let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+        let id = cn.strip_prefix(LEGACY_REPLICA_CN)?;
+        named.push(PeerIdentity::Replica(replica_id(id)?));
+    }
+    match named.len() {
+        1 => named.pop(),
+        _ => None,
+    }
+}
+
+fn replica_id(text: &str) -> Option<u64> {
+    text.parse::<u64>().ok().filter(|id| *id > 0)
+}
 
 /// PEM files of a replica's fleet identity.
 #[derive(Clone, Debug, Deserialize)]

@@ -3,6 +3,7 @@
 //! at a time (slowloris), or never finishes a request, holds nothing for long, and
 //! one address cannot take every connection (docs/OPERATIONS.md §HTTP limits).
 
+use crate::fleet_tls::PeerIdentity;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -46,6 +47,18 @@ impl Default for HttpLimits {
 }
 
 impl HttpLimits {
+    /// Limits of the peer listener: its callers proved a fleet certificate, and a join
+    /// waits up to two minutes for the new replica to catch up.
+    pub fn peers() -> Self {
+        HttpLimits {
+            header_timeout_secs: 10,
+            request_timeout_secs: 300,
+            idle_timeout_secs: 300,
+            max_connections: 1024,
+            max_connections_per_ip: 1024,
+        }
+    }
+
     /// What is wrong with these limits, if anything.
     pub fn check(&self) -> Result<(), String> {
         let secs = [
@@ -184,17 +197,32 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let header_timeout = Duration::from_secs(limits.header_timeout_secs);
     match tls {
-        None => http(TokioIo::new(tcp), app, limits, stopped).await,
+        None => http(TokioIo::new(tcp), app, None, limits, stopped).await,
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => http(TokioIo::new(stream), app, limits, stopped).await,
+            Ok(Ok(stream)) => {
+                // A client certificate (the peer listener asks for one) names who calls:
+                // read once per connection, handed to every request on it.
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|cert| crate::fleet_tls::identify(cert));
+                http(TokioIo::new(stream), app, identity, limits, stopped).await
+            }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
     }
 }
 
-async fn http<I>(io: I, app: axum::Router, limits: HttpLimits, mut stopped: watch::Receiver<bool>)
-where
+async fn http<I>(
+    io: I,
+    app: axum::Router,
+    identity: Option<PeerIdentity>,
+    limits: HttpLimits,
+    mut stopped: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let started = Instant::now();
@@ -205,7 +233,10 @@ where
     let request_timeout = Duration::from_secs(limits.request_timeout_secs);
     let service = {
         let (last, busy) = (last.clone(), busy.clone());
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            if let Some(identity) = &identity {
+                request.extensions_mut().insert(identity.clone());
+            }
             let (app, last, busy) = (app.clone(), last.clone(), busy.clone());
             busy.fetch_add(1, Ordering::SeqCst);
             last.store(started.elapsed().as_millis() as u64, Ordering::SeqCst);

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod fleet_config;
 pub mod fleet_tls;
 pub mod http;
+pub mod members;
 pub mod metrics;
 pub mod pkcs11;
 pub mod raft;

@@ -86,10 +86,8 @@ pub struct RunningVault {
     /// The service, for tests and the embedded vault.
     pub vault: Arc<Vault>,
     servers: Vec<http::Server>,
-    /// Background work that holds the vault: housekeeping, a pending join, the peer
-    /// listener.
+    /// Background work that holds the vault: housekeeping, a pending join.
     tasks: Vec<JoinHandle<()>>,
-    peer_stop: Option<axum_server::Handle>,
     _lock: File,
 }
 
@@ -230,27 +228,6 @@ async fn serve_api(
     Ok(servers)
 }
 
-fn serve_rustls(
-    listener: TcpListener,
-    app: axum::Router,
-    tls: axum_server::tls_rustls::RustlsConfig,
-) -> Result<(axum_server::Handle, JoinHandle<()>), ServeError> {
-    let addr = local_addr(&listener)?;
-    let std_listener = listener
-        .into_std()
-        .map_err(|source| ServeError::Listen { addr, source })?;
-    let handle = axum_server::Handle::new();
-    let serve = axum_server::from_tcp_rustls(std_listener, tls)
-        .handle(handle.clone())
-        .serve(app.into_make_service());
-    let server = tokio::spawn(async move {
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "vault HTTPS server stopped");
-        }
-    });
-    Ok((handle, server))
-}
-
 /// Housekeeping every second: expired sessions, exhausted records.
 fn start_sweeper(vault: Arc<Vault>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -303,7 +280,6 @@ impl RunningVault {
             tasks: vec![start_sweeper(vault.clone())],
             vault,
             servers,
-            peer_stop: None,
             _lock: lock,
         })
     }
@@ -354,22 +330,18 @@ impl RunningVault {
         )
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let transfer = secrets.to_transfer();
-        let peer_app = node.peer_router().route(
-            crate::fleet::SECRETS_ROUTE,
-            axum::routing::get(move || {
-                let bytes = transfer.to_vec();
-                async move { bytes }
-            }),
-        );
+        let peer_app = node.fleet_peer_router(secrets.to_transfer());
         let VaultSecrets { server, tokens } = secrets;
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault()));
-        let (peer_stop, peer_server) = serve_rustls(
+        let mut peer_server = (*peer_tls.server).clone();
+        peer_server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let peer_server = http::serve(
             peer_listener,
             peer_app,
-            axum_server::tls_rustls::RustlsConfig::from_config(peer_tls.server),
-        )?;
-        let servers = serve_api(
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(peer_server))),
+            HttpLimits::peers(),
+        );
+        let mut servers = serve_api(
             api_listener,
             vault.clone(),
             config.api_tls.as_ref(),
@@ -377,7 +349,9 @@ impl RunningVault {
             metrics,
         )
         .await?;
-        let mut tasks = vec![start_sweeper(vault.clone()), peer_server];
+        // Stopped last: peers keep hearing from this replica while devices drain.
+        servers.push(peer_server);
+        let mut tasks = vec![start_sweeper(vault.clone())];
         if joining.exists() {
             tasks.push(tokio::spawn(finish_join(
                 vault.clone(),
@@ -393,7 +367,6 @@ impl RunningVault {
             vault,
             servers,
             tasks,
-            peer_stop: Some(peer_stop),
             _lock: lock,
         })
     }
@@ -408,9 +381,6 @@ impl RunningVault {
     pub async fn shutdown(mut self) {
         for server in self.servers.drain(..) {
             server.stop(Duration::from_secs(5)).await;
-        }
-        if let Some(peer) = &self.peer_stop {
-            peer.shutdown();
         }
         for task in self.tasks.drain(..) {
             task.abort();

@@ -52,6 +52,42 @@ struct Bucket {
     at: Instant,
 }
 
+/// Logins this replica computed for the attempts it opened, so that their KE3 (which
+/// usually comes back here) skips a second OPAQUE login step. Only a cache: any replica
+/// can recompute a login from the replicated attempt.
+#[derive(Default)]
+struct Logins {
+    open: HashMap<[u8; 16], CachedLogin>,
+}
+
+struct CachedLogin {
+    place: Place,
+    expires_ms: u64,
+    login: PendingLogin,
+}
+
+/// Bounds the cache (a login state is a few hundred bytes): past it, expired entries
+/// go, and if none has expired the new login is not kept.
+const CACHED_LOGINS: usize = 16_384;
+
+impl Logins {
+    fn keep(&mut self, id: [u8; 16], cached: CachedLogin, now_ms: u64) {
+        if self.open.len() >= CACHED_LOGINS {
+            self.open.retain(|_, c| c.expires_ms > now_ms);
+        }
+        if self.open.len() < CACHED_LOGINS {
+            self.open.insert(id, cached);
+        }
+    }
+
+    fn get(&self, id: &[u8; 16], place: Place) -> Option<PendingLogin> {
+        self.open
+            .get(id)
+            .filter(|c| c.place == place)
+            .map(|c| c.login.clone())
+    }
+}
+
 /// A vault: replicated state plus the secrets and the login sessions of this replica.
 pub struct Vault {
     node: VaultNode,
@@ -59,6 +95,7 @@ pub struct Vault {
     tokens: TokenSecret,
     config: VaultConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
+    logins: Mutex<Logins>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
 }
@@ -124,6 +161,7 @@ impl Vault {
             tokens,
             config,
             buckets: Mutex::default(),
+            logins: Mutex::default(),
             metrics: Metrics::default(),
         }
     }
@@ -432,7 +470,7 @@ impl Vault {
             }
             other => return Err(unexpected(other)),
         };
-        let (_, ke2) = self.login(
+        let (login, ke2) = self.login(
             &req.account,
             generation,
             &record_id,
@@ -441,6 +479,13 @@ impl Vault {
             place,
             &id,
         )?;
+        let now = now_ms();
+        let cached = CachedLogin {
+            place,
+            expires_ms: now + self.config.session_ttl.as_millis() as u64,
+            login,
+        };
+        self.logins.lock().unwrap().keep(id, cached, now);
         if again {
             tracing::info!(account = %req.account, attempts_left, "guess answered again, not counted again");
         } else {
@@ -518,18 +563,26 @@ impl Vault {
             return Err(expired());
         }
         let generation = attempt.generation;
-        let (login, _) = self.login(
-            &req.account,
-            generation,
-            &record_id,
-            &file,
-            &attempt.ke1,
-            attempt.place,
-            &attempt.id,
-        )?;
+        let cached = self.logins.lock().unwrap().get(&attempt.id, attempt.place);
+        let login = match cached {
+            Some(login) => login,
+            None => {
+                self.login(
+                    &req.account,
+                    generation,
+                    &record_id,
+                    &file,
+                    &attempt.ke1,
+                    attempt.place,
+                    &attempt.id,
+                )?
+                .0
+            }
+        };
         let session_key = match login.finish(&req.account, &req.ke3) {
             Ok(k) => k,
             Err(StepError::WrongPassword) => {
+                self.logins.lock().unwrap().open.remove(&attempt.id);
                 let close = Command::Close {
                     account: req.account.clone(),
                     generation,
@@ -560,7 +613,10 @@ impl Vault {
             id: attempt.id,
             now_ms: now_ms(),
         };
-        match self.propose(command).await? {
+        let applied = self.propose(command).await?;
+        // Committed one way or the other: the attempt is closed.
+        self.logins.lock().unwrap().open.remove(&attempt.id);
+        match applied {
             Applied::Restored {
                 attempts_left,
                 wrapped,

@@ -5,6 +5,7 @@
 //! apply time, so concurrent guesses on any replica are serialised by the log: a guess
 //! is counted only if the count is still above zero when its entry is applied.
 
+use crate::members::{Members, TicketRefusal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -193,10 +194,34 @@ pub enum Command {
         /// Proposer's clock, Unix ms.
         now_ms: u64,
     },
-    /// Forget every attempt expired by `now_ms` (the leader's sweeper).
+    /// Forget every attempt and join ticket expired by `now_ms` (the leader's sweeper).
     Sweep {
         /// Proposer's clock, Unix ms.
         now_ms: u64,
+    },
+    /// Open a one-time join ticket for replica `replica` (`vault admit`).
+    Admit {
+        /// The replica id the ticket is for.
+        replica: u64,
+        /// BLAKE3 of the ticket.
+        ticket_hash: [u8; 32],
+        /// Unix ms after which it admits no one.
+        expires_ms: u64,
+    },
+    /// Use the ticket of replica `replica`, before the fleet secret is handed to it.
+    Redeem {
+        /// The replica id its certificate names.
+        replica: u64,
+        /// BLAKE3 of the ticket it presented.
+        ticket_hash: [u8; 32],
+        /// Proposer's clock, Unix ms.
+        now_ms: u64,
+    },
+    /// Replica `replica` leaves the fleet for good: its certificate is refused from now
+    /// on (`vault remove`, before the membership change).
+    Retire {
+        /// The replica id.
+        replica: u64,
     },
 }
 
@@ -249,6 +274,10 @@ pub enum Applied {
     },
     /// The record is gone.
     Erased,
+    /// A join ticket was opened or used, or why not.
+    Ticket(Result<(), TicketRefusal>),
+    /// The replica is retired.
+    Retired,
     /// Nothing changed.
     Refused(Refusal),
 }
@@ -289,6 +318,8 @@ impl fmt::Debug for Applied {
                 .field("attempts_left", attempts_left)
                 .finish_non_exhaustive(),
             Applied::Erased => f.write_str("Erased"),
+            Applied::Ticket(t) => f.debug_tuple("Ticket").field(t).finish(),
+            Applied::Retired => f.write_str("Retired"),
             Applied::Refused(r) => f.debug_tuple("Refused").field(r).finish(),
         }
     }
@@ -323,10 +354,13 @@ pub struct VaultState {
     /// account holder hears "locked", not "no key").
     history: BTreeMap<String, History>,
     /// Open attempts by account. Not part of the record's layout: a snapshot carries
-    /// them after the state ([`VaultState::attempts_trailer`]), so a snapshot written
+    /// them after the state ([`VaultState::trailer`]), so a snapshot written
     /// before attempts had ids still reads.
     #[serde(skip)]
     attempts: BTreeMap<String, Vec<OpenAttempt>>,
+    /// Join tickets and retired replicas; in the trailer after the open attempts.
+    #[serde(skip)]
+    members: Members,
 }
 
 /// The part of an account that survives erasure. Holds no secret.
@@ -362,26 +396,43 @@ impl VaultState {
             .is_some_and(|open| open.iter().any(|a| a.expires_ms > now_ms))
     }
 
-    /// Whether any attempt has expired by `now_ms` (a sweep would forget it).
+    /// Whether any attempt or join ticket has expired by `now_ms` (a sweep would forget
+    /// it).
     pub fn any_expired_attempt(&self, now_ms: u64) -> bool {
-        self.attempts
-            .values()
-            .flatten()
-            .any(|a| a.expires_ms <= now_ms)
+        self.members.any_expired(now_ms)
+            || self
+                .attempts
+                .values()
+                .flatten()
+                .any(|a| a.expires_ms <= now_ms)
     }
 
     /// The open attempts, encoded to follow the state in a snapshot.
-    pub fn attempts_trailer(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.attempts).expect("postcard encodes into a Vec")
+    pub fn trailer(&self) -> Vec<u8> {
+        let mut bytes = postcard::to_allocvec(&self.attempts).expect("postcard encodes into a Vec");
+        bytes.extend(postcard::to_allocvec(&self.members).expect("postcard encodes into a Vec"));
+        bytes
     }
 
-    /// Restores the open attempts from a snapshot's trailer (empty: none).
-    pub fn set_attempts_trailer(&mut self, trailer: &[u8]) -> Result<(), postcard::Error> {
-        self.attempts = match trailer.is_empty() {
-            true => BTreeMap::new(),
-            false => postcard::from_bytes(trailer)?,
-        };
+    /// Restores the open attempts and the admission state from a snapshot's trailer;
+    /// what an older snapshot lacks is empty.
+    pub fn set_trailer(&mut self, trailer: &[u8]) -> Result<(), postcard::Error> {
+        self.attempts = BTreeMap::new();
+        self.members = Members::default();
+        if trailer.is_empty() {
+            return Ok(());
+        }
+        let (attempts, rest) = postcard::take_from_bytes(trailer)?;
+        self.attempts = attempts;
+        if !rest.is_empty() {
+            self.members = postcard::from_bytes(rest)?;
+        }
         Ok(())
+    }
+
+    /// Join tickets and retired replicas.
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     /// Records whose count is zero and whose last guess was made before `cutoff_ms`.
@@ -638,7 +689,22 @@ impl VaultState {
                 for account in accounts {
                     self.expire(&account, now_ms);
                 }
+                self.members.sweep(now_ms);
                 Applied::Swept
+            }
+            Command::Admit {
+                replica,
+                ticket_hash,
+                expires_ms,
+            } => Applied::Ticket(self.members.admit(replica, ticket_hash, expires_ms)),
+            Command::Redeem {
+                replica,
+                ticket_hash,
+                now_ms,
+            } => Applied::Ticket(self.members.redeem(replica, ticket_hash, now_ms)),
+            Command::Retire { replica } => {
+                self.members.retire(replica);
+                Applied::Retired
             }
         }
     }
@@ -835,12 +901,12 @@ mod tests {
         open(&mut s, 9, 0, 1);
         let mut bytes = postcard::to_allocvec(&s).unwrap();
         let old_layout = bytes.clone();
-        bytes.extend(s.attempts_trailer());
+        bytes.extend(s.trailer());
         let (mut back, trailer): (VaultState, &[u8]) = postcard::take_from_bytes(&bytes).unwrap();
-        back.set_attempts_trailer(trailer).unwrap();
+        back.set_trailer(trailer).unwrap();
         assert_eq!(back, s);
         let (mut old, rest): (VaultState, &[u8]) = postcard::take_from_bytes(&old_layout).unwrap();
-        old.set_attempts_trailer(rest).unwrap();
+        old.set_trailer(rest).unwrap();
         assert!(old.open_attempt("a", &[9; 16]).is_none());
         assert_eq!(old.record("a"), s.record("a"));
         // Swept once expired.

@@ -22,7 +22,7 @@ mod wal;
 
 pub use log_store::LogStore;
 pub use network::{HttpNetwork, PeerCallError, PeerClient};
-pub use peer::{JoinRequest, PeerRefusal, ReplicaReport, VoteGate};
+pub use peer::{AdmitRequest, JoinRequest, PeerRefusal, ReplicaReport, VoteGate};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{Batch, TypeConfig, VaultRaft};
 
@@ -471,9 +471,19 @@ impl VaultNode {
         }
     }
 
-    /// The routes peers call (Raft messages, forwarded proposals, joins, status).
+    /// The routes peers call (Raft messages, forwarded proposals, joins, status),
+    /// unguarded: for replicas that trust every caller (in-process tests).
     pub fn peer_router(&self) -> axum::Router {
         peer::router(self.peer_context())
+    }
+
+    /// The routes a fleet replica serves its peers over mutual TLS, behind the guard
+    /// that checks each caller's certificate against the membership, the join tickets
+    /// and the retired ids; `transfer` is the fleet secret a ticket buys.
+    pub fn fleet_peer_router(&self, transfer: zeroize::Zeroizing<Vec<u8>>) -> axum::Router {
+        let context = self.peer_context();
+        let secrets = peer::secrets_router(context.clone(), transfer);
+        peer::guarded_router(context, secrets)
     }
 
     /// Stops Raft and waits (bounded) for in-flight state machine work to finish.

@@ -8,7 +8,7 @@
 //! routes carry what a follower asks of the leader: forwarded proposals, read indexes
 //! and joins ([`HttpNetwork::propose`] and its siblings).
 
-use super::peer::{JoinRequest, PeerRefusal, ReplicaReport};
+use super::peer::{AdmitRequest, JoinRequest, PeerRefusal, ReplicaReport};
 use super::types::{Batch, TypeConfig};
 use super::ProposeError;
 use crate::state::Applied;
@@ -210,6 +210,28 @@ impl HttpNetwork {
             .get(self.url(addr, route))
             .timeout(Duration::from_secs(10));
         self.send(addr, request).await
+    }
+
+    /// Redeems a join ticket at the member at `addr`, which answers with the fleet
+    /// secret (sealed for transfer).
+    pub async fn fetch_secret(
+        &self,
+        addr: &str,
+        ticket: &[u8; 32],
+    ) -> Result<Vec<u8>, PeerCallError> {
+        let request = self
+            .client
+            .post(self.url(addr, super::peer::SECRETS_ROUTE))
+            .timeout(Duration::from_secs(30))
+            .header(header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(ticket.to_vec());
+        self.send(addr, request).await
+    }
+
+    /// Asks a member at `addr` to open a join ticket.
+    pub async fn admit(&self, addr: &str, request: &AdmitRequest) -> Result<(), PeerCallError> {
+        self.post(addr, "/raft/admit", request, Duration::from_secs(30))
+            .await
     }
 }
 

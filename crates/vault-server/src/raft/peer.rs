@@ -7,12 +7,15 @@ use super::network::{CONTENT_TYPE, MAX_PEER_BODY};
 use super::state_machine::StateHandle;
 use super::types::{Batch, TypeConfig, VaultRaft};
 use super::ProposeError;
+use crate::fleet_tls::PeerIdentity;
+use crate::members::TicketRefusal;
 use crate::state::Applied;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -129,7 +132,8 @@ pub(crate) struct PeerContext {
 }
 
 /// The routes peers call: `/raft/{append,vote,snapshot}` (Raft itself),
-/// `/raft/{propose,read-index,join,remove}` (asked of the leader), `GET /raft/status`.
+/// `/raft/{propose,read-index,join,remove,admit}` (asked of the leader, or of any
+/// member), `GET /raft/status`.
 pub(crate) fn router(context: PeerContext) -> Router {
     Router::new()
         .route("/raft/append", post(append))
@@ -137,11 +141,161 @@ pub(crate) fn router(context: PeerContext) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/propose", post(propose))
         .route("/raft/read-index", post(read_index))
-        .route("/raft/join", post(join))
+        .route(JOIN_ROUTE, post(join))
         .route("/raft/remove", post(remove))
-        .route("/raft/status", get(status))
+        .route("/raft/admit", post(admit_ticket))
+        .route(STATUS_ROUTE, get(status))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(context)
+}
+
+const JOIN_ROUTE: &str = "/raft/join";
+const STATUS_ROUTE: &str = "/raft/status";
+
+/// `router` with `extra` routes, behind the guard that decides from the caller's
+/// certificate and the replicated state who may call what: the way a fleet serves its
+/// peers over mutual TLS.
+pub(crate) fn guarded_router(context: PeerContext, extra: Router) -> Router {
+    router(context.clone())
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(context, guard))
+}
+
+/// A member (voter or learner) calls anything; a replica that is not one may only
+/// fetch the fleet secret with a ticket and then ask to join (both checked by their
+/// handlers), or lead a replica that knows no membership yet; a retired replica
+/// nothing; a monitoring host the status report.
+async fn guard(
+    State(peer): State<PeerContext>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let refused = match request.extensions().get::<PeerIdentity>() {
+        None => Some("the client certificate names no replica and no monitoring host".to_owned()),
+        Some(PeerIdentity::Monitor(_)) => (path != STATUS_ROUTE)
+            .then(|| "a monitoring certificate may read the status and nothing else".to_owned()),
+        Some(PeerIdentity::Replica(id)) => {
+            let id = *id;
+            if peer.state.read().state.members().is_retired(id) {
+                Some(format!(
+                    "replica {id} was removed from the fleet: its certificate is refused for good"
+                ))
+            } else if is_member(&peer.raft, id)
+                || path == JOIN_ROUTE
+                || path == SECRETS_ROUTE
+                || (RAFT_ROUTES.contains(&path) && knows_no_membership(&peer.raft))
+            {
+                None
+            } else {
+                Some(format!(
+                    "replica {id} is not a member of the fleet: admit it with `backlock vault admit --replica {id}` and join with the ticket"
+                ))
+            }
+        }
+    };
+    match refused {
+        Some(why) => {
+            tracing::warn!(path, why, "peer request refused");
+            (StatusCode::FORBIDDEN, why).into_response()
+        }
+        None => next.run(request).await,
+    }
+}
+
+/// The route on which a joining replica fetches the fleet secret with its ticket.
+pub(crate) const SECRETS_ROUTE: &str = "/fleet/secrets";
+
+/// The secrets route: the ticket in the body, for the replica id the caller's
+/// certificate names, is used (committed) before the secret leaves.
+pub(crate) fn secrets_router(
+    context: PeerContext,
+    transfer: zeroize::Zeroizing<Vec<u8>>,
+) -> Router {
+    let transfer = Arc::new(transfer);
+    Router::new().route(
+        SECRETS_ROUTE,
+        post(move |identity: Caller, body: Bytes| {
+            let (peer, transfer) = (context.clone(), transfer.clone());
+            async move { hand_secret(&peer, caller(&identity), &body, &transfer).await }
+        }),
+    )
+}
+
+async fn hand_secret(
+    peer: &PeerContext,
+    identity: Option<&PeerIdentity>,
+    ticket: &[u8],
+    transfer: &[u8],
+) -> Response {
+    let forbidden = |why: String| (StatusCode::FORBIDDEN, why).into_response();
+    let Some(PeerIdentity::Replica(id)) = identity else {
+        return forbidden("only a replica's certificate may fetch the fleet secret".to_owned());
+    };
+    let Ok(ticket) = <[u8; 32]>::try_from(ticket) else {
+        return (StatusCode::BAD_REQUEST, "a join ticket is 32 bytes").into_response();
+    };
+    let command = crate::state::Command::Redeem {
+        replica: *id,
+        ticket_hash: crate::members::ticket_hash(&ticket),
+        now_ms: crate::members::now_ms(),
+    };
+    match propose_one(peer, command).await {
+        Ok(Applied::Ticket(Ok(()))) => {
+            tracing::info!(replica = id, "join ticket redeemed: fleet secret handed over");
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], transfer.to_vec()).into_response()
+        }
+        Ok(Applied::Ticket(Err(TicketRefusal::Retired))) => {
+            forbidden(format!("replica {id} was removed from the fleet"))
+        }
+        Ok(_) => forbidden(format!(
+            "no open join ticket for replica {id} matches (never issued, already used, or expired): issue one with `backlock vault admit --replica {id}`"
+        )),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// What a leader sends a replica; each is checked to come from the replica the
+/// certificate names.
+const RAFT_ROUTES: [&str; 3] = ["/raft/append", "/raft/vote", "/raft/snapshot"];
+
+/// A replica that just joined holds no log yet, so no membership to check its first
+/// leader against: it takes Raft messages from any replica's certificate until it
+/// has one. It does not vote until the leader confirms it (the vote gate), and it has
+/// nothing to lose.
+fn knows_no_membership(raft: &VaultRaft) -> bool {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .next()
+        .is_none()
+}
+
+fn is_member(raft: &VaultRaft, id: u64) -> bool {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some()
+}
+
+/// Refuses a Raft message whose sender is not the replica the certificate names.
+/// Without an identity (the unguarded router, in-process tests) nothing is checked.
+fn check_sender(identity: Option<&PeerIdentity>, claimed: Option<u64>) -> Result<(), Box<Response>> {
+    match identity {
+        None => Ok(()),
+        Some(PeerIdentity::Replica(id)) if Some(*id) == claimed => Ok(()),
+        Some(who) => Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                format!("the message claims replica {claimed:?}, the certificate names {who:?}"),
+            )
+                .into_response(),
+        )),
+    }
 }
 
 fn decoded<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> {
@@ -163,14 +317,27 @@ fn reply<T: Serialize>(result: &T) -> Response {
     }
 }
 
-async fn append(State(peer): State<PeerContext>, body: Bytes) -> Response {
+type Caller = Option<Extension<PeerIdentity>>;
+
+fn caller(identity: &Caller) -> Option<&PeerIdentity> {
+    identity.as_ref().map(|Extension(who)| who)
+}
+
+async fn append(State(peer): State<PeerContext>, identity: Caller, body: Bytes) -> Response {
     match decoded::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(request) => reply(&peer.raft.append_entries(request).await),
+        Ok(request) => {
+            if let Err(refused) =
+                check_sender(caller(&identity), request.vote.leader_id().voted_for())
+            {
+                return *refused;
+            }
+            reply(&peer.raft.append_entries(request).await)
+        }
         Err(e) => bad_request(&e),
     }
 }
 
-async fn vote(State(peer): State<PeerContext>, body: Bytes) -> Response {
+async fn vote(State(peer): State<PeerContext>, identity: Caller, body: Bytes) -> Response {
     if !peer.votes.is_open() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -179,14 +346,28 @@ async fn vote(State(peer): State<PeerContext>, body: Bytes) -> Response {
             .into_response();
     }
     match decoded::<VoteRequest<u64>>(&body) {
-        Ok(request) => reply(&peer.raft.vote(request).await),
+        Ok(request) => {
+            if let Err(refused) =
+                check_sender(caller(&identity), request.vote.leader_id().voted_for())
+            {
+                return *refused;
+            }
+            reply(&peer.raft.vote(request).await)
+        }
         Err(e) => bad_request(&e),
     }
 }
 
-async fn snapshot(State(peer): State<PeerContext>, body: Bytes) -> Response {
+async fn snapshot(State(peer): State<PeerContext>, identity: Caller, body: Bytes) -> Response {
     match decoded::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(request) => reply(&peer.raft.install_snapshot(request).await),
+        Ok(request) => {
+            if let Err(refused) =
+                check_sender(caller(&identity), request.vote.leader_id().voted_for())
+            {
+                return *refused;
+            }
+            reply(&peer.raft.install_snapshot(request).await)
+        }
         Err(e) => bad_request(&e),
     }
 }
@@ -253,11 +434,77 @@ pub(crate) async fn leader_read_index(
     Ok(confirmed.max(last))
 }
 
-async fn join(State(peer): State<PeerContext>, body: Bytes) -> Response {
-    match decoded::<JoinRequest>(&body) {
-        Ok(request) => reply(&admit(&peer.raft, request).await),
-        Err(e) => bad_request(&e),
+async fn join(State(peer): State<PeerContext>, identity: Caller, body: Bytes) -> Response {
+    let request = match decoded::<JoinRequest>(&body) {
+        Ok(request) => request,
+        Err(e) => return bad_request(&e),
+    };
+    if let Err(refused) = check_sender(caller(&identity), Some(request.node_id)) {
+        return *refused;
     }
+    let result = async {
+        leader_check(&peer.raft)?;
+        // A replica that is not a member joins only on a ticket it redeemed (checked on
+        // the leader, which committed the redemption).
+        let id = request.node_id;
+        let now = crate::members::now_ms();
+        if caller(&identity).is_some()
+            && !is_member(&peer.raft, id)
+            && !peer.state.read().state.members().may_join(id, now)
+        {
+            return Err(PeerRefusal::Rejected(format!(
+                "replica {id} holds no redeemed join ticket: admit it with `backlock vault admit --replica {id}`"
+            )));
+        }
+        admit(&peer.raft, request).await
+    }
+    .await;
+    reply(&result)
+}
+
+/// A join ticket the operator asked a member for (`vault admit`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdmitRequest {
+    /// The replica id it admits.
+    pub replica: u64,
+    /// BLAKE3 of the ticket (the ticket itself stays with the operator).
+    pub ticket_hash: [u8; 32],
+    /// How long it stays valid.
+    pub valid_ms: u64,
+}
+
+async fn admit_ticket(State(peer): State<PeerContext>, body: Bytes) -> Response {
+    let request = match decoded::<AdmitRequest>(&body) {
+        Ok(request) => request,
+        Err(e) => return bad_request(&e),
+    };
+    let command = crate::state::Command::Admit {
+        replica: request.replica,
+        ticket_hash: request.ticket_hash,
+        expires_ms: crate::members::now_ms().saturating_add(request.valid_ms),
+    };
+    let result = match propose_one(&peer, command).await {
+        Ok(Applied::Ticket(Ok(()))) => Ok(()),
+        Ok(Applied::Ticket(Err(TicketRefusal::Retired))) => Err(PeerRefusal::Rejected(format!(
+            "replica {} was removed from the fleet and is never admitted again; give the new site a new id",
+            request.replica
+        ))),
+        Ok(other) => Err(PeerRefusal::Rejected(format!("unexpected outcome {other:?}"))),
+        Err(e) => Err(PeerRefusal::Unavailable(e.to_string())),
+    };
+    reply(&result)
+}
+
+/// Commits one command through this replica's queue (forwarded if it follows).
+pub(crate) async fn propose_one(
+    peer: &PeerContext,
+    command: crate::state::Command,
+) -> Result<Applied, ProposeError> {
+    peer.queue
+        .propose_all(vec![command])
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(ProposeError::Unavailable("shutting down".to_owned())))
 }
 
 fn leader_check(raft: &VaultRaft) -> Result<(), PeerRefusal> {
@@ -344,6 +591,15 @@ async fn remove(State(peer): State<PeerContext>, body: Bytes) -> Response {
             return Err(PeerRefusal::Rejected(
                 "the leader does not remove itself; stop it so another replica leads, then remove it there".to_owned(),
             ));
+        }
+        // Retired first: from the moment the change is decided, its certificate is
+        // refused, and its id is never admitted again.
+        match propose_one(&peer, crate::state::Command::Retire { replica: node_id }).await {
+            Ok(Applied::Retired) => {}
+            Ok(other) => {
+                return Err(PeerRefusal::Rejected(format!("unexpected outcome {other:?}")))
+            }
+            Err(e) => return Err(PeerRefusal::Unavailable(e.to_string())),
         }
         let ids = BTreeSet::from([node_id]);
         for change in [

@@ -158,12 +158,12 @@ impl Shared {
     reason = "openraft's error type, as its storage traits return it"
 )]
 fn decode_data(bytes: &[u8], meta: &SnapshotMeta) -> Result<SmData, StorageError> {
-    // `postcard(SmData)`, then the open attempts (absent in a snapshot written before
-    // attempts had ids).
+    // `postcard(SmData)`, then the open attempts and the admission state (absent in a
+    // snapshot written before they existed).
     let (mut data, trailer): (SmData, &[u8]) = postcard::take_from_bytes(bytes)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
     data.state
-        .set_attempts_trailer(trailer)
+        .set_trailer(trailer)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
     if data.last_applied != meta.last_log_id {
         let msg = io::Error::other("snapshot data and metadata disagree on the last applied entry");
@@ -196,7 +196,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let sm = self.shared.read();
             let mut data =
                 postcard::to_allocvec(&*sm).map_err(|e| StorageIOError::read_state_machine(&e))?;
-            data.extend(sm.state.attempts_trailer());
+            data.extend(sm.state.trailer());
             let build = self.shared.builds.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match sm.last_applied {
                 Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
