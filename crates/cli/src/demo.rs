@@ -219,11 +219,7 @@ fn password_story(
     let password = Password::new("tulip garden 42".into());
     let runtime = tokio::runtime::Runtime::new()?;
     let vault = crate::vault::start_embedded(&runtime, &root.join("vault"))?;
-    let expires = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 600;
-    let token = vault.vault.token_secret().issue(ACCOUNT, expires)?;
+    let token = vault.vault.issue_token(ACCOUNT, 600)?;
     let client = VaultClient::new(&vault.url(), ACCOUNT, &token)?;
     let ksf = Stretch::default();
     let result = runtime.block_on(async {

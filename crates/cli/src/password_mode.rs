@@ -199,7 +199,7 @@ pub(crate) fn switch(
             key_input::confirm_saved(&key)?;
         }
         let session = connect(vault, &home)?;
-        let result = session.block_on(session.client.delete(&key));
+        let result = session.block_on(session.client.delete(&key, &session.pinned));
         session.close();
         match result {
             Ok(()) | Err(VaultError::NoKey) => {}
@@ -270,7 +270,7 @@ pub(crate) fn delete(
     }
     let home = device_home()?;
     let session = connect(vault, &home)?;
-    let result = session.block_on(session.client.delete(&key));
+    let result = session.block_on(session.client.delete(&key, &session.pinned));
     session.close();
     result.map_err(VaultFailure::from)?;
     if json {

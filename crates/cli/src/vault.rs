@@ -12,7 +12,6 @@ use backlock_vault_server::service::VaultConfig;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// Account used with the embedded vault when none is given.
@@ -213,16 +212,10 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
             };
             let running = start_embedded(&runtime, &data)?;
             let account = args.account.clone().unwrap_or_else(|| LOCAL_ACCOUNT.into());
-            let expires = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                + 600;
             let token = Zeroizing::new(
                 running
                     .vault
-                    .token_secret()
-                    .issue(&account, expires)
+                    .issue_token(&account, 600)
                     .map_err(|e| Usage(format!("--account: {e}")))?,
             );
             let name = format!(

@@ -6,6 +6,7 @@ use crate::exit::{Usage, VaultFailure};
 use crate::fleet_certs;
 use crate::password_mode;
 use anyhow::{Context, Result};
+use backlock_vault_proto::token::{FleetId, TokenKeys, TokenSecret};
 use backlock_vault_server::fleet;
 use backlock_vault_server::fleet_config::FleetConfig;
 use backlock_vault_server::run::{load_secrets, RunningVault, ServeConfig, TlsFiles};
@@ -120,6 +121,13 @@ pub(crate) enum VaultCommand {
     },
     /// Sign a fleet bundle: the replicas' URLs and the fleet's public key, for devices.
     Bundle(crate::fleet_bundle::BundleArgs),
+    /// Create a token secret for the relay (a rotation): 64 hex digits in a new file
+    /// (mode 0600), listed as [[token_keys]] in every replica's configuration.
+    TokenKey {
+        /// The file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a development account token, as the relay would issue.
     Token {
         /// A one-replica vault's data directory.
@@ -293,6 +301,17 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
         VaultCommand::Certs(args) => fleet_certs::run(&args),
         VaultCommand::BundleKey { out } => crate::fleet_bundle::new_key(&out),
         VaultCommand::Bundle(args) => crate::fleet_bundle::sign(&args),
+        VaultCommand::TokenKey { out } => {
+            let secret = TokenSecret::generate();
+            let text =
+                zeroize::Zeroizing::new(format!("{}\n", hex::encode(secret.expose_secret())));
+            fleet_certs::write_new(&out, &text, 0o600)?;
+            println!(
+                "token secret written to {}: give it to the relay and list it as [[token_keys]] on every replica",
+                out.display()
+            );
+            Ok(())
+        }
         VaultCommand::Token {
             data,
             config,
@@ -300,9 +319,14 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
             ttl,
             node_key,
         } => {
-            let secrets = match (data, config) {
-                (Some(data), _) => load_secrets(&data, node_key.as_deref()),
-                (None, Some(config)) => load_fleet_secrets(&load_config(&config)?),
+            let keys = match (data, config) {
+                (Some(data), _) => load_secrets(&data, node_key.as_deref())
+                    .map(|s| TokenKeys::new(FleetId::of(&s.server.public_key()), 1, s.tokens)),
+                (None, Some(config)) => {
+                    let config = load_config(&config)?;
+                    load_fleet_secrets(&config)
+                        .and_then(|s| config.token_keys(&s.server.public_key(), s.tokens))
+                }
                 (None, None) => return Err(Usage("give --data DIR or --config FILE".into()).into()),
             }
             .map_err(|e| Usage(e.to_string()))?;
@@ -310,10 +334,9 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let token = secrets
-                .tokens
-                .issue(&account, now + ttl)
-                .map_err(|e| Usage(format!("--account: {e}")))?;
+            let token = keys
+                .issue(&account, now, now + ttl)
+                .map_err(|e| Usage(format!("cannot issue the token: {e}")))?;
             println!("{token}");
             Ok(())
         }

@@ -21,6 +21,7 @@ use backlock_vault_proto::client::{
 use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
+use backlock_vault_proto::token::FleetId;
 use backlock_vault_proto::wire::{
     self, path, AccountStatus, DeleteRecord, Deleted, ErrorCode, OwnerProof, RecoverFinish,
     RecoverFinishReply, RecoverStart, RecoverStartReply, RegisterFinishReply, RegisterStart,
@@ -342,10 +343,8 @@ impl VaultClient {
                 &finish.wrapped,
                 &finish.owner_public_key,
             );
-            finish.replace = Some(OwnerProof {
-                generation,
-                signature: owner.sign(OwnerOp::Replace, &self.account, generation, &payload),
-            });
+            finish.replace =
+                Some(self.proof(owner, OwnerOp::Replace, pinned, generation, &payload));
         }
         self.call(path::REGISTER_FINISH, &finish).await
     }
@@ -451,8 +450,37 @@ impl VaultClient {
         self.replicas.len()
     }
 
+    /// The owner's proof for `op` on this account's record at `generation`, for the
+    /// fleet of `pinned`, valid from now for [`owner::MAX_WINDOW_SECS`].
+    fn proof(
+        &self,
+        owner: &OwnerKey,
+        op: OwnerOp,
+        pinned: &[u8; 32],
+        generation: u64,
+        payload: &[u8],
+    ) -> OwnerProof {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let window = owner::Window::from(now);
+        let scope = owner::Scope {
+            fleet: FleetId::of(pinned),
+            account: &self.account,
+            generation,
+            window,
+        };
+        OwnerProof {
+            generation,
+            not_before: window.not_before,
+            not_after: window.not_after,
+            signature: owner.sign(op, &scope, payload),
+        }
+    }
+
     /// Erases the account's record, proving ownership with the key.
-    pub async fn delete(&self, key: &BackupKey) -> Result<(), VaultError> {
+    pub async fn delete(&self, key: &BackupKey, pinned: &[u8; 32]) -> Result<(), VaultError> {
         let generation = self
             .status()
             .await?
@@ -462,10 +490,7 @@ impl VaultClient {
         let owner = OwnerKey::derive(key);
         let request = DeleteRecord {
             account: self.account.clone(),
-            proof: OwnerProof {
-                generation,
-                signature: owner.sign(OwnerOp::Delete, &self.account, generation, &[]),
-            },
+            proof: self.proof(&owner, OwnerOp::Delete, pinned, generation, &[]),
         };
         let _: Deleted = self.call(path::DELETE, &request).await?;
         Ok(())

@@ -46,6 +46,16 @@ pub struct ServerInfo {
     pub versions: Vec<u8>,
 }
 
+impl OwnerProof {
+    /// The window it names.
+    pub fn window(&self) -> crate::owner::Window {
+        crate::owner::Window {
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
 /// Step 1 of registration (a first password, or a new one with the owner's signature).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterStart {
@@ -87,6 +97,13 @@ pub struct RegisterFinish {
 pub struct OwnerProof {
     /// Generation of the record being changed; a replayed proof names an old one.
     pub generation: u64,
+    /// First Unix second the proof is valid (absent from devices of the first
+    /// format, whose proofs are refused).
+    #[serde(default)]
+    pub not_before: u64,
+    /// First Unix second it is no longer valid.
+    #[serde(default)]
+    pub not_after: u64,
     /// Ed25519 signature.
     #[serde(with = "serde_sig")]
     pub signature: [u8; 64],

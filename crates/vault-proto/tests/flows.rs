@@ -180,12 +180,17 @@ fn server_keys_round_trip_and_redact() {
     let debug = format!("{server:?}");
     assert!(!debug.contains(&hex::encode(&server.to_bytes()[..16])));
     let owner = OwnerKey::derive(&BackupKey::from_bytes([1; 32]));
-    let sig = owner.sign(OwnerOp::Replace, ACCOUNT, 1, b"x");
+    let scope = owner::Scope {
+        fleet: backlock_vault_proto::token::FleetId::of(&server.public_key()),
+        account: ACCOUNT,
+        generation: 1,
+        window: owner::Window::from(1_000),
+    };
+    let sig = owner.sign(OwnerOp::Replace, &scope, b"x");
     assert!(owner::verify(
         &owner.public_key(),
         OwnerOp::Replace,
-        ACCOUNT,
-        1,
+        &scope,
         b"x",
         &sig
     ));

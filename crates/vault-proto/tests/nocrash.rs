@@ -22,4 +22,16 @@ proptest! {
     fn test_nocrash_tokens(account in "[a-z.]{0,8}", expiry in "[0-9]{0,22}", mac in "[0-9a-f]{0,70}") {
         decode_all(format!("bl1.{account}.{expiry}.{mac}").as_bytes());
     }
+
+    #[test]
+    fn test_nocrash_v2_tokens(fleet in "[0-9a-f]{0,18}", key in "[0-9]{0,4}", issued in "[0-9]{0,22}", expiry in "[0-9]{0,22}", account in "[a-z.]{0,8}", mac in "[0-9a-f]{0,70}") {
+        let token = format!("bl2.{fleet}.{key}.{issued}.{expiry}.{account}.{mac}");
+        let keys = backlock_vault_proto::token::TokenKeys::new(
+            backlock_vault_proto::token::FleetId::of(&[1; 32]),
+            1,
+            backlock_vault_proto::token::TokenSecret::from_bytes([2; 32]),
+        );
+        let _ = keys.verify(&token, 1_000);
+        decode_all(token.as_bytes());
+    }
 }

@@ -6,6 +6,7 @@
 use crate::fleet_tls::FleetTlsFiles;
 use crate::run::TlsFiles;
 use crate::service::VaultConfig;
+use backlock_vault_proto::token::{FleetId, TokenKeys, TokenSecret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,40 @@ use std::time::Duration;
 /// three (7).
 pub const FLEET_SIZES: [usize; 3] = [3, 5, 7];
 
+/// A token secret of the relay's, in a file of its own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyFile {
+    /// Its id in tokens, 2 to 255 (1 is the secret `vault init` made).
+    pub id: u8,
+    /// The file: 64 hex digits (`backlock vault token-key --out`).
+    pub file: PathBuf,
+}
+
+fn default_token_max_lifetime_secs() -> u64 {
+    backlock_vault_proto::token::DEFAULT_MAX_LIFETIME_SECS
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// One replica's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
     /// This replica's id: one of `replicas`, never reused for another machine.
     pub node_id: u64,
+    /// The longest lifetime of an account token this fleet accepts.
+    #[serde(default = "default_token_max_lifetime_secs")]
+    pub token_max_lifetime_secs: u64,
+    /// More token secrets the relay may use (a rotation): files of 64 hex digits.
+    #[serde(default)]
+    pub token_keys: Vec<TokenKeyFile>,
+    /// Whether tokens made with the token secret created by `vault init` (key 1) are
+    /// accepted; false once a rotation retired it.
+    #[serde(default = "default_true")]
+    pub fleet_token_key: bool,
     /// Data directory (sealed log, snapshot, sealed secrets).
     pub data: PathBuf,
     /// Address of the device API.
@@ -145,6 +174,9 @@ impl FleetConfig {
         if let Some(key) = &mut self.node_key {
             resolve(key);
         }
+        for key in &mut self.token_keys {
+            resolve(&mut key.file);
+        }
         if let Some(hsm) = &mut self.pkcs11 {
             resolve(&mut hsm.module);
             if let Some(pin) = &mut hsm.pin_file {
@@ -187,7 +219,61 @@ impl FleetConfig {
             return Err("attempt_ttl_secs must be between 1 and 3600".to_owned());
         }
         self.http.check()?;
+        if !(60..=30 * 86_400).contains(&self.token_max_lifetime_secs) {
+            return Err(
+                "token_max_lifetime_secs must be between 60 and 2592000 (30 days)".to_owned(),
+            );
+        }
+        let mut key_ids: Vec<u8> = self.token_keys.iter().map(|k| k.id).collect();
+        key_ids.sort_unstable();
+        key_ids.dedup();
+        if key_ids.len() != self.token_keys.len() || key_ids.iter().any(|id| *id < 2) {
+            return Err(
+                "[[token_keys]] ids must be distinct, from 2 to 255 (1 is the fleet's own)"
+                    .to_owned(),
+            );
+        }
+        if !self.fleet_token_key && self.token_keys.is_empty() {
+            return Err(
+                "fleet_token_key = false needs at least one [[token_keys]] entry".to_owned(),
+            );
+        }
         Ok(())
+    }
+
+    /// The token secrets this replica accepts: the fleet's own (key 1, unless retired)
+    /// and the configured ones; tokens are issued with the highest id.
+    pub fn token_keys(
+        &self,
+        server_public_key: &[u8; 32],
+        fleet_secret: TokenSecret,
+    ) -> Result<TokenKeys, crate::run::ServeError> {
+        let mut keys = Vec::new();
+        if self.fleet_token_key {
+            keys.push((1u8, fleet_secret));
+        }
+        for key in &self.token_keys {
+            let text = std::fs::read_to_string(&key.file).map_err(|e| {
+                crate::run::ServeError::Setup(format!("token key {}: {e}", key.file.display()))
+            })?;
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
+                crate::run::ServeError::Setup(format!(
+                    "token key {} must hold 64 hex digits",
+                    key.file.display()
+                ))
+            })?;
+            keys.push((key.id, TokenSecret::from_bytes(bytes)));
+        }
+        keys.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        let mut keys = keys.into_iter();
+        let (id, secret) = keys.next().expect("checked: at least one token key");
+        let mut all = TokenKeys::new(FleetId::of(server_public_key), id, secret)
+            .with_max_lifetime(self.token_max_lifetime_secs);
+        for (id, secret) in keys {
+            all = all.accepting(id, secret);
+        }
+        Ok(all)
     }
 
     /// This replica's entry.

@@ -13,6 +13,7 @@ use crate::raft::{Bootstrap, HttpNetwork, NodeConfig, VaultNode, VoteGate};
 use crate::seal::{KeyFileSealer, Sealer};
 use crate::secrets::VaultSecrets;
 use crate::service::{Vault, VaultConfig};
+use backlock_vault_proto::token::{FleetId, TokenKeys};
 use serde::Deserialize;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -263,6 +264,7 @@ impl RunningVault {
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
         let VaultSecrets { server, tokens } = secrets;
+        let tokens = TokenKeys::new(FleetId::of(&server.public_key()), 1, tokens);
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault));
         let servers = serve_api(
             listener,
@@ -332,6 +334,7 @@ impl RunningVault {
         .map_err(|e| ServeError::Setup(e.to_string()))?;
         let peer_app = node.fleet_peer_router(secrets.to_transfer());
         let VaultSecrets { server, tokens } = secrets;
+        let tokens = config.token_keys(&server.public_key(), tokens)?;
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault()));
         let mut peer_server = (*peer_tls.server).clone();
         peer_server.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -11,9 +11,9 @@ use crate::raft::{ProposeError, VaultNode};
 use crate::state::{Applied, Command, EraseReason, NewRecord, Place, Refusal};
 use backlock_vault_proto::owner::{self, OwnerOp};
 use backlock_vault_proto::server::{password_file, PendingLogin, ServerKeys, StepError};
-use backlock_vault_proto::token::{TokenError, TokenSecret};
+use backlock_vault_proto::token::{IssueError, TokenError, TokenKeys};
 use backlock_vault_proto::wire::{
-    AccountStatus, DeleteRecord, Deleted, ErrorCode, RecordStatus, RecoverFinish,
+    AccountStatus, DeleteRecord, Deleted, ErrorCode, OwnerProof, RecordStatus, RecoverFinish,
     RecoverFinishReply, RecoverStart, RecoverStartReply, RegisterFinish, RegisterFinishReply,
     RegisterStart, RegisterStartReply, ServerInfo, StatusRequest, WireError, WIRE_VERSION,
 };
@@ -92,7 +92,7 @@ impl Logins {
 pub struct Vault {
     node: VaultNode,
     server: ServerKeys,
-    tokens: TokenSecret,
+    tokens: TokenKeys,
     config: VaultConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
     logins: Mutex<Logins>,
@@ -152,7 +152,7 @@ impl Vault {
     pub fn new(
         node: VaultNode,
         server: ServerKeys,
-        tokens: TokenSecret,
+        tokens: TokenKeys,
         config: VaultConfig,
     ) -> Self {
         Vault {
@@ -193,9 +193,15 @@ impl Vault {
         }
     }
 
-    /// The token secret, for the embedded vault that issues its own tokens.
-    pub fn token_secret(&self) -> &TokenSecret {
+    /// The token secrets, for the embedded vault that issues its own tokens.
+    pub fn token_keys(&self) -> &TokenKeys {
         &self.tokens
+    }
+
+    /// A token for `account` from now for `ttl_secs`, as the relay would issue.
+    pub fn issue_token(&self, account: &str, ttl_secs: u64) -> Result<String, IssueError> {
+        let now = now_ms() / 1000;
+        self.tokens.issue(account, now, now + ttl_secs)
     }
 
     /// What the vault says about itself.
@@ -322,16 +328,7 @@ impl Vault {
                     &req.wrapped,
                     &req.owner_public_key,
                 );
-                if !owner::verify(
-                    &owner,
-                    OwnerOp::Replace,
-                    &req.account,
-                    proof.generation,
-                    &payload,
-                    &proof.signature,
-                ) {
-                    return Err(err(ErrorCode::Forbidden, "the owner proof does not verify: sign with the key this record was registered with"));
-                }
+                self.check_proof(&owner, OwnerOp::Replace, &req.account, proof, &payload)?;
                 Command::Replace {
                     account: req.account.clone(),
                     generation: proof.generation,
@@ -639,6 +636,41 @@ impl Vault {
         }
     }
 
+    /// Checks an owner proof: its window against this replica's clock, then its
+    /// signature over this fleet, the account, the generation it names and `payload`.
+    fn check_proof(
+        &self,
+        owner_key: &[u8; 32],
+        op: OwnerOp,
+        account: &str,
+        proof: &OwnerProof,
+        payload: &[u8],
+    ) -> Reply<()> {
+        let window = proof.window();
+        if !window.admits(now_ms() / 1000) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!(
+                    "the owner proof is valid only from {} to {} (Unix s, at most {} s, with {} s of clock skew): sign again now, and check the device's clock",
+                    window.not_before,
+                    window.not_after,
+                    owner::MAX_WINDOW_SECS,
+                    backlock_vault_proto::token::CLOCK_SKEW_SECS
+                ),
+            ));
+        }
+        let scope = owner::Scope {
+            fleet: self.tokens.fleet(),
+            account,
+            generation: proof.generation,
+            window,
+        };
+        if !owner::verify(owner_key, op, &scope, payload, &proof.signature) {
+            return Err(err(ErrorCode::Forbidden, "the owner proof does not verify: sign for this vault with the key this record was registered with"));
+        }
+        Ok(())
+    }
+
     /// Erases the record on the owner's request.
     pub async fn delete(&self, token: Option<&str>, req: DeleteRecord) -> Reply<Deleted> {
         self.admit(token, &req.account)?;
@@ -647,16 +679,7 @@ impl Vault {
             .node
             .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
             .ok_or_else(no_key)?;
-        if !owner::verify(
-            &owner,
-            OwnerOp::Delete,
-            &req.account,
-            req.proof.generation,
-            &[],
-            &req.proof.signature,
-        ) {
-            return Err(err(ErrorCode::Forbidden, "the owner proof does not verify: sign with the key this record was registered with"));
-        }
+        self.check_proof(&owner, OwnerOp::Delete, &req.account, &req.proof, &[])?;
         let command = Command::Erase {
             account: req.account.clone(),
             generation: req.proof.generation,

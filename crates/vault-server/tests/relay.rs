@@ -14,7 +14,6 @@ use backlock_vault_proto::wrap;
 use backlock_vault_server::run::{RunningVault, ServeConfig};
 use backlock_vault_server::service::VaultConfig;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
@@ -108,12 +107,7 @@ async fn a_logging_relay_learns_nothing_that_opens_the_backup() {
     .unwrap();
     let log: Transcript = Arc::default();
     let relay = start_relay(vault.addr, log.clone()).await;
-    let expires = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = vault.vault.token_secret().issue("alice", expires).unwrap();
+    let token = vault.vault.issue_token("alice", 600).unwrap();
     let client = VaultClient::new(&relay, "alice", &token).unwrap();
     let ksf = Stretch::default();
     let pinned = client.info().await.unwrap().server_public_key;
@@ -157,7 +151,7 @@ async fn a_logging_relay_learns_nothing_that_opens_the_backup() {
         "the vault's data and the relay's log open the backup"
     );
 
-    client.delete(&key).await.unwrap();
+    client.delete(&key, &pinned).await.unwrap();
     let transcript = log.lock().unwrap().clone();
     assert!(transcript.len() > 2_000, "the relay saw the traffic");
     for (what, secret) in [

@@ -9,6 +9,7 @@ use backlock_vault_proto::client::{start_recovery, start_registration};
 use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
+use backlock_vault_proto::token::FleetId;
 use backlock_vault_proto::wire::{self, ErrorCode, WireError};
 use backlock_vault_server::run::{RunningVault, ServeConfig};
 use backlock_vault_server::seal::{KeyFileSealer, Sealer};
@@ -60,20 +61,15 @@ impl Harness {
     }
 
     fn token(&self, account: &str) -> String {
-        let expires = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600;
-        self.vault
-            .vault
-            .token_secret()
-            .issue(account, expires)
-            .unwrap()
+        self.vault.vault.issue_token(account, 600).unwrap()
     }
 
     fn client(&self, account: &str) -> VaultClient {
         VaultClient::new(&self.vault.url(), account, &self.token(account)).unwrap()
+    }
+
+    fn fleet(&self) -> FleetId {
+        self.vault.vault.token_keys().fleet()
     }
 
     fn pinned(&self) -> [u8; 32] {
@@ -284,7 +280,7 @@ async fn change_password_and_delete_need_the_owner_key() {
         .await;
     assert!(matches!(forged, Err(VaultError::Refused(_))), "{forged:?}");
     assert!(matches!(
-        client.delete(&BackupKey::generate()).await,
+        client.delete(&BackupKey::generate(), &h.pinned()).await,
         Err(VaultError::Refused(_))
     ));
 
@@ -307,7 +303,7 @@ async fn change_password_and_delete_need_the_owner_key() {
         key.expose_secret()
     );
 
-    client.delete(&key).await.unwrap();
+    client.delete(&key, &h.pinned()).await.unwrap();
     assert!(client.status().await.unwrap().record.is_none());
     assert!(matches!(
         h.recover("dave", "new password 8").await,
@@ -354,21 +350,59 @@ async fn tokens_versions_rate_limits_and_pinning() {
             .1,
         ErrorCode::BadToken
     );
-    let expired = h.vault.vault.token_secret().issue("erin", 1).unwrap();
+    let expired = h.vault.vault.token_keys().issue("erin", 0, 1).unwrap();
     assert_eq!(
         error(send(Some(expired), body.clone()).await.unwrap())
             .await
             .1,
         ErrorCode::TokenExpired
     );
+    // A token the same relay secret made for another fleet, and one living longer than
+    // the vault's maximum (the relay's clock or a stolen secret's holder asking for a
+    // token that never expires): refused before anything else.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let keys = h.vault.vault.token_keys().clone();
+    let foreign = keys
+        .clone()
+        .with_fleet(FleetId::of(&[7; 32]))
+        .issue("erin", now, now + 60)
+        .unwrap();
+    let long = keys
+        .clone()
+        .with_max_lifetime(u64::MAX)
+        .issue("erin", now, now + 10 * 365 * 86_400)
+        .unwrap();
+    let ahead = keys.issue("erin", now + 3_600, now + 7_200).unwrap();
+    let within_skew = keys.issue("erin", now + 60, now + 120).unwrap();
+    for (what, token) in [
+        ("another fleet", foreign),
+        ("ten years", long),
+        ("an hour ahead", ahead),
+    ] {
+        let (status, code, _) = error(send(Some(token), body.clone()).await.unwrap()).await;
+        assert_eq!(
+            (status, code),
+            (401, ErrorCode::BadToken),
+            "a token of {what}"
+        );
+    }
+    let skewed = send(Some(within_skew), body.clone()).await.unwrap();
+    assert!(
+        skewed.status().is_success(),
+        "a token a minute ahead is within the skew"
+    );
     let mut newer = body.clone();
     newer[0] = 9;
     let (status, code, _) = error(send(Some(h.token("erin")), newer).await.unwrap()).await;
     assert_eq!((status, code), (400, ErrorCode::UnsupportedVersion));
 
-    // Refused tokens and versions cost nothing; then a burst of 3 passes and the 4th waits.
+    // Refused tokens and versions cost nothing; one request passed above, then a burst
+    // of 2 more passes and the next waits.
     let mut codes = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         let r = send(Some(h.token("erin")), body.clone()).await.unwrap();
         codes.push(if r.status().is_success() {
             None
@@ -376,8 +410,8 @@ async fn tokens_versions_rate_limits_and_pinning() {
             Some(error(r).await)
         });
     }
-    assert_eq!(codes[..3], [None, None, None]);
-    assert_eq!(codes[3], Some((429, ErrorCode::RateLimited, true)));
+    assert_eq!(codes[..2], [None, None]);
+    assert_eq!(codes[2], Some((429, ErrorCode::RateLimited, true)));
 
     // A device that pinned another key refuses this vault before sending a password.
     let key = BackupKey::generate();
@@ -475,12 +509,7 @@ async fn tls_when_configured_and_only_the_given_ca_is_trusted() {
     .unwrap();
     let url = vault.url();
     assert!(url.starts_with("https://"), "{url}");
-    let expires = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = vault.vault.token_secret().issue("ivy", expires).unwrap();
+    let token = vault.vault.issue_token("ivy", 600).unwrap();
 
     // Trusting the private CA: the whole flow works over TLS.
     let client = VaultClient::with_ca(&url, "ivy", &token, Some(&ca)).unwrap();
@@ -528,6 +557,133 @@ async fn post<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     } else {
         Err(serde_json::from_slice::<WireError>(&body).unwrap().code)
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An owner proof as a device makes one, with every part of its scope chosen.
+fn owner_proof(
+    key: &BackupKey,
+    op: OwnerOp,
+    fleet: FleetId,
+    account: &str,
+    generation: u64,
+    window: owner::Window,
+    payload: &[u8],
+) -> wire::OwnerProof {
+    let scope = owner::Scope {
+        fleet,
+        account,
+        generation,
+        window,
+    };
+    wire::OwnerProof {
+        generation,
+        not_before: window.not_before,
+        not_after: window.not_after,
+        signature: OwnerKey::derive(key).sign(op, &scope, payload),
+    }
+}
+
+/// A relay that recorded a device's owner proofs (or a thief of one never sent) tries
+/// them later: a proof for a generation that has changed, one outside its time window,
+/// one made for another fleet, and one naming too wide a window are refused, and the
+/// record stays; a fresh one deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_proof_replayed_after_a_change_outside_its_window_or_at_another_fleet_is_refused()
+{
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    let client = h.client("ida");
+    let first = client
+        .register(
+            &Password::new(RIGHT.into()),
+            &key,
+            &h.pinned(),
+            None,
+            &h.ksf,
+        )
+        .await
+        .unwrap();
+    let delete = |proof: wire::OwnerProof| {
+        let h = &h;
+        async move {
+            let request = wire::DeleteRecord {
+                account: "ida".into(),
+                proof,
+            };
+            post::<_, wire::Deleted>(h, "ida", wire::path::DELETE, &request).await
+        }
+    };
+    let now = unix_now();
+    let proof = |generation, window, fleet| {
+        owner_proof(&key, OwnerOp::Delete, fleet, "ida", generation, window, &[])
+    };
+    // Recorded now, for the current generation; then the owner changes the password.
+    let recorded = proof(first.generation, owner::Window::from(now), h.fleet());
+    client
+        .register(
+            &Password::new("second 2".into()),
+            &key,
+            &h.pinned(),
+            Some(&OwnerKey::derive(&key)),
+            &h.ksf,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        delete(recorded).await,
+        Err(ErrorCode::Forbidden),
+        "a proof for the old generation"
+    );
+    let generation = first.generation + 1;
+    let past = owner::Window {
+        not_before: now - 2_000,
+        not_after: now - 1_400,
+    };
+    let future = owner::Window {
+        not_before: now + 1_400,
+        not_after: now + 2_000,
+    };
+    let wide = owner::Window {
+        not_before: now - 10,
+        not_after: now + 86_400,
+    };
+    for (what, window, fleet) in [
+        ("a window that ended", past, h.fleet()),
+        ("a window not begun", future, h.fleet()),
+        ("a window of a day", wide, h.fleet()),
+        (
+            "another fleet",
+            owner::Window::from(now),
+            FleetId::of(&[7; 32]),
+        ),
+    ] {
+        assert_eq!(
+            delete(proof(generation, window, fleet)).await,
+            Err(ErrorCode::Forbidden),
+            "{what}"
+        );
+    }
+    assert!(
+        client.status().await.unwrap().record.is_some(),
+        "the record stays"
+    );
+    // The control: a fresh proof deletes it.
+    delete(proof(
+        generation,
+        owner::Window::from(unix_now()),
+        h.fleet(),
+    ))
+    .await
+    .unwrap();
+    assert!(client.status().await.unwrap().record.is_none());
+    h.vault.shutdown().await;
 }
 
 /// A registration's finish message, ready to send (and send again).
@@ -583,15 +739,15 @@ async fn a_registration_sent_again_after_a_lost_answer_succeeds_and_changes_noth
         &change.wrapped,
         &change.owner_public_key,
     );
-    change.replace = Some(wire::OwnerProof {
-        generation: stored.generation,
-        signature: OwnerKey::derive(&key).sign(
-            OwnerOp::Replace,
-            "hana",
-            stored.generation,
-            &payload,
-        ),
-    });
+    change.replace = Some(owner_proof(
+        &key,
+        OwnerOp::Replace,
+        h.fleet(),
+        "hana",
+        stored.generation,
+        owner::Window::from(unix_now()),
+        &payload,
+    ));
     let changed = finish(change.clone()).await.unwrap();
     assert_eq!(changed.generation, stored.generation + 1);
     assert_eq!(finish(change).await, Ok(changed));

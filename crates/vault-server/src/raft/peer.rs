@@ -284,7 +284,10 @@ fn is_member(raft: &VaultRaft, id: u64) -> bool {
 
 /// Refuses a Raft message whose sender is not the replica the certificate names.
 /// Without an identity (the unguarded router, in-process tests) nothing is checked.
-fn check_sender(identity: Option<&PeerIdentity>, claimed: Option<u64>) -> Result<(), Box<Response>> {
+fn check_sender(
+    identity: Option<&PeerIdentity>,
+    claimed: Option<u64>,
+) -> Result<(), Box<Response>> {
     match identity {
         None => Ok(()),
         Some(PeerIdentity::Replica(id)) if Some(*id) == claimed => Ok(()),
