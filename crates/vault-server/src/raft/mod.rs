@@ -16,6 +16,8 @@ mod lease;
 mod log_store;
 mod network;
 mod peer;
+#[cfg(test)]
+mod power_cut;
 mod state_machine;
 mod types;
 mod wal;

@@ -187,9 +187,14 @@ impl Wal {
             offsets.push(self.tail_segment().end + frames.len() as u64);
             self.frame(entry, &mut frames)?;
         }
-        self.tail
-            .write_all(&frames)
-            .map_err(|e| FileError::io(&self.tail_path(), e))?;
+        {
+            #[cfg(test)]
+            let _powered = super::power_cut::powered(&self.dir)
+                .map_err(|e| FileError::io(&self.tail_path(), e))?;
+            self.tail
+                .write_all(&frames)
+                .map_err(|e| FileError::io(&self.tail_path(), e))?;
+        }
         self.unsynced = true;
         let segment = self.tail_segment_mut();
         segment.offsets.extend(offsets);
@@ -203,10 +208,15 @@ impl Wal {
     /// Makes every write so far durable.
     pub(crate) fn sync(&mut self) -> Result<(), FileError> {
         if self.unsynced {
+            #[cfg(test)]
+            let mut powered = super::power_cut::powered(&self.dir)
+                .map_err(|e| FileError::io(&self.tail_path(), e))?;
             self.tail
                 .sync_data()
                 .map_err(|e| FileError::io(&self.tail_path(), e))?;
             self.unsynced = false;
+            #[cfg(test)]
+            powered.durable(&self.tail_path(), self.tail_segment().end);
         }
         if self.dir_changed {
             files::sync_dir(&self.dir)?;
@@ -316,6 +326,10 @@ impl Wal {
         // segment can end torn.
         self.sync()?;
         self.tail = create_segment(&self.dir, first)?;
+        #[cfg(test)]
+        super::power_cut::powered(&self.dir)
+            .map_err(|e| FileError::io(&segment_path(&self.dir, first), e))?
+            .durable(&segment_path(&self.dir, first), 0);
         self.segments.push(Segment::empty(first));
         self.dir_changed = true;
         Ok(())
