@@ -21,13 +21,18 @@ pub mod path {
     /// POST [`super::RegisterStart`] → [`super::RegisterStartReply`].
     pub const REGISTER_START: &str = "/v1/register/start";
     /// POST [`super::RegisterFinish`] → [`super::RegisterFinishReply`].
-    pub const REGISTER_FINISH: &str = "/v1/register/finish";
+    pub const REGISTER_FINISH: &str = "/v2/register/finish";
+    /// POST [`super::RegisterFinishV1`] → [`super::RegisterFinishReply`]: apps of the
+    /// first format; a replacement with its owner proof is refused.
+    pub const REGISTER_FINISH_V1: &str = "/v1/register/finish";
     /// POST [`super::RecoverStart`] → [`super::RecoverStartReply`].
     pub const RECOVER_START: &str = "/v1/recover/start";
     /// POST [`super::RecoverFinish`] → [`super::RecoverFinishReply`].
     pub const RECOVER_FINISH: &str = "/v1/recover/finish";
     /// POST [`super::DeleteRecord`] → [`super::Deleted`].
-    pub const DELETE: &str = "/v1/delete";
+    pub const DELETE: &str = "/v2/delete";
+    /// POST [`super::DeleteRecordV1`]: apps of the first format, refused.
+    pub const DELETE_V1: &str = "/v1/delete";
     /// POST [`super::StatusRequest`] → [`super::AccountStatus`].
     pub const STATUS: &str = "/v1/status";
 }
@@ -92,17 +97,50 @@ pub struct RegisterFinish {
     pub replace: Option<OwnerProof>,
 }
 
+/// [`RegisterFinish`] as apps of the first format send it, to `/v1/register/finish`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterFinishV1 {
+    /// Account the token vouches for.
+    pub account: String,
+    /// Record id from [`RegisterStartReply`].
+    pub record_id: [u8; 16],
+    /// OPAQUE `RegistrationUpload`.
+    pub upload: Vec<u8>,
+    /// The backup key wrapped under the export key.
+    pub wrapped: Vec<u8>,
+    /// Ed25519 owner key derived from the backup key.
+    pub owner_public_key: [u8; 32],
+    /// A replacement's proof of the first format (refused).
+    pub replace: Option<OwnerProofV1>,
+}
+
+/// An owner proof of the first format: no vault, no time window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerProofV1 {
+    /// Generation of the record being changed.
+    pub generation: u64,
+    /// Ed25519 signature.
+    #[serde(with = "serde_sig")]
+    pub signature: [u8; 64],
+}
+
+/// [`DeleteRecord`] as apps of the first format send it, to `/v1/delete`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRecordV1 {
+    /// Account the token vouches for.
+    pub account: String,
+    /// The proof of the first format (refused).
+    pub proof: OwnerProofV1,
+}
+
 /// The owner's signature over a change to an existing record ([`crate::owner`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerProof {
     /// Generation of the record being changed; a replayed proof names an old one.
     pub generation: u64,
-    /// First Unix second the proof is valid (absent from devices of the first
-    /// format, whose proofs are refused).
-    #[serde(default)]
+    /// First Unix second the proof is valid.
     pub not_before: u64,
     /// First Unix second it is no longer valid.
-    #[serde(default)]
     pub not_after: u64,
     /// Ed25519 signature.
     #[serde(with = "serde_sig")]
@@ -336,6 +374,8 @@ pub fn decode_all(data: &[u8]) {
     let _ = decode::<RecoverFinish>(data);
     let _ = decode::<RecoverFinishReply>(data);
     let _ = decode::<DeleteRecord>(data);
+    let _ = decode::<DeleteRecordV1>(data);
+    let _ = decode::<RegisterFinishV1>(data);
     let _ = decode::<StatusRequest>(data);
     let _ = decode::<AccountStatus>(data);
     let _ = serde_json::from_slice::<WireError>(data);

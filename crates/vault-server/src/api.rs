@@ -100,6 +100,43 @@ async fn recover_finish(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) 
     }
 }
 
+/// An owner proof of the first format binds no vault and no time: a relay that kept
+/// one could use it later. Refused, with what to do.
+fn first_format_proof() -> WireError {
+    WireError::new(
+        ErrorCode::Forbidden,
+        "this app signs owner proofs of the first format, which this vault no longer accepts (they name no vault and no time): update the app, then change the password or delete again",
+    )
+}
+
+/// A first registration from an app of the first format goes on as before; its
+/// replacements are refused ([`first_format_proof`]).
+async fn register_finish_v1(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    let old: wire::RegisterFinishV1 = match decode(&body) {
+        Ok(old) => old,
+        Err(e) => return error_response(e),
+    };
+    if old.replace.is_some() {
+        return error_response(first_format_proof());
+    }
+    let req = wire::RegisterFinish {
+        account: old.account,
+        record_id: old.record_id,
+        upload: old.upload,
+        wrapped: old.wrapped,
+        owner_public_key: old.owner_public_key,
+        replace: None,
+    };
+    respond(v.register_finish(token(&h), req).await)
+}
+
+async fn delete_v1(body: Bytes) -> Response {
+    match decode::<wire::DeleteRecordV1>(&body) {
+        Ok(_) => error_response(first_format_proof()),
+        Err(e) => error_response(e),
+    }
+}
+
 async fn delete(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
     match decode(&body) {
         Ok(req) => respond(v.delete(token(&h), req).await),
@@ -156,6 +193,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route(path::RECOVER_START, post(recover_start))
         .route(path::RECOVER_FINISH, post(recover_finish))
         .route(path::DELETE, post(delete))
+        .route(path::REGISTER_FINISH_V1, post(register_finish_v1))
+        .route(path::DELETE_V1, post(delete_v1))
         .route(path::STATUS, post(status))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))

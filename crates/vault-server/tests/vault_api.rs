@@ -686,6 +686,56 @@ async fn an_owner_proof_replayed_after_a_change_outside_its_window_or_at_another
     h.vault.shutdown().await;
 }
 
+/// An app of the first format (wire messages of `/v1/register/finish` and
+/// `/v1/delete`, owner proofs without vault or window) still registers and recovers;
+/// its deletions and password changes are refused with what to do, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_of_the_first_format_registers_and_is_told_to_update_for_owner_changes() {
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    let new = registration(&h, "old-app", RIGHT, &key).await;
+    let old = wire::RegisterFinishV1 {
+        account: new.account.clone(),
+        record_id: new.record_id,
+        upload: new.upload.clone(),
+        wrapped: new.wrapped.clone(),
+        owner_public_key: new.owner_public_key,
+        replace: None,
+    };
+    let stored: wire::RegisterFinishReply =
+        post(&h, "old-app", wire::path::REGISTER_FINISH_V1, &old)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.recover("old-app", RIGHT).await.unwrap().expose_secret(),
+        key.expose_secret()
+    );
+    let proof = wire::OwnerProofV1 {
+        generation: stored.generation,
+        signature: [1; 64],
+    };
+    let delete = wire::DeleteRecordV1 {
+        account: "old-app".into(),
+        proof: proof.clone(),
+    };
+    let refused = post::<_, wire::Deleted>(&h, "old-app", wire::path::DELETE_V1, &delete).await;
+    assert_eq!(refused, Err(ErrorCode::Forbidden));
+    let change = wire::RegisterFinishV1 {
+        replace: Some(proof),
+        ..old
+    };
+    let refused = post::<_, wire::RegisterFinishReply>(
+        &h,
+        "old-app",
+        wire::path::REGISTER_FINISH_V1,
+        &change,
+    )
+    .await;
+    assert_eq!(refused, Err(ErrorCode::Forbidden));
+    assert_eq!(h.attempts_left("old-app").await, 10);
+    h.vault.shutdown().await;
+}
+
 /// A registration's finish message, ready to send (and send again).
 async fn registration(
     h: &Harness,
