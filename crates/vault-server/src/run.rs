@@ -318,7 +318,10 @@ impl RunningVault {
         let metrics_addr = metrics.as_ref().map(local_addr).transpose()?;
         let peer_listener = bind(config.peer_listen).await?;
         let joining = config.data.join(JOINING_MARKER);
-        let votes = VoteGate::new(!joining.exists());
+        // Closed on every start: a joining replica votes once the leader confirms it
+        // holds the log, a restarted one once enough members confirm its state is
+        // current (raft/rollback.rs).
+        let votes = VoteGate::new(false);
         let node = VaultNode::start_with(
             NodeConfig {
                 dir: config.data.join("raft"),
@@ -361,6 +364,11 @@ impl RunningVault {
                 config.other_peers(),
                 joining,
             )));
+        } else {
+            let (vault, contacts) = (vault.clone(), config.other_peers());
+            tasks.push(tokio::spawn(async move {
+                vault.node().confirm_current(&contacts).await;
+            }));
         }
         tracing::info!(%addr, node_id = config.node_id, public_key = %hex::encode(vault.info().server_public_key), "vault replica serving");
         Ok(RunningVault {

@@ -18,6 +18,7 @@ mod network;
 mod peer;
 #[cfg(test)]
 mod power_cut;
+pub mod rollback;
 mod state_machine;
 mod types;
 mod wal;
@@ -208,6 +209,8 @@ pub struct VaultNode {
     lease: lease::QuorumLease,
     eraser: JoinHandle<()>,
     lease_watch: JoinHandle<()>,
+    book: Arc<std::sync::Mutex<rollback::Book>>,
+    book_keeper: JoinHandle<()>,
 }
 
 impl fmt::Debug for VaultNode {
@@ -261,6 +264,7 @@ impl VaultNode {
             reason,
         };
         let open_dir = dir.clone();
+        let book_sealer = sealer.clone();
         let (log, sm) = tokio::task::spawn_blocking(move || {
             let log = LogStore::open(&open_dir, sealer.clone()).map_err(|e| e.to_string())?;
             let sm = StateMachineStore::open(&open_dir, sealer).map_err(|e| e.to_string())?;
@@ -276,6 +280,20 @@ impl VaultNode {
         let raft = VaultRaft::new(node_id, config, network.clone(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !votes.is_open() {
+            // Nor stands for election: a candidate votes for itself.
+            raft.runtime_config().elect(false);
+        }
+        let book = Arc::new(std::sync::Mutex::new(rollback::read_book(
+            &dir,
+            &*book_sealer,
+        )));
+        let book_keeper = tokio::spawn(rollback::keep_book(
+            raft.clone(),
+            dir.clone(),
+            book_sealer,
+            book.clone(),
+        ));
         let eraser = tokio::spawn(snapshot_after_drops(raft.clone(), dropped_records));
         let lease = lease::QuorumLease::default();
         let lease_watch = lease.watch(raft.clone());
@@ -291,6 +309,8 @@ impl VaultNode {
             state,
             log,
             eraser,
+            book,
+            book_keeper,
         };
 
         let initialized = node
@@ -444,7 +464,7 @@ impl VaultNode {
                 }
                 match self.network.join(&target, &request, JOIN_CALL_WAIT).await {
                     Ok(()) => {
-                        self.votes.open();
+                        self.open_votes();
                         return Ok(());
                     }
                     Err(PeerCallError::Refused(PeerRefusal::NotLeader(Some((_, addr))))) => {
@@ -462,6 +482,23 @@ impl VaultNode {
         }
     }
 
+    /// Lets this replica vote and stand for election.
+    pub fn open_votes(&self) {
+        self.votes.open();
+        self.raft.runtime_config().elect(true);
+    }
+
+    /// The openraft handle.
+    pub(crate) fn raft(&self) -> &VaultRaft {
+        &self.raft
+    }
+
+    /// After a restart: votes once enough other members at `contacts` confirm this
+    /// replica's state is current (`rollback.rs`).
+    pub async fn confirm_current(&self, contacts: &[String]) {
+        rollback::confirm_current(self, &self.network, &self.votes, contacts).await
+    }
+
     fn peer_context(&self) -> peer::PeerContext {
         peer::PeerContext {
             raft: self.raft.clone(),
@@ -470,6 +507,7 @@ impl VaultNode {
             queue: self.batcher.queue(),
             state: self.state.clone(),
             log: self.log.clone(),
+            book: self.book.clone(),
         }
     }
 
@@ -496,6 +534,7 @@ impl VaultNode {
         }
         self.eraser.abort();
         self.lease_watch.abort();
+        self.book_keeper.abort();
         // openraft's state machine worker and snapshot builds hold the store; once they
         // let go, nothing writes to the directory any more.
         let deadline = Instant::now() + SHUTDOWN_WAIT;
@@ -509,6 +548,7 @@ impl Drop for VaultNode {
     fn drop(&mut self) {
         self.eraser.abort();
         self.lease_watch.abort();
+        self.book_keeper.abort();
     }
 }
 

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,27 +97,49 @@ pub struct ReplicaReport {
     pub state_digest: String,
     /// False while a rejoining replica has not caught up (it does not vote then).
     pub votes: bool,
+    /// The highest log index this replica knows each other replica held
+    /// (`rollback.rs`).
+    #[serde(default)]
+    pub acked: BTreeMap<u64, u64>,
 }
 
 /// Whether this replica may vote: a replica that lost its state (or never had any)
-/// must not, until the leader says it holds everything it may once have acknowledged.
+/// must not, until the leader says it holds everything it may once have acknowledged;
+/// one that restarted must not vote again in a term it may have voted in
+/// (`rollback.rs`).
 #[derive(Clone, Debug)]
-pub struct VoteGate(Arc<AtomicBool>);
+pub struct VoteGate {
+    open: Arc<AtomicBool>,
+    floor: Arc<AtomicU64>,
+}
 
 impl VoteGate {
     /// A gate, open or closed.
     pub fn new(open: bool) -> Self {
-        VoteGate(Arc::new(AtomicBool::new(open)))
+        VoteGate {
+            open: Arc::new(AtomicBool::new(open)),
+            floor: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Lets the replica vote.
     pub fn open(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.open.store(true, Ordering::SeqCst);
     }
 
     /// Whether the replica votes.
     pub fn is_open(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Refuses votes in terms up to `term` from now on.
+    pub fn refuse_terms_up_to(&self, term: u64) {
+        self.floor.fetch_max(term, Ordering::SeqCst);
+    }
+
+    /// Whether a vote in `term` may be given.
+    pub fn admits(&self, term: u64) -> bool {
+        self.is_open() && term > self.floor.load(Ordering::SeqCst)
     }
 }
 
@@ -129,6 +151,7 @@ pub(crate) struct PeerContext {
     pub(crate) queue: super::batcher::Queue,
     pub(crate) state: StateHandle,
     pub(crate) log: LogStore,
+    pub(crate) book: Arc<std::sync::Mutex<super::rollback::Book>>,
 }
 
 /// The routes peers call: `/raft/{append,vote,snapshot}` (Raft itself),
@@ -341,15 +364,15 @@ async fn append(State(peer): State<PeerContext>, identity: Caller, body: Bytes) 
 }
 
 async fn vote(State(peer): State<PeerContext>, identity: Caller, body: Bytes) -> Response {
-    if !peer.votes.is_open() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this replica is rejoining and does not vote until it has caught up",
-        )
-            .into_response();
-    }
     match decoded::<VoteRequest<u64>>(&body) {
         Ok(request) => {
+            if !peer.votes.admits(request.vote.leader_id().term) {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this replica does not vote yet (rejoining, or restarted and checking with the others that its state is current), nor in a term it may have voted in before",
+                )
+                    .into_response();
+            }
             if let Err(refused) =
                 check_sender(caller(&identity), request.vote.leader_id().voted_for())
             {
@@ -670,5 +693,6 @@ pub(crate) fn report(peer: &PeerContext) -> ReplicaReport {
         }),
         state_digest: digest,
         votes: peer.votes.is_open(),
+        acked: peer.book.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
