@@ -147,3 +147,84 @@ fn a_replica_restored_from_an_old_copy_never_takes_a_count_back() {
     assert_eq!(wrong_guess(&rt, &client), LIMIT - 9);
     wait_until_all_vote(&fleet, &[1, 2, 3, 4, 5]);
 }
+
+/// Every site put back from copies taken before guesses that the fleet committed: the
+/// member check cannot tell (every member is equally old), but each replica's TPM
+/// counter moved on, so each one refuses its directory outright. With the current
+/// directories back, the whole fleet restarts (as after a power cut) and the count is
+/// where it was.
+#[cfg(feature = "tpm")]
+#[test]
+fn every_site_put_back_from_old_copies_is_refused_by_its_tpm_counter() {
+    let mut fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            size: 3,
+            tpm_counter_every: Some(Duration::from_millis(200)),
+            ..FleetOptions::default()
+        },
+    );
+    let ids = [1u64, 2, 3];
+    let urls = fleet.urls();
+    let token = fleet.token("rex");
+    let rt = runtime();
+    let client = VaultClient::new(&urls.join(","), "rex", &token).unwrap();
+    rt.block_on(client.register(
+        &Password::new("correct horse".into()),
+        &backlock_core::key::BackupKey::generate(),
+        &fleet.public_key,
+        None,
+        &Stretch::memoized(),
+    ))
+    .unwrap();
+    assert_eq!(wrong_guess(&rt, &client), LIMIT - 1);
+
+    // The insider copies every site's data directory...
+    let copies = fleet.root().join("copies");
+    for id in ids {
+        fleet.kill(id);
+        copy_dir(&fleet.replica(id).data, &copies.join(id.to_string()));
+    }
+    for id in ids {
+        fleet.restart(id);
+    }
+    wait_until_all_vote(&fleet, &ids);
+    // ...guesses are made and committed on every site...
+    for n in 2..=7 {
+        assert_eq!(wrong_guess(&rt, &client), LIMIT - n);
+    }
+    // (each counter advances within 200 ms of its log's growth)
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // ...and every site is put back from the copies at once.
+    let current = fleet.root().join("current");
+    for id in ids {
+        fleet.kill(id);
+        let data = fleet.replica(id).data.clone();
+        copy_dir(&data, &current.join(id.to_string()));
+        std::fs::remove_dir_all(&data).unwrap();
+        copy_dir(&copies.join(id.to_string()), &data);
+    }
+    for id in ids {
+        let log = fleet
+            .try_restart(id)
+            .expect_err("a replica served a copy older than its TPM counter");
+        assert!(
+            log.contains("older copy put back") && log.contains("counter"),
+            "replica {id} refused for another reason:\n{log}"
+        );
+    }
+
+    // The operator puts the current directories back: a whole-fleet restart elects a
+    // leader, and the count did not move.
+    for id in ids {
+        let data = fleet.replica(id).data.clone();
+        std::fs::remove_dir_all(&data).unwrap();
+        copy_dir(&current.join(id.to_string()), &data);
+    }
+    for id in ids {
+        fleet.restart(id);
+    }
+    assert_eq!(wrong_guess(&rt, &client), LIMIT - 8);
+    wait_until_all_vote(&fleet, &ids);
+}

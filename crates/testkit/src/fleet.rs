@@ -7,7 +7,7 @@
 //! through a [`PartitionProxy`] that can cut chosen replicas off.
 
 use crate::partition::PartitionProxy;
-use crate::servers::free_ports;
+use crate::servers::{free_ports, SoftwareTpm};
 use crate::timing::{wait_until, PATIENCE};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,6 +38,9 @@ pub struct FleetOptions {
     /// Seal each replica's data with a key in its own SoftHSM2 token, through this
     /// PKCS#11 module, instead of a key file.
     pub pkcs11_module: Option<PathBuf>,
+    /// Bind each replica's data directory to an NV counter of its own software TPM
+    /// (`[tpm_counter]`), advanced at most this often; none if `None`.
+    pub tpm_counter_every: Option<Duration>,
 }
 
 impl Default for FleetOptions {
@@ -50,6 +53,7 @@ impl Default for FleetOptions {
             env: vec![("BACKLOCK_LOG".into(), "warn".into())],
             launcher: Vec::new(),
             pkcs11_module: None,
+            tpm_counter_every: None,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct Replica {
     pub token_dir: Option<PathBuf>,
     /// Environment of its processes (`SOFTHSM2_CONF`).
     env: Vec<(String, String)>,
+    /// Its software TPM, which outlives restarts of the replica (a site's hardware).
+    _tpm: Option<SoftwareTpm>,
     log: PathBuf,
     child: Option<Child>,
     proxy: Option<PartitionProxy>,
@@ -259,6 +265,20 @@ impl Fleet {
             }
             None => (None, Vec::new(), String::new()),
         };
+        let tpm = self.options.tpm_counter_every.map(|every| {
+            let tpm = SoftwareTpm::start(&dir.join("tpm"))
+                .expect("swtpm for the TPM counter (scripts/test installs swtpm)");
+            let section = format!(
+                "\n[tpm_counter]\ntcti = \"{}\"\nnv_index = 0x01500016\nadvance_every_ms = {}\n",
+                tpm.tcti(),
+                every.as_millis()
+            );
+            (tpm, section)
+        });
+        let (tpm, hsm) = match tpm {
+            Some((tpm, section)) => (Some(tpm), hsm + &section),
+            None => (None, hsm),
+        };
         let proxy = self
             .options
             .partitionable
@@ -275,6 +295,7 @@ impl Fleet {
             hsm,
             token_dir,
             env,
+            _tpm: tpm,
             log: dir.join("vault.log"),
             child: None,
             proxy,
@@ -368,6 +389,14 @@ impl Fleet {
     /// Starts replica `id`'s process (after a kill, or the first time) and waits for its
     /// banner.
     pub fn restart(&mut self, id: u64) {
+        if let Err(log) = self.try_restart(id) {
+            panic!("replica {id} did not start:\n{log}");
+        }
+    }
+
+    /// Starts replica `id`'s process and waits for its banner; if it exits or stays
+    /// silent instead, returns its log.
+    pub fn try_restart(&mut self, id: u64) -> Result<(), String> {
         let backlock = self.backlock.clone();
         let env = self.options.env.clone();
         let mut command = match self.options.launcher.split_first() {
@@ -410,9 +439,10 @@ impl Fleet {
         });
         replica.child = Some(child);
         if rx.recv_timeout(START_WAIT).is_err() {
-            let log = fs::read_to_string(&self.replica(id).log).unwrap_or_default();
-            panic!("replica {id} did not start:\n{log}");
+            self.kill(id);
+            return Err(fs::read_to_string(&self.replica(id).log).unwrap_or_default());
         }
+        Ok(())
     }
 
     /// A join ticket for replica `id` (`vault admit` on a running member), printed

@@ -651,3 +651,58 @@ impl Drop for SftpServer {
             .status();
     }
 }
+
+/// A software TPM 2.0 (`swtpm`, Debian's `swtpm`) on two adjacent loopback ports, its state
+/// in `dir` (outside any vault data directory, as a TPM is outside the disk).
+pub struct SoftwareTpm {
+    _process: Process,
+    /// The command port (the TCTI's).
+    pub port: u16,
+}
+
+impl SoftwareTpm {
+    /// Starts swtpm with its state in `dir`, or returns `None` after a loud skip line.
+    pub fn start(dir: &Path) -> Option<SoftwareTpm> {
+        let Some(swtpm) = find_binary("swtpm", None, &["/usr/bin/swtpm"]) else {
+            return unavailable(
+                "swtpm (TPM 2.0)",
+                "`swtpm` not found (apt-get install swtpm)",
+            );
+        };
+        std::fs::create_dir_all(dir).expect("swtpm state directory");
+        let mut last = String::new();
+        for _ in 0..6 {
+            // The TCTI reaches the control channel at the command port + 1.
+            let ports = free_ports(2);
+            if ports[1] != ports[0] + 1 {
+                continue;
+            }
+            let log = dir.join("swtpm.log");
+            let mut cmd = Command::new(&swtpm);
+            cmd.args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", dir.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", ports[0]))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", ports[1]))
+                .args(["--flags", "not-need-init,startup-clear"]);
+            let mut process = match spawn(&mut cmd, &log) {
+                Ok(p) => p,
+                Err(e) => return unavailable("swtpm (TPM 2.0)", &format!("cannot run swtpm: {e}")),
+            };
+            if wait_for_port(&mut process.child, ports[0], PATIENCE) {
+                return Some(SoftwareTpm {
+                    _process: process,
+                    port: ports[0],
+                });
+            }
+            last = log_tail(&log);
+        }
+        unavailable("swtpm (TPM 2.0)", &format!("it did not come up:\n{last}"))
+    }
+
+    /// The TCTI string that reaches it.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}

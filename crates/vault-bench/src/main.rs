@@ -73,6 +73,11 @@ struct Args {
     /// Also measure recoveries on a fleet of this many replicas (3, 5 or 7; 0: skip).
     #[arg(long, default_value_t = 5)]
     fleet: usize,
+    /// Bind each fleet replica to an NV counter in a software TPM of its own (swtpm),
+    /// advanced at most every 5 s as in production: needs a `backlock` built with the
+    /// `tpm` feature (scripts/bench-vault builds it so when given this flag).
+    #[arg(long)]
+    tpm_counter: bool,
 }
 
 /// Exit status when `--require-target` is given and the target is missed.
@@ -225,6 +230,7 @@ fn start_fleet(args: &Args, backlock: &Path, pinning: &Pinning) -> Result<Option
         FleetOptions {
             size: args.fleet,
             launcher,
+            tpm_counter_every: args.tpm_counter.then(|| std::time::Duration::from_secs(5)),
             ..FleetOptions::default()
         },
     );

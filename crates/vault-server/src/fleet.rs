@@ -45,6 +45,7 @@ pub async fn init(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
             addr: config.peer_address(),
             network: HttpNetwork::new(),
             votes: VoteGate::new(true),
+            counter: config.rollback_counter()?,
         },
         Bootstrap::SingleReplica,
     )

@@ -87,6 +87,10 @@ pub struct FleetConfig {
     /// Seal with a key generated inside a PKCS#11 token instead of a key file.
     #[serde(default)]
     pub pkcs11: Option<Pkcs11Settings>,
+    /// Bind the data directory to a TPM 2.0 NV counter, so a copy put back is refused
+    /// (docs/OPERATIONS.md §Rollback).
+    #[serde(default)]
+    pub tpm_counter: Option<crate::counter::CounterSettings>,
     /// Every replica of the fleet, this one included.
     pub replicas: Vec<ReplicaEntry>,
 }
@@ -219,6 +223,9 @@ impl FleetConfig {
             return Err("attempt_ttl_secs must be between 1 and 3600".to_owned());
         }
         self.http.check()?;
+        if let Some(counter) = &self.tpm_counter {
+            counter.check()?;
+        }
         if !(60..=30 * 86_400).contains(&self.token_max_lifetime_secs) {
             return Err(
                 "token_max_lifetime_secs must be between 60 and 2592000 (30 days)".to_owned(),
@@ -274,6 +281,21 @@ impl FleetConfig {
             all = all.accepting(id, secret);
         }
         Ok(all)
+    }
+
+    /// Opens the rollback counter, if one is configured.
+    pub fn rollback_counter(
+        &self,
+    ) -> Result<Option<crate::raft::anchor::RollbackCounter>, crate::run::ServeError> {
+        let Some(settings) = &self.tpm_counter else {
+            return Ok(None);
+        };
+        let counter = crate::counter::open(settings)
+            .map_err(|e| crate::run::ServeError::Setup(e.to_string()))?;
+        Ok(Some(crate::raft::anchor::RollbackCounter {
+            counter: counter.into(),
+            every: Duration::from_millis(settings.advance_every_ms),
+        }))
     }
 
     /// This replica's entry.

@@ -10,6 +10,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod api;
+pub mod counter;
 pub mod fleet;
 pub mod fleet_config;
 pub mod fleet_tls;

@@ -330,6 +330,7 @@ impl RunningVault {
                 addr: config.peer_address(),
                 network: HttpNetwork::mutual_tls(client),
                 votes,
+                counter: config.rollback_counter()?,
             },
             Bootstrap::Join,
         )

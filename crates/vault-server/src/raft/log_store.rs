@@ -26,6 +26,7 @@ use std::fs;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
@@ -51,6 +52,8 @@ struct Shared {
     dir: PathBuf,
     sealer: Arc<dyn Sealer>,
     index: Mutex<LogIndex>,
+    /// Index of the last entry made durable (0: none), as the writer last synced.
+    durable: Arc<AtomicU64>,
     /// Queue of the writer thread; `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     /// Joined on drop, so a reopened store never races the old writer.
@@ -97,12 +100,16 @@ impl LogStore {
     pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Self, StorageError> {
         let read_error = |e: &FileError| io_error(ErrorSubject::Logs, ErrorVerb::Read, e);
         let (index, wal) = load(dir, &sealer).map_err(|e| read_error(&e))?;
+        let last = last_index(&index);
+        let durable = Arc::new(AtomicU64::new(last));
         let (jobs, queue) = mpsc::channel();
         let writer = Writer {
             dir: dir.to_path_buf(),
             wal,
             sealer: sealer.clone(),
             failed: None,
+            written: last,
+            durable: durable.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("vault-log-writer".to_owned())
@@ -113,6 +120,7 @@ impl LogStore {
                 dir: dir.to_path_buf(),
                 sealer,
                 index: Mutex::new(index),
+                durable,
                 jobs: Some(jobs),
                 writer: Some(writer),
             }),
@@ -122,6 +130,19 @@ impl LogStore {
     /// The last commit point openraft reported (written to disk lazily).
     pub(crate) fn committed(&self) -> Option<LogId> {
         self.shared.lock().committed
+    }
+
+    /// The highest index that is both committed (as openraft last reported) and durable
+    /// here: entries up to it are never truncated, so a later open of this log ends at
+    /// or after it (`anchor.rs`).
+    pub(crate) fn durable_committed(&self) -> u64 {
+        let committed = self.shared.lock().committed.map_or(0, |id| id.index);
+        committed.min(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// The index the log ends at, purged entries included (0: empty).
+    pub(crate) fn last_index(&self) -> u64 {
+        last_index(&self.shared.lock())
     }
 
     /// Runs blocking file work off the async runtime's threads.
@@ -255,6 +276,16 @@ fn load(dir: &Path, sealer: &Arc<dyn Sealer>) -> Result<(LogIndex, Wal), FileErr
     ))
 }
 
+fn last_index(index: &LogIndex) -> u64 {
+    index
+        .entries
+        .keys()
+        .next_back()
+        .copied()
+        .or(index.last_purged.map(|id| id.index))
+        .unwrap_or(0)
+}
+
 /// Whether `path` exists and holds no bytes.
 fn is_empty(path: &Path) -> Result<bool, FileError> {
     match fs::metadata(path) {
@@ -272,6 +303,10 @@ struct Writer {
     /// The first failure: after it nothing more is written or acknowledged (a later
     /// entry must never be durable after an earlier one was lost).
     failed: Option<String>,
+    /// Index of the last entry written to the segment files (0: none).
+    written: u64,
+    /// Published after each sync: the index the disk holds up to.
+    durable: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -288,8 +323,13 @@ impl Writer {
                 match job {
                     Job::Append { entries, done } => {
                         if self.failed.is_none() {
-                            if let Err(e) = self.wal.append(&entries) {
-                                self.fail(&e);
+                            match self.wal.append(&entries) {
+                                Ok(()) => {
+                                    if let Some(last) = entries.last() {
+                                        self.written = last.log_id.index;
+                                    }
+                                }
+                                Err(e) => self.fail(&e),
                             }
                         }
                         waiting.push(done);
@@ -298,6 +338,10 @@ impl Writer {
                     Job::Truncate { from, reply } => {
                         self.flush(&mut waiting);
                         let result = self.checked(|w| w.wal.truncate(from));
+                        if result.is_ok() {
+                            self.written = self.written.min(from.saturating_sub(1));
+                            self.durable.store(self.written, Ordering::Release);
+                        }
                         let _ = reply.send(result);
                     }
                     Job::Purge { log_id, reply } => {
@@ -352,8 +396,9 @@ impl Writer {
             return;
         }
         if self.failed.is_none() {
-            if let Err(e) = self.wal.sync() {
-                self.fail(&e);
+            match self.wal.sync() {
+                Ok(()) => self.durable.store(self.written, Ordering::Release),
+                Err(e) => self.fail(&e),
             }
         }
         for done in waiting.drain(..) {

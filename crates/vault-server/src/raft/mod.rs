@@ -10,6 +10,7 @@
 //!   (mutual TLS in a fleet). A follower forwards its proposals to the leader, and a
 //!   replica that lost its state does not vote until it has caught up ([`VoteGate`]).
 
+pub mod anchor;
 mod batcher;
 mod files;
 mod lease;
@@ -69,6 +70,9 @@ pub struct NodeConfig {
     pub network: HttpNetwork,
     /// Whether this replica votes (closed while a rejoining replica catches up).
     pub votes: VoteGate,
+    /// A monotonic counter outside the data directory that its state is bound to
+    /// (`anchor.rs`); none without a TPM.
+    pub counter: Option<anchor::RollbackCounter>,
 }
 
 impl NodeConfig {
@@ -81,6 +85,7 @@ impl NodeConfig {
             addr,
             network: HttpNetwork::new(),
             votes: VoteGate::new(true),
+            counter: None,
         }
     }
 }
@@ -93,6 +98,7 @@ impl fmt::Debug for NodeConfig {
             .field("node_id", &self.node_id)
             .field("addr", &self.addr)
             .field("votes", &self.votes.is_open())
+            .field("counter", &self.counter)
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +152,15 @@ pub enum StartError {
         dir: PathBuf,
         /// What failed.
         reason: String,
+    },
+    /// The data directory is older than the replica's monotonic counter says, or does
+    /// not match it.
+    #[error("cannot serve the vault data directory {dir}: {reason}")]
+    Rollback {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the anchor check found, and what to do.
+        reason: anchor::AnchorError,
     },
     /// openraft refused to start or initialise.
     #[error("the Raft node did not start: {0}")]
@@ -211,6 +226,7 @@ pub struct VaultNode {
     lease_watch: JoinHandle<()>,
     book: Arc<std::sync::Mutex<rollback::Book>>,
     book_keeper: JoinHandle<()>,
+    anchor_keeper: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for VaultNode {
@@ -258,6 +274,7 @@ impl VaultNode {
             addr,
             network,
             votes,
+            counter,
         } = config;
         let storage_error = |reason: String| StartError::Storage {
             dir: dir.clone(),
@@ -265,14 +282,23 @@ impl VaultNode {
         };
         let open_dir = dir.clone();
         let book_sealer = sealer.clone();
-        let (log, sm) = tokio::task::spawn_blocking(move || {
-            let log = LogStore::open(&open_dir, sealer.clone()).map_err(|e| e.to_string())?;
-            let sm = StateMachineStore::open(&open_dir, sealer).map_err(|e| e.to_string())?;
-            Ok::<_, String>((log, sm))
+        let (log, sm, anchoring) = tokio::task::spawn_blocking(move || {
+            let log = LogStore::open(&open_dir, sealer.clone())
+                .map_err(|e| storage_error_of(&open_dir, e.to_string()))?;
+            // Before anything of the directory is used: a stale copy must not serve.
+            let anchoring = counter
+                .map(|counter| anchor::Anchoring::check(counter, &open_dir, sealer.clone(), &log))
+                .transpose()
+                .map_err(|reason| StartError::Rollback {
+                    dir: open_dir.clone(),
+                    reason,
+                })?;
+            let sm = StateMachineStore::open(&open_dir, sealer)
+                .map_err(|e| storage_error_of(&open_dir, e.to_string()))?;
+            Ok::<_, StartError>((log, sm, anchoring))
         })
         .await
-        .map_err(|e| storage_error(e.to_string()))?
-        .map_err(storage_error)?;
+        .map_err(|e| storage_error(e.to_string()))??;
         let state = sm.state_handle();
         let dropped_records = sm.dropped_records();
 
@@ -294,6 +320,9 @@ impl VaultNode {
             book_sealer,
             book.clone(),
         ));
+        let anchor_keeper = anchoring.map(|(anchoring, anchor)| {
+            tokio::spawn(anchoring.keep(raft.clone(), log.clone(), anchor))
+        });
         let eraser = tokio::spawn(snapshot_after_drops(raft.clone(), dropped_records));
         let lease = lease::QuorumLease::default();
         let lease_watch = lease.watch(raft.clone());
@@ -311,6 +340,7 @@ impl VaultNode {
             eraser,
             book,
             book_keeper,
+            anchor_keeper,
         };
 
         let initialized = node
@@ -535,6 +565,9 @@ impl VaultNode {
         self.eraser.abort();
         self.lease_watch.abort();
         self.book_keeper.abort();
+        if let Some(keeper) = &self.anchor_keeper {
+            keeper.abort();
+        }
         // openraft's state machine worker and snapshot builds hold the store; once they
         // let go, nothing writes to the directory any more.
         let deadline = Instant::now() + SHUTDOWN_WAIT;
@@ -549,6 +582,16 @@ impl Drop for VaultNode {
         self.eraser.abort();
         self.lease_watch.abort();
         self.book_keeper.abort();
+        if let Some(keeper) = &self.anchor_keeper {
+            keeper.abort();
+        }
+    }
+}
+
+fn storage_error_of(dir: &Path, reason: String) -> StartError {
+    StartError::Storage {
+        dir: dir.to_path_buf(),
+        reason,
     }
 }
 
