@@ -57,16 +57,18 @@ fn holder(certs: &Path, name: &str) -> (HttpNetwork, reqwest::Client) {
     (HttpNetwork::mutual_tls(client.clone()), client)
 }
 
-fn peers(fleet: &Fleet, id: u64) -> (Vec<String>, u64) {
+/// The replicas' peer addresses and ids, and the current term, as replica `id` sees
+/// them.
+fn peers(fleet: &Fleet, id: u64) -> (Vec<String>, Vec<u64>, u64) {
     let (_, json) = fleet.status(id);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let peers = status["replicas"]
-        .as_array()
-        .unwrap()
+    let replicas = status["replicas"].as_array().unwrap();
+    let peers = replicas
         .iter()
         .map(|r| r["peer"].as_str().unwrap().to_owned())
         .collect();
-    (peers, status["term"].as_u64().unwrap_or(1))
+    let ids = replicas.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    (peers, ids, status["term"].as_u64().unwrap_or(1))
 }
 
 fn forbidden<T: std::fmt::Debug>(what: &str, outcome: Result<T, PeerCallError>) {
@@ -119,7 +121,7 @@ fn a_fleet_certificate_without_membership_or_ticket_gets_nothing() {
     let certs: PathBuf = fleet.root().join("certs");
     issue(&certs, &["--replica", "7=127.0.0.1", "--monitor", "watch"]);
     let rt = runtime();
-    let (peers, term) = peers(&fleet, 1);
+    let (peers, ids, term) = peers(&fleet, 1);
     let (rogue, _) = holder(&certs, "replica-7");
     let (monitor, _) = holder(&certs, "monitor-watch");
     let (member, member_raw) = holder(&certs, "replica-2");
@@ -127,7 +129,7 @@ fn a_fleet_certificate_without_membership_or_ticket_gets_nothing() {
     // Replica 7 never joined: every member refuses it everything.
     let made_up = JoinTicket::generate();
     let ticket_for_8 = ticket(&fleet.admit(8));
-    for peer in &peers {
+    for (peer, id) in peers.iter().zip(&ids) {
         forbidden(
             "the secret on a made-up ticket",
             rt.block_on(rogue.fetch_secret(peer, made_up.bytes())),
@@ -150,6 +152,7 @@ fn a_fleet_certificate_without_membership_or_ticket_gets_nothing() {
         forbidden(
             "proposing",
             rt.block_on(rogue.propose(
+                *id,
                 peer,
                 &Batch(vec![Command::Sweep { now_ms: u64::MAX }]),
                 std::time::Duration::from_secs(10),
@@ -204,6 +207,7 @@ fn a_fleet_certificate_without_membership_or_ticket_gets_nothing() {
     forbidden(
         "proposing with a monitoring certificate",
         rt.block_on(monitor.propose(
+            ids[0],
             &peers[0],
             &Batch(vec![Command::Sweep { now_ms: 0 }]),
             std::time::Duration::from_secs(10),

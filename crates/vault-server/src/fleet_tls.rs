@@ -180,6 +180,9 @@ impl PeerTls {
             .local_address(source)
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
+            // The answering replica's certificate, to check the id it names
+            // (`raft/network.rs`): the CA alone says only "some member, once".
+            .tls_info(true)
             .build()
             .map_err(|e| TlsError(format!("cannot set up the peer HTTP client: {e}")))
     }

@@ -199,13 +199,16 @@ impl Anchoring {
                 anchoring.counter.increment()?;
                 anchor.expect("judged one ahead")
             }
-            Verdict::Adopt => anchoring.advance(value, held.term, log.durable_committed())?,
+            Verdict::Adopt => anchoring.advance(held.term, log.durable_committed())?,
         };
         Ok((anchoring, anchor))
     }
 
-    /// Writes the anchor of `current + 1`, then advances the counter to it.
-    fn advance(&self, current: u64, term: u64, index: u64) -> Result<Anchor, AnchorError> {
+    /// Writes the anchor of the counter's next value, then advances the counter to it.
+    /// The value is read from the counter each time: after a failed increment whose
+    /// answer was lost, the counter may be one ahead of the last anchor written.
+    fn advance(&self, term: u64, index: u64) -> Result<Anchor, AnchorError> {
+        let current = self.counter.read()?;
         let anchor = Anchor {
             counter: current + 1,
             term,
@@ -227,8 +230,14 @@ impl Anchoring {
     pub(crate) async fn keep(self, raft: VaultRaft, log: LogStore, mut anchor: Anchor) {
         let poll = (self.every / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut last_advance = Instant::now();
+        // After a failure, the next try waits an interval (a TPM answering
+        // TPM_RC_NV_RATE wants fewer writes, not more).
+        let mut retry_at = Instant::now();
         loop {
             tokio::time::sleep(poll).await;
+            if Instant::now() < retry_at {
+                continue;
+            }
             let term = raft.metrics().borrow().vote.leader_id.term;
             let index = log.durable_committed();
             let due = term > anchor.term
@@ -237,9 +246,7 @@ impl Anchoring {
                 continue;
             }
             let this = self.clone();
-            let current = anchor.counter;
-            let advanced =
-                tokio::task::spawn_blocking(move || this.advance(current, term, index)).await;
+            let advanced = tokio::task::spawn_blocking(move || this.advance(term, index)).await;
             match advanced {
                 Ok(Ok(next)) => {
                     anchor = next;
@@ -249,7 +256,7 @@ impl Anchoring {
                     // The counter may have moved without the anchor being current: a
                     // restart then refuses this directory, which fails closed.
                     tracing::error!(error = %e, "cannot advance the rollback counter; retrying");
-                    last_advance = Instant::now();
+                    retry_at = Instant::now() + self.every;
                 }
                 Err(_) => return,
             }

@@ -193,7 +193,7 @@ async fn write(
             .filter(|id| *id != node_id)
             .zip(forward.leader_node);
         if let Some((leader_id, leader)) = leader {
-            match network.propose(&leader.addr, &batch, left).await {
+            match network.propose(leader_id, &leader.addr, &batch, left).await {
                 Ok(results) if results.len() == batch.0.len() => {
                     // Each command's own outcome: a failure of one (say, the leader lost
                     // its lead between two entries) leaves the others' results intact.

@@ -453,11 +453,12 @@ impl VaultNode {
             Err(openraft::error::RaftError::APIError(
                 openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
             )) => {
-                let leader = forward
-                    .leader_node
+                let (leader_id, leader) = forward
+                    .leader_id
+                    .zip(forward.leader_node)
                     .ok_or_else(|| ProposeError::Unavailable("no leader is known".to_owned()))?;
                 self.network
-                    .read_index(&leader.addr, PROPOSE_WAIT)
+                    .read_index(leader_id, &leader.addr, PROPOSE_WAIT)
                     .await
                     .map_err(|e| ProposeError::Unavailable(e.to_string()))?
             }

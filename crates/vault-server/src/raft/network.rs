@@ -11,6 +11,7 @@
 use super::peer::{AdmitRequest, JoinRequest, PeerRefusal, ReplicaReport};
 use super::types::{Batch, TypeConfig};
 use super::ProposeError;
+use crate::fleet_tls::PeerIdentity;
 use crate::state::Applied;
 use axum::http::header;
 use openraft::error::{
@@ -59,6 +60,51 @@ pub enum PeerCallError {
     },
 }
 
+/// Who must answer a request to a peer, by the id its certificate names. Over plain
+/// HTTP (in-process tests) there is no certificate and nothing is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answerer {
+    /// This replica: a Raft message to it, a proposal to it as the leader.
+    Replica(u64),
+    /// Any replica (not a monitor): a contact whose id is not known yet.
+    AnyReplica,
+}
+
+/// The replica id the certificate of `response`'s peer names, if the answer came over
+/// TLS; an error if it names none or is not `expected`. A certificate of the fleet CA
+/// issued for the same host to another id (a replaced site's, say) must not be able to
+/// answer "committed" for a leader, or "appended" for a follower.
+fn check_answerer(
+    response: &reqwest::Response,
+    tls: bool,
+    expected: Answerer,
+) -> Result<Option<u64>, String> {
+    if !tls {
+        return Ok(None);
+    }
+    let der = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .ok_or("the answer carried no peer certificate")?;
+    match (crate::fleet_tls::identify(der), expected) {
+        (Some(PeerIdentity::Replica(id)), Answerer::Replica(want)) if id == want => Ok(Some(id)),
+        (Some(PeerIdentity::Replica(id)), Answerer::AnyReplica) => Ok(Some(id)),
+        (named, _) => Err(format!(
+            "the answering certificate names {}, not {}: another machine holds this address",
+            match named {
+                Some(PeerIdentity::Replica(id)) => format!("replica {id}"),
+                Some(PeerIdentity::Monitor(name)) => format!("monitor {name}"),
+                None => "no replica".to_owned(),
+            },
+            match expected {
+                Answerer::Replica(want) => format!("replica {want}"),
+                Answerer::AnyReplica => "a replica".to_owned(),
+            }
+        )),
+    }
+}
+
 /// Creates one [`PeerClient`] per peer, sharing one HTTP connection pool.
 #[derive(Clone)]
 pub struct HttpNetwork {
@@ -88,11 +134,16 @@ impl HttpNetwork {
         format!("{}://{addr}{route}", self.scheme)
     }
 
+    fn tls(&self) -> bool {
+        self.scheme == "https"
+    }
+
     /// Posts `request` to `route` of the replica at `addr` and decodes its postcard
     /// `Result<T, PeerRefusal>`.
     async fn post<Req: Serialize, T: DeserializeOwned>(
         &self,
         addr: &str,
+        answerer: Answerer,
         route: &str,
         request: &Req,
         timeout: Duration,
@@ -107,7 +158,7 @@ impl HttpNetwork {
             .timeout(timeout)
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .body(body);
-        let bytes = self.send(addr, request).await?;
+        let (_, bytes) = self.send(addr, answerer, request).await?;
         let reply: Result<T, PeerRefusal> =
             postcard::from_bytes(&bytes).map_err(|e| PeerCallError::Failed {
                 addr: addr.to_owned(),
@@ -116,11 +167,14 @@ impl HttpNetwork {
         reply.map_err(PeerCallError::Refused)
     }
 
+    /// Sends `request`; returns the id the answering certificate names (TLS only) and
+    /// the body of a successful answer.
     async fn send(
         &self,
         addr: &str,
+        answerer: Answerer,
         request: reqwest::RequestBuilder,
-    ) -> Result<Vec<u8>, PeerCallError> {
+    ) -> Result<(Option<u64>, Vec<u8>), PeerCallError> {
         let response = request.send().await.map_err(|e| {
             let reason = error_chain(&e);
             if e.is_connect() {
@@ -135,6 +189,12 @@ impl HttpNetwork {
                 }
             }
         })?;
+        let id = check_answerer(&response, self.tls(), answerer).map_err(|reason| {
+            PeerCallError::Failed {
+                addr: addr.to_owned(),
+                reason,
+            }
+        })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| PeerCallError::Failed {
             addr: addr.to_owned(),
@@ -146,28 +206,44 @@ impl HttpNetwork {
                 reason: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
             });
         }
-        Ok(bytes.to_vec())
+        Ok((id, bytes.to_vec()))
     }
 
-    /// Asks the leader at `addr` to commit the commands of `batch` (in order, sharing
-    /// entries with its own); returns each one's outcome.
+    /// Asks the leader (replica `leader` at `addr`) to commit the commands of `batch`
+    /// (in order, sharing entries with its own); returns each one's outcome.
     pub async fn propose(
         &self,
+        leader: u64,
         addr: &str,
         batch: &Batch,
         timeout: Duration,
     ) -> Result<Vec<Result<Applied, ProposeError>>, PeerCallError> {
-        self.post(addr, "/raft/propose", batch, timeout).await
+        self.post(
+            addr,
+            Answerer::Replica(leader),
+            "/raft/propose",
+            batch,
+            timeout,
+        )
+        .await
     }
 
-    /// Asks the leader at `addr` for an index that, once applied here, makes a read
-    /// linearizable.
+    /// Asks the leader (replica `leader` at `addr`) for an index that, once applied
+    /// here, makes a read linearizable.
     pub async fn read_index(
         &self,
+        leader: u64,
         addr: &str,
         timeout: Duration,
     ) -> Result<Option<u64>, PeerCallError> {
-        self.post(addr, "/raft/read-index", &(), timeout).await
+        self.post(
+            addr,
+            Answerer::Replica(leader),
+            "/raft/read-index",
+            &(),
+            timeout,
+        )
+        .await
     }
 
     /// Asks the replica at `addr` (the leader) to make the sender a voting member.
@@ -177,7 +253,8 @@ impl HttpNetwork {
         request: &JoinRequest,
         timeout: Duration,
     ) -> Result<(), PeerCallError> {
-        self.post(addr, "/raft/join", request, timeout).await
+        self.post(addr, Answerer::AnyReplica, "/raft/join", request, timeout)
+            .await
     }
 
     /// Asks the leader at `addr` to remove a replica from the fleet.
@@ -187,20 +264,38 @@ impl HttpNetwork {
         node_id: u64,
         timeout: Duration,
     ) -> Result<(), PeerCallError> {
-        self.post(addr, "/raft/remove", &node_id, timeout).await
+        self.post(
+            addr,
+            Answerer::AnyReplica,
+            "/raft/remove",
+            &node_id,
+            timeout,
+        )
+        .await
     }
 
-    /// The replica at `addr` reports on itself.
+    /// The replica at `addr` reports on itself, in the name its certificate gives.
     pub async fn status(&self, addr: &str) -> Result<ReplicaReport, PeerCallError> {
         let request = self
             .client
             .get(self.url(addr, "/raft/status"))
             .timeout(Duration::from_secs(3));
-        let bytes = self.send(addr, request).await?;
-        serde_json::from_slice(&bytes).map_err(|e| PeerCallError::Failed {
-            addr: addr.to_owned(),
-            reason: format!("undecodable status: {e}"),
-        })
+        let (id, bytes) = self.send(addr, Answerer::AnyReplica, request).await?;
+        let report: ReplicaReport =
+            serde_json::from_slice(&bytes).map_err(|e| PeerCallError::Failed {
+                addr: addr.to_owned(),
+                reason: format!("undecodable status: {e}"),
+            })?;
+        match id {
+            Some(id) if id != report.node_id => Err(PeerCallError::Failed {
+                addr: addr.to_owned(),
+                reason: format!(
+                    "the answer claims to be replica {} but its certificate names replica {id}",
+                    report.node_id
+                ),
+            }),
+            _ => Ok(report),
+        }
     }
 
     /// GETs `route` of the replica at `addr` (the fleet secret for a joining replica).
@@ -209,7 +304,7 @@ impl HttpNetwork {
             .client
             .get(self.url(addr, route))
             .timeout(Duration::from_secs(10));
-        self.send(addr, request).await
+        Ok(self.send(addr, Answerer::AnyReplica, request).await?.1)
     }
 
     /// Redeems a join ticket at the member at `addr`, which answers with the fleet
@@ -225,13 +320,19 @@ impl HttpNetwork {
             .timeout(Duration::from_secs(30))
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .body(ticket.to_vec());
-        self.send(addr, request).await
+        Ok(self.send(addr, Answerer::AnyReplica, request).await?.1)
     }
 
     /// Asks a member at `addr` to open a join ticket.
     pub async fn admit(&self, addr: &str, request: &AdmitRequest) -> Result<(), PeerCallError> {
-        self.post(addr, "/raft/admit", request, Duration::from_secs(30))
-            .await
+        self.post(
+            addr,
+            Answerer::AnyReplica,
+            "/raft/admit",
+            request,
+            Duration::from_secs(30),
+        )
+        .await
     }
 }
 
@@ -305,6 +406,12 @@ impl PeerClient {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        check_answerer(
+            &response,
+            self.network.tls(),
+            Answerer::Replica(self.target),
+        )
+        .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
         let status = response.status();
         let bytes = response
             .bytes()
