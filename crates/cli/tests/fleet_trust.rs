@@ -266,3 +266,44 @@ fn a_fleet_certificate_without_membership_or_ticket_gets_nothing() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// A replica that rejoins with an empty directory knows no membership until its leader
+/// reaches it. Meanwhile it takes Raft messages only from the replicas of its own
+/// configuration: a holder of another certificate of the fleet CA cannot become its
+/// first leader (and feed it a log of its own making).
+#[test]
+fn a_joining_replica_takes_its_first_leader_only_from_its_configuration() {
+    let mut fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            size: 3,
+            partitionable: true,
+            ..FleetOptions::default()
+        },
+    );
+    let certs: PathBuf = fleet.root().join("certs");
+    issue(&certs, &["--replica", "7=127.0.0.1"]);
+    let rt = runtime();
+    let (_, _, term) = peers(&fleet, 1);
+    let (_, rogue) = holder(&certs, "replica-7");
+    let (_, member) = holder(&certs, "replica-1");
+
+    // Replica 3 loses its disk and rejoins, cut off from the other two.
+    fleet.kill(3);
+    std::fs::remove_dir_all(&fleet.replica(3).data).unwrap();
+    fleet.fetch_secret(3);
+    fleet.partition(&[3]);
+    fleet.restart(3);
+    let joining = fleet.peer_listen(3).to_string();
+
+    assert_eq!(
+        rt.block_on(vote_as(&rogue, &joining, 7, term + 1)),
+        403,
+        "replica 7, in no configuration, may lead a joining replica"
+    );
+    // A configured replica is heard (its vote request is answered, not refused).
+    assert_ne!(rt.block_on(vote_as(&member, &joining, 1, term)), 403);
+
+    fleet.heal();
+    fleet.wait_joined(3);
+}

@@ -467,6 +467,14 @@ impl Fleet {
     /// `vault join`), starts it and waits until the leader has confirmed it as a voter
     /// holding the whole log.
     pub fn join(&mut self, id: u64) {
+        self.fetch_secret(id);
+        self.restart(id);
+        self.wait_joined(id);
+    }
+
+    /// `vault admit` on a member and `vault join` for replica `id`: it holds the fleet
+    /// secret and the joining marker, and is not started.
+    pub fn fetch_secret(&self, id: u64) {
         let ticket = self.admit(id);
         let replica = self.replica(id);
         let mut env = replica.env.clone();
@@ -477,7 +485,11 @@ impl Fleet {
             &["vault", "join", "--config", &config],
             &env,
         );
-        self.restart(id);
+    }
+
+    /// Waits until replica `id`, started after [`Self::fetch_secret`], has been
+    /// confirmed by the leader as a voter holding the whole log.
+    pub fn wait_joined(&self, id: u64) {
         let marker = self.replica(id).data.join("joining");
         let deadline = Instant::now() + START_WAIT;
         while marker.exists() {
@@ -487,6 +499,12 @@ impl Fleet {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Where replica `id`'s peer listener binds (the address behind its partition
+    /// proxy, if any).
+    pub fn peer_listen(&self, id: u64) -> SocketAddr {
+        self.replica(id).listen
     }
 
     /// SIGKILLs replica `id`.

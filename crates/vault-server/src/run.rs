@@ -336,7 +336,8 @@ impl RunningVault {
         )
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let peer_app = node.fleet_peer_router(secrets.to_transfer());
+        let configured = config.replicas.iter().map(|r| r.id).collect();
+        let peer_app = node.fleet_peer_router(secrets.to_transfer(), configured);
         let VaultSecrets { server, tokens } = secrets;
         let tokens = config.token_keys(&server.public_key(), tokens)?;
         let vault = Arc::new(Vault::new(node, server, tokens, config.vault()));

@@ -550,11 +550,16 @@ impl VaultNode {
 
     /// The routes a fleet replica serves its peers over mutual TLS, behind the guard
     /// that checks each caller's certificate against the membership, the join tickets
-    /// and the retired ids; `transfer` is the fleet secret a ticket buys.
-    pub fn fleet_peer_router(&self, transfer: zeroize::Zeroizing<Vec<u8>>) -> axum::Router {
+    /// and the retired ids; `transfer` is the fleet secret a ticket buys, `configured`
+    /// the replica ids of this replica's configuration.
+    pub fn fleet_peer_router(
+        &self,
+        transfer: zeroize::Zeroizing<Vec<u8>>,
+        configured: std::collections::BTreeSet<u64>,
+    ) -> axum::Router {
         let context = self.peer_context();
         let secrets = peer::secrets_router(context.clone(), transfer);
-        peer::guarded_router(context, secrets)
+        peer::guarded_router(context, secrets, configured)
     }
 
     /// Stops Raft and waits (bounded) for in-flight state machine work to finish.

@@ -178,18 +178,35 @@ const STATUS_ROUTE: &str = "/raft/status";
 /// `router` with `extra` routes, behind the guard that decides from the caller's
 /// certificate and the replicated state who may call what: the way a fleet serves its
 /// peers over mutual TLS.
-pub(crate) fn guarded_router(context: PeerContext, extra: Router) -> Router {
-    router(context.clone())
+pub(crate) fn guarded_router(
+    context: PeerContext,
+    extra: Router,
+    configured: BTreeSet<u64>,
+) -> Router {
+    let state = Guard {
+        peer: context.clone(),
+        configured: Arc::new(configured),
+    };
+    router(context)
         .merge(extra)
-        .layer(axum::middleware::from_fn_with_state(context, guard))
+        .layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
+/// What the guard decides from.
+#[derive(Clone)]
+struct Guard {
+    peer: PeerContext,
+    /// The replica ids of this replica's configuration: the only leaders it takes
+    /// before it knows a membership.
+    configured: Arc<BTreeSet<u64>>,
 }
 
 /// A member (voter or learner) calls anything; a replica that is not one may only
 /// fetch the fleet secret with a ticket and then ask to join (both checked by their
-/// handlers), or lead a replica that knows no membership yet; a retired replica
-/// nothing; a monitoring host the status report.
+/// handlers), or, if it is one of the configured replicas, lead a replica that knows
+/// no membership yet; a retired replica nothing; a monitoring host the status report.
 async fn guard(
-    State(peer): State<PeerContext>,
+    State(Guard { peer, configured }): State<Guard>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -207,7 +224,9 @@ async fn guard(
             } else if is_member(&peer.raft, id)
                 || path == JOIN_ROUTE
                 || path == SECRETS_ROUTE
-                || (RAFT_ROUTES.contains(&path) && knows_no_membership(&peer.raft))
+                || (RAFT_ROUTES.contains(&path)
+                    && configured.contains(&id)
+                    && knows_no_membership(&peer.raft))
             {
                 None
             } else {
@@ -283,9 +302,8 @@ async fn hand_secret(
 const RAFT_ROUTES: [&str; 3] = ["/raft/append", "/raft/vote", "/raft/snapshot"];
 
 /// A replica that just joined holds no log yet, so no membership to check its first
-/// leader against: it takes Raft messages from any replica's certificate until it
-/// has one. It does not vote until the leader confirms it (the vote gate), and it has
-/// nothing to lose.
+/// leader against: it takes Raft messages from the replicas of its configuration
+/// until it has one. It does not vote until the leader confirms it (the vote gate).
 fn knows_no_membership(raft: &VaultRaft) -> bool {
     raft.metrics()
         .borrow()
