@@ -84,6 +84,8 @@ pub struct Replica {
     env: Vec<(String, String)>,
     /// Its software TPM, which outlives restarts of the replica (a site's hardware).
     _tpm: Option<SoftwareTpm>,
+    /// The `backlock` it runs, if not the fleet's (a site upgraded to another build).
+    binary: Option<PathBuf>,
     log: PathBuf,
     child: Option<Child>,
     proxy: Option<PartitionProxy>,
@@ -296,6 +298,7 @@ impl Fleet {
             token_dir,
             env,
             _tpm: tpm,
+            binary: None,
             log: dir.join("vault.log"),
             child: None,
             proxy,
@@ -397,7 +400,7 @@ impl Fleet {
     /// Starts replica `id`'s process and waits for its banner; if it exits or stays
     /// silent instead, returns its log.
     pub fn try_restart(&mut self, id: u64) -> Result<(), String> {
-        let backlock = self.backlock.clone();
+        let backlock = self.binary_of(id).to_path_buf();
         let env = self.options.env.clone();
         let mut command = match self.options.launcher.split_first() {
             Some((program, args)) => {
@@ -481,10 +484,23 @@ impl Fleet {
         env.push(("BACKLOCK_JOIN_TICKET".to_owned(), ticket));
         let config = replica.config.display().to_string();
         run(
-            &self.backlock,
+            self.binary_of(id),
             &["vault", "join", "--config", &config],
             &env,
         );
+    }
+
+    /// From now on, replica `id` runs `binary` (`vault join` and `vault serve`): an
+    /// upgrade of its site to another build, effective at its next start.
+    pub fn use_binary(&mut self, id: u64, binary: &Path) {
+        self.replica_mut(id).binary = Some(binary.to_path_buf());
+    }
+
+    fn binary_of(&self, id: u64) -> &Path {
+        self.replica(id)
+            .binary
+            .as_deref()
+            .unwrap_or(self.backlock.as_path())
     }
 
     /// Waits until replica `id`, started after [`Self::fetch_secret`], has been
