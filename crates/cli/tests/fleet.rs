@@ -5,7 +5,7 @@
 //! restarts and a wiped replica.
 
 use backlock_core::key::BackupKey;
-use backlock_testkit::fleet::{Fleet, FleetOptions};
+use backlock_testkit::fleet::{runtime, Fleet, FleetOptions};
 use backlock_testkit::timing::{wait_until, PATIENCE};
 use backlock_vault_client::{VaultClient, VaultError};
 use backlock_vault_proto::client::start_recovery;
@@ -23,14 +23,6 @@ const LIMIT: u32 = 10;
 
 fn backlock() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_backlock"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A device given every replica, starting with replica `first` (0-based).

@@ -2,7 +2,7 @@
 //! the newest guesses down (two failures, which a five-site fleet tolerates), must not
 //! let a guess count go back (docs/OPERATIONS.md §Rollback). Real processes on loopback.
 
-use backlock_testkit::fleet::{Fleet, FleetOptions};
+use backlock_testkit::fleet::{runtime, Fleet, FleetOptions};
 use backlock_testkit::timing::PATIENCE;
 use backlock_vault_client::{VaultClient, VaultError};
 use backlock_vault_proto::client::start_recovery;
@@ -15,14 +15,6 @@ const LIMIT: u32 = 10;
 
 fn backlock() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_backlock"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -6,7 +6,7 @@
 //! release and runs this; without `BACKLOCK_PREVIOUS` it says so and passes.
 
 use backlock_core::key::BackupKey;
-use backlock_testkit::fleet::{Fleet, FleetOptions};
+use backlock_testkit::fleet::{runtime, Fleet, FleetOptions};
 use backlock_testkit::timing::PATIENCE;
 use backlock_vault_client::{VaultClient, VaultError};
 use backlock_vault_proto::client::start_recovery;
@@ -20,14 +20,6 @@ const RIGHT: &str = "correct horse battery staple";
 
 fn backlock() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_backlock"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Runs `work` until the fleet answers (an election after a restart), up to PATIENCE.

@@ -17,6 +17,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// A two-worker async runtime for a test's devices and peer clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// How long a replica may take to print its banner, or to join.
 const START_WAIT: Duration = PATIENCE;
 
