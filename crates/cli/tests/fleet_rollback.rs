@@ -207,6 +207,24 @@ fn every_site_put_back_from_old_copies_is_refused_by_its_tpm_counter() {
         );
     }
 
+    // Cleverer: the old copy with the current anchor beside it (files put back one by
+    // one), or with no anchor at all: refused as well.
+    let anchor = |root: &Path, id: u64| root.join(id.to_string()).join("raft/anchor");
+    std::fs::copy(
+        anchor(&current, 1),
+        fleet.replica(1).data.join("raft/anchor"),
+    )
+    .unwrap();
+    let log = fleet
+        .try_restart(1)
+        .expect_err("an old log served beside the current anchor");
+    assert!(log.contains("older than its anchor says"), "{log}");
+    std::fs::remove_file(fleet.replica(2).data.join("raft/anchor")).unwrap();
+    let log = fleet
+        .try_restart(2)
+        .expect_err("an old copy served without its anchor");
+    assert!(log.contains("holds a log but no anchor"), "{log}");
+
     // The operator puts the current directories back: a whole-fleet restart elects a
     // leader, and the count did not move.
     for id in ids {

@@ -16,8 +16,8 @@
 //! covered by the counter; the member check of `rollback.rs` still runs on top.
 
 use super::files;
-use super::log_store::{LogStore, VOTE_CONTEXT};
-use super::types::{VaultRaft, Vote};
+use super::log_store::LogStore;
+use super::types::VaultRaft;
 use crate::counter::{CounterError, MonotonicCounter};
 use crate::seal::Sealer;
 use serde::{Deserialize, Serialize};
@@ -185,9 +185,7 @@ impl Anchoring {
         let anchor: Option<Anchor> =
             files::read_sealed(&*anchoring.sealer, &dir.join(ANCHOR_FILE), ANCHOR_CONTEXT)
                 .map_err(file)?;
-        let vote: Option<Vote> =
-            files::read_sealed(&*anchoring.sealer, &dir.join("vote"), VOTE_CONTEXT)
-                .map_err(file)?;
+        let vote = log.vote().map_err(file)?;
         let held = Held {
             term: vote.map_or(0, |v| v.leader_id.term),
             last_index: log.last_index(),
@@ -253,8 +251,8 @@ impl Anchoring {
                     last_advance = Instant::now();
                 }
                 Ok(Err(e)) => {
-                    // The counter may have moved without the anchor being current: a
-                    // restart then refuses this directory, which fails closed.
+                    // Whatever step failed, the next advance (or a restart) finds the
+                    // counter at the anchor's value or one below it.
                     tracing::error!(error = %e, "cannot advance the rollback counter; retrying");
                     retry_at = Instant::now() + self.every;
                 }

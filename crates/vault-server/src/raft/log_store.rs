@@ -140,6 +140,11 @@ impl LogStore {
         committed.min(self.shared.durable.load(Ordering::Acquire))
     }
 
+    /// The vote on disk, read now (blocking): for checks before Raft starts.
+    pub(crate) fn vote(&self) -> Result<Option<Vote>, FileError> {
+        self.shared.read_vote()
+    }
+
     /// The index the log ends at, purged entries included (0: empty).
     pub(crate) fn last_index(&self) -> u64 {
         last_index(&self.shared.lock())
@@ -214,6 +219,10 @@ impl LogStore {
 }
 
 impl Shared {
+    fn read_vote(&self) -> Result<Option<Vote>, FileError> {
+        files::read_sealed(&*self.sealer, &self.dir.join("vote"), VOTE_CONTEXT)
+    }
+
     fn lock(&self) -> MutexGuard<'_, LogIndex> {
         self.index
             .lock()
@@ -527,7 +536,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.blocking(|s| files::read_sealed(&*s.sealer, &s.dir.join("vote"), VOTE_CONTEXT))
+        self.blocking(Shared::read_vote)
             .await
             .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, &e))
     }

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::error::Error;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request body a peer accepts: a batch of entries or one snapshot chunk.
@@ -76,18 +77,18 @@ enum Answerer {
 /// answer "committed" for a leader, or "appended" for a follower.
 fn check_answerer(
     response: &reqwest::Response,
-    tls: bool,
+    identities: Option<&Identities>,
     expected: Answerer,
 ) -> Result<Option<u64>, String> {
-    if !tls {
+    let Some(identities) = identities else {
         return Ok(None);
-    }
+    };
     let der = response
         .extensions()
         .get::<reqwest::tls::TlsInfo>()
         .and_then(|info| info.peer_certificate())
         .ok_or("the answer carried no peer certificate")?;
-    match (crate::fleet_tls::identify(der), expected) {
+    match (identities.of(der), expected) {
         (Some(PeerIdentity::Replica(id)), Answerer::Replica(want)) if id == want => Ok(Some(id)),
         (Some(PeerIdentity::Replica(id)), Answerer::AnyReplica) => Ok(Some(id)),
         (named, _) => Err(format!(
@@ -105,11 +106,36 @@ fn check_answerer(
     }
 }
 
+/// The identities of the few certificates peers answer with, parsed once each: every
+/// Raft message's answer is checked, and X.509 parsing is not free.
+#[derive(Default)]
+struct Identities(std::sync::Mutex<Vec<(Vec<u8>, Option<PeerIdentity>)>>);
+
+impl Identities {
+    /// A fleet has at most 7 replicas; renewed certificates push old ones out.
+    const KEPT: usize = 32;
+
+    fn of(&self, der: &[u8]) -> Option<PeerIdentity> {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, identity)) = known.iter().find(|(cert, _)| cert == der) {
+            return identity.clone();
+        }
+        let identity = crate::fleet_tls::identify(der);
+        if known.len() == Self::KEPT {
+            known.remove(0);
+        }
+        known.push((der.to_vec(), identity.clone()));
+        identity
+    }
+}
+
 /// Creates one [`PeerClient`] per peer, sharing one HTTP connection pool.
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: reqwest::Client,
     scheme: &'static str,
+    /// With TLS: the answering certificates' identities.
+    identities: Option<Arc<Identities>>,
 }
 
 impl HttpNetwork {
@@ -118,6 +144,7 @@ impl HttpNetwork {
         Self {
             client: reqwest::Client::new(),
             scheme: "http",
+            identities: None,
         }
     }
 
@@ -127,15 +154,12 @@ impl HttpNetwork {
         Self {
             client,
             scheme: "https",
+            identities: Some(Arc::default()),
         }
     }
 
     fn url(&self, addr: &str, route: &str) -> String {
         format!("{}://{addr}{route}", self.scheme)
-    }
-
-    fn tls(&self) -> bool {
-        self.scheme == "https"
     }
 
     /// Posts `request` to `route` of the replica at `addr` and decodes its postcard
@@ -189,12 +213,13 @@ impl HttpNetwork {
                 }
             }
         })?;
-        let id = check_answerer(&response, self.tls(), answerer).map_err(|reason| {
-            PeerCallError::Failed {
-                addr: addr.to_owned(),
-                reason,
-            }
-        })?;
+        let id =
+            check_answerer(&response, self.identities.as_deref(), answerer).map_err(|reason| {
+                PeerCallError::Failed {
+                    addr: addr.to_owned(),
+                    reason,
+                }
+            })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| PeerCallError::Failed {
             addr: addr.to_owned(),
@@ -408,7 +433,7 @@ impl PeerClient {
             })?;
         check_answerer(
             &response,
-            self.network.tls(),
+            self.network.identities.as_deref(),
             Answerer::Replica(self.target),
         )
         .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
