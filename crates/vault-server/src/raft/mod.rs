@@ -276,10 +276,6 @@ impl VaultNode {
             votes,
             counter,
         } = config;
-        let storage_error = |reason: String| StartError::Storage {
-            dir: dir.clone(),
-            reason,
-        };
         let open_dir = dir.clone();
         let book_sealer = sealer.clone();
         let (log, sm, anchoring) = tokio::task::spawn_blocking(move || {
@@ -298,7 +294,7 @@ impl VaultNode {
             Ok::<_, StartError>((log, sm, anchoring))
         })
         .await
-        .map_err(|e| storage_error(e.to_string()))??;
+        .map_err(|e| storage_error_of(&dir, e.to_string()))??;
         let state = sm.state_handle();
         let dropped_records = sm.dropped_records();
 
