@@ -225,7 +225,15 @@ fn guess_storms_with_leader_kills_never_serve_more_than_the_limit() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
-    let fleet = Fleet::start(backlock(), FleetOptions::default());
+    // Epochs of one second: epoch keys are made and destroyed, and the log sealed again,
+    // all through the storms and the kills.
+    let fleet = Fleet::start(
+        backlock(),
+        FleetOptions {
+            epoch_secs: Some(1),
+            ..FleetOptions::default()
+        },
+    );
     let urls = fleet.urls();
     let pinned = fleet.public_key;
     let fleet = Arc::new(Mutex::new(fleet));
@@ -276,6 +284,14 @@ fn guess_storms_with_leader_kills_never_serve_more_than_the_limit() {
     );
     let fleet = fleet.lock().unwrap();
     wait_for_agreement(&fleet);
+    for r in &fleet.replicas {
+        let epoch = fleet.epoch(r.id);
+        assert!(
+            epoch.is_some_and(|e| e >= 2),
+            "replica {} is still in epoch {epoch:?}",
+            r.id
+        );
+    }
 }
 
 /// One wrong guess on replica `index` only; `Ok(attempts_left)` if a KE2 was served.
@@ -649,6 +665,7 @@ fn pkcs11_sealed_replicas_hold_no_key_password_or_fleet_secret_in_clear() {
         FleetOptions {
             size: 3,
             pkcs11_module: Some(module.to_path_buf()),
+            epoch_secs: Some(1),
             ..FleetOptions::default()
         },
     );
@@ -692,6 +709,12 @@ fn pkcs11_sealed_replicas_hold_no_key_password_or_fleet_secret_in_clear() {
     ];
     for chunk in secret.chunks_exact(16) {
         needles.push(("16 bytes of the fleet secret", chunk.to_vec()));
+    }
+    // Epochs end (a key made and one destroyed in each token) while all this ran.
+    for r in &fleet.replicas {
+        wait_until("an epoch ends on every replica", || {
+            fleet.epoch(r.id).is_some_and(|e| e >= 3)
+        });
     }
     let mut scanned = 0;
     for replica in &fleet.replicas {

@@ -50,6 +50,9 @@ pub struct FleetOptions {
     /// Bind each replica's data directory to an NV counter of its own software TPM
     /// (`[tpm_counter]`), advanced at most this often; none if `None`.
     pub tpm_counter_every: Option<Duration>,
+    /// Seconds each epoch lasts (`epoch_secs`), so tests see epoch keys destroyed while
+    /// they run; the default hour if `None`.
+    pub epoch_secs: Option<u64>,
 }
 
 impl Default for FleetOptions {
@@ -63,6 +66,7 @@ impl Default for FleetOptions {
             launcher: Vec::new(),
             pkcs11_module: None,
             tpm_counter_every: None,
+            epoch_secs: None,
         }
     }
 }
@@ -326,10 +330,15 @@ impl Fleet {
         for r in &self.replicas {
             let text = format!(
                 "node_id = {id}\ndata = \"data\"\nlisten = \"{api}\"\npeer_listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\n\
-                 max_attempts = {}\nattempt_ttl_secs = {}\naccount_burst = 100000\naccount_rate = 100000.0\n\n\
+                 max_attempts = {}\nattempt_ttl_secs = {}\naccount_burst = 100000\naccount_rate = 100000.0\n{epoch}\n\
                  [fleet_tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n{hsm}{table}",
                 self.options.max_attempts,
                 self.options.attempt_ttl_secs,
+                epoch = self
+                    .options
+                    .epoch_secs
+                    .map(|secs| format!("epoch_secs = {secs}\n"))
+                    .unwrap_or_default(),
                 id = r.id,
                 api = r.api.trim_start_matches("http://"),
                 listen = r.listen,
@@ -558,6 +567,15 @@ impl Fleet {
                     .is_some_and(|m| m.lines().any(|l| l == "backlock_vault_raft_is_leader 1"))
             })
             .map(|r| r.id)
+    }
+
+    /// The epoch replica `id` seals new values in (`backlock_vault_epoch`), if it answers.
+    pub fn epoch(&self, id: u64) -> Option<u64> {
+        let metrics = http_get(&self.replica(id).metrics.to_string(), "/metrics")?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("backlock_vault_epoch "))
+            .and_then(|n| n.parse().ok())
     }
 
     /// Waits until some running replica leads; panics after [`PATIENCE`].

@@ -121,3 +121,18 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Copies the files under `from` to `to` (created), as a backup or a stolen disk would
+/// hold them.
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap();
+        }
+    }
+}

@@ -46,6 +46,7 @@ pub async fn init(config: &FleetConfig) -> Result<[u8; 32], ServeError> {
             network: HttpNetwork::new(),
             votes: VoteGate::new(true),
             counter: config.rollback_counter()?,
+            epoch_length: std::time::Duration::from_secs(config.epoch_secs),
         },
         Bootstrap::SingleReplica,
     )

@@ -91,8 +91,17 @@ pub struct FleetConfig {
     /// (docs/OPERATIONS.md §Rollback).
     #[serde(default)]
     pub tpm_counter: Option<crate::counter::CounterSettings>,
+    /// Seconds an epoch lasts: an erased record stays readable from an old copy of the
+    /// disk (with the token) until the end of the epoch after its erasure
+    /// (docs/VAULT.md §Crypto-erasure).
+    #[serde(default = "default_epoch_secs")]
+    pub epoch_secs: u64,
     /// Every replica of the fleet, this one included.
     pub replicas: Vec<ReplicaEntry>,
+}
+
+fn default_epoch_secs() -> u64 {
+    crate::raft::DEFAULT_EPOCH.as_secs()
 }
 
 /// Where the node key lives in a PKCS#11 token.
@@ -225,6 +234,9 @@ impl FleetConfig {
         self.http.check()?;
         if let Some(counter) = &self.tpm_counter {
             counter.check()?;
+        }
+        if !(1..=7 * 86_400).contains(&self.epoch_secs) {
+            return Err("epoch_secs must be between 1 and 604800 (7 days)".to_owned());
         }
         if !(60..=30 * 86_400).contains(&self.token_max_lifetime_secs) {
             return Err(

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod counter;
+pub mod epoch;
 pub mod fleet;
 pub mod fleet_config;
 pub mod fleet_tls;

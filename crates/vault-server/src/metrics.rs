@@ -48,6 +48,9 @@ pub struct Gauges {
     /// 1 if this replica leads and has heard from a quorum within its lease, so it may
     /// append a guess now.
     pub may_append: bool,
+    /// The epoch whose key seals new values (docs/VAULT.md §Crypto-erasure): it grows by
+    /// one at the end of each epoch; one that stops growing means erasure has stalled.
+    pub epoch: u64,
 }
 
 impl Metrics {
@@ -109,6 +112,11 @@ impl Metrics {
                 "backlock_vault_raft_may_append",
                 "1 if this replica leads within its quorum lease (it may append a guess).",
                 u64::from(gauges.may_append),
+            ),
+            (
+                "backlock_vault_epoch",
+                "Current epoch; every older epoch key is destroyed.",
+                gauges.epoch,
             ),
         ];
         for (name, help, v) in gauges {

@@ -7,7 +7,7 @@
 //! caller's context as associated data), so only where the key lives differs. The nonce
 //! comes from the vault's own generator, not the token's.
 
-use crate::seal::{split_sealed, SealError, Sealer};
+use crate::seal::{split_sealed, EpochKeys, SealError, Sealer};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
@@ -15,6 +15,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -53,6 +54,9 @@ pub struct Pkcs11Sealer {
     /// One logged-in session; PKCS#11 sessions must not be used from two threads at once.
     session: Mutex<Session>,
     key: ObjectHandle,
+    /// Epoch keys found or made so far, by epoch (labels `KEY_LABEL.epoch.N`).
+    epochs: Mutex<BTreeMap<u64, ObjectHandle>>,
+    key_label: String,
     describe: String,
     // Dropped last: the session needs the loaded module.
     _module: Pkcs11,
@@ -104,6 +108,8 @@ impl Pkcs11Sealer {
         Ok(Self {
             session: Mutex::new(session),
             key,
+            epochs: Mutex::new(BTreeMap::new()),
+            key_label: config.key_label.clone(),
             describe: format!(
                 "PKCS#11 key \"{}\" in token \"{}\" ({})",
                 config.key_label,
@@ -137,14 +143,18 @@ impl Pkcs11Sealer {
     }
 }
 
-fn find_or_generate_key(session: &Session, label: &str) -> cryptoki::error::Result<ObjectHandle> {
+fn find_key(session: &Session, label: &str) -> cryptoki::error::Result<Option<ObjectHandle>> {
     let found = session.find_objects(&[
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::Label(label.as_bytes().to_vec()),
     ])?;
-    if let Some(key) = found.first() {
-        return Ok(*key);
+    Ok(found.first().copied())
+}
+
+fn find_or_generate_key(session: &Session, label: &str) -> cryptoki::error::Result<ObjectHandle> {
+    if let Some(key) = find_key(session, label)? {
+        return Ok(key);
     }
     session.generate_key(
         &Mechanism::AesKeyGen,
@@ -161,8 +171,13 @@ fn find_or_generate_key(session: &Session, label: &str) -> cryptoki::error::Resu
     )
 }
 
-impl Sealer for Pkcs11Sealer {
-    fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+impl Pkcs11Sealer {
+    fn seal_under(
+        &self,
+        key: ObjectHandle,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Random)?;
         let mut iv = nonce;
@@ -170,7 +185,7 @@ impl Sealer for Pkcs11Sealer {
             .map_err(|e| SealError::Token(e.to_string()))?;
         let body = self
             .lock()
-            .encrypt(&Mechanism::AesGcm(params), self.key, plaintext)
+            .encrypt(&Mechanism::AesGcm(params), key, plaintext)
             .map_err(|_| SealError::Seal {
                 len: plaintext.len(),
             })?;
@@ -181,19 +196,128 @@ impl Sealer for Pkcs11Sealer {
         Ok(out)
     }
 
-    fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    fn open_under(
+        &self,
+        key: ObjectHandle,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let (nonce, ciphertext) = split_sealed(sealed)?;
         let mut iv = [0u8; NONCE_LEN];
         iv.copy_from_slice(nonce);
         let params = GcmParams::new(&mut iv, context, TAG_BITS.into())
             .map_err(|e| SealError::Token(e.to_string()))?;
         self.lock()
-            .decrypt(&Mechanism::AesGcm(params), self.key, ciphertext)
+            .decrypt(&Mechanism::AesGcm(params), key, ciphertext)
             .map(Zeroizing::new)
             .map_err(|_| SealError::Unauthentic)
     }
 
+    fn epoch_label(&self, epoch: u64) -> String {
+        format!("{}.epoch.{epoch}", self.key_label)
+    }
+
+    /// The handle of the key of `epoch`, looked up in the token on first use.
+    fn epoch_key(&self, epoch: u64) -> Result<ObjectHandle, SealError> {
+        let mut epochs = self.epochs.lock().expect("epoch key lock poisoned");
+        if let Some(key) = epochs.get(&epoch) {
+            return Ok(*key);
+        }
+        let found = find_key(&self.lock(), &self.epoch_label(epoch))
+            .map_err(|e| SealError::Token(format!("cannot look up an epoch key: {e}")))?;
+        let key = found.ok_or(SealError::EpochGone { epoch })?;
+        epochs.insert(epoch, key);
+        Ok(key)
+    }
+}
+
+impl Sealer for Pkcs11Sealer {
+    fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_under(self.key, context, plaintext)
+    }
+
+    fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_under(self.key, context, sealed)
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn epoch_keys(&self) -> &dyn EpochKeys {
+        self
+    }
+}
+
+/// Epoch keys are AES-256 secret keys in the token like the node key (sensitive, never
+/// extractable), labelled `KEY_LABEL.epoch.N`; destroying one is `C_DestroyObject`.
+impl EpochKeys for Pkcs11Sealer {
+    fn list(&self) -> Result<Vec<u64>, SealError> {
+        let session = self.lock();
+        let token_error =
+            |e: cryptoki::error::Error| SealError::Token(format!("cannot list epoch keys: {e}"));
+        let keys = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+            ])
+            .map_err(token_error)?;
+        let prefix = format!("{}.epoch.", self.key_label);
+        let mut epochs = Vec::new();
+        for key in keys {
+            for attribute in session
+                .get_attributes(key, &[AttributeType::Label])
+                .map_err(token_error)?
+            {
+                if let Attribute::Label(label) = attribute {
+                    let epoch = std::str::from_utf8(&label)
+                        .ok()
+                        .and_then(|l| l.strip_prefix(&prefix))
+                        .and_then(|n| n.parse().ok());
+                    if let Some(epoch) = epoch {
+                        epochs.push(epoch);
+                    }
+                }
+            }
+        }
+        epochs.sort_unstable();
+        epochs.dedup();
+        Ok(epochs)
+    }
+
+    fn create(&self, epoch: u64) -> Result<(), SealError> {
+        let key = find_or_generate_key(&self.lock(), &self.epoch_label(epoch))
+            .map_err(|e| SealError::Token(format!("cannot generate epoch key {epoch}: {e}")))?;
+        self.epochs
+            .lock()
+            .expect("epoch key lock poisoned")
+            .insert(epoch, key);
+        Ok(())
+    }
+
+    fn destroy(&self, epoch: u64) -> Result<(), SealError> {
+        let mut epochs = self.epochs.lock().expect("epoch key lock poisoned");
+        epochs.remove(&epoch);
+        let session = self.lock();
+        let destroy_error = |e: cryptoki::error::Error| {
+            SealError::Token(format!("cannot destroy epoch key {epoch}: {e}"))
+        };
+        while let Some(key) = find_key(&session, &self.epoch_label(epoch)).map_err(destroy_error)? {
+            session.destroy_object(key).map_err(destroy_error)?;
+        }
+        Ok(())
+    }
+
+    fn seal(&self, epoch: u64, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_under(self.epoch_key(epoch)?, context, plaintext)
+    }
+
+    fn open(
+        &self,
+        epoch: u64,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_under(self.epoch_key(epoch)?, context, sealed)
     }
 }

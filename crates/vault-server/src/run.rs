@@ -331,6 +331,7 @@ impl RunningVault {
                 network: HttpNetwork::mutual_tls(client),
                 votes,
                 counter: config.rollback_counter()?,
+                epoch_length: std::time::Duration::from_secs(config.epoch_secs),
             },
             Bootstrap::Join,
         )

@@ -25,6 +25,30 @@ pub trait Sealer: Send + Sync + 'static {
     fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError>;
     /// A human-readable description of the key's location, without key material.
     fn describe(&self) -> String;
+    /// The destroyable epoch keys kept where the node key is (`epoch.rs`).
+    fn epoch_keys(&self) -> &dyn EpochKeys;
+}
+
+/// AES-256-GCM keys numbered by epoch, generated and kept where the node key is, that
+/// the vault destroys when their epoch ends (docs/VAULT.md §Crypto-erasure). Values use
+/// the sealed layout of version 1, under the numbered key instead of the node key.
+pub trait EpochKeys: Send + Sync {
+    /// The epochs whose key exists, in ascending order.
+    fn list(&self) -> Result<Vec<u64>, SealError>;
+    /// Generates the key of `epoch` (a no-op if it exists).
+    fn create(&self, epoch: u64) -> Result<(), SealError>;
+    /// Destroys the key of `epoch` (a no-op if it is gone): nothing sealed under it
+    /// opens again.
+    fn destroy(&self, epoch: u64) -> Result<(), SealError>;
+    /// Seals under the key of `epoch`.
+    fn seal(&self, epoch: u64, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError>;
+    /// Opens a value sealed under the key of `epoch`.
+    fn open(
+        &self,
+        epoch: u64,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError>;
 }
 
 /// Why a value could not be sealed or opened, or the key could not be loaded.
@@ -88,6 +112,15 @@ pub enum SealError {
     /// The PKCS#11 token refused or could not be reached.
     #[error("the vault's PKCS#11 token failed: {0}")]
     Token(String),
+    /// The value was sealed under an epoch key that was destroyed (or never made here).
+    #[error(
+        "sealed value belongs to epoch {epoch}, whose key is gone: it was erased when its \
+         epoch ended, or the data directory belongs to another replica"
+    )]
+    EpochGone {
+        /// The value's epoch.
+        epoch: u64,
+    },
 }
 
 /// Splits a sealed value (version 1 layout) into its nonce and its ciphertext with tag.
@@ -119,6 +152,16 @@ pub struct KeyFileSealer {
     // aws-lc cleanses the expanded key when this is dropped; the raw bytes are zeroized
     // as soon as the key is built.
     key: LessSafeKey,
+    epochs: EpochKeyFiles,
+}
+
+/// Epoch keys in files beside the node key file (`NODE_KEY.epoch-N`, mode 0600).
+/// Destroying one overwrites and unlinks the file, which the file system may not honour
+/// on disk (journals, copy-on-write, old blocks): docs/OPERATIONS.md says what that
+/// leaves.
+struct EpochKeyFiles {
+    node_key: PathBuf,
+    keys: std::sync::RwLock<std::collections::BTreeMap<u64, LessSafeKey>>,
 }
 
 impl fmt::Debug for KeyFileSealer {
@@ -150,10 +193,11 @@ impl KeyFileSealer {
         }
         let key = read_key_file(&path)?;
         Ok(Self {
-            key: LessSafeKey::new(
-                UnboundKey::new(&AES_256_GCM, key.as_slice())
-                    .expect("a 32-byte key suits AES-256-GCM"),
-            ),
+            key: aes_key(&key),
+            epochs: EpochKeyFiles {
+                node_key: path.clone(),
+                keys: Default::default(),
+            },
             path,
         })
     }
@@ -162,6 +206,10 @@ impl KeyFileSealer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+fn aes_key(bytes: &[u8]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte key suits AES-256-GCM"))
 }
 
 fn create_key_file(path: &Path) -> io::Result<()> {
@@ -227,44 +275,175 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SealError> {
 
 impl Sealer for KeyFileSealer {
     fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Random)?;
-        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-        out.push(VERSION);
-        out.extend_from_slice(&nonce);
-        let mut body = plaintext.to_vec();
-        let sealed = self.key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(context),
-            &mut body,
-        );
-        if sealed.is_err() {
-            // `body` still holds plaintext: wipe it before returning.
-            zeroize::Zeroize::zeroize(&mut body);
-            return Err(SealError::Seal {
-                len: plaintext.len(),
-            });
-        }
-        out.extend_from_slice(&body);
-        Ok(out)
+        seal_with(&self.key, context, plaintext)
     }
 
     fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let (nonce, ciphertext) = split_sealed(sealed)?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| SealError::Truncated { len: sealed.len() })?;
-        let mut body = Zeroizing::new(ciphertext.to_vec());
-        let len = self
-            .key
-            .open_in_place(nonce, Aad::from(context), body.as_mut_slice())
-            .map_err(|_| SealError::Unauthentic)?
-            .len();
-        body.truncate(len);
-        Ok(body)
+        open_with(&self.key, context, sealed)
     }
 
     fn describe(&self) -> String {
         format!("AES-256-GCM key file {}", self.path.display())
+    }
+
+    fn epoch_keys(&self) -> &dyn EpochKeys {
+        &self.epochs
+    }
+}
+
+/// Seals in the version 1 layout under `key`.
+pub(crate) fn seal_with(
+    key: &LessSafeKey,
+    context: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Random)?;
+    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+    out.push(VERSION);
+    out.extend_from_slice(&nonce);
+    let mut body = plaintext.to_vec();
+    let sealed = key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(context),
+        &mut body,
+    );
+    if sealed.is_err() {
+        // `body` still holds plaintext: wipe it before returning.
+        zeroize::Zeroize::zeroize(&mut body);
+        return Err(SealError::Seal {
+            len: plaintext.len(),
+        });
+    }
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Opens a value of the version 1 layout under `key`.
+pub(crate) fn open_with(
+    key: &LessSafeKey,
+    context: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let (nonce, ciphertext) = split_sealed(sealed)?;
+    let nonce = Nonce::try_assume_unique_for_key(nonce)
+        .map_err(|_| SealError::Truncated { len: sealed.len() })?;
+    let mut body = Zeroizing::new(ciphertext.to_vec());
+    let len = key
+        .open_in_place(nonce, Aad::from(context), body.as_mut_slice())
+        .map_err(|_| SealError::Unauthentic)?
+        .len();
+    body.truncate(len);
+    Ok(body)
+}
+
+impl EpochKeyFiles {
+    fn path(&self, epoch: u64) -> PathBuf {
+        let mut name = self.node_key.as_os_str().to_owned();
+        name.push(format!(".epoch-{epoch}"));
+        PathBuf::from(name)
+    }
+
+    fn io(&self, path: PathBuf) -> impl FnOnce(io::Error) -> SealError {
+        move |source| SealError::KeyFileIo { path, source }
+    }
+
+    /// Runs `f` with the key of `epoch`, loading it from its file on first use.
+    fn with_key<T>(
+        &self,
+        epoch: u64,
+        f: impl FnOnce(&LessSafeKey) -> Result<T, SealError>,
+    ) -> Result<T, SealError> {
+        if let Some(key) = self
+            .keys
+            .read()
+            .expect("epoch key lock poisoned")
+            .get(&epoch)
+        {
+            return f(key);
+        }
+        let path = self.path(epoch);
+        let bytes = match read_key_file(&path) {
+            Err(SealError::KeyFileIo { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                return Err(SealError::EpochGone { epoch })
+            }
+            other => other?,
+        };
+        let mut keys = self.keys.write().expect("epoch key lock poisoned");
+        f(keys.entry(epoch).or_insert_with(|| aes_key(&bytes)))
+    }
+}
+
+impl EpochKeys for EpochKeyFiles {
+    fn list(&self) -> Result<Vec<u64>, SealError> {
+        let dir = match self.node_key.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut prefix = self
+            .node_key
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        prefix.push_str(".epoch-");
+        let mut epochs = Vec::new();
+        for item in fs::read_dir(&dir).map_err(self.io(dir.clone()))? {
+            let item = item.map_err(self.io(dir.clone()))?;
+            let name = item.file_name();
+            if let Some(n) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) {
+                if let Ok(epoch) = n.parse() {
+                    epochs.push(epoch);
+                }
+            }
+        }
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    fn create(&self, epoch: u64) -> Result<(), SealError> {
+        let path = self.path(epoch);
+        create_key_file(&path).map_err(self.io(path))
+    }
+
+    fn destroy(&self, epoch: u64) -> Result<(), SealError> {
+        self.keys
+            .write()
+            .expect("epoch key lock poisoned")
+            .remove(&epoch);
+        let path = self.path(epoch);
+        // Overwrite before unlinking, so at least the file's own blocks lose the key.
+        let wiped = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(&[0u8; KEY_LEN])?;
+                file.sync_all()
+            });
+        match wiped.and_then(|()| fs::remove_file(&path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(self.io(path)(e)),
+            _ => {}
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(self.io(parent.to_path_buf()))?;
+        }
+        Ok(())
+    }
+
+    fn seal(&self, epoch: u64, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.with_key(epoch, |key| seal_with(key, context, plaintext))
+    }
+
+    fn open(
+        &self,
+        epoch: u64,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.with_key(epoch, |key| open_with(key, context, sealed))
     }
 }
 

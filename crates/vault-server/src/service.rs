@@ -190,6 +190,7 @@ impl Vault {
             last_applied: status.last_applied_index.unwrap_or(0),
             is_leader: status.leader_id == Some(status.node_id),
             may_append: self.node.may_append(),
+            epoch: self.node.epoch(),
         }
     }
 

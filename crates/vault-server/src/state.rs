@@ -446,6 +446,16 @@ impl VaultState {
             .collect()
     }
 
+    /// Each record's account and registration id (the key tree follows them).
+    pub(crate) fn registrations(&self) -> impl Iterator<Item = (&str, [u8; 16])> + Clone {
+        self.records.iter().map(|(a, r)| (a.as_str(), r.record_id))
+    }
+
+    /// Every record, to seal or open its secrets for the disk.
+    pub(crate) fn records_mut(&mut self) -> impl Iterator<Item = (&String, &mut Record)> {
+        self.records.iter_mut()
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.records.len()

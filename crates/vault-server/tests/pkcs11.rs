@@ -207,3 +207,145 @@ async fn vault_on_the_token() {
         no_secret_in_clear(&path);
     }
 }
+
+/// The attack on erasure: a copy of a replica's data directory (a backup, a VM
+/// snapshot, old disk blocks), read with the live token whose files sit outside it.
+/// Before the epoch ends the erased records open from the copy (the attack works, so
+/// the test can fail); after it, nothing in the copy opens, not even combined with the
+/// live key root, while the live replica still holds every other record.
+#[test]
+fn an_erased_record_opens_from_no_copy_of_the_disk_once_its_epoch_ends() {
+    let _serial = serial();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(erasure_against_a_copy());
+}
+
+async fn erasure_against_a_copy() {
+    use backlock_testkit::tree::copy_dir;
+    use backlock_vault_server::raft::open_copy;
+    use backlock_vault_server::state::EraseReason;
+    const ALICE: &[u8] = b"erasure-alice-password-file-6d2e91c0";
+    const DAVE: &[u8] = b"erasure-dave-password-file-0f4b7a13";
+    const BOB: &[u8] = b"erasure-bob-password-file-93ce58a2";
+    let token: Arc<dyn Sealer> =
+        Arc::new(Pkcs11Sealer::open_or_create(&new_token("vault-erasure")).unwrap());
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let node = VaultNode::start(NodeConfig::local(
+        data.clone(),
+        token.clone(),
+        1,
+        "127.0.0.1:0".into(),
+    ))
+    .await
+    .unwrap();
+    let register = |account: &str, file: &[u8]| Command::Register {
+        account: account.into(),
+        record: NewRecord {
+            record_id: [account.len() as u8; 16],
+            password_file: file.to_vec(),
+            wrapped: [file, b"-wrapped"].concat(),
+            owner_public_key: [4; 32],
+            max_attempts: 10,
+        },
+    };
+    let erase = |account: &str| Command::Erase {
+        account: account.into(),
+        generation: 1,
+        reason: EraseReason::Owner,
+    };
+    let purged_through = |node: &VaultNode, index: u64| {
+        let status = node.status();
+        status.purged_index >= Some(index)
+    };
+    // Alice and Bob end up in the snapshot (an erasure forces one), Dave in the log only.
+    for (account, file) in [
+        ("alice", ALICE),
+        ("bob", BOB),
+        ("carol", b"carol".as_slice()),
+    ] {
+        node.propose(register(account, file)).await.unwrap();
+    }
+    node.propose(erase("carol")).await.unwrap();
+    let index = node.status().last_applied_index.unwrap();
+    backlock_testkit::timing::eventually("the snapshot after carol's erasure", || {
+        purged_through(&node, index)
+    })
+    .await;
+    node.propose(register("dave", DAVE)).await.unwrap();
+    let stolen = tempfile::tempdir().unwrap();
+    copy_dir(&data, stolen.path());
+
+    for account in ["alice", "dave"] {
+        assert_eq!(node.propose(erase(account)).await.unwrap(), Applied::Erased);
+    }
+    let index = node.status().last_applied_index.unwrap();
+    backlock_testkit::timing::eventually("the log purged past the erasures", || {
+        purged_through(&node, index)
+    })
+    .await;
+
+    // Within the epoch, the copy and the live token still give the erased records away.
+    let attack = |dir: PathBuf| {
+        let token = token.clone();
+        async move {
+            let scratch = tempfile::tempdir().unwrap();
+            copy_dir(&dir, scratch.path());
+            open_copy(scratch.path(), token).await
+        }
+    };
+    let early = attack(stolen.path().to_path_buf()).await.unwrap();
+    assert_eq!(early.record("alice").unwrap().password_file, ALICE);
+    assert_eq!(early.record("dave").unwrap().password_file, DAVE);
+
+    assert_eq!(node.epoch(), 1);
+    assert_eq!(node.end_epoch().await.unwrap(), 2);
+
+    // After it: the copy does not open at all...
+    let err = attack(stolen.path().to_path_buf()).await.unwrap_err();
+    assert!(err.contains("epoch 1"), "{err}");
+    // ...nor its snapshot with the live key root put beside it (every key on the erased
+    // records' paths was replaced, so the old tree does not open)...
+    let hybrid = tempfile::tempdir().unwrap();
+    copy_dir(stolen.path(), hybrid.path());
+    std::fs::remove_dir_all(hybrid.path().join("wal")).unwrap();
+    std::fs::copy(data.join("keyroot"), hybrid.path().join("keyroot")).unwrap();
+    let err = attack(hybrid.path().to_path_buf()).await.unwrap_err();
+    assert!(err.contains("root key"), "{err}");
+    // ...and no file of it opens to the erased records, one by one.
+    for path in list_files(stolen.path())
+        .into_iter()
+        .filter(|p| p.is_file())
+    {
+        match unseal_file(stolen.path(), &path, &*token) {
+            Some(Ok(plain)) => {
+                assert!(
+                    !contains(&plain, ALICE) && !contains(&plain, DAVE),
+                    "{} opens to an erased record",
+                    path.display()
+                );
+            }
+            Some(Err(_)) => {}
+            None => panic!("unexpected file {}", path.display()),
+        }
+    }
+
+    // The live replica lost nothing else: a copy of it now opens, with Bob and without
+    // the erased records, and so does a restart.
+    let live = attack(data.clone()).await.unwrap();
+    assert_eq!(live.record("bob").unwrap().password_file, BOB);
+    assert!(live.record("alice").is_none() && live.record("dave").is_none());
+    node.shutdown().await;
+    let node = VaultNode::start(NodeConfig::local(
+        data,
+        token.clone(),
+        1,
+        "127.0.0.1:0".into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(node.epoch(), 2);
+    assert!(node.read(|s| s.record("bob").is_some() && s.record("alice").is_none()));
+    node.shutdown().await;
+}

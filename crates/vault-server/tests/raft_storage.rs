@@ -7,6 +7,7 @@
 //! #952 and #1649 fix such cases upstream. Those nine are named at the end and not run;
 //! every other case runs, each on a fresh data directory.
 
+use backlock_vault_server::epoch::EpochSealer;
 use backlock_vault_server::raft::{LogStore, StateMachineStore, TypeConfig};
 use backlock_vault_server::seal::{KeyFileSealer, Sealer};
 use openraft::testing::{StoreBuilder, Suite};
@@ -20,9 +21,10 @@ struct FreshSealedDir;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for FreshSealedDir {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let root = tempfile::tempdir().expect("create a temp dir");
-        let sealer: Arc<dyn Sealer> = Arc::new(
+        let node: Arc<dyn Sealer> = Arc::new(
             KeyFileSealer::open_or_create(root.path().join("node.key")).expect("create a key file"),
         );
+        let sealer = Arc::new(EpochSealer::open(node).expect("make an epoch key"));
         let data = root.path().join("data");
         let log = LogStore::open(&data, sealer.clone())?;
         let sm = StateMachineStore::open(&data, sealer)?;

@@ -48,6 +48,14 @@ pub(crate) enum FileError {
         /// Why.
         source: postcard::Error,
     },
+    /// The records' key tree in the file does not open or decode.
+    #[error("{path}: {source}")]
+    Tree {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: super::keytree::TreeError,
+    },
 }
 
 impl FileError {
@@ -129,6 +137,11 @@ fn write_sealed_with<T: Serialize + ?Sized>(
             path: path.to_path_buf(),
             source,
         })?;
+    replace(path, &sealed, sync_file)
+}
+
+/// Writes `bytes` under a temporary name (synced if `sync_file`) and renames it to `path`.
+fn replace(path: &Path, bytes: &[u8], sync_file: bool) -> Result<(), FileError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
@@ -139,7 +152,7 @@ fn write_sealed_with<T: Serialize + ?Sized>(
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(&sealed)?;
+        file.write_all(bytes)?;
         if sync_file {
             file.sync_all()?;
         }
@@ -183,6 +196,24 @@ pub(crate) fn read_sealed<T: DeserializeOwned>(
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Seals the value in `path` again under `sealer`'s current key (`epoch.rs`), durably.
+/// A file that does not exist is left absent.
+pub(crate) fn reseal(sealer: &dyn Sealer, path: &Path, context: &[u8]) -> Result<(), FileError> {
+    let sealed = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FileError::io(path, e)),
+    };
+    let seal_error = |source| FileError::Seal {
+        path: path.to_path_buf(),
+        source,
+    };
+    let plaintext = sealer.open(context, &sealed).map_err(seal_error)?;
+    let sealed = sealer.seal(context, &plaintext).map_err(seal_error)?;
+    replace(path, &sealed, true)?;
+    sync_dir(parent(path))
 }
 
 /// Deletes `path`; a file already gone is fine.

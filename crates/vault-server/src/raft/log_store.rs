@@ -17,6 +17,7 @@
 use super::files::{self, FileError};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use super::wal::{self, Wal};
+use crate::epoch::EpochSealer;
 use crate::seal::Sealer;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, StorageIOError};
@@ -88,6 +89,10 @@ enum Job {
         log_id: LogId,
         reply: oneshot::Sender<Result<(), FileError>>,
     },
+    /// Seal every segment again under the current epoch key (`epoch.rs`).
+    Reseal {
+        reply: oneshot::Sender<Result<(), FileError>>,
+    },
 }
 
 impl LogStore {
@@ -97,9 +102,13 @@ impl LogStore {
         clippy::result_large_err,
         reason = "openraft's error type, as its storage traits return it"
     )]
-    pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Self, StorageError> {
+    ///
+    /// The segments are sealed under the current epoch key of `sealer`; the small files
+    /// (`vote`, `committed`, `purged`), which hold no record, under its node key.
+    pub fn open(dir: &Path, sealer: Arc<EpochSealer>) -> Result<Self, StorageError> {
         let read_error = |e: &FileError| io_error(ErrorSubject::Logs, ErrorVerb::Read, e);
         let (index, wal) = load(dir, &sealer).map_err(|e| read_error(&e))?;
+        let sealer = sealer.node().clone();
         let last = last_index(&index);
         let durable = Arc::new(AtomicU64::new(last));
         let (jobs, queue) = mpsc::channel();
@@ -125,6 +134,17 @@ impl LogStore {
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// Seals every segment again under the current epoch key, durably, ordered with the
+    /// appends queued before it.
+    pub(crate) async fn reseal(&self) -> Result<(), FileError> {
+        let (reply, done) = oneshot::channel();
+        if self.shared.send(Job::Reseal { reply }).is_err() {
+            return Err(self.shared.writer_gone());
+        }
+        done.await
+            .unwrap_or_else(|_| Err(self.shared.writer_gone()))
     }
 
     /// The last commit point openraft reported (written to disk lazily).
@@ -258,11 +278,12 @@ impl Drop for Shared {
 }
 
 /// Reads the log from disk, finishing what a crash interrupted.
-fn load(dir: &Path, sealer: &Arc<dyn Sealer>) -> Result<(LogIndex, Wal), FileError> {
+fn load(dir: &Path, sealer: &Arc<EpochSealer>) -> Result<(LogIndex, Wal), FileError> {
     files::create_private_dir(dir)?;
     files::remove_temp_files(dir)?;
+    let node = sealer.node();
     let last_purged: Option<LogId> =
-        files::read_sealed(&**sealer, &dir.join("purged"), PURGED_CONTEXT)?;
+        files::read_sealed(&**node, &dir.join("purged"), PURGED_CONTEXT)?;
     let first_live = last_purged.as_ref().map_or(0, |p| p.index + 1);
     let (wal, live) = Wal::open(&dir.join(WAL_DIR), sealer.clone(), first_live)?;
     let entries = live.into_iter().map(|e| (e.log_id.index, e)).collect();
@@ -273,7 +294,7 @@ fn load(dir: &Path, sealer: &Arc<dyn Sealer>) -> Result<(LogIndex, Wal), FileErr
     let committed: Option<Option<LogId>> = if is_empty(&committed_path)? {
         None
     } else {
-        files::read_sealed(&**sealer, &committed_path, COMMITTED_CONTEXT)?
+        files::read_sealed(&**node, &committed_path, COMMITTED_CONTEXT)?
     };
     Ok((
         LogIndex {
@@ -356,6 +377,11 @@ impl Writer {
                     Job::Purge { log_id, reply } => {
                         self.flush(&mut waiting);
                         let result = self.checked(|w| w.purge(log_id));
+                        let _ = reply.send(result);
+                    }
+                    Job::Reseal { reply } => {
+                        self.flush(&mut waiting);
+                        let result = self.checked(|w| w.wal.reseal());
                         let _ = reply.send(result);
                     }
                 }
@@ -476,8 +502,7 @@ pub(crate) fn unseal_file(
         _ => return None,
     };
     Some(
-        sealer
-            .open(context, bytes)
+        crate::epoch::open_any(sealer, context, bytes)
             .map(|plain| plain.to_vec())
             .map_err(|e| e.to_string()),
     )
@@ -600,8 +625,13 @@ mod tests {
     use crate::seal::KeyFileSealer;
     use openraft::CommittedLeaderId;
 
-    fn sealer(root: &Path) -> Arc<dyn Sealer> {
-        Arc::new(KeyFileSealer::open_or_create(root.join("node.key")).unwrap())
+    fn sealer(root: &Path) -> Arc<EpochSealer> {
+        Arc::new(
+            EpochSealer::open(Arc::new(
+                KeyFileSealer::open_or_create(root.join("node.key")).unwrap(),
+            ))
+            .unwrap(),
+        )
     }
 
     fn open(root: &Path) -> LogStore {
@@ -813,7 +843,7 @@ mod tests {
         drop(wal);
         fs::write(dir.join("00000000000000000000"), old).unwrap();
         files::write_sealed_durably(
-            &*sealer,
+            &**sealer.node(),
             &root.path().join("data").join("purged"),
             PURGED_CONTEXT,
             &blank(2).log_id,

@@ -11,8 +11,11 @@
 //!   replica that lost its state does not vote until it has caught up ([`VoteGate`]).
 
 pub mod anchor;
+pub use epochs::EpochError;
 mod batcher;
+mod epochs;
 mod files;
+mod keytree;
 mod lease;
 mod log_store;
 mod network;
@@ -30,6 +33,7 @@ pub use peer::{AdmitRequest, JoinRequest, PeerRefusal, ReplicaReport, VoteGate};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{Batch, TypeConfig, VaultRaft};
 
+use crate::epoch::EpochSealer;
 use crate::seal::Sealer;
 use crate::state::{Applied, Command, VaultState};
 use batcher::Batcher;
@@ -55,6 +59,8 @@ pub(crate) const PROPOSE_WAIT: Duration = Duration::from_secs(5);
 const JOIN_CALL_WAIT: Duration = Duration::from_secs(150);
 /// Entries between policy snapshots; erasures trigger one at once.
 const SNAPSHOT_EVERY: u64 = 1000;
+/// How long an epoch lasts unless configured (docs/VAULT.md §Crypto-erasure).
+pub const DEFAULT_EPOCH: Duration = Duration::from_secs(3600);
 
 /// What a replica needs to start.
 pub struct NodeConfig {
@@ -73,6 +79,8 @@ pub struct NodeConfig {
     /// A monotonic counter outside the data directory that its state is bound to
     /// (`anchor.rs`); none without a TPM.
     pub counter: Option<anchor::RollbackCounter>,
+    /// How long an epoch lasts: at its end the old epoch key is destroyed (`epochs.rs`).
+    pub epoch_length: Duration,
 }
 
 impl NodeConfig {
@@ -86,6 +94,7 @@ impl NodeConfig {
             network: HttpNetwork::new(),
             votes: VoteGate::new(true),
             counter: None,
+            epoch_length: DEFAULT_EPOCH,
         }
     }
 }
@@ -99,6 +108,7 @@ impl fmt::Debug for NodeConfig {
             .field("addr", &self.addr)
             .field("votes", &self.votes.is_open())
             .field("counter", &self.counter)
+            .field("epoch_length", &self.epoch_length)
             .finish_non_exhaustive()
     }
 }
@@ -130,15 +140,54 @@ pub fn unseal_file(
         Ok(bytes) => bytes,
         Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
     };
+    let open = |context| {
+        crate::epoch::open_any(sealer, context, &bytes)
+            .map(|plain| plain.to_vec())
+            .map_err(|e| e.to_string())
+    };
     if relative == Path::new(state_machine::SNAPSHOT_FILE) {
+        // Version 2 (records under the key tree) or version 1.
         return Some(
-            sealer
-                .open(state_machine::SNAPSHOT_CONTEXT, &bytes)
-                .map(|plain| plain.to_vec())
-                .map_err(|e| e.to_string()),
+            open(state_machine::SNAPSHOT_CONTEXT_V2)
+                .or_else(|_| open(state_machine::SNAPSHOT_CONTEXT)),
         );
     }
+    if relative == Path::new(state_machine::KEY_ROOT_FILE) {
+        return Some(open(state_machine::KEY_ROOT_CONTEXT));
+    }
     log_store::unseal_file(sealer, relative, &bytes)
+}
+
+/// Everything a data directory (a replica's, or a copy of one) reveals to whoever also
+/// holds its key store: the state of its snapshot with every log entry after it
+/// applied, records' secrets included. For audits, and for the tests that attack
+/// erasure with a copy of the disk. Reads the directory as a replica starting on it
+/// would (cutting a torn log tail), so use it on a copy, never on a running replica's
+/// directory.
+pub async fn open_copy(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<VaultState, String> {
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftLogReader;
+    let opened = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let sealer = Arc::new(EpochSealer::open(sealer).map_err(|e| e.to_string())?);
+            let log = LogStore::open(&dir, sealer.clone()).map_err(|e| e.to_string())?;
+            let sm = StateMachineStore::open(&dir, sealer).map_err(|e| e.to_string())?;
+            Ok::<_, String>((log, sm))
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    let (mut log, mut sm) = opened;
+    let (applied, _) = sm.applied_state().await.map_err(|e| e.to_string())?;
+    let from = applied.map_or(0, |id| id.index + 1);
+    let entries = log
+        .try_get_log_entries(from..)
+        .await
+        .map_err(|e| e.to_string())?;
+    sm.apply(entries).await.map_err(|e| e.to_string())?;
+    let state = sm.state_handle().read().state.clone();
+    Ok(state)
 }
 
 /// Why a replica did not start.
@@ -227,6 +276,8 @@ pub struct VaultNode {
     book: Arc<std::sync::Mutex<rollback::Book>>,
     book_keeper: JoinHandle<()>,
     anchor_keeper: Option<JoinHandle<()>>,
+    epochs: Arc<epochs::Epochs>,
+    epoch_keeper: JoinHandle<()>,
 }
 
 impl fmt::Debug for VaultNode {
@@ -275,11 +326,16 @@ impl VaultNode {
             network,
             votes,
             counter,
+            epoch_length,
         } = config;
         let open_dir = dir.clone();
         let book_sealer = sealer.clone();
-        let (log, sm, anchoring) = tokio::task::spawn_blocking(move || {
-            let log = LogStore::open(&open_dir, sealer.clone())
+        let (log, sm, anchoring, epoch_sealer) = tokio::task::spawn_blocking(move || {
+            let epoch_sealer = Arc::new(
+                EpochSealer::open(sealer.clone())
+                    .map_err(|e| storage_error_of(&open_dir, e.to_string()))?,
+            );
+            let log = LogStore::open(&open_dir, epoch_sealer.clone())
                 .map_err(|e| storage_error_of(&open_dir, e.to_string()))?;
             // Before anything of the directory is used: a stale copy must not serve.
             let anchoring = counter
@@ -289,14 +345,33 @@ impl VaultNode {
                     dir: open_dir.clone(),
                     reason,
                 })?;
-            let sm = StateMachineStore::open(&open_dir, sealer)
+            let sm = StateMachineStore::open(&open_dir, epoch_sealer.clone())
                 .map_err(|e| storage_error_of(&open_dir, e.to_string()))?;
-            Ok::<_, StartError>((log, sm, anchoring))
+            Ok::<_, StartError>((log, sm, anchoring, epoch_sealer))
         })
         .await
         .map_err(|e| storage_error_of(&dir, e.to_string()))??;
         let state = sm.state_handle();
         let dropped_records = sm.dropped_records();
+        let epochs = Arc::new(epochs::Epochs {
+            sealer: epoch_sealer,
+            key_root: sm.key_root(),
+            log: log.clone(),
+            dropped: dropped_records.clone(),
+            ending: tokio::sync::Mutex::new(()),
+        });
+        if !epochs
+            .sealer
+            .stale()
+            .map_err(|e| storage_error_of(&dir, e.to_string()))?
+            .is_empty()
+        {
+            // A crash interrupted the end of an epoch: finish it before anything else.
+            epochs
+                .finish()
+                .await
+                .map_err(|e| storage_error_of(&dir, e.to_string()))?;
+        }
 
         let config = Arc::new(raft_config()?);
         let raft = VaultRaft::new(node_id, config, network.clone(), log.clone(), sm)
@@ -320,6 +395,7 @@ impl VaultNode {
             tokio::spawn(anchoring.keep(raft.clone(), log.clone(), anchor))
         });
         let eraser = tokio::spawn(snapshot_after_drops(raft.clone(), dropped_records));
+        let epoch_keeper = tokio::spawn(epochs.clone().keep(raft.clone(), epoch_length));
         let lease = lease::QuorumLease::default();
         let lease_watch = lease.watch(raft.clone());
         let node = VaultNode {
@@ -337,6 +413,8 @@ impl VaultNode {
             book,
             book_keeper,
             anchor_keeper,
+            epochs,
+            epoch_keeper,
         };
 
         let initialized = node
@@ -386,6 +464,18 @@ impl VaultNode {
                 }
             }
         }
+    }
+
+    /// Ends the current epoch now (as the timer does at the end of each): the old epoch
+    /// key is destroyed once the live files are sealed under the next. Returns the new
+    /// epoch.
+    pub async fn end_epoch(&self) -> Result<u64, epochs::EpochError> {
+        self.epochs.end(Some(&self.raft)).await
+    }
+
+    /// The epoch whose key seals new values.
+    pub fn epoch(&self) -> u64 {
+        self.epochs.sealer.current()
     }
 
     /// Commits `command` to the log (durably, on a majority) and applies it; returns the
@@ -565,6 +655,7 @@ impl VaultNode {
             tracing::warn!(error = %e, "Raft task ended abnormally");
         }
         self.eraser.abort();
+        self.epoch_keeper.abort();
         self.lease_watch.abort();
         self.book_keeper.abort();
         if let Some(keeper) = &self.anchor_keeper {
@@ -582,6 +673,7 @@ impl VaultNode {
 impl Drop for VaultNode {
     fn drop(&mut self) {
         self.eraser.abort();
+        self.epoch_keeper.abort();
         self.lease_watch.abort();
         self.book_keeper.abort();
         if let Some(keeper) = &self.anchor_keeper {

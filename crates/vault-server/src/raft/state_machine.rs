@@ -1,13 +1,20 @@
 //! The state machine store: [`VaultState`] in memory, sealed snapshots on disk.
 //!
 //! Applied state is not written per entry: after a restart openraft re-applies the
-//! committed log on top of the last snapshot. A snapshot is `postcard(SmData)`; the file
-//! `snapshot` holds it with its metadata, sealed, and is replaced by rename so the old
-//! bytes (which may hold an erased record) leave the directory.
+//! committed log on top of the last snapshot. A snapshot as sent to followers is
+//! `postcard(SmData)` followed by the state's trailer. The file `snapshot` holds it with
+//! its metadata, sealed under the node key, and is replaced by rename so the old bytes
+//! leave the directory. In the file (version 2) each record's secrets are sealed under
+//! its own leaf key of the replica's key tree (`keytree.rs`), which the file carries; the
+//! tree's root key is in `keyroot`, sealed under the current epoch key, so an erased
+//! record opens from no copy of the disk once its epoch ends (docs/VAULT.md
+//! §Crypto-erasure). A version 1 file (whole records under the node key) still reads.
 
 use super::files::{self, FileError};
+use super::keytree::{KeyTree, StoredTree, TreeError, TreeKey};
 use super::types::{Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::seal::Sealer;
+use crate::epoch::EpochSealer;
+use crate::seal::SealError;
 use crate::state::{Applied, Command, Place, VaultState};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
@@ -19,8 +26,14 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+/// Seal context of a version 1 snapshot file (records whole, under the node key).
 pub(crate) const SNAPSHOT_CONTEXT: &[u8] = b"backlock vault snapshot";
+/// Seal context of a version 2 snapshot file (records under the key tree).
+pub(crate) const SNAPSHOT_CONTEXT_V2: &[u8] = b"backlock vault snapshot 2";
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot";
+/// The key tree's root keys, by tree id, sealed under the current epoch key.
+pub(crate) const KEY_ROOT_FILE: &str = "keyroot";
+pub(crate) const KEY_ROOT_CONTEXT: &[u8] = b"backlock vault key root";
 
 /// Everything a snapshot captures, updated together under one lock.
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -30,21 +43,66 @@ pub(crate) struct SmData {
     pub(crate) last_membership: StoredMembership,
 }
 
-/// The snapshot file: metadata plus the snapshot data as sent to followers.
+/// A version 1 snapshot file: metadata plus the snapshot data as sent to followers.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
 
+/// A version 2 snapshot file: the snapshot data with every record's secrets sealed under
+/// its leaf of `tree` (see [`seal_secrets`]).
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshotV2 {
+    meta: SnapshotMeta,
+    tree: StoredTree,
+    data: Vec<u8>,
+}
+
+/// Root keys of the key tree by tree id: the one the snapshot file names and, while a
+/// new snapshot is written, the next one.
+type KeyRoots = Vec<([u8; 16], [u8; 32])>;
+
 /// The vault's Raft state machine store.
 pub struct StateMachineStore {
     shared: Arc<Shared>,
 }
 
+/// The key root file: the tree's root keys, sealed under the current epoch key.
+pub(crate) struct KeyRootFile {
+    path: PathBuf,
+    sealer: Arc<EpochSealer>,
+    /// Held across each read-modify-write of the file.
+    lock: Mutex<()>,
+}
+
+impl KeyRootFile {
+    fn read(&self) -> Result<Zeroizing<KeyRoots>, FileError> {
+        let roots = files::read_sealed(&*self.sealer, &self.path, KEY_ROOT_CONTEXT)?;
+        Ok(Zeroizing::new(roots.unwrap_or_default()))
+    }
+
+    fn write(&self, roots: &KeyRoots) -> Result<(), FileError> {
+        files::write_sealed_durably(&*self.sealer, &self.path, KEY_ROOT_CONTEXT, roots)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().expect("key root lock poisoned by a panic")
+    }
+
+    /// Seals the file again under the current epoch key (the epoch just advanced).
+    pub(crate) fn reseal(&self) -> Result<(), FileError> {
+        let _held = self.lock();
+        files::reseal(&*self.sealer, &self.path, KEY_ROOT_CONTEXT)
+    }
+}
+
 struct Shared {
     snapshot_path: PathBuf,
-    sealer: Arc<dyn Sealer>,
+    key_root: Arc<KeyRootFile>,
+    sealer: Arc<EpochSealer>,
+    /// The key tree of the snapshot on disk (updated with it), under the snapshot lock.
+    tree: Mutex<KeyTree>,
     data: RwLock<SmData>,
     /// Metadata of the snapshot on disk; held while the file is replaced.
     current_snapshot: Mutex<Option<SnapshotMeta>>,
@@ -77,24 +135,41 @@ impl StateMachineStore {
         clippy::result_large_err,
         reason = "openraft's error type, as its storage traits return it"
     )]
-    pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Self, StorageError> {
-        let read = || -> Result<Option<StoredSnapshot>, FileError> {
+    pub fn open(dir: &Path, sealer: Arc<EpochSealer>) -> Result<Self, StorageError> {
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let key_root = Arc::new(KeyRootFile {
+            path: dir.join(KEY_ROOT_FILE),
+            sealer: sealer.clone(),
+            lock: Mutex::new(()),
+        });
+        let read = || -> Result<Option<(SnapshotMeta, SmData, KeyTree)>, FileError> {
             files::create_private_dir(dir)?;
             files::remove_temp_files(dir)?;
-            files::read_sealed(&*sealer, &dir.join(SNAPSHOT_FILE), SNAPSHOT_CONTEXT)
+            read_snapshot(&sealer, &snapshot_path, &key_root)
         };
-        let stored = read().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let (data, meta) = match stored {
-            Some(stored) => {
-                let data = decode_data(&stored.data, &stored.meta)?;
-                (data, Some(stored.meta))
-            }
-            None => (SmData::default(), None),
+        let loaded = read().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let (data, meta, tree) = match loaded {
+            Some((meta, data, tree)) => (data, Some(meta), tree),
+            None => (
+                SmData::default(),
+                None,
+                KeyTree::new().map_err(|e| {
+                    StorageIOError::read_snapshot(
+                        None,
+                        &FileError::Seal {
+                            path: snapshot_path.clone(),
+                            source: e,
+                        },
+                    )
+                })?,
+            ),
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                snapshot_path: dir.join(SNAPSHOT_FILE),
+                snapshot_path,
+                key_root,
                 sealer,
+                tree: Mutex::new(tree),
                 data: RwLock::new(data),
                 current_snapshot: Mutex::new(meta),
                 dropped_record: watch::channel(None).0,
@@ -116,6 +191,111 @@ impl StateMachineStore {
     }
 }
 
+impl StateMachineStore {
+    /// The key root file, which the end of an epoch seals again.
+    pub(crate) fn key_root(&self) -> Arc<KeyRootFile> {
+        self.shared.key_root.clone()
+    }
+}
+
+/// Reads the snapshot file, of either version, with its key tree.
+fn read_snapshot(
+    sealer: &EpochSealer,
+    snapshot_path: &Path,
+    key_root: &KeyRootFile,
+) -> Result<Option<(SnapshotMeta, SmData, KeyTree)>, FileError> {
+    let node = &**sealer.node();
+    let v2 = files::read_sealed::<StoredSnapshotV2>(node, snapshot_path, SNAPSHOT_CONTEXT_V2);
+    let stored = match v2 {
+        Err(FileError::Seal {
+            source: SealError::Unauthentic,
+            ..
+        }) => {
+            // A version 1 file: its records are whole, under the node key.
+            let Some(v1) =
+                files::read_sealed::<StoredSnapshot>(node, snapshot_path, SNAPSHOT_CONTEXT)?
+            else {
+                return Ok(None);
+            };
+            let data =
+                decode_data(&v1.data, &v1.meta).map_err(|e| decode_error(snapshot_path, e))?;
+            let tree = KeyTree::new().map_err(|source| FileError::Seal {
+                path: snapshot_path.to_path_buf(),
+                source,
+            })?;
+            return Ok(Some((v1.meta, data, tree)));
+        }
+        other => other?,
+    };
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    let roots = key_root.read()?;
+    let tree_error = |source| FileError::Tree {
+        path: snapshot_path.to_path_buf(),
+        source,
+    };
+    let root = roots
+        .iter()
+        .find(|(id, _)| *id == stored.tree.id)
+        .map(|(_, key)| TreeKey::from_bytes(key))
+        .ok_or_else(|| {
+            tree_error(TreeError::Decode(format!(
+                "{} holds no root key for this snapshot's tree; restore this replica from \
+                 another (see docs/OPERATIONS.md)",
+                key_root.path.display()
+            )))
+        })?;
+    let tree = KeyTree::load(stored.tree, root).map_err(tree_error)?;
+    let mut data =
+        decode_data(&stored.data, &stored.meta).map_err(|e| decode_error(snapshot_path, e))?;
+    open_secrets(&mut data.state, &tree).map_err(tree_error)?;
+    Ok(Some((stored.meta, data, tree)))
+}
+
+fn decode_error(path: &Path, e: StorageError) -> FileError {
+    FileError::io(
+        path,
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    )
+}
+
+/// A record's secrets as sealed under its leaf key: its registration id, password file
+/// and wrapped key.
+type Secrets = ([u8; 16], Vec<u8>, Vec<u8>);
+
+/// Seals each record's secrets under its leaf key, in place: the sealed value takes the
+/// password file's place and the id and wrapped key are emptied, so the state encodes
+/// as before with nothing secret in clear.
+fn seal_secrets(state: &mut VaultState, tree: &KeyTree) -> Result<(), TreeError> {
+    for (account, record) in state.records_mut() {
+        let secrets: Secrets = (
+            record.record_id,
+            std::mem::take(&mut record.password_file),
+            std::mem::take(&mut record.wrapped),
+        );
+        let plain = Zeroizing::new(postcard::to_allocvec(&secrets).expect("encodes"));
+        drop(Zeroizing::new(secrets.1));
+        drop(Zeroizing::new(secrets.2));
+        record.password_file = tree.seal_record(account, &plain)?;
+        record.record_id = [0; 16];
+    }
+    Ok(())
+}
+
+/// Undoes [`seal_secrets`].
+fn open_secrets(state: &mut VaultState, tree: &KeyTree) -> Result<(), TreeError> {
+    for (account, record) in state.records_mut() {
+        let plain = tree.open_record(account, &record.password_file)?;
+        let (record_id, password_file, wrapped): Secrets = postcard::from_bytes(&plain)
+            .map_err(|e| TreeError::Decode(format!("the record of {account:?}: {e}")))?;
+        record.record_id = record_id;
+        record.password_file = password_file;
+        record.wrapped = wrapped;
+    }
+    Ok(())
+}
+
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, SmData> {
         self.data
@@ -123,8 +303,12 @@ impl Shared {
             .expect("state machine lock poisoned by a panic while applying")
     }
 
-    /// Replaces the snapshot file unless it already holds a newer snapshot.
-    fn persist(&self, meta: &SnapshotMeta, data: &[u8], force: bool) -> Result<(), FileError> {
+    /// Replaces the snapshot file unless it already holds a newer snapshot. The key tree
+    /// first follows the records (erasing the leaves of records gone); a new root key is
+    /// added to the key root before the file that needs it, and the old one removed
+    /// after, so a crash between leaves a pair that opens.
+    /// `disk` is consumed: its records' secrets are moved out and wiped as they are sealed.
+    fn persist(&self, meta: &SnapshotMeta, mut disk: SmData, force: bool) -> Result<(), FileError> {
         let mut current = self
             .current_snapshot
             .lock()
@@ -135,19 +319,42 @@ impl Shared {
         if newer_on_disk && !force {
             return Ok(());
         }
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.to_vec(),
+        let path = &self.snapshot_path;
+        let seal_error = |source| FileError::Seal {
+            path: path.clone(),
+            source,
         };
-        let written = files::write_sealed_durably(
-            &*self.sealer,
-            &self.snapshot_path,
-            SNAPSHOT_CONTEXT,
-            &stored,
-        );
-        // The plaintext copy may hold records: wipe it either way.
-        drop(Zeroizing::new(stored.data));
-        written?;
+        let tree_error = |source| FileError::Tree {
+            path: path.clone(),
+            source,
+        };
+        let mut tree = self.tree.lock().expect("key tree lock poisoned by a panic");
+        tree.reconcile(disk.state.registrations())
+            .map_err(seal_error)?;
+        seal_secrets(&mut disk.state, &tree).map_err(tree_error)?;
+        let mut bytes = postcard::to_allocvec(&disk).map_err(|source| FileError::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        bytes.extend(disk.state.trailer());
+        let stored = StoredSnapshotV2 {
+            meta: meta.clone(),
+            tree: tree.store().map_err(seal_error)?,
+            data: bytes,
+        };
+
+        let _key_root = self.key_root.lock();
+        let mut roots = self.key_root.read()?;
+        let root = (tree.id(), *tree.root_key().bytes());
+        if !roots.contains(&root) {
+            roots.push(root);
+            self.key_root.write(&roots)?;
+        }
+        files::write_sealed_durably(&**self.sealer.node(), path, SNAPSHOT_CONTEXT_V2, &stored)?;
+        if roots.len() > 1 {
+            roots.retain(|r| *r == root);
+            self.key_root.write(&roots)?;
+        }
         *current = Some(meta.clone());
         Ok(())
     }
@@ -192,8 +399,9 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = {
+        let (meta, data, copy) = {
             let sm = self.shared.read();
+            let copy = sm.clone();
             let mut data =
                 postcard::to_allocvec(&*sm).map_err(|e| StorageIOError::read_state_machine(&e))?;
             data.extend(sm.state.trailer());
@@ -207,11 +415,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: sm.last_membership.clone(),
                 snapshot_id,
             };
-            (meta, data)
+            (meta, data, copy)
         };
         let shared = self.shared.clone();
-        let (persist_meta, persist_data) = (meta.clone(), data.clone());
-        blocking(move || shared.persist(&persist_meta, &persist_data, false))
+        let persist_meta = meta.clone();
+        blocking(move || shared.persist(&persist_meta, copy, false))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot {
@@ -299,7 +507,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = decode_data(&bytes, meta)?;
         let shared = self.shared.clone();
         let persist_meta = meta.clone();
-        blocking(move || shared.persist(&persist_meta, &bytes, true))
+        let copy = data.clone();
+        blocking(move || shared.persist(&persist_meta, copy, true))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *self
@@ -312,19 +521,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let shared = self.shared.clone();
-        let stored: Option<StoredSnapshot> = blocking(move || {
+        let stored = blocking(move || {
             // Under the lock, so the file matches the metadata we believe is current.
             let _current = shared
                 .current_snapshot
                 .lock()
                 .expect("snapshot lock poisoned by a panic");
-            files::read_sealed(&*shared.sealer, &shared.snapshot_path, SNAPSHOT_CONTEXT)
+            let Some((meta, data, _tree)) =
+                read_snapshot(&shared.sealer, &shared.snapshot_path, &shared.key_root)?
+            else {
+                return Ok(None);
+            };
+            let mut bytes = postcard::to_allocvec(&data).map_err(|source| FileError::Encode {
+                path: shared.snapshot_path.clone(),
+                source,
+            })?;
+            bytes.extend(data.state.trailer());
+            Ok(Some((meta, bytes)))
         })
         .await
         .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

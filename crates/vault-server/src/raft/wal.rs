@@ -336,8 +336,13 @@ impl Wal {
     }
 
     fn frame(&self, entry: &Entry, out: &mut Vec<u8>) -> Result<(), FileError> {
+        self.frame_at(entry, &self.tail_path(), out)
+    }
+
+    /// Seals `entry` and appends its frame to `out`; `path` names the segment in errors.
+    fn frame_at(&self, entry: &Entry, path: &Path, out: &mut Vec<u8>) -> Result<(), FileError> {
         let index = entry.log_id.index;
-        let path = self.tail_path();
+        let path = path.to_path_buf();
         let plaintext =
             Zeroizing::new(
                 postcard::to_allocvec(entry).map_err(|source| FileError::Encode {
@@ -384,6 +389,48 @@ impl Wal {
 
     fn tail_path(&self) -> PathBuf {
         segment_path(&self.dir, self.tail_segment().first)
+    }
+
+    /// Seals every record again under the sealer's current key: each segment is
+    /// rewritten under a temporary name, synced and renamed over the old one, so a crash
+    /// leaves every segment whole, under the old key or the new (both still open until
+    /// the caller destroys the old one).
+    pub(crate) fn reseal(&mut self) -> Result<(), FileError> {
+        self.sync()?;
+        for k in 0..self.segments.len() {
+            let first = self.segments[k].first;
+            let path = segment_path(&self.dir, first);
+            let bytes = fs::read(&path).map_err(|e| FileError::io(&path, e))?;
+            let mut frames = Vec::with_capacity(bytes.len());
+            let mut offsets = Vec::with_capacity(self.segments[k].offsets.len());
+            let mut at = 0;
+            let mut index = first;
+            while at < bytes.len() {
+                let sealed = whole_record(&bytes[at..])
+                    .ok_or_else(|| damaged(&path, format!("record {index} is torn")))?;
+                let entry = open_record(&*self.sealer, &path, index, sealed)?;
+                offsets.push(frames.len() as u64);
+                self.frame_at(&entry, &path, &mut frames)?;
+                at += HEADER_BYTES + sealed.len();
+                index += 1;
+            }
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(files::TMP_SUFFIX);
+            let tmp = PathBuf::from(tmp);
+            (|| {
+                let mut file = new_file(&tmp)?;
+                file.write_all(&frames)?;
+                file.sync_data()
+            })()
+            .map_err(|e| FileError::io(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| FileError::io(&path, e))?;
+            let segment = &mut self.segments[k];
+            segment.offsets = offsets;
+            segment.end = frames.len() as u64;
+        }
+        files::sync_dir(&self.dir)?;
+        self.tail = open_for_append(&self.dir, self.tail_segment().first)?;
+        Ok(())
     }
 
     #[cfg(test)]
@@ -454,11 +501,12 @@ fn open_record(
     index: u64,
     sealed: &[u8],
 ) -> Result<Entry, FileError> {
-    let plaintext = sealer
-        .open(&log_context(index), sealed)
-        .map_err(|source| FileError::Seal {
-            path: path.to_path_buf(),
-            source,
+    let plaintext =
+        crate::epoch::open_any(sealer, &log_context(index), sealed).map_err(|source| {
+            FileError::Seal {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
     let entry: Entry = postcard::from_bytes(&plaintext).map_err(|source| FileError::Decode {
         path: path.to_path_buf(),
@@ -487,7 +535,7 @@ pub(crate) fn unseal_segment(
         let Some(sealed) = whole_record(&bytes[at..]) else {
             return Some(Err(format!("record {index} is torn")));
         };
-        match sealer.open(&log_context(index), sealed) {
+        match crate::epoch::open_any(sealer, &log_context(index), sealed) {
             Ok(plain) => out.extend_from_slice(&plain),
             Err(e) => return Some(Err(format!("record {index}: {e}"))),
         }
