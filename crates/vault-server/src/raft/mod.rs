@@ -155,6 +155,9 @@ pub fn unseal_file(
     if relative == Path::new(state_machine::KEY_ROOT_FILE) {
         return Some(open(state_machine::KEY_ROOT_CONTEXT));
     }
+    if relative == Path::new(epochs::EPOCH_FILE) {
+        return Some(open(epochs::EPOCH_CONTEXT));
+    }
     log_store::unseal_file(sealer, relative, &bytes)
 }
 
@@ -358,6 +361,7 @@ impl VaultNode {
             key_root: sm.key_root(),
             log: log.clone(),
             dropped: dropped_records.clone(),
+            start_file: dir.join(epochs::EPOCH_FILE),
             ending: tokio::sync::Mutex::new(()),
         });
         if !epochs
