@@ -446,9 +446,12 @@ impl VaultState {
             .collect()
     }
 
-    /// Each record's account and registration id (the key tree follows them).
-    pub(crate) fn registrations(&self) -> impl Iterator<Item = (&str, [u8; 16])> + Clone {
-        self.records.iter().map(|(a, r)| (a.as_str(), r.record_id))
+    /// Each record's account, registration id and generation (the key tree follows
+    /// them).
+    pub(crate) fn registrations(&self) -> impl Iterator<Item = (&str, ([u8; 16], u64))> + Clone {
+        self.records
+            .iter()
+            .map(|(a, r)| (a.as_str(), (r.record_id, r.generation)))
     }
 
     /// Every record, to seal or open its secrets for the disk.

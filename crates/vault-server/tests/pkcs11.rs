@@ -331,6 +331,55 @@ async fn erasure_against_a_copy() {
         }
     }
 
+    // A replacement that keeps the record id (the device picks it) erases the old
+    // record all the same: a copy taken before it opens with nothing live once the
+    // epoch ends, not even with the live key root.
+    const ERIN_OLD: &[u8] = b"erasure-erin-old-password-file-51ab2c";
+    node.propose(register("erin", ERIN_OLD)).await.unwrap();
+    node.propose(register("frank", b"frank")).await.unwrap();
+    node.propose(erase("frank")).await.unwrap();
+    let index = node.status().last_applied_index.unwrap();
+    backlock_testkit::timing::eventually("the snapshot after frank's erasure", || {
+        purged_through(&node, index)
+    })
+    .await;
+    let before_replace = tempfile::tempdir().unwrap();
+    copy_dir(&data, before_replace.path());
+    let replaced = node
+        .propose(Command::Replace {
+            account: "erin".into(),
+            generation: 1,
+            record: NewRecord {
+                record_id: [4; 16],
+                password_file: b"erin-new".to_vec(),
+                wrapped: b"erin-new-wrapped".to_vec(),
+                owner_public_key: [4; 32],
+                max_attempts: 10,
+            },
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(replaced, Applied::Stored { generation: 2, .. }),
+        "{replaced:?}"
+    );
+    let index = node.status().last_applied_index.unwrap();
+    backlock_testkit::timing::eventually("the snapshot after the replacement", || {
+        purged_through(&node, index)
+    })
+    .await;
+    assert_eq!(node.end_epoch().await.unwrap(), 3);
+    std::fs::remove_dir_all(before_replace.path().join("wal")).unwrap();
+    std::fs::copy(data.join("keyroot"), before_replace.path().join("keyroot")).unwrap();
+    match attack(before_replace.path().to_path_buf()).await {
+        Ok(state) => assert_ne!(
+            state.record("erin").map(|r| r.password_file.as_slice()),
+            Some(ERIN_OLD),
+            "the replaced record opens from an old copy"
+        ),
+        Err(e) => assert!(e.contains("root key"), "{e}"),
+    }
+
     // The live replica lost nothing else: a copy of it now opens, with Bob and without
     // the erased records, and so does a restart.
     let live = attack(data.clone()).await.unwrap();
@@ -345,7 +394,7 @@ async fn erasure_against_a_copy() {
     ))
     .await
     .unwrap();
-    assert_eq!(node.epoch(), 2);
+    assert_eq!(node.epoch(), 3);
     assert!(node.read(|s| s.record("bob").is_some() && s.record("alice").is_none()));
     node.shutdown().await;
 }

@@ -102,8 +102,14 @@ impl Epochs {
         if let Some(raft) = raft {
             self.wait_for_purge(raft).await;
         }
+        // An end that failed midway left the old key: finish that one first rather than
+        // make yet another key.
         let sealer = self.sealer.clone();
-        let epoch = blocking(move || sealer.advance()).await?;
+        let epoch = blocking(move || match sealer.stale()?.is_empty() {
+            true => sealer.advance(),
+            false => Ok(sealer.current()),
+        })
+        .await?;
         self.finish().await?;
         tracing::info!(epoch, "epoch ended: the old epoch key is destroyed");
         Ok(epoch)

@@ -198,24 +198,6 @@ pub(crate) fn read_sealed<T: DeserializeOwned>(
         })
 }
 
-/// Seals the value in `path` again under `sealer`'s current key (`epoch.rs`), durably.
-/// A file that does not exist is left absent.
-pub(crate) fn reseal(sealer: &dyn Sealer, path: &Path, context: &[u8]) -> Result<(), FileError> {
-    let sealed = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(FileError::io(path, e)),
-    };
-    let seal_error = |source| FileError::Seal {
-        path: path.to_path_buf(),
-        source,
-    };
-    let plaintext = sealer.open(context, &sealed).map_err(seal_error)?;
-    let sealed = sealer.seal(context, &plaintext).map_err(seal_error)?;
-    replace(path, &sealed, true)?;
-    sync_dir(parent(path))
-}
-
 /// Deletes `path`; a file already gone is fine.
 pub(crate) fn remove_if_present(path: &Path) -> Result<(), FileError> {
     match fs::remove_file(path) {

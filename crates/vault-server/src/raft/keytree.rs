@@ -94,9 +94,14 @@ impl Node {
     }
 }
 
+/// Which registration of an account a leaf seals: its record id and generation (a
+/// replacement bumps the generation, so it never inherits the old leaf, even under the
+/// same record id).
+pub(crate) type Registration = ([u8; 16], u64);
+
 /// One record's leaf: which registration it seals, under which key.
 struct Leaf {
-    record_id: [u8; 16],
+    registration: Registration,
     key: TreeKey,
 }
 
@@ -208,16 +213,20 @@ impl KeyTree {
         u16::from_be_bytes([hash.as_bytes()[0], hash.as_bytes()[1]])
     }
 
-    /// Gives `account`'s registration `record_id` a leaf, replacing (and erasing) the
-    /// leaf of an earlier registration. Returns whether anything was erased.
-    pub(crate) fn put(&mut self, account: &str, record_id: [u8; 16]) -> Result<bool, SealError> {
+    /// Gives `account`'s `registration` a leaf, replacing (and erasing) the leaf of an
+    /// earlier registration. Returns whether anything was erased.
+    pub(crate) fn put(
+        &mut self,
+        account: &str,
+        registration: Registration,
+    ) -> Result<bool, SealError> {
         let bucket = self.bucket(account);
         let existing = self
             .buckets
             .get(&bucket)
             .and_then(|b| b.get(account))
-            .map(|leaf| leaf.record_id);
-        if existing == Some(record_id) {
+            .map(|leaf| leaf.registration);
+        if existing == Some(registration) {
             return Ok(false);
         }
         let erased = existing.is_some() && self.erase(account)?;
@@ -234,7 +243,7 @@ impl KeyTree {
         self.buckets.entry(bucket).or_default().insert(
             account.to_owned(),
             Leaf {
-                record_id,
+                registration,
                 key: TreeKey::random()?,
             },
         );
@@ -265,26 +274,26 @@ impl KeyTree {
         Ok(true)
     }
 
-    /// Brings the leaves in line with the records `(account, record_id)` that exist:
+    /// Brings the leaves in line with the records `(account, registration)` that exist:
     /// erases every leaf whose registration is gone, adds the missing ones. Returns how
     /// many were erased.
     pub(crate) fn reconcile<'a>(
         &mut self,
-        records: impl Iterator<Item = (&'a str, [u8; 16])> + Clone,
+        records: impl Iterator<Item = (&'a str, Registration)> + Clone,
     ) -> Result<usize, SealError> {
-        let live: HashMap<&str, [u8; 16]> = records.clone().collect();
+        let live: HashMap<&str, Registration> = records.clone().collect();
         let gone: Vec<String> = self
             .buckets
             .values()
             .flat_map(|b| b.iter())
-            .filter(|(account, leaf)| live.get(account.as_str()) != Some(&leaf.record_id))
+            .filter(|(account, leaf)| live.get(account.as_str()) != Some(&leaf.registration))
             .map(|(account, _)| account.clone())
             .collect();
         for account in &gone {
             self.erase(account)?;
         }
-        for (account, record_id) in records {
-            self.put(account, record_id)?;
+        for (account, registration) in records {
+            self.put(account, registration)?;
         }
         Ok(gone.len())
     }
@@ -322,12 +331,12 @@ impl KeyTree {
     pub(crate) fn store(&mut self) -> Result<StoredTree, SealError> {
         for (&prefix, node) in &mut self.lower {
             if node.sealed.is_none() {
-                let children: Vec<(&str, [u8; 16], &[u8; KEY_LEN])> = self
+                let children: Vec<(&str, Registration, &[u8; KEY_LEN])> = self
                     .buckets
                     .get(&prefix)
                     .into_iter()
                     .flatten()
-                    .map(|(account, leaf)| (account.as_str(), leaf.record_id, leaf.key.bytes()))
+                    .map(|(account, leaf)| (account.as_str(), leaf.registration, leaf.key.bytes()))
                     .collect();
                 let plain = Zeroizing::new(postcard::to_allocvec(&children).expect("encodes"));
                 node.sealed = Some(node.key.seal(&node_context(2, prefix), &plain)?);
@@ -413,13 +422,13 @@ impl KeyTree {
             let opened = key
                 .open(&node_context(2, prefix), &sealed)
                 .map_err(seal_error(what.clone()))?;
-            let leaves: Vec<(String, [u8; 16], [u8; KEY_LEN])> = decode(&what, &opened)?;
+            let leaves: Vec<(String, Registration, [u8; KEY_LEN])> = decode(&what, &opened)?;
             let bucket = tree.buckets.entry(prefix).or_default();
-            for (account, record_id, key) in leaves {
+            for (account, registration, key) in leaves {
                 bucket.insert(
                     account,
                     Leaf {
-                        record_id,
+                        registration,
                         key: TreeKey::from_bytes(&key),
                     },
                 );
@@ -452,7 +461,8 @@ mod tests {
     fn records_open_after_a_reload_with_the_root_key() {
         let mut tree = KeyTree::new().unwrap();
         for n in 0..300u32 {
-            tree.put(&format!("account-{n}"), [n as u8; 16]).unwrap();
+            tree.put(&format!("account-{n}"), ([n as u8; 16], 1))
+                .unwrap();
         }
         let sealed = tree.seal_record("account-7", b"secrets of 7").unwrap();
         let bytes = stored_bytes(&mut tree);
@@ -467,15 +477,15 @@ mod tests {
         assert!(back.open_record("account-8", &sealed).is_err());
         // Putting the same registration again changes nothing.
         let id = tree.id();
-        assert!(!tree.put("account-7", [7; 16]).unwrap());
+        assert!(!tree.put("account-7", ([7; 16], 1)).unwrap());
         assert_eq!(tree.id(), id);
     }
 
     #[test]
     fn an_erased_record_opens_neither_from_the_old_tree_nor_with_the_new_keys() {
         let mut tree = KeyTree::new().unwrap();
-        tree.put("alice", [1; 16]).unwrap();
-        tree.put("bob", [2; 16]).unwrap();
+        tree.put("alice", ([1; 16], 1)).unwrap();
+        tree.put("bob", ([2; 16], 1)).unwrap();
         let alice = tree.seal_record("alice", b"alice's secrets").unwrap();
         let old_bytes = stored_bytes(&mut tree);
         let old_root = tree.root_key().clone();
@@ -508,16 +518,22 @@ mod tests {
     #[test]
     fn a_new_registration_erases_the_old_one_and_reconcile_follows_the_records() {
         let mut tree = KeyTree::new().unwrap();
-        tree.put("carol", [1; 16]).unwrap();
+        tree.put("carol", ([1; 16], 1)).unwrap();
         let first = tree.seal_record("carol", b"first").unwrap();
         assert!(
-            tree.put("carol", [2; 16]).unwrap(),
+            tree.put("carol", ([2; 16], 1)).unwrap(),
             "the old registration is erased"
         );
         assert!(tree.open_record("carol", &first).is_err());
 
-        tree.put("dave", [3; 16]).unwrap();
-        let records = [("carol", [2u8; 16]), ("erin", [4u8; 16])];
+        // A replacement under the same record id is a new registration all the same.
+        let second = tree.seal_record("carol", b"second").unwrap();
+        assert!(tree.put("carol", ([2; 16], 2)).unwrap());
+        assert!(tree.open_record("carol", &second).is_err());
+        tree.put("carol", ([2; 16], 1)).unwrap();
+
+        tree.put("dave", ([3; 16], 1)).unwrap();
+        let records = [("carol", ([2u8; 16], 1)), ("erin", ([4u8; 16], 1))];
         assert_eq!(
             tree.reconcile(records.iter().copied()).unwrap(),
             1,
@@ -531,7 +547,7 @@ mod tests {
     fn only_changed_nodes_are_sealed_again() {
         let mut tree = KeyTree::new().unwrap();
         for n in 0..2000u32 {
-            tree.put(&format!("a{n}"), [1; 16]).unwrap();
+            tree.put(&format!("a{n}"), ([1; 16], 1)).unwrap();
         }
         let before = tree.store().unwrap();
         tree.erase("a5").unwrap();
@@ -551,6 +567,53 @@ mod tests {
             .count();
         assert_eq!(changed, 1, "one upper node sealed again");
         assert_ne!(before.root, after.root);
+    }
+
+    #[test]
+    fn erasing_replaces_every_key_on_the_path_and_only_those() {
+        let mut tree = KeyTree::new().unwrap();
+        for n in 0..2000u32 {
+            tree.put(&format!("a{n}"), ([1; 16], 1)).unwrap();
+        }
+        let bucket = tree.bucket("a5");
+        let upper = (bucket >> 8) as u8;
+        let old = tree.store().unwrap();
+        let old_lower = old
+            .lower
+            .iter()
+            .find(|(p, _)| *p == bucket)
+            .unwrap()
+            .1
+            .clone();
+        let old_upper = old
+            .upper
+            .iter()
+            .find(|(p, _)| *p == upper)
+            .unwrap()
+            .1
+            .clone();
+        let keep = old
+            .lower
+            .iter()
+            .find(|(p, _)| *p != bucket)
+            .unwrap()
+            .clone();
+        tree.erase("a5").unwrap();
+        // The old nodes on the path open with none of the new keys...
+        assert!(tree.lower[&bucket]
+            .key
+            .open(&node_context(2, bucket), &old_lower)
+            .is_err());
+        assert!(tree.upper[&upper]
+            .key
+            .open(&node_context(1, upper.into()), &old_upper)
+            .is_err());
+        assert!(tree.root.key.open(&node_context(0, 0), &old.root).is_err());
+        // ...while a node off the path keeps its key.
+        assert!(tree.lower[&keep.0]
+            .key
+            .open(&node_context(2, keep.0), &keep.1)
+            .is_ok());
     }
 
     #[test]

@@ -381,8 +381,7 @@ impl Writer {
                     }
                     Job::Reseal { reply } => {
                         self.flush(&mut waiting);
-                        let result = self.checked(|w| w.wal.reseal());
-                        let _ = reply.send(result);
+                        let _ = reply.send(self.reseal());
                     }
                 }
             }
@@ -439,6 +438,22 @@ impl Writer {
         for done in waiting.drain(..) {
             done(self.failure().map_or(Ok(()), Err));
         }
+    }
+
+    /// Seals the log again under the current epoch key. A failure (the token, a full
+    /// disk) leaves each segment whole under one key or the other and the writer
+    /// working: the end of the epoch is retried, the appends go on.
+    fn reseal(&mut self) -> Result<(), FileError> {
+        if let Some(e) = self.failure() {
+            return Err(FileError::io(&self.dir.join(WAL_DIR), e));
+        }
+        let result = self.wal.reseal();
+        if result.is_err() {
+            if let Err(e) = self.wal.reopen_tail() {
+                self.fail(&e);
+            }
+        }
+        result
     }
 
     fn purge(&mut self, log_id: LogId) -> Result<(), FileError> {
@@ -853,6 +868,76 @@ mod tests {
         assert_eq!(segments(root.path()), vec!["00000000000000000003"]);
         assert_eq!(indexes(&store), vec![3, 4, 5]);
     }
+
+    /// The end of an epoch: every segment sealed again under the next epoch key, so
+    /// the log opens once the old key is destroyed; appends after it land in the new
+    /// tail file, not in the unlinked old one.
+    #[tokio::test]
+    async fn a_resealed_log_opens_without_the_old_epoch_key_and_keeps_later_appends() {
+        let root = tempfile::tempdir().unwrap();
+        let sealer = sealer(root.path());
+        let store = LogStore::open(&root.path().join("data"), sealer.clone()).unwrap();
+        let big = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(super::super::types::Batch(vec![
+                crate::state::Command::Erase {
+                    account: "x".repeat(4000),
+                    generation: index,
+                    reason: crate::state::EraseReason::Owner,
+                },
+            ])),
+        };
+        append_durably(&store, (0..40).map(big).collect());
+        assert!(segments(root.path()).len() > 1, "spans segments");
+        let before = fs::read(wal_dir(root.path()).join("00000000000000000000")).unwrap();
+
+        assert_eq!(sealer.advance().unwrap(), 2);
+        store.reseal().await.unwrap();
+        sealer.destroy_before_current().unwrap();
+        let after = fs::read(wal_dir(root.path()).join("00000000000000000000")).unwrap();
+        assert_ne!(before, after, "sealed again");
+        append_durably(&store, (40..45).map(big).collect());
+        drop(store);
+
+        let store = LogStore::open(&root.path().join("data"), sealer.clone()).unwrap();
+        assert_eq!(indexes(&store), (0..45).collect::<Vec<u64>>());
+        // A copy of the old segment does not open any more.
+        let copy = Wal::open(&root.path().join("copy"), sealer.clone(), 0);
+        drop(copy);
+        fs::write(
+            root.path().join("copy").join("00000000000000000000"),
+            &before,
+        )
+        .unwrap();
+        assert!(Wal::open(&root.path().join("copy"), sealer, 0).is_err());
+    }
+
+    /// A log the release before crypto-erasure wrote (records in sealed layout 1, under
+    /// the node key) opens, and moves to epoch keys when sealed again.
+    #[tokio::test]
+    async fn a_log_of_the_previous_release_opens() {
+        let root = tempfile::tempdir().unwrap();
+        let sealer = sealer(root.path());
+        let wal_dir = wal_dir(root.path());
+        let (mut wal, _) = Wal::open(&wal_dir, sealer.node().clone(), 0).unwrap();
+        wal.append(&(0..5).map(blank).collect::<Vec<_>>()).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let first = wal_dir.join("00000000000000000000");
+        assert_eq!(fs::read(&first).unwrap()[HEADER], 1, "layout 1");
+
+        let store = LogStore::open(&root.path().join("data"), sealer.clone()).unwrap();
+        assert_eq!(indexes(&store), vec![0, 1, 2, 3, 4]);
+        store.reseal().await.unwrap();
+        assert_eq!(
+            fs::read(&first).unwrap()[HEADER],
+            2,
+            "layout 2 once sealed again"
+        );
+    }
+
+    /// Length and check before each sealed record.
+    const HEADER: usize = 12;
 
     #[test]
     fn segments_roll_over_and_truncation_spans_them() {

@@ -72,8 +72,9 @@ pub struct StateMachineStore {
 pub(crate) struct KeyRootFile {
     path: PathBuf,
     sealer: Arc<EpochSealer>,
-    /// Held across each read-modify-write of the file.
-    lock: Mutex<()>,
+    /// The id of the tree in the snapshot file; held across each read-modify-write of
+    /// the file.
+    live: Mutex<Option<[u8; 16]>>,
 }
 
 impl KeyRootFile {
@@ -86,14 +87,28 @@ impl KeyRootFile {
         files::write_sealed_durably(&*self.sealer, &self.path, KEY_ROOT_CONTEXT, roots)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().expect("key root lock poisoned by a panic")
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<[u8; 16]>> {
+        self.live.lock().expect("key root lock poisoned by a panic")
     }
 
-    /// Seals the file again under the current epoch key (the epoch just advanced).
+    /// Rewrites the file with only the live tree's root (if it holds more: a crash or
+    /// a failed write after a snapshot), sealed under the current epoch key.
+    fn prune(&self, live: &Option<[u8; 16]>) -> Result<(), FileError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let mut roots = self.read()?;
+        if let Some(id) = live {
+            roots.retain(|(root, _)| root == id);
+        }
+        self.write(&roots)
+    }
+
+    /// Seals the file again under the current epoch key (the epoch just advanced),
+    /// keeping only the live tree's root: an older one would outlive its epoch.
     pub(crate) fn reseal(&self) -> Result<(), FileError> {
-        let _held = self.lock();
-        files::reseal(&*self.sealer, &self.path, KEY_ROOT_CONTEXT)
+        let live = self.lock();
+        self.prune(&live)
     }
 }
 
@@ -140,16 +155,38 @@ impl StateMachineStore {
         let key_root = Arc::new(KeyRootFile {
             path: dir.join(KEY_ROOT_FILE),
             sealer: sealer.clone(),
-            lock: Mutex::new(()),
+            live: Mutex::new(None),
         });
-        let read = || -> Result<Option<(SnapshotMeta, SmData, KeyTree)>, FileError> {
+        let read = || -> Result<Option<Loaded>, FileError> {
             files::create_private_dir(dir)?;
             files::remove_temp_files(dir)?;
-            read_snapshot(&sealer, &snapshot_path, &key_root)
+            let loaded = read_snapshot(&sealer, &snapshot_path, &key_root)?;
+            if let Some(Loaded {
+                tree,
+                legacy: false,
+                ..
+            }) = &loaded
+            {
+                let mut live = key_root.lock();
+                *live = Some(tree.id());
+                key_root.prune(&live)?;
+            }
+            Ok(loaded)
         };
         let loaded = read().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let mut legacy = None;
         let (data, meta, tree) = match loaded {
-            Some((meta, data, tree)) => (data, Some(meta), tree),
+            Some(Loaded {
+                meta,
+                data,
+                tree,
+                legacy: was_legacy,
+            }) => {
+                if was_legacy {
+                    legacy = Some((meta.clone(), data.clone()));
+                }
+                (data, Some(meta), tree)
+            }
             None => (
                 SmData::default(),
                 None,
@@ -164,18 +201,24 @@ impl StateMachineStore {
                 })?,
             ),
         };
-        Ok(Self {
-            shared: Arc::new(Shared {
-                snapshot_path,
-                key_root,
-                sealer,
-                tree: Mutex::new(tree),
-                data: RwLock::new(data),
-                current_snapshot: Mutex::new(meta),
-                dropped_record: watch::channel(None).0,
-                builds: AtomicU64::new(0),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            snapshot_path,
+            key_root,
+            sealer,
+            tree: Mutex::new(tree),
+            data: RwLock::new(data),
+            current_snapshot: Mutex::new(meta),
+            dropped_record: watch::channel(None).0,
+            builds: AtomicU64::new(0),
+        });
+        if let Some((meta, data)) = legacy {
+            // A snapshot of an earlier release holds whole records under the node key:
+            // write it again at once with its records under the key tree.
+            shared
+                .persist(&meta, data, true)
+                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        }
+        Ok(Self { shared })
     }
 
     pub(crate) fn state_handle(&self) -> StateHandle {
@@ -198,12 +241,21 @@ impl StateMachineStore {
     }
 }
 
+/// A snapshot file as read.
+struct Loaded {
+    meta: SnapshotMeta,
+    data: SmData,
+    tree: KeyTree,
+    /// Version 1: whole records under the node key, and a new, empty tree.
+    legacy: bool,
+}
+
 /// Reads the snapshot file, of either version, with its key tree.
 fn read_snapshot(
     sealer: &EpochSealer,
     snapshot_path: &Path,
     key_root: &KeyRootFile,
-) -> Result<Option<(SnapshotMeta, SmData, KeyTree)>, FileError> {
+) -> Result<Option<Loaded>, FileError> {
     let node = &**sealer.node();
     let v2 = files::read_sealed::<StoredSnapshotV2>(node, snapshot_path, SNAPSHOT_CONTEXT_V2);
     let stored = match v2 {
@@ -223,7 +275,12 @@ fn read_snapshot(
                 path: snapshot_path.to_path_buf(),
                 source,
             })?;
-            return Ok(Some((v1.meta, data, tree)));
+            return Ok(Some(Loaded {
+                meta: v1.meta,
+                data,
+                tree,
+                legacy: true,
+            }));
         }
         other => other?,
     };
@@ -250,7 +307,12 @@ fn read_snapshot(
     let mut data =
         decode_data(&stored.data, &stored.meta).map_err(|e| decode_error(snapshot_path, e))?;
     open_secrets(&mut data.state, &tree).map_err(tree_error)?;
-    Ok(Some((stored.meta, data, tree)))
+    Ok(Some(Loaded {
+        meta: stored.meta,
+        data,
+        tree,
+        legacy: false,
+    }))
 }
 
 fn decode_error(path: &Path, e: StorageError) -> FileError {
@@ -343,7 +405,7 @@ impl Shared {
             data: bytes,
         };
 
-        let _key_root = self.key_root.lock();
+        let mut live = self.key_root.lock();
         let mut roots = self.key_root.read()?;
         let root = (tree.id(), *tree.root_key().bytes());
         if !roots.contains(&root) {
@@ -351,9 +413,11 @@ impl Shared {
             self.key_root.write(&roots)?;
         }
         files::write_sealed_durably(&**self.sealer.node(), path, SNAPSHOT_CONTEXT_V2, &stored)?;
+        // From here the file needs this root only; if dropping the old one fails now,
+        // the next epoch's end drops it.
+        *live = Some(tree.id());
         if roots.len() > 1 {
-            roots.retain(|r| *r == root);
-            self.key_root.write(&roots)?;
+            self.key_root.prune(&live)?;
         }
         *current = Some(meta.clone());
         Ok(())
@@ -527,7 +591,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .current_snapshot
                 .lock()
                 .expect("snapshot lock poisoned by a panic");
-            let Some((meta, data, _tree)) =
+            let Some(Loaded { meta, data, .. }) =
                 read_snapshot(&shared.sealer, &shared.snapshot_path, &shared.key_root)?
             else {
                 return Ok(None);
@@ -545,5 +609,82 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::KeyFileSealer;
+    use crate::state::NewRecord;
+    use openraft::CommittedLeaderId;
+
+    /// A snapshot file as the release before crypto-erasure wrote it (version 1, whole
+    /// records under the node key) opens, and is at once written again as version 2
+    /// with the record under its leaf key.
+    #[test]
+    fn a_snapshot_of_the_previous_release_opens_and_is_rewritten_under_the_key_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let node: Arc<dyn crate::seal::Sealer> =
+            Arc::new(KeyFileSealer::open_or_create(root.path().join("node.key")).unwrap());
+        let dir = root.path().join("data");
+        files::create_private_dir(&dir).unwrap();
+        let mut state = VaultState::default();
+        let file = b"v1-password-file-3e9c1d77".to_vec();
+        let last = LogId::new(CommittedLeaderId::new(1, 1), 3);
+        state.apply(
+            Command::Register {
+                account: "alice".into(),
+                record: NewRecord {
+                    record_id: [1; 16],
+                    password_file: file.clone(),
+                    wrapped: b"wrapped".to_vec(),
+                    owner_public_key: [2; 32],
+                    max_attempts: 10,
+                },
+            },
+            Place {
+                index: 3,
+                position: 0,
+            },
+        );
+        let data = SmData {
+            state,
+            last_applied: Some(last),
+            last_membership: StoredMembership::default(),
+        };
+        let mut bytes = postcard::to_allocvec(&data).unwrap();
+        bytes.extend(data.state.trailer());
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-3-0".into(),
+        };
+        let v1 = StoredSnapshot { meta, data: bytes };
+        files::write_sealed_durably(&*node, &dir.join(SNAPSHOT_FILE), SNAPSHOT_CONTEXT, &v1)
+            .unwrap();
+
+        let sealer = Arc::new(EpochSealer::open(node.clone()).unwrap());
+        let store = StateMachineStore::open(&dir, sealer.clone()).unwrap();
+        let record = store.shared.read().state.record("alice").unwrap().clone();
+        assert_eq!(record.password_file, file);
+        // Rewritten as version 2: the v1 context no longer opens it, and the outer
+        // plaintext no longer holds the record.
+        let raw = std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
+        assert!(node.open(SNAPSHOT_CONTEXT, &raw).is_err());
+        let outer = node.open(SNAPSHOT_CONTEXT_V2, &raw).unwrap();
+        assert!(!outer.windows(file.len()).any(|w| w == file.as_slice()));
+        drop(store);
+        let again = StateMachineStore::open(&dir, sealer).unwrap();
+        assert_eq!(
+            again
+                .shared
+                .read()
+                .state
+                .record("alice")
+                .unwrap()
+                .password_file,
+            file
+        );
     }
 }

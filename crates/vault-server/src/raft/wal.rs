@@ -427,8 +427,16 @@ impl Wal {
             let segment = &mut self.segments[k];
             segment.offsets = offsets;
             segment.end = frames.len() as u64;
+            if k + 1 == self.segments.len() {
+                // Appends must go to the new file, not the unlinked old one.
+                self.reopen_tail()?;
+            }
         }
-        files::sync_dir(&self.dir)?;
+        files::sync_dir(&self.dir)
+    }
+
+    /// Opens the tail segment for appending again (after it was replaced by a rename).
+    pub(crate) fn reopen_tail(&mut self) -> Result<(), FileError> {
         self.tail = open_for_append(&self.dir, self.tail_segment().first)?;
         Ok(())
     }
