@@ -320,8 +320,11 @@ fn run(command: Command) -> Result<()> {
         ),
         Command::Vault(command) => vault_cmd::run(command),
         Command::Backup { repo, paths } => {
-            let r = open(&repo)?.load_index()?;
-            let summary = backup(r, paths, !repo.json)?;
+            let key =
+                password_mode::resolve_key(&repo.repo, repo.key_file.as_deref(), &repo.vault)?;
+            let r = Repository::open(store_at(&repo.repo)?, &key, device_home()?)?;
+            let repo_id = r.id();
+            let summary = backup(r.load_index()?, paths, !repo.json)?;
             warn_ignored(&summary.ignored_snapshots);
             for w in &summary.warnings {
                 eprintln!("warning: {w}");
@@ -343,6 +346,13 @@ fn run(command: Command) -> Result<()> {
                     summary.seconds
                 );
             }
+            password_mode::leave_anchor(
+                &repo.vault,
+                &key,
+                &repo_id,
+                &summary.snapshot,
+                summary.seq,
+            );
             if !summary.skipped.is_empty() {
                 bail!(exit::Incomplete {
                     snapshot: summary.snapshot[..8].to_owned(),

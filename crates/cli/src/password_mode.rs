@@ -10,6 +10,7 @@ use anyhow::Result;
 use backlock_core::key::BackupKey;
 use backlock_repo::{DeviceHome, Repository};
 use backlock_vault_client::VaultError;
+use backlock_vault_proto::anchor::SnapshotAnchor;
 use backlock_vault_proto::owner::OwnerKey;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -41,9 +42,19 @@ pub(crate) fn resolve_key(
         return Ok(key);
     }
     if vault.given() {
-        let key = recover(vault, &home)?;
+        let (key, anchor) = recover(vault, &home)?;
         // Check the key before keeping it: the account may belong to another backup.
-        Repository::open(store_at(repo)?, &key, home.clone())?;
+        let opened = Repository::open(store_at(repo)?, &key, home.clone())?;
+        if let Some(anchor) = anchor.filter(|a| hex::encode(a.repo) == opened.id()) {
+            // What the newest backup must be: from here on the rollback checks hold this
+            // phone to it, as if it had seen that backup itself.
+            home.record(&opened.id(), anchor.seq)?;
+            eprintln!(
+                "The vault says the newest backup is #{} (snapshot {}).",
+                anchor.seq,
+                hex::encode(anchor.snapshot)
+            );
+        }
         home.save_key(&location(repo), &key)?;
         eprintln!("Recovered the backup key from the vault; this device keeps it from now on.");
         return Ok(key);
@@ -51,9 +62,55 @@ pub(crate) fn resolve_key(
     key_input::read_key(None)
 }
 
+/// After a backup in password mode (a vault is named): leaves the new snapshot with the
+/// vault as the account's anchor, so a new phone that recovers the key knows which
+/// backup is the newest (docs/VAULT.md §Snapshot anchor). The backup is done either
+/// way: a failure is a warning.
+pub(crate) fn leave_anchor(
+    vault: &VaultArgs,
+    key: &BackupKey,
+    repo_id: &str,
+    snapshot: &str,
+    seq: u64,
+) {
+    if !vault.given() {
+        return;
+    }
+    let left = (|| -> Result<()> {
+        let anchor = SnapshotAnchor {
+            repo: decode16(repo_id)?,
+            seq,
+            snapshot: decode16(snapshot)?,
+        };
+        let session = connect(vault, &device_home()?)?;
+        let result = session.block_on(session.client.set_anchor(key, &session.pinned, &anchor));
+        session.close();
+        match result {
+            // Another backup of this account left a newer one meanwhile.
+            Ok(()) | Err(VaultError::AnchorNotNewer(_)) => Ok(()),
+            Err(e) => Err(VaultFailure::from(e).into()),
+        }
+    })();
+    if let Err(e) = left {
+        eprintln!(
+            "warning: the vault did not take this backup as the newest ({e:#}); until a later backup \
+             does, a new phone cannot tell an older backup from this one"
+        );
+    }
+}
+
+fn decode16(hex_name: &str) -> Result<[u8; 16]> {
+    let bytes = hex::decode(hex_name)?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{hex_name} is not a 16-byte name"))
+}
+
 /// One recovery: asks for the password until it is right, the key is destroyed, or the
 /// password came from a file (one guess per run, so scripts never burn guesses in a loop).
-fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<BackupKey> {
+/// Returns the key and the account's snapshot anchor (`None` if none was left, or it
+/// could not be read: a warning then).
+fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<(BackupKey, Option<SnapshotAnchor>)> {
     let session = connect(vault, home)?;
     let interactive = vault.password_file.is_none() && std::io::stdin().is_terminal();
     let result = loop {
@@ -63,7 +120,16 @@ fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<BackupKey> {
                 .client
                 .recover(&password, &session.pinned, &session.ksf),
         ) {
-            Ok(key) => break Ok(key),
+            Ok(key) => {
+                let anchor = match session.block_on(session.client.anchor(&key)) {
+                    Ok(anchor) => anchor,
+                    Err(e) => {
+                        eprintln!("warning: cannot read which backup is the newest from the vault ({e}); an older backup would not be noticed");
+                        None
+                    }
+                };
+                break Ok((key, anchor));
+            }
             Err(VaultError::WrongPassword { attempts_left })
                 if interactive && attempts_left > 0 =>
             {

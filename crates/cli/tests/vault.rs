@@ -304,6 +304,66 @@ fn password_mode_from_enable_to_new_phones() {
     }
 }
 
+/// Rollback on a new phone: the store serves an older copy of the repository (a
+/// replay of what it held before the last backup). The phone has never seen this
+/// backup, but the vault's anchor, left by the last backup and opened with the
+/// recovered key, says which backup is the newest: the restore is refused with the
+/// rollback error, naming both, and writes nothing.
+#[test]
+fn a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &["--account-burst", "200"]);
+    let v = Some((&vault, "kim"));
+    let pw = env.secret("pw", &format!("{PASSWORD}\n"));
+    let pw = pw.to_str().unwrap();
+    assert_code(
+        &env.backlock(
+            "phone1",
+            v,
+            &["init", "--password", "--password-file", pw, "--yes"],
+        ),
+        0,
+    );
+    let src = tree::write_sample(env.dir.path(), 4);
+    let src_arg = src.to_str().unwrap();
+    assert_code(&env.backlock("phone1", v, &["backup", src_arg]), 0);
+    let older = env.path("repo-before-the-last-backup");
+    tree::copy_dir(&env.path("repo"), &older);
+    std::fs::write(src.join("written-later.txt"), b"the newest backup has this").unwrap();
+    let out = env.backlock("phone1", v, &["backup", src_arg]);
+    assert_code(&out, 0);
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+
+    // The store now serves the copy from before the last backup.
+    std::fs::remove_dir_all(env.path("repo")).unwrap();
+    std::fs::rename(&older, env.path("repo")).unwrap();
+    let target = env.path("restored");
+    let t = target.to_str().unwrap();
+    let out = env.backlock(
+        "phone2",
+        v,
+        &["restore", "--password-file", pw, "--target", t],
+    );
+    assert_code(&out, 5);
+    let err = stderr(&out);
+    assert!(err.contains("the newest backup is #2"), "{err}");
+    assert!(err.contains("#1") && err.contains("#2"), "{err}");
+    assert!(!target.exists(), "nothing restored");
+    // The user may still take what the store has, knowingly.
+    assert_code(
+        &env.backlock(
+            "phone2",
+            v,
+            &["restore", "latest", "--accept-older", "--target", t],
+        ),
+        0,
+    );
+    assert!(!target
+        .join(src.file_name().unwrap())
+        .join("written-later.txt")
+        .exists());
+}
+
 #[test]
 fn the_guess_limit_destroys_the_key_for_good() {
     let env = Env::new();

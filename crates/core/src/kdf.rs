@@ -21,6 +21,8 @@ pub const LABEL_CHUNKER_GEAR: &[u8] = b"backlock/v1/chunker-gear";
 pub const LABEL_KEY_ID: &[u8] = b"backlock/v1/key-id";
 /// Seed of the owner signing key that authorises vault changes (vault protocol).
 pub const LABEL_OWNER_KEY: &[u8] = b"backlock/v1/owner-key";
+/// Key that seals the snapshot anchor the vault keeps for a new phone (vault protocol).
+pub const LABEL_VAULT_ANCHOR: &[u8] = b"backlock/v1/vault-anchor";
 /// Per-object key: `HKDF(salt = object salt, IKM = object master, info = this)`.
 pub const LABEL_OBJECT_KEY: &[u8] = b"backlock/v1/object-key";
 

@@ -15,6 +15,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 use backlock_core::key::BackupKey;
+use backlock_vault_proto::anchor::{self, SnapshotAnchor};
 use backlock_vault_proto::client::{
     start_recovery, start_registration, ClientError, RecoveryStarted,
 };
@@ -23,9 +24,10 @@ use backlock_vault_proto::password::Password;
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::token::FleetId;
 use backlock_vault_proto::wire::{
-    self, path, AccountStatus, DeleteRecord, Deleted, ErrorCode, OwnerProof, RecoverFinish,
-    RecoverFinishReply, RecoverStart, RecoverStartReply, RegisterFinishReply, RegisterStart,
-    RegisterStartReply, ServerInfo, StatusRequest, WireError,
+    self, path, AccountStatus, Anchor, AnchorReply, AnchorSet, DeleteRecord, Deleted, ErrorCode,
+    OwnerProof, RecoverFinish, RecoverFinishReply, RecoverStart, RecoverStartReply,
+    RegisterFinishReply, RegisterStart, RegisterStartReply, ServerInfo, SetAnchor, StatusRequest,
+    WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,6 +55,9 @@ pub enum VaultError {
     /// The token or owner proof was refused.
     #[error("the vault refused the request: {0}")]
     Refused(String),
+    /// The vault holds a snapshot anchor as new as this one or newer.
+    #[error("{0}")]
+    AnchorNotNewer(String),
     /// The vault presented another public key than the pinned one.
     #[error("{0}")]
     WrongServer(String),
@@ -92,6 +97,7 @@ impl VaultError {
                 retry_after_ms: e.retry_after_ms.unwrap_or(1000),
             },
             ErrorCode::Unavailable => VaultError::Unavailable(e.message),
+            ErrorCode::AnchorNotNewer => VaultError::AnchorNotNewer(e.message),
             _ => VaultError::Protocol(e.message),
         }
     }
@@ -477,6 +483,51 @@ impl VaultClient {
             not_after: window.not_after,
             signature: owner.sign(op, &scope, payload),
         }
+    }
+
+    /// Leaves `newest` with the vault as the account's snapshot anchor, signed with the
+    /// key's owner key (docs/VAULT.md §Snapshot anchor). An anchor the vault already
+    /// holds as new or newer is [`VaultError::AnchorNotNewer`].
+    pub async fn set_anchor(
+        &self,
+        key: &BackupKey,
+        pinned: &[u8; 32],
+        newest: &SnapshotAnchor,
+    ) -> Result<(), VaultError> {
+        let generation = self
+            .status()
+            .await?
+            .record
+            .ok_or(VaultError::NoKey)?
+            .generation;
+        let value = anchor::seal(key, &self.account, newest);
+        let owner = OwnerKey::derive(key);
+        let payload = owner::anchor_payload(newest.seq, &value);
+        let request = SetAnchor {
+            account: self.account.clone(),
+            proof: self.proof(&owner, OwnerOp::Anchor, pinned, generation, &payload),
+            anchor: Anchor {
+                generation: newest.seq,
+                value,
+            },
+        };
+        let _: AnchorSet = self.call(path::ANCHOR_SET, &request).await?;
+        Ok(())
+    }
+
+    /// The account's snapshot anchor, opened with the key: `None` if none was set.
+    pub async fn anchor(&self, key: &BackupKey) -> Result<Option<SnapshotAnchor>, VaultError> {
+        let request = StatusRequest {
+            account: self.account.clone(),
+        };
+        let reply: AnchorReply = self.call(path::ANCHOR_GET, &request).await?;
+        reply
+            .anchor
+            .map(|a| {
+                anchor::open(key, &self.account, a.generation, &a.value)
+                    .map_err(|e| VaultError::Protocol(e.to_string()))
+            })
+            .transpose()
     }
 
     /// Erases the account's record, proving ownership with the key.

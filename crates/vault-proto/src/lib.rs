@@ -7,11 +7,14 @@
 //! - [`token`]: account tokens the relay issues; [`owner`]: owner proofs from the key.
 //! - [`password`]: the password type and its policy.
 //! - [`bundle`]: the signed list of a fleet's replicas and key that devices pin.
+//! - [`anchor`]: the newest backup, sealed under the key, that the vault keeps for a
+//!   new phone.
 //!
 //! The specification is `docs/VAULT.md`; constants cite its sections.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod anchor;
 pub mod bundle;
 pub mod client;
 pub mod owner;

@@ -57,6 +57,8 @@ pub enum OwnerOp {
     Replace = 1,
     /// Erase the record.
     Delete = 2,
+    /// Set the snapshot anchor ([`crate::anchor`]).
+    Anchor = 3,
 }
 
 /// The signing half; lives only on a device that holds the backup key.
@@ -135,6 +137,14 @@ pub fn verify(
         &Signature::from_bytes(signature),
     )
     .is_ok()
+}
+
+/// The payload an `Anchor` proof covers: the anchor's generation and sealed value.
+pub fn anchor_payload(generation: u64, value: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + value.len());
+    p.extend_from_slice(&generation.to_be_bytes());
+    p.extend_from_slice(value);
+    p
 }
 
 /// The payload a `Replace` proof covers: everything the new record is made of.

@@ -35,6 +35,10 @@ pub mod path {
     pub const DELETE_V1: &str = "/v1/delete";
     /// POST [`super::StatusRequest`] → [`super::AccountStatus`].
     pub const STATUS: &str = "/v1/status";
+    /// Set the account's snapshot anchor (owner only).
+    pub const ANCHOR_SET: &str = "/v2/anchor/set";
+    /// Read the account's snapshot anchor.
+    pub const ANCHOR_GET: &str = "/v2/anchor/get";
 }
 
 /// HTTP header that carries the account token.
@@ -236,6 +240,41 @@ pub struct RecordStatus {
     pub owner_public_key: [u8; 32],
 }
 
+/// The snapshot anchor as the vault keeps it: an opaque value sealed under the backup
+/// key ([`crate::anchor`]) and a generation that only grows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Grows with each backup (the snapshot's sequence number).
+    pub generation: u64,
+    /// [`crate::anchor::seal`]ed; the vault cannot open it.
+    pub value: Vec<u8>,
+}
+
+/// Replace the account's anchor by a newer one (owner only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAnchor {
+    /// Account the token vouches for.
+    pub account: String,
+    /// The new anchor; its generation must exceed the one held.
+    pub anchor: Anchor,
+    /// Signature by the record's owner key over the anchor.
+    pub proof: OwnerProof,
+}
+
+/// The anchor was stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorSet {
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// The account's anchor, if one was set since the record was registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorReply {
+    /// `None` until the owner sets one.
+    pub anchor: Option<Anchor>,
+}
+
 /// Every error the vault answers with. The code is stable; the message is for people.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -267,6 +306,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug in the vault; the request had no effect.
     Internal,
+    /// The vault holds an anchor as new as this one or newer; nothing changed.
+    AnchorNotNewer,
 }
 
 /// The JSON body of every error reply.
@@ -378,6 +419,9 @@ pub fn decode_all(data: &[u8]) {
     let _ = decode::<RegisterFinishV1>(data);
     let _ = decode::<StatusRequest>(data);
     let _ = decode::<AccountStatus>(data);
+    let _ = decode::<SetAnchor>(data);
+    let _ = decode::<AnchorSet>(data);
+    let _ = decode::<AnchorReply>(data);
     let _ = serde_json::from_slice::<WireError>(data);
     let _ = crate::token::AccountToken::parse(&String::from_utf8_lossy(data));
 }

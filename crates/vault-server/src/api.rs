@@ -27,7 +27,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::Locked => StatusCode::GONE,
         ErrorCode::NoKey | ErrorCode::SessionExpired => StatusCode::NOT_FOUND,
-        ErrorCode::AlreadyRegistered => StatusCode::CONFLICT,
+        ErrorCode::AlreadyRegistered | ErrorCode::AnchorNotNewer => StatusCode::CONFLICT,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::UnsupportedVersion | ErrorCode::Malformed => StatusCode::BAD_REQUEST,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -151,6 +151,20 @@ async fn status(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Respo
     }
 }
 
+async fn set_anchor(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.set_anchor(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn anchor(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.anchor(token(&h), req).await),
+        Err(e) => error_response(e),
+    }
+}
+
 async fn healthz(State(v): State<Arc<Vault>>) -> Response {
     if v.is_serving() {
         (StatusCode::OK, "ok\n").into_response()
@@ -196,6 +210,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route(path::REGISTER_FINISH_V1, post(register_finish_v1))
         .route(path::DELETE_V1, post(delete_v1))
         .route(path::STATUS, post(status))
+        .route(path::ANCHOR_SET, post(set_anchor))
+        .route(path::ANCHOR_GET, post(anchor))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(vault)

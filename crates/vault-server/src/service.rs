@@ -8,14 +8,15 @@
 
 use crate::metrics::Metrics;
 use crate::raft::{ProposeError, VaultNode};
-use crate::state::{Applied, Command, EraseReason, NewRecord, Place, Refusal};
+use crate::state::{self, Applied, Command, EraseReason, NewRecord, Place, Refusal};
 use backlock_vault_proto::owner::{self, OwnerOp};
 use backlock_vault_proto::server::{password_file, PendingLogin, ServerKeys, StepError};
 use backlock_vault_proto::token::{IssueError, TokenError, TokenKeys};
 use backlock_vault_proto::wire::{
-    AccountStatus, DeleteRecord, Deleted, ErrorCode, OwnerProof, RecordStatus, RecoverFinish,
-    RecoverFinishReply, RecoverStart, RecoverStartReply, RegisterFinish, RegisterFinishReply,
-    RegisterStart, RegisterStartReply, ServerInfo, StatusRequest, WireError, WIRE_VERSION,
+    AccountStatus, AnchorReply, AnchorSet, DeleteRecord, Deleted, ErrorCode, OwnerProof,
+    RecordStatus, RecoverFinish, RecoverFinishReply, RecoverStart, RecoverStartReply,
+    RegisterFinish, RegisterFinishReply, RegisterStart, RegisterStartReply, ServerInfo, SetAnchor,
+    StatusRequest, WireError, WIRE_VERSION,
 };
 use backlock_vault_proto::wrap::{self, WRAPPED_LEN};
 use rand::RngCore;
@@ -69,6 +70,9 @@ struct CachedLogin {
 /// Bounds the cache (a login state is a few hundred bytes): past it, expired entries
 /// go, and if none has expired the new login is not kept.
 const CACHED_LOGINS: usize = 16_384;
+
+/// The longest snapshot anchor value accepted (a sealed anchor is 69 bytes).
+const MAX_ANCHOR_BYTES: usize = 256;
 
 impl Logins {
     fn keep(&mut self, id: [u8; 16], cached: CachedLogin, now_ms: u64) {
@@ -698,6 +702,61 @@ impl Vault {
             )),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Stores a newer snapshot anchor on the owner's request (docs/VAULT.md §Snapshot
+    /// anchor).
+    pub async fn set_anchor(&self, token: Option<&str>, req: SetAnchor) -> Reply<AnchorSet> {
+        self.admit(token, &req.account)?;
+        if req.anchor.value.len() > MAX_ANCHOR_BYTES {
+            return Err(malformed("anchor value (too long)"));
+        }
+        self.node.catch_up().await.map_err(unavailable)?;
+        let owner = self
+            .node
+            .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
+            .ok_or_else(no_key)?;
+        let payload = owner::anchor_payload(req.anchor.generation, &req.anchor.value);
+        self.check_proof(&owner, OwnerOp::Anchor, &req.account, &req.proof, &payload)?;
+        let generation = req.anchor.generation;
+        let command = Command::SetAnchor {
+            account: req.account.clone(),
+            generation: req.proof.generation,
+            anchor: state::Anchor {
+                generation,
+                value: req.anchor.value,
+            },
+        };
+        match self.propose(command).await? {
+            Applied::AnchorSet => Ok(AnchorSet { generation }),
+            Applied::Refused(Refusal::NoRecord) => Err(no_key()),
+            Applied::Refused(Refusal::StaleGeneration) => Err(err(
+                ErrorCode::Forbidden,
+                "the record changed since this proof was made; fetch its status and sign again",
+            )),
+            Applied::Refused(Refusal::AnchorNotNewer { held }) => Err(err(
+                ErrorCode::AnchorNotNewer,
+                format!("the vault holds anchor {held}, as new as {generation} or newer: nothing changed"),
+            )),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The account's snapshot anchor.
+    pub async fn anchor(&self, token: Option<&str>, req: StatusRequest) -> Reply<AnchorReply> {
+        self.admit(token, &req.account)?;
+        self.node.catch_up().await.map_err(unavailable)?;
+        if self.node.read(|s| s.locked(&req.account)) {
+            return Err(locked());
+        }
+        let anchor = self.node.read(|s| {
+            s.anchor(&req.account)
+                .map(|a| backlock_vault_proto::wire::Anchor {
+                    generation: a.generation,
+                    value: a.value.clone(),
+                })
+        });
+        Ok(AnchorReply { anchor })
     }
 
     /// The account's record state.

@@ -223,6 +223,28 @@ pub enum Command {
         /// The replica id.
         replica: u64,
     },
+    /// Replace the account's snapshot anchor by a newer one (owner proof checked before
+    /// proposing). Refused unless the record still has `generation` and the anchor's
+    /// generation exceeds the one held.
+    SetAnchor {
+        /// Account.
+        account: String,
+        /// Generation of the record the proof names.
+        generation: u64,
+        /// The new anchor.
+        anchor: Anchor,
+    },
+}
+
+/// A snapshot anchor as the vault keeps it (docs/VAULT.md §Snapshot anchor): a value
+/// sealed under the backup key, which the vault cannot open, and a generation that
+/// only grows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Grows with each backup.
+    pub generation: u64,
+    /// Opaque to the vault.
+    pub value: Vec<u8>,
 }
 
 /// Why a record is erased.
@@ -278,6 +300,8 @@ pub enum Applied {
     Ticket(Result<(), TicketRefusal>),
     /// The replica is retired.
     Retired,
+    /// The anchor is stored.
+    AnchorSet,
     /// Nothing changed.
     Refused(Refusal),
 }
@@ -320,6 +344,7 @@ impl fmt::Debug for Applied {
             Applied::Erased => f.write_str("Erased"),
             Applied::Ticket(t) => f.debug_tuple("Ticket").field(t).finish(),
             Applied::Retired => f.write_str("Retired"),
+            Applied::AnchorSet => f.write_str("AnchorSet"),
             Applied::Refused(r) => f.debug_tuple("Refused").field(r).finish(),
         }
     }
@@ -343,6 +368,11 @@ pub enum Refusal {
     AttemptClosed,
     /// An erasure for an exhausted count found an attempt not yet closed or swept.
     AttemptsOpen,
+    /// The anchor held is as new or newer.
+    AnchorNotNewer {
+        /// The generation held.
+        held: u64,
+    },
 }
 
 /// Every record, by account.
@@ -361,6 +391,9 @@ pub struct VaultState {
     /// Join tickets and retired replicas; in the trailer after the open attempts.
     #[serde(skip)]
     members: Members,
+    /// Snapshot anchors by account; in the trailer after the members.
+    #[serde(skip)]
+    anchors: BTreeMap<String, Anchor>,
 }
 
 /// The part of an account that survives erasure. Holds no secret.
@@ -407,11 +440,19 @@ impl VaultState {
                 .any(|a| a.expires_ms <= now_ms)
     }
 
-    /// The open attempts, encoded to follow the state in a snapshot.
+    /// The open attempts, the admission state and the anchors, encoded to follow the
+    /// state in a snapshot (a replica of an earlier release reads what it knows and
+    /// ignores the rest).
     pub fn trailer(&self) -> Vec<u8> {
         let mut bytes = postcard::to_allocvec(&self.attempts).expect("postcard encodes into a Vec");
         bytes.extend(postcard::to_allocvec(&self.members).expect("postcard encodes into a Vec"));
+        bytes.extend(postcard::to_allocvec(&self.anchors).expect("postcard encodes into a Vec"));
         bytes
+    }
+
+    /// The account's snapshot anchor, if its owner set one since registering.
+    pub fn anchor(&self, account: &str) -> Option<&Anchor> {
+        self.anchors.get(account)
     }
 
     /// Restores the open attempts and the admission state from a snapshot's trailer;
@@ -419,13 +460,19 @@ impl VaultState {
     pub fn set_trailer(&mut self, trailer: &[u8]) -> Result<(), postcard::Error> {
         self.attempts = BTreeMap::new();
         self.members = Members::default();
+        self.anchors = BTreeMap::new();
         if trailer.is_empty() {
             return Ok(());
         }
         let (attempts, rest) = postcard::take_from_bytes(trailer)?;
         self.attempts = attempts;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let (members, rest) = postcard::take_from_bytes(rest)?;
+        self.members = members;
         if !rest.is_empty() {
-            self.members = postcard::from_bytes(rest)?;
+            self.anchors = postcard::from_bytes(rest)?;
         }
         Ok(())
     }
@@ -530,6 +577,7 @@ impl VaultState {
     fn erase(&mut self, account: &str, reason: EraseReason) -> Applied {
         self.records.remove(account);
         self.attempts.remove(account);
+        self.anchors.remove(account);
         let history = self.history.entry(account.to_owned()).or_default();
         history.locked = reason == EraseReason::Exhausted;
         Applied::Erased
@@ -718,6 +766,26 @@ impl VaultState {
             Command::Retire { replica } => {
                 self.members.retire(replica);
                 Applied::Retired
+            }
+            Command::SetAnchor {
+                account,
+                generation,
+                anchor,
+            } => {
+                if let Err(refused) = self.current(&account, generation) {
+                    return refused;
+                }
+                match self.anchors.get(&account) {
+                    Some(held) if held.generation >= anchor.generation => {
+                        Applied::Refused(Refusal::AnchorNotNewer {
+                            held: held.generation,
+                        })
+                    }
+                    _ => {
+                        self.anchors.insert(account, anchor);
+                        Applied::AnchorSet
+                    }
+                }
             }
         }
     }
@@ -925,6 +993,58 @@ mod tests {
         // Swept once expired.
         ap(&mut s, Command::Sweep { now_ms: 100 });
         assert!(s.open_attempt("a", &[9; 16]).is_none());
+    }
+
+    #[test]
+    fn anchors_only_grow_go_with_the_record_and_ride_in_the_trailer() {
+        let mut s = VaultState::default();
+        ap(
+            &mut s,
+            Command::Register {
+                account: "a".into(),
+                record: new_record(3),
+            },
+        );
+        let set = |generation, record| Command::SetAnchor {
+            account: "a".into(),
+            generation: record,
+            anchor: Anchor {
+                generation,
+                value: vec![generation as u8; 69],
+            },
+        };
+        assert_eq!(ap(&mut s, set(2, 1)), Applied::AnchorSet);
+        assert_eq!(
+            ap(&mut s, set(2, 1)),
+            Applied::Refused(Refusal::AnchorNotNewer { held: 2 })
+        );
+        assert_eq!(
+            ap(&mut s, set(1, 1)),
+            Applied::Refused(Refusal::AnchorNotNewer { held: 2 })
+        );
+        assert_eq!(
+            ap(&mut s, set(3, 7)),
+            Applied::Refused(Refusal::StaleGeneration)
+        );
+        assert_eq!(s.anchor("a").unwrap().generation, 2);
+
+        // In a snapshot: read back whole, and a replica of the previous release (which
+        // reads the attempts, then the members with `from_bytes`) still reads its part.
+        let trailer = s.trailer();
+        let mut back = VaultState::default();
+        back.set_trailer(&trailer).unwrap();
+        assert_eq!(back.anchor("a"), s.anchor("a"));
+        let (_, rest): (BTreeMap<String, Vec<OpenAttempt>>, &[u8]) =
+            postcard::take_from_bytes(&trailer).unwrap();
+        let _members: Members = postcard::from_bytes(rest).unwrap();
+
+        let erase = Command::Erase {
+            account: "a".into(),
+            generation: 1,
+            reason: EraseReason::Owner,
+        };
+        assert_eq!(ap(&mut s, erase), Applied::Erased);
+        assert!(s.anchor("a").is_none());
     }
 
     #[test]

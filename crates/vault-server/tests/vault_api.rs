@@ -967,3 +967,100 @@ async fn a_slowloris_client_holds_only_its_share_of_connections_and_only_briefly
     }
     vault.shutdown().await;
 }
+
+/// The snapshot anchor against a relay (or a vault) that would roll a new phone back:
+/// a recorded anchor request replayed after a newer one, one whose value was swapped
+/// for another, one signed by another key, or a Delete proof used for it, change
+/// nothing; the anchor a new phone reads is the newest the owner left, and it goes
+/// with the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchor_only_moves_forward_and_only_by_its_owner() {
+    use backlock_vault_proto::anchor::{self, SnapshotAnchor};
+    let h = Harness::start(generous()).await;
+    let key = BackupKey::generate();
+    h.register("june", RIGHT, &key).await;
+    let client = h.client("june");
+    let pinned = h.pinned();
+    let snapshot = |seq: u64| SnapshotAnchor {
+        repo: [1; 16],
+        seq,
+        snapshot: [seq as u8; 16],
+    };
+    assert_eq!(client.anchor(&key).await.unwrap(), None);
+    // What a relay records: the request that set anchor 1.
+    let value = anchor::seal(&key, "june", &snapshot(1));
+    let set = |value: Vec<u8>, generation: u64, signer: &BackupKey, op: OwnerOp| {
+        let payload = owner::anchor_payload(generation, &value);
+        wire::SetAnchor {
+            account: "june".into(),
+            anchor: wire::Anchor { generation, value },
+            proof: owner_proof(
+                signer,
+                op,
+                h.fleet(),
+                "june",
+                1,
+                owner::Window::from(unix_now()),
+                &payload,
+            ),
+        }
+    };
+    let recorded = set(value.clone(), 1, &key, OwnerOp::Anchor);
+    post::<_, wire::AnchorSet>(&h, "june", wire::path::ANCHOR_SET, &recorded)
+        .await
+        .unwrap();
+    client
+        .set_anchor(&key, &pinned, &snapshot(5))
+        .await
+        .unwrap();
+
+    let refused = [
+        (
+            "the recorded older anchor, replayed",
+            recorded,
+            ErrorCode::AnchorNotNewer,
+        ),
+        (
+            "an older value relabelled newer",
+            {
+                let mut r = set(value.clone(), 1, &key, OwnerOp::Anchor);
+                r.anchor.generation = 9;
+                r
+            },
+            ErrorCode::Forbidden,
+        ),
+        (
+            "signed by another key",
+            set(value.clone(), 9, &BackupKey::generate(), OwnerOp::Anchor),
+            ErrorCode::Forbidden,
+        ),
+        (
+            "a proof for another operation",
+            set(value.clone(), 9, &key, OwnerOp::Delete),
+            ErrorCode::Forbidden,
+        ),
+    ];
+    for (what, request, code) in refused {
+        assert_eq!(
+            post::<_, wire::AnchorSet>(&h, "june", wire::path::ANCHOR_SET, &request).await,
+            Err(code),
+            "{what}"
+        );
+    }
+    assert_eq!(client.anchor(&key).await.unwrap(), Some(snapshot(5)));
+    assert!(matches!(
+        client.set_anchor(&key, &pinned, &snapshot(5)).await,
+        Err(VaultError::AnchorNotNewer(_))
+    ));
+    // A new phone with the key reads the newest; another key cannot open it.
+    assert!(h
+        .client("june")
+        .anchor(&BackupKey::generate())
+        .await
+        .is_err());
+    // Deleting the record deletes its anchor.
+    client.delete(&key, &pinned).await.unwrap();
+    h.register("june", RIGHT, &key).await;
+    assert_eq!(client.anchor(&key).await.unwrap(), None);
+    h.vault.shutdown().await;
+}
