@@ -485,6 +485,16 @@ impl VaultClient {
         }
     }
 
+    /// The generation of the account's record, which an owner proof names.
+    async fn record_generation(&self) -> Result<u64, VaultError> {
+        Ok(self
+            .status()
+            .await?
+            .record
+            .ok_or(VaultError::NoKey)?
+            .generation)
+    }
+
     /// Leaves `newest` with the vault as the account's snapshot anchor, signed with the
     /// key's owner key (docs/VAULT.md §Snapshot anchor). An anchor the vault already
     /// holds as new or newer is [`VaultError::AnchorNotNewer`].
@@ -494,12 +504,7 @@ impl VaultClient {
         pinned: &[u8; 32],
         newest: &SnapshotAnchor,
     ) -> Result<(), VaultError> {
-        let generation = self
-            .status()
-            .await?
-            .record
-            .ok_or(VaultError::NoKey)?
-            .generation;
+        let generation = self.record_generation().await?;
         let value = anchor::seal(key, &self.account, newest);
         let owner = OwnerKey::derive(key);
         let payload = owner::anchor_payload(newest.seq, &value);
@@ -532,12 +537,7 @@ impl VaultClient {
 
     /// Erases the account's record, proving ownership with the key.
     pub async fn delete(&self, key: &BackupKey, pinned: &[u8; 32]) -> Result<(), VaultError> {
-        let generation = self
-            .status()
-            .await?
-            .record
-            .ok_or(VaultError::NoKey)?
-            .generation;
+        let generation = self.record_generation().await?;
         let owner = OwnerKey::derive(key);
         let request = DeleteRecord {
             account: self.account.clone(),

@@ -23,7 +23,7 @@ use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Associated data of a node's sealed children: this, then the level and the prefix.
 const NODE_CONTEXT: &[u8] = b"backlock vault key tree";
@@ -378,11 +378,13 @@ impl KeyTree {
         let opened = root_key
             .open(&node_context(0, 0), &stored.root)
             .map_err(seal_error("its root"))?;
-        let mut upper_keys: BTreeMap<u8, TreeKey> =
-            decode::<Vec<(u8, [u8; KEY_LEN])>>("its root", &opened)?
-                .iter()
-                .map(|(id, key)| (*id, TreeKey::from_bytes(key)))
-                .collect();
+        // Decoded copies of keys are wiped once taken.
+        let mut children: Vec<(u8, [u8; KEY_LEN])> = decode("its root", &opened)?;
+        let mut upper_keys: BTreeMap<u8, TreeKey> = children
+            .iter()
+            .map(|(id, key)| (*id, TreeKey::from_bytes(key)))
+            .collect();
+        children.iter_mut().for_each(|(_, key)| key.zeroize());
         let mut tree = Self {
             id: stored.id,
             placement: stored.placement,
@@ -403,8 +405,10 @@ impl KeyTree {
             let opened = key
                 .open(&node_context(1, prefix.into()), &sealed)
                 .map_err(seal_error(what.clone()))?;
-            for (id, child) in decode::<Vec<(u16, [u8; KEY_LEN])>>(&what, &opened)? {
-                lower_keys.insert(id, TreeKey::from_bytes(&child));
+            let mut children: Vec<(u16, [u8; KEY_LEN])> = decode(&what, &opened)?;
+            for (id, child) in &mut children {
+                lower_keys.insert(*id, TreeKey::from_bytes(child));
+                child.zeroize();
             }
             tree.upper.insert(
                 prefix,
@@ -422,16 +426,17 @@ impl KeyTree {
             let opened = key
                 .open(&node_context(2, prefix), &sealed)
                 .map_err(seal_error(what.clone()))?;
-            let leaves: Vec<(String, Registration, [u8; KEY_LEN])> = decode(&what, &opened)?;
+            let mut leaves: Vec<(String, Registration, [u8; KEY_LEN])> = decode(&what, &opened)?;
             let bucket = tree.buckets.entry(prefix).or_default();
-            for (account, registration, key) in leaves {
+            for (account, registration, key) in &mut leaves {
                 bucket.insert(
-                    account,
+                    std::mem::take(account),
                     Leaf {
-                        registration,
-                        key: TreeKey::from_bytes(&key),
+                        registration: *registration,
+                        key: TreeKey::from_bytes(key),
                     },
                 );
+                key.zeroize();
             }
             tree.lower.insert(
                 prefix,
