@@ -123,6 +123,15 @@ fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<(BackupKey, Option<Sn
             Ok(key) => {
                 let anchor = match session.block_on(session.client.anchor(&key)) {
                     Ok(anchor) => anchor,
+                    // Busy or down now (or its account's requests used up by whoever
+                    // holds its token): going on would give up the rollback check.
+                    Err(e @ (VaultError::Unavailable(_) | VaultError::RateLimited { .. })) => {
+                        break Err(anyhow::Error::from(VaultFailure::from(e)).context(
+                            "the password was right, but the vault could not say which backup \
+                             is the newest; this device kept nothing: try again later",
+                        ));
+                    }
+                    // A vault of an earlier release keeps no anchors.
                     Err(e) => {
                         eprintln!("warning: cannot read which backup is the newest from the vault ({e}); an older backup would not be noticed");
                         None

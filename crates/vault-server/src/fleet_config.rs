@@ -96,6 +96,10 @@ pub struct FleetConfig {
     /// (docs/VAULT.md §Crypto-erasure).
     #[serde(default = "default_epoch_secs")]
     pub epoch_secs: u64,
+    /// Keep the snapshot anchors devices leave (docs/VAULT.md §Snapshot anchor). Off
+    /// until every replica runs a release that keeps them (docs/OPERATIONS.md §Day two).
+    #[serde(default)]
+    pub anchors: bool,
     /// Every replica of the fleet, this one included.
     pub replicas: Vec<ReplicaEntry>,
 }
@@ -336,6 +340,7 @@ impl FleetConfig {
             account_burst: self.account_burst,
             account_rate: self.account_rate,
             session_ttl: Duration::from_secs(self.attempt_ttl_secs),
+            anchors: self.anchors,
         }
     }
 }

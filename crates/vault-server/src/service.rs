@@ -35,6 +35,10 @@ pub struct VaultConfig {
     pub account_burst: u32,
     /// Requests per account per second, sustained.
     pub account_rate: f64,
+    /// Whether devices may leave snapshot anchors (docs/VAULT.md §Snapshot anchor). A
+    /// fleet turns them on once every replica runs a release that keeps them: a replica
+    /// of an earlier one cannot read the log entry that sets one.
+    pub anchors: bool,
 }
 
 impl Default for VaultConfig {
@@ -44,6 +48,7 @@ impl Default for VaultConfig {
             session_ttl: Duration::from_secs(60),
             account_burst: 20,
             account_rate: 1.0,
+            anchors: true,
         }
     }
 }
@@ -708,6 +713,13 @@ impl Vault {
     /// anchor).
     pub async fn set_anchor(&self, token: Option<&str>, req: SetAnchor) -> Reply<AnchorSet> {
         self.admit(token, &req.account)?;
+        if !self.config.anchors {
+            return Err(err(
+                ErrorCode::Unavailable,
+                "this vault does not keep snapshot anchors yet: its operator turns them on \
+                 (`anchors = true`) once every site runs a release that keeps them",
+            ));
+        }
         if req.anchor.value.len() > MAX_ANCHOR_BYTES {
             return Err(malformed("anchor value (too long)"));
         }

@@ -640,7 +640,14 @@ impl VaultState {
                 Some(r) if r.generation != generation => Applied::Refused(Refusal::StaleGeneration),
                 // A record out of guesses cannot be rescued by a proof made before.
                 Some(r) if r.attempts_left == 0 => Applied::Refused(Refusal::Exhausted),
-                Some(_) => self.store(&account, record),
+                Some(r) => {
+                    // A new owner key is a new backup key (rotate-key): the anchor, sealed
+                    // under the old one, would no longer open.
+                    if r.owner_public_key != record.owner_public_key {
+                        self.anchors.remove(&account);
+                    }
+                    self.store(&account, record)
+                }
             },
             Command::Erase {
                 account,
@@ -1038,9 +1045,31 @@ mod tests {
             postcard::take_from_bytes(&trailer).unwrap();
         let _members: Members = postcard::from_bytes(rest).unwrap();
 
+        // A new password keeps it; a new backup key (another owner key) drops it.
+        let replace = |generation, owner: u8| Command::Replace {
+            account: "a".into(),
+            generation,
+            record: NewRecord {
+                owner_public_key: [owner; 32],
+                ..new_record(3)
+            },
+        };
+        let owner = s.record("a").unwrap().owner_public_key[0];
+        assert!(matches!(
+            ap(&mut s, replace(1, owner)),
+            Applied::Stored { .. }
+        ));
+        assert_eq!(s.anchor("a").unwrap().generation, 2);
+        assert!(matches!(
+            ap(&mut s, replace(2, owner.wrapping_add(1))),
+            Applied::Stored { .. }
+        ));
+        assert!(s.anchor("a").is_none());
+        assert_eq!(ap(&mut s, set(4, 3)), Applied::AnchorSet);
+
         let erase = Command::Erase {
             account: "a".into(),
-            generation: 1,
+            generation: 3,
             reason: EraseReason::Owner,
         };
         assert_eq!(ap(&mut s, erase), Applied::Erased);

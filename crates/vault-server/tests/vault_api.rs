@@ -1063,4 +1063,20 @@ async fn an_anchor_only_moves_forward_and_only_by_its_owner() {
     h.register("june", RIGHT, &key).await;
     assert_eq!(client.anchor(&key).await.unwrap(), None);
     h.vault.shutdown().await;
+
+    // A fleet keeps none until its operator turns them on (after upgrading every site).
+    let off = Harness::start(VaultConfig {
+        anchors: false,
+        ..generous()
+    })
+    .await;
+    off.register("june", RIGHT, &key).await;
+    assert!(matches!(
+        off.client("june")
+            .set_anchor(&key, &off.pinned(), &snapshot(1))
+            .await,
+        Err(VaultError::Unavailable(_))
+    ));
+    assert_eq!(off.client("june").anchor(&key).await.unwrap(), None);
+    off.vault.shutdown().await;
 }
