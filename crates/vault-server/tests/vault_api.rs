@@ -221,6 +221,16 @@ async fn concurrent_wrong_guesses_count_exactly_the_limit_then_the_record_is_gon
             path.display()
         );
     }
+    // The snapshot seals records under their own keys, so the scan above sees no
+    // record there either way: open a copy of the directory as a replica would.
+    let copy = TempDir::new().unwrap();
+    backlock_testkit::tree::copy_dir(&data.join("raft"), copy.path());
+    let sealer: std::sync::Arc<dyn Sealer> =
+        std::sync::Arc::new(KeyFileSealer::open_or_create(data.join("node.key")).unwrap());
+    let state = backlock_vault_server::raft::open_copy(copy.path(), sealer)
+        .await
+        .unwrap();
+    assert!(state.record("alice").is_none() && state.locked("alice"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
