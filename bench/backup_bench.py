@@ -597,6 +597,7 @@ class Backlock(Tool):
     def env(self):
         e = super().env()
         e["BACKLOCK_HOME"] = str(self.bl_home)
+        e["XDG_CACHE_HOME"] = str(self.state / "xdg-cache")  # its local cache, if any
         return e
 
     def init(self):
@@ -615,7 +616,7 @@ class Backlock(Tool):
 
     def restore_cmd(self, target, label):
         return [self.bin, "restore", "latest", "--repo", self.repo, "--key-file", self.key_file,
-                "--target", target], None
+                "--target", target, "--json"], None
 
     def parse_backup(self, stdout):
         return last_json(stdout)
@@ -1273,22 +1274,32 @@ def parse_sizes(s: str):
 
 
 def main(argv=None) -> int:
+    import files_bench  # the --files mode; it imports this module, so not at the top
     ap = argparse.ArgumentParser(
         prog="bench-backup",
         description="Benchmark backlock against restic, borg and cat (I/O limit) on a generated "
                     "chat data set: initial backup, incremental after one simulated day, restore.")
-    ap.add_argument("--sizes", type=parse_sizes, default=[1.0],
+    ap.add_argument("--sizes", type=parse_sizes, default=None,
                     help="comma-separated data-set sizes in GB, fractions allowed (default: 1)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="scratch dir; needs ~8x the largest size free "
-                         "(default: /var/tmp/backlock-bench-<timestamp>)")
+                         "(default: /var/tmp/backlock-bench-<timestamp>; with --files "
+                         "/var/tmp/backlock-bench-files, reused for its generated trees)")
     ap.add_argument("--keep", action="store_true",
                     help="keep data, repos and state in the workdir (default: remove all but "
                          "results.json and logs/)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="repetitions per size (fresh repos each); medians reported (default 1)")
-    ap.add_argument("--tools", default=",".join(TOOLS_ALL),
-                    help="subset of backlock,restic,borg,cat (default: all)")
+    ap.add_argument("--tools", default=None,
+                    help="subset of backlock,backlock-s3,restic,borg,cat (default: all); with "
+                         "--files a subset of backlock,backlock-s3,restic,rustic (default: "
+                         "backlock,restic,rustic)")
+    ap.add_argument("--files", type=files_bench.parse_counts, default=None, metavar="N[,N...]",
+                    help="many-small-files mode instead of the chat data set: a generated tree "
+                         "of N files (100000, 100k, 1m; several for the RSS growth); initial, "
+                         "unchanged, 1%%-changed backup and restore (see bench/README.md)")
+    ap.add_argument("--seed", type=int, default=files_bench.FILES_SEED,
+                    help=f"--files: seed of the generated tree (default {files_bench.FILES_SEED})")
     ap.add_argument("--skip-build", action="store_true", help="use already-built release binaries")
     ap.add_argument("--stand-in-data", action="store_true",
                     help="testing only: generate a look-alike data set in Python instead of "
@@ -1296,14 +1307,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repo-root", type=Path, default=Path(__file__).resolve().parent.parent,
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not 1 <= args.repeat <= 20:
+        ap.error("--repeat must be 1..20")
+    if args.files is not None:
+        if args.sizes is not None:
+            ap.error("--files and --sizes are two modes: give one")
+        return files_bench.main_files(ap, args)
+    args.sizes = args.sizes or [1.0]
 
-    tools_sel = [t.strip() for t in args.tools.split(",") if t.strip()]
+    tools_sel = [t.strip() for t in (args.tools or ",".join(TOOLS_ALL)).split(",") if t.strip()]
     bad = [t for t in tools_sel if t not in TOOLS_ALL]
     if bad or not tools_sel:
         ap.error(f"unknown tools: {bad}")
     tools_sel = [t for t in TOOLS_ALL if t in tools_sel]
-    if not 1 <= args.repeat <= 20:
-        ap.error("--repeat must be 1..20")
     if args.workdir is None:
         args.workdir = Path("/var/tmp") / f"backlock-bench-{time.strftime('%Y%m%d-%H%M%S')}"
     args.workdir = args.workdir.resolve()
@@ -1324,17 +1340,7 @@ def main(argv=None) -> int:
     results = {"started": _dt.datetime.now().isoformat(timespec="seconds"),
                "args": {"sizes": args.sizes, "repeat": args.repeat, "tools": tools_sel,
                         "stand_in_data": args.stand_in_data, "workdir": str(args.workdir)},
-               "env": {"kernel": platform.release(), "python": platform.python_version(),
-                       "cpus": os.cpu_count()},
-               "sizes": []}
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-            results["env"]["cpu"] = m.group(1) if m else "?"
-        with open("/proc/meminfo") as f:
-            results["env"]["mem"] = f.readline().split(":", 1)[1].strip()
-    except OSError:
-        pass
+               "env": env_info(), "sizes": []}
 
     rc = 0
     cache = CacheControl()
@@ -1375,7 +1381,7 @@ def main(argv=None) -> int:
             print(table, flush=True)
             if sr["errors"]:
                 rc = 1
-            _write_results(args, results, cache)
+            write_results(args.workdir, results, cache)
 
         if len(summaries) > 1 and "backlock" in tools_sel:
             pts = [(gb, s["backlock_peak_rss_mib"]) for gb, s in summaries
@@ -1401,7 +1407,7 @@ def main(argv=None) -> int:
         if getattr(args, "s3", None):
             args.s3.stop()
         results["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-        path = _write_results(args, results, cache)
+        path = write_results(args.workdir, results, cache)
         if not args.keep:
             for p in args.workdir.iterdir():
                 if p.name not in ("results.json", "logs"):
@@ -1415,9 +1421,25 @@ def main(argv=None) -> int:
     return rc
 
 
-def _write_results(args, results, cache) -> Path:
+def env_info() -> dict:
+    """Kernel, Python, CPU model and count, memory: the machine the numbers are from."""
+    env = {"kernel": platform.release(), "python": platform.python_version(),
+           "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            env["cpu"] = m.group(1) if m else "?"
+        with open("/proc/meminfo") as f:
+            env["mem"] = f.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return env
+
+
+def write_results(workdir: Path, results, cache) -> Path:
+    """WORKDIR/results.json, replaced atomically (written after every size and at the end)."""
     results["env"]["page_cache"] = cache.describe() if cache.modes else "not used yet"
-    path = args.workdir / "results.json"
+    path = workdir / "results.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=str))
     tmp.replace(path)
@@ -1425,4 +1447,7 @@ def _write_results(args, results, cache) -> Path:
 
 
 if __name__ == "__main__":
+    # Run as a script: let `import backup_bench` (in files_bench) find this module
+    # instead of loading a second copy of it.
+    sys.modules.setdefault("backup_bench", sys.modules[__name__])
     sys.exit(main())

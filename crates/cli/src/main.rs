@@ -15,8 +15,8 @@ mod vault_cmd;
 
 use anyhow::{bail, Context, Result};
 use backlock_core::key::BackupKey;
-use backlock_repo::{BackupOptions, DeviceHome, Repository};
-use backlock_store::{FsStore, ObjectStore};
+use backlock_repo::{BackupOptions, DeviceHome, ObjectCache, Repository, DEFAULT_CACHE_BYTES};
+use backlock_store::{Counted, FsStore, ObjectStore};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::{io::IsTerminal, path::PathBuf, sync::Arc};
@@ -44,6 +44,10 @@ pub(crate) struct RepoArgs {
     /// Print machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Read index objects and snapshots from the store only, not from this device's
+    /// cache of them ($XDG_CACHE_HOME/backlock), and keep nothing there.
+    #[arg(long, env = "BACKLOCK_NO_CACHE")]
+    no_cache: bool,
     #[command(flatten)]
     vault: vault::VaultArgs,
 }
@@ -236,7 +240,39 @@ pub(crate) fn store_at(repo: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
     Ok(backlock_store_cloud::open(url, &settings)?)
 }
 
+/// The cache of index objects and snapshots: `$XDG_CACHE_HOME/backlock` (else
+/// `~/.cache/backlock`), at most `BACKLOCK_CACHE_MAX_MIB` MiB (default 2048). `None`
+/// with `--no-cache`, or where there is no cache directory.
+pub(crate) fn object_cache(no_cache: bool) -> Result<Option<ObjectCache>> {
+    let root = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    let (false, Some(root)) = (no_cache, root) else {
+        return Ok(None);
+    };
+    let max_bytes = match std::env::var("BACKLOCK_CACHE_MAX_MIB") {
+        Ok(mib) => mib
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|m| m.checked_mul(1 << 20))
+            .with_context(|| {
+                format!("BACKLOCK_CACHE_MAX_MIB={mib:?} is not a size in MiB: set a whole number such as 2048")
+            })?,
+        Err(_) => DEFAULT_CACHE_BYTES,
+    };
+    Ok(Some(ObjectCache::new(root.join("backlock"), max_bytes)))
+}
+
+/// Opens the repository `args` names, reading through the cache unless `--no-cache`.
 fn open(args: &RepoArgs) -> Result<Repository> {
+    Ok(open_uncached(args)?.with_cache(object_cache(args.no_cache)?.as_ref()))
+}
+
+/// Opens the repository `args` names to read everything from the store itself: what
+/// checks the store (`check`, `repair`) must not take a cached copy for the store's.
+fn open_uncached(args: &RepoArgs) -> Result<Repository> {
     let key = password_mode::resolve_key(&args.repo, args.key_file.as_deref(), &args.vault)?;
     Ok(Repository::open(
         store_at(&args.repo)?,
@@ -322,7 +358,9 @@ fn run(command: Command) -> Result<()> {
         Command::Backup { repo, paths } => {
             let key =
                 password_mode::resolve_key(&repo.repo, repo.key_file.as_deref(), &repo.vault)?;
-            let r = Repository::open(store_at(&repo.repo)?, &key, device_home()?)?;
+            let store = Arc::new(Counted::new(store_at(&repo.repo)?));
+            let r = Repository::open(store.clone(), &key, device_home()?)?
+                .with_cache(object_cache(repo.no_cache)?.as_ref());
             let repo_id = r.id();
             let summary = backup(r.load_index()?, paths, !repo.json)?;
             warn_ignored(&summary.ignored_snapshots);
@@ -333,7 +371,13 @@ fn run(command: Command) -> Result<()> {
                 eprintln!("not backed up: {}: {}", k.path, k.reason);
             }
             if repo.json {
-                print_json(&summary);
+                let mut out = serde_json::to_value(&summary)?;
+                let n = store.counts();
+                out["requests"] = serde_json::json!({
+                    "get": n.get, "get_range": n.get_range, "put": n.put,
+                    "list": n.list, "delete": n.delete,
+                });
+                print_json(&out);
             } else {
                 println!(
                     "snapshot {} (#{}) saved: {} files, {} read, {} new, {} uploaded, in {:.1} s",
@@ -426,7 +470,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Check { repo, read_data } => {
-            let report = open(&repo)?.check(read_data)?;
+            let report = open_uncached(&repo)?.check(read_data)?;
             if repo.json {
                 print_json(&report);
             } else {
@@ -581,7 +625,7 @@ fn warn_ignored(ignored: &[backlock_repo::RejectedSnapshot]) {
 }
 
 fn repair_snapshots(args: &RepoArgs, yes: bool) -> Result<()> {
-    let r = open(args)?;
+    let r = open_uncached(args)?;
     let found = r.authentic_snapshots(|_, _| Ok(()))?;
     if found.is_empty() {
         if args.json {
@@ -623,8 +667,9 @@ fn snapshots(args: &RepoArgs) -> Result<()> {
     let r = open(args)?;
     let mut rows = Vec::new();
     let ignored = r.authentic_snapshots(|s, snap| {
-        let files = snap.nodes.iter().filter(|n| n.is_file()).count();
-        let bytes: u64 = snap.nodes.iter().map(|n| n.size).sum();
+        // Recorded in the snapshot (version 3) or counted from its nodes: no tree read.
+        let totals = snap.summary().unwrap_or_default();
+        let (files, bytes) = (totals.files, totals.bytes);
         // A snapshot whose metadata does not decode still restores: say so.
         let skipped = snap.skipped().map(|k| k.len()).unwrap_or(usize::MAX);
         rows.push(serde_json::json!({

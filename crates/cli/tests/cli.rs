@@ -26,6 +26,7 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
         c.args(args)
             .env("BACKLOCK_HOME", self.path("home"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
             .env("BACKLOCK_REPO", self.path("repo"))
             .env("BACKLOCK_KEY_FILE", self.path("key"))
             .stdin(std::process::Stdio::null());
@@ -546,7 +547,9 @@ fn a_snapshot_cut_short_by_a_power_loss_is_passed_over() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
+    // The device's state and cache, not synced, went with the power.
     std::fs::remove_dir_all(env.path("home")).unwrap();
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
 
     let target = env.path("restored");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
@@ -655,4 +658,53 @@ fn after_a_rollback_the_user_can_still_restore_what_the_store_has() {
     assert_eq!(state["newest_seq"], 2, "{state}");
     assert_eq!(state["accepted_older"][0]["seq"], 1, "{state}");
     assert_eq!(state["accepted_older"][0]["seen"], 2, "{state}");
+}
+
+#[test]
+fn the_object_cache_lives_under_xdg_cache_home_and_no_cache_keeps_none() {
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 2);
+    let backup = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["backup", "--json"];
+        args.extend_from_slice(extra);
+        args.push(src.to_str().unwrap());
+        serde_json::from_str(&env.ok(&args)).unwrap()
+    };
+    let cache = env.path("cache/backlock");
+    backup(&["--no-cache"]);
+    assert!(!cache.exists(), "--no-cache wrote a cache");
+    // The first cached run fetches the index object and parent the last one wrote...
+    let first = backup(&[]);
+    assert!(first["requests"]["get"].as_u64().unwrap() >= 2, "{first}");
+    let repo_dirs: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(repo_dirs.len(), 1, "one directory per repository");
+    // ...and the next fetches neither: only the config and the index set.
+    let warm = backup(&[]);
+    let gets = warm["requests"]["get"].as_u64().unwrap();
+    assert!(
+        gets <= first["requests"]["get"].as_u64().unwrap() - 2,
+        "{warm}"
+    );
+    // A size that is not one is refused before anything runs.
+    let out = env
+        .cmd(&["snapshots"])
+        .env("BACKLOCK_CACHE_MAX_MIB", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("BACKLOCK_CACHE_MAX_MIB"),
+        "{}",
+        stderr(&out)
+    );
+    // The store alone still restores everything.
+    env.ok(&[
+        "restore",
+        "--no-cache",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    tree::assert_same(&src, &env.path("out/chat"));
 }

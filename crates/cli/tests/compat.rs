@@ -90,6 +90,11 @@ fn read_and_extend(version: &str) -> (tempfile::TempDir, PathBuf) {
     let out: serde_json::Value =
         serde_json::from_str(&ok(&["backup", "--json", src.to_str().unwrap()])).unwrap();
     assert_eq!(out["seq"], 3, "{out}");
+    // Written as this build writes: a version-3 snapshot, its directories as trees.
+    let newest = repo
+        .join("snapshots")
+        .join(out["snapshot"].as_str().unwrap());
+    assert_eq!(std::fs::read(newest).unwrap()[0], 3);
     let target = dir.path().join("after");
     ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     backlock_testkit::tree::assert_same(&src, &target.join("chat"));
@@ -123,5 +128,15 @@ fn a_repository_written_by_writer_level_2_is_read_and_extended() {
     assert_eq!(index_sets(&fixture("v2").join("repo")), 1);
     let (_dir, repo) = read_and_extend("v2");
     // The backup's set superseded the fixture's.
+    assert_eq!(index_sets(&repo), 1);
+}
+
+#[test]
+fn a_repository_of_version_3_snapshots_is_read_and_extended() {
+    let snapshots = fixture("v3").join("repo/snapshots");
+    for entry in std::fs::read_dir(snapshots).unwrap() {
+        assert_eq!(std::fs::read(entry.unwrap().path()).unwrap()[0], 3);
+    }
+    let (_dir, repo) = read_and_extend("v3");
     assert_eq!(index_sets(&repo), 1);
 }

@@ -24,6 +24,8 @@ pub const INDEX_VERSION_DELTAS: u8 = 2;
 /// The version of snapshot objects that carry metadata (docs/FORMAT.md §Snapshot
 /// metadata); a snapshot without any stays version 1.
 pub const SNAPSHOT_VERSION_META: u8 = 2;
+/// The version of snapshot objects whose entries are trees (docs/FORMAT.md §Trees).
+pub const SNAPSHOT_VERSION_TREES: u8 = 3;
 /// The version of config objects that record a writer level (docs/FORMAT.md
 /// §Compatibility); a config of level 1 stays version 1.
 pub const CONFIG_VERSION_LEVEL: u8 = 2;
@@ -32,7 +34,7 @@ pub const CONFIG_VERSION_LEVEL: u8 = 2;
 pub fn newest_version(kind: ObjectKind) -> u8 {
     match kind {
         ObjectKind::Index => INDEX_VERSION_DELTAS,
-        ObjectKind::Snapshot => SNAPSHOT_VERSION_META,
+        ObjectKind::Snapshot => SNAPSHOT_VERSION_TREES,
         ObjectKind::Config => CONFIG_VERSION_LEVEL,
         _ => FORMAT_VERSION,
     }
@@ -501,12 +503,12 @@ mod tests {
     fn newer_version_asks_for_upgrade() {
         let k = keys();
         let mut sealed = seal(&k, ObjectKind::Snapshot, "n", b"x");
-        sealed[0] = 3;
+        sealed[0] = 4;
         assert_eq!(
             open(&k, ObjectKind::Snapshot, "n", &sealed),
             Err(FormatError::UnsupportedVersion {
-                found: 3,
-                newest: 2
+                found: 4,
+                newest: 3
             })
         );
         let mut lock = seal(&k, ObjectKind::Lock, "n", b"x");

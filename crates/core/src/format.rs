@@ -346,8 +346,9 @@ impl IndexFile {
     }
 }
 
-/// One backup. Encoded with [`Snapshot::encode`]: version 1 when `meta` is empty,
-/// else version 2 (docs/FORMAT.md §Objects).
+/// One backup. Encoded with [`Snapshot::encode`]: version 3 when it has a `root`
+/// (every snapshot this build writes), else version 1 when `meta` is empty and
+/// version 2 when not (docs/FORMAT.md §Objects, §Trees).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// 1 for the first snapshot, parent's + 1 after; a device refuses to go back.
@@ -364,12 +365,48 @@ pub struct Snapshot {
     /// section of docs/FORMAT.md gives (§Snapshot metadata). A reader skips keys it
     /// does not know, so later features add keys, not snapshot layouts.
     pub meta: BTreeMap<String, Vec<u8>>,
-    /// Every directory, file and link, parents before children.
+    /// Every directory, file and link, parents before children: what a version 1 or
+    /// 2 snapshot holds, or what its trees hold once read. Not encoded in version 3.
     pub nodes: Vec<Node>,
+    /// Version 3: the parts of the root tree, whose entries are the backed-up paths
+    /// (§Trees). Empty in earlier versions.
+    pub root: Vec<ChunkId>,
 }
 
 /// The metadata key of an incomplete snapshot: what the backup could not store.
 pub const META_INCOMPLETE: &str = "incomplete";
+/// The metadata key of a snapshot's totals (every version-3 snapshot has it), so
+/// that listing snapshots needs none of their trees.
+pub const META_SUMMARY: &str = "summary";
+
+/// A snapshot's totals (docs/FORMAT.md §Snapshot metadata).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Regular and SQLite files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Bytes of all files.
+    pub bytes: u64,
+}
+
+impl Summary {
+    /// The totals of `nodes`.
+    pub fn of(nodes: &[Node]) -> Self {
+        let mut s = Summary::default();
+        for n in nodes {
+            match n.kind {
+                NodeKind::Dir => s.dirs += 1,
+                NodeKind::File | NodeKind::SqliteFile => {
+                    s.files += 1;
+                    s.bytes += n.size;
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
 
 /// One entry a backup could not store (docs/FORMAT.md §Snapshot metadata).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,9 +418,74 @@ pub struct Skipped {
 }
 
 /// Snapshot layouts on the wire, by format version: the fields of [`Snapshot`] in
-/// order, version 2 adding `meta` before `nodes` (§Objects).
+/// order, version 2 adding `meta` before `nodes` (§Objects), version 3 replacing
+/// `nodes` by `root` (§Trees).
 mod snapshot_wire {
     use super::*;
+
+    /// A node as versions 1 and 2 encode it.
+    #[derive(Serialize, Deserialize)]
+    pub struct NodeV1 {
+        pub path: Vec<u8>,
+        pub kind: KindV1,
+        pub mode: u32,
+        pub mtime_ns: i64,
+        pub size: u64,
+        pub inode: u64,
+        pub ctime_ns: i64,
+        pub chunks: Vec<ChunkId>,
+    }
+
+    /// The node kinds versions 1 and 2 know.
+    #[derive(Serialize, Deserialize)]
+    pub enum KindV1 {
+        Dir,
+        File,
+        SqliteFile,
+        Symlink(Vec<u8>),
+    }
+
+    impl NodeV1 {
+        /// `node` as versions 1 and 2 encode it, or `None` for a kind they lack.
+        pub fn of(node: &Node) -> Option<Self> {
+            let kind = match &node.kind {
+                NodeKind::Dir => KindV1::Dir,
+                NodeKind::File => KindV1::File,
+                NodeKind::SqliteFile => KindV1::SqliteFile,
+                NodeKind::Symlink(t) => KindV1::Symlink(t.clone()),
+                NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => return None,
+            };
+            Some(NodeV1 {
+                path: node.path.clone(),
+                kind,
+                mode: node.mode,
+                mtime_ns: node.mtime_ns,
+                size: node.size,
+                inode: node.inode,
+                ctime_ns: node.ctime_ns,
+                chunks: node.chunks.clone(),
+            })
+        }
+
+        pub fn into_node(self) -> Node {
+            Node {
+                path: self.path,
+                kind: match self.kind {
+                    KindV1::Dir => NodeKind::Dir,
+                    KindV1::File => NodeKind::File,
+                    KindV1::SqliteFile => NodeKind::SqliteFile,
+                    KindV1::Symlink(t) => NodeKind::Symlink(t),
+                },
+                mode: self.mode,
+                mtime_ns: self.mtime_ns,
+                size: self.size,
+                inode: self.inode,
+                ctime_ns: self.ctime_ns,
+                chunks: self.chunks,
+                more: NodeMeta::default(),
+            }
+        }
+    }
 
     #[derive(Serialize)]
     pub struct V1Ref<'a> {
@@ -392,7 +494,7 @@ mod snapshot_wire {
         pub time_unix_ns: i64,
         pub hostname: &'a str,
         pub paths: &'a [String],
-        pub nodes: &'a [Node],
+        pub nodes: &'a [NodeV1],
     }
 
     #[derive(Serialize)]
@@ -403,7 +505,18 @@ mod snapshot_wire {
         pub hostname: &'a str,
         pub paths: &'a [String],
         pub meta: &'a BTreeMap<String, Vec<u8>>,
-        pub nodes: &'a [Node],
+        pub nodes: &'a [NodeV1],
+    }
+
+    #[derive(Serialize)]
+    pub struct V3Ref<'a> {
+        pub seq: u64,
+        pub parent: &'a Option<ObjectName>,
+        pub time_unix_ns: i64,
+        pub hostname: &'a str,
+        pub paths: &'a [String],
+        pub meta: &'a BTreeMap<String, Vec<u8>>,
+        pub root: &'a [ChunkId],
     }
 
     #[derive(Deserialize)]
@@ -413,7 +526,7 @@ mod snapshot_wire {
         pub time_unix_ns: i64,
         pub hostname: String,
         pub paths: Vec<String>,
-        pub nodes: Vec<Node>,
+        pub nodes: Vec<NodeV1>,
     }
 
     #[derive(Deserialize)]
@@ -424,17 +537,29 @@ mod snapshot_wire {
         pub hostname: String,
         pub paths: Vec<String>,
         pub meta: BTreeMap<String, Vec<u8>>,
-        pub nodes: Vec<Node>,
+        pub nodes: Vec<NodeV1>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct V3 {
+        pub seq: u64,
+        pub parent: Option<ObjectName>,
+        pub time_unix_ns: i64,
+        pub hostname: String,
+        pub paths: Vec<String>,
+        pub meta: BTreeMap<String, Vec<u8>>,
+        pub root: Vec<ChunkId>,
     }
 }
 
 impl Snapshot {
-    /// The format version this snapshot needs: 2 when it carries metadata, else 1, so
-    /// a complete snapshot stays readable by every earlier build.
+    /// The format version this snapshot is encoded as: 3 with a root tree; else 2
+    /// when it carries metadata, 1 when not.
     pub fn version(&self) -> u8 {
-        match self.meta.is_empty() {
-            true => crate::envelope::FORMAT_VERSION,
-            false => crate::envelope::SNAPSHOT_VERSION_META,
+        match (self.root.is_empty(), self.meta.is_empty()) {
+            (false, _) => crate::envelope::SNAPSHOT_VERSION_TREES,
+            (true, true) => crate::envelope::FORMAT_VERSION,
+            (true, false) => crate::envelope::SNAPSHOT_VERSION_META,
         }
     }
 
@@ -451,79 +576,117 @@ impl Snapshot {
         (version, raw)
     }
 
+    /// The nodes as versions 1 and 2 encode them. Panics on a kind they lack: only
+    /// tests and vectors write those versions now.
+    fn nodes_v1(&self) -> Vec<snapshot_wire::NodeV1> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                snapshot_wire::NodeV1::of(n)
+                    .expect("versions 1 and 2 hold only dirs, files and links")
+            })
+            .collect()
+    }
+
     fn raw_plaintext(&self) -> (u8, Vec<u8>) {
         let version = self.version();
-        let raw = if version == crate::envelope::FORMAT_VERSION {
-            raw_plaintext(&snapshot_wire::V1Ref {
+        let raw = match version {
+            crate::envelope::SNAPSHOT_VERSION_TREES => raw_plaintext(&self.v3_ref()),
+            crate::envelope::FORMAT_VERSION => raw_plaintext(&snapshot_wire::V1Ref {
                 seq: self.seq,
                 parent: &self.parent,
                 time_unix_ns: self.time_unix_ns,
                 hostname: &self.hostname,
                 paths: &self.paths,
-                nodes: &self.nodes,
-            })
-        } else {
-            raw_plaintext(&snapshot_wire::V2Ref {
+                nodes: &self.nodes_v1(),
+            }),
+            _ => raw_plaintext(&snapshot_wire::V2Ref {
                 seq: self.seq,
                 parent: &self.parent,
                 time_unix_ns: self.time_unix_ns,
                 hostname: &self.hostname,
                 paths: &self.paths,
                 meta: &self.meta,
-                nodes: &self.nodes,
-            })
+                nodes: &self.nodes_v1(),
+            }),
         };
         (version, raw)
     }
 
+    fn v3_ref(&self) -> snapshot_wire::V3Ref<'_> {
+        snapshot_wire::V3Ref {
+            seq: self.seq,
+            parent: &self.parent,
+            time_unix_ns: self.time_unix_ns,
+            hostname: &self.hostname,
+            paths: &self.paths,
+            meta: &self.meta,
+            root: &self.root,
+        }
+    }
+
     /// Decodes the plaintext of a snapshot object of format `version`.
     pub fn decode(version: u8, plain: &[u8]) -> Result<Self, FormatError> {
-        Ok(if version == crate::envelope::FORMAT_VERSION {
-            let w: snapshot_wire::V1 = decode(plain, "snapshot")?;
-            Snapshot {
-                seq: w.seq,
-                parent: w.parent,
-                time_unix_ns: w.time_unix_ns,
-                hostname: w.hostname,
-                paths: w.paths,
-                meta: BTreeMap::new(),
-                nodes: w.nodes,
+        let nodes = |nodes: Vec<snapshot_wire::NodeV1>| {
+            nodes
+                .into_iter()
+                .map(snapshot_wire::NodeV1::into_node)
+                .collect()
+        };
+        Ok(match version {
+            crate::envelope::FORMAT_VERSION => {
+                let w: snapshot_wire::V1 = decode(plain, "snapshot")?;
+                Snapshot {
+                    seq: w.seq,
+                    parent: w.parent,
+                    time_unix_ns: w.time_unix_ns,
+                    hostname: w.hostname,
+                    paths: w.paths,
+                    meta: BTreeMap::new(),
+                    nodes: nodes(w.nodes),
+                    root: Vec::new(),
+                }
             }
-        } else {
-            let w: snapshot_wire::V2 = decode(plain, "snapshot")?;
-            Snapshot {
-                seq: w.seq,
-                parent: w.parent,
-                time_unix_ns: w.time_unix_ns,
-                hostname: w.hostname,
-                paths: w.paths,
-                meta: w.meta,
-                nodes: w.nodes,
+            crate::envelope::SNAPSHOT_VERSION_META => {
+                let w: snapshot_wire::V2 = decode(plain, "snapshot")?;
+                Snapshot {
+                    seq: w.seq,
+                    parent: w.parent,
+                    time_unix_ns: w.time_unix_ns,
+                    hostname: w.hostname,
+                    paths: w.paths,
+                    meta: w.meta,
+                    nodes: nodes(w.nodes),
+                    root: Vec::new(),
+                }
+            }
+            _ => {
+                let w: snapshot_wire::V3 = decode(plain, "snapshot")?;
+                if w.root.is_empty() {
+                    return Err(FormatError::Malformed {
+                        what: "snapshot",
+                        detail: "a version-3 snapshot without a root tree".into(),
+                    });
+                }
+                Snapshot {
+                    seq: w.seq,
+                    parent: w.parent,
+                    time_unix_ns: w.time_unix_ns,
+                    hostname: w.hostname,
+                    paths: w.paths,
+                    meta: w.meta,
+                    nodes: Vec::new(),
+                    root: w.root,
+                }
             }
         })
     }
 
-    /// The length of the snapshot's payload, what a reader's limit applies to
-    /// (computed without encoding it: a snapshot can be megabytes).
+    /// The length of the snapshot's payload, what a reader's limit applies to.
     pub fn payload_len(&self) -> u64 {
-        match self.version() == crate::envelope::FORMAT_VERSION {
-            true => payload_len(&snapshot_wire::V1Ref {
-                seq: self.seq,
-                parent: &self.parent,
-                time_unix_ns: self.time_unix_ns,
-                hostname: &self.hostname,
-                paths: &self.paths,
-                nodes: &self.nodes,
-            }),
-            false => payload_len(&snapshot_wire::V2Ref {
-                seq: self.seq,
-                parent: &self.parent,
-                time_unix_ns: self.time_unix_ns,
-                hostname: &self.hostname,
-                paths: &self.paths,
-                meta: &self.meta,
-                nodes: &self.nodes,
-            }),
+        match self.version() {
+            crate::envelope::SNAPSHOT_VERSION_TREES => payload_len(&self.v3_ref()),
+            _ => self.to_postcard().1.len() as u64,
         }
     }
 
@@ -536,6 +699,25 @@ impl Snapshot {
                 detail: format!("{META_INCOMPLETE}: {e}"),
             }),
         }
+    }
+
+    /// The snapshot's totals: recorded in version 3, counted from the nodes before.
+    pub fn summary(&self) -> Result<Summary, FormatError> {
+        match self.meta.get(META_SUMMARY) {
+            None => Ok(Summary::of(&self.nodes)),
+            Some(v) => postcard::from_bytes(v).map_err(|e| FormatError::Malformed {
+                what: "snapshot metadata",
+                detail: format!("{META_SUMMARY}: {e}"),
+            }),
+        }
+    }
+
+    /// Records the snapshot's totals.
+    pub fn set_summary(&mut self, summary: &Summary) {
+        self.meta.insert(
+            META_SUMMARY.to_owned(),
+            postcard::to_allocvec(summary).expect("postcard into a Vec cannot fail"),
+        );
     }
 
     /// Marks the snapshot incomplete, listing what was not stored.
@@ -551,7 +733,7 @@ impl Snapshot {
 }
 
 /// A file system entry in a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     /// Path relative to the snapshot root, `/`-separated raw bytes.
     pub path: Vec<u8>,
@@ -570,6 +752,42 @@ pub struct Node {
     pub ctime_ns: i64,
     /// The file's chunks in order (files only).
     pub chunks: Vec<ChunkId>,
+    /// What snapshots record since version 3 (owner, links, extended attributes);
+    /// the default in nodes of earlier snapshots, which did not.
+    pub more: NodeMeta,
+}
+
+/// The metadata a node carries since snapshot version 3 (docs/FORMAT.md §Trees).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Owner's user ID.
+    pub uid: u32,
+    /// Group ID.
+    pub gid: u32,
+    /// The owner's user name where the backing-up system knew it, else empty.
+    pub user: String,
+    /// The group's name where known, else empty.
+    pub group: String,
+    /// The file system's device number, for files with more than one hard link
+    /// (with `inode`, it tells which are links of one file); else 0.
+    pub device: u64,
+    /// Hard links to the file (`st_nlink`) when more than one, else 0.
+    pub links: u64,
+    /// The device a character or block device node stands for (`st_rdev`); else 0.
+    pub rdev: u64,
+    /// Extended attributes (POSIX ACLs among them), by name in ascending order.
+    pub xattrs: Vec<Xattr>,
+    /// The file had holes: its all-zero chunks are restored as holes.
+    pub sparse: bool,
+}
+
+/// One extended attribute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Its name, namespace included (`user.x`, `system.posix_acl_access`).
+    pub name: Vec<u8>,
+    /// Its value.
+    pub value: Vec<u8>,
 }
 
 /// Entry kinds.
@@ -584,6 +802,12 @@ pub enum NodeKind {
     SqliteFile,
     /// A symbolic link and its target.
     Symlink(Vec<u8>),
+    /// A named pipe (version 3).
+    Fifo,
+    /// A character device node (version 3); `more.rdev` names the device.
+    CharDevice,
+    /// A block device node (version 3); `more.rdev` names the device.
+    BlockDevice,
 }
 
 impl Node {
@@ -716,6 +940,8 @@ pub mod fuzz {
         let _ = IndexFile::decode(2, data);
         let _ = Snapshot::decode(1, data);
         let _ = Snapshot::decode(2, data).map(|s| s.skipped());
+        let _ = Snapshot::decode(3, data).map(|s| s.summary());
+        let _ = crate::tree::Tree::decode(data);
         let _ = decode::<Lock>(data, "lock");
         let _ = crate::blob::decode(data, 1 << 20, None);
         let (base, blob) = data.split_at(data.len() / 2);

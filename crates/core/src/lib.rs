@@ -6,6 +6,7 @@
 //! - [`chunker`]: keyed content-defined chunking and SQLite page chunking.
 //! - [`blob`]: per-chunk compression codec.
 //! - [`format`]: the encodings of config, index and snapshot objects.
+//! - [`tree`]: directories as blobs, and the walk that reads them back.
 //!
 //! The byte-level specification is `docs/FORMAT.md`; each constant cites its section.
 //!
@@ -27,5 +28,6 @@ pub mod format;
 pub mod ids;
 pub mod kdf;
 pub mod key;
+pub mod tree;
 
 pub use error::FormatError;

@@ -110,6 +110,7 @@ fn snapshot_object() {
                 inode: 2,
                 ctime_ns: 3,
                 chunks: vec![],
+                more: Default::default(),
             },
             Node {
                 path: b"chat/msgstore.db".to_vec(),
@@ -120,8 +121,10 @@ fn snapshot_object() {
                 inode: 5,
                 ctime_ns: 6,
                 chunks: vec![ChunkId([0xaa; 32])],
+                more: Default::default(),
             },
         ],
+        root: vec![],
     };
     // Codec 0 (raw postcard) so the vector does not depend on zstd's output.
     let (version, payload) = snap.to_postcard();
@@ -169,6 +172,7 @@ fn snapshot_object_v2_with_metadata() {
             inode: 2,
             ctime_ns: 3,
             chunks: vec![],
+            more: Default::default(),
         }],
         ..Snapshot::default()
     };
@@ -424,11 +428,14 @@ fn negative_vectors() {
         newer[0] = 2;
         let mut newer_than_v2 = object.clone();
         newer_than_v2[0] = 3;
-        let cases: [(&str, Vec<u8>, &str); 5] = [
+        let mut newer_than_v3 = object.clone();
+        newer_than_v3[0] = 4;
+        let cases: [(&str, Vec<u8>, &str); 6] = [
             ("tampered-byte", tampered, name),
             ("truncated", object[..object.len() - 1].to_vec(), name),
             ("newer-version", newer, name),
             ("newer-version-3", newer_than_v2, name),
+            ("newer-version-4", newer_than_v3, name),
             (
                 "swapped-name",
                 object.clone(),
@@ -452,16 +459,18 @@ fn negative_vectors() {
         "truncated",
         "newer-version",
         "newer-version-3",
+        "newer-version-4",
         "swapped-name",
     ] {
         let v = parse(&std::fs::read_to_string(dir().join(format!("{file}.txt"))).unwrap());
         let bytes = hex::decode(&v["object"]).unwrap();
         let got = envelope::open(&keys, ObjectKind::Snapshot, &v["name"], &bytes).unwrap_err();
-        if file == "newer-version" {
-            // Written when snapshots had only version 1: a version-1 build says
-            // "upgrade". Since snapshot version 2 (§Snapshot metadata) this build reads
-            // the version, and the changed byte, part of the associated data, fails
-            // authentication instead; `newer-version-3` holds the "upgrade" case now.
+        if file == "newer-version" || file == "newer-version-3" {
+            // Written when snapshots had only version 1 (then 2): such a build says
+            // "upgrade". Since snapshot versions 2 and 3 (§Snapshot metadata, §Trees)
+            // this build reads the version, and the changed byte, part of the
+            // associated data, fails authentication instead; `newer-version-4` holds
+            // the "upgrade" case now.
             assert_eq!(got, backlock_core::FormatError::Tampered, "{file}");
             continue;
         }
@@ -646,4 +655,125 @@ fn delta_blob() {
     // Today's encoder still writes a delta this reader turns into the chunk.
     let (ours, _) = BlobEncoder::new().unwrap().encode_against(&run, &base);
     assert_eq!(decode(&ours, run.len(), Some(&base)).unwrap(), run);
+}
+
+/// The tree of the version-3 vectors: a directory `chat` holding one entry of each
+/// kind, with every metadata field set.
+fn tree_v3() -> backlock_core::tree::Tree {
+    use backlock_core::{
+        format::{NodeMeta, Xattr},
+        tree::{EntryKind, Tree, TreeEntry},
+    };
+    let entry = |name: &str, kind: EntryKind| TreeEntry {
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: 0o640,
+        mtime_ns: -1,
+        size: 0,
+        inode: 77,
+        ctime_ns: 8,
+        meta: NodeMeta {
+            uid: 1000,
+            gid: 100,
+            user: "ann".into(),
+            group: "users".into(),
+            ..NodeMeta::default()
+        },
+    };
+    let mut db = entry(
+        "msgstore.db",
+        EntryKind::SqliteFile(vec![ChunkId([0xaa; 32])]),
+    );
+    db.size = 4096;
+    let mut photo = entry(
+        "photo.jpg",
+        EntryKind::File(vec![ChunkId([0xbb; 32]), ChunkId([0xcc; 32])]),
+    );
+    photo.size = 70_000;
+    photo.meta.device = 2049;
+    photo.meta.links = 2;
+    photo.meta.sparse = true;
+    photo.meta.xattrs = vec![Xattr {
+        name: b"user.origin".to_vec(),
+        value: b"camera".to_vec(),
+    }];
+    let mut tty = entry("tty0", EntryKind::CharDevice);
+    tty.meta.rdev = 0x0400;
+    Tree {
+        entries: vec![
+            entry("Media", EntryKind::Dir(vec![ChunkId([0xdd; 32])])),
+            entry("block", EntryKind::BlockDevice),
+            entry("empty", EntryKind::Dir(vec![])),
+            entry("fifo", EntryKind::Fifo),
+            entry("latest.jpg", EntryKind::Symlink(b"photo.jpg".to_vec())),
+            db,
+            photo,
+            tty,
+        ],
+    }
+}
+
+#[test]
+fn tree_object_v3() {
+    use backlock_core::tree::Tree;
+    let keys = RepoKeys::derive(&key());
+    let tree = tree_v3();
+    let plain = tree.encode();
+    let id = ChunkId::compute(&keys, &plain);
+    check(
+        "tree-v3",
+        &[
+            ("expect", "ok".into()),
+            ("plaintext", hex::encode(&plain)),
+            ("tree_id", id.to_string()),
+        ],
+    );
+    assert_eq!(Tree::decode(&plain).unwrap(), tree);
+    // Out of order, it is refused: no path appears twice.
+    let mut swapped = tree.clone();
+    swapped.entries.swap(0, 1);
+    assert!(Tree::decode(&swapped.encode()).is_err());
+}
+
+#[test]
+fn snapshot_object_v3() {
+    let keys = RepoKeys::derive(&key());
+    let mut snap = Snapshot {
+        seq: 4,
+        parent: Some(ObjectName([0x33; 16])),
+        time_unix_ns: 1_795_000_000_000_000_000,
+        hostname: "phone".into(),
+        paths: vec!["/data/chat".into()],
+        root: vec![ChunkId::compute(&keys, &tree_v3().encode())],
+        ..Snapshot::default()
+    };
+    snap.set_summary(&format::Summary {
+        files: 2,
+        dirs: 3,
+        bytes: 74_096,
+    });
+    let (version, payload) = snap.to_postcard();
+    assert_eq!(version, 3);
+    let plain = [&[0u8][..], &payload].concat();
+    let name = "00112233445566778899aabbccddee04";
+    let sealed =
+        envelope::seal_with_salt_as(&keys, (ObjectKind::Snapshot, 3), name, &plain, &salt(0x5c));
+    check(
+        "snapshot-object-v3",
+        &[
+            ("expect", "ok".into()),
+            ("name", name.into()),
+            ("plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    let (opened_version, opened) =
+        envelope::open_versioned(&keys, ObjectKind::Snapshot, name, &sealed).unwrap();
+    assert_eq!((opened_version, &opened), (3, &plain));
+    let decoded = Snapshot::decode(3, &opened).unwrap();
+    assert_eq!(decoded, snap);
+    assert_eq!(decoded.summary().unwrap().bytes, 74_096);
+    // Neither earlier layout parses it.
+    assert!(Snapshot::decode(1, &opened).is_err());
+    assert!(Snapshot::decode(2, &opened).is_err());
 }

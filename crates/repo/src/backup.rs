@@ -13,19 +13,21 @@
 
 use crate::{
     bases::BaseReader,
+    cache::RepoCache,
     error::{RepoError, Result},
     index::write_index_object,
+    metadata::{self, Owners},
     now_unix_ns,
     readahead::ReadAhead,
     sqlite,
     testhook::{pause, step},
-    Indexed, Repository,
+    trees, Indexed, Repository,
 };
 use backlock_core::{
     blob::BlobEncoder,
     chunker::{database_chunk, ChunkSource, Chunker, PageChunks},
     envelope::{self, ObjectKind, PackSealer},
-    format::{self, BlobEntry, IndexFile, Node, NodeKind, PackEntry, Skipped, Snapshot},
+    format::{self, BlobEntry, IndexFile, Node, NodeKind, NodeMeta, PackEntry, Skipped, Snapshot},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
@@ -36,7 +38,10 @@ use std::{
     collections::{HashMap, HashSet},
     fs::{self, File},
     io,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{FileTypeExt, MetadataExt},
+    },
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -161,7 +166,7 @@ struct FinishedPack {
 }
 
 /// State shared by the pipeline threads.
-struct Shared {
+struct Shared<'a> {
     error: Mutex<Option<RepoError>>,
     pending: Mutex<Vec<PackEntry>>,
     /// The index objects this backup wrote: its index set adds them.
@@ -169,9 +174,11 @@ struct Shared {
     bytes_stored: AtomicU64,
     /// The largest payload of an index object written.
     object_limit: u64,
+    /// Where the index objects written are also kept.
+    cache: Option<&'a RepoCache>,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn fail(&self, e: RepoError) {
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert(e);
@@ -188,7 +195,13 @@ impl Shared {
         keys: &RepoKeys,
         packs: Vec<PackEntry>,
     ) -> Result<()> {
-        let (names, n) = write_index_object(store, keys, IndexFile { packs }, self.object_limit)?;
+        let (names, n) = write_index_object(
+            store,
+            keys,
+            IndexFile { packs },
+            self.object_limit,
+            self.cache,
+        )?;
         self.indexes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -421,11 +434,14 @@ struct Entry {
     fs_path: PathBuf,
     rel: Vec<u8>,
     meta: fs::Metadata,
+    /// Owner, links, extended attributes: read by the walk, which looks names up.
+    more: NodeMeta,
 }
 
 fn walk(paths: &[PathBuf], skipped: &mut Option<&mut Vec<Skipped>>) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut roots = HashSet::new();
+    let mut owners = Owners::default();
     for path in paths {
         let name = path
             .canonicalize()
@@ -441,7 +457,7 @@ fn walk(paths: &[PathBuf], skipped: &mut Option<&mut Vec<Skipped>>) -> Result<Ve
                 String::from_utf8_lossy(&name)
             )));
         }
-        walk_into(path, name, &mut out, skipped)?;
+        walk_into(path, name, &mut out, skipped, &mut owners)?;
     }
     Ok(out)
 }
@@ -454,6 +470,7 @@ fn walk_into(
     rel: Vec<u8>,
     out: &mut Vec<Entry>,
     skipped: &mut Option<&mut Vec<Skipped>>,
+    owners: &mut Owners,
 ) -> Result<()> {
     let mut skip = |e: io::Error| -> Result<()> {
         match skipped {
@@ -472,10 +489,12 @@ fn walk_into(
         Err(e) => return skip(e),
     };
     let is_dir = meta.is_dir();
+    let more = metadata::capture(path, &meta, owners);
     out.push(Entry {
         fs_path: path.to_path_buf(),
         rel: rel.clone(),
         meta,
+        more,
     });
     if is_dir {
         let listed: io::Result<Vec<_>> =
@@ -489,7 +508,7 @@ fn walk_into(
             let mut child_rel = rel.clone();
             child_rel.push(b'/');
             child_rel.extend_from_slice(child.as_bytes());
-            walk_into(&path.join(&child), child_rel, out, skipped)?;
+            walk_into(&path.join(&child), child_rel, out, skipped, owners)?;
         }
     }
     Ok(())
@@ -518,6 +537,7 @@ fn node_of(e: &Entry, kind: NodeKind) -> Node {
         inode: m.ino(),
         ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         chunks: vec![],
+        more: e.more.clone(),
     }
 }
 
@@ -900,8 +920,15 @@ impl Producer<'_> {
                     Err(Stopped) => return Ok(Err(Stopped)),
                 },
             }
+        } else if ft.is_fifo() {
+            node_of(e, NodeKind::Fifo)
+        } else if ft.is_char_device() {
+            node_of(e, NodeKind::CharDevice)
+        } else if ft.is_block_device() {
+            node_of(e, NodeKind::BlockDevice)
         } else {
-            tracing::warn!(path = %e.fs_path.display(), "skipping special file (socket, fifo or device)");
+            // A socket belongs to the process that made it: nothing to restore.
+            tracing::warn!(path = %e.fs_path.display(), "skipping socket");
             return Ok(Ok(None));
         };
         Ok(Ok(Some(node)))
@@ -1087,6 +1114,29 @@ impl Repository<Indexed> {
         let ignored_snapshots = newest.rejected;
         let seq = newest.snapshot.as_ref().map_or(1, |(r, _)| r.seq + 1);
         let mut parent = newest.snapshot.map(|(r, snap)| (r.name, snap));
+        // Its nodes tell which files are unchanged. Trees that cannot be read cost
+        // time, not data: every file is then read again.
+        let mut parent_warning = None;
+        if let Some((name, snap)) = parent.as_mut() {
+            let read = trees::read_nodes(
+                &*self.store,
+                &self.keys,
+                &self.state.index,
+                &name.to_hex(),
+                snap,
+            );
+            match read {
+                Ok(_) => {}
+                Err(
+                    e @ (RepoError::Damaged { .. }
+                    | RepoError::Store(backlock_store::StoreError::NotFound { .. })),
+                ) => {
+                    parent_warning = Some(format!("the previous snapshot's directories cannot be read ({e}): every file is read again"));
+                    snap.nodes.clear();
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let page_lists = PageLists::take_from(parent.as_mut().map(|(_, s)| s));
         // Entries that cannot be read are left out and named in the snapshot, except in
         // a verbatim copy (migration), which must hold everything or nothing.
@@ -1125,6 +1175,7 @@ impl Repository<Indexed> {
             indexes: Mutex::new(Vec::new()),
             bytes_stored: AtomicU64::new(0),
             object_limit: self.object_limit,
+            cache: self.cache.as_deref(),
         };
         let workers = opts.workers.max(1);
         let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
@@ -1212,6 +1263,7 @@ impl Repository<Indexed> {
         // In walk order, as the snapshot lists its nodes.
         skipped.sort_by(|a, b| a.path.cmp(&b.path));
         let mut warnings = self.state.live.warnings();
+        warnings.extend(parent_warning);
         warnings.extend(
             produce_state
                 .warnings
@@ -1227,9 +1279,35 @@ impl Repository<Indexed> {
             pack_pool,
         ));
 
+        drop(previous);
+        // The trees of what was backed up, stored (in packs of their own) before the
+        // index that names them.
+        let failed = shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut tree_packs = Vec::new();
+        let built = match (failed, produced) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            // A stopped pipeline leaves its reason in `shared.error`.
+            (None, Ok(None)) => Err(RepoError::Usage(
+                "the backup stopped early; run it again".into(),
+            )),
+            (None, Ok(Some(nodes))) => {
+                let summary = format::Summary::of(&nodes);
+                let mut packer = trees::TreePacker::new(store, keys, &self.state.index, pack_size)?;
+                let root = packer.store_nodes(nodes);
+                let (packs, bytes) = packer.finish()?;
+                tree_packs = packs;
+                shared.bytes_stored.fetch_add(bytes, Ordering::Relaxed);
+                root.map(|root| (root, summary))
+            }
+        };
         // Whatever was uploaded gets indexed, and the index set names it, even on
         // failure, so a retry reuses it.
-        let leftover = shared.take_pending();
+        let mut leftover = shared.take_pending();
+        leftover.extend(tree_packs);
         if !leftover.is_empty() {
             shared.write_index(store, keys, leftover)?;
         }
@@ -1238,20 +1316,7 @@ impl Repository<Indexed> {
         if !written.is_empty() || self.state.live.legacy {
             self.write_index_set(&written)?;
         }
-        if let Some(e) = shared
-            .error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            return Err(e);
-        }
-        // A stopped pipeline left its reason in `shared.error`, returned above.
-        let nodes = produced?
-            .ok_or_else(|| RepoError::Usage("the backup stopped early; run it again".into()))?;
-        let files = nodes.iter().filter(|n| n.is_file()).count() as u64;
-        let snap_bytes: u64 = nodes.iter().map(|n| n.size).sum();
-        drop(previous);
+        let (root, summary) = built?;
         // Only the parent's name is needed now; its nodes go before the new snapshot
         // is encoded.
         let parent = parent.map(|(name, _)| name);
@@ -1266,8 +1331,10 @@ impl Repository<Indexed> {
                 .clone()
                 .unwrap_or_else(|| opts.paths.iter().map(|p| p.display().to_string()).collect()),
             meta: Default::default(),
-            nodes,
+            nodes: Vec::new(),
+            root,
         };
+        snapshot.set_summary(&summary);
         snapshot.set_skipped(&skipped);
         // Never write what no reader would accept: a snapshot of this many entries
         // has to be split by the user (issue: snapshots as trees will lift this).
@@ -1289,18 +1356,22 @@ impl Repository<Indexed> {
         pause(step::BACKUP_INDEXED);
         store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
         store.flush()?;
+        // The next backup's parent, kept so that it need not be fetched.
+        if let Some(cache) = &self.cache {
+            cache.write(ObjectKind::Snapshot, &name.to_hex(), &sealed);
+        }
         pause(step::BACKUP_COMMITTED);
         self.home.record(&self.id(), seq)?;
         Ok(BackupSummary {
             snapshot: name.to_hex(),
             seq,
-            files,
+            files: summary.files,
             files_unchanged,
-            bytes_total: snap_bytes,
+            bytes_total: summary.bytes,
             bytes_read,
             bytes_new,
             bytes_stored: shared.bytes_stored.load(Ordering::Relaxed) + sealed.len() as u64,
-            dedup_ratio: snap_bytes as f64 / bytes_new.max(1) as f64,
+            dedup_ratio: summary.bytes as f64 / bytes_new.max(1) as f64,
             seconds: start.elapsed().as_secs_f64(),
             ignored_snapshots,
             skipped: skipped
@@ -1397,8 +1468,9 @@ mod tests {
             .iter()
             .filter(|&&size| size + blob_max < u64::from(pack_size))
             .count();
+        // The last data pack, and the pack of the snapshot's trees.
         assert!(
-            part_filled <= 1,
+            part_filled <= 2,
             "{part_filled} part-filled packs: {sizes:?}"
         );
     }

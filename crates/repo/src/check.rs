@@ -75,7 +75,23 @@ impl Repository<Open> {
         let mut used: HashSet<ChunkId> = HashSet::new();
         for r in &refs {
             match self.authenticate(r)? {
-                Ok(snap) => {
+                Ok(mut snap) => {
+                    let name = r.name.to_hex();
+                    match crate::trees::read_nodes(
+                        &*self.store,
+                        &self.keys,
+                        &index,
+                        &name,
+                        &mut snap,
+                    ) {
+                        Ok(trees) => used.extend(trees),
+                        Err(e @ RepoError::Interrupted) => return Err(e),
+                        Err(e) => report.errors.push(format!(
+                            "snapshot {} (#{}): its directories cannot be read: {e}",
+                            r.name.short(),
+                            r.seq
+                        )),
+                    }
                     let missing = snap
                         .nodes
                         .iter()

@@ -6,6 +6,7 @@
 //! once, in side tables) found through a table of ID prefixes: chunk IDs are keyed
 //! MACs, so they spread evenly and a prefix bucket holds a handful of entries.
 
+use crate::cache::RepoCache;
 use crate::error::{RepoError, Result};
 use backlock_core::{
     blob::BlobDecoder,
@@ -15,7 +16,15 @@ use backlock_core::{
     kdf::RepoKeys,
 };
 use backlock_store::{ObjectStore, StoreError};
-use std::{borrow::Cow, collections::HashMap, ops::Range};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    ops::Range,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+};
 
 /// A chunk's location: its pack and blob entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,20 +142,50 @@ impl IndexBuilder {
 
 impl Index {
     /// Reads and authenticates the live index objects; those the sets name but the
-    /// store does not hold are noted in `live.missing`.
+    /// store does not hold are noted in `live.missing`. With a cache, the store's
+    /// listing says which it holds, and only those not cached are fetched.
     pub(crate) fn load(
         store: &dyn ObjectStore,
         keys: &RepoKeys,
         live: &mut crate::indexset::LiveIndexes,
+        cache: Option<&RepoCache>,
     ) -> Result<Self> {
+        let listed: Option<HashSet<String>> = match cache {
+            Some(cache) => {
+                let listed: HashSet<String> = store
+                    .list(ObjectKind::Index)?
+                    .into_iter()
+                    .map(|o| o.name)
+                    .collect();
+                // Copies of objects a prune deleted are of no more use.
+                cache.retain(
+                    ObjectKind::Index,
+                    &listed.iter().map(String::as_str).collect(),
+                );
+                Some(listed)
+            }
+            None => None,
+        };
         let mut builder = IndexBuilder::default();
-        for name in &live.names {
-            match read_index_object(store, keys, name) {
-                Ok(file) => builder.add(&file),
-                Err(RepoError::Store(StoreError::NotFound { .. })) => {
-                    live.missing.push(name.clone())
+        let threads = parallel_reads(store);
+        // In batches, added in name order: where two objects list a chunk, the first
+        // wins, whichever thread read it first.
+        for batch in live.names.chunks(threads * 8) {
+            let read = read_all(batch, threads, |name| {
+                if listed.as_ref().is_some_and(|l| !l.contains(name)) {
+                    return Ok(None);
                 }
-                Err(e) => return Err(e),
+                match read_index_cached(store, keys, name, cache) {
+                    Ok(file) => Ok(Some(file)),
+                    Err(RepoError::Store(StoreError::NotFound { .. })) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            });
+            for (name, file) in batch.iter().zip(read) {
+                match file? {
+                    Some(file) => builder.add(&file),
+                    None => live.missing.push(name.clone()),
+                }
             }
         }
         Ok(builder.finish())
@@ -237,25 +276,87 @@ pub(crate) fn read_index_object(
     keys: &RepoKeys,
     name: &str,
 ) -> Result<IndexFile> {
-    let sealed = store.get(ObjectKind::Index, name)?;
+    open_index_object(keys, name, &store.get(ObjectKind::Index, name)?)
+}
+
+fn open_index_object(keys: &RepoKeys, name: &str, sealed: &[u8]) -> Result<IndexFile> {
     let damaged = |e| RepoError::damaged(ObjectKind::Index, name, e);
     let (version, plain) =
-        envelope::open_versioned(keys, ObjectKind::Index, name, &sealed).map_err(damaged)?;
+        envelope::open_versioned(keys, ObjectKind::Index, name, sealed).map_err(damaged)?;
     IndexFile::decode(version, &plain).map_err(damaged)
 }
 
+/// [`read_index_object`], from the cache when it holds a copy that authenticates;
+/// what is fetched is kept there once it has.
+fn read_index_cached(
+    store: &dyn ObjectStore,
+    keys: &RepoKeys,
+    name: &str,
+    cache: Option<&RepoCache>,
+) -> Result<IndexFile> {
+    let Some(cache) = cache else {
+        return read_index_object(store, keys, name);
+    };
+    if let Some(sealed) = cache.read(ObjectKind::Index, name) {
+        match open_index_object(keys, name, &sealed) {
+            Ok(file) => return Ok(file),
+            Err(_) => cache.forget(ObjectKind::Index, name),
+        }
+    }
+    let sealed = store.get(ObjectKind::Index, name)?;
+    let file = open_index_object(keys, name, &sealed)?;
+    cache.write(ObjectKind::Index, name, &sealed);
+    Ok(file)
+}
+
+/// How many objects to read at once: enough to overlap a cloud store's latency
+/// (it says how many requests it keeps in flight) and to decrypt on every core.
+pub(crate) fn parallel_reads(store: &dyn ObjectStore) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    store.max_concurrent_puts().max(cores).clamp(1, 16)
+}
+
+/// `read(item)` for every item, on up to `threads` threads; results in item order.
+pub(crate) fn read_all<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    read: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = read(item);
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every item was read")
+        })
+        .collect()
+}
+
 /// Writes `file` as index objects after making every pack put so far durable (data →
-/// index): one, or as many as keep each payload within `limit` (what readers accept).
-/// Returns their names and the bytes written.
+/// index): one, or as many as keep each payload within `limit` (what readers accept),
+/// each also kept in `cache`. Returns their names and the bytes written.
 pub(crate) fn write_index_object(
     store: &dyn ObjectStore,
     keys: &RepoKeys,
     file: IndexFile,
     limit: u64,
+    cache: Option<&RepoCache>,
 ) -> Result<(Vec<ObjectName>, u64)> {
     let parts = file
         .split_within(limit)
-        .map_err(|e| RepoError::damaged(ObjectKind::Index, "(new)", e))?;
+        .map_err(|source| RepoError::TooLarge { source })?;
     store.flush()?;
     let mut written = 0;
     let mut names = Vec::with_capacity(parts.len());
@@ -264,6 +365,10 @@ pub(crate) fn write_index_object(
         let (version, plain) = part.encode();
         let sealed = envelope::seal_as(keys, (ObjectKind::Index, version), &name.to_hex(), &plain);
         store.put(ObjectKind::Index, &name.to_hex(), &sealed)?;
+        // This device needs no request for what it wrote itself.
+        if let Some(cache) = cache {
+            cache.write(ObjectKind::Index, &name.to_hex(), &sealed);
+        }
         written += sealed.len() as u64;
         names.push(name);
     }

@@ -10,6 +10,7 @@
 
 mod backup;
 mod bases;
+mod cache;
 mod check;
 pub mod device;
 mod error;
@@ -17,15 +18,18 @@ mod index;
 mod indexset;
 pub mod interrupt;
 mod lock;
+mod metadata;
 mod prune;
 mod readahead;
 mod restore;
 mod rotate;
 mod sqlite;
 pub mod testhook;
+mod trees;
 pub mod verify;
 
 pub use backup::{BackupOptions, BackupSummary, Progress, SkippedEntry};
+pub use cache::{ObjectCache, DEFAULT_CACHE_BYTES};
 pub use check::CheckReport;
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
@@ -75,6 +79,9 @@ pub struct Repository<S = Open> {
     /// The largest object payload this writer writes ([`format::MAX_OBJECT_PLAINTEXT`],
     /// the readers' limit; smaller only in tests of the boundary).
     object_limit: u64,
+    /// This repository's part of the local object cache (none: every object is read
+    /// from the store, as `check` does).
+    cache: Option<Arc<cache::RepoCache>>,
     state: S,
 }
 
@@ -149,6 +156,7 @@ impl Repository<Open> {
             home,
             hidden: Arc::default(),
             object_limit: format::MAX_OBJECT_PLAINTEXT,
+            cache: None,
             state: Open,
         })
     }
@@ -184,6 +192,7 @@ impl Repository<Open> {
             home,
             hidden,
             object_limit: format::MAX_OBJECT_PLAINTEXT,
+            cache: None,
             state: Open,
         })
     }
@@ -205,7 +214,10 @@ impl Repository<Open> {
         testhook::pause(testhook::step::LOCKED);
         let mut live = self.live_indexes()?;
         live.record(&self.home, &self.id())?;
-        let index = Index::load(&*self.store, &self.keys, &mut live)?;
+        let index = Index::load(&*self.store, &self.keys, &mut live, self.cache.as_deref())?;
+        if let Some(cache) = &self.cache {
+            cache.trim();
+        }
         Ok(Repository {
             store: self.store,
             keys: self.keys,
@@ -213,6 +225,7 @@ impl Repository<Open> {
             home: self.home,
             hidden: self.hidden,
             object_limit: self.object_limit,
+            cache: self.cache,
             state: Indexed { index, live, lock },
         })
     }
@@ -261,6 +274,13 @@ impl<S> Repository<S> {
     /// [`format::MAX_OBJECT_PLAINTEXT`]): for tests of that boundary with small objects.
     pub fn with_object_limit(mut self, limit: u64) -> Self {
         self.object_limit = limit.min(format::MAX_OBJECT_PLAINTEXT);
+        self
+    }
+
+    /// Reads index objects and snapshots through `cache` (`None`: from the store
+    /// only), and keeps there what it reads and writes of them.
+    pub fn with_cache(mut self, cache: Option<&ObjectCache>) -> Self {
+        self.cache = cache.map(|c| Arc::new(c.for_repo(&self.id())));
         self
     }
 
@@ -326,6 +346,14 @@ impl<S> Repository<S> {
             })
             .collect();
         refs.sort_by_key(|r| (r.seq, r.name));
+        if let Some(cache) = &self.cache {
+            // Copies of snapshots forgotten since are of no more use.
+            let names: Vec<String> = refs.iter().map(|r| r.name.to_hex()).collect();
+            cache.retain(
+                ObjectKind::Snapshot,
+                &names.iter().map(String::as_str).collect(),
+            );
+        }
         Ok(refs)
     }
 
@@ -442,10 +470,34 @@ impl<S> Repository<S> {
         Ok(rejected)
     }
 
-    /// Reads and authenticates one snapshot.
+    /// Reads and authenticates one snapshot (a cached copy if one authenticates).
     pub fn load_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
         let name = r.name.to_hex();
-        let sealed = self.store.get(ObjectKind::Snapshot, &name)?;
+        let cache = self.cache.as_deref();
+        let cached = cache.and_then(|c| c.read(ObjectKind::Snapshot, &name));
+        let snap = match cached.map(|sealed| self.open_snapshot(r, &name, sealed)) {
+            Some(Ok(snap)) => snap,
+            found => {
+                if let (Some(cache), Some(Err(_))) = (cache, found) {
+                    cache.forget(ObjectKind::Snapshot, &name);
+                }
+                let sealed = self.store.get(ObjectKind::Snapshot, &name)?;
+                let keep = cache.map(|_| sealed.clone());
+                let snap = self.open_snapshot(r, &name, sealed)?;
+                if let (Some(cache), Some(sealed)) = (cache, keep) {
+                    cache.write(ObjectKind::Snapshot, &name, &sealed);
+                }
+                snap
+            }
+        };
+        // Having authenticated it, the device will not accept anything older.
+        self.home.record(&self.id(), snap.seq)?;
+        Ok(snap)
+    }
+
+    /// Authenticates and decodes `sealed`, the snapshot object `r` named `name`.
+    fn open_snapshot(&self, r: &SnapshotRef, name: &str, sealed: Vec<u8>) -> Result<Snapshot> {
+        let name = name.to_owned();
         let damaged = |e| RepoError::damaged(ObjectKind::Snapshot, &name, e);
         let (version, plain) =
             match envelope::open_versioned(&self.keys, ObjectKind::Snapshot, &name, &sealed) {
@@ -484,8 +536,6 @@ impl<S> Repository<S> {
                 detail: format!("sequence {} does not match its name's {}", snap.seq, r.seq),
             }));
         }
-        // Having authenticated it, the device will not accept anything older.
-        self.home.record(&self.id(), snap.seq)?;
         Ok(snap)
     }
 
@@ -508,6 +558,21 @@ impl<S> Repository<S> {
 }
 
 impl Repository<Indexed> {
+    /// [`Repository::load_snapshot`], with its nodes read from its trees (a
+    /// version-3 snapshot holds only its root).
+    pub fn load_snapshot_nodes(&self, r: &SnapshotRef) -> Result<Snapshot> {
+        let mut snap = self.load_snapshot(r)?;
+        let name = r.name.to_hex();
+        trees::read_nodes(
+            &*self.store,
+            &self.keys,
+            &self.state.index,
+            &name,
+            &mut snap,
+        )?;
+        Ok(snap)
+    }
+
     /// The loaded index.
     pub fn index(&self) -> &Index {
         &self.state.index

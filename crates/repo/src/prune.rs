@@ -99,7 +99,13 @@ impl Repository<Indexed> {
         self.check_writer_level()?;
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
-        let rejected = self.authentic_snapshots(|_, snap| {
+        let (store, keys, index) = (&*self.store, &*self.keys, &self.state.index);
+        let rejected = self.authentic_snapshots(|r, mut snap| {
+            // A tree that cannot be read may name chunks: nothing is freed then.
+            let name = r.name.to_hex();
+            used.extend(crate::trees::read_nodes(
+                store, keys, index, &name, &mut snap,
+            )?);
             used.extend(snap.nodes.into_iter().flat_map(|n| n.chunks));
             Ok(())
         })?;
@@ -212,6 +218,7 @@ impl Repository<Indexed> {
                 packs: keep.clone(),
             },
             self.object_limit,
+            self.cache.as_deref(),
         )?;
         written += n as i64;
         let live = &self.state.live;

@@ -15,27 +15,28 @@ use crate::{
     bases::bad_base,
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_in, Slot},
+    metadata::{self, NotRestored},
     Indexed, Repository, SnapshotRef,
 };
 use backlock_core::{
     blob::BlobDecoder,
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
-    format::{BlobEntry, Node, NodeKind, Snapshot},
+    format::{BlobEntry, NodeKind, Snapshot},
     ids::ObjectName,
     FormatError,
 };
 use serde::Serialize;
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     ffi::OsStr,
     fs::{self, File, OpenOptions},
-    os::unix::{ffi::OsStrExt, fs::FileExt, fs::OpenOptionsExt, fs::PermissionsExt},
+    os::unix::{ffi::OsStrExt, fs::FileExt, fs::OpenOptionsExt},
     path::{Component, Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
     },
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::Instant,
 };
 
 /// Ranges closer than this are fetched in one read.
@@ -59,6 +60,9 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// What could not be put back, one line per kind (ownership when not run as
+    /// root, device nodes, extended attributes the file system refuses).
+    pub not_restored: Vec<String>,
 }
 
 /// One chunk to write: its blob, and the file and offset it goes to.
@@ -82,10 +86,6 @@ fn safe_rel(raw: &[u8]) -> Option<PathBuf> {
     ok.then(|| p.to_path_buf())
 }
 
-/// The permission bits restore sets: setuid and setgid go, since ownership is not
-/// restored; the sticky bit and rwx stay.
-const RESTORED_MODE_BITS: u32 = 0o1777;
-
 /// Opens an existing restored entry without following a symlink in its last
 /// component.
 fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
@@ -94,13 +94,6 @@ fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
         .write(write)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-}
-
-fn set_times_and_mode(path: &Path, node: &Node) -> std::io::Result<()> {
-    let mtime = UNIX_EPOCH + Duration::from_nanos(node.mtime_ns.max(0) as u64);
-    let f = open_nofollow(path, false)?;
-    f.set_modified(mtime)?;
-    f.set_permissions(fs::Permissions::from_mode(node.mode & RESTORED_MODE_BITS))
 }
 
 /// Makes the staged tree durable before it takes the target's name: one `syncfs` of
@@ -132,8 +125,16 @@ impl Repository<Indexed> {
         announce: &dyn Fn(&Snapshot),
     ) -> Result<RestoreSummary> {
         let start = Instant::now();
-        let snap = self.load_snapshot(r)?;
+        let mut snap = self.load_snapshot(r)?;
         announce(&snap);
+        let name = r.name.to_hex();
+        crate::trees::read_nodes(
+            &*self.store,
+            &self.keys,
+            &self.state.index,
+            &name,
+            &mut snap,
+        )?;
         if let Ok(mut entries) = fs::read_dir(target) {
             if entries.next().is_some() {
                 return Err(RepoError::TargetNotEmpty {
@@ -170,7 +171,7 @@ impl Repository<Indexed> {
         let restored = self.restore_into(&snap, &staging, &scratch);
         let _ = fs::remove_file(&scratch);
         match restored {
-            Ok((files, bytes)) => {
+            Ok((files, bytes, not_restored)) => {
                 sync_tree(&staging)
                     .and_then(|()| fs::rename(&staging, target))
                     .map_err(|e| {
@@ -188,6 +189,7 @@ impl Repository<Indexed> {
                     files,
                     bytes,
                     seconds: start.elapsed().as_secs_f64(),
+                    not_restored,
                 })
             }
             Err(e) => {
@@ -200,7 +202,12 @@ impl Repository<Indexed> {
     /// Writes the files of `snap` under `root` in two passes: every whole blob (and
     /// each delta's base), then the deltas, decoded against bases read back from where
     /// the first pass wrote them (a restored file, or `scratch`).
-    fn restore_into(&self, snap: &Snapshot, root: &Path, scratch: &Path) -> Result<(u64, u64)> {
+    fn restore_into(
+        &self,
+        snap: &Snapshot,
+        root: &Path,
+        scratch: &Path,
+    ) -> Result<(u64, u64, Vec<String>)> {
         let index = &self.state.index;
         let to_target = |source| RepoError::Target {
             path: root.to_path_buf(),
@@ -215,17 +222,37 @@ impl Repository<Indexed> {
             },
         };
         let mut paths = Vec::with_capacity(snap.nodes.len() + 1);
+        // Files whose all-zero chunks are left as holes.
+        let mut holes = Vec::with_capacity(snap.nodes.len() + 1);
         let (mut whole, mut deltas) = (Vec::new(), Vec::new());
         let (mut files, mut bytes) = (0, 0);
+        // The first path restored of each file with several hard links.
+        let mut linked: HashMap<(u64, u64), usize> = HashMap::new();
         for (i, node) in snap.nodes.iter().enumerate() {
             crate::interrupt::check()?;
             let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
             let path = root.join(rel);
+            holes.push(node.more.sparse);
+            let link_of = (node.is_file() && node.more.links > 1)
+                .then(|| linked.get(&(node.more.device, node.inode)).copied())
+                .flatten();
             match &node.kind {
                 NodeKind::Dir => fs::create_dir_all(&path).map_err(to_target)?,
                 // Created last (below).
-                NodeKind::Symlink(_) => {}
+                NodeKind::Symlink(_)
+                | NodeKind::Fifo
+                | NodeKind::CharDevice
+                | NodeKind::BlockDevice => {}
+                // Another name of a file already restored: a link to it, as it was.
+                NodeKind::File | NodeKind::SqliteFile if link_of.is_some() => {
+                    let first: &PathBuf = &paths[link_of.expect("checked")];
+                    fs::hard_link(first, &path).map_err(to_target)?;
+                    files += 1;
+                }
                 NodeKind::File | NodeKind::SqliteFile => {
+                    if node.more.links > 1 {
+                        linked.insert((node.more.device, node.inode), i);
+                    }
                     // A new file, never one that is already there (a snapshot naming a
                     // path twice is refused, not merged).
                     let f = OpenOptions::new()
@@ -263,6 +290,7 @@ impl Repository<Indexed> {
             paths.push(path);
         }
         paths.push(scratch.to_path_buf());
+        holes.push(false);
         let (placed, scratch_len) = self.place_bases(&mut whole, &deltas, paths.len() - 1)?;
         if scratch_len > 0 {
             File::create_new(scratch)
@@ -270,7 +298,7 @@ impl Repository<Indexed> {
                 .map_err(to_target)?;
         }
 
-        self.run_plan(whole, &paths, &|_| Ok(None))?;
+        self.run_plan(whole, &paths, &holes, &|_| Ok(None))?;
         let read_base = |blob: &BlobEntry| -> Result<Option<Vec<u8>>> {
             let base = blob.base.expect("only deltas are planned here");
             let (slot, file, offset) = index
@@ -288,21 +316,27 @@ impl Repository<Indexed> {
                 })?;
             Ok(Some(buf))
         };
-        self.run_plan(deltas, &paths, &read_base)?;
+        self.run_plan(deltas, &paths, &holes, &read_base)?;
 
         // Symlinks once nothing more is written through a path, then metadata,
         // deepest first, so directory times are not bumped afterwards.
+        let mut missed = NotRestored::default();
         for (node, path) in snap.nodes.iter().zip(&paths) {
-            if let NodeKind::Symlink(t) = &node.kind {
-                std::os::unix::fs::symlink(OsStr::from_bytes(t), path).map_err(to_target)?;
+            match &node.kind {
+                NodeKind::Symlink(t) => {
+                    std::os::unix::fs::symlink(OsStr::from_bytes(t), path).map_err(to_target)?
+                }
+                NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                    metadata::make_special(path, node, &mut missed).map_err(to_target)?
+                }
+                _ => {}
             }
         }
+        let owners = metadata::restoring_owners();
         for (node, path) in snap.nodes.iter().zip(&paths).rev() {
-            if !matches!(node.kind, NodeKind::Symlink(_)) {
-                set_times_and_mode(path, node).map_err(to_target)?;
-            }
+            metadata::apply(path, node, owners, &mut missed).map_err(to_target)?;
         }
-        Ok((files, bytes))
+        Ok((files, bytes, missed.into_lines()))
     }
 
     /// Finds where the first pass writes the base of each delta, sorted by slot. A
@@ -359,7 +393,13 @@ impl Repository<Indexed> {
 
     /// Restores `pieces` pack by pack, in the order the packs were written, on a few
     /// threads.
-    fn run_plan(&self, mut pieces: Vec<Piece>, paths: &[PathBuf], base: &BaseOf<'_>) -> Result<()> {
+    fn run_plan(
+        &self,
+        mut pieces: Vec<Piece>,
+        paths: &[PathBuf],
+        holes: &[bool],
+        base: &BaseOf<'_>,
+    ) -> Result<()> {
         let index = &self.state.index;
         pieces.sort_unstable_by_key(|p| (index.read_order(p.slot), p.file, p.offset));
         let packs: Vec<&[Piece]> = pieces
@@ -398,7 +438,7 @@ impl Repository<Indexed> {
                             self.prefetch(ahead);
                         }
                         if let Err(e) =
-                            self.restore_pack(&mut decoder, &mut data, pack, paths, base)
+                            self.restore_pack(&mut decoder, &mut data, pack, paths, holes, base)
                         {
                             return fail(e);
                         }
@@ -430,6 +470,7 @@ impl Repository<Indexed> {
         data: &mut Vec<u8>,
         pieces: &[Piece],
         paths: &[PathBuf],
+        holes: &[bool],
         base_of: &BaseOf<'_>,
     ) -> Result<()> {
         let index = &self.state.index;
@@ -482,7 +523,12 @@ impl Repository<Indexed> {
                 let encoded = open_blob_in(&opener, &name, data, start, &blob)?;
                 let chunk =
                     decode_chunk(decoder, &self.keys, &name, encoded, &blob, base.as_deref())?;
+                let zeros = chunk.iter().all(|&b| b == 0);
                 for piece in *group {
+                    // The file was made at its full length: a hole reads as zeros.
+                    if zeros && holes[piece.file as usize] {
+                        continue;
+                    }
                     out.write(piece.file, piece.offset, &chunk)?;
                 }
             }

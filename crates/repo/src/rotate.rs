@@ -12,13 +12,14 @@ use crate::{
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_at, Index},
     testhook::{pause, step},
+    trees::TreePacker,
     Open, RepoLock, Repository, SnapshotRef,
 };
 use backlock_core::{
     blob::BlobDecoder,
     envelope::{self, ObjectKind, PackOpener, PackSealer, HEADER_LEN},
     format::{
-        self, BlobEntry, IndexFile, ObjectSet, PackEntry, Rotation, Snapshot, CONFIG_NAME,
+        self, BlobEntry, IndexFile, Node, ObjectSet, PackEntry, Rotation, Snapshot, CONFIG_NAME,
         ROTATION_PREFIX,
     },
     ids::{ChunkId, ObjectName},
@@ -177,11 +178,15 @@ impl Repository<Open> {
         live.writable()?;
         live.record(&self.home, &self.id())?;
         self.check_writer_level()?;
-        let index = Index::load(&*self.store, &self.keys, &mut live)?;
+        let index = Index::load(&*self.store, &self.keys, &mut live, self.cache.as_deref())?;
         self.remove_unindexed_packs(&index)?;
 
         let mut snaps: Vec<(SnapshotRef, Snapshot)> = Vec::new();
-        let rejected = self.authentic_snapshots(|r, s| {
+        let rejected = self.authentic_snapshots(|r, mut s| {
+            // Trees are rebuilt under the new key (they name chunks by ID): read
+            // them into nodes.
+            let name = r.name.to_hex();
+            crate::trees::read_nodes(&*self.store, &self.keys, &index, &name, &mut s)?;
             snaps.push((r, s));
             Ok(())
         })?;
@@ -215,7 +220,10 @@ impl Repository<Open> {
             snapshots: refs.iter().map(|r| r.name).collect(),
         };
 
-        let generation = match self.reseal(&index, &used, &new_keys, &lock) {
+        let resealed = self
+            .reseal(&index, &used, &new_keys, &lock)
+            .and_then(|g| self.rebuild_trees(g, &snaps, &new_keys));
+        let (generation, roots) = match resealed {
             Ok(g) => g,
             Err(e) => {
                 // Unindexed packs: harmless, but do not leave them behind.
@@ -251,7 +259,16 @@ impl Repository<Open> {
                     })
                     .collect();
                 let parent = s.parent.and_then(|p| renamed.get(&p).copied());
-                (renamed[&r.name], Snapshot { parent, nodes, ..s })
+                let snap = match roots.get(&r.name) {
+                    Some(root) => Snapshot {
+                        parent,
+                        nodes: Vec::new(),
+                        root: root.clone(),
+                        ..s
+                    },
+                    None => Snapshot { parent, nodes, ..s },
+                };
+                (renamed[&r.name], snap)
             })
             .collect();
         let marker = Rotation {
@@ -321,6 +338,8 @@ impl Repository<Open> {
             home: self.home.clone(),
             hidden: Arc::new(Hidden::from_marker(marker.clone(), new_keys.key_id())),
             object_limit: self.object_limit,
+            // The new generation is verified as the store holds it.
+            cache: None,
             state: Open,
         };
         if let Err(e) = view.verify_generation(&new_snaps) {
@@ -420,6 +439,32 @@ impl Repository<Open> {
             self.put_pack(last, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Stores the trees of the version-3 snapshots among `snaps` as the new key
+    /// names them (their chunks by new ID), in packs added to `generation`; returns
+    /// it with each such snapshot's new root.
+    fn rebuild_trees(
+        &self,
+        mut generation: NewGeneration,
+        snaps: &[(SnapshotRef, Snapshot)],
+        new_keys: &RepoKeys,
+    ) -> Result<(NewGeneration, HashMap<ObjectName, Vec<ChunkId>>)> {
+        let none = Index::default();
+        let pack_size = self.config.pack_size as usize;
+        let mut packer = TreePacker::new(&*self.store, new_keys, &none, pack_size)?;
+        let mut roots = HashMap::new();
+        for (r, s) in snaps.iter().filter(|(_, s)| !s.root.is_empty()) {
+            let nodes = s.nodes.iter().map(|n| Node {
+                chunks: n.chunks.iter().map(|c| generation.chunk_map[c]).collect(),
+                ..n.clone()
+            });
+            roots.insert(r.name, packer.store_nodes(nodes)?);
+        }
+        let (packs, bytes) = packer.finish()?;
+        generation.packs.extend(packs);
+        generation.bytes += bytes;
+        Ok((generation, roots))
     }
 
     fn put_pack(

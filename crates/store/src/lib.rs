@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+mod counted;
 mod fs;
 mod memory;
 
 pub use backlock_core::envelope::ObjectKind;
+pub use counted::{Counted, RequestCounts};
 pub use fs::FsStore;
 pub use memory::MemoryStore;
 

@@ -15,3 +15,10 @@ pub mod servers;
 pub mod store_suite;
 pub mod timing;
 pub mod tree;
+
+/// Whether the tests run as root (`/proc/self` belongs to the effective user): what a
+/// restore may set (owners, device nodes) depends on it.
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

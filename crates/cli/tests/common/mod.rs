@@ -40,6 +40,7 @@ impl Env {
         c.args(args)
             .env_remove(backlock_repo::testhook::PAUSE_VAR)
             .env("BACKLOCK_HOME", self.path("home"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
             .env("BACKLOCK_REPO", self.path("repo"))
             .env("BACKLOCK_KEY_FILE", self.path("key"))
             .stdin(Stdio::null());
