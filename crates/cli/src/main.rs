@@ -467,6 +467,10 @@ fn run(command: Command) -> Result<()> {
                     summary.seconds
                 );
             }
+            // Restored all the same: what this user may not set (owners, device nodes).
+            for line in &summary.not_restored {
+                eprintln!("warning: {line}");
+            }
             Ok(())
         }
         Command::Check { repo, read_data } => {

@@ -708,3 +708,59 @@ fn the_object_cache_lives_under_xdg_cache_home_and_no_cache_keeps_none() {
     ]);
     tree::assert_same(&src, &env.path("out/chat"));
 }
+
+/// Restored by a user who is not root, files another user owned become the
+/// restorer's: the restore says so, and setuid and setgid do not survive (a program
+/// must not run as whoever restores it).
+#[test]
+fn a_restore_as_nobody_says_which_owners_it_could_not_set() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !backlock_testkit::running_as_root() {
+        eprintln!("not root: cannot back up files of another owner");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("app");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+    std::os::unix::fs::chown(src.join("tool"), Some(1234), Some(5678)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // nobody may read and lock the repository and read the key; it writes only its
+    // own state, cache and target.
+    let chmod = std::process::Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let nobody = env.path("nobody");
+    std::fs::create_dir(&nobody).unwrap();
+    std::os::unix::fs::chown(&nobody, Some(65534), Some(65534)).unwrap();
+    let target = nobody.join("restored");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_backlock"))
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .env("BACKLOCK_HOME", nobody.join("home"))
+        .env("XDG_CACHE_HOME", nobody.join("cache"))
+        .env("BACKLOCK_REPO", env.path("repo"))
+        .env("BACKLOCK_KEY_FILE", env.path("key"))
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("owner of") && stderr(&out).contains("not restored"),
+        "{}",
+        stderr(&out)
+    );
+    let tool = std::fs::metadata(target.join("app/tool")).unwrap();
+    assert_eq!((tool.uid(), tool.gid()), (65534, 65534));
+    assert_eq!(tool.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read(target.join("app/tool")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+}

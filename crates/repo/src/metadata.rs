@@ -125,11 +125,6 @@ impl NotRestored {
     }
 }
 
-/// Whether this process may give files away (restores ownership).
-pub(crate) fn restoring_owners() -> bool {
-    uzers::get_effective_uid() == 0
-}
-
 /// Creates the named pipe or device node `node` at `path`. A device node needs root:
 /// as a user it is counted as not restored, and nothing is created.
 pub(crate) fn make_special(path: &Path, node: &Node, missed: &mut NotRestored) -> io::Result<()> {
@@ -151,14 +146,17 @@ pub(crate) fn make_special(path: &Path, node: &Node, missed: &mut NotRestored) -
     }
 }
 
-/// Sets owner (as root), extended attributes, mode and times of the restored entry
-/// `node` at `path`, never following a symlink and never opening it (a device node or
-/// a pipe must not be opened). The permission bits keep setuid and setgid only where
-/// the owner was restored: a program must not run as whoever restores it.
+/// Sets owner, extended attributes, mode and times of the restored entry `node` at
+/// `path`, never following a symlink and never opening it (a device node or a pipe
+/// must not be opened). `recorded`: the snapshot recorded owners (version 3; entries
+/// of earlier ones stay the restorer's). The owner is set where this user may (root:
+/// always; a user: their own, or a group of theirs) and what it may not is counted.
+/// The permission bits keep setuid and setgid only where the recorded owner was set:
+/// a program must not run as whoever restores it.
 pub(crate) fn apply(
     path: &Path,
     node: &Node,
-    owners: bool,
+    recorded: bool,
     missed: &mut NotRestored,
 ) -> io::Result<()> {
     use rustix::fs::{AtFlags, Mode, Timestamps, CWD};
@@ -168,7 +166,7 @@ pub(crate) fn apply(
         return Ok(());
     }
     let mut owned = false;
-    if owners {
+    if recorded {
         match std::os::unix::fs::lchown(path, Some(node.more.uid), Some(node.more.gid)) {
             Ok(()) => owned = true,
             Err(e) => missed.note("owner", &e),

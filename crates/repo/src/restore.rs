@@ -332,9 +332,9 @@ impl Repository<Indexed> {
                 _ => {}
             }
         }
-        let owners = metadata::restoring_owners();
+        let recorded = !snap.root.is_empty();
         for (node, path) in snap.nodes.iter().zip(&paths).rev() {
-            metadata::apply(path, node, owners, &mut missed).map_err(to_target)?;
+            metadata::apply(path, node, recorded, &mut missed).map_err(to_target)?;
         }
         Ok((files, bytes, missed.into_lines()))
     }
@@ -523,19 +523,46 @@ impl Repository<Indexed> {
                 let encoded = open_blob_in(&opener, &name, data, start, &blob)?;
                 let chunk =
                     decode_chunk(decoder, &self.keys, &name, encoded, &blob, base.as_deref())?;
-                let zeros = chunk.iter().all(|&b| b == 0);
                 for piece in *group {
-                    // The file was made at its full length: a hole reads as zeros.
-                    if zeros && holes[piece.file as usize] {
-                        continue;
+                    match holes[piece.file as usize] {
+                        true => write_sparse(&mut out, piece.file, piece.offset, &chunk)?,
+                        false => out.write(piece.file, piece.offset, &chunk)?,
                     }
-                    out.write(piece.file, piece.offset, &chunk)?;
                 }
             }
         }
         out.flush()?;
         Ok(())
     }
+}
+
+/// Holes are restored block by block: a file system allocates whole blocks.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data` at `offset` of a file that had holes, leaving out the blocks that are
+/// all zeros: the file was made at its full length, and a hole reads as zeros.
+fn write_sparse(out: &mut Writer, file: u32, offset: u64, data: &[u8]) -> Result<()> {
+    let mut run: Option<usize> = None;
+    let mut at = 0usize;
+    while at < data.len() {
+        // To the next block boundary of the file.
+        let next = ((offset + at as u64) / HOLE_BLOCK + 1) * HOLE_BLOCK - offset;
+        let end = (next as usize).min(data.len());
+        let zeros = data[at..end].iter().all(|&b| b == 0);
+        match (zeros, run) {
+            (true, Some(start)) => {
+                out.write(file, offset + start as u64, &data[start..at])?;
+                run = None;
+            }
+            (false, None) => run = Some(at),
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(start) = run {
+        out.write(file, offset + start as u64, &data[start..])?;
+    }
+    Ok(())
 }
 
 /// Writes restored chunks into the target files. Chunks that continue one another in
