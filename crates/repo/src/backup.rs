@@ -1122,6 +1122,7 @@ impl Repository<Indexed> {
                 &*self.store,
                 &self.keys,
                 &self.state.index,
+                self.cache.as_deref(),
                 &name.to_hex(),
                 snap,
             );
@@ -1296,7 +1297,13 @@ impl Repository<Indexed> {
             )),
             (None, Ok(Some(nodes))) => {
                 let summary = format::Summary::of(&nodes);
-                let mut packer = trees::TreePacker::new(store, keys, &self.state.index, pack_size)?;
+                let mut packer = trees::TreePacker::new(
+                    store,
+                    keys,
+                    &self.state.index,
+                    self.cache.as_deref(),
+                    pack_size,
+                )?;
                 let root = packer.store_nodes(nodes);
                 let (packs, bytes) = packer.finish()?;
                 tree_packs = packs;

@@ -1,4 +1,5 @@
-//! The local cache of immutable repository objects (index objects and snapshots).
+//! The local cache of immutable repository objects (index objects, snapshots and the
+//! packs of trees).
 //!
 //! A command against a cloud store would otherwise fetch every index object, one
 //! request each, before doing anything. Objects of these kinds are never rewritten
@@ -61,9 +62,13 @@ pub(crate) struct RepoCache {
     max_bytes: u64,
 }
 
-/// The kinds cached: objects never rewritten under their name.
+/// The kinds cached: objects never rewritten under their name. Of packs, only those
+/// of trees are cached (the tree reader's and writer's choice), never file data.
 fn cached(kind: ObjectKind) -> bool {
-    matches!(kind, ObjectKind::Index | ObjectKind::Snapshot)
+    matches!(
+        kind,
+        ObjectKind::Index | ObjectKind::Snapshot | ObjectKind::Pack
+    )
 }
 
 /// Object names are hex; anything else is not a name this cache keeps (and must never
@@ -124,10 +129,11 @@ impl RepoCache {
 
     /// Deletes the copies used longest ago until the cache is within its size.
     pub(crate) fn trim(&self) {
-        let mut all: Vec<(PathBuf, u64, SystemTime)> = [ObjectKind::Index, ObjectKind::Snapshot]
-            .into_iter()
-            .flat_map(|k| entries(&self.kind_dir(k)))
-            .collect();
+        let mut all: Vec<(PathBuf, u64, SystemTime)> =
+            [ObjectKind::Index, ObjectKind::Snapshot, ObjectKind::Pack]
+                .into_iter()
+                .flat_map(|k| entries(&self.kind_dir(k)))
+                .collect();
         let mut total: u64 = all.iter().map(|(_, size, _)| size).sum();
         if total <= self.max_bytes {
             return;
@@ -214,6 +220,8 @@ mod tests {
         }
         cache.write(ObjectKind::Lock, "00", b"x");
         assert_eq!(cache.read(ObjectKind::Lock, "00"), None);
+        cache.write(ObjectKind::Config, "00", b"x");
+        assert_eq!(cache.read(ObjectKind::Config, "00"), None);
         assert!(!root.path().join("x").exists());
     }
 

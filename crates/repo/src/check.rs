@@ -81,6 +81,8 @@ impl Repository<Open> {
                         &*self.store,
                         &self.keys,
                         &index,
+                        // `check` reads what the store holds, never a cached copy.
+                        None,
                         &name,
                         &mut snap,
                     ) {

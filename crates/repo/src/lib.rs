@@ -567,6 +567,7 @@ impl Repository<Indexed> {
             &*self.store,
             &self.keys,
             &self.state.index,
+            self.cache.as_deref(),
             &name,
             &mut snap,
         )?;

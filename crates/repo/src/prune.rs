@@ -100,11 +100,12 @@ impl Repository<Indexed> {
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
         let (store, keys, index) = (&*self.store, &*self.keys, &self.state.index);
+        let cache = self.cache.as_deref();
         let rejected = self.authentic_snapshots(|r, mut snap| {
             // A tree that cannot be read may name chunks: nothing is freed then.
             let name = r.name.to_hex();
             used.extend(crate::trees::read_nodes(
-                store, keys, index, &name, &mut snap,
+                store, keys, index, cache, &name, &mut snap,
             )?);
             used.extend(snap.nodes.into_iter().flat_map(|n| n.chunks));
             Ok(())

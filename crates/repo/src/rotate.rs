@@ -186,7 +186,8 @@ impl Repository<Open> {
             // Trees are rebuilt under the new key (they name chunks by ID): read
             // them into nodes.
             let name = r.name.to_hex();
-            crate::trees::read_nodes(&*self.store, &self.keys, &index, &name, &mut s)?;
+            let cache = self.cache.as_deref();
+            crate::trees::read_nodes(&*self.store, &self.keys, &index, cache, &name, &mut s)?;
             snaps.push((r, s));
             Ok(())
         })?;
@@ -452,7 +453,7 @@ impl Repository<Open> {
     ) -> Result<(NewGeneration, HashMap<ObjectName, Vec<ChunkId>>)> {
         let none = Index::default();
         let pack_size = self.config.pack_size as usize;
-        let mut packer = TreePacker::new(&*self.store, new_keys, &none, pack_size)?;
+        let mut packer = TreePacker::new(&*self.store, new_keys, &none, None, pack_size)?;
         let mut roots = HashMap::new();
         for (r, s) in snaps.iter().filter(|(_, s)| !s.root.is_empty()) {
             let nodes = s.nodes.iter().map(|n| Node {

@@ -2,13 +2,14 @@
 //! works on, and written, as blobs in packs of their own, by a backup or a rotation.
 
 use crate::{
-    bases::BaseReader,
+    bases::bad_base,
+    cache::RepoCache,
     error::{RepoError, Result},
-    index::Index,
+    index::{decode_chunk, open_blob_at, Index},
 };
 use backlock_core::{
-    blob::BlobEncoder,
-    envelope::{ObjectKind, PackSealer},
+    blob::{BlobDecoder, BlobEncoder},
+    envelope::{ObjectKind, PackOpener, PackSealer, HEADER_LEN},
     format::{BlobEntry, Node, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
@@ -16,7 +17,7 @@ use backlock_core::{
     FormatError,
 };
 use backlock_store::ObjectStore;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 /// Why reading or writing trees stopped: the trees themselves (reported against the
 /// snapshot), or anything else.
@@ -52,18 +53,27 @@ impl TreeFailure {
 
 /// Fills `snap.nodes` from its trees (a version-3 snapshot; one of an earlier version
 /// holds its nodes already) and returns the IDs of the trees read, which the snapshot
-/// needs kept as much as its files' chunks. `name` names it in errors.
+/// needs kept as much as its files' chunks. `name` names it in errors. Tree packs are
+/// read whole, through `cache` when given.
 pub(crate) fn read_nodes(
     store: &dyn ObjectStore,
     keys: &RepoKeys,
     index: &Index,
+    cache: Option<&RepoCache>,
     name: &str,
     snap: &mut Snapshot,
 ) -> Result<Vec<ChunkId>> {
     if snap.root.is_empty() {
         return Ok(Vec::new());
     }
-    let mut reader = BaseReader::new(store, keys, index);
+    let mut reader = TreeReader {
+        store,
+        keys,
+        index,
+        cache,
+        packs: VecDeque::new(),
+        decoder: BlobDecoder::new(),
+    };
     let mut trees = Vec::new();
     let mut nodes = Vec::new();
     let walked = tree::walk(
@@ -71,10 +81,7 @@ pub(crate) fn read_nodes(
         &mut |id: &ChunkId| -> Result<Vec<u8>, TreeFailure> {
             crate::interrupt::check()?;
             trees.push(*id);
-            let mut read = reader.read_whole([*id], "a tree")?;
-            Ok(read
-                .remove(id)
-                .expect("read_whole returns what it was asked"))
+            Ok(reader.read(id)?)
         },
         &mut |node: Node| -> Result<(), TreeFailure> {
             nodes.push(node);
@@ -86,12 +93,90 @@ pub(crate) fn read_nodes(
     Ok(trees)
 }
 
+/// Tree packs kept in memory while a snapshot's trees are read: a snapshot's trees
+/// come from few packs, the newest first.
+const PACKS_KEPT: usize = 8;
+
+/// Reads trees from their packs, each pack fetched whole once (a tree pack holds only
+/// trees, a backup's worth of changed directories), so a snapshot of thousands of
+/// directories costs a few requests, and none with a warm cache.
+struct TreeReader<'a> {
+    store: &'a dyn ObjectStore,
+    keys: &'a RepoKeys,
+    index: &'a Index,
+    cache: Option<&'a RepoCache>,
+    /// The packs read last: name, opener and sealed bytes.
+    packs: VecDeque<(ObjectName, PackOpener, Vec<u8>)>,
+    decoder: BlobDecoder,
+}
+
+impl TreeReader<'_> {
+    /// The plaintext of tree `id`, checked against its ID.
+    fn read(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .get(id)
+            .ok_or_else(|| bad_base(id, "a tree is in no index object"))?;
+        if loc.blob.base.is_some() {
+            return Err(bad_base(id, "a tree is stored as a delta"));
+        }
+        if let Some(at) = self.packs.iter().position(|(n, ..)| *n == loc.pack) {
+            return self.open(at, &loc.blob);
+        }
+        let name = loc.pack.to_hex();
+        // A cached copy serves if the blob authenticates in it; else the store's.
+        if let Some(sealed) = self.cache.and_then(|c| c.read(ObjectKind::Pack, &name)) {
+            if let Ok(tree) = self
+                .keep(loc.pack, sealed)
+                .and_then(|at| self.open(at, &loc.blob))
+            {
+                return Ok(tree);
+            }
+            self.packs.retain(|(n, ..)| *n != loc.pack);
+            if let Some(cache) = self.cache {
+                cache.forget(ObjectKind::Pack, &name);
+            }
+        }
+        let sealed = self.store.get(ObjectKind::Pack, &name)?;
+        let at = self.keep(loc.pack, sealed)?;
+        let tree = self.open(at, &loc.blob)?;
+        if let Some(cache) = self.cache {
+            cache.write(ObjectKind::Pack, &name, &self.packs[at].2);
+        }
+        Ok(tree)
+    }
+
+    /// Keeps pack `pack`'s bytes, dropping the one read longest ago; returns its place.
+    fn keep(&mut self, pack: ObjectName, sealed: Vec<u8>) -> Result<usize> {
+        let name = pack.to_hex();
+        let header = sealed.get(..HEADER_LEN).unwrap_or(&sealed);
+        let opener = PackOpener::new(self.keys, &name, header)
+            .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+        if self.packs.len() == PACKS_KEPT {
+            self.packs.pop_front();
+        }
+        self.packs.push_back((pack, opener, sealed));
+        Ok(self.packs.len() - 1)
+    }
+
+    fn open(&mut self, at: usize, blob: &BlobEntry) -> Result<Vec<u8>> {
+        let (pack, opener, sealed) = &self.packs[at];
+        let name = pack.to_hex();
+        let encoded = open_blob_at(opener, &name, sealed, 0, blob)?;
+        let tree = decode_chunk(&mut self.decoder, self.keys, &name, &encoded, blob, None)?;
+        Ok(tree.into_owned())
+    }
+}
+
 /// Stores tree blobs in packs of their own (so that reading a snapshot's trees reads
 /// few packs), skipping those the repository already holds.
 pub(crate) struct TreePacker<'a> {
     store: &'a dyn ObjectStore,
     keys: &'a RepoKeys,
     index: &'a Index,
+    /// Where the packs written are kept too: the next backup reads its parent's
+    /// trees from there.
+    cache: Option<&'a RepoCache>,
     pack_size: usize,
     written: HashSet<ChunkId>,
     open: Option<(ObjectName, PackSealer, Vec<BlobEntry>)>,
@@ -107,12 +192,14 @@ impl<'a> TreePacker<'a> {
         store: &'a dyn ObjectStore,
         keys: &'a RepoKeys,
         index: &'a Index,
+        cache: Option<&'a RepoCache>,
         pack_size: usize,
     ) -> Result<Self> {
         Ok(TreePacker {
             store,
             keys,
             index,
+            cache,
             pack_size,
             written: HashSet::new(),
             open: None,
@@ -164,6 +251,9 @@ impl<'a> TreePacker<'a> {
     ) -> Result<()> {
         let bytes = sealer.finish();
         self.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
+        if let Some(cache) = self.cache {
+            cache.write(ObjectKind::Pack, &name.to_hex(), &bytes);
+        }
         self.bytes += bytes.len() as u64;
         self.packs.push(PackEntry { pack: name, blobs });
         Ok(())
