@@ -267,7 +267,33 @@ pub(crate) fn object_cache(no_cache: bool) -> Result<Option<ObjectCache>> {
 
 /// Opens the repository `args` names, reading through the cache unless `--no-cache`.
 fn open(args: &RepoArgs) -> Result<Repository> {
-    Ok(open_uncached(args)?.with_cache(object_cache(args.no_cache)?.as_ref()))
+    Ok(open_counted(args)?.0)
+}
+
+/// A store whose requests are counted, for `--json` summaries.
+type CountedStore = Counted<Arc<dyn ObjectStore>>;
+
+/// [`open`], with the counter of the requests made to the store.
+fn open_counted(args: &RepoArgs) -> Result<(Repository, Arc<CountedStore>)> {
+    let key = password_mode::resolve_key(&args.repo, args.key_file.as_deref(), &args.vault)?;
+    let store = Arc::new(Counted::new(store_at(&args.repo)?));
+    let repo = Repository::open(store.clone(), &key, device_home()?)?
+        .with_cache(object_cache(args.no_cache)?.as_ref());
+    Ok((repo, store))
+}
+
+/// `summary` as JSON with the requests made to the store (what a cloud store bills).
+fn with_requests(
+    summary: &impl serde::Serialize,
+    store: &CountedStore,
+) -> Result<serde_json::Value> {
+    let mut out = serde_json::to_value(summary)?;
+    let n = store.counts();
+    out["requests"] = serde_json::json!({
+        "get": n.get, "get_range": n.get_range, "put": n.put,
+        "list": n.list, "delete": n.delete,
+    });
+    Ok(out)
 }
 
 /// Opens the repository `args` names to read everything from the store itself: what
@@ -371,13 +397,7 @@ fn run(command: Command) -> Result<()> {
                 eprintln!("not backed up: {}: {}", k.path, k.reason);
             }
             if repo.json {
-                let mut out = serde_json::to_value(&summary)?;
-                let n = store.counts();
-                out["requests"] = serde_json::json!({
-                    "get": n.get, "get_range": n.get_range, "put": n.put,
-                    "list": n.list, "delete": n.delete,
-                });
-                print_json(&out);
+                print_json(&with_requests(&summary, &store)?);
             } else {
                 println!(
                     "snapshot {} (#{}) saved: {} files, {} read, {} new, {} uploaded, in {:.1} s",
@@ -415,7 +435,8 @@ fn run(command: Command) -> Result<()> {
             target,
             accept_older,
         } => {
-            let r = open(&repo)?.load_index()?;
+            let (r, store) = open_counted(&repo)?;
+            let r = r.load_index()?;
             let new_device = r.seen_seq()? == 0;
             let which = if accept_older {
                 let (older, seen) = r.accept_older(&snapshot)?;
@@ -456,7 +477,7 @@ fn run(command: Command) -> Result<()> {
             };
             let summary = r.restore_announced(&which, &target, &announce)?;
             if repo.json {
-                print_json(&summary);
+                print_json(&with_requests(&summary, &store)?);
             } else {
                 println!(
                     "restored snapshot {} into {}: {} files, {} in {:.1} s",
