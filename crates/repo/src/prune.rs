@@ -99,14 +99,17 @@ impl Repository<Indexed> {
         self.check_writer_level()?;
         let mut summary = PruneSummary::default();
         let mut used: HashSet<ChunkId> = HashSet::new();
+        // The trees among them, repacked apart from file data: tree packs are read
+        // (and cached) whole.
+        let mut trees: HashSet<ChunkId> = HashSet::new();
         let (store, keys, index) = (&*self.store, &*self.keys, &self.state.index);
         let cache = self.cache.as_deref();
         let rejected = self.authentic_snapshots(|r, mut snap| {
             // A tree that cannot be read may name chunks: nothing is freed then.
             let name = r.name.to_hex();
-            used.extend(crate::trees::read_nodes(
-                store, keys, index, cache, &name, &mut snap,
-            )?);
+            let read = crate::trees::read_nodes(store, keys, index, cache, &name, &mut snap)?;
+            trees.extend(read.iter().copied());
+            used.extend(read);
             used.extend(snap.nodes.into_iter().flat_map(|n| n.chunks));
             Ok(())
         })?;
@@ -158,7 +161,8 @@ impl Repository<Indexed> {
         }
 
         let mut written: i64 = 0;
-        let mut sealer: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
+        // One pack being filled for file data, one for trees.
+        let mut sealers: [Option<(ObjectName, PackSealer, Vec<BlobEntry>)>; 2] = [None, None];
         let pack_size = self.config.pack_size as usize;
         let flush = |s: (ObjectName, PackSealer, Vec<BlobEntry>),
                      keep: &mut Vec<PackEntry>,
@@ -181,6 +185,7 @@ impl Repository<Indexed> {
             for b in live {
                 // Re-seal the encoded blob as is: no decompression needed.
                 let plain = open_blob_at(&opener, &name, &data, 0, b)?;
+                let sealer = &mut sealers[usize::from(trees.contains(&b.id))];
                 if sealer
                     .as_ref()
                     .is_some_and(|(_, s, _)| s.len() + plain.len() > pack_size)
@@ -205,7 +210,7 @@ impl Repository<Indexed> {
             }
             summary.packs_repacked += 1;
         }
-        if let Some(s) = sealer.take() {
+        for s in sealers.into_iter().flatten() {
             flush(s, &mut keep, &mut written)?;
         }
 
@@ -263,5 +268,72 @@ impl Repository<Indexed> {
         }
         summary.bytes_freed = freed - written;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{BackupOptions, DeviceHome, Repository};
+    use backlock_core::key::BackupKey;
+    use backlock_store::MemoryStore;
+    use std::{collections::HashSet, sync::Arc};
+
+    /// A prune that repacks keeps trees and file data in packs apart: a tree pack is
+    /// read, and cached, whole.
+    #[test]
+    fn a_repack_keeps_trees_apart_from_file_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("app");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        // Unchanged from the first day: its tree stays live in a pack of dead trees.
+        std::fs::create_dir_all(src.join("b")).unwrap();
+        std::fs::write(src.join("b/kept.txt"), b"kept").unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let key = BackupKey::generate();
+        let home = DeviceHome::new(dir.path().join("home"));
+        Repository::init(store.clone(), &key, home.clone()).unwrap();
+        let open = || Repository::open(store.clone(), &key, home.clone()).unwrap();
+        let opts = BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        };
+        // Small packs, several snapshots, most files then deleted: packs of data and of
+        // trees end up partly dead, and are repacked in one prune.
+        for day in 0..4u64 {
+            for f in 0..20u64 {
+                let body = backlock_testkit::tree::random_bytes(day * 100 + f, 5_000);
+                std::fs::write(src.join(format!("a/{f}-{day}.bin")), body).unwrap();
+            }
+            let mut repo = open().load_index().unwrap();
+            repo.config.pack_size = 1 << 16;
+            repo.backup(&opts).unwrap();
+            for f in 0..20u64 {
+                if f % 3 != 0 {
+                    std::fs::remove_file(src.join(format!("a/{f}-{day}.bin"))).unwrap();
+                }
+            }
+        }
+        open().forget_keep_last(1).unwrap();
+        let mut pruner = open().load_index_exclusive().unwrap();
+        pruner.config.pack_size = 1 << 16;
+        let summary = pruner.prune().unwrap();
+        assert!(summary.packs_repacked > 0, "nothing was repacked");
+
+        let repo = open().load_index().unwrap();
+        let (latest, _) = repo.latest().unwrap();
+        let mut snap = repo.load_snapshot(&latest).unwrap();
+        let index = &repo.state.index;
+        let trees: HashSet<_> =
+            crate::trees::read_nodes(&*repo.store, &repo.keys, index, None, "s", &mut snap)
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert!(!trees.is_empty());
+        for (pack, blobs) in index.by_pack() {
+            let kinds: HashSet<bool> = blobs.iter().map(|b| trees.contains(&b.id)).collect();
+            assert_eq!(kinds.len(), 1, "pack {pack:?} mixes trees and file data");
+        }
+        let target = dir.path().join("restored");
+        repo.restore(&latest, &target).unwrap();
     }
 }
