@@ -114,6 +114,14 @@ impl NotRestored {
         slot.0 += 1;
     }
 
+    /// Adds what `other` counted.
+    pub(crate) fn merge(&mut self, other: NotRestored) {
+        for (what, (count, first)) in other.0 {
+            let slot = self.0.entry(what).or_insert((0, first));
+            slot.0 += count;
+        }
+    }
+
     /// One line per kind of thing not restored.
     pub(crate) fn into_lines(self) -> Vec<String> {
         self.0

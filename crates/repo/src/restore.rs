@@ -7,9 +7,11 @@
 //! the snapshot says: paths are relative with no `..`, no open follows a symlink in its
 //! last component, and symlinks are created last, after every file and directory, so
 //! no path written through can cross one (a link `A` beside a directory `a/` on a
-//! case-folding file system fails to be created instead of redirecting `a/`). Only
-//! the permission bits are restored, never ownership, so setuid and setgid are
-//! dropped: a restored program must not run as whoever owned it on the old device.
+//! case-folding file system fails to be created instead of redirecting `a/`). Files
+//! are created and written by several threads; metadata (owner where this user may,
+//! extended attributes, mode, times: `metadata.rs`) is applied last, files first and
+//! directories deepest first. setuid and setgid stay only where the recorded owner
+//! was set: a restored program must not run as whoever restores it.
 
 use crate::{
     bases::bad_base,
@@ -21,7 +23,7 @@ use crate::{
 use backlock_core::{
     blob::BlobDecoder,
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
-    format::{BlobEntry, NodeKind, Snapshot},
+    format::{BlobEntry, Node, NodeKind, Snapshot},
     ids::ObjectName,
     FormatError,
 };
@@ -229,6 +231,10 @@ impl Repository<Indexed> {
         let (mut files, mut bytes) = (0, 0);
         // The first path restored of each file with several hard links.
         let mut linked: HashMap<(u64, u64), usize> = HashMap::new();
+        // Files to create (path and length), and later names of linked files: made
+        // once every directory is, by several threads.
+        let mut creates: Vec<(usize, u64)> = Vec::new();
+        let mut links: Vec<(usize, usize)> = Vec::new();
         for (i, node) in snap.nodes.iter().enumerate() {
             crate::interrupt::check()?;
             let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
@@ -246,21 +252,13 @@ impl Repository<Indexed> {
                 | NodeKind::BlockDevice => {}
                 // Another name of a file already restored: a link to it, as it was.
                 NodeKind::File | NodeKind::SqliteFile if link_of.is_some() => {
-                    let first: &PathBuf = &paths[link_of.expect("checked")];
-                    fs::hard_link(first, &path).map_err(to_target)?;
+                    links.push((link_of.expect("checked"), i));
                     files += 1;
                 }
                 NodeKind::File | NodeKind::SqliteFile => {
                     if node.more.links > 1 {
                         linked.insert((node.more.device, node.inode), i);
                     }
-                    // A new file, never one that is already there (a snapshot naming a
-                    // path twice is refused, not merged).
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .map_err(to_target)?;
                     let mut offset = 0u64;
                     for id in &node.chunks {
                         let slot = index.slot(id).ok_or_else(|| {
@@ -283,7 +281,7 @@ impl Repository<Indexed> {
                             node.size
                         )));
                     }
-                    f.set_len(offset).map_err(to_target)?;
+                    creates.push((i, offset));
                     files += 1;
                     bytes += offset;
                 }
@@ -292,6 +290,20 @@ impl Repository<Indexed> {
         }
         paths.push(scratch.to_path_buf());
         holes.push(false);
+        // A new file, never one that is already there (a snapshot naming a path twice
+        // is refused, not merged), at its full length.
+        in_parallel(&creates, |&(i, len)| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&paths[i])
+                .and_then(|f| f.set_len(len))
+        })
+        .map_err(to_target)?;
+        // Another name of a file already restored: a link to it, as it was.
+        for &(first, i) in &links {
+            fs::hard_link(&paths[first], &paths[i]).map_err(to_target)?;
+        }
         let (placed, scratch_len) = self.place_bases(&mut whole, &deltas, paths.len() - 1)?;
         if scratch_len > 0 {
             File::create_new(scratch)
@@ -333,8 +345,23 @@ impl Repository<Indexed> {
                 _ => {}
             }
         }
+        // Setting a file's metadata leaves its directory's times alone: files on
+        // several threads, then directories deepest first.
         let recorded = !snap.root.is_empty();
-        for (node, path) in snap.nodes.iter().zip(&paths).rev() {
+        let entries: Vec<(&Node, &PathBuf)> = snap.nodes.iter().zip(&paths).collect();
+        let (dirs, others): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|(node, _)| node.kind == NodeKind::Dir);
+        let missed = Mutex::new(missed);
+        in_parallel(&others, |(node, path)| {
+            let mut mine = NotRestored::default();
+            let done = metadata::apply(path, node, recorded, &mut mine);
+            missed.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
+            done
+        })
+        .map_err(to_target)?;
+        let mut missed = missed.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (node, path) in dirs.into_iter().rev() {
             metadata::apply(path, node, recorded, &mut missed).map_err(to_target)?;
         }
         Ok((files, bytes, missed.into_lines()))
@@ -534,6 +561,40 @@ impl Repository<Indexed> {
         }
         out.flush()?;
         Ok(())
+    }
+}
+
+/// Threads that create files and set metadata: file system calls on small files
+/// wait on the kernel, not the CPU, and overlap.
+const META_THREADS: usize = 4;
+
+/// Runs `each` on every item on [`META_THREADS`] threads; the first error wins.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    each: impl Fn(&T) -> std::io::Result<()> + Sync,
+) -> std::io::Result<()> {
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..META_THREADS.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { return };
+                if let Err(e) = each(item) {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    // The others stop at their next item.
+                    next.store(items.len(), Ordering::Relaxed);
+                    return;
+                }
+            });
+        }
+    });
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
