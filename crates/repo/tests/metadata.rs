@@ -186,3 +186,32 @@ fn a_directory_of_100_000_entries_round_trips() {
     assert_eq!(fs::read(out.join("f000100")).unwrap(), [7]);
     assert!(fs::read(out.join("f099999")).unwrap().is_empty());
 }
+
+/// An unchanged directory costs nothing new: a backup after one file changed deep in
+/// a tree of 200 directories stores that file's chunk and the trees on its path only.
+#[test]
+fn a_change_deep_in_the_tree_stores_only_the_trees_on_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("app");
+    for d in 0..200 {
+        let sub = src.join(format!("d{}/e{d}", d % 10));
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("f.txt"), format!("file {d}")).unwrap();
+    }
+    let store = Arc::new(FsStore::new(dir.path().join("repo")));
+    let key = BackupKey::generate();
+    let home = DeviceHome::new(dir.path().join("home"));
+    Repository::init(store.clone(), &key, home.clone()).unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
+    let open = || Repository::open(store.clone(), &key, home.clone()).unwrap();
+    open().load_index().unwrap().backup(&opts).unwrap();
+    let before = open().load_index().unwrap().index().len();
+    fs::write(src.join("d3/e13/f.txt"), b"changed").unwrap();
+    open().load_index().unwrap().backup(&opts).unwrap();
+    let after = open().load_index().unwrap().index().len();
+    // The new chunk, and the trees of e13, d3, app and the root.
+    assert_eq!(after - before, 1 + 4);
+}
