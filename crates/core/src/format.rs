@@ -13,6 +13,7 @@ use crate::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
 
 /// The config object's name.
 pub const CONFIG_NAME: &str = "config";
@@ -764,10 +765,11 @@ pub struct NodeMeta {
     pub uid: u32,
     /// Group ID.
     pub gid: u32,
-    /// The owner's user name where the backing-up system knew it, else empty.
-    pub user: String,
+    /// The owner's user name where the backing-up system knew it, else empty. Shared
+    /// (encoded as a string): a million files of one owner hold one copy.
+    pub user: Arc<str>,
     /// The group's name where known, else empty.
-    pub group: String,
+    pub group: Arc<str>,
     /// The file system's device number, for files with more than one hard link
     /// (with `inode`, it tells which are links of one file); else 0.
     pub device: u64,

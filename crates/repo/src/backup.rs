@@ -434,14 +434,11 @@ struct Entry {
     fs_path: PathBuf,
     rel: Vec<u8>,
     meta: fs::Metadata,
-    /// Owner, links, extended attributes: read by the walk, which looks names up.
-    more: NodeMeta,
 }
 
 fn walk(paths: &[PathBuf], skipped: &mut Option<&mut Vec<Skipped>>) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut roots = HashSet::new();
-    let mut owners = Owners::default();
     for path in paths {
         let name = path
             .canonicalize()
@@ -457,7 +454,7 @@ fn walk(paths: &[PathBuf], skipped: &mut Option<&mut Vec<Skipped>>) -> Result<Ve
                 String::from_utf8_lossy(&name)
             )));
         }
-        walk_into(path, name, &mut out, skipped, &mut owners)?;
+        walk_into(path, name, &mut out, skipped)?;
     }
     Ok(out)
 }
@@ -470,7 +467,6 @@ fn walk_into(
     rel: Vec<u8>,
     out: &mut Vec<Entry>,
     skipped: &mut Option<&mut Vec<Skipped>>,
-    owners: &mut Owners,
 ) -> Result<()> {
     let mut skip = |e: io::Error| -> Result<()> {
         match skipped {
@@ -489,12 +485,10 @@ fn walk_into(
         Err(e) => return skip(e),
     };
     let is_dir = meta.is_dir();
-    let more = metadata::capture(path, &meta, owners);
     out.push(Entry {
         fs_path: path.to_path_buf(),
         rel: rel.clone(),
         meta,
-        more,
     });
     if is_dir {
         let listed: io::Result<Vec<_>> =
@@ -508,7 +502,7 @@ fn walk_into(
             let mut child_rel = rel.clone();
             child_rel.push(b'/');
             child_rel.extend_from_slice(child.as_bytes());
-            walk_into(&path.join(&child), child_rel, out, skipped, owners)?;
+            walk_into(&path.join(&child), child_rel, out, skipped)?;
         }
     }
     Ok(())
@@ -537,7 +531,7 @@ fn node_of(e: &Entry, kind: NodeKind) -> Node {
         inode: m.ino(),
         ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         chunks: vec![],
-        more: e.more.clone(),
+        more: NodeMeta::default(),
     }
 }
 
@@ -572,6 +566,11 @@ struct ProduceState<'a> {
     /// What the user should know about entries that were stored (a file that looks
     /// like a database but is not one, stored as plain bytes).
     warnings: Mutex<Vec<String>>,
+    /// Owners' names, looked up once per ID.
+    owners: Mutex<Owners>,
+    /// The parent snapshot recorded owners and attributes (version 3): an unchanged
+    /// file's are taken from it instead of read again.
+    parent_has_meta: bool,
 }
 
 /// The parent snapshot's chunk lists of its SQLite databases, by path, moved out of
@@ -910,10 +909,17 @@ impl Producer<'_> {
                 Some(old) if unchanged(old, &fresh, sh.index) => {
                     sh.files_unchanged.fetch_add(1, Ordering::Relaxed);
                     sh.bytes_done.fetch_add(fresh.size, Ordering::Relaxed);
-                    Node {
+                    // Owner, links and attributes changed would have changed the
+                    // ctime: a parent that recorded them (version 3) still has them.
+                    let more = match sh.parent_has_meta {
+                        true => old.more.clone(),
+                        false => self.capture(e),
+                    };
+                    return Ok(Ok(Some(Node {
                         chunks: old.chunks.clone(),
+                        more,
                         ..fresh
-                    }
+                    })));
                 }
                 _ => match self.file(chunker, e)? {
                     Ok(node) => node,
@@ -931,7 +937,16 @@ impl Producer<'_> {
             tracing::warn!(path = %e.fs_path.display(), "skipping socket");
             return Ok(Ok(None));
         };
-        Ok(Ok(Some(node)))
+        Ok(Ok(Some(Node {
+            more: self.capture(e),
+            ..node
+        })))
+    }
+
+    /// Owner, links, device, extended attributes and holes of `e`.
+    fn capture(&self, e: &Entry) -> NodeMeta {
+        let mut owners = self.shared.owners.lock().unwrap_or_else(|p| p.into_inner());
+        metadata::capture(&e.fs_path, &e.meta, &mut owners)
     }
 }
 
@@ -1139,6 +1154,7 @@ impl Repository<Indexed> {
             }
         }
         let page_lists = PageLists::take_from(parent.as_mut().map(|(_, s)| s));
+        let parent_has_meta = parent.as_ref().is_some_and(|(_, s)| !s.root.is_empty());
         // Entries that cannot be read are left out and named in the snapshot, except in
         // a verbatim copy (migration), which must hold everything or nothing.
         let mut skipped = Vec::new();
@@ -1214,6 +1230,8 @@ impl Repository<Indexed> {
             page_lists,
             skipped: Mutex::new(skipped),
             warnings: Mutex::new(Vec::new()),
+            owners: Mutex::new(Owners::default()),
+            parent_has_meta,
         };
         let (job_tx, job_rx) = bounded::<Job>(workers);
         let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);

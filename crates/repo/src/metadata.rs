@@ -9,35 +9,34 @@ use std::{
     fs, io,
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::Path,
+    sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
 
 /// User and group names by ID, looked up once each.
 #[derive(Default)]
 pub(crate) struct Owners {
-    users: HashMap<u32, String>,
-    groups: HashMap<u32, String>,
+    users: HashMap<u32, Arc<str>>,
+    groups: HashMap<u32, Arc<str>>,
 }
 
 impl Owners {
-    fn user(&mut self, uid: u32) -> String {
+    fn user(&mut self, uid: u32) -> Arc<str> {
         self.users
             .entry(uid)
             .or_insert_with(|| {
                 uzers::get_user_by_uid(uid)
-                    .map(|u| u.name().to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                    .map_or_else(|| "".into(), |u| u.name().to_string_lossy().into())
             })
             .clone()
     }
 
-    fn group(&mut self, gid: u32) -> String {
+    fn group(&mut self, gid: u32) -> Arc<str> {
         self.groups
             .entry(gid)
             .or_insert_with(|| {
                 uzers::get_group_by_gid(gid)
-                    .map(|g| g.name().to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                    .map_or_else(|| "".into(), |g| g.name().to_string_lossy().into())
             })
             .clone()
     }
