@@ -172,6 +172,7 @@ def file_content(rnd: random.Random, text: TextSource, i: int, rel: str, size: i
 
 
 def _read_marker(path: Path):
+    """A tree's marker (tree.json), or None if absent or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -179,6 +180,7 @@ def _read_marker(path: Path):
 
 
 def _write_marker(path: Path, marker: dict) -> None:
+    """Replace a tree's marker atomically."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(marker, indent=1))
     tmp.replace(path)
@@ -339,6 +341,7 @@ class Rustic(bb.Tool):
         return e
 
     def base(self):
+        """rustic and its global options: repository, password, cache, no progress bars."""
         return [self.bin, "-r", self.repo, "--password-file", self.password_file,
                 "--cache-dir", self.state / "rustic-cache", "--no-progress"]
 
@@ -537,6 +540,7 @@ def summarize_files(nres: dict, tools_sel) -> dict:
 
 
 def _pf(ok: bool) -> str:
+    """PASS or FAIL."""
     return "PASS" if ok else "FAIL"
 
 
