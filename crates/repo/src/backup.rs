@@ -945,8 +945,7 @@ impl Producer<'_> {
 
     /// Owner, links, device, extended attributes and holes of `e`.
     fn capture(&self, e: &Entry) -> NodeMeta {
-        let mut owners = self.shared.owners.lock().unwrap_or_else(|p| p.into_inner());
-        metadata::capture(&e.fs_path, &e.meta, &mut owners)
+        metadata::capture(&e.fs_path, &e.meta, &self.shared.owners)
     }
 }
 

@@ -65,24 +65,14 @@ impl<'a> BaseReader<'a> {
         &mut self,
         ids: impl IntoIterator<Item = ChunkId>,
     ) -> Result<HashMap<ChunkId, Vec<u8>>> {
-        self.read_whole(ids, "a delta's base")
-    }
-
-    /// The plaintexts of `ids`, whole blobs (never deltas) each authenticated against
-    /// its ID; `what` they are, for errors.
-    pub(crate) fn read_whole(
-        &mut self,
-        ids: impl IntoIterator<Item = ChunkId>,
-        what: &str,
-    ) -> Result<HashMap<ChunkId, Vec<u8>>> {
         let mut by_pack: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
         for id in ids {
             let loc = self
                 .index
                 .get(&id)
-                .ok_or_else(|| bad_base(&id, &format!("{what} is in no index object")))?;
+                .ok_or_else(|| bad_base(&id, "a delta's base is in no index object"))?;
             if loc.blob.base.is_some() {
-                return Err(bad_base(&id, &format!("{what} is itself a delta")));
+                return Err(bad_base(&id, "a delta's base is itself a delta"));
             }
             by_pack.entry(loc.pack).or_default().push(loc.blob);
         }

@@ -9,7 +9,7 @@ use std::{
     fs, io,
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::Path,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -44,15 +44,21 @@ impl Owners {
 
 /// The metadata of the entry at `path` beyond mode and times. Extended attributes
 /// that cannot be listed (a file system without them) are none.
-pub(crate) fn capture(path: &Path, meta: &fs::Metadata, owners: &mut Owners) -> NodeMeta {
+/// `owners` is locked for the name lookups only, not for the file system calls, so
+/// the producing threads do not wait for each other's.
+pub(crate) fn capture(path: &Path, meta: &fs::Metadata, owners: &Mutex<Owners>) -> NodeMeta {
     let ft = meta.file_type();
     let linked = ft.is_file() && meta.nlink() > 1;
     let device = ft.is_char_device() || ft.is_block_device();
+    let (user, group) = {
+        let mut owners = owners.lock().unwrap_or_else(|p| p.into_inner());
+        (owners.user(meta.uid()), owners.group(meta.gid()))
+    };
     NodeMeta {
         uid: meta.uid(),
         gid: meta.gid(),
-        user: owners.user(meta.uid()),
-        group: owners.group(meta.gid()),
+        user,
+        group,
         device: if linked { meta.dev() } else { 0 },
         links: if linked { meta.nlink() } else { 0 },
         rdev: if device { meta.rdev() } else { 0 },
