@@ -396,16 +396,21 @@ impl Summary {
     pub fn of(nodes: &[Node]) -> Self {
         let mut s = Summary::default();
         for n in nodes {
-            match n.kind {
-                NodeKind::Dir => s.dirs += 1,
-                NodeKind::File | NodeKind::SqliteFile => {
-                    s.files += 1;
-                    s.bytes += n.size;
-                }
-                _ => {}
-            }
+            s.add(n);
         }
         s
+    }
+
+    /// Counts `node` in.
+    pub fn add(&mut self, node: &Node) {
+        match node.kind {
+            NodeKind::Dir => self.dirs += 1,
+            NodeKind::File | NodeKind::SqliteFile => {
+                self.files += 1;
+                self.bytes += node.size;
+            }
+            _ => {}
+        }
     }
 }
 

@@ -86,6 +86,18 @@ fn malformed(detail: impl Into<String>) -> FormatError {
 }
 
 impl Tree {
+    /// Appends `part`, the next part of the same directory, whose names must all come
+    /// after this tree's (a directory lists no name twice, across parts too).
+    pub fn append_part(&mut self, part: Tree) -> Result<(), FormatError> {
+        if let (Some(last), Some(first)) = (self.entries.last(), part.entries.first()) {
+            if last.name >= first.name {
+                return Err(malformed("a directory's parts out of order"));
+            }
+        }
+        self.entries.extend(part.entries);
+        Ok(())
+    }
+
     /// The tree's plaintext: its postcard encoding.
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("postcard into a Vec cannot fail")
@@ -153,7 +165,7 @@ impl TreeEntry {
     }
 
     /// The node at `path`, and a directory's parts.
-    fn into_node(self, path: Vec<u8>) -> (Node, Vec<ChunkId>) {
+    pub fn into_node(self, path: Vec<u8>) -> (Node, Vec<ChunkId>) {
         let mut parts = Vec::new();
         let mut chunks = Vec::new();
         let kind = match self.kind {

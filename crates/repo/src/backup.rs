@@ -21,7 +21,10 @@ use crate::{
     readahead::ReadAhead,
     sqlite,
     testhook::{pause, step},
-    trees, Indexed, Repository,
+    trees,
+    trees::TreeReader,
+    walk::{self, node_of, skipped_entry, Entry, Parent, Walker},
+    Indexed, Repository,
 };
 use backlock_core::{
     blob::BlobEncoder,
@@ -30,6 +33,7 @@ use backlock_core::{
     format::{self, BlobEntry, IndexFile, Node, NodeKind, NodeMeta, PackEntry, Skipped, Snapshot},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
+    tree::TreeBuilder,
 };
 use backlock_store::ObjectStore;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -38,10 +42,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs::{self, File},
     io,
-    os::unix::{
-        ffi::OsStrExt,
-        fs::{FileTypeExt, MetadataExt},
-    },
+    os::unix::{ffi::OsStrExt, fs::FileTypeExt},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -429,112 +430,6 @@ fn uploader(
     }
 }
 
-/// One entry found by the walk.
-struct Entry {
-    fs_path: PathBuf,
-    rel: Vec<u8>,
-    meta: fs::Metadata,
-}
-
-fn walk(paths: &[PathBuf], skipped: &mut Option<&mut Vec<Skipped>>) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    let mut roots = HashSet::new();
-    for path in paths {
-        let name = path
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.as_bytes().to_vec()))
-            .ok_or_else(|| RepoError::Source {
-                path: path.clone(),
-                source: io::Error::new(io::ErrorKind::NotFound, "no such file or directory"),
-            })?;
-        if !roots.insert(name.clone()) {
-            return Err(RepoError::Usage(format!(
-                "two paths end in the same name {:?}: back them up in separate snapshots or rename one",
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        walk_into(path, name, &mut out, skipped)?;
-    }
-    Ok(out)
-}
-
-/// Lists `path` and everything below it into `out`. An entry that vanished or a
-/// directory that cannot be listed is recorded in `skipped` (or, with `skipped`
-/// `None`, as in a verbatim migration, fails the walk).
-fn walk_into(
-    path: &Path,
-    rel: Vec<u8>,
-    out: &mut Vec<Entry>,
-    skipped: &mut Option<&mut Vec<Skipped>>,
-) -> Result<()> {
-    let mut skip = |e: io::Error| -> Result<()> {
-        match skipped {
-            Some(list) => {
-                list.push(skipped_entry(&rel, &e));
-                Ok(())
-            }
-            None => Err(RepoError::Source {
-                path: path.to_path_buf(),
-                source: e,
-            }),
-        }
-    };
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) => return skip(e),
-    };
-    let is_dir = meta.is_dir();
-    out.push(Entry {
-        fs_path: path.to_path_buf(),
-        rel: rel.clone(),
-        meta,
-    });
-    if is_dir {
-        let listed: io::Result<Vec<_>> =
-            fs::read_dir(path).and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect());
-        let mut children = match listed {
-            Ok(children) => children,
-            Err(e) => return skip(e),
-        };
-        children.sort();
-        for child in children {
-            let mut child_rel = rel.clone();
-            child_rel.push(b'/');
-            child_rel.extend_from_slice(child.as_bytes());
-            walk_into(&path.join(&child), child_rel, out, skipped)?;
-        }
-    }
-    Ok(())
-}
-
-/// What a snapshot records of an entry it could not store.
-fn skipped_entry(rel: &[u8], e: &io::Error) -> Skipped {
-    let reason = match e.kind() {
-        io::ErrorKind::NotFound => "vanished during the backup".to_owned(),
-        _ => e.to_string(),
-    };
-    Skipped {
-        path: rel.to_vec(),
-        reason,
-    }
-}
-
-fn node_of(e: &Entry, kind: NodeKind) -> Node {
-    let m = &e.meta;
-    Node {
-        path: e.rel.clone(),
-        kind,
-        mode: m.mode() & 0o7777,
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        size: if m.is_file() { m.len() } else { 0 },
-        inode: m.ino(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        chunks: vec![],
-        more: NodeMeta::default(),
-    }
-}
-
 /// Threads that read, chunk and hash source files. Two, so that one keeps the disk
 /// busy with media while the other computes over a database's pages.
 const PRODUCERS: usize = 2;
@@ -547,8 +442,9 @@ struct ProduceState<'a> {
     /// Chunks this backup has sent to the workers (not in the index yet).
     new: NewChunks,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
-    bytes_total: u64,
-    files_total: u64,
+    /// Counted while the backup runs (see [`walk::count`]).
+    bytes_total: AtomicU64,
+    files_total: AtomicU64,
     bytes_done: AtomicU64,
     files_done: AtomicU64,
     verbatim: bool,
@@ -559,8 +455,6 @@ struct ProduceState<'a> {
     stop: AtomicBool,
     /// Buffers of content-defined chunks, returned by the workers once sealed.
     chunk_pool: &'a BufferPool,
-    /// The parent snapshot's page lists of its databases.
-    page_lists: PageLists,
     /// Entries left out: unreadable, vanished, or a database that stayed locked.
     skipped: Mutex<Vec<Skipped>>,
     /// What the user should know about entries that were stored (a file that looks
@@ -573,39 +467,14 @@ struct ProduceState<'a> {
     parent_has_meta: bool,
 }
 
-/// The parent snapshot's chunk lists of its SQLite databases, by path, moved out of
-/// it: the producer reading a database takes its list and overwrites it run by run
-/// (a 600 MB database's list is 1.2 MB, and it is held once, not twice).
-struct PageLists(HashMap<Vec<u8>, Mutex<Vec<ChunkId>>>);
-
-impl PageLists {
-    /// Moves the databases' chunk lists out of `parent`'s nodes.
-    fn take_from(parent: Option<&mut Snapshot>) -> Self {
-        let lists = parent
-            .into_iter()
-            .flat_map(|s| s.nodes.iter_mut())
-            .filter(|n| n.kind == NodeKind::SqliteFile)
-            .map(|n| (n.path.clone(), Mutex::new(std::mem::take(&mut n.chunks))))
-            .collect();
-        PageLists(lists)
-    }
-
-    /// The parent's list of the database at `path` (empty if it had none), once.
-    fn take(&self, path: &[u8]) -> Vec<ChunkId> {
-        self.0.get(path).map_or_else(Vec::new, |list| {
-            std::mem::take(&mut *list.lock().unwrap_or_else(|p| p.into_inner()))
-        })
-    }
-}
-
 impl ProduceState<'_> {
     fn report(&self) {
         if let Some(p) = self.progress {
             p(Progress {
                 bytes_done: self.bytes_done.load(Ordering::Relaxed),
-                bytes_total: self.bytes_total,
+                bytes_total: self.bytes_total.load(Ordering::Relaxed),
                 files_done: self.files_done.load(Ordering::Relaxed),
-                files_total: self.files_total,
+                files_total: self.files_total.load(Ordering::Relaxed),
             });
         }
     }
@@ -786,8 +655,14 @@ impl Producer<'_> {
         Ok(self.flush_window().map(|()| size))
     }
 
-    /// Reads file `e`.
-    fn file(&mut self, chunker: &Chunker, e: &Entry) -> Result<Result<Node, Stopped>> {
+    /// Reads file `e`; `pages` is the parent's chunk list of it as a database (or
+    /// nothing), the bases of its changed runs of pages.
+    fn file(
+        &mut self,
+        chunker: &Chunker,
+        e: &Entry,
+        pages: Vec<ChunkId>,
+    ) -> Result<Result<Node, Stopped>> {
         let source = |err| RepoError::Source {
             path: e.fs_path.clone(),
             source: err,
@@ -801,7 +676,7 @@ impl Producer<'_> {
                 drop(file);
                 let mut node = node_of(e, NodeKind::SqliteFile);
                 // Changed pages become deltas of their previous version.
-                node.chunks = self.shared.page_lists.take(&e.rel);
+                node.chunks = pages;
                 let size = database_chunk(page);
                 let chunk_count = (e.meta.len() / size as u64) as usize + 1;
                 node.chunks
@@ -880,13 +755,12 @@ impl Producer<'_> {
     }
 
     /// Turns the entry `e` into its snapshot node (`None`: not stored), feeding new
-    /// chunks to the workers.
+    /// chunks to the workers. `old` is its node in the parent snapshot.
     fn node(
         &mut self,
         chunker: &Chunker,
         e: &Entry,
-        previous: &HashMap<&[u8], &Node>,
-        captured: &HashSet<PathBuf>,
+        old: Option<Node>,
     ) -> Result<Result<Option<Node>, Stopped>> {
         let sh = self.shared;
         let ft = e.meta.file_type();
@@ -900,31 +774,36 @@ impl Producer<'_> {
             node_of(e, NodeKind::Symlink(target.as_os_str().as_bytes().to_vec()))
         } else if ft.is_file() {
             sh.files_done.fetch_add(1, Ordering::Relaxed);
-            if sqlite::is_sidecar(&e.fs_path).is_some_and(|base| captured.contains(&base)) {
+            if e.sidecar {
                 return Ok(Ok(None));
             }
             let fresh = node_of(e, NodeKind::File);
-            let old = previous.get(e.rel.as_slice()).copied();
             match old {
-                Some(old) if unchanged(old, &fresh, sh.index) => {
+                Some(old) if unchanged(&old, &fresh, sh.index) => {
                     sh.files_unchanged.fetch_add(1, Ordering::Relaxed);
                     sh.bytes_done.fetch_add(fresh.size, Ordering::Relaxed);
                     // Owner, links and attributes changed would have changed the
                     // ctime: a parent that recorded them (version 3) still has them.
                     let more = match sh.parent_has_meta {
-                        true => old.more.clone(),
+                        true => old.more,
                         false => self.capture(e),
                     };
                     return Ok(Ok(Some(Node {
-                        chunks: old.chunks.clone(),
+                        chunks: old.chunks,
                         more,
                         ..fresh
                     })));
                 }
-                _ => match self.file(chunker, e)? {
-                    Ok(node) => node,
-                    Err(Stopped) => return Ok(Err(Stopped)),
-                },
+                old => {
+                    let pages = old
+                        .filter(|o| o.kind == NodeKind::SqliteFile)
+                        .map(|o| o.chunks)
+                        .unwrap_or_default();
+                    match self.file(chunker, e, pages)? {
+                        Ok(node) => node,
+                        Err(Stopped) => return Ok(Err(Stopped)),
+                    }
+                }
             }
         } else if ft.is_fifo() {
             node_of(e, NodeKind::Fifo)
@@ -969,7 +848,8 @@ const PREFETCH_AHEAD: u64 = 256 << 20;
 /// disk would otherwise idle; this way it fetches the media that comes next. Memory
 /// is the kernel's page cache, which it reclaims at will, not this process's.
 fn prefetch(files: &[(&Path, u64)], shared: &ProduceState, done: &AtomicBool) {
-    let mut advised = 0u64;
+    // Read before this batch: the producers' count goes on from there.
+    let mut advised = shared.bytes_read.load(Ordering::Relaxed);
     for &(path, size) in files {
         while advised > shared.bytes_read.load(Ordering::Relaxed) + PREFETCH_AHEAD {
             if done.load(Ordering::Relaxed) {
@@ -1009,30 +889,38 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
-/// Runs [`PRODUCERS`] threads over `entries`; returns the nodes in walk order.
-/// `Ok(None)`: the pipeline stopped, and the reason is in `Shared`.
+/// Entries the producers take at once: the walk lists the next batch while they
+/// read this one. A batch's entries and nodes are all the backup holds of its files.
+const BATCH_ENTRIES: usize = 8192;
+
+/// Runs [`PRODUCERS`] threads over `entries` (a batch of the walk); returns their
+/// nodes in walk order. `Ok(None)`: the pipeline stopped, and the reason is in `Shared`.
 fn produce<'a>(
     shared: &'a ProduceState<'a>,
     store: &'a dyn ObjectStore,
     chunker: &Chunker,
-    entries: &[Entry],
-    previous: &HashMap<&[u8], &Node>,
-    captured: &HashSet<PathBuf>,
-    jobs: Sender<Job>,
+    mut entries: Vec<Entry>,
+    jobs: &Sender<Job>,
 ) -> Result<Option<Vec<Node>>> {
-    let order = work_order(entries);
+    let order = work_order(&entries);
+    // The parent's nodes, each taken by the producer of its entry.
+    let olds: Vec<Mutex<Option<Node>>> = entries
+        .iter_mut()
+        .map(|e| Mutex::new(e.old.take()))
+        .collect();
+    let entries = entries;
     // What the producers will read, in the order they read it.
     let to_read: Vec<(&Path, u64)> = order
         .iter()
-        .map(|&i| &entries[i])
-        .filter(|e| e.meta.is_file())
-        .filter(|e| !sqlite::is_sidecar(&e.fs_path).is_some_and(|b| captured.contains(&b)))
-        .filter(|e| {
-            !previous
-                .get(e.rel.as_slice())
+        .map(|&i| (&entries[i], &olds[i]))
+        .filter(|(e, _)| e.meta.is_file() && !e.sidecar)
+        .filter(|(e, old)| {
+            !old.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
                 .is_some_and(|old| unchanged(old, &node_of(e, NodeKind::File), shared.index))
         })
-        .map(|e| (e.fs_path.as_path(), e.meta.len()))
+        .map(|(e, _)| (e.fs_path.as_path(), e.meta.len()))
         .collect();
     let producers_done = AtomicBool::new(false);
     let cursor = AtomicUsize::new(0);
@@ -1050,10 +938,11 @@ fn produce<'a>(
             let Some(&i) = order.get(cursor.fetch_add(1, Ordering::Relaxed)) else {
                 return Ok(Ok(out));
             };
+            let old = olds[i].lock().unwrap_or_else(|p| p.into_inner()).take();
             // A signal stops the backup between files (and between a file's chunks);
             // what was uploaded is indexed.
-            let node = crate::interrupt::check()
-                .and_then(|()| producer.node(chunker, &entries[i], previous, captured));
+            let node =
+                crate::interrupt::check().and_then(|()| producer.node(chunker, &entries[i], old));
             match node {
                 Ok(Ok(Some(node))) => out.push((i, node)),
                 Ok(Ok(None)) => {}
@@ -1091,7 +980,6 @@ fn produce<'a>(
                 s.spawn(move || run(jobs))
             })
             .collect();
-        drop(jobs);
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
@@ -1127,63 +1015,37 @@ impl Repository<Indexed> {
         let newest = self.newest_snapshot()?;
         let ignored_snapshots = newest.rejected;
         let seq = newest.snapshot.as_ref().map_or(1, |(r, _)| r.seq + 1);
-        let mut parent = newest.snapshot.map(|(r, snap)| (r.name, snap));
-        // Its nodes tell which files are unchanged. Trees that cannot be read cost
-        // time, not data: every file is then read again.
-        let mut parent_warning = None;
-        if let Some((name, snap)) = parent.as_mut() {
-            let read = trees::read_nodes(
-                &*self.store,
-                &self.keys,
-                &self.state.index,
-                self.cache.as_deref(),
-                &name.to_hex(),
-                snap,
-            );
-            match read {
-                Ok(_) => {}
-                Err(
-                    e @ (RepoError::Damaged { .. }
-                    | RepoError::Store(backlock_store::StoreError::NotFound { .. })),
-                ) => {
-                    parent_warning = Some(format!("the previous snapshot's directories cannot be read ({e}): every file is read again"));
-                    snap.nodes.clear();
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let page_lists = PageLists::take_from(parent.as_mut().map(|(_, s)| s));
-        let parent_has_meta = parent.as_ref().is_some_and(|(_, s)| !s.root.is_empty());
-        // Entries that cannot be read are left out and named in the snapshot, except in
-        // a verbatim copy (migration), which must hold everything or nothing.
-        let mut skipped = Vec::new();
-        let entries = walk(&opts.paths, &mut (!opts.verbatim).then_some(&mut skipped))?;
-        pause(step::BACKUP_WALKED);
-        let files_total = entries.iter().filter(|e| e.meta.is_file()).count() as u64;
-        let bytes_total: u64 = entries
-            .iter()
-            .filter(|e| e.meta.is_file())
-            .map(|e| e.meta.len())
-            .sum();
-        let previous: HashMap<&[u8], &Node> = parent
-            .iter()
-            .flat_map(|(_, s)| s.nodes.iter())
-            .filter(|n| matches!(n.kind, NodeKind::File | NodeKind::SqliteFile))
-            .map(|n| (n.path.as_slice(), n))
-            .collect();
-        let captured: HashSet<PathBuf> = entries
-            .iter()
-            .filter(|e| e.meta.is_file() && !opts.verbatim)
-            .filter_map(|e| sqlite::is_sidecar(&e.fs_path))
-            .filter(|base| {
-                File::open(base)
-                    .and_then(|mut f| sqlite::sniff(&mut f))
-                    .is_ok_and(|p| p.is_some())
-            })
-            .collect();
-
         let keys = &*self.keys;
         let store = &*self.store;
+        // The walk reads the parent's trees directory by directory: they tell which
+        // files are unchanged.
+        let (parent, parent_files) = match newest.snapshot {
+            Some((r, snap)) if !snap.root.is_empty() => (
+                Some(r.name),
+                Parent::Trees {
+                    reader: TreeReader::new(store, keys, &self.state.index, self.cache.as_deref()),
+                    root: snap.root,
+                    name: r.name.to_hex(),
+                },
+            ),
+            Some((r, snap)) => (
+                Some(r.name),
+                Parent::Nodes(
+                    snap.nodes
+                        .into_iter()
+                        .filter(|n| matches!(n.kind, NodeKind::File | NodeKind::SqliteFile))
+                        .map(|n| (n.path.clone(), n))
+                        .collect(),
+                ),
+            ),
+            None => (None, Parent::None),
+        };
+        // A version-3 parent recorded owners and attributes.
+        let parent_has_meta = matches!(parent_files, Parent::Trees { .. });
+        // Entries that cannot be read are left out and named in the snapshot, except in
+        // a verbatim copy (migration), which must hold everything or nothing.
+        let walker = Walker::new(&opts.paths, parent_files, opts.verbatim)?;
+
         let pack_size = self.config.pack_size as usize;
         let shared = Shared {
             error: Mutex::new(None),
@@ -1216,8 +1078,8 @@ impl Repository<Indexed> {
             index: &self.state.index,
             new: NewChunks::default(),
             progress: opts.progress,
-            bytes_total,
-            files_total,
+            bytes_total: AtomicU64::new(0),
+            files_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
             verbatim: opts.verbatim,
@@ -1226,17 +1088,26 @@ impl Repository<Indexed> {
             files_unchanged: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             chunk_pool: &chunk_pool,
-            page_lists,
-            skipped: Mutex::new(skipped),
+            skipped: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
             owners: Mutex::new(Owners::default()),
             parent_has_meta,
         };
         let (job_tx, job_rx) = bounded::<Job>(workers);
         let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
-        // The producer (and with it the only job sender) lives inside the scope, so
+        // The trees of what is backed up, stored (in packs of their own) as the walk
+        // leaves each directory, before the index that names them.
+        let mut packer = trees::TreePacker::new(
+            store,
+            keys,
+            &self.state.index,
+            self.cache.as_deref(),
+            pack_size,
+        )?;
+        let counted = AtomicBool::new(false);
+        // The producers (and with them the only job sender) live inside the scope, so
         // even a panic drops the sender and lets the workers finish.
-        let produced = std::thread::scope(|s| {
+        let (built, mut walker) = std::thread::scope(|s| {
             for _ in 0..workers {
                 let (rx, tx) = (job_rx.clone(), pack_tx.clone());
                 let (shared, filling, chunk_pool) = (&shared, &filling, &chunk_pool);
@@ -1255,18 +1126,57 @@ impl Repository<Indexed> {
                 s.spawn(move || uploader(store, keys, lock, rx, pack_pool, shared));
             }
             drop(pack_rx);
+            // A progress bar's totals, counted alongside.
+            let _stop_count = SetOnDrop(&counted);
+            if opts.progress.is_some() {
+                let (st, counted) = (&produce_state, &counted);
+                s.spawn(move || {
+                    walk::count(&opts.paths, &st.files_total, &st.bytes_total, counted)
+                });
+            }
+            // The walk lists the next batch while the producers read this one.
+            let (batch_tx, batch_rx) = bounded::<Result<Vec<Entry>>>(1);
+            let walking = s.spawn(move || {
+                let mut walker = walker;
+                loop {
+                    let batch = walker.next_batch(BATCH_ENTRIES);
+                    let last = batch.as_ref().map_or(true, |b| b.is_empty());
+                    if batch_tx.send(batch).is_err() || last {
+                        return walker;
+                    }
+                }
+            });
             let chunker = Chunker::new(keys, self.config.chunker);
-            // `job_tx` moves in: once the producers end, the workers finish, and the last
-            // one out sends the open pack.
-            produce(
-                &produce_state,
-                store,
-                &chunker,
-                &entries,
-                &previous,
-                &captured,
-                job_tx,
-            )
+            let mut builder = TreeBuilder::new(keys);
+            let mut summary = format::Summary::default();
+            let built = || -> Result<Option<(Vec<ChunkId>, format::Summary)>> {
+                for (n, batch) in batch_rx.iter().enumerate() {
+                    let batch = batch?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    if n == 0 {
+                        pause(step::BACKUP_WALKED);
+                    }
+                    let Some(nodes) = produce(&produce_state, store, &chunker, batch, &job_tx)?
+                    else {
+                        return Ok(None);
+                    };
+                    for node in nodes {
+                        summary.add(&node);
+                        packer.push(&mut builder, node)?;
+                    }
+                }
+                Ok(Some((packer.finish_trees(builder)?, summary)))
+            };
+            let built = built();
+            // Once the producers end, the workers finish, and the last one out sends
+            // the open pack; the walk stops at its next batch.
+            drop((job_tx, batch_rx));
+            let walker = walking
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (built, walker)
         });
         let stats = (
             produce_state.bytes_read.into_inner(),
@@ -1274,62 +1184,45 @@ impl Repository<Indexed> {
             produce_state.files_unchanged.into_inner(),
         );
         let (bytes_read, bytes_new, files_unchanged) = stats;
-        let mut skipped = produce_state
-            .skipped
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut skipped = walker.take_skipped();
+        skipped.extend(
+            produce_state
+                .skipped
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         // In walk order, as the snapshot lists its nodes.
         skipped.sort_by(|a, b| a.path.cmp(&b.path));
         let mut warnings = self.state.live.warnings();
-        warnings.extend(parent_warning);
+        warnings.extend(walker.warning.take());
         warnings.extend(
             produce_state
                 .warnings
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        // Free the pipeline's memory before the snapshot is encoded: with a large
-        // database, the snapshot is the biggest object this process makes.
-        drop((
-            produce_state.new,
-            produce_state.page_lists,
-            chunk_pool,
-            pack_pool,
-        ));
-
-        drop(previous);
-        // The trees of what was backed up, stored (in packs of their own) before the
-        // index that names them.
+        drop(walker);
+        drop((produce_state.new, chunk_pool, pack_pool));
         let failed = shared
             .error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let mut tree_packs = Vec::new();
-        let built = match (failed, produced) {
+        let built = match (failed, built) {
             (Some(e), _) | (None, Err(e)) => Err(e),
             // A stopped pipeline leaves its reason in `shared.error`.
             (None, Ok(None)) => Err(RepoError::Usage(
                 "the backup stopped early; run it again".into(),
             )),
-            (None, Ok(Some(nodes))) => {
-                let summary = format::Summary::of(&nodes);
-                let mut packer = trees::TreePacker::new(
-                    store,
-                    keys,
-                    &self.state.index,
-                    self.cache.as_deref(),
-                    pack_size,
-                )?;
-                let root = packer.store_nodes(nodes);
-                let (packs, bytes) = packer.finish()?;
-                tree_packs = packs;
-                shared.bytes_stored.fetch_add(bytes, Ordering::Relaxed);
-                root.map(|root| (root, summary))
-            }
+            (None, Ok(Some(built))) => Ok(built),
         };
         // Whatever was uploaded gets indexed, and the index set names it, even on
         // failure, so a retry reuses it.
+        let (tree_packs, tree_bytes) = match &built {
+            Ok(_) => packer.finish()?,
+            Err(_) => packer.abandon(),
+        };
+        shared.bytes_stored.fetch_add(tree_bytes, Ordering::Relaxed);
         let mut leftover = shared.take_pending();
         leftover.extend(tree_packs);
         if !leftover.is_empty() {
@@ -1341,9 +1234,6 @@ impl Repository<Indexed> {
             self.write_index_set(&written)?;
         }
         let (root, summary) = built?;
-        // Only the parent's name is needed now; its nodes go before the new snapshot
-        // is encoded.
-        let parent = parent.map(|(name, _)| name);
 
         let mut snapshot = Snapshot {
             seq,

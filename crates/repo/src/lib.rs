@@ -27,6 +27,7 @@ mod sqlite;
 pub mod testhook;
 mod trees;
 pub mod verify;
+mod walk;
 
 pub use backup::{BackupOptions, BackupSummary, Progress, SkippedEntry};
 pub use cache::{ObjectCache, DEFAULT_CACHE_BYTES};

@@ -13,7 +13,7 @@ use backlock_core::{
     format::{BlobEntry, Node, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
-    tree::{self, TreeBuilder},
+    tree::{self, Tree, TreeBuilder},
     FormatError,
 };
 use backlock_store::ObjectStore;
@@ -66,14 +66,7 @@ pub(crate) fn read_nodes(
     if snap.root.is_empty() {
         return Ok(Vec::new());
     }
-    let mut reader = TreeReader {
-        store,
-        keys,
-        index,
-        cache,
-        packs: VecDeque::new(),
-        decoder: BlobDecoder::new(),
-    };
+    let mut reader = TreeReader::new(store, keys, index, cache);
     let mut trees = Vec::new();
     let mut nodes = Vec::new();
     let walked = tree::walk(
@@ -100,7 +93,7 @@ const PACKS_KEPT: usize = 8;
 /// Reads trees from their packs, each pack fetched whole once (a tree pack holds only
 /// trees, a backup's worth of changed directories), so a snapshot of thousands of
 /// directories costs a few requests, and none with a warm cache.
-struct TreeReader<'a> {
+pub(crate) struct TreeReader<'a> {
     store: &'a dyn ObjectStore,
     keys: &'a RepoKeys,
     index: &'a Index,
@@ -110,7 +103,35 @@ struct TreeReader<'a> {
     decoder: BlobDecoder,
 }
 
-impl TreeReader<'_> {
+impl<'a> TreeReader<'a> {
+    pub(crate) fn new(
+        store: &'a dyn ObjectStore,
+        keys: &'a RepoKeys,
+        index: &'a Index,
+        cache: Option<&'a RepoCache>,
+    ) -> Self {
+        TreeReader {
+            store,
+            keys,
+            index,
+            cache,
+            packs: VecDeque::new(),
+            decoder: BlobDecoder::new(),
+        }
+    }
+
+    /// The entries of the directory whose tree is `parts`, checked as a walk checks
+    /// them (names ascend across parts too). `snapshot` names the snapshot in errors.
+    pub(crate) fn read_dir(&mut self, parts: &[ChunkId], snapshot: &str) -> Result<Tree> {
+        let mut dir = Tree::default();
+        for id in parts {
+            let part = Tree::decode(&self.read(id)?);
+            part.and_then(|part| dir.append_part(part))
+                .map_err(|e| TreeFailure::from(e).into_repo(snapshot))?;
+        }
+        Ok(dir)
+    }
+
     /// The plaintext of tree `id`, checked against its ID.
     fn read(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
         let loc = self
@@ -265,17 +286,33 @@ impl<'a> TreePacker<'a> {
         &mut self,
         nodes: impl IntoIterator<Item = Node>,
     ) -> Result<Vec<ChunkId>> {
-        let keys = self.keys;
-        let mut builder = TreeBuilder::new(keys);
+        let mut builder = TreeBuilder::new(self.keys);
+        for node in nodes {
+            self.push(&mut builder, node)?;
+        }
+        self.finish_trees(builder)
+    }
+
+    /// Adds the next node of a walk to `builder`, storing the trees it completes.
+    pub(crate) fn push(&mut self, builder: &mut TreeBuilder, node: Node) -> Result<()> {
         let mut store =
             |id: ChunkId, plain: Vec<u8>| -> Result<(), TreeFailure> { Ok(self.add(id, plain)?) };
-        let built = (|| {
-            for node in nodes {
-                builder.push(node, &mut store)?;
-            }
-            builder.finish(&mut store)
-        })();
-        built.map_err(|e| e.into_repo("(new)"))
+        builder
+            .push(node, &mut store)
+            .map_err(|e| e.into_repo("(new)"))
+    }
+
+    /// Stores the trees `builder` has open; returns the root tree's parts.
+    pub(crate) fn finish_trees(&mut self, builder: TreeBuilder) -> Result<Vec<ChunkId>> {
+        let mut store =
+            |id: ChunkId, plain: Vec<u8>| -> Result<(), TreeFailure> { Ok(self.add(id, plain)?) };
+        builder.finish(&mut store).map_err(|e| e.into_repo("(new)"))
+    }
+
+    /// The packs stored so far, the open one left unstored (a failed backup indexes
+    /// what it uploaded).
+    pub(crate) fn abandon(self) -> (Vec<PackEntry>, u64) {
+        (self.packs, self.bytes)
     }
 
     /// Stores the pack left open; returns the packs stored and their bytes.

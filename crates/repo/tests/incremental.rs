@@ -1,0 +1,162 @@
+//! A backup on top of a parent reads only what changed: the walk follows the parent's
+//! trees directory by directory, batch after batch, and a parent whose trees the store
+//! lost costs a full read, never data.
+
+use backlock_core::{envelope::ObjectKind, key::BackupKey};
+use backlock_repo::{BackupOptions, BackupSummary, DeviceHome, Repository};
+use backlock_store::{FsStore, ObjectStore};
+use backlock_testkit::tree;
+use std::{fs, path::Path, sync::Arc};
+
+struct Repo {
+    store: Arc<FsStore>,
+    key: BackupKey,
+    home: DeviceHome,
+    opts: BackupOptions<'static>,
+}
+
+impl Repo {
+    fn new(dir: &Path, src: &Path) -> Self {
+        let store = Arc::new(FsStore::new(dir.join("repo")));
+        let key = BackupKey::generate();
+        let home = DeviceHome::new(dir.join("home"));
+        Repository::init(store.clone(), &key, home.clone()).unwrap();
+        let opts = BackupOptions {
+            paths: vec![src.to_path_buf()],
+            hostname: "test".into(),
+            ..Default::default()
+        };
+        Repo {
+            store,
+            key,
+            home,
+            opts,
+        }
+    }
+
+    fn open(&self) -> Repository<backlock_repo::Indexed> {
+        Repository::open(self.store.clone(), &self.key, self.home.clone())
+            .unwrap()
+            .load_index()
+            .unwrap()
+    }
+
+    fn backup(&self) -> BackupSummary {
+        self.open().backup(&self.opts).unwrap()
+    }
+
+    /// Restores the latest snapshot under `target`; checks it equals `src`.
+    fn restores_as(&self, src: &Path, target: &Path) {
+        let repo = self.open();
+        repo.restore(&repo.find_snapshot("latest").unwrap(), target)
+            .unwrap();
+        tree::assert_same(src, &target.join(src.file_name().unwrap()));
+    }
+}
+
+/// 12,000 files in 60 directories: more entries than the walk hands the producers at
+/// once, so the parent's trees are followed across batches.
+fn write_tree(src: &Path) -> u64 {
+    let mut files = 0;
+    for d in 0..60 {
+        let dir = src
+            .join(format!("chat{:02}/media", d % 6))
+            .join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            fs::write(
+                dir.join(format!("f{f:03}.bin")),
+                format!("{d}/{f}").repeat(20),
+            )
+            .unwrap();
+            files += 1;
+        }
+    }
+    files
+}
+
+#[test]
+fn a_backup_reads_only_what_changed_across_directories_and_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("app");
+    let files = write_tree(&src);
+    let repo = Repo::new(dir.path(), &src);
+    let first = repo.backup();
+    assert_eq!((first.files, first.files_unchanged), (files, 0));
+
+    // Changes at the start, in the middle and at the end of the walk, one file gone,
+    // a directory of new files, and a file where a directory was.
+    let changed: &[(&str, &[u8])] = &[
+        ("chat00/media/d00/f000.bin", b"first, changed"),
+        ("chat03/media/d33/f117.bin", b"middle, changed"),
+        ("chat05/media/d59/f199.bin", b"last, changed"),
+        ("chat01/new/a.bin", b"new a"),
+        ("chat01/new/b.bin", b"new b"),
+    ];
+    for (path, body) in changed {
+        let path = src.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, body).unwrap();
+    }
+    fs::remove_file(src.join("chat02/media/d02/f050.bin")).unwrap();
+    fs::remove_dir_all(src.join("chat04/media/d10")).unwrap();
+    fs::write(src.join("chat04/media/d10"), b"a file now").unwrap();
+    let changed_bytes: u64 = changed.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + 10;
+
+    let second = repo.backup();
+    let now = files + 2 - 1 - 200 + 1;
+    assert_eq!(second.files, now);
+    assert_eq!(second.files_unchanged, now - 6, "{second:?}");
+    assert_eq!(second.bytes_read, changed_bytes);
+    repo.restores_as(&src, &dir.path().join("restored"));
+
+    // Nothing changed: nothing read.
+    let third = repo.backup();
+    assert_eq!((third.files_unchanged, third.bytes_read), (now, 0));
+}
+
+/// The store lost the pack of the parent's trees: the next backup cannot tell what
+/// changed, so it reads every file again and says so; `check` names the lost pack
+/// (the index still lists its trees, so the new snapshot's unchanged directories
+/// point there until the index is repaired).
+#[test]
+fn a_parent_whose_trees_are_lost_costs_a_full_read_not_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("app");
+    let files = write_tree(&src);
+    let repo = Repo::new(dir.path(), &src);
+    repo.backup();
+    let opened = repo.open();
+    let snap = opened
+        .load_snapshot(&opened.find_snapshot("latest").unwrap())
+        .unwrap();
+    let tree_pack = opened.index().get(&snap.root[0]).unwrap().pack;
+    repo.store
+        .delete(ObjectKind::Pack, &tree_pack.to_hex())
+        .unwrap();
+    drop(opened);
+
+    let second = repo.backup();
+    assert_eq!((second.files, second.files_unchanged), (files, 0));
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("previous snapshot's directories cannot be read")),
+        "{:?}",
+        second.warnings
+    );
+    let report = Repository::open(repo.store.clone(), &repo.key, repo.home.clone())
+        .unwrap()
+        .check(false)
+        .unwrap();
+    let lost = tree_pack.to_hex();
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains(&lost) && e.contains("missing")),
+        "{:?}",
+        report.errors
+    );
+}
