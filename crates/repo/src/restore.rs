@@ -129,15 +129,6 @@ impl Repository<Indexed> {
         let start = Instant::now();
         let mut snap = self.load_snapshot(r)?;
         announce(&snap);
-        let name = r.name.to_hex();
-        crate::trees::read_nodes(
-            &*self.store,
-            &self.keys,
-            &self.state.index,
-            self.cache.as_deref(),
-            &name,
-            &mut snap,
-        )?;
         if let Ok(mut entries) = fs::read_dir(target) {
             if entries.next().is_some() {
                 return Err(RepoError::TargetNotEmpty {
@@ -171,7 +162,7 @@ impl Repository<Indexed> {
         let mut scratch = staging.clone().into_os_string();
         scratch.push(".bases");
         let scratch = PathBuf::from(scratch);
-        let restored = self.restore_into(&snap, &staging, &scratch);
+        let restored = self.restore_into(&mut snap, &r.name.to_hex(), &staging, &scratch);
         let _ = fs::remove_file(&scratch);
         match restored {
             Ok((files, bytes, not_restored)) => {
@@ -202,169 +193,39 @@ impl Repository<Indexed> {
         }
     }
 
-    /// Writes the files of `snap` under `root` in two passes: every whole blob (and
-    /// each delta's base), then the deltas, decoded against bases read back from where
-    /// the first pass wrote them (a restored file, or `scratch`).
+    /// Writes the entries of `snap` (`name`) under `root`, as its trees are read,
+    /// files in batches (see [`Restorer`]).
     fn restore_into(
         &self,
-        snap: &Snapshot,
+        snap: &mut Snapshot,
+        name: &str,
         root: &Path,
         scratch: &Path,
     ) -> Result<(u64, u64, Vec<String>)> {
-        let index = &self.state.index;
-        let to_target = |source| RepoError::Target {
-            path: root.to_path_buf(),
-            source,
+        let mut restorer = Restorer {
+            repo: self,
+            root,
+            scratch,
+            seq: snap.seq,
+            recorded: !snap.root.is_empty(),
+            batch: Vec::new(),
+            linked: HashMap::new(),
+            dirs: Vec::new(),
+            last: Vec::new(),
+            files: 0,
+            bytes: 0,
+            missed: NotRestored::default(),
         };
-        let malformed = |detail: String| RepoError::Damaged {
-            kind: "snapshot",
-            name: format!("#{}", snap.seq),
-            source: FormatError::Malformed {
-                what: "snapshot",
-                detail,
-            },
-        };
-        let mut paths = Vec::with_capacity(snap.nodes.len() + 1);
-        // Files whose all-zero chunks are left as holes.
-        let mut holes = Vec::with_capacity(snap.nodes.len() + 1);
-        let (mut whole, mut deltas) = (Vec::new(), Vec::new());
-        let (mut files, mut bytes) = (0, 0);
-        // The first path restored of each file with several hard links.
-        let mut linked: HashMap<(u64, u64), usize> = HashMap::new();
-        // Files to create (path and length), and later names of linked files: made
-        // once every directory is, by several threads.
-        let mut creates: Vec<(usize, u64)> = Vec::new();
-        let mut links: Vec<(usize, usize)> = Vec::new();
-        for (i, node) in snap.nodes.iter().enumerate() {
-            crate::interrupt::check()?;
-            let rel = safe_rel(&node.path).ok_or_else(|| malformed("unsafe path".into()))?;
-            let path = root.join(rel);
-            holes.push(node.more.sparse);
-            let link_of = (node.is_file() && node.more.links > 1)
-                .then(|| linked.get(&(node.more.device, node.inode)).copied())
-                .flatten();
-            match &node.kind {
-                NodeKind::Dir => fs::create_dir_all(&path).map_err(to_target)?,
-                // Created last (below).
-                NodeKind::Symlink(_)
-                | NodeKind::Fifo
-                | NodeKind::CharDevice
-                | NodeKind::BlockDevice => {}
-                // Another name of a file already restored: a link to it, as it was.
-                NodeKind::File | NodeKind::SqliteFile if link_of.is_some() => {
-                    links.push((link_of.expect("checked"), i));
-                    files += 1;
-                }
-                NodeKind::File | NodeKind::SqliteFile => {
-                    if node.more.links > 1 {
-                        linked.insert((node.more.device, node.inode), i);
-                    }
-                    let mut offset = 0u64;
-                    for id in &node.chunks {
-                        let slot = index.slot(id).ok_or_else(|| {
-                            bad_base(id, "a chunk of this snapshot is in no index object")
-                        })?;
-                        let piece = Piece {
-                            slot,
-                            file: i as u32,
-                            offset,
-                        };
-                        match index.is_delta(slot) {
-                            true => deltas.push(piece),
-                            false => whole.push(piece),
-                        }
-                        offset += index.raw_length(slot) as u64;
-                    }
-                    if offset != node.size {
-                        return Err(malformed(format!(
-                            "file size {} != chunk total {offset}",
-                            node.size
-                        )));
-                    }
-                    creates.push((i, offset));
-                    files += 1;
-                    bytes += offset;
-                }
-            }
-            paths.push(path);
-        }
-        paths.push(scratch.to_path_buf());
-        holes.push(false);
-        // A new file, never one that is already there (a snapshot naming a path twice
-        // is refused, not merged), at its full length.
-        in_parallel(&creates, |&(i, len)| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&paths[i])
-                .and_then(|f| f.set_len(len))
-        })
-        .map_err(to_target)?;
-        // Another name of a file already restored: a link to it, as it was.
-        for &(first, i) in &links {
-            fs::hard_link(&paths[first], &paths[i]).map_err(to_target)?;
-        }
-        let (placed, scratch_len) = self.place_bases(&mut whole, &deltas, paths.len() - 1)?;
-        if scratch_len > 0 {
-            File::create_new(scratch)
-                .and_then(|f| f.set_len(scratch_len))
-                .map_err(to_target)?;
-        }
-
-        self.run_plan(whole, &paths, &holes, &|_| Ok(None))?;
-        let read_base = |blob: &BlobEntry| -> Result<Option<Vec<u8>>> {
-            let base = blob.base.expect("only deltas are planned here");
-            let (slot, file, offset) = index
-                .slot(&base)
-                .and_then(|s| placed.binary_search_by_key(&s, |&(s, ..)| s).ok())
-                .map(|at| placed[at])
-                .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
-            let path = &paths[file as usize];
-            let mut buf = vec![0u8; index.raw_length(slot) as usize];
-            open_nofollow(path, false)
-                .and_then(|f| f.read_exact_at(&mut buf, offset))
-                .map_err(|source| RepoError::Target {
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok(Some(buf))
-        };
-        self.run_plan(deltas, &paths, &holes, &read_base)?;
-
-        // Symlinks once nothing more is written through a path, then metadata,
-        // deepest first, so directory times are not bumped afterwards.
-        let mut missed = NotRestored::default();
-        for (node, path) in snap.nodes.iter().zip(&paths) {
-            match &node.kind {
-                NodeKind::Symlink(t) => {
-                    std::os::unix::fs::symlink(OsStr::from_bytes(t), path).map_err(to_target)?
-                }
-                NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
-                    metadata::make_special(path, node, &mut missed).map_err(to_target)?
-                }
-                _ => {}
-            }
-        }
-        // Setting a file's metadata leaves its directory's times alone: files on
-        // several threads, then directories deepest first.
-        let recorded = !snap.root.is_empty();
-        let entries: Vec<(&Node, &PathBuf)> = snap.nodes.iter().zip(&paths).collect();
-        let (dirs, others): (Vec<_>, Vec<_>) = entries
-            .into_iter()
-            .partition(|(node, _)| node.kind == NodeKind::Dir);
-        let missed = Mutex::new(missed);
-        in_parallel(&others, |(node, path)| {
-            let mut mine = NotRestored::default();
-            let done = metadata::apply(path, node, recorded, &mut mine);
-            missed.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
-            done
-        })
-        .map_err(to_target)?;
-        let mut missed = missed.into_inner().unwrap_or_else(|p| p.into_inner());
-        for (node, path) in dirs.into_iter().rev() {
-            metadata::apply(path, node, recorded, &mut missed).map_err(to_target)?;
-        }
-        Ok((files, bytes, missed.into_lines()))
+        crate::trees::for_each_node(
+            &*self.store,
+            &self.keys,
+            &self.state.index,
+            self.cache.as_deref(),
+            name,
+            snap,
+            &mut |node| restorer.push(node),
+        )?;
+        restorer.finish()
     }
 
     /// Finds where the first pass writes the base of each delta, sorted by slot. A
@@ -561,6 +422,214 @@ impl Repository<Indexed> {
         }
         out.flush()?;
         Ok(())
+    }
+}
+
+/// Files restored at once: their nodes, paths and pieces are all a restore holds of
+/// them, whatever the snapshot's size.
+const BATCH_FILES: usize = 8192;
+
+/// Restores a snapshot's nodes as they come, in walk order: directories at once,
+/// files in batches of [`BATCH_FILES`] (created, then written pack by pack in two
+/// passes, every whole blob and each delta's base, then the deltas decoded against
+/// bases read back from where the first pass wrote them: a file of the batch, or the
+/// scratch file; then their metadata), and last what must come last: symlinks and
+/// special files once nothing more is written through a path, then directories'
+/// metadata, deepest first, so their times are not bumped afterwards.
+struct Restorer<'a> {
+    repo: &'a Repository<Indexed>,
+    root: &'a Path,
+    scratch: &'a Path,
+    seq: u64,
+    /// The snapshot records owners and attributes (version 3).
+    recorded: bool,
+    /// Files of the batch being gathered, with their paths.
+    batch: Vec<(Node, PathBuf)>,
+    /// The first path restored of each file with several hard links.
+    linked: HashMap<(u64, u64), PathBuf>,
+    dirs: Vec<(Node, PathBuf)>,
+    /// Symlinks and special files.
+    last: Vec<(Node, PathBuf)>,
+    files: u64,
+    bytes: u64,
+    missed: NotRestored,
+}
+
+impl Restorer<'_> {
+    fn malformed(&self, detail: String) -> RepoError {
+        RepoError::Damaged {
+            kind: "snapshot",
+            name: format!("#{}", self.seq),
+            source: FormatError::Malformed {
+                what: "snapshot",
+                detail,
+            },
+        }
+    }
+
+    fn to_target(&self, source: std::io::Error) -> RepoError {
+        RepoError::Target {
+            path: self.root.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Takes the next node of the walk.
+    fn push(&mut self, node: Node) -> Result<()> {
+        crate::interrupt::check()?;
+        let rel = safe_rel(&node.path).ok_or_else(|| self.malformed("unsafe path".into()))?;
+        let path = self.root.join(rel);
+        match &node.kind {
+            NodeKind::Dir => {
+                fs::create_dir_all(&path).map_err(|e| self.to_target(e))?;
+                self.dirs.push((node, path));
+            }
+            NodeKind::Symlink(_)
+            | NodeKind::Fifo
+            | NodeKind::CharDevice
+            | NodeKind::BlockDevice => self.last.push((node, path)),
+            NodeKind::File | NodeKind::SqliteFile => {
+                self.batch.push((node, path));
+                if self.batch.len() >= BATCH_FILES {
+                    self.restore_batch()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates, writes and sets the metadata of the files gathered.
+    fn restore_batch(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let repo = self.repo;
+        let index = &repo.state.index;
+        let mut paths = Vec::with_capacity(batch.len() + 1);
+        // Files whose all-zero chunks are left as holes.
+        let mut holes = Vec::with_capacity(batch.len() + 1);
+        let (mut whole, mut deltas) = (Vec::new(), Vec::new());
+        // Files to create (number and length), and names of files already restored.
+        let mut creates: Vec<(usize, u64)> = Vec::new();
+        let mut links: Vec<(PathBuf, usize)> = Vec::new();
+        for (i, (node, path)) in batch.iter().enumerate() {
+            paths.push(path.clone());
+            holes.push(node.more.sparse);
+            self.files += 1;
+            if node.more.links > 1 {
+                let key = (node.more.device, node.inode);
+                if let Some(first) = self.linked.get(&key) {
+                    // Another name of a file already restored: a link to it, as it was.
+                    links.push((first.clone(), i));
+                    continue;
+                }
+                self.linked.insert(key, path.clone());
+            }
+            let mut offset = 0u64;
+            for id in &node.chunks {
+                let slot = index.slot(id).ok_or_else(|| {
+                    bad_base(id, "a chunk of this snapshot is in no index object")
+                })?;
+                let piece = Piece {
+                    slot,
+                    file: i as u32,
+                    offset,
+                };
+                match index.is_delta(slot) {
+                    true => deltas.push(piece),
+                    false => whole.push(piece),
+                }
+                offset += index.raw_length(slot) as u64;
+            }
+            if offset != node.size {
+                return Err(
+                    self.malformed(format!("file size {} != chunk total {offset}", node.size))
+                );
+            }
+            creates.push((i, offset));
+            self.bytes += offset;
+        }
+        paths.push(self.scratch.to_path_buf());
+        holes.push(false);
+        // A new file, never one that is already there (a snapshot naming a path twice
+        // is refused, not merged), at its full length.
+        in_parallel(&creates, |&(i, len)| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&paths[i])
+                .and_then(|f| f.set_len(len))
+        })
+        .map_err(|e| self.to_target(e))?;
+        for (first, i) in &links {
+            fs::hard_link(first, &paths[*i]).map_err(|e| self.to_target(e))?;
+        }
+        let (placed, scratch_len) = repo.place_bases(&mut whole, &deltas, paths.len() - 1)?;
+        if scratch_len > 0 {
+            let _ = fs::remove_file(self.scratch);
+            File::create_new(self.scratch)
+                .and_then(|f| f.set_len(scratch_len))
+                .map_err(|e| self.to_target(e))?;
+        }
+        repo.run_plan(whole, &paths, &holes, &|_| Ok(None))?;
+        let read_base = |blob: &BlobEntry| -> Result<Option<Vec<u8>>> {
+            let base = blob.base.expect("only deltas are planned here");
+            let (slot, file, offset) = index
+                .slot(&base)
+                .and_then(|s| placed.binary_search_by_key(&s, |&(s, ..)| s).ok())
+                .map(|at| placed[at])
+                .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
+            let path = &paths[file as usize];
+            let mut buf = vec![0u8; index.raw_length(slot) as usize];
+            open_nofollow(path, false)
+                .and_then(|f| f.read_exact_at(&mut buf, offset))
+                .map_err(|source| RepoError::Target {
+                    path: path.clone(),
+                    source,
+                })?;
+            Ok(Some(buf))
+        };
+        repo.run_plan(deltas, &paths, &holes, &read_base)?;
+        // Setting a file's metadata leaves its directory's times alone: files on
+        // several threads, as soon as they are written.
+        let missed = Mutex::new(std::mem::take(&mut self.missed));
+        let recorded = self.recorded;
+        in_parallel(&batch, |(node, path)| {
+            let mut mine = NotRestored::default();
+            let done = metadata::apply(path, node, recorded, &mut mine);
+            missed.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
+            done
+        })
+        .map_err(|e| self.to_target(e))?;
+        self.missed = missed.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(())
+    }
+
+    /// Restores the last batch, then symlinks, special files and directories'
+    /// metadata; returns the files and bytes written and what could not be restored.
+    fn finish(mut self) -> Result<(u64, u64, Vec<String>)> {
+        self.restore_batch()?;
+        let mut missed = std::mem::take(&mut self.missed);
+        for (node, path) in &self.last {
+            match &node.kind {
+                NodeKind::Symlink(t) => std::os::unix::fs::symlink(OsStr::from_bytes(t), path)
+                    .map_err(|e| self.to_target(e))?,
+                _ => metadata::make_special(path, node, &mut missed)
+                    .map_err(|e| self.to_target(e))?,
+            }
+        }
+        let missed = Mutex::new(missed);
+        let recorded = self.recorded;
+        in_parallel(&self.last, |(node, path)| {
+            let mut mine = NotRestored::default();
+            let done = metadata::apply(path, node, recorded, &mut mine);
+            missed.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
+            done
+        })
+        .map_err(|e| self.to_target(e))?;
+        let mut missed = missed.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (node, path) in self.dirs.iter().rev() {
+            metadata::apply(path, node, recorded, &mut missed).map_err(|e| self.to_target(e))?;
+        }
+        Ok((self.files, self.bytes, missed.into_lines()))
     }
 }
 

@@ -63,12 +63,35 @@ pub(crate) fn read_nodes(
     name: &str,
     snap: &mut Snapshot,
 ) -> Result<Vec<ChunkId>> {
+    let mut nodes = Vec::new();
+    let trees = for_each_node(store, keys, index, cache, name, snap, &mut |node| {
+        nodes.push(node);
+        Ok(())
+    })?;
+    snap.nodes = nodes;
+    Ok(trees)
+}
+
+/// Gives each node of `snap` to `each`, in walk order, reading its trees one at a
+/// time (a version-3 snapshot) or taking the nodes it holds; returns the IDs of the
+/// trees read. `name` names the snapshot in errors.
+pub(crate) fn for_each_node(
+    store: &dyn ObjectStore,
+    keys: &RepoKeys,
+    index: &Index,
+    cache: Option<&RepoCache>,
+    name: &str,
+    snap: &mut Snapshot,
+    each: &mut dyn FnMut(Node) -> Result<()>,
+) -> Result<Vec<ChunkId>> {
     if snap.root.is_empty() {
+        for node in std::mem::take(&mut snap.nodes) {
+            each(node)?;
+        }
         return Ok(Vec::new());
     }
     let mut reader = TreeReader::new(store, keys, index, cache);
     let mut trees = Vec::new();
-    let mut nodes = Vec::new();
     let walked = tree::walk(
         &snap.root,
         &mut |id: &ChunkId| -> Result<Vec<u8>, TreeFailure> {
@@ -76,13 +99,9 @@ pub(crate) fn read_nodes(
             trees.push(*id);
             Ok(reader.read(id)?)
         },
-        &mut |node: Node| -> Result<(), TreeFailure> {
-            nodes.push(node);
-            Ok(())
-        },
+        &mut |node: Node| -> Result<(), TreeFailure> { Ok(each(node)?) },
     );
     walked.map_err(|e| e.into_repo(name))?;
-    snap.nodes = nodes;
     Ok(trees)
 }
 

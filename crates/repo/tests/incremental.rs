@@ -54,16 +54,19 @@ impl Repo {
     }
 }
 
-/// 12,000 files in 60 directories: more entries than the walk hands the producers at
-/// once, so the parent's trees are followed across batches.
-fn write_tree(src: &Path) -> u64 {
+/// Files in each of [`write_tree`]'s 60 directories: 9,000 in all, more entries than a
+/// backup hands its producers at once (and than a restore writes at once), so trees
+/// are followed across batches.
+const PER_DIR: u64 = 150;
+
+fn write_tree(src: &Path, per_dir: u64) -> u64 {
     let mut files = 0;
     for d in 0..60 {
         let dir = src
             .join(format!("chat{:02}/media", d % 6))
             .join(format!("d{d:02}"));
         fs::create_dir_all(&dir).unwrap();
-        for f in 0..200 {
+        for f in 0..per_dir {
             fs::write(
                 dir.join(format!("f{f:03}.bin")),
                 format!("{d}/{f}").repeat(20),
@@ -79,7 +82,7 @@ fn write_tree(src: &Path) -> u64 {
 fn a_backup_reads_only_what_changed_across_directories_and_batches() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("app");
-    let files = write_tree(&src);
+    let files = write_tree(&src, PER_DIR);
     let repo = Repo::new(dir.path(), &src);
     let first = repo.backup();
     assert_eq!((first.files, first.files_unchanged), (files, 0));
@@ -89,7 +92,7 @@ fn a_backup_reads_only_what_changed_across_directories_and_batches() {
     let changed: &[(&str, &[u8])] = &[
         ("chat00/media/d00/f000.bin", b"first, changed"),
         ("chat03/media/d33/f117.bin", b"middle, changed"),
-        ("chat05/media/d59/f199.bin", b"last, changed"),
+        ("chat05/media/d59/f149.bin", b"last, changed"),
         ("chat01/new/a.bin", b"new a"),
         ("chat01/new/b.bin", b"new b"),
     ];
@@ -104,15 +107,37 @@ fn a_backup_reads_only_what_changed_across_directories_and_batches() {
     let changed_bytes: u64 = changed.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + 10;
 
     let second = repo.backup();
-    let now = files + 2 - 1 - 200 + 1;
+    let now = files + 2 - 1 - PER_DIR + 1;
     assert_eq!(second.files, now);
     assert_eq!(second.files_unchanged, now - 6, "{second:?}");
     assert_eq!(second.bytes_read, changed_bytes);
-    repo.restores_as(&src, &dir.path().join("restored"));
 
     // Nothing changed: nothing read.
     let third = repo.backup();
     assert_eq!((third.files_unchanged, third.bytes_read), (now, 0));
+
+    // A restore holds one batch of files at a time: a hard link whose first name was
+    // restored batches earlier, and a database whose changed pages are deltas of a
+    // version no restored file holds, come back exactly.
+    let db = src.join("zz/msgstore.db");
+    fs::create_dir_all(db.parent().unwrap()).unwrap();
+    tree::write_db(&db, 3000, 1);
+    let first = src.join("chat00/media/d00/f001.bin");
+    fs::hard_link(&first, src.join("zz/link-to-first.bin")).unwrap();
+    repo.backup();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    tree::insert_messages(&conn, 300, 2);
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+    drop(conn);
+    repo.backup();
+    let target = dir.path().join("restored");
+    repo.restores_as(&src, &target);
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    assert_eq!(
+        inode(&target.join("app/chat00/media/d00/f001.bin")),
+        inode(&target.join("app/zz/link-to-first.bin"))
+    );
 }
 
 /// The store lost the pack of the parent's trees: the next backup cannot tell what
@@ -123,7 +148,7 @@ fn a_backup_reads_only_what_changed_across_directories_and_batches() {
 fn a_parent_whose_trees_are_lost_costs_a_full_read_not_data() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("app");
-    let files = write_tree(&src);
+    let files = write_tree(&src, 5);
     let repo = Repo::new(dir.path(), &src);
     repo.backup();
     let opened = repo.open();
