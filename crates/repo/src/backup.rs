@@ -1,15 +1,20 @@
 //! Backup: walk, chunk, deduplicate, compress, seal, upload; then index; then snapshot.
 //!
-//! Threads: this thread walks the sources; [`PRODUCERS`] threads take files largest
-//! first, read, chunk and hash them (chunking and keyed BLAKE3 run at GiB/s), so a
+//! Threads: a walker lists the sources one directory at a time against the parent
+//! snapshot's tree of it (`walk.rs`) and hands out batches of [`BATCH_ENTRIES`]
+//! entries; for each batch [`PRODUCERS`] threads take files largest first, read, chunk
+//! and hash them (chunking and keyed BLAKE3 run at GiB/s), so a
 //! chat database's pages are computed on while media streams from disk; a prefetcher
 //! asks the kernel for the files coming next; `workers` threads compress new chunks
 //! and seal them into the one pack being filled; uploader threads (as many as the
 //! store takes puts at once, at most [`MAX_UPLOADERS`]) store finished packs and,
 //! every few packs, an index object naming them, so an interrupted backup leaves its
-//! uploaded data reusable. The pipeline's memory is bounded by the channel
-//! capacities, the uploaders and the pack size; chunk and pack buffers circulate
-//! through pools rather than being allocated anew, so it does not grow with the data.
+//! uploaded data reusable. This thread builds the trees from each batch's nodes, in
+//! walk order, storing each directory's tree as the walk leaves it. Memory is bounded
+//! by a batch, the widest directory, the channel capacities, the uploaders and the pack
+//! size; what grows is the index and the set of chunks this backup stored, tens of
+//! bytes per chunk. Chunk and pack buffers circulate through pools rather than being
+//! allocated anew.
 
 use crate::{
     bases::BaseReader,

@@ -590,17 +590,7 @@ impl Restorer<'_> {
         repo.run_plan(deltas, &paths, &holes, &read_base)?;
         // Setting a file's metadata leaves its directory's times alone: files on
         // several threads, as soon as they are written.
-        let missed = Mutex::new(std::mem::take(&mut self.missed));
-        let recorded = self.recorded;
-        in_parallel(&batch, |(node, path)| {
-            let mut mine = NotRestored::default();
-            let done = metadata::apply(path, node, recorded, &mut mine);
-            missed.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
-            done
-        })
-        .map_err(|e| self.to_target(e))?;
-        self.missed = missed.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(())
+        apply_all(&batch, self.recorded, &mut self.missed).map_err(|e| self.to_target(e))
     }
 
     /// Restores the last batch, then symlinks, special files and directories'
@@ -616,21 +606,31 @@ impl Restorer<'_> {
                     .map_err(|e| self.to_target(e))?,
             }
         }
-        let missed = Mutex::new(missed);
-        let recorded = self.recorded;
-        in_parallel(&self.last, |(node, path)| {
-            let mut mine = NotRestored::default();
-            let done = metadata::apply(path, node, recorded, &mut mine);
-            missed.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
-            done
-        })
-        .map_err(|e| self.to_target(e))?;
-        let mut missed = missed.into_inner().unwrap_or_else(|p| p.into_inner());
+        apply_all(&self.last, self.recorded, &mut missed).map_err(|e| self.to_target(e))?;
         for (node, path) in self.dirs.iter().rev() {
-            metadata::apply(path, node, recorded, &mut missed).map_err(|e| self.to_target(e))?;
+            metadata::apply(path, node, self.recorded, &mut missed)
+                .map_err(|e| self.to_target(e))?;
         }
         Ok((self.files, self.bytes, missed.into_lines()))
     }
+}
+
+/// Sets the metadata of `entries` on several threads, noting in `missed` what this
+/// user may not set.
+fn apply_all(
+    entries: &[(Node, PathBuf)],
+    recorded: bool,
+    missed: &mut NotRestored,
+) -> std::io::Result<()> {
+    let all = Mutex::new(std::mem::take(missed));
+    let done = in_parallel(entries, |(node, path)| {
+        let mut mine = NotRestored::default();
+        let done = metadata::apply(path, node, recorded, &mut mine);
+        all.lock().unwrap_or_else(|p| p.into_inner()).merge(mine);
+        done
+    });
+    *missed = all.into_inner().unwrap_or_else(|p| p.into_inner());
+    done
 }
 
 /// Threads that create files and set metadata: file system calls on small files
