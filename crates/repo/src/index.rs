@@ -18,11 +18,11 @@ use backlock_core::{
 use backlock_store::{ObjectStore, StoreError};
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     ops::Range,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex,
+        Condvar, Mutex,
     },
 };
 
@@ -50,6 +50,9 @@ struct Entry {
     raw_length: u32,
     /// 1 + the base's position in `bases` for a delta blob; 0 for a whole blob.
     base: u32,
+    /// Its place in the order entries were added (it fits the struct's padding): of
+    /// two entries of one ID, the first added is kept.
+    added: u32,
 }
 
 /// Bits of a chunk ID that pick its bucket in the prefix table.
@@ -112,6 +115,7 @@ impl IndexBuilder {
                     length: blob.length,
                     raw_length: blob.raw_length,
                     base,
+                    added: self.entries.len() as u32,
                 });
             }
         }
@@ -119,8 +123,9 @@ impl IndexBuilder {
 
     pub(crate) fn finish(self) -> Index {
         let mut entries = self.entries;
-        // Stable, so among entries of one ID the first added is the one kept.
-        entries.sort_by_key(|e| e.id);
+        // In place (a stable sort's scratch space would be half the index again);
+        // among entries of one ID the first added comes first and is kept.
+        entries.sort_unstable_by_key(|e| (e.id, e.added));
         entries.dedup_by(|later, kept| later.id == kept.id);
         entries.shrink_to_fit();
         let mut starts = Vec::with_capacity((1 << PREFIX_BITS) + 1);
@@ -168,10 +173,15 @@ impl Index {
         };
         let mut builder = IndexBuilder::default();
         let threads = parallel_reads(store);
-        // In batches, added in name order: where two objects list a chunk, the first
-        // wins, whichever thread read it first.
-        for batch in live.names.chunks(threads * 8) {
-            let read = read_all(batch, threads, |name| {
+        // Added in name order: where two objects list a chunk, the first wins,
+        // whichever thread read it first. A few objects ahead at most are held
+        // decoded (a large repository's are hundreds of MiB together).
+        let mut missing = Vec::new();
+        read_in_order(
+            &live.names,
+            threads,
+            2 * threads,
+            |name| {
                 if listed.as_ref().is_some_and(|l| !l.contains(name)) {
                     return Ok(None);
                 }
@@ -180,14 +190,16 @@ impl Index {
                     Err(RepoError::Store(StoreError::NotFound { .. })) => Ok(None),
                     Err(e) => Err(e),
                 }
-            });
-            for (name, file) in batch.iter().zip(read) {
+            },
+            |name, file: Result<Option<IndexFile>>| -> Result<()> {
                 match file? {
                     Some(file) => builder.add(&file),
-                    None => live.missing.push(name.clone()),
+                    None => missing.push(name.clone()),
                 }
-            }
-        }
+                Ok(())
+            },
+        )?;
+        live.missing.extend(missing);
         Ok(builder.finish())
     }
 
@@ -316,32 +328,66 @@ pub(crate) fn parallel_reads(store: &dyn ObjectStore) -> usize {
     store.max_concurrent_puts().max(cores).clamp(1, 16)
 }
 
-/// `read(item)` for every item, on up to `threads` threads; results in item order.
-pub(crate) fn read_all<T: Sync, R: Send>(
+/// `read(item)` for every item on up to `threads` threads, each result given to `each`
+/// in item order as soon as it and those before it are read. Reads run at most `ahead`
+/// items ahead of `each`, so at most that many results are held at once. The first
+/// error of `each` stops the reads and is returned.
+pub(crate) fn read_in_order<T: Sync, R: Send, E>(
     items: &[T],
     threads: usize,
+    ahead: usize,
     read: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
+    mut each: impl FnMut(&T, R) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let ahead = ahead.max(1);
     let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    // Items given to `each` so far, and whether to stop.
+    let progress = Mutex::new((0usize, false));
+    let moved = Condvar::new();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<(usize, R)>(ahead);
     std::thread::scope(|s| {
-        for _ in 0..threads.min(items.len()) {
-            s.spawn(|| loop {
+        for _ in 0..threads.max(1).min(items.len()) {
+            let done_tx = done_tx.clone();
+            let (next, progress, moved, read) = (&next, &progress, &moved, &read);
+            s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = read(item);
-                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                let Some(item) = items.get(i) else { return };
+                {
+                    let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+                    while !p.1 && i >= p.0 + ahead {
+                        p = moved.wait(p).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if p.1 {
+                        return;
+                    }
+                }
+                // Never blocks: at most `ahead` results are unconsumed.
+                if done_tx.send((i, read(item))).is_err() {
+                    return;
+                }
             });
         }
-    });
-    slots
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .expect("every item was read")
-        })
-        .collect()
+        drop(done_tx);
+        let mut waiting = BTreeMap::new();
+        let mut want = 0;
+        let stop = |progress: &Mutex<(usize, bool)>| {
+            progress.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+            moved.notify_all();
+        };
+        for (i, r) in done_rx.iter() {
+            waiting.insert(i, r);
+            while let Some(r) = waiting.remove(&want) {
+                if let Err(e) = each(&items[want], r) {
+                    stop(&progress);
+                    return Err(e);
+                }
+                want += 1;
+                progress.lock().unwrap_or_else(|p| p.into_inner()).0 = want;
+                moved.notify_all();
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Writes `file` as index objects after making every pack put so far durable (data →
@@ -445,6 +491,47 @@ pub(crate) fn decode_chunk<'a>(
 mod tests {
     use super::*;
     use backlock_core::format::PackEntry;
+
+    #[test]
+    fn reads_in_parallel_come_out_in_order_and_an_error_stops_them() {
+        let items: Vec<u64> = (0..200).collect();
+        let mut seen = Vec::new();
+        let done = read_in_order(
+            &items,
+            4,
+            8,
+            |&i| {
+                // Later items often finish first.
+                std::thread::sleep(std::time::Duration::from_micros((i * 7919) % 500));
+                i * 2
+            },
+            |&i, r| -> std::result::Result<(), ()> {
+                assert_eq!(r, i * 2);
+                seen.push(i);
+                Ok(())
+            },
+        );
+        assert_eq!(done, Ok(()));
+        assert_eq!(seen, items);
+
+        let read = AtomicUsize::new(0);
+        let failed = read_in_order(
+            &items,
+            4,
+            8,
+            |_| read.fetch_add(1, Ordering::Relaxed),
+            |&i, _| if i == 10 { Err(i) } else { Ok(()) },
+        );
+        assert_eq!(failed, Err(10));
+        // Reads stayed within `ahead` of the failure.
+        assert!(read.load(Ordering::Relaxed) <= 10 + 8 + 4);
+    }
+
+    #[test]
+    fn an_entry_is_64_bytes() {
+        // The index is the largest structure a backup holds: 64 bytes per chunk.
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
 
     fn blob(id: ChunkId, seq: u32, base: Option<ChunkId>) -> BlobEntry {
         BlobEntry {

@@ -174,7 +174,11 @@ pub(crate) fn apply(
 ) -> io::Result<()> {
     use rustix::fs::{AtFlags, Mode, Timestamps, CWD};
     let symlink = matches!(node.kind, NodeKind::Symlink(_));
-    if path.symlink_metadata().is_err() {
+    let special = matches!(
+        node.kind,
+        NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice
+    );
+    if special && path.symlink_metadata().is_err() {
         // A device node that could not be made.
         return Ok(());
     }

@@ -550,13 +550,17 @@ impl Restorer<'_> {
         paths.push(self.scratch.to_path_buf());
         holes.push(false);
         // A new file, never one that is already there (a snapshot naming a path twice
-        // is refused, not merged), at its full length.
+        // is refused, not merged). Its chunks' writes give it its length; one with
+        // holes is made at its full length first, as a hole at its end writes nothing.
         in_parallel(&creates, |&(i, len)| {
-            OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&paths[i])
-                .and_then(|f| f.set_len(len))
+                .open(&paths[i])?;
+            match holes[i] {
+                true => file.set_len(len),
+                false => Ok(()),
+            }
         })
         .map_err(|e| self.to_target(e))?;
         for (first, i) in &links {
