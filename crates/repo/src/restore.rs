@@ -29,7 +29,7 @@ use backlock_core::{
 };
 use serde::Serialize;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     ffi::OsStr,
     fs::{self, File, OpenOptions},
     os::unix::{ffi::OsStrExt, fs::FileExt, fs::OpenOptionsExt},
@@ -90,10 +90,9 @@ fn safe_rel(raw: &[u8]) -> Option<PathBuf> {
 
 /// Opens an existing restored entry without following a symlink in its last
 /// component.
-fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
-        .read(!write)
-        .write(write)
+        .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
@@ -216,6 +215,17 @@ impl Repository<Indexed> {
             bytes: 0,
             missed: NotRestored::default(),
         };
+        // Files are created by their first write, so a path named twice would be
+        // merged: refused instead. Trees cannot name one twice (a directory's names
+        // ascend); nodes of an earlier version are checked here.
+        let mut seen = HashSet::new();
+        if let Some(node) = snap.nodes.iter().find(|n| !seen.insert(&n.path)) {
+            return Err(restorer.malformed(format!(
+                "{} is listed twice",
+                String::from_utf8_lossy(&node.path)
+            )));
+        }
+        drop(seen);
         crate::trees::for_each_node(
             &*self.store,
             &self.keys,
@@ -549,9 +559,11 @@ impl Restorer<'_> {
         }
         paths.push(self.scratch.to_path_buf());
         holes.push(false);
-        // A new file, never one that is already there (a snapshot naming a path twice
-        // is refused, not merged). Its chunks' writes give it its length; one with
-        // holes is made at its full length first, as a hole at its end writes nothing.
+        // A file with content is created by the first write of it (one open per
+        // file, not two: on a small file the opens are most of the cost). An empty
+        // one is made here, and one with holes at its full length, as a hole at its
+        // end writes nothing.
+        creates.retain(|&(i, len)| len == 0 || holes[i]);
         in_parallel(&creates, |&(i, len)| {
             let file = OpenOptions::new()
                 .write(true)
@@ -563,9 +575,6 @@ impl Restorer<'_> {
             }
         })
         .map_err(|e| self.to_target(e))?;
-        for (first, i) in &links {
-            fs::hard_link(first, &paths[*i]).map_err(|e| self.to_target(e))?;
-        }
         let (placed, scratch_len) = repo.place_bases(&mut whole, &deltas, paths.len() - 1)?;
         if scratch_len > 0 {
             let _ = fs::remove_file(self.scratch);
@@ -583,7 +592,7 @@ impl Restorer<'_> {
                 .ok_or_else(|| bad_base(&base, "a delta's base is in no index object"))?;
             let path = &paths[file as usize];
             let mut buf = vec![0u8; index.raw_length(slot) as usize];
-            open_nofollow(path, false)
+            open_nofollow(path)
                 .and_then(|f| f.read_exact_at(&mut buf, offset))
                 .map_err(|source| RepoError::Target {
                     path: path.clone(),
@@ -592,6 +601,10 @@ impl Restorer<'_> {
             Ok(Some(buf))
         };
         repo.run_plan(deltas, &paths, &holes, &read_base)?;
+        // Every file of the batch exists now.
+        for (first, i) in &links {
+            fs::hard_link(first, &paths[*i]).map_err(|e| self.to_target(e))?;
+        }
         // Setting a file's metadata leaves its directory's times alone: files on
         // several threads, as soon as they are written.
         apply_all(&batch, self.recorded, &mut self.missed).map_err(|e| self.to_target(e))
@@ -770,8 +783,13 @@ impl<'a> Writer<'a> {
                 if self.files.len() == OPEN_FILES {
                     self.files.pop_front();
                 }
-                self.files
-                    .push_back((file, open_nofollow(path, true).map_err(target)?));
+                // Created here unless made already (see `restore_batch`).
+                let opened = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path);
+                self.files.push_back((file, opened.map_err(target)?));
                 self.files.len() - 1
             }
         };

@@ -105,9 +105,11 @@ pub(crate) fn for_each_node(
     Ok(trees)
 }
 
-/// Tree packs kept in memory while a snapshot's trees are read: a snapshot's trees
-/// come from few packs, the newest first.
-const PACKS_KEPT: usize = 8;
+/// Tree packs kept in memory while a snapshot's trees are read. A walk reads each
+/// directory's tree once, mostly in the order the packs were written (a backup
+/// stores trees as it leaves directories), so a few suffice; a pack dropped too soon
+/// is read again from the local cache, and each kept one is up to a pack's size.
+const PACKS_KEPT: usize = 3;
 
 /// Reads trees from their packs, each pack fetched whole once (a tree pack holds only
 /// trees, a backup's worth of changed directories), so a snapshot of thousands of

@@ -897,6 +897,36 @@ fn a_crafted_symlink_never_lets_restore_write_outside_its_target() {
     assert!(!target.exists());
 }
 
+/// Restore creates a file by its first write: a snapshot naming one path twice (only
+/// a version-1 or -2 list of nodes can) is refused, never two files merged into one.
+#[test]
+fn a_crafted_snapshot_naming_a_path_twice_is_refused() {
+    let f = Fixture::fs();
+    let src = tree::write_sample(f.dir.path(), 3);
+    f.backup(&src);
+    let repo = f.repo();
+    let refs = repo.snapshot_refs().unwrap();
+    let mut snap = repo.load_snapshot_nodes(refs.last().unwrap()).unwrap();
+    snap.root.clear();
+    let at = snap
+        .nodes
+        .iter()
+        .position(|n| n.path == b"chat/notes.txt")
+        .unwrap();
+    let again = snap.nodes[at].clone();
+    snap.nodes.insert(at + 1, again);
+    snap.seq += 1;
+    commit_crafted(&f, &snap);
+
+    let target = f.dir.path().join("restored");
+    let e = f.restore_latest(&target).unwrap_err();
+    assert!(
+        matches!(e, RepoError::Damaged { .. }) && e.to_string().contains("listed twice"),
+        "{e}"
+    );
+    assert!(!target.exists());
+}
+
 /// Issue 18 (5): setuid and setgid are restored only with the owner: a restored
 /// program must not run as whoever restores it. Run as root here, the owner is
 /// restored (and so are the bits); the CLI test `cli.rs` restores as `nobody`.
