@@ -77,7 +77,9 @@ impl Repository<Open> {
             match self.authenticate(r)? {
                 Ok(mut snap) => {
                     let name = r.name.to_hex();
-                    match crate::trees::read_nodes(
+                    // Node by node: a snapshot of millions of files is never held whole.
+                    let mut missing = 0;
+                    let read = crate::trees::for_each_node(
                         &*self.store,
                         &self.keys,
                         &index,
@@ -85,7 +87,13 @@ impl Repository<Open> {
                         None,
                         &name,
                         &mut snap,
-                    ) {
+                        &mut |n| {
+                            missing += n.chunks.iter().filter(|c| !index.contains(c)).count();
+                            used.extend(n.chunks);
+                            Ok(())
+                        },
+                    );
+                    match read {
                         Ok(trees) => used.extend(trees),
                         Err(e @ RepoError::Interrupted) => return Err(e),
                         Err(e) => report.errors.push(format!(
@@ -94,12 +102,6 @@ impl Repository<Open> {
                             r.seq
                         )),
                     }
-                    let missing = snap
-                        .nodes
-                        .iter()
-                        .flat_map(|n| &n.chunks)
-                        .filter(|c| !index.contains(c))
-                        .count();
                     if missing > 0 {
                         report.errors.push(format!(
                             "snapshot {} (#{}) needs {missing} chunks that no index lists: their pack or index object is missing",
@@ -107,7 +109,6 @@ impl Repository<Open> {
                             r.seq
                         ));
                     }
-                    used.extend(snap.nodes.iter().flat_map(|n| n.chunks.iter().copied()));
                 }
                 Err(bad) => report.errors.push(bad.to_string()),
             }

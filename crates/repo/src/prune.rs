@@ -107,10 +107,21 @@ impl Repository<Indexed> {
         let rejected = self.authentic_snapshots(|r, mut snap| {
             // A tree that cannot be read may name chunks: nothing is freed then.
             let name = r.name.to_hex();
-            let read = crate::trees::read_nodes(store, keys, index, cache, &name, &mut snap)?;
+            // Node by node: a snapshot of millions of files is never held whole.
+            let read = crate::trees::for_each_node(
+                store,
+                keys,
+                index,
+                cache,
+                &name,
+                &mut snap,
+                &mut |n| {
+                    used.extend(n.chunks);
+                    Ok(())
+                },
+            )?;
             trees.extend(read.iter().copied());
             used.extend(read);
-            used.extend(snap.nodes.into_iter().flat_map(|n| n.chunks));
             Ok(())
         })?;
         // A damaged snapshot may be a real one whose data is still here: prune frees

@@ -28,7 +28,7 @@ pub mod step {
     /// Every step of a prune.
     pub const PRUNE: [&str; 2] = [PRUNE_PLANNED, PRUNE_INDEXED];
 
-    /// Backup: the source listed; no file read yet.
+    /// Backup: the first batch of the source listed (all of a small one); no file read yet.
     pub const BACKUP_WALKED: &str = "backup:walked";
     /// Backup: every pack indexed and flushed; the snapshot not yet written.
     pub const BACKUP_INDEXED: &str = "backup:indexed";
