@@ -20,10 +20,11 @@ use crate::{
     bases::BaseReader,
     cache::RepoCache,
     error::{RepoError, Result},
-    index::write_index_object,
+    index::{write_index_object, Spill},
     metadata::{self, Owners},
     now_unix_ns,
     readahead::ReadAhead,
+    spill::{unreadable, IdTable},
     sqlite,
     testhook::{pause, step},
     trees,
@@ -51,7 +52,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Mutex,
+        Mutex, RwLock,
     },
     time::Instant,
 };
@@ -489,30 +490,76 @@ impl ProduceState<'_> {
 /// each behind its own lock, so the producers rarely wait for each other. A list costs
 /// the IDs' 32 bytes and grows by a quarter; a hash set costs 38 to 75 bytes per ID
 /// (it doubles, and keeps an eighth empty), which at a million new chunks was 70 MiB.
-/// Chunk IDs are keyed hashes, so prefixes spread them evenly: a list holds about
-/// 150 IDs at ten million chunks, and an insertion moves a few kilobytes at most.
-struct NewChunks(Box<[Mutex<Vec<ChunkId>>]>);
+/// Chunk IDs are keyed hashes, so prefixes spread them evenly and the lists, in prefix
+/// order, are the IDs sorted. Past the repository's in-memory limit they go to a
+/// scratch file ([`IdTable`]), so that a first backup of ten million files keeps
+/// 2 bytes per chunk, not 40.
+struct NewChunks {
+    lists: Box<[Mutex<Vec<ChunkId>>]>,
+    /// IDs in the lists.
+    held: AtomicUsize,
+    /// IDs moved out of the lists; written only with every insertion kept out.
+    spilled: RwLock<Vec<IdTable>>,
+    spill: Spill,
+}
 
 impl NewChunks {
-    fn new() -> Self {
-        NewChunks((0..1 << 16).map(|_| Mutex::new(Vec::new())).collect())
+    fn new(spill: Spill) -> Self {
+        NewChunks {
+            lists: (0..1 << 16).map(|_| Mutex::new(Vec::new())).collect(),
+            held: AtomicUsize::new(0),
+            spilled: RwLock::new(Vec::new()),
+            spill,
+        }
     }
 
     /// Adds `id`; true if it was not there yet.
-    fn insert(&self, id: ChunkId) -> bool {
-        let shard = &self.0[usize::from(u16::from_be_bytes([id.0[0], id.0[1]]))];
-        let mut list = shard.lock().unwrap_or_else(|p| p.into_inner());
+    fn insert(&self, id: ChunkId) -> Result<bool> {
+        let spilled = self.spilled.read().unwrap_or_else(|p| p.into_inner());
+        for table in spilled.iter() {
+            if table.contains(&id).unwrap_or_else(|e| unreadable(e)) {
+                return Ok(false);
+            }
+        }
+        let list = &self.lists[usize::from(u16::from_be_bytes([id.0[0], id.0[1]]))];
+        let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
         match list.binary_search(&id) {
-            Ok(_) => false,
+            Ok(_) => return Ok(false),
             Err(at) => {
                 if list.len() == list.capacity() {
                     let more = list.len() / 4 + 2;
                     list.reserve_exact(more);
                 }
                 list.insert(at, id);
-                true
             }
         }
+        drop(list);
+        if self.held.fetch_add(1, Ordering::Relaxed) + 1 >= self.spill.in_memory {
+            drop(spilled);
+            self.move_to_disk()?;
+        }
+        Ok(true)
+    }
+
+    /// Moves the lists' IDs to a scratch file, unless another thread just did.
+    fn move_to_disk(&self) -> Result<()> {
+        let mut spilled = self.spilled.write().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.load(Ordering::Relaxed);
+        if held < self.spill.in_memory {
+            return Ok(());
+        }
+        let lists = self
+            .lists
+            .iter()
+            .flat_map(|list| std::mem::take(&mut *list.lock().unwrap_or_else(|p| p.into_inner())));
+        let table =
+            IdTable::write(&self.spill.dir, held, lists).map_err(|source| RepoError::Scratch {
+                path: self.spill.dir.clone(),
+                source,
+            })?;
+        spilled.push(table);
+        self.held.store(0, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -543,16 +590,16 @@ impl Producer<'_> {
         &mut self,
         data: Vec<u8>,
         previous: Option<(ChunkId, bool)>,
-    ) -> Result<ChunkId, Stopped> {
+    ) -> Result<Result<ChunkId, Stopped>> {
         let sh = self.shared;
         if sh.stop.load(Ordering::Relaxed) {
-            return Err(Stopped);
+            return Ok(Err(Stopped));
         }
         let id = ChunkId::compute(sh.keys, &data);
         let len = data.len() as u64;
         sh.bytes_read.fetch_add(len, Ordering::Relaxed);
         sh.bytes_done.fetch_add(len, Ordering::Relaxed);
-        let is_new = !sh.index.contains(&id) && sh.new.insert(id);
+        let is_new = !sh.index.contains(&id) && sh.new.insert(id)?;
         if !is_new {
             sh.chunk_pool.give(data);
         } else {
@@ -580,14 +627,20 @@ impl Producer<'_> {
                     self.window_bytes += job.data.len();
                     self.window.push((job, base));
                     if self.window_bytes >= BASE_WINDOW_BYTES {
-                        self.flush_window()?;
+                        if let Err(s) = self.flush_window() {
+                            return Ok(Err(s));
+                        }
                     }
                 }
-                None => self.jobs.send(job).map_err(|_| Stopped)?,
+                None => {
+                    if self.jobs.send(job).is_err() {
+                        return Ok(Err(Stopped));
+                    }
+                }
             }
         }
         sh.report();
-        Ok(id)
+        Ok(Ok(id))
     }
 
     /// Reads the bases of the waiting runs and sends them to the workers. A base
@@ -662,7 +715,7 @@ impl Producer<'_> {
                 .chunks
                 .get(count)
                 .map(|&p| (p, count + 1 == parent_count));
-            let id = match self.chunk(chunk, previous) {
+            let id = match self.chunk(chunk, previous)? {
                 Ok(id) => id,
                 Err(s) => return Ok(Err(s)),
             };
@@ -1097,7 +1150,7 @@ impl Repository<Indexed> {
         let produce_state = ProduceState {
             keys,
             index: &self.state.index,
-            new: NewChunks::new(),
+            new: NewChunks::new(self.spill()),
             progress: opts.progress,
             bytes_total: AtomicU64::new(0),
             files_total: AtomicU64::new(0),
@@ -1334,22 +1387,32 @@ mod tests {
     /// order of insertion.
     #[test]
     fn new_chunks_says_new_once_per_id() {
-        let set = NewChunks::new();
-        let mut ids: Vec<ChunkId> = (0..5000u32)
-            .map(|i| {
-                let mut id = [0u8; 32];
-                // Many in one list: few prefixes, the rest varies.
-                id[1] = (i % 3) as u8;
-                id[2..6].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
-                ChunkId(id)
-            })
-            .collect();
-        assert!(ids.iter().all(|&id| set.insert(id)));
-        ids.reverse();
-        assert!(ids.iter().all(|&id| !set.insert(id)));
-        let list = set.0[0].lock().unwrap();
-        assert_eq!(list.len(), 1667);
-        assert!(list.windows(2).all(|w| w[0] < w[1]));
+        let dir = tempfile::tempdir().unwrap();
+        // In memory, and moved to scratch files every 700 IDs.
+        for in_memory in [crate::index::DEFAULT_IN_MEMORY, 700] {
+            let set = NewChunks::new(Spill {
+                dir: dir.path().into(),
+                in_memory,
+            });
+            let mut ids: Vec<ChunkId> = (0..5000u32)
+                .map(|i| {
+                    let mut id = [0u8; 32];
+                    // Many in one list: few prefixes, the rest varies.
+                    id[1] = (i % 3) as u8;
+                    id[2..6].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+                    ChunkId(id)
+                })
+                .collect();
+            assert!(ids.iter().all(|&id| set.insert(id).unwrap()));
+            ids.reverse();
+            assert!(ids.iter().all(|&id| !set.insert(id).unwrap()));
+            let list = set.lists[0].lock().unwrap();
+            assert!(list.windows(2).all(|w| w[0] < w[1]));
+            match in_memory {
+                700 => assert_eq!(set.spilled.read().unwrap().len(), 5000 / 700),
+                _ => assert_eq!(list.len(), 1667),
+            }
+        }
     }
 
     /// Kept chunk buffers are cut back to the pool's limit, so the memory a long backup

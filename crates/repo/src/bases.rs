@@ -183,13 +183,15 @@ mod tests {
             .put(ObjectKind::Pack, &name.to_hex(), &sealer.finish())
             .unwrap();
         let mut builder = IndexBuilder::default();
-        builder.add(&IndexFile {
-            packs: vec![PackEntry {
-                pack: name,
-                blobs: blobs.clone(),
-            }],
-        });
-        let index = builder.finish();
+        builder
+            .add(&IndexFile {
+                packs: vec![PackEntry {
+                    pack: name,
+                    blobs: blobs.clone(),
+                }],
+            })
+            .unwrap();
+        let index = builder.finish().unwrap();
         // Far pages first (a header of its own), then near and scattered ones.
         for wanted in [vec![500, 599], vec![0, 3, 250, 251, 420]] {
             let mut reader = BaseReader::new(&store, &keys, &index);

@@ -78,6 +78,11 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl RepoCache {
+    /// This repository's directory in the cache.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn kind_dir(&self, kind: ObjectKind) -> PathBuf {
         self.dir.join(kind.as_str())
     }

@@ -48,10 +48,10 @@ impl Repository<Open> {
         for (name, reason) in &live.rejected {
             report.notes.push(format!("index set object {name} does not count: {reason} (made up, damaged, or sealed under the other key of a rotation in progress); `backlock prune` removes it"));
         }
-        let mut builder = IndexBuilder::default();
+        let mut builder = IndexBuilder::new(self.spill());
         for name in &live.names {
             match read_index_object(&*self.store, &self.keys, name) {
-                Ok(file) => builder.add(&file),
+                Ok(file) => builder.add(&file)?,
                 Err(RepoError::WrongKey) => return Err(RepoError::WrongKey),
                 Err(RepoError::Store(backlock_store::StoreError::NotFound { .. })) => {
                     report.errors.push(format!(
@@ -62,7 +62,7 @@ impl Repository<Open> {
             }
             report.index_objects += 1;
         }
-        let index = builder.finish();
+        let index = builder.finish()?;
         let named: HashSet<&String> = live.names.iter().collect();
         let unnamed = self
             .listed(ObjectKind::Index)?

@@ -150,6 +150,15 @@ pub enum RepoError {
         /// The target.
         path: PathBuf,
     },
+    /// The scratch file of an index too large for memory could not be written.
+    #[error("cannot write the index's scratch file in {path}: {source}. A repository this large keeps its index on disk (64 bytes per chunk): free space there, or point the cache (XDG_CACHE_HOME) or, with --no-cache, TMPDIR at a disk with room, and run the command again")]
+    Scratch {
+        /// The directory of the scratch file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The device's own state (under BACKLOCK_HOME) could not be read or written.
     #[error("cannot use this device's backlock state at {path}: {source}")]
     Device {

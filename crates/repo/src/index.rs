@@ -1,10 +1,14 @@
-//! The in-memory index: where each chunk is stored.
+//! The index: where each chunk is stored.
 //!
 //! A repository holds one blob per distinct chunk, and a chat database alone is one
 //! chunk per 16 KiB run of pages, so the index is the largest structure a backup or restore
 //! keeps. It is a sorted table of 64-byte entries (pack names and delta bases are kept
-//! once, in side tables) found through a table of ID prefixes: chunk IDs are keyed
-//! MACs, so they spread evenly and a prefix bucket holds a handful of entries.
+//! once, in side tables). Up to a limit ([`DEFAULT_IN_MEMORY`] entries unless the
+//! repository was opened with another) the table is in memory, found through a table
+//! of ID prefixes: chunk IDs are keyed MACs, so they spread evenly and a prefix bucket
+//! holds a handful of entries. A larger one is kept in a scratch file ([`crate::spill`])
+//! and read a page per lookup, so that memory stays flat however many files a
+//! repository holds.
 
 use crate::cache::RepoCache;
 use crate::error::{RepoError, Result};
@@ -41,18 +45,40 @@ pub(crate) struct Slot(u32);
 
 /// One indexed blob. Pack and base are numbers into [`Index`]'s side tables.
 #[derive(Clone, Copy, Debug)]
-struct Entry {
-    id: ChunkId,
-    offset: u64,
-    pack: u32,
-    seq: u32,
-    length: u32,
-    raw_length: u32,
+pub(crate) struct Entry {
+    pub(crate) id: ChunkId,
+    pub(crate) offset: u64,
+    pub(crate) pack: u32,
+    pub(crate) seq: u32,
+    pub(crate) length: u32,
+    pub(crate) raw_length: u32,
     /// 1 + the base's position in `bases` for a delta blob; 0 for a whole blob.
-    base: u32,
+    pub(crate) base: u32,
     /// Its place in the order entries were added (it fits the struct's padding): of
     /// two entries of one ID, the first added is kept.
-    added: u32,
+    pub(crate) added: u32,
+}
+
+/// Index entries kept in memory by default: 16 MiB. A repository of a million small
+/// files has about a million; its index goes to a scratch file.
+pub const DEFAULT_IN_MEMORY: usize = 1 << 18;
+
+/// Where an index larger than its in-memory limit goes.
+#[derive(Clone, Debug)]
+pub(crate) struct Spill {
+    /// The directory of the scratch files.
+    pub(crate) dir: std::path::PathBuf,
+    /// Entries held in memory at most.
+    pub(crate) in_memory: usize,
+}
+
+impl Default for Spill {
+    fn default() -> Self {
+        Spill {
+            dir: std::env::temp_dir(),
+            in_memory: DEFAULT_IN_MEMORY,
+        }
+    }
 }
 
 /// Bits of a chunk ID that pick its bucket in the prefix table.
@@ -65,41 +91,81 @@ fn prefix(id: &ChunkId) -> usize {
 /// All index objects, merged.
 #[derive(Debug)]
 pub struct Index {
-    /// Sorted by ID, one entry per ID.
-    entries: Vec<Entry>,
-    /// `entries[starts[p]..starts[p + 1]]` are the entries whose ID has prefix `p`.
-    starts: Vec<u32>,
+    table: Table,
     packs: Vec<ObjectName>,
     bases: Vec<ChunkId>,
 }
 
+/// The entries, sorted by ID, one per ID.
+#[derive(Debug)]
+enum Table {
+    Memory {
+        entries: Vec<Entry>,
+        /// `entries[starts[p]..starts[p + 1]]` are the entries whose ID has prefix `p`.
+        starts: Vec<u32>,
+    },
+    Spilled(crate::spill::Table),
+}
+
 impl Default for Index {
     fn default() -> Self {
-        IndexBuilder::default().finish()
+        Index {
+            table: Table::memory(Vec::new()),
+            packs: Vec::new(),
+            bases: Vec::new(),
+        }
+    }
+}
+
+impl Table {
+    fn memory(entries: Vec<Entry>) -> Self {
+        let mut starts = Vec::with_capacity((1 << PREFIX_BITS) + 1);
+        let mut at = 0;
+        for p in 0..=(1usize << PREFIX_BITS) {
+            while at < entries.len() && prefix(&entries[at].id) < p {
+                at += 1;
+            }
+            starts.push(at as u32);
+        }
+        Table::Memory { entries, starts }
     }
 }
 
 /// Collects index objects; [`IndexBuilder::finish`] sorts them into an [`Index`].
 #[derive(Default)]
 pub(crate) struct IndexBuilder {
+    /// The entries not yet spilled, at most `spill.in_memory`.
     entries: Vec<Entry>,
+    spill: Spill,
+    runs: Option<crate::spill::Runs>,
+    added: u32,
     packs: Vec<ObjectName>,
     pack_numbers: HashMap<ObjectName, u32>,
     bases: Vec<ChunkId>,
 }
 
 impl IndexBuilder {
+    /// A builder that keeps at most `spill.in_memory` entries in memory.
+    pub(crate) fn new(spill: Spill) -> Self {
+        IndexBuilder {
+            spill,
+            ..IndexBuilder::default()
+        }
+    }
+
     /// Adds the blobs of one index object. Where two objects list the same chunk, the
     /// one added first wins, as it always has.
-    pub(crate) fn add(&mut self, file: &IndexFile) {
+    pub(crate) fn add(&mut self, file: &IndexFile) -> Result<()> {
         for pack in &file.packs {
             let next = self.packs.len() as u32;
             let number = *self.pack_numbers.entry(pack.pack).or_insert(next);
             if number == next {
                 self.packs.push(pack.pack);
             }
-            self.entries.reserve(pack.blobs.len());
             for blob in &pack.blobs {
+                if self.entries.len() >= self.spill.in_memory.max(1) {
+                    self.spill_run()?;
+                }
                 let base = match blob.base {
                     None => 0,
                     Some(b) => {
@@ -115,33 +181,58 @@ impl IndexBuilder {
                     length: blob.length,
                     raw_length: blob.raw_length,
                     base,
-                    added: self.entries.len() as u32,
+                    added: self.added,
                 });
+                self.added += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Sorts the entries in memory and moves them to a run in the scratch file.
+    fn spill_run(&mut self) -> Result<()> {
+        self.entries.sort_unstable_by_key(|e| (e.id, e.added));
+        let runs = match &mut self.runs {
+            Some(runs) => runs,
+            None => {
+                let runs = crate::spill::Runs::new(&self.spill.dir).map_err(|e| self.scratch(e))?;
+                self.runs.insert(runs)
+            }
+        };
+        let pushed = runs.push(&self.entries);
+        pushed.map_err(|e| self.scratch(e))?;
+        self.entries.clear();
+        Ok(())
+    }
+
+    fn scratch(&self, source: std::io::Error) -> RepoError {
+        RepoError::Scratch {
+            path: self.spill.dir.clone(),
+            source,
         }
     }
 
-    pub(crate) fn finish(self) -> Index {
-        let mut entries = self.entries;
+    pub(crate) fn finish(mut self) -> Result<Index> {
         // In place (a stable sort's scratch space would be half the index again);
         // among entries of one ID the first added comes first and is kept.
-        entries.sort_unstable_by_key(|e| (e.id, e.added));
-        entries.dedup_by(|later, kept| later.id == kept.id);
-        entries.shrink_to_fit();
-        let mut starts = Vec::with_capacity((1 << PREFIX_BITS) + 1);
-        let mut at = 0;
-        for p in 0..=(1usize << PREFIX_BITS) {
-            while at < entries.len() && prefix(&entries[at].id) < p {
-                at += 1;
+        self.entries.sort_unstable_by_key(|e| (e.id, e.added));
+        let table = match self.runs.take() {
+            None => {
+                let mut entries = std::mem::take(&mut self.entries);
+                entries.dedup_by(|later, kept| later.id == kept.id);
+                entries.shrink_to_fit();
+                Table::memory(entries)
             }
-            starts.push(at as u32);
-        }
-        Index {
-            entries,
-            starts,
+            Some(runs) => {
+                let merged = runs.merge(&self.entries, &self.spill.dir);
+                Table::Spilled(merged.map_err(|e| self.scratch(e))?)
+            }
+        };
+        Ok(Index {
+            table,
             packs: self.packs,
             bases: self.bases,
-        }
+        })
     }
 }
 
@@ -154,6 +245,7 @@ impl Index {
         keys: &RepoKeys,
         live: &mut crate::indexset::LiveIndexes,
         cache: Option<&RepoCache>,
+        spill: Spill,
     ) -> Result<Self> {
         let listed: Option<HashSet<String>> = match cache {
             Some(cache) => {
@@ -171,7 +263,7 @@ impl Index {
             }
             None => None,
         };
-        let mut builder = IndexBuilder::default();
+        let mut builder = IndexBuilder::new(spill);
         let threads = parallel_reads(store);
         // Added in name order: where two objects list a chunk, the first wins,
         // whichever thread read it first. A few objects ahead at most are held
@@ -193,30 +285,61 @@ impl Index {
             },
             |name, file: Result<Option<IndexFile>>| -> Result<()> {
                 match file? {
-                    Some(file) => builder.add(&file),
+                    Some(file) => builder.add(&file)?,
                     None => missing.push(name.clone()),
                 }
                 Ok(())
             },
         )?;
         live.missing.extend(missing);
-        Ok(builder.finish())
+        builder.finish()
     }
 
     /// The slot of `id`, if it is indexed.
     pub(crate) fn slot(&self, id: &ChunkId) -> Option<Slot> {
-        let p = prefix(id);
-        let (from, to) = (self.starts[p] as usize, self.starts[p + 1] as usize);
-        let bucket = &self.entries[from..to];
-        bucket
-            .binary_search_by(|e| e.id.cmp(id))
-            .ok()
-            .map(|i| Slot((from + i) as u32))
+        match &self.table {
+            Table::Memory { entries, starts } => {
+                let p = prefix(id);
+                let (from, to) = (starts[p] as usize, starts[p + 1] as usize);
+                entries[from..to]
+                    .binary_search_by(|e| e.id.cmp(id))
+                    .ok()
+                    .map(|i| Slot((from + i) as u32))
+            }
+            Table::Spilled(table) => table
+                .find(id)
+                .unwrap_or_else(|e| crate::spill::unreadable(e))
+                .map(|(i, _)| Slot(i as u32)),
+        }
+    }
+
+    /// The slot of `id` and its entry, if it is indexed: one read of a large index.
+    pub(crate) fn lookup(&self, id: &ChunkId) -> Option<(Slot, Entry)> {
+        match &self.table {
+            Table::Memory { entries, .. } => self.slot(id).map(|s| (s, entries[s.0 as usize])),
+            Table::Spilled(table) => table
+                .find(id)
+                .unwrap_or_else(|e| crate::spill::unreadable(e))
+                .map(|(i, e)| (Slot(i as u32), e)),
+        }
+    }
+
+    /// The entry in `slot`.
+    fn entry(&self, slot: Slot) -> Entry {
+        match &self.table {
+            Table::Memory { entries, .. } => entries[slot.0 as usize],
+            Table::Spilled(table) => table
+                .entry(slot.0 as usize)
+                .unwrap_or_else(|e| crate::spill::unreadable(e)),
+        }
     }
 
     /// Where the blob in `slot` is stored.
     pub(crate) fn location(&self, slot: Slot) -> Location {
-        let e = &self.entries[slot.0 as usize];
+        self.located(&self.entry(slot))
+    }
+
+    fn located(&self, e: &Entry) -> Location {
         Location {
             pack: self.packs[e.pack as usize],
             blob: BlobEntry {
@@ -232,18 +355,18 @@ impl Index {
 
     /// True when the blob in `slot` is a delta.
     pub(crate) fn is_delta(&self, slot: Slot) -> bool {
-        self.entries[slot.0 as usize].base != 0
+        self.entry(slot).base != 0
     }
 
     /// Length of the chunk in `slot`.
     pub(crate) fn raw_length(&self, slot: Slot) -> u32 {
-        self.entries[slot.0 as usize].raw_length
+        self.entry(slot).raw_length
     }
 
     /// Sorts slots into read order: pack by pack, in the order the index lists the
     /// packs (the order they were written), by offset within a pack.
     pub(crate) fn read_order(&self, slot: Slot) -> (u32, u64) {
-        let e = &self.entries[slot.0 as usize];
+        let e = self.entry(slot);
         (e.pack, e.offset)
     }
 
@@ -259,20 +382,34 @@ impl Index {
 
     /// Number of chunks indexed.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.table {
+            Table::Memory { entries, .. } => entries.len(),
+            Table::Spilled(table) => table.len(),
+        }
     }
 
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// True when the index is kept in a scratch file rather than in memory.
+    pub fn is_spilled(&self) -> bool {
+        matches!(self.table, Table::Spilled(_))
     }
 
     /// The indexed blobs of each pack.
     pub(crate) fn by_pack(&self) -> HashMap<ObjectName, Vec<BlobEntry>> {
         let mut out: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
-        for slot in 0..self.entries.len() {
-            let loc = self.location(Slot(slot as u32));
+        let add = |e: Entry| {
+            let loc = self.located(&e);
             out.entry(loc.pack).or_default().push(loc.blob);
+        };
+        match &self.table {
+            Table::Memory { entries, .. } => entries.iter().copied().for_each(add),
+            Table::Spilled(table) => table
+                .for_each(add)
+                .unwrap_or_else(|e| crate::spill::unreadable(e)),
         }
         out
     }
@@ -569,33 +706,43 @@ mod tests {
                 },
             ],
         };
-        let mut builder = IndexBuilder::default();
-        builder.add(&file);
-        let index = builder.finish();
-        assert_eq!(index.len(), ids.len());
-        for (i, want) in file
-            .packs
-            .iter()
-            .flat_map(|p| p.blobs.iter().map(|b| (p.pack, *b)))
-            .enumerate()
-        {
-            let got = index.get(&ids[i]).expect("indexed");
-            assert_eq!(
-                got,
-                Location {
-                    pack: want.0,
-                    blob: want.1
-                }
-            );
-            assert_eq!(
-                index.is_delta(index.slot(&ids[i]).unwrap()),
-                want.1.base.is_some()
-            );
+        // In memory, and in a scratch file in runs of 7 entries.
+        for (in_memory, spilled) in [(DEFAULT_IN_MEMORY, false), (7, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let spill = Spill {
+                dir: dir.path().into(),
+                in_memory,
+            };
+            let mut builder = IndexBuilder::new(spill);
+            builder.add(&file).unwrap();
+            let index = builder.finish().unwrap();
+            assert_eq!(index.is_spilled(), spilled);
+            assert_eq!(index.len(), ids.len());
+            for (i, want) in file
+                .packs
+                .iter()
+                .flat_map(|p| p.blobs.iter().map(|b| (p.pack, *b)))
+                .enumerate()
+            {
+                let got = index.get(&ids[i]).expect("indexed");
+                assert_eq!(
+                    got,
+                    Location {
+                        pack: want.0,
+                        blob: want.1
+                    }
+                );
+                assert_eq!(
+                    index.is_delta(index.slot(&ids[i]).unwrap()),
+                    want.1.base.is_some()
+                );
+            }
+            for n in 5000..7000 {
+                assert!(!index.contains(&id(n)));
+            }
+            assert!(!index.contains(&ChunkId([0x80; 32])));
+            assert_eq!(index.by_pack()[&b].len(), ids.len() - 2500);
         }
-        for n in 5000..7000 {
-            assert!(!index.contains(&id(n)));
-        }
-        assert!(!index.contains(&ChunkId([0x80; 32])));
         assert_eq!(Index::default().get(&ids[0]), None);
     }
 
@@ -608,18 +755,25 @@ mod tests {
                 blobs: vec![blob(id(7), seq, None), blob(id(seq), seq, None)],
             }],
         };
-        let mut builder = IndexBuilder::default();
-        builder.add(&one(a, 1));
-        builder.add(&one(b, 2));
-        builder.add(&one(a, 3));
-        let index = builder.finish();
-        assert_eq!(index.len(), 4);
-        let loc = index.get(&id(7)).unwrap();
-        assert_eq!((loc.pack, loc.blob.seq), (a, 1));
-        // A pack listed by two objects is one pack.
-        assert_eq!(index.by_pack().len(), 2);
-        assert_eq!(index.by_pack()[&a].len(), 3);
-        let (s1, s3) = (index.slot(&id(1)).unwrap(), index.slot(&id(3)).unwrap());
-        assert_eq!(index.read_order(s1).0, index.read_order(s3).0);
+        for in_memory in [DEFAULT_IN_MEMORY, 1, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let spill = Spill {
+                dir: dir.path().into(),
+                in_memory,
+            };
+            let mut builder = IndexBuilder::new(spill);
+            builder.add(&one(a, 1)).unwrap();
+            builder.add(&one(b, 2)).unwrap();
+            builder.add(&one(a, 3)).unwrap();
+            let index = builder.finish().unwrap();
+            assert_eq!(index.len(), 4);
+            let loc = index.get(&id(7)).unwrap();
+            assert_eq!((loc.pack, loc.blob.seq), (a, 1));
+            // A pack listed by two objects is one pack.
+            assert_eq!(index.by_pack().len(), 2);
+            assert_eq!(index.by_pack()[&a].len(), 3);
+            let (s1, s3) = (index.slot(&id(1)).unwrap(), index.slot(&id(3)).unwrap());
+            assert_eq!(index.read_order(s1).0, index.read_order(s3).0);
+        }
     }
 }

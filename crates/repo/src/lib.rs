@@ -23,6 +23,7 @@ mod prune;
 mod readahead;
 mod restore;
 mod rotate;
+mod spill;
 mod sqlite;
 pub mod testhook;
 mod trees;
@@ -80,6 +81,9 @@ pub struct Repository<S = Open> {
     /// The largest object payload this writer writes ([`format::MAX_OBJECT_PLAINTEXT`],
     /// the readers' limit; smaller only in tests of the boundary).
     object_limit: u64,
+    /// Index entries held in memory at most; past it the index is kept in a scratch file
+    /// (the cache directory, or the temporary directory without a cache).
+    index_in_memory: usize,
     /// This repository's part of the local object cache (none: every object is read
     /// from the store, as `check` does).
     cache: Option<Arc<cache::RepoCache>>,
@@ -157,6 +161,7 @@ impl Repository<Open> {
             home,
             hidden: Arc::default(),
             object_limit: format::MAX_OBJECT_PLAINTEXT,
+            index_in_memory: index::DEFAULT_IN_MEMORY,
             cache: None,
             state: Open,
         })
@@ -193,6 +198,7 @@ impl Repository<Open> {
             home,
             hidden,
             object_limit: format::MAX_OBJECT_PLAINTEXT,
+            index_in_memory: index::DEFAULT_IN_MEMORY,
             cache: None,
             state: Open,
         })
@@ -215,7 +221,13 @@ impl Repository<Open> {
         testhook::pause(testhook::step::LOCKED);
         let mut live = self.live_indexes()?;
         live.record(&self.home, &self.id())?;
-        let index = Index::load(&*self.store, &self.keys, &mut live, self.cache.as_deref())?;
+        let index = Index::load(
+            &*self.store,
+            &self.keys,
+            &mut live,
+            self.cache.as_deref(),
+            self.spill(),
+        )?;
         if let Some(cache) = &self.cache {
             cache.trim();
         }
@@ -226,6 +238,7 @@ impl Repository<Open> {
             home: self.home,
             hidden: self.hidden,
             object_limit: self.object_limit,
+            index_in_memory: self.index_in_memory,
             cache: self.cache,
             state: Indexed { index, live, lock },
         })
@@ -276,6 +289,27 @@ impl<S> Repository<S> {
     pub fn with_object_limit(mut self, limit: u64) -> Self {
         self.object_limit = limit.min(format::MAX_OBJECT_PLAINTEXT);
         self
+    }
+
+    /// Keeps at most `entries` index entries (64 bytes each) in memory, and a larger
+    /// index in a scratch file under the cache directory (the temporary directory
+    /// without a cache), read a page per lookup. The default,
+    /// [`index::DEFAULT_IN_MEMORY`], holds the index of a few hundred thousand files;
+    /// an app with little memory sets less.
+    pub fn with_index_in_memory(mut self, entries: usize) -> Self {
+        self.index_in_memory = entries.max(1);
+        self
+    }
+
+    /// Where an index too large for memory goes.
+    pub(crate) fn spill(&self) -> index::Spill {
+        index::Spill {
+            dir: match &self.cache {
+                Some(cache) => cache.dir().to_owned(),
+                None => std::env::temp_dir(),
+            },
+            in_memory: self.index_in_memory,
+        }
     }
 
     /// Reads index objects and snapshots through `cache` (`None`: from the store

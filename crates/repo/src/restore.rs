@@ -71,6 +71,9 @@ pub struct RestoreSummary {
 #[derive(Clone, Copy)]
 struct Piece {
     slot: Slot,
+    /// The blob's place in read order ([`crate::index::Index::read_order`]), looked up
+    /// once: a large index is read from disk.
+    order: (u32, u64),
     file: u32,
     offset: u64,
 }
@@ -278,6 +281,7 @@ impl Repository<Indexed> {
             {
                 let piece = Piece {
                     slot,
+                    order: index.read_order(slot),
                     file: scratch as u32,
                     offset: scratch_len,
                 };
@@ -299,11 +303,8 @@ impl Repository<Indexed> {
         holes: &[bool],
         base: &BaseOf<'_>,
     ) -> Result<()> {
-        let index = &self.state.index;
-        pieces.sort_unstable_by_key(|p| (index.read_order(p.slot), p.file, p.offset));
-        let packs: Vec<&[Piece]> = pieces
-            .chunk_by(|a, b| index.read_order(a.slot).0 == index.read_order(b.slot).0)
-            .collect();
+        pieces.sort_unstable_by_key(|p| (p.order, p.file, p.offset));
+        let packs: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.order.0 == b.order.0).collect();
         let next = AtomicUsize::new(0);
         let failure: Mutex<Option<RepoError>> = Mutex::new(None);
         let threads = std::thread::available_parallelism()
@@ -377,7 +378,11 @@ impl Repository<Indexed> {
         let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
         // Each blob once, with every piece it fills.
         let blobs: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.slot == b.slot).collect();
-        let entry = |i: usize| index.location(blobs[i][0].slot).blob;
+        let entries: Vec<BlobEntry> = blobs
+            .iter()
+            .map(|group| index.location(group[0].slot).blob)
+            .collect();
+        let entry = |i: usize| entries[i];
         // Neighbouring blobs are fetched in one ranged read: (blobs, start, end).
         let mut reads = Vec::new();
         let mut i = 0;
@@ -416,8 +421,7 @@ impl Repository<Indexed> {
                 self.store
                     .get_range_into(ObjectKind::Pack, &name, start, end - start, data)?;
             }
-            for group in &blobs[range] {
-                let blob = index.location(group[0].slot).blob;
+            for (group, &blob) in blobs[range.clone()].iter().zip(&entries[range]) {
                 let base = base_of(&blob)?;
                 let encoded = open_blob_in(&opener, &name, data, start, &blob)?;
                 let chunk =
@@ -535,19 +539,20 @@ impl Restorer<'_> {
             }
             let mut offset = 0u64;
             for id in &node.chunks {
-                let slot = index.slot(id).ok_or_else(|| {
+                let (slot, entry) = index.lookup(id).ok_or_else(|| {
                     bad_base(id, "a chunk of this snapshot is in no index object")
                 })?;
                 let piece = Piece {
                     slot,
+                    order: (entry.pack, entry.offset),
                     file: i as u32,
                     offset,
                 };
-                match index.is_delta(slot) {
+                match entry.base != 0 {
                     true => deltas.push(piece),
                     false => whole.push(piece),
                 }
-                offset += index.raw_length(slot) as u64;
+                offset += entry.raw_length as u64;
             }
             if offset != node.size {
                 return Err(

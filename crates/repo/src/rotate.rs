@@ -178,7 +178,13 @@ impl Repository<Open> {
         live.writable()?;
         live.record(&self.home, &self.id())?;
         self.check_writer_level()?;
-        let index = Index::load(&*self.store, &self.keys, &mut live, self.cache.as_deref())?;
+        let index = Index::load(
+            &*self.store,
+            &self.keys,
+            &mut live,
+            self.cache.as_deref(),
+            self.spill(),
+        )?;
         self.remove_unindexed_packs(&index)?;
 
         let mut snaps: Vec<(SnapshotRef, Snapshot)> = Vec::new();
@@ -339,6 +345,7 @@ impl Repository<Open> {
             home: self.home.clone(),
             hidden: Arc::new(Hidden::from_marker(marker.clone(), new_keys.key_id())),
             object_limit: self.object_limit,
+            index_in_memory: self.index_in_memory,
             // The new generation is verified as the store holds it.
             cache: None,
             state: Open,

@@ -13,6 +13,8 @@ struct Repo {
     key: BackupKey,
     home: DeviceHome,
     opts: BackupOptions<'static>,
+    /// Index entries each command holds in memory (`None`: the default).
+    in_memory: Option<usize>,
 }
 
 impl Repo {
@@ -31,14 +33,20 @@ impl Repo {
             key,
             home,
             opts,
+            in_memory: None,
+        }
+    }
+
+    fn open_only(&self) -> Repository {
+        let repo = Repository::open(self.store.clone(), &self.key, self.home.clone()).unwrap();
+        match self.in_memory {
+            Some(entries) => repo.with_index_in_memory(entries),
+            None => repo,
         }
     }
 
     fn open(&self) -> Repository<backlock_repo::Indexed> {
-        Repository::open(self.store.clone(), &self.key, self.home.clone())
-            .unwrap()
-            .load_index()
-            .unwrap()
+        self.open_only().load_index().unwrap()
     }
 
     fn backup(&self) -> BackupSummary {
@@ -184,4 +192,60 @@ fn a_parent_whose_trees_are_lost_costs_a_full_read_not_data() {
         "{:?}",
         report.errors
     );
+}
+
+/// An index larger than a command may hold in memory is kept in a scratch file: every
+/// command (backup with and without changes, deltas, restore, check reading every
+/// blob, forget and prune) gives the answers it gives with the index in memory.
+#[test]
+fn an_index_larger_than_memory_serves_every_command_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("app");
+    write_tree(&src, 5);
+    let db = src.join("zz/msgstore.db");
+    fs::create_dir_all(db.parent().unwrap()).unwrap();
+    tree::write_db(&db, 1500, 1);
+    let mut repo = Repo::new(dir.path(), &src);
+    // 300 files, their trees and a database's chunks: several runs of 64.
+    repo.in_memory = Some(64);
+    let first = repo.backup();
+    assert!(repo.open().index().is_spilled());
+    assert!(repo.open().index().len() > 300);
+
+    fs::write(src.join("chat03/media/d33/f002.bin"), b"changed").unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    tree::insert_messages(&conn, 200, 2);
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+    drop(conn);
+    let second = repo.backup();
+    assert_eq!(second.files_unchanged, first.files - 2, "{second:?}");
+    // Nothing changed: only the database is read (a live database is always read
+    // through SQLite; its pages are found in the index).
+    let third = repo.backup();
+    let db_len = fs::metadata(&db).unwrap().len();
+    assert_eq!(
+        (third.files_unchanged, third.bytes_read),
+        (first.files - 1, db_len)
+    );
+    assert_eq!(third.bytes_new, 0, "{third:?}");
+
+    repo.restores_as(&src, &dir.path().join("restored"));
+    let report = repo.open_only().check(true).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.blobs_read > 300);
+
+    // Forget all but the newest and prune: what is left restores as before.
+    repo.open_only().forget_keep_last(1).unwrap();
+    let pruned = repo
+        .open_only()
+        .load_index_exclusive()
+        .unwrap()
+        .prune()
+        .unwrap();
+    assert!(pruned.index_objects_replaced > 0, "{pruned:?}");
+    assert!(repo.open().index().is_spilled());
+    repo.restores_as(&src, &dir.path().join("after-prune"));
+    let report = repo.open_only().check(true).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
 }

@@ -1,0 +1,422 @@
+//! The index of a repository too large to hold in memory, kept in a scratch file.
+//!
+//! While index objects are read, entries collect in memory until the limit the
+//! repository was opened with; each full run is sorted and appended to an unnamed
+//! scratch file. At the end the runs are merged into one sorted table (a second
+//! scratch file), one entry per chunk ID, and lookups read it a page at a time. What
+//! stays in memory is the first ID of each page: 32 bytes per 64 entries, about 1/128
+//! of the table. The files are unlinked from the start: nothing is left when the
+//! process ends, however it ends, and no other process can open them by name.
+//!
+//! A backup's own new chunks are kept the same way ([`IdTable`]): past the limit, the
+//! IDs held in memory go to a sorted scratch file with a filter of 2 bytes per ID that
+//! answers most lookups of an ID not there without reading it.
+//!
+//! They hold what index objects hold once decrypted (chunk IDs, which are keyed MACs,
+//! and where each blob lies in its pack), never file content; they sit on this device,
+//! beside the files the backup reads.
+
+use crate::index::Entry;
+use backlock_core::ids::ChunkId;
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    fs::File,
+    io::{self, BufWriter, Write},
+    os::unix::fs::FileExt,
+    path::Path,
+};
+
+/// Bytes of one entry in a scratch file.
+const RECORD: usize = 64;
+/// Entries per page of the table: one read of 4 KiB finds any ID.
+const PAGE_ENTRIES: usize = 64;
+/// Bytes each run's reader buffers during the merge.
+const MERGE_BUFFER: usize = 64 << 10;
+
+fn encode(e: &Entry) -> [u8; RECORD] {
+    let mut out = [0u8; RECORD];
+    out[..32].copy_from_slice(&e.id.0);
+    out[32..40].copy_from_slice(&e.offset.to_le_bytes());
+    for (i, v) in [e.pack, e.seq, e.length, e.raw_length, e.base, e.added]
+        .into_iter()
+        .enumerate()
+    {
+        out[40 + 4 * i..44 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode(b: &[u8]) -> Entry {
+    let u32_at = |i: usize| u32::from_le_bytes(b[40 + 4 * i..44 + 4 * i].try_into().unwrap());
+    Entry {
+        id: ChunkId(b[..32].try_into().unwrap()),
+        offset: u64::from_le_bytes(b[32..40].try_into().unwrap()),
+        pack: u32_at(0),
+        seq: u32_at(1),
+        length: u32_at(2),
+        raw_length: u32_at(3),
+        base: u32_at(4),
+        added: u32_at(5),
+    }
+}
+
+/// A read of a scratch file failed. The file is this process's memory put on disk,
+/// unlinked, read back from the page cache; it fails as memory does, when the machine
+/// does, and the command stops as it would then.
+pub(crate) fn unreadable(e: io::Error) -> ! {
+    panic!("a scratch file of the index could not be read back ({e}): the disk under the temporary or cache directory failed")
+}
+
+/// Sorted runs of entries in one scratch file.
+pub(crate) struct Runs {
+    file: File,
+    /// Each run's first entry and its number of entries.
+    runs: Vec<(u64, u64)>,
+    written: u64,
+}
+
+impl Runs {
+    /// An empty scratch file in `dir`, created if need be.
+    pub(crate) fn new(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Runs {
+            file: tempfile::tempfile_in(dir)?,
+            runs: Vec::new(),
+            written: 0,
+        })
+    }
+
+    /// Appends `run`, sorted by `(id, added)`.
+    pub(crate) fn push(&mut self, run: &[Entry]) -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, &self.file);
+        for e in run {
+            out.write_all(&encode(e))?;
+        }
+        out.flush()?;
+        self.runs.push((self.written, run.len() as u64));
+        self.written += run.len() as u64;
+        Ok(())
+    }
+
+    /// Merges the runs and `last` (sorted too, still in memory) into a table in a new
+    /// scratch file in `dir`, keeping for each ID the entry added first. The runs' file
+    /// is gone once this returns.
+    pub(crate) fn merge(self, last: &[Entry], dir: &Path) -> io::Result<Table> {
+        let mut sources: Vec<RunReader<'_>> = self
+            .runs
+            .iter()
+            .map(|&(first, len)| RunReader::new(&self.file, first, len))
+            .collect();
+        // Each source's next entry, and the sources by it, smallest first. Source
+        // `memory` is `last`.
+        let memory = sources.len();
+        let mut last = last.iter().copied();
+        let mut heads = Vec::with_capacity(memory + 1);
+        for source in sources.iter_mut() {
+            heads.push(source.next()?);
+        }
+        heads.push(last.next());
+        let mut heap: BinaryHeap<_> = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.map(|e| Reverse((e.id, e.added, i))))
+            .collect();
+        let file = tempfile::tempfile_in(dir)?;
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let mut fence = Vec::new();
+        let mut len = 0usize;
+        let mut previous: Option<ChunkId> = None;
+        while let Some(Reverse((id, _, i))) = heap.pop() {
+            let entry = heads[i].expect("a source in the heap has a head");
+            heads[i] = match i == memory {
+                true => last.next(),
+                false => sources[i].next()?,
+            };
+            if let Some(e) = heads[i] {
+                heap.push(Reverse((e.id, e.added, i)));
+            }
+            // Of one ID, the entry added first comes first.
+            if previous == Some(id) {
+                continue;
+            }
+            previous = Some(id);
+            if len % PAGE_ENTRIES == 0 {
+                fence.push(id);
+            }
+            out.write_all(&encode(&entry))?;
+            len += 1;
+        }
+        out.flush()?;
+        drop(out);
+        fence.shrink_to_fit();
+        Ok(Table { file, len, fence })
+    }
+}
+
+/// Reads one run back in order, a buffer at a time.
+struct RunReader<'a> {
+    file: &'a File,
+    /// The next entry to read from the file, and the end of the run.
+    at: u64,
+    end: u64,
+    buffer: Vec<u8>,
+    used: usize,
+}
+
+impl<'a> RunReader<'a> {
+    fn new(file: &'a File, first: u64, len: u64) -> Self {
+        RunReader {
+            file,
+            at: first,
+            end: first + len,
+            buffer: Vec::new(),
+            used: 0,
+        }
+    }
+
+    fn next(&mut self) -> io::Result<Option<Entry>> {
+        if self.used == self.buffer.len() {
+            let n = ((self.end - self.at) as usize).min(MERGE_BUFFER / RECORD);
+            if n == 0 {
+                self.buffer = Vec::new();
+                return Ok(None);
+            }
+            self.buffer.resize(n * RECORD, 0);
+            self.file
+                .read_exact_at(&mut self.buffer, self.at * RECORD as u64)?;
+            self.at += n as u64;
+            self.used = 0;
+        }
+        let e = decode(&self.buffer[self.used..self.used + RECORD]);
+        self.used += RECORD;
+        Ok(Some(e))
+    }
+}
+
+/// The merged index: entries sorted by ID, one per ID, in a scratch file.
+#[derive(Debug)]
+pub(crate) struct Table {
+    file: File,
+    len: usize,
+    /// The first ID of each page.
+    fence: Vec<ChunkId>,
+}
+
+impl Table {
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The position of `id` in the table and its entry, if it is there.
+    pub(crate) fn find(&self, id: &ChunkId) -> io::Result<Option<(usize, Entry)>> {
+        let page = self.fence.partition_point(|first| first <= id);
+        let Some(page) = page.checked_sub(1) else {
+            return Ok(None);
+        };
+        let first = page * PAGE_ENTRIES;
+        let n = PAGE_ENTRIES.min(self.len - first);
+        let mut buffer = [0u8; PAGE_ENTRIES * RECORD];
+        let buffer = &mut buffer[..n * RECORD];
+        self.file.read_exact_at(buffer, (first * RECORD) as u64)?;
+        let key = |i: usize| &buffer[i * RECORD..i * RECORD + 32];
+        let (mut low, mut high) = (0, n);
+        let mut found = Err(());
+        while low < high {
+            let mid = (low + high) / 2;
+            match key(mid).cmp(&id.0[..]) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => {
+                    found = Ok(mid);
+                    break;
+                }
+            }
+        }
+        Ok(found
+            .ok()
+            .map(|i| (first + i, decode(&buffer[i * RECORD..(i + 1) * RECORD]))))
+    }
+
+    /// The entry at `position`.
+    pub(crate) fn entry(&self, position: usize) -> io::Result<Entry> {
+        let mut record = [0u8; RECORD];
+        self.file
+            .read_exact_at(&mut record, (position * RECORD) as u64)?;
+        Ok(decode(&record))
+    }
+
+    /// Every entry, in ID order.
+    pub(crate) fn for_each(&self, mut each: impl FnMut(Entry)) -> io::Result<()> {
+        let mut reader = RunReader::new(&self.file, 0, self.len as u64);
+        while let Some(e) = reader.next()? {
+            each(e);
+        }
+        Ok(())
+    }
+}
+
+/// IDs per page of an [`IdTable`]: 4 KiB.
+const ID_PAGE: usize = 128;
+/// Bits of an [`IdTable`]'s filter per ID, and bits set per ID: about one lookup in
+/// 2,000 of an ID not there reads the file.
+const FILTER_BITS: usize = 16;
+const FILTER_HASHES: u64 = 6;
+
+/// Sorted chunk IDs in a scratch file, with a Bloom filter in memory.
+pub(crate) struct IdTable {
+    file: File,
+    len: usize,
+    /// The first ID of each page.
+    fence: Vec<ChunkId>,
+    filter: Vec<u64>,
+}
+
+/// The filter bits of `id`: chunk IDs are keyed MACs, uniform to anyone without the
+/// key, so two of their words serve as the two hashes of double hashing.
+fn filter_bits(id: &ChunkId, bits: u64) -> impl Iterator<Item = u64> {
+    let word = |i: usize| u64::from_le_bytes(id.0[i..i + 8].try_into().unwrap());
+    let (h1, h2) = (word(8), word(16) | 1);
+    (0..FILTER_HASHES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & (bits - 1))
+}
+
+impl IdTable {
+    /// Writes `len` IDs, given in ascending order, to a new scratch file in `dir`.
+    pub(crate) fn write(
+        dir: &Path,
+        len: usize,
+        ids: impl IntoIterator<Item = ChunkId>,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = tempfile::tempfile_in(dir)?;
+        let bits = (len * FILTER_BITS).next_power_of_two().max(64) as u64;
+        let mut filter = vec![0u64; (bits / 64) as usize];
+        let mut fence = Vec::with_capacity(len.div_ceil(ID_PAGE));
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let mut written = 0;
+        for id in ids {
+            if written % ID_PAGE == 0 {
+                fence.push(id);
+            }
+            for bit in filter_bits(&id, bits) {
+                filter[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+            out.write_all(&id.0)?;
+            written += 1;
+        }
+        out.flush()?;
+        drop(out);
+        debug_assert_eq!(written, len);
+        Ok(IdTable {
+            file,
+            len: written,
+            fence,
+            filter,
+        })
+    }
+
+    /// True when `id` is in the table.
+    pub(crate) fn contains(&self, id: &ChunkId) -> io::Result<bool> {
+        let bits = self.filter.len() as u64 * 64;
+        if !filter_bits(id, bits)
+            .all(|bit| self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+        {
+            return Ok(false);
+        }
+        let page = self.fence.partition_point(|first| first <= id);
+        let Some(page) = page.checked_sub(1) else {
+            return Ok(false);
+        };
+        let first = page * ID_PAGE;
+        let n = ID_PAGE.min(self.len - first);
+        let mut buffer = [0u8; ID_PAGE * 32];
+        let buffer = &mut buffer[..n * 32];
+        self.file.read_exact_at(buffer, (first * 32) as u64)?;
+        Ok(buffer.chunks_exact(32).any(|r| r == id.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u32, added: u32) -> Entry {
+        Entry {
+            id: ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes()),
+            offset: u64::from(n) << 33,
+            pack: n % 7,
+            seq: n,
+            length: n + 1,
+            raw_length: n + 2,
+            base: n % 3,
+            added,
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_written() {
+        let e = entry(9, 4);
+        let back = decode(&encode(&e));
+        assert_eq!(encode(&back), encode(&e));
+        assert_eq!((back.offset, back.added), (9 << 33, 4));
+    }
+
+    #[test]
+    fn merged_runs_keep_the_first_added_of_each_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Runs::new(dir.path()).unwrap();
+        // Three runs of 300 whose IDs overlap, and 300 in memory: IDs 0..800.
+        let mut added = 0;
+        let mut all = Vec::new();
+        let mut make = |from: u32| {
+            let mut run: Vec<Entry> = (from..from + 300)
+                .map(|n| {
+                    added += 1;
+                    entry(n, added)
+                })
+                .collect();
+            run.sort_unstable_by_key(|e| (e.id, e.added));
+            all.extend_from_slice(&run);
+            run
+        };
+        for from in [0, 200, 100] {
+            runs.push(&make(from)).unwrap();
+        }
+        let last = make(500);
+        let table = runs.merge(&last, dir.path()).unwrap();
+        assert_eq!(table.len(), 800);
+        let mut seen = Vec::new();
+        table.for_each(|e| seen.push(e)).unwrap();
+        assert!(seen.windows(2).all(|w| w[0].id < w[1].id));
+        for n in 0..800 {
+            let first = all
+                .iter()
+                .filter(|e| e.id == entry(n, 0).id)
+                .min_by_key(|e| e.added)
+                .unwrap();
+            let (at, found) = table.find(&first.id).unwrap().expect("found");
+            assert_eq!(encode(&found), encode(first));
+            assert_eq!(encode(&table.entry(at).unwrap()), encode(first));
+        }
+        for n in 800..1000 {
+            assert!(table.find(&entry(n, 0).id).unwrap().is_none());
+        }
+        assert!(table.find(&ChunkId([0; 32])).unwrap().is_none());
+        assert!(table.find(&ChunkId([0xff; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_id_table_holds_its_ids_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids: Vec<ChunkId> = (0..1000).map(|n| entry(n, 0).id).collect();
+        ids.sort();
+        let table = IdTable::write(dir.path(), ids.len(), ids.iter().copied()).unwrap();
+        assert!(ids.iter().all(|id| table.contains(id).unwrap()));
+        let others = (1000..20_000).map(|n| entry(n, 0).id);
+        assert_eq!(others.filter(|id| table.contains(id).unwrap()).count(), 0);
+        assert!(!table.contains(&ChunkId([0; 32])).unwrap());
+        let empty = IdTable::write(dir.path(), 0, []).unwrap();
+        assert!(!empty.contains(&ids[0]).unwrap());
+    }
+}
