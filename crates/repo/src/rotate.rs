@@ -25,6 +25,7 @@ use backlock_core::{
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
     key::BackupKey,
+    tree::TreeBuilder,
 };
 use backlock_store::{ObjectInfo, ObjectStore, StoreError};
 use serde::Serialize;
@@ -187,13 +188,11 @@ impl Repository<Open> {
         )?;
         self.remove_unindexed_packs(&index)?;
 
+        // A snapshot with trees is its root here; its nodes are read a tree at a time,
+        // once for the chunks in use and once to rebuild its trees under the new key
+        // (they name chunks by ID), never all at once.
         let mut snaps: Vec<(SnapshotRef, Snapshot)> = Vec::new();
-        let rejected = self.authentic_snapshots(|r, mut s| {
-            // Trees are rebuilt under the new key (they name chunks by ID): read
-            // them into nodes.
-            let name = r.name.to_hex();
-            let cache = self.cache.as_deref();
-            crate::trees::read_nodes(&*self.store, &self.keys, &index, cache, &name, &mut s)?;
+        let rejected = self.authentic_snapshots(|r, s| {
             snaps.push((r, s));
             Ok(())
         })?;
@@ -201,10 +200,13 @@ impl Repository<Open> {
         // snapshot may be a real one the user wants to look at first.
         crate::refuse_unauthentic(&rejected)?;
         let refs: Vec<SnapshotRef> = snaps.iter().map(|(r, _)| *r).collect();
-        let mut used: HashSet<ChunkId> = snaps
-            .iter()
-            .flat_map(|(_, s)| s.nodes.iter().flat_map(|n| n.chunks.iter().copied()))
-            .collect();
+        let mut used: HashSet<ChunkId> = HashSet::new();
+        for (r, s) in &snaps {
+            self.each_node(&index, r, s, &mut |node| {
+                used.extend(node.chunks);
+                Ok(())
+            })?;
+        }
         // Deltas are re-sealed as they are: their bases come along.
         let bases: Vec<ChunkId> = used
             .iter()
@@ -229,7 +231,7 @@ impl Repository<Open> {
 
         let resealed = self
             .reseal(&index, &used, &new_keys, &lock)
-            .and_then(|g| self.rebuild_trees(g, &snaps, &new_keys));
+            .and_then(|g| self.rebuild_trees(g, &index, &snaps, &new_keys));
         let (generation, roots) = match resealed {
             Ok(g) => g,
             Err(e) => {
@@ -452,9 +454,37 @@ impl Repository<Open> {
     /// Stores the trees of the version-3 snapshots among `snaps` as the new key
     /// names them (their chunks by new ID), in packs added to `generation`; returns
     /// it with each such snapshot's new root.
+    /// Gives each node of snapshot `s` to `each`, reading its trees (under the old
+    /// key, through `index`) one at a time.
+    fn each_node(
+        &self,
+        index: &Index,
+        r: &SnapshotRef,
+        s: &Snapshot,
+        each: &mut dyn FnMut(Node) -> Result<()>,
+    ) -> Result<()> {
+        if s.root.is_empty() {
+            return s.nodes.iter().try_for_each(|n| each(n.clone()));
+        }
+        let cache = self.cache.as_deref();
+        let name = r.name.to_hex();
+        let mut root_only = s.clone();
+        crate::trees::for_each_node(
+            &*self.store,
+            &self.keys,
+            index,
+            cache,
+            &name,
+            &mut root_only,
+            each,
+        )?;
+        Ok(())
+    }
+
     fn rebuild_trees(
         &self,
         mut generation: NewGeneration,
+        index: &Index,
         snaps: &[(SnapshotRef, Snapshot)],
         new_keys: &RepoKeys,
     ) -> Result<(NewGeneration, HashMap<ObjectName, Vec<ChunkId>>)> {
@@ -463,11 +493,13 @@ impl Repository<Open> {
         let mut packer = TreePacker::new(&*self.store, new_keys, &none, None, pack_size)?;
         let mut roots = HashMap::new();
         for (r, s) in snaps.iter().filter(|(_, s)| !s.root.is_empty()) {
-            let nodes = s.nodes.iter().map(|n| Node {
-                chunks: n.chunks.iter().map(|c| generation.chunk_map[c]).collect(),
-                ..n.clone()
-            });
-            roots.insert(r.name, packer.store_nodes(nodes)?);
+            let mut builder = TreeBuilder::new(new_keys);
+            let chunk_map = &generation.chunk_map;
+            self.each_node(index, r, s, &mut |mut node| {
+                node.chunks = node.chunks.iter().map(|c| chunk_map[c]).collect();
+                packer.push(&mut builder, node)
+            })?;
+            roots.insert(r.name, packer.finish_trees(builder)?);
         }
         let (packs, bytes) = packer.finish()?;
         generation.packs.extend(packs);

@@ -301,19 +301,6 @@ impl<'a> TreePacker<'a> {
         Ok(())
     }
 
-    /// Stores the trees of `nodes` (a walk's nodes, parents first); returns the root
-    /// tree's parts. Call [`finish`](Self::finish) after the last snapshot.
-    pub(crate) fn store_nodes(
-        &mut self,
-        nodes: impl IntoIterator<Item = Node>,
-    ) -> Result<Vec<ChunkId>> {
-        let mut builder = TreeBuilder::new(self.keys);
-        for node in nodes {
-            self.push(&mut builder, node)?;
-        }
-        self.finish_trees(builder)
-    }
-
     /// Adds the next node of a walk to `builder`, storing the trees it completes.
     pub(crate) fn push(&mut self, builder: &mut TreeBuilder, node: Node) -> Result<()> {
         let mut store =
