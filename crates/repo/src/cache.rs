@@ -103,6 +103,17 @@ impl RepoCache {
         Some(bytes)
     }
 
+    /// The cached copy of `kind`/`name` opened for ranged reads, not yet
+    /// authenticated: each range read is, as it is opened.
+    pub(crate) fn open(&self, kind: ObjectKind, name: &str) -> Option<fs::File> {
+        let path = self.path(kind, name)?;
+        let file = fs::File::open(&path).ok()?;
+        if let Ok(f) = fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        Some(file)
+    }
+
     /// Keeps `sealed`, an object that authenticated, as the copy of `kind`/`name`.
     pub(crate) fn write(&self, kind: ObjectKind, name: &str, sealed: &[u8]) {
         let Some(path) = self.path(kind, name) else {

@@ -59,9 +59,11 @@ pub(crate) struct Entry {
     pub(crate) added: u32,
 }
 
-/// Index entries kept in memory by default: 16 MiB. A repository of a million small
-/// files has about a million; its index goes to a scratch file.
-pub const DEFAULT_IN_MEMORY: usize = 1 << 18;
+/// Index entries kept in memory by default: 8 MiB, the index of about 130,000 small
+/// files (a phone's chat folder is a few thousand chunks). A larger index goes to a
+/// scratch file, so that a command's memory at a million files is what it is at a
+/// hundred thousand; a backup's new chunk IDs move out past the same count.
+pub const DEFAULT_IN_MEMORY: usize = 1 << 17;
 
 /// Where an index larger than its in-memory limit goes.
 #[derive(Clone, Debug)]

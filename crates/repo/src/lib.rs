@@ -294,7 +294,7 @@ impl<S> Repository<S> {
     /// Keeps at most `entries` index entries (64 bytes each) in memory, and a larger
     /// index in a scratch file under the cache directory (the temporary directory
     /// without a cache), read a page per lookup. The default,
-    /// [`index::DEFAULT_IN_MEMORY`], holds the index of a few hundred thousand files;
+    /// [`index::DEFAULT_IN_MEMORY`], holds the index of about 130,000 small files;
     /// an app with little memory sets less.
     pub fn with_index_in_memory(mut self, entries: usize) -> Self {
         self.index_in_memory = entries.max(1);

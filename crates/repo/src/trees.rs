@@ -17,7 +17,10 @@ use backlock_core::{
     FormatError,
 };
 use backlock_store::ObjectStore;
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    os::unix::fs::FileExt,
+};
 
 /// Why reading or writing trees stopped: the trees themselves (reported against the
 /// snapshot), or anything else.
@@ -110,10 +113,14 @@ pub(crate) fn for_each_node(
 /// stores trees as it leaves directories), so a few suffice; a pack dropped too soon
 /// is read again from the local cache, and each kept one is up to a pack's size.
 const PACKS_KEPT: usize = 3;
+/// Cached tree packs kept open for ranged reads.
+const CACHED_OPEN: usize = 8;
 
 /// Reads trees from their packs, each pack fetched whole once (a tree pack holds only
 /// trees, a backup's worth of changed directories), so a snapshot of thousands of
-/// directories costs a few requests, and none with a warm cache.
+/// directories costs a few requests, and none with a warm cache. A pack the local
+/// cache holds is read a tree at a time from there, so memory holds one tree, not
+/// packs of them.
 pub(crate) struct TreeReader<'a> {
     store: &'a dyn ObjectStore,
     keys: &'a RepoKeys,
@@ -121,6 +128,8 @@ pub(crate) struct TreeReader<'a> {
     cache: Option<&'a RepoCache>,
     /// The packs read last: name, opener and sealed bytes.
     packs: VecDeque<(ObjectName, PackOpener, Vec<u8>)>,
+    /// Cached packs opened last: name, opener and file.
+    cached: VecDeque<(ObjectName, PackOpener, std::fs::File)>,
     decoder: BlobDecoder,
 }
 
@@ -137,6 +146,7 @@ impl<'a> TreeReader<'a> {
             index,
             cache,
             packs: VecDeque::new(),
+            cached: VecDeque::new(),
             decoder: BlobDecoder::new(),
         }
     }
@@ -167,16 +177,14 @@ impl<'a> TreeReader<'a> {
         }
         let name = loc.pack.to_hex();
         // A cached copy serves if the blob authenticates in it; else the store's.
-        if let Some(sealed) = self.cache.and_then(|c| c.read(ObjectKind::Pack, &name)) {
-            if let Ok(tree) = self
-                .keep(loc.pack, sealed)
-                .and_then(|at| self.open(at, &loc.blob))
-            {
-                return Ok(tree);
-            }
-            self.packs.retain(|(n, ..)| *n != loc.pack);
-            if let Some(cache) = self.cache {
-                cache.forget(ObjectKind::Pack, &name);
+        if let Some(cache) = self.cache {
+            match self.read_cached(cache, loc.pack, &loc.blob) {
+                Some(Ok(tree)) => return Ok(tree),
+                Some(Err(_)) => {
+                    self.cached.retain(|(n, ..)| *n != loc.pack);
+                    cache.forget(ObjectKind::Pack, &name);
+                }
+                None => {}
             }
         }
         let sealed = self.store.get(ObjectKind::Pack, &name)?;
@@ -186,6 +194,53 @@ impl<'a> TreeReader<'a> {
             cache.write(ObjectKind::Pack, &name, &self.packs[at].2);
         }
         Ok(tree)
+    }
+
+    /// Tree `blob` of `pack` read from the cache's copy, if it has one.
+    fn read_cached(
+        &mut self,
+        cache: &RepoCache,
+        pack: ObjectName,
+        blob: &BlobEntry,
+    ) -> Option<Result<Vec<u8>>> {
+        let name = pack.to_hex();
+        let damaged = |e: std::io::Error| {
+            let truncated = backlock_core::FormatError::Malformed {
+                what: "cached pack",
+                detail: e.to_string(),
+            };
+            RepoError::damaged(ObjectKind::Pack, &name, truncated)
+        };
+        let at = match self.cached.iter().position(|(n, ..)| *n == pack) {
+            Some(at) => at,
+            None => {
+                let file = cache.open(ObjectKind::Pack, &name)?;
+                let mut header = [0u8; HEADER_LEN];
+                if let Err(e) = file.read_exact_at(&mut header, 0) {
+                    return Some(Err(damaged(e)));
+                }
+                let opener = match PackOpener::new(self.keys, &name, &header) {
+                    Ok(opener) => opener,
+                    Err(e) => return Some(Err(RepoError::damaged(ObjectKind::Pack, &name, e))),
+                };
+                if self.cached.len() == CACHED_OPEN {
+                    self.cached.pop_front();
+                }
+                self.cached.push_back((pack, opener, file));
+                self.cached.len() - 1
+            }
+        };
+        let (_, opener, file) = &self.cached[at];
+        let mut sealed = vec![0u8; blob.length as usize];
+        if let Err(e) = file.read_exact_at(&mut sealed, blob.offset) {
+            return Some(Err(damaged(e)));
+        }
+        Some(
+            open_blob_at(opener, &name, &sealed, blob.offset, blob).and_then(|encoded| {
+                let tree = decode_chunk(&mut self.decoder, self.keys, &name, &encoded, blob, None)?;
+                Ok(tree.into_owned())
+            }),
+        )
     }
 
     /// Keeps pack `pack`'s bytes, dropping the one read longest ago; returns its place.
