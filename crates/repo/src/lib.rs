@@ -221,13 +221,7 @@ impl Repository<Open> {
         testhook::pause(testhook::step::LOCKED);
         let mut live = self.live_indexes()?;
         live.record(&self.home, &self.id())?;
-        let index = Index::load(
-            &*self.store,
-            &self.keys,
-            &mut live,
-            self.cache.as_deref(),
-            self.spill(),
-        )?;
+        let index = self.read_index(&mut live)?;
         if let Some(cache) = &self.cache {
             cache.trim();
         }
@@ -299,6 +293,18 @@ impl<S> Repository<S> {
     pub fn with_index_in_memory(mut self, entries: usize) -> Self {
         self.index_in_memory = entries.max(1);
         self
+    }
+
+    /// Reads the index objects `live` names (through the cache, spilling a large
+    /// index to a scratch file).
+    pub(crate) fn read_index(&self, live: &mut indexset::LiveIndexes) -> Result<Index> {
+        Index::load(
+            &*self.store,
+            &self.keys,
+            live,
+            self.cache.as_deref(),
+            self.spill(),
+        )
     }
 
     /// Where an index too large for memory goes.

@@ -179,13 +179,7 @@ impl Repository<Open> {
         live.writable()?;
         live.record(&self.home, &self.id())?;
         self.check_writer_level()?;
-        let index = Index::load(
-            &*self.store,
-            &self.keys,
-            &mut live,
-            self.cache.as_deref(),
-            self.spill(),
-        )?;
+        let index = self.read_index(&mut live)?;
         self.remove_unindexed_packs(&index)?;
 
         // A snapshot with trees is its root here; its nodes are read a tree at a time,
