@@ -154,6 +154,27 @@ impl Runs {
     }
 }
 
+/// Reads the page of a sorted scratch file of `len` records of `record` bytes (ID
+/// first) that holds `id` if the file does: `fence` holds each page's first ID and
+/// `buffer` is a page long (the last page may be shorter). Returns the page's first position and
+/// its bytes; `None` when `id` sorts before every page.
+fn read_page<'b>(
+    file: &File,
+    fence: &[ChunkId],
+    id: &ChunkId,
+    (len, record): (usize, usize),
+    buffer: &'b mut [u8],
+) -> io::Result<Option<(usize, &'b [u8])>> {
+    let Some(page) = fence.partition_point(|first| first <= id).checked_sub(1) else {
+        return Ok(None);
+    };
+    let per_page = buffer.len() / record;
+    let first = page * per_page;
+    let buffer = &mut buffer[..per_page.min(len - first) * record];
+    file.read_exact_at(buffer, (first * record) as u64)?;
+    Ok(Some((first, buffer)))
+}
+
 /// Reads one run back in order, a buffer at a time.
 struct RunReader<'a> {
     file: &'a File,
@@ -211,15 +232,13 @@ impl Table {
 
     /// The position of `id` in the table and its entry, if it is there.
     pub(crate) fn find(&self, id: &ChunkId) -> io::Result<Option<(usize, Entry)>> {
-        let page = self.fence.partition_point(|first| first <= id);
-        let Some(page) = page.checked_sub(1) else {
+        let mut buffer = [0u8; PAGE_ENTRIES * RECORD];
+        let Some((first, buffer)) =
+            read_page(&self.file, &self.fence, id, (self.len, RECORD), &mut buffer)?
+        else {
             return Ok(None);
         };
-        let first = page * PAGE_ENTRIES;
-        let n = PAGE_ENTRIES.min(self.len - first);
-        let mut buffer = [0u8; PAGE_ENTRIES * RECORD];
-        let buffer = &mut buffer[..n * RECORD];
-        self.file.read_exact_at(buffer, (first * RECORD) as u64)?;
+        let n = buffer.len() / RECORD;
         let key = |i: usize| &buffer[i * RECORD..i * RECORD + 32];
         let (mut low, mut high) = (0, n);
         let mut found = Err(());
@@ -324,15 +343,12 @@ impl IdTable {
         {
             return Ok(false);
         }
-        let page = self.fence.partition_point(|first| first <= id);
-        let Some(page) = page.checked_sub(1) else {
+        let mut buffer = [0u8; ID_PAGE * 32];
+        let Some((_, buffer)) =
+            read_page(&self.file, &self.fence, id, (self.len, 32), &mut buffer)?
+        else {
             return Ok(false);
         };
-        let first = page * ID_PAGE;
-        let n = ID_PAGE.min(self.len - first);
-        let mut buffer = [0u8; ID_PAGE * 32];
-        let buffer = &mut buffer[..n * 32];
-        self.file.read_exact_at(buffer, (first * 32) as u64)?;
         Ok(buffer.chunks_exact(32).any(|r| r == id.0))
     }
 }
