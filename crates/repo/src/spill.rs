@@ -106,7 +106,7 @@ impl Runs {
         let mut sources: Vec<RunReader<'_>> = self
             .runs
             .iter()
-            .map(|&(first, len)| RunReader::new(&self.file, first, len))
+            .map(|&(first, len)| RunReader::new(&self.file, RECORD, first, len))
             .collect();
         // Each source's next entry, and the sources by it, smallest first. Source
         // `memory` is `last`.
@@ -175,10 +175,12 @@ fn read_page<'b>(
     Ok(Some((first, buffer)))
 }
 
-/// Reads one run back in order, a buffer at a time.
+/// Reads records of a scratch file back in order, a buffer at a time.
 struct RunReader<'a> {
     file: &'a File,
-    /// The next entry to read from the file, and the end of the run.
+    /// Bytes of a record.
+    record: usize,
+    /// The next record to read from the file, and the end of the run.
     at: u64,
     end: u64,
     buffer: Vec<u8>,
@@ -186,9 +188,11 @@ struct RunReader<'a> {
 }
 
 impl<'a> RunReader<'a> {
-    fn new(file: &'a File, first: u64, len: u64) -> Self {
+    /// Records `first..first + len` of `record` bytes each.
+    fn new(file: &'a File, record: usize, first: u64, len: u64) -> Self {
         RunReader {
             file,
+            record,
             at: first,
             end: first + len,
             buffer: Vec::new(),
@@ -196,22 +200,31 @@ impl<'a> RunReader<'a> {
         }
     }
 
-    fn next(&mut self) -> io::Result<Option<Entry>> {
+    fn next_record(&mut self) -> io::Result<Option<&[u8]>> {
         if self.used == self.buffer.len() {
-            let n = ((self.end - self.at) as usize).min(MERGE_BUFFER / RECORD);
+            let n = ((self.end - self.at) as usize).min(MERGE_BUFFER / self.record);
             if n == 0 {
                 self.buffer = Vec::new();
                 return Ok(None);
             }
-            self.buffer.resize(n * RECORD, 0);
+            self.buffer.resize(n * self.record, 0);
             self.file
-                .read_exact_at(&mut self.buffer, self.at * RECORD as u64)?;
+                .read_exact_at(&mut self.buffer, self.at * self.record as u64)?;
             self.at += n as u64;
             self.used = 0;
         }
-        let e = decode(&self.buffer[self.used..self.used + RECORD]);
-        self.used += RECORD;
-        Ok(Some(e))
+        self.used += self.record;
+        Ok(Some(&self.buffer[self.used - self.record..self.used]))
+    }
+
+    fn next(&mut self) -> io::Result<Option<Entry>> {
+        Ok(self.next_record()?.map(decode))
+    }
+
+    fn next_id(&mut self) -> io::Result<Option<ChunkId>> {
+        Ok(self
+            .next_record()?
+            .map(|b| ChunkId(b[..32].try_into().unwrap())))
     }
 }
 
@@ -268,7 +281,7 @@ impl Table {
 
     /// Every entry, in ID order.
     pub(crate) fn for_each(&self, mut each: impl FnMut(Entry)) -> io::Result<()> {
-        let mut reader = RunReader::new(&self.file, 0, self.len as u64);
+        let mut reader = RunReader::new(&self.file, RECORD, 0, self.len as u64);
         while let Some(e) = reader.next()? {
             each(e);
         }
@@ -305,7 +318,7 @@ impl IdTable {
     pub(crate) fn write(
         dir: &Path,
         len: usize,
-        ids: impl IntoIterator<Item = ChunkId>,
+        ids: impl IntoIterator<Item = io::Result<ChunkId>>,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let file = tempfile::tempfile_in(dir)?;
@@ -315,6 +328,7 @@ impl IdTable {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         let mut written = 0;
         for id in ids {
+            let id = id?;
             if written % ID_PAGE == 0 {
                 fence.push(id);
             }
@@ -333,6 +347,36 @@ impl IdTable {
             fence,
             filter,
         })
+    }
+
+    /// Number of IDs.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// One table in a new scratch file in `dir` of the IDs of `self` and `other`, which
+    /// hold none in common. Both files are gone once this returns.
+    pub(crate) fn merge(self, other: IdTable, dir: &Path) -> io::Result<IdTable> {
+        let mut a = RunReader::new(&self.file, 32, 0, self.len as u64);
+        let mut b = RunReader::new(&other.file, 32, 0, other.len as u64);
+        let (mut next_a, mut next_b) = (a.next_id()?, b.next_id()?);
+        let merged = std::iter::from_fn(|| {
+            let from_a = match (next_a, next_b) {
+                (None, None) => return None,
+                (Some(x), Some(y)) => x < y,
+                (x, _) => x.is_some(),
+            };
+            let (next, reader) = match from_a {
+                true => (&mut next_a, &mut a),
+                false => (&mut next_b, &mut b),
+            };
+            let id = next.take().expect("the side chosen has an ID");
+            Some(reader.next_id().map(|n| {
+                *next = n;
+                id
+            }))
+        });
+        IdTable::write(dir, self.len + other.len, merged)
     }
 
     /// True when `id` is in the table.
@@ -427,12 +471,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ids: Vec<ChunkId> = (0..1000).map(|n| entry(n, 0).id).collect();
         ids.sort();
-        let table = IdTable::write(dir.path(), ids.len(), ids.iter().copied()).unwrap();
+        let table = IdTable::write(dir.path(), ids.len(), ids.iter().copied().map(Ok)).unwrap();
         assert!(ids.iter().all(|id| table.contains(id).unwrap()));
         let others = (1000..20_000).map(|n| entry(n, 0).id);
         assert_eq!(others.filter(|id| table.contains(id).unwrap()).count(), 0);
         assert!(!table.contains(&ChunkId([0; 32])).unwrap());
         let empty = IdTable::write(dir.path(), 0, []).unwrap();
         assert!(!empty.contains(&ids[0]).unwrap());
+    }
+
+    #[test]
+    fn merged_id_tables_hold_the_ids_of_both_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = |range: std::ops::Range<u32>, step: usize| {
+            let mut ids: Vec<ChunkId> = range.step_by(step).map(|n| entry(n, 0).id).collect();
+            ids.sort();
+            IdTable::write(dir.path(), ids.len(), ids.into_iter().map(Ok)).unwrap()
+        };
+        // Interleaved, one much larger than the other, and one empty.
+        let merged = table(0..3000, 2)
+            .merge(table(1..600, 2), dir.path())
+            .unwrap()
+            .merge(table(0..0, 1), dir.path())
+            .unwrap();
+        assert_eq!(merged.len(), 1500 + 300);
+        let mut back = Vec::new();
+        let mut reader = RunReader::new(&merged.file, 32, 0, merged.len as u64);
+        while let Some(id) = reader.next_id().unwrap() {
+            back.push(id);
+        }
+        assert!(back.windows(2).all(|w| w[0] < w[1]), "sorted, no ID twice");
+        let held = |n: u32| n < 600 || n % 2 == 0;
+        for n in 0..4000 {
+            assert_eq!(
+                merged.contains(&entry(n, 0).id).unwrap(),
+                n < 3000 && held(n),
+                "{n}"
+            );
+        }
     }
 }
