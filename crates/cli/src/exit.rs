@@ -149,13 +149,18 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
                 | RepoError::UpgradeNeeded { .. },
             ) => return 4,
             Some(RepoError::Rollback { .. } | RepoError::IndexRollback { .. }) => return 5,
-            Some(RepoError::Target { .. }) => return 6,
+            Some(
+                RepoError::Target { .. }
+                | RepoError::Output { .. }
+                | RepoError::VerifyFailed { .. },
+            ) => return 6,
             Some(RepoError::Locked { .. } | RepoError::KeyAlreadyKept { .. }) => return 7,
             Some(RepoError::Store(s)) => Some(s),
             Some(
                 RepoError::Usage(_)
                 | RepoError::TargetNotEmpty { .. }
-                | RepoError::SnapshotNotFound { .. },
+                | RepoError::SnapshotNotFound { .. }
+                | RepoError::PathNotInSnapshot { .. },
             ) => return 2,
             Some(_) => return 1,
             None => cause.downcast_ref::<StoreError>(),

@@ -1,6 +1,8 @@
 //! `backlock`: end-to-end encrypted backups of a chat app's data.
 #![forbid(unsafe_code)]
 
+mod backup_cmd;
+mod browse_cmd;
 mod demo;
 mod exit;
 mod fleet_bundle;
@@ -10,15 +12,17 @@ mod key_input;
 mod migrate_cmd;
 mod password_mode;
 mod rotate_cmd;
+mod snapshots_cmd;
 mod vault;
 mod vault_cmd;
 
 use anyhow::{bail, Context, Result};
 use backlock_core::key::BackupKey;
-use backlock_repo::{BackupOptions, DeviceHome, ObjectCache, Repository, DEFAULT_CACHE_BYTES};
+use backlock_repo::{
+    exclude::PathPatterns, DeviceHome, ObjectCache, Repository, DEFAULT_CACHE_BYTES,
+};
 use backlock_store::{Counted, FsStore, ObjectStore};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::{io::IsTerminal, path::PathBuf, sync::Arc};
 
 /// End-to-end encrypted, deduplicating backups for chat apps.
@@ -101,28 +105,46 @@ enum Command {
     #[command(subcommand)]
     Vault(vault_cmd::VaultCommand),
     /// Back up files and directories as a new snapshot (incremental).
-    Backup {
-        #[command(flatten)]
-        repo: RepoArgs,
-        /// Directories and files to back up.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
-    /// List snapshots.
+    Backup(backup_cmd::BackupArgs),
+    /// List snapshots, oldest first.
     Snapshots {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        select: snapshots_cmd::SelectArgs,
     },
+    /// List the entries of a snapshot's directory (the backed-up paths at `/`).
+    Ls(browse_cmd::LsArgs),
+    /// Which snapshots hold entries that match a pattern, newest first.
+    Find(browse_cmd::FindArgs),
+    /// What changed between two snapshots: `+` added, `-` removed, `M` content,
+    /// `U` metadata only, `T` another kind; read from trees, no file content.
+    Diff(browse_cmd::DiffArgs),
+    /// Write a file of a snapshot to standard output, or a directory as a tar archive.
+    Dump(browse_cmd::DumpArgs),
     /// Restore a snapshot into a new or empty directory.
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
-        /// Snapshot id (or a unique prefix), or `latest`.
+        /// Snapshot id (or a unique prefix), or `latest`; `ID:PATH` restores only
+        /// PATH of it (from its root, as `ls` shows it) at the target's root.
         #[arg(default_value = "latest")]
         snapshot: String,
         /// Where to restore; must not exist or be empty.
         #[arg(long)]
         target: PathBuf,
+        /// Only what matches PATTERN (gitignore syntax, against paths from the
+        /// snapshot's root: `/chats/db`, `*.jpg`), with the directories it is in.
+        /// Repeatable.
+        #[arg(long, value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Not what matches PATTERN (a directory with everything in it). Repeatable.
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Before the restore is put in place, read every file back from the disk and
+        /// check each chunk against its ID.
+        #[arg(long)]
+        verify: bool,
         /// After a rollback or damage error: restore this snapshot (`latest`: the
         /// newest that opens) although this device has seen a newer one. Recorded in
         /// this device's state.
@@ -137,13 +159,15 @@ enum Command {
         #[arg(long)]
         read_data: bool,
     },
-    /// Delete old snapshots (their data is freed by `prune`).
+    /// Delete the snapshots a retention policy does not keep (their data is freed by
+    /// `prune`, or `--prune`). Snapshots are grouped by host and paths, and each
+    /// group keeps what any --keep-* rule keeps. The repository's newest snapshot is
+    /// always kept.
     Forget {
         #[command(flatten)]
         repo: RepoArgs,
-        /// How many of the newest snapshots to keep (at least 1).
-        #[arg(long)]
-        keep_last: usize,
+        #[command(flatten)]
+        forget: snapshots_cmd::ForgetArgs,
     },
     /// Remove data no snapshot uses.
     Prune {
@@ -337,7 +361,7 @@ fn run(command: Command) -> Result<()> {
     // migration are built to be killed at any instant and keep the default action.
     if matches!(
         command,
-        Command::Backup { .. }
+        Command::Backup(_)
             | Command::Restore { .. }
             | Command::Check { .. }
             | Command::Forget { .. }
@@ -381,51 +405,12 @@ fn run(command: Command) -> Result<()> {
             repo.json,
         ),
         Command::Vault(command) => vault_cmd::run(command),
-        Command::Backup { repo, paths } => {
-            let key =
-                password_mode::resolve_key(&repo.repo, repo.key_file.as_deref(), &repo.vault)?;
-            let store = Arc::new(Counted::new(store_at(&repo.repo)?));
-            let r = Repository::open(store.clone(), &key, device_home()?)?
-                .with_cache(object_cache(repo.no_cache)?.as_ref());
-            let repo_id = r.id();
-            let summary = backup(r.load_index()?, paths, !repo.json)?;
-            warn_ignored(&summary.ignored_snapshots);
-            for w in &summary.warnings {
-                eprintln!("warning: {w}");
-            }
-            for k in &summary.skipped {
-                eprintln!("not backed up: {}: {}", k.path, k.reason);
-            }
-            if repo.json {
-                print_json(&with_requests(&summary, &store)?);
-            } else {
-                println!(
-                    "snapshot {} (#{}) saved: {} files, {} read, {} new, {} uploaded, in {:.1} s",
-                    &summary.snapshot[..8],
-                    summary.seq,
-                    summary.files,
-                    mib(summary.bytes_read),
-                    mib(summary.bytes_new),
-                    mib(summary.bytes_stored),
-                    summary.seconds
-                );
-            }
-            password_mode::leave_anchor(
-                &repo.vault,
-                &key,
-                &repo_id,
-                &summary.snapshot,
-                summary.seq,
-            );
-            if !summary.skipped.is_empty() {
-                bail!(exit::Incomplete {
-                    snapshot: summary.snapshot[..8].to_owned(),
-                    count: summary.skipped.len(),
-                });
-            }
-            Ok(())
-        }
-        Command::Snapshots { repo } => snapshots(&repo),
+        Command::Backup(args) => backup_cmd::run(args),
+        Command::Snapshots { repo, select } => snapshots_cmd::list(&repo, &select),
+        Command::Ls(args) => browse_cmd::ls(&args),
+        Command::Find(args) => browse_cmd::find(&args),
+        Command::Diff(args) => browse_cmd::diff(&args),
+        Command::Dump(args) => browse_cmd::dump(&args),
         Command::Repair {
             what: Repair::Snapshots { repo, yes },
         } => repair_snapshots(&repo, yes),
@@ -433,8 +418,22 @@ fn run(command: Command) -> Result<()> {
             repo,
             snapshot,
             target,
+            include,
+            exclude,
+            verify,
             accept_older,
         } => {
+            // `ID:PATH`: a snapshot's sub-tree at the target's root.
+            let (snapshot, subpath) = match snapshot.split_once(':') {
+                Some((id, path)) => (id.to_owned(), Some(path.to_owned())),
+                None => (snapshot, None),
+            };
+            let opts = backlock_repo::RestoreOptions {
+                subpath,
+                include: PathPatterns::new("--include", &include)?,
+                exclude: PathPatterns::new("--exclude", &exclude)?,
+                verify,
+            };
             let (r, store) = open_counted(&repo)?;
             let r = r.load_index()?;
             let new_device = r.seen_seq()? == 0;
@@ -475,17 +474,21 @@ fn run(command: Command) -> Result<()> {
                     );
                 }
             };
-            let summary = r.restore_announced(&which, &target, &announce)?;
+            let summary = r.restore_with(&which, &target, &announce, &opts)?;
             if repo.json {
                 print_json(&with_requests(&summary, &store)?);
             } else {
                 println!(
-                    "restored snapshot {} into {}: {} files, {} in {:.1} s",
+                    "restored snapshot {} into {}: {} files, {} in {:.1} s{}",
                     &summary.snapshot[..8],
                     target.display(),
                     summary.files,
                     mib(summary.bytes),
-                    summary.seconds
+                    summary.seconds,
+                    match verify {
+                        true => format!("; {} files read back and verified", summary.verified),
+                        false => String::new(),
+                    }
                 );
             }
             // Restored all the same: what this user may not set (owners, device nodes).
@@ -525,34 +528,8 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Forget { repo, keep_last } => {
-            let summary = open(&repo)?.forget_keep_last(keep_last)?;
-            warn_ignored(&summary.ignored);
-            if repo.json {
-                print_json(&summary);
-            } else {
-                println!(
-                    "removed {} snapshot(s), kept {}; run `backlock prune` to free their data",
-                    summary.removed.len(),
-                    summary.kept
-                );
-            }
-            Ok(())
-        }
-        Command::Prune { repo } => {
-            let summary = open(&repo)?.load_index_exclusive()?.prune()?;
-            if repo.json {
-                print_json(&summary);
-            } else {
-                println!(
-                    "pruned: {} packs deleted, {} repacked, {} freed",
-                    summary.packs_deleted,
-                    summary.packs_repacked,
-                    mib(summary.bytes_freed.max(0) as u64)
-                );
-            }
-            Ok(())
-        }
+        Command::Forget { repo, forget } => snapshots_cmd::forget(&repo, &forget),
+        Command::Prune { repo } => prune(&repo),
         Command::Migrate { repo, from } => migrate_cmd::run(&repo, &from),
         Command::RotateKey { repo, yes } => rotate_cmd::run(&repo, yes),
         Command::Demo(args) => demo::run(args),
@@ -603,39 +580,24 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn backup(
-    r: Repository<backlock_repo::Indexed>,
-    paths: Vec<PathBuf>,
-    show_progress: bool,
-) -> Result<backlock_repo::BackupSummary> {
-    let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta} ({msg} files)",
-            )
-            .expect("static template"),
-        );
-        b
-    });
-    let on_progress = |p: backlock_repo::Progress| {
-        if let Some(b) = &bar {
-            b.set_length(p.bytes_total);
-            b.set_position(p.bytes_done);
-            b.set_message(format!("{}/{}", p.files_done, p.files_total));
-        }
-    };
-    let opts = BackupOptions {
-        paths,
-        hostname: hostname(),
-        progress: Some(&on_progress),
-        ..Default::default()
-    };
-    let summary = r.backup(&opts);
-    if let Some(b) = bar {
-        b.finish_and_clear();
+/// `prune`.
+fn prune(repo: &RepoArgs) -> Result<()> {
+    let summary = open(repo)?.load_index_exclusive()?.prune()?;
+    if repo.json {
+        print_json(&summary);
+    } else {
+        print_pruned(&summary);
     }
-    Ok(summary?)
+    Ok(())
+}
+
+pub(crate) fn print_pruned(summary: &backlock_repo::PruneSummary) {
+    println!(
+        "pruned: {} packs deleted, {} repacked, {} freed",
+        summary.packs_deleted,
+        summary.packs_repacked,
+        mib(summary.bytes_freed.max(0) as u64)
+    );
 }
 
 pub(crate) fn hostname() -> String {
@@ -688,67 +650,8 @@ fn repair_snapshots(args: &RepoArgs, yes: bool) -> Result<()> {
     Ok(())
 }
 
-fn snapshots(args: &RepoArgs) -> Result<()> {
-    let r = open(args)?;
-    let mut rows = Vec::new();
-    let ignored = r.authentic_snapshots(|s, snap| {
-        // Recorded in the snapshot (version 3) or counted from its nodes: no tree read.
-        let totals = snap.summary().unwrap_or_default();
-        let (files, bytes) = (totals.files, totals.bytes);
-        // A snapshot whose metadata does not decode still restores: say so.
-        let skipped = snap.skipped().map(|k| k.len()).unwrap_or(usize::MAX);
-        rows.push(serde_json::json!({
-            "id": s.name.to_hex(),
-            "seq": s.seq,
-            "time_unix": snap.time_unix_ns / 1_000_000_000,
-            "host": snap.hostname,
-            "paths": snap.paths,
-            "files": files,
-            "bytes": bytes,
-            "incomplete": skipped > 0,
-            "skipped": skipped.min(u32::MAX as usize),
-        }));
-        Ok(())
-    })?;
-    warn_ignored(&ignored);
-    if args.json {
-        print_json(&rows);
-        return Ok(());
-    }
-    if rows.is_empty() {
-        println!("no snapshots yet");
-    }
-    println!(
-        "{:<10} {:>4}  {:<20} {:>8} {:>12}  paths",
-        "id", "seq", "time (UTC)", "files", "size"
-    );
-    for row in rows {
-        let incomplete = match row["skipped"].as_u64().unwrap_or(0) {
-            0 => String::new(),
-            n => format!("  [incomplete: {n} left out]"),
-        };
-        println!(
-            "{:<10} {:>4}  {:<20} {:>8} {:>12}  {}{incomplete}",
-            &row["id"].as_str().unwrap_or_default()[..8],
-            row["seq"],
-            format_time(row["time_unix"].as_i64().unwrap_or(0)),
-            row["files"],
-            mib(row["bytes"].as_u64().unwrap_or(0)),
-            row["paths"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
-}
-
 /// `YYYY-MM-DD HH:MM:SS` in UTC.
-fn format_time(unix: i64) -> String {
+pub(crate) fn format_time(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     let (y, m, d) = backlock_chatgen::civil_from_days(days);
     format!(

@@ -380,6 +380,10 @@ pub const META_INCOMPLETE: &str = "incomplete";
 /// that listing snapshots needs none of their trees.
 pub const META_SUMMARY: &str = "summary";
 
+/// The metadata key of a snapshot's tags (`backup --tag`), for `snapshots --tag`
+/// and `forget --keep-tag`.
+pub const META_TAGS: &str = "tags";
+
 /// A snapshot's totals (docs/FORMAT.md §Snapshot metadata).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -726,6 +730,31 @@ impl Snapshot {
         );
     }
 
+    /// The snapshot's tags, ascending and each once; none before they existed.
+    pub fn tags(&self) -> Result<Vec<String>, FormatError> {
+        match self.meta.get(META_TAGS) {
+            None => Ok(Vec::new()),
+            Some(v) => postcard::from_bytes(v).map_err(|e| FormatError::Malformed {
+                what: "snapshot metadata",
+                detail: format!("{META_TAGS}: {e}"),
+            }),
+        }
+    }
+
+    /// Records `tags` (sorted and made unique here); none removes the key.
+    pub fn set_tags(&mut self, tags: &[String]) {
+        let mut tags = tags.to_vec();
+        tags.sort();
+        tags.dedup();
+        match tags.is_empty() {
+            true => self.meta.remove(META_TAGS),
+            false => self.meta.insert(
+                META_TAGS.to_owned(),
+                postcard::to_allocvec(&tags).expect("postcard into a Vec cannot fail"),
+            ),
+        };
+    }
+
     /// Marks the snapshot incomplete, listing what was not stored.
     pub fn set_skipped(&mut self, skipped: &[Skipped]) {
         match skipped.is_empty() {
@@ -1029,5 +1058,17 @@ mod limit_tests {
                 limit: MAX_OBJECT_PLAINTEXT
             })
         );
+    }
+
+    /// docs/FORMAT.md §Snapshot metadata, `tags`: byte for byte.
+    #[test]
+    fn tags_are_stored_sorted_once_each_as_documented() {
+        let mut snap = Snapshot::default();
+        snap.set_tags(&["wifi".into(), "daily".into(), "wifi".into()]);
+        assert_eq!(snap.meta[META_TAGS], b"\x02\x05daily\x04wifi");
+        assert_eq!(snap.tags().unwrap(), ["daily", "wifi"]);
+        snap.set_tags(&[]);
+        assert!(!snap.meta.contains_key(META_TAGS));
+        assert!(snap.tags().unwrap().is_empty());
     }
 }

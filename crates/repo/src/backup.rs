@@ -20,6 +20,7 @@ use crate::{
     bases::BaseReader,
     cache::RepoCache,
     error::{RepoError, Result},
+    exclude::{absolute, Excludes},
     index::{write_index_object, Spill},
     metadata::{self, Owners},
     now_unix_ns,
@@ -92,9 +93,16 @@ pub struct BackupOptions<'a> {
     /// writes to, such as an unencrypted backup being migrated, so that its restore
     /// equals it bit for bit (docs/FORMAT.md §SQLite databases).
     pub verbatim: bool,
-    /// What the snapshot records as its paths instead of `paths` (a migration from a
-    /// store records the store's URL, not the folder it was downloaded into).
+    /// What the snapshot records as its paths instead of `paths` made absolute (a
+    /// migration from a store records the store's URL, not the folder it was
+    /// downloaded into).
     pub recorded_paths: Option<Vec<String>>,
+    /// Tags stored in the snapshot (`--tag`).
+    pub tags: Vec<String>,
+    /// The snapshot's time instead of now (`--time`), nanoseconds since the epoch.
+    pub time_unix_ns: Option<i64>,
+    /// What to leave out (`--exclude` and the like).
+    pub excludes: Excludes,
 }
 
 impl Default for BackupOptions<'_> {
@@ -106,6 +114,9 @@ impl Default for BackupOptions<'_> {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             verbatim: false,
             recorded_paths: None,
+            tags: Vec::new(),
+            time_unix_ns: None,
+            excludes: Excludes::default(),
         }
     }
 }
@@ -139,9 +150,78 @@ pub struct BackupSummary {
     /// Entries left out (unreadable, vanished, a database that stayed locked): the
     /// snapshot is marked incomplete and names them.
     pub skipped: Vec<SkippedEntry>,
+    /// Entries left out by `--exclude` and the like (a directory counts once).
+    pub excluded: u64,
     /// Entries stored, with something to know (a file that looks like a database but
     /// SQLite cannot read, stored as plain bytes).
     pub warnings: Vec<String>,
+}
+
+/// What `backup --dry-run` would do with an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Not in the parent snapshot.
+    New,
+    /// A file the parent has, changed: it would be read again.
+    Changed,
+    /// A file as the parent has it (not read), or another entry the parent has (a
+    /// directory's entries are listed on their own).
+    Unchanged,
+}
+
+/// An entry `backup --dry-run` would store.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedEntry {
+    /// Its path in the snapshot.
+    pub path: String,
+    /// `dir`, `file`, `symlink`, `fifo`, `chardev`, `blockdev` or `socket`.
+    pub kind: &'static str,
+    /// Bytes (files).
+    pub size: u64,
+    /// Against the parent snapshot.
+    pub status: Change,
+}
+
+/// What `backup --dry-run` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BackupPlan {
+    /// Regular files that would be stored.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Links, pipes and devices.
+    pub others: u64,
+    /// Bytes of those files.
+    pub bytes_total: u64,
+    /// Files new or changed since the parent: what the backup would read.
+    pub files_to_read: u64,
+    /// Their bytes: at most what the backup would add, less what deduplicates.
+    pub bytes_to_read: u64,
+    /// Entries left out by `--exclude` and the like.
+    pub excluded: u64,
+    /// Entries that could not be read.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// What a walk's file type is, as `ls` and `--dry-run` name it.
+pub(crate) fn entry_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_char_device() {
+        "chardev"
+    } else if ft.is_block_device() {
+        "blockdev"
+    } else {
+        "socket"
+    }
 }
 
 /// An entry a backup left out.
@@ -1003,6 +1083,16 @@ impl Producer<'_> {
     }
 }
 
+/// The paths a snapshot records of `paths`: absolute, as typed otherwise (no link
+/// resolved), so that `snapshots --path` and `forget`'s groups see one name for one
+/// place wherever the backup ran from.
+fn recorded_paths(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| absolute(p).display().to_string())
+        .collect()
+}
+
 /// Whether file `fresh` is `old` (its node in the parent snapshot) untouched, with
 /// every chunk still stored: then it is not read again.
 fn unchanged(old: &Node, fresh: &Node, index: &crate::index::Index) -> bool {
@@ -1176,6 +1266,105 @@ fn produce<'a>(
 }
 
 impl Repository<Indexed> {
+    /// The parent snapshot's name, and what the walk compares against: the walk
+    /// reads the parent's trees directory by directory, and they tell which files
+    /// are unchanged.
+    fn walk_parent(
+        &self,
+        newest: Option<(crate::SnapshotRef, Snapshot)>,
+    ) -> (Option<ObjectName>, Parent<'_>) {
+        match newest {
+            Some((r, snap)) if !snap.root.is_empty() => (
+                Some(r.name),
+                Parent::Trees {
+                    reader: TreeReader::new(
+                        &*self.store,
+                        &self.keys,
+                        &self.state.index,
+                        self.cache.as_deref(),
+                    ),
+                    root: snap.root,
+                    name: r.name.to_hex(),
+                },
+            ),
+            Some((r, snap)) => (
+                Some(r.name),
+                Parent::Nodes(
+                    snap.nodes
+                        .into_iter()
+                        .filter(|n| matches!(n.kind, NodeKind::File | NodeKind::SqliteFile))
+                        .map(|n| (n.path.clone(), n))
+                        .collect(),
+                ),
+            ),
+            None => (None, Parent::None),
+        }
+    }
+
+    /// `backup --dry-run`: walks `opts.paths` as a backup would, with its exclusions
+    /// and against the same parent, giving each entry it would store to `each`;
+    /// reads no file's content and writes nothing. Files it calls new or changed are
+    /// the ones a backup would read (their chunks may still be stored already).
+    pub fn plan_backup(
+        &self,
+        opts: &BackupOptions,
+        each: &mut dyn FnMut(&PlannedEntry),
+    ) -> Result<BackupPlan> {
+        let newest = self.newest_snapshot()?;
+        let (_, parent) = self.walk_parent(newest.snapshot);
+        let mut walker = Walker::new(&opts.paths, parent, opts.verbatim, opts.excludes.clone())?;
+        let mut plan = BackupPlan::default();
+        loop {
+            let batch = walker.next_batch(BATCH_ENTRIES)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch.into_iter().filter(|e| !e.sidecar) {
+                let ft = e.meta.file_type();
+                let kind = entry_kind(&ft);
+                let size = if ft.is_file() { e.meta.len() } else { 0 };
+                let status = match (&e.old, e.in_parent()) {
+                    (Some(old), _)
+                        if unchanged(old, &node_of(&e, NodeKind::File), &self.state.index) =>
+                    {
+                        Change::Unchanged
+                    }
+                    (_, false) => Change::New,
+                    _ if ft.is_file() => Change::Changed,
+                    _ => Change::Unchanged,
+                };
+                match kind {
+                    "dir" => plan.dirs += 1,
+                    "file" => {
+                        plan.files += 1;
+                        plan.bytes_total += size;
+                        if status != Change::Unchanged {
+                            plan.files_to_read += 1;
+                            plan.bytes_to_read += size;
+                        }
+                    }
+                    _ => plan.others += 1,
+                }
+                each(&PlannedEntry {
+                    path: String::from_utf8_lossy(&e.rel).into_owned(),
+                    kind,
+                    size,
+                    status,
+                });
+            }
+        }
+        plan.excluded = walker.excluded;
+        plan.skipped = walker
+            .take_skipped()
+            .into_iter()
+            .map(|k| SkippedEntry {
+                path: String::from_utf8_lossy(&k.path).into_owned(),
+                reason: k.reason,
+            })
+            .collect();
+        Ok(plan)
+    }
+
     /// Backs up `opts.paths` as a new snapshot. Consumes the repository: its index no
     /// longer describes the store afterwards (open it again for another backup).
     pub fn backup(self, opts: &BackupOptions) -> Result<BackupSummary> {
@@ -1192,34 +1381,17 @@ impl Repository<Indexed> {
         let seq = newest.snapshot.as_ref().map_or(1, |(r, _)| r.seq + 1);
         let keys = &*self.keys;
         let store = &*self.store;
-        // The walk reads the parent's trees directory by directory: they tell which
-        // files are unchanged.
-        let (parent, parent_files) = match newest.snapshot {
-            Some((r, snap)) if !snap.root.is_empty() => (
-                Some(r.name),
-                Parent::Trees {
-                    reader: TreeReader::new(store, keys, &self.state.index, self.cache.as_deref()),
-                    root: snap.root,
-                    name: r.name.to_hex(),
-                },
-            ),
-            Some((r, snap)) => (
-                Some(r.name),
-                Parent::Nodes(
-                    snap.nodes
-                        .into_iter()
-                        .filter(|n| matches!(n.kind, NodeKind::File | NodeKind::SqliteFile))
-                        .map(|n| (n.path.clone(), n))
-                        .collect(),
-                ),
-            ),
-            None => (None, Parent::None),
-        };
+        let (parent, parent_files) = self.walk_parent(newest.snapshot);
         // A version-3 parent recorded owners and attributes.
         let parent_has_meta = matches!(parent_files, Parent::Trees { .. });
         // Entries that cannot be read are left out and named in the snapshot, except in
         // a verbatim copy (migration), which must hold everything or nothing.
-        let walker = Walker::new(&opts.paths, parent_files, opts.verbatim)?;
+        let walker = Walker::new(
+            &opts.paths,
+            parent_files,
+            opts.verbatim,
+            opts.excludes.clone(),
+        )?;
 
         let pack_size = self.config.pack_size as usize;
         let shared = Shared {
@@ -1306,7 +1478,8 @@ impl Repository<Indexed> {
             if opts.progress.is_some() {
                 let (st, counted) = (&produce_state, &counted);
                 s.spawn(move || {
-                    walk::count(&opts.paths, &st.files_total, &st.bytes_total, counted)
+                    let totals = (&st.files_total, &st.bytes_total);
+                    walk::count(&opts.paths, &opts.excludes, totals, counted)
                 });
             }
             // The walk lists the next batch while the producers read this one.
@@ -1359,6 +1532,7 @@ impl Repository<Indexed> {
             produce_state.files_unchanged.into_inner(),
         );
         let (bytes_read, bytes_new, files_unchanged) = stats;
+        let excluded = walker.excluded;
         let mut skipped = walker.take_skipped();
         skipped.extend(
             produce_state
@@ -1413,17 +1587,18 @@ impl Repository<Indexed> {
         let mut snapshot = Snapshot {
             seq,
             parent,
-            time_unix_ns: now_unix_ns(),
+            time_unix_ns: opts.time_unix_ns.unwrap_or_else(now_unix_ns),
             hostname: opts.hostname.clone(),
             paths: opts
                 .recorded_paths
                 .clone()
-                .unwrap_or_else(|| opts.paths.iter().map(|p| p.display().to_string()).collect()),
+                .unwrap_or_else(|| recorded_paths(&opts.paths)),
             meta: Default::default(),
             nodes: Vec::new(),
             root,
         };
         snapshot.set_summary(&summary);
+        snapshot.set_tags(&opts.tags);
         snapshot.set_skipped(&skipped);
         // Never write what no reader would accept: a snapshot of this many entries
         // has to be split by the user (issue: snapshots as trees will lift this).
@@ -1470,6 +1645,7 @@ impl Repository<Indexed> {
                     reason: k.reason.clone(),
                 })
                 .collect(),
+            excluded,
             warnings,
         })
     }

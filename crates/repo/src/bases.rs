@@ -80,7 +80,32 @@ impl<'a> BaseReader<'a> {
         for (pack, mut blobs) in by_pack {
             blobs.sort_by_key(|b| b.offset);
             blobs.dedup_by_key(|b| b.id);
-            self.read_pack(pack, &blobs, &mut out)?;
+            self.read_pack(pack, &blobs, &HashMap::new(), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The plaintexts of `ids`, each authenticated against its ID, any of them a
+    /// delta (whose base is read first): a file's chunks, as `dump` reads them.
+    pub(crate) fn read_chunks(&mut self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Vec<u8>>> {
+        let mut by_pack: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
+        let mut bases = Vec::new();
+        for id in ids {
+            let loc = self.index.get(id).ok_or_else(|| {
+                bad_base(
+                    id,
+                    "a file's chunk is in no index object: run `backlock check`",
+                )
+            })?;
+            bases.extend(loc.blob.base);
+            by_pack.entry(loc.pack).or_default().push(loc.blob);
+        }
+        let bases = self.read(bases)?;
+        let mut out = HashMap::new();
+        for (pack, mut blobs) in by_pack {
+            blobs.sort_by_key(|b| b.offset);
+            blobs.dedup_by_key(|b| b.id);
+            self.read_pack(pack, &blobs, &bases, &mut out)?;
         }
         Ok(out)
     }
@@ -93,10 +118,13 @@ impl<'a> BaseReader<'a> {
         Ok(())
     }
 
+    /// Reads `blobs` of `pack`, sorted by offset, into `out`; `bases` holds the base
+    /// of each delta among them.
     fn read_pack(
         &mut self,
         pack: ObjectName,
         blobs: &[BlobEntry],
+        bases: &HashMap<ChunkId, Vec<u8>>,
         out: &mut HashMap<ChunkId, Vec<u8>>,
     ) -> Result<()> {
         let name = pack.to_hex();
@@ -133,7 +161,16 @@ impl<'a> BaseReader<'a> {
             let opener = &self.openers[&pack];
             for b in &blobs[i..j] {
                 let encoded = open_blob_at(opener, &name, &self.data, start, b)?;
-                let chunk = decode_chunk(&mut self.decoder, self.keys, &name, &encoded, b, None)?;
+                let base = match &b.base {
+                    None => None,
+                    Some(id) => Some(
+                        bases
+                            .get(id)
+                            .ok_or_else(|| bad_base(id, "a delta's base could not be read"))?,
+                    ),
+                };
+                let base = base.map(Vec::as_slice);
+                let chunk = decode_chunk(&mut self.decoder, self.keys, &name, &encoded, b, base)?;
                 out.insert(b.id, chunk.into_owned());
             }
             i = j;

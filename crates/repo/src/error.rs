@@ -8,6 +8,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RepoError {
+    /// A path that a snapshot does not hold (`ls`, `dump`, `restore SNAPSHOT:PATH`).
+    #[error("{path} is not in snapshot {snapshot}: the nearest path it holds is {nearest}; list it with `backlock ls {snapshot} {nearest}`")]
+    PathNotInSnapshot {
+        /// The path asked for.
+        path: String,
+        /// The snapshot's short id.
+        snapshot: String,
+        /// The deepest of its parents that the snapshot holds (`/` for its root).
+        nearest: String,
+    },
     /// The key opens no object here.
     #[error(
         "this key does not open this repository: check you used the key saved for this backup"
@@ -140,6 +150,23 @@ pub enum RepoError {
     Target {
         /// The target.
         path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `restore --verify` read back other bytes than the snapshot holds.
+    #[error("the restored file {path} differs from the snapshot from byte {offset} on: the disk under the target gave back other data than was written. Nothing was left under the target name; check that disk, then restore again")]
+    VerifyFailed {
+        /// The file, from the target's root.
+        path: String,
+        /// Where the first chunk that differs starts.
+        offset: u64,
+    },
+    /// Where `dump` writes could not be written.
+    #[error("cannot write to {what}: {source}")]
+    Output {
+        /// What it writes to.
+        what: String,
         /// Why.
         #[source]
         source: std::io::Error,

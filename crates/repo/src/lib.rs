@@ -10,10 +10,12 @@
 
 mod backup;
 mod bases;
+pub mod browse;
 mod cache;
 mod check;
 pub mod device;
 mod error;
+pub mod exclude;
 mod index;
 mod indexset;
 pub mod interrupt;
@@ -22,7 +24,10 @@ mod metadata;
 mod prune;
 mod readahead;
 mod restore;
+mod restore_select;
+pub mod retention;
 mod rotate;
+pub mod select;
 mod spill;
 mod sqlite;
 pub mod testhook;
@@ -30,7 +35,9 @@ mod trees;
 pub mod verify;
 mod walk;
 
-pub use backup::{BackupOptions, BackupSummary, Progress, SkippedEntry};
+pub use backup::{
+    BackupOptions, BackupPlan, BackupSummary, Change, PlannedEntry, Progress, SkippedEntry,
+};
 pub use cache::{ObjectCache, DEFAULT_CACHE_BYTES};
 pub use check::CheckReport;
 pub use device::DeviceHome;
@@ -39,6 +46,7 @@ pub use index::Index;
 pub use lock::{holder_identity, hostname, RepoLock, STALE_AFTER_SECS};
 pub use prune::{ForgetSummary, PruneSummary};
 pub use restore::RestoreSummary;
+pub use restore_select::RestoreOptions;
 pub use rotate::RotateSummary;
 
 use backlock_core::{
@@ -622,7 +630,7 @@ impl Repository<Indexed> {
 }
 
 /// The one snapshot of `refs` whose name starts with `id` (any case).
-fn by_prefix(refs: &[SnapshotRef], id: &str) -> Result<SnapshotRef> {
+pub(crate) fn by_prefix(refs: &[SnapshotRef], id: &str) -> Result<SnapshotRef> {
     let id_lower = id.to_ascii_lowercase();
     let matches: Vec<_> = refs
         .iter()
@@ -631,8 +639,12 @@ fn by_prefix(refs: &[SnapshotRef], id: &str) -> Result<SnapshotRef> {
     match matches.as_slice() {
         [one] => Ok(**one),
         [] => Err(RepoError::SnapshotNotFound { id: id.to_string() }),
-        _ => Err(RepoError::Usage(format!(
-            "snapshot id {id:?} is ambiguous: give more digits"
+        many => Err(RepoError::Usage(format!(
+            "snapshot id {id:?} is ambiguous: it starts {}; give more digits",
+            many.iter()
+                .map(|r| format!("{} (#{})", &r.name.to_hex()[..12], r.seq))
+                .collect::<Vec<_>>()
+                .join(" and ")
         ))),
     }
 }

@@ -11,6 +11,8 @@ use crate::{
     error::{RepoError, Result},
     index::{open_blob_at, stored_sizes, write_index_object},
     indexset::delete_all,
+    retention::{self, GroupBy, GroupVerdicts, Keep, Policy},
+    select::{SnapshotFilter, SnapshotInfo},
     testhook::{pause, step},
     Indexed, Open, Repository,
 };
@@ -19,19 +21,25 @@ use backlock_core::{
     format::{BlobEntry, IndexFile, PackEntry},
     ids::{ChunkId, ObjectName},
 };
+use jiff::tz::TimeZone;
 use serde::Serialize;
 use std::collections::HashSet;
 
 /// Repack a pack when at least this fraction of its bytes is unused.
 const REPACK_DEAD_FRACTION: f64 = 0.25;
 
-/// What `forget` removed.
+/// What `forget` decided, and what it removed.
 #[derive(Clone, Debug, Serialize)]
 pub struct ForgetSummary {
-    /// Snapshots deleted.
+    /// Each group of the snapshots selected, newest first, each with the policy's
+    /// verdict and why it is kept.
+    pub groups: Vec<GroupVerdicts>,
+    /// Snapshots deleted (none in a dry run).
     pub removed: Vec<String>,
-    /// Snapshots kept.
+    /// Snapshots kept, of those selected.
     pub kept: usize,
+    /// Nothing was deleted: this is what would be.
+    pub dry_run: bool,
     /// Listed objects that do not authenticate: neither counted nor deleted.
     pub ignored: Vec<crate::RejectedSnapshot>,
 }
@@ -49,33 +57,131 @@ pub struct PruneSummary {
     pub index_objects_replaced: usize,
 }
 
+/// Why the repository's newest snapshot stays whatever the policy says.
+const NEWEST_REASON: &str = "newest in the repository: devices check the store against it";
+
 impl Repository<Open> {
-    /// Deletes all but the newest `keep` snapshots (`keep` ≥ 1), under a shared lock.
+    /// Deletes all but the newest `keep` snapshots (`keep` ≥ 1) of every host and
+    /// path together.
     pub fn forget_keep_last(&self, keep: usize) -> Result<ForgetSummary> {
         if keep == 0 {
             return Err(RepoError::Usage(
                 "--keep-last must be at least 1: the newest snapshot is always kept".into(),
             ));
         }
+        let policy = Policy {
+            last: Some(Keep::Count(keep.try_into().unwrap_or(u32::MAX))),
+            ..Default::default()
+        };
+        let one_group = GroupBy {
+            host: false,
+            paths: false,
+            tags: false,
+        };
+        self.forget(
+            &policy,
+            &SnapshotFilter::default(),
+            one_group,
+            &TimeZone::UTC,
+            false,
+        )
+    }
+
+    /// `forget ID...`: deletes the snapshots named (IDs or unique prefixes), under a
+    /// shared lock. The repository's newest snapshot is refused: a device checks the
+    /// store against it.
+    pub fn forget_ids(&self, ids: &[String]) -> Result<ForgetSummary> {
         let _lock = self.lock(false)?;
         self.check_writer_level()?;
-        // Only snapshots that authenticate count, and only they are deleted: an object
-        // the store made up can neither push a real snapshot out of the newest `keep`
-        // nor be deleted as if it were one.
-        let mut refs = Vec::new();
-        let ignored = self.authentic_snapshots(|r, _| {
-            refs.push(r);
+        let mut all = Vec::new();
+        let ignored = self.authentic_snapshots(|r, snap| {
+            all.push(SnapshotInfo::of(r, &snap));
             Ok(())
         })?;
-        let cut = refs.len().saturating_sub(keep);
-        let mut removed = Vec::new();
-        for r in &refs[..cut] {
-            self.store.delete(ObjectKind::Snapshot, &r.name.to_hex())?;
-            removed.push(r.name.to_hex());
+        let refs: Vec<crate::SnapshotRef> = all.iter().map(|s| s.snapshot_ref()).collect();
+        let mut chosen = Vec::new();
+        for id in ids {
+            let r = crate::by_prefix(&refs, id)?;
+            if Some(r.seq) == refs.last().map(|n| n.seq) {
+                return Err(RepoError::Usage(format!(
+                    "snapshot {} is the repository's newest, which devices check the store against: back up again first, then forget it. Nothing was deleted",
+                    &r.name.to_hex()[..8]
+                )));
+            }
+            chosen.push(r.name.to_hex());
+        }
+        chosen.sort();
+        chosen.dedup();
+        for id in &chosen {
+            self.store.delete(ObjectKind::Snapshot, id)?;
         }
         Ok(ForgetSummary {
+            groups: Vec::new(),
+            kept: all.len() - chosen.len(),
+            removed: chosen,
+            dry_run: false,
+            ignored,
+        })
+    }
+
+    /// Applies `policy` to the snapshots `select` picks, grouped `by`, with calendar
+    /// periods in `tz`; deletes those it does not keep, under a shared lock, unless
+    /// `dry_run`. The repository's newest snapshot is never deleted: it is what a
+    /// device checks the store against.
+    pub fn forget(
+        &self,
+        policy: &Policy,
+        select: &SnapshotFilter,
+        by: GroupBy,
+        tz: &TimeZone,
+        dry_run: bool,
+    ) -> Result<ForgetSummary> {
+        if policy.is_empty() {
+            return Err(RepoError::Usage(
+                "no --keep-* rule keeps anything, and forget would delete every snapshot: give at least one (such as --keep-last 1 or --keep-daily 7)".into(),
+            ));
+        }
+        let _lock = match dry_run {
+            true => None,
+            false => Some(self.lock(false)?),
+        };
+        if !dry_run {
+            self.check_writer_level()?;
+        }
+        // Only snapshots that authenticate count, and only they are deleted: an object
+        // the store made up can neither push a real snapshot out of a rule nor be
+        // deleted as if it were one.
+        let mut all = Vec::new();
+        let ignored = self.authentic_snapshots(|r, snap| {
+            all.push(SnapshotInfo::of(r, &snap));
+            Ok(())
+        })?;
+        let newest = all.last().map(|s| s.seq);
+        let selected = all.into_iter().filter(|s| select.matches(s)).collect();
+        let mut groups = retention::apply(policy, by, selected, tz, crate::now_unix_ns());
+        let mut removed = Vec::new();
+        let mut kept = 0;
+        for group in &mut groups {
+            for (s, verdict) in &mut group.snapshots {
+                if !verdict.keep && Some(s.seq) == newest {
+                    verdict.keep = true;
+                    verdict.reasons.push(NEWEST_REASON.to_owned());
+                }
+                match verdict.keep {
+                    true => kept += 1,
+                    false if dry_run => {}
+                    false => {
+                        self.store.delete(ObjectKind::Snapshot, &s.id)?;
+                        removed.push(s.id.clone());
+                    }
+                }
+            }
+        }
+        Ok(ForgetSummary {
+            groups,
             removed,
-            kept: refs.len() - cut,
+            kept,
+            dry_run,
             ignored,
         })
     }

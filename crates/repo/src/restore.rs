@@ -15,9 +15,11 @@
 
 use crate::{
     bases::bad_base,
+    browse::SnapshotTrees,
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_in, Slot},
     metadata::{self, NotRestored},
+    restore_select::RestoreOptions,
     Indexed, Repository, SnapshotRef,
 };
 use backlock_core::{
@@ -65,6 +67,8 @@ pub struct RestoreSummary {
     /// What could not be put back, one line per kind (ownership when not run as
     /// root, device nodes, extended attributes the file system refuses).
     pub not_restored: Vec<String>,
+    /// Files read back and checked chunk by chunk (`--verify`; 0 without).
+    pub verified: u64,
 }
 
 /// One chunk to write: its blob, and the file and offset it goes to.
@@ -128,6 +132,18 @@ impl Repository<Indexed> {
         target: &Path,
         announce: &dyn Fn(&Snapshot),
     ) -> Result<RestoreSummary> {
+        self.restore_with(r, target, announce, &RestoreOptions::default())
+    }
+
+    /// [`Self::restore_announced`], restoring what `opts` selects (a sub-path, include
+    /// and exclude patterns), and reading it all back first with `opts.verify`.
+    pub fn restore_with(
+        &self,
+        r: &SnapshotRef,
+        target: &Path,
+        announce: &dyn Fn(&Snapshot),
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
         let start = Instant::now();
         let mut snap = self.load_snapshot(r)?;
         announce(&snap);
@@ -164,10 +180,10 @@ impl Repository<Indexed> {
         let mut scratch = staging.clone().into_os_string();
         scratch.push(".bases");
         let scratch = PathBuf::from(scratch);
-        let restored = self.restore_into(&mut snap, &r.name.to_hex(), &staging, &scratch);
+        let restored = self.restore_into(&mut snap, &r.name.to_hex(), &staging, &scratch, opts);
         let _ = fs::remove_file(&scratch);
         match restored {
-            Ok((files, bytes, not_restored)) => {
+            Ok((files, bytes, not_restored, verified)) => {
                 sync_tree(&staging)
                     .and_then(|()| fs::rename(&staging, target))
                     .map_err(|e| {
@@ -186,6 +202,7 @@ impl Repository<Indexed> {
                     bytes,
                     seconds: start.elapsed().as_secs_f64(),
                     not_restored,
+                    verified,
                 })
             }
             Err(e) => {
@@ -203,7 +220,8 @@ impl Repository<Indexed> {
         name: &str,
         root: &Path,
         scratch: &Path,
-    ) -> Result<(u64, u64, Vec<String>)> {
+        opts: &RestoreOptions,
+    ) -> Result<(u64, u64, Vec<String>, u64)> {
         let mut restorer = Restorer {
             repo: self,
             root,
@@ -229,16 +247,47 @@ impl Repository<Indexed> {
             )));
         }
         drop(seen);
-        crate::trees::for_each_node(
-            &*self.store,
-            &self.keys,
-            &self.state.index,
-            self.cache.as_deref(),
-            name,
-            snap,
-            &mut |node| restorer.push(node),
-        )?;
-        restorer.finish()
+        if opts.is_whole() {
+            crate::trees::for_each_node(
+                &*self.store,
+                &self.keys,
+                &self.state.index,
+                self.cache.as_deref(),
+                name,
+                snap,
+                &mut |node| restorer.push(node),
+            )?;
+            let (files, bytes, missed) = restorer.finish()?;
+            return Ok((files, bytes, missed, 0));
+        }
+        let mut trees = SnapshotTrees::of(self, name, snap.clone())?;
+        let given = self.selected_nodes(&mut trees, opts, &mut |node| restorer.push(node))?;
+        if given == 0 {
+            return Err(RepoError::Usage(format!(
+                "nothing in snapshot {} matches what was asked (the path and --include/--exclude): nothing was written. See what it holds with `backlock ls {} / --recursive`",
+                &name[..8],
+                &name[..8]
+            )));
+        }
+        let (files, bytes, missed) = restorer.finish()?;
+        let mut verified = 0;
+        if opts.verify {
+            sync_tree(root).map_err(|source| RepoError::Target {
+                path: root.to_path_buf(),
+                source,
+            })?;
+            crate::testhook::pause(crate::testhook::step::RESTORE_WRITTEN);
+            let mut buf = Vec::new();
+            self.selected_nodes(&mut trees, opts, &mut |node| {
+                if matches!(node.kind, NodeKind::File | NodeKind::SqliteFile) {
+                    let rel = safe_rel(&node.path).expect("restored above, so safe");
+                    self.verify_file(&root.join(rel), &node, &mut buf)?;
+                    verified += 1;
+                }
+                Ok(())
+            })?;
+        }
+        Ok((files, bytes, missed, verified))
     }
 
     /// Finds where the first pass writes the base of each delta, sorted by slot. A

@@ -37,6 +37,10 @@ pub mod step {
     /// Every step of a backup.
     pub const BACKUP: [&str; 2] = [BACKUP_INDEXED, BACKUP_COMMITTED];
 
+    /// Restore with `--verify`: every file written to the staging directory and made
+    /// durable; nothing read back yet, nothing renamed onto the target.
+    pub const RESTORE_WRITTEN: &str = "restore:written";
+
     /// Rotation: every pack in use re-sealed under the new key.
     pub const ROTATE_PACKS_WRITTEN: &str = "rotate:packs-written";
     /// Rotation: the markers naming both generations are written.

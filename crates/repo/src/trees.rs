@@ -24,7 +24,7 @@ use std::{
 
 /// Why reading or writing trees stopped: the trees themselves (reported against the
 /// snapshot), or anything else.
-enum TreeFailure {
+pub(crate) enum TreeFailure {
     Format(FormatError),
     Repo(RepoError),
 }
@@ -42,7 +42,7 @@ impl From<RepoError> for TreeFailure {
 }
 
 impl TreeFailure {
-    fn into_repo(self, snapshot: &str) -> RepoError {
+    pub(crate) fn into_repo(self, snapshot: &str) -> RepoError {
         match self {
             TreeFailure::Format(source) => RepoError::Damaged {
                 kind: "snapshot",

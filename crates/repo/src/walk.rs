@@ -5,6 +5,7 @@
 
 use crate::{
     error::{RepoError, Result},
+    exclude::{absolute, Excludes},
     sqlite,
     trees::TreeReader,
 };
@@ -35,6 +36,17 @@ pub(crate) struct Entry {
     pub(crate) sidecar: bool,
     /// A directory: its tree in the parent snapshot.
     old_dir: Option<Vec<ChunkId>>,
+    /// The device of the source it is under (`--one-file-system`).
+    source_dev: u64,
+    /// The parent snapshot has an entry of this path (of any kind).
+    in_parent: bool,
+}
+
+impl Entry {
+    /// True when the parent snapshot has an entry of this path.
+    pub(crate) fn in_parent(&self) -> bool {
+        self.in_parent
+    }
 }
 
 /// What the parent snapshot holds, read as the walk needs it.
@@ -61,18 +73,29 @@ pub(crate) struct Walker<'a> {
     /// which must hold everything or nothing): they fail the walk.
     skipped: Option<Vec<Skipped>>,
     verbatim: bool,
+    excludes: Excludes,
+    /// Entries left out by `excludes`.
+    pub(crate) excluded: u64,
     /// Set when the parent's trees could not be read.
     pub(crate) warning: Option<String>,
 }
 
 impl<'a> Walker<'a> {
-    /// A walk of `paths`, each stored under its last name.
-    pub(crate) fn new(paths: &[PathBuf], parent: Parent<'a>, verbatim: bool) -> Result<Self> {
+    /// A walk of `paths`, each stored under its last name, leaving out what
+    /// `excludes` says.
+    pub(crate) fn new(
+        paths: &[PathBuf],
+        parent: Parent<'a>,
+        verbatim: bool,
+        excludes: Excludes,
+    ) -> Result<Self> {
         let mut walker = Walker {
             open: Vec::new(),
             parent,
             skipped: (!verbatim).then(Vec::new),
             verbatim,
+            excludes,
+            excluded: 0,
             warning: None,
         };
         let mut roots = HashSet::new();
@@ -92,7 +115,7 @@ impl<'a> Walker<'a> {
                     String::from_utf8_lossy(&name)
                 )));
             }
-            top.push((path.clone(), name));
+            top.push((absolute(path), name, None));
         }
         let root = match &walker.parent {
             Parent::Trees { root, .. } => root.clone(),
@@ -148,6 +171,9 @@ impl<'a> Walker<'a> {
     /// parent. A directory that cannot be listed is recorded as skipped (and stored
     /// empty).
     fn list(&mut self, dir: &Entry, old_dir: Option<Vec<ChunkId>>) -> Result<Vec<Entry>> {
+        if self.excludes.stops_at(&dir.meta, dir.source_dev) {
+            return Ok(Vec::new());
+        }
         let listed: io::Result<Vec<_>> =
             fs::read_dir(&dir.fs_path).and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect());
         let mut names = match listed {
@@ -168,21 +194,23 @@ impl<'a> Walker<'a> {
                 let mut rel = dir.rel.clone();
                 rel.push(b'/');
                 rel.extend_from_slice(name.as_bytes());
-                (dir.fs_path.join(&name), rel)
+                (dir.fs_path.join(&name), rel, Some(dir.source_dev))
             })
             .collect();
         self.stat_all(children, old)
     }
 
-    /// The entries of one directory's `(path, rel)` pairs, in that order. `old` maps
-    /// the names in the parent's tree of that directory to their entries.
+    /// The entries of one directory's `(path, rel, source device)`, in that order
+    /// (a source is its own: no device given). `old` maps the names in the parent's
+    /// tree of that directory to their entries.
     fn stat_all(
         &mut self,
-        children: Vec<(PathBuf, Vec<u8>)>,
+        children: Vec<(PathBuf, Vec<u8>, Option<u64>)>,
         mut old: HashMap<Vec<u8>, TreeEntry>,
     ) -> Result<Vec<Entry>> {
+        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::with_capacity(children.len());
-        for (fs_path, rel) in children {
+        for (fs_path, rel, source_dev) in children {
             let meta = match fs::symlink_metadata(&fs_path) {
                 Ok(meta) => meta,
                 Err(e) => {
@@ -190,7 +218,12 @@ impl<'a> Walker<'a> {
                     continue;
                 }
             };
+            if self.excludes.leaves_out(&fs_path, &meta) {
+                self.excluded += 1;
+                continue;
+            }
             let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(&rel);
+            let mut in_parent = true;
             let (old_file, old_dir) = match old.remove(name) {
                 Some(entry) => match (&entry.kind, meta.is_dir()) {
                     (EntryKind::Dir(_), true) => (None, Some(entry.into_node(Vec::new()).1)),
@@ -200,10 +233,18 @@ impl<'a> Walker<'a> {
                     _ => (None, None),
                 },
                 None => match &mut self.parent {
-                    Parent::Nodes(nodes) if meta.is_file() => (nodes.remove(&rel), None),
-                    _ => (None, None),
+                    Parent::Nodes(nodes) if meta.is_file() => {
+                        let node = nodes.remove(&rel);
+                        in_parent = node.is_some();
+                        (node, None)
+                    }
+                    _ => {
+                        in_parent = false;
+                        (None, None)
+                    }
                 },
             };
+            let source_dev = source_dev.unwrap_or(meta.dev());
             out.push(Entry {
                 fs_path,
                 rel,
@@ -211,6 +252,8 @@ impl<'a> Walker<'a> {
                 old: old_file,
                 sidecar: false,
                 old_dir,
+                source_dev,
+                in_parent,
             });
         }
         if !self.verbatim {
@@ -291,8 +334,13 @@ pub(crate) fn skipped_entry(rel: &[u8], e: &io::Error) -> Skipped {
 /// Counts the files under `paths` and their bytes into `files` and `bytes`, for a
 /// progress bar's totals, until done or `stop` is set. The walk itself holds one
 /// directory at a time and so cannot know them up front.
-pub(crate) fn count(paths: &[PathBuf], files: &AtomicU64, bytes: &AtomicU64, stop: &AtomicBool) {
-    let mut pending: Vec<PathBuf> = paths.to_vec();
+pub(crate) fn count(
+    paths: &[PathBuf],
+    excludes: &Excludes,
+    (files, bytes): (&AtomicU64, &AtomicU64),
+    stop: &AtomicBool,
+) {
+    let mut pending: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
     while let Some(path) = pending.pop() {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -300,6 +348,9 @@ pub(crate) fn count(paths: &[PathBuf], files: &AtomicU64, bytes: &AtomicU64, sto
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
+        if excludes.leaves_out(&path, &meta) {
+            continue;
+        }
         if meta.is_file() {
             files.fetch_add(1, Ordering::Relaxed);
             bytes.fetch_add(meta.len(), Ordering::Relaxed);

@@ -1,0 +1,753 @@
+//! The everyday commands a restic user reaches for: exclusions, tags and hosts,
+//! `--dry-run`, `snapshots` filters, `forget` policies, `ls`, `find`, `diff` and
+//! `dump`, driven through the `backlock` binary. Output shapes are pinned with insta
+//! snapshots (tests/snapshots), the parts that vary from run to run replaced first.
+
+mod common;
+
+use common::{stderr, Env};
+use serde_json::Value;
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+/// A fixed time for every entry under `root`, so listings do not vary.
+fn settle_times(root: &Path) {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut all = backlock_testkit::tree::list_files(root);
+    all.push(root.to_path_buf());
+    for p in all {
+        if !fs::symlink_metadata(&p).unwrap().file_type().is_symlink() {
+            fs::File::open(&p).unwrap().set_modified(t).unwrap();
+        }
+    }
+}
+
+/// The snapshots, oldest first.
+fn snapshots(env: &Env, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["snapshots", "--json"];
+    args.extend_from_slice(extra);
+    let v: Value = serde_json::from_str(&env.ok(&args)).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `out` with the temporary directory, snapshot ids and owners replaced.
+fn normalised(env: &Env, out: &str) -> String {
+    let mut out = out.replace(&env.dir.path().display().to_string(), "[tmp]");
+    for s in snapshots(env, &[]) {
+        let id = s["id"].as_str().unwrap();
+        let seq = s["seq"].as_u64().unwrap();
+        out = out.replace(id, &format!("[id #{seq}]"));
+        out = out.replace(&id[..12], &format!("[id #{seq}]"));
+        out = out.replace(&id[..8], &format!("[id #{seq}]"));
+    }
+    out
+}
+
+/// A chat-like tree: messages, media, a cache, temporary files, a big file and a
+/// folder marked not to be backed up.
+fn chat_tree(root: &Path) -> std::path::PathBuf {
+    let src = root.join("chats");
+    for d in ["db", "media/2024", "media/.thumbcache", "tmp", "private"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("db/msgstore.txt"), b"hello\nworld\n").unwrap();
+    fs::write(src.join("media/2024/IMG-1.jpg"), vec![7u8; 3000]).unwrap();
+    fs::write(src.join("media/2024/VID-1.mp4"), vec![9u8; 300_000]).unwrap();
+    fs::write(src.join("media/.thumbcache/t1"), b"thumb").unwrap();
+    fs::write(src.join("tmp/upload.part"), b"partial").unwrap();
+    fs::write(src.join("db/journal.tmp"), b"j").unwrap();
+    fs::write(src.join("private/.nobackup"), b"").unwrap();
+    fs::write(src.join("private/secret.txt"), b"s").unwrap();
+    settle_times(&src);
+    src
+}
+
+fn ls_paths(env: &Env, snapshot: &str) -> Vec<String> {
+    json_lines(&env.ok(&["ls", snapshot, "/", "--recursive", "--json"]))
+        .into_iter()
+        .filter(|v| v["struct_type"] == "node")
+        .map(|v| v["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn exclusions_leave_out_what_they_name_and_a_bad_pattern_writes_nothing() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let list = env.path("exclude.txt");
+    fs::write(
+        &list,
+        "# caches are rebuilt by the app\n.thumbcache/\n\n/**/tmp\n",
+    )
+    .unwrap();
+    let summary: Value = serde_json::from_str(&env.ok(&[
+        "backup",
+        "--json",
+        "--exclude",
+        "*.tmp",
+        "--exclude-file",
+        list.to_str().unwrap(),
+        "--exclude-larger-than",
+        "100K",
+        "--exclude-if-present",
+        ".nobackup",
+        src.to_str().unwrap(),
+    ]))
+    .unwrap();
+    // journal.tmp, .thumbcache, tmp, VID-1.mp4 and private.
+    assert_eq!(summary["excluded"], 5, "{summary}");
+    insta::assert_snapshot!(ls_paths(&env, "latest").join("\n"));
+
+    // A bad pattern is named with where it was given and where it is wrong, and
+    // nothing is written.
+    let before = snapshots(&env, &[]).len();
+    let out = env.run(&[
+        "backup",
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "media/[z-a]",
+        src.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    insta::assert_snapshot!(stderr(&out).trim());
+    fs::write(&list, "ok/\nbad{\n").unwrap();
+    let out = env.run(&[
+        "backup",
+        "--exclude-file",
+        list.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("exclude.txt line 2"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&[
+        "backup",
+        "--exclude-larger-than",
+        "12 parsecs",
+        src.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(snapshots(&env, &[]).len(), before);
+}
+
+#[test]
+fn tags_hosts_and_paths_are_recorded_and_select_snapshots() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let other = env.path("other");
+    fs::create_dir_all(&other).unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", "--tag", "daily,wifi", "--host", "phone", s]);
+    env.ok(&["backup", "--tag", "monthly", s]);
+    // A relative path is recorded absolute.
+    let out = env
+        .cmd(&["backup", "other"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = snapshots(&env, &[]);
+    assert_eq!(all[0]["tags"], serde_json::json!(["daily", "wifi"]));
+    assert_eq!(all[0]["host"], "phone");
+    assert_eq!(
+        all[2]["paths"],
+        serde_json::json!([other.display().to_string()])
+    );
+
+    let seqs = |extra: &[&str]| -> Vec<u64> {
+        snapshots(&env, extra)
+            .iter()
+            .map(|s| s["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs(&["--host", "phone"]), [1]);
+    assert_eq!(seqs(&["--tag", "wifi,daily"]), [1]);
+    assert_eq!(seqs(&["--tag", "wifi,monthly"]), Vec::<u64>::new());
+    assert_eq!(seqs(&["--tag", "wifi", "--tag", "monthly"]), [1, 2]);
+    assert_eq!(seqs(&["--tag", ""]), [3]);
+    assert_eq!(seqs(&["--path", s]), [1, 2]);
+    let out = env
+        .cmd(&["snapshots", "--json", "--path", "other"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+
+    let out = env.run(&["backup", "--tag", "a,,b", s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("empty tag"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_dry_run_lists_what_would_be_stored_and_writes_nothing() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", "--exclude", "*.tmp", s]);
+    fs::write(src.join("db/msgstore.txt"), b"hello\nworld\nagain\n").unwrap();
+    fs::write(src.join("media/2024/IMG-2.jpg"), vec![1u8; 10]).unwrap();
+    let files = |root: &Path| {
+        let mut v: Vec<_> = backlock_testkit::tree::list_files(root)
+            .into_iter()
+            .map(|p| (p.clone(), fs::read(&p).ok()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (repo_before, home_before) = (files(&env.path("repo")), files(&env.path("home")));
+    let out = env.ok(&[
+        "backup",
+        "--dry-run",
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        ".thumbcache",
+        s,
+    ]);
+    assert_eq!(
+        files(&env.path("repo")),
+        repo_before,
+        "the repository is untouched"
+    );
+    assert_eq!(
+        files(&env.path("home")),
+        home_before,
+        "and so is the device's state"
+    );
+    insta::assert_snapshot!(normalised(&env, &out));
+    let lines = json_lines(&env.ok(&["backup", "--dry-run", "--json", s]));
+    let last = lines.last().unwrap();
+    // Changed msgstore.txt, new IMG-2.jpg, and journal.tmp, left out before.
+    assert_eq!(
+        (last["dry_run"].clone(), last["files_to_read"].clone()),
+        (true.into(), 3.into()),
+        "{last}"
+    );
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"path": "chats", "kind": "dir", "size": 0, "status": "unchanged"})
+    );
+}
+
+/// Snapshots on a calendar (`backup --time`): the policy keeps what restic's would,
+/// says why, and refuses to run without a rule.
+#[test]
+fn forget_keeps_what_the_policy_names_and_says_why() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let s = src.to_str().unwrap();
+    // Noon on each of ten days in March 2024, two on the last day, one on another
+    // host.
+    for day in 1..=10 {
+        let time = format!("2024-03-{day:02}T12:00:00Z");
+        env.ok(&["backup", "--time", &time, "--host", "phone", s]);
+    }
+    env.ok(&[
+        "backup",
+        "--time",
+        "2024-03-10T18:00:00Z",
+        "--tag",
+        "keep",
+        "--host",
+        "phone",
+        s,
+    ]);
+    env.ok(&[
+        "backup",
+        "--time",
+        "2024-03-10T19:00:00Z",
+        "--host",
+        "laptop",
+        s,
+    ]);
+
+    let out = env.run(&["forget"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("would delete every snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshots(&env, &[]).len(), 12);
+
+    let out = env.ok(&[
+        "forget",
+        "--keep-daily",
+        "3",
+        "--keep-weekly",
+        "2",
+        "--keep-tag",
+        "keep",
+        "--dry-run",
+    ]);
+    assert_eq!(snapshots(&env, &[]).len(), 12, "a dry run deletes nothing");
+    insta::assert_snapshot!(normalised(&env, &out));
+
+    let json: Value = serde_json::from_str(&env.ok(&[
+        "forget",
+        "--keep-daily",
+        "3",
+        "--keep-weekly",
+        "2",
+        "--keep-tag",
+        "keep",
+        "--json",
+    ]))
+    .unwrap();
+    let groups = json["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "grouped by host and paths");
+    assert_eq!(json["removed"].as_array().unwrap().len(), 7);
+    let kept = |g: &Value| -> Vec<u64> {
+        g["keep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // Newest first: the tagged one, also the newest of its day and of its ISO week;
+    // Mar 10 noon is neither; Mar 9 and 8 are days; Mar 3 (a Sunday) ends the week
+    // before. Mar 2 and 1 are left out: no rule has room left for the oldest.
+    assert_eq!(
+        groups[0]["group"],
+        serde_json::json!({"host": "laptop", "paths": [s]})
+    );
+    assert_eq!(kept(&groups[1]), [11, 9, 8, 3]);
+    assert_eq!(
+        groups[1]["keep"][0]["reasons"],
+        serde_json::json!(["has tags [keep]", "daily snapshot", "weekly snapshot"])
+    );
+    assert_eq!(kept(&groups[0]), [12]);
+    let left: Vec<u64> = snapshots(&env, &[])
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, [3, 8, 9, 11, 12]);
+
+    // By id; never the newest.
+    let id = |seq: usize| {
+        snapshots(&env, &[])
+            .iter()
+            .find(|s| s["seq"] == seq)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let third = id(3);
+    let out = env.ok(&["forget", &third[..10]]);
+    assert!(out.contains(&format!("removed {}", &third[..8])), "{out}");
+    let out = env.run(&["forget", &id(12)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the repository's newest"),
+        "{}",
+        stderr(&out)
+    );
+    let left: Vec<u64> = snapshots(&env, &[])
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, [8, 9, 11, 12]);
+
+    // --prune frees what they held in the same run, and the rest still restores.
+    let json: Value = serde_json::from_str(&env.ok(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--group-by",
+        "",
+        "--prune",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(
+        json["prune"]["index_objects_replaced"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
+    let left: Vec<u64> = snapshots(&env, &[])
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, [12]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    env.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn ls_find_diff_and_dump_read_snapshots_without_restoring_them() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let s = src.to_str().unwrap();
+    std::os::unix::fs::symlink("db/msgstore.txt", src.join("latest-db")).unwrap();
+    env.ok(&["backup", "--time", "2024-05-01T08:00:00Z", s]);
+    fs::write(src.join("db/msgstore.txt"), b"hello\nworld\nagain\n").unwrap();
+    fs::remove_file(src.join("tmp/upload.part")).unwrap();
+    fs::write(src.join("media/2024/IMG-2.jpg"), vec![1u8; 10]).unwrap();
+    fs::set_permissions(
+        src.join("media/2024/IMG-1.jpg"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    settle_times(&src);
+    env.ok(&["backup", "--time", "2024-05-02T08:00:00Z", s]);
+
+    insta::assert_snapshot!(env.ok(&["ls", "latest"]));
+    insta::assert_snapshot!(env.ok(&["ls", "latest", "/chats/media", "-R"]));
+    let long = env.ok(&["ls", "latest", "chats/media/2024", "--long"]);
+    let modes: Vec<&str> = long.lines().map(|l| &l[..10]).collect();
+    assert_eq!(
+        modes,
+        ["drwxr-xr-x", "-rw-------", "-rw-r--r--", "-rw-r--r--"],
+        "{long}"
+    );
+    assert!(
+        long.contains(" 300000 2023-11-14 22:13:20 /chats/media/2024/VID-1.mp4"),
+        "{long}"
+    );
+    let link = env.ok(&["ls", "latest", "/chats/latest-db", "-l"]);
+    assert!(
+        link.trim_end()
+            .ends_with("/chats/latest-db -> db/msgstore.txt"),
+        "{link}"
+    );
+    // --json: the snapshot, then one node per line.
+    let mut lines = json_lines(&env.ok(&["ls", "latest", "/chats/db", "--json"]));
+    for l in &mut lines {
+        for owner in ["uid", "gid", "user", "group"] {
+            if l.get(owner).is_some() {
+                l[owner] = "[owner]".into();
+            }
+        }
+        for varies in ["id", "short_id", "time_unix", "paths", "host"] {
+            if l.get(varies).is_some() {
+                l[varies] = "[varies]".into();
+            }
+        }
+    }
+    insta::assert_json_snapshot!(lines);
+
+    // find: newest first, names or paths.
+    let found = env.ok(&["find", "*.JPG", "--ignore-case"]);
+    insta::assert_snapshot!(normalised(&env, &found));
+    let found = json_lines(&env.ok(&["find", "/chats/*/msgstore.txt", "--json"]));
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0]["size"], 18);
+    assert_eq!(found[1]["size"], 12);
+    let out = env.run(&["find", "a/[z-a]"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("\"a/[z-a]\" is not valid at character 3"),
+        "{}",
+        stderr(&out)
+    );
+
+    // diff: by trees, with the bytes of the changed files.
+    let all = snapshots(&env, &[]);
+    let (first, second) = (
+        all[0]["id"].as_str().unwrap(),
+        all[1]["id"].as_str().unwrap(),
+    );
+    insta::assert_snapshot!(normalised(&env, &env.ok(&["diff", first, second])));
+    let lines = json_lines(&env.ok(&["diff", first, second, "--json"]));
+    let stats = lines.last().unwrap();
+    assert_eq!(
+        (
+            stats["added"].as_u64(),
+            stats["removed"].as_u64(),
+            stats["changed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{stats}"
+    );
+    // The new message file's chunk (18 bytes) and the new image (10 bytes).
+    assert_eq!(stats["bytes_added"], 28, "{stats}");
+    assert_eq!(stats["bytes_removed"], 12 + 7, "{stats}");
+    assert_eq!(env.ok(&["diff", first, first]), format!("comparing snapshot {} to snapshot {}:\n\n0 added, 0 removed, 0 changed, 0 with metadata changed, 0 of another kind\nadded: 0.0 MiB, removed: 0.0 MiB (chunks of the changed files)\n", &first[..8], &first[..8]));
+
+    // dump: a file as it is, from either snapshot; a directory as tar.
+    assert_eq!(
+        env.ok(&["dump", "latest", "/chats/db/msgstore.txt"]),
+        "hello\nworld\nagain\n"
+    );
+    assert_eq!(
+        env.ok(&["dump", first, "chats/db/msgstore.txt"]),
+        "hello\nworld\n"
+    );
+    let tar = env
+        .cmd(&["dump", "latest", "/chats/media"])
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", stderr(&tar));
+    let unpacked = env.path("unpacked");
+    fs::create_dir_all(&unpacked).unwrap();
+    tar_x(&tar.stdout, &unpacked);
+    common::assert_identical(&unpacked.join("media"), &src.join("media"));
+    let out = env.run(&["dump", "latest", "/chats/media/2025/IMG-9.jpg"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    insta::assert_snapshot!(normalised(&env, stderr(&out).trim()));
+}
+
+/// Unpacks a tar stream with the system's tar.
+fn tar_x(data: &[u8], into: &Path) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("tar")
+        .args(["-x", "-p", "-C", into.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// A database backed up through SQLite, changed, backed up again (its pages stored
+/// as deltas against the first): `dump` gives back what `restore` does.
+#[test]
+fn dump_of_a_database_stored_as_deltas_is_what_restore_writes() {
+    let (env, _) = Env::new();
+    let src = env.path("app");
+    fs::create_dir_all(&src).unwrap();
+    let db = src.join("msgstore.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=DELETE; CREATE TABLE m(id INTEGER PRIMARY KEY, body TEXT);",
+    )
+    .unwrap();
+    for i in 0..3000 {
+        conn.execute(
+            "INSERT INTO m(body) VALUES (?1)",
+            [format!("message {i} {}", "x".repeat(i % 97))],
+        )
+        .unwrap();
+    }
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s]);
+    conn.execute("UPDATE m SET body = 'edited' WHERE id % 50 = 0", [])
+        .unwrap();
+    drop(conn);
+    env.ok(&["backup", s]);
+    let target = env.path("restored");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--verify",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    let dumped = env
+        .cmd(&["dump", "latest", "/app/msgstore.db"])
+        .output()
+        .unwrap();
+    assert!(dumped.status.success(), "{}", stderr(&dumped));
+    assert!(dumped.stdout == fs::read(target.join("app/msgstore.db")).unwrap());
+}
+
+/// A prefix that two snapshots share is refused with both named.
+#[test]
+fn an_ambiguous_snapshot_prefix_lists_the_snapshots_it_matches() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    // Seventeen snapshots: two share a first hex digit.
+    for _ in 0..17 {
+        env.ok(&["backup", src.to_str().unwrap()]);
+    }
+    let all = snapshots(&env, &[]);
+    let mut by_digit: std::collections::BTreeMap<char, Vec<&str>> = Default::default();
+    for s in &all {
+        let id = s["id"].as_str().unwrap();
+        by_digit
+            .entry(id.chars().next().unwrap())
+            .or_default()
+            .push(id);
+    }
+    let (digit, ids) = by_digit.iter().find(|(_, v)| v.len() > 1).unwrap();
+    let out = env.run(&["ls", &digit.to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for id in ids {
+        assert!(err.contains(&id[..12]), "{err}");
+    }
+}
+
+/// `ID:PATH`, `--include` and `--exclude` restore a part of a snapshot, with the
+/// directories it is in and nothing else; a selection of nothing writes nothing.
+#[test]
+fn restore_writes_the_part_asked_for_and_nothing_when_nothing_matches() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let restored = |args: &[&str], name: &str| -> Vec<String> {
+        let target = env.path(name);
+        let mut all = vec!["restore"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--target", target.to_str().unwrap()]);
+        env.ok(&all);
+        let mut v: Vec<String> = backlock_testkit::tree::list_files(&target)
+            .iter()
+            .map(|p| p.strip_prefix(&target).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        restored(&["latest:/chats/media/2024"], "sub"),
+        ["IMG-1.jpg", "VID-1.mp4"]
+    );
+    assert_eq!(
+        fs::read(env.path("sub/VID-1.mp4")).unwrap(),
+        fs::read(src.join("media/2024/VID-1.mp4")).unwrap()
+    );
+    assert_eq!(
+        restored(&["latest:chats/db/msgstore.txt"], "one"),
+        ["msgstore.txt"]
+    );
+    assert_eq!(
+        restored(&["--include", "*.jpg", "--include", "/chats/db"], "inc"),
+        [
+            "chats",
+            "chats/db",
+            "chats/db/journal.tmp",
+            "chats/db/msgstore.txt",
+            "chats/media",
+            "chats/media/2024",
+            "chats/media/2024/IMG-1.jpg"
+        ]
+    );
+    assert_eq!(
+        restored(
+            &[
+                "--exclude",
+                "/chats/media",
+                "--exclude",
+                "*.tmp",
+                "--exclude",
+                "private/"
+            ],
+            "exc"
+        ),
+        [
+            "chats",
+            "chats/db",
+            "chats/db/msgstore.txt",
+            "chats/tmp",
+            "chats/tmp/upload.part"
+        ]
+    );
+
+    let target = env.path("none");
+    let out = env.run(&[
+        "restore",
+        "--include",
+        "*.docx",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("nothing was written"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.exists());
+    assert!(fs::read_dir(env.dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("backlock-partial")));
+    let out = env.run(&[
+        "restore",
+        "latest:/chats/nope",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the nearest path it holds is /chats"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&[
+        "restore",
+        "--include",
+        "a/[z-a]",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--include #1"), "{}", stderr(&out));
+}
+
+/// `--verify` reads every file back: a disk that returns other bytes than were
+/// written (one flipped here between the write and the read-back) fails the
+/// restore, and nothing is left under the target's name.
+#[test]
+fn restore_verify_catches_a_file_changed_on_disk_after_it_was_written() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("out");
+    let summary: Value = serde_json::from_str(&env.ok(&[
+        "restore",
+        "--verify",
+        "--json",
+        "--target",
+        target.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(summary["verified"], 8, "{summary}");
+    common::assert_identical(&target.join("chats"), &src);
+
+    let target = env.path("out2");
+    let args = [
+        "restore",
+        "--verify",
+        "--json",
+        "--target",
+        target.to_str().unwrap(),
+    ];
+    let child = env.spawn_paused(&args, backlock_repo::testhook::step::RESTORE_WRITTEN);
+    let staging = fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".out2.backlock-partial-")
+        })
+        .expect("the staging directory");
+    let video = staging.join("chats/media/2024/VID-1.mp4");
+    let mut bytes = fs::read(&video).unwrap();
+    bytes[200_000] ^= 1;
+    fs::write(&video, &bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("chats/media/2024/VID-1.mp4 differs from the snapshot"),
+        "{message}"
+    );
+    assert!(!target.exists());
+    assert!(!staging.exists());
+}
