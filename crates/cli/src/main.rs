@@ -196,6 +196,18 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Remove locks left by operations that no longer run (killed, or on a machine
+    /// that went away); `--remove-all` removes every lock.
+    Unlock {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Every lock, even one whose holder may still run (asks first).
+        #[arg(long)]
+        remove_all: bool,
+        /// With --remove-all: do not ask (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Remove what does not belong in the repository.
     Repair {
         #[command(subcommand)]
@@ -530,6 +542,11 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Forget { repo, forget } => snapshots_cmd::forget(&repo, &forget),
         Command::Prune { repo } => prune(&repo),
+        Command::Unlock {
+            repo,
+            remove_all,
+            yes,
+        } => unlock(&repo, remove_all, yes),
         Command::Migrate { repo, from } => migrate_cmd::run(&repo, &from),
         Command::RotateKey { repo, yes } => rotate_cmd::run(&repo, yes),
         Command::Demo(args) => demo::run(args),
@@ -576,6 +593,54 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
             &r.id()[..8],
             r.store().location()
         );
+    }
+    Ok(())
+}
+
+/// `unlock`.
+fn unlock(args: &RepoArgs, all: bool, yes: bool) -> Result<()> {
+    let r = open_uncached(args)?;
+    if all && !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(exit::Usage(
+                "--remove-all also removes the locks of operations that may still run (a prune removing data a backup writes): pass --yes to confirm".into()
+            ));
+        }
+        eprint!("Remove every lock, even of operations that may still run? Type yes: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            bail!(exit::Usage("nothing was removed".into()));
+        }
+    }
+    let (removed, left) = r.unlock(all)?;
+    if args.json {
+        print_json(&serde_json::json!({ "removed": removed, "left": left }));
+        return Ok(());
+    }
+    for l in &removed {
+        println!(
+            "removed lock {} ({} on {}, pid {}): {}",
+            &l.name[..8],
+            l.kind,
+            l.host,
+            l.pid,
+            l.why
+        );
+    }
+    for l in &left {
+        println!(
+            "left lock {} ({} on {}, pid {}, {} s old): {}",
+            &l.name[..8],
+            l.kind,
+            l.host,
+            l.pid,
+            l.age_secs,
+            l.why
+        );
+    }
+    if removed.is_empty() && left.is_empty() {
+        println!("no locks");
     }
     Ok(())
 }

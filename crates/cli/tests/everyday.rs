@@ -751,3 +751,17 @@ fn restore_verify_catches_a_file_changed_on_disk_after_it_was_written() {
     assert!(!target.exists());
     assert!(!staging.exists());
 }
+
+/// `unlock` with nothing to do says so; `--remove-all` asks, and refuses without a
+/// terminal unless `--yes`.
+#[test]
+fn unlock_reports_and_remove_all_asks_first() {
+    let (env, _) = Env::new();
+    assert_eq!(env.ok(&["unlock"]), "no locks\n");
+    let out = env.run(&["unlock", "--remove-all"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    let v: Value =
+        serde_json::from_str(&env.ok(&["unlock", "--remove-all", "--yes", "--json"])).unwrap();
+    assert_eq!(v, serde_json::json!({"removed": [], "left": []}));
+}

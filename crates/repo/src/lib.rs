@@ -43,7 +43,7 @@ pub use check::CheckReport;
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
 pub use index::Index;
-pub use lock::{holder_identity, hostname, RepoLock, STALE_AFTER_SECS};
+pub use lock::{holder_identity, hostname, LockInfo, RepoLock, STALE_AFTER_SECS};
 pub use prune::{ForgetSummary, PruneSummary};
 pub use restore::RestoreSummary;
 pub use restore_select::RestoreOptions;
@@ -341,6 +341,12 @@ impl<S> Repository<S> {
     /// Takes the repository lock: shared (backup, check) or exclusive (prune).
     pub fn lock(&self, exclusive: bool) -> Result<RepoLock> {
         RepoLock::acquire(&self.store, &self.keys, exclusive, self.hidden.rotating())
+    }
+
+    /// `unlock`: removes stale locks (every lock with `all`); returns those removed
+    /// and those left.
+    pub fn unlock(&self, all: bool) -> Result<(Vec<LockInfo>, Vec<LockInfo>)> {
+        lock::unlock(&*self.store, &self.keys, all, self.hidden.rotating())
     }
 
     /// Lists the objects of `kind` this key's generation holds: during a key

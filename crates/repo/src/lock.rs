@@ -175,6 +175,99 @@ impl RepoLock {
     }
 }
 
+/// A lock `unlock` removed, or left.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LockInfo {
+    /// The lock object's name.
+    pub name: String,
+    /// Who holds it: `backup or check`, `prune`, or `unknown` when it does not open.
+    pub kind: &'static str,
+    /// Its host.
+    pub host: String,
+    /// Its process.
+    pub pid: u32,
+    /// Seconds since it was written or refreshed.
+    pub age_secs: i64,
+    /// Why it was removed, or why it is left.
+    pub why: String,
+}
+
+/// `unlock`: removes the locks whose holder is gone (a process of this host that no
+/// longer runs, or a lock not refreshed for [`STALE_AFTER_SECS`]) and lock objects
+/// that do not open under this key; with `all`, every lock. Returns what it removed
+/// and what it left. During a key rotation the other key's locks are left alone.
+pub(crate) fn unlock(
+    store: &dyn ObjectStore,
+    keys: &RepoKeys,
+    all: bool,
+    rotating: bool,
+) -> Result<(Vec<LockInfo>, Vec<LockInfo>)> {
+    let (mut removed, mut left) = (Vec::new(), Vec::new());
+    let now = now_secs();
+    for info in store.list(ObjectKind::Lock)? {
+        let sealed = match store.get(ObjectKind::Lock, &info.name) {
+            Ok(sealed) => sealed,
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let opened = envelope::open(keys, ObjectKind::Lock, &info.name, &sealed)
+            .ok()
+            .and_then(|plain| format::decode::<Lock>(&plain, "lock").ok());
+        let (entry, remove) = match opened {
+            None if rotating => continue,
+            None => (
+                LockInfo {
+                    name: info.name.clone(),
+                    kind: "unknown",
+                    host: String::new(),
+                    pid: 0,
+                    age_secs: 0,
+                    why: "does not open under this key (made up, or cut short)".into(),
+                },
+                true,
+            ),
+            Some(lock) => {
+                let age = (now - lock.time_unix).max(0);
+                let (remove, why) = if holder_is_gone(&lock) {
+                    (true, "its process no longer runs on this host".to_owned())
+                } else if age > STALE_AFTER_SECS {
+                    (true, format!("not refreshed for {} min", age / 60))
+                } else if all {
+                    (true, "--remove-all".to_owned())
+                } else {
+                    (
+                        false,
+                        "its holder may still run: --remove-all removes it".to_owned(),
+                    )
+                };
+                let entry = LockInfo {
+                    name: info.name.clone(),
+                    kind: if lock.exclusive {
+                        "prune"
+                    } else {
+                        "backup or check"
+                    },
+                    host: host_of(&lock.hostname).to_owned(),
+                    pid: lock.pid,
+                    age_secs: age,
+                    why,
+                };
+                (entry, remove)
+            }
+        };
+        if remove {
+            match store.delete(ObjectKind::Lock, &info.name) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => removed.push(entry),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            left.push(entry);
+        }
+    }
+    store.flush()?;
+    Ok((removed, left))
+}
+
 impl Drop for RepoLock {
     fn drop(&mut self) {
         // Best effort: a lock left behind expires (or is seen as dead on this host).

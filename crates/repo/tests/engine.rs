@@ -532,6 +532,70 @@ fn prune_and_backup_never_overlap() {
     assert!(f.store.list(ObjectKind::Lock).unwrap().is_empty());
 }
 
+/// `unlock` removes what no running operation holds (a lock not refreshed for an
+/// hour, one that does not open under the key) and leaves a fresh one of another
+/// host, which only `--remove-all` removes; a backup the fresh one blocked then runs.
+#[test]
+fn unlock_removes_stale_and_made_up_locks_and_leaves_live_ones() {
+    use backlock_core::{envelope, format, kdf::RepoKeys};
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 3);
+    f.backup(&src);
+    let keys = RepoKeys::derive(&f.key);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let put = |name: &str, holder: &str, age: i64| {
+        let lock = format::Lock {
+            exclusive: true,
+            hostname: holder.into(),
+            pid: 4242,
+            time_unix: now - age,
+        };
+        let sealed = envelope::seal(&keys, ObjectKind::Lock, name, &format::encode(&lock));
+        f.store.put(ObjectKind::Lock, name, &sealed).unwrap();
+    };
+    let (stale, fresh, forged) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+    );
+    put(stale, "old-laptop", backlock_repo::STALE_AFTER_SECS + 60);
+    put(fresh, "other-phone", 10);
+    f.store
+        .put(ObjectKind::Lock, forged, b"not a lock")
+        .unwrap();
+    // A made-up lock object stops every operation until it is removed.
+    assert!(f.open().load_index().is_err());
+
+    let (removed, left) = f.open().unlock(false).unwrap();
+    let names = |v: &[backlock_repo::LockInfo]| {
+        let mut n: Vec<String> = v.iter().map(|l| l.name.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&removed), [stale, forged]);
+    assert_eq!(names(&left), [fresh]);
+    assert_eq!(left[0].host, "other-phone");
+    let blocked = f.open().load_index().and_then(|r| {
+        r.backup(&BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        })
+    });
+    assert!(
+        matches!(blocked, Err(RepoError::Locked { .. })),
+        "{blocked:?}"
+    );
+
+    let (removed, left) = f.open().unlock(true).unwrap();
+    assert_eq!(names(&removed), [fresh]);
+    assert!(left.is_empty());
+    f.backup(&src);
+    assert!(f.store.list(ObjectKind::Lock).unwrap().is_empty());
+}
+
 /// Data → index → snapshot, each made durable before the next names it: every pack an
 /// index names was put before a flush that precedes the index, and the snapshot is put
 /// after a flush that follows the last index, then flushed itself.
