@@ -66,7 +66,7 @@ pub(crate) fn run(args: BackupArgs) -> Result<()> {
     let time_unix_ns = args.time.as_deref().map(parse_time).transpose()?;
     let repo = &args.repo;
     let key = password_mode::resolve_key(&repo.repo, repo.key_file.as_deref(), &repo.vault)?;
-    let store = std::sync::Arc::new(backlock_store::Counted::new(crate::store_at(&repo.repo)?));
+    let store = std::sync::Arc::new(backlock_store::Counted::new(crate::store_for(repo)?));
     let r = Repository::open(store.clone(), &key, crate::device_home()?)?
         .with_cache(crate::object_cache(repo.no_cache)?.as_ref());
     let repo_id = r.id();

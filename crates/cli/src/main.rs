@@ -52,6 +52,12 @@ pub(crate) struct RepoArgs {
     /// cache of them ($XDG_CACHE_HOME/backlock), and keep nothing there.
     #[arg(long, env = "BACKLOCK_NO_CACHE")]
     no_cache: bool,
+    /// Send at most KIB KiB/s to the store.
+    #[arg(long, value_name = "KIB", env = "BACKLOCK_LIMIT_UPLOAD", value_parser = clap::value_parser!(u64).range(1..))]
+    limit_upload: Option<u64>,
+    /// Fetch at most KIB KiB/s from the store.
+    #[arg(long, value_name = "KIB", env = "BACKLOCK_LIMIT_DOWNLOAD", value_parser = clap::value_parser!(u64).range(1..))]
+    limit_download: Option<u64>,
     #[command(flatten)]
     vault: vault::VaultArgs,
 }
@@ -276,6 +282,15 @@ pub(crate) fn store_at(repo: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
     Ok(backlock_store_cloud::open(url, &settings)?)
 }
 
+/// The store `args` names, held to its `--limit-upload` and `--limit-download`.
+pub(crate) fn store_for(args: &RepoArgs) -> Result<Arc<dyn ObjectStore>> {
+    let store = store_at(&args.repo)?;
+    Ok(match (args.limit_upload, args.limit_download) {
+        (None, None) => store,
+        (up, down) => Arc::new(backlock_store::Throttled::new(store, up, down)),
+    })
+}
+
 /// The cache of index objects and snapshots: `$XDG_CACHE_HOME/backlock` (else
 /// `~/.cache/backlock`), at most `BACKLOCK_CACHE_MAX_MIB` MiB (default 2048). `None`
 /// with `--no-cache`, or where there is no cache directory.
@@ -312,7 +327,7 @@ type CountedStore = Counted<Arc<dyn ObjectStore>>;
 /// [`open`], with the counter of the requests made to the store.
 fn open_counted(args: &RepoArgs) -> Result<(Repository, Arc<CountedStore>)> {
     let key = password_mode::resolve_key(&args.repo, args.key_file.as_deref(), &args.vault)?;
-    let store = Arc::new(Counted::new(store_at(&args.repo)?));
+    let store = Arc::new(Counted::new(store_for(args)?));
     let repo = Repository::open(store.clone(), &key, device_home()?)?
         .with_cache(object_cache(args.no_cache)?.as_ref());
     Ok((repo, store))
@@ -336,11 +351,7 @@ fn with_requests(
 /// checks the store (`check`, `repair`) must not take a cached copy for the store's.
 fn open_uncached(args: &RepoArgs) -> Result<Repository> {
     let key = password_mode::resolve_key(&args.repo, args.key_file.as_deref(), &args.vault)?;
-    Ok(Repository::open(
-        store_at(&args.repo)?,
-        &key,
-        device_home()?,
-    )?)
+    Ok(Repository::open(store_for(args)?, &key, device_home()?)?)
 }
 
 fn print_json(value: &impl serde::Serialize) {

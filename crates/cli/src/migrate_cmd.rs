@@ -1,6 +1,6 @@
 //! `backlock migrate`: move off an unencrypted backup (docs/STORES.md §Migrating).
 
-use crate::{device_home, hostname, mib, password_mode, print_json, store_at, RepoArgs};
+use crate::{device_home, hostname, mib, password_mode, print_json, RepoArgs};
 use anyhow::Result;
 use backlock_migrate::{MigrateError, Source, Target};
 
@@ -15,7 +15,7 @@ pub(crate) fn run(args: &RepoArgs, from: &str) -> Result<()> {
         Some(Ok(backlock_store_cloud::Location::Local(_))) | None
     );
     let target = Target {
-        store: store_at(&args.repo)?,
+        store: crate::store_for(args)?,
         key: &key,
         home: device_home()?,
         local_path: local.then(|| args.repo.clone()),

@@ -11,7 +11,7 @@
 use crate::exit::{Usage, VaultFailure};
 use crate::password_mode::location;
 use crate::vault::{connect, read_new_password};
-use crate::{device_home, key_input, print_json, store_at, RepoArgs};
+use crate::{device_home, key_input, print_json, RepoArgs};
 use anyhow::Result;
 use backlock_core::key::BackupKey;
 use backlock_repo::{RepoError, Repository, RotateSummary};
@@ -24,7 +24,7 @@ pub(crate) fn run(args: &RepoArgs, yes: bool) -> Result<()> {
     let home = device_home()?;
     let loc = location(&args.repo);
     let pending_loc = format!("{loc} (key rotation in progress)");
-    let store = store_at(&args.repo)?;
+    let store = crate::store_for(args)?;
     let kept = home.load_key(&loc)?;
     let pending = home.load_key(&pending_loc)?;
     let current = match (&args.key_file, &kept) {

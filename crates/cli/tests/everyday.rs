@@ -765,3 +765,45 @@ fn unlock_reports_and_remove_all_asks_first() {
         serde_json::from_str(&env.ok(&["unlock", "--remove-all", "--yes", "--json"])).unwrap();
     assert_eq!(v, serde_json::json!({"removed": [], "left": []}));
 }
+
+/// `--limit-upload` and `--limit-download` hold a command's transfers to the rate:
+/// 600 KB of incompressible data at 1 MiB/s takes at least half a second each way
+/// (a floor only: a slow machine is slower, never faster); 0 is refused.
+#[test]
+fn transfers_are_held_to_the_limits() {
+    let (env, _) = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("noise"),
+        backlock_testkit::tree::random_bytes(7, 600_000),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    env.ok(&["backup", "--limit-upload", "1024", src.to_str().unwrap()]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    let start = std::time::Instant::now();
+    let target = env.path("out");
+    let out = env
+        .cmd(&[
+            "restore",
+            "--no-cache",
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .env("BACKLOCK_LIMIT_DOWNLOAD", "1024")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    let out = env.run(&["snapshots", "--limit-download", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}

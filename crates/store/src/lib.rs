@@ -10,11 +10,13 @@
 mod counted;
 mod fs;
 mod memory;
+mod throttled;
 
 pub use backlock_core::envelope::ObjectKind;
 pub use counted::{Counted, RequestCounts};
 pub use fs::FsStore;
 pub use memory::MemoryStore;
+pub use throttled::Throttled;
 
 /// An object listed by [`ObjectStore::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
