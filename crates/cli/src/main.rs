@@ -162,8 +162,13 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         /// Also read and authenticate every stored chunk.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "read_data_subset")]
         read_data: bool,
+        /// Read and authenticate the chunks of a part of the packs: `n/m` (group n
+        /// of m by name: run 1/7 to 7/7 on seven days to read everything once a week)
+        /// or `P%` (a random part each run).
+        #[arg(long, value_name = "SUBSET")]
+        read_data_subset: Option<backlock_repo::DataSubset>,
     },
     /// Delete the snapshots a retention policy does not keep (their data is freed by
     /// `prune`, or `--prune`). Snapshots are grouped by host and paths, and each
@@ -520,8 +525,18 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Check { repo, read_data } => {
-            let report = open_uncached(&repo)?.check(read_data)?;
+        Command::Check {
+            repo,
+            read_data,
+            read_data_subset,
+        } => {
+            let subset = match (read_data, read_data_subset) {
+                (_, Some(subset)) => subset,
+                (true, None) => backlock_repo::DataSubset::All,
+                (false, None) => backlock_repo::DataSubset::Nothing,
+            };
+            let read_data = subset != backlock_repo::DataSubset::Nothing;
+            let report = open_uncached(&repo)?.check_reading(subset)?;
             if repo.json {
                 print_json(&report);
             } else {
@@ -531,7 +546,10 @@ fn run(command: Command) -> Result<()> {
                     report.index_objects,
                     report.packs,
                     if read_data {
-                        format!(", {} chunks authenticated", report.blobs_read)
+                        format!(
+                            ", {} chunks in {} packs authenticated",
+                            report.blobs_read, report.packs_read
+                        )
                     } else {
                         String::new()
                     }

@@ -807,3 +807,27 @@ fn transfers_are_held_to_the_limits() {
     let out = env.run(&["snapshots", "--limit-download", "0"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `check --read-data-subset` reads a part of the packs: the two halves read them all.
+#[test]
+fn check_reads_a_subset_of_the_packs() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let packs = |subset: &str| -> u64 {
+        let v: Value =
+            serde_json::from_str(&env.ok(&["check", "--json", "--read-data-subset", subset]))
+                .unwrap();
+        assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
+        v["packs_read"].as_u64().unwrap()
+    };
+    let all: Value = serde_json::from_str(&env.ok(&["check", "--json", "--read-data"])).unwrap();
+    assert_eq!(
+        packs("1/2") + packs("2/2"),
+        all["packs_read"].as_u64().unwrap()
+    );
+    assert_eq!(packs("100%"), all["packs_read"].as_u64().unwrap());
+    let out = env.run(&["check", "--read-data-subset", "3/2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("1 ≤ n ≤ m"), "{}", stderr(&out));
+}

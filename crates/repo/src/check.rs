@@ -26,15 +26,87 @@ pub struct CheckReport {
     pub packs: usize,
     /// Blobs authenticated (with `read_data`).
     pub blobs_read: u64,
+    /// Packs read whole and authenticated (all of them with `--read-data`, those of
+    /// the subset with `--read-data-subset`).
+    pub packs_read: usize,
     /// Problems that make some snapshot unrestorable, each naming the object.
     pub errors: Vec<String>,
     /// Harmless findings (for example data left by an interrupted backup).
     pub notes: Vec<String>,
 }
 
+/// Which packs `check` reads whole (`--read-data`, `--read-data-subset`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DataSubset {
+    /// None: the structure only.
+    Nothing,
+    /// Every pack.
+    All,
+    /// `n/m`: the packs of group `n` of `m` (by name, so the groups of `1/m` to `m/m`
+    /// run on `m` days read every pack once).
+    Group {
+        /// 1 to `m`.
+        n: u32,
+        /// How many groups.
+        m: u32,
+    },
+    /// `P%`: each pack with this chance, drawn anew each run.
+    Percent(f64),
+}
+
+impl std::str::FromStr for DataSubset {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!("{s:?} is not a subset: write n/m (group n of m, such as 1/7) or a percentage (such as 10%)")
+        };
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            return match p > 0.0 && p <= 100.0 {
+                true => Ok(DataSubset::Percent(p)),
+                false => Err(format!(
+                    "{s:?}: a percentage is more than 0 and at most 100"
+                )),
+            };
+        }
+        let (n, m) = t.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        match (1..=m).contains(&n) {
+            true => Ok(DataSubset::Group { n, m }),
+            false => Err(format!("{s:?}: n/m needs 1 ≤ n ≤ m")),
+        }
+    }
+}
+
+impl DataSubset {
+    /// True when pack `name` is read.
+    fn selects(&self, name: &ObjectName) -> bool {
+        match *self {
+            DataSubset::Nothing => false,
+            DataSubset::All => true,
+            DataSubset::Group { n, m } => {
+                u32::from_be_bytes(name.0[..4].try_into().expect("16 bytes")) % m == n - 1
+            }
+            DataSubset::Percent(p) => rand::random::<f64>() * 100.0 < p,
+        }
+    }
+}
+
 impl Repository<Open> {
     /// Checks the repository; wrong key and rollback are errors, damage is reported.
     pub fn check(&self, read_data: bool) -> Result<CheckReport> {
+        self.check_reading(match read_data {
+            true => DataSubset::All,
+            false => DataSubset::Nothing,
+        })
+    }
+
+    /// [`Self::check`], reading whole the packs `read` selects.
+    pub fn check_reading(&self, read: DataSubset) -> Result<CheckReport> {
         let lock = self.lock(false)?;
         let mut report = CheckReport::default();
         let refs = self.snapshot_refs()?;
@@ -159,7 +231,8 @@ impl Repository<Open> {
                 }
                 Some(_) => {}
             }
-            if read_data {
+            if read.selects(pack) {
+                report.packs_read += 1;
                 if let Err(e) = self.check_pack(&index, &name, blobs, &mut report.blobs_read) {
                     report.errors.push(e.to_string());
                 }

@@ -39,7 +39,7 @@ pub use backup::{
     BackupOptions, BackupPlan, BackupSummary, Change, PlannedEntry, Progress, SkippedEntry,
 };
 pub use cache::{ObjectCache, DEFAULT_CACHE_BYTES};
-pub use check::CheckReport;
+pub use check::{CheckReport, DataSubset};
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
 pub use index::Index;

@@ -596,6 +596,66 @@ fn unlock_removes_stale_and_made_up_locks_and_leaves_live_ones() {
     assert!(f.store.list(ObjectKind::Lock).unwrap().is_empty());
 }
 
+/// `check --read-data-subset n/m`: the groups 1/m to m/m read every pack once
+/// between them, and a pack damaged in the store is caught by its group's run and
+/// by no other.
+#[test]
+fn read_data_subsets_cover_every_pack_once_and_find_the_damaged_one() {
+    use backlock_repo::DataSubset;
+    let f = Fixture::memory();
+    let src = tree::write_sample(f.dir.path(), 2);
+    for i in 0..4 {
+        std::fs::write(
+            src.join(format!("Media/v{i}.mp4")),
+            tree::random_bytes(40 + i, 3_000_000),
+        )
+        .unwrap();
+    }
+    f.backup(&src);
+    let packs = f.store.list(ObjectKind::Pack).unwrap();
+    assert!(packs.len() >= 3, "{}", packs.len());
+    let read = |n| {
+        f.open()
+            .check_reading(DataSubset::Group { n, m: 3 })
+            .unwrap()
+    };
+    let counts: Vec<usize> = (1..=3).map(|n| read(n).packs_read).collect();
+    assert_eq!(counts.iter().sum::<usize>(), packs.len(), "{counts:?}");
+    assert_eq!(
+        f.open().check_reading(DataSubset::All).unwrap().packs_read,
+        packs.len()
+    );
+    assert_eq!(
+        f.open()
+            .check_reading(DataSubset::Nothing)
+            .unwrap()
+            .packs_read,
+        0
+    );
+
+    // One byte flipped in the middle of the largest pack.
+    let victim = packs.iter().max_by_key(|p| p.size).unwrap().name.clone();
+    let mut data = f.store.get(ObjectKind::Pack, &victim).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 1;
+    f.store.put(ObjectKind::Pack, &victim, &data).unwrap();
+    let found: Vec<bool> = (1..=3)
+        .map(|n| read(n).errors.iter().any(|e| e.contains(&victim)))
+        .collect();
+    assert_eq!(found.iter().filter(|&&x| x).count(), 1, "{found:?}");
+    assert!(
+        f.open().check(false).unwrap().errors.is_empty(),
+        "the structure is intact"
+    );
+
+    assert_eq!("2/7".parse(), Ok(DataSubset::Group { n: 2, m: 7 }));
+    assert_eq!("12.5%".parse(), Ok(DataSubset::Percent(12.5)));
+    for bad in ["0/3", "4/3", "x/3", "0%", "101%", "half"] {
+        let e = bad.parse::<DataSubset>().unwrap_err();
+        assert!(e.contains(&format!("{bad:?}")), "{e}");
+    }
+}
+
 /// Data → index → snapshot, each made durable before the next names it: every pack an
 /// index names was put before a flush that precedes the index, and the snapshot is put
 /// after a flush that follows the last index, then flushed itself.
