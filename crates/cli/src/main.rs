@@ -119,6 +119,17 @@ enum Command {
         #[command(flatten)]
         select: snapshots_cmd::SelectArgs,
     },
+    /// Sizes: of the snapshots' files, after deduplication, as stored, and what
+    /// each snapshot added (oldest first; all snapshots, or those named).
+    Stats {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshots to count (ids, prefixes or `latest`); default: all.
+        #[arg(value_name = "ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: snapshots_cmd::SelectArgs,
+    },
     /// List the entries of a snapshot's directory (the backed-up paths at `/`).
     Ls(browse_cmd::LsArgs),
     /// Which snapshots hold entries that match a pattern, newest first.
@@ -435,6 +446,7 @@ fn run(command: Command) -> Result<()> {
         Command::Vault(command) => vault_cmd::run(command),
         Command::Backup(args) => backup_cmd::run(args),
         Command::Snapshots { repo, select } => snapshots_cmd::list(&repo, &select),
+        Command::Stats { repo, ids, select } => snapshots_cmd::stats(&repo, &ids, &select),
         Command::Ls(args) => browse_cmd::ls(&args),
         Command::Find(args) => browse_cmd::find(&args),
         Command::Diff(args) => browse_cmd::diff(&args),

@@ -102,6 +102,62 @@ pub(crate) fn list(args: &RepoArgs, select: &SelectArgs) -> Result<()> {
     Ok(())
 }
 
+/// `stats`: sizes, deduplication, and what each snapshot added.
+pub(crate) fn stats(args: &RepoArgs, ids: &[String], select: &SelectArgs) -> Result<()> {
+    let r = open(args)?.load_index()?;
+    let mut chosen = Vec::new();
+    if ids.is_empty() {
+        let filter = select.filter();
+        let ignored = r.authentic_snapshots(|s, snap| {
+            let info = SnapshotInfo::of(s, &snap);
+            if filter.matches(&info) {
+                chosen.push(info);
+            }
+            Ok(())
+        })?;
+        warn_ignored(&ignored);
+    } else {
+        for id in ids {
+            let found = r.find_snapshot(id)?;
+            let snap = r.load_snapshot(&found)?;
+            chosen.push(SnapshotInfo::of(found, &snap));
+        }
+        chosen.sort_by_key(|s| s.seq);
+        chosen.dedup_by_key(|s| s.seq);
+    }
+    let stats = r.stats(&chosen)?;
+    if args.json {
+        print_json(&stats);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>4}  {:<20} {:>8} {:>12} {:>12}",
+        "id", "seq", "time (UTC)", "files", "size", "added"
+    );
+    for s in &stats.snapshots {
+        println!(
+            "{:<10} {:>4}  {:<20} {:>8} {:>12} {:>12}",
+            &s.info.id[..8],
+            s.info.seq,
+            format_time(s.info.time_unix_ns.div_euclid(1_000_000_000)),
+            s.files,
+            mib(s.logical_bytes),
+            mib(s.new_bytes)
+        );
+    }
+    println!(
+        "{} snapshot(s): {} of files, {} after deduplication ({:.2}x), {} stored for them ({:.2}x compression); the repository holds {}",
+        stats.snapshots.len(),
+        mib(stats.logical_bytes),
+        mib(stats.unique_bytes),
+        stats.dedup_ratio,
+        mib(stats.stored_chunk_bytes),
+        stats.compression_ratio,
+        mib(stats.repository_bytes)
+    );
+    Ok(())
+}
+
 /// What every command prints of a snapshot: restic's names where they exist
 /// (`id`, `short_id`, `time` in RFC 3339, `hostname` as `host`, `paths`, `tags`).
 pub(crate) fn snapshot_json(s: &SnapshotInfo) -> serde_json::Value {

@@ -831,3 +831,53 @@ fn check_reads_a_subset_of_the_packs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("1 ≤ n ≤ m"), "{}", stderr(&out));
 }
+
+/// `stats`: each snapshot's size and what it added; a snapshot the same as the one
+/// before adds nothing, and the totals show the deduplication.
+#[test]
+fn stats_counts_what_each_snapshot_added() {
+    let (env, _) = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(
+        src.join("a/one"),
+        backlock_testkit::tree::random_bytes(1, 200_000),
+    )
+    .unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s]);
+    env.ok(&["backup", s]);
+    // A copy of the same content, and 100 KB of new content.
+    fs::write(
+        src.join("copy"),
+        backlock_testkit::tree::random_bytes(1, 200_000),
+    )
+    .unwrap();
+    fs::write(
+        src.join("new"),
+        backlock_testkit::tree::random_bytes(2, 100_000),
+    )
+    .unwrap();
+    env.ok(&["backup", s]);
+    let v: Value = serde_json::from_str(&env.ok(&["stats", "--json"])).unwrap();
+    let added: Vec<u64> = v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["new_bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(added, [200_000, 0, 100_000], "{v}");
+    assert_eq!(v["logical_bytes"], 200_000 + 200_000 + 500_000);
+    assert_eq!(v["unique_bytes"], 300_000);
+    assert_eq!(v["dedup_ratio"], 3.0);
+    assert!(v["repository_bytes"].as_u64().unwrap() > 300_000, "{v}");
+    // One snapshot, counted alone.
+    let one: Value = serde_json::from_str(&env.ok(&["stats", "latest", "--json"])).unwrap();
+    assert_eq!(one["unique_bytes"], 300_000);
+    assert_eq!(one["snapshots"][0]["files"], 3);
+    let text = env.ok(&["stats"]);
+    assert!(
+        text.contains("3 snapshot(s): 0.9 MiB of files, 0.3 MiB after deduplication (3.00x)"),
+        "{text}"
+    );
+}

@@ -574,7 +574,7 @@ impl ProduceState<'_> {
 /// again left 20 MiB of holes at a million files. Past the limit (or when a table is
 /// three quarters full) the IDs move to a sorted scratch file ([`IdTable`]), so a first
 /// backup of ten million files keeps 2 bytes per chunk, not 40, and a few such files.
-struct NewChunks {
+pub(crate) struct NewChunks {
     tables: Box<[Mutex<IdSlots>]>,
     /// IDs in the tables.
     held: AtomicUsize,
@@ -657,7 +657,7 @@ impl IdSlots {
 }
 
 impl NewChunks {
-    fn new(spill: Spill) -> Self {
+    pub(crate) fn new(spill: Spill) -> Self {
         let most = (2 * spill.in_memory / NEW_TABLES)
             .next_power_of_two()
             .max(16);
@@ -679,7 +679,7 @@ impl NewChunks {
     }
 
     /// Adds `id`; true if it was not there yet.
-    fn insert(&self, id: ChunkId) -> Result<bool> {
+    pub(crate) fn insert(&self, id: ChunkId) -> Result<bool> {
         let spilled = self.spilled.read().unwrap_or_else(|p| p.into_inner());
         for table in spilled.iter() {
             if table.contains(&id).unwrap_or_else(|e| unreadable(e)) {

@@ -30,6 +30,7 @@ mod rotate;
 pub mod select;
 mod spill;
 mod sqlite;
+mod stats;
 pub mod testhook;
 mod trees;
 pub mod verify;
@@ -48,6 +49,7 @@ pub use prune::{ForgetSummary, PruneSummary};
 pub use restore::RestoreSummary;
 pub use restore_select::RestoreOptions;
 pub use rotate::RotateSummary;
+pub use stats::{SnapshotStats, Stats};
 
 use backlock_core::{
     chunker::ChunkerParams,
