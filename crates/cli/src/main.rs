@@ -241,6 +241,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Repair {
+    /// Rebuild the index from every index object that still opens, keeping the
+    /// chunks whose pack the store still has: after a pack or index object was lost,
+    /// the next backup stores those chunks again instead of pointing at the hole, and
+    /// `check` names the snapshots that lost data.
+    Index {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
     /// Delete the snapshot objects that do not authenticate under this key (made up
     /// by whoever can write to the store, or cut short by a power loss). Every other
     /// command already ignores them; authentic snapshots are never touched.
@@ -454,6 +462,9 @@ fn run(command: Command) -> Result<()> {
         Command::Repair {
             what: Repair::Snapshots { repo, yes },
         } => repair_snapshots(&repo, yes),
+        Command::Repair {
+            what: Repair::Index { repo },
+        } => repair_index(&repo),
         Command::Restore {
             repo,
             snapshot,
@@ -715,6 +726,33 @@ fn warn_ignored(ignored: &[backlock_repo::RejectedSnapshot]) {
     for bad in ignored {
         eprintln!("warning: {bad}");
     }
+}
+
+fn repair_index(args: &RepoArgs) -> Result<()> {
+    let summary = open_uncached(args)?.repair_index()?;
+    if args.json {
+        print_json(&summary);
+        return Ok(());
+    }
+    for bad in &summary.index_objects_unreadable {
+        eprintln!("index object does not open: {bad}");
+    }
+    for pack in &summary.packs_missing {
+        eprintln!("pack missing from the store: {pack}");
+    }
+    println!(
+        "new index: {} chunks in {} packs, from {} index objects ({} replaced); {} chunks dropped (their pack is missing or shorter than the index said); {} packs no index object describes",
+        summary.blobs_indexed,
+        summary.packs_indexed,
+        summary.index_objects_read,
+        summary.index_objects_replaced,
+        summary.blobs_dropped,
+        summary.packs_undescribed
+    );
+    if summary.blobs_dropped > 0 || !summary.index_objects_unreadable.is_empty() {
+        println!("run `backlock check` to see which snapshots lost data; the next backup stores again what it still finds on disk");
+    }
+    Ok(())
 }
 
 fn repair_snapshots(args: &RepoArgs, yes: bool) -> Result<()> {

@@ -881,3 +881,75 @@ fn stats_counts_what_each_snapshot_added() {
         "{text}"
     );
 }
+
+/// A store that lost a pack: `check` names the damage; without a repair the next
+/// backup would point at the lost chunks again. `repair index` drops what the lost
+/// pack held, the next backup stores it again from disk, and that snapshot restores
+/// whole; so does the older one, whose chunks are the same.
+#[test]
+fn repair_index_after_a_lost_pack_lets_the_next_backup_heal() {
+    let (env, _) = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("video.mp4"),
+        backlock_testkit::tree::random_bytes(3, 2_000_000),
+    )
+    .unwrap();
+    fs::write(src.join("note.txt"), b"small").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // The largest pack holds the video.
+    let packs: Vec<std::path::PathBuf> =
+        backlock_testkit::tree::list_files(&env.path("repo/packs"))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+    let lost = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(lost).unwrap();
+    let out = env.run(&["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{lost:?} {packs:?} {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+
+    let repaired: Value = serde_json::from_str(&env.ok(&["repair", "index", "--json"])).unwrap();
+    let name = lost.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        repaired["packs_missing"],
+        serde_json::json!([name]),
+        "{repaired}"
+    );
+    assert!(
+        repaired["blobs_dropped"].as_u64().unwrap() >= 1,
+        "{repaired}"
+    );
+
+    let again: Value =
+        serde_json::from_str(&env.ok(&["backup", "--json", src.to_str().unwrap()])).unwrap();
+    assert!(
+        again["bytes_new"].as_u64().unwrap() >= 2_000_000,
+        "the lost chunks are stored again: {again}"
+    );
+    let target = env.path("out");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--verify",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    common::assert_identical(&target.join("src"), &src);
+    // The chunks stored again are the ones the first snapshot lost (same content,
+    // same IDs): it is whole again too.
+    env.ok(&["check", "--read-data"]);
+    let target = env.path("first");
+    let first = snapshots(&env, &[])[0]["id"].as_str().unwrap().to_owned();
+    env.ok(&["restore", &first, "--target", target.to_str().unwrap()]);
+    common::assert_identical(&target.join("src"), &src);
+}
