@@ -16,8 +16,15 @@ pub(crate) struct BackupArgs {
     #[command(flatten)]
     repo: RepoArgs,
     /// Directories and files to back up.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
     paths: Vec<PathBuf>,
+    /// Back up standard input, read to its end, as one file (`sqlite3 db .dump |
+    /// backlock backup --stdin --stdin-filename db.sql`).
+    #[arg(long)]
+    stdin: bool,
+    /// The name of the file --stdin stores.
+    #[arg(long, value_name = "NAME", default_value = "stdin", requires = "stdin")]
+    stdin_filename: String,
     /// Leave out what matches PATTERN (gitignore syntax, against absolute paths:
     /// `*.tmp` anywhere, `cache/` directories of that name, `/home/ann/.cache` only
     /// there; `!PATTERN` takes back). Repeatable.
@@ -64,6 +71,11 @@ pub(crate) fn run(args: BackupArgs) -> Result<()> {
         None => crate::hostname(),
     };
     let time_unix_ns = args.time.as_deref().map(parse_time).transpose()?;
+    if args.stdin && std::io::stdin().is_terminal() {
+        bail!(exit::Usage(
+            "--stdin reads standard input, which is a terminal here: pipe the data in (`… | backlock backup --stdin --stdin-filename NAME`)".into()
+        ));
+    }
     let repo = &args.repo;
     let key = password_mode::resolve_key(&repo.repo, repo.key_file.as_deref(), &repo.vault)?;
     let store = std::sync::Arc::new(backlock_store::Counted::new(crate::store_for(repo)?));
@@ -76,6 +88,7 @@ pub(crate) fn run(args: BackupArgs) -> Result<()> {
         tags,
         excludes,
         time_unix_ns,
+        stdin: args.stdin.then(|| args.stdin_filename.clone()),
         ..Default::default()
     };
     if args.dry_run {

@@ -953,3 +953,51 @@ fn repair_index_after_a_lost_pack_lets_the_next_backup_heal() {
     env.ok(&["restore", &first, "--target", target.to_str().unwrap()]);
     common::assert_identical(&target.join("src"), &src);
 }
+
+/// `backup --stdin`: a stream (a database dump, say) stored as one file, read back
+/// by `dump` and `restore` exactly; the same stream again adds nothing.
+#[test]
+fn backup_stdin_stores_a_stream_as_a_file() {
+    use std::io::Write;
+    let (env, _) = Env::new();
+    let data: Vec<u8> = (0..40_000u32)
+        .flat_map(|i| format!("INSERT INTO m VALUES({i});\n").into_bytes())
+        .collect();
+    let backup = || -> Value {
+        let mut child = env
+            .cmd(&["backup", "--stdin", "--stdin-filename", "db.sql", "--json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = backup();
+    assert_eq!(first["bytes_total"], data.len());
+    let second = backup();
+    assert_eq!(second["bytes_new"], 0, "{second}");
+    let dumped = env.cmd(&["dump", "latest", "/db.sql"]).output().unwrap();
+    assert!(dumped.stdout == data);
+    assert_eq!(
+        snapshots(&env, &[])[0]["paths"],
+        serde_json::json!(["stdin:db.sql"])
+    );
+    let target = env.path("out");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--verify",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert!(fs::read(target.join("db.sql")).unwrap() == data);
+    let out = env.run(&["backup", "--stdin", "somewhere"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "paths and --stdin exclude each other"
+    );
+}

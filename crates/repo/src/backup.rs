@@ -97,6 +97,9 @@ pub struct BackupOptions<'a> {
     /// migration from a store records the store's URL, not the folder it was
     /// downloaded into).
     pub recorded_paths: Option<Vec<String>>,
+    /// Back up standard input, read to its end, as one file of this name instead
+    /// of `paths` (`--stdin --stdin-filename NAME`).
+    pub stdin: Option<String>,
     /// Tags stored in the snapshot (`--tag`).
     pub tags: Vec<String>,
     /// The snapshot's time instead of now (`--time`), nanoseconds since the epoch.
@@ -114,6 +117,7 @@ impl Default for BackupOptions<'_> {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             verbatim: false,
             recorded_paths: None,
+            stdin: None,
             tags: Vec::new(),
             time_unix_ns: None,
             excludes: Excludes::default(),
@@ -1019,6 +1023,29 @@ impl Producer<'_> {
     ) -> Result<Result<Option<Node>, Stopped>> {
         let sh = self.shared;
         let ft = e.meta.file_type();
+        if e.stream {
+            // Read to its end as it comes: it cannot be sniffed and rewound, nor
+            // compared with the parent.
+            sh.files_done.fetch_add(1, Ordering::Relaxed);
+            let file = File::open(&e.fs_path).map_err(|err| RepoError::Source {
+                path: e.fs_path.clone(),
+                source: err,
+            })?;
+            return Ok(self.stream_file(chunker, e, file)?.map(|node| {
+                Some(Node {
+                    mode: 0o644,
+                    mtime_ns: now_unix_ns(),
+                    inode: 0,
+                    ctime_ns: 0,
+                    more: NodeMeta {
+                        uid: std::os::unix::fs::MetadataExt::uid(&e.meta),
+                        gid: std::os::unix::fs::MetadataExt::gid(&e.meta),
+                        ..Default::default()
+                    },
+                    ..node
+                })
+            }));
+        }
         let node = if ft.is_dir() {
             node_of(e, NodeKind::Dir)
         } else if ft.is_symlink() {
@@ -1386,12 +1413,15 @@ impl Repository<Indexed> {
         let parent_has_meta = matches!(parent_files, Parent::Trees { .. });
         // Entries that cannot be read are left out and named in the snapshot, except in
         // a verbatim copy (migration), which must hold everything or nothing.
-        let walker = Walker::new(
-            &opts.paths,
-            parent_files,
-            opts.verbatim,
-            opts.excludes.clone(),
-        )?;
+        let walker = match &opts.stdin {
+            Some(name) => Walker::stdin(name, parent_files)?,
+            None => Walker::new(
+                &opts.paths,
+                parent_files,
+                opts.verbatim,
+                opts.excludes.clone(),
+            )?,
+        };
 
         let pack_size = self.config.pack_size as usize;
         let shared = Shared {
@@ -1592,7 +1622,10 @@ impl Repository<Indexed> {
             paths: opts
                 .recorded_paths
                 .clone()
-                .unwrap_or_else(|| recorded_paths(&opts.paths)),
+                .unwrap_or_else(|| match &opts.stdin {
+                    Some(name) => vec![format!("stdin:{name}")],
+                    None => recorded_paths(&opts.paths),
+                }),
             meta: Default::default(),
             nodes: Vec::new(),
             root,

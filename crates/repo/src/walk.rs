@@ -40,6 +40,9 @@ pub(crate) struct Entry {
     source_dev: u64,
     /// The parent snapshot has an entry of this path (of any kind).
     in_parent: bool,
+    /// Standard input, stored as a regular file of the content read to its end
+    /// (`backup --stdin`).
+    pub(crate) stream: bool,
 }
 
 impl Entry {
@@ -125,6 +128,41 @@ impl<'a> Walker<'a> {
         let listing = walker.stat_all(top, old)?;
         walker.open.push(listing.into_iter());
         Ok(walker)
+    }
+
+    /// A walk of one entry: standard input, stored as a file named `name`.
+    pub(crate) fn stdin(name: &str, parent: Parent<'a>) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(RepoError::Usage(format!(
+                "--stdin-filename {name:?} is not a file name: give a name without `/`, such as db.sql"
+            )));
+        }
+        let fs_path = PathBuf::from("/dev/stdin");
+        let meta = fs::metadata(&fs_path).map_err(|source| RepoError::Source {
+            path: fs_path.clone(),
+            source,
+        })?;
+        let entry = Entry {
+            source_dev: meta.dev(),
+            fs_path,
+            rel: name.as_bytes().to_vec(),
+            meta,
+            old: None,
+            sidecar: false,
+            old_dir: None,
+            in_parent: false,
+            stream: true,
+        };
+        Ok(Walker {
+            open: vec![vec![entry].into_iter()],
+            parent,
+            skipped: None,
+            verbatim: false,
+            excludes: Excludes::default(),
+            excluded: 0,
+            warning: None,
+        })
     }
 
     /// The entries that could not be read so far.
@@ -254,6 +292,7 @@ impl<'a> Walker<'a> {
                 old_dir,
                 source_dev,
                 in_parent,
+                stream: false,
             });
         }
         if !self.verbatim {
