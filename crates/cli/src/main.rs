@@ -81,6 +81,12 @@ enum Command {
         /// Print machine-readable JSON (the key is printed once, in it).
         #[arg(long)]
         json: bool,
+        /// How new chunks are compressed: `auto` (zstd where a sample shows it pays,
+        /// database pages as deltas), `off` (nothing: for data already compressed or
+        /// a slow CPU), `max` (zstd's highest level: smaller, several times slower).
+        /// Recorded in the repository.
+        #[arg(long, value_name = "MODE", default_value = "auto")]
+        compression: backlock_core::format::Compression,
         #[command(flatten)]
         vault: vault::VaultArgs,
     },
@@ -424,12 +430,13 @@ fn run(command: Command) -> Result<()> {
             password,
             yes,
             json,
+            compression,
             vault,
         } => {
             if password {
-                password_mode::init(&repo, &vault, yes, json)
+                password_mode::init(&repo, &vault, (yes, json), compression)
             } else {
-                init(repo, key_only, yes, json)
+                init(repo, key_only, (yes, json), compression)
             }
         }
         Command::ChangePassword { repo } => password_mode::change_password(
@@ -605,7 +612,12 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
+fn init(
+    repo: PathBuf,
+    key_only: bool,
+    (yes, json): (bool, bool),
+    compression: backlock_core::format::Compression,
+) -> Result<()> {
     if !key_only {
         bail!(exit::Usage(
             "choose how to protect the backup: --key-only (a 64-digit key you keep) or --password (the key behind a password in the Backup Key Vault)".into()
@@ -627,7 +639,7 @@ fn init(repo: PathBuf, key_only: bool, yes: bool, json: bool) -> Result<()> {
     if !yes {
         key_input::confirm_saved(&key)?;
     }
-    let r = Repository::init(store, &key, home)?;
+    let r = Repository::init_with(store, &key, home, compression)?;
     if json {
         let shown = key.to_display();
         print_json(&serde_json::json!({

@@ -152,7 +152,12 @@ fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<(BackupKey, Option<Sn
 }
 
 /// `init --password`: a new key, kept on this device and registered behind a password.
-pub(crate) fn init(repo: &Path, vault: &VaultArgs, yes: bool, json: bool) -> Result<()> {
+pub(crate) fn init(
+    repo: &Path,
+    vault: &VaultArgs,
+    (yes, json): (bool, bool),
+    compression: backlock_core::format::Compression,
+) -> Result<()> {
     let home = device_home()?;
     let store = store_at(repo)?;
     if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
@@ -187,7 +192,7 @@ pub(crate) fn init(repo: &Path, vault: &VaultArgs, yes: bool, json: bool) -> Res
     })?;
     // The key is kept before the repository exists, so it is never lost in between.
     home.save_key(&location(repo), &key)?;
-    let r = Repository::init(store, &key, home)?;
+    let r = Repository::init_with(store, &key, home, compression)?;
     if json {
         print_json(&serde_json::json!({
             "repo": repo.display().to_string(),

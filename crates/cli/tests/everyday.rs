@@ -1001,3 +1001,46 @@ fn backup_stdin_stores_a_stream_as_a_file() {
         "paths and --stdin exclude each other"
     );
 }
+
+/// `init --compression`: recorded in the config (version 3 unless `auto`), and what
+/// the chunks take: `off` stores text as it is, `max` no more than `auto`.
+#[test]
+fn init_compression_is_recorded_and_applied() {
+    let text: Vec<u8> = (0..60_000u32)
+        .flat_map(|i| format!("message {i}: see you at {} o'clock\n", i % 24).into_bytes())
+        .collect();
+    let stored = |mode: &str| -> (f64, u8) {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+            extra: Vec::new(),
+        };
+        let out = env.ok(&[
+            "init",
+            "--key-only",
+            "--yes",
+            "--json",
+            "--compression",
+            mode,
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        fs::write(env.path("key"), v["key"].as_str().unwrap()).unwrap();
+        let src = env.path("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("chat.txt"), &text).unwrap();
+        env.ok(&["backup", src.to_str().unwrap()]);
+        let target = env.path("out");
+        env.ok(&["restore", "--verify", "--target", target.to_str().unwrap()]);
+        assert!(fs::read(target.join("src/chat.txt")).unwrap() == text);
+        let stats: Value = serde_json::from_str(&env.ok(&["stats", "--json"])).unwrap();
+        let version = fs::read(env.path("repo/config")).unwrap()[0];
+        (stats["compression_ratio"].as_f64().unwrap(), version)
+    };
+    let (off, auto, max) = (stored("off"), stored("auto"), stored("max"));
+    assert!(off.0 <= 1.0, "{off:?}");
+    assert!(auto.0 > 3.0, "{auto:?}");
+    assert!(max.0 >= auto.0, "{max:?} {auto:?}");
+    assert_eq!((off.1, auto.1, max.1), (3, 2, 3));
+    let (env, _) = Env::new();
+    let out = env.run(&["init", "--key-only", "--yes", "--compression", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+}

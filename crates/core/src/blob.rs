@@ -19,6 +19,8 @@ pub const CODEC_ZSTD_DELTA: u8 = 2;
 pub const ZSTD_LEVEL_DELTA: i32 = 3;
 /// zstd level for large chunks: zstd's default balance of speed and ratio.
 pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level of a repository of `compression max`.
+pub const ZSTD_LEVEL_MAX: i32 = 19;
 /// zstd level for small chunks (runs of SQLite pages), where level 3's per-call table
 /// building costs more than it saves.
 pub const ZSTD_LEVEL_SMALL: i32 = 1;
@@ -41,9 +43,18 @@ pub struct BlobEncoder {
 impl BlobEncoder {
     /// A new encoder.
     pub fn new() -> std::io::Result<Self> {
+        Self::at_levels(ZSTD_LEVEL, ZSTD_LEVEL_SMALL)
+    }
+
+    /// An encoder at zstd's highest level, for a repository of `compression max`.
+    pub fn max() -> std::io::Result<Self> {
+        Self::at_levels(ZSTD_LEVEL_MAX, ZSTD_LEVEL_MAX)
+    }
+
+    fn at_levels(level: i32, small: i32) -> std::io::Result<Self> {
         Ok(BlobEncoder {
-            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
-            zstd_small: zstd::bulk::Compressor::new(ZSTD_LEVEL_SMALL)?,
+            zstd: zstd::bulk::Compressor::new(level)?,
+            zstd_small: zstd::bulk::Compressor::new(small)?,
             zstd_sample: zstd::bulk::Compressor::new(1)?,
             zstd_delta: zstd::zstd_safe::CCtx::create(),
             scratch: Vec::new(),

@@ -29,13 +29,16 @@ pub const SNAPSHOT_VERSION_TREES: u8 = 3;
 /// The version of config objects that record a writer level (docs/FORMAT.md
 /// §Compatibility); a config of level 1 stays version 1.
 pub const CONFIG_VERSION_LEVEL: u8 = 2;
+/// The version of config objects that record a compression other than `auto`
+/// (docs/FORMAT.md §Objects); an `auto` config stays version 2.
+pub const CONFIG_VERSION_COMPRESSION: u8 = 3;
 
 /// The newest version this build reads for objects of `kind`.
 pub fn newest_version(kind: ObjectKind) -> u8 {
     match kind {
         ObjectKind::Index => INDEX_VERSION_DELTAS,
         ObjectKind::Snapshot => SNAPSHOT_VERSION_TREES,
-        ObjectKind::Config => CONFIG_VERSION_LEVEL,
+        ObjectKind::Config => CONFIG_VERSION_COMPRESSION,
         _ => FORMAT_VERSION,
     }
 }

@@ -42,7 +42,8 @@ fn varint_len(n: u64) -> u64 {
 
 /// Repository parameters, written by `init`; rewritten only to raise
 /// `writer_level` (docs/FORMAT.md §Compatibility) or by a key rotation.
-/// Version 1 when `writer_level` is 1, else version 2 (which adds it).
+/// Version 1 when `writer_level` is 1, version 2 (which adds it) when the
+/// compression is `auto`, else version 3 (which adds that).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Random repository identifier; the device keys its state by it.
@@ -57,6 +58,35 @@ pub struct Config {
     /// (back up, forget, prune, rotate); reading needs no level. 1 for a version-1
     /// config.
     pub writer_level: u32,
+    /// How new chunks are compressed (`init --compression`); `auto` before version 3.
+    pub compression: Compression,
+}
+
+/// How a repository compresses new chunks (docs/FORMAT.md §Objects, config field 8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// zstd at a fast level where a sample shows the chunk compresses; database pages
+    /// as deltas of their previous version.
+    #[default]
+    Auto,
+    /// Nothing compressed, no deltas: every chunk stored as it is.
+    Off,
+    /// As `auto`, at zstd's highest level: smaller, several times slower to write.
+    Max,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Compression::Auto),
+            "off" => Ok(Compression::Off),
+            "max" => Ok(Compression::Max),
+            other => Err(format!(
+                "{other:?} is not a compression: use auto, off or max"
+            )),
+        }
+    }
 }
 
 /// The repository level this build writes: 2 = index objects are live only when an
@@ -66,8 +96,9 @@ pub const WRITER_LEVEL: u32 = 2;
 impl Config {
     /// The format version this config is sealed as.
     pub fn version(&self) -> u8 {
-        match self.writer_level {
-            0 | 1 => crate::envelope::FORMAT_VERSION,
+        match (self.writer_level, self.compression) {
+            (_, Compression::Off | Compression::Max) => crate::envelope::CONFIG_VERSION_COMPRESSION,
+            (0 | 1, _) => crate::envelope::FORMAT_VERSION,
             _ => crate::envelope::CONFIG_VERSION_LEVEL,
         }
     }
@@ -83,7 +114,10 @@ impl Config {
         let expect = "postcard encoding into a Vec cannot fail";
         let raw = match self.version() {
             crate::envelope::FORMAT_VERSION => postcard::to_allocvec(&v1).expect(expect),
-            _ => postcard::to_allocvec(&(v1, self.writer_level)).expect(expect),
+            crate::envelope::CONFIG_VERSION_LEVEL => {
+                postcard::to_allocvec(&(v1, self.writer_level)).expect(expect)
+            }
+            _ => postcard::to_allocvec(&(v1, self.writer_level, self.compression)).expect(expect),
         };
         (self.version(), raw)
     }
@@ -99,10 +133,17 @@ impl Config {
 
     /// Decodes the plaintext of a config object of format `version`.
     pub fn decode(version: u8, plain: &[u8]) -> Result<Self, FormatError> {
-        let (v1, writer_level) = if version == crate::envelope::FORMAT_VERSION {
-            (decode::<wire::ConfigV1>(plain, "config")?, 1)
-        } else {
-            decode::<(wire::ConfigV1, u32)>(plain, "config")?
+        let (v1, writer_level, compression) = match version {
+            crate::envelope::FORMAT_VERSION => (
+                decode::<wire::ConfigV1>(plain, "config")?,
+                1,
+                Compression::Auto,
+            ),
+            crate::envelope::CONFIG_VERSION_LEVEL => {
+                let (v1, level) = decode::<(wire::ConfigV1, u32)>(plain, "config")?;
+                (v1, level, Compression::Auto)
+            }
+            _ => decode::<(wire::ConfigV1, u32, Compression)>(plain, "config")?,
         };
         Ok(Config {
             repo_id: v1.repo_id,
@@ -110,6 +151,7 @@ impl Config {
             pack_size: v1.pack_size,
             created_unix: v1.created_unix,
             writer_level,
+            compression,
         })
     }
 }

@@ -274,6 +274,7 @@ fn config_object_and_wrong_key() {
         pack_size: 16 << 20,
         created_unix: 1_795_000_000,
         writer_level: 1,
+        compression: format::Compression::Auto,
     };
     let (version, payload) = cfg.to_postcard();
     assert_eq!(version, 1);
@@ -309,6 +310,7 @@ fn config_object_v2_with_writer_level() {
         pack_size: 16 << 20,
         created_unix: 1_795_000_000,
         writer_level: 2,
+        compression: format::Compression::Auto,
     };
     let (version, payload) = cfg.to_postcard();
     assert_eq!(version, 2);
@@ -332,6 +334,64 @@ fn config_object_v2_with_writer_level() {
         envelope::open_versioned(&keys, ObjectKind::Config, "config", &sealed).unwrap();
     assert_eq!(format::Config::decode(v, &opened).unwrap(), cfg);
     assert!(format::Config::decode(1, &opened).is_err());
+}
+
+/// A config of `compression max` (docs/FORMAT.md §Objects): version 3, the
+/// compression after the writer level; a version-2 reader of the same bytes fails,
+/// and each mode encodes as its documented byte.
+#[test]
+fn config_object_v3_with_compression() {
+    let keys = RepoKeys::derive(&key());
+    let cfg = format::Config {
+        repo_id: ObjectName([0x42; 16]),
+        chunker: ChunkerParams {
+            min: 512 * 1024,
+            avg: 1024 * 1024,
+            max: 8 * 1024 * 1024,
+        },
+        pack_size: 16 << 20,
+        created_unix: 1_795_000_000,
+        writer_level: 2,
+        compression: format::Compression::Max,
+    };
+    let (version, payload) = cfg.to_postcard();
+    assert_eq!(version, 3);
+    let plain = [&[0u8][..], &payload].concat();
+    let sealed = envelope::seal_with_salt_as(
+        &keys,
+        (ObjectKind::Config, 3),
+        "config",
+        &plain,
+        &salt(0x03),
+    );
+    check(
+        "config-object-v3",
+        &[
+            ("expect", "ok".into()),
+            ("plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    let (v, opened) =
+        envelope::open_versioned(&keys, ObjectKind::Config, "config", &sealed).unwrap();
+    assert_eq!(format::Config::decode(v, &opened).unwrap(), cfg);
+    assert!(format::Config::decode(2, &opened).is_err());
+    for (mode, byte, version) in [
+        (format::Compression::Auto, None, 2),
+        (format::Compression::Off, Some(1u8), 3),
+        (format::Compression::Max, Some(2u8), 3),
+    ] {
+        let (v, payload) = format::Config {
+            compression: mode,
+            ..cfg.clone()
+        }
+        .to_postcard();
+        assert_eq!(v, version);
+        match byte {
+            Some(b) => assert_eq!(payload.last(), Some(&b), "{mode:?}"),
+            None => assert_eq!(payload.last(), Some(&2), "auto ends with the writer level"),
+        }
+    }
 }
 
 /// An index set (docs/FORMAT.md §Index sets): kind 6, named like a snapshot by its

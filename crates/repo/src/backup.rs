@@ -37,7 +37,10 @@ use backlock_core::{
     blob::BlobEncoder,
     chunker::{database_chunk, ChunkSource, Chunker, PageChunks},
     envelope::{self, ObjectKind, PackSealer},
-    format::{self, BlobEntry, IndexFile, Node, NodeKind, NodeMeta, PackEntry, Skipped, Snapshot},
+    format::{
+        self, BlobEntry, Compression, IndexFile, Node, NodeKind, NodeMeta, PackEntry, Skipped,
+        Snapshot,
+    },
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
     tree::TreeBuilder,
@@ -434,8 +437,12 @@ fn worker(
     pack: &FillingPack,
     packs: &Sender<FinishedPack>,
     chunk_pool: &BufferPool,
+    compression: Compression,
 ) -> io::Result<()> {
-    let mut encoder = BlobEncoder::new()?;
+    let mut encoder = match compression {
+        Compression::Max => BlobEncoder::max()?,
+        _ => BlobEncoder::new()?,
+    };
     for job in jobs {
         let delta_blob: Vec<u8>;
         // The blob as codec byte and payload: a raw chunk is copied only into the pack.
@@ -527,6 +534,8 @@ const PRODUCERS: usize = 2;
 /// What the producing threads share.
 struct ProduceState<'a> {
     keys: &'a RepoKeys,
+    /// The repository's compression: `off` compresses nothing and makes no delta.
+    compression: Compression,
     /// The repository's index: chunks already stored.
     index: &'a crate::index::Index,
     /// Chunks this backup has sent to the workers (not in the index yet).
@@ -792,7 +801,7 @@ impl Producer<'_> {
             let job = Job {
                 id,
                 data,
-                compress: true,
+                compress: sh.compression != Compression::Off,
                 base: None,
             };
             // The previous version covers the same bytes: the same length, or less if
@@ -801,6 +810,7 @@ impl Producer<'_> {
             // against them would only cost a base read and a compression.) A base is
             // never a delta itself: a delta's base is the delta's base.
             let base = previous
+                .filter(|_| sh.compression != Compression::Off)
                 .and_then(|(p, last)| sh.index.get(&p).map(|l| (l, last)))
                 .filter(|(l, last)| {
                     let prev_len = l.blob.raw_length as u64;
@@ -1450,8 +1460,10 @@ impl Repository<Indexed> {
             open: Mutex::new(None),
             running: AtomicUsize::new(workers),
         };
+        let compression = self.config.compression;
         let produce_state = ProduceState {
             keys,
+            compression,
             index: &self.state.index,
             new: NewChunks::new(self.spill()),
             progress: opts.progress,
@@ -1489,7 +1501,7 @@ impl Repository<Indexed> {
                 let (rx, tx) = (job_rx.clone(), pack_tx.clone());
                 let (shared, filling, chunk_pool) = (&shared, &filling, &chunk_pool);
                 s.spawn(move || {
-                    if let Err(e) = worker(rx, filling, &tx, chunk_pool) {
+                    if let Err(e) = worker(rx, filling, &tx, chunk_pool, compression) {
                         shared.fail(RepoError::Usage(format!("compression failed: {e}")));
                     }
                     filling.leave(&tx);

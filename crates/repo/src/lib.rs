@@ -56,7 +56,7 @@ pub use stats::{SnapshotStats, Stats};
 use backlock_core::{
     chunker::ChunkerParams,
     envelope::{self, ObjectKind},
-    format::{self, Config, Snapshot, CONFIG_NAME},
+    format::{self, Compression, Config, Snapshot, CONFIG_NAME},
     ids::ObjectName,
     kdf::RepoKeys,
     key::BackupKey,
@@ -148,6 +148,16 @@ pub struct Newest {
 impl Repository<Open> {
     /// Creates a repository in an empty store.
     pub fn init(store: Arc<dyn ObjectStore>, key: &BackupKey, home: DeviceHome) -> Result<Self> {
+        Self::init_with(store, key, home, Compression::Auto)
+    }
+
+    /// [`Self::init`] of a repository that compresses new chunks as `compression` says.
+    pub fn init_with(
+        store: Arc<dyn ObjectStore>,
+        key: &BackupKey,
+        home: DeviceHome,
+        compression: Compression,
+    ) -> Result<Self> {
         if !store.list(ObjectKind::Config)?.is_empty() {
             return Err(RepoError::AlreadyExists {
                 location: store.location(),
@@ -160,6 +170,7 @@ impl Repository<Open> {
             pack_size: DEFAULT_PACK_SIZE,
             created_unix: now_unix_ns() / 1_000_000_000,
             writer_level: format::WRITER_LEVEL,
+            compression,
         };
         let sealed = seal_config(&keys, &config);
         store.put(ObjectKind::Config, CONFIG_NAME, &sealed)?;
