@@ -136,6 +136,15 @@ enum Command {
         #[command(flatten)]
         select: snapshots_cmd::SelectArgs,
     },
+    /// Copy snapshots from another repository into this one: re-encrypted under this
+    /// key and deduplicated against what is here, streamed (no restore in between),
+    /// each keeping its time, host, paths and tags; one copied before is skipped.
+    Copy {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        copy: snapshots_cmd::CopyArgs,
+    },
     /// List the entries of a snapshot's directory (the backed-up paths at `/`).
     Ls(browse_cmd::LsArgs),
     /// Which snapshots hold entries that match a pattern, newest first.
@@ -415,6 +424,7 @@ fn run(command: Command) -> Result<()> {
     if matches!(
         command,
         Command::Backup(_)
+            | Command::Copy { .. }
             | Command::Restore { .. }
             | Command::Check { .. }
             | Command::Forget { .. }
@@ -462,6 +472,7 @@ fn run(command: Command) -> Result<()> {
         Command::Backup(args) => backup_cmd::run(args),
         Command::Snapshots { repo, select } => snapshots_cmd::list(&repo, &select),
         Command::Stats { repo, ids, select } => snapshots_cmd::stats(&repo, &ids, &select),
+        Command::Copy { repo, copy } => snapshots_cmd::copy(&repo, &copy),
         Command::Ls(args) => browse_cmd::ls(&args),
         Command::Find(args) => browse_cmd::find(&args),
         Command::Diff(args) => browse_cmd::diff(&args),

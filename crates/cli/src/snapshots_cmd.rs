@@ -158,6 +158,108 @@ pub(crate) fn stats(args: &RepoArgs, ids: &[String], select: &SelectArgs) -> Res
     Ok(())
 }
 
+/// `copy`'s source.
+#[derive(Args)]
+pub(crate) struct CopyArgs {
+    /// The repository to copy from: a local directory or a store URL, as --repo.
+    #[arg(long, value_name = "LOCATION", env = "BACKLOCK_FROM_REPO")]
+    from_repo: std::path::PathBuf,
+    /// File holding its 64-digit key (otherwise: the key this device keeps for it,
+    /// or a prompt).
+    #[arg(long, value_name = "FILE", env = "BACKLOCK_FROM_KEY_FILE")]
+    from_key_file: Option<std::path::PathBuf>,
+    /// Snapshots to copy (ids, prefixes or `latest`); default: every one the
+    /// filters select.
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+    #[command(flatten)]
+    select: SelectArgs,
+}
+
+/// `copy`: the source's snapshots not copied yet, oldest first, each a new snapshot
+/// here.
+pub(crate) fn copy(args: &RepoArgs, copy: &CopyArgs) -> Result<()> {
+    use anyhow::Context;
+    let from = copy.from_repo.display().to_string();
+    let refused = || format!("the source repository {from}");
+    let key = crate::password_mode::resolve_key(
+        &copy.from_repo,
+        copy.from_key_file.as_deref(),
+        &Default::default(),
+    )
+    .with_context(refused)?;
+    let source = backlock_repo::Repository::open(
+        crate::store_at(&copy.from_repo)?,
+        &key,
+        crate::device_home()?,
+    )
+    .with_context(refused)?
+    .with_cache(crate::object_cache(args.no_cache)?.as_ref())
+    .load_index()
+    .with_context(refused)?;
+    let source_id = backlock_core::ids::ObjectName::parse(&source.id()).expect("a repository id");
+    let here = open(args).context("this repository")?.load_index()?;
+    if here.id() == source.id() {
+        bail!(exit::Usage(
+            "--from-repo is this repository: copy from another one".into()
+        ));
+    }
+    let copied = here.copied_from(&source_id)?;
+    drop(here);
+    let mut chosen = Vec::new();
+    if copy.ids.is_empty() {
+        let filter = copy.select.filter();
+        let ignored = source.authentic_snapshots(|s, snap| {
+            let info = SnapshotInfo::of(s, &snap);
+            if filter.matches(&info) {
+                chosen.push(info);
+            }
+            Ok(())
+        })?;
+        warn_ignored(&ignored);
+    } else {
+        for id in &copy.ids {
+            let found = source.find_snapshot(id).with_context(refused)?;
+            let snap = source.load_snapshot(&found)?;
+            chosen.push(SnapshotInfo::of(found, &snap));
+        }
+        chosen.sort_by_key(|s| s.seq);
+        chosen.dedup_by_key(|s| s.seq);
+    }
+    let (mut done, mut skipped) = (Vec::new(), Vec::new());
+    for info in &chosen {
+        if copied.contains(&info.snapshot_ref().name) {
+            if !args.json {
+                println!(
+                    "snapshot {} of {from} is here already: skipped",
+                    &info.id[..8]
+                );
+            }
+            skipped.push(info.id.clone());
+            continue;
+        }
+        let made = open(args)?.load_index()?.copy_snapshot(&source, info)?;
+        if !args.json {
+            println!(
+                "copied snapshot {} of {from} as {} (#{}): {} of files, {} new, {} uploaded",
+                &info.id[..8],
+                &made.snapshot[..8],
+                made.seq,
+                mib(made.bytes_total),
+                mib(made.bytes_new),
+                mib(made.bytes_stored)
+            );
+        }
+        done.push(made);
+    }
+    if args.json {
+        print_json(&json!({ "copied": done, "skipped": skipped }));
+    } else if chosen.is_empty() {
+        println!("no snapshot of {from} to copy");
+    }
+    Ok(())
+}
+
 /// What every command prints of a snapshot: restic's names where they exist
 /// (`id`, `short_id`, `time` in RFC 3339, `hostname` as `host`, `paths`, `tags`).
 pub(crate) fn snapshot_json(s: &SnapshotInfo) -> serde_json::Value {

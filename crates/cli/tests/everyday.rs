@@ -1044,3 +1044,121 @@ fn init_compression_is_recorded_and_applied() {
     let out = env.run(&["init", "--key-only", "--yes", "--compression", "fast"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `copy` from a local repository into one on S3 (SeaweedFS on loopback): each
+/// snapshot keeps its time, host, paths and tags, deduplicates against what the
+/// target holds, restores bit for bit and passes `check --read-data`; a second copy
+/// skips what is there; a wrong source key names the source.
+#[test]
+fn copy_between_a_local_and_an_s3_repository() {
+    let Some(server) = backlock_testkit::servers::S3Server::start() else {
+        return;
+    };
+    let (mut env, _) = Env::new();
+    env.extra = server.env();
+    let src = chat_tree(env.dir.path());
+    let s = src.to_str().unwrap();
+    env.ok(&[
+        "backup",
+        "--tag",
+        "first",
+        "--host",
+        "phone",
+        "--time",
+        "2024-06-01T10:00:00Z",
+        s,
+    ]);
+    fs::write(src.join("db/msgstore.txt"), b"hello\nworld\nagain\n").unwrap();
+    env.ok(&["backup", "--tag", "second", s]);
+
+    let url = server.url("copies");
+    let out: Value =
+        serde_json::from_str(&env.ok(&["init", "--key-only", "--yes", "--json", "--repo", &url]))
+            .unwrap();
+    let s3_key = env.path("s3-key");
+    fs::write(&s3_key, out["key"].as_str().unwrap()).unwrap();
+    let on_s3 = |args: &[&str]| -> String {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--repo", &url, "--key-file", s3_key.to_str().unwrap()]);
+        env.ok(&all)
+    };
+    // What the target holds already: the second snapshot's data, backed up natively.
+    on_s3(&["backup", s]);
+    let local = env.path("repo");
+    let local_key = env.path("key");
+    let copy = |args: &[&str]| -> Value {
+        let mut all = vec![
+            "copy",
+            "--json",
+            "--from-repo",
+            local.to_str().unwrap(),
+            "--from-key-file",
+            local_key.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        serde_json::from_str(&on_s3(&all)).unwrap()
+    };
+    let first = copy(&[]);
+    let copied = first["copied"].as_array().unwrap();
+    assert_eq!(copied.len(), 2, "{first}");
+    let new: u64 = copied
+        .iter()
+        .map(|c| c["bytes_new"].as_u64().unwrap())
+        .sum();
+    let total: u64 = copied
+        .iter()
+        .map(|c| c["bytes_total"].as_u64().unwrap())
+        .sum();
+    assert!(
+        new * 10 < total,
+        "deduplicated against the target: {new} of {total}"
+    );
+    let again = copy(&[]);
+    assert_eq!(again["copied"], serde_json::json!([]));
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 2);
+
+    let theirs = snapshots(&env, &[]);
+    let ours: Vec<Value> = serde_json::from_str::<Value>(&on_s3(&["snapshots", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()[1..]
+        .to_vec();
+    for (a, b) in theirs.iter().zip(&ours) {
+        for field in ["time", "host", "paths", "tags", "files", "bytes"] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+    }
+    let target = env.path("from-s3");
+    on_s3(&[
+        "restore",
+        "latest",
+        "--verify",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    common::assert_identical(&target.join("chats"), &src);
+    on_s3(&["check", "--read-data"]);
+
+    // The target's key is a real key, of another repository.
+    let wrong = &s3_key;
+    let out = env
+        .cmd(&[
+            "copy",
+            "--repo",
+            &url,
+            "--key-file",
+            s3_key.to_str().unwrap(),
+            "--from-repo",
+            local.to_str().unwrap(),
+            "--from-key-file",
+            wrong.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains(&format!("the source repository {}", local.display())),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -426,6 +426,19 @@ pub const META_SUMMARY: &str = "summary";
 /// and `forget --keep-tag`.
 pub const META_TAGS: &str = "tags";
 
+/// The metadata key of a snapshot made by `copy`: which repository and snapshot it
+/// is a copy of, so that a second copy skips it.
+pub const META_ORIGINAL: &str = "original";
+
+/// Where a copied snapshot came from (docs/FORMAT.md §Snapshot metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Original {
+    /// The source repository's `repo_id`.
+    pub repo: ObjectName,
+    /// The snapshot's name there.
+    pub snapshot: ObjectName,
+}
+
 /// A snapshot's totals (docs/FORMAT.md §Snapshot metadata).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -797,6 +810,27 @@ impl Snapshot {
         };
     }
 
+    /// The snapshot it is a copy of, if `copy` made it.
+    pub fn original(&self) -> Result<Option<Original>, FormatError> {
+        self.meta
+            .get(META_ORIGINAL)
+            .map(|v| {
+                postcard::from_bytes(v).map_err(|e| FormatError::Malformed {
+                    what: "snapshot metadata",
+                    detail: format!("{META_ORIGINAL}: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Records the snapshot it is a copy of.
+    pub fn set_original(&mut self, original: &Original) {
+        self.meta.insert(
+            META_ORIGINAL.to_owned(),
+            postcard::to_allocvec(original).expect("postcard into a Vec cannot fail"),
+        );
+    }
+
     /// Marks the snapshot incomplete, listing what was not stored.
     pub fn set_skipped(&mut self, skipped: &[Skipped]) {
         match skipped.is_empty() {
@@ -1112,5 +1146,19 @@ mod limit_tests {
         snap.set_tags(&[]);
         assert!(!snap.meta.contains_key(META_TAGS));
         assert!(snap.tags().unwrap().is_empty());
+    }
+
+    /// docs/FORMAT.md §Snapshot metadata, `original`: byte for byte.
+    #[test]
+    fn an_original_is_stored_as_documented() {
+        let mut snap = Snapshot::default();
+        let original = Original {
+            repo: ObjectName([0xaa; 16]),
+            snapshot: ObjectName([0xbb; 16]),
+        };
+        snap.set_original(&original);
+        assert_eq!(snap.meta[META_ORIGINAL], [[0xaa; 16], [0xbb; 16]].concat());
+        assert_eq!(snap.original().unwrap(), Some(original));
+        assert_eq!(Snapshot::default().original().unwrap(), None);
     }
 }

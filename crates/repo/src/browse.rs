@@ -595,7 +595,7 @@ impl Repository<Indexed> {
                 match &entry.kind {
                     EntryKind::File(c) | EntryKind::SqliteFile(c) => {
                         let mut content = Content::new(&mut reader, c, entry.size, &at);
-                        io::copy(&mut content, out).map_err(|e| content.error(e, &target))?;
+                        io::copy(&mut content, out).map_err(|e| repo_error(e, &target))?;
                     }
                     EntryKind::Symlink(t) => out.write_all(t).map_err(target)?,
                     _ => {
@@ -665,7 +665,7 @@ fn append<W: Write>(
             let mut content = Content::new(reader, c, e.size, path.as_os_str().as_encoded_bytes());
             return tar
                 .append_data(&mut h, path, &mut content)
-                .map_err(|err| content.error(err, target));
+                .map_err(|err| repo_error(err, target));
         }
         EntryKind::Symlink(t) => {
             h.set_entry_type(tar::EntryType::Symlink);
@@ -693,8 +693,9 @@ fn append<W: Write>(
 /// Chunks read per batch: packs are read once per batch, in ranges.
 const DUMP_BATCH: usize = 64;
 
-/// A file's content, read from its chunks a batch at a time, as a `Read`.
-struct Content<'r, 'a> {
+/// A file's content, read from its chunks a batch at a time, as a `Read`. A
+/// repository error is returned inside the `io::Error` ([`repo_error`] takes it out).
+pub(crate) struct Content<'r, 'a> {
     reader: &'r mut BaseReader<'a>,
     chunks: &'r [ChunkId],
     /// The next chunk to read, and the chunks read and not yet given out.
@@ -705,12 +706,24 @@ struct Content<'r, 'a> {
     size: u64,
     given: u64,
     path: String,
-    /// A repository error met while reading (a `Read` can only return io errors).
-    failed: Option<RepoError>,
+}
+
+/// The repository error inside `e` if a [`Content`] put one there, else `other(e)`.
+pub(crate) fn repo_error(e: io::Error, other: &dyn Fn(io::Error) -> RepoError) -> RepoError {
+    if e.get_ref().is_some_and(|inner| inner.is::<RepoError>()) {
+        let inner = e.into_inner().expect("checked above");
+        return *inner.downcast::<RepoError>().expect("checked above");
+    }
+    other(e)
 }
 
 impl<'r, 'a> Content<'r, 'a> {
-    fn new(reader: &'r mut BaseReader<'a>, chunks: &'r [ChunkId], size: u64, path: &[u8]) -> Self {
+    pub(crate) fn new(
+        reader: &'r mut BaseReader<'a>,
+        chunks: &'r [ChunkId],
+        size: u64,
+        path: &[u8],
+    ) -> Self {
         Content {
             reader,
             chunks,
@@ -720,13 +733,7 @@ impl<'r, 'a> Content<'r, 'a> {
             size,
             given: 0,
             path: display_path(path),
-            failed: None,
         }
-    }
-
-    /// The error to report for `e`, which reading or writing returned.
-    fn error(&mut self, e: io::Error, target: &dyn Fn(io::Error) -> RepoError) -> RepoError {
-        self.failed.take().unwrap_or_else(|| target(e))
     }
 
     fn fill(&mut self) -> Result<()> {
@@ -755,18 +762,14 @@ impl Read for Content<'_, '_> {
             }
             if self.next == self.chunks.len() {
                 if self.given != self.size {
-                    self.failed = Some(RepoError::Usage(format!(
+                    return Err(io::Error::other(RepoError::Usage(format!(
                         "{}: its chunks hold {} bytes, its entry says {}: run `backlock check --read-data`",
                         self.path, self.given, self.size
-                    )));
-                    return Err(io::Error::other("size mismatch"));
+                    ))));
                 }
                 return Ok(0);
             }
-            if let Err(e) = self.fill() {
-                self.failed = Some(e);
-                return Err(io::Error::other("chunk unreadable"));
-            }
+            self.fill().map_err(io::Error::other)?;
         }
         let chunk = self.ready.front().expect("checked above");
         let n = buf.len().min(chunk.len() - self.at);

@@ -13,6 +13,7 @@ mod bases;
 pub mod browse;
 mod cache;
 mod check;
+mod copy;
 pub mod device;
 mod error;
 pub mod exclude;
@@ -42,6 +43,7 @@ pub use backup::{
 };
 pub use cache::{ObjectCache, DEFAULT_CACHE_BYTES};
 pub use check::{CheckReport, DataSubset};
+pub use copy::CopiedSnapshot;
 pub use device::DeviceHome;
 pub use error::{RepoError, Result};
 pub use index::Index;
