@@ -113,29 +113,14 @@ pub(crate) fn find(args: &FindArgs) -> Result<()> {
     let patterns = FindPatterns::new(&args.pattern, args.ignore_case)?;
     let r = open(&args.repo)?.load_index()?;
     // Newest first, as restic lists what it finds.
-    let mut chosen = Vec::new();
-    if args.snapshot.is_empty() {
-        let filter = args.select.filter();
-        let ignored = r.authentic_snapshots(|s, snap| {
-            let info = SnapshotInfo::of(s, &snap);
-            if filter.matches(&info) {
-                chosen.push((s, info));
-            }
-            Ok(())
-        })?;
-        warn_ignored(&ignored);
-        chosen.reverse();
-    } else {
-        for id in &args.snapshot {
-            chosen.push(snapshot(&r, id)?);
-        }
-    }
+    let mut chosen = crate::snapshots_cmd::chosen(&r, &args.snapshot, &args.select)?;
+    chosen.reverse();
     let json = args.repo.json;
     let mut out = std::io::stdout().lock();
     let mut found = 0u64;
-    for (s, info) in &chosen {
+    for info in &chosen {
         let mut first = true;
-        r.find(s, &patterns, &mut |e| {
+        r.find(&info.snapshot_ref(), &patterns, &mut |e| {
             found += 1;
             let line = if json {
                 let mut row = entry_json(e);

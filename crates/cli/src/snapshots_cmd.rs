@@ -102,9 +102,13 @@ pub(crate) fn list(args: &RepoArgs, select: &SelectArgs) -> Result<()> {
     Ok(())
 }
 
-/// `stats`: sizes, deduplication, and what each snapshot added.
-pub(crate) fn stats(args: &RepoArgs, ids: &[String], select: &SelectArgs) -> Result<()> {
-    let r = open(args)?.load_index()?;
+/// The snapshots `ids` name (ids, prefixes, `latest`), or with none every one
+/// `select` picks; oldest first, each once.
+pub(crate) fn chosen(
+    r: &backlock_repo::Repository<backlock_repo::Indexed>,
+    ids: &[String],
+    select: &SelectArgs,
+) -> Result<Vec<SnapshotInfo>> {
     let mut chosen = Vec::new();
     if ids.is_empty() {
         let filter = select.filter();
@@ -116,15 +120,22 @@ pub(crate) fn stats(args: &RepoArgs, ids: &[String], select: &SelectArgs) -> Res
             Ok(())
         })?;
         warn_ignored(&ignored);
-    } else {
-        for id in ids {
-            let found = r.find_snapshot(id)?;
-            let snap = r.load_snapshot(&found)?;
-            chosen.push(SnapshotInfo::of(found, &snap));
-        }
-        chosen.sort_by_key(|s| s.seq);
-        chosen.dedup_by_key(|s| s.seq);
+        return Ok(chosen);
     }
+    for id in ids {
+        let found = r.find_snapshot(id)?;
+        let snap = r.load_snapshot(&found)?;
+        chosen.push(SnapshotInfo::of(found, &snap));
+    }
+    chosen.sort_by_key(|s| s.seq);
+    chosen.dedup_by_key(|s| s.seq);
+    Ok(chosen)
+}
+
+/// `stats`: sizes, deduplication, and what each snapshot added.
+pub(crate) fn stats(args: &RepoArgs, ids: &[String], select: &SelectArgs) -> Result<()> {
+    let r = open(args)?.load_index()?;
+    let chosen = chosen(&r, ids, select)?;
     let stats = r.stats(&chosen)?;
     if args.json {
         print_json(&stats);
@@ -206,26 +217,7 @@ pub(crate) fn copy(args: &RepoArgs, copy: &CopyArgs) -> Result<()> {
     }
     let copied = here.copied_from(&source_id)?;
     drop(here);
-    let mut chosen = Vec::new();
-    if copy.ids.is_empty() {
-        let filter = copy.select.filter();
-        let ignored = source.authentic_snapshots(|s, snap| {
-            let info = SnapshotInfo::of(s, &snap);
-            if filter.matches(&info) {
-                chosen.push(info);
-            }
-            Ok(())
-        })?;
-        warn_ignored(&ignored);
-    } else {
-        for id in &copy.ids {
-            let found = source.find_snapshot(id).with_context(refused)?;
-            let snap = source.load_snapshot(&found)?;
-            chosen.push(SnapshotInfo::of(found, &snap));
-        }
-        chosen.sort_by_key(|s| s.seq);
-        chosen.dedup_by_key(|s| s.seq);
-    }
+    let chosen = chosen(&source, &copy.ids, &copy.select).with_context(refused)?;
     let (mut done, mut skipped) = (Vec::new(), Vec::new());
     for info in &chosen {
         if copied.contains(&info.snapshot_ref().name) {

@@ -260,12 +260,11 @@ fn a_newer_version_is_told_from_a_made_up_one() {
     ));
 }
 
-#[test]
-fn config_object_and_wrong_key() {
-    let keys = RepoKeys::derive(&key());
-    let cfg = format::Config {
+/// The Config of the config vectors, at `writer_level` with `compression`. Explicit
+/// values: the vectors must not follow later changes of the defaults.
+fn vector_config(writer_level: u32, compression: format::Compression) -> format::Config {
+    format::Config {
         repo_id: ObjectName([0x42; 16]),
-        // Explicit values: the vector must not follow later changes of the defaults.
         chunker: ChunkerParams {
             min: 512 * 1024,
             avg: 1024 * 1024,
@@ -273,9 +272,15 @@ fn config_object_and_wrong_key() {
         },
         pack_size: 16 << 20,
         created_unix: 1_795_000_000,
-        writer_level: 1,
-        compression: format::Compression::Auto,
-    };
+        writer_level,
+        compression,
+    }
+}
+
+#[test]
+fn config_object_and_wrong_key() {
+    let keys = RepoKeys::derive(&key());
+    let cfg = vector_config(1, format::Compression::Auto);
     let (version, payload) = cfg.to_postcard();
     assert_eq!(version, 1);
     let plain = [&[0u8][..], &payload].concat();
@@ -300,18 +305,7 @@ fn config_object_and_wrong_key() {
 #[test]
 fn config_object_v2_with_writer_level() {
     let keys = RepoKeys::derive(&key());
-    let cfg = format::Config {
-        repo_id: ObjectName([0x42; 16]),
-        chunker: ChunkerParams {
-            min: 512 * 1024,
-            avg: 1024 * 1024,
-            max: 8 * 1024 * 1024,
-        },
-        pack_size: 16 << 20,
-        created_unix: 1_795_000_000,
-        writer_level: 2,
-        compression: format::Compression::Auto,
-    };
+    let cfg = vector_config(2, format::Compression::Auto);
     let (version, payload) = cfg.to_postcard();
     assert_eq!(version, 2);
     let plain = [&[0u8][..], &payload].concat();
@@ -342,18 +336,7 @@ fn config_object_v2_with_writer_level() {
 #[test]
 fn config_object_v3_with_compression() {
     let keys = RepoKeys::derive(&key());
-    let cfg = format::Config {
-        repo_id: ObjectName([0x42; 16]),
-        chunker: ChunkerParams {
-            min: 512 * 1024,
-            avg: 1024 * 1024,
-            max: 8 * 1024 * 1024,
-        },
-        pack_size: 16 << 20,
-        created_unix: 1_795_000_000,
-        writer_level: 2,
-        compression: format::Compression::Max,
-    };
+    let cfg = vector_config(2, format::Compression::Max);
     let (version, payload) = cfg.to_postcard();
     assert_eq!(version, 3);
     let plain = [&[0u8][..], &payload].concat();

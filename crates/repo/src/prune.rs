@@ -10,7 +10,7 @@
 use crate::{
     error::{RepoError, Result},
     index::{open_blob_at, stored_sizes, write_index_object},
-    indexset::delete_all,
+    indexset::{delete_all, LiveIndexes},
     retention::{self, GroupBy, GroupVerdicts, Keep, Policy},
     select::{SnapshotFilter, SnapshotInfo},
     testhook::{pause, step},
@@ -187,6 +187,58 @@ impl Repository<Open> {
     }
 }
 
+impl<S> Repository<S> {
+    /// Makes `packs` the whole index: new index objects, in as many as readers need,
+    /// and the index set of a new epoch naming only them (from then on no earlier set
+    /// counts, so no object deleted next can count again, whatever the store
+    /// serves); then every other index object and set, the old live ones and any a
+    /// stopped backup wrote, deleted and flushed. Pauses at `step` (tests) between.
+    /// Returns the index objects replaced and the bytes written.
+    pub(crate) fn replace_index(
+        &self,
+        live: &LiveIndexes,
+        packs: Vec<PackEntry>,
+        step: Option<&str>,
+    ) -> Result<(usize, u64)> {
+        let (indexes, written) = write_index_object(
+            &*self.store,
+            &self.keys,
+            IndexFile { packs },
+            self.object_limit,
+            self.cache.as_deref(),
+        )?;
+        let (set, seq) = live.write_next(
+            &*self.store,
+            &self.keys,
+            indexes.iter().copied().collect(),
+            true,
+        )?;
+        self.home.record_index_set(&self.id(), seq)?;
+        self.raise_writer_level()?;
+        if let Some(step) = step {
+            pause(step);
+        }
+        let new: HashSet<String> = indexes.iter().map(ObjectName::to_hex).collect();
+        let old: Vec<String> = self
+            .listed(ObjectKind::Index)?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| !new.contains(n))
+            .collect();
+        let sets: Vec<String> = self
+            .store
+            .list(ObjectKind::IndexSet)?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| *n != set)
+            .collect();
+        delete_all(&*self.store, ObjectKind::Index, &old)?;
+        delete_all(&*self.store, ObjectKind::IndexSet, &sets)?;
+        self.store.flush()?;
+        Ok((old.len(), written))
+    }
+}
+
 impl Repository<Indexed> {
     /// Removes data that no snapshot uses.
     pub fn prune(self) -> Result<PruneSummary> {
@@ -331,52 +383,12 @@ impl Repository<Indexed> {
             flush(s, &mut keep, &mut written)?;
         }
 
-        // One new index, in as many objects as readers need, and the index set of a
-        // new epoch naming only it: from here no earlier set counts, so no index
-        // object deleted below can count again, whatever the store serves.
-        let (indexes, n) = write_index_object(
-            &*self.store,
-            &self.keys,
-            IndexFile {
-                packs: keep.clone(),
-            },
-            self.object_limit,
-            self.cache.as_deref(),
-        )?;
-        written += n as i64;
-        let live = &self.state.live;
-        let (set, seq) = live.write_next(
-            &*self.store,
-            &self.keys,
-            indexes.iter().copied().collect(),
-            true,
-        )?;
-        self.home.record_index_set(&self.id(), seq)?;
-        self.raise_writer_level()?;
-        pause(step::PRUNE_INDEXED);
-        // Every other index object and set: the old live ones, and any a stopped
-        // backup wrote that no set names. Gone for good (flushed) before the packs
-        // they name are deleted.
-        let new: HashSet<String> = indexes.iter().map(ObjectName::to_hex).collect();
-        let old: Vec<String> = self
-            .listed(ObjectKind::Index)?
-            .into_iter()
-            .map(|o| o.name)
-            .filter(|n| !new.contains(n))
-            .collect();
-        let sets: Vec<String> = self
-            .store
-            .list(ObjectKind::IndexSet)?
-            .into_iter()
-            .map(|o| o.name)
-            .filter(|n| *n != set)
-            .collect();
-        delete_all(&*self.store, ObjectKind::Index, &old)?;
-        delete_all(&*self.store, ObjectKind::IndexSet, &sets)?;
-        self.store.flush()?;
-        summary.index_objects_replaced = old.len();
-
         let kept: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();
+        let (replaced, n) =
+            self.replace_index(&self.state.live, keep, Some(step::PRUNE_INDEXED))?;
+        written += n as i64;
+        summary.index_objects_replaced = replaced;
+
         let mut freed: i64 = 0;
         for name in stored.keys().filter(|n| !kept.contains(*n)) {
             self.store.delete(ObjectKind::Pack, name)?;

@@ -12,13 +12,12 @@
 
 use crate::{
     error::{RepoError, Result},
-    index::{read_index_object, stored_sizes, write_index_object},
-    indexset::delete_all,
+    index::{read_index_object, stored_sizes},
     Open, Repository,
 };
 use backlock_core::{
     envelope::ObjectKind,
-    format::{BlobEntry, IndexFile, PackEntry},
+    format::{BlobEntry, PackEntry},
     ids::ObjectName,
 };
 use serde::Serialize;
@@ -105,39 +104,8 @@ impl Repository<Open> {
         let indexed: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();
         summary.packs_undescribed = stored.keys().filter(|n| !indexed.contains(*n)).count();
 
-        let (indexes, _) = write_index_object(
-            &*self.store,
-            &self.keys,
-            IndexFile { packs: keep },
-            self.object_limit,
-            self.cache.as_deref(),
-        )?;
-        let (set, seq) = live.write_next(
-            &*self.store,
-            &self.keys,
-            indexes.iter().copied().collect(),
-            true,
-        )?;
-        self.home.record_index_set(&self.id(), seq)?;
-        self.raise_writer_level()?;
-        let new: HashSet<String> = indexes.iter().map(ObjectName::to_hex).collect();
-        let old: Vec<String> = self
-            .listed(ObjectKind::Index)?
-            .into_iter()
-            .map(|o| o.name)
-            .filter(|n| !new.contains(n))
-            .collect();
-        let sets: Vec<String> = self
-            .store
-            .list(ObjectKind::IndexSet)?
-            .into_iter()
-            .map(|o| o.name)
-            .filter(|n| *n != set)
-            .collect();
-        delete_all(&*self.store, ObjectKind::Index, &old)?;
-        delete_all(&*self.store, ObjectKind::IndexSet, &sets)?;
-        self.store.flush()?;
-        summary.index_objects_replaced = old.len();
+        let (replaced, _) = self.replace_index(&live, keep, None)?;
+        summary.index_objects_replaced = replaced;
         Ok(summary)
     }
 }
