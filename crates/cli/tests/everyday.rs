@@ -1196,3 +1196,80 @@ fn one_file_system_stops_at_mount_points() {
         ]
     );
 }
+
+/// The JSON every command prints, reduced to its shape (field names and the type of
+/// each value): scripts rely on these names, so a change shows here.
+#[test]
+fn json_output_shapes_are_stable() {
+    fn shape(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+            }
+            Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+            Value::String(_) => "string".into(),
+            Value::Number(_) => "number".into(),
+            Value::Bool(_) => "bool".into(),
+            Value::Null => "null".into(),
+        }
+    }
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let s = src.to_str().unwrap();
+    let mut shapes = serde_json::Map::new();
+    let mut one = |name: &str, args: &[&str]| {
+        let out = env.ok(args);
+        shapes.insert(name.into(), shape(&serde_json::from_str(&out).unwrap()));
+    };
+    one("backup", &["backup", "--json", "--tag", "t", s]);
+    fs::write(src.join("db/msgstore.txt"), b"changed").unwrap();
+    env.ok(&["backup", s]);
+    one("snapshots", &["snapshots", "--json"]);
+    one("stats", &["stats", "--json"]);
+    one(
+        "forget --dry-run",
+        &["forget", "--json", "--keep-last", "1", "--dry-run"],
+    );
+    one("check", &["check", "--json", "--read-data-subset", "1/2"]);
+    one(
+        "restore",
+        &[
+            "restore",
+            "--json",
+            "--verify",
+            "--target",
+            env.path("out").to_str().unwrap(),
+        ],
+    );
+    one("unlock", &["unlock", "--json"]);
+    one("repair index", &["repair", "index", "--json"]);
+    let mut lines = |name: &str, args: &[&str]| {
+        let out = env.ok(args);
+        let all: Vec<Value> = json_lines(&out).iter().map(shape).collect();
+        // One line of each shape, in order.
+        let mut seen: Vec<Value> = Vec::new();
+        for v in all {
+            if !seen.contains(&v) {
+                seen.push(v);
+            }
+        }
+        shapes.insert(name.into(), Value::Array(seen));
+    };
+    lines("ls (lines)", &["ls", "latest", "/chats/db", "--json"]);
+    lines("find (lines)", &["find", "*.txt", "--json"]);
+    lines(
+        "backup --dry-run (lines)",
+        &["backup", "--dry-run", "--json", s],
+    );
+    let all = snapshots(&env, &[]);
+    lines(
+        "diff (lines)",
+        &[
+            "diff",
+            "--json",
+            all[0]["id"].as_str().unwrap(),
+            all[1]["id"].as_str().unwrap(),
+        ],
+    );
+    insta::assert_json_snapshot!(Value::Object(shapes));
+}
