@@ -323,7 +323,15 @@ pub(crate) fn store_at(repo: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
 
 /// The store `args` names, held to its `--limit-upload` and `--limit-download`.
 pub(crate) fn store_for(args: &RepoArgs) -> Result<Arc<dyn ObjectStore>> {
-    let store = store_at(&args.repo)?;
+    store_limited(&args.repo, args)
+}
+
+/// The store at `location`, held to the limits `args` gives (a copy's source too).
+pub(crate) fn store_limited(
+    location: &std::path::Path,
+    args: &RepoArgs,
+) -> Result<Arc<dyn ObjectStore>> {
+    let store = store_at(location)?;
     Ok(match (args.limit_upload, args.limit_download) {
         (None, None) => store,
         (up, down) => Arc::new(backlock_store::Throttled::new(store, up, down)),

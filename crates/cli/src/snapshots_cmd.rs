@@ -200,7 +200,7 @@ pub(crate) fn copy(args: &RepoArgs, copy: &CopyArgs) -> Result<()> {
     )
     .with_context(refused)?;
     let source = backlock_repo::Repository::open(
-        crate::store_at(&copy.from_repo)?,
+        crate::store_limited(&copy.from_repo, args)?,
         &key,
         crate::device_home()?,
     )
