@@ -265,8 +265,10 @@ enum Repair {
         repo: RepoArgs,
     },
     /// Delete the snapshot objects that do not authenticate under this key (made up
-    /// by whoever can write to the store, or cut short by a power loss). Every other
-    /// command already ignores them; authentic snapshots are never touched.
+    /// by whoever can write to the store, or cut short by a power loss; every other
+    /// command already ignores them), then rewrite the snapshots that name data the
+    /// store lost: the same number, time and paths, what can still be read, and the
+    /// lost entries named in it as left out. Asks first.
     Snapshots {
         #[command(flatten)]
         repo: RepoArgs,
@@ -786,41 +788,88 @@ fn repair_index(args: &RepoArgs) -> Result<()> {
     Ok(())
 }
 
-fn repair_snapshots(args: &RepoArgs, yes: bool) -> Result<()> {
-    let r = open_uncached(args)?;
-    let found = r.authentic_snapshots(|_, _| Ok(()))?;
-    if found.is_empty() {
-        if args.json {
-            print_json(&serde_json::json!({ "removed": [] }));
-        } else {
-            println!("every snapshot object authenticates: nothing to remove");
-        }
+/// Asks to go on (`what` says what would happen), or takes `--yes`; refuses without a
+/// terminal.
+fn confirm(yes: bool, what: &str) -> Result<()> {
+    if yes {
         return Ok(());
     }
-    for bad in &found {
-        eprintln!("does not authenticate: {} ({})", bad.name, bad.reason);
+    if !std::io::stdin().is_terminal() {
+        bail!(exit::Usage(format!("{what}: pass --yes to go on")));
     }
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            bail!(exit::Usage(format!(
-                "{} snapshot object(s) above would be deleted: pass --yes to delete them",
-                found.len()
-            )));
+    eprint!("{what}. Type yes: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!(exit::Usage("nothing was changed".into()));
+    }
+    Ok(())
+}
+
+fn repair_snapshots(args: &RepoArgs, yes: bool) -> Result<()> {
+    // First the objects that do not authenticate: what names lost data is judged
+    // among authentic snapshots only.
+    let r = open_uncached(args)?;
+    let found = r.authentic_snapshots(|_, _| Ok(()))?;
+    let mut removed = Vec::new();
+    if !found.is_empty() {
+        for bad in &found {
+            eprintln!("does not authenticate: {} ({})", bad.name, bad.reason);
         }
-        eprint!("Delete these {} object(s)? Type yes: ", found.len());
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            bail!(exit::Usage("nothing was deleted".into()));
+        confirm(
+            yes,
+            &format!("{} snapshot object(s) above would be deleted", found.len()),
+        )?;
+        removed = r.remove_unauthentic_snapshots()?;
+        if !args.json {
+            for bad in &removed {
+                println!("removed {}", bad.name);
+            }
         }
     }
-    let removed = r.remove_unauthentic_snapshots()?;
+    drop(r);
+    let r = open_uncached(args)?.load_index_exclusive()?;
+    let losing = r.snapshots_losing_data()?;
+    let mut rewritten = Vec::new();
+    if !losing.is_empty() {
+        for l in &losing {
+            eprintln!(
+                "snapshot {} (#{}) names data the store lost: {} entr(y/ies)",
+                &l.snapshot[..8],
+                l.seq,
+                l.lost.len()
+            );
+            for k in l.lost.iter().take(10) {
+                eprintln!("  /{}: {}", k.path, k.reason);
+            }
+            if l.lost.len() > 10 {
+                eprintln!("  … and {} more", l.lost.len() - 10);
+            }
+        }
+        confirm(
+            yes,
+            &format!(
+                "{} snapshot(s) above would be rewritten without what was lost (the same number, time and paths; the lost entries named in it)",
+                losing.len()
+            ),
+        )?;
+        rewritten = r.rewrite_snapshots(&losing)?;
+        if !args.json {
+            for w in &rewritten {
+                println!(
+                    "rewrote snapshot {} (#{}) as {}: {} entr(y/ies) lost",
+                    &w.replaced[..8],
+                    w.seq,
+                    &w.snapshot[..8],
+                    w.lost
+                );
+            }
+        }
+    }
     if args.json {
-        print_json(&serde_json::json!({ "removed": removed }));
-    } else {
-        for bad in &removed {
-            println!("removed {}", bad.name);
-        }
+        print_json(&serde_json::json!({ "removed": removed, "rewritten": rewritten }));
+    } else if removed.is_empty() && rewritten.is_empty() {
+        println!("every snapshot authenticates and its data is in the store: nothing to repair");
     }
     Ok(())
 }

@@ -1273,3 +1273,116 @@ fn json_output_shapes_are_stable() {
     );
     insta::assert_json_snapshot!(Value::Object(shapes));
 }
+
+/// A store that lost the pack of a video two snapshots share: `repair snapshots`
+/// asks, then writes each in place (same number, time and paths) without the video,
+/// naming it as lost; `check` is clean again, the rest restores, and a second run
+/// finds nothing to do.
+#[test]
+fn repair_snapshots_rewrites_what_names_lost_data() {
+    let (env, _) = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("video.mp4"),
+        backlock_testkit::tree::random_bytes(5, 2_000_000),
+    )
+    .unwrap();
+    fs::write(src.join("note.txt"), b"first").unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", "--tag", "kept", s]);
+    fs::write(src.join("note.txt"), b"second").unwrap();
+    env.ok(&["backup", s]);
+    let before = snapshots(&env, &[]);
+    let packs: Vec<std::path::PathBuf> =
+        backlock_testkit::tree::list_files(&env.path("repo/packs"))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+    let lost = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(lost).unwrap();
+    assert_eq!(env.run(&["check"]).status.code(), Some(4));
+
+    refused(&env, &["repair", "snapshots"], 2, "--yes");
+    assert_eq!(
+        snapshots(&env, &[]),
+        before,
+        "nothing changed without --yes"
+    );
+    let out: Value =
+        serde_json::from_str(&env.ok(&["repair", "snapshots", "--yes", "--json"])).unwrap();
+    let rewritten = out["rewritten"].as_array().unwrap();
+    assert_eq!(rewritten.len(), 2, "{out}");
+    // The first backup's note shared the video's pack; the second's is in its own.
+    let lost: Vec<u64> = rewritten
+        .iter()
+        .map(|w| w["lost"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lost, [2, 1], "{out}");
+    env.ok(&["check", "--read-data"]);
+
+    let after = snapshots(&env, &[]);
+    for ((a, b), (left, files)) in before.iter().zip(&after).zip([(2, 0), (1, 1)]) {
+        for same in ["seq", "time", "host", "paths", "tags"] {
+            assert_eq!(a[same], b[same], "{same}");
+        }
+        assert_ne!(a["id"], b["id"]);
+        assert_eq!(
+            (b["skipped"].as_u64(), b["files"].as_u64()),
+            (Some(left), Some(files))
+        );
+    }
+    let target = env.path("out");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(fs::read(target.join("src/note.txt")).unwrap(), b"second");
+    assert!(!target.join("src/video.mp4").exists());
+    assert!(env.ok(&["snapshots"]).contains("[incomplete: 2 left out]"));
+    assert!(env
+        .ok(&["repair", "snapshots"])
+        .contains("nothing to repair"));
+}
+
+/// `repair snapshots` killed after writing a replacement and before deleting the
+/// snapshot it replaces: the next run deletes that one and writes no third.
+#[test]
+fn a_repair_killed_midway_finishes_on_the_next_run() {
+    let (env, _) = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("video.mp4"),
+        backlock_testkit::tree::random_bytes(6, 2_000_000),
+    )
+    .unwrap();
+    fs::write(src.join("note.txt"), b"kept").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let packs: Vec<std::path::PathBuf> =
+        backlock_testkit::tree::list_files(&env.path("repo/packs"))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+    let lost = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(lost).unwrap();
+    let step = backlock_repo::testhook::step::REPAIR_REWRITTEN;
+    let mut child = env.spawn_paused(&["repair", "snapshots", "--yes"], step);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let both = snapshots(&env, &[]);
+    assert_eq!(both.len(), 2, "the replacement and the replaced, both #1");
+    let out: Value =
+        serde_json::from_str(&env.ok(&["repair", "snapshots", "--yes", "--json"])).unwrap();
+    let left = snapshots(&env, &[]);
+    assert_eq!(left.len(), 1, "{out}");
+    assert_eq!(out["rewritten"][0]["snapshot"], left[0]["id"], "{out}");
+    assert!(
+        both.iter().any(|s| s["id"] == left[0]["id"]),
+        "no third snapshot was written"
+    );
+    env.ok(&["check"]);
+}

@@ -430,6 +430,11 @@ pub const META_TAGS: &str = "tags";
 /// is a copy of, so that a second copy skips it.
 pub const META_ORIGINAL: &str = "original";
 
+/// The metadata key of a snapshot `repair snapshots` rewrote: the name of the
+/// snapshot it replaces (same sequence number), so a repair stopped before deleting
+/// that one finishes instead of rewriting it again.
+pub const META_REPLACES: &str = "replaces";
+
 /// Where a copied snapshot came from (docs/FORMAT.md §Snapshot metadata).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Original {
@@ -821,6 +826,21 @@ impl Snapshot {
                 })
             })
             .transpose()
+    }
+
+    /// The snapshot this one replaces, if `repair snapshots` wrote it.
+    pub fn replaces(&self) -> Option<ObjectName> {
+        self.meta
+            .get(META_REPLACES)
+            .and_then(|v| postcard::from_bytes(v).ok())
+    }
+
+    /// Records the snapshot this one replaces.
+    pub fn set_replaces(&mut self, name: &ObjectName) {
+        self.meta.insert(
+            META_REPLACES.to_owned(),
+            postcard::to_allocvec(name).expect("postcard into a Vec cannot fail"),
+        );
     }
 
     /// Records the snapshot it is a copy of.

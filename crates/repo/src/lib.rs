@@ -49,7 +49,7 @@ pub use error::{RepoError, Result};
 pub use index::Index;
 pub use lock::{holder_identity, hostname, LockInfo, RepoLock, STALE_AFTER_SECS};
 pub use prune::{ForgetSummary, PruneSummary};
-pub use repair::RepairIndexSummary;
+pub use repair::{LosingSnapshot, RepairIndexSummary, RewrittenSnapshot};
 pub use restore::RestoreSummary;
 pub use restore_select::RestoreOptions;
 pub use rotate::RotateSummary;

@@ -41,6 +41,10 @@ pub mod step {
     /// durable; nothing read back yet, nothing renamed onto the target.
     pub const RESTORE_WRITTEN: &str = "restore:written";
 
+    /// `repair snapshots`: a snapshot's replacement written and flushed; the snapshot
+    /// it replaces not deleted yet.
+    pub const REPAIR_REWRITTEN: &str = "repair:rewritten";
+
     /// Rotation: every pack in use re-sealed under the new key.
     pub const ROTATE_PACKS_WRITTEN: &str = "rotate:packs-written";
     /// Rotation: the markers naming both generations are written.
