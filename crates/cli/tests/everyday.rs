@@ -41,6 +41,17 @@ fn refused(env: &Env, args: &[&str], code: i32, needle: &str) {
     assert!(err.contains(needle), "{args:?}: {err}");
 }
 
+/// Deletes the largest pack of the repository (a store that lost it); returns its path.
+fn lose_largest_pack(env: &Env) -> std::path::PathBuf {
+    let lost = backlock_testkit::tree::list_files(&env.path("repo/packs"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(&lost).unwrap();
+    lost
+}
+
 fn json_lines(out: &str) -> Vec<Value> {
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -891,21 +902,12 @@ fn repair_index_after_a_lost_pack_lets_the_next_backup_heal() {
     fs::write(src.join("note.txt"), b"small").unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
     // The largest pack holds the video.
-    let packs: Vec<std::path::PathBuf> =
-        backlock_testkit::tree::list_files(&env.path("repo/packs"))
-            .into_iter()
-            .filter(|p| p.is_file())
-            .collect();
-    let lost = packs
-        .iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    fs::remove_file(lost).unwrap();
+    let lost = lose_largest_pack(&env);
     let out = env.run(&["check"]);
     assert_eq!(
         out.status.code(),
         Some(4),
-        "{lost:?} {packs:?} {}{}",
+        "{lost:?} {}{}",
         String::from_utf8_lossy(&out.stdout),
         stderr(&out)
     );
@@ -1294,16 +1296,7 @@ fn repair_snapshots_rewrites_what_names_lost_data() {
     fs::write(src.join("note.txt"), b"second").unwrap();
     env.ok(&["backup", s]);
     let before = snapshots(&env, &[]);
-    let packs: Vec<std::path::PathBuf> =
-        backlock_testkit::tree::list_files(&env.path("repo/packs"))
-            .into_iter()
-            .filter(|p| p.is_file())
-            .collect();
-    let lost = packs
-        .iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    fs::remove_file(lost).unwrap();
+    lose_largest_pack(&env);
     assert_eq!(env.run(&["check"]).status.code(), Some(4));
 
     refused(&env, &["repair", "snapshots"], 2, "--yes");
@@ -1359,16 +1352,7 @@ fn a_repair_killed_midway_finishes_on_the_next_run() {
     .unwrap();
     fs::write(src.join("note.txt"), b"kept").unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
-    let packs: Vec<std::path::PathBuf> =
-        backlock_testkit::tree::list_files(&env.path("repo/packs"))
-            .into_iter()
-            .filter(|p| p.is_file())
-            .collect();
-    let lost = packs
-        .iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    fs::remove_file(lost).unwrap();
+    lose_largest_pack(&env);
     let step = backlock_repo::testhook::step::REPAIR_REWRITTEN;
     let mut child = env.spawn_paused(&["repair", "snapshots", "--yes"], step);
     child.kill().unwrap();
@@ -1385,4 +1369,28 @@ fn a_repair_killed_midway_finishes_on_the_next_run() {
         "no third snapshot was written"
     );
     env.ok(&["check"]);
+}
+
+/// Whatever the rules keep, the repository's newest snapshot stays: devices check the
+/// store against it. A rule that keeps none of them (a tag nobody has) still leaves it.
+#[test]
+fn forget_never_removes_the_newest_snapshot() {
+    let (env, _) = Env::new();
+    let src = chat_tree(env.dir.path());
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s]);
+    env.ok(&["backup", s]);
+    let out: Value =
+        serde_json::from_str(&env.ok(&["forget", "--keep-tag", "no-such-tag", "--json"])).unwrap();
+    assert_eq!(out["removed"].as_array().unwrap().len(), 1, "{out}");
+    let kept = &out["groups"][0]["keep"][0];
+    assert_eq!(kept["seq"], 2, "{out}");
+    assert!(
+        kept["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("newest in the repository"),
+        "{out}"
+    );
+    assert_eq!(snapshots(&env, &[]).len(), 1);
 }

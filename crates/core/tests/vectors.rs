@@ -260,6 +260,35 @@ fn a_newer_version_is_told_from_a_made_up_one() {
     ));
 }
 
+/// Checks config vector `name`: `cfg` encoded as format `version` (codec-0
+/// plaintext), sealed with salt `salt_byte`×32, opens and decodes back to `cfg`.
+/// Returns the opened plaintext.
+fn config_vector(name: &str, cfg: &format::Config, version: u8, salt_byte: u8) -> Vec<u8> {
+    let keys = RepoKeys::derive(&key());
+    let (v, payload) = cfg.to_postcard();
+    assert_eq!(v, version);
+    let plain = [&[0u8][..], &payload].concat();
+    let sealed = envelope::seal_with_salt_as(
+        &keys,
+        (ObjectKind::Config, version),
+        "config",
+        &plain,
+        &salt(salt_byte),
+    );
+    check(
+        name,
+        &[
+            ("expect", "ok".into()),
+            ("plaintext", hex::encode(&plain)),
+            ("object", hex::encode(&sealed)),
+        ],
+    );
+    let (v, opened) =
+        envelope::open_versioned(&keys, ObjectKind::Config, "config", &sealed).unwrap();
+    assert_eq!(format::Config::decode(v, &opened).unwrap(), *cfg);
+    opened
+}
+
 /// The Config of the config vectors, at `writer_level` with `compression`. Explicit
 /// values: the vectors must not follow later changes of the defaults.
 fn vector_config(writer_level: u32, compression: format::Compression) -> format::Config {
@@ -304,29 +333,8 @@ fn config_object_and_wrong_key() {
 /// level after the version-1 fields; a version-1 reader of the same bytes fails.
 #[test]
 fn config_object_v2_with_writer_level() {
-    let keys = RepoKeys::derive(&key());
     let cfg = vector_config(2, format::Compression::Auto);
-    let (version, payload) = cfg.to_postcard();
-    assert_eq!(version, 2);
-    let plain = [&[0u8][..], &payload].concat();
-    let sealed = envelope::seal_with_salt_as(
-        &keys,
-        (ObjectKind::Config, 2),
-        "config",
-        &plain,
-        &salt(0x02),
-    );
-    check(
-        "config-object-v2",
-        &[
-            ("expect", "ok".into()),
-            ("plaintext", hex::encode(&plain)),
-            ("object", hex::encode(&sealed)),
-        ],
-    );
-    let (v, opened) =
-        envelope::open_versioned(&keys, ObjectKind::Config, "config", &sealed).unwrap();
-    assert_eq!(format::Config::decode(v, &opened).unwrap(), cfg);
+    let opened = config_vector("config-object-v2", &cfg, 2, 0x02);
     assert!(format::Config::decode(1, &opened).is_err());
 }
 
@@ -335,29 +343,8 @@ fn config_object_v2_with_writer_level() {
 /// and each mode encodes as its documented byte.
 #[test]
 fn config_object_v3_with_compression() {
-    let keys = RepoKeys::derive(&key());
     let cfg = vector_config(2, format::Compression::Max);
-    let (version, payload) = cfg.to_postcard();
-    assert_eq!(version, 3);
-    let plain = [&[0u8][..], &payload].concat();
-    let sealed = envelope::seal_with_salt_as(
-        &keys,
-        (ObjectKind::Config, 3),
-        "config",
-        &plain,
-        &salt(0x03),
-    );
-    check(
-        "config-object-v3",
-        &[
-            ("expect", "ok".into()),
-            ("plaintext", hex::encode(&plain)),
-            ("object", hex::encode(&sealed)),
-        ],
-    );
-    let (v, opened) =
-        envelope::open_versioned(&keys, ObjectKind::Config, "config", &sealed).unwrap();
-    assert_eq!(format::Config::decode(v, &opened).unwrap(), cfg);
+    let opened = config_vector("config-object-v3", &cfg, 3, 0x03);
     assert!(format::Config::decode(2, &opened).is_err());
     for (mode, byte, version) in [
         (format::Compression::Auto, None, 2),

@@ -36,7 +36,7 @@ use crate::{
 use backlock_core::{
     blob::BlobEncoder,
     chunker::{database_chunk, ChunkSource, Chunker, PageChunks},
-    envelope::{self, ObjectKind, PackSealer},
+    envelope::{ObjectKind, PackSealer},
     format::{
         self, BlobEntry, Compression, IndexFile, Node, NodeKind, NodeMeta, PackEntry, Skipped,
         Snapshot,
@@ -1645,30 +1645,9 @@ impl Repository<Indexed> {
         snapshot.set_summary(&summary);
         snapshot.set_tags(&opts.tags);
         snapshot.set_skipped(&skipped);
-        // Never write what no reader would accept: a snapshot of this many entries
-        // has to be split by the user (issue: snapshots as trees will lift this).
-        format::check_size("snapshot", snapshot.payload_len(), self.object_limit)
-            .map_err(|source| RepoError::TooLarge { source })?;
-        let name = ObjectName::for_snapshot(seq);
-        let (version, plaintext) = snapshot.encode();
-        drop(snapshot);
-        let sealed = envelope::seal_as(
-            keys,
-            (ObjectKind::Snapshot, version),
-            &name.to_hex(),
-            &plaintext,
-        );
-        drop(plaintext);
         // Index durable before the snapshot that needs it; the snapshot durable before
         // the device records it as seen.
-        store.flush()?;
-        pause(step::BACKUP_INDEXED);
-        store.put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
-        store.flush()?;
-        // The next backup's parent, kept so that it need not be fetched.
-        if let Some(cache) = &self.cache {
-            cache.write(ObjectKind::Snapshot, &name.to_hex(), &sealed);
-        }
+        let (name, sealed_len) = self.commit_snapshot(snapshot, Some(step::BACKUP_INDEXED))?;
         pause(step::BACKUP_COMMITTED);
         self.home.record(&self.id(), seq)?;
         Ok(BackupSummary {
@@ -1679,7 +1658,7 @@ impl Repository<Indexed> {
             bytes_total: summary.bytes,
             bytes_read,
             bytes_new,
-            bytes_stored: shared.bytes_stored.load(Ordering::Relaxed) + sealed.len() as u64,
+            bytes_stored: shared.bytes_stored.load(Ordering::Relaxed) + sealed_len,
             dedup_ratio: summary.bytes as f64 / bytes_new.max(1) as f64,
             seconds: start.elapsed().as_secs_f64(),
             ignored_snapshots,

@@ -25,7 +25,7 @@ use crate::{
 use backlock_core::{
     blob::BlobEncoder,
     chunker::{ChunkSource, Chunker, PageChunks},
-    envelope::{self, ObjectKind, PackSealer},
+    envelope::{ObjectKind, PackSealer},
     format::{self, BlobEntry, Compression, IndexFile, NodeKind, Original, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
     tree::{EntryKind, TreeBuilder},
@@ -269,24 +269,8 @@ impl Repository<Indexed> {
             repo: source.config.repo_id,
             snapshot: info.snapshot_ref().name,
         });
-        format::check_size("snapshot", snapshot.payload_len(), self.object_limit)
-            .map_err(|source| RepoError::TooLarge { source })?;
-        let name = ObjectName::for_snapshot(seq);
-        let (version, plaintext) = snapshot.encode();
-        let sealed = envelope::seal_as(
-            &self.keys,
-            (ObjectKind::Snapshot, version),
-            &name.to_hex(),
-            &plaintext,
-        );
-        self.store.flush()?;
-        self.store
-            .put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
-        self.store.flush()?;
-        bytes_stored += sealed.len() as u64;
-        if let Some(cache) = &self.cache {
-            cache.write(ObjectKind::Snapshot, &name.to_hex(), &sealed);
-        }
+        let (name, sealed_len) = self.commit_snapshot(snapshot, None)?;
+        bytes_stored += sealed_len;
         self.home.record(&self.id(), seq)?;
         Ok(CopiedSnapshot {
             source: info.id.clone(),

@@ -360,6 +360,42 @@ impl<S> Repository<S> {
         RepoLock::acquire(&self.store, &self.keys, exclusive, self.hidden.rotating())
     }
 
+    /// Seals `snapshot` under the name of its sequence number and puts it, in the
+    /// commit order (docs/FORMAT.md §Commit order): everything before it (the index
+    /// that names its data) flushed first, then the snapshot put and flushed, and kept
+    /// in the cache as the next backup's parent. Refuses one over the readers' limit.
+    /// Pauses at `step` (tests) between the first flush and the put. Returns its name
+    /// and the bytes written.
+    pub(crate) fn commit_snapshot(
+        &self,
+        snapshot: Snapshot,
+        step: Option<&str>,
+    ) -> Result<(ObjectName, u64)> {
+        format::check_size("snapshot", snapshot.payload_len(), self.object_limit)
+            .map_err(|source| RepoError::TooLarge { source })?;
+        let name = ObjectName::for_snapshot(snapshot.seq);
+        let (version, plaintext) = snapshot.encode();
+        drop(snapshot);
+        let sealed = envelope::seal_as(
+            &self.keys,
+            (ObjectKind::Snapshot, version),
+            &name.to_hex(),
+            &plaintext,
+        );
+        drop(plaintext);
+        self.store.flush()?;
+        if let Some(step) = step {
+            testhook::pause(step);
+        }
+        self.store
+            .put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
+        self.store.flush()?;
+        if let Some(cache) = &self.cache {
+            cache.write(ObjectKind::Snapshot, &name.to_hex(), &sealed);
+        }
+        Ok((name, sealed.len() as u64))
+    }
+
     /// `unlock`: removes stale locks (every lock with `all`); returns those removed
     /// and those left.
     pub fn unlock(&self, all: bool) -> Result<(Vec<LockInfo>, Vec<LockInfo>)> {

@@ -19,7 +19,7 @@ use crate::{
     Indexed, Open, Repository,
 };
 use backlock_core::{
-    envelope::{self, ObjectKind},
+    envelope::ObjectKind,
     format::{self, BlobEntry, IndexFile, Node, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
     tree::{EntryKind, TreeBuilder},
@@ -261,18 +261,18 @@ impl Repository<Indexed> {
     /// longer has, with what each would lose.
     pub fn snapshots_losing_data(&self) -> Result<Vec<LosingSnapshot>> {
         let held = self.held()?;
-        let mut all = Vec::new();
+        // First which snapshots replace others (a repair cut short), then each
+        // snapshot's trees: one snapshot held at a time.
+        let mut replacing: HashMap<ObjectName, String> = HashMap::new();
         let ignored = self.authentic_snapshots(|r, snap| {
-            all.push((r, snap));
+            if let Some(old) = snap.replaces() {
+                replacing.insert(old, r.name.to_hex());
+            }
             Ok(())
         })?;
         crate::refuse_unauthentic(&ignored)?;
-        let replacing: HashMap<ObjectName, String> = all
-            .iter()
-            .filter_map(|(r, s)| s.replaces().map(|old| (old, r.name.to_hex())))
-            .collect();
         let mut found = Vec::new();
-        for (r, snap) in all {
+        self.authentic_snapshots(|r, snap| {
             let name = r.name.to_hex();
             let mut lost = Vec::new();
             let mut trees = SnapshotTrees::of(self, &name, snap)?;
@@ -285,7 +285,8 @@ impl Repository<Indexed> {
                     replaced_by: replacing.get(&r.name).cloned(),
                 });
             }
-        }
+            Ok(())
+        })?;
         Ok(found)
     }
 
@@ -363,18 +364,7 @@ impl Repository<Indexed> {
             new.set_summary(&summary);
             new.set_skipped(&skipped);
             new.set_replaces(&old);
-            let name = ObjectName::for_snapshot(l.seq);
-            let (version, plain) = new.encode();
-            let sealed = envelope::seal_as(
-                &self.keys,
-                (ObjectKind::Snapshot, version),
-                &name.to_hex(),
-                &plain,
-            );
-            self.store.flush()?;
-            self.store
-                .put(ObjectKind::Snapshot, &name.to_hex(), &sealed)?;
-            self.store.flush()?;
+            let (name, _) = self.commit_snapshot(new, None)?;
             crate::testhook::pause(crate::testhook::step::REPAIR_REWRITTEN);
             self.store.delete(ObjectKind::Snapshot, &l.snapshot)?;
             self.store.flush()?;

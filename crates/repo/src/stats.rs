@@ -61,7 +61,10 @@ impl Repository<Indexed> {
         let seen = NewChunks::new(self.spill());
         let mut stats = Stats::default();
         for info in snapshots {
-            let mut trees = SnapshotTrees::new(self, &info.snapshot_ref())?;
+            let snap = self.load_snapshot(&info.snapshot_ref())?;
+            // Its totals are recorded in it (counted from its nodes before version 3).
+            let totals = snap.summary().unwrap_or_default();
+            let mut trees = SnapshotTrees::of(self, &info.id, snap)?;
             let (mut new_bytes, mut new_chunks) = (0, 0);
             let root = trees.root.clone();
             // The root itself: a snapshot the same as one counted adds nothing.
@@ -94,9 +97,6 @@ impl Repository<Indexed> {
                     _ => Ok(false),
                 })?;
             }
-            // Its totals are recorded in it (counted from its nodes before version 3).
-            let snap = self.load_snapshot(&info.snapshot_ref())?;
-            let totals = snap.summary().unwrap_or_default();
             let (files, logical) = (totals.files, totals.bytes);
             stats.logical_bytes += logical;
             stats.unique_bytes += new_bytes;
