@@ -179,6 +179,15 @@ pub(crate) struct CopyArgs {
     /// or a prompt).
     #[arg(long, value_name = "FILE", env = "BACKLOCK_FROM_KEY_FILE")]
     from_key_file: Option<std::path::PathBuf>,
+    /// For a source in password mode: file holding its password, to recover its key
+    /// from the vault (the vault named by --vault or --vault-bundle, or the embedded
+    /// one). One guess per run; this device keeps the key afterwards.
+    #[arg(long, value_name = "FILE", env = "BACKLOCK_FROM_PASSWORD_FILE")]
+    from_password_file: Option<std::path::PathBuf>,
+    /// The source's vault account, if not --account's; a remote vault then takes its
+    /// token from BACKLOCK_FROM_TOKEN.
+    #[arg(long, value_name = "ID", env = "BACKLOCK_FROM_ACCOUNT")]
+    from_account: Option<String>,
     /// Snapshots to copy (ids, prefixes or `latest`); default: every one the
     /// filters select.
     #[arg(value_name = "ID")]
@@ -196,7 +205,7 @@ pub(crate) fn copy(args: &RepoArgs, copy: &CopyArgs) -> Result<()> {
     let key = crate::password_mode::resolve_key(
         &copy.from_repo,
         copy.from_key_file.as_deref(),
-        &Default::default(),
+        &source_vault(args, copy),
     )
     .with_context(refused)?;
     let source = backlock_repo::Repository::open(
@@ -250,6 +259,27 @@ pub(crate) fn copy(args: &RepoArgs, copy: &CopyArgs) -> Result<()> {
         println!("no snapshot of {from} to copy");
     }
     Ok(())
+}
+
+/// The vault that holds the source's key, when the user names its password or account:
+/// this command's vault, with the source's account and password file.
+fn source_vault(args: &RepoArgs, copy: &CopyArgs) -> crate::vault::VaultArgs {
+    if copy.from_password_file.is_none() && copy.from_account.is_none() {
+        return Default::default();
+    }
+    let mut vault = args.vault.clone();
+    vault.password_file = copy.from_password_file.clone();
+    if let Some(account) = &copy.from_account {
+        if vault.account.as_ref() != Some(account) {
+            vault.token_var = Some("BACKLOCK_FROM_TOKEN");
+        }
+        vault.account = Some(account.clone());
+    }
+    if vault.account.is_none() && vault.vault.is_none() && vault.vault_bundle.is_none() {
+        // The embedded vault's own account: what makes `given()` mean password mode.
+        vault.account = Some(crate::vault::LOCAL_ACCOUNT.into());
+    }
+    vault
 }
 
 /// What every command prints of a snapshot: restic's names where they exist

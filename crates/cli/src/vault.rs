@@ -58,6 +58,11 @@ pub(crate) struct VaultArgs {
     /// system's roots).
     #[arg(long, env = "BACKLOCK_VAULT_CA")]
     pub vault_ca: Option<PathBuf>,
+    /// The environment variable holding a remote vault's account token, if not
+    /// `BACKLOCK_TOKEN`: a command that reaches a second account (`copy
+    /// --from-account`) reads that one's token from another.
+    #[arg(skip)]
+    pub token_var: Option<&'static str>,
 }
 
 impl VaultArgs {
@@ -196,8 +201,11 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
                         .into(),
                 )
             })?;
-            let token = Zeroizing::new(std::env::var("BACKLOCK_TOKEN").map_err(|_| {
-                Usage("a remote vault needs the relay's account token in BACKLOCK_TOKEN".into())
+            let token_var = args.token_var.unwrap_or("BACKLOCK_TOKEN");
+            let token = Zeroizing::new(std::env::var(token_var).map_err(|_| {
+                Usage(format!(
+                    "a remote vault needs the relay's token for account {account} in {token_var}"
+                ))
             })?);
             let pin_name = match &bundle {
                 Some(b) => b.pin_name.clone(),

@@ -113,6 +113,10 @@ impl Env {
     /// Runs `backlock` as the phone whose state is `home`, talking to `vault` (or the
     /// embedded vault when `None`).
     fn backlock(&self, home: &str, vault: Option<(&VaultProcess, &str)>, args: &[&str]) -> Output {
+        self.command(home, vault, args).output().unwrap()
+    }
+
+    fn command(&self, home: &str, vault: Option<(&VaultProcess, &str)>, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_backlock"));
         c.args(args)
             .env("BACKLOCK_HOME", self.path(home))
@@ -129,7 +133,7 @@ impl Env {
                 .env("BACKLOCK_ACCOUNT", account)
                 .env("BACKLOCK_TOKEN", self.token(account));
         }
-        c.output().unwrap()
+        c
     }
 }
 
@@ -302,6 +306,134 @@ fn password_mode_from_enable_to_new_phones() {
     ] {
         assert!(!log.contains(secret), "the vault log contains a secret");
     }
+}
+
+/// `copy` from a repository in password mode, by a phone that never held its key and
+/// belongs to another account: the source's password recovers the key (one guess
+/// per run: a wrong one is counted, says which repository refused and copies
+/// nothing); the phone keeps the key, so the next copy needs no password.
+#[test]
+fn copy_from_a_password_mode_repository_of_another_account() {
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &["--account-burst", "200"]);
+    let pw = env.secret("pw", PASSWORD);
+    let wrong = env.secret("wrong", "tulip garden 24");
+    let source = env.path("repo");
+    let init = ["init", "--password", "--yes", "--password-file"];
+    let init = [&init[..], &[pw.to_str().unwrap()]].concat();
+    assert_code(&env.backlock("phone1", Some((&vault, "alice")), &init), 0);
+    let src = tree::write_sample(env.dir.path(), 2);
+    assert_code(
+        &env.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
+        0,
+    );
+
+    // Bob's phone and its repository, whose key is a 64-digit key.
+    let dest = env.path("dest");
+    let dest = dest.to_str().unwrap();
+    let out = env.backlock(
+        "phone2",
+        None,
+        &["init", "--key-only", "--yes", "--json", "--repo", dest],
+    );
+    assert_code(&out, 0);
+    let key = env.secret("dest-key", json(&out)["key"].as_str().unwrap());
+    let copy = |password: &Path, from_token: Option<String>| {
+        let mut c = env.command(
+            "phone2",
+            Some((&vault, "bob")),
+            &[
+                "copy",
+                "--json",
+                "--repo",
+                dest,
+                "--key-file",
+                key.to_str().unwrap(),
+                "--from-repo",
+                source.to_str().unwrap(),
+                "--from-account",
+                "alice",
+                "--from-password-file",
+                password.to_str().unwrap(),
+            ],
+        );
+        if let Some(token) = from_token {
+            c.env("BACKLOCK_FROM_TOKEN", token);
+        }
+        c.output().unwrap()
+    };
+    let out = copy(&pw, None);
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("BACKLOCK_FROM_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = copy(&wrong, Some(env.token("alice")));
+    assert_code(&out, 8);
+    assert_eq!(json(&out)["attempts_left"], 9);
+    assert!(
+        stderr(&out).contains(&format!("the source repository {}", source.display())),
+        "{}",
+        stderr(&out)
+    );
+    let listed = |home: &str| {
+        let out = env.backlock(
+            home,
+            None,
+            &[
+                "snapshots",
+                "--json",
+                "--repo",
+                dest,
+                "--key-file",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert_code(&out, 0);
+        json(&out).as_array().unwrap().len()
+    };
+    assert_eq!(listed("phone2"), 0, "a refused copy copies nothing");
+
+    let out = copy(&pw, Some(env.token("alice")));
+    assert_code(&out, 0);
+    assert_eq!(json(&out)["copied"].as_array().unwrap().len(), 1);
+    let target = env.path("restored");
+    let out = env.backlock(
+        "phone2",
+        None,
+        &[
+            "restore",
+            "latest",
+            "--repo",
+            dest,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_code(&out, 0);
+    tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+
+    // The phone keeps alice's key now: no password, no guess, nothing to copy.
+    let out = env.backlock(
+        "phone2",
+        None,
+        &[
+            "copy",
+            "--json",
+            "--repo",
+            dest,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--from-repo",
+            source.to_str().unwrap(),
+        ],
+    );
+    assert_code(&out, 0);
+    assert_eq!(json(&out)["skipped"].as_array().unwrap().len(), 1);
 }
 
 /// Rollback on a new phone: the store serves an older copy of the repository (a
