@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Backup benchmark: backlock vs restic vs borg, with `cat` as the I/O limit.
+"""Backup benchmark: backlock vs restic, borg and rustic, with `cat` as the I/O limit.
 
 Run through scripts/bench-backup (see bench/README.md). Standard library only.
 
@@ -10,8 +10,11 @@ fixed seed), then for each repetition:
   B  incremental backup of the same D by every tool,
   C  full restore of the latest snapshot into a fresh directory per tool,
      verified file by file (sha256) against D.
-Wall time (time.monotonic around the process), peak RSS (/usr/bin/time %M) and
-repository size (du -sb) are recorded; the table shows medians over repetitions.
+Wall time (time.monotonic around the process), user and sys CPU seconds of the process
+and the children it waited for and peak RSS (/usr/bin/time %U %S %M), and repository
+size (du -sb) are recorded; the table shows medians over repetitions. backlock-1t is
+the same backlock pinned to one CPU with one thread; --strace adds a syscall count of
+backlock's initial backup.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-TOOLS_ALL = ("backlock", "backlock-s3", "restic", "borg", "cat")
-PEERS = ("restic", "borg")
+TOOLS_ALL = ("backlock", "backlock-1t", "backlock-s3", "restic", "borg", "rustic", "cat")
+PEERS = ("restic", "borg", "rustic")
 PHASES = (("initial", "initial backup"), ("incremental", "incremental backup"), ("restore", "restore"))
 GEN_SEED = 20240601
 DAY_SEED = 20240602
@@ -45,7 +48,16 @@ BACKLOCK_BACKUP_KEYS = ("snapshot", "files", "bytes_read", "bytes_new", "bytes_s
                         "dedup_ratio", "seconds")
 SPEEDUP_TARGET = 2.0
 GROWTH_TARGET = 0.25
+CPU_RATIO_TARGET = 0.5      # backlock CPU seconds / lowest peer's, every phase
+CPU_PER_GB_TARGET = 1.5     # backlock CPU seconds per GB of data, initial backup
+GB = 1e9
 TIME_BIN = "/usr/bin/time"
+# wall s, peak RSS KiB, user s, sys s; GNU time's user/sys include every child it
+# waited for (tools that fork, sh -c pipelines).
+TIME_FORMAT = "%e %M %U %S"
+# strace -c: lines shown (most calls first), and calls shown even when not among them.
+STRACE_TOP = 12
+STRACE_WATCH = ("fsync", "fdatasync", "fadvise64", "pread64", "sched_yield", "futex")
 MB = 1_000_000
 MIB = 1024 * 1024
 
@@ -100,10 +112,13 @@ def median(xs):
 # --------------------------------------------------------------------------- subprocess
 
 class Result:
-    def __init__(self, rc, seconds, rss_kib, stdout, stderr_tail, timed_out, logpath):
+    def __init__(self, rc, seconds, rss_kib, stdout, stderr_tail, timed_out, logpath,
+                 user_s=None, sys_s=None):
         self.rc = rc
         self.seconds = seconds
         self.rss_kib = rss_kib
+        self.user_s = user_s  # CPU seconds, process and waited-for children (timed=True)
+        self.sys_s = sys_s
         self.stdout = stdout
         self.stderr_tail = stderr_tail
         self.timed_out = timed_out
@@ -128,7 +143,7 @@ def run(cmd, *, logdir: Path, name: str, timeout: float, env=None, cwd=None,
         timed=False, check=False, stream=False) -> Result:
     """Run cmd bounded by timeout; stdout/stderr go to files under logdir.
 
-    timed=True wraps it in /usr/bin/time -f '%e %M' to get peak RSS (KiB).
+    timed=True wraps it in /usr/bin/time -f TIME_FORMAT for peak RSS (KiB) and CPU seconds.
     stream=True lets stderr through to the terminal (for long builds).
     """
     logdir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +152,7 @@ def run(cmd, *, logdir: Path, name: str, timeout: float, env=None, cwd=None,
     time_path = logdir / f"{name}.time"
     full = list(map(str, cmd))
     if timed:
-        full = [TIME_BIN, "-f", "%e %M", "-o", str(time_path)] + full
+        full = [TIME_BIN, "-f", TIME_FORMAT, "-o", str(time_path)] + full
     with open(err_path, "ab") as ef:
         ef.write(f"$ {shlex.join(full)}  (cwd={cwd or os.getcwd()})\n".encode())
         err_start = ef.tell()
@@ -157,22 +172,27 @@ def run(cmd, *, logdir: Path, name: str, timeout: float, env=None, cwd=None,
             _kill_group(p)
             raise
     seconds = time.monotonic() - t0
-    rss = None
-    if timed and time_path.exists():
-        for line in time_path.read_text(errors="replace").splitlines():
-            m = re.match(r"^\s*([\d.]+)\s+(\d+)\s*$", line)
-            if m:
-                rss = int(m.group(2))
+    rss, user_s, sys_s = read_time_file(time_path) if timed else (None, None, None)
     stdout = out_path.read_text(errors="replace")
     with open(err_path, "rb") as ef:
         ef.seek(err_start)
         err = ef.read().decode(errors="replace")
-    res = Result(rc, seconds, rss, stdout, err[-3000:], timed_out, str(err_path))
+    res = Result(rc, seconds, rss, stdout, err[-3000:], timed_out, str(err_path), user_s, sys_s)
     if check and (rc != 0 or timed_out):
         raise BenchError(f"command failed (rc={rc}{', timed out' if timed_out else ''}): "
                          f"{shlex.join(map(str, cmd))}\n--- stdout tail:\n{stdout[-1500:]}\n"
                          f"--- stderr tail:\n{err[-2000:]}")
     return res
+
+
+def read_time_file(path: Path):
+    """(peak RSS KiB, user s, sys s) from /usr/bin/time's TIME_FORMAT line, or Nones.
+    A non-zero exit adds a 'Command exited with ...' line before it."""
+    for line in reversed(path.read_text(errors="replace").splitlines() if path.exists() else []):
+        m = re.match(r"^\s*([\d.]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s*$", line)
+        if m:
+            return int(m.group(2)), float(m.group(3)), float(m.group(4))
+    return None, None, None
 
 
 def last_json(text: str):
@@ -357,11 +377,31 @@ class CacheControl:
 
     Falls back to posix_fadvise(DONTNEED) on every file under the bench tree
     when /proc/sys/vm/drop_caches cannot be written (e.g. in a container).
+    With warm=True (--warm) nothing is dropped: every data file is read once
+    instead, so each tool starts with the data set in the page cache.
     """
 
-    def __init__(self):
+    def __init__(self, warm: bool = False):
+        self.warm = warm
         self.modes = set()
         self.error = None
+
+    def prepare(self, roots, data: Path) -> str:
+        """Before a timed run: cold (drop) by default, warm (data read once) with --warm."""
+        return self.prewarm(data) if self.warm else self.drop(roots)
+
+    def prewarm(self, data: Path) -> str:
+        subprocess.run(["sync"], timeout=T_SHORT, check=False)  # no writeback left to race
+        for dp, _dn, fn in os.walk(data):
+            for f in fn:
+                try:
+                    with open(os.path.join(dp, f), "rb") as fh:
+                        while fh.read(1 << 20):
+                            pass
+                except OSError:
+                    pass
+        self.modes.add("prewarmed")
+        return "prewarmed"
 
     def drop(self, roots) -> str:
         subprocess.run(["sync"], timeout=T_SHORT, check=False)
@@ -392,6 +432,9 @@ class CacheControl:
         return mode
 
     def describe(self) -> str:
+        if self.modes == {"prewarmed"}:
+            return ("warm (--warm): page cache not dropped; every data file read once before "
+                    "every timed run")
         if self.modes == {"drop_caches"}:
             return "page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed run: cold-cache numbers"
         if self.modes <= {"fadvise", "drop_caches"} and self.modes:
@@ -402,22 +445,20 @@ class CacheControl:
 
 # --------------------------------------------------------------------------- setup: peers, build
 
-def ensure_peers(logdir: Path, env_info: dict) -> None:
-    missing = []
-    if not shutil.which("restic"):
-        missing.append("restic")
-    if not shutil.which("borg"):
-        missing.append("borgbackup")
-    if not os.path.exists(TIME_BIN):
-        missing.append("time")
+def ensure_peers(logdir: Path, env_info: dict, also=()) -> None:
+    """restic, borg and GNU time, installed with apt-get when missing; `also`: more
+    (command, Debian package) pairs this run needs (strace, taskset)."""
+    needs = [("restic", "restic"), ("borg", "borgbackup"), (TIME_BIN, "time")] + list(also)
+    packages = list(dict.fromkeys(pkg for _, pkg in needs))
+    missing = [pkg for cmd, pkg in needs
+               if not (os.path.exists(cmd) if cmd.startswith("/") else shutil.which(cmd))]
     if missing:
         log(f"installing missing peers via apt-get: {' '.join(missing)}")
         prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
         if prefix is None:
             raise BenchError(f"need root (or sudo) to apt-get install {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = prefix + ["apt-get", "install", "-y", "--no-install-recommends",
-                            "restic", "borgbackup", "time"]
+        install = prefix + ["apt-get", "install", "-y", "--no-install-recommends"] + packages
         r = run(install, logdir=logdir, name="apt-install", timeout=T_APT, env=env)
         if r.rc != 0:
             log("apt-get install failed; running apt-get update and retrying")
@@ -428,6 +469,8 @@ def ensure_peers(logdir: Path, env_info: dict) -> None:
     v["restic"] = capture(["restic", "version"])
     v["borg"] = capture(["borg", "--version"])
     v["time"] = capture([TIME_BIN, "--version"])
+    if any(cmd == "strace" for cmd, _ in also):
+        v["strace"] = capture(["strace", "-V"])
     for pkg in ("restic", "borgbackup", "time"):
         dv = capture(["dpkg-query", "-W", "-f", "${Version}", pkg])
         if dv and "no packages" not in dv.lower() and "unavailable" not in dv:
@@ -620,6 +663,54 @@ class Backlock(Tool):
 
     def parse_backup(self, stdout):
         return last_json(stdout)
+
+
+def pin_cpu() -> int:
+    """The CPU backlock-1t is pinned to: 0, or the lowest one this process may use."""
+    return min(os.sched_getaffinity(0))
+
+
+def threads_flag_support(binary: Path) -> dict:
+    """{'backup': bool, 'restore': bool}: does the command's --help list --threads
+    (builds before the flag do not; backlock-1t then sets BACKLOCK_THREADS=1)."""
+    out = {}
+    for command in ("backup", "restore"):
+        try:
+            p = subprocess.run([str(binary), command, "--help"], capture_output=True, text=True,
+                               timeout=T_SHORT, stdin=subprocess.DEVNULL)
+            out[command] = "--threads" in p.stdout + p.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            out[command] = False
+    return out
+
+
+class BacklockPinned(Backlock):
+    """backlock on one CPU with one worker thread: `taskset -c 0 backlock <command>
+    --threads 1 ...`, its own repository. Beside the unpinned peers its CPU seconds show
+    the work itself, without the cost of running in parallel."""
+    name = "backlock-1t"
+
+    def __init__(self, binary: Path, threads_flag: dict, *a):
+        super().__init__(binary, *a)
+        self.threads_flag = threads_flag
+
+    def env(self):
+        e = super().env()
+        if not all(self.threads_flag.values()):
+            e["BACKLOCK_THREADS"] = "1"  # an older build without --threads
+        return e
+
+    def _pinned(self, cmd, command: str):
+        """taskset -c CPU <bin> <command> [--threads 1] <the rest>."""
+        flag = ["--threads", "1"] if self.threads_flag.get(command) else []
+        return ["taskset", "-c", str(pin_cpu())] + cmd[:2] + flag + cmd[2:]
+
+    def backup_cmd(self, data, label):
+        return self._pinned(super().backup_cmd(data, label), "backup")
+
+    def restore_cmd(self, target, label):
+        cmd, cwd = super().restore_cmd(target, label)
+        return self._pinned(cmd, "restore"), cwd
 
 
 class SeaweedS3:
@@ -864,6 +955,20 @@ def run_size(args, gb: float, sdir: Path, bins: dict, cache: CacheControl, tools
     return res
 
 
+def make_tool(name: str, args, bins: dict, state: Path, repo: Path, rlog: Path, gb: float):
+    """The Tool object for one selected tool, with its own state dir and repository."""
+    import peers  # it imports this module, so not at the top
+    a = (state, repo, rlog, gb)
+    backlock = bins.get("backlock-cli")
+    return {"backlock": lambda: Backlock(backlock, *a),
+            "backlock-1t": lambda: BacklockPinned(backlock, args.threads_flag, *a),
+            "backlock-s3": lambda: BacklockS3(backlock, args.s3, *a),
+            "restic": lambda: Restic(*a),
+            "borg": lambda: Borg(*a),
+            "rustic": lambda: peers.Rustic(args.rustic_bin, *a),
+            "cat": lambda: Cat(*a)}[name]()
+
+
 def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> dict:
     rdir = sdir / f"rep{rep}"
     rmtree(rdir)
@@ -874,12 +979,7 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
         repo = rdir / "repos" / name
         state.mkdir(parents=True)
         repo.parent.mkdir(parents=True, exist_ok=True)
-        a = (state, repo, rlog, gb)
-        t = {"backlock": lambda: Backlock(bins.get("backlock-cli"), *a),
-             "backlock-s3": lambda: BacklockS3(bins.get("backlock-cli"), args.s3, *a),
-             "restic": lambda: Restic(*a),
-             "borg": lambda: Borg(*a), "cat": lambda: Cat(*a)}[name]()
-        tools.append(t)
+        tools.append(make_tool(name, args, bins, state, repo, rlog, gb))
 
     out = {"rep": rep, "tools": {t.name: {"ok": True} for t in tools}}
 
@@ -913,7 +1013,7 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
             if not st["ok"]:
                 continue
             fp_before = fingerprint(data)
-            mode = cache.drop(cache_roots)
+            mode = cache.prepare(cache_roots, data)
             if phase == "restore" and t.name == "cat":
                 # The disk's durable write limit: as many bytes as a restore writes,
                 # synced before dd ends (backlock's restore is durable the same way).
@@ -932,7 +1032,8 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
             r = run(cmd, logdir=rlog, name=f"{t.name}-{phase}", timeout=t.timeout,
                     env=t.env(), cwd=cwd, timed=True)
             m = {"seconds": round(r.seconds, 3), "rss_kib": r.rss_kib, "rc": r.rc, "cache": mode,
-                 "mb_per_s": round(data_bytes / MB / r.seconds, 1) if r.seconds > 0 else None}
+                 "mb_per_s": round(data_bytes / MB / r.seconds, 1) if r.seconds > 0 else None,
+                 **cpu_fields(r)}
             st[phase] = m
             m["ok"] = not r.timed_out and t.ok_rc(r.rc)
             changed = source_changes(fp_before, fingerprint(data))
@@ -978,7 +1079,8 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
                          + (f"; kept at {target}" if args.keep else "; --keep to inspect"))
                 else:
                     rmtree(target)
-            log(f"    {r.seconds:8.2f} s  {m['mb_per_s']} MB/s  "
+            log(f"    {r.seconds:8.2f} s  {m['mb_per_s']} MB/s  CPU {fnum(m['cpu_s'])} s "
+                f"(user {fnum(m['user_s'])}, sys {fnum(m['sys_s'])})  "
                 f"RSS {((r.rss_kib or 0) / 1024):.1f} MiB  rc={r.rc}")
 
     # Phase A
@@ -1016,6 +1118,11 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
     timed_phase("incremental", "day1", bytes_after)
     timed_phase("restore", "day1", bytes_after)
 
+    if args.strace and rep == 1:
+        out["strace"] = strace_backup(args, gb, rdir, data, bins, cache, rlog, bytes_after)
+        if out["strace"].get("error"):
+            warn(f"strace run of backlock's initial backup failed: {out['strace']['error'][:300]}")
+
     for t in tools:
         st = out["tools"][t.name]
         a, b = st.get("repo_bytes_after_initial"), st.get("repo_bytes_after_incremental")
@@ -1027,6 +1134,81 @@ def run_rep(args, gb, sdir, data, rep, logdir, bins, cache, tools_sel, res) -> d
     if not args.keep:
         rmtree(rdir)
     return out
+
+
+def cpu_fields(r: Result) -> dict:
+    """user, sys and CPU (= user + sys) seconds of a timed run, None if time reported none."""
+    if r.user_s is None or r.sys_s is None:
+        return {"user_s": None, "sys_s": None, "cpu_s": None}
+    return {"user_s": r.user_s, "sys_s": r.sys_s, "cpu_s": round(r.user_s + r.sys_s, 2)}
+
+
+# --------------------------------------------------------------------------- strace
+
+def strace_backup(args, gb, rdir, data, bins, cache, rlog, data_bytes) -> dict:
+    """backlock's initial backup once more, into a fresh repository, under `strace -c -f`:
+    calls per syscall. Not timed (strace slows every call); after rep 1's timed runs, so
+    of the data set as the day left it. The summary file stays in the logs."""
+    sdir = rdir / "strace"
+    tool = Backlock(bins["backlock-cli"], sdir / "state", sdir / "repo", rlog, gb)
+    summary_file = rlog / "backlock-strace-initial.strace"
+    out = {"file": str(summary_file), "data_bytes": data_bytes}
+    try:
+        tool.init()
+        out["cache"] = cache.prepare([rdir.parent], data)
+        cmd = ["strace", "-c", "-f", "-o", summary_file] + tool.backup_cmd(data, "strace")
+        log(f"[{gb:g} GB rep 1] strace     backlock initial backup (fresh repository)")
+        r = run(cmd, logdir=rlog, name="backlock-strace-initial", timeout=tool.timeout * 3,
+                env=tool.env())
+        out.update(rc=r.rc, seconds=round(r.seconds, 2), timed_out=r.timed_out)
+        if r.rc != 0 or r.timed_out:
+            out["error"] = f"rc={r.rc}{' TIMEOUT' if r.timed_out else ''}: {r.stderr_tail[-400:]}"
+        if summary_file.exists():
+            out["syscalls"] = parse_strace_summary(summary_file.read_text(errors="replace"))
+            out["total_calls"] = sum(x["calls"] for x in out["syscalls"])
+    except BenchError as e:
+        out["error"] = str(e)
+    if out.get("error"):
+        log(f"!! strace run: {out['error'][:300]}")
+    if not args.keep:
+        rmtree(sdir)
+    return out
+
+
+def parse_strace_summary(text: str) -> list:
+    """Rows of `strace -c` output, most calls first:
+    [{"syscall", "calls", "errors", "seconds", "pct_time"}] (the 'total' row left out)."""
+    row = re.compile(r"^\s*([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(?:(\d+)\s+)?(\S+)\s*$")
+    rows = []
+    for line in text.splitlines():
+        m = row.match(line)
+        if m and m.group(6) != "total":
+            rows.append({"syscall": m.group(6), "calls": int(m.group(4)),
+                         "errors": int(m.group(5) or 0), "seconds": float(m.group(2)),
+                         "pct_time": float(m.group(1))})
+    return sorted(rows, key=lambda x: -x["calls"])
+
+
+def render_strace(st: dict) -> list:
+    """The strace summary's top lines, and the watched syscalls wherever they rank."""
+    head = (f"strace -c -f of backlock's initial backup (rep 1, fresh repository, after the timed "
+            f"runs, data as after the day, {fmt_bytes(st.get('data_bytes'))}; not timed)")
+    if not st.get("syscalls"):
+        return [f"{head}: no summary ({st.get('error', 'strace wrote nothing')[:300]})"]
+    rows = st["syscalls"]
+    L = [f"{head}: {st['total_calls']:,} calls, {len(rows)} syscalls; log {st['file']}",
+         f"  {'calls':>10} {'errors':>8} {'seconds':>9}  syscall"]
+    shown = rows[:STRACE_TOP]
+    for x in shown:
+        L.append(f"  {x['calls']:>10,} {x['errors']:>8,} {x['seconds']:>9.3f}  {x['syscall']}")
+    by_name = {x["syscall"]: x for x in rows}
+    rest = [n for n in STRACE_WATCH if n not in {x["syscall"] for x in shown}]
+    if rest:
+        L.append("  not among those: " + ", ".join(
+            f"{n} {by_name[n]['calls']:,}" if n in by_name else f"{n} 0" for n in rest))
+    if st.get("error"):
+        L.append(f"  !! the strace run failed: {st['error'][:300]}")
+    return L
 
 
 # --------------------------------------------------------------------------- summary / table
@@ -1046,6 +1228,9 @@ def summarize(size_res: dict, tools_sel) -> dict:
                 "seconds": median([m["seconds"] for m in ms]),
                 "rss_mib": median([m["rss_kib"] / 1024 for m in ms if m.get("rss_kib") is not None]),
                 "mb_per_s": median([m["mb_per_s"] for m in ms]),
+                "user_s": median([m.get("user_s") for m in ms]),
+                "sys_s": median([m.get("sys_s") for m in ms]),
+                "cpu_s": median([m.get("cpu_s") for m in ms]),
                 "n": len(ms), "n_failed": n_all - len(ms), "all_ok": all_ok,
             }
             if ph == "restore":
@@ -1066,6 +1251,10 @@ def summarize(size_res: dict, tools_sel) -> dict:
         t = T.get(n)
         return t[ph]["seconds"] if t and t[ph]["all_ok"] else None
 
+    def cpu(n, ph):
+        t = T.get(n)
+        return t[ph]["cpu_s"] if t and t[ph]["all_ok"] else None
+
     sp = {}
     for ph, _ in PHASES:
         bl = sec("backlock", ph)
@@ -1078,6 +1267,13 @@ def summarize(size_res: dict, tools_sel) -> dict:
         else:
             sp[ph] = None
     s["ratios"]["speedup"] = sp
+    s["ratios"]["cpu_vs_peers"] = {ph: cpu_vs_lowest_peer(cpu, "backlock", ph) for ph, _ in PHASES}
+    bl_cpu = cpu("backlock", "initial")
+    data_gb = size_res["data_bytes_initial"] / GB
+    s["ratios"]["cpu_per_gb"] = ({"cpu_s": bl_cpu, "data_gb": data_gb, "per_gb": bl_cpu / data_gb,
+                                  "pass": bl_cpu / data_gb <= CPU_PER_GB_TARGET}
+                                 if bl_cpu is not None and data_gb > 0 else None)
+    s["ratios"]["pinned"] = {ph: pinned_vs(sec, cpu, ph) for ph, _ in PHASES}
     g_bl = (T.get("backlock") or {}).get("day_growth_bytes")
     g_r = (T.get("restic") or {}).get("day_growth_bytes")
     if g_bl is not None and g_r:
@@ -1105,11 +1301,34 @@ def summarize(size_res: dict, tools_sel) -> dict:
     return s
 
 
+def cpu_vs_lowest_peer(cpu, name: str, ph: str):
+    """name's CPU seconds / the lowest peer's in phase ph, with the target; None if either
+    is missing (or the peer used no measurable CPU)."""
+    mine = cpu(name, ph)
+    peers = sorted((cpu(p, ph), p) for p in PEERS if cpu(p, ph) is not None)
+    if mine is None or not peers or peers[0][0] <= 0:
+        return None
+    low, who = peers[0]
+    return {"cpu_s": mine, "peer_cpu_s": low, "vs": who, "ratio": mine / low,
+            "pass": mine / low <= CPU_RATIO_TARGET}
+
+
+def pinned_vs(sec, cpu, ph: str):
+    """backlock-1t in phase ph: its wall and CPU, its CPU against the lowest unpinned peer's,
+    its wall against backlock's."""
+    wall, c = sec("backlock-1t", ph), cpu("backlock-1t", ph)
+    if wall is None:
+        return None
+    bl = sec("backlock", ph)
+    return {"wall_s": wall, "cpu_s": c, "vs_peer": cpu_vs_lowest_peer(cpu, "backlock-1t", ph),
+            "backlock_wall_s": bl, "wall_vs_backlock": wall / bl if bl else None}
+
+
 def render_rss_across_sizes(summaries, tools_sel) -> str:
     """Each tool's peak RSS per phase at the smallest and largest size, and its growth."""
     (g0, s0), (g1, s1) = summaries[0], summaries[-1]
     L = [f"peak RSS per phase from {g0:g} GB to {g1:g} GB (MiB, medians):"]
-    for name in [t for t in ("backlock", "restic", "borg") if t in tools_sel]:
+    for name in [t for t in tools_sel if t != "cat"]:
         cells = []
         for ph, label in PHASES:
             a = ((s0["tools"].get(name) or {}).get(ph) or {}).get("rss_mib")
@@ -1117,11 +1336,109 @@ def render_rss_across_sizes(summaries, tools_sel) -> str:
             if a and b:
                 cells.append(f"{label} {a:.1f} -> {b:.1f} ({b - a:+.1f}, {b / a:.2f}×)")
         if cells:
-            L.append(f"  {name:<9} " + "; ".join(cells))
+            L.append(f"  {name:<11} " + "; ".join(cells))
     return "\n".join(L)
 
 
-def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
+# Columns of a phase block in the table: (header, width, decimals, key in the summary).
+PHASE_COLUMNS = (("wall", 8, 2, "seconds"), ("MB/s", 7, 1, "mb_per_s"), ("user", 7, 2, "user_s"),
+                 ("sys", 7, 2, "sys_s"), ("CPU", 7, 2, "cpu_s"), ("RSS", 7, 1, "rss_mib"))
+PHASE_WIDTH = sum(c[1] for c in PHASE_COLUMNS) + 3  # 3: a " !!" mark on a bad restore
+TOOL_WIDTH = 12
+
+
+def phase_cell(t: dict, ph: str) -> str:
+    """One tool's medians in one phase, PHASE_WIDTH wide."""
+    if t["n_failed"] and not (ph == "restore" and t.get("verified") is False and t["n"]):
+        return f"{'!! FAILED ' + str(t['n_failed']) + 'x !!':^{PHASE_WIDTH}}"
+    if t["n"] == 0:
+        return f"{'not run':^{PHASE_WIDTH}}"
+    nums = "".join(f"{fnum(t[key], nd):>{w}}" for _, w, nd, key in PHASE_COLUMNS)
+    return nums + (" !!" if ph == "restore" and t.get("verified") is False else "   ")
+
+
+def render_times(s: dict, tools_sel) -> list:
+    """The main table: a row per tool, a block per phase (wall, MB/s, user, sys, CPU, RSS)."""
+    labels = {"initial": "A initial backup", "incremental": "B incremental", "restore": "C restore"}
+    head = f"{'':<{TOOL_WIDTH}}|" + "|".join(f"{labels[ph]:^{PHASE_WIDTH}}" for ph, _ in PHASES)
+    sub = f"{'tool':<{TOOL_WIDTH}}|" + "|".join(
+        "".join(f"{h:>{w}}" for h, w, _, _ in PHASE_COLUMNS) + "   " for _ in PHASES)
+    L = [head, sub, "-" * len(sub)]
+    for n in tools_sel:
+        L.append(f"{n:<{TOOL_WIDTH}}|" + "|".join(phase_cell(s["tools"][n][ph], ph)
+                                                   for ph, _ in PHASES))
+    L.append("-" * len(sub))
+    L.append("seconds: wall = elapsed; user, sys = CPU seconds of the process and the children it "
+             "waited for (GNU time); CPU = user + sys. MB/s = data bytes / 10⁶ / wall; RSS = peak "
+             "MiB. The cat row's restore is dd conv=fsync of as many bytes.")
+    return L
+
+
+def restore_check_text(n: str, r: dict) -> str:
+    if n == "cat":
+        return "—"
+    if r.get("verified") is None:
+        return "not run"
+    if r["verified"]:
+        return "OK (identical*)" if r.get("verify_sqlite_header_only") else "OK (bit-identical)"
+    return "!!! MISMATCH !!!"
+
+
+def render_tool_facts(s: dict, tools_sel) -> list:
+    """A row per tool: bytes added by the day, repository sizes, restore check."""
+    cols = (("bytes added by day", 20), ("repo after A / B", 25), ("restore verified", 22))
+    head = f"{'tool':<{TOOL_WIDTH}}|" + "|".join(f"{h:^{w}}" for h, w in cols)
+    L = [head, "-" * len(head)]
+    for n in [n for n in tools_sel if n != "cat"]:
+        t = s["tools"][n]
+        cells = (fmt_bytes(t["day_growth_bytes"]),
+                 f"{fmt_bytes(t['repo_bytes_initial'])} / {fmt_bytes(t['repo_bytes_final'])}",
+                 restore_check_text(n, t["restore"]))
+        L.append(f"{n:<{TOOL_WIDTH}}|" + "|".join(f"{c:^{w}}" for c, (_, w) in zip(cells, cols)))
+    if any(s["tools"][n]["restore"].get("verify_sqlite_header_only") for n in tools_sel if n != "cat"):
+        L.append("    * every file identical; SQLite databases page for page, with only the header counters "
+                 "that SQLite's online backup API rewrites (change counter, schema cookie, version) differing")
+    return L
+
+
+def pf(p) -> str:
+    return "PASS" if p else "FAIL"
+
+
+def render_cpu_targets(s: dict, tools_sel) -> list:
+    """The CPU target lines, then backlock-1t's figures beside the peers' (info)."""
+    R = s["ratios"]
+    peers = "/".join(p for p in PEERS if p in tools_sel) or "no peer"
+    parts = []
+    for ph, _ in PHASES:
+        x = R["cpu_vs_peers"].get(ph)
+        parts.append(f"{ph} n/a" if x is None else
+                     f"{ph} {x['ratio']:.2f} ({x['cpu_s']:.2f} / {x['peer_cpu_s']:.2f} s, "
+                     f"vs {x['vs']}) {pf(x['pass'])}")
+    L = [f"backlock CPU seconds / lowest peer's CPU seconds ({peers}; target ≤ "
+         f"{CPU_RATIO_TARGET:g}): " + ", ".join(parts)]
+    x = R.get("cpu_per_gb")
+    L.append(f"backlock CPU seconds per GB (initial; target ≤ {CPU_PER_GB_TARGET:g}): " +
+             ("n/a" if x is None else
+              f"{x['per_gb']:.2f} s/GB ({x['cpu_s']:.2f} s / {x['data_gb']:.3f} GB) {pf(x['pass'])}"))
+    if "backlock-1t" in tools_sel:
+        parts = []
+        for ph, _ in PHASES:
+            x = R["pinned"].get(ph)
+            if x is None:
+                parts.append(f"{ph} n/a")
+                continue
+            v = x["vs_peer"]
+            parts.append(f"{ph} wall {x['wall_s']:.2f} s = {fnum(x['wall_vs_backlock'])}× backlock's "
+                         f"{fnum(x['backlock_wall_s'])} s, CPU {fnum(x['cpu_s'])} s = "
+                         + ("n/a" if v is None else
+                            f"{v['ratio']:.2f}× lowest peer's ({v['vs']} {v['peer_cpu_s']:.2f} s)"))
+        L.append(f"backlock-1t pinned (taskset -c {pin_cpu()}, one thread; peers unpinned; info): "
+                 + "; ".join(parts))
+    return L
+
+
+def render(size_res: dict, s: dict, tools_sel, cache_desc: str, notes=()) -> str:
     L = []
     gb = size_res["size_gb"]
     reps = size_res["reps"]
@@ -1140,52 +1457,10 @@ def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
                  f"data {day['bytes_delta']:+,} bytes, {day['files_delta']:+d} files "
                  f"-> {fmt_bytes(day['bytes_after'])}")
     L.append(f"cache: {cache_desc}")
-    cw = 25
-    head = f"{'':<20}|" + "|".join(f"{n:^{cw}}" for n in tools_sel)
-    sub = f"{'phase':<20}|" + "|".join(f"{'s':>8}{'MB/s':>8}{'RSS MiB':>9}" for _ in tools_sel)
-    L.append(head)
-    L.append(sub)
-    L.append("-" * len(sub))
-    for ph, label in PHASES:
-        cells = []
-        for n in tools_sel:
-            t = s["tools"][n][ph]
-            if ph == "restore" and t.get("verified") is False and t["n"]:
-                cells.append(f"{fnum(t['seconds']):>7}{fnum(t['mb_per_s'], 1):>7}"
-                             f"{fnum(t['rss_mib'], 1):>8} !!")
-            elif t["n_failed"]:
-                cells.append(f"{'!! FAILED ' + str(t['n_failed']) + 'x !!':^{cw}}")
-            elif t["n"] == 0:
-                cells.append(f"{'not run':^{cw}}")
-            else:
-                cells.append(f"{fnum(t['seconds']):>8}{fnum(t['mb_per_s'], 1):>8}{fnum(t['rss_mib'], 1):>9}")
-        L.append(f"{label:<20}|" + "|".join(cells))
-    L.append("-" * len(sub))
-    row = []
-    for n in tools_sel:
-        g = s["tools"][n]["day_growth_bytes"]
-        row.append(f"{('—' if n == 'cat' else fmt_bytes(g)):^{cw}}")
-    L.append(f"{'bytes added by day':<20}|" + "|".join(row))
-    row = []
-    for n in tools_sel:
-        a, b = s["tools"][n]["repo_bytes_initial"], s["tools"][n]["repo_bytes_final"]
-        row.append(f"{('—' if n == 'cat' else fmt_bytes(a) + ' / ' + fmt_bytes(b)):^{cw}}")
-    L.append(f"{'repo after A / B':<20}|" + "|".join(row))
-    row = []
-    for n in tools_sel:
-        r = s["tools"][n]["restore"]
-        if n == "cat":
-            row.append(f"{'—':^{cw}}")
-        elif r.get("verified") is None:
-            row.append(f"{'not run':^{cw}}")
-        elif r["verified"]:
-            row.append(f"{'OK (identical*)' if r.get('verify_sqlite_header_only') else 'OK (bit-identical)':^{cw}}")
-        else:
-            row.append(f"{'!!! MISMATCH !!!':^{cw}}")
-    L.append(f"{'restore verified':<20}|" + "|".join(row))
-    if any(s["tools"][n]["restore"].get("verify_sqlite_header_only") for n in tools_sel if n != "cat"):
-        L.append("    * every file identical; SQLite databases page for page, with only the header counters "
-                 "that SQLite's online backup API rewrites (change counter, schema cookie, version) differing")
+    L += render_times(s, tools_sel)
+    L.append("")
+    L += render_tool_facts(s, tools_sel)
+    L += [f"note: {n}" for n in notes]
     for n in tools_sel:
         r = s["tools"][n]["restore"]
         if r.get("verified") is False:
@@ -1203,12 +1478,12 @@ def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
             L.append(f"backlock's own report ({ph}, rep 1): " + ", ".join(
                 f"{k}={fmt_bytes(j[k]) if k.startswith('bytes') else _short(j[k])}"
                 for k in BACKLOCK_BACKUP_KEYS[1:] if k in j))
+    if reps and reps[0].get("strace"):
+        L += render_strace(reps[0]["strace"])
     L.append("")
 
-    def pf(p):
-        return "PASS" if p else "FAIL"
-
     R = s["ratios"]
+    peers = "/".join(p for p in PEERS if p in tools_sel) or "no peer"
     parts = []
     for ph, _ in PHASES:
         x = R["speedup"].get(ph)
@@ -1217,7 +1492,9 @@ def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
         else:
             parts.append(f"{ph} {x['speedup']:.2f}× (vs {x['vs']}) {pf(x['pass'])}"
                          + (f" ({x['note']})" if x.get("note") else ""))
-    L.append(f"backlock speedup vs faster of restic/borg (target ≥ {SPEEDUP_TARGET:g}×): " + ", ".join(parts))
+    L.append(f"backlock speedup vs the fastest peer ({peers}; target ≥ {SPEEDUP_TARGET:g}×): "
+             + ", ".join(parts))
+    L += render_cpu_targets(s, tools_sel)
     g = R.get("growth_vs_restic")
     gbl = s["tools"].get("backlock", {}).get("day_growth_bytes")
     grs = s["tools"].get("restic", {}).get("day_growth_bytes")
@@ -1247,13 +1524,13 @@ def render(size_res: dict, s: dict, tools_sel, cache_desc: str) -> str:
     x = R["vs_cat"]["restore"]
     if x["ratio"] is not None:
         L.append(f"backlock's durable restore (one syncfs before the rename) vs the disk's durable "
-                 f"write limit (cat column: dd conv=fsync of as many bytes, {fnum(x['cat_seconds'])} s): "
-                 f"{fnum(x['ratio'])}× its time; restic and borg do not sync their restores")
+                 f"write limit (cat row: dd conv=fsync of as many bytes, {fnum(x['cat_seconds'])} s): "
+                 f"{fnum(x['ratio'])}× its time; restic, borg and rustic do not sync their restores")
     if "backlock-s3" in tools_sel:
         x = R["s3_vs_local"]
         L.append("backlock on S3 (SeaweedFS on loopback) vs on local disk (time ratio, 1.00× = as fast): "
                  + ", ".join(f"{ph} {fnum(x[ph])}×" for ph, _ in PHASES))
-    return "\n".join(L)
+    return "\n".join(line.rstrip() for line in L)
 
 
 # --------------------------------------------------------------------------- main
@@ -1277,8 +1554,9 @@ def main(argv=None) -> int:
     import files_bench  # the --files mode; it imports this module, so not at the top
     ap = argparse.ArgumentParser(
         prog="bench-backup",
-        description="Benchmark backlock against restic, borg and cat (I/O limit) on a generated "
-                    "chat data set: initial backup, incremental after one simulated day, restore.")
+        description="Benchmark backlock against restic, borg, rustic and cat (I/O limit) on a "
+                    "generated chat data set: initial backup, incremental after one simulated "
+                    "day, restore; wall and CPU seconds, peak RSS.")
     ap.add_argument("--sizes", type=parse_sizes, default=None,
                     help="comma-separated data-set sizes in GB, fractions allowed (default: 1)")
     ap.add_argument("--workdir", type=Path, default=None,
@@ -1291,9 +1569,15 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="repetitions per size (fresh repos each); medians reported (default 1)")
     ap.add_argument("--tools", default=None,
-                    help="subset of backlock,backlock-s3,restic,borg,cat (default: all); with "
+                    help=f"subset of {','.join(TOOLS_ALL)} (default: all); with "
                          "--files a subset of backlock,backlock-s3,restic,rustic (default: "
                          "backlock,restic,rustic)")
+    ap.add_argument("--warm", action="store_true",
+                    help="do not drop the page cache before timed runs; read every data file "
+                         "once before each instead (default: cold)")
+    ap.add_argument("--strace", action="store_true",
+                    help="after rep 1's timed runs, run backlock's initial backup once more "
+                         "under strace -c -f and print the calls per syscall")
     ap.add_argument("--files", type=files_bench.parse_counts, default=None, metavar="N[,N...]",
                     help="many-small-files mode instead of the chat data set: a generated tree "
                          "of N files (100000, 100k, 1m; several for the RSS growth); initial, "
@@ -1312,6 +1596,8 @@ def main(argv=None) -> int:
     if args.files is not None:
         if args.sizes is not None:
             ap.error("--files and --sizes are two modes: give one")
+        if args.warm or args.strace:
+            ap.error("--warm and --strace are options of the chat data set, not --files")
         return files_bench.main_files(ap, args)
     args.sizes = args.sizes or [1.0]
 
@@ -1328,8 +1614,10 @@ def main(argv=None) -> int:
     if args.workdir.exists() and any(args.workdir.iterdir()):
         ap.error(f"--workdir {args.workdir} exists and is not empty")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    # Space: data + pristine copy (repeat>1) + 3 repos + 1 restore at a time, with headroom.
-    need_gb = (sum(args.sizes) if args.keep else max(args.sizes)) * (8 if args.repeat > 1 else 7)
+    # Space: data + pristine copy (repeat>1) + a repo per tool (and strace's) + 1 restore
+    # at a time, with headroom.
+    copies = 2 + (args.repeat > 1) + sum(t != "cat" for t in tools_sel) + args.strace
+    need_gb = (sum(args.sizes) if args.keep else max(args.sizes)) * copies * 1.15
     free_gb = shutil.disk_usage(args.workdir).free / 2**30
     if free_gb < need_gb * 0.75:
         ap.error(f"{args.workdir}: {free_gb:.1f} GiB free, need about {need_gb:.1f} GiB")
@@ -1339,15 +1627,22 @@ def main(argv=None) -> int:
     logdir = args.workdir / "logs"
     results = {"started": _dt.datetime.now().isoformat(timespec="seconds"),
                "args": {"sizes": args.sizes, "repeat": args.repeat, "tools": tools_sel,
-                        "stand_in_data": args.stand_in_data, "workdir": str(args.workdir)},
+                        "stand_in_data": args.stand_in_data, "warm": args.warm,
+                        "strace": args.strace, "workdir": str(args.workdir)},
                "env": env_info(), "sizes": []}
 
     rc = 0
-    cache = CacheControl()
+    cache = CacheControl(warm=args.warm)
+    notes = []  # printed under every table
     try:
-        ensure_peers(logdir, results["env"])  # also provides /usr/bin/time
+        also = [("strace", "strace")] if args.strace else []
+        if "backlock-1t" in tools_sel:
+            also.append(("taskset", "util-linux"))
+        ensure_peers(logdir, results["env"], also)  # also provides /usr/bin/time
+        if "rustic" in tools_sel:
+            tools_sel = setup_rustic(args, logdir, results, tools_sel, notes)
         pkgs = []
-        if "backlock" in tools_sel or "backlock-s3" in tools_sel:
+        if any(t.startswith("backlock") for t in tools_sel) or args.strace:
             pkgs.append("backlock-cli")
         args.s3 = SeaweedS3(args.workdir, args.repo_root, logdir) if "backlock-s3" in tools_sel else None
         if not args.stand_in_data:
@@ -1357,11 +1652,14 @@ def main(argv=None) -> int:
         for p, b in bins.items():
             v[p] = f"{capture([b, '--version'])} ({b})"
         v["rustc"] = capture(["rustc", "--version"])
+        if "backlock-1t" in tools_sel:
+            results["env"]["backlock_1t"] = setup_pinned(args, bins["backlock-cli"], notes)
         print("versions:", file=sys.stderr)
         for k, val in v.items():
             print(f"  {k:<17} {val}", file=sys.stderr)
         print(f"  restic repo: --repository-version 2, compression auto (default); "
-              f"borg: repokey-blake2, compression lz4 (default)", file=sys.stderr)
+              f"borg: repokey-blake2, compression lz4 (default); rustic: defaults",
+              file=sys.stderr)
 
         summaries = []
         for gb in args.sizes:
@@ -1377,7 +1675,7 @@ def main(argv=None) -> int:
             sr["summary"] = s
             results["sizes"].append(sr)
             summaries.append((gb, s))
-            table = render(sr, s, tools_sel, cache.describe())
+            table = render(sr, s, tools_sel, cache.describe(), notes)
             print(table, flush=True)
             if sr["errors"]:
                 rc = 1
@@ -1419,6 +1717,35 @@ def main(argv=None) -> int:
         if rc == 1:
             print("!!! errors occurred (see above / results.json); exit status 1")
     return rc
+
+
+def setup_rustic(args, logdir: Path, results: dict, tools_sel, notes) -> list:
+    """Find (or compile once) rustic as files mode does; without it the run goes on
+    without rustic, and the tables say why. -> the tools to run."""
+    import peers  # it imports this module, so not at the top
+    args.rustic_bin, version = peers.ensure_rustic(args.repo_root, logdir)
+    results["env"].setdefault("versions", {})["rustic"] = version
+    if args.rustic_bin is not None:
+        return tools_sel
+    notes.append(f"rustic: n/a ({version})")
+    return [t for t in tools_sel if t != "rustic"]
+
+
+def setup_pinned(args, binary: Path, notes) -> dict:
+    """How backlock-1t is limited to one thread: --threads 1 where the build's backup and
+    restore have it, else BACKLOCK_THREADS=1 (logged). -> what results.json records."""
+    args.threads_flag = threads_flag_support(binary)
+    cpu = pin_cpu()
+    if all(args.threads_flag.values()):
+        how = f"taskset -c {cpu} backlock <backup|restore> --threads 1"
+    else:
+        lacking = [c for c, ok in args.threads_flag.items() if not ok]
+        how = (f"taskset -c {cpu} backlock ..., BACKLOCK_THREADS=1 in its environment: this "
+               f"build's {' and '.join(lacking)} --help list no --threads")
+        log(f"warning: backlock-1t falls back to BACKLOCK_THREADS=1 ({' and '.join(lacking)} "
+            f"--help list no --threads)")
+    notes.append(f"backlock-1t: {how}")
+    return {"cpu": cpu, "threads_flag": args.threads_flag, "how": how}
 
 
 def env_info() -> dict:

@@ -31,6 +31,11 @@ use std::{io::IsTerminal, path::PathBuf, sync::Arc};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Run at most N threads in each pool of the work (reading, compressing,
+    /// uploading, restoring): 1 for a phone backing up in the background (default:
+    /// the machine's cores).
+    #[arg(long, global = true, value_name = "N", env = "BACKLOCK_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
 }
 
 #[derive(Args, Clone)]
@@ -286,6 +291,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        backlock_core::threads::set_budget(n as usize);
+    }
     if let Err(e) = run(cli.command) {
         eprintln!("error: {}", exit::message(&e));
         // An incomplete backup already printed its summary, which says so.

@@ -312,6 +312,56 @@ fn a_file_that_vanishes_during_the_backup_is_left_out_as_vanished() {
     tree::assert_same(&src, &target.join("chat"));
 }
 
+/// The thread budget caps every pool: paused once the pipeline is up (before the
+/// first file is read), a backup under `BACKLOCK_THREADS=1` runs one compression
+/// worker and one uploader; under `--threads 3`, three workers and two uploaders (all
+/// a local disk takes). Both backups then complete.
+#[test]
+fn the_thread_budget_caps_every_pool() {
+    use std::io::Write;
+    let env = Env::new();
+    env.init();
+    let src = tree::write_sample(env.dir.path(), 3);
+    for (flag, budget, expected) in [(None, "1", (1, 1)), (Some("--threads"), "3", (3, 2))] {
+        let mut args = vec!["backup", src.to_str().unwrap()];
+        let mut cmd = match flag {
+            Some(flag) => {
+                args.extend([flag, budget]);
+                env.cmd(&args)
+            }
+            None => {
+                let mut cmd = env.cmd(&args);
+                cmd.env("BACKLOCK_THREADS", budget);
+                cmd
+            }
+        };
+        let mut child = cmd
+            .env(
+                backlock_repo::testhook::PAUSE_VAR,
+                backlock_repo::testhook::step::BACKUP_WALKED,
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(line.contains("paused at backup:walked"), "{line}");
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+            .collect();
+        let count = |name: &str| names.iter().filter(|n| n.trim() == name).count();
+        let threads = (count("bl-worker"), count("bl-upload"));
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "budget {budget}");
+        assert_eq!(threads, expected, "threads under a budget of {budget}");
+    }
+}
+
 fn walk_all(p: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     for e in std::fs::read_dir(p).unwrap() {

@@ -28,6 +28,7 @@ pub mod format;
 pub mod ids;
 pub mod kdf;
 pub mod key;
+pub mod threads;
 pub mod tree;
 
 pub use error::FormatError;

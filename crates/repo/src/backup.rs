@@ -24,7 +24,7 @@ use crate::{
     index::{write_index_object, Spill},
     metadata::{self, Owners},
     now_unix_ns,
-    readahead::ReadAhead,
+    pipe::{self, Receiver, Sender},
     spill::{unreadable, IdTable},
     sqlite,
     testhook::{pause, step},
@@ -43,10 +43,10 @@ use backlock_core::{
     },
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
+    threads::{at_most, spawn_named},
     tree::TreeBuilder,
 };
 use backlock_store::ObjectStore;
-use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 use std::{
     collections::HashMap,
@@ -56,7 +56,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Mutex, RwLock,
+        Condvar, Mutex, RwLock,
     },
     time::Instant,
 };
@@ -88,7 +88,8 @@ pub struct BackupOptions<'a> {
     pub hostname: String,
     /// Called as work progresses.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
-    /// Compression and sealing threads (default: available cores).
+    /// Compression and sealing threads (default: the thread budget, the machine's
+    /// cores unless `backlock_core::threads::set_budget` said otherwise; never more).
     pub workers: usize,
     /// Store every file exactly as it is on disk: SQLite databases are read directly
     /// as files (still in runs of whole pages) instead of through SQLite,
@@ -117,7 +118,7 @@ impl Default for BackupOptions<'_> {
             paths: vec![],
             hostname: String::new(),
             progress: None,
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            workers: backlock_core::threads::budget(),
             verbatim: false,
             recorded_paths: None,
             stdin: None,
@@ -249,6 +250,20 @@ struct Job {
     base: Option<(ChunkId, Vec<u8>)>,
 }
 
+impl Job {
+    /// The bytes it holds.
+    fn weight(&self) -> usize {
+        self.data.len() + self.base.as_ref().map_or(0, |(_, b)| b.len())
+    }
+}
+
+/// Jobs handed to a worker at once, up to about [`JOB_BATCH_BYTES`] (one large chunk
+/// alone): a database's 16 KiB runs of pages would otherwise cost a hand-over, and
+/// often a wake-up, each.
+type Jobs = Vec<Job>;
+
+const JOB_BATCH_BYTES: usize = 128 << 10;
+
 /// Changed runs of SQLite pages whose bases are read together, in one pass over their
 /// packs, up to this many bytes of them: the window holds them and their bases.
 const BASE_WINDOW_BYTES: usize = 1 << 20;
@@ -308,38 +323,64 @@ impl Shared<'_> {
 /// Buffers passed back to the threads that fill them once their contents are gone,
 /// so the hot path reuses memory instead of allocating: glibc's per-thread arenas
 /// keep freed multi-MiB buffers as resident fragments, and RSS then grows with the
-/// data instead of staying flat.
+/// data instead of staying flat. Runs of database pages (16 KiB, dozens of them in
+/// flight in batches) are kept apart: allocated in one thread and freed in another,
+/// they would fragment the arenas too.
 struct BufferPool {
-    tx: Sender<Vec<u8>>,
-    rx: Receiver<Vec<u8>>,
+    kept: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most.
+    capacity: usize,
     /// Capacity a kept buffer is cut back to.
     max_kept: usize,
+    /// Buffers smaller than [`POOLED_MIN`], as they were made.
+    small: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Small buffers a [`BufferPool`] keeps: the runs of pages of the batches in flight
+/// (each producer's, the one queued, each worker's).
+const SMALL_KEPT: usize = 6 * JOB_BATCH_BYTES / (16 << 10);
 
 impl BufferPool {
     /// A pool keeping at most `capacity` buffers of at most `max_kept` bytes each.
     fn new(capacity: usize, max_kept: usize) -> Self {
-        let (tx, rx) = bounded(capacity);
-        BufferPool { tx, rx, max_kept }
+        BufferPool {
+            kept: Mutex::new(Vec::with_capacity(capacity)),
+            capacity,
+            max_kept,
+            small: Mutex::new(Vec::new()),
+        }
     }
 
     /// A kept buffer (empty, with its capacity), or a new one of `capacity` bytes.
+    /// A small one (`capacity` below [`POOLED_MIN`]) holds at least `capacity`.
     fn take(&self, capacity: usize) -> Vec<u8> {
-        self.rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(capacity))
+        let stack = match capacity {
+            1..POOLED_MIN => &self.small,
+            _ => &self.kept,
+        };
+        let kept = stack.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        kept.filter(|b| b.capacity() >= capacity)
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
-    /// Keeps `buf` for a later [`take`](Self::take) if the pool has room and it is
-    /// worth keeping (a 16 KiB run of pages' buffer is not: small ones allocate cheaply). A
+    /// Keeps `buf` for a later [`take`](Self::take) if the pool has room. A
     /// chunk buffer grows to the largest chunk it held, so over a long backup every
     /// kept one would reach the largest chunk size: cut back, the kept memory stays
     /// the same however much data goes through (glibc returns the cut pages).
     fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() >= POOLED_MIN && !self.tx.is_full() {
+        if buf.capacity() < POOLED_MIN {
+            let mut small = self.small.lock().unwrap_or_else(|p| p.into_inner());
+            if small.len() < SMALL_KEPT && buf.capacity() > 0 {
+                buf.clear();
+                small.push(buf);
+            }
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < self.capacity {
             buf.clear();
             buf.shrink_to(self.max_kept.max(POOLED_MIN));
-            let _ = self.tx.try_send(buf);
+            kept.push(buf);
         }
     }
 }
@@ -433,7 +474,7 @@ fn finished((name, sealer, blobs): OpenPack) -> FinishedPack {
 }
 
 fn worker(
-    jobs: Receiver<Job>,
+    jobs: Receiver<Jobs>,
     pack: &FillingPack,
     packs: &Sender<FinishedPack>,
     chunk_pool: &BufferPool,
@@ -443,7 +484,7 @@ fn worker(
         Compression::Max => BlobEncoder::max()?,
         _ => BlobEncoder::new()?,
     };
-    for job in jobs {
+    for job in jobs.flatten() {
         let delta_blob: Vec<u8>;
         // The blob as codec byte and payload: a raw chunk is copied only into the pack.
         let (codec, payload, base) = match &job.base {
@@ -528,7 +569,8 @@ fn uploader(
 }
 
 /// Threads that read, chunk and hash source files. Two, so that one keeps the disk
-/// busy with media while the other computes over a database's pages.
+/// busy with media while the other computes over a database's pages (one within a
+/// budget of one thread).
 const PRODUCERS: usize = 2;
 
 /// What the producing threads share.
@@ -548,6 +590,8 @@ struct ProduceState<'a> {
     files_done: AtomicU64,
     verbatim: bool,
     bytes_read: AtomicU64,
+    /// What the prefetcher keeps ahead of.
+    reading: ReadProgress,
     bytes_new: AtomicU64,
     files_unchanged: AtomicU64,
     /// Set when one producer failed: the others stop at their next chunk.
@@ -766,7 +810,10 @@ struct Producer<'a> {
     window: Vec<(Job, ChunkId)>,
     /// Bytes of the chunks in `window`.
     window_bytes: usize,
-    jobs: Sender<Job>,
+    jobs: Sender<Jobs>,
+    /// Jobs not handed to the workers yet, and their weight.
+    batch: Jobs,
+    batch_bytes: usize,
     /// The chunker's read buffer, kept from file to file.
     stream_buf: Vec<u8>,
 }
@@ -828,14 +875,34 @@ impl Producer<'_> {
                     }
                 }
                 None => {
-                    if self.jobs.send(job).is_err() {
-                        return Ok(Err(Stopped));
+                    if let Err(s) = self.send(job) {
+                        return Ok(Err(s));
                     }
                 }
             }
         }
         sh.report();
         Ok(Ok(id))
+    }
+
+    /// Queues `job` for the workers, handing them a batch once it weighs enough.
+    fn send(&mut self, job: Job) -> Result<(), Stopped> {
+        self.batch_bytes += job.weight();
+        self.batch.push(job);
+        if self.batch_bytes >= JOB_BATCH_BYTES {
+            return self.send_batch();
+        }
+        Ok(())
+    }
+
+    /// Hands the jobs queued so far to the workers.
+    fn send_batch(&mut self) -> Result<(), Stopped> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        self.jobs.send(batch).map_err(|_| Stopped)
     }
 
     /// Reads the bases of the waiting runs and sends them to the workers. A base
@@ -868,7 +935,7 @@ impl Producer<'_> {
                 _ => bases.get(&base).cloned(),
             };
             job.base = plain.map(|plain| (base, plain));
-            self.jobs.send(job).map_err(|_| Stopped)?;
+            self.send(job)?;
         }
         Ok(())
     }
@@ -892,7 +959,7 @@ impl Producer<'_> {
             // A signal stops a large file between chunks, not at its end.
             crate::interrupt::check()?;
             let mut chunk = match run {
-                Some(run) => Vec::with_capacity(run),
+                Some(run) => self.shared.chunk_pool.take(run),
                 None => self.shared.chunk_pool.take(0),
             };
             let more = source
@@ -921,7 +988,11 @@ impl Producer<'_> {
             count += 1;
         }
         node.chunks.truncate(count);
-        Ok(self.flush_window().map(|()| size))
+        // A file's last jobs go at its end, not with the next file's first.
+        Ok(self
+            .flush_window()
+            .and_then(|()| self.send_batch())
+            .map(|()| size))
     }
 
     /// Reads file `e`; `pages` is the parent's chunk list of it as a database (or
@@ -980,7 +1051,7 @@ impl Producer<'_> {
                 let size = database_chunk(page);
                 node.chunks
                     .reserve_exact((e.meta.len() / size as u64) as usize + 1);
-                let reader = io::BufReader::with_capacity(1 << 20, ReadAhead::new(file));
+                let reader = io::BufReader::with_capacity(1 << 20, file);
                 let mut source = PageChunks::new(reader, size);
                 let read = self.chunk_all(&mut source, Some(size), &mut node, &e.fs_path)?;
                 (node, read)
@@ -1014,7 +1085,7 @@ impl Producer<'_> {
     ) -> Result<Result<Node, Stopped>> {
         let mut node = node_of(e, NodeKind::File);
         let buf = std::mem::take(&mut self.stream_buf);
-        let mut source = chunker.stream_with(ReadAhead::new(file), buf);
+        let mut source = chunker.stream_with(file, buf);
         let read = self.chunk_all(&mut source, None, &mut node, &e.fs_path);
         self.stream_buf = source.into_buffer();
         Ok(read?.map(|size| {
@@ -1091,6 +1162,7 @@ impl Producer<'_> {
                         .filter(|o| o.kind == NodeKind::SqliteFile)
                         .map(|o| o.chunks)
                         .unwrap_or_default();
+                    sh.reading.began(e.meta.len());
                     match self.file(chunker, e, pages)? {
                         Ok(node) => node,
                         Err(Stopped) => return Ok(Err(Stopped)),
@@ -1144,22 +1216,55 @@ fn unchanged(old: &Node, fresh: &Node, index: &crate::index::Index) -> bool {
 /// How far the prefetcher keeps ahead of the producers, in bytes of files to read.
 const PREFETCH_AHEAD: u64 = 256 << 20;
 
+/// How far the producers have got, for the prefetcher to keep ahead of: the bytes of
+/// the files they began to read, and whether they are done with the batch. The
+/// prefetcher sleeps on it rather than polling.
+#[derive(Default)]
+struct ReadProgress {
+    state: Mutex<(u64, bool)>,
+    moved: Condvar,
+}
+
+impl ReadProgress {
+    /// A producer begins to read a file of `size` bytes.
+    fn began(&self, size: u64) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 += size;
+        self.moved.notify_one();
+    }
+
+    /// The producers are done with a batch (or stopped): the prefetcher stops too.
+    fn finish(&self, done: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = done;
+        self.moved.notify_all();
+    }
+
+    /// Bytes begun so far.
+    fn begun(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Sleeps until `advised` bytes are at most [`PREFETCH_AHEAD`] ahead of what the
+    /// producers began; `false` once they are done.
+    fn wait_for_room(&self, advised: u64) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !st.1 && advised > st.0 + PREFETCH_AHEAD {
+            st = self.moved.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        !st.1
+    }
+}
+
 /// Asks the kernel to read `files` (in the order the producers will read them, each
 /// with its size) into the page cache, staying at most [`PREFETCH_AHEAD`] bytes ahead
-/// of what the producers have read. While they compute over a database's pages the
-/// disk would otherwise idle; this way it fetches the media that comes next. Memory
-/// is the kernel's page cache, which it reclaims at will, not this process's.
-fn prefetch(files: &[(&Path, u64)], shared: &ProduceState, done: &AtomicBool) {
-    // Read before this batch: the producers' count goes on from there.
-    let mut advised = shared.bytes_read.load(Ordering::Relaxed);
+/// of what the producers began to read. While they compute over a database's pages
+/// the disk would otherwise idle; this way it fetches the media that comes next.
+/// Memory is the kernel's page cache, which it reclaims at will, not this process's.
+/// It is the only read-ahead hint a file gets: one call per file.
+fn prefetch(files: &[(&Path, u64)], progress: &ReadProgress) {
+    // Begun before this batch: the producers' count goes on from there.
+    let mut advised = progress.begun();
     for &(path, size) in files {
-        while advised > shared.bytes_read.load(Ordering::Relaxed) + PREFETCH_AHEAD {
-            if done.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        if done.load(Ordering::Relaxed) {
+        if !progress.wait_for_room(advised) {
             return;
         }
         if let Ok(f) = File::open(path) {
@@ -1182,6 +1287,15 @@ fn work_order(entries: &[Entry]) -> Vec<usize> {
     order
 }
 
+/// Tells the prefetcher the producers are done when dropped.
+struct FinishOnDrop<'a>(&'a ReadProgress);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish(true);
+    }
+}
+
 /// Sets its flag when dropped.
 struct SetOnDrop<'a>(&'a AtomicBool);
 
@@ -1202,7 +1316,7 @@ fn produce<'a>(
     store: &'a dyn ObjectStore,
     chunker: &Chunker,
     mut entries: Vec<Entry>,
-    jobs: &Sender<Job>,
+    jobs: &Sender<Jobs>,
 ) -> Result<Option<Vec<Node>>> {
     let order = work_order(&entries);
     // The parent's nodes, each taken by the producer of its entry.
@@ -1224,15 +1338,17 @@ fn produce<'a>(
         })
         .map(|(e, _)| (e.fs_path.as_path(), e.meta.len()))
         .collect();
-    let producers_done = AtomicBool::new(false);
+    shared.reading.finish(false);
     let cursor = AtomicUsize::new(0);
-    let run = |jobs: Sender<Job>| -> Result<Result<Vec<(usize, Node)>, Stopped>> {
+    let run = |jobs: Sender<Jobs>| -> Result<Result<Vec<(usize, Node)>, Stopped>> {
         let mut producer = Producer {
             shared,
             bases: BaseReader::new(store, shared.keys, shared.index),
             window: Vec::new(),
             window_bytes: 0,
             jobs,
+            batch: Vec::new(),
+            batch_bytes: 0,
             stream_buf: Vec::new(),
         };
         let mut out = Vec::new();
@@ -1273,13 +1389,13 @@ fn produce<'a>(
         }
     };
     let results: Vec<_> = std::thread::scope(|s| {
-        s.spawn(|| prefetch(&to_read, shared, &producers_done));
+        spawn_named(s, "bl-prefetch", || prefetch(&to_read, &shared.reading));
         // Stops the prefetcher however the producers end, a panic included.
-        let _stop_prefetch = SetOnDrop(&producers_done);
-        let handles: Vec<_> = (0..PRODUCERS)
+        let _stop_prefetch = FinishOnDrop(&shared.reading);
+        let handles: Vec<_> = (0..at_most(PRODUCERS))
             .map(|_| {
                 let jobs = jobs.clone();
-                s.spawn(move || run(jobs))
+                spawn_named(s, "bl-produce", move || run(jobs))
             })
             .collect();
         handles
@@ -1442,14 +1558,15 @@ impl Repository<Indexed> {
             object_limit: self.object_limit,
             cache: self.cache.as_deref(),
         };
-        let workers = opts.workers.max(1);
-        let uploaders = store.max_concurrent_puts().clamp(1, MAX_UPLOADERS);
+        let workers = at_most(opts.workers);
+        let uploaders = at_most(store.max_concurrent_puts().clamp(1, MAX_UPLOADERS));
         // Room for every buffer that can be in flight at once: chunks held by the
-        // producers, queued for and held by the workers; the pack being filled (or
-        // handed over: the pack channel holds none) and those being uploaded.
-        // Chunk buffers are kept at up to twice the average chunk: most chunks fit.
+        // producers, queued for (one batch: one large chunk) and held by the
+        // workers; the pack being filled (or handed over: the pack channel holds
+        // none) and those being uploaded. Chunk buffers are kept at up to twice the
+        // average chunk: most chunks fit.
         let chunk_pool = BufferPool::new(
-            PRODUCERS + 2 * workers,
+            at_most(PRODUCERS) + 1 + workers,
             2 * self.config.chunker.avg as usize,
         );
         let pack_pool = BufferPool::new(1 + uploaders, usize::MAX);
@@ -1473,6 +1590,7 @@ impl Repository<Indexed> {
             files_done: AtomicU64::new(0),
             verbatim: opts.verbatim,
             bytes_read: AtomicU64::new(0),
+            reading: ReadProgress::default(),
             bytes_new: AtomicU64::new(0),
             files_unchanged: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -1482,8 +1600,10 @@ impl Repository<Indexed> {
             owners: Mutex::new(Owners::default()),
             parent_has_meta,
         };
-        let (job_tx, job_rx) = bounded::<Job>(workers);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
+        // One batch of jobs queued (a worker has the next as soon as it is done); a
+        // finished pack waits for an uploader to take it.
+        let (job_tx, job_rx) = pipe::bounded::<Jobs>(1);
+        let (pack_tx, pack_rx) = pipe::bounded::<FinishedPack>(0);
         // The trees of what is backed up, stored (in packs of their own) as the walk
         // leaves each directory, before the index that names them.
         let mut packer = trees::TreePacker::new(
@@ -1500,7 +1620,7 @@ impl Repository<Indexed> {
             for _ in 0..workers {
                 let (rx, tx) = (job_rx.clone(), pack_tx.clone());
                 let (shared, filling, chunk_pool) = (&shared, &filling, &chunk_pool);
-                s.spawn(move || {
+                spawn_named(s, "bl-worker", move || {
                     if let Err(e) = worker(rx, filling, &tx, chunk_pool, compression) {
                         shared.fail(RepoError::Usage(format!("compression failed: {e}")));
                     }
@@ -1512,21 +1632,23 @@ impl Repository<Indexed> {
             for _ in 0..uploaders {
                 let (rx, shared) = (pack_rx.clone(), &shared);
                 let pack_pool = &pack_pool;
-                s.spawn(move || uploader(store, keys, lock, rx, pack_pool, shared));
+                spawn_named(s, "bl-upload", move || {
+                    uploader(store, keys, lock, rx, pack_pool, shared)
+                });
             }
             drop(pack_rx);
             // A progress bar's totals, counted alongside.
             let _stop_count = SetOnDrop(&counted);
             if opts.progress.is_some() {
                 let (st, counted) = (&produce_state, &counted);
-                s.spawn(move || {
+                spawn_named(s, "bl-count", move || {
                     let totals = (&st.files_total, &st.bytes_total);
                     walk::count(&opts.paths, &opts.excludes, totals, counted)
                 });
             }
             // The walk lists the next batch while the producers read this one.
-            let (batch_tx, batch_rx) = bounded::<Result<Vec<Entry>>>(1);
-            let walking = s.spawn(move || {
+            let (batch_tx, batch_rx) = pipe::bounded::<Result<Vec<Entry>>>(1);
+            let walking = spawn_named(s, "bl-walk", move || {
                 let mut walker = walker;
                 loop {
                     let batch = walker.next_batch(BATCH_ENTRIES);
@@ -1728,8 +1850,9 @@ mod tests {
     }
 
     /// Kept chunk buffers are cut back to the pool's limit, so the memory a long backup
-    /// keeps does not creep up to the largest chunk times the pool's size; small ones
-    /// are not kept, and a full pool drops what it is given.
+    /// keeps does not creep up to the largest chunk times the pool's size; a full
+    /// pool drops what it is given. Small buffers (runs of pages) are kept apart, up
+    /// to their own count, and handed out only for a run they can hold.
     #[test]
     fn the_buffer_pool_keeps_few_buffers_of_bounded_size() {
         let pool = BufferPool::new(2, 1 << 20);
@@ -1737,10 +1860,27 @@ mod tests {
         pool.give(Vec::with_capacity(512 << 10));
         pool.give(Vec::with_capacity(3 << 20));
         pool.give(Vec::with_capacity(1 << 10));
-        let kept: Vec<usize> = pool.rx.try_iter().map(|b| b.capacity()).collect();
+        let kept: Vec<usize> = pool
+            .kept
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::capacity)
+            .collect();
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert!(kept[0] >= 1 << 20 && kept[0] < (1 << 20) + 4096, "{kept:?}");
         assert!(kept[1] >= 512 << 10 && kept[1] < 1 << 20, "{kept:?}");
+
+        for _ in 0..SMALL_KEPT + 10 {
+            pool.give(Vec::with_capacity(16 << 10));
+        }
+        assert_eq!(pool.small.lock().unwrap().len(), SMALL_KEPT);
+        assert_eq!(pool.take(16 << 10).capacity(), 16 << 10);
+        assert_eq!(pool.small.lock().unwrap().len(), SMALL_KEPT - 1);
+        assert!(
+            pool.take(32 << 10).capacity() >= 32 << 10,
+            "a kept run too small is not handed out"
+        );
     }
 
     /// However many workers seal chunks, they fill one pack at a time, so every pack of

@@ -463,8 +463,8 @@ fn read_index_cached(
 /// How many objects to read at once: enough to overlap a cloud store's latency
 /// (it says how many requests it keeps in flight) and to decrypt on every core.
 pub(crate) fn parallel_reads(store: &dyn ObjectStore) -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    store.max_concurrent_puts().max(cores).clamp(1, 16)
+    let cores = backlock_core::threads::budget();
+    backlock_core::threads::at_most(store.max_concurrent_puts().max(cores).clamp(1, 16))
 }
 
 /// `read(item)` for every item on up to `threads` threads, each result given to `each`
@@ -483,12 +483,12 @@ pub(crate) fn read_in_order<T: Sync, R: Send, E>(
     // Items given to `each` so far, and whether to stop.
     let progress = Mutex::new((0usize, false));
     let moved = Condvar::new();
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<(usize, R)>(ahead);
+    let (done_tx, done_rx) = crate::pipe::bounded::<(usize, R)>(ahead);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1).min(items.len()) {
             let done_tx = done_tx.clone();
             let (next, progress, moved, read) = (&next, &progress, &moved, &read);
-            s.spawn(move || loop {
+            backlock_core::threads::spawn_named(s, "bl-read", move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(item) = items.get(i) else { return };
                 {

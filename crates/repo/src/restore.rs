@@ -27,6 +27,7 @@ use backlock_core::{
     envelope::{ObjectKind, PackOpener, HEADER_LEN},
     format::{BlobEntry, Node, NodeKind, Snapshot},
     ids::ObjectName,
+    threads::{at_most, budget, spawn_named},
     FormatError,
 };
 use serde::Serialize;
@@ -356,12 +357,10 @@ impl Repository<Indexed> {
         let packs: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.order.0 == b.order.0).collect();
         let next = AtomicUsize::new(0);
         let failure: Mutex<Option<RepoError>> = Mutex::new(None);
-        let threads = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(2, 4);
+        let threads = at_most(budget().clamp(2, 4));
         std::thread::scope(|s| {
             for _ in 0..threads {
-                s.spawn(|| {
+                spawn_named(s, "bl-restore", || {
                     let fail = |e| {
                         failure
                             .lock()
@@ -716,8 +715,8 @@ fn in_parallel<T: Sync>(
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<std::io::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..META_THREADS.min(items.len()) {
-            s.spawn(|| loop {
+        for _ in 0..at_most(META_THREADS).min(items.len()) {
+            spawn_named(s, "bl-meta", || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(item) = items.get(i) else { return };
                 if let Err(e) = each(item) {

@@ -92,7 +92,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(backlock_core::threads::at_most(2))
             .thread_name("backlock-store")
             .enable_all()
             .build()
