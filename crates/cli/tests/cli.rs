@@ -282,21 +282,8 @@ fn a_file_that_vanishes_during_the_backup_is_left_out_as_vanished() {
     let src = tree::write_sample(env.dir.path(), 15);
     let cache = src.join("Media/cache.tmp");
     std::fs::write(&cache, b"gone soon").unwrap();
-    let mut child = env
-        .cmd(&["backup", "--json", src.to_str().unwrap()])
-        .env(
-            backlock_repo::testhook::PAUSE_VAR,
-            backlock_repo::testhook::step::BACKUP_WALKED,
-        )
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-    assert!(line.contains("paused at backup:walked"), "{line}");
+    let (mut child, mut err) =
+        paused_at_walked(&mut env.cmd(&["backup", "--json", src.to_str().unwrap()]));
     std::fs::remove_file(&cache).unwrap();
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -310,6 +297,32 @@ fn a_file_that_vanishes_during_the_backup_is_left_out_as_vanished() {
     let target = env.path("restored");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     tree::assert_same(&src, &target.join("chat"));
+}
+
+/// Starts a backup `cmd` that pauses once its pipeline is up and the source listed
+/// (before any file is read); returns it paused (a line on its stdin lets it go on),
+/// with the rest of its stderr.
+fn paused_at_walked(
+    cmd: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    let mut child = cmd
+        .env(
+            backlock_repo::testhook::PAUSE_VAR,
+            backlock_repo::testhook::step::BACKUP_WALKED,
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.contains("paused at backup:walked"), "{line}");
+    (child, err)
 }
 
 /// The thread budget caps every pool: paused once the pipeline is up (before the
@@ -335,20 +348,7 @@ fn the_thread_budget_caps_every_pool() {
                 cmd
             }
         };
-        let mut child = cmd
-            .env(
-                backlock_repo::testhook::PAUSE_VAR,
-                backlock_repo::testhook::step::BACKUP_WALKED,
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-        assert!(line.contains("paused at backup:walked"), "{line}");
+        let (mut child, _err) = paused_at_walked(&mut cmd);
         let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
             .unwrap()
             .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
