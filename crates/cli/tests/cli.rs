@@ -349,11 +349,25 @@ fn the_thread_budget_caps_every_pool() {
             }
         };
         let (mut child, _err) = paused_at_walked(&mut cmd);
-        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-            .unwrap()
-            .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
-            .collect();
-        let count = |name: &str| names.iter().filter(|n| n.trim() == name).count();
+        let read_names = || -> Vec<String> {
+            std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                .unwrap()
+                // A thread that ended meanwhile (the walk, done listing) has no name.
+                .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        };
+        // A thread takes its name once it runs: wait until only the main thread
+        // still has the process's.
+        let mut names = read_names();
+        for _ in 0..500 {
+            if names.iter().filter(|n| *n == "backlock").count() == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            names = read_names();
+        }
+        let count = |name: &str| names.iter().filter(|n| *n == name).count();
         let threads = (count("bl-worker"), count("bl-upload"));
         child.stdin.take().unwrap().write_all(b"\n").unwrap();
         let out = child.wait_with_output().unwrap();
