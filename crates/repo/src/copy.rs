@@ -17,16 +17,14 @@ use crate::{
     backup::NewChunks,
     browse::{repo_error, Content, SnapshotTrees},
     error::{RepoError, Result},
-    index::write_index_object,
     select::SnapshotInfo,
-    trees::TreePacker,
     Indexed, Repository,
 };
 use backlock_core::{
     blob::BlobEncoder,
     chunker::{ChunkSource, Chunker, PageChunks},
     envelope::{ObjectKind, PackSealer},
-    format::{self, BlobEntry, Compression, IndexFile, NodeKind, Original, PackEntry, Snapshot},
+    format::{self, BlobEntry, Compression, NodeKind, Original, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
     tree::{EntryKind, TreeBuilder},
 };
@@ -129,14 +127,7 @@ impl Packer<'_> {
         if packs.is_empty() {
             return Ok(());
         }
-        let repo = self.repo;
-        let (names, n) = write_index_object(
-            &*repo.store,
-            &repo.keys,
-            IndexFile { packs },
-            repo.object_limit,
-            repo.cache.as_deref(),
-        )?;
+        let (names, n) = self.repo.write_index_objects(packs)?;
         self.indexes.extend(names);
         self.bytes_stored += n;
         Ok(())
@@ -192,13 +183,7 @@ impl Repository<Indexed> {
             bytes_new: 0,
             bytes_stored: 0,
         };
-        let mut tree_packer = TreePacker::new(
-            &*self.store,
-            &self.keys,
-            &self.state.index,
-            self.cache.as_deref(),
-            self.config.pack_size as usize,
-        )?;
+        let mut tree_packer = self.tree_packer()?;
         let mut builder = TreeBuilder::new(&self.keys);
         let mut summary = format::Summary::default();
         let mut chunk = Vec::new();

@@ -271,6 +271,21 @@ pub(crate) fn seal_config(keys: &RepoKeys, config: &Config) -> Vec<u8> {
 }
 
 impl<S> Repository<S> {
+    /// Writes `packs` as index objects, every pack put so far made durable first
+    /// ([`index::write_index_object`]); their names and the bytes written.
+    pub(crate) fn write_index_objects(
+        &self,
+        packs: Vec<format::PackEntry>,
+    ) -> Result<(Vec<backlock_core::ids::ObjectName>, u64)> {
+        index::write_index_object(
+            &*self.store,
+            &self.keys,
+            format::IndexFile { packs },
+            self.object_limit,
+            self.cache.as_deref(),
+        )
+    }
+
     /// Refuses to change a repository whose writer level a newer build raised above
     /// this build's. Call under the repository lock, before writing anything.
     pub(crate) fn check_writer_level(&self) -> Result<()> {
@@ -685,6 +700,17 @@ impl Repository<Indexed> {
     /// The loaded index.
     pub fn index(&self) -> &Index {
         &self.state.index
+    }
+
+    /// A packer for the trees of a new snapshot, deduplicated against the index.
+    pub(crate) fn tree_packer(&self) -> Result<trees::TreePacker<'_>> {
+        trees::TreePacker::new(
+            &*self.store,
+            &self.keys,
+            &self.state.index,
+            self.cache.as_deref(),
+            self.config.pack_size as usize,
+        )
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::{
     error::{RepoError, Result},
-    index::{open_blob_at, stored_sizes, write_index_object},
+    index::{open_blob_at, stored_sizes},
     indexset::{delete_all, LiveIndexes},
     retention::{self, GroupBy, GroupVerdicts, Keep, Policy},
     select::{SnapshotFilter, SnapshotInfo},
@@ -18,7 +18,7 @@ use crate::{
 };
 use backlock_core::{
     envelope::{ObjectKind, PackOpener, PackSealer},
-    format::{BlobEntry, IndexFile, PackEntry},
+    format::{BlobEntry, PackEntry},
     ids::{ChunkId, ObjectName},
 };
 use jiff::tz::TimeZone;
@@ -200,13 +200,7 @@ impl<S> Repository<S> {
         packs: Vec<PackEntry>,
         step: Option<&str>,
     ) -> Result<(usize, u64)> {
-        let (indexes, written) = write_index_object(
-            &*self.store,
-            &self.keys,
-            IndexFile { packs },
-            self.object_limit,
-            self.cache.as_deref(),
-        )?;
+        let (indexes, written) = self.write_index_objects(packs)?;
         let (set, seq) = live.write_next(
             &*self.store,
             &self.keys,

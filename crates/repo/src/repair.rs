@@ -14,13 +14,12 @@
 use crate::{
     browse::SnapshotTrees,
     error::{RepoError, Result},
-    index::{read_index_object, stored_sizes, write_index_object},
-    trees::TreePacker,
+    index::{read_index_object, stored_sizes},
     Indexed, Open, Repository,
 };
 use backlock_core::{
     envelope::ObjectKind,
-    format::{self, BlobEntry, IndexFile, Node, PackEntry, Snapshot},
+    format::{self, BlobEntry, Node, PackEntry, Snapshot},
     ids::{ChunkId, ObjectName},
     tree::{EntryKind, TreeBuilder},
 };
@@ -318,13 +317,7 @@ impl Repository<Indexed> {
             };
             let snap = self.load_snapshot(&r)?;
             let mut trees = SnapshotTrees::of(self, &l.snapshot, snap.clone())?;
-            let mut packer = TreePacker::new(
-                &*self.store,
-                &self.keys,
-                &self.state.index,
-                self.cache.as_deref(),
-                self.config.pack_size as usize,
-            )?;
+            let mut packer = self.tree_packer()?;
             let mut builder = TreeBuilder::new(&self.keys);
             let mut summary = format::Summary::default();
             let mut lost = Vec::new();
@@ -342,13 +335,7 @@ impl Repository<Indexed> {
             }
             let root = packer.finish_trees(builder)?;
             let (packs, _) = packer.finish()?;
-            let (indexes, _) = write_index_object(
-                &*self.store,
-                &self.keys,
-                IndexFile { packs },
-                self.object_limit,
-                self.cache.as_deref(),
-            )?;
+            let (indexes, _) = self.write_index_objects(packs)?;
             self.write_index_set(&indexes)?;
             let mut skipped = snap.skipped().unwrap_or_default();
             skipped.extend(lost.iter().map(|k| format::Skipped {
