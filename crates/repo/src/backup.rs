@@ -28,7 +28,6 @@ use crate::{
     spill::{unreadable, IdTable},
     sqlite,
     testhook::{pause, step},
-    trees,
     trees::TreeReader,
     walk::{self, node_of, skipped_entry, Entry, Parent, Walker},
     Indexed, Repository,
@@ -1216,41 +1215,61 @@ fn unchanged(old: &Node, fresh: &Node, index: &crate::index::Index) -> bool {
 /// How far the prefetcher keeps ahead of the producers, in bytes of files to read.
 const PREFETCH_AHEAD: u64 = 256 << 20;
 
-/// How far the producers have got, for the prefetcher to keep ahead of: the bytes of
-/// the files they began to read, and whether they are done with the batch. The
-/// prefetcher sleeps on it rather than polling.
+/// How far the producers have got, for the prefetcher to keep ahead of. The
+/// prefetcher sleeps on it rather than polling, and is woken only when it can go on:
+/// a backup of a million small files does not pay a wake-up call per file.
 #[derive(Default)]
 struct ReadProgress {
-    state: Mutex<(u64, bool)>,
+    state: Mutex<Reading>,
     moved: Condvar,
 }
 
+#[derive(Default)]
+struct Reading {
+    /// Bytes of the files the producers began to read.
+    begun: u64,
+    /// The producers are done with the batch (or stopped).
+    done: bool,
+    /// The prefetcher sleeps until `begun` reaches this.
+    awaited: Option<u64>,
+}
+
 impl ReadProgress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reading> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A producer begins to read a file of `size` bytes.
     fn began(&self, size: u64) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 += size;
-        self.moved.notify_one();
+        let mut st = self.lock();
+        st.begun += size;
+        if st.awaited.is_some_and(|a| st.begun >= a) {
+            st.awaited = None;
+            self.moved.notify_one();
+        }
     }
 
     /// The producers are done with a batch (or stopped): the prefetcher stops too.
     fn finish(&self, done: bool) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = done;
+        self.lock().done = done;
         self.moved.notify_all();
     }
 
     /// Bytes begun so far.
     fn begun(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.lock().begun
     }
 
     /// Sleeps until `advised` bytes are at most [`PREFETCH_AHEAD`] ahead of what the
     /// producers began; `false` once they are done.
     fn wait_for_room(&self, advised: u64) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while !st.1 && advised > st.0 + PREFETCH_AHEAD {
+        let need = advised.saturating_sub(PREFETCH_AHEAD);
+        let mut st = self.lock();
+        while !st.done && st.begun < need {
+            st.awaited = Some(need);
             st = self.moved.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        !st.1
+        !st.done
     }
 }
 
@@ -1606,13 +1625,7 @@ impl Repository<Indexed> {
         let (pack_tx, pack_rx) = pipe::bounded::<FinishedPack>(0);
         // The trees of what is backed up, stored (in packs of their own) as the walk
         // leaves each directory, before the index that names them.
-        let mut packer = trees::TreePacker::new(
-            store,
-            keys,
-            &self.state.index,
-            self.cache.as_deref(),
-            pack_size,
-        )?;
+        let mut packer = self.tree_packer()?;
         let counted = AtomicBool::new(false);
         // The producers (and with them the only job sender) live inside the scope, so
         // even a panic drops the sender and lets the workers finish.
