@@ -10,6 +10,7 @@ mod affinity;
 mod bare;
 mod load;
 mod report;
+mod scale;
 mod stats;
 mod vault_process;
 mod wire_client;
@@ -78,6 +79,22 @@ struct Args {
     /// `tpm` feature (scripts/bench-vault builds it so when given this flag).
     #[arg(long)]
     tpm_counter: bool,
+    /// Measure the vault as it grows: load synthetic accounts up to each of these sizes
+    /// (e.g. `1m,10m`) and compare each with 10 thousand accounts. Needs a `backlock`
+    /// built with the `bench-fill` feature (scripts/bench-vault builds it so).
+    #[arg(long, value_parser = scale::parse_sizes)]
+    accounts: Option<scale::Sizes>,
+    /// With --accounts: also fill a fleet of --fleet replicas to this many accounts,
+    /// then wipe one and time its catch-up.
+    #[arg(long, value_parser = parse_fleet_accounts)]
+    fleet_accounts: Option<u64>,
+}
+
+fn parse_fleet_accounts(text: &str) -> Result<u64, String> {
+    match scale::parse_sizes(text)?.0.as_slice() {
+        [one] => Ok(*one),
+        _ => Err("give one number of accounts".to_owned()),
+    }
 }
 
 /// Exit status when `--require-target` is given and the target is missed.
@@ -85,6 +102,20 @@ const BELOW_TARGET: u8 = 3;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(sizes) = &args.accounts {
+        return match run_scale(&args, &sizes.0) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) if args.require_target => {
+                eprintln!("backlock-vault-bench: below target");
+                ExitCode::from(BELOW_TARGET)
+            }
+            Ok(false) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("backlock-vault-bench: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(ratio) if args.require_target && ratio < report::TARGET_RATIO => {
             eprintln!("backlock-vault-bench: below target");
@@ -148,6 +179,100 @@ fn run(args: &Args) -> Result<f64> {
         println!("vault data and log kept in {}", kept.display());
     }
     Ok(report::median_ratio(&rounds))
+}
+
+/// `--accounts`: the one-replica vault, then (with `--fleet-accounts`) the fleet, as they
+/// grow; returns whether every target was met.
+fn run_scale(args: &Args, sizes: &[u64]) -> Result<bool> {
+    check_args(args)?;
+    let pinning = affinity::pin_self(args.pin)?;
+    let backlock = backlock_binary(args)?;
+    let workdir = make_workdir(args.workdir.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut vault = VaultProcess::start(&backlock, workdir.path(), &pinning)?;
+    eprintln!("vault running at {} (pid {})", vault.url, vault.pid());
+    let target = Target {
+        urls: vec![vault.url.clone()],
+        metrics_urls: vec![vault.metrics_url.clone()],
+        pinned: vault.public_key,
+        ksf: Stretch::memoized(),
+        vault_pids: vec![vault.pid()],
+    };
+    let accounts = make_accounts(|name| vault.token(name), "scale", args.clients)?;
+    runtime.block_on(load::register(&target, &accounts, args.clients))?;
+    let subject = scale::Subject {
+        target: &target,
+        data_dirs: vec![vault.data_dir()],
+    };
+    let points = runtime.block_on(scale::measure(&subject, &accounts, sizes, duration))?;
+    vault.check_alive()?;
+    vault.stop()?;
+    let mut met = scale::print(
+        &format!("one replica ({})", pinning.describe()),
+        &points,
+        None,
+    );
+    if let Some(size) = args.fleet_accounts {
+        met &= runtime.block_on(scale_fleet(args, &backlock, &pinning, size, duration))?;
+    }
+    if args.keep {
+        println!("vault data and log kept in {}", workdir.keep().display());
+    }
+    Ok(met)
+}
+
+/// The fleet part of `--accounts`: filled to `size`, measured, then one follower wiped
+/// and timed until it holds every record again.
+async fn scale_fleet(
+    args: &Args,
+    backlock: &Path,
+    pinning: &Pinning,
+    size: u64,
+    duration: Duration,
+) -> Result<bool> {
+    let Some(mut fleet) = start_fleet(args, backlock, pinning)? else {
+        bail!("--fleet-accounts needs a fleet: --fleet 3, 5 or 7");
+    };
+    let target = fleet_target(&fleet);
+    let accounts = make_accounts(|name| Ok(fleet.token(name)), "scale-fleet", args.clients)?;
+    load::register(&target, &accounts, args.clients).await?;
+    let data_dirs: Vec<PathBuf> = fleet.replicas.iter().map(|r| r.data.clone()).collect();
+    let subject = scale::Subject {
+        target: &target,
+        data_dirs: data_dirs.iter().map(PathBuf::as_path).collect(),
+    };
+    let points = scale::measure(&subject, &accounts, &[size], duration).await?;
+    let records = points.last().map_or(0, |p| p.accounts);
+    let leader = fleet.wait_for_leader();
+    let leader_metrics = format!("http://{}", fleet.replica(leader).metrics);
+    let applied = wire_client::metrics(&leader_metrics).await?.last_applied;
+    let wiped = fleet
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != leader)
+        .context("the fleet has no follower")?;
+    eprintln!("wiping replica {wiped} and timing its catch-up");
+    // From the wipe: joining waits for the replica to hold the log, which is most of it.
+    let wiped_at = std::time::Instant::now();
+    fleet.wipe_and_rejoin(wiped);
+    let metrics = format!("http://{}", fleet.replica(wiped).metrics);
+    scale::wait_caught_up(&metrics, records, applied).await?;
+    let took = wiped_at.elapsed();
+    let pid = fleet
+        .replica(wiped)
+        .pid()
+        .context("the wiped replica is not running")?;
+    let rss = scale::peak_rss(pid)?;
+    Ok(scale::print(
+        &format!("fleet of {} replicas", fleet.replicas.len()),
+        &points,
+        Some((took, rss)),
+    ))
 }
 
 fn check_args(args: &Args) -> Result<()> {

@@ -86,6 +86,11 @@ impl VaultProcess {
         self.child.id()
     }
 
+    /// The vault's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
     /// Issues an account token with `backlock vault token`.
     pub fn token(&self, account: &str) -> Result<String> {
         let output = Command::new(&self.backlock)

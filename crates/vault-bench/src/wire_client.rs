@@ -75,6 +75,12 @@ pub struct VaultMetrics {
     pub recoveries: u64,
     /// `backlock_vault_raft_last_applied`: committed log entries so far.
     pub last_applied: u64,
+    /// `backlock_vault_records`.
+    pub records: u64,
+    /// `backlock_vault_snapshot_bytes`.
+    pub snapshot_bytes: u64,
+    /// `backlock_vault_snapshot_build_milliseconds`.
+    pub snapshot_build_ms: u64,
 }
 
 /// Reads the vault's `/metrics`.
@@ -96,6 +102,9 @@ pub async fn metrics(base: &str) -> Result<VaultMetrics> {
     Ok(VaultMetrics {
         recoveries: value("backlock_vault_recoveries_total"),
         last_applied: value("backlock_vault_raft_last_applied"),
+        records: value("backlock_vault_records"),
+        snapshot_bytes: value("backlock_vault_snapshot_bytes"),
+        snapshot_build_ms: value("backlock_vault_snapshot_build_milliseconds"),
     })
 }
 

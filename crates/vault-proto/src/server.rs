@@ -178,6 +178,10 @@ impl ServerKeys {
     }
 }
 
+/// Length of a password file (`ServerRegistration` of this suite: the device's public
+/// key, masking key and envelope).
+pub const PASSWORD_FILE_LEN: usize = 32 + 64 + 32 + 64;
+
 /// Checks a `RegistrationUpload` and returns the password file to store.
 pub fn password_file(upload: &[u8]) -> Result<Vec<u8>, StepError> {
     let parsed = RegistrationUpload::<Suite>::deserialize(upload);

@@ -4,7 +4,7 @@ use backlock_core::key::BackupKey;
 use backlock_vault_proto::client::{start_recovery, start_registration, ClientError};
 use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
-use backlock_vault_proto::server::{password_file, ServerKeys, StepError};
+use backlock_vault_proto::server::{password_file, ServerKeys, StepError, PASSWORD_FILE_LEN};
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::wire::{
     RecoverFinishReply, RecoverStartReply, RegisterFinish, RegisterStartReply,
@@ -82,6 +82,7 @@ fn register_recover_wrong_password_and_pinning() {
     let server = ServerKeys::generate();
     let key = BackupKey::generate();
     let (stored, finish) = register(&server, "correct horse", &key, &ksf);
+    assert_eq!(stored.file.len(), PASSWORD_FILE_LEN);
 
     // The vault stores neither the key nor the password.
     for blob in [&stored.file, &stored.wrapped, &finish.upload] {

@@ -199,7 +199,7 @@ pub fn metrics_router(vault: Arc<Vault>) -> Router {
 
 /// The device-facing API.
 pub fn router(vault: Arc<Vault>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route(path::INFO, get(info))
         .route(path::REGISTER_START, post(register_start))
@@ -211,7 +211,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route(path::DELETE_V1, post(delete_v1))
         .route(path::STATUS, post(status))
         .route(path::ANCHOR_SET, post(set_anchor))
-        .route(path::ANCHOR_GET, post(anchor))
+        .route(path::ANCHOR_GET, post(anchor));
+    #[cfg(feature = "bench-fill")]
+    let router = router.route(crate::bench_fill::PATH, post(crate::bench_fill::handler));
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(vault)

@@ -10,6 +10,8 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod api;
+#[cfg(feature = "bench-fill")]
+pub mod bench_fill;
 pub mod counter;
 pub mod epoch;
 pub mod fleet;

@@ -51,6 +51,12 @@ pub struct Gauges {
     /// The epoch whose key seals new values (docs/VAULT.md §Crypto-erasure): it grows by
     /// one at the end of each epoch; one that stops growing means erasure has stalled.
     pub epoch: u64,
+    /// Size of the last snapshot built on this replica (0: none since it started).
+    pub snapshot_bytes: u64,
+    /// How long that build took, milliseconds.
+    pub snapshot_build_ms: u64,
+    /// Snapshots built since the replica started.
+    pub snapshots_built: u64,
 }
 
 impl Metrics {
@@ -117,6 +123,21 @@ impl Metrics {
                 "backlock_vault_epoch",
                 "Current epoch; every older epoch key is destroyed.",
                 gauges.epoch,
+            ),
+            (
+                "backlock_vault_snapshot_bytes",
+                "Size of the last snapshot built here (0: none since start).",
+                gauges.snapshot_bytes,
+            ),
+            (
+                "backlock_vault_snapshot_build_milliseconds",
+                "Time the last snapshot build took, from taking the state to the file on disk.",
+                gauges.snapshot_build_ms,
+            ),
+            (
+                "backlock_vault_snapshots_built",
+                "Snapshots built here since start.",
+                gauges.snapshots_built,
             ),
         ];
         for (name, help, v) in gauges {

@@ -275,6 +275,7 @@ impl RunningVault {
         )
         .await?;
         tracing::info!(%addr, public_key = %hex::encode(vault.info().server_public_key), "vault serving");
+        warn_bench_fill();
         Ok(RunningVault {
             addr,
             tls: config.tls.is_some(),
@@ -374,6 +375,7 @@ impl RunningVault {
             }));
         }
         tracing::info!(%addr, node_id = config.node_id, public_key = %hex::encode(vault.info().server_public_key), "vault replica serving");
+        warn_bench_fill();
         Ok(RunningVault {
             addr,
             tls: config.api_tls.is_some(),
@@ -423,4 +425,14 @@ async fn finish_join(vault: Arc<Vault>, contacts: Vec<String>, marker: PathBuf) 
         }
         Err(e) => tracing::error!(error = %e, "could not join the fleet"),
     }
+}
+
+/// A build with the `bench-fill` feature says so at every start: its API registers
+/// synthetic accounts without a token.
+fn warn_bench_fill() {
+    #[cfg(feature = "bench-fill")]
+    tracing::warn!(
+        path = crate::bench_fill::PATH,
+        "this build registers synthetic accounts without a token (feature bench-fill): for benchmarks only"
+    );
 }

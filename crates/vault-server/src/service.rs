@@ -77,7 +77,7 @@ struct CachedLogin {
 const CACHED_LOGINS: usize = 16_384;
 
 /// The longest snapshot anchor value accepted (a sealed anchor is 69 bytes).
-const MAX_ANCHOR_BYTES: usize = 256;
+pub(crate) const MAX_ANCHOR_BYTES: usize = 256;
 
 impl Logins {
     fn keep(&mut self, id: [u8; 16], cached: CachedLogin, now_ms: u64) {
@@ -193,6 +193,7 @@ impl Vault {
     /// Figures for `/metrics`.
     pub fn gauges(&self) -> crate::metrics::Gauges {
         let status = self.node.status();
+        let snapshot = self.node.last_snapshot().unwrap_or_default();
         crate::metrics::Gauges {
             records: self.node.read(|s| s.len() as u64),
             term: status.term,
@@ -200,6 +201,9 @@ impl Vault {
             is_leader: status.leader_id == Some(status.node_id),
             may_append: self.node.may_append(),
             epoch: self.node.epoch(),
+            snapshot_bytes: snapshot.bytes,
+            snapshot_build_ms: snapshot.build_ms,
+            snapshots_built: snapshot.builds,
         }
     }
 

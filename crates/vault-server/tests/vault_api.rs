@@ -1090,3 +1090,22 @@ async fn an_anchor_only_moves_forward_and_only_by_its_owner() {
     assert_eq!(off.client("june").anchor(&key).await.unwrap(), None);
     off.vault.shutdown().await;
 }
+
+/// The benchmark's endpoint that registers accounts without a token exists only in a
+/// build made for benchmarks: a vault serving devices refuses it and stores nothing.
+#[cfg(not(feature = "bench-fill"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_build_registers_no_account_without_a_token() {
+    let h = Harness::start(generous()).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/bench/fill", h.vault.url()))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(r#"{"first":0,"count":10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response.text().await.unwrap().contains("no such endpoint"));
+    assert_eq!(h.vault.vault.node().read(|s| s.len()), 0);
+    h.vault.shutdown().await;
+}

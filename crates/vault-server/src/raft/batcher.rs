@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 /// Most commands in one entry: bounds an entry's size (a command is at most a few
 /// hundred bytes).
-const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 
 /// Pause before retrying a batch that found no leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);

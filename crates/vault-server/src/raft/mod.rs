@@ -30,7 +30,7 @@ mod wal;
 pub use log_store::LogStore;
 pub use network::{HttpNetwork, PeerCallError, PeerClient};
 pub use peer::{AdmitRequest, JoinRequest, PeerRefusal, ReplicaReport, VoteGate};
-pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use state_machine::{SnapshotBuilder, SnapshotFigures, StateMachineStore};
 pub use types::{Batch, TypeConfig, VaultRaft};
 
 use crate::epoch::EpochSealer;
@@ -59,6 +59,10 @@ pub(crate) const PROPOSE_WAIT: Duration = Duration::from_secs(5);
 const JOIN_CALL_WAIT: Duration = Duration::from_secs(150);
 /// Entries between policy snapshots; erasures trigger one at once.
 const SNAPSHOT_EVERY: u64 = 1000;
+/// Most entries in one AppendEntries: that many full batches of the largest commands
+/// stay well under the peers' body limit (see the test), so a follower that fell
+/// behind a burst of registrations catches up instead of being refused every payload.
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
 /// How long an epoch lasts unless configured (docs/VAULT.md §Crypto-erasure).
 pub const DEFAULT_EPOCH: Duration = Duration::from_secs(3600);
 
@@ -303,6 +307,7 @@ fn raft_config() -> Result<Config, StartError> {
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
         snapshot_max_chunk_size: network::SNAPSHOT_CHUNK,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Config::default()
     }
     .validate()
@@ -488,11 +493,23 @@ impl VaultNode {
         self.batcher.propose(command).await
     }
 
+    /// Commits `commands` in order (in as few entries as the batcher allows) and returns
+    /// each one's result.
+    pub async fn propose_all(&self, commands: Vec<Command>) -> Vec<Result<Applied, ProposeError>> {
+        self.batcher.queue().propose_all(commands).await
+    }
+
     /// Runs `f` on the state applied so far on this replica (not linearizable on its own:
     /// a follower may lag). `f` runs under the state lock, which blocks applying: keep it
     /// short and never await inside.
     pub fn read<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
         f(&self.state.read().state)
+    }
+
+    /// What the last snapshot built on this replica cost, if it built one since it
+    /// started.
+    pub fn last_snapshot(&self) -> Option<SnapshotFigures> {
+        self.state.last_snapshot()
     }
 
     /// This replica's view of the cluster.
@@ -720,5 +737,82 @@ async fn snapshot_after_drops(raft: VaultRaft, mut dropped: watch::Receiver<Opti
                 Err(WaitError::ShuttingDown) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Anchor, NewRecord};
+    use backlock_vault_proto::server::PASSWORD_FILE_LEN;
+    use backlock_vault_proto::token::MAX_ACCOUNT_LEN;
+    use backlock_vault_proto::wrap::WRAPPED_LEN;
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use types::{Entry, LogId};
+
+    /// The largest command a device can cause (an account name at its limit, the
+    /// largest anchor, a whole record).
+    fn largest_commands() -> Vec<Command> {
+        let account = "a".repeat(MAX_ACCOUNT_LEN);
+        let record = NewRecord {
+            record_id: [0xff; 16],
+            password_file: vec![0xff; PASSWORD_FILE_LEN],
+            wrapped: vec![0xff; WRAPPED_LEN],
+            owner_public_key: [0xff; 32],
+            max_attempts: u32::MAX,
+        };
+        vec![
+            Command::Replace {
+                account: account.clone(),
+                generation: u64::MAX,
+                record,
+            },
+            Command::SetAnchor {
+                account: account.clone(),
+                generation: u64::MAX,
+                anchor: Anchor {
+                    generation: u64::MAX,
+                    value: vec![0xff; crate::service::MAX_ANCHOR_BYTES],
+                },
+            },
+            Command::Open {
+                account,
+                generation: u64::MAX,
+                id: [0xff; 16],
+                ke1: vec![0xff; 96],
+                now_ms: u64::MAX,
+                ttl_ms: u64::MAX,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_largest_append_entries_fits_the_peers_body_limit() {
+        let largest = largest_commands()
+            .into_iter()
+            .max_by_key(|c| postcard::to_allocvec(c).unwrap().len())
+            .unwrap();
+        let entry = |index| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(u64::MAX, u64::MAX), index),
+            payload: EntryPayload::Normal(Batch(vec![largest.clone(); batcher::MAX_BATCH])),
+        };
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: types::Vote::new_committed(u64::MAX, u64::MAX),
+            prev_log_id: None,
+            entries: (0..MAX_PAYLOAD_ENTRIES)
+                .map(|i| entry(u64::MAX - i))
+                .collect(),
+            leader_commit: None,
+        };
+        let size = postcard::to_allocvec(&request).unwrap().len();
+        assert!(
+            size * 2 <= network::MAX_PEER_BODY,
+            "{size} bytes: the largest AppendEntries must stay under half the peers' limit"
+        );
+        assert_eq!(
+            raft_config().unwrap().max_payload_entries,
+            MAX_PAYLOAD_ENTRIES
+        );
     }
 }

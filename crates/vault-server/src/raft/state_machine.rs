@@ -124,6 +124,19 @@ struct Shared {
     /// Log index of the last applied entry that dropped a record's bytes.
     dropped_record: watch::Sender<Option<u64>>,
     builds: AtomicU64,
+    /// The last snapshot built here, for `/metrics`.
+    last_build: Mutex<Option<SnapshotFigures>>,
+}
+
+/// What the last snapshot build cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotFigures {
+    /// Size of the snapshot as sent to followers.
+    pub bytes: u64,
+    /// From taking the state to the file on disk, milliseconds.
+    pub build_ms: u64,
+    /// Snapshots built since the replica started.
+    pub builds: u64,
 }
 
 /// Read access to the applied state, shared with the node.
@@ -135,6 +148,15 @@ pub(crate) struct StateHandle {
 impl StateHandle {
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, SmData> {
         self.shared.read()
+    }
+
+    /// The last snapshot built since the replica started, if any.
+    pub(crate) fn last_snapshot(&self) -> Option<SnapshotFigures> {
+        *self
+            .shared
+            .last_build
+            .lock()
+            .expect("snapshot figures lock poisoned")
     }
 
     /// How many handles (openraft's worker, snapshot builds, this one) hold the store.
@@ -210,6 +232,7 @@ impl StateMachineStore {
             current_snapshot: Mutex::new(meta),
             dropped_record: watch::channel(None).0,
             builds: AtomicU64::new(0),
+            last_build: Mutex::new(None),
         });
         if let Some((meta, data)) = legacy {
             // A snapshot of an earlier release holds whole records under the node key:
@@ -463,12 +486,12 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data, copy) = {
+        let started = std::time::Instant::now();
+        // Only the copy is taken under the lock, which holds up applying; encoding and
+        // sealing work on the copy.
+        let (meta, copy) = {
             let sm = self.shared.read();
             let copy = sm.clone();
-            let mut data =
-                postcard::to_allocvec(&*sm).map_err(|e| StorageIOError::read_state_machine(&e))?;
-            data.extend(sm.state.trailer());
             let build = self.shared.builds.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match sm.last_applied {
                 Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
@@ -479,13 +502,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: sm.last_membership.clone(),
                 snapshot_id,
             };
-            (meta, data, copy)
+            (meta, copy)
         };
         let shared = self.shared.clone();
         let persist_meta = meta.clone();
-        blocking(move || shared.persist(&persist_meta, copy, false))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let data = blocking(move || {
+            let mut data = postcard::to_allocvec(&copy).map_err(|source| FileError::Encode {
+                path: shared.snapshot_path.clone(),
+                source,
+            })?;
+            data.extend(copy.state.trailer());
+            shared.persist(&persist_meta, copy, false)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self
+            .shared
+            .last_build
+            .lock()
+            .expect("snapshot figures lock poisoned") = Some(SnapshotFigures {
+            bytes: data.len() as u64,
+            build_ms: started.elapsed().as_millis() as u64,
+            builds: self.shared.builds.load(Ordering::Relaxed),
+        });
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
