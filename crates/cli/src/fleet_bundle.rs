@@ -28,6 +28,12 @@ pub(crate) struct BundleArgs {
     /// The OPAQUE public key the replicas present (hex, as `vault init` prints it).
     #[arg(long)]
     public_key: String,
+    /// The fleet's receipt key (hex, as `vault serve` prints it): devices then check
+    /// the fleet's signed receipts for deletions and password changes. Makes a version 2
+    /// bundle, which devices of releases before receipts refuse: publish it once every
+    /// replica runs a release that signs receipts.
+    #[arg(long)]
+    receipt_key: Option<String>,
     /// The bundle file to write.
     #[arg(long)]
     out: PathBuf,
@@ -57,6 +63,19 @@ pub(crate) fn sign(args: &BundleArgs) -> Result<()> {
             Usage("--public-key must be the 64 hex digits `vault init` printed".into()).into(),
         );
     }
+    let receipt_key = match &args.receipt_key {
+        Some(k) => {
+            let k = k.trim().to_ascii_lowercase();
+            if k.len() != 64 || hex::decode(&k).is_err() {
+                return Err(Usage(
+                    "--receipt-key must be the 64 hex digits `vault serve` printed".into(),
+                )
+                .into());
+            }
+            Some(k)
+        }
+        None => None,
+    };
     let bundle = FleetBundle {
         fleet: args.fleet.clone(),
         version: args.version,
@@ -65,6 +84,7 @@ pub(crate) fn sign(args: &BundleArgs) -> Result<()> {
         issued_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        receipt_key,
     };
     let json = serde_json::to_string_pretty(&signer.sign(bundle)).expect("plain struct serialises");
     write_new(&args.out, &format!("{json}\n"), 0o644)?;

@@ -9,7 +9,7 @@ use crate::{device_home, key_input, print_json, store_at};
 use anyhow::Result;
 use backlock_core::key::BackupKey;
 use backlock_repo::{DeviceHome, Repository};
-use backlock_vault_client::VaultError;
+use backlock_vault_client::{Receipt, ReceiptOp, VaultError};
 use backlock_vault_proto::anchor::SnapshotAnchor;
 use backlock_vault_proto::owner::OwnerKey;
 use std::io::IsTerminal;
@@ -237,7 +237,7 @@ pub(crate) fn change_password(
     let home = device_home()?;
     let session = connect(vault, &home)?;
     let owner = OwnerKey::derive(&key);
-    let result = session.block_on(session.client.register(
+    let result = session.block_on(session.client.register_with_receipt(
         &password,
         &key,
         &session.pinned,
@@ -245,16 +245,17 @@ pub(crate) fn change_password(
         &session.ksf,
     ));
     session.close();
-    let reply = result.map_err(|e| match e {
+    let (reply, receipt) = result.map_err(|e| match e {
         VaultError::NoKey => Usage("the vault has no record for this account: enable password mode with `backlock switch --to-password`".into()).into(),
         other => anyhow::Error::from(VaultFailure::from(other)),
     })?;
     if json {
         print_json(
-            &serde_json::json!({"changed": true, "generation": reply.generation, "attempts_left": reply.attempts_left}),
+            &serde_json::json!({"changed": true, "generation": reply.generation, "attempts_left": reply.attempts_left, "receipt": receipt.as_ref().map(receipt_json)}),
         );
     } else {
         println!("password changed; {} guesses allowed", reply.attempts_left);
+        print_receipt(receipt.as_ref());
     }
     Ok(())
 }
@@ -281,13 +282,17 @@ pub(crate) fn switch(
         let session = connect(vault, &home)?;
         let result = session.block_on(session.client.delete(&key, &session.pinned));
         session.close();
-        match result {
-            Ok(()) | Err(VaultError::NoKey) => {}
+        let receipt = match result {
+            Ok(receipt) => receipt,
+            Err(VaultError::NoKey) => None,
             Err(e) => return Err(VaultFailure::from(e).into()),
-        }
+        };
         if json {
-            print_json(&serde_json::json!({"mode": "key", "key": key.to_display().as_str()}));
+            print_json(
+                &serde_json::json!({"mode": "key", "key": key.to_display().as_str(), "receipt": receipt.as_ref().map(receipt_json)}),
+            );
         } else {
+            print_receipt(receipt.as_ref());
             if yes {
                 println!(
                     "Your backup key:\n\n    {}\n\n{}",
@@ -352,11 +357,42 @@ pub(crate) fn delete(
     let session = connect(vault, &home)?;
     let result = session.block_on(session.client.delete(&key, &session.pinned));
     session.close();
-    result.map_err(VaultFailure::from)?;
+    let receipt = result.map_err(VaultFailure::from)?;
     if json {
-        print_json(&serde_json::json!({"deleted": true}));
+        print_json(
+            &serde_json::json!({"deleted": true, "receipt": receipt.as_ref().map(receipt_json)}),
+        );
     } else {
         println!("the vault record is deleted; this device still holds the key");
+        print_receipt(receipt.as_ref());
     }
     Ok(())
+}
+
+/// A receipt as `--json` prints it: what the fleet signed, and the signature.
+fn receipt_json(r: &Receipt) -> serde_json::Value {
+    serde_json::json!({
+        "account": r.body.account,
+        "op": match r.body.op {
+            ReceiptOp::Deleted => "deleted",
+            ReceiptOp::PasswordChanged => "password_changed",
+        },
+        "generation": r.body.generation,
+        "at_unix": r.body.at_unix,
+        "signature": hex::encode(r.signature),
+    })
+}
+
+/// The line a person reads: the fleet's signature says the change was made.
+fn print_receipt(receipt: Option<&Receipt>) {
+    if let Some(r) = receipt {
+        let at = jiff::Timestamp::from_second(r.body.at_unix as i64)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|_| r.body.at_unix.to_string());
+        println!(
+            "receipt: signed by the vault fleet at {at} (record generation {}, signature {}…)",
+            r.body.generation,
+            &hex::encode(r.signature)[..16]
+        );
+    }
 }

@@ -128,6 +128,8 @@ struct Bundle {
     version: u64,
     /// `bundle:<signer hex>:<fleet>`: where its pin and newest version are kept.
     pin_name: String,
+    /// The fleet's receipt key (a version 2 bundle).
+    receipt_key: Option<[u8; 32]>,
 }
 
 fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<Bundle> {
@@ -149,6 +151,9 @@ fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<B
     let (bundle, key) = signed
         .verify(&signer_key)
         .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
+    let receipt_key = signed
+        .receipt_key()
+        .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
     let pin_name = format!("bundle:{}:{}", hex::encode(signer_key), bundle.fleet);
     if let Some(newest) = home.bundle_version(&pin_name)? {
         if bundle.version < newest {
@@ -166,6 +171,7 @@ fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<B
         key: hex::encode(key),
         version: bundle.version,
         pin_name,
+        receipt_key,
     })
 }
 
@@ -244,8 +250,15 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
         })?),
         None => None,
     };
-    let client =
-        VaultClient::with_ca(&url, &account, &token, ca.as_deref()).map_err(VaultFailure::from)?;
+    // Receipts are checked against a bundle's receipt key, or the embedded vault's own.
+    let receipt_key = match (&bundle, &embedded) {
+        (Some(b), _) => b.receipt_key,
+        (None, Some(running)) => Some(running.vault.receipt_key()),
+        (None, None) => None,
+    };
+    let client = VaultClient::with_ca(&url, &account, &token, ca.as_deref())
+        .map_err(VaultFailure::from)?
+        .with_receipt_key(receipt_key);
     let info = runtime
         .block_on(client.info())
         .map_err(VaultFailure::from)?;

@@ -177,6 +177,10 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                     running.url(),
                     config.peer_listen
                 );
+                println!(
+                    "vault receipt key: {}",
+                    hex::encode(running.vault.receipt_key())
+                );
                 wait_for_stop().await;
                 running.shutdown().await;
                 Ok::<_, anyhow::Error>(())
@@ -231,6 +235,10 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                     hex::encode(running.vault.info().server_public_key)
                 );
                 println!("listening on {}", running.url());
+                println!(
+                    "vault receipt key: {}",
+                    hex::encode(running.vault.receipt_key())
+                );
                 wait_for_stop().await;
                 running.shutdown().await;
                 Ok::<_, anyhow::Error>(())

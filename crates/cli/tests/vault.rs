@@ -16,6 +16,8 @@ struct VaultProcess {
     child: Child,
     url: String,
     public_key: String,
+    /// The fleet's receipt key, as the banner prints it.
+    receipt_key: String,
 }
 
 impl VaultProcess {
@@ -51,10 +53,18 @@ impl VaultProcess {
             .strip_prefix("listening on ")
             .unwrap()
             .to_owned();
+        let receipt_key = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .strip_prefix("vault receipt key: ")
+            .unwrap()
+            .to_owned();
         VaultProcess {
             child,
             url,
             public_key,
+            receipt_key,
         }
     }
 
@@ -868,4 +878,144 @@ fn a_signed_fleet_bundle_pins_the_fleet_and_older_or_forged_ones_are_refused() {
         stderr(&out)
     );
     assert_code(&device(&v2, "photos"), 0);
+}
+
+/// A relay between the device and the fleet drops the request to delete the record, or
+/// to change the password, and answers "done" itself: with a receipt of its own, with
+/// none, or with the fleet's real receipt for another account. The fleet's receipt key
+/// is in the bundle, so the device refuses each answer (exit 11) and says the change
+/// may not have been made; the record is untouched. Through an honest relay the same
+/// commands print the fleet's receipt.
+#[test]
+fn a_relay_that_answers_done_for_a_dropped_change_is_refused() {
+    use backlock_testkit::fault_proxy::FaultProxy;
+    use backlock_vault_proto::receipt::{Receipt, ReceiptBody, ReceiptOp, ReceiptSigner};
+    use backlock_vault_proto::wire::{self, DeletedWithReceipt, RegisterFinishReplyV3};
+
+    let env = Env::new();
+    let real = VaultProcess::start(&env.path("vault"), &[]);
+    let upstream = real.url.trim_start_matches("http://").parse().unwrap();
+    let relay = FaultProxy::start(upstream, 0.0, 7, std::time::Duration::from_secs(1));
+    let operator = |args: &[&str]| {
+        let out = env.backlock("-", None, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let key_file = env.path("signer.key");
+    let signer = operator(&["vault", "bundle-key", "--out", key_file.to_str().unwrap()])
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    let bundle = env.path("bundle.json");
+    operator(&[
+        "vault",
+        "bundle",
+        "--signing-key",
+        key_file.to_str().unwrap(),
+        "--fleet",
+        "test",
+        "--version",
+        "1",
+        "--replica",
+        &relay.url(),
+        "--public-key",
+        &real.public_key,
+        "--receipt-key",
+        &real.receipt_key,
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    let pw = env.secret("pw", PASSWORD);
+    let device = |account: &str, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlock"));
+        cmd.args(args)
+            .env("BACKLOCK_HOME", env.path(account))
+            .env("BACKLOCK_REPO", env.path(&format!("{account}-repo")))
+            .env("BACKLOCK_VAULT_BUNDLE", &bundle)
+            .env("BACKLOCK_VAULT_SIGNER", &signer)
+            .env("BACKLOCK_ACCOUNT", account)
+            .env("BACKLOCK_TOKEN", env.token(account))
+            .env("BACKLOCK_PASSWORD_FILE", &pw)
+            .env_remove("BACKLOCK_VAULT")
+            .env_remove("BACKLOCK_VAULT_KEY")
+            .env_remove("BACKLOCK_KEY_FILE")
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    };
+    for account in ["kim", "lee"] {
+        assert_code(&device(account, &["init", "--password", "--yes"]), 0);
+    }
+    // A real receipt of the fleet, for lee's deletion.
+    let out = device("lee", &["vault", "delete", "--yes", "--json"]);
+    assert_code(&out, 0);
+    let r = &json(&out)["receipt"];
+    assert_eq!(r["op"], "deleted");
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(r["signature"].as_str().unwrap(), &mut signature).unwrap();
+    let lees = Receipt {
+        body: ReceiptBody {
+            account: r["account"].as_str().unwrap().to_owned(),
+            op: ReceiptOp::Deleted,
+            generation: r["generation"].as_u64().unwrap(),
+            at_unix: r["at_unix"].as_u64().unwrap(),
+        },
+        signature,
+    };
+
+    let own = ReceiptSigner::derive(b"the relay's own key").sign(ReceiptBody {
+        account: "kim".into(),
+        ..lees.body.clone()
+    });
+    for (forged, why) in [(own, "not the fleet's"), (lees, "account \"lee\"")] {
+        relay.answer_instead(Some((
+            "POST /v3/delete",
+            wire::encode(&DeletedWithReceipt { receipt: forged }),
+        )));
+        let out = device("kim", &["vault", "delete", "--yes", "--json"]);
+        assert_code(&out, 11);
+        let err = stderr(&out);
+        assert!(
+            err.contains("no valid receipt") && err.contains(why),
+            "{err}"
+        );
+        assert!(err.contains("may not have been made"), "{err}");
+    }
+    relay.answer_instead(Some((
+        "POST /v3/register/finish",
+        wire::encode(&RegisterFinishReplyV3 {
+            generation: 2,
+            attempts_left: 10,
+            receipt: None,
+        }),
+    )));
+    let out = device("kim", &["change-password", "--json"]);
+    assert_code(&out, 11);
+    assert!(stderr(&out).contains("carries none"), "{}", stderr(&out));
+
+    // Every answer was the relay's: the fleet still holds kim's first record.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = |account: &str| {
+        let client = VaultClient::new(&real.url, account, &env.token(account)).unwrap();
+        runtime.block_on(client.status()).unwrap().record
+    };
+    assert_eq!(status("kim").unwrap().generation, 1);
+
+    // An honest relay: the fleet's receipts come back, checked, and are printed.
+    relay.answer_instead(None);
+    let out = device("kim", &["change-password", "--json"]);
+    assert_code(&out, 0);
+    let receipt = &json(&out)["receipt"];
+    assert_eq!(
+        (receipt["op"].as_str(), receipt["generation"].as_u64()),
+        (Some("password_changed"), Some(2))
+    );
+    let out = device("kim", &["vault", "delete", "--yes"]);
+    assert_code(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("receipt: signed by the vault fleet"),
+        "{text}"
+    );
+    assert!(status("kim").is_none());
 }

@@ -75,7 +75,24 @@ pub struct FaultProxy {
     pub counters: Arc<Counters>,
     ratio: Arc<Mutex<f64>>,
     outage: Arc<Outage>,
+    forged: Arc<Forged>,
     stop: Arc<AtomicBool>,
+}
+
+/// Requests whose first line contains `needle` are not forwarded: the proxy answers
+/// them itself, `200 OK` with `body`, as a relay that drops a request and says "done".
+#[derive(Debug, Default)]
+struct Forged {
+    rule: Mutex<Option<(String, Vec<u8>)>>,
+}
+
+impl Forged {
+    fn answer(&self, head: &str) -> Option<Vec<u8>> {
+        let rule = self.rule.lock().unwrap_or_else(|p| p.into_inner());
+        let (needle, body) = rule.as_ref()?;
+        let first = head.lines().next().unwrap_or("");
+        first.contains(needle.as_str()).then(|| body.clone())
+    }
 }
 
 /// Requests whose first line contains `needle` pass `allowed` times, then every
@@ -108,9 +125,10 @@ impl FaultProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let outage = Arc::new(Outage::default());
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
+        let forged = Arc::new(Forged::default());
         {
             let (counters, ratio, stop) = (counters.clone(), ratio.clone(), stop.clone());
-            let outage = outage.clone();
+            let (outage, forged) = (outage.clone(), forged.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -122,9 +140,14 @@ impl FaultProxy {
                         let r = *ratio.lock().unwrap_or_else(|p| p.into_inner());
                         (rng.gen::<f64>() < r).then(|| ALL[rng.gen_range(0..ALL.len())])
                     };
-                    let (counters, outage) = (counters.clone(), outage.clone());
+                    let (counters, outage, forged) =
+                        (counters.clone(), outage.clone(), forged.clone());
                     std::thread::spawn(move || {
-                        let _ = serve(conn, upstream, fault, stall, &counters, &outage);
+                        let rules = Rules {
+                            outage: &outage,
+                            forged: &forged,
+                        };
+                        let _ = serve(conn, upstream, fault, stall, &counters, rules);
                     });
                 }
             });
@@ -134,8 +157,17 @@ impl FaultProxy {
             counters,
             ratio,
             outage,
+            forged,
             stop,
         }
+    }
+
+    /// From now on, requests whose request line contains `needle` (such as
+    /// `"POST /v3/delete"`) are not forwarded: the proxy answers `200 OK` with `body`
+    /// itself. `None` ends it.
+    pub fn answer_instead(&self, rule: Option<(&str, Vec<u8>)>) {
+        *self.forged.rule.lock().unwrap_or_else(|p| p.into_inner()) =
+            rule.map(|(needle, body)| (needle.to_owned(), body));
     }
 
     /// From now on, requests whose request line contains `needle` (a method and path
@@ -230,18 +262,34 @@ fn canned(conn: &mut TcpStream, status: &str, code: &str) -> io::Result<()> {
     conn.flush()
 }
 
+/// What the test told the proxy to do besides random faults.
+#[derive(Clone, Copy)]
+struct Rules<'a> {
+    outage: &'a Outage,
+    forged: &'a Forged,
+}
+
 fn serve(
     mut conn: TcpStream,
     upstream: SocketAddr,
     fault: Option<Fault>,
     stall: Duration,
     counters: &Counters,
-    outage: &Outage,
+    rules: Rules<'_>,
 ) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let (head, body) = read_request(&mut conn)?;
     counters.requests.fetch_add(1, Ordering::Relaxed);
-    let fault = if outage.hits(&head) {
+    if let Some(answer) = rules.forged.answer(&head) {
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            answer.len()
+        )?;
+        conn.write_all(&answer)?;
+        return conn.flush();
+    }
+    let fault = if rules.outage.hits(&head) {
         Some(Fault::SlowDown)
     } else {
         fault

@@ -21,13 +21,14 @@ use backlock_vault_proto::client::{
 };
 use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
+pub use backlock_vault_proto::receipt::{Receipt, ReceiptOp};
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::token::FleetId;
 use backlock_vault_proto::wire::{
-    self, path, AccountStatus, Anchor, AnchorReply, AnchorSet, DeleteRecord, Deleted, ErrorCode,
-    OwnerProof, RecoverFinish, RecoverFinishReply, RecoverStart, RecoverStartReply,
-    RegisterFinishReply, RegisterStart, RegisterStartReply, ServerInfo, SetAnchor, StatusRequest,
-    WireError,
+    self, path, AccountStatus, Anchor, AnchorReply, AnchorSet, DeleteRecord, Deleted,
+    DeletedWithReceipt, ErrorCode, OwnerProof, RecoverFinish, RecoverFinishReply, RecoverStart,
+    RecoverStartReply, RegisterFinishReply, RegisterFinishReplyV3, RegisterStart,
+    RegisterStartReply, ServerInfo, SetAnchor, StatusRequest, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -119,6 +120,9 @@ pub struct VaultClient {
     preferred: AtomicUsize,
     account: String,
     token: String,
+    /// The fleet's receipt key, from a version 2 bundle: deletions and password
+    /// changes then come back signed, and an answer without a valid receipt is refused.
+    receipt_key: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -197,7 +201,43 @@ impl VaultClient {
             preferred: AtomicUsize::new(0),
             account: account.to_owned(),
             token: token.to_owned(),
+            receipt_key: None,
         })
+    }
+
+    /// Expects the fleet's receipts, signed by `key` (a version 2 bundle's receipt key),
+    /// for deletions and password changes.
+    pub fn with_receipt_key(mut self, key: Option<[u8; 32]>) -> Self {
+        self.receipt_key = key;
+        self
+    }
+
+    /// Checks a receipt the fleet must have signed for `op` (see
+    /// [`VaultClient::with_receipt_key`]).
+    fn check_receipt(
+        &self,
+        key: &[u8; 32],
+        receipt: Option<&Receipt>,
+        op: ReceiptOp,
+    ) -> Result<(), VaultError> {
+        let what = match op {
+            ReceiptOp::Deleted => "deleting the record",
+            ReceiptOp::PasswordChanged => "changing the password",
+        };
+        let why = match receipt {
+            None => "it carries none".to_owned(),
+            Some(r) => match r.verify(key, &self.account, op) {
+                Ok(()) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+        };
+        Err(VaultError::WrongServer(format!(
+            "the answer to {what} of account {} has no valid receipt of the fleet ({why}): \
+             something other than the fleet answered (a relay or a man in the middle), so \
+             the change may not have been made; check the fleet bundle and the network, \
+             then try again",
+            self.account
+        )))
     }
 
     /// The account this client acts for.
@@ -319,6 +359,21 @@ impl VaultClient {
         replace: Option<&OwnerKey>,
         ksf: &Stretch,
     ) -> Result<RegisterFinishReply, VaultError> {
+        self.register_with_receipt(password, key, pinned, replace, ksf)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// [`VaultClient::register`], returning with a replacement the fleet's receipt when
+    /// this client expects receipts (checked before it returns).
+    pub async fn register_with_receipt(
+        &self,
+        password: &Password,
+        key: &BackupKey,
+        pinned: &[u8; 32],
+        replace: Option<&OwnerKey>,
+        ksf: &Stretch,
+    ) -> Result<(RegisterFinishReply, Option<Receipt>), VaultError> {
         let proof_generation = match replace {
             Some(_) => Some(
                 self.status()
@@ -352,7 +407,23 @@ impl VaultClient {
             finish.replace =
                 Some(self.proof(owner, OwnerOp::Replace, pinned, generation, &payload));
         }
-        self.call(path::REGISTER_FINISH, &finish).await
+        let Some(receipt_key) = self.receipt_key else {
+            let reply = self.call(path::REGISTER_FINISH, &finish).await?;
+            return Ok((reply, None));
+        };
+        let reply: RegisterFinishReplyV3 = self.call(path::REGISTER_FINISH_V3, &finish).await?;
+        if finish.replace.is_some() {
+            self.check_receipt(
+                &receipt_key,
+                reply.receipt.as_ref(),
+                ReceiptOp::PasswordChanged,
+            )?;
+        }
+        let done = RegisterFinishReply {
+            generation: reply.generation,
+            attempts_left: reply.attempts_left,
+        };
+        Ok((done, reply.receipt))
     }
 
     /// One guess: KE1, KE2 (the vault counts it first), and on a right password KE3
@@ -535,16 +606,26 @@ impl VaultClient {
             .transpose()
     }
 
-    /// Erases the account's record, proving ownership with the key.
-    pub async fn delete(&self, key: &BackupKey, pinned: &[u8; 32]) -> Result<(), VaultError> {
+    /// Erases the account's record, proving ownership with the key; returns the fleet's
+    /// receipt, checked, when this client expects receipts.
+    pub async fn delete(
+        &self,
+        key: &BackupKey,
+        pinned: &[u8; 32],
+    ) -> Result<Option<Receipt>, VaultError> {
         let generation = self.record_generation().await?;
         let owner = OwnerKey::derive(key);
         let request = DeleteRecord {
             account: self.account.clone(),
             proof: self.proof(&owner, OwnerOp::Delete, pinned, generation, &[]),
         };
-        let _: Deleted = self.call(path::DELETE, &request).await?;
-        Ok(())
+        let Some(receipt_key) = self.receipt_key else {
+            let _: Deleted = self.call(path::DELETE, &request).await?;
+            return Ok(None);
+        };
+        let reply: DeletedWithReceipt = self.call(path::DELETE_V3, &request).await?;
+        self.check_receipt(&receipt_key, Some(&reply.receipt), ReceiptOp::Deleted)?;
+        Ok(Some(reply.receipt))
     }
 }
 

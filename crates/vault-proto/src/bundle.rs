@@ -3,8 +3,12 @@
 //! ships (docs/VAULT.md §Pinning). A device that holds the signer's public key pins a
 //! fleet from a bundle fetched from anywhere, and never takes an older version of it.
 //!
-//! Signed message: `"backlock fleet bundle v1" ‖ 0x00 ‖ postcard(FleetBundle)`.
-//! File: JSON `{"bundle": {...}, "signature": "<128 hex>"}`.
+//! Signed message, version 1 (no receipt key): `"backlock fleet bundle v1" ‖ 0x00 ‖
+//! postcard(fleet, version, replicas, public_key, issued_unix)`; version 2 (with the
+//! fleet's receipt key, `receipt.rs`): `"backlock fleet bundle v2" ‖ 0x00 ‖ postcard(the
+//! same five fields, receipt_key)`.
+//! File: JSON `{"bundle": {...}, "signature": "<128 hex>"}`; `receipt_key` is in the
+//! bundle only in version 2.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
@@ -13,6 +17,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 const DOMAIN: &[u8] = b"backlock fleet bundle v1";
+const DOMAIN_V2: &[u8] = b"backlock fleet bundle v2";
 
 /// What a bundle says about a fleet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +33,10 @@ pub struct FleetBundle {
     pub public_key: String,
     /// When it was signed, seconds since the Unix epoch.
     pub issued_unix: u64,
+    /// The fleet's receipt key (hex, as `vault serve` prints it): devices check the
+    /// fleet's receipts for deletions and password changes with it. Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_key: Option<String>,
 }
 
 /// A bundle with its signature, as stored in a bundle file.
@@ -49,16 +58,33 @@ pub enum BundleError {
     /// The signature does not verify under the signer key the device was given.
     #[error("the fleet bundle is not signed by the fleet's signing key: it was changed, or made by someone else")]
     BadSignature,
-    /// The bundle's OPAQUE public key is not 32 bytes of hex.
-    #[error("the fleet bundle's public key is not 64 hex digits")]
+    /// The bundle's OPAQUE public key or receipt key is not 32 bytes of hex.
+    #[error("the fleet bundle's public key or receipt key is not 64 hex digits")]
     BadKey,
 }
 
-fn message(bundle: &FleetBundle) -> Vec<u8> {
-    let mut m = DOMAIN.to_vec();
+fn message(b: &FleetBundle) -> Vec<u8> {
+    let v1 = (
+        &b.fleet,
+        b.version,
+        &b.replicas,
+        &b.public_key,
+        b.issued_unix,
+    );
+    let (domain, fields) = match &b.receipt_key {
+        None => (DOMAIN, postcard::to_allocvec(&v1)),
+        Some(receipt_key) => (DOMAIN_V2, postcard::to_allocvec(&(v1, receipt_key))),
+    };
+    let mut m = domain.to_vec();
     m.push(0);
-    m.extend(postcard::to_allocvec(bundle).expect("postcard encodes into a Vec"));
+    m.extend(fields.expect("postcard encodes into a Vec"));
     m
+}
+
+fn hex32(text: &str) -> Result<[u8; 32], BundleError> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text, &mut key).map_err(|_| BundleError::BadKey)?;
+    Ok(key)
 }
 
 /// The fleet's offline signing key.
@@ -112,6 +138,11 @@ impl SignedBundle {
         serde_json::from_str(text).map_err(|e| BundleError::Malformed(e.to_string()))
     }
 
+    /// The fleet's receipt key, once [`Self::verify`] took the bundle (version 2).
+    pub fn receipt_key(&self) -> Result<Option<[u8; 32]>, BundleError> {
+        self.bundle.receipt_key.as_deref().map(hex32).transpose()
+    }
+
     /// The bundle, if it is signed by `signer` (a public key) and names a valid
     /// OPAQUE key; returns it with that key.
     pub fn verify(&self, signer: &[u8; 32]) -> Result<(&FleetBundle, [u8; 32]), BundleError> {
@@ -120,9 +151,8 @@ impl SignedBundle {
         hex::decode_to_slice(&self.signature, &mut sig).map_err(|_| BundleError::BadSignature)?;
         key.verify_strict(&message(&self.bundle), &Signature::from_bytes(&sig))
             .map_err(|_| BundleError::BadSignature)?;
-        let mut public = [0u8; 32];
-        hex::decode_to_slice(&self.bundle.public_key, &mut public)
-            .map_err(|_| BundleError::BadKey)?;
+        let public = hex32(&self.bundle.public_key)?;
+        self.receipt_key()?;
         Ok((&self.bundle, public))
     }
 }
@@ -138,6 +168,42 @@ mod tests {
             replicas: vec!["https://v1.example".into(), "https://v2.example".into()],
             public_key: "ab".repeat(32),
             issued_unix: 1_795_000_000,
+            receipt_key: None,
+        }
+    }
+
+    /// A bundle signed by the release before receipts (version 1) still verifies: this
+    /// signature was made by that release's code.
+    #[test]
+    fn a_version_1_bundle_still_verifies_and_a_version_2_one_covers_the_receipt_key() {
+        let signer = BundleSigner::from_hex(&"11".repeat(32)).unwrap();
+        let v1 = SignedBundle {
+            bundle: bundle(),
+            signature: "115b70f8327d04c4217d5dada063f38373c6ff75695025ba93dc04a8d66e2831\
+                        a2ed9ed49fb39767d9fcff85b7b7b961c592285e299d62641b4951ca2aacff04"
+                .into(),
+        };
+        assert!(v1.verify(&signer.public_key()).is_ok());
+        assert_eq!(v1.receipt_key(), Ok(None));
+        assert_eq!(signer.sign(bundle()).signature, v1.signature);
+        let text = serde_json::to_string(&v1).unwrap();
+        assert!(!text.contains("receipt_key"), "{text}");
+
+        let v2 = signer.sign(FleetBundle {
+            receipt_key: Some("cd".repeat(32)),
+            ..bundle()
+        });
+        let back = SignedBundle::parse(&serde_json::to_string(&v2).unwrap()).unwrap();
+        assert!(back.verify(&signer.public_key()).is_ok());
+        assert_eq!(back.receipt_key(), Ok(Some([0xcd; 32])));
+        // The receipt key is signed: changed, or removed to pass for version 1, refused.
+        for receipt_key in [Some("ef".repeat(32)), None] {
+            let mut forged = back.clone();
+            forged.bundle.receipt_key = receipt_key;
+            assert_eq!(
+                forged.verify(&signer.public_key()).unwrap_err(),
+                BundleError::BadSignature
+            );
         }
     }
 

@@ -19,6 +19,7 @@ pub mod bundle;
 pub mod client;
 pub mod owner;
 pub mod password;
+pub mod receipt;
 pub mod server;
 pub mod suite;
 pub mod token;

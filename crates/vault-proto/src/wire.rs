@@ -39,6 +39,11 @@ pub mod path {
     pub const ANCHOR_SET: &str = "/v2/anchor/set";
     /// Read the account's snapshot anchor.
     pub const ANCHOR_GET: &str = "/v2/anchor/get";
+    /// POST [`super::DeleteRecord`] → [`super::DeletedWithReceipt`].
+    pub const DELETE_V3: &str = "/v3/delete";
+    /// POST [`super::RegisterFinish`] → [`super::RegisterFinishReplyV3`]: a
+    /// replacement (password change) comes back with the fleet's receipt.
+    pub const REGISTER_FINISH_V3: &str = "/v3/register/finish";
 }
 
 /// HTTP header that carries the account token.
@@ -215,6 +220,24 @@ pub struct DeleteRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {}
 
+/// The record is gone, as the fleet signs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedWithReceipt {
+    /// The fleet's receipt ([`crate::receipt`]).
+    pub receipt: crate::receipt::Receipt,
+}
+
+/// Registration committed; a replacement with the fleet's receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterFinishReplyV3 {
+    /// Generation of the stored record.
+    pub generation: u64,
+    /// Guesses allowed.
+    pub attempts_left: u32,
+    /// For a replacement (a password change): the fleet's receipt.
+    pub receipt: Option<crate::receipt::Receipt>,
+}
+
 /// Ask whether the account has a record and how many guesses it has left.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {
@@ -387,7 +410,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// serde for `[u8; 64]`, which serde does not derive.
-mod serde_sig {
+pub(crate) mod serde_sig {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
@@ -422,6 +445,8 @@ pub fn decode_all(data: &[u8]) {
     let _ = decode::<SetAnchor>(data);
     let _ = decode::<AnchorSet>(data);
     let _ = decode::<AnchorReply>(data);
+    let _ = decode::<DeletedWithReceipt>(data);
+    let _ = decode::<RegisterFinishReplyV3>(data);
     let _ = serde_json::from_slice::<WireError>(data);
     let _ = crate::token::AccountToken::parse(&String::from_utf8_lossy(data));
 }

@@ -81,8 +81,23 @@ async fn register_start(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) 
 
 async fn register_finish(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
     match decode(&body) {
+        Ok(req) => respond(v.register_finish(token(&h), req).await.map(without_receipt)),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn register_finish_v3(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
         Ok(req) => respond(v.register_finish(token(&h), req).await),
         Err(e) => error_response(e),
+    }
+}
+
+/// The reply of the routes before receipts.
+fn without_receipt(reply: wire::RegisterFinishReplyV3) -> wire::RegisterFinishReply {
+    wire::RegisterFinishReply {
+        generation: reply.generation,
+        attempts_left: reply.attempts_left,
     }
 }
 
@@ -127,7 +142,7 @@ async fn register_finish_v1(State(v): State<Arc<Vault>>, h: HeaderMap, body: Byt
         owner_public_key: old.owner_public_key,
         replace: None,
     };
-    respond(v.register_finish(token(&h), req).await)
+    respond(v.register_finish(token(&h), req).await.map(without_receipt))
 }
 
 async fn delete_v1(body: Bytes) -> Response {
@@ -138,6 +153,13 @@ async fn delete_v1(body: Bytes) -> Response {
 }
 
 async fn delete(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => respond(v.delete(token(&h), req).await.map(|_| wire::Deleted {})),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn delete_v3(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
     match decode(&body) {
         Ok(req) => respond(v.delete(token(&h), req).await),
         Err(e) => error_response(e),
@@ -211,7 +233,9 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route(path::DELETE_V1, post(delete_v1))
         .route(path::STATUS, post(status))
         .route(path::ANCHOR_SET, post(set_anchor))
-        .route(path::ANCHOR_GET, post(anchor));
+        .route(path::ANCHOR_GET, post(anchor))
+        .route(path::DELETE_V3, post(delete_v3))
+        .route(path::REGISTER_FINISH_V3, post(register_finish_v3));
     #[cfg(feature = "bench-fill")]
     let router = router.route(crate::bench_fill::PATH, post(crate::bench_fill::handler));
     router

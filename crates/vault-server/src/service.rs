@@ -10,13 +10,14 @@ use crate::metrics::Metrics;
 use crate::raft::{ProposeError, VaultNode};
 use crate::state::{self, Applied, Command, EraseReason, NewRecord, Place, Refusal};
 use backlock_vault_proto::owner::{self, OwnerOp};
+use backlock_vault_proto::receipt::{ReceiptBody, ReceiptOp, ReceiptSigner};
 use backlock_vault_proto::server::{password_file, PendingLogin, ServerKeys, StepError};
 use backlock_vault_proto::token::{IssueError, TokenError, TokenKeys};
 use backlock_vault_proto::wire::{
-    AccountStatus, AnchorReply, AnchorSet, DeleteRecord, Deleted, ErrorCode, OwnerProof,
+    AccountStatus, AnchorReply, AnchorSet, DeleteRecord, DeletedWithReceipt, ErrorCode, OwnerProof,
     RecordStatus, RecoverFinish, RecoverFinishReply, RecoverStart, RecoverStartReply,
-    RegisterFinish, RegisterFinishReply, RegisterStart, RegisterStartReply, ServerInfo, SetAnchor,
-    StatusRequest, WireError, WIRE_VERSION,
+    RegisterFinish, RegisterFinishReply, RegisterFinishReplyV3, RegisterStart, RegisterStartReply,
+    ServerInfo, SetAnchor, StatusRequest, WireError, WIRE_VERSION,
 };
 use backlock_vault_proto::wrap::{self, WRAPPED_LEN};
 use rand::RngCore;
@@ -101,6 +102,7 @@ impl Logins {
 pub struct Vault {
     node: VaultNode,
     server: ServerKeys,
+    receipts: ReceiptSigner,
     tokens: TokenKeys,
     config: VaultConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -166,6 +168,7 @@ impl Vault {
     ) -> Self {
         Vault {
             node,
+            receipts: ReceiptSigner::derive(&server.to_bytes()),
             server,
             tokens,
             config,
@@ -216,6 +219,25 @@ impl Vault {
     pub fn issue_token(&self, account: &str, ttl_secs: u64) -> Result<String, IssueError> {
         let now = now_ms() / 1000;
         self.tokens.issue(account, now, now + ttl_secs)
+    }
+
+    /// The public half of the fleet's receipt key (`receipt.rs`), for the bundle.
+    pub fn receipt_key(&self) -> [u8; 32] {
+        self.receipts.public_key()
+    }
+
+    fn receipt(
+        &self,
+        account: &str,
+        op: ReceiptOp,
+        generation: u64,
+    ) -> backlock_vault_proto::receipt::Receipt {
+        self.receipts.sign(ReceiptBody {
+            account: account.to_owned(),
+            op,
+            generation,
+            at_unix: now_ms() / 1000,
+        })
     }
 
     /// What the vault says about itself.
@@ -308,7 +330,7 @@ impl Vault {
         &self,
         token: Option<&str>,
         req: RegisterFinish,
-    ) -> Reply<RegisterFinishReply> {
+    ) -> Reply<RegisterFinishReplyV3> {
         self.admit(token, &req.account)?;
         let password_file =
             password_file(&req.upload).map_err(|_| malformed("registration upload"))?;
@@ -330,7 +352,7 @@ impl Vault {
             Some(proof) => {
                 self.node.catch_up().await.map_err(unavailable)?;
                 if let Some(done) = self.replayed(&req) {
-                    return Ok(done);
+                    return Ok(self.with_receipt(&req, done));
                 }
                 let owner = self
                     .node
@@ -354,7 +376,7 @@ impl Vault {
         if let Applied::Refused(Refusal::AlreadyRegistered | Refusal::StaleGeneration) = applied {
             self.node.catch_up().await.map_err(unavailable)?;
             if let Some(done) = self.replayed(&req) {
-                return Ok(done);
+                return Ok(self.with_receipt(&req, done));
             }
         }
         match applied {
@@ -364,10 +386,13 @@ impl Vault {
             } => {
                 self.metrics.registrations.inc();
                 tracing::info!(account = %req.account, generation, replaced = req.replace.is_some(), "record stored");
-                Ok(RegisterFinishReply {
-                    generation,
-                    attempts_left,
-                })
+                Ok(self.with_receipt(
+                    &req,
+                    RegisterFinishReply {
+                        generation,
+                        attempts_left,
+                    },
+                ))
             }
             Applied::Refused(Refusal::AlreadyRegistered) => Err(err(
                 ErrorCode::AlreadyRegistered,
@@ -381,6 +406,22 @@ impl Vault {
                 "the record changed since this proof was made; fetch its status and sign again",
             )),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// The reply to a registration; a replacement's carries the fleet's receipt.
+    fn with_receipt(
+        &self,
+        req: &RegisterFinish,
+        reply: RegisterFinishReply,
+    ) -> RegisterFinishReplyV3 {
+        RegisterFinishReplyV3 {
+            generation: reply.generation,
+            attempts_left: reply.attempts_left,
+            receipt: req
+                .replace
+                .as_ref()
+                .map(|_| self.receipt(&req.account, ReceiptOp::PasswordChanged, reply.generation)),
         }
     }
 
@@ -686,7 +727,11 @@ impl Vault {
     }
 
     /// Erases the record on the owner's request.
-    pub async fn delete(&self, token: Option<&str>, req: DeleteRecord) -> Reply<Deleted> {
+    pub async fn delete(
+        &self,
+        token: Option<&str>,
+        req: DeleteRecord,
+    ) -> Reply<DeletedWithReceipt> {
         self.admit(token, &req.account)?;
         self.node.catch_up().await.map_err(unavailable)?;
         let owner = self
@@ -702,7 +747,9 @@ impl Vault {
         match self.propose(command).await? {
             Applied::Erased => {
                 tracing::info!(account = %req.account, "record deleted by its owner");
-                Ok(Deleted {})
+                Ok(DeletedWithReceipt {
+                    receipt: self.receipt(&req.account, ReceiptOp::Deleted, req.proof.generation),
+                })
             }
             Applied::Refused(Refusal::NoRecord) => Err(no_key()),
             Applied::Refused(Refusal::StaleGeneration) => Err(err(
