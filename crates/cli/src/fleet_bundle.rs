@@ -66,7 +66,9 @@ pub(crate) fn sign(args: &BundleArgs) -> Result<()> {
     let receipt_key = match &args.receipt_key {
         Some(k) => {
             let k = k.trim().to_ascii_lowercase();
-            if k.len() != 64 || hex::decode(&k).is_err() {
+            let valid = <[u8; 32]>::try_from(hex::decode(&k).unwrap_or_default())
+                .is_ok_and(|key| backlock_vault_proto::receipt::valid_key(&key));
+            if !valid {
                 return Err(Usage(
                     "--receipt-key must be the 64 hex digits `vault serve` printed".into(),
                 )

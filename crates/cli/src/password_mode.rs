@@ -376,9 +376,11 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
         "op": match r.body.op {
             ReceiptOp::Deleted => "deleted",
             ReceiptOp::PasswordChanged => "password_changed",
+            ReceiptOp::Absent => "absent",
         },
         "generation": r.body.generation,
         "at_unix": r.body.at_unix,
+        "request": hex::encode(r.body.request),
         "signature": hex::encode(r.signature),
     })
 }

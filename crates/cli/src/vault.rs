@@ -155,6 +155,18 @@ fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<B
         .receipt_key()
         .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
     let pin_name = format!("bundle:{}:{}", hex::encode(signer_key), bundle.fleet);
+    // Once a bundle with the receipt key was taken, one without it (an older kind, which
+    // anyone holding it could hand over) would turn the fleet's receipts off.
+    if receipt_key.is_none() && home.vault_pin(&receipts_pin(&pin_name))?.is_some() {
+        return Err(VaultFailure::WrongServer(format!(
+            "{} has no receipt key, but this device took a bundle of fleet {} that has one: \
+             a bundle of the older kind would turn off the fleet's signed receipts; get the \
+             current bundle",
+            file.display(),
+            bundle.fleet
+        ))
+        .into());
+    }
     if let Some(newest) = home.bundle_version(&pin_name)? {
         if bundle.version < newest {
             return Err(VaultFailure::WrongServer(format!(
@@ -173,6 +185,11 @@ fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<B
         pin_name,
         receipt_key,
     })
+}
+
+/// Where a device notes the receipt key of a bundle's fleet (in its vault pins).
+fn receipts_pin(pin_name: &str) -> String {
+    format!("{pin_name}#receipts")
 }
 
 /// Connects to the configured vault (starting the embedded one if none is named) and
@@ -295,6 +312,9 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
     }
     if let Some(b) = &bundle {
         home.record_bundle_version(&b.pin_name, b.version)?;
+        if let Some(key) = b.receipt_key {
+            home.pin_vault(&receipts_pin(&b.pin_name), &hex::encode(key))?;
+        }
     }
     Ok(Session {
         runtime,

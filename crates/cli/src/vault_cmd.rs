@@ -229,7 +229,7 @@ pub(crate) fn run(command: VaultCommand) -> Result<()> {
                 let running = RunningVault::start(config)
                     .await
                     .map_err(|e| VaultFailure::Unavailable(e.to_string()))?;
-                // Operators and scripts read these two lines.
+                // Operators and scripts read these lines (key, address, receipt key), in this order.
                 println!(
                     "vault public key: {}",
                     hex::encode(running.vault.info().server_public_key)

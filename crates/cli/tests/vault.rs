@@ -881,11 +881,13 @@ fn a_signed_fleet_bundle_pins_the_fleet_and_older_or_forged_ones_are_refused() {
 }
 
 /// A relay between the device and the fleet drops the request to delete the record, or
-/// to change the password, and answers "done" itself: with a receipt of its own, with
-/// none, or with the fleet's real receipt for another account. The fleet's receipt key
-/// is in the bundle, so the device refuses each answer (exit 11) and says the change
-/// may not have been made; the record is untouched. Through an honest relay the same
-/// commands print the fleet's receipt.
+/// to change the password, and answers "done" itself: with a receipt of its own key,
+/// with none, with the fleet's real receipt for another account or for this account's
+/// earlier change, or with a bare "no record". The fleet's receipt key is in the
+/// bundle, so the device refuses each answer (exit 11) and says the change may not have
+/// been made; the record is untouched. Through an honest relay the same commands print
+/// the fleet's receipt; and a bundle without the receipt key is refused once one with
+/// it was taken.
 #[test]
 fn a_relay_that_answers_done_for_a_dropped_change_is_refused() {
     use backlock_testkit::fault_proxy::FaultProxy;
@@ -893,7 +895,9 @@ fn a_relay_that_answers_done_for_a_dropped_change_is_refused() {
     use backlock_vault_proto::wire::{self, DeletedWithReceipt, RegisterFinishReplyV3};
 
     let env = Env::new();
-    let real = VaultProcess::start(&env.path("vault"), &[]);
+    // Many requests of one account, well past the default rate limit.
+    let generous = ["--account-burst", "1000", "--account-rate", "1000"];
+    let real = VaultProcess::start(&env.path("vault"), &generous);
     let upstream = real.url.trim_start_matches("http://").parse().unwrap();
     let relay = FaultProxy::start(upstream, 0.0, 7, std::time::Duration::from_secs(1));
     let operator = |args: &[&str]| {
@@ -907,32 +911,38 @@ fn a_relay_that_answers_done_for_a_dropped_change_is_refused() {
         .last()
         .unwrap()
         .to_owned();
-    let bundle = env.path("bundle.json");
-    operator(&[
-        "vault",
-        "bundle",
-        "--signing-key",
-        key_file.to_str().unwrap(),
-        "--fleet",
-        "test",
-        "--version",
-        "1",
-        "--replica",
-        &relay.url(),
-        "--public-key",
-        &real.public_key,
-        "--receipt-key",
-        &real.receipt_key,
-        "--out",
-        bundle.to_str().unwrap(),
-    ]);
+    let bundle_of = |version: &str, receipt_key: Option<&str>, out: &str| {
+        let path = env.path(out);
+        let mut args = vec![
+            "vault",
+            "bundle",
+            "--signing-key",
+            key_file.to_str().unwrap(),
+            "--fleet",
+            "test",
+            "--version",
+            version,
+            "--out",
+            path.to_str().unwrap(),
+            "--public-key",
+            &real.public_key,
+        ];
+        let url = relay.url();
+        args.extend(["--replica", &url]);
+        if let Some(key) = receipt_key {
+            args.extend(["--receipt-key", key]);
+        }
+        operator(&args);
+        path
+    };
+    let bundle = bundle_of("1", Some(&real.receipt_key), "bundle.json");
     let pw = env.secret("pw", PASSWORD);
-    let device = |account: &str, args: &[&str]| {
+    let device_with = |bundle: &Path, account: &str, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlock"));
         cmd.args(args)
             .env("BACKLOCK_HOME", env.path(account))
             .env("BACKLOCK_REPO", env.path(&format!("{account}-repo")))
-            .env("BACKLOCK_VAULT_BUNDLE", &bundle)
+            .env("BACKLOCK_VAULT_BUNDLE", bundle)
             .env("BACKLOCK_VAULT_SIGNER", &signer)
             .env("BACKLOCK_ACCOUNT", account)
             .env("BACKLOCK_TOKEN", env.token(account))
@@ -943,73 +953,124 @@ fn a_relay_that_answers_done_for_a_dropped_change_is_refused() {
             .stdin(Stdio::null());
         cmd.output().unwrap()
     };
+    let device = |account: &str, args: &[&str]| device_with(&bundle, account, args);
+    let receipt_of = |out: &Output| {
+        let r = &json(out)["receipt"];
+        let hex32 = |name: &str| {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(r[name].as_str().unwrap(), &mut b).unwrap();
+            b
+        };
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(r["signature"].as_str().unwrap(), &mut signature).unwrap();
+        Receipt {
+            body: ReceiptBody {
+                account: r["account"].as_str().unwrap().to_owned(),
+                op: match r["op"].as_str().unwrap() {
+                    "deleted" => ReceiptOp::Deleted,
+                    "password_changed" => ReceiptOp::PasswordChanged,
+                    other => panic!("op {other}"),
+                },
+                generation: r["generation"].as_u64().unwrap(),
+                at_unix: r["at_unix"].as_u64().unwrap(),
+                request: hex32("request"),
+            },
+            signature,
+        }
+    };
     for account in ["kim", "lee"] {
         assert_code(&device(account, &["init", "--password", "--yes"]), 0);
     }
-    // A real receipt of the fleet, for lee's deletion.
+    // Real receipts of the fleet: lee's deletion, kim's first password change.
     let out = device("lee", &["vault", "delete", "--yes", "--json"]);
     assert_code(&out, 0);
-    let r = &json(&out)["receipt"];
-    assert_eq!(r["op"], "deleted");
-    let mut signature = [0u8; 64];
-    hex::decode_to_slice(r["signature"].as_str().unwrap(), &mut signature).unwrap();
-    let lees = Receipt {
-        body: ReceiptBody {
-            account: r["account"].as_str().unwrap().to_owned(),
-            op: ReceiptOp::Deleted,
-            generation: r["generation"].as_u64().unwrap(),
-            at_unix: r["at_unix"].as_u64().unwrap(),
-        },
-        signature,
-    };
+    let lees = receipt_of(&out);
+    let out = device("kim", &["change-password", "--json"]);
+    assert_code(&out, 0);
+    let kims_change = receipt_of(&out);
+    assert_eq!(kims_change.body.generation, 2);
 
     let own = ReceiptSigner::derive(b"the relay's own key").sign(ReceiptBody {
         account: "kim".into(),
         ..lees.body.clone()
     });
-    for (forged, why) in [(own, "not the fleet's"), (lees, "account \"lee\"")] {
-        relay.answer_instead(Some((
-            "POST /v3/delete",
-            wire::encode(&DeletedWithReceipt { receipt: forged }),
-        )));
-        let out = device("kim", &["vault", "delete", "--yes", "--json"]);
-        assert_code(&out, 11);
-        let err = stderr(&out);
-        assert!(
-            err.contains("no valid receipt") && err.contains(why),
-            "{err}"
-        );
-        assert!(err.contains("may not have been made"), "{err}");
+    let deleted = |receipt: &Receipt| {
+        (
+            200,
+            wire::encode(&DeletedWithReceipt {
+                receipt: receipt.clone(),
+            }),
+        )
+    };
+    let no_key = (
+        404,
+        br#"{"code":"no_key","message":"no backup key is registered for this account"}"#.to_vec(),
+    );
+    for ((status, body), why) in [
+        (deleted(&own), "not the fleet's"),
+        (deleted(&lees), "account \"lee\""),
+        (
+            deleted(&kims_change),
+            "PasswordChanged of account \"kim\", generation 2",
+        ),
+        (no_key, "carries none"),
+    ] {
+        relay.answer_instead(Some(("POST /v3/delete", status, body)));
+        for args in [
+            &["vault", "delete", "--yes", "--json"][..],
+            &["switch", "--to-key", "--yes", "--json"][..],
+        ] {
+            let out = device("kim", args);
+            assert_code(&out, 11);
+            let err = stderr(&out);
+            assert!(
+                err.contains("no valid receipt") && err.contains(why),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains("may not have been made"), "{err}");
+        }
     }
-    relay.answer_instead(Some((
-        "POST /v3/register/finish",
-        wire::encode(&RegisterFinishReplyV3 {
-            generation: 2,
-            attempts_left: 10,
-            receipt: None,
-        }),
-    )));
-    let out = device("kim", &["change-password", "--json"]);
-    assert_code(&out, 11);
-    assert!(stderr(&out).contains("carries none"), "{}", stderr(&out));
+    for (receipt, why) in [
+        (None, "carries none"),
+        (Some(kims_change), "another request"),
+    ] {
+        relay.answer_instead(Some((
+            "POST /v3/register/finish",
+            200,
+            wire::encode(&RegisterFinishReplyV3 {
+                generation: 3,
+                attempts_left: 10,
+                receipt,
+            }),
+        )));
+        let out = device("kim", &["change-password", "--json"]);
+        assert_code(&out, 11);
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
 
-    // Every answer was the relay's: the fleet still holds kim's first record.
+    // Every answer was the relay's: the fleet still holds kim's record of generation 2.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let status = |account: &str| {
         let client = VaultClient::new(&real.url, account, &env.token(account)).unwrap();
         runtime.block_on(client.status()).unwrap().record
     };
-    assert_eq!(status("kim").unwrap().generation, 1);
+    assert_eq!(status("kim").unwrap().generation, 2);
+
+    // A bundle without the receipt key, newer even, would turn receipts off: refused.
+    let old_kind = bundle_of("2", None, "old-kind.json");
+    let out = device_with(&old_kind, "kim", &["vault", "delete", "--yes"]);
+    assert_code(&out, 11);
+    assert!(
+        stderr(&out).contains("has no receipt key"),
+        "{}",
+        stderr(&out)
+    );
 
     // An honest relay: the fleet's receipts come back, checked, and are printed.
     relay.answer_instead(None);
     let out = device("kim", &["change-password", "--json"]);
     assert_code(&out, 0);
-    let receipt = &json(&out)["receipt"];
-    assert_eq!(
-        (receipt["op"].as_str(), receipt["generation"].as_u64()),
-        (Some("password_changed"), Some(2))
-    );
+    assert_eq!(json(&out)["generation"], 3);
     let out = device("kim", &["vault", "delete", "--yes"]);
     assert_code(&out, 0);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1018,4 +1079,7 @@ fn a_relay_that_answers_done_for_a_dropped_change_is_refused() {
         "{text}"
     );
     assert!(status("kim").is_none());
+    // Deleting again: the fleet signs that there is no record.
+    let out = device("kim", &["switch", "--to-key", "--yes", "--json"]);
+    assert_code(&out, 0);
 }

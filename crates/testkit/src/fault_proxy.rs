@@ -80,18 +80,21 @@ pub struct FaultProxy {
 }
 
 /// Requests whose first line contains `needle` are not forwarded: the proxy answers
-/// them itself, `200 OK` with `body`, as a relay that drops a request and says "done".
+/// them itself with `status` and `body`, as a relay that drops a request and says
+/// "done" (or "no such record").
 #[derive(Debug, Default)]
 struct Forged {
-    rule: Mutex<Option<(String, Vec<u8>)>>,
+    rule: Mutex<Option<(String, u16, Vec<u8>)>>,
 }
 
 impl Forged {
-    fn answer(&self, head: &str) -> Option<Vec<u8>> {
+    fn answer(&self, head: &str) -> Option<(u16, Vec<u8>)> {
         let rule = self.rule.lock().unwrap_or_else(|p| p.into_inner());
-        let (needle, body) = rule.as_ref()?;
+        let (needle, status, body) = rule.as_ref()?;
         let first = head.lines().next().unwrap_or("");
-        first.contains(needle.as_str()).then(|| body.clone())
+        first
+            .contains(needle.as_str())
+            .then(|| (*status, body.clone()))
     }
 }
 
@@ -163,11 +166,11 @@ impl FaultProxy {
     }
 
     /// From now on, requests whose request line contains `needle` (such as
-    /// `"POST /v3/delete"`) are not forwarded: the proxy answers `200 OK` with `body`
-    /// itself. `None` ends it.
-    pub fn answer_instead(&self, rule: Option<(&str, Vec<u8>)>) {
+    /// `"POST /v3/delete"`) are not forwarded: the proxy answers them itself with the
+    /// HTTP `status` and `body`. `None` ends it.
+    pub fn answer_instead(&self, rule: Option<(&str, u16, Vec<u8>)>) {
         *self.forged.rule.lock().unwrap_or_else(|p| p.into_inner()) =
-            rule.map(|(needle, body)| (needle.to_owned(), body));
+            rule.map(|(needle, status, body)| (needle.to_owned(), status, body));
     }
 
     /// From now on, requests whose request line contains `needle` (a method and path
@@ -280,10 +283,15 @@ fn serve(
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let (head, body) = read_request(&mut conn)?;
     counters.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(answer) = rules.forged.answer(&head) {
+    if let Some((status, answer)) = rules.forged.answer(&head) {
+        let kind = if answer.first() == Some(&b'{') {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        };
         write!(
             conn,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status} Forged\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             answer.len()
         )?;
         conn.write_all(&answer)?;

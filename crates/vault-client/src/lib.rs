@@ -21,6 +21,7 @@ use backlock_vault_proto::client::{
 };
 use backlock_vault_proto::owner::{self, OwnerKey, OwnerOp};
 use backlock_vault_proto::password::Password;
+use backlock_vault_proto::receipt::request_id;
 pub use backlock_vault_proto::receipt::{Receipt, ReceiptOp};
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_proto::token::FleetId;
@@ -212,32 +213,58 @@ impl VaultClient {
         self
     }
 
-    /// Checks a receipt the fleet must have signed for `op` (see
-    /// [`VaultClient::with_receipt_key`]).
+    /// Checks that the fleet signed `receipt` in answer to the request signed with
+    /// `proof`, saying one of `ops` was done (see [`VaultClient::with_receipt_key`]).
     fn check_receipt(
         &self,
         key: &[u8; 32],
         receipt: Option<&Receipt>,
-        op: ReceiptOp,
-    ) -> Result<(), VaultError> {
-        let what = match op {
-            ReceiptOp::Deleted => "deleting the record",
-            ReceiptOp::PasswordChanged => "changing the password",
-        };
+        proof: &OwnerProof,
+        ops: &[ReceiptOp],
+    ) -> Result<ReceiptOp, VaultError> {
         let why = match receipt {
             None => "it carries none".to_owned(),
-            Some(r) => match r.verify(key, &self.account, op) {
-                Ok(()) => return Ok(()),
+            Some(r) => match r.verify(key, &self.account, &request_id(&proof.signature)) {
+                Ok(op) if ops.contains(&op) => return Ok(op),
+                Ok(op) => format!("it says {op:?}"),
                 Err(e) => e.to_string(),
             },
         };
-        Err(VaultError::WrongServer(format!(
+        Err(self.no_valid_receipt(ops, &why))
+    }
+
+    /// The error for an answer to a change the fleet did not sign as it should.
+    fn no_valid_receipt(&self, ops: &[ReceiptOp], why: &str) -> VaultError {
+        let what = match ops.first() {
+            Some(ReceiptOp::PasswordChanged) => "changing the password",
+            _ => "deleting the record",
+        };
+        VaultError::WrongServer(format!(
             "the answer to {what} of account {} has no valid receipt of the fleet ({why}): \
              something other than the fleet answered (a relay or a man in the middle), so \
              the change may not have been made; check the fleet bundle and the network, \
              then try again",
             self.account
-        )))
+        ))
+    }
+
+    /// A call to a route that came with receipts: a replica of an earlier release does
+    /// not have it.
+    async fn call_v3<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        route: &str,
+        request: &Req,
+    ) -> Result<Rep, VaultError> {
+        self.call(route, request).await.map_err(|e| match e {
+            VaultError::Protocol(m) if m.contains("no such endpoint") => {
+                VaultError::Upgrade(format!(
+                "a replica of the fleet runs a release without receipts ({m}): the fleet bundle \
+                 with a receipt key was published before every replica was upgraded; retry \
+                 once the fleet's upgrade is finished"
+            ))
+            }
+            other => other,
+        })
     }
 
     /// The account this client acts for.
@@ -411,18 +438,17 @@ impl VaultClient {
             let reply = self.call(path::REGISTER_FINISH, &finish).await?;
             return Ok((reply, None));
         };
-        let reply: RegisterFinishReplyV3 = self.call(path::REGISTER_FINISH_V3, &finish).await?;
-        if finish.replace.is_some() {
-            self.check_receipt(
-                &receipt_key,
-                reply.receipt.as_ref(),
-                ReceiptOp::PasswordChanged,
-            )?;
-        }
-        let done = RegisterFinishReply {
+        let reply: RegisterFinishReplyV3 = self.call_v3(path::REGISTER_FINISH_V3, &finish).await?;
+        let mut done = RegisterFinishReply {
             generation: reply.generation,
             attempts_left: reply.attempts_left,
         };
+        if let Some(proof) = &finish.replace {
+            let receipt = reply.receipt.as_ref();
+            self.check_receipt(&receipt_key, receipt, proof, &[ReceiptOp::PasswordChanged])?;
+            // What the fleet signed, not the reply's unsigned copy.
+            done.generation = receipt.map_or(done.generation, |r| r.body.generation);
+        }
         Ok((done, reply.receipt))
     }
 
@@ -613,19 +639,35 @@ impl VaultClient {
         key: &BackupKey,
         pinned: &[u8; 32],
     ) -> Result<Option<Receipt>, VaultError> {
-        let generation = self.record_generation().await?;
         let owner = OwnerKey::derive(key);
+        let Some(receipt_key) = self.receipt_key else {
+            let generation = self.record_generation().await?;
+            let request = DeleteRecord {
+                account: self.account.clone(),
+                proof: self.proof(&owner, OwnerOp::Delete, pinned, generation, &[]),
+            };
+            let _: Deleted = self.call(path::DELETE, &request).await?;
+            return Ok(None);
+        };
+        // The status is not signed: "no record" is believed only from a receipt, so the
+        // request goes out either way (a proof for generation 0 matches no record).
+        let generation = self.status().await?.record.map_or(0, |r| r.generation);
         let request = DeleteRecord {
             account: self.account.clone(),
             proof: self.proof(&owner, OwnerOp::Delete, pinned, generation, &[]),
         };
-        let Some(receipt_key) = self.receipt_key else {
-            let _: Deleted = self.call(path::DELETE, &request).await?;
-            return Ok(None);
+        let reply: DeletedWithReceipt = match self.call_v3(path::DELETE_V3, &request).await {
+            // The fleet answers "no record" with a receipt; an error saying so is not its.
+            Err(VaultError::NoKey) => {
+                return Err(self.no_valid_receipt(&[ReceiptOp::Absent], "it carries none"))
+            }
+            other => other?,
         };
-        let reply: DeletedWithReceipt = self.call(path::DELETE_V3, &request).await?;
-        self.check_receipt(&receipt_key, Some(&reply.receipt), ReceiptOp::Deleted)?;
-        Ok(Some(reply.receipt))
+        let ops = [ReceiptOp::Deleted, ReceiptOp::Absent];
+        match self.check_receipt(&receipt_key, Some(&reply.receipt), &request.proof, &ops)? {
+            ReceiptOp::Absent => Err(VaultError::NoKey),
+            _ => Ok(Some(reply.receipt)),
+        }
     }
 }
 

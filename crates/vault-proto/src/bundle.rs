@@ -140,7 +140,11 @@ impl SignedBundle {
 
     /// The fleet's receipt key, once [`Self::verify`] took the bundle (version 2).
     pub fn receipt_key(&self) -> Result<Option<[u8; 32]>, BundleError> {
-        self.bundle.receipt_key.as_deref().map(hex32).transpose()
+        let key = self.bundle.receipt_key.as_deref().map(hex32).transpose()?;
+        match key {
+            Some(k) if !crate::receipt::valid_key(&k) => Err(BundleError::BadKey),
+            other => Ok(other),
+        }
     }
 
     /// The bundle, if it is signed by `signer` (a public key) and names a valid

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use backlock_vault_proto::receipt::ReceiptOp;
 use backlock_vault_proto::wire::{self, path, DecodeError, ErrorCode, WireError, MAX_BODY};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -154,7 +155,12 @@ async fn delete_v1(body: Bytes) -> Response {
 
 async fn delete(State(v): State<Arc<Vault>>, h: HeaderMap, body: Bytes) -> Response {
     match decode(&body) {
-        Ok(req) => respond(v.delete(token(&h), req).await.map(|_| wire::Deleted {})),
+        Ok(req) => respond(v.delete(token(&h), req).await.and_then(
+            |done| match done.receipt.body.op {
+                ReceiptOp::Absent => Err(crate::service::no_key()),
+                _ => Ok(wire::Deleted {}),
+            },
+        )),
         Err(e) => error_response(e),
     }
 }

@@ -76,8 +76,14 @@ impl Vault {
                 ),
             ));
         }
+        let Some(end) = req.first.checked_add(u64::from(req.count)) else {
+            return Err(WireError::new(
+                ErrorCode::Malformed,
+                "first + count overflows: number the accounts from lower",
+            ));
+        };
         let max_attempts = self.info().max_attempts;
-        let commands = (req.first..req.first + u64::from(req.count))
+        let commands = (req.first..end)
             .map(|n| Command::Register {
                 account: account(n),
                 record: synthetic_record(max_attempts),

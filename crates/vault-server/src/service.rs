@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::raft::{ProposeError, VaultNode};
 use crate::state::{self, Applied, Command, EraseReason, NewRecord, Place, Refusal};
 use backlock_vault_proto::owner::{self, OwnerOp};
-use backlock_vault_proto::receipt::{ReceiptBody, ReceiptOp, ReceiptSigner};
+use backlock_vault_proto::receipt::{request_id, ReceiptBody, ReceiptOp, ReceiptSigner};
 use backlock_vault_proto::server::{password_file, PendingLogin, ServerKeys, StepError};
 use backlock_vault_proto::token::{IssueError, TokenError, TokenKeys};
 use backlock_vault_proto::wire::{
@@ -135,7 +135,7 @@ fn locked() -> WireError {
     e
 }
 
-fn no_key() -> WireError {
+pub(crate) fn no_key() -> WireError {
     err(
         ErrorCode::NoKey,
         "no backup key is registered for this account",
@@ -226,17 +226,20 @@ impl Vault {
         self.receipts.public_key()
     }
 
+    /// The fleet's receipt for the request signed with `proof`.
     fn receipt(
         &self,
         account: &str,
         op: ReceiptOp,
         generation: u64,
+        proof: &OwnerProof,
     ) -> backlock_vault_proto::receipt::Receipt {
         self.receipts.sign(ReceiptBody {
             account: account.to_owned(),
             op,
             generation,
             at_unix: now_ms() / 1000,
+            request: request_id(&proof.signature),
         })
     }
 
@@ -418,10 +421,14 @@ impl Vault {
         RegisterFinishReplyV3 {
             generation: reply.generation,
             attempts_left: reply.attempts_left,
-            receipt: req
-                .replace
-                .as_ref()
-                .map(|_| self.receipt(&req.account, ReceiptOp::PasswordChanged, reply.generation)),
+            receipt: req.replace.as_ref().map(|proof| {
+                self.receipt(
+                    &req.account,
+                    ReceiptOp::PasswordChanged,
+                    reply.generation,
+                    proof,
+                )
+            }),
         }
     }
 
@@ -734,10 +741,21 @@ impl Vault {
     ) -> Reply<DeletedWithReceipt> {
         self.admit(token, &req.account)?;
         self.node.catch_up().await.map_err(unavailable)?;
-        let owner = self
+        // No record: the receipt says so (the routes before receipts answer `no_key`).
+        let absent = || DeletedWithReceipt {
+            receipt: self.receipt(
+                &req.account,
+                ReceiptOp::Absent,
+                self.node.read(|s| s.last_generation(&req.account)),
+                &req.proof,
+            ),
+        };
+        let Some(owner) = self
             .node
             .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
-            .ok_or_else(no_key)?;
+        else {
+            return Ok(absent());
+        };
         self.check_proof(&owner, OwnerOp::Delete, &req.account, &req.proof, &[])?;
         let command = Command::Erase {
             account: req.account.clone(),
@@ -748,10 +766,15 @@ impl Vault {
             Applied::Erased => {
                 tracing::info!(account = %req.account, "record deleted by its owner");
                 Ok(DeletedWithReceipt {
-                    receipt: self.receipt(&req.account, ReceiptOp::Deleted, req.proof.generation),
+                    receipt: self.receipt(
+                        &req.account,
+                        ReceiptOp::Deleted,
+                        req.proof.generation,
+                        &req.proof,
+                    ),
                 })
             }
-            Applied::Refused(Refusal::NoRecord) => Err(no_key()),
+            Applied::Refused(Refusal::NoRecord) => Ok(absent()),
             Applied::Refused(Refusal::StaleGeneration) => Err(err(
                 ErrorCode::Forbidden,
                 "the record changed since this proof was made; fetch its status and sign again",

@@ -444,6 +444,11 @@ impl VaultState {
         self.records.get(account)
     }
 
+    /// The highest generation the account's records had (0: never registered).
+    pub fn last_generation(&self, account: &str) -> u64 {
+        self.history.get(account).map_or(0, |h| h.generation)
+    }
+
     /// Whether the account's last record was erased by the guess limit (and no new one
     /// was registered since).
     pub fn locked(&self, account: &str) -> bool {
@@ -478,7 +483,8 @@ impl VaultState {
         let mut accounts: Vec<String> = self
             .due
             .attempts
-            .range(..(now_ms.saturating_add(1), String::new()))
+            .iter()
+            .take_while(|(expires, _)| *expires <= now_ms)
             .map(|(_, account)| account.clone())
             .collect();
         accounts.dedup();

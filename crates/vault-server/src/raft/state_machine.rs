@@ -124,6 +124,8 @@ struct Shared {
     /// Log index of the last applied entry that dropped a record's bytes.
     dropped_record: watch::Sender<Option<u64>>,
     builds: AtomicU64,
+    /// Builds that completed (for `/metrics`).
+    built: AtomicU64,
     /// The last snapshot built here, for `/metrics`.
     last_build: Mutex<Option<SnapshotFigures>>,
 }
@@ -135,7 +137,7 @@ pub struct SnapshotFigures {
     pub bytes: u64,
     /// From taking the state to the file on disk, milliseconds.
     pub build_ms: u64,
-    /// Snapshots built since the replica started.
+    /// Snapshots built (completed) since the replica started.
     pub builds: u64,
 }
 
@@ -232,6 +234,7 @@ impl StateMachineStore {
             current_snapshot: Mutex::new(meta),
             dropped_record: watch::channel(None).0,
             builds: AtomicU64::new(0),
+            built: AtomicU64::new(0),
             last_build: Mutex::new(None),
         });
         if let Some((meta, data)) = legacy {
@@ -524,7 +527,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .expect("snapshot figures lock poisoned") = Some(SnapshotFigures {
             bytes: data.len() as u64,
             build_ms: started.elapsed().as_millis() as u64,
-            builds: self.shared.builds.load(Ordering::Relaxed),
+            builds: self.shared.built.fetch_add(1, Ordering::Relaxed) + 1,
         });
         Ok(Snapshot {
             meta,
