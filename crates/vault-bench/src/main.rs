@@ -143,13 +143,7 @@ fn run(args: &Args) -> Result<f64> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let target = Target {
-        urls: vec![vault.url.clone()],
-        metrics_urls: vec![vault.metrics_url.clone()],
-        pinned: vault.public_key,
-        ksf: Stretch::memoized(),
-        vault_pids: vec![vault.pid()],
-    };
+    let target = vault_target(&vault);
     let mut rounds = Vec::with_capacity(args.repeat);
     for index in 0..args.repeat {
         let round = run_round(
@@ -195,13 +189,7 @@ fn run_scale(args: &Args, sizes: &[u64]) -> Result<bool> {
     let duration = Duration::from_secs_f64(args.seconds);
     let mut vault = VaultProcess::start(&backlock, workdir.path(), &pinning)?;
     eprintln!("vault running at {} (pid {})", vault.url, vault.pid());
-    let target = Target {
-        urls: vec![vault.url.clone()],
-        metrics_urls: vec![vault.metrics_url.clone()],
-        pinned: vault.public_key,
-        ksf: Stretch::memoized(),
-        vault_pids: vec![vault.pid()],
-    };
+    let target = vault_target(&vault);
     let accounts = make_accounts(|name| vault.token(name), "scale", args.clients)?;
     runtime.block_on(load::register(&target, &accounts, args.clients))?;
     let subject = scale::Subject {
@@ -365,6 +353,17 @@ fn start_fleet(args: &Args, backlock: &Path, pinning: &Pinning) -> Result<Option
         fleet.urls().join(", ")
     );
     Ok(Some(fleet))
+}
+
+/// How the clients reach the one-replica vault.
+fn vault_target(vault: &VaultProcess) -> Target {
+    Target {
+        urls: vec![vault.url.clone()],
+        metrics_urls: vec![vault.metrics_url.clone()],
+        pinned: vault.public_key,
+        ksf: Stretch::memoized(),
+        vault_pids: vec![vault.pid()],
+    }
 }
 
 fn fleet_target(fleet: &Fleet) -> Target {
