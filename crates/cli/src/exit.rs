@@ -7,7 +7,8 @@ pub(crate) const HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 wrong or ma
 4 damaged repository, 5 store rolled back, 6 store or target I/O (full, unreachable), \
 7 repository in use by another backup or prune (try again later), 8 wrong password (attempts left), \
 9 locked: the vault destroyed the key after too many wrong passwords, 10 vault unavailable, \
-11 the vault is not the one this device pinned.\n\
+11 the vault is not the one this device pinned, 12 snapshot saved incomplete, \
+13 a WhatsApp backup that cannot be imported (damaged, or not crypt15).\n\
 Environment: BACKLOCK_REPO, BACKLOCK_KEY_FILE, BACKLOCK_HOME (device state; default: XDG data dir), \
 BACKLOCK_VAULT, BACKLOCK_VAULT_DATA, BACKLOCK_ACCOUNT, BACKLOCK_TOKEN, BACKLOCK_PASSWORD_FILE, BACKLOCK_VAULT_KEY.\n\
 Stores: BACKLOCK_CREDENTIALS (credentials file; default ~/.config/backlock/credentials), AWS_* for s3://, \
@@ -118,6 +119,13 @@ pub(crate) fn code_for(e: &anyhow::Error) -> i32 {
         }
         if cause.is::<Incomplete>() {
             return 12;
+        }
+        if let Some(b) = cause.downcast_ref::<crate::whatsapp_cmd::BadBackup>() {
+            return match b.source {
+                backlock_whatsapp::Crypt15Error::WrongKey => 3,
+                backlock_whatsapp::Crypt15Error::Io(_) => 6,
+                _ => 13,
+            };
         }
         if let Some(m) = cause.downcast_ref::<backlock_migrate::MigrateError>() {
             use backlock_migrate::MigrateError as M;

@@ -15,6 +15,7 @@ mod rotate_cmd;
 mod snapshots_cmd;
 mod vault;
 mod vault_cmd;
+mod whatsapp_cmd;
 
 use anyhow::{bail, Context, Result};
 use backlock_core::key::BackupKey;
@@ -159,6 +160,12 @@ enum Command {
     Diff(browse_cmd::DiffArgs),
     /// Write a file of a snapshot to standard output, or a directory as a tar archive.
     Dump(browse_cmd::DumpArgs),
+    /// Import WhatsApp's end-to-end encrypted backups (`.crypt15`, opened with the
+    /// 64-digit key) as snapshots, oldest first, each dated as the backup.
+    ImportWhatsapp(whatsapp_cmd::ImportArgs),
+    /// Write a database of a snapshot as a WhatsApp `.crypt15` backup under the
+    /// 64-digit key (with the header of the backup it was imported from).
+    ExportWhatsapp(whatsapp_cmd::ExportArgs),
     /// Restore a snapshot into a new or empty directory.
     Restore {
         #[command(flatten)]
@@ -495,6 +502,8 @@ fn run(command: Command) -> Result<()> {
         Command::Find(args) => browse_cmd::find(&args),
         Command::Diff(args) => browse_cmd::diff(&args),
         Command::Dump(args) => browse_cmd::dump(&args),
+        Command::ImportWhatsapp(args) => whatsapp_cmd::import(args),
+        Command::ExportWhatsapp(args) => whatsapp_cmd::export(args),
         Command::Repair {
             what: Repair::Snapshots { repo, yes },
         } => repair_snapshots(&repo, yes),

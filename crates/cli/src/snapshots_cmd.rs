@@ -285,7 +285,7 @@ fn source_vault(args: &RepoArgs, copy: &CopyArgs) -> crate::vault::VaultArgs {
 /// What every command prints of a snapshot: restic's names where they exist
 /// (`id`, `short_id`, `time` in RFC 3339, `hostname` as `host`, `paths`, `tags`).
 pub(crate) fn snapshot_json(s: &SnapshotInfo) -> serde_json::Value {
-    json!({
+    let mut out = json!({
         "id": s.id,
         "short_id": &s.id[..8],
         "seq": s.seq,
@@ -296,7 +296,18 @@ pub(crate) fn snapshot_json(s: &SnapshotInfo) -> serde_json::Value {
         "host": s.host,
         "paths": s.paths,
         "tags": s.tags,
-    })
+    });
+    if let Some(w) = &s.whatsapp {
+        let info = backlock_whatsapp::header::info(&w.prefix);
+        out["whatsapp"] = json!({
+            "file": w.file,
+            "sha256": hex::encode(w.sha256),
+            "app_version": info.app_version,
+            "jid_suffix": info.jid_suffix,
+            "backup_version": info.backup_version,
+        });
+    }
+    out
 }
 
 fn joined(list: &serde_json::Value) -> String {

@@ -435,6 +435,24 @@ pub const META_ORIGINAL: &str = "original";
 /// that one finishes instead of rewriting it again.
 pub const META_REPLACES: &str = "replaces";
 
+/// The metadata key of a snapshot `import-whatsapp` made from one of WhatsApp's
+/// backup files: that file, and its header to write back on export.
+pub const META_WHATSAPP: &str = "whatsapp";
+
+/// The WhatsApp backup a snapshot was imported from (docs/FORMAT.md §Snapshot
+/// metadata). Its header is not secret (the app stores it in the clear).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatsAppSource {
+    /// The backup file's name (`msgstore-2024-05-01.1.db.crypt15`).
+    pub file: String,
+    /// SHA-256 of the whole file, so that importing it again is skipped.
+    pub sha256: [u8; 32],
+    /// The header's feature-table marker byte was present.
+    pub features: bool,
+    /// The header's protobuf `BackupPrefix` exactly as stored (its IV included).
+    pub prefix: Vec<u8>,
+}
+
 /// Where a copied snapshot came from (docs/FORMAT.md §Snapshot metadata).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Original {
@@ -851,6 +869,27 @@ impl Snapshot {
         );
     }
 
+    /// The WhatsApp backup this snapshot was imported from, if any.
+    pub fn whatsapp(&self) -> Result<Option<WhatsAppSource>, FormatError> {
+        self.meta
+            .get(META_WHATSAPP)
+            .map(|v| {
+                postcard::from_bytes(v).map_err(|e| FormatError::Malformed {
+                    what: "snapshot metadata",
+                    detail: format!("{META_WHATSAPP}: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Records the WhatsApp backup this snapshot was imported from.
+    pub fn set_whatsapp(&mut self, source: &WhatsAppSource) {
+        self.meta.insert(
+            META_WHATSAPP.to_owned(),
+            postcard::to_allocvec(source).expect("postcard into a Vec cannot fail"),
+        );
+    }
+
     /// Marks the snapshot incomplete, listing what was not stored.
     pub fn set_skipped(&mut self, skipped: &[Skipped]) {
         match skipped.is_empty() {
@@ -1157,6 +1196,23 @@ mod limit_tests {
     }
 
     /// docs/FORMAT.md §Snapshot metadata, `tags`: byte for byte.
+    #[test]
+    fn the_whatsapp_source_is_stored_as_documented() {
+        let mut snap = Snapshot::default();
+        let source = WhatsAppSource {
+            file: "m.crypt15".into(),
+            sha256: [0xAB; 32],
+            features: true,
+            prefix: vec![8, 1],
+        };
+        snap.set_whatsapp(&source);
+        let mut expected = b"\x09m.crypt15".to_vec();
+        expected.extend_from_slice(&[0xAB; 32]);
+        expected.extend_from_slice(b"\x01\x02\x08\x01");
+        assert_eq!(snap.meta[META_WHATSAPP], expected);
+        assert_eq!(snap.whatsapp().unwrap(), Some(source));
+    }
+
     #[test]
     fn tags_are_stored_sorted_once_each_as_documented() {
         let mut snap = Snapshot::default();

@@ -109,6 +109,9 @@ pub struct BackupOptions<'a> {
     pub time_unix_ns: Option<i64>,
     /// What to leave out (`--exclude` and the like).
     pub excludes: Excludes,
+    /// Where the data came from, when not this device's files: a WhatsApp backup
+    /// (`import-whatsapp`), recorded in the snapshot's metadata.
+    pub whatsapp: Option<backlock_core::format::WhatsAppSource>,
 }
 
 impl Default for BackupOptions<'_> {
@@ -124,6 +127,7 @@ impl Default for BackupOptions<'_> {
             tags: Vec::new(),
             time_unix_ns: None,
             excludes: Excludes::default(),
+            whatsapp: None,
         }
     }
 }
@@ -1780,6 +1784,9 @@ impl Repository<Indexed> {
         snapshot.set_summary(&summary);
         snapshot.set_tags(&opts.tags);
         snapshot.set_skipped(&skipped);
+        if let Some(source) = &opts.whatsapp {
+            snapshot.set_whatsapp(source);
+        }
         // Index durable before the snapshot that needs it; the snapshot durable before
         // the device records it as seen.
         let (name, sealed_len) = self.commit_snapshot(snapshot, Some(step::BACKUP_INDEXED))?;

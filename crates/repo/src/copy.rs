@@ -245,10 +245,12 @@ impl Repository<Indexed> {
         };
         snapshot.set_summary(&summary);
         snapshot.set_tags(&info.tags);
-        if let Some(left_out) = source_snap.meta.get(format::META_INCOMPLETE) {
-            snapshot
-                .meta
-                .insert(format::META_INCOMPLETE.to_owned(), left_out.clone());
+        // What the source said of its content travels with it (the WhatsApp header
+        // lets an export from the copy write the same header).
+        for key in [format::META_INCOMPLETE, format::META_WHATSAPP] {
+            if let Some(value) = source_snap.meta.get(key) {
+                snapshot.meta.insert(key.to_owned(), value.clone());
+            }
         }
         snapshot.set_original(&Original {
             repo: source.config.repo_id,

@@ -21,6 +21,9 @@ pub struct SnapshotInfo {
     pub paths: Vec<String>,
     /// Its tags, ascending.
     pub tags: Vec<String>,
+    /// The WhatsApp backup it was imported from (`import-whatsapp`).
+    #[serde(skip)]
+    pub whatsapp: Option<backlock_core::format::WhatsAppSource>,
     #[serde(skip)]
     pub(crate) r: SnapshotRef,
 }
@@ -36,6 +39,7 @@ impl SnapshotInfo {
             host: snap.hostname.clone(),
             paths: snap.paths.clone(),
             tags: snap.tags().unwrap_or_default(),
+            whatsapp: snap.whatsapp().ok().flatten(),
             r,
         }
     }
@@ -96,6 +100,7 @@ mod tests {
             host: host.into(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            whatsapp: None,
             r: SnapshotRef {
                 name: ObjectName([0; 16]),
                 seq: 1,

@@ -22,6 +22,7 @@ pub mod members;
 pub mod metrics;
 pub mod pkcs11;
 pub mod raft;
+mod rate_limit;
 pub mod run;
 pub mod seal;
 pub mod secrets;

@@ -8,6 +8,7 @@
 
 use crate::metrics::Metrics;
 use crate::raft::{ProposeError, VaultNode};
+use crate::rate_limit::RateLimiter;
 use crate::state::{self, Applied, Command, EraseReason, NewRecord, Place, Refusal};
 use backlock_vault_proto::owner::{self, OwnerOp};
 use backlock_vault_proto::receipt::{request_id, ReceiptBody, ReceiptOp, ReceiptSigner};
@@ -52,11 +53,6 @@ impl Default for VaultConfig {
             anchors: true,
         }
     }
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
 }
 
 /// Logins this replica computed for the attempts it opened, so that their KE3 (which
@@ -105,7 +101,7 @@ pub struct Vault {
     receipts: ReceiptSigner,
     tokens: TokenKeys,
     config: VaultConfig,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: RateLimiter,
     logins: Mutex<Logins>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
@@ -168,11 +164,12 @@ impl Vault {
     ) -> Self {
         Vault {
             node,
+            buckets: RateLimiter::new(config.account_burst, config.account_rate, Instant::now()),
             receipts: ReceiptSigner::derive(&server.to_bytes()),
             server,
             tokens,
             config,
-            buckets: Mutex::default(),
+
             logins: Mutex::default(),
             metrics: Metrics::default(),
         }
@@ -281,27 +278,15 @@ impl Vault {
     }
 
     fn rate_limit(&self, account: &str) -> Reply<()> {
-        let mut buckets = self.buckets.lock().expect("rate-limit lock poisoned");
-        let now = Instant::now();
-        let burst = f64::from(self.config.account_burst);
-        let bucket = buckets.entry(account.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.config.account_rate;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let Err(wait) = self.buckets.take(account, Instant::now()) else {
             return Ok(());
-        }
+        };
         self.metrics.rate_limited.inc();
-        let wait = ((1.0 - bucket.tokens) / self.config.account_rate * 1000.0).ceil() as u64;
         let mut e = err(
             ErrorCode::RateLimited,
             "too many requests for this account; retry later",
         );
-        e.retry_after_ms = Some(wait.max(1));
+        e.retry_after_ms = Some(wait);
         Err(e)
     }
 
@@ -899,10 +884,7 @@ impl Vault {
     /// whose last guess can no longer finish. Run it every second on every replica.
     pub async fn sweep(&self) {
         let now = Instant::now();
-        self.buckets
-            .lock()
-            .expect("rate-limit lock poisoned")
-            .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(600));
+        self.buckets.turn(now);
         // Only the leader's erasures commit without a round trip; one proposer is enough.
         if !self.node.is_leader() {
             return;

@@ -26,6 +26,7 @@ fn snap(n: u64, time: i64, host: &str, tags: &[&str]) -> SnapshotInfo {
         host: host.into(),
         paths: vec!["/home/user/work".into()],
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        whatsapp: None,
         r: SnapshotRef {
             name: ObjectName(name),
             seq: n,
