@@ -455,6 +455,8 @@ fn run(command: Command) -> Result<()> {
             | Command::Forget { .. }
             | Command::Prune { .. }
             | Command::Repair { .. }
+            | Command::ImportWhatsapp(_)
+            | Command::ExportWhatsapp(_)
     ) {
         stop_cleanly_on_signals()?;
     }

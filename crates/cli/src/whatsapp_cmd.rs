@@ -5,7 +5,7 @@ use crate::{exit, mib, password_mode, print_json, RepoArgs};
 use anyhow::{bail, Context, Result};
 use backlock_core::format::WhatsAppSource;
 use backlock_repo::{BackupOptions, Repository};
-use backlock_whatsapp::{backup_name, header, BackupName, Crypt15Error, WhatsAppKey};
+use backlock_whatsapp::{backup_name, header, BackupName, Crypt15Error, KeyError, WhatsAppKey};
 use clap::Args;
 use sha2::{Digest, Sha256};
 use std::{
@@ -103,7 +103,11 @@ fn read_key(args: &WaKeyArgs) -> Result<WhatsAppKey> {
     })?);
     let key = match hex {
         false => WhatsAppKey::from_key_file(&bytes),
-        true => WhatsAppKey::from_typed(&String::from_utf8_lossy(&bytes)),
+        true => std::str::from_utf8(&bytes)
+            .map_err(|_| KeyError::NotAKeyFile {
+                why: "it is not text".into(),
+            })
+            .and_then(WhatsAppKey::from_typed),
     };
     key.map_err(|e| {
         let hint = match hex {
@@ -139,9 +143,12 @@ fn candidate(path: &Path) -> Result<Candidate> {
         .unwrap_or_default();
     let name = backup_name(&file_name);
     let modified = file_time_ns(&meta);
-    let time_ns = match name.date {
-        Some((y, m, d)) => {
-            let day = jiff::civil::date(y, m, d);
+    // A name whose date does not exist (the 30th of February) counts as undated.
+    let day = name
+        .date
+        .and_then(|(y, m, d)| jiff::civil::Date::new(y, m, d).ok());
+    let time_ns = match day {
+        Some(day) => {
             let same_day = jiff::Timestamp::from_nanosecond(i128::from(modified))
                 .ok()
                 .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date() == day)
@@ -290,6 +297,7 @@ pub(crate) fn import(args: ImportArgs) -> Result<()> {
         // SQLite, backed up, and removed with the folder.
         let scratch = tempfile::Builder::new()
             .prefix("backlock-whatsapp-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .context("cannot create a temporary folder for the database")?;
         let db_path = scratch.path().join(&c.name.database);
@@ -366,7 +374,13 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
 
 fn write_database(compressed: &[u8], path: &Path) -> Result<u64, Crypt15Error> {
     let io = |e: std::io::Error| Crypt15Error::Io(format!("{}: {e}", path.display()));
-    let mut out = std::io::BufWriter::new(fs::File::create_new(path).map_err(io)?);
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(path)
+    .map_err(io)?;
+    let mut out = std::io::BufWriter::new(file);
     let n = backlock_whatsapp::inflate(compressed, &mut out)?;
     out.into_inner()
         .map_err(|e| io(e.into_error()))?
@@ -402,7 +416,7 @@ pub(crate) fn export(args: ExportArgs) -> Result<()> {
         id => r.find_snapshot(id)?,
     };
     let snap = r.load_snapshot(&found)?;
-    let imported = snap.whatsapp().ok().flatten();
+    let imported = snap.whatsapp()?;
     let (features, prefix) = match (reference, imported) {
         (Some(h), _) => h,
         (None, Some(w)) => (w.features, w.prefix),
@@ -411,12 +425,12 @@ pub(crate) fn export(args: ExportArgs) -> Result<()> {
                 "note: snapshot {} was not imported from WhatsApp: the header gets the key type only (no app version or account digits); give --header-from FILE.crypt15 to copy them from one of the phone's backups",
                 &found.name.to_hex()[..8]
             );
-            (args.path.contains("msgstore"), header::minimal_prefix())
+            // No feature table, so no marker that says there is one.
+            (false, header::minimal_prefix())
         }
     };
-    let mut database = Vec::new();
-    let kind = r.dump(&found, &args.path, &mut database)?;
-    let database = Zeroizing::new(database);
+    let mut database = Zeroizing::new(Vec::new());
+    let kind = r.dump(&found, &args.path, &mut *database)?;
     if kind != "file" || !database.starts_with(b"SQLite format 3\0") {
         bail!(exit::Usage(format!(
             "{} in snapshot {} is not a SQLite database: WhatsApp's backups hold databases (msgstore.db)",

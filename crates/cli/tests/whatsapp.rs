@@ -233,6 +233,18 @@ fn what_waencrypt_writes_imports_byte_for_byte_and_what_we_export_wadecrypt_open
     let list = snapshots(&env);
     assert_eq!(list.len(), 1);
     assert_eq!(dump(&env, "latest", "msgstore.db"), fs::read(&db).unwrap());
+    // A name with a date that does not exist counts as undated (and this file's
+    // content was imported already).
+    let odd = env.path("msgstore-2023-02-30.1.db.crypt15");
+    fs::copy(&enc, &odd).unwrap();
+    let out = env.run(&[
+        "import-whatsapp",
+        "--wa-key",
+        key.to_str().unwrap(),
+        odd.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported before"));
 
     // Exported, it opens with the peer's reader to the same database, under a fresh
     // IV and with every other field of the imported header.

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 /// The shortest time between turns.
 const MIN_TURN: Duration = Duration::from_secs(600);
+/// The longest: a rate so slow that a bucket refills in more than a day forgets an
+/// account idle for a day (a grant of at most one burst a day).
+const MAX_TURN: Duration = Duration::from_secs(86_400);
 
 struct Bucket {
     tokens: f64,
@@ -39,11 +42,11 @@ impl RateLimiter {
         } else {
             1.0
         };
-        let refill = Duration::try_from_secs_f64(burst / rate).unwrap_or(Duration::MAX);
+        let refill = Duration::try_from_secs_f64(burst / rate).unwrap_or(MAX_TURN);
         RateLimiter {
             burst,
             rate,
-            turn: refill.max(MIN_TURN),
+            turn: refill.clamp(MIN_TURN, MAX_TURN),
             inner: Mutex::new(Generations {
                 current: HashMap::new(),
                 previous: HashMap::new(),
@@ -73,7 +76,8 @@ impl RateLimiter {
         };
         let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * self.rate;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
-        bucket.at = now;
+        // A caller that read the clock before another never moves it back.
+        bucket.at = bucket.at.max(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(());

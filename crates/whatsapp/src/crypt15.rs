@@ -51,7 +51,7 @@ pub enum Crypt15Error {
     #[error("the MD5 checksum does not match although the encrypted database authenticates: the header or the checksum at the end was changed; copy the file again from the phone")]
     Checksum,
     /// Neither the MD5 nor the tag matches.
-    #[error("the file is damaged or truncated: neither its MD5 checksum nor its AES-GCM tag matches (a wrong key alone would leave the MD5 intact); copy it again from the phone")]
+    #[error("the file is damaged or truncated: neither its MD5 checksum nor its AES-GCM tag matches (a wrong key alone would leave the MD5 intact, unless this is a multi-file backup, which has none); copy it again from the phone")]
     Damaged,
     /// The decrypted data is not a zlib stream.
     #[error("the decrypted data is not a valid zlib stream ({0}): the backup was written damaged")]
