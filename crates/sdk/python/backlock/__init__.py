@@ -1,0 +1,107 @@
+"""backlock: end-to-end encrypted backups for chat apps (docs/SDK.md).
+
+A :class:`Device` (the app's state directory) creates or opens a
+:class:`Repository` at a location (a directory or a store URL), which backs up,
+lists snapshots, restores and checks. Long operations block the calling thread:
+run them on a worker thread. Errors are :class:`Error` and its subclasses
+(:class:`WrongKey`, :class:`WrongPassword` with ``attempts_left``,
+:class:`Locked`, :class:`VaultUnavailable`, :class:`Damaged`,
+:class:`RolledBack`, :class:`Busy`, :class:`Storage`, :class:`Cancelled`,
+:class:`Invalid`, :class:`Callback`, :class:`Other`); each has ``message``.
+"""
+
+import os as _os
+
+from .backlock import (  # noqa: F401  (the generated bindings)
+    BackupSummary,
+    CancelToken,
+    CheckReport,
+    Device,
+    Error,
+    InternalError,
+    Progress,
+    ProgressListener,
+    Repository,
+    RestoreSummary,
+    SnapshotInfo,
+)
+
+WrongKey = Error.WrongKey
+WrongPassword = Error.WrongPassword
+Locked = Error.Locked
+VaultUnavailable = Error.VaultUnavailable
+Damaged = Error.Damaged
+RolledBack = Error.RolledBack
+Busy = Error.Busy
+Storage = Error.Storage
+Cancelled = Error.Cancelled
+Invalid = Error.Invalid
+Callback = Error.Callback
+Other = Error.Other
+
+
+class _CallableListener(ProgressListener):
+    """A plain function as a progress listener; what it raises stops the operation."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def on_progress(self, progress):
+        try:
+            self._fn(progress)
+        except Error:
+            raise
+        except BaseException as e:  # noqa: BLE001  (reported, never swallowed)
+            raise Error.Callback(f"{type(e).__name__}: {e}") from e
+
+
+def _listener(progress):
+    if progress is None or isinstance(progress, ProgressListener):
+        return progress
+    if callable(progress):
+        return _CallableListener(progress)
+    raise TypeError("progress must be a function of one Progress, or a ProgressListener")
+
+
+_generated_backup = Repository.backup
+_generated_restore = Repository.restore
+_generated_open = Device.open_repository
+_generated_create = Device.create_repository
+_generated_device_init = Device.__init__
+
+
+def _device_init(self, home):
+    """The device whose state lives in ``home`` (a path, created on first use)."""
+    _generated_device_init(self, _os.fspath(home))
+
+
+def _open_repository(self, location, key=None):
+    """The repository at ``location``, opened with ``key`` (the 64 digits) or
+    with the key this device keeps for it."""
+    return _generated_open(self, _os.fspath(location), key)
+
+
+def _create_repository(self, location):
+    """A repository to create at ``location``; ``enable_key_only`` creates it."""
+    return _generated_create(self, _os.fspath(location))
+
+
+def _backup(self, paths, progress=None, cancel=None):
+    """Backs up ``paths`` as a new snapshot. ``progress`` is a function of one
+    :class:`Progress` (or a :class:`ProgressListener`), called in order on the
+    backup's threads; ``cancel`` a :class:`CancelToken`. Returns a
+    :class:`BackupSummary`."""
+    return _generated_backup(self, [_os.fspath(p) for p in paths], _listener(progress), cancel)
+
+
+def _restore(self, snapshot, target, path=None, cancel=None):
+    """Restores ``snapshot`` (an id, a prefix or ``"latest"``) into ``target``
+    (missing or empty), or only ``path`` of it. Returns a :class:`RestoreSummary`."""
+    return _generated_restore(self, snapshot, _os.fspath(target), path, cancel)
+
+
+Device.__init__ = _device_init
+Device.open_repository = _open_repository
+Device.create_repository = _create_repository
+Repository.backup = _backup
+Repository.restore = _restore

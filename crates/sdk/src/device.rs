@@ -1,0 +1,95 @@
+//! A device: its state directory (what it has seen of each repository, the keys it
+//! keeps), and the thread budget of its operations.
+
+use crate::{error::Error, repository::Repository};
+use backlock_core::key::BackupKey;
+use backlock_repo::DeviceHome;
+use backlock_store::ObjectStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// This device: where it keeps its state (`home`: one directory per app install).
+#[derive(Debug, uniffi::Object)]
+pub struct Device {
+    home: PathBuf,
+}
+
+/// The store at `location`: a local directory or a store URL (`s3://…`), with the
+/// credentials in the environment (docs/STORES.md).
+pub(crate) fn store_at(location: &str) -> Result<Arc<dyn ObjectStore>, Error> {
+    let settings = backlock_store_cloud::Settings::from_env().map_err(|e| Error::Invalid {
+        message: e.to_string(),
+    })?;
+    backlock_store_cloud::open(location, &settings).map_err(|e| Error::Invalid {
+        message: e.to_string(),
+    })
+}
+
+#[uniffi::export]
+impl Device {
+    /// The device whose state lives in `home` (created on first use).
+    #[uniffi::constructor]
+    pub fn new(home: String) -> Result<Arc<Self>, Error> {
+        if home.trim().is_empty() {
+            return Err(Error::invalid(
+                "the device's home is empty: give the app's private directory for backlock's state",
+            ));
+        }
+        Ok(Arc::new(Device { home: home.into() }))
+    }
+
+    /// Caps the threads of every long operation (1 or 2 for a phone in the
+    /// background); 0 restores the default (the machine's cores). Process-wide.
+    pub fn set_threads(&self, threads: u32) {
+        backlock_core::threads::set_budget(threads as usize);
+    }
+
+    /// A repository to create at `location` (a directory that does not hold one, or a
+    /// store URL): nothing is written until `enable_key_only`.
+    pub fn create_repository(self: Arc<Self>, location: String) -> Result<Arc<Repository>, Error> {
+        let store = store_at(&location)?;
+        if !store.list(backlock_store::ObjectKind::Config)?.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} already holds a repository: open it with open_repository",
+                store.location()
+            )));
+        }
+        Ok(Repository::new(self, location, store, None))
+    }
+
+    /// The repository at `location`, opened with `key` (the 64 digits, any case,
+    /// spaces and dashes allowed), or with the key this device keeps for it.
+    #[uniffi::method(default(key = None))]
+    pub fn open_repository(
+        self: Arc<Self>,
+        location: String,
+        key: Option<String>,
+    ) -> Result<Arc<Repository>, Error> {
+        let store = store_at(&location)?;
+        let key = match key {
+            Some(text) => {
+                let text = Zeroizing::new(text);
+                BackupKey::parse(&text).map_err(|e| Error::WrongKey {
+                    message: format!("{e}; check the key as it was shown"),
+                })?
+            }
+            None => self.home().load_key(&store.location())?.ok_or_else(|| {
+                Error::invalid(format!(
+                    "this device keeps no key for {}: give the 64-digit key",
+                    store.location()
+                ))
+            })?,
+        };
+        let repo = Repository::new(self, location, store, Some(key));
+        // Fail here, not at the first operation, when the key is wrong.
+        repo.open()?;
+        Ok(repo)
+    }
+}
+
+impl Device {
+    pub(crate) fn home(&self) -> DeviceHome {
+        DeviceHome::new(&self.home)
+    }
+}

@@ -1,0 +1,332 @@
+//! A repository as the app sees it: created or opened by a [`Device`], then backed
+//! up, listed, restored and checked.
+
+use crate::{
+    cancel::{CancelToken, Running},
+    device::Device,
+    error::Error,
+};
+use backlock_core::key::BackupKey;
+use backlock_repo::{BackupOptions, RestoreOptions};
+use backlock_store::ObjectStore;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Where a long operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Progress {
+    /// Bytes of file content done so far.
+    pub bytes_done: u64,
+    /// Bytes of file content in all.
+    pub bytes_total: u64,
+    /// Files done so far.
+    pub files_done: u64,
+    /// Files in all.
+    pub files_total: u64,
+}
+
+/// Told of progress, in order, on the operation's threads: return quickly. An error
+/// returned stops the operation with `Error::Callback`.
+#[uniffi::export(with_foreign)]
+pub trait ProgressListener: Send + Sync {
+    /// Progress so far.
+    fn on_progress(&self, progress: Progress) -> Result<(), Error>;
+}
+
+/// What a backup stored.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct BackupSummary {
+    /// The new snapshot's id.
+    pub snapshot: String,
+    /// Its sequence number (1 for the first).
+    pub seq: u64,
+    /// Files in it.
+    pub files: u64,
+    /// Files not read again (unchanged since the last snapshot).
+    pub files_unchanged: u64,
+    /// Bytes of all its files.
+    pub bytes_total: u64,
+    /// Bytes of content not in the repository before.
+    pub bytes_new: u64,
+    /// Bytes uploaded (compressed, encrypted, with metadata).
+    pub bytes_stored: u64,
+    /// Entries that could not be read (permission, vanished): the snapshot holds the
+    /// rest.
+    pub skipped: Vec<String>,
+}
+
+/// One snapshot, as listed.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct SnapshotInfo {
+    /// Its id (`restore` takes it, a unique prefix, or `latest`).
+    pub id: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was taken, seconds since the Unix epoch.
+    pub time_unix: i64,
+    /// The device's name.
+    pub host: String,
+    /// The paths backed up.
+    pub paths: Vec<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+}
+
+/// What a restore wrote.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct RestoreSummary {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// What could not be put back (ownership as a user, and the like).
+    pub not_restored: Vec<String>,
+}
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct CheckReport {
+    /// Snapshots read.
+    pub snapshots: u64,
+    /// Problems that make some snapshot unrestorable.
+    pub errors: Vec<String>,
+    /// Harmless findings.
+    pub notes: Vec<String>,
+}
+
+/// A repository of this device. Methods that read or write block the calling thread.
+#[derive(uniffi::Object)]
+pub struct Repository {
+    device: Arc<Device>,
+    location: String,
+    store: Arc<dyn ObjectStore>,
+    key: Mutex<Option<BackupKey>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    pub(crate) fn new(
+        device: Arc<Device>,
+        location: String,
+        store: Arc<dyn ObjectStore>,
+        key: Option<BackupKey>,
+    ) -> Arc<Self> {
+        Arc::new(Repository {
+            device,
+            location,
+            store,
+            key: Mutex::new(key),
+        })
+    }
+
+    fn key(&self) -> Result<BackupKey, Error> {
+        self.key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::invalid("this repository has no key yet: call enable_key_only first")
+            })
+    }
+
+    pub(crate) fn open(&self) -> Result<backlock_repo::Repository, Error> {
+        let repo =
+            backlock_repo::Repository::open(self.store.clone(), &self.key()?, self.device.home())?;
+        Ok(repo)
+    }
+}
+
+/// Reports `p` unless an earlier report failed; a failure cancels the operation.
+struct Reporter<'a> {
+    listener: &'a dyn ProgressListener,
+    failed: Mutex<Option<Error>>,
+}
+
+impl Reporter<'_> {
+    fn report(&self, p: Progress) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.listener.on_progress(p) {
+            *failed = Some(Error::Callback {
+                message: format!("the progress callback failed, so the operation stopped: {e}"),
+            });
+            backlock_repo::interrupt::flag().store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The callback's failure in place of the `Cancelled` it caused.
+    fn outcome<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        match self.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".into())
+}
+
+#[uniffi::export]
+impl Repository {
+    /// Creates the repository with a new random key and returns that key for the
+    /// user to write down: 16 groups of 4 hex digits. Nobody else has it.
+    pub fn enable_key_only(&self) -> Result<String, Error> {
+        let mut held = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
+            return Err(Error::invalid(
+                "this repository already has its key: it is created",
+            ));
+        }
+        let key = BackupKey::generate();
+        backlock_repo::Repository::init(self.store.clone(), &key, self.device.home())?;
+        let shown = key.to_display().to_string();
+        *held = Some(key);
+        Ok(shown)
+    }
+
+    /// Backs up `paths` (files and directories) as a new snapshot.
+    #[uniffi::method(default(progress = None, cancel = None))]
+    pub fn backup(
+        &self,
+        paths: Vec<String>,
+        progress: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<BackupSummary, Error> {
+        if paths.is_empty() {
+            return Err(Error::invalid(
+                "no path to back up: give files or directories",
+            ));
+        }
+        let _running = Running::start(cancel);
+        let reporter = progress.as_deref().map(|listener| Reporter {
+            listener,
+            failed: Mutex::new(None),
+        });
+        let on_progress = |p: backlock_repo::Progress| {
+            if let Some(r) = &reporter {
+                r.report(Progress {
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                    files_done: p.files_done,
+                    files_total: p.files_total,
+                });
+            }
+        };
+        let opts = BackupOptions {
+            paths: paths.iter().map(PathBuf::from).collect(),
+            hostname: hostname(),
+            progress: Some(&on_progress),
+            ..Default::default()
+        };
+        let result = (|| {
+            let s = self.open()?.load_index()?.backup(&opts)?;
+            Ok(BackupSummary {
+                snapshot: s.snapshot,
+                seq: s.seq,
+                files: s.files,
+                files_unchanged: s.files_unchanged,
+                bytes_total: s.bytes_total,
+                bytes_new: s.bytes_new,
+                bytes_stored: s.bytes_stored,
+                skipped: s
+                    .skipped
+                    .iter()
+                    .map(|k| format!("{}: {}", k.path, k.reason))
+                    .collect(),
+            })
+        })();
+        match &reporter {
+            Some(r) => r.outcome(result),
+            None => result,
+        }
+    }
+
+    /// Every snapshot that authenticates, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error> {
+        let mut out = Vec::new();
+        self.open()?.authentic_snapshots(|s, snap| {
+            let info = backlock_repo::select::SnapshotInfo::of(s, &snap);
+            out.push(SnapshotInfo {
+                id: info.id,
+                seq: info.seq,
+                time_unix: info.time_unix_ns.div_euclid(1_000_000_000),
+                host: info.host,
+                paths: info.paths,
+                tags: info.tags,
+            });
+            Ok(())
+        })?;
+        out.sort_by_key(|s| s.seq);
+        Ok(out)
+    }
+
+    /// Restores snapshot `snapshot` (an id, a unique prefix, or `latest`) into
+    /// `target`, which must not exist or be empty; `path` restores only that path of
+    /// it (from its root, as `snapshots` lists the backed-up paths' last names).
+    #[uniffi::method(default(path = None, cancel = None))]
+    pub fn restore(
+        &self,
+        snapshot: String,
+        target: String,
+        path: Option<String>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<RestoreSummary, Error> {
+        let _running = Running::start(cancel);
+        let r = self.open()?.load_index()?;
+        let found = match snapshot.as_str() {
+            "latest" => r.latest()?.0,
+            id => r.find_snapshot(id)?,
+        };
+        let opts = RestoreOptions {
+            subpath: path,
+            ..Default::default()
+        };
+        let s = r.restore_with(&found, std::path::Path::new(&target), &|_| {}, &opts)?;
+        Ok(RestoreSummary {
+            snapshot: s.snapshot,
+            seq: s.seq,
+            files: s.files,
+            bytes: s.bytes,
+            not_restored: s.not_restored,
+        })
+    }
+
+    /// Reads every snapshot and index, and with `read_data` every stored chunk.
+    #[uniffi::method(default(read_data = false, cancel = None))]
+    pub fn check(
+        &self,
+        read_data: bool,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<CheckReport, Error> {
+        let _running = Running::start(cancel);
+        let report = self.open()?.check(read_data)?;
+        Ok(CheckReport {
+            snapshots: report.snapshots as u64,
+            errors: report.errors,
+            notes: report.notes,
+        })
+    }
+
+    /// The location it was opened at.
+    pub fn location(&self) -> String {
+        self.location.clone()
+    }
+}

@@ -1,0 +1,171 @@
+"""The Python package `backlock`, as an app uses it (docs/SDK.md).
+
+Run by crates/sdk/tests/python.rs (scripts/test), which installs the wheel into a
+fresh venv and gives the S3 server's URL and credentials in the environment.
+"""
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+import backlock
+
+
+def tree_digest(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def chat(tmp_path):
+    """A small chat folder: text, and media that does not compress."""
+    root = tmp_path / "chat"
+    (root / "Media").mkdir(parents=True)
+    (root / "notes.txt").write_text("hello from the phone\n" * 200)
+    for i in range(4):
+        (root / "Media" / f"IMG-{i}.jpg").write_bytes(os.urandom(3 << 20))
+    return root
+
+
+def test_key_only_round_trip_on_a_new_phone(tmp_path, chat):
+    dev = backlock.Device(home=tmp_path / "home")
+    repo = dev.create_repository(tmp_path / "repo")
+    key = repo.enable_key_only()
+    groups = key.split(" ")
+    assert len(groups) == 16 and all(len(g) == 4 for g in groups)
+    seen = []
+    summary = repo.backup([chat], progress=lambda p: seen.append(p.bytes_done))
+    assert summary.files > 0 and summary.bytes_new > 0
+    assert seen, "progress was reported"
+    snaps = repo.snapshots()
+    assert [s.seq for s in snaps] == [1]
+    phone2 = backlock.Device(home=tmp_path / "home2")
+    repo2 = phone2.open_repository(tmp_path / "repo", key=key)
+    done = repo2.restore(snaps[-1].id, target=tmp_path / "restored")
+    assert done.files == summary.files
+    assert tree_digest(tmp_path / "restored" / "chat") == tree_digest(chat)
+    # A part of it.
+    repo2.restore("latest", target=tmp_path / "part", path="chat/notes.txt")
+    assert (tmp_path / "part" / "notes.txt").read_text() == (chat / "notes.txt").read_text()
+
+
+def test_progress_arrives_in_order(tmp_path, chat):
+    repo = backlock.Device(home=tmp_path / "home").create_repository(tmp_path / "repo")
+    repo.enable_key_only()
+    reports = []
+    lock = threading.Lock()
+
+    def on(p):
+        with lock:
+            reports.append((p.bytes_done, p.files_done, p.bytes_total))
+
+    repo.backup([chat], progress=on)
+    done = [r[0] for r in reports]
+    assert done == sorted(done), "bytes_done never goes back"
+    assert [r[1] for r in reports] == sorted(r[1] for r in reports)
+    assert reports[-1][0] == reports[-1][2], "the last report is the whole"
+
+
+def test_a_wrong_key_is_WrongKey_and_names_no_key(tmp_path, chat):
+    repo = backlock.Device(home=tmp_path / "home").create_repository(tmp_path / "repo")
+    key = repo.enable_key_only()
+    repo.backup([chat])
+    wrong = "0123" * 16
+    with pytest.raises(backlock.WrongKey) as e:
+        backlock.Device(home=tmp_path / "h2").open_repository(tmp_path / "repo", key=wrong)
+    assert isinstance(e.value, backlock.Error)
+    text = str(e.value)
+    assert wrong not in text and key.replace(" ", "") not in text
+    with pytest.raises(backlock.WrongKey):
+        backlock.Device(home=tmp_path / "h3").open_repository(tmp_path / "repo", key="12 34")
+
+
+def test_cancelled_in_the_middle_the_next_backup_completes(tmp_path, chat):
+    dev = backlock.Device(home=tmp_path / "home")
+    repo = dev.create_repository(tmp_path / "repo")
+    repo.enable_key_only()
+    first = repo.backup([chat])
+    for i in range(6):
+        (chat / "Media" / f"VID-{i}.mp4").write_bytes(os.urandom(4 << 20))
+    token = backlock.CancelToken()
+    reports = []
+
+    def on(p):
+        reports.append(p.bytes_done)
+        token.cancel()
+
+    with pytest.raises(backlock.Cancelled):
+        repo.backup([chat], progress=on, cancel=token)
+    assert token.is_cancelled()
+    assert reports and reports[-1] < sum(f.stat().st_size for f in chat.rglob("*") if f.is_file())
+    assert [s.id for s in repo.snapshots()] == [first.snapshot], "no snapshot from the cancelled run"
+    second = repo.backup([chat])
+    assert second.seq == 2
+    repo.restore(first.snapshot, target=tmp_path / "old")
+    assert not any(p.name.startswith("VID-") for p in (tmp_path / "old").rglob("*"))
+    repo.restore("latest", target=tmp_path / "new")
+    assert tree_digest(tmp_path / "new" / "chat") == tree_digest(chat)
+
+
+def test_an_exception_in_the_callback_stops_the_backup_and_nothing_panics(tmp_path, chat):
+    repo = backlock.Device(home=tmp_path / "home").create_repository(tmp_path / "repo")
+    repo.enable_key_only()
+
+    def boom(p):
+        raise ValueError("the app's bug")
+
+    with pytest.raises(backlock.Callback) as e:
+        repo.backup([chat], progress=boom)
+    assert "ValueError: the app's bug" in str(e.value)
+    assert repo.snapshots() == []
+    assert repo.backup([chat]).seq == 1, "the repository is usable after it"
+
+
+def test_bad_requests_are_Invalid(tmp_path, chat):
+    dev = backlock.Device(home=tmp_path / "home")
+    repo = dev.create_repository(tmp_path / "repo")
+    with pytest.raises(backlock.Invalid):
+        repo.backup([chat])  # no key yet
+    repo.enable_key_only()
+    with pytest.raises(backlock.Invalid):
+        dev.create_repository(tmp_path / "repo")  # already there
+    with pytest.raises(backlock.Invalid):
+        repo.backup([])
+    repo.backup([chat])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("mine")
+    with pytest.raises(backlock.Invalid):
+        repo.restore("latest", target=tmp_path / "busy")
+    assert (tmp_path / "busy" / "x").read_text() == "mine"
+    with pytest.raises(TypeError):
+        repo.backup([chat], progress=42)
+
+
+def test_one_thread_for_a_phone_in_the_background(tmp_path, chat):
+    dev = backlock.Device(home=tmp_path / "home")
+    dev.set_threads(1)
+    try:
+        repo = dev.create_repository(tmp_path / "repo")
+        repo.enable_key_only()
+        assert repo.backup([chat]).files > 0
+        assert repo.check(read_data=True).errors == []
+    finally:
+        dev.set_threads(0)
+
+
+@pytest.mark.skipif("BACKLOCK_TEST_S3_URL" not in os.environ, reason="no S3 server given")
+def test_a_store_url(tmp_path, chat):
+    url = os.environ["BACKLOCK_TEST_S3_URL"]
+    repo = backlock.Device(home=tmp_path / "home").create_repository(url)
+    key = repo.enable_key_only()
+    repo.backup([chat])
+    other = backlock.Device(home=tmp_path / "home2").open_repository(url, key=key)
+    other.restore("latest", target=tmp_path / "restored")
+    assert tree_digest(tmp_path / "restored" / "chat") == tree_digest(chat)
