@@ -1,7 +1,11 @@
 //! A device: its state directory (what it has seen of each repository, the keys it
 //! keeps), and the thread budget of its operations.
 
-use crate::{error::Error, repository::Repository};
+use crate::{
+    error::Error,
+    repository::Repository,
+    vault::{connect, VaultConfig},
+};
 use backlock_core::key::BackupKey;
 use backlock_repo::DeviceHome;
 use backlock_store::ObjectStore;
@@ -74,17 +78,62 @@ impl Device {
                     message: format!("{e}; check the key as it was shown"),
                 })?
             }
-            None => self.home().load_key(&store.location())?.ok_or_else(|| {
-                Error::invalid(format!(
-                    "this device keeps no key for {}: give the 64-digit key",
-                    store.location()
-                ))
-            })?,
+            None => self
+                .home()
+                .load_key(&key_location(&location))?
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "this device keeps no key for {}: give the 64-digit key",
+                        store.location()
+                    ))
+                })?,
         };
         let repo = Repository::new(self, location, store, Some(key));
         // Fail here, not at the first operation, when the key is wrong.
         repo.open()?;
         Ok(repo)
+    }
+
+    /// On a new device: the key behind `password` in the vault, as 16 groups of 4
+    /// digits for `open_repository`. One guess: a wrong password raises
+    /// `WrongPassword` with the guesses left, and after the last the vault erases the
+    /// key (`Locked`). The vault's word on the newest snapshot is recorded, so an
+    /// older one served later is refused (`RolledBack`).
+    pub fn recover_key(&self, vault: VaultConfig, password: String) -> Result<String, Error> {
+        let password = backlock_vault_proto::password::Password::new(password);
+        let home = self.home();
+        let session = connect(&vault, &home)?;
+        let key = session.block_on(session.client.recover(
+            &password,
+            &session.pinned,
+            &session.ksf,
+        ))?;
+        match session.block_on(session.client.anchor(&key)) {
+            Ok(Some(anchor)) => home.record(&hex::encode(anchor.repo), anchor.seq)?,
+            Ok(None) => {}
+            // The password was right but the newest snapshot is unknown: going on
+            // would give up the rollback check.
+            Err(e) => {
+                return Err(Error::VaultUnavailable {
+                    message: format!(
+                        "the password was right, but the vault could not say which backup is the newest ({e}): try again later"
+                    ),
+                })
+            }
+        }
+        Ok(key.to_display().to_string())
+    }
+}
+
+/// The name a repository's key is kept under on a device, as the command names it:
+/// the absolute path of a local repository, the URL (without credentials) of a cloud
+/// one.
+pub(crate) fn key_location(location: &str) -> String {
+    match backlock_store_cloud::Location::parse(location) {
+        Ok(l) => l.display(),
+        Err(_) => std::path::absolute(location)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| location.to_owned()),
     }
 }
 

@@ -29,6 +29,19 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// The vault holds no key for this account (never enabled, or deleted).
+    #[error("{message}")]
+    NoKey {
+        /// What happened.
+        message: String,
+    },
+    /// The vault presents another public key than the one given or pinned: something
+    /// else answered. Send it nothing; tell the user.
+    #[error("{message}")]
+    WrongVault {
+        /// What happened.
+        message: String,
+    },
     /// The vault cannot be reached or has no majority: retry later.
     #[error("{message}")]
     VaultUnavailable {

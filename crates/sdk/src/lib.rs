@@ -11,6 +11,7 @@ mod cancel;
 mod device;
 mod error;
 mod repository;
+mod vault;
 
 pub use cancel::CancelToken;
 pub use device::Device;
@@ -19,3 +20,4 @@ pub use repository::{
     BackupSummary, CheckReport, Progress, ProgressListener, Repository, RestoreSummary,
     SnapshotInfo,
 };
+pub use vault::VaultConfig;

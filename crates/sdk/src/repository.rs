@@ -3,12 +3,14 @@
 
 use crate::{
     cancel::{CancelToken, Running},
-    device::Device,
+    device::{key_location, Device},
     error::Error,
+    vault::{connect, VaultConfig},
 };
 use backlock_core::key::BackupKey;
 use backlock_repo::{BackupOptions, RestoreOptions};
 use backlock_store::ObjectStore;
+use backlock_vault_proto::{owner::OwnerKey, password::Password};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -176,6 +178,15 @@ impl Reporter<'_> {
     }
 }
 
+/// A password that meets the vault's policy (6 characters, a letter).
+fn new_password(text: String) -> Result<Password, Error> {
+    let password = Password::new(text);
+    password
+        .check_policy()
+        .map_err(|e| Error::invalid(format!("the new password: {e}")))?;
+    Ok(password)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -200,6 +211,63 @@ impl Repository {
         let shown = key.to_display().to_string();
         *held = Some(key);
         Ok(shown)
+    }
+
+    /// Creates the repository with a new random key kept on this device and, behind
+    /// `password`, in the vault (password mode): a new device recovers it with
+    /// `Device.recover_key`. The vault allows 10 wrong guesses, then erases it.
+    pub fn enable_password(&self, password: String, vault: VaultConfig) -> Result<(), Error> {
+        let password = new_password(password)?;
+        let mut held = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
+            return Err(Error::invalid(
+                "this repository already has its key: it is created",
+            ));
+        }
+        let home = self.device.home();
+        let key = BackupKey::generate();
+        let session = connect(&vault, &home)?;
+        session
+            .block_on(session.client.register(&password, &key, &session.pinned, None, &session.ksf))
+            .map_err(|e| match e {
+                backlock_vault_client::VaultError::AlreadyRegistered(_) => Error::invalid(format!(
+                    "a backup key is already registered for account {}: change its password on the device that holds the key, or delete the record",
+                    vault.account
+                )),
+                other => Error::from(other),
+            })?;
+        drop(session);
+        // Kept before the repository exists, so it is never lost in between.
+        home.save_key(&key_location(&self.location), &key)?;
+        backlock_repo::Repository::init(self.store.clone(), &key, home)?;
+        *held = Some(key);
+        Ok(())
+    }
+
+    /// A new password for the key this repository was opened with.
+    pub fn change_password(&self, new_password: String, vault: VaultConfig) -> Result<(), Error> {
+        let password = self::new_password(new_password)?;
+        let key = self.key()?;
+        let session = connect(&vault, &self.device.home())?;
+        let owner = OwnerKey::derive(&key);
+        session.block_on(session.client.register_with_receipt(
+            &password,
+            &key,
+            &session.pinned,
+            Some(&owner),
+            &session.ksf,
+        ))?;
+        Ok(())
+    }
+
+    /// Erases the account's record in the vault, proving with this repository's key
+    /// that it is the owner: the password no longer opens anything (keep the
+    /// 64-digit key, or the backup is lost).
+    pub fn delete_vault_record(&self, vault: VaultConfig) -> Result<(), Error> {
+        let key = self.key()?;
+        let session = connect(&vault, &self.device.home())?;
+        session.block_on(session.client.delete(&key, &session.pinned))?;
+        Ok(())
     }
 
     /// Backs up `paths` (files and directories) as a new snapshot.

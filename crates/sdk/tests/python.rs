@@ -3,6 +3,7 @@
 //! a plain `cargo test`: scripts/test builds the wheel, then runs it with --ignored.
 
 use backlock_testkit::servers::{required, S3Server};
+use backlock_vault_server::run::{RunningVault, ServeConfig};
 use std::process::Command;
 
 /// The venv's interpreter, with the wheel and pytest installed.
@@ -20,7 +21,30 @@ fn the_python_package_passes_its_tests() {
         return;
     };
     let s3 = S3Server::start();
+    // A vault served over HTTP on loopback, as a device reaches a remote one.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let vault = runtime
+        .block_on(RunningVault::start(ServeConfig {
+            data: data.path().to_path_buf(),
+            node_key: None,
+            listen: ([127, 0, 0, 1], 0).into(),
+            vault: Default::default(),
+            tls: None,
+            http: Default::default(),
+            metrics_listen: None,
+        }))
+        .expect("start the vault");
     let mut cmd = Command::new(python);
+    cmd.env("BACKLOCK_TEST_VAULT_URL", vault.url())
+        .env(
+            "BACKLOCK_TEST_VAULT_KEY",
+            hex::encode(vault.vault.info().server_public_key),
+        )
+        .env(
+            "BACKLOCK_TEST_VAULT_TOKEN",
+            vault.vault.issue_token("alice", 3600).unwrap(),
+        );
     cmd.args([
         "-m",
         "pytest",
@@ -35,6 +59,7 @@ fn the_python_package_passes_its_tests() {
             .env("BACKLOCK_TEST_S3_URL", s3.url("sdk-pytest"));
     }
     let out = cmd.output().expect("run pytest");
+    runtime.block_on(vault.shutdown());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -6,7 +6,7 @@ lists snapshots, restores and checks. Long operations block the calling thread:
 run them on a worker thread. Errors are :class:`Error` and its subclasses
 (:class:`WrongKey`, :class:`WrongPassword` with ``attempts_left``,
 :class:`Locked`, :class:`VaultUnavailable`, :class:`Damaged`,
-:class:`RolledBack`, :class:`Busy`, :class:`Storage`, :class:`Cancelled`,
+:class:`RolledBack`, :class:`NoKey`, :class:`WrongVault`, :class:`Busy`, :class:`Storage`, :class:`Cancelled`,
 :class:`Invalid`, :class:`Callback`, :class:`Other`); each has ``message``.
 """
 
@@ -24,6 +24,7 @@ from .backlock import (  # noqa: F401  (the generated bindings)
     Repository,
     RestoreSummary,
     SnapshotInfo,
+    VaultConfig,
 )
 
 WrongKey = Error.WrongKey
@@ -38,6 +39,8 @@ Cancelled = Error.Cancelled
 Invalid = Error.Invalid
 Callback = Error.Callback
 Other = Error.Other
+NoKey = Error.NoKey
+WrongVault = Error.WrongVault
 
 
 class _CallableListener(ProgressListener):

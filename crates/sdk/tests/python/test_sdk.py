@@ -34,6 +34,10 @@ def chat(tmp_path):
     return root
 
 
+def test_the_package_is_the_installed_wheel():
+    assert "site-packages" in backlock.__file__, backlock.__file__
+
+
 def test_key_only_round_trip_on_a_new_phone(tmp_path, chat):
     dev = backlock.Device(home=tmp_path / "home")
     repo = dev.create_repository(tmp_path / "repo")
@@ -169,3 +173,71 @@ def test_a_store_url(tmp_path, chat):
     other = backlock.Device(home=tmp_path / "home2").open_repository(url, key=key)
     other.restore("latest", target=tmp_path / "restored")
     assert tree_digest(tmp_path / "restored" / "chat") == tree_digest(chat)
+
+
+def served_vault():
+    """The vault crates/sdk/tests/python.rs serves on loopback, for account alice."""
+    if "BACKLOCK_TEST_VAULT_URL" not in os.environ:
+        pytest.skip("no vault given")
+    return backlock.VaultConfig(
+        urls=[os.environ["BACKLOCK_TEST_VAULT_URL"]],
+        public_key=os.environ["BACKLOCK_TEST_VAULT_KEY"],
+        account="alice",
+        token=os.environ["BACKLOCK_TEST_VAULT_TOKEN"],
+    )
+
+
+def test_password_mode_through_a_served_vault(tmp_path, chat):
+    vault_cfg = served_vault()
+    dev = backlock.Device(home=tmp_path / "home")
+    repo_p = dev.create_repository(tmp_path / "repo")
+    repo_p.enable_password("correct horse", vault=vault_cfg)
+    repo_p.backup([chat])
+    # This device keeps the key: it opens without one.
+    assert dev.open_repository(tmp_path / "repo").snapshots()[0].seq == 1
+    phone3 = backlock.Device(home=tmp_path / "phone3")
+    with pytest.raises(backlock.WrongPassword) as e:
+        phone3.recover_key(vault=vault_cfg, password="wrong")
+    assert e.value.attempts_left == 9
+    assert "wrong" not in str(e.value).replace("wrong password", "")
+    key3 = phone3.recover_key(vault=vault_cfg, password="correct horse")
+    phone3.open_repository(tmp_path / "repo", key=key3).restore("latest", target=tmp_path / "restore3")
+    assert tree_digest(tmp_path / "restore3" / "chat") == tree_digest(chat)
+    # A new password; the old one opens nothing any more.
+    repo_p.change_password("battery staple", vault=vault_cfg)
+    with pytest.raises(backlock.WrongPassword):
+        phone3.recover_key(vault=vault_cfg, password="correct horse")
+    assert phone3.recover_key(vault=vault_cfg, password="battery staple") == key3
+    # Another vault key than the operator's: nothing is sent.
+    forged = backlock.VaultConfig(urls=vault_cfg.urls, public_key="00" * 32,
+                                  account="alice", token=vault_cfg.token)
+    with pytest.raises(backlock.WrongVault):
+        phone3.recover_key(vault=forged, password="battery staple")
+    # The owner deletes the record: the password opens nothing.
+    repo_p.delete_vault_record(vault=vault_cfg)
+    with pytest.raises(backlock.NoKey):
+        phone3.recover_key(vault=vault_cfg, password="battery staple")
+
+
+def test_an_embedded_vault_locks_after_the_limit(tmp_path, chat):
+    vault_cfg = backlock.VaultConfig(account="bob", embedded_data=str(tmp_path / "vault"))
+    dev = backlock.Device(home=tmp_path / "home")
+    repo = dev.create_repository(tmp_path / "repo")
+    with pytest.raises(backlock.Invalid):
+        repo.enable_password("short", vault=vault_cfg)  # below the policy
+    repo.enable_password("correct horse", vault=vault_cfg)
+    repo.backup([chat])
+    thief = backlock.Device(home=tmp_path / "thief")
+    left = []
+    for guess in range(9):
+        with pytest.raises(backlock.WrongPassword) as e:
+            thief.recover_key(vault=vault_cfg, password=f"guess number {guess}")
+        left.append(e.value.attempts_left)
+    assert left == list(range(9, 0, -1))
+    # The tenth wrong guess is the last: the key is erased.
+    with pytest.raises(backlock.Locked):
+        thief.recover_key(vault=vault_cfg, password="the tenth guess")
+    with pytest.raises(backlock.Locked):
+        thief.recover_key(vault=vault_cfg, password="correct horse")
+    # The device that kept the key still backs up and restores.
+    assert dev.open_repository(tmp_path / "repo").backup([chat]).seq == 2

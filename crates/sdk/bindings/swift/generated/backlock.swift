@@ -765,6 +765,15 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func openRepository(location: String, key: String?) throws  -> Repository
     
     /**
+     * On a new device: the key behind `password` in the vault, as 16 groups of 4
+     * digits for `open_repository`. One guess: a wrong password raises
+     * `WrongPassword` with the guesses left, and after the last the vault erases the
+     * key (`Locked`). The vault's word on the newest snapshot is recorded, so an
+     * older one served later is refused (`RolledBack`).
+     */
+    func recoverKey(vault: VaultConfig, password: String) throws  -> String
+    
+    /**
      * Caps the threads of every long operation (1 or 2 for a phone in the
      * background); 0 restores the default (the machine's cores). Process-wide.
      */
@@ -864,6 +873,24 @@ open func openRepository(location: String, key: String? = nil)throws  -> Reposit
             self.uniffiCloneHandle(),
         FfiConverterString.lower(location),
         FfiConverterOptionString.lower(key),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * On a new device: the key behind `password` in the vault, as 16 groups of 4
+     * digits for `open_repository`. One guess: a wrong password raises
+     * `WrongPassword` with the guesses left, and after the last the vault erases the
+     * key (`Locked`). The vault's word on the newest snapshot is recorded, so an
+     * older one served later is refused (`RolledBack`).
+     */
+open func recoverKey(vault: VaultConfig, password: String)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_device_recover_key(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeVaultConfig_lower(vault),
+        FfiConverterString.lower(password),uniffiCallStatus
     )
 })
 }
@@ -1155,15 +1182,34 @@ public protocol RepositoryProtocol: AnyObject, Sendable {
     func backup(paths: [String], progress: ProgressListener?, cancel: CancelToken?) throws  -> BackupSummary
     
     /**
+     * A new password for the key this repository was opened with.
+     */
+    func changePassword(newPassword: String, vault: VaultConfig) throws 
+    
+    /**
      * Reads every snapshot and index, and with `read_data` every stored chunk.
      */
     func check(readData: Bool, cancel: CancelToken?) throws  -> CheckReport
+    
+    /**
+     * Erases the account's record in the vault, proving with this repository's key
+     * that it is the owner: the password no longer opens anything (keep the
+     * 64-digit key, or the backup is lost).
+     */
+    func deleteVaultRecord(vault: VaultConfig) throws 
     
     /**
      * Creates the repository with a new random key and returns that key for the
      * user to write down: 16 groups of 4 hex digits. Nobody else has it.
      */
     func enableKeyOnly() throws  -> String
+    
+    /**
+     * Creates the repository with a new random key kept on this device and, behind
+     * `password`, in the vault (password mode): a new device recovers it with
+     * `Device.recover_key`. The vault allows 10 wrong guesses, then erases it.
+     */
+    func enablePassword(password: String, vault: VaultConfig) throws 
     
     /**
      * The location it was opened at.
@@ -1255,6 +1301,19 @@ open func backup(paths: [String], progress: ProgressListener? = nil, cancel: Can
 }
     
     /**
+     * A new password for the key this repository was opened with.
+     */
+open func changePassword(newPassword: String, vault: VaultConfig)throws   {try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_repository_change_password(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(newPassword),
+        FfiConverterTypeVaultConfig_lower(vault),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * Reads every snapshot and index, and with `read_data` every stored chunk.
      */
 open func check(readData: Bool = false, cancel: CancelToken? = nil)throws  -> CheckReport  {
@@ -1269,6 +1328,20 @@ open func check(readData: Bool = false, cancel: CancelToken? = nil)throws  -> Ch
 }
     
     /**
+     * Erases the account's record in the vault, proving with this repository's key
+     * that it is the owner: the password no longer opens anything (keep the
+     * 64-digit key, or the backup is lost).
+     */
+open func deleteVaultRecord(vault: VaultConfig)throws   {try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_repository_delete_vault_record(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeVaultConfig_lower(vault),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * Creates the repository with a new random key and returns that key for the
      * user to write down: 16 groups of 4 hex digits. Nobody else has it.
      */
@@ -1279,6 +1352,21 @@ open func enableKeyOnly()throws  -> String  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Creates the repository with a new random key kept on this device and, behind
+     * `password`, in the vault (password mode): a new device recovers it with
+     * `Device.recover_key`. The vault allows 10 wrong guesses, then erases it.
+     */
+open func enablePassword(password: String, vault: VaultConfig)throws   {try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_repository_enable_password(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(password),
+        FfiConverterTypeVaultConfig_lower(vault),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -1879,6 +1967,131 @@ public func FfiConverterTypeSnapshotInfo_lower(_ value: SnapshotInfo) -> RustBuf
 
 
 /**
+ * Which vault holds the key, and as whom.
+ */
+public struct VaultConfig: Equatable, Hashable {
+    /**
+     * Every replica's URL (`https://v1:7070`, …); none for a vault embedded in this
+     * process (`embedded_data` then).
+     */
+    public var urls: [String]
+    /**
+     * The vault's OPAQUE public key as its operator publishes it (hex), required for
+     * a remote vault: a key a server presents on first contact is never trusted.
+     */
+    public var publicKey: String?
+    /**
+     * The account the record belongs to.
+     */
+    public var account: String
+    /**
+     * The relay's token for the account (remote vaults).
+     */
+    public var token: String?
+    /**
+     * PEM of the CA that signed an `https://` vault's certificate (default: the
+     * system's roots).
+     */
+    public var caPem: String?
+    /**
+     * Allows `http://` beyond this machine (a test network only).
+     */
+    public var insecureHttp: Bool
+    /**
+     * The data directory of a vault embedded in this process (no `urls`).
+     */
+    public var embeddedData: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Every replica's URL (`https://v1:7070`, …); none for a vault embedded in this
+         * process (`embedded_data` then).
+         */urls: [String] = [], 
+        /**
+         * The vault's OPAQUE public key as its operator publishes it (hex), required for
+         * a remote vault: a key a server presents on first contact is never trusted.
+         */publicKey: String? = nil, 
+        /**
+         * The account the record belongs to.
+         */account: String, 
+        /**
+         * The relay's token for the account (remote vaults).
+         */token: String? = nil, 
+        /**
+         * PEM of the CA that signed an `https://` vault's certificate (default: the
+         * system's roots).
+         */caPem: String? = nil, 
+        /**
+         * Allows `http://` beyond this machine (a test network only).
+         */insecureHttp: Bool = false, 
+        /**
+         * The data directory of a vault embedded in this process (no `urls`).
+         */embeddedData: String? = nil) {
+        self.urls = urls
+        self.publicKey = publicKey
+        self.account = account
+        self.token = token
+        self.caPem = caPem
+        self.insecureHttp = insecureHttp
+        self.embeddedData = embeddedData
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension VaultConfig: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeVaultConfig: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> VaultConfig {
+        return
+            try VaultConfig(
+                urls: FfiConverterSequenceString.read(from: &buf), 
+                publicKey: FfiConverterOptionString.read(from: &buf), 
+                account: FfiConverterString.read(from: &buf), 
+                token: FfiConverterOptionString.read(from: &buf), 
+                caPem: FfiConverterOptionString.read(from: &buf), 
+                insecureHttp: FfiConverterBool.read(from: &buf), 
+                embeddedData: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: VaultConfig, into buf: inout [UInt8]) {
+        FfiConverterSequenceString.write(value.urls, into: &buf)
+        FfiConverterOptionString.write(value.publicKey, into: &buf)
+        FfiConverterString.write(value.account, into: &buf)
+        FfiConverterOptionString.write(value.token, into: &buf)
+        FfiConverterOptionString.write(value.caPem, into: &buf)
+        FfiConverterBool.write(value.insecureHttp, into: &buf)
+        FfiConverterOptionString.write(value.embeddedData, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeVaultConfig_lift(_ buf: RustBuffer) throws -> VaultConfig {
+    return try FfiConverterTypeVaultConfig.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeVaultConfig_lower(_ value: VaultConfig) -> RustBuffer {
+    return FfiConverterTypeVaultConfig.lower(value)
+}
+
+
+/**
  * Why an operation failed. Each message says what is wrong and what to do, and
  * never holds a secret. New variants may be added; none is renamed.
  */
@@ -1911,6 +2124,23 @@ enum Error: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      * the backup cannot be opened without the 64-digit key.
      */
     case Locked(
+        /**
+         * What happened.
+         */message: String
+    )
+    /**
+     * The vault holds no key for this account (never enabled, or deleted).
+     */
+    case NoKey(
+        /**
+         * What happened.
+         */message: String
+    )
+    /**
+     * The vault presents another public key than the one given or pinned: something
+     * else answered. Send it nothing; tell the user.
+     */
+    case WrongVault(
         /**
          * What happened.
          */message: String
@@ -2030,31 +2260,37 @@ public struct FfiConverterTypeError: FfiConverterRustBuffer {
         case 3: return .Locked(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 4: return .VaultUnavailable(
+        case 4: return .NoKey(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 5: return .Damaged(
+        case 5: return .WrongVault(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 6: return .RolledBack(
+        case 6: return .VaultUnavailable(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .Busy(
+        case 7: return .Damaged(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .Storage(
+        case 8: return .RolledBack(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .Cancelled(
+        case 9: return .Busy(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .Invalid(
+        case 10: return .Storage(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 11: return .Callback(
+        case 11: return .Cancelled(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 12: return .Other(
+        case 12: return .Invalid(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 13: return .Callback(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 14: return .Other(
             message: try FfiConverterString.read(from: &buf)
             )
 
@@ -2085,48 +2321,58 @@ public struct FfiConverterTypeError: FfiConverterRustBuffer {
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .VaultUnavailable(message):
+        case let .NoKey(message):
             writeInt(&buf, Int32(4))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Damaged(message):
+        case let .WrongVault(message):
             writeInt(&buf, Int32(5))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .RolledBack(message):
+        case let .VaultUnavailable(message):
             writeInt(&buf, Int32(6))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Busy(message):
+        case let .Damaged(message):
             writeInt(&buf, Int32(7))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Storage(message):
+        case let .RolledBack(message):
             writeInt(&buf, Int32(8))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Cancelled(message):
+        case let .Busy(message):
             writeInt(&buf, Int32(9))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Invalid(message):
+        case let .Storage(message):
             writeInt(&buf, Int32(10))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Callback(message):
+        case let .Cancelled(message):
             writeInt(&buf, Int32(11))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Other(message):
+        case let .Invalid(message):
             writeInt(&buf, Int32(12))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Callback(message):
+            writeInt(&buf, Int32(13))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Other(message):
+            writeInt(&buf, Int32(14))
             FfiConverterString.write(message, into: &buf)
             
         }
@@ -2297,6 +2543,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backlock_checksum_method_device_open_repository() != 39980) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_backlock_checksum_method_device_recover_key() != 3053) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_backlock_checksum_method_device_set_threads() != 34360) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2306,10 +2555,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backlock_checksum_method_repository_backup() != 61178) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_backlock_checksum_method_repository_change_password() != 14732) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_backlock_checksum_method_repository_check() != 49786) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_backlock_checksum_method_repository_delete_vault_record() != 30498) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_backlock_checksum_method_repository_enable_key_only() != 24942) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backlock_checksum_method_repository_enable_password() != 24600) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backlock_checksum_method_repository_location() != 55949) {

@@ -310,6 +310,11 @@ uint64_t uniffi_backlock_fn_method_device_create_repository(uint64_t ptr, RustBu
 uint64_t uniffi_backlock_fn_method_device_open_repository(uint64_t ptr, RustBuffer location, RustBuffer key, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_RECOVER_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_RECOVER_KEY
+RustBuffer uniffi_backlock_fn_method_device_recover_key(uint64_t ptr, RustBuffer vault, RustBuffer password, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_SET_THREADS
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_SET_THREADS
 void uniffi_backlock_fn_method_device_set_threads(uint64_t ptr, uint32_t threads, RustCallStatus *_Nonnull out_status
@@ -350,14 +355,29 @@ void uniffi_backlock_fn_free_repository(uint64_t handle, RustCallStatus *_Nonnul
 RustBuffer uniffi_backlock_fn_method_repository_backup(uint64_t ptr, RustBuffer paths, RustBuffer progress, RustBuffer cancel, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_CHANGE_PASSWORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_CHANGE_PASSWORD
+void uniffi_backlock_fn_method_repository_change_password(uint64_t ptr, RustBuffer new_password, RustBuffer vault, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_CHECK
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_CHECK
 RustBuffer uniffi_backlock_fn_method_repository_check(uint64_t ptr, int8_t read_data, RustBuffer cancel, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_DELETE_VAULT_RECORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_DELETE_VAULT_RECORD
+void uniffi_backlock_fn_method_repository_delete_vault_record(uint64_t ptr, RustBuffer vault, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_ENABLE_KEY_ONLY
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_ENABLE_KEY_ONLY
 RustBuffer uniffi_backlock_fn_method_repository_enable_key_only(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_ENABLE_PASSWORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_ENABLE_PASSWORD
+void uniffi_backlock_fn_method_repository_enable_password(uint64_t ptr, RustBuffer password, RustBuffer vault, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_LOCATION
@@ -659,6 +679,12 @@ uint16_t uniffi_backlock_checksum_method_device_open_repository(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_DEVICE_RECOVER_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_DEVICE_RECOVER_KEY
+uint16_t uniffi_backlock_checksum_method_device_recover_key(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_DEVICE_SET_THREADS
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_DEVICE_SET_THREADS
 uint16_t uniffi_backlock_checksum_method_device_set_threads(void
@@ -677,15 +703,33 @@ uint16_t uniffi_backlock_checksum_method_repository_backup(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_CHANGE_PASSWORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_CHANGE_PASSWORD
+uint16_t uniffi_backlock_checksum_method_repository_change_password(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_CHECK
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_CHECK
 uint16_t uniffi_backlock_checksum_method_repository_check(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_DELETE_VAULT_RECORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_DELETE_VAULT_RECORD
+uint16_t uniffi_backlock_checksum_method_repository_delete_vault_record(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_ENABLE_KEY_ONLY
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_ENABLE_KEY_ONLY
 uint16_t uniffi_backlock_checksum_method_repository_enable_key_only(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_ENABLE_PASSWORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_ENABLE_PASSWORD
+uint16_t uniffi_backlock_checksum_method_repository_enable_password(void
     
 );
 #endif

@@ -705,15 +705,23 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_backlock_checksum_method_device_open_repository(
     ): Int
+    external fun uniffi_backlock_checksum_method_device_recover_key(
+    ): Int
     external fun uniffi_backlock_checksum_method_device_set_threads(
     ): Int
     external fun uniffi_backlock_checksum_method_progresslistener_on_progress(
     ): Int
     external fun uniffi_backlock_checksum_method_repository_backup(
     ): Int
+    external fun uniffi_backlock_checksum_method_repository_change_password(
+    ): Int
     external fun uniffi_backlock_checksum_method_repository_check(
     ): Int
+    external fun uniffi_backlock_checksum_method_repository_delete_vault_record(
+    ): Int
     external fun uniffi_backlock_checksum_method_repository_enable_key_only(
+    ): Int
+    external fun uniffi_backlock_checksum_method_repository_enable_password(
     ): Int
     external fun uniffi_backlock_checksum_method_repository_location(
     ): Int
@@ -766,6 +774,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_backlock_fn_method_device_open_repository(`ptr`: Long,`location`: RustBuffer.ByValue,`key`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_backlock_fn_method_device_recover_key(`ptr`: Long,`vault`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_backlock_fn_method_device_set_threads(`ptr`: Long,`threads`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_backlock_fn_clone_progresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -782,10 +792,16 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_backlock_fn_method_repository_backup(`ptr`: Long,`paths`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_backlock_fn_method_repository_change_password(`ptr`: Long,`newPassword`: RustBuffer.ByValue,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_backlock_fn_method_repository_check(`ptr`: Long,`readData`: Byte,`cancel`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_backlock_fn_method_repository_delete_vault_record(`ptr`: Long,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_backlock_fn_method_repository_enable_key_only(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_backlock_fn_method_repository_enable_password(`ptr`: Long,`password`: RustBuffer.ByValue,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_backlock_fn_method_repository_location(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backlock_fn_method_repository_restore(`ptr`: Long,`snapshot`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -923,6 +939,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_backlock_checksum_method_device_open_repository() and 0xFFFF) != 39980) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_backlock_checksum_method_device_recover_key() and 0xFFFF) != 3053) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_backlock_checksum_method_device_set_threads() and 0xFFFF) != 34360) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -932,10 +951,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_backlock_checksum_method_repository_backup() and 0xFFFF) != 61178) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_backlock_checksum_method_repository_change_password() and 0xFFFF) != 14732) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_backlock_checksum_method_repository_check() and 0xFFFF) != 49786) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_backlock_checksum_method_repository_delete_vault_record() and 0xFFFF) != 30498) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_backlock_checksum_method_repository_enable_key_only() and 0xFFFF) != 24942) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_backlock_checksum_method_repository_enable_password() and 0xFFFF) != 24600) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_backlock_checksum_method_repository_location() and 0xFFFF) != 55949) {
@@ -1704,6 +1732,15 @@ public interface DeviceInterface {
     fun `openRepository`(`location`: kotlin.String, `key`: kotlin.String? = null): Repository
     
     /**
+     * On a new device: the key behind `password` in the vault, as 16 groups of 4
+     * digits for `open_repository`. One guess: a wrong password raises
+     * `WrongPassword` with the guesses left, and after the last the vault erases the
+     * key (`Locked`). The vault's word on the newest snapshot is recorded, so an
+     * older one served later is refused (`RolledBack`).
+     */
+    fun `recoverKey`(`vault`: VaultConfig, `password`: kotlin.String): kotlin.String
+    
+    /**
      * Caps the threads of every long operation (1 or 2 for a phone in the
      * background); 0 restores the default (the machine's cores). Process-wide.
      */
@@ -1861,6 +1898,29 @@ open class Device: Disposable, AutoCloseable, DeviceInterface
         
         FfiConverterString.lower(`location`),
         FfiConverterOptionalString.lower(`key`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * On a new device: the key behind `password` in the vault, as 16 groups of 4
+     * digits for `open_repository`. One guess: a wrong password raises
+     * `WrongPassword` with the guesses left, and after the last the vault erases the
+     * key (`Locked`). The vault's word on the newest snapshot is recorded, so an
+     * older one served later is refused (`RolledBack`).
+     */
+    @Throws(Exception::class)override fun `recoverKey`(`vault`: VaultConfig, `password`: kotlin.String): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(Exception) { _status ->
+    UniffiLib.uniffi_backlock_fn_method_device_recover_key(
+        it,
+        
+        FfiConverterTypeVaultConfig.lower(`vault`),
+        FfiConverterString.lower(`password`),_status)
 }
     }
     )
@@ -2360,15 +2420,34 @@ public interface RepositoryInterface {
     fun `backup`(`paths`: List<kotlin.String>, `progress`: ProgressListener? = null, `cancel`: CancelToken? = null): BackupSummary
     
     /**
+     * A new password for the key this repository was opened with.
+     */
+    fun `changePassword`(`newPassword`: kotlin.String, `vault`: VaultConfig)
+    
+    /**
      * Reads every snapshot and index, and with `read_data` every stored chunk.
      */
     fun `check`(`readData`: kotlin.Boolean = false, `cancel`: CancelToken? = null): CheckReport
+    
+    /**
+     * Erases the account's record in the vault, proving with this repository's key
+     * that it is the owner: the password no longer opens anything (keep the
+     * 64-digit key, or the backup is lost).
+     */
+    fun `deleteVaultRecord`(`vault`: VaultConfig)
     
     /**
      * Creates the repository with a new random key and returns that key for the
      * user to write down: 16 groups of 4 hex digits. Nobody else has it.
      */
     fun `enableKeyOnly`(): kotlin.String
+    
+    /**
+     * Creates the repository with a new random key kept on this device and, behind
+     * `password`, in the vault (password mode): a new device recovers it with
+     * `Device.recover_key`. The vault allows 10 wrong guesses, then erases it.
+     */
+    fun `enablePassword`(`password`: kotlin.String, `vault`: VaultConfig)
     
     /**
      * The location it was opened at.
@@ -2516,6 +2595,24 @@ open class Repository: Disposable, AutoCloseable, RepositoryInterface
 
     
     /**
+     * A new password for the key this repository was opened with.
+     */
+    @Throws(Exception::class)override fun `changePassword`(`newPassword`: kotlin.String, `vault`: VaultConfig)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(Exception) { _status ->
+    UniffiLib.uniffi_backlock_fn_method_repository_change_password(
+        it,
+        
+        FfiConverterString.lower(`newPassword`),
+        FfiConverterTypeVaultConfig.lower(`vault`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * Reads every snapshot and index, and with `read_data` every stored chunk.
      */
     @Throws(Exception::class)override fun `check`(`readData`: kotlin.Boolean, `cancel`: CancelToken?): CheckReport {
@@ -2535,6 +2632,25 @@ open class Repository: Disposable, AutoCloseable, RepositoryInterface
 
     
     /**
+     * Erases the account's record in the vault, proving with this repository's key
+     * that it is the owner: the password no longer opens anything (keep the
+     * 64-digit key, or the backup is lost).
+     */
+    @Throws(Exception::class)override fun `deleteVaultRecord`(`vault`: VaultConfig)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(Exception) { _status ->
+    UniffiLib.uniffi_backlock_fn_method_repository_delete_vault_record(
+        it,
+        
+        FfiConverterTypeVaultConfig.lower(`vault`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * Creates the repository with a new random key and returns that key for the
      * user to write down: 16 groups of 4 hex digits. Nobody else has it.
      */
@@ -2549,6 +2665,26 @@ open class Repository: Disposable, AutoCloseable, RepositoryInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Creates the repository with a new random key kept on this device and, behind
+     * `password`, in the vault (password mode): a new device recovers it with
+     * `Device.recover_key`. The vault allows 10 wrong guesses, then erases it.
+     */
+    @Throws(Exception::class)override fun `enablePassword`(`password`: kotlin.String, `vault`: VaultConfig)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(Exception) { _status ->
+    UniffiLib.uniffi_backlock_fn_method_repository_enable_password(
+        it,
+        
+        FfiConverterString.lower(`password`),
+        FfiConverterTypeVaultConfig.lower(`vault`),_status)
+}
+    }
+    
     
 
     
@@ -3011,6 +3147,96 @@ public object FfiConverterTypeSnapshotInfo: FfiConverterRustBuffer<SnapshotInfo>
 
 
 
+/**
+ * Which vault holds the key, and as whom.
+ */
+data class VaultConfig (
+    /**
+     * Every replica's URL (`https://v1:7070`, …); none for a vault embedded in this
+     * process (`embedded_data` then).
+     */
+    var `urls`: List<kotlin.String> = listOf() 
+    , 
+    /**
+     * The vault's OPAQUE public key as its operator publishes it (hex), required for
+     * a remote vault: a key a server presents on first contact is never trusted.
+     */
+    var `publicKey`: kotlin.String? = null 
+    , 
+    /**
+     * The account the record belongs to.
+     */
+    var `account`: kotlin.String
+    , 
+    /**
+     * The relay's token for the account (remote vaults).
+     */
+    var `token`: kotlin.String? = null 
+    , 
+    /**
+     * PEM of the CA that signed an `https://` vault's certificate (default: the
+     * system's roots).
+     */
+    var `caPem`: kotlin.String? = null 
+    , 
+    /**
+     * Allows `http://` beyond this machine (a test network only).
+     */
+    var `insecureHttp`: kotlin.Boolean = false 
+    , 
+    /**
+     * The data directory of a vault embedded in this process (no `urls`).
+     */
+    var `embeddedData`: kotlin.String? = null 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeVaultConfig: FfiConverterRustBuffer<VaultConfig> {
+    override fun read(buf: ByteBuffer): VaultConfig {
+        return VaultConfig(
+            FfiConverterSequenceString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: VaultConfig) = (
+            FfiConverterSequenceString.allocationSize(value.`urls`) +
+            FfiConverterOptionalString.allocationSize(value.`publicKey`) +
+            FfiConverterString.allocationSize(value.`account`) +
+            FfiConverterOptionalString.allocationSize(value.`token`) +
+            FfiConverterOptionalString.allocationSize(value.`caPem`) +
+            FfiConverterBoolean.allocationSize(value.`insecureHttp`) +
+            FfiConverterOptionalString.allocationSize(value.`embeddedData`)
+    )
+
+    override fun write(value: VaultConfig, buf: ByteBuffer) {
+            FfiConverterSequenceString.write(value.`urls`, buf)
+            FfiConverterOptionalString.write(value.`publicKey`, buf)
+            FfiConverterString.write(value.`account`, buf)
+            FfiConverterOptionalString.write(value.`token`, buf)
+            FfiConverterOptionalString.write(value.`caPem`, buf)
+            FfiConverterBoolean.write(value.`insecureHttp`, buf)
+            FfiConverterOptionalString.write(value.`embeddedData`, buf)
+    }
+}
+
+
+
 
 
 /**
@@ -3057,6 +3283,35 @@ sealed class Exception: kotlin.Exception() {
      * the backup cannot be opened without the 64-digit key.
      */
     class Locked(
+        
+        /**
+         * What happened.
+         */
+        val `message`: kotlin.String
+        ) : Exception() {
+        override val message
+            get() = "message=${ `message` }"
+    }
+    
+    /**
+     * The vault holds no key for this account (never enabled, or deleted).
+     */
+    class NoKey(
+        
+        /**
+         * What happened.
+         */
+        val `message`: kotlin.String
+        ) : Exception() {
+        override val message
+            get() = "message=${ `message` }"
+    }
+    
+    /**
+     * The vault presents another public key than the one given or pinned: something
+     * else answered. Send it nothing; tell the user.
+     */
+    class WrongVault(
         
         /**
          * What happened.
@@ -3226,31 +3481,37 @@ public object FfiConverterTypeError : FfiConverterRustBuffer<Exception> {
             3 -> Exception.Locked(
                 FfiConverterString.read(buf),
                 )
-            4 -> Exception.VaultUnavailable(
+            4 -> Exception.NoKey(
                 FfiConverterString.read(buf),
                 )
-            5 -> Exception.Damaged(
+            5 -> Exception.WrongVault(
                 FfiConverterString.read(buf),
                 )
-            6 -> Exception.RolledBack(
+            6 -> Exception.VaultUnavailable(
                 FfiConverterString.read(buf),
                 )
-            7 -> Exception.Busy(
+            7 -> Exception.Damaged(
                 FfiConverterString.read(buf),
                 )
-            8 -> Exception.Storage(
+            8 -> Exception.RolledBack(
                 FfiConverterString.read(buf),
                 )
-            9 -> Exception.Cancelled(
+            9 -> Exception.Busy(
                 FfiConverterString.read(buf),
                 )
-            10 -> Exception.Invalid(
+            10 -> Exception.Storage(
                 FfiConverterString.read(buf),
                 )
-            11 -> Exception.Callback(
+            11 -> Exception.Cancelled(
                 FfiConverterString.read(buf),
                 )
-            12 -> Exception.Other(
+            12 -> Exception.Invalid(
+                FfiConverterString.read(buf),
+                )
+            13 -> Exception.Callback(
+                FfiConverterString.read(buf),
+                )
+            14 -> Exception.Other(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -3271,6 +3532,16 @@ public object FfiConverterTypeError : FfiConverterRustBuffer<Exception> {
                 + FfiConverterString.allocationSize(value.`message`)
             )
             is Exception.Locked -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`message`)
+            )
+            is Exception.NoKey -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`message`)
+            )
+            is Exception.WrongVault -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`message`)
@@ -3341,48 +3612,58 @@ public object FfiConverterTypeError : FfiConverterRustBuffer<Exception> {
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.VaultUnavailable -> {
+            is Exception.NoKey -> {
                 buf.putInt(4)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Damaged -> {
+            is Exception.WrongVault -> {
                 buf.putInt(5)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.RolledBack -> {
+            is Exception.VaultUnavailable -> {
                 buf.putInt(6)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Busy -> {
+            is Exception.Damaged -> {
                 buf.putInt(7)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Storage -> {
+            is Exception.RolledBack -> {
                 buf.putInt(8)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Cancelled -> {
+            is Exception.Busy -> {
                 buf.putInt(9)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Invalid -> {
+            is Exception.Storage -> {
                 buf.putInt(10)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Callback -> {
+            is Exception.Cancelled -> {
                 buf.putInt(11)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
-            is Exception.Other -> {
+            is Exception.Invalid -> {
                 buf.putInt(12)
+                FfiConverterString.write(value.`message`, buf)
+                Unit
+            }
+            is Exception.Callback -> {
+                buf.putInt(13)
+                FfiConverterString.write(value.`message`, buf)
+                Unit
+            }
+            is Exception.Other -> {
+                buf.putInt(14)
                 FfiConverterString.write(value.`message`, buf)
                 Unit
             }
