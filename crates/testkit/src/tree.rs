@@ -123,7 +123,8 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Copies the files under `from` to `to` (created), as a backup or a stolen disk would
-/// hold them.
+/// hold them. A file that goes between the listing and its copy (a temporary file a
+/// finishing write renamed) is not in the copy, as it would not be on such a disk.
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
@@ -132,7 +133,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
         if path.is_dir() {
             copy_dir(&path, &target);
         } else {
-            fs::copy(&path, &target).unwrap();
+            match fs::copy(&path, &target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                copied => {
+                    copied.unwrap();
+                }
+            }
         }
     }
 }
