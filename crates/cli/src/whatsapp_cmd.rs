@@ -207,7 +207,10 @@ fn candidates(args: &[PathBuf]) -> Result<Vec<Candidate>> {
             )));
         }
     }
-    out.sort_by(|a, b| (a.time_ns, &a.path).cmp(&(b.time_ns, &b.path)));
+    // Two backups of one day come in the order of their counters (`.2.` before `.10.`).
+    out.sort_by(|a, b| {
+        (a.time_ns, a.name.counter, &a.path).cmp(&(b.time_ns, b.name.counter, &b.path))
+    });
     out.dedup_by(|a, b| a.path == b.path);
     Ok(out)
 }

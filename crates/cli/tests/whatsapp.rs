@@ -362,13 +362,15 @@ fn damage_and_a_wrong_key_each_get_their_own_error_before_anything_is_written() 
     };
     let file = fs::read(&enc).unwrap();
     let header_len = usize::from(file[0]) + 2;
+    // A temporary folder of this test's own: the other tests import at the same time.
+    let scratch_root = env.path("tmp");
+    fs::create_dir(&scratch_root).unwrap();
     let import = |path: &Path, key: &Path| {
-        env.run(&[
-            "import-whatsapp",
-            "--wa-key",
-            key.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
+        env.cmd(&["import-whatsapp", "--wa-key", key.to_str().unwrap()])
+            .arg(path)
+            .env("TMPDIR", &scratch_root)
+            .output()
+            .unwrap()
     };
     let cases = [
         // The app version inside the info: only the MD5 covers the header.
@@ -465,15 +467,7 @@ open(sys.argv[4], "wb").write(header + ct + tag)
         snapshots(&env).is_empty(),
         "no failed import wrote a snapshot"
     );
-    let scratch: Vec<_> = fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("backlock-whatsapp-")
-        })
-        .collect();
+    let scratch: Vec<_> = fs::read_dir(&scratch_root).unwrap().collect();
     assert!(
         scratch.is_empty(),
         "no database left in a temporary folder: {scratch:?}"

@@ -18,6 +18,8 @@ pub struct BackupName {
     pub database: String,
     /// The day in a dated name (year, month, day), none for the newest backup.
     pub date: Option<(i16, i8, i8)>,
+    /// The counter after the date (`.1.`): several backups of one day, in order.
+    pub counter: Option<u32>,
     /// The format its extension names (15 for `.crypt15`).
     pub crypt: Option<u8>,
 }
@@ -42,17 +44,20 @@ pub fn backup_name(file_name: &str) -> BackupName {
         let m: i8 = parts.next()?.parse().ok()?;
         let d: i8 = parts.next()?.parse().ok()?;
         let valid = date.len() == 10 && (1..=12).contains(&m) && (1..=31).contains(&d);
-        valid.then(|| (format!("{base}.{ext}"), (y, m, d)))
+        let counter: u32 = counter.parse().ok()?;
+        valid.then(|| (format!("{base}.{ext}"), (y, m, d), counter))
     });
     match dated {
-        Some((database, date)) => BackupName {
+        Some((database, date, counter)) => BackupName {
             database,
             date: Some(date),
+            counter: Some(counter),
             crypt,
         },
         None => BackupName {
             database: stem.to_string(),
             date: None,
+            counter: None,
             crypt,
         },
     }
@@ -69,6 +74,7 @@ mod tests {
             BackupName {
                 database: "msgstore.db".into(),
                 date: Some((2024, 5, 1)),
+                counter: Some(1),
                 crypt: Some(15)
             }
         );
@@ -77,12 +83,17 @@ mod tests {
             BackupName {
                 database: "msgstore.db".into(),
                 date: None,
+                counter: None,
                 crypt: Some(15)
             }
         );
         assert_eq!(backup_name("wa.db.crypt14").crypt, Some(14));
         assert_eq!(backup_name("notes.txt").crypt, None);
         assert_eq!(backup_name("msgstore-2024-13-01.1.db.crypt15").date, None);
+        assert_eq!(
+            backup_name("msgstore-2024-05-01.10.db.crypt15").counter,
+            Some(10)
+        );
         assert_eq!(backup_name("my-backup.db.crypt15").database, "my-backup.db");
     }
 }
