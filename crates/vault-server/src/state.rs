@@ -396,7 +396,372 @@ pub enum Refusal {
     },
 }
 
-/// Every record, by account.
+/// What one account holds. A command for an account reads it whole, changes it and is
+/// stored back, so the rules ([`Account::apply`]) never see how the state is kept: in
+/// memory ([`VaultState`]) or in a replica's database (`raft/records.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    /// The registered key, if any.
+    pub record: Option<Record>,
+    /// What outlives the record.
+    pub history: History,
+    /// Guesses whose KE2 went out and whose KE3 is not settled.
+    pub attempts: Vec<OpenAttempt>,
+    /// The snapshot anchor its owner set.
+    pub anchor: Option<Anchor>,
+}
+
+/// Where the housekeeping index files an account: the time of the guess that took its
+/// record to zero, and when each open attempt expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DueKeys {
+    /// The record's count is zero since then.
+    pub exhausted: Option<u64>,
+    /// Expiry of each open attempt.
+    pub attempts: Vec<u64>,
+}
+
+impl Account {
+    /// Where the sweeper's index files this account.
+    pub fn due(&self) -> DueKeys {
+        DueKeys {
+            exhausted: self
+                .record
+                .as_ref()
+                .filter(|r| r.attempts_left == 0)
+                .and_then(|r| r.exhausted_at_ms),
+            attempts: self.attempts.iter().map(|a| a.expires_ms).collect(),
+        }
+    }
+
+    /// Whether the last record was erased by the guess limit (and no new one was
+    /// registered since).
+    pub fn locked(&self) -> bool {
+        self.record.is_none() && self.history.locked
+    }
+
+    /// The open attempt `id`, if it is open.
+    pub fn open_attempt(&self, id: &[u8; 16]) -> Option<&OpenAttempt> {
+        self.attempts.iter().find(|a| a.id == *id)
+    }
+
+    /// Whether an attempt is open at `now_ms`.
+    pub fn has_open_attempt(&self, now_ms: u64) -> bool {
+        self.attempts.iter().any(|a| a.expires_ms > now_ms)
+    }
+
+    /// Drops the attempts that expired by `now_ms`.
+    fn expire(&mut self, now_ms: u64) {
+        self.attempts.retain(|a| a.expires_ms > now_ms);
+    }
+
+    /// Removes open attempt `id` if it is open at `now_ms`.
+    fn take_open(&mut self, id: &[u8; 16], now_ms: u64) -> Option<OpenAttempt> {
+        self.expire(now_ms);
+        let at = self.attempts.iter().position(|a| a.id == *id)?;
+        Some(self.attempts.remove(at))
+    }
+
+    fn store(&mut self, new: NewRecord) -> Applied {
+        self.history.generation += 1;
+        self.history.locked = false;
+        let generation = self.history.generation;
+        let attempts_left = new.max_attempts;
+        self.record = Some(Record {
+            record_id: new.record_id,
+            password_file: new.password_file,
+            wrapped: new.wrapped,
+            owner_public_key: new.owner_public_key,
+            generation,
+            attempts_left,
+            max_attempts: new.max_attempts,
+            exhausted_at_ms: None,
+        });
+        Applied::Stored {
+            generation,
+            attempts_left,
+        }
+    }
+
+    /// The record, unless it is missing or not at `generation`.
+    fn current(&mut self, generation: u64) -> Result<&mut Record, Applied> {
+        match &mut self.record {
+            None => Err(Applied::Refused(Refusal::NoRecord)),
+            Some(r) if r.generation != generation => {
+                Err(Applied::Refused(Refusal::StaleGeneration))
+            }
+            Some(r) => Ok(r),
+        }
+    }
+
+    fn erase(&mut self, reason: EraseReason) -> Applied {
+        self.record = None;
+        self.attempts.clear();
+        self.anchor = None;
+        self.history.locked = reason == EraseReason::Exhausted;
+        Applied::Erased
+    }
+
+    /// Applies a command that acts on this account, applied at `place`.
+    fn apply(&mut self, command: Command, place: Place) -> Applied {
+        match command {
+            Command::Register { record, .. } => {
+                if self.record.is_some() {
+                    return Applied::Refused(Refusal::AlreadyRegistered);
+                }
+                self.store(record)
+            }
+            Command::Attempt {
+                generation, now_ms, ..
+            } => {
+                let r = match self.current(generation) {
+                    Ok(r) => r,
+                    Err(refused) => return refused,
+                };
+                if r.attempts_left == 0 {
+                    return Applied::Refused(Refusal::Exhausted);
+                }
+                r.attempts_left -= 1;
+                if r.attempts_left == 0 {
+                    r.exhausted_at_ms = Some(now_ms);
+                }
+                Applied::Counted {
+                    attempts_left: r.attempts_left,
+                }
+            }
+            Command::Success { generation, .. } => match self.current(generation) {
+                Err(refused) => refused,
+                Ok(r) => {
+                    r.attempts_left = r.max_attempts;
+                    r.exhausted_at_ms = None;
+                    Applied::Restored {
+                        attempts_left: r.attempts_left,
+                        wrapped: r.wrapped.clone(),
+                    }
+                }
+            },
+            Command::Replace {
+                generation, record, ..
+            } => {
+                let r = match self.current(generation) {
+                    Ok(r) => r,
+                    Err(refused) => return refused,
+                };
+                // A record out of guesses cannot be rescued by a proof made before.
+                if r.attempts_left == 0 {
+                    return Applied::Refused(Refusal::Exhausted);
+                }
+                // A new owner key is a new backup key (rotate-key): the anchor, sealed
+                // under the old one, would no longer open.
+                if r.owner_public_key != record.owner_public_key {
+                    self.anchor = None;
+                }
+                self.store(record)
+            }
+            Command::Erase {
+                generation, reason, ..
+            } => {
+                let r = match self.current(generation) {
+                    Ok(r) => r,
+                    Err(refused) => return refused,
+                };
+                if reason == EraseReason::Exhausted {
+                    if r.attempts_left > 0 {
+                        return Applied::Refused(Refusal::NotExhausted);
+                    }
+                    // A guess still open may be the right one; its attempt closes or is
+                    // swept first, whatever the proposer's (maybe lagging) copy showed.
+                    if !self.attempts.is_empty() {
+                        return Applied::Refused(Refusal::AttemptsOpen);
+                    }
+                }
+                self.erase(reason)
+            }
+            Command::Open {
+                generation,
+                id,
+                ke1,
+                now_ms,
+                ttl_ms,
+                ..
+            } => {
+                if let Err(refused) = self.current(generation) {
+                    return refused;
+                }
+                self.expire(now_ms);
+                if let Some(a) = self.open_attempt(&id) {
+                    return Applied::Opened {
+                        attempts_left: a.attempts_left,
+                        place: a.place,
+                        again: true,
+                    };
+                }
+                let r = self.record.as_mut().expect("checked above");
+                if r.attempts_left == 0 {
+                    return Applied::Refused(Refusal::Exhausted);
+                }
+                r.attempts_left -= 1;
+                if r.attempts_left == 0 {
+                    r.exhausted_at_ms = Some(now_ms);
+                }
+                let attempts_left = r.attempts_left;
+                self.attempts.push(OpenAttempt {
+                    id,
+                    generation,
+                    place,
+                    ke1,
+                    attempts_left,
+                    expires_ms: now_ms.saturating_add(ttl_ms),
+                });
+                Applied::Opened {
+                    attempts_left,
+                    place,
+                    again: false,
+                }
+            }
+            Command::Finish {
+                generation,
+                id,
+                now_ms,
+                ..
+            } => {
+                if let Err(refused) = self.current(generation) {
+                    return refused;
+                }
+                if self.take_open(&id, now_ms).is_none() {
+                    return Applied::Refused(Refusal::AttemptClosed);
+                }
+                let r = self.record.as_mut().expect("checked above");
+                r.attempts_left = r.max_attempts;
+                r.exhausted_at_ms = None;
+                Applied::Restored {
+                    attempts_left: r.attempts_left,
+                    wrapped: r.wrapped.clone(),
+                }
+            }
+            Command::Close {
+                generation,
+                id,
+                now_ms,
+                ..
+            } => {
+                if let Err(refused) = self.current(generation) {
+                    return refused;
+                }
+                if self.take_open(&id, now_ms).is_none() {
+                    return Applied::Refused(Refusal::AttemptClosed);
+                }
+                let left = self.record.as_ref().expect("checked above").attempts_left;
+                // The last guess was wrong and no other is pending: nothing can
+                // restore the count any more.
+                if left == 0 && !self.has_open_attempt(now_ms) {
+                    return self.erase(EraseReason::Exhausted);
+                }
+                Applied::Closed {
+                    attempts_left: left,
+                }
+            }
+            Command::SetAnchor {
+                generation, anchor, ..
+            } => {
+                if let Err(refused) = self.current(generation) {
+                    return refused;
+                }
+                match &self.anchor {
+                    Some(held) if held.generation >= anchor.generation => {
+                        Applied::Refused(Refusal::AnchorNotNewer {
+                            held: held.generation,
+                        })
+                    }
+                    _ => {
+                        self.anchor = Some(anchor);
+                        Applied::AnchorSet
+                    }
+                }
+            }
+            Command::Sweep { .. }
+            | Command::Admit { .. }
+            | Command::Redeem { .. }
+            | Command::Retire { .. } => unreachable!("not an account's command"),
+        }
+    }
+}
+
+/// How the state is kept. Commands go through [`apply`], the one place the rules are
+/// applied, whatever keeps the state.
+pub trait Tables {
+    /// What keeping the state can fail with.
+    type Error;
+    /// What `account` holds (all empty if nothing).
+    fn account(&mut self, account: &str) -> Result<Account, Self::Error>;
+    /// Stores `after` in place of `before` (as [`Tables::account`] returned it) and
+    /// moves the account in the housekeeping index.
+    fn put_account(
+        &mut self,
+        account: &str,
+        before: &Account,
+        after: &Account,
+    ) -> Result<(), Self::Error>;
+    /// Join tickets and retired replicas.
+    fn members(&mut self) -> Result<Members, Self::Error>;
+    /// Stores the join tickets and retired replicas.
+    fn put_members(&mut self, members: &Members) -> Result<(), Self::Error>;
+    /// Accounts with an attempt expired by `now_ms`, from the index.
+    fn expired_attempt_accounts(&mut self, now_ms: u64) -> Result<Vec<String>, Self::Error>;
+}
+
+/// Applies one committed command, applied at `place`, to the state `tables` keep.
+pub fn apply<T: Tables>(tables: &mut T, command: Command, place: Place) -> Result<Applied, T::Error> {
+    let members = |tables: &mut T, f: &dyn Fn(&mut Members) -> Applied| {
+        let mut members = tables.members()?;
+        let applied = f(&mut members);
+        tables.put_members(&members)?;
+        Ok(applied)
+    };
+    match command {
+        Command::Sweep { now_ms } => {
+            for name in tables.expired_attempt_accounts(now_ms)? {
+                let before = tables.account(&name)?;
+                let mut after = before.clone();
+                after.expire(now_ms);
+                tables.put_account(&name, &before, &after)?;
+            }
+            let mut m = tables.members()?;
+            if m.any_expired(now_ms) {
+                m.sweep(now_ms);
+                tables.put_members(&m)?;
+            }
+            Ok(Applied::Swept)
+        }
+        Command::Admit {
+            replica,
+            ticket_hash,
+            expires_ms,
+        } => members(tables, &|m| Applied::Ticket(m.admit(replica, ticket_hash, expires_ms))),
+        Command::Redeem {
+            replica,
+            ticket_hash,
+            now_ms,
+        } => members(tables, &|m| Applied::Ticket(m.redeem(replica, ticket_hash, now_ms))),
+        Command::Retire { replica } => members(tables, &|m| {
+            m.retire(replica);
+            Applied::Retired
+        }),
+        command => {
+            let name = command.account().expect("an account's command").to_owned();
+            let before = tables.account(&name)?;
+            let mut after = before.clone();
+            let applied = after.apply(command, place);
+            if after != before {
+                tables.put_account(&name, &before, &after)?;
+            }
+            Ok(applied)
+        }
+    }
+}
+
+/// Every record, by account, in memory: the form a snapshot travels in between
+/// replicas, and the model the database is tested against.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultState {
     records: BTreeMap<String, Record>,
@@ -429,6 +794,28 @@ struct Due {
     attempts: BTreeSet<(u64, String)>,
 }
 
+impl Due {
+    fn file(&mut self, account: &str, keys: &DueKeys, present: bool) {
+        let entries = keys
+            .exhausted
+            .iter()
+            .map(|&t| (true, t))
+            .chain(keys.attempts.iter().map(|&t| (false, t)));
+        for (exhausted, t) in entries {
+            let set = if exhausted {
+                &mut self.exhausted
+            } else {
+                &mut self.attempts
+            };
+            if present {
+                set.insert((t, account.to_owned()));
+            } else {
+                set.remove(&(t, account.to_owned()));
+            }
+        }
+    }
+}
+
 /// The part of an account that survives erasure. Holds no secret.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
@@ -438,7 +825,107 @@ pub struct History {
     pub locked: bool,
 }
 
+fn put_or_remove<V>(map: &mut BTreeMap<String, V>, account: &str, value: Option<V>) {
+    match value {
+        Some(v) => {
+            map.insert(account.to_owned(), v);
+        }
+        None => {
+            map.remove(account);
+        }
+    }
+}
+
+impl Tables for VaultState {
+    type Error = std::convert::Infallible;
+
+    fn account(&mut self, account: &str) -> Result<Account, Self::Error> {
+        Ok(self.account_of(account))
+    }
+
+    fn put_account(
+        &mut self,
+        account: &str,
+        before: &Account,
+        after: &Account,
+    ) -> Result<(), Self::Error> {
+        self.due.file(account, &before.due(), false);
+        put_or_remove(&mut self.records, account, after.record.clone());
+        put_or_remove(
+            &mut self.history,
+            account,
+            (after.history != History::default()).then_some(after.history),
+        );
+        put_or_remove(
+            &mut self.attempts,
+            account,
+            (!after.attempts.is_empty()).then(|| after.attempts.clone()),
+        );
+        put_or_remove(&mut self.anchors, account, after.anchor.clone());
+        self.due.file(account, &after.due(), true);
+        Ok(())
+    }
+
+    fn members(&mut self) -> Result<Members, Self::Error> {
+        Ok(self.members.clone())
+    }
+
+    fn put_members(&mut self, members: &Members) -> Result<(), Self::Error> {
+        self.members = members.clone();
+        Ok(())
+    }
+
+    fn expired_attempt_accounts(&mut self, now_ms: u64) -> Result<Vec<String>, Self::Error> {
+        let mut accounts: Vec<String> = self
+            .due
+            .attempts
+            .iter()
+            .take_while(|(expires, _)| *expires <= now_ms)
+            .map(|(_, account)| account.clone())
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        Ok(accounts)
+    }
+}
+
 impl VaultState {
+    /// What `account` holds.
+    pub fn account_of(&self, account: &str) -> Account {
+        Account {
+            record: self.records.get(account).cloned(),
+            history: self.history.get(account).copied().unwrap_or_default(),
+            attempts: self.attempts.get(account).cloned().unwrap_or_default(),
+            anchor: self.anchors.get(account).cloned(),
+        }
+    }
+
+    /// Every account that holds something, in order.
+    pub fn accounts(&self) -> impl Iterator<Item = (String, Account)> + '_ {
+        let names: BTreeSet<&String> = self
+            .records
+            .keys()
+            .chain(self.history.keys())
+            .chain(self.attempts.keys())
+            .chain(self.anchors.keys())
+            .collect();
+        names
+            .into_iter()
+            .map(|name| (name.clone(), self.account_of(name)))
+    }
+
+    /// Stores what `account` holds (building a state from a database).
+    pub fn insert_account(&mut self, account: &str, held: &Account) {
+        let before = self.account_of(account);
+        let _ = Tables::put_account(self, account, &before, held);
+    }
+
+    /// Replaces the join tickets and retired replicas (building a state from a
+    /// database).
+    pub fn set_members(&mut self, members: Members) {
+        self.members = members;
+    }
+
     /// The account's record, if any.
     pub fn record(&self, account: &str) -> Option<&Record> {
         self.records.get(account)
@@ -478,58 +965,12 @@ impl VaultState {
                 .is_some_and(|(expires, _)| *expires <= now_ms)
     }
 
-    /// Accounts with an attempt expired by `now_ms`.
-    fn expired_attempt_accounts(&self, now_ms: u64) -> Vec<String> {
-        let mut accounts: Vec<String> = self
-            .due
-            .attempts
-            .iter()
-            .take_while(|(expires, _)| *expires <= now_ms)
-            .map(|(_, account)| account.clone())
-            .collect();
-        accounts.dedup();
-        accounts
-    }
-
-    /// Adds (`present`) or removes what `account` holds to or from the index.
-    fn index(&mut self, account: &str, present: bool) {
-        let mut keys = Vec::new();
-        if let Some(t) = self
-            .records
-            .get(account)
-            .filter(|r| r.attempts_left == 0)
-            .and_then(|r| r.exhausted_at_ms)
-        {
-            keys.push((true, t));
-        }
-        for a in self.attempts.get(account).into_iter().flatten() {
-            keys.push((false, a.expires_ms));
-        }
-        for (exhausted, t) in keys {
-            let set = if exhausted {
-                &mut self.due.exhausted
-            } else {
-                &mut self.due.attempts
-            };
-            if present {
-                set.insert((t, account.to_owned()));
-            } else {
-                set.remove(&(t, account.to_owned()));
-            }
-        }
-    }
-
     /// Builds the index from scratch (after loading a snapshot).
     fn reindex(&mut self) {
         self.due = Due::default();
-        let accounts: BTreeSet<String> = self
-            .records
-            .keys()
-            .chain(self.attempts.keys())
-            .cloned()
-            .collect();
-        for account in accounts {
-            self.index(&account, true);
+        let accounts: Vec<(String, Account)> = self.accounts().collect();
+        for (name, held) in accounts {
+            self.due.file(&name, &held.due(), true);
         }
     }
 
@@ -613,298 +1054,11 @@ impl VaultState {
         self.records.is_empty()
     }
 
-    fn store(&mut self, account: &str, new: NewRecord) -> Applied {
-        let history = self.history.entry(account.to_owned()).or_default();
-        history.generation += 1;
-        history.locked = false;
-        let generation = history.generation;
-        let attempts_left = new.max_attempts;
-        self.records.insert(
-            account.to_owned(),
-            Record {
-                record_id: new.record_id,
-                password_file: new.password_file,
-                wrapped: new.wrapped,
-                owner_public_key: new.owner_public_key,
-                generation,
-                attempts_left,
-                max_attempts: new.max_attempts,
-                exhausted_at_ms: None,
-            },
-        );
-        Applied::Stored {
-            generation,
-            attempts_left,
-        }
-    }
-
-    /// Refuses a command for `account` unless its record exists at `generation`.
-    fn current(&self, account: &str, generation: u64) -> Result<(), Applied> {
-        match self.records.get(account) {
-            None => Err(Applied::Refused(Refusal::NoRecord)),
-            Some(r) if r.generation != generation => {
-                Err(Applied::Refused(Refusal::StaleGeneration))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Drops the attempts of `account` that expired by `now_ms`.
-    fn expire(&mut self, account: &str, now_ms: u64) {
-        if let Some(open) = self.attempts.get_mut(account) {
-            open.retain(|a| a.expires_ms > now_ms);
-            if open.is_empty() {
-                self.attempts.remove(account);
-            }
-        }
-    }
-
-    /// Removes open attempt `id` of `account` if it is open at `now_ms`.
-    fn take_open(&mut self, account: &str, id: &[u8; 16], now_ms: u64) -> Option<OpenAttempt> {
-        self.expire(account, now_ms);
-        let open = self.attempts.get_mut(account)?;
-        let at = open.iter().position(|a| a.id == *id)?;
-        let attempt = open.remove(at);
-        if open.is_empty() {
-            self.attempts.remove(account);
-        }
-        Some(attempt)
-    }
-
-    fn erase(&mut self, account: &str, reason: EraseReason) -> Applied {
-        self.records.remove(account);
-        self.attempts.remove(account);
-        self.anchors.remove(account);
-        let history = self.history.entry(account.to_owned()).or_default();
-        history.locked = reason == EraseReason::Exhausted;
-        Applied::Erased
-    }
-
     /// Applies one committed command, applied at `place`.
     pub fn apply(&mut self, command: Command, place: Place) -> Applied {
-        // A command changes at most its own account (a sweep keeps the index itself).
-        let account = command.account().map(str::to_owned);
-        if let Some(account) = &account {
-            self.index(account, false);
-        }
-        let applied = self.apply_to_account(command, place);
-        if let Some(account) = &account {
-            self.index(account, true);
-        }
-        applied
-    }
-
-    fn apply_to_account(&mut self, command: Command, place: Place) -> Applied {
-        match command {
-            Command::Register { account, record } => {
-                if self.records.contains_key(&account) {
-                    return Applied::Refused(Refusal::AlreadyRegistered);
-                }
-                self.store(&account, record)
-            }
-            Command::Attempt {
-                account,
-                generation,
-                now_ms,
-            } => {
-                let Some(r) = self.records.get_mut(&account) else {
-                    return Applied::Refused(Refusal::NoRecord);
-                };
-                if r.generation != generation {
-                    return Applied::Refused(Refusal::StaleGeneration);
-                }
-                if r.attempts_left == 0 {
-                    return Applied::Refused(Refusal::Exhausted);
-                }
-                r.attempts_left -= 1;
-                if r.attempts_left == 0 {
-                    r.exhausted_at_ms = Some(now_ms);
-                }
-                Applied::Counted {
-                    attempts_left: r.attempts_left,
-                }
-            }
-            Command::Success {
-                account,
-                generation,
-            } => {
-                let Some(r) = self.records.get_mut(&account) else {
-                    return Applied::Refused(Refusal::NoRecord);
-                };
-                if r.generation != generation {
-                    return Applied::Refused(Refusal::StaleGeneration);
-                }
-                r.attempts_left = r.max_attempts;
-                r.exhausted_at_ms = None;
-                Applied::Restored {
-                    attempts_left: r.attempts_left,
-                    wrapped: r.wrapped.clone(),
-                }
-            }
-            Command::Replace {
-                account,
-                generation,
-                record,
-            } => match self.records.get(&account) {
-                None => Applied::Refused(Refusal::NoRecord),
-                Some(r) if r.generation != generation => Applied::Refused(Refusal::StaleGeneration),
-                // A record out of guesses cannot be rescued by a proof made before.
-                Some(r) if r.attempts_left == 0 => Applied::Refused(Refusal::Exhausted),
-                Some(r) => {
-                    // A new owner key is a new backup key (rotate-key): the anchor, sealed
-                    // under the old one, would no longer open.
-                    if r.owner_public_key != record.owner_public_key {
-                        self.anchors.remove(&account);
-                    }
-                    self.store(&account, record)
-                }
-            },
-            Command::Erase {
-                account,
-                generation,
-                reason,
-            } => match self.records.get(&account) {
-                None => Applied::Refused(Refusal::NoRecord),
-                Some(r) if r.generation != generation => Applied::Refused(Refusal::StaleGeneration),
-                Some(r) if reason == EraseReason::Exhausted && r.attempts_left > 0 => {
-                    Applied::Refused(Refusal::NotExhausted)
-                }
-                // A guess still open may be the right one; its attempt closes or is
-                // swept first, whatever the proposer's (maybe lagging) copy showed.
-                Some(_)
-                    if reason == EraseReason::Exhausted && self.attempts.contains_key(&account) =>
-                {
-                    Applied::Refused(Refusal::AttemptsOpen)
-                }
-                Some(_) => self.erase(&account, reason),
-            },
-            Command::Open {
-                account,
-                generation,
-                id,
-                ke1,
-                now_ms,
-                ttl_ms,
-            } => {
-                if let Err(refused) = self.current(&account, generation) {
-                    return refused;
-                }
-                self.expire(&account, now_ms);
-                if let Some(a) = self.open_attempt(&account, &id) {
-                    return Applied::Opened {
-                        attempts_left: a.attempts_left,
-                        place: a.place,
-                        again: true,
-                    };
-                }
-                let r = self.records.get_mut(&account).expect("checked above");
-                if r.attempts_left == 0 {
-                    return Applied::Refused(Refusal::Exhausted);
-                }
-                r.attempts_left -= 1;
-                if r.attempts_left == 0 {
-                    r.exhausted_at_ms = Some(now_ms);
-                }
-                let attempts_left = r.attempts_left;
-                self.attempts.entry(account).or_default().push(OpenAttempt {
-                    id,
-                    generation,
-                    place,
-                    ke1,
-                    attempts_left,
-                    expires_ms: now_ms.saturating_add(ttl_ms),
-                });
-                Applied::Opened {
-                    attempts_left,
-                    place,
-                    again: false,
-                }
-            }
-            Command::Finish {
-                account,
-                generation,
-                id,
-                now_ms,
-            } => {
-                if let Err(refused) = self.current(&account, generation) {
-                    return refused;
-                }
-                if self.take_open(&account, &id, now_ms).is_none() {
-                    return Applied::Refused(Refusal::AttemptClosed);
-                }
-                let r = self.records.get_mut(&account).expect("checked above");
-                r.attempts_left = r.max_attempts;
-                r.exhausted_at_ms = None;
-                Applied::Restored {
-                    attempts_left: r.attempts_left,
-                    wrapped: r.wrapped.clone(),
-                }
-            }
-            Command::Close {
-                account,
-                generation,
-                id,
-                now_ms,
-            } => {
-                if let Err(refused) = self.current(&account, generation) {
-                    return refused;
-                }
-                if self.take_open(&account, &id, now_ms).is_none() {
-                    return Applied::Refused(Refusal::AttemptClosed);
-                }
-                let left = self.records[&account].attempts_left;
-                // The last guess was wrong and no other is pending: nothing can
-                // restore the count any more.
-                if left == 0 && !self.has_open_attempt(&account, now_ms) {
-                    return self.erase(&account, EraseReason::Exhausted);
-                }
-                Applied::Closed {
-                    attempts_left: left,
-                }
-            }
-            Command::Sweep { now_ms } => {
-                for account in self.expired_attempt_accounts(now_ms) {
-                    self.index(&account, false);
-                    self.expire(&account, now_ms);
-                    self.index(&account, true);
-                }
-                self.members.sweep(now_ms);
-                Applied::Swept
-            }
-            Command::Admit {
-                replica,
-                ticket_hash,
-                expires_ms,
-            } => Applied::Ticket(self.members.admit(replica, ticket_hash, expires_ms)),
-            Command::Redeem {
-                replica,
-                ticket_hash,
-                now_ms,
-            } => Applied::Ticket(self.members.redeem(replica, ticket_hash, now_ms)),
-            Command::Retire { replica } => {
-                self.members.retire(replica);
-                Applied::Retired
-            }
-            Command::SetAnchor {
-                account,
-                generation,
-                anchor,
-            } => {
-                if let Err(refused) = self.current(&account, generation) {
-                    return refused;
-                }
-                match self.anchors.get(&account) {
-                    Some(held) if held.generation >= anchor.generation => {
-                        Applied::Refused(Refusal::AnchorNotNewer {
-                            held: held.generation,
-                        })
-                    }
-                    _ => {
-                        self.anchors.insert(account, anchor);
-                        Applied::AnchorSet
-                    }
-                }
-            }
+        match apply(self, command, place) {
+            Ok(applied) => applied,
+            Err(never) => match never {},
         }
     }
 }
