@@ -7,7 +7,54 @@ use backlock_vault_client::{VaultClient, VaultError};
 use backlock_vault_proto::suite::Stretch;
 use backlock_vault_server::run::{RunningVault, ServeConfig};
 use std::path::PathBuf;
+use std::sync::Arc;
 use zeroize::Zeroizing;
+
+/// The relay's bearer token for an account: a secret. It is an object, not a string
+/// field of [`VaultConfig`], so that no language prints it: Debug and Display (Python's
+/// `repr`/`str`, Kotlin's `toString`, Swift's descriptions) show `AccountToken(REDACTED)`,
+/// and the text is wiped when the last reference goes.
+#[derive(uniffi::Object)]
+#[uniffi::export(Debug, Display)]
+pub struct AccountToken(Zeroizing<String>);
+
+#[uniffi::export]
+impl AccountToken {
+    /// The token as the relay issued it; `Invalid` if it is empty or holds white
+    /// space or control characters (the message never repeats it).
+    #[uniffi::constructor]
+    pub fn new(token: String) -> Result<Arc<Self>, Error> {
+        let token = Zeroizing::new(token);
+        if token.is_empty() {
+            return Err(Error::invalid("the account token is empty"));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid(
+                "the account token holds white space or control characters: give it exactly as the relay issued it",
+            ));
+        }
+        Ok(Arc::new(AccountToken(token)))
+    }
+}
+
+impl AccountToken {
+    /// The token itself, for the vault client only.
+    pub(crate) fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AccountToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountToken(REDACTED)")
+    }
+}
+
+impl std::fmt::Display for AccountToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountToken(REDACTED)")
+    }
+}
 
 /// Which vault holds the key, and as whom.
 #[derive(Clone, uniffi::Record)]
@@ -24,7 +71,7 @@ pub struct VaultConfig {
     pub account: String,
     /// The relay's token for the account (remote vaults).
     #[uniffi(default = None)]
-    pub token: Option<String>,
+    pub token: Option<Arc<AccountToken>>,
     /// PEM of the CA that signed an `https://` vault's certificate (default: the
     /// system's roots).
     #[uniffi(default = None)]
@@ -42,7 +89,7 @@ impl std::fmt::Debug for VaultConfig {
         f.debug_struct("VaultConfig")
             .field("urls", &self.urls)
             .field("account", &self.account)
-            .field("token", &self.token.as_ref().map(|_| "REDACTED"))
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -141,12 +188,18 @@ pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, E
                     insecure.join(", ")
                 )));
             }
-            let token = Zeroizing::new(cfg.token.clone().ok_or_else(|| {
-                Error::invalid(format!(
-                    "a remote vault needs the relay's token for account {}",
-                    cfg.account
-                ))
-            })?);
+            let token = Zeroizing::new(
+                cfg.token
+                    .as_ref()
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "a remote vault needs the relay's token for account {}",
+                            cfg.account
+                        ))
+                    })?
+                    .expose_secret()
+                    .to_owned(),
+            );
             let pin = url.trim_end_matches('/').to_owned();
             (url, token, None, pin)
         }
@@ -188,4 +241,50 @@ pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, E
         ksf: Stretch::default(),
         embedded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "tok-SECRET-1234";
+
+    #[test]
+    fn neither_the_token_nor_the_config_prints_the_secret() {
+        let token = AccountToken::new(SECRET.into()).unwrap();
+        let cfg = VaultConfig {
+            urls: vec!["https://v1:7070".into()],
+            public_key: None,
+            account: "alice".into(),
+            token: Some(token.clone()),
+            ca_pem: None,
+            insecure_http: false,
+            embedded_data: None,
+        };
+        for text in [
+            format!("{token:?}"),
+            format!("{token:#?}"),
+            format!("{token}"),
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{:?}", cfg.clone()),
+        ] {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(!text.contains(SECRET), "{text}");
+        }
+        assert_eq!(format!("{token}"), "AccountToken(REDACTED)");
+        assert_eq!(token.expose_secret(), SECRET);
+    }
+
+    #[test]
+    fn a_malformed_token_is_invalid_and_not_repeated() {
+        for bad in ["", "tok SECRET", "tok-SECRET\n", "tok\u{7}SECRET", "\u{a0}"] {
+            match AccountToken::new(bad.into()) {
+                Err(Error::Invalid { message }) => {
+                    assert!(!message.contains("SECRET"), "{message}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
 }

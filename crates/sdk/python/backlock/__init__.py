@@ -13,6 +13,7 @@ run them on a worker thread. Errors are :class:`Error` and its subclasses
 import os as _os
 
 from .backlock import (  # noqa: F401  (the generated bindings)
+    AccountToken,
     BackupSummary,
     CancelToken,
     CheckReport,
@@ -71,6 +72,7 @@ _generated_restore = Repository.restore
 _generated_open = Device.open_repository
 _generated_create = Device.create_repository
 _generated_device_init = Device.__init__
+_generated_vault_config_init = VaultConfig.__init__
 
 
 def _device_init(self, home):
@@ -103,7 +105,18 @@ def _restore(self, snapshot, target, path=None, cancel=None):
     return _generated_restore(self, snapshot, _os.fspath(target), path, cancel)
 
 
+def _vault_config_init(self, *, token=None, **fields):
+    """Which vault holds the key, and as whom (docs/SDK.md). ``token``, the relay's
+    token for the account, is a ``str`` or an :class:`AccountToken`; it is kept as
+    an :class:`AccountToken`, which ``str()`` and ``repr()`` show as
+    ``AccountToken(REDACTED)``. A malformed one raises :class:`Invalid`."""
+    if isinstance(token, str):
+        token = AccountToken(token)
+    _generated_vault_config_init(self, token=token, **fields)
+
+
 Device.__init__ = _device_init
+VaultConfig.__init__ = _vault_config_init
 Device.open_repository = _open_repository
 Device.create_repository = _create_repository
 Repository.backup = _backup

@@ -187,6 +187,24 @@ def served_vault():
     )
 
 
+def test_the_relay_token_never_prints():
+    secret = "tok-SECRET-1234"
+    cfg = backlock.VaultConfig(urls=["https://v1:7070"], public_key="00" * 32,
+                               account="alice", token=secret)
+    assert isinstance(cfg.token, backlock.AccountToken)
+    given = backlock.VaultConfig(account="alice", token=backlock.AccountToken(secret))
+    shown = [str(cfg), repr(cfg), str(cfg.token), repr(cfg.token), f"{cfg}", f"{cfg!r}",
+             f"{cfg.token}", f"{cfg.token!r}", "%s %r" % (cfg, cfg), format(cfg),
+             str(given), repr(given), str([cfg]), str({"vault": cfg})]
+    for text in shown:
+        assert "SECRET" not in text, text
+    assert str(cfg.token) == repr(cfg.token) == "AccountToken(REDACTED)"
+    for bad in ["", "tok SECRET", "tok-SECRET\n", "tok\x07SECRET"]:
+        with pytest.raises(backlock.Invalid) as e:
+            backlock.VaultConfig(account="alice", token=bad)
+        assert "SECRET" not in str(e.value) and "SECRET" not in repr(e.value)
+
+
 def test_password_mode_through_a_served_vault(tmp_path, chat):
     vault_cfg = served_vault()
     dev = backlock.Device(home=tmp_path / "home")

@@ -590,6 +590,159 @@ fileprivate struct FfiConverterString: FfiConverter {
 
 
 /**
+ * The relay's bearer token for an account: a secret. It is an object, not a string
+ * field of [`VaultConfig`], so that no language prints it: Debug and Display (Python's
+ * `repr`/`str`, Kotlin's `toString`, Swift's descriptions) show `AccountToken(REDACTED)`,
+ * and the text is wiped when the last reference goes.
+ */
+public protocol AccountTokenProtocol: AnyObject, Sendable {
+    
+}
+/**
+ * The relay's bearer token for an account: a secret. It is an object, not a string
+ * field of [`VaultConfig`], so that no language prints it: Debug and Display (Python's
+ * `repr`/`str`, Kotlin's `toString`, Swift's descriptions) show `AccountToken(REDACTED)`,
+ * and the text is wiped when the last reference goes.
+ */
+open class AccountToken: AccountTokenProtocol, @unchecked Sendable, CustomDebugStringConvertible, CustomStringConvertible {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_backlock_fn_clone_accounttoken(self.handle, $0) }
+    }
+    /**
+     * The token as the relay issued it; `Invalid` if it is empty or holds white
+     * space or control characters (the message never repeats it).
+     */
+public convenience init(token: String)throws  {
+    let handle =
+        try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_constructor_accounttoken_new(
+        FfiConverterString.lower(token),uniffiCallStatus
+    )
+}
+    self.init(unsafeFromHandle: handle)
+}
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_backlock_fn_free_accounttoken(handle, $0) }
+    }
+
+    
+
+    
+
+    
+// The local Rust `Debug` implementation.
+public var debugDescription: String {
+    return try!  FfiConverterString.lift(
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_accounttoken_uniffi_trait_debug(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+    )
+}
+// The local Rust `Display` implementation.
+public var description: String {
+    return try!  FfiConverterString.lift(
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_accounttoken_uniffi_trait_display(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+    )
+}
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAccountToken: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = AccountToken
+
+    public static func lift(_ handle: UInt64) throws -> AccountToken {
+        return AccountToken(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: AccountToken) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AccountToken {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: AccountToken, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAccountToken_lift(_ handle: UInt64) throws -> AccountToken {
+    return try FfiConverterTypeAccountToken.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAccountToken_lower(_ value: AccountToken) -> UInt64 {
+    return FfiConverterTypeAccountToken.lower(value)
+}
+
+
+
+
+
+
+/**
  * Cancels the operation it is given to. Cancelling before the operation starts
  * makes it stop at once; cancelling after it ended does nothing.
  */
@@ -1969,7 +2122,7 @@ public func FfiConverterTypeSnapshotInfo_lower(_ value: SnapshotInfo) -> RustBuf
 /**
  * Which vault holds the key, and as whom.
  */
-public struct VaultConfig: Equatable, Hashable {
+public struct VaultConfig {
     /**
      * Every replica's URL (`https://v1:7070`, …); none for a vault embedded in this
      * process (`embedded_data` then).
@@ -1987,7 +2140,7 @@ public struct VaultConfig: Equatable, Hashable {
     /**
      * The relay's token for the account (remote vaults).
      */
-    public var token: String?
+    public var token: AccountToken?
     /**
      * PEM of the CA that signed an `https://` vault's certificate (default: the
      * system's roots).
@@ -2018,7 +2171,7 @@ public struct VaultConfig: Equatable, Hashable {
          */account: String, 
         /**
          * The relay's token for the account (remote vaults).
-         */token: String? = nil, 
+         */token: AccountToken? = nil, 
         /**
          * PEM of the CA that signed an `https://` vault's certificate (default: the
          * system's roots).
@@ -2057,7 +2210,7 @@ public struct FfiConverterTypeVaultConfig: FfiConverterRustBuffer {
                 urls: FfiConverterSequenceString.read(from: &buf), 
                 publicKey: FfiConverterOptionString.read(from: &buf), 
                 account: FfiConverterString.read(from: &buf), 
-                token: FfiConverterOptionString.read(from: &buf), 
+                token: FfiConverterOptionTypeAccountToken.read(from: &buf), 
                 caPem: FfiConverterOptionString.read(from: &buf), 
                 insecureHttp: FfiConverterBool.read(from: &buf), 
                 embeddedData: FfiConverterOptionString.read(from: &buf)
@@ -2068,7 +2221,7 @@ public struct FfiConverterTypeVaultConfig: FfiConverterRustBuffer {
         FfiConverterSequenceString.write(value.urls, into: &buf)
         FfiConverterOptionString.write(value.publicKey, into: &buf)
         FfiConverterString.write(value.account, into: &buf)
-        FfiConverterOptionString.write(value.token, into: &buf)
+        FfiConverterOptionTypeAccountToken.write(value.token, into: &buf)
         FfiConverterOptionString.write(value.caPem, into: &buf)
         FfiConverterBool.write(value.insecureHttp, into: &buf)
         FfiConverterOptionString.write(value.embeddedData, into: &buf)
@@ -2421,6 +2574,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeAccountToken: FfiConverterRustBuffer {
+    typealias SwiftType = AccountToken?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeAccountToken.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeAccountToken.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeCancelToken: FfiConverterRustBuffer {
     typealias SwiftType = CancelToken?
 
@@ -2583,6 +2760,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backlock_checksum_constructor_device_new() != 25589) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backlock_checksum_constructor_accounttoken_new() != 24320) {
         return InitializationResult.apiChecksumMismatch
     }
 

@@ -395,6 +395,31 @@ RustBuffer uniffi_backlock_fn_method_repository_restore(uint64_t ptr, RustBuffer
 RustBuffer uniffi_backlock_fn_method_repository_snapshots(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_ACCOUNTTOKEN
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_ACCOUNTTOKEN
+uint64_t uniffi_backlock_fn_clone_accounttoken(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_FREE_ACCOUNTTOKEN
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_FREE_ACCOUNTTOKEN
+void uniffi_backlock_fn_free_accounttoken(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CONSTRUCTOR_ACCOUNTTOKEN_NEW
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CONSTRUCTOR_ACCOUNTTOKEN_NEW
+uint64_t uniffi_backlock_fn_constructor_accounttoken_new(RustBuffer token, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_ACCOUNTTOKEN_UNIFFI_TRAIT_DEBUG
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_ACCOUNTTOKEN_UNIFFI_TRAIT_DEBUG
+RustBuffer uniffi_backlock_fn_method_accounttoken_uniffi_trait_debug(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_ACCOUNTTOKEN_UNIFFI_TRAIT_DISPLAY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_ACCOUNTTOKEN_UNIFFI_TRAIT_DISPLAY
+RustBuffer uniffi_backlock_fn_method_accounttoken_uniffi_trait_display(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_FFI_BACKLOCK_RUSTBUFFER_ALLOC
 #define UNIFFI_FFIDEF_FFI_BACKLOCK_RUSTBUFFER_ALLOC
 RustBuffer ffi_backlock_rustbuffer_alloc(uint64_t size, RustCallStatus *_Nonnull out_status
@@ -760,6 +785,12 @@ uint16_t uniffi_backlock_checksum_constructor_canceltoken_new(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_DEVICE_NEW
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_DEVICE_NEW
 uint16_t uniffi_backlock_checksum_constructor_device_new(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_ACCOUNTTOKEN_NEW
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_ACCOUNTTOKEN_NEW
+uint16_t uniffi_backlock_checksum_constructor_accounttoken_new(void
     
 );
 #endif
