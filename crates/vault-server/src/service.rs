@@ -150,6 +150,16 @@ fn unavailable(e: ProposeError) -> WireError {
     w
 }
 
+/// This replica could not read its state (I/O, a damaged file): the detail goes to the
+/// log for the operator, not to the device.
+fn state_error(e: crate::raft::ReadError) -> WireError {
+    tracing::error!(error = %e, "reading the applied state failed");
+    err(
+        ErrorCode::Internal,
+        "this vault replica cannot read its state; try again later or another replica",
+    )
+}
+
 fn malformed(what: &str) -> WireError {
     err(ErrorCode::Malformed, format!("malformed {what}"))
 }
@@ -195,7 +205,7 @@ impl Vault {
         let status = self.node.status();
         let snapshot = self.node.last_snapshot().unwrap_or_default();
         crate::metrics::Gauges {
-            records: self.node.read(|s| s.len() as u64),
+            records: self.node.records(),
             term: status.term,
             last_applied: status.last_applied_index.unwrap_or(0),
             is_leader: status.leader_id == Some(status.node_id),
@@ -339,12 +349,13 @@ impl Vault {
             },
             Some(proof) => {
                 self.node.catch_up().await.map_err(unavailable)?;
-                if let Some(done) = self.replayed(&req) {
+                if let Some(done) = self.replayed(&req)? {
                     return Ok(self.with_receipt(&req, done));
                 }
                 let owner = self
                     .node
                     .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
+                    .map_err(state_error)?
                     .ok_or_else(no_key)?;
                 let payload = owner::replace_payload(
                     &req.record_id,
@@ -363,7 +374,7 @@ impl Vault {
         let applied = self.propose(command).await?;
         if let Applied::Refused(Refusal::AlreadyRegistered | Refusal::StaleGeneration) = applied {
             self.node.catch_up().await.map_err(unavailable)?;
-            if let Some(done) = self.replayed(&req) {
+            if let Some(done) = self.replayed(&req)? {
                 return Ok(self.with_receipt(&req, done));
             }
         }
@@ -422,19 +433,21 @@ impl Vault {
     /// or another replica, and must hear success rather than "already registered". The
     /// record id is fresh from the vault at each registration start, so a match is that
     /// same registration; a replay changes nothing.
-    fn replayed(&self, req: &RegisterFinish) -> Option<RegisterFinishReply> {
-        self.node.read(|s| {
-            s.record(&req.account)
-                .filter(|r| {
-                    r.record_id == req.record_id
-                        && r.wrapped == req.wrapped
-                        && r.owner_public_key == req.owner_public_key
-                })
-                .map(|r| RegisterFinishReply {
-                    generation: r.generation,
-                    attempts_left: r.attempts_left,
-                })
-        })
+    fn replayed(&self, req: &RegisterFinish) -> Reply<Option<RegisterFinishReply>> {
+        self.node
+            .read(|s| {
+                s.record(&req.account)
+                    .filter(|r| {
+                        r.record_id == req.record_id
+                            && r.wrapped == req.wrapped
+                            && r.owner_public_key == req.owner_public_key
+                    })
+                    .map(|r| RegisterFinishReply {
+                        generation: r.generation,
+                        attempts_left: r.attempts_left,
+                    })
+            })
+            .map_err(state_error)
     }
 
     /// KE1 → KE2, with the guess durably counted before KE2 leaves.
@@ -445,26 +458,34 @@ impl Vault {
     ) -> Reply<RecoverStartReply> {
         self.admit(token, &req.account)?;
         let read = || {
-            self.node.read(|s| {
-                s.record(&req.account)
-                    .map(|r| (r.generation, r.record_id, r.password_file.clone()))
-            })
+            self.node
+                .read(|s| {
+                    s.record(&req.account)
+                        .map(|r| (r.generation, r.record_id, r.password_file.clone()))
+                })
+                .map_err(state_error)
         };
         // A follower may not have applied a registration that just committed: before
         // saying "no key", catch up with the leader.
-        let record = match read() {
+        let record = match read()? {
             Some(record) => Some(record),
             None => {
                 self.node.catch_up().await.map_err(unavailable)?;
-                read()
+                read()?
             }
         };
         let Some((generation, record_id, file)) = record else {
-            return Err(if self.node.read(|s| s.locked(&req.account)) {
-                locked()
-            } else {
-                no_key()
-            });
+            return Err(
+                if self
+                    .node
+                    .read(|s| s.locked(&req.account))
+                    .map_err(state_error)?
+                {
+                    locked()
+                } else {
+                    no_key()
+                },
+            );
         };
         // A malformed KE1 costs no guess.
         ServerKeys::check_ke1(&req.ke1).map_err(|_| malformed("KE1"))?;
@@ -489,6 +510,7 @@ impl Vault {
                 if self
                     .node
                     .read(|s| s.has_open_attempt(&req.account, now_ms()))
+                    .map_err(state_error)?
                 {
                     return Err(locked());
                 }
@@ -498,11 +520,17 @@ impl Vault {
                 // Erased meanwhile, maybe by the guess limit: this replica may not have
                 // applied the erasure yet, and must not say "no key" for "locked".
                 self.node.catch_up().await.map_err(unavailable)?;
-                return Err(if self.node.read(|s| s.locked(&req.account)) {
-                    locked()
-                } else {
-                    no_key()
-                });
+                return Err(
+                    if self
+                        .node
+                        .read(|s| s.locked(&req.account))
+                        .map_err(state_error)?
+                    {
+                        locked()
+                    } else {
+                        no_key()
+                    },
+                );
             }
             Applied::Refused(Refusal::StaleGeneration) => {
                 let mut e = err(
@@ -579,19 +607,21 @@ impl Vault {
     ) -> Reply<RecoverFinishReply> {
         self.admit(token, &req.account)?;
         let read = || {
-            self.node.read(|s| {
-                let a = s.open_attempt(&req.account, &req.session)?;
-                let r = s.record(&req.account)?;
-                (r.generation == a.generation)
-                    .then(|| (a.clone(), r.record_id, r.password_file.clone()))
-            })
+            self.node
+                .read(|s| {
+                    let a = s.open_attempt(&req.account, &req.session)?;
+                    let r = s.record(&req.account)?;
+                    (r.generation == a.generation)
+                        .then(|| (a.clone(), r.record_id, r.password_file.clone()))
+                })
+                .map_err(state_error)
         };
         // Opened through another replica, maybe not applied here yet.
-        let found = match read() {
+        let found = match read()? {
             Some(found) => Some(found),
             None => {
                 self.node.catch_up().await.map_err(unavailable)?;
-                read()
+                read()?
             }
         };
         let expired = || {
@@ -727,17 +757,17 @@ impl Vault {
         self.admit(token, &req.account)?;
         self.node.catch_up().await.map_err(unavailable)?;
         // No record: the receipt says so (the routes before receipts answer `no_key`).
+        let last_generation = self
+            .node
+            .read(|s| s.last_generation(&req.account))
+            .map_err(state_error)?;
         let absent = || DeletedWithReceipt {
-            receipt: self.receipt(
-                &req.account,
-                ReceiptOp::Absent,
-                self.node.read(|s| s.last_generation(&req.account)),
-                &req.proof,
-            ),
+            receipt: self.receipt(&req.account, ReceiptOp::Absent, last_generation, &req.proof),
         };
         let Some(owner) = self
             .node
             .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
+            .map_err(state_error)?
         else {
             return Ok(absent());
         };
@@ -786,6 +816,7 @@ impl Vault {
         let owner = self
             .node
             .read(|s| s.record(&req.account).map(|r| r.owner_public_key))
+            .map_err(state_error)?
             .ok_or_else(no_key)?;
         let payload = owner::anchor_payload(req.anchor.generation, &req.anchor.value);
         self.check_proof(&owner, OwnerOp::Anchor, &req.account, &req.proof, &payload)?;
@@ -817,16 +848,23 @@ impl Vault {
     pub async fn anchor(&self, token: Option<&str>, req: StatusRequest) -> Reply<AnchorReply> {
         self.admit(token, &req.account)?;
         self.node.catch_up().await.map_err(unavailable)?;
-        if self.node.read(|s| s.locked(&req.account)) {
+        if self
+            .node
+            .read(|s| s.locked(&req.account))
+            .map_err(state_error)?
+        {
             return Err(locked());
         }
-        let anchor = self.node.read(|s| {
-            s.anchor(&req.account)
-                .map(|a| backlock_vault_proto::wire::Anchor {
-                    generation: a.generation,
-                    value: a.value.clone(),
-                })
-        });
+        let anchor = self
+            .node
+            .read(|s| {
+                s.anchor(&req.account)
+                    .map(|a| backlock_vault_proto::wire::Anchor {
+                        generation: a.generation,
+                        value: a.value.clone(),
+                    })
+            })
+            .map_err(state_error)?;
         Ok(AnchorReply { anchor })
     }
 
@@ -835,16 +873,23 @@ impl Vault {
         self.admit(token, &req.account)?;
         // Linearizable: a device reads its count after its own guesses, on any replica.
         self.node.catch_up().await.map_err(unavailable)?;
-        if self.node.read(|s| s.locked(&req.account)) {
+        if self
+            .node
+            .read(|s| s.locked(&req.account))
+            .map_err(state_error)?
+        {
             return Err(locked());
         }
-        let record = self.node.read(|s| {
-            s.record(&req.account).map(|r| RecordStatus {
-                generation: r.generation,
-                attempts_left: r.attempts_left,
-                owner_public_key: r.owner_public_key,
+        let record = self
+            .node
+            .read(|s| {
+                s.record(&req.account).map(|r| RecordStatus {
+                    generation: r.generation,
+                    attempts_left: r.attempts_left,
+                    owner_public_key: r.owner_public_key,
+                })
             })
-        });
+            .map_err(state_error)?;
         Ok(AccountStatus { record })
     }
 
@@ -890,11 +935,20 @@ impl Vault {
             return;
         }
         let cutoff = now_ms().saturating_sub(self.config.session_ttl.as_millis() as u64);
-        for (account, generation) in self.node.read(|s| s.expired_exhausted(cutoff)) {
+        let expired = match self.node.read(|s| s.expired_exhausted(cutoff)) {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::error!(error = %e, "the sweeper cannot read the state");
+                return;
+            }
+        };
+        for (account, generation) in expired {
             self.erase_exhausted(&account, generation).await;
         }
         let now_ms = now_ms();
-        if self.node.read(|s| s.any_expired_attempt(now_ms)) {
+        let members = self.node.members();
+        let expired_attempt = self.node.read(|s| s.any_expired_attempt(now_ms));
+        if members.any_expired(now_ms) || expired_attempt.unwrap_or(false) {
             let _ = self.node.propose(Command::Sweep { now_ms }).await;
         }
     }

@@ -711,7 +711,11 @@ pub trait Tables {
 }
 
 /// Applies one committed command, applied at `place`, to the state `tables` keep.
-pub fn apply<T: Tables>(tables: &mut T, command: Command, place: Place) -> Result<Applied, T::Error> {
+pub fn apply<T: Tables>(
+    tables: &mut T,
+    command: Command,
+    place: Place,
+) -> Result<Applied, T::Error> {
     let members = |tables: &mut T, f: &dyn Fn(&mut Members) -> Applied| {
         let mut members = tables.members()?;
         let applied = f(&mut members);
@@ -737,12 +741,16 @@ pub fn apply<T: Tables>(tables: &mut T, command: Command, place: Place) -> Resul
             replica,
             ticket_hash,
             expires_ms,
-        } => members(tables, &|m| Applied::Ticket(m.admit(replica, ticket_hash, expires_ms))),
+        } => members(tables, &|m| {
+            Applied::Ticket(m.admit(replica, ticket_hash, expires_ms))
+        }),
         Command::Redeem {
             replica,
             ticket_hash,
             now_ms,
-        } => members(tables, &|m| Applied::Ticket(m.redeem(replica, ticket_hash, now_ms))),
+        } => members(tables, &|m| {
+            Applied::Ticket(m.redeem(replica, ticket_hash, now_ms))
+        }),
         Command::Retire { replica } => members(tables, &|m| {
             m.retire(replica);
             Applied::Retired
@@ -990,8 +998,8 @@ impl VaultState {
     }
 
     /// Restores the open attempts and the admission state from a snapshot's trailer;
-    /// what an older snapshot lacks is empty.
-    pub fn set_trailer(&mut self, trailer: &[u8]) -> Result<(), postcard::Error> {
+    /// what an older snapshot lacks is empty. Returns what follows the trailer.
+    pub fn set_trailer<'b>(&mut self, trailer: &'b [u8]) -> Result<&'b [u8], postcard::Error> {
         self.attempts = BTreeMap::new();
         self.members = Members::default();
         self.anchors = BTreeMap::new();
@@ -1000,21 +1008,25 @@ impl VaultState {
         read
     }
 
-    fn read_trailer(&mut self, trailer: &[u8]) -> Result<(), postcard::Error> {
+    fn read_trailer<'b>(&mut self, trailer: &'b [u8]) -> Result<&'b [u8], postcard::Error> {
         if trailer.is_empty() {
-            return Ok(());
+            return Ok(trailer);
         }
         let (attempts, rest) = postcard::take_from_bytes(trailer)?;
         self.attempts = attempts;
         if rest.is_empty() {
-            return Ok(());
+            return Ok(rest);
         }
         let (members, rest) = postcard::take_from_bytes(rest)?;
         self.members = members;
-        if !rest.is_empty() {
-            self.anchors = postcard::from_bytes(rest)?;
+        if rest.is_empty() {
+            return Ok(rest);
         }
-        Ok(())
+        // A replica of an earlier release reads the anchors with `from_bytes`, which
+        // ignores what follows.
+        let (anchors, rest) = postcard::take_from_bytes(rest)?;
+        self.anchors = anchors;
+        Ok(rest)
     }
 
     /// Join tickets and retired replicas.
@@ -1029,14 +1041,6 @@ impl VaultState {
             .range(..(cutoff_ms, String::new()))
             .filter_map(|(_, a)| Some((a.clone(), self.records.get(a)?.generation)))
             .collect()
-    }
-
-    /// Each record's account, registration id and generation (the key tree follows
-    /// them).
-    pub(crate) fn registrations(&self) -> impl Iterator<Item = (&str, ([u8; 16], u64))> + Clone {
-        self.records
-            .iter()
-            .map(|(a, r)| (a.as_str(), (r.record_id, r.generation)))
     }
 
     /// Every record, to seal or open its secrets for the disk.
@@ -1064,10 +1068,10 @@ impl VaultState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn new_record(max: u32) -> NewRecord {
+    pub(crate) fn new_record(max: u32) -> NewRecord {
         NewRecord {
             record_id: [1; 16],
             password_file: vec![2; 8],
@@ -1536,7 +1540,7 @@ mod tests {
         (exhausted, s.any_expired_attempt(now_ms))
     }
 
-    fn arbitrary_command() -> impl proptest::strategy::Strategy<Value = Command> {
+    pub(crate) fn arbitrary_command() -> impl proptest::strategy::Strategy<Value = Command> {
         use proptest::prelude::*;
         let account = prop::sample::select(vec!["a", "b", "c"]).prop_map(str::to_owned);
         let generation = 1u64..4;

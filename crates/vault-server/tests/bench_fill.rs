@@ -44,9 +44,10 @@ async fn synthetic_accounts_are_registered_once_through_the_log() {
     assert_eq!((filled.stored, filled.existing), (1_000, 1_000));
 
     let node = vault.vault.node();
-    assert_eq!(node.read(|s| s.len()), 3_000);
+    assert_eq!(node.records(), 3_000);
     let record = node
-        .read(|s| s.record(&bench_fill::account(2_999)).cloned())
+        .read(|s| s.record(&bench_fill::account(2_999)))
+        .unwrap()
         .unwrap();
     assert_eq!(record.attempts_left, vault.vault.info().max_attempts);
     assert!(
@@ -57,5 +58,5 @@ async fn synthetic_accounts_are_registered_once_through_the_log() {
     let (status, body) = fill(&url, 0, u64::from(MAX_COUNT) + 1).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("send several requests"), "{body}");
-    assert_eq!(node.read(|s| s.len()), 3_000);
+    assert_eq!(node.records(), 3_000);
 }

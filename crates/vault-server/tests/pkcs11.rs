@@ -395,6 +395,8 @@ async fn erasure_against_a_copy() {
     .await
     .unwrap();
     assert_eq!(node.epoch(), 3);
-    assert!(node.read(|s| s.record("bob").is_some() && s.record("alice").is_none()));
+    assert!(node
+        .read(|s| s.record("bob").is_some() && s.record("alice").is_none())
+        .unwrap());
     node.shutdown().await;
 }

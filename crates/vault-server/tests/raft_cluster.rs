@@ -22,6 +22,7 @@ fn record() -> NewRecord {
 
 fn attempts_left(node: &VaultNode) -> Option<u32> {
     node.read(|s| s.record("alice").map(|r| r.attempts_left))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,8 +239,8 @@ async fn a_replica_that_was_down_catches_up_from_a_snapshot() {
         node3.status().snapshot_index >= Some(erase_index)
     })
     .await;
-    assert!(node3.read(|s| s.record("alice").is_none()));
-    assert!(node3.read(|s| s.record("bob").is_some()));
+    assert!(node3.read(|s| s.record("alice").is_none()).unwrap());
+    assert!(node3.read(|s| s.record("bob").is_some()).unwrap());
 
     for node in [node1, node2, node3] {
         node.shutdown().await;

@@ -152,7 +152,8 @@ async fn concurrent_wrong_guesses_count_exactly_the_limit_then_the_record_is_gon
             .vault
             .vault
             .node()
-            .read(|s| s.record("alice").cloned())
+            .read(|s| s.record("alice"))
+            .unwrap()
             .unwrap();
         (record.password_file, record.wrapped)
     };
@@ -193,7 +194,7 @@ async fn concurrent_wrong_guesses_count_exactly_the_limit_then_the_record_is_gon
     ));
     let node = h.vault.vault.node();
     eventually("the exhausted record is erased", || {
-        node.read(|s| s.locked("alice"))
+        node.read(|s| s.locked("alice")).unwrap()
     })
     .await;
     assert!(matches!(
@@ -1113,6 +1114,6 @@ async fn a_release_build_registers_no_account_without_a_token() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.text().await.unwrap().contains("no such endpoint"));
-    assert_eq!(h.vault.vault.node().read(|s| s.len()), 0);
+    assert_eq!(h.vault.vault.node().records(), 0);
     h.vault.shutdown().await;
 }

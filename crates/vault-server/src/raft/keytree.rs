@@ -18,6 +18,11 @@
 //! A keyed hash (its key random per replica) picks an account's bucket, so nobody can
 //! crowd one bucket to make its erasures slow.
 
+// Replicas keep the tree as rows of their database now (`records.rs`); this in-memory
+// form reads the version 2 snapshot files of the release before, and its writing half
+// makes such files in tests.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use crate::seal::{open_with, seal_with, SealError};
 use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
@@ -43,7 +48,7 @@ impl fmt::Debug for TreeKey {
 }
 
 impl TreeKey {
-    fn random() -> Result<Self, SealError> {
+    pub(crate) fn random() -> Result<Self, SealError> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         aws_lc_rs::rand::fill(key.as_mut_slice()).map_err(|_| SealError::Random)?;
         Ok(Self(key))
@@ -64,11 +69,15 @@ impl TreeKey {
         )
     }
 
-    fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub(crate) fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         seal_with(&self.aead(), context, plaintext)
     }
 
-    fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    pub(crate) fn open(
+        &self,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         open_with(&self.aead(), context, sealed)
     }
 }
@@ -152,20 +161,20 @@ impl fmt::Debug for KeyTree {
     }
 }
 
-fn random_array<const N: usize>() -> Result<[u8; N], SealError> {
+pub(crate) fn random_array<const N: usize>() -> Result<[u8; N], SealError> {
     let mut out = [0u8; N];
     aws_lc_rs::rand::fill(&mut out).map_err(|_| SealError::Random)?;
     Ok(out)
 }
 
-fn node_context(level: u8, prefix: u16) -> Vec<u8> {
+pub(crate) fn node_context(level: u8, prefix: u16) -> Vec<u8> {
     let mut context = NODE_CONTEXT.to_vec();
     context.push(level);
     context.extend_from_slice(&prefix.to_be_bytes());
     context
 }
 
-fn record_context(account: &str) -> Vec<u8> {
+pub(crate) fn record_context(account: &str) -> Vec<u8> {
     let mut context = RECORD_CONTEXT.to_vec();
     context.extend_from_slice(account.as_bytes());
     context

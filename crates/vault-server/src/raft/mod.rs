@@ -22,6 +22,8 @@ mod network;
 mod peer;
 #[cfg(test)]
 mod power_cut;
+mod records;
+pub use records::{ReadError, View};
 pub mod rollback;
 mod state_machine;
 mod types;
@@ -156,6 +158,11 @@ pub fn unseal_file(
                 .or_else(|_| open(state_machine::SNAPSHOT_CONTEXT)),
         );
     }
+    if relative == Path::new(records::DB_FILE) {
+        // Not sealed as a whole: its rows are, under the key tree whose root is in
+        // `keyroot`. What the file gives without that is the file itself.
+        return Some(Ok(bytes));
+    }
     if relative == Path::new(state_machine::KEY_ROOT_FILE) {
         return Some(open(state_machine::KEY_ROOT_CONTEXT));
     }
@@ -193,8 +200,7 @@ pub async fn open_copy(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<VaultState
         .await
         .map_err(|e| e.to_string())?;
     sm.apply(entries).await.map_err(|e| e.to_string())?;
-    let state = sm.state_handle().read().state.clone();
-    Ok(state)
+    sm.export().map_err(|e| e.to_string())
 }
 
 /// Why a replica did not start.
@@ -500,10 +506,21 @@ impl VaultNode {
     }
 
     /// Runs `f` on the state applied so far on this replica (not linearizable on its own:
-    /// a follower may lag). `f` runs under the state lock, which blocks applying: keep it
-    /// short and never await inside.
-    pub fn read<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
-        f(&self.state.read().state)
+    /// a follower may lag), one consistent read transaction. `f` holds up applying:
+    /// keep it short and never await inside. Fails if a read in `f` failed (whatever
+    /// `f` returned then is not to be trusted).
+    pub fn read<T>(&self, f: impl FnOnce(&View<'_>) -> T) -> Result<T, ReadError> {
+        Ok(self.state.read(f)?)
+    }
+
+    /// Join tickets and retired replicas as applied here.
+    pub fn members(&self) -> crate::members::Members {
+        self.state.summary().members
+    }
+
+    /// Accounts with a record on this replica.
+    pub fn records(&self) -> u64 {
+        self.state.summary().records
     }
 
     /// What the last snapshot built on this replica cost, if it built one since it
@@ -521,7 +538,7 @@ impl VaultNode {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
             // From the state machine itself: metrics trail the apply by a moment.
-            last_applied_index: self.state.read().last_applied.map(|id| id.index),
+            last_applied_index: self.state.summary().last_applied.map(|id| id.index),
             commit_index: self.log.committed().map(|id| id.index),
             snapshot_index: metrics.snapshot.map(|id| id.index),
             purged_index: metrics.purged.map(|id| id.index),

@@ -217,7 +217,7 @@ async fn guard(
             .then(|| "a monitoring certificate may read the status and nothing else".to_owned()),
         Some(PeerIdentity::Replica(id)) => {
             let id = *id;
-            if peer.state.read().state.members().is_retired(id) {
+            if peer.state.summary().members.is_retired(id) {
                 Some(format!(
                     "replica {id} was removed from the fleet: its certificate is refused for good"
                 ))
@@ -494,7 +494,7 @@ async fn join(State(peer): State<PeerContext>, identity: Caller, body: Bytes) ->
         let now = crate::members::now_ms();
         if caller(&identity).is_some()
             && !is_member(&peer.raft, id)
-            && !peer.state.read().state.members().may_join(id, now)
+            && !peer.state.summary().members.may_join(id, now)
         {
             return Err(PeerRefusal::Rejected(format!(
                 "replica {id} holds no redeemed join ticket: admit it with `backlock vault admit --replica {id}`"
@@ -685,12 +685,12 @@ pub(crate) fn report(peer: &PeerContext) -> ReplicaReport {
         ServerState::Shutdown => "shutdown",
     };
     let (applied, digest) = {
-        let sm = peer.state.read();
-        let bytes = postcard::to_allocvec(&sm.state).unwrap_or_default();
-        let digest = blake3::hash(&bytes);
+        // A digest of the applied log, kept as entries are applied: no pass over the
+        // state.
+        let summary = peer.state.summary();
         (
-            sm.last_applied.map(|id| id.index),
-            digest.to_hex().to_string(),
+            summary.last_applied.map(|id| id.index),
+            hex::encode(summary.digest),
         )
     };
     ReplicaReport {

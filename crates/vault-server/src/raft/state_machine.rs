@@ -1,28 +1,28 @@
-//! The state machine store: [`VaultState`] in memory, sealed snapshots on disk.
+//! The state machine store: the applied state in the replica's database
+//! (`records.rs`), snapshots built from it.
 //!
-//! Applied state is not written per entry: after a restart openraft re-applies the
-//! committed log on top of the last snapshot. A snapshot as sent to followers is
-//! `postcard(SmData)` followed by the state's trailer. The file `snapshot` holds it with
-//! its metadata, sealed under the node key, and is replaced by rename so the old bytes
-//! leave the directory. In the file (version 2) each record's secrets are sealed under
-//! its own leaf key of the replica's key tree (`keytree.rs`), which the file carries; the
-//! tree's root key is in `keyroot`, sealed under the current epoch key, so an erased
-//! record opens from no copy of the disk once its epoch ends (docs/VAULT.md
-//! §Crypto-erasure). A version 1 file (whole records under the node key) still reads.
+//! A snapshot as sent to followers is `postcard(SmData)` followed by the state's
+//! trailer and the applied log's digest. Building one first makes the database durable,
+//! so the log before it can go. Releases before the database kept the state in memory
+//! and wrote it to the file `snapshot`, sealed under the node key (version 1: whole
+//! records; version 2: each record's secrets under its leaf of a key tree the file
+//! carries, its root key in `keyroot`); such a file is read once, moved into the
+//! database under a new key tree, and removed.
 
 use super::files::{self, FileError};
 use super::keytree::{KeyTree, StoredTree, TreeError, TreeKey};
+use super::records::{DbError, RecordDb, Summary, View};
 use super::types::{Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::epoch::EpochSealer;
 use crate::seal::SealError;
-use crate::state::{Applied, Command, Place, VaultState};
+use crate::state::{self, Applied, Command, Place, VaultState};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
@@ -30,12 +30,16 @@ use zeroize::Zeroizing;
 pub(crate) const SNAPSHOT_CONTEXT: &[u8] = b"backlock vault snapshot";
 /// Seal context of a version 2 snapshot file (records under the key tree).
 pub(crate) const SNAPSHOT_CONTEXT_V2: &[u8] = b"backlock vault snapshot 2";
+/// The snapshot file of releases before the database. This release leaves in its place
+/// a marker: an empty value sealed as a version 2 file, which such a release refuses
+/// to start on (it does not decode), rather than start on an empty state and a purged
+/// log.
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot";
 /// The key tree's root keys, by tree id, sealed under the current epoch key.
 pub(crate) const KEY_ROOT_FILE: &str = "keyroot";
 pub(crate) const KEY_ROOT_CONTEXT: &[u8] = b"backlock vault key root";
 
-/// Everything a snapshot captures, updated together under one lock.
+/// Everything a snapshot captures.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub(crate) struct SmData {
     pub(crate) state: VaultState,
@@ -51,7 +55,7 @@ struct StoredSnapshot {
 }
 
 /// A version 2 snapshot file: the snapshot data with every record's secrets sealed under
-/// its leaf of `tree` (see [`seal_secrets`]).
+/// its leaf of `tree`.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshotV2 {
     meta: SnapshotMeta,
@@ -59,8 +63,8 @@ struct StoredSnapshotV2 {
     data: Vec<u8>,
 }
 
-/// Root keys of the key tree by tree id: the one the snapshot file names and, while a
-/// new snapshot is written, the next one.
+/// Root keys of the key tree by tree id: the live one and, while a transaction that
+/// replaces it commits, the next one.
 type KeyRoots = Vec<([u8; 16], [u8; 32])>;
 
 /// The vault's Raft state machine store.
@@ -72,12 +76,20 @@ pub struct StateMachineStore {
 pub(crate) struct KeyRootFile {
     path: PathBuf,
     sealer: Arc<EpochSealer>,
-    /// The id of the tree in the snapshot file; held across each read-modify-write of
-    /// the file.
+    /// The id of the live tree; held across each read-modify-write of the file.
     live: Mutex<Option<[u8; 16]>>,
 }
 
 impl KeyRootFile {
+    /// The key root file of the data directory `dir`.
+    pub(crate) fn new(dir: &Path, sealer: Arc<EpochSealer>) -> Self {
+        Self {
+            path: dir.join(KEY_ROOT_FILE),
+            sealer,
+            live: Mutex::new(None),
+        }
+    }
+
     fn read(&self) -> Result<Zeroizing<KeyRoots>, FileError> {
         let roots = files::read_sealed(&*self.sealer, &self.path, KEY_ROOT_CONTEXT)?;
         Ok(Zeroizing::new(roots.unwrap_or_default()))
@@ -104,6 +116,52 @@ impl KeyRootFile {
         self.write(&roots)
     }
 
+    /// The root key of tree `id`, if the file holds it.
+    pub(crate) fn root(&self, id: [u8; 16]) -> Result<Option<TreeKey>, FileError> {
+        Ok(self
+            .read()?
+            .iter()
+            .find(|(held, _)| *held == id)
+            .map(|(_, key)| TreeKey::from_bytes(key)))
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes tree `id` the live one and drops any other root.
+    pub(crate) fn keep_only(&self, id: [u8; 16]) -> Result<(), FileError> {
+        let mut live = self.lock();
+        *live = Some(id);
+        self.prune(&live)
+    }
+
+    /// Adds root `key` of tree `id` to the file before `commit` (which writes the tree
+    /// that needs it) and, once it committed, drops the old root: a crash between
+    /// leaves a pair that opens.
+    pub(crate) fn replace_root<T>(
+        &self,
+        id: [u8; 16],
+        key: &TreeKey,
+        commit: impl FnOnce() -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut live = self.lock();
+        let mut roots = self.read()?;
+        let root = (id, *key.bytes());
+        if !roots.contains(&root) {
+            roots.push(root);
+            self.write(&roots)?;
+        }
+        let out = commit()?;
+        *live = Some(id);
+        // If dropping the old root fails now, the next start or epoch's end drops it.
+        if roots.len() > 1 {
+            let _ = self.prune(&live);
+        }
+        Ok(out)
+    }
+
     /// Seals the file again under the current epoch key (the epoch just advanced),
     /// keeping only the live tree's root: an older one would outlive its epoch.
     pub(crate) fn reseal(&self) -> Result<(), FileError> {
@@ -113,14 +171,8 @@ impl KeyRootFile {
 }
 
 struct Shared {
-    snapshot_path: PathBuf,
+    db: RecordDb,
     key_root: Arc<KeyRootFile>,
-    sealer: Arc<EpochSealer>,
-    /// The key tree of the snapshot on disk (updated with it), under the snapshot lock.
-    tree: Mutex<KeyTree>,
-    data: RwLock<SmData>,
-    /// Metadata of the snapshot on disk; held while the file is replaced.
-    current_snapshot: Mutex<Option<SnapshotMeta>>,
     /// Log index of the last applied entry that dropped a record's bytes.
     dropped_record: watch::Sender<Option<u64>>,
     builds: AtomicU64,
@@ -133,9 +185,9 @@ struct Shared {
 /// What the last snapshot build cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotFigures {
-    /// Size of the snapshot as sent to followers.
+    /// Size of the database file the snapshot stands for.
     pub bytes: u64,
-    /// From taking the state to the file on disk, milliseconds.
+    /// From the request to the database made durable, milliseconds.
     pub build_ms: u64,
     /// Snapshots built (completed) since the replica started.
     pub builds: u64,
@@ -148,8 +200,15 @@ pub(crate) struct StateHandle {
 }
 
 impl StateHandle {
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, SmData> {
-        self.shared.read()
+    /// Runs `f` on a consistent view of the applied state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&View<'_>) -> T) -> Result<T, DbError> {
+        self.shared.db.read(f)
+    }
+
+    /// What is kept in memory beside the database: last applied entry, membership,
+    /// join tickets, digest, number of records.
+    pub(crate) fn summary(&self) -> Summary {
+        self.shared.db.summary()
     }
 
     /// The last snapshot built since the replica started, if any.
@@ -167,83 +226,59 @@ impl StateHandle {
     }
 }
 
+fn storage_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
 impl StateMachineStore {
-    /// Opens the state machine under `dir`, loading the snapshot if there is one. Does
-    /// blocking file I/O.
+    /// Opens the state machine under `dir`: its database, and a snapshot file of an
+    /// earlier release moved into it. Does blocking file I/O.
     #[allow(
         clippy::result_large_err,
         reason = "openraft's error type, as its storage traits return it"
     )]
     pub fn open(dir: &Path, sealer: Arc<EpochSealer>) -> Result<Self, StorageError> {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let key_root = Arc::new(KeyRootFile {
-            path: dir.join(KEY_ROOT_FILE),
-            sealer: sealer.clone(),
-            live: Mutex::new(None),
-        });
-        let read = || -> Result<Option<Loaded>, FileError> {
-            files::create_private_dir(dir)?;
-            files::remove_temp_files(dir)?;
-            let loaded = read_snapshot(&sealer, &snapshot_path, &key_root)?;
-            if let Some(Loaded {
-                tree,
-                legacy: false,
-                ..
-            }) = &loaded
-            {
-                let mut live = key_root.lock();
-                *live = Some(tree.id());
-                key_root.prune(&live)?;
+        let key_root = Arc::new(KeyRootFile::new(dir, sealer.clone()));
+        let read_error =
+            |e: &dyn std::fmt::Display| StorageIOError::read_snapshot(None, &storage_error(e));
+        files::create_private_dir(dir).map_err(|e| read_error(&e))?;
+        files::remove_temp_files(dir).map_err(|e| read_error(&e))?;
+        // Read before the database opens: opening drops every root but its own.
+        let legacy =
+            read_snapshot(&sealer, &snapshot_path, &key_root).map_err(|e| read_error(&e))?;
+        let db = RecordDb::open(dir, &key_root).map_err(|e| read_error(&e))?;
+        if let Some(Loaded { meta, data }) = legacy {
+            let held = db.summary().last_applied;
+            if held < meta.last_log_id {
+                let digest =
+                    *blake3::hash(&postcard::to_allocvec(&data).unwrap_or_default()).as_bytes();
+                let summary = Summary {
+                    last_applied: data.last_applied,
+                    membership: data.last_membership.clone(),
+                    digest,
+                    snapshot: Some(meta.clone()),
+                    ..Summary::default()
+                };
+                db.replace(&key_root, &data.state, summary).map_err(|e| {
+                    StorageIOError::write_snapshot(Some(meta.signature()), &storage_error(e))
+                })?;
             }
-            Ok(loaded)
-        };
-        let loaded = read().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let mut legacy = None;
-        let (data, meta, tree) = match loaded {
-            Some(Loaded {
-                meta,
-                data,
-                tree,
-                legacy: was_legacy,
-            }) => {
-                if was_legacy {
-                    legacy = Some((meta.clone(), data.clone()));
-                }
-                (data, Some(meta), tree)
-            }
-            None => (
-                SmData::default(),
-                None,
-                KeyTree::new().map_err(|e| {
-                    StorageIOError::read_snapshot(
-                        None,
-                        &FileError::Seal {
-                            path: snapshot_path.clone(),
-                            source: e,
-                        },
-                    )
-                })?,
-            ),
-        };
+        }
+        // In the database now (or already, if a crash came before): the marker takes
+        // the file's place.
+        if !is_marker(&sealer, &snapshot_path).map_err(|e| read_error(&e))? {
+            files::write_sealed_durably(&**sealer.node(), &snapshot_path, SNAPSHOT_CONTEXT_V2, &())
+                .map_err(|e| read_error(&e))?;
+        }
         let shared = Arc::new(Shared {
-            snapshot_path,
+            db,
             key_root,
-            sealer,
-            tree: Mutex::new(tree),
-            data: RwLock::new(data),
-            current_snapshot: Mutex::new(meta),
             dropped_record: watch::channel(None).0,
             builds: AtomicU64::new(0),
             built: AtomicU64::new(0),
             last_build: Mutex::new(None),
         });
-        if let Some((meta, data)) = legacy {
-            // A snapshot of an earlier release holds whole records under the node key:
-            // write it again at once with its records under the key tree.
-            shared
-                .persist(&meta, data, true)
-                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        }
         Ok(Self { shared })
     }
 
@@ -258,12 +293,15 @@ impl StateMachineStore {
     pub(crate) fn dropped_records(&self) -> watch::Receiver<Option<u64>> {
         self.shared.dropped_record.subscribe()
     }
-}
 
-impl StateMachineStore {
     /// The key root file, which the end of an epoch seals again.
     pub(crate) fn key_root(&self) -> Arc<KeyRootFile> {
         self.shared.key_root.clone()
+    }
+
+    /// The whole applied state in memory (a copy's inspection; made durable first).
+    pub(crate) fn export(&self) -> Result<VaultState, DbError> {
+        Ok(self.shared.db.export(&self.shared.key_root, |_| {})?.0)
     }
 }
 
@@ -271,17 +309,30 @@ impl StateMachineStore {
 struct Loaded {
     meta: SnapshotMeta,
     data: SmData,
-    tree: KeyTree,
-    /// Version 1: whole records under the node key, and a new, empty tree.
-    legacy: bool,
 }
 
-/// Reads the snapshot file, of either version, with its key tree.
+/// Whether `path` is this release's marker (see [`SNAPSHOT_FILE`]).
+fn is_marker(sealer: &EpochSealer, path: &Path) -> Result<bool, FileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(FileError::io(path, e)),
+    };
+    Ok(sealer
+        .node()
+        .open(SNAPSHOT_CONTEXT_V2, &bytes)
+        .is_ok_and(|plain| plain.is_empty()))
+}
+
+/// Reads a snapshot file of an earlier release, of either version, if there is one.
 fn read_snapshot(
     sealer: &EpochSealer,
     snapshot_path: &Path,
     key_root: &KeyRootFile,
 ) -> Result<Option<Loaded>, FileError> {
+    if is_marker(sealer, snapshot_path)? {
+        return Ok(None);
+    }
     let node = &**sealer.node();
     let v2 = files::read_sealed::<StoredSnapshotV2>(node, snapshot_path, SNAPSHOT_CONTEXT_V2);
     let stored = match v2 {
@@ -295,17 +346,11 @@ fn read_snapshot(
             else {
                 return Ok(None);
             };
-            let data =
+            let (data, _) =
                 decode_data(&v1.data, &v1.meta).map_err(|e| decode_error(snapshot_path, e))?;
-            let tree = KeyTree::new().map_err(|source| FileError::Seal {
-                path: snapshot_path.to_path_buf(),
-                source,
-            })?;
             return Ok(Some(Loaded {
                 meta: v1.meta,
                 data,
-                tree,
-                legacy: true,
             }));
         }
         other => other?,
@@ -330,14 +375,12 @@ fn read_snapshot(
             )))
         })?;
     let tree = KeyTree::load(stored.tree, root).map_err(tree_error)?;
-    let mut data =
+    let (mut data, _) =
         decode_data(&stored.data, &stored.meta).map_err(|e| decode_error(snapshot_path, e))?;
     open_secrets(&mut data.state, &tree).map_err(tree_error)?;
     Ok(Some(Loaded {
         meta: stored.meta,
         data,
-        tree,
-        legacy: false,
     }))
 }
 
@@ -348,30 +391,12 @@ fn decode_error(path: &Path, e: StorageError) -> FileError {
     )
 }
 
-/// A record's secrets as sealed under its leaf key: its registration id, password file
-/// and wrapped key.
+/// A record's secrets as a version 2 snapshot file sealed them under its leaf key: its
+/// registration id, password file and wrapped key.
 type Secrets = ([u8; 16], Vec<u8>, Vec<u8>);
 
-/// Seals each record's secrets under its leaf key, in place: the sealed value takes the
-/// password file's place and the id and wrapped key are emptied, so the state encodes
-/// as before with nothing secret in clear.
-fn seal_secrets(state: &mut VaultState, tree: &KeyTree) -> Result<(), TreeError> {
-    for (account, record) in state.records_mut() {
-        let secrets: Secrets = (
-            record.record_id,
-            std::mem::take(&mut record.password_file),
-            std::mem::take(&mut record.wrapped),
-        );
-        let plain = Zeroizing::new(postcard::to_allocvec(&secrets).expect("encodes"));
-        drop(Zeroizing::new(secrets.1));
-        drop(Zeroizing::new(secrets.2));
-        record.password_file = tree.seal_record(account, &plain)?;
-        record.record_id = [0; 16];
-    }
-    Ok(())
-}
-
-/// Undoes [`seal_secrets`].
+/// Opens the records of a version 2 snapshot file: each one's sealed secrets took its
+/// password file's place, its id and wrapped key emptied.
 fn open_secrets(state: &mut VaultState, tree: &KeyTree) -> Result<(), TreeError> {
     for (account, record) in state.records_mut() {
         let plain = tree.open_record(account, &record.password_file)?;
@@ -384,102 +409,145 @@ fn open_secrets(state: &mut VaultState, tree: &KeyTree) -> Result<(), TreeError>
     Ok(())
 }
 
-impl Shared {
-    fn read(&self) -> RwLockReadGuard<'_, SmData> {
-        self.data
-            .read()
-            .expect("state machine lock poisoned by a panic while applying")
-    }
-
-    /// Replaces the snapshot file unless it already holds a newer snapshot. The key tree
-    /// first follows the records (erasing the leaves of records gone); a new root key is
-    /// added to the key root before the file that needs it, and the old one removed
-    /// after, so a crash between leaves a pair that opens.
-    /// `disk` is consumed: its records' secrets are moved out and wiped as they are sealed.
-    fn persist(&self, meta: &SnapshotMeta, mut disk: SmData, force: bool) -> Result<(), FileError> {
-        let mut current = self
-            .current_snapshot
-            .lock()
-            .expect("snapshot lock poisoned by a panic");
-        let newer_on_disk = current
-            .as_ref()
-            .is_some_and(|c| c.last_log_id > meta.last_log_id);
-        if newer_on_disk && !force {
-            return Ok(());
-        }
-        let path = &self.snapshot_path;
-        let seal_error = |source| FileError::Seal {
-            path: path.clone(),
-            source,
-        };
-        let tree_error = |source| FileError::Tree {
-            path: path.clone(),
-            source,
-        };
-        let mut tree = self.tree.lock().expect("key tree lock poisoned by a panic");
-        tree.reconcile(disk.state.registrations())
-            .map_err(seal_error)?;
-        seal_secrets(&mut disk.state, &tree).map_err(tree_error)?;
-        let mut bytes = postcard::to_allocvec(&disk).map_err(|source| FileError::Encode {
-            path: path.clone(),
-            source,
-        })?;
-        bytes.extend(disk.state.trailer());
-        let stored = StoredSnapshotV2 {
-            meta: meta.clone(),
-            tree: tree.store().map_err(seal_error)?,
-            data: bytes,
-        };
-
-        let mut live = self.key_root.lock();
-        let mut roots = self.key_root.read()?;
-        let root = (tree.id(), *tree.root_key().bytes());
-        if !roots.contains(&root) {
-            roots.push(root);
-            self.key_root.write(&roots)?;
-        }
-        files::write_sealed_durably(&**self.sealer.node(), path, SNAPSHOT_CONTEXT_V2, &stored)?;
-        // From here the file needs this root only; if dropping the old one fails now,
-        // the next epoch's end drops it.
-        *live = Some(tree.id());
-        if roots.len() > 1 {
-            self.key_root.prune(&live)?;
-        }
-        *current = Some(meta.clone());
-        Ok(())
-    }
-}
-
+/// Decodes snapshot bytes: `postcard(SmData)`, the trailer (open attempts, admission
+/// state, anchors: absent in a snapshot written before they existed), then the applied
+/// log's digest (absent before the database).
 #[allow(
     clippy::result_large_err,
     reason = "openraft's error type, as its storage traits return it"
 )]
-fn decode_data(bytes: &[u8], meta: &SnapshotMeta) -> Result<SmData, StorageError> {
-    // `postcard(SmData)`, then the open attempts and the admission state (absent in a
-    // snapshot written before they existed).
+fn decode_data(
+    bytes: &[u8],
+    meta: &SnapshotMeta,
+) -> Result<(SmData, Option<[u8; 32]>), StorageError> {
     let (mut data, trailer): (SmData, &[u8]) = postcard::take_from_bytes(bytes)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-    data.state
+    let rest = data
+        .state
         .set_trailer(trailer)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
     if data.last_applied != meta.last_log_id {
         let msg = io::Error::other("snapshot data and metadata disagree on the last applied entry");
         return Err(StorageIOError::read_snapshot(Some(meta.signature()), &msg).into());
     }
-    Ok(data)
+    Ok((data, rest.try_into().ok()))
+}
+
+/// Encodes a snapshot as [`decode_data`] reads it.
+fn encode_data(state: VaultState, summary: &Summary) -> Vec<u8> {
+    let data = SmData {
+        state,
+        last_applied: summary.last_applied,
+        last_membership: summary.membership.clone(),
+    };
+    let mut bytes = postcard::to_allocvec(&data).expect("postcard encodes into a Vec");
+    bytes.extend(data.state.trailer());
+    bytes.extend(summary.digest);
+    bytes
 }
 
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, FileError> + Send + 'static,
-) -> Result<T, FileError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|join| {
-            Err(FileError::io(
-                Path::new(SNAPSHOT_FILE),
-                io::Error::other(join.to_string()),
-            ))
+    work: impl FnOnce() -> Result<T, DbError> + Send + 'static,
+) -> Result<T, io::Error> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(storage_error(e)),
+        Err(join) => Err(storage_error(join)),
+    }
+}
+
+impl Shared {
+    /// The state as of a durable commit, as snapshot bytes with their metadata: the
+    /// current one, which is the last built or installed under its own name while
+    /// nothing was applied since (none if there never was one).
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, DbError> {
+        let mut chosen = None;
+        let (state, summary) = self
+            .db
+            .export(&self.key_root, |s| chosen = self.name_snapshot(s, false))?;
+        Ok(chosen.map(|meta| (meta, encode_data(state, &summary))))
+    }
+
+    /// A new snapshot: the database made durable under a new snapshot name. Only its
+    /// metadata is used (openraft purges the log up to it; a follower is sent
+    /// [`Shared::current_snapshot`]), so nothing is copied.
+    fn build_snapshot(&self) -> Result<SnapshotMeta, DbError> {
+        let mut chosen = None;
+        self.db
+            .make_durable(&self.key_root, |s| chosen = self.name_snapshot(s, true))?;
+        Ok(chosen.expect("a build always names a snapshot"))
+    }
+
+    /// The snapshot the summary `s` stands for: its current one if nothing was applied
+    /// since and `build` does not ask for a new one; else a new one, noted in `s`.
+    fn name_snapshot(&self, s: &mut Summary, build: bool) -> Option<SnapshotMeta> {
+        let current = s
+            .snapshot
+            .clone()
+            .filter(|m| m.last_log_id == s.last_applied);
+        if !build && (current.is_some() || s.snapshot.is_none()) {
+            return current;
+        }
+        let n = self.builds.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match s.last_applied {
+            Some(id) => format!("{}-{}-{n}", id.leader_id, id.index),
+            None => format!("none-{n}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: s.last_applied,
+            last_membership: s.membership.clone(),
+            snapshot_id,
+        };
+        s.snapshot = Some(meta.clone());
+        Some(meta)
+    }
+
+    /// Applies `entries` in one transaction; returns each entry's results and the last
+    /// index that dropped a record's bytes.
+    #[allow(clippy::type_complexity)]
+    fn apply(&self, entries: Vec<Entry>) -> Result<(Vec<Vec<Applied>>, Option<u64>), DbError> {
+        self.db.write(&self.key_root, false, |w| {
+            let mut results = Vec::with_capacity(entries.len());
+            let mut dropped = None;
+            for entry in entries {
+                let mut digest = blake3::Hasher::new();
+                digest.update(&w.summary.digest);
+                digest.update(&postcard::to_allocvec(&entry).expect("postcard encodes into a Vec"));
+                w.summary.digest = *digest.finalize().as_bytes();
+                w.summary.last_applied = Some(entry.log_id);
+                // Entries that are not vault commands (blank, membership) yield no
+                // results; no caller of `propose` waits for them.
+                let result = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Membership(membership) => {
+                        w.summary.membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        Vec::new()
+                    }
+                    EntryPayload::Normal(Batch(commands)) => {
+                        let mut out = Vec::with_capacity(commands.len());
+                        for (position, command) in commands.into_iter().enumerate() {
+                            let replaces = matches!(command, Command::Replace { .. });
+                            let place = Place {
+                                index: entry.log_id.index,
+                                position: position as u32,
+                            };
+                            let result = state::apply(w, command, place)?;
+                            if matches!(result, Applied::Erased)
+                                || (replaces && matches!(result, Applied::Stored { .. }))
+                            {
+                                dropped = Some(entry.log_id.index);
+                            }
+                            out.push(result);
+                        }
+                        out
+                    }
+                };
+                results.push(result);
+            }
+            Ok((results, dropped))
         })
+    }
 }
 
 /// Builds snapshots of the state machine as it is when the build runs.
@@ -490,48 +558,22 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = std::time::Instant::now();
-        // Only the copy is taken under the lock, which holds up applying; encoding and
-        // sealing work on the copy.
-        let (meta, copy) = {
-            let sm = self.shared.read();
-            let copy = sm.clone();
-            let build = self.shared.builds.fetch_add(1, Ordering::Relaxed);
-            let snapshot_id = match sm.last_applied {
-                Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
-                None => format!("none-{build}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: sm.last_applied,
-                last_membership: sm.last_membership.clone(),
-                snapshot_id,
-            };
-            (meta, copy)
-        };
         let shared = self.shared.clone();
-        let persist_meta = meta.clone();
-        let data = blocking(move || {
-            let mut data = postcard::to_allocvec(&copy).map_err(|source| FileError::Encode {
-                path: shared.snapshot_path.clone(),
-                source,
-            })?;
-            data.extend(copy.state.trailer());
-            shared.persist(&persist_meta, copy, false)?;
-            Ok(data)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let meta = blocking(move || shared.build_snapshot())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         *self
             .shared
             .last_build
             .lock()
             .expect("snapshot figures lock poisoned") = Some(SnapshotFigures {
-            bytes: data.len() as u64,
+            bytes: self.shared.db.file_bytes(),
             build_ms: started.elapsed().as_millis() as u64,
             builds: self.shared.built.fetch_add(1, Ordering::Relaxed) + 1,
         });
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -540,8 +582,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let sm = self.shared.read();
-        Ok((sm.last_applied, sm.last_membership.clone()))
+        let summary = self.shared.db.summary();
+        Ok((summary.last_applied, summary.membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError>
@@ -549,46 +591,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut results = Vec::new();
-        let mut dropped = None;
-        {
-            let mut sm = self
-                .shared
-                .data
-                .write()
-                .expect("state machine lock poisoned by a panic while applying");
-            for entry in entries {
-                sm.last_applied = Some(entry.log_id);
-                // Entries that are not vault commands (blank, membership) yield no
-                // results; no caller of `propose` waits for them.
-                let result = match entry.payload {
-                    EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Membership(membership) => {
-                        sm.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Vec::new()
-                    }
-                    EntryPayload::Normal(Batch(commands)) => commands
-                        .into_iter()
-                        .enumerate()
-                        .map(|(position, command)| {
-                            let replaces = matches!(command, Command::Replace { .. });
-                            let place = Place {
-                                index: entry.log_id.index,
-                                position: position as u32,
-                            };
-                            let result = sm.state.apply(command, place);
-                            if matches!(result, Applied::Erased)
-                                || (replaces && matches!(result, Applied::Stored { .. }))
-                            {
-                                dropped = Some(entry.log_id.index);
-                            }
-                            result
-                        })
-                        .collect(),
-                };
-                results.push(result);
-            }
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let last = entries.last().map(|e| e.log_id);
+        let shared = self.shared.clone();
+        let (results, dropped) = blocking(move || shared.apply(entries))
+            .await
+            .map_err(|e| StorageIOError::apply(last.unwrap_or_default(), &e))?;
         if let Some(index) = dropped {
             self.shared.dropped_record.send_replace(Some(index));
         }
@@ -611,44 +619,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = Zeroizing::new(snapshot.into_inner());
-        let data = decode_data(&bytes, meta)?;
+        let (data, digest) = decode_data(&bytes, meta)?;
+        let summary = Summary {
+            last_applied: data.last_applied,
+            membership: data.last_membership.clone(),
+            digest: digest.unwrap_or_else(|| *blake3::hash(&bytes).as_bytes()),
+            snapshot: Some(meta.clone()),
+            ..Summary::default()
+        };
         let shared = self.shared.clone();
-        let persist_meta = meta.clone();
-        let copy = data.clone();
-        blocking(move || shared.persist(&persist_meta, copy, true))
+        blocking(move || shared.db.replace(&shared.key_root, &data.state, summary))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        *self
-            .shared
-            .data
-            .write()
-            .expect("state machine lock poisoned by a panic while applying") = data;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let shared = self.shared.clone();
-        let stored = blocking(move || {
-            // Under the lock, so the file matches the metadata we believe is current.
-            let _current = shared
-                .current_snapshot
-                .lock()
-                .expect("snapshot lock poisoned by a panic");
-            let Some(Loaded { meta, data, .. }) =
-                read_snapshot(&shared.sealer, &shared.snapshot_path, &shared.key_root)?
-            else {
-                return Ok(None);
-            };
-            let mut bytes = postcard::to_allocvec(&data).map_err(|source| FileError::Encode {
-                path: shared.snapshot_path.clone(),
-                source,
-            })?;
-            bytes.extend(data.state.trailer());
-            Ok(Some((meta, bytes)))
-        })
-        .await
-        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|(meta, data)| Snapshot {
+        let built = blocking(move || shared.current_snapshot())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(built.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
@@ -658,30 +649,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seal::KeyFileSealer;
+    use crate::seal::{KeyFileSealer, Sealer};
     use crate::state::NewRecord;
     use openraft::CommittedLeaderId;
 
-    /// A snapshot file as the release before crypto-erasure wrote it (version 1, whole
-    /// records under the node key) opens, and is at once written again as version 2
-    /// with the record under its leaf key.
-    #[test]
-    fn a_snapshot_of_the_previous_release_opens_and_is_rewritten_under_the_key_tree() {
-        let root = tempfile::tempdir().unwrap();
-        let node: Arc<dyn crate::seal::Sealer> =
-            Arc::new(KeyFileSealer::open_or_create(root.path().join("node.key")).unwrap());
-        let dir = root.path().join("data");
-        files::create_private_dir(&dir).unwrap();
+    const FILE: &[u8] = b"v1-password-file-3e9c1d77";
+    const WRAPPED: &[u8] = b"wrapped-key-51c0a9e2";
+
+    fn data() -> SmData {
         let mut state = VaultState::default();
-        let file = b"v1-password-file-3e9c1d77".to_vec();
         let last = LogId::new(CommittedLeaderId::new(1, 1), 3);
         state.apply(
             Command::Register {
                 account: "alice".into(),
                 record: NewRecord {
                     record_id: [1; 16],
-                    password_file: file.clone(),
-                    wrapped: b"wrapped".to_vec(),
+                    password_file: FILE.to_vec(),
+                    wrapped: WRAPPED.to_vec(),
                     owner_public_key: [2; 32],
                     max_attempts: 10,
                 },
@@ -691,43 +675,147 @@ mod tests {
                 position: 0,
             },
         );
-        let data = SmData {
+        SmData {
             state,
             last_applied: Some(last),
             last_membership: StoredMembership::default(),
-        };
-        let mut bytes = postcard::to_allocvec(&data).unwrap();
-        bytes.extend(data.state.trailer());
-        let meta = SnapshotMeta {
-            last_log_id: Some(last),
+        }
+    }
+
+    fn meta(data: &SmData) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: data.last_applied,
             last_membership: StoredMembership::default(),
             snapshot_id: "1-3-0".into(),
+        }
+    }
+
+    fn encoded(data: &SmData) -> Vec<u8> {
+        let mut bytes = postcard::to_allocvec(data).unwrap();
+        bytes.extend(data.state.trailer());
+        bytes
+    }
+
+    fn holds(bytes: &[u8], secret: &[u8]) -> bool {
+        bytes.windows(secret.len()).any(|w| w == secret)
+    }
+
+    /// Opens the store on `dir` and checks the record came through, the snapshot file is
+    /// gone, and neither secret is in clear anywhere in the directory.
+    fn opens_into_the_database(dir: &Path, sealer: Arc<EpochSealer>) {
+        let store = StateMachineStore::open(dir, sealer.clone()).unwrap();
+        let record = store
+            .shared
+            .db
+            .read(|v| v.record("alice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (record.password_file.as_slice(), record.wrapped.as_slice()),
+            (FILE, WRAPPED)
+        );
+        // The release before refuses the directory now, as it refuses any snapshot file
+        // that does not decode, rather than start on an empty state.
+        let node = sealer.node();
+        let before = files::read_sealed::<StoredSnapshotV2>(
+            &**node,
+            &dir.join(SNAPSHOT_FILE),
+            SNAPSHOT_CONTEXT_V2,
+        );
+        assert!(
+            matches!(before, Err(FileError::Decode { .. })),
+            "{:?}",
+            before.map(|_| ())
+        );
+        assert_eq!(store.shared.db.summary().last_applied, data().last_applied);
+        drop(store);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!holds(&bytes, FILE) && !holds(&bytes, WRAPPED));
+        }
+        let again = StateMachineStore::open(dir, sealer).unwrap();
+        let record = again
+            .shared
+            .db
+            .read(|v| v.record("alice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.password_file, FILE);
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<dyn Sealer>, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let node: Arc<dyn Sealer> =
+            Arc::new(KeyFileSealer::open_or_create(root.path().join("node.key")).unwrap());
+        let dir = root.path().join("data");
+        files::create_private_dir(&dir).unwrap();
+        (root, node, dir)
+    }
+
+    /// A snapshot file as the release before crypto-erasure wrote it (version 1, whole
+    /// records under the node key) moves into the database and is removed.
+    #[test]
+    fn a_version_1_snapshot_file_moves_into_the_database() {
+        let (_root, node, dir) = setup();
+        let data = data();
+        let v1 = StoredSnapshot {
+            meta: meta(&data),
+            data: encoded(&data),
         };
-        let v1 = StoredSnapshot { meta, data: bytes };
         files::write_sealed_durably(&*node, &dir.join(SNAPSHOT_FILE), SNAPSHOT_CONTEXT, &v1)
             .unwrap();
+        opens_into_the_database(&dir, Arc::new(EpochSealer::open(node).unwrap()));
+    }
 
+    /// A snapshot file as the release before the database wrote it (version 2: each
+    /// record's secrets under its leaf of the key tree the file carries, the root in
+    /// `keyroot`) moves into the database under a new tree; the old root leaves
+    /// `keyroot`, so a copy of the old file no longer opens.
+    #[test]
+    fn a_version_2_snapshot_file_moves_into_the_database_under_a_new_tree() {
+        let (_root, node, dir) = setup();
         let sealer = Arc::new(EpochSealer::open(node.clone()).unwrap());
-        let store = StateMachineStore::open(&dir, sealer.clone()).unwrap();
-        let record = store.shared.read().state.record("alice").unwrap().clone();
-        assert_eq!(record.password_file, file);
-        // Rewritten as version 2: the v1 context no longer opens it, and the outer
-        // plaintext no longer holds the record.
-        let raw = std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
-        assert!(node.open(SNAPSHOT_CONTEXT, &raw).is_err());
-        let outer = node.open(SNAPSHOT_CONTEXT_V2, &raw).unwrap();
-        assert!(!outer.windows(file.len()).any(|w| w == file.as_slice()));
-        drop(store);
-        let again = StateMachineStore::open(&dir, sealer).unwrap();
-        assert_eq!(
-            again
-                .shared
-                .read()
-                .state
-                .record("alice")
-                .unwrap()
-                .password_file,
-            file
+        let mut data = data();
+        let mut tree = KeyTree::new().unwrap();
+        tree.put("alice", ([1; 16], 1)).unwrap();
+        for (account, record) in data.state.records_mut() {
+            let secrets: Secrets = (
+                record.record_id,
+                std::mem::take(&mut record.password_file),
+                std::mem::take(&mut record.wrapped),
+            );
+            record.password_file = tree
+                .seal_record(account, &postcard::to_allocvec(&secrets).unwrap())
+                .unwrap();
+            record.record_id = [0; 16];
+        }
+        let stored = StoredSnapshotV2 {
+            meta: meta(&data),
+            tree: tree.store().unwrap(),
+            data: encoded(&data),
+        };
+        let old_id = tree.id();
+        let roots: KeyRoots = vec![(old_id, *tree.root_key().bytes())];
+        files::write_sealed_durably(&*sealer, &dir.join(KEY_ROOT_FILE), KEY_ROOT_CONTEXT, &roots)
+            .unwrap();
+        files::write_sealed_durably(
+            &*node,
+            &dir.join(SNAPSHOT_FILE),
+            SNAPSHOT_CONTEXT_V2,
+            &stored,
+        )
+        .unwrap();
+        let copy = std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
+
+        opens_into_the_database(&dir, sealer.clone());
+        let key_root = KeyRootFile::new(&dir, sealer);
+        assert!(key_root.root(old_id).unwrap().is_none());
+        std::fs::write(dir.join("old-snapshot"), copy).unwrap();
+        let old = read_snapshot(
+            &EpochSealer::open(node).unwrap(),
+            &dir.join("old-snapshot"),
+            &key_root,
         );
+        assert!(old.is_err(), "the old file opened without its root");
     }
 }
