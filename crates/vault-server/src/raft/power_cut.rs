@@ -74,6 +74,126 @@ pub(crate) fn restore(dir: &Path) {
     disk.durable.retain(|p, _| !p.starts_with(dir));
 }
 
+/// A disk for redb (its `StorageBackend`) that loses power: reads see every write;
+/// what survives a cut is what the last `sync_data` made durable plus, in order, a
+/// random subset of the writes since (a power loss may keep any of them). From the
+/// `fail_at`-th operation on, every operation fails, as on a dead machine.
+#[derive(Clone, Debug)]
+pub(crate) struct CutDisk(std::sync::Arc<Mutex<CutDiskState>>);
+
+#[derive(Debug, Default)]
+struct CutDiskState {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Writes (offset, bytes) and resizes (None) since the last sync.
+    pending: Vec<(u64, Option<Vec<u8>>)>,
+    ops: u64,
+    fail_at: Option<u64>,
+}
+
+impl CutDisk {
+    /// An empty disk that fails from operation `fail_at` on, if given.
+    pub(crate) fn new(fail_at: Option<u64>) -> Self {
+        Self(std::sync::Arc::new(Mutex::new(CutDiskState {
+            fail_at,
+            ..CutDiskState::default()
+        })))
+    }
+
+    fn state(&self) -> MutexGuard<'_, CutDiskState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails every operation from the `n`-th from now on.
+    pub(crate) fn fail_after(&self, n: u64) {
+        let mut state = self.state();
+        state.fail_at = Some(state.ops + n);
+    }
+
+    /// Operations so far.
+    pub(crate) fn ops(&self) -> u64 {
+        self.state().ops
+    }
+
+    /// The disk after the power came back: the durable bytes and the pending writes
+    /// `keep` picks, working again.
+    pub(crate) fn after_cut(&self, mut keep: impl FnMut() -> bool) -> Self {
+        let state = self.state();
+        let mut image = state.durable.clone();
+        for (offset, write) in &state.pending {
+            if !keep() {
+                continue;
+            }
+            match write {
+                Some(bytes) => {
+                    let end = *offset as usize + bytes.len();
+                    if image.len() < end {
+                        image.resize(end, 0);
+                    }
+                    image[*offset as usize..end].copy_from_slice(bytes);
+                }
+                None => image.resize(*offset as usize, 0),
+            }
+        }
+        Self(std::sync::Arc::new(Mutex::new(CutDiskState {
+            live: image.clone(),
+            durable: image,
+            ..CutDiskState::default()
+        })))
+    }
+
+    fn op(&self) -> Result<MutexGuard<'_, CutDiskState>, redb::BackendError> {
+        let mut state = self.state();
+        state.ops += 1;
+        if state.fail_at.is_some_and(|at| state.ops >= at) {
+            return Err(redb::BackendError::Io(io::Error::other("power cut (test)")));
+        }
+        Ok(state)
+    }
+}
+
+impl redb::StorageBackend for CutDisk {
+    fn len(&self) -> Result<u64, redb::BackendError> {
+        Ok(self.op()?.live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), redb::BackendError> {
+        let state = self.op()?;
+        let end = offset as usize + out.len();
+        let bytes = state
+            .live
+            .get(offset as usize..end)
+            .ok_or_else(|| redb::BackendError::Io(io::ErrorKind::UnexpectedEof.into()))?;
+        out.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), redb::BackendError> {
+        let mut state = self.op()?;
+        state.live.resize(len as usize, 0);
+        state.pending.push((len, None));
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), redb::BackendError> {
+        let mut state = self.op()?;
+        state.durable = state.live.clone();
+        state.pending.clear();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), redb::BackendError> {
+        let mut state = self.op()?;
+        let end = offset as usize + data.len();
+        if state.live.len() < end {
+            state.live.resize(end, 0);
+        }
+        state.live[offset as usize..end].copy_from_slice(data);
+        state.pending.push((offset, Some(data.to_vec())));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

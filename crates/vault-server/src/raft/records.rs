@@ -13,7 +13,7 @@
 //! the log from there. Plain batches commit without a sync (the log holds them
 //! durably); a batch that erases a record, and every snapshot, commits durably.
 
-use super::files::FileError;
+use super::files::{self, FileError};
 use super::keytree::{
     node_context, random_array, record_context, Registration, TreeError, TreeKey,
 };
@@ -274,10 +274,52 @@ impl RecordDb {
             path: path.clone(),
             source: Box::new(e),
         };
+        let create = || {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        };
+        if !path.exists() {
+            // Made whole under a temporary name (which the next start removes) and
+            // renamed: a crash while it is made leaves no file that does not open.
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(files::TMP_SUFFIX);
+            let tmp = PathBuf::from(tmp);
+            let db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&tmp)
+                .map_err(|e| engine(e.into()))?;
+            drop(Self::open_db(db, tmp.clone(), key_root)?);
+            std::fs::rename(&tmp, &path).map_err(|e| FileError::io(&path, e))?;
+            files::sync_dir(dir)?;
+        }
+        let db = create().map_err(|e| engine(e.into()))?;
+        Self::open_db(db, path, key_root)
+    }
+
+    /// [`RecordDb::open`] on a disk that loses power (`power_cut.rs`).
+    #[cfg(test)]
+    pub(crate) fn open_on(
+        dir: &Path,
+        key_root: &KeyRootFile,
+        disk: super::power_cut::CutDisk,
+    ) -> Result<Self, DbError> {
+        let path = dir.join(DB_FILE);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| engine(e.into()))?;
+            .create_with_backend(disk)
+            .map_err(|e| DbError::Engine {
+                path: path.clone(),
+                source: Box::new(e.into()),
+            })?;
+        Self::open_db(db, path, key_root)
+    }
+
+    fn open_db(db: Database, path: PathBuf, key_root: &KeyRootFile) -> Result<Self, DbError> {
+        let engine = |e: redb::Error| DbError::Engine {
+            path: path.clone(),
+            source: Box::new(e.into()),
+        };
         let txn = db.begin_write().map_err(|e| engine(e.into()))?;
         let head: Option<TreeHead> = {
             // Creates every table, so readers find them.
@@ -1580,6 +1622,84 @@ mod tests {
             (erin.password_file.as_slice(), erin.attempts_left),
             (&b"new"[..], 2)
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// The power goes at any operation of the disk, in the middle of a commit or
+        /// between two, and a power loss keeps any subset of the writes not yet synced:
+        /// the database opens again (its key root too) and holds exactly the state after
+        /// some command from the last durable one on, never a mix, never less.
+        #[test]
+        fn a_power_cut_leaves_the_state_after_a_whole_command(
+            commands in proptest::collection::vec(arbitrary_command(), 1..30),
+            durable_every in 1usize..6,
+            fail_fraction in 0.0f64..1.0,
+            keep_seed: u64,
+        ) {
+            use rand::{Rng, SeedableRng};
+            use super::super::power_cut::CutDisk;
+            // How many disk operations the whole run takes, to cut somewhere inside it.
+            let run = |disk: &CutDisk, fx: &Fixture| {
+                let db = RecordDb::open_on(&fx.dir, &fx.key_root, disk.clone())?;
+                let mut model = VaultState::default();
+                let mut states = vec![model.clone()];
+                let mut durable = 0;
+                for (i, command) in commands.iter().enumerate() {
+                    let place = Place { index: i as u64, position: 0 };
+                    let applied = db.write(&fx.key_root, false, |w| {
+                        state::apply(w, command.clone(), place)
+                    });
+                    if applied.is_err() {
+                        return Ok::<_, DbError>((states, durable, true));
+                    }
+                    model.apply(command.clone(), place);
+                    states.push(model.clone());
+                    if (i + 1) % durable_every == 0 {
+                        if db.make_durable(&fx.key_root, |_| {}).is_err() {
+                            return Ok((states, durable, true));
+                        }
+                        durable = i + 1;
+                    }
+                }
+                Ok((states, durable, false))
+            };
+            // A new database is made whole before it is used (`RecordDb::open`): the
+            // power may go from the first operation after that.
+            let made = |fx: &Fixture| {
+                let disk = CutDisk::new(None);
+                drop(RecordDb::open_on(&fx.dir, &fx.key_root, disk.clone()).unwrap());
+                disk
+            };
+            let whole = fixture();
+            let counter = made(&whole);
+            let before = counter.ops();
+            run(&counter, &whole).unwrap();
+            let fail_after = 1 + ((counter.ops() - before) as f64 * fail_fraction) as u64;
+
+            let fx = fixture();
+            let disk = made(&fx);
+            disk.fail_after(fail_after);
+            let Ok((states, durable, _)) = run(&disk, &fx) else {
+                // The power went while the database opened: it opens on the same disk
+                // once it is back, empty.
+                let again = disk.after_cut(|| true);
+                let db = RecordDb::open_on(&fx.dir, &fx.key_root, again).unwrap();
+                let (held, _) = db.export(&fx.key_root, |_| {}).unwrap();
+                proptest::prop_assert_eq!(held, VaultState::default());
+                return Ok(());
+            };
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(keep_seed);
+            let again = disk.after_cut(|| rng.gen_bool(0.5));
+            let db = RecordDb::open_on(&fx.dir, &fx.key_root, again).unwrap();
+            let (held, _) = db.export(&fx.key_root, |_| {}).unwrap();
+            let matching: Vec<usize> = (0..states.len()).filter(|&k| states[k] == held).collect();
+            proptest::prop_assert!(
+                matching.iter().any(|&k| k >= durable),
+                "the state after the cut is none of the states from command {durable} on (it matches {matching:?} of {})",
+                states.len() - 1
+            );
+        }
     }
 
     /// A damaged row is an error that names the file, never a wrong answer.
