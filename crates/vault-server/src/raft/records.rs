@@ -318,7 +318,7 @@ impl RecordDb {
     fn open_db(db: Database, path: PathBuf, key_root: &KeyRootFile) -> Result<Self, DbError> {
         let engine = |e: redb::Error| DbError::Engine {
             path: path.clone(),
-            source: Box::new(e.into()),
+            source: Box::new(e),
         };
         let txn = db.begin_write().map_err(|e| engine(e.into()))?;
         let head: Option<TreeHead> = {
