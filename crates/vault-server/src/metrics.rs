@@ -51,7 +51,8 @@ pub struct Gauges {
     /// The epoch whose key seals new values (docs/VAULT.md §Crypto-erasure): it grows by
     /// one at the end of each epoch; one that stops growing means erasure has stalled.
     pub epoch: u64,
-    /// Size of the last snapshot built on this replica (0: none since it started).
+    /// Size of the database file when this replica last built a snapshot (0: none
+    /// since it started).
     pub snapshot_bytes: u64,
     /// How long that build took, milliseconds.
     pub snapshot_build_ms: u64,
@@ -126,12 +127,12 @@ impl Metrics {
             ),
             (
                 "backlock_vault_snapshot_bytes",
-                "Size of the last snapshot built here (0: none since start).",
+                "Size of the database file at the last snapshot built here (0: none since start).",
                 gauges.snapshot_bytes,
             ),
             (
                 "backlock_vault_snapshot_build_milliseconds",
-                "Time the last snapshot build took, from taking the state to the file on disk.",
+                "Time the last snapshot build took (making the database durable).",
                 gauges.snapshot_build_ms,
             ),
             (

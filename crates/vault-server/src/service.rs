@@ -450,6 +450,16 @@ impl Vault {
             .map_err(state_error)
     }
 
+    /// The answer for an account without a record on this replica: `locked` if the
+    /// guess limit erased its last one, else `no_key`.
+    fn gone(&self, account: &str) -> WireError {
+        match self.node.read(|s| s.locked(account)) {
+            Ok(true) => locked(),
+            Ok(false) => no_key(),
+            Err(e) => state_error(e),
+        }
+    }
+
     /// KE1 → KE2, with the guess durably counted before KE2 leaves.
     pub async fn recover_start(
         &self,
@@ -475,17 +485,7 @@ impl Vault {
             }
         };
         let Some((generation, record_id, file)) = record else {
-            return Err(
-                if self
-                    .node
-                    .read(|s| s.locked(&req.account))
-                    .map_err(state_error)?
-                {
-                    locked()
-                } else {
-                    no_key()
-                },
-            );
+            return Err(self.gone(&req.account));
         };
         // A malformed KE1 costs no guess.
         ServerKeys::check_ke1(&req.ke1).map_err(|_| malformed("KE1"))?;
@@ -520,17 +520,7 @@ impl Vault {
                 // Erased meanwhile, maybe by the guess limit: this replica may not have
                 // applied the erasure yet, and must not say "no key" for "locked".
                 self.node.catch_up().await.map_err(unavailable)?;
-                return Err(
-                    if self
-                        .node
-                        .read(|s| s.locked(&req.account))
-                        .map_err(state_error)?
-                    {
-                        locked()
-                    } else {
-                        no_key()
-                    },
-                );
+                return Err(self.gone(&req.account));
             }
             Applied::Refused(Refusal::StaleGeneration) => {
                 let mut e = err(

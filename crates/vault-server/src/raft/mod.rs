@@ -2,8 +2,9 @@
 //! durable log entry before it takes effect. All openraft-facing code lives here.
 //!
 //! - [`VaultNode`]: one replica; propose commands, read applied state, report status.
-//! - [`LogStore`], [`StateMachineStore`]: sealed storage (segment files for the log, a
-//!   snapshot file), purged so an erased record's bytes really leave the data directory.
+//! - [`LogStore`], [`StateMachineStore`]: sealed storage (segment files for the log,
+//!   purged so an erased record's bytes really leave the data directory; the applied
+//!   state in a redb file, each record sealed under its own key of the key tree).
 //! - Proposals are batched: one log entry carries every command proposed while the
 //!   previous entry was being committed (see `batcher`).
 //! - [`HttpNetwork`], [`VaultNode::peer_router`]: messages between replicas over HTTP
@@ -70,7 +71,7 @@ pub const DEFAULT_EPOCH: Duration = Duration::from_secs(3600);
 
 /// What a replica needs to start.
 pub struct NodeConfig {
-    /// Data directory (log, vote, snapshot), created with mode 0700 if absent.
+    /// Data directory (log, vote, applied state), created with mode 0700 if absent.
     pub dir: PathBuf,
     /// Seals everything written to `dir`.
     pub sealer: Arc<dyn Sealer>,
@@ -173,8 +174,8 @@ pub fn unseal_file(
 }
 
 /// Everything a data directory (a replica's, or a copy of one) reveals to whoever also
-/// holds its key store: the state of its snapshot with every log entry after it
-/// applied, records' secrets included. For audits, and for the tests that attack
+/// holds its key store: its applied state with every log entry after it applied,
+/// records' secrets included. For audits, and for the tests that attack
 /// erasure with a copy of the disk. Reads the directory as a replica starting on it
 /// would (cutting a torn log tail), so use it on a copy, never on a running replica's
 /// directory.
