@@ -138,7 +138,24 @@ async fn fill(url: &str, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
+/// One fill request; sent again while the vault answers 503 (a slow fleet's request
+/// timeout: the accounts already registered count as existing the next time).
 async fn fill_once(http: &reqwest::Client, endpoint: &str, first: u64, count: u64) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match fill_request(http, endpoint, first, count).await {
+            Err(e) if tries < 5 && e.to_string().contains("503") => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn fill_request(
+    http: &reqwest::Client,
+    endpoint: &str,
+    first: u64,
+    count: u64,
+) -> Result<()> {
     let response = http
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")

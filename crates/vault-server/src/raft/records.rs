@@ -205,6 +205,27 @@ fn open_bucket(
     Ok(out)
 }
 
+/// One account's leaf in a lower node, without making the others' (a bucket holds
+/// accounts / 65,536 leaves: 150 at ten million).
+fn find_leaf(
+    key: &TreeKey,
+    bucket: u16,
+    sealed: &[u8],
+    account: &str,
+) -> Result<Option<(Registration, TreeKey)>, TreeError> {
+    let opened = key
+        .open(&node_context(2, bucket), sealed)
+        .map_err(sealing(format!("lower node {bucket}")))?;
+    let mut leaves: Vec<(&str, Registration, [u8; 32])> = postcard::from_bytes(&opened)
+        .map_err(|e| TreeError::Decode(format!("lower node {bucket}: {e}")))?;
+    let found = leaves
+        .iter()
+        .find(|(held, _, _)| *held == account)
+        .map(|(_, registration, key)| (*registration, TreeKey::from_bytes(key)));
+    leaves.iter_mut().for_each(|(_, _, key)| key.zeroize());
+    Ok(found)
+}
+
 /// Opens a node whose children are keys (the root, an upper node).
 fn open_keys<K: DeserializeOwned + Ord + Copy>(
     key: &TreeKey,
@@ -850,10 +871,21 @@ impl<'t> Writer<'t> {
 
     fn leaf_key(&mut self, account: &str) -> Result<Option<(Registration, TreeKey)>, DbError> {
         let bucket = self.bucket_of(account);
-        Ok(self
-            .bucket(bucket)?
-            .get(account)
-            .map(|l| (l.registration, l.key.clone())))
+        if let Some(leaves) = self.changes.buckets.get(&bucket) {
+            return Ok(leaves.get(account).map(|l| (l.registration, l.key.clone())));
+        }
+        // Most commands only read the leaf: find it without reading the bucket whole.
+        let Some(key) = self.lower_key(bucket) else {
+            return Ok(None);
+        };
+        let sealed = self
+            .nodes
+            .get(node_id(2, bucket))
+            .map_err(self.engine())?
+            .ok_or_else(|| {
+                self.tree()(TreeError::Decode(format!("lower node {bucket} is missing")))
+            })?;
+        find_leaf(key, bucket, sealed.value(), account).map_err(self.tree())
     }
 
     fn get_row(
@@ -1203,9 +1235,10 @@ impl View<'_> {
             .map_err(|e| self.tree(e))
     }
 
-    fn bucket(&self, bucket: u16) -> Result<BTreeMap<String, Leaf>, DbError> {
+    /// The sealed lower node `bucket` and its key, if it exists.
+    fn lower_node(&self, bucket: u16) -> Result<Option<(&TreeKey, Vec<u8>)>, DbError> {
         let Some(key) = self.keys.lower.get(&bucket) else {
-            return Ok(BTreeMap::new());
+            return Ok(None);
         };
         let nodes = self.txn.open_table(NODES).map_err(|e| self.engine(e))?;
         let sealed = nodes
@@ -1214,27 +1247,55 @@ impl View<'_> {
             .ok_or_else(|| {
                 self.tree(TreeError::Decode(format!("lower node {bucket} is missing")))
             })?;
-        open_bucket(key, bucket, sealed.value()).map_err(|e| self.tree(e))
+        Ok(Some((key, sealed.value().to_vec())))
     }
 
+    fn bucket(&self, bucket: u16) -> Result<BTreeMap<String, Leaf>, DbError> {
+        match self.lower_node(bucket)? {
+            None => Ok(BTreeMap::new()),
+            Some((key, sealed)) => open_bucket(key, bucket, &sealed).map_err(|e| self.tree(e)),
+        }
+    }
+
+    fn leaf(&self, bucket: u16, account: &str) -> Result<Option<(Registration, TreeKey)>, DbError> {
+        match self.lower_node(bucket)? {
+            None => Ok(None),
+            Some((key, sealed)) => {
+                find_leaf(key, bucket, &sealed, account).map_err(|e| self.tree(e))
+            }
+        }
+    }
+
+    /// The account's record; `buckets` keeps the lower nodes read (a pass over every
+    /// account), or, if none, only the account's leaf is taken from its node.
     fn try_record(
         &self,
         account: &str,
-        buckets: &mut HashMap<u16, BTreeMap<String, Leaf>>,
+        buckets: Option<&mut HashMap<u16, BTreeMap<String, Leaf>>>,
     ) -> Result<Option<Record>, DbError> {
         let Some(row) = self.row::<RecordRow>(RECORDS, account)? else {
             return Ok(None);
         };
         let bucket = self.keys.bucket(account);
-        if let std::collections::hash_map::Entry::Vacant(slot) = buckets.entry(bucket) {
-            slot.insert(self.bucket(bucket)?);
-        }
-        let leaf = buckets[&bucket].get(account).ok_or_else(|| {
+        let no_leaf = || {
             self.tree(TreeError::Decode(format!(
                 "no leaf for the record of {account:?}"
             )))
-        })?;
-        record_of(account, row, &leaf.key)
+        };
+        let key = match buckets {
+            Some(buckets) => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = buckets.entry(bucket) {
+                    slot.insert(self.bucket(bucket)?);
+                }
+                buckets[&bucket]
+                    .get(account)
+                    .ok_or_else(no_leaf)?
+                    .key
+                    .clone()
+            }
+            None => self.leaf(bucket, account)?.ok_or_else(no_leaf)?.1,
+        };
+        record_of(account, row, &key)
             .map(Some)
             .map_err(|e| self.tree(e))
     }
@@ -1242,7 +1303,7 @@ impl View<'_> {
     fn try_account(
         &self,
         account: &str,
-        buckets: &mut HashMap<u16, BTreeMap<String, Leaf>>,
+        buckets: Option<&mut HashMap<u16, BTreeMap<String, Leaf>>>,
     ) -> Result<Account, DbError> {
         Ok(Account {
             record: self.try_record(account, buckets)?,
@@ -1254,13 +1315,13 @@ impl View<'_> {
 
     /// The account's record, if any.
     pub fn record(&self, account: &str) -> Option<Record> {
-        self.try_record(account, &mut HashMap::new())
+        self.try_record(account, None)
             .unwrap_or_else(|e| self.fail(e))
     }
 
     /// What the account holds.
     pub fn account(&self, account: &str) -> Account {
-        self.try_account(account, &mut HashMap::new())
+        self.try_account(account, None)
             .unwrap_or_else(|e| self.fail(e))
     }
 
@@ -1354,7 +1415,7 @@ impl View<'_> {
         let mut state = VaultState::default();
         let mut buckets = HashMap::new();
         for name in names {
-            let held = self.try_account(&name, &mut buckets)?;
+            let held = self.try_account(&name, Some(&mut buckets))?;
             state.insert_account(&name, &held);
         }
         let meta = self.txn.open_table(META).map_err(|e| self.engine(e))?;
