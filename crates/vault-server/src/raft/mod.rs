@@ -60,6 +60,9 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub(crate) const PROPOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a join request may take: the leader answers once the replica caught up.
 const JOIN_CALL_WAIT: Duration = Duration::from_secs(150);
+/// How long a snapshot chunk's answer may take, milliseconds (see [`raft_config`]).
+const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 60_000;
+
 /// Entries between policy snapshots; erasures trigger one at once.
 const SNAPSHOT_EVERY: u64 = 1000;
 /// Most entries in one AppendEntries: that many full batches of the largest commands
@@ -314,6 +317,11 @@ fn raft_config() -> Result<Config, StartError> {
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
         snapshot_max_chunk_size: network::SNAPSHOT_CHUNK,
+        // Each chunk of a snapshot must be answered within this, and the answer to the
+        // last one waits for the follower to install the whole state (seconds at a
+        // million accounts). openraft's 200 ms made every send of a large snapshot
+        // time out and start over.
+        install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT_MS,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Config::default()
     }
