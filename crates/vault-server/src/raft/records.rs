@@ -102,6 +102,7 @@ struct TreeHead {
 }
 
 /// The node keys of the tree as committed.
+#[derive(Clone)]
 struct Keys {
     head: TreeHead,
     root: TreeKey,
@@ -651,11 +652,15 @@ impl RecordDb {
             note(&mut w.summary);
             Ok(())
         })?;
-        // Still under the key lock: no commit can come between.
+        // Still under the key lock: no commit can come between. The read transaction
+        // and a copy of the keys (a few MiB) then stand for that commit, so the pass
+        // over every account does not hold up applying.
         let txn = self.db.begin_read().map_err(|e| self.engine()(e.into()))?;
         let summary = self.summary();
+        let copy = Keys::clone(&keys);
+        drop(keys);
         let view = View {
-            keys: &keys,
+            keys: &copy,
             txn,
             path: &self.path,
             failed: RefCell::new(None),
