@@ -144,7 +144,7 @@ const KEY_LEN: usize = 32;
 /// GCM tag length.
 const TAG_LEN: usize = 16;
 /// Version byte, nonce and tag.
-const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+pub(crate) const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 
 /// A [`Sealer`] whose AES-256-GCM key lives in a local file (mode 0600).
 pub struct KeyFileSealer {

@@ -399,7 +399,7 @@ pub enum Refusal {
 /// What one account holds. A command for an account reads it whole, changes it and is
 /// stored back, so the rules ([`Account::apply`]) never see how the state is kept: in
 /// memory ([`VaultState`]) or in a replica's database (`raft/records.rs`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     /// The registered key, if any.
     pub record: Option<Record>,

@@ -24,8 +24,10 @@ mod peer;
 #[cfg(test)]
 mod power_cut;
 mod records;
-pub use records::{ReadError, View};
+pub use records::{ReadError, View, CACHE_BYTES};
 pub mod rollback;
+mod snapshot_stream;
+mod spool;
 mod state_machine;
 mod types;
 mod wal;
@@ -33,6 +35,7 @@ mod wal;
 pub use log_store::LogStore;
 pub use network::{HttpNetwork, PeerCallError, PeerClient};
 pub use peer::{AdmitRequest, JoinRequest, PeerRefusal, ReplicaReport, VoteGate};
+pub use spool::SnapshotFile;
 pub use state_machine::{SnapshotBuilder, SnapshotFigures, StateMachineStore};
 pub use types::{Batch, TypeConfig, VaultRaft};
 

@@ -17,6 +17,7 @@ use super::files::{self, FileError};
 use super::keytree::{
     node_context, random_array, record_context, Registration, TreeError, TreeKey,
 };
+use super::snapshot_stream::{StreamHeader, StreamWriter};
 use super::state_machine::KeyRootFile;
 use super::types::{LogId, SnapshotMeta, StoredMembership};
 use crate::members::Members;
@@ -29,6 +30,7 @@ use redb::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use zeroize::{Zeroize, Zeroizing};
@@ -37,7 +39,7 @@ use zeroize::{Zeroize, Zeroizing};
 pub(crate) const DB_FILE: &str = "state.redb";
 /// redb's page cache (its default is 1 GiB): memory stays bounded whatever the
 /// number of accounts.
-pub(crate) const CACHE_BYTES: usize = 64 << 20;
+pub const CACHE_BYTES: usize = 64 << 20;
 
 type Rows = TableDefinition<'static, &'static str, &'static [u8]>;
 type Due = TableDefinition<'static, (u64, &'static str), ()>;
@@ -92,6 +94,10 @@ pub(crate) enum DbError {
     /// The key root file.
     #[error(transparent)]
     File(#[from] FileError),
+    /// A snapshot stream could not be written or read (its spool file, or a stream
+    /// that is cut short or does not decode).
+    #[error("snapshot stream: {0}; the leader sends the snapshot again")]
+    Stream(#[source] io::Error),
 }
 
 /// The tree's name (its root key's id in the key root file) and the bucket hash's key.
@@ -290,7 +296,17 @@ pub(crate) struct RecordDb {
 
 impl RecordDb {
     /// Opens (or creates) the database in `dir`, its tree's root key from `key_root`.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path, key_root: &KeyRootFile) -> Result<Self, DbError> {
+        Self::open_with_cache(dir, key_root, CACHE_BYTES)
+    }
+
+    /// [`RecordDb::open`] with a page cache of `cache_bytes`.
+    pub(crate) fn open_with_cache(
+        dir: &Path,
+        key_root: &KeyRootFile,
+        cache_bytes: usize,
+    ) -> Result<Self, DbError> {
         let path = dir.join(DB_FILE);
         let engine = |e: redb::Error| DbError::Engine {
             path: path.clone(),
@@ -298,7 +314,7 @@ impl RecordDb {
         };
         let create = || {
             Database::builder()
-                .set_cache_size(CACHE_BYTES)
+                .set_cache_size(cache_bytes)
                 .create(&path)
         };
         if !path.exists() {
@@ -308,7 +324,7 @@ impl RecordDb {
             tmp.push(files::TMP_SUFFIX);
             let tmp = PathBuf::from(tmp);
             let db = Database::builder()
-                .set_cache_size(CACHE_BYTES)
+                .set_cache_size(cache_bytes)
                 .create(&tmp)
                 .map_err(|e| engine(e.into()))?;
             drop(Self::open_db(db, tmp.clone(), key_root)?);
@@ -611,7 +627,7 @@ impl RecordDb {
         let txn = self.db.begin_read().map_err(|e| self.engine()(e.into()))?;
         let view = View {
             keys: &keys,
-            txn,
+            txn: &txn,
             path: &self.path,
             failed: RefCell::new(None),
         };
@@ -640,33 +656,119 @@ impl RecordDb {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
-    /// [`RecordDb::make_durable`], then the whole state as of that commit (a snapshot
-    /// to send: what is sent must survive a crash, since the log before it goes).
+    /// [`RecordDb::make_durable`], then the whole state as of that commit, in memory
+    /// (a copy's inspection, tests).
     pub(crate) fn export(
         &self,
         key_root: &KeyRootFile,
         note: impl FnOnce(&mut Summary),
     ) -> Result<(VaultState, Summary), DbError> {
+        let pinned = self.pin(key_root, note)?;
+        Ok((pinned.everything()?, pinned.summary))
+    }
+
+    /// [`RecordDb::make_durable`], then a read transaction pinned at that commit with
+    /// a copy of its keys (a few MiB): what a snapshot sent to a follower reads,
+    /// without holding up applying (what is sent must survive a crash, since the log
+    /// before it goes).
+    pub(crate) fn pin(
+        &self,
+        key_root: &KeyRootFile,
+        note: impl FnOnce(&mut Summary),
+    ) -> Result<Pinned, DbError> {
         let mut keys = self.keys.write().expect("key lock poisoned");
         self.write_on(&mut keys, None, key_root, true, |w| {
             note(&mut w.summary);
             Ok(())
         })?;
-        // Still under the key lock: no commit can come between. The read transaction
-        // and a copy of the keys (a few MiB) then stand for that commit, so the pass
-        // over every account does not hold up applying.
+        // Still under the key lock: no commit can come between.
         let txn = self.db.begin_read().map_err(|e| self.engine()(e.into()))?;
-        let summary = self.summary();
-        let copy = Keys::clone(&keys);
-        drop(keys);
-        let view = View {
-            keys: &copy,
+        Ok(Pinned {
+            keys: Keys::clone(&keys),
             txn,
+            path: self.path.clone(),
+            summary: self.summary(),
+        })
+    }
+
+    /// Replaces the whole state by the accounts of a snapshot stream, under a new key
+    /// tree whose bucket hash key is `placement` (the sender's: its accounts come
+    /// bucket by bucket, so each lower node is sealed once and leaves memory). One
+    /// durable transaction: a crash or a bad stream leaves the state as it was.
+    /// Returns the number of accounts.
+    pub(crate) fn install_stream(
+        &self,
+        key_root: &KeyRootFile,
+        placement: [u8; 32],
+        summary: Summary,
+        accounts: impl Iterator<Item = io::Result<(String, Account)>>,
+    ) -> Result<u64, DbError> {
+        let mut keys = self.keys.write().expect("key lock poisoned");
+        let mut fresh = Keys::fresh().map_err(|e| self.tree()(sealing("a new tree")(e)))?;
+        fresh.head.placement = placement;
+        self.write_on(&mut keys, Some(fresh), key_root, true, |w| {
+            let mut open = None;
+            let mut count = 0;
+            for account in accounts {
+                let (name, held) = account.map_err(DbError::Stream)?;
+                if held.record.is_some() {
+                    let bucket = w.bucket_of(&name);
+                    match open {
+                        Some(b) if b != bucket => w.seal_lower(b)?,
+                        _ => {}
+                    }
+                    open = Some(bucket);
+                }
+                w.put_account(&name, &Account::default(), &held)?;
+                count += 1;
+            }
+            w.summary.last_applied = summary.last_applied;
+            w.summary.membership = summary.membership.clone();
+            w.summary.members = summary.members.clone();
+            w.summary.digest = summary.digest;
+            w.summary.snapshot = summary.snapshot.clone();
+            Ok(count)
+        })
+    }
+}
+
+/// A read transaction pinned at a durable commit, with the keys of that commit.
+pub(crate) struct Pinned {
+    keys: Keys,
+    txn: ReadTransaction,
+    path: PathBuf,
+    summary: Summary,
+}
+
+impl Pinned {
+    fn view(&self) -> View<'_> {
+        View {
+            keys: &self.keys,
+            txn: &self.txn,
             path: &self.path,
             failed: RefCell::new(None),
+        }
+    }
+
+    /// The whole state, in memory.
+    pub(crate) fn everything(&self) -> Result<VaultState, DbError> {
+        self.view().everything()
+    }
+
+    /// Writes the state as a snapshot stream to `out`; returns `out` and the number
+    /// of accounts. Memory holds one lower node's leaves and one account.
+    pub(crate) fn write_stream<W: Write>(&self, out: W) -> Result<(W, u64), DbError> {
+        let s = &self.summary;
+        let header = StreamHeader {
+            last_applied: s.last_applied,
+            membership: s.membership.clone(),
+            members: s.members.clone(),
+            digest: s.digest,
+            placement: self.keys.head.placement,
         };
-        let state = view.everything()?;
-        Ok((state, summary))
+        let mut stream = StreamWriter::new(out, &header).map_err(DbError::Stream)?;
+        self.view().stream(&mut stream)?;
+        stream.finish().map_err(DbError::Stream)
     }
 }
 
@@ -911,31 +1013,42 @@ impl<'t> Writer<'t> {
         }
     }
 
+    /// Seals lower node `bucket` under its key if it changed, and lets its leaves
+    /// (and the records' sealed secrets kept for reuse) leave memory: a snapshot's
+    /// install goes through every bucket in one transaction.
+    pub(crate) fn seal_lower(&mut self, bucket: u16) -> Result<(), DbError> {
+        self.sealed.clear();
+        let Some(leaves) = self.changes.buckets.remove(&bucket) else {
+            return Ok(());
+        };
+        if !self.changes.dirty_lower.remove(&bucket) {
+            return Ok(());
+        }
+        let key = self
+            .lower_key(bucket)
+            .expect("a dirty node has a key")
+            .clone();
+        let mut plain: Vec<(&str, Registration, [u8; 32])> = leaves
+            .iter()
+            .map(|(a, l)| (a.as_str(), l.registration, *l.key.bytes()))
+            .collect();
+        let bytes = Zeroizing::new(encode(&plain));
+        plain.iter_mut().for_each(|(_, _, k)| k.zeroize());
+        let sealed = key
+            .seal(&node_context(2, bucket), &bytes)
+            .map_err(|e| self.tree()(sealing(format!("lower node {bucket}"))(e)))?;
+        let engine = self.engine();
+        self.nodes
+            .insert(node_id(2, bucket), sealed.as_slice())
+            .map_err(engine)?;
+        Ok(())
+    }
+
     /// Seals every changed node under its key, children first.
     fn finish(mut self) -> Result<(TreeChanges, Summary), DbError> {
         let engine = self.engine();
-        for bucket in std::mem::take(&mut self.changes.dirty_lower) {
-            let key = self
-                .lower_key(bucket)
-                .expect("a dirty node has a key")
-                .clone();
-            let leaves = self
-                .changes
-                .buckets
-                .get(&bucket)
-                .expect("a dirty bucket was read");
-            let mut plain: Vec<(&str, Registration, [u8; 32])> = leaves
-                .iter()
-                .map(|(a, l)| (a.as_str(), l.registration, *l.key.bytes()))
-                .collect();
-            let bytes = Zeroizing::new(encode(&plain));
-            plain.iter_mut().for_each(|(_, _, k)| k.zeroize());
-            let sealed = key
-                .seal(&node_context(2, bucket), &bytes)
-                .map_err(|e| self.tree()(sealing(format!("lower node {bucket}"))(e)))?;
-            self.nodes
-                .insert(node_id(2, bucket), sealed.as_slice())
-                .map_err(&engine)?;
+        for bucket in self.changes.dirty_lower.clone() {
+            self.seal_lower(bucket)?;
         }
         for upper in std::mem::take(&mut self.changes.dirty_upper) {
             let first = u16::from(upper) << 8;
@@ -1197,7 +1310,7 @@ fn file_due<'t>(
 /// caller never acts on a wrong answer.
 pub struct View<'d> {
     keys: &'d Keys,
-    txn: ReadTransaction,
+    txn: &'d ReadTransaction,
     path: &'d Path,
     failed: RefCell<Option<DbError>>,
 }
@@ -1407,7 +1520,69 @@ impl View<'_> {
         found().unwrap_or_else(|e| self.fail(e))
     }
 
-    /// The whole state, in memory (a snapshot, a copy's inspection).
+    /// Writes every account to `out`: first those with a record, lower node by lower
+    /// node (each node's leaves give the records' keys), then those without one.
+    fn stream<W: Write>(&self, out: &mut StreamWriter<W>) -> Result<(), DbError> {
+        let records = self.txn.open_table(RECORDS).map_err(|e| self.engine(e))?;
+        let mut with_record = 0;
+        for &bucket in self.keys.lower.keys() {
+            for (name, leaf) in self.bucket(bucket)? {
+                let Some(row) = records.get(name.as_str()).map_err(|e| self.engine(e))? else {
+                    // A leaf whose record is gone holds nothing to send.
+                    continue;
+                };
+                let row: RecordRow =
+                    decode(RECORDS.name(), row.value()).map_err(|e| self.tree(e))?;
+                let record = record_of(&name, row, &leaf.key).map_err(|e| self.tree(e))?;
+                let held = Account {
+                    record: Some(record),
+                    history: self.row(HISTORY, &name)?.unwrap_or_default(),
+                    attempts: self.row(ATTEMPTS, &name)?.unwrap_or_default(),
+                    anchor: self.row(ANCHORS, &name)?,
+                };
+                out.account(name, held).map_err(DbError::Stream)?;
+                with_record += 1;
+            }
+        }
+        let total = records.len().map_err(|e| self.engine(e))?;
+        if with_record != total {
+            return Err(self.tree(TreeError::Decode(format!(
+                "{} of {total} records have no leaf in the key tree",
+                total - with_record
+            ))));
+        }
+        // The rest: an account is sent from the first of these tables that has it.
+        let tables = [HISTORY, ATTEMPTS, ANCHORS];
+        for (i, def) in tables.iter().enumerate() {
+            let table = self.txn.open_table(*def).map_err(|e| self.engine(e))?;
+            for entry in table.iter().map_err(|e| self.engine(e))? {
+                let (key, _) = entry.map_err(|e| self.engine(e))?;
+                let name = key.value();
+                if records.get(name).map_err(|e| self.engine(e))?.is_some() {
+                    continue;
+                }
+                let mut sent_before = false;
+                for earlier in &tables[..i] {
+                    let earlier = self.txn.open_table(*earlier).map_err(|e| self.engine(e))?;
+                    sent_before |= earlier.get(name).map_err(|e| self.engine(e))?.is_some();
+                }
+                if sent_before {
+                    continue;
+                }
+                let held = Account {
+                    record: None,
+                    history: self.row(HISTORY, name)?.unwrap_or_default(),
+                    attempts: self.row(ATTEMPTS, name)?.unwrap_or_default(),
+                    anchor: self.row(ANCHORS, name)?,
+                };
+                out.account(name.to_owned(), held)
+                    .map_err(DbError::Stream)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole state, in memory (a copy's inspection, tests).
     fn everything(&self) -> Result<VaultState, DbError> {
         let mut names = BTreeSet::new();
         for def in [RECORDS, HISTORY, ATTEMPTS, ANCHORS] {

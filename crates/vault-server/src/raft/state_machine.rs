@@ -1,9 +1,12 @@
 //! The state machine store: the applied state in the replica's database
 //! (`records.rs`), snapshots built from it.
 //!
-//! A snapshot as sent to followers is `postcard(SmData)` followed by the state's
-//! trailer and the applied log's digest. Building one first makes the database durable,
-//! so the log before it can go. Releases before the database kept the state in memory
+//! A snapshot as sent to followers is a stream of accounts (`snapshot_stream.rs`),
+//! written from a read transaction pinned at a durable commit into a sealed spool file
+//! (`spool.rs`) when openraft first reads it; a follower receives it into a spool and
+//! installs it account by account. Releases before sent `postcard(SmData)` followed by
+//! the state's trailer and the applied log's digest, which is still installed. Building
+//! a snapshot makes the database durable, so the log before it can go. Releases before the database kept the state in memory
 //! and wrote it to the file `snapshot`, sealed under the node key (version 1: whole
 //! records; version 2: each record's secrets under its leaf of a key tree the file
 //! carries, its root key in `keyroot`); such a file is read once, moved into the
@@ -11,7 +14,10 @@
 
 use super::files::{self, FileError};
 use super::keytree::{KeyTree, StoredTree, TreeError, TreeKey};
+use super::records::CACHE_BYTES;
 use super::records::{DbError, RecordDb, Summary, View};
+use super::snapshot_stream::{self, StreamReader};
+use super::spool::{SnapshotFile, Spool};
 use super::types::{Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::epoch::EpochSealer;
 use crate::seal::SealError;
@@ -19,7 +25,7 @@ use crate::state::{self, Applied, Command, Place, VaultState};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use serde::{Deserialize, Serialize};
-use std::io::{self, Cursor};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -172,6 +178,8 @@ impl KeyRootFile {
 
 struct Shared {
     db: RecordDb,
+    /// The data directory, where snapshot spools are made.
+    dir: PathBuf,
     key_root: Arc<KeyRootFile>,
     /// Log index of the last applied entry that dropped a record's bytes.
     dropped_record: watch::Sender<Option<u64>>,
@@ -238,6 +246,20 @@ impl StateMachineStore {
         reason = "openraft's error type, as its storage traits return it"
     )]
     pub fn open(dir: &Path, sealer: Arc<EpochSealer>) -> Result<Self, StorageError> {
+        Self::open_with_cache(dir, sealer, CACHE_BYTES)
+    }
+
+    /// [`StateMachineStore::open`] with a database page cache of `cache_bytes` (what a
+    /// replica's memory holds of the records; [`CACHE_BYTES`] by default).
+    #[allow(
+        clippy::result_large_err,
+        reason = "openraft's error type, as its storage traits return it"
+    )]
+    pub fn open_with_cache(
+        dir: &Path,
+        sealer: Arc<EpochSealer>,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let key_root = Arc::new(KeyRootFile::new(dir, sealer.clone()));
         let read_error =
@@ -247,7 +269,8 @@ impl StateMachineStore {
         // Read before the database opens: opening drops every root but its own.
         let legacy =
             read_snapshot(&sealer, &snapshot_path, &key_root).map_err(|e| read_error(&e))?;
-        let db = RecordDb::open(dir, &key_root).map_err(|e| read_error(&e))?;
+        let db =
+            RecordDb::open_with_cache(dir, &key_root, cache_bytes).map_err(|e| read_error(&e))?;
         if let Some(Loaded { meta, data }) = legacy {
             let held = db.summary().last_applied;
             if held < meta.last_log_id {
@@ -273,6 +296,7 @@ impl StateMachineStore {
         }
         let shared = Arc::new(Shared {
             db,
+            dir: dir.to_path_buf(),
             key_root,
             dropped_record: watch::channel(None).0,
             builds: AtomicU64::new(0),
@@ -297,6 +321,16 @@ impl StateMachineStore {
     /// The key root file, which the end of an epoch seals again.
     pub(crate) fn key_root(&self) -> Arc<KeyRootFile> {
         self.shared.key_root.clone()
+    }
+
+    /// The number of records held.
+    pub fn records(&self) -> u64 {
+        self.shared.db.summary().records
+    }
+
+    /// The digest chain of the entries applied (or installed with a snapshot).
+    pub fn state_digest(&self) -> [u8; 32] {
+        self.shared.db.summary().digest
     }
 
     /// The whole applied state in memory (a copy's inspection; made durable first).
@@ -433,7 +467,9 @@ fn decode_data(
     Ok((data, rest.try_into().ok()))
 }
 
-/// Encodes a snapshot as [`decode_data`] reads it.
+/// Encodes a snapshot as [`decode_data`] reads it (as releases before the stream
+/// sent it).
+#[cfg(test)]
 fn encode_data(state: VaultState, summary: &Summary) -> Vec<u8> {
     let data = SmData {
         state,
@@ -457,15 +493,80 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Shared {
-    /// The state as of a durable commit, as snapshot bytes with their metadata: the
-    /// current one, which is the last built or installed under its own name while
-    /// nothing was applied since (none if there never was one).
-    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, DbError> {
+    /// The state as of a durable commit, with its metadata: the current snapshot,
+    /// which is the last built or installed under its own name while nothing was
+    /// applied since (none if there never was one). Its stream is written into a spool
+    /// only when it is first read.
+    fn current_snapshot(self: &Arc<Self>) -> Result<Option<(SnapshotMeta, SnapshotFile)>, DbError> {
         let mut chosen = None;
-        let (state, summary) = self
+        let pinned = self
             .db
-            .export(&self.key_root, |s| chosen = self.name_snapshot(s, false))?;
-        Ok(chosen.map(|meta| (meta, encode_data(state, &summary))))
+            .pin(&self.key_root, |s| chosen = self.name_snapshot(s, false))?;
+        let Some(meta) = chosen else {
+            return Ok(None);
+        };
+        // Holds the store, as the pinned transaction holds its database open.
+        let shared = self.clone();
+        let data = SnapshotFile::lazy(move || {
+            let spool = Spool::create(&shared.dir)?;
+            let (out, _) = pinned
+                .write_stream(BufWriter::with_capacity(1 << 16, spool))
+                .map_err(storage_error)?;
+            let mut spool = out.into_inner().map_err(|e| e.into_error())?;
+            std::io::Write::flush(&mut spool)?;
+            spool.seek(SeekFrom::Start(0))?;
+            Ok(spool)
+        });
+        Ok(Some((meta, data)))
+    }
+
+    /// Installs snapshot data received into `spool`: a stream, or the bytes a release
+    /// before sent.
+    fn install(&self, meta: &SnapshotMeta, mut spool: Spool) -> Result<(), DbError> {
+        spool.seek(SeekFrom::Start(0)).map_err(DbError::Stream)?;
+        let mut prefix = [0u8; snapshot_stream::MAGIC.len()];
+        let n = spool.read(&mut prefix).map_err(DbError::Stream)?;
+        spool.seek(SeekFrom::Start(0)).map_err(DbError::Stream)?;
+        if !snapshot_stream::is_stream(&prefix[..n]) {
+            return self.install_whole(meta, spool);
+        }
+        let (header, accounts) = StreamReader::open(BufReader::with_capacity(1 << 16, spool))
+            .map_err(DbError::Stream)?;
+        if header.last_applied != meta.last_log_id {
+            return Err(DbError::Stream(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot stream and its metadata disagree on the last applied entry",
+            )));
+        }
+        let summary = Summary {
+            last_applied: header.last_applied,
+            membership: header.membership,
+            members: header.members,
+            digest: header.digest,
+            snapshot: Some(meta.clone()),
+            ..Summary::default()
+        };
+        self.db
+            .install_stream(&self.key_root, header.placement, summary, accounts)?;
+        Ok(())
+    }
+
+    /// Installs `postcard(SmData)`, trailer and digest, as releases before the stream
+    /// sent them: whole, in memory.
+    fn install_whole(&self, meta: &SnapshotMeta, mut spool: Spool) -> Result<(), DbError> {
+        let mut bytes = Zeroizing::new(Vec::with_capacity(spool.len() as usize));
+        spool.read_to_end(&mut bytes).map_err(DbError::Stream)?;
+        let (data, digest) = decode_data(&bytes, meta).map_err(|e| {
+            DbError::Stream(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        })?;
+        let summary = Summary {
+            last_applied: data.last_applied,
+            membership: data.last_membership.clone(),
+            digest: digest.unwrap_or_else(|| *blake3::hash(&bytes).as_bytes()),
+            snapshot: Some(meta.clone()),
+            ..Summary::default()
+        };
+        self.db.replace(&self.key_root, &data.state, summary)
     }
 
     /// A new snapshot: the database made durable under a new snapshot name. Only its
@@ -571,9 +672,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             build_ms: started.elapsed().as_millis() as u64,
             builds: self.shared.built.fetch_add(1, Ordering::Relaxed) + 1,
         });
+        // openraft keeps only the metadata of a build; a follower is sent the current
+        // snapshot.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
+            snapshot: Box::new(SnapshotFile::lazy(|| {
+                Err(io::Error::other(
+                    "a built snapshot keeps no data: send the current snapshot",
+                ))
+            })),
         })
     }
 }
@@ -609,28 +716,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let spool = Spool::create(&self.shared.dir)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotFile::ready(spool)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let bytes = Zeroizing::new(snapshot.into_inner());
-        let (data, digest) = decode_data(&bytes, meta)?;
-        let summary = Summary {
-            last_applied: data.last_applied,
-            membership: data.last_membership.clone(),
-            digest: digest.unwrap_or_else(|| *blake3::hash(&bytes).as_bytes()),
-            snapshot: Some(meta.clone()),
-            ..Summary::default()
-        };
         let shared = self.shared.clone();
-        blocking(move || shared.db.replace(&shared.key_root, &data.state, summary))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let installed = meta.clone();
+        blocking(move || {
+            let spool = snapshot.into_spool().map_err(DbError::Stream)?;
+            shared.install(&installed, spool)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(())
     }
 
@@ -641,7 +745,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(built.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }
@@ -750,6 +854,184 @@ mod tests {
         let dir = root.path().join("data");
         files::create_private_dir(&dir).unwrap();
         (root, node, dir)
+    }
+
+    fn store_in(root: &Path, name: &str) -> StateMachineStore {
+        let node: Arc<dyn Sealer> =
+            Arc::new(KeyFileSealer::open_or_create(root.join(format!("{name}.key"))).unwrap());
+        StateMachineStore::open(&root.join(name), Arc::new(EpochSealer::open(node).unwrap()))
+            .unwrap()
+    }
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(commands)),
+        }
+    }
+
+    fn register(account: &str, secret: &[u8]) -> Command {
+        Command::Register {
+            account: account.into(),
+            record: NewRecord {
+                record_id: [9; 16],
+                password_file: secret.to_vec(),
+                wrapped: secret.iter().rev().copied().collect(),
+                owner_public_key: [2; 32],
+                max_attempts: 10,
+            },
+        }
+    }
+
+    /// `from`'s current snapshot, its stream as a follower receives it: read from the
+    /// sender's spool into a new one. `keep` bytes of it (all if `None`).
+    fn received(
+        from: &StateMachineStore,
+        to: &StateMachineStore,
+        keep: Option<u64>,
+    ) -> (SnapshotMeta, Spool) {
+        from.shared.build_snapshot().unwrap();
+        let (meta, data) = from.shared.current_snapshot().unwrap().unwrap();
+        let sent = data.into_spool().unwrap();
+        let len = keep.unwrap_or(sent.len());
+        let mut spool = Spool::create(&to.shared.dir).unwrap();
+        std::io::copy(&mut sent.take(len), &mut spool).unwrap();
+        std::io::Write::flush(&mut spool).unwrap();
+        (meta, spool)
+    }
+
+    fn send(from: &StateMachineStore, to: &StateMachineStore) -> Result<(), DbError> {
+        let (meta, spool) = received(from, to, None);
+        to.shared.install(&meta, spool)
+    }
+
+    /// The same accounts, applied entry, digest, join tickets and record count.
+    fn assert_same(a: &StateMachineStore, b: &StateMachineStore) {
+        assert_eq!(a.export().unwrap(), b.export().unwrap());
+        let (x, y) = (a.shared.db.summary(), b.shared.db.summary());
+        assert_eq!(x.last_applied, y.last_applied);
+        assert_eq!(x.digest, y.digest);
+        assert_eq!(x.records, y.records);
+        assert_eq!(x.members, y.members);
+        assert_eq!(x.membership, y.membership);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// A follower that held anything installs the leader's streamed snapshot and
+        /// then holds the leader's state; both answer the entries after it alike, and
+        /// the follower's state survives a restart.
+        #[test]
+        fn a_streamed_snapshot_installs_the_senders_state(
+            leader in proptest::collection::vec(crate::state::tests::arbitrary_command(), 0..30),
+            follower in proptest::collection::vec(crate::state::tests::arbitrary_command(), 0..10),
+            after in proptest::collection::vec(crate::state::tests::arbitrary_command(), 0..20),
+        ) {
+            let root = tempfile::tempdir().unwrap();
+            let (a, b) = (store_in(root.path(), "a"), store_in(root.path(), "b"));
+            for (i, command) in follower.into_iter().enumerate() {
+                b.shared.apply(vec![entry(i as u64 + 1, vec![command])]).unwrap();
+            }
+            for (i, command) in leader.into_iter().enumerate() {
+                a.shared.apply(vec![entry(i as u64 + 1, vec![command])]).unwrap();
+            }
+            send(&a, &b).unwrap();
+            assert_same(&a, &b);
+            for (i, command) in after.into_iter().enumerate() {
+                let e = entry(1000 + i as u64, vec![command]);
+                let (x, _) = a.shared.apply(vec![e.clone()]).unwrap();
+                let (y, _) = b.shared.apply(vec![e]).unwrap();
+                proptest::prop_assert_eq!(x, y);
+            }
+            assert_same(&a, &b);
+            drop(b);
+            assert_same(&a, &store_in(root.path(), "b"));
+        }
+    }
+
+    /// Thousands of accounts over many lower nodes, some erased, come through whole,
+    /// and no spool file outlives the transfer.
+    #[test]
+    fn a_snapshot_of_many_accounts_streams_bucket_by_bucket() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (store_in(root.path(), "a"), store_in(root.path(), "b"));
+        for batch in 0..30u64 {
+            let commands = (0..100)
+                .map(|i| {
+                    register(
+                        &format!("user-{batch}-{i}"),
+                        format!("pf-{batch}-{i}").as_bytes(),
+                    )
+                })
+                .collect();
+            a.shared.apply(vec![entry(batch + 1, commands)]).unwrap();
+        }
+        b.shared
+            .apply(vec![entry(1, vec![register("only-on-b", b"b-secret")])])
+            .unwrap();
+        send(&a, &b).unwrap();
+        assert_same(&a, &b);
+        assert_eq!(b.shared.db.summary().records, 3000);
+        for dir in [&a.shared.dir, &b.shared.dir] {
+            for file in std::fs::read_dir(dir).unwrap() {
+                let name = file.unwrap().file_name();
+                assert!(
+                    !name.to_string_lossy().ends_with(files::TMP_SUFFIX),
+                    "{name:?} outlived the transfer"
+                );
+            }
+        }
+    }
+
+    /// A snapshot as releases before the stream sent it (`postcard(SmData)`, trailer,
+    /// digest) still installs.
+    #[test]
+    fn a_snapshot_a_release_before_sent_still_installs() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (store_in(root.path(), "a"), store_in(root.path(), "b"));
+        a.shared
+            .apply(vec![entry(
+                1,
+                vec![register("alice", b"alice-pf"), register("bob", b"bob-pf")],
+            )])
+            .unwrap();
+        let (state, summary) = a.shared.db.export(&a.shared.key_root, |_| {}).unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: summary.last_applied,
+            last_membership: summary.membership.clone(),
+            snapshot_id: "1-1-0".into(),
+        };
+        let mut spool = Spool::create(&b.shared.dir).unwrap();
+        std::io::Write::write_all(&mut spool, &encode_data(state, &summary)).unwrap();
+        b.shared.install(&meta, spool).unwrap();
+        assert_same(&a, &b);
+    }
+
+    /// A stream cut short anywhere (a sender that died, a peer that lies) is refused
+    /// and the follower keeps what it held.
+    #[test]
+    fn a_cut_snapshot_stream_changes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (store_in(root.path(), "a"), store_in(root.path(), "b"));
+        let commands = (0..300)
+            .map(|i| register(&format!("user-{i}"), b"pf"))
+            .collect();
+        a.shared.apply(vec![entry(1, commands)]).unwrap();
+        b.shared
+            .apply(vec![entry(1, vec![register("only-on-b", b"b-secret")])])
+            .unwrap();
+        let before = b.export().unwrap();
+        let whole = received(&a, &b, None).1.len();
+        for keep in [0, 5, 11, 200, whole / 2, whole - 1] {
+            let (meta, spool) = received(&a, &b, Some(keep));
+            let err = b.shared.install(&meta, spool).unwrap_err();
+            assert!(matches!(err, DbError::Stream(_)), "{err}");
+            assert_eq!(
+                b.export().unwrap(),
+                before,
+                "a cut at {keep} changed the state"
+            );
+        }
     }
 
     /// A snapshot file as the release before crypto-erasure wrote it (version 1, whole

@@ -1,8 +1,8 @@
 //! The openraft type configuration of the vault.
 
+use super::spool::SnapshotFile;
 use crate::state::{Applied, Command};
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 /// What one log entry carries: commands proposed together, applied in order (see
 /// `batcher`).
@@ -19,7 +19,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
