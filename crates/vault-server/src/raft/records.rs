@@ -1423,8 +1423,14 @@ impl View<'_> {
         account: &str,
         buckets: Option<&mut HashMap<u16, BTreeMap<String, Leaf>>>,
     ) -> Result<Account, DbError> {
+        let record = self.try_record(account, buckets)?;
+        self.held(account, record)
+    }
+
+    /// What `account` holds besides `record`, its record.
+    fn held(&self, account: &str, record: Option<Record>) -> Result<Account, DbError> {
         Ok(Account {
-            record: self.try_record(account, buckets)?,
+            record,
             history: self.row(HISTORY, account)?.unwrap_or_default(),
             attempts: self.row(ATTEMPTS, account)?.unwrap_or_default(),
             anchor: self.row(ANCHORS, account)?,
@@ -1534,12 +1540,7 @@ impl View<'_> {
                 let row: RecordRow =
                     decode(RECORDS.name(), row.value()).map_err(|e| self.tree(e))?;
                 let record = record_of(&name, row, &leaf.key).map_err(|e| self.tree(e))?;
-                let held = Account {
-                    record: Some(record),
-                    history: self.row(HISTORY, &name)?.unwrap_or_default(),
-                    attempts: self.row(ATTEMPTS, &name)?.unwrap_or_default(),
-                    anchor: self.row(ANCHORS, &name)?,
-                };
+                let held = self.held(&name, Some(record))?;
                 out.account(name, held).map_err(DbError::Stream)?;
                 with_record += 1;
             }
@@ -1569,12 +1570,7 @@ impl View<'_> {
                 if sent_before {
                     continue;
                 }
-                let held = Account {
-                    record: None,
-                    history: self.row(HISTORY, name)?.unwrap_or_default(),
-                    attempts: self.row(ATTEMPTS, name)?.unwrap_or_default(),
-                    anchor: self.row(ANCHORS, name)?,
-                };
+                let held = self.held(name, None)?;
                 out.account(name.to_owned(), held)
                     .map_err(DbError::Stream)?;
             }

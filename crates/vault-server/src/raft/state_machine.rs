@@ -6,16 +6,17 @@
 //! (`spool.rs`) when openraft first reads it; a follower receives it into a spool and
 //! installs it account by account. Releases before sent `postcard(SmData)` followed by
 //! the state's trailer and the applied log's digest, which is still installed. Building
-//! a snapshot makes the database durable, so the log before it can go. Releases before the database kept the state in memory
-//! and wrote it to the file `snapshot`, sealed under the node key (version 1: whole
-//! records; version 2: each record's secrets under its leaf of a key tree the file
-//! carries, its root key in `keyroot`); such a file is read once, moved into the
-//! database under a new key tree, and removed.
+//! a snapshot makes the database durable, so the log before it can go.
+//!
+//! Releases before the database kept the state in memory and wrote it to the file
+//! `snapshot`, sealed under the node key (version 1: whole records; version 2: each
+//! record's secrets under its leaf of a key tree the file carries, its root key in
+//! `keyroot`); such a file is read once, moved into the database under a new key tree,
+//! and removed.
 
 use super::files::{self, FileError};
 use super::keytree::{KeyTree, StoredTree, TreeError, TreeKey};
-use super::records::CACHE_BYTES;
-use super::records::{DbError, RecordDb, Summary, View};
+use super::records::{DbError, RecordDb, Summary, View, CACHE_BYTES};
 use super::snapshot_stream::{self, StreamReader};
 use super::spool::{SnapshotFile, Spool};
 use super::types::{Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -981,6 +982,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A spool that a crash left behind (its key died with the process) is removed
+    /// when the store opens again.
+    #[test]
+    fn a_spool_left_by_a_crash_is_removed_at_start() {
+        let root = tempfile::tempdir().unwrap();
+        let store = store_in(root.path(), "a");
+        let mut spool = Spool::create(&store.shared.dir).unwrap();
+        std::io::Write::write_all(&mut spool, b"records in a stream").unwrap();
+        std::io::Write::flush(&mut spool).unwrap();
+        let left = spool.path().to_path_buf();
+        // What a crash does: the file stays, the key in memory is gone.
+        std::mem::forget(spool);
+        drop(store);
+        assert!(left.exists());
+        let _again = store_in(root.path(), "a");
+        assert!(!left.exists(), "{} outlived a restart", left.display());
     }
 
     /// A snapshot as releases before the stream sent it (`postcard(SmData)`, trailer,
