@@ -38,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-TOOLS_ALL = ("backlock", "backlock-1t", "backlock-s3", "restic", "borg", "rustic", "cat")
+TOOLS_ALL = ("backlock", "backlock-base", "backlock-1t", "backlock-s3", "restic", "borg", "rustic",
+             "cat")
 PEERS = ("restic", "borg", "rustic")
 PHASES = (("initial", "initial backup"), ("incremental", "incremental backup"), ("restore", "restore"))
 GEN_SEED = 20240601
@@ -497,6 +498,40 @@ def bin_path(meta: dict, package: str, default: str) -> Path:
     return Path(meta["target_directory"]) / "release" / name
 
 
+def build_baseline(repo_root: Path, baseline: str, logdir: Path) -> Path:
+    """The backlock binary of --baseline: the file it names, or git revision `baseline` built
+    in a worktree of its own into target/bench-base (a target dir of its own, so the current
+    build's binary stays; the first build is cold, later ones reuse it)."""
+    given = Path(baseline)
+    if given.is_file():
+        return given.resolve()
+    p = subprocess.run(["git", "-C", str(repo_root), "rev-parse", "--verify", "--quiet",
+                        f"{baseline}^{{commit}}"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    rev = p.stdout.strip()
+    if p.returncode != 0 or not rev:
+        raise BenchError(f"--baseline {baseline}: neither a file nor a git revision of {repo_root}")
+    target = repo_root / "target" / "bench-base"
+    tree = target / "src"
+    if tree.exists():
+        run(["git", "-C", str(repo_root), "worktree", "remove", "--force", str(tree)],
+            logdir=logdir, name="base-worktree-remove", timeout=T_SHORT, check=False)
+        rmtree(tree)
+    run(["git", "-C", str(repo_root), "worktree", "add", "--detach", str(tree), rev],
+        logdir=logdir, name="base-worktree", timeout=T_SHORT, check=True)
+    log(f"building the baseline {baseline} ({rev[:12]}) into {target}")
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    try:
+        run(["cargo", "build", "--release", "-p", "backlock-cli"], logdir=logdir, name="base-build",
+            timeout=T_BUILD, cwd=tree, env=env, check=True, stream=True)
+    finally:
+        run(["git", "-C", str(repo_root), "worktree", "remove", "--force", str(tree)],
+            logdir=logdir, name="base-worktree-remove", timeout=T_SHORT, check=False)
+    out = target / "bench-base-backlock"
+    shutil.copy2(target / "release" / "backlock", out)
+    return out
+
+
 def build(repo_root: Path, packages, logdir: Path, skip: bool) -> dict:
     bins = {}
     if not packages:
@@ -682,6 +717,12 @@ def threads_flag_support(binary: Path) -> dict:
         except (OSError, subprocess.TimeoutExpired):
             out[command] = False
     return out
+
+
+class BacklockBase(Backlock):
+    """An earlier build of backlock (--baseline), its own repository: the same phases on
+    the same data in the same run, for a before-and-after comparison."""
+    name = "backlock-base"
 
 
 class BacklockPinned(Backlock):
@@ -961,6 +1002,7 @@ def make_tool(name: str, args, bins: dict, state: Path, repo: Path, rlog: Path, 
     a = (state, repo, rlog, gb)
     backlock = bins.get("backlock-cli")
     return {"backlock": lambda: Backlock(backlock, *a),
+            "backlock-base": lambda: BacklockBase(args.baseline_bin, *a),
             "backlock-1t": lambda: BacklockPinned(backlock, args.threads_flag, *a),
             "backlock-s3": lambda: BacklockS3(backlock, args.s3, *a),
             "restic": lambda: Restic(*a),
@@ -1295,6 +1337,7 @@ def summarize(size_res: dict, tools_sel) -> dict:
     s["ratios"]["s3_vs_local"] = {ph: (sec("backlock-s3", ph) / sec("backlock", ph)
                                        if sec("backlock-s3", ph) and sec("backlock", ph) else None)
                                   for ph, _ in PHASES}
+    s["ratios"]["vs_base"] = {ph: vs_base(T, ph) for ph, _ in PHASES}
     bl_rss = [(T.get("backlock") or {}).get(ph, {}).get("rss_mib") for ph, _ in PHASES]
     bl_rss = [x for x in bl_rss if x is not None]
     s["backlock_peak_rss_mib"] = max(bl_rss) if bl_rss else None
@@ -1311,6 +1354,16 @@ def cpu_vs_lowest_peer(cpu, name: str, ph: str):
     low, who = peers[0]
     return {"cpu_s": mine, "peer_cpu_s": low, "vs": who, "ratio": mine / low,
             "pass": mine / low <= CPU_RATIO_TARGET}
+
+
+def vs_base(T: dict, ph: str):
+    """backlock / backlock-base in phase ph: wall, CPU and peak RSS ratios, each None when
+    either side is missing or failed."""
+    a, b = T.get("backlock"), T.get("backlock-base")
+    if not a or not b or not a[ph]["all_ok"] or not b[ph]["all_ok"]:
+        return None
+    return {k: (a[ph][key] / b[ph][key] if a[ph][key] and b[ph][key] else None)
+            for k, key in (("wall", "seconds"), ("cpu", "cpu_s"), ("rss", "rss_mib"))}
 
 
 def pinned_vs(sec, cpu, ph: str):
@@ -1421,6 +1474,13 @@ def render_cpu_targets(s: dict, tools_sel) -> list:
     L.append(f"backlock CPU seconds per GB (initial; target ≤ {CPU_PER_GB_TARGET:g}): " +
              ("n/a" if x is None else
               f"{x['per_gb']:.2f} s/GB ({x['cpu_s']:.2f} s / {x['data_gb']:.3f} GB) {pf(x['pass'])}"))
+    if "backlock-base" in tools_sel:
+        parts = []
+        for ph, _ in PHASES:
+            x = R["vs_base"].get(ph)
+            parts.append(f"{ph} n/a" if x is None else
+                         f"{ph} wall {fnum(x['wall'])}× CPU {fnum(x['cpu'])}× RSS {fnum(x['rss'])}×")
+        L.append(f"backlock / backlock-base (medians, same run; 1.05 = 5% more): " + "; ".join(parts))
     if "backlock-1t" in tools_sel:
         parts = []
         for ph, _ in PHASES:
@@ -1585,6 +1645,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=files_bench.FILES_SEED,
                     help=f"--files: seed of the generated tree (default {files_bench.FILES_SEED})")
     ap.add_argument("--skip-build", action="store_true", help="use already-built release binaries")
+    ap.add_argument("--baseline", metavar="REV|BINARY", default=None,
+                    help="also run an earlier backlock as backlock-base and print backlock's ratios "
+                         "to it: a backlock binary, or a git revision built into target/bench-base")
     ap.add_argument("--stand-in-data", action="store_true",
                     help="testing only: generate a look-alike data set in Python instead of "
                          "backlock-chatgen (numbers not comparable with real runs)")
@@ -1605,6 +1668,12 @@ def main(argv=None) -> int:
     bad = [t for t in tools_sel if t not in TOOLS_ALL]
     if bad or not tools_sel:
         ap.error(f"unknown tools: {bad}")
+    if args.baseline is None:
+        if args.tools and "backlock-base" in tools_sel:
+            ap.error("backlock-base needs --baseline REV|BINARY")
+        tools_sel = [t for t in tools_sel if t != "backlock-base"]
+    elif "backlock-base" not in tools_sel:
+        tools_sel.append("backlock-base")
     tools_sel = [t for t in TOOLS_ALL if t in tools_sel]
     if args.workdir is None:
         args.workdir = Path("/var/tmp") / f"backlock-bench-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -1648,6 +1717,9 @@ def main(argv=None) -> int:
         if not args.stand_in_data:
             pkgs.append("backlock-chatgen")
         bins = build(args.repo_root, pkgs, logdir, args.skip_build)
+        if "backlock-base" in tools_sel:
+            args.baseline_bin = build_baseline(args.repo_root, args.baseline, logdir)
+            bins["backlock-base"] = args.baseline_bin
         v = results["env"].setdefault("versions", {})
         for p, b in bins.items():
             v[p] = f"{capture([b, '--version'])} ({b})"

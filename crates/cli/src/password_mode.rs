@@ -280,13 +280,9 @@ pub(crate) fn switch(
             key_input::confirm_saved(&key)?;
         }
         let session = connect(vault, &home)?;
-        let result = session.block_on(session.client.delete(&key, &session.pinned));
+        let result = session.leave_vault(&key);
         session.close();
-        let receipt = match result {
-            Ok(receipt) => receipt,
-            Err(VaultError::NoKey) => None,
-            Err(e) => return Err(VaultFailure::from(e).into()),
-        };
+        let receipt = result.map_err(VaultFailure::from)?;
         if json {
             print_json(
                 &serde_json::json!({"mode": "key", "key": key.to_display().as_str(), "receipt": receipt.as_ref().map(receipt_json)}),
@@ -309,24 +305,7 @@ pub(crate) fn switch(
     }
     let password = read_new_password(vault)?;
     let session = connect(vault, &home)?;
-    let owner = OwnerKey::derive(&key);
-    let mut result = session.block_on(session.client.register(
-        &password,
-        &key,
-        &session.pinned,
-        None,
-        &session.ksf,
-    ));
-    if let Err(VaultError::AlreadyRegistered(_)) = result {
-        // A record from this same key (an earlier switch): replace it under its owner proof.
-        result = session.block_on(session.client.register(
-            &password,
-            &key,
-            &session.pinned,
-            Some(&owner),
-            &session.ksf,
-        ));
-    }
+    let result = session.register_key(&password, &key);
     session.close();
     let reply = result.map_err(VaultFailure::from)?;
     home.save_key(&location(repo), &key)?;

@@ -3,10 +3,10 @@
 
 use crate::exit::{Usage, VaultFailure};
 use anyhow::{Context, Result};
+use backlock::ConnectError;
 use backlock_repo::DeviceHome;
-use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_client::VaultError;
 use backlock_vault_proto::password::Password;
-use backlock_vault_proto::suite::Stretch;
 use backlock_vault_server::run::{RunningVault, ServeConfig};
 use backlock_vault_server::service::VaultConfig;
 use clap::Args;
@@ -72,28 +72,8 @@ impl VaultArgs {
     }
 }
 
-/// A vault session: the client, the pinned key, and the embedded vault if there is one.
-pub(crate) struct Session {
-    pub runtime: tokio::runtime::Runtime,
-    pub client: VaultClient,
-    pub pinned: [u8; 32],
-    pub ksf: Stretch,
-    embedded: Option<RunningVault>,
-}
-
-impl Session {
-    /// Runs a vault call to completion.
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime.block_on(f)
-    }
-
-    /// Stops the embedded vault cleanly.
-    pub fn close(mut self) {
-        if let Some(v) = self.embedded.take() {
-            self.runtime.block_on(v.shutdown());
-        }
-    }
-}
+/// A vault session: the SDK's, so that the command and the apps reach a vault alike.
+pub(crate) use backlock::Session;
 
 fn default_vault_data() -> Result<PathBuf> {
     let data = std::env::var_os("XDG_DATA_HOME")
@@ -121,145 +101,48 @@ pub(crate) fn start_embedded(
         .map_err(|e| VaultFailure::Unavailable(e.to_string()).into())
 }
 
-/// A fleet bundle the device may use: verified, and not older than one it took.
-struct Bundle {
-    url: String,
-    key: String,
-    version: u64,
-    /// `bundle:<signer hex>:<fleet>`: where its pin and newest version are kept.
-    pin_name: String,
-    /// The fleet's receipt key (a version 2 bundle).
-    receipt_key: Option<[u8; 32]>,
-}
-
-fn read_bundle(file: &Path, signer: Option<&str>, home: &DeviceHome) -> Result<Bundle> {
-    use backlock_vault_proto::bundle::SignedBundle;
-    let signer = signer.ok_or_else(|| {
-        Usage("a fleet bundle needs the fleet's signer key: pass --vault-signer HEX (or set BACKLOCK_VAULT_SIGNER)".into())
-    })?;
-    let mut signer_key = [0u8; 32];
-    hex::decode_to_slice(signer.trim(), &mut signer_key)
-        .map_err(|_| Usage("--vault-signer must be 64 hex digits".into()))?;
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        Usage(format!(
-            "cannot read the fleet bundle {}: {e}",
-            file.display()
-        ))
-    })?;
-    let signed = SignedBundle::parse(&text)
-        .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
-    let (bundle, key) = signed
-        .verify(&signer_key)
-        .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
-    let receipt_key = signed
-        .receipt_key()
-        .map_err(|e| VaultFailure::WrongServer(format!("{}: {e}", file.display())))?;
-    let pin_name = format!("bundle:{}:{}", hex::encode(signer_key), bundle.fleet);
-    // Once a bundle with the receipt key was taken, one without it (an older kind, which
-    // anyone holding it could hand over) would turn the fleet's receipts off.
-    if receipt_key.is_none() && home.vault_pin(&receipts_pin(&pin_name))?.is_some() {
-        return Err(VaultFailure::WrongServer(format!(
-            "{} has no receipt key, but this device took a bundle of fleet {} that has one: \
-             a bundle of the older kind would turn off the fleet's signed receipts; get the \
-             current bundle",
-            file.display(),
-            bundle.fleet
-        ))
-        .into());
-    }
-    if let Some(newest) = home.bundle_version(&pin_name)? {
-        if bundle.version < newest {
-            return Err(VaultFailure::WrongServer(format!(
-                "{} is version {} of fleet {}, but this device already took version {newest}: an older bundle may list replicas or a key the fleet no longer uses; get the current one",
-                file.display(),
-                bundle.version,
-                bundle.fleet
-            ))
-            .into());
-        }
-    }
-    Ok(Bundle {
-        url: bundle.replicas.join(","),
-        key: hex::encode(key),
-        version: bundle.version,
-        pin_name,
-        receipt_key,
-    })
-}
-
-/// Where a device notes the receipt key of a bundle's fleet (in its vault pins).
-fn receipts_pin(pin_name: &str) -> String {
-    format!("{pin_name}#receipts")
-}
-
 /// Connects to the configured vault (starting the embedded one if none is named) and
-/// pins its key.
+/// pins its key, through the SDK's one implementation ([`backlock::connect`]); here
+/// only the flags become its configuration.
 pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let bundle = match &args.vault_bundle {
-        Some(file) => Some(read_bundle(file, args.vault_signer.as_deref(), home)?),
+        Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
+            Usage(format!(
+                "cannot read the fleet bundle {}: {e}",
+                file.display()
+            ))
+        })?),
         None => None,
     };
-    let remote = match &bundle {
-        Some(b) => Some(b.url.clone()),
-        None => args.vault.clone(),
+    if bundle.is_some() && args.vault_signer.is_none() {
+        return Err(Usage("a fleet bundle needs the fleet's signer key: pass --vault-signer HEX (or set BACKLOCK_VAULT_SIGNER)".into()).into());
+    }
+    let remote = bundle.is_some() || args.vault.is_some();
+    let (account, token, embedded_data) = if remote {
+        let account = args.account.clone().ok_or_else(|| {
+            Usage(
+                "a remote vault needs an account: pass --account ID or set BACKLOCK_ACCOUNT".into(),
+            )
+        })?;
+        let token_var = args.token_var.unwrap_or("BACKLOCK_TOKEN");
+        let token = Zeroizing::new(std::env::var(token_var).map_err(|_| {
+            Usage(format!(
+                "a remote vault needs the relay's token for account {account} in {token_var}"
+            ))
+        })?);
+        let token = backlock::AccountToken::new(token.to_string())
+            .map_err(|e| Usage(format!("{token_var}: {e}")))?;
+        (account, Some(token), None)
+    } else {
+        let data = match &args.vault_data {
+            Some(d) => d.clone(),
+            None => default_vault_data()?,
+        };
+        let account = args.account.clone().unwrap_or_else(|| LOCAL_ACCOUNT.into());
+        (account, None, Some(data.display().to_string()))
     };
-    let (url, token, account, embedded, pin_name) = match &remote {
-        Some(url) => {
-            let insecure = VaultClient::insecure_replicas(url);
-            if !insecure.is_empty() && !args.insecure_http {
-                return Err(Usage(format!(
-                    "the vault URL {} is not https:// (plain HTTP is allowed only to this machine): use the vault's https:// address, or pass --insecure-http on a test network",
-                    insecure.join(", ")
-                ))
-                .into());
-            }
-            let account = args.account.clone().ok_or_else(|| {
-                Usage(
-                    "a remote vault needs an account: pass --account ID or set BACKLOCK_ACCOUNT"
-                        .into(),
-                )
-            })?;
-            let token_var = args.token_var.unwrap_or("BACKLOCK_TOKEN");
-            let token = Zeroizing::new(std::env::var(token_var).map_err(|_| {
-                Usage(format!(
-                    "a remote vault needs the relay's token for account {account} in {token_var}"
-                ))
-            })?);
-            let pin_name = match &bundle {
-                Some(b) => b.pin_name.clone(),
-                None => url.trim_end_matches('/').to_owned(),
-            };
-            (url.clone(), token, account, None, pin_name)
-        }
-        None => {
-            let data = match &args.vault_data {
-                Some(d) => d.clone(),
-                None => default_vault_data()?,
-            };
-            let running = start_embedded(&runtime, &data)?;
-            let account = args.account.clone().unwrap_or_else(|| LOCAL_ACCOUNT.into());
-            let token = Zeroizing::new(
-                running
-                    .vault
-                    .issue_token(&account, 600)
-                    .map_err(|e| Usage(format!("--account: {e}")))?,
-            );
-            let name = format!(
-                "embedded:{}",
-                std::path::absolute(&data).unwrap_or(data).display()
-            );
-            (running.url(), token, account, Some(running), name)
-        }
-    };
-    backlock_vault_proto::token::validate_account(&account)
-        .map_err(|e| Usage(format!("--account: {e}")))?;
-    let ca = match &args.vault_ca {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
+    let ca_pem = match &args.vault_ca {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             Usage(format!(
                 "cannot read the vault CA file {}: {e}",
                 path.display()
@@ -267,62 +150,26 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
         })?),
         None => None,
     };
-    // Receipts are checked against a bundle's receipt key, or the embedded vault's own.
-    let receipt_key = match (&bundle, &embedded) {
-        (Some(b), _) => b.receipt_key,
-        (None, Some(running)) => Some(running.vault.receipt_key()),
-        (None, None) => None,
+    let config = backlock::VaultConfig {
+        urls: args.vault.iter().cloned().collect(),
+        public_key: args.vault_key.clone(),
+        account,
+        token,
+        ca_pem,
+        insecure_http: args.insecure_http,
+        embedded_data,
+        bundle,
+        bundle_signer: args.vault_signer.clone(),
     };
-    let client = VaultClient::with_ca(&url, &account, &token, ca.as_deref())
-        .map_err(VaultFailure::from)?
-        .with_receipt_key(receipt_key);
-    let info = runtime
-        .block_on(client.info())
-        .map_err(VaultFailure::from)?;
-    let presented = hex::encode(info.server_public_key);
-    let stored = home.vault_pin(&pin_name)?;
-    let pinned_hex = match (&args.vault_key, &stored) {
-        // A verified bundle names the key, whatever was pinned from an older bundle.
-        _ if bundle.is_some() => bundle.as_ref().map(|b| b.key.clone()).unwrap_or_default(),
-        (Some(given), _) => given.trim().to_ascii_lowercase(),
-        (None, Some(pinned)) => pinned.clone(),
-        // The embedded vault runs in this process: what it presents is its own key.
-        (None, None) if embedded.is_some() => {
-            eprintln!("Pinning the vault's public key {presented} (first use of {pin_name}).");
-            presented.clone()
-        }
-        (None, None) => {
-            return Err(Usage(format!(
-                "this device does not know the public key of the vault at {url}: pass --vault-key HEX (or set BACKLOCK_VAULT_KEY) as the vault's operator publishes it. \
-                 backlock never trusts the key a server presents on first contact: whoever answered first could then guess the password without limit"
-            ))
-            .into())
-        }
-    };
-    if pinned_hex != presented {
-        return Err(VaultFailure::WrongServer(format!(
-            "the vault at {url} presents public key {presented}, but this device pinned {pinned_hex}; \
-             refusing to send it anything (if the vault was really re-created, remove its entry from {}/vault-pins.json)",
-            home.root().display()
-        ))
-        .into());
+    let session = backlock::connect(&config, home).map_err(|e| match e {
+        ConnectError::Vault(e) => anyhow::Error::from(VaultFailure::from(e)),
+        ConnectError::Invalid(m) => Usage(m).into(),
+        ConnectError::Device(e) => e.into(),
+    })?;
+    if let Some(key) = &session.first_pin {
+        eprintln!("Pinning the embedded vault's public key {key} (its first use on this device).");
     }
-    if stored.as_deref() != Some(pinned_hex.as_str()) {
-        home.pin_vault(&pin_name, &pinned_hex)?;
-    }
-    if let Some(b) = &bundle {
-        home.record_bundle_version(&b.pin_name, b.version)?;
-        if let Some(key) = b.receipt_key {
-            home.pin_vault(&receipts_pin(&b.pin_name), &hex::encode(key))?;
-        }
-    }
-    Ok(Session {
-        runtime,
-        client,
-        pinned: info.server_public_key,
-        ksf: Stretch::default(),
-        embedded,
-    })
+    Ok(session)
 }
 
 /// Reads a password from `--password-file`, else a hidden prompt.

@@ -20,4 +20,4 @@ pub use repository::{
     BackupSummary, CheckReport, Progress, ProgressListener, Repository, RestoreSummary,
     SnapshotInfo,
 };
-pub use vault::{AccountToken, VaultConfig};
+pub use vault::{connect, AccountToken, ConnectError, Session, VaultConfig};

@@ -10,6 +10,7 @@ use crate::{
 use backlock_core::key::BackupKey;
 use backlock_repo::{BackupOptions, RestoreOptions};
 use backlock_store::ObjectStore;
+use backlock_vault_client::VaultError;
 use backlock_vault_proto::{owner::OwnerKey, password::Password};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -187,6 +188,17 @@ fn new_password(text: String) -> Result<Password, Error> {
     Ok(password)
 }
 
+/// A vault error, with "another key is registered" worded as what to do.
+fn already_registered(e: VaultError, vault: &VaultConfig) -> Error {
+    match e {
+        VaultError::AlreadyRegistered(_) => Error::invalid(format!(
+            "a backup key is already registered for account {}: change its password on the device that holds the key, or delete the record",
+            vault.account
+        )),
+        other => Error::from(other),
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -228,14 +240,12 @@ impl Repository {
         let key = BackupKey::generate();
         let session = connect(&vault, &home)?;
         session
-            .block_on(session.client.register(&password, &key, &session.pinned, None, &session.ksf))
-            .map_err(|e| match e {
-                backlock_vault_client::VaultError::AlreadyRegistered(_) => Error::invalid(format!(
-                    "a backup key is already registered for account {}: change its password on the device that holds the key, or delete the record",
-                    vault.account
-                )),
-                other => Error::from(other),
-            })?;
+            .block_on(
+                session
+                    .client
+                    .register(&password, &key, &session.pinned, None, &session.ksf),
+            )
+            .map_err(|e| already_registered(e, &vault))?;
         drop(session);
         // Kept before the repository exists, so it is never lost in between.
         home.save_key(&key_location(&self.location), &key)?;
@@ -267,6 +277,34 @@ impl Repository {
         let key = self.key()?;
         let session = connect(&vault, &self.device.home())?;
         session.block_on(session.client.delete(&key, &session.pinned))?;
+        Ok(())
+    }
+
+    /// Leaves password mode: erases the vault record, proving with this repository's
+    /// key that it is the owner, and returns that key for the user to write down (16
+    /// groups of 4 digits; show it and have it confirmed before calling). The password
+    /// no longer opens the backup; this device keeps the key. No record there already
+    /// is fine.
+    pub fn switch_to_key_only(&self, vault: VaultConfig) -> Result<String, Error> {
+        let key = self.key()?;
+        let session = connect(&vault, &self.device.home())?;
+        session.leave_vault(&key)?;
+        Ok(key.to_display().to_string())
+    }
+
+    /// Enters password mode: the key this repository was opened with goes behind
+    /// `password` in the vault (a record this key already owns is replaced) and is kept
+    /// on this device; a new device then recovers it with `Device.recover_key`.
+    pub fn switch_to_password(&self, password: String, vault: VaultConfig) -> Result<(), Error> {
+        let password = new_password(password)?;
+        let key = self.key()?;
+        let home = self.device.home();
+        let session = connect(&vault, &home)?;
+        session
+            .register_key(&password, &key)
+            .map_err(|e| already_registered(e, &vault))?;
+        drop(session);
+        home.save_key(&key_location(&self.location), &key)?;
         Ok(())
     }
 

@@ -1,10 +1,18 @@
 //! Password mode (docs/VAULT.md §Device flows): reaching the Backup Key Vault, remote
 //! or embedded in this process, with its public key pinned before anything is sent.
+//! [`connect`] is the one way there: the apps' calls and the `backlock` command both
+//! use it, so a pin, a fleet bundle and a receipt key are checked alike everywhere.
 
 use crate::error::Error;
-use backlock_repo::DeviceHome;
+use backlock_core::key::BackupKey;
+use backlock_repo::{DeviceHome, RepoError};
 use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_proto::bundle::SignedBundle;
+use backlock_vault_proto::owner::OwnerKey;
+use backlock_vault_proto::password::Password;
+use backlock_vault_proto::receipt::Receipt;
 use backlock_vault_proto::suite::Stretch;
+use backlock_vault_proto::wire::RegisterFinishReply;
 use backlock_vault_server::run::{RunningVault, ServeConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +90,14 @@ pub struct VaultConfig {
     /// The data directory of a vault embedded in this process (no `urls`).
     #[uniffi(default = None)]
     pub embedded_data: Option<String>,
+    /// A signed fleet bundle, as `backlock vault bundle` wrote it: the fleet's
+    /// replicas, public key and receipt key, in place of `urls` and `public_key`.
+    /// Needs `bundle_signer`. A bundle older than one this device took is refused.
+    #[uniffi(default = None)]
+    pub bundle: Option<String>,
+    /// The public key (hex) of the fleet's bundle signer, as the app ships it.
+    #[uniffi(default = None)]
+    pub bundle_signer: Option<String>,
 }
 
 impl std::fmt::Debug for VaultConfig {
@@ -90,6 +106,7 @@ impl std::fmt::Debug for VaultConfig {
             .field("urls", &self.urls)
             .field("account", &self.account)
             .field("token", &self.token)
+            .field("bundle", &self.bundle.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -114,18 +131,85 @@ impl From<VaultError> for Error {
     }
 }
 
+/// Why [`connect`] failed, for a caller that words it its own way (the command names
+/// its flags); apps see it as an [`Error`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The vault answered with an error, or is not the vault pinned (`WrongServer`).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The configuration cannot work; the message says what to give.
+    #[error("{0}")]
+    Invalid(String),
+    /// The device's own state (pins, bundle versions) could not be read or written.
+    #[error(transparent)]
+    Device(#[from] RepoError),
+}
+
+impl From<ConnectError> for Error {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Vault(e) => Error::from(e),
+            ConnectError::Invalid(message) => Error::Invalid { message },
+            ConnectError::Device(e) => Error::from(e),
+        }
+    }
+}
+
 /// A connection to the vault, its key checked against the pin.
-pub(crate) struct Session {
+pub struct Session {
     runtime: tokio::runtime::Runtime,
-    pub(crate) client: VaultClient,
-    pub(crate) pinned: [u8; 32],
-    pub(crate) ksf: Stretch,
+    /// The vault client, its replicas and account set.
+    pub client: VaultClient,
+    /// The vault's OPAQUE public key, as pinned and presented.
+    pub pinned: [u8; 32],
+    /// The key stretching every password goes through.
+    pub ksf: Stretch,
+    /// Set when this connection pinned the key (the first use of an embedded vault).
+    pub first_pin: Option<String>,
     embedded: Option<RunningVault>,
 }
 
 impl Session {
-    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+    /// Runs a vault call to completion on the session's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
+    }
+
+    /// Puts `key` behind `password` in the vault (password mode); a record this same
+    /// key already owns (an earlier switch, a record kept from before) is replaced
+    /// under the key's owner proof. Another key's record is left alone:
+    /// `AlreadyRegistered`.
+    pub fn register_key(
+        &self,
+        password: &Password,
+        key: &BackupKey,
+    ) -> Result<RegisterFinishReply, VaultError> {
+        let register = |owner: Option<&OwnerKey>| {
+            self.block_on(
+                self.client
+                    .register(password, key, &self.pinned, owner, &self.ksf),
+            )
+        };
+        match register(None) {
+            Err(VaultError::AlreadyRegistered(_)) => register(Some(&OwnerKey::derive(key))),
+            other => other,
+        }
+    }
+
+    /// Erases the account's record, proving ownership with `key` (leaving password
+    /// mode); none there already is fine. The fleet's receipt, checked, when the
+    /// session expects receipts.
+    pub fn leave_vault(&self, key: &BackupKey) -> Result<Option<Receipt>, VaultError> {
+        match self.block_on(self.client.delete(key, &self.pinned)) {
+            Err(VaultError::NoKey) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Ends the session; an embedded vault stops cleanly (as when it is dropped).
+    pub fn close(self) {
+        drop(self);
     }
 }
 
@@ -137,27 +221,113 @@ impl Drop for Session {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::VaultUnavailable {
-        message: e.to_string(),
-    }
+fn wrong_vault(message: String) -> ConnectError {
+    ConnectError::Vault(VaultError::WrongServer(message))
 }
 
-/// Connects to the vault `cfg` names, starting the embedded one if it names no URL,
-/// and checks its public key: the one given, else the one this device pinned (the
-/// embedded vault is pinned on first use; a remote one never is).
-pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, Error> {
+fn unavailable(e: impl std::fmt::Display) -> ConnectError {
+    ConnectError::Vault(VaultError::Unavailable(e.to_string()))
+}
+
+/// A fleet bundle the device may use: verified, and not older than one it took.
+struct Bundle {
+    url: String,
+    key: String,
+    version: u64,
+    /// `bundle:<signer hex>:<fleet>`: where its pin and newest version are kept.
+    pin_name: String,
+    /// The fleet's receipt key (a version 2 bundle).
+    receipt_key: Option<[u8; 32]>,
+}
+
+/// Checks `text` against the signer's key and against the bundles this device took.
+fn read_bundle(
+    text: &str,
+    signer: Option<&str>,
+    home: &DeviceHome,
+) -> Result<Bundle, ConnectError> {
+    let signer = signer.ok_or_else(|| {
+        ConnectError::Invalid(
+            "a fleet bundle needs the fleet's signer key (bundle_signer; --vault-signer on the command line)".into(),
+        )
+    })?;
+    let mut signer_key = [0u8; 32];
+    hex::decode_to_slice(signer.trim(), &mut signer_key)
+        .map_err(|_| ConnectError::Invalid("the bundle signer key must be 64 hex digits".into()))?;
+    let bad = |e: backlock_vault_proto::bundle::BundleError| wrong_vault(e.to_string());
+    let signed = SignedBundle::parse(text).map_err(bad)?;
+    let (bundle, key) = signed.verify(&signer_key).map_err(bad)?;
+    let receipt_key = signed.receipt_key().map_err(bad)?;
+    let pin_name = format!("bundle:{}:{}", hex::encode(signer_key), bundle.fleet);
+    // Once a bundle with the receipt key was taken, one without it (an older kind, which
+    // anyone holding it could hand over) would turn the fleet's receipts off.
+    if receipt_key.is_none() && home.vault_pin(&receipts_pin(&pin_name))?.is_some() {
+        return Err(wrong_vault(format!(
+            "the fleet bundle has no receipt key, but this device took a bundle of fleet {} that \
+             has one: a bundle of the older kind would turn off the fleet's signed receipts; get \
+             the current bundle",
+            bundle.fleet
+        )));
+    }
+    if let Some(newest) = home.bundle_version(&pin_name)? {
+        if bundle.version < newest {
+            return Err(wrong_vault(format!(
+                "the fleet bundle is version {} of fleet {}, but this device already took version \
+                 {newest}: an older bundle may list replicas or a key the fleet no longer uses; get \
+                 the current one",
+                bundle.version, bundle.fleet
+            )));
+        }
+    }
+    Ok(Bundle {
+        url: bundle.replicas.join(","),
+        key: hex::encode(key),
+        version: bundle.version,
+        pin_name,
+        receipt_key,
+    })
+}
+
+/// Where a device notes the receipt key of a bundle's fleet (in its vault pins).
+fn receipts_pin(pin_name: &str) -> String {
+    format!("{pin_name}#receipts")
+}
+
+/// Connects to the vault `cfg` names (its URLs, its signed fleet bundle, or, naming
+/// neither, a vault embedded in this process with its data in `embedded_data`) and
+/// checks its public key before anything is sent: the bundle's, else the one given,
+/// else the one this device pinned. An embedded vault is pinned on first use; a remote
+/// one never is (whoever answered first could then guess without limit). Receipts are
+/// checked against the bundle's receipt key, or the embedded vault's own.
+pub fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, ConnectError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(unavailable)?;
     backlock_vault_proto::token::validate_account(&cfg.account)
-        .map_err(|e| Error::invalid(format!("account: {e}")))?;
-    let (url, token, embedded, pin_name) = match cfg.urls.as_slice() {
-        [] => {
+        .map_err(|e| ConnectError::Invalid(format!("account: {e}")))?;
+    let bundle = match &cfg.bundle {
+        Some(_) if !cfg.urls.is_empty() || cfg.public_key.is_some() => {
+            return Err(ConnectError::Invalid(
+                "a fleet bundle names the replicas and the key: give the bundle, or the URLs and the public key, not both".into(),
+            ))
+        }
+        Some(text) => Some(read_bundle(text, cfg.bundle_signer.as_deref(), home)?),
+        None => None,
+    };
+    let remote = match &bundle {
+        Some(b) => Some(b.url.clone()),
+        None if cfg.urls.is_empty() => None,
+        None => Some(cfg.urls.join(",")),
+    };
+    let (url, token, embedded, pin_name) = match remote {
+        None => {
             let data = cfg.embedded_data.as_deref().ok_or_else(|| {
-                Error::invalid("the vault config names no URL and no embedded_data directory")
+                ConnectError::Invalid(
+                    "the vault config names no URL, no bundle and no embedded_data directory"
+                        .into(),
+                )
             })?;
             let running = runtime
                 .block_on(RunningVault::start(ServeConfig {
@@ -174,17 +344,17 @@ pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, E
                 running
                     .vault
                     .issue_token(&cfg.account, 600)
-                    .map_err(|e| Error::invalid(format!("account: {e}")))?,
+                    .map_err(|e| ConnectError::Invalid(format!("account: {e}")))?,
             );
-            let name = format!("embedded:{data}");
+            let absolute = std::path::absolute(data).unwrap_or_else(|_| PathBuf::from(data));
+            let name = format!("embedded:{}", absolute.display());
             (running.url(), token, Some(running), name)
         }
-        urls => {
-            let url = urls.join(",");
+        Some(url) => {
             let insecure = VaultClient::insecure_replicas(&url);
             if !insecure.is_empty() && !cfg.insecure_http {
-                return Err(Error::invalid(format!(
-                    "the vault URL {} is not https:// (plain HTTP is allowed only to this machine): use the vault's https:// address, or set insecure_http on a test network",
+                return Err(ConnectError::Invalid(format!(
+                    "the vault URL {} is not https:// (plain HTTP is allowed only to this machine): use the vault's https:// address, or allow plain HTTP on a test network (insecure_http; --insecure-http on the command line)",
                     insecure.join(", ")
                 )));
             }
@@ -192,7 +362,7 @@ pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, E
                 cfg.token
                     .as_ref()
                     .ok_or_else(|| {
-                        Error::invalid(format!(
+                        ConnectError::Invalid(format!(
                             "a remote vault needs the relay's token for account {}",
                             cfg.account
                         ))
@@ -200,9 +370,17 @@ pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, E
                     .expose_secret()
                     .to_owned(),
             );
-            let pin = url.trim_end_matches('/').to_owned();
+            let pin = match &bundle {
+                Some(b) => b.pin_name.clone(),
+                None => url.trim_end_matches('/').to_owned(),
+            };
             (url, token, None, pin)
         }
+    };
+    let receipt_key = match (&bundle, &embedded) {
+        (Some(b), _) => b.receipt_key,
+        (None, Some(running)) => Some(running.vault.receipt_key()),
+        (None, None) => None,
     };
     let client = VaultClient::with_ca(
         &url,
@@ -210,35 +388,50 @@ pub(crate) fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, E
         &token,
         cfg.ca_pem.as_deref().map(str::as_bytes),
     )?
-    .with_receipt_key(embedded.as_ref().map(|r| r.vault.receipt_key()));
+    .with_receipt_key(receipt_key);
     let info = runtime.block_on(client.info())?;
     let presented = hex::encode(info.server_public_key);
     let stored = home.vault_pin(&pin_name)?;
-    let pinned = match (&cfg.public_key, &stored) {
-        (Some(given), _) => given.trim().to_ascii_lowercase(),
-        (None, Some(pinned)) => pinned.clone(),
-        (None, None) if embedded.is_some() => presented.clone(),
-        (None, None) => {
-            return Err(Error::invalid(format!(
-                "this device does not know the public key of the vault at {url}: give public_key as the vault's operator publishes it"
+    let mut first_pin = None;
+    let pinned = match (&bundle, &cfg.public_key, &stored) {
+        // A verified bundle names the key, whatever was pinned from an older bundle.
+        (Some(b), _, _) => b.key.clone(),
+        (None, Some(given), _) => given.trim().to_ascii_lowercase(),
+        (None, None, Some(pinned)) => pinned.clone(),
+        // The embedded vault runs in this process: what it presents is its own key.
+        (None, None, None) if embedded.is_some() => {
+            first_pin = Some(presented.clone());
+            presented.clone()
+        }
+        (None, None, None) => {
+            return Err(ConnectError::Invalid(format!(
+                "this device does not know the public key of the vault at {url}: give it as the vault's operator publishes it (public_key; --vault-key HEX or BACKLOCK_VAULT_KEY on the command line). \
+                 backlock never trusts the key a server presents on first contact: whoever answered first could then guess the password without limit"
             )))
         }
     };
     if pinned != presented {
-        return Err(Error::WrongVault {
-            message: format!(
-                "the vault at {url} presents public key {presented}, but this device pinned {pinned}: refusing to send it anything"
-            ),
-        });
+        return Err(wrong_vault(format!(
+            "the vault at {url} presents public key {presented}, but this device pinned {pinned}; \
+             refusing to send it anything (if the vault was really re-created, remove its entry from {}/vault-pins.json)",
+            home.root().display()
+        )));
     }
     if stored.as_deref() != Some(pinned.as_str()) {
         home.pin_vault(&pin_name, &pinned)?;
+    }
+    if let Some(b) = &bundle {
+        home.record_bundle_version(&b.pin_name, b.version)?;
+        if let Some(key) = b.receipt_key {
+            home.pin_vault(&receipts_pin(&b.pin_name), &hex::encode(key))?;
+        }
     }
     Ok(Session {
         runtime,
         client,
         pinned: info.server_public_key,
         ksf: Stretch::default(),
+        first_pin,
         embedded,
     })
 }
@@ -260,6 +453,8 @@ mod tests {
             ca_pem: None,
             insecure_http: false,
             embedded_data: None,
+            bundle: None,
+            bundle_signer: None,
         };
         for text in [
             format!("{token:?}"),

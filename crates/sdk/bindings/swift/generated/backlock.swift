@@ -1381,6 +1381,22 @@ public protocol RepositoryProtocol: AnyObject, Sendable {
      */
     func snapshots() throws  -> [SnapshotInfo]
     
+    /**
+     * Leaves password mode: erases the vault record, proving with this repository's
+     * key that it is the owner, and returns that key for the user to write down (16
+     * groups of 4 digits; show it and have it confirmed before calling). The password
+     * no longer opens the backup; this device keeps the key. No record there already
+     * is fine.
+     */
+    func switchToKeyOnly(vault: VaultConfig) throws  -> String
+    
+    /**
+     * Enters password mode: the key this repository was opened with goes behind
+     * `password` in the vault (a record this key already owns is replaced) and is kept
+     * on this device; a new device then recovers it with `Device.recover_key`.
+     */
+    func switchToPassword(password: String, vault: VaultConfig) throws 
+    
 }
 /**
  * A repository of this device. Methods that read or write block the calling thread.
@@ -1562,6 +1578,38 @@ open func snapshots()throws  -> [SnapshotInfo]  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Leaves password mode: erases the vault record, proving with this repository's
+     * key that it is the owner, and returns that key for the user to write down (16
+     * groups of 4 digits; show it and have it confirmed before calling). The password
+     * no longer opens the backup; this device keeps the key. No record there already
+     * is fine.
+     */
+open func switchToKeyOnly(vault: VaultConfig)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_repository_switch_to_key_only(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeVaultConfig_lower(vault),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Enters password mode: the key this repository was opened with goes behind
+     * `password` in the vault (a record this key already owns is replaced) and is kept
+     * on this device; a new device then recovers it with `Device.recover_key`.
+     */
+open func switchToPassword(password: String, vault: VaultConfig)throws   {try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_repository_switch_to_password(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(password),
+        FfiConverterTypeVaultConfig_lower(vault),uniffiCallStatus
+    )
+}
 }
     
 
@@ -2154,6 +2202,16 @@ public struct VaultConfig {
      * The data directory of a vault embedded in this process (no `urls`).
      */
     public var embeddedData: String?
+    /**
+     * A signed fleet bundle, as `backlock vault bundle` wrote it: the fleet's
+     * replicas, public key and receipt key, in place of `urls` and `public_key`.
+     * Needs `bundle_signer`. A bundle older than one this device took is refused.
+     */
+    public var bundle: String?
+    /**
+     * The public key (hex) of the fleet's bundle signer, as the app ships it.
+     */
+    public var bundleSigner: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2181,7 +2239,15 @@ public struct VaultConfig {
          */insecureHttp: Bool = false, 
         /**
          * The data directory of a vault embedded in this process (no `urls`).
-         */embeddedData: String? = nil) {
+         */embeddedData: String? = nil, 
+        /**
+         * A signed fleet bundle, as `backlock vault bundle` wrote it: the fleet's
+         * replicas, public key and receipt key, in place of `urls` and `public_key`.
+         * Needs `bundle_signer`. A bundle older than one this device took is refused.
+         */bundle: String? = nil, 
+        /**
+         * The public key (hex) of the fleet's bundle signer, as the app ships it.
+         */bundleSigner: String? = nil) {
         self.urls = urls
         self.publicKey = publicKey
         self.account = account
@@ -2189,6 +2255,8 @@ public struct VaultConfig {
         self.caPem = caPem
         self.insecureHttp = insecureHttp
         self.embeddedData = embeddedData
+        self.bundle = bundle
+        self.bundleSigner = bundleSigner
     }
 
     
@@ -2213,7 +2281,9 @@ public struct FfiConverterTypeVaultConfig: FfiConverterRustBuffer {
                 token: FfiConverterOptionTypeAccountToken.read(from: &buf), 
                 caPem: FfiConverterOptionString.read(from: &buf), 
                 insecureHttp: FfiConverterBool.read(from: &buf), 
-                embeddedData: FfiConverterOptionString.read(from: &buf)
+                embeddedData: FfiConverterOptionString.read(from: &buf), 
+                bundle: FfiConverterOptionString.read(from: &buf), 
+                bundleSigner: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -2225,6 +2295,8 @@ public struct FfiConverterTypeVaultConfig: FfiConverterRustBuffer {
         FfiConverterOptionString.write(value.caPem, into: &buf)
         FfiConverterBool.write(value.insecureHttp, into: &buf)
         FfiConverterOptionString.write(value.embeddedData, into: &buf)
+        FfiConverterOptionString.write(value.bundle, into: &buf)
+        FfiConverterOptionString.write(value.bundleSigner, into: &buf)
     }
 }
 
@@ -2754,6 +2826,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backlock_checksum_method_repository_snapshots() != 27310) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backlock_checksum_method_repository_switch_to_key_only() != 8561) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backlock_checksum_method_repository_switch_to_password() != 39647) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backlock_checksum_constructor_canceltoken_new() != 17070) {

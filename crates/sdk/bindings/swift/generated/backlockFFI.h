@@ -395,6 +395,16 @@ RustBuffer uniffi_backlock_fn_method_repository_restore(uint64_t ptr, RustBuffer
 RustBuffer uniffi_backlock_fn_method_repository_snapshots(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_SWITCH_TO_KEY_ONLY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_SWITCH_TO_KEY_ONLY
+RustBuffer uniffi_backlock_fn_method_repository_switch_to_key_only(uint64_t ptr, RustBuffer vault, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_SWITCH_TO_PASSWORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_SWITCH_TO_PASSWORD
+void uniffi_backlock_fn_method_repository_switch_to_password(uint64_t ptr, RustBuffer password, RustBuffer vault, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_ACCOUNTTOKEN
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_ACCOUNTTOKEN
 uint64_t uniffi_backlock_fn_clone_accounttoken(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -773,6 +783,18 @@ uint16_t uniffi_backlock_checksum_method_repository_restore(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_SNAPSHOTS
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_SNAPSHOTS
 uint16_t uniffi_backlock_checksum_method_repository_snapshots(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_SWITCH_TO_KEY_ONLY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_SWITCH_TO_KEY_ONLY
+uint16_t uniffi_backlock_checksum_method_repository_switch_to_key_only(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_SWITCH_TO_PASSWORD
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_REPOSITORY_SWITCH_TO_PASSWORD
+uint16_t uniffi_backlock_checksum_method_repository_switch_to_password(void
     
 );
 #endif

@@ -729,6 +729,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_backlock_checksum_method_repository_snapshots(
     ): Int
+    external fun uniffi_backlock_checksum_method_repository_switch_to_key_only(
+    ): Int
+    external fun uniffi_backlock_checksum_method_repository_switch_to_password(
+    ): Int
     external fun uniffi_backlock_checksum_constructor_canceltoken_new(
     ): Int
     external fun uniffi_backlock_checksum_constructor_device_new(
@@ -810,6 +814,10 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_backlock_fn_method_repository_snapshots(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_backlock_fn_method_repository_switch_to_key_only(`ptr`: Long,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_backlock_fn_method_repository_switch_to_password(`ptr`: Long,`password`: RustBuffer.ByValue,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_backlock_fn_clone_accounttoken(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_backlock_fn_free_accounttoken(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -985,6 +993,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_backlock_checksum_method_repository_snapshots() and 0xFFFF) != 27310) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_backlock_checksum_method_repository_switch_to_key_only() and 0xFFFF) != 8561) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_backlock_checksum_method_repository_switch_to_password() and 0xFFFF) != 39647) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_backlock_checksum_constructor_canceltoken_new() and 0xFFFF) != 17070) {
@@ -2758,6 +2772,22 @@ public interface RepositoryInterface {
      */
     fun `snapshots`(): List<SnapshotInfo>
     
+    /**
+     * Leaves password mode: erases the vault record, proving with this repository's
+     * key that it is the owner, and returns that key for the user to write down (16
+     * groups of 4 digits; show it and have it confirmed before calling). The password
+     * no longer opens the backup; this device keeps the key. No record there already
+     * is fine.
+     */
+    fun `switchToKeyOnly`(`vault`: VaultConfig): kotlin.String
+    
+    /**
+     * Enters password mode: the key this repository was opened with goes behind
+     * `password` in the vault (a record this key already owns is replaced) and is kept
+     * on this device; a new device then recovers it with `Device.recover_key`.
+     */
+    fun `switchToPassword`(`password`: kotlin.String, `vault`: VaultConfig)
+    
     companion object
 }
 
@@ -3033,6 +3063,48 @@ open class Repository: Disposable, AutoCloseable, RepositoryInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Leaves password mode: erases the vault record, proving with this repository's
+     * key that it is the owner, and returns that key for the user to write down (16
+     * groups of 4 digits; show it and have it confirmed before calling). The password
+     * no longer opens the backup; this device keeps the key. No record there already
+     * is fine.
+     */
+    @Throws(Exception::class)override fun `switchToKeyOnly`(`vault`: VaultConfig): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(Exception) { _status ->
+    UniffiLib.uniffi_backlock_fn_method_repository_switch_to_key_only(
+        it,
+        
+        FfiConverterTypeVaultConfig.lower(`vault`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Enters password mode: the key this repository was opened with goes behind
+     * `password` in the vault (a record this key already owns is replaced) and is kept
+     * on this device; a new device then recovers it with `Device.recover_key`.
+     */
+    @Throws(Exception::class)override fun `switchToPassword`(`password`: kotlin.String, `vault`: VaultConfig)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(Exception) { _status ->
+    UniffiLib.uniffi_backlock_fn_method_repository_switch_to_password(
+        it,
+        
+        FfiConverterString.lower(`password`),
+        FfiConverterTypeVaultConfig.lower(`vault`),_status)
+}
+    }
+    
     
 
     
@@ -3480,6 +3552,18 @@ data class VaultConfig (
      * The data directory of a vault embedded in this process (no `urls`).
      */
     var `embeddedData`: kotlin.String? = null 
+    , 
+    /**
+     * A signed fleet bundle, as `backlock vault bundle` wrote it: the fleet's
+     * replicas, public key and receipt key, in place of `urls` and `public_key`.
+     * Needs `bundle_signer`. A bundle older than one this device took is refused.
+     */
+    var `bundle`: kotlin.String? = null 
+    , 
+    /**
+     * The public key (hex) of the fleet's bundle signer, as the app ships it.
+     */
+    var `bundleSigner`: kotlin.String? = null 
     
 ): Disposable{
     
@@ -3497,7 +3581,9 @@ data class VaultConfig (
         this.`token`,
         this.`caPem`,
         this.`insecureHttp`,
-        this.`embeddedData`
+        this.`embeddedData`,
+        this.`bundle`,
+        this.`bundleSigner`
     )
     }
     
@@ -3517,6 +3603,8 @@ public object FfiConverterTypeVaultConfig: FfiConverterRustBuffer<VaultConfig> {
             FfiConverterOptionalString.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -3527,7 +3615,9 @@ public object FfiConverterTypeVaultConfig: FfiConverterRustBuffer<VaultConfig> {
             FfiConverterOptionalTypeAccountToken.allocationSize(value.`token`) +
             FfiConverterOptionalString.allocationSize(value.`caPem`) +
             FfiConverterBoolean.allocationSize(value.`insecureHttp`) +
-            FfiConverterOptionalString.allocationSize(value.`embeddedData`)
+            FfiConverterOptionalString.allocationSize(value.`embeddedData`) +
+            FfiConverterOptionalString.allocationSize(value.`bundle`) +
+            FfiConverterOptionalString.allocationSize(value.`bundleSigner`)
     )
 
     override fun write(value: VaultConfig, buf: ByteBuffer) {
@@ -3538,6 +3628,8 @@ public object FfiConverterTypeVaultConfig: FfiConverterRustBuffer<VaultConfig> {
             FfiConverterOptionalString.write(value.`caPem`, buf)
             FfiConverterBoolean.write(value.`insecureHttp`, buf)
             FfiConverterOptionalString.write(value.`embeddedData`, buf)
+            FfiConverterOptionalString.write(value.`bundle`, buf)
+            FfiConverterOptionalString.write(value.`bundleSigner`, buf)
     }
 }
 
