@@ -259,3 +259,20 @@ def test_an_embedded_vault_locks_after_the_limit(tmp_path, chat):
         thief.recover_key(vault=vault_cfg, password="correct horse")
     # The device that kept the key still backs up and restores.
     assert dev.open_repository(tmp_path / "repo").backup([chat]).seq == 2
+
+
+def test_a_repository_switches_modes_and_keeps_its_key(tmp_path, chat):
+    vault_cfg = backlock.VaultConfig(account="carol", embedded_data=str(tmp_path / "vault"))
+    dev = backlock.Device(home=tmp_path / "home")
+    repo = dev.create_repository(tmp_path / "repo")
+    key = repo.enable_key_only()
+    repo.backup([chat])
+    repo.switch_to_password("correct horse", vault=vault_cfg)
+    phone2 = backlock.Device(home=tmp_path / "phone2")
+    assert phone2.recover_key(vault=vault_cfg, password="correct horse") == key
+    # Back to the 64-digit key: the same key, and the password opens nothing.
+    assert repo.switch_to_key_only(vault=vault_cfg) == key
+    with pytest.raises(backlock.NoKey):
+        phone2.recover_key(vault=vault_cfg, password="correct horse")
+    phone2.open_repository(tmp_path / "repo", key=key).restore("latest", target=tmp_path / "r")
+    assert tree_digest(tmp_path / "r" / "chat") == tree_digest(chat)
