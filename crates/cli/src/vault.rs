@@ -8,7 +8,6 @@ use backlock_repo::DeviceHome;
 use backlock_vault_client::VaultError;
 use backlock_vault_proto::password::Password;
 use backlock_vault_server::run::{RunningVault, ServeConfig};
-use backlock_vault_server::service::VaultConfig;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -89,15 +88,9 @@ pub(crate) fn start_embedded(
     data: &Path,
 ) -> Result<RunningVault> {
     runtime
-        .block_on(RunningVault::start(ServeConfig {
-            data: data.to_path_buf(),
-            node_key: None,
-            listen: ([127, 0, 0, 1], 0).into(),
-            vault: VaultConfig::default(),
-            tls: None,
-            http: Default::default(),
-            metrics_listen: None,
-        }))
+        .block_on(RunningVault::start(ServeConfig::loopback(
+            data.to_path_buf(),
+        )))
         .map_err(|e| VaultFailure::Unavailable(e.to_string()).into())
 }
 

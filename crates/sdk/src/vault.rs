@@ -330,15 +330,9 @@ pub fn connect(cfg: &VaultConfig, home: &DeviceHome) -> Result<Session, ConnectE
                 )
             })?;
             let running = runtime
-                .block_on(RunningVault::start(ServeConfig {
-                    data: PathBuf::from(data),
-                    node_key: None,
-                    listen: ([127, 0, 0, 1], 0).into(),
-                    vault: backlock_vault_server::service::VaultConfig::default(),
-                    tls: None,
-                    http: Default::default(),
-                    metrics_listen: None,
-                }))
+                .block_on(RunningVault::start(ServeConfig::loopback(PathBuf::from(
+                    data,
+                ))))
                 .map_err(unavailable)?;
             let token = Zeroizing::new(
                 running

@@ -25,15 +25,9 @@ fn the_python_package_passes_its_tests() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let data = tempfile::tempdir().unwrap();
     let vault = runtime
-        .block_on(RunningVault::start(ServeConfig {
-            data: data.path().to_path_buf(),
-            node_key: None,
-            listen: ([127, 0, 0, 1], 0).into(),
-            vault: Default::default(),
-            tls: None,
-            http: Default::default(),
-            metrics_listen: None,
-        }))
+        .block_on(RunningVault::start(ServeConfig::loopback(
+            data.path().to_path_buf(),
+        )))
         .expect("start the vault");
     let mut cmd = Command::new(python);
     cmd.env("BACKLOCK_TEST_VAULT_URL", vault.url())

@@ -24,15 +24,9 @@ impl Fleet {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let data = tempfile::tempdir().unwrap();
         let vault = runtime
-            .block_on(RunningVault::start(ServeConfig {
-                data: data.path().to_path_buf(),
-                node_key: None,
-                listen: ([127, 0, 0, 1], 0).into(),
-                vault: Default::default(),
-                tls: None,
-                http: Default::default(),
-                metrics_listen: None,
-            }))
+            .block_on(RunningVault::start(ServeConfig::loopback(
+                data.path().to_path_buf(),
+            )))
             .expect("start the vault");
         Fleet {
             runtime,

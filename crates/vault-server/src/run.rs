@@ -47,6 +47,23 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl ServeConfig {
+    /// A vault for this machine alone, with its data in `data`: plain HTTP on a free
+    /// loopback port, the default guess limit and limits, no `/metrics`. The vault a
+    /// device embeds (the command's default, an app's `embedded_data`), and the tests'.
+    pub fn loopback(data: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            data: data.into(),
+            node_key: None,
+            listen: ([127, 0, 0, 1], 0).into(),
+            vault: VaultConfig::default(),
+            tls: None,
+            http: HttpLimits::default(),
+            metrics_listen: None,
+        }
+    }
+}
+
 /// PEM files of the API's TLS certificate chain and private key.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -21,17 +21,9 @@ async fn fill(url: &str, first: u64, count: u64) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthetic_accounts_are_registered_once_through_the_log() {
     let dir = TempDir::new().unwrap();
-    let vault = RunningVault::start(ServeConfig {
-        data: dir.path().join("vault"),
-        node_key: None,
-        listen: ([127, 0, 0, 1], 0).into(),
-        vault: Default::default(),
-        tls: None,
-        http: Default::default(),
-        metrics_listen: None,
-    })
-    .await
-    .unwrap();
+    let vault = RunningVault::start(ServeConfig::loopback(dir.path().join("vault")))
+        .await
+        .unwrap();
     let url = vault.url();
 
     let (status, body) = fill(&url, 0, 2_000).await;
