@@ -132,7 +132,13 @@ pub(crate) fn connect(args: &VaultArgs, home: &DeviceHome) -> Result<Session> {
             None => default_vault_data()?,
         };
         let account = args.account.clone().unwrap_or_else(|| LOCAL_ACCOUNT.into());
-        (account, None, Some(data.display().to_string()))
+        let data = data.into_os_string().into_string().map_err(|data| {
+            Usage(format!(
+                "the embedded vault's data directory {} is not valid UTF-8: pass --vault-data DIR with a UTF-8 path",
+                PathBuf::from(data).display()
+            ))
+        })?;
+        (account, None, Some(data))
     };
     let ca_pem = match &args.vault_ca {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
