@@ -85,7 +85,8 @@ pub struct BackupOptions<'a> {
     pub paths: Vec<PathBuf>,
     /// The device's name, stored in the snapshot.
     pub hostname: String,
-    /// Called as work progresses.
+    /// Called as work progresses: one call at a time, counts that never go back, and a
+    /// last call with everything read once the backup succeeds.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     /// Compression and sealing threads (default: the thread budget, the machine's
     /// cores unless `backlock_core::threads::set_budget` said otherwise; never more).
@@ -586,6 +587,8 @@ struct ProduceState<'a> {
     /// Chunks this backup has sent to the workers (not in the index yet).
     new: NewChunks,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    /// Held while a report is made, so reports never overlap or go back.
+    reporting: Mutex<()>,
     /// Counted while the backup runs (see [`walk::count`]).
     bytes_total: AtomicU64,
     files_total: AtomicU64,
@@ -614,15 +617,36 @@ struct ProduceState<'a> {
 }
 
 impl ProduceState<'_> {
+    /// Tells the listener how far the backup is. A producer that finds another one
+    /// reporting goes on reading: the next report carries its bytes, and the counters,
+    /// read under the lock, only grow.
     fn report(&self) {
-        if let Some(p) = self.progress {
-            p(Progress {
-                bytes_done: self.bytes_done.load(Ordering::Relaxed),
-                bytes_total: self.bytes_total.load(Ordering::Relaxed),
-                files_done: self.files_done.load(Ordering::Relaxed),
-                files_total: self.files_total.load(Ordering::Relaxed),
-            });
+        let Some(p) = self.progress else { return };
+        let Ok(_one) = self.reporting.try_lock() else {
+            return;
+        };
+        p(self.progress_now());
+    }
+
+    fn progress_now(&self) -> Progress {
+        Progress {
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            files_done: self.files_done.load(Ordering::Relaxed),
+            files_total: self.files_total.load(Ordering::Relaxed),
         }
+    }
+
+    /// The last report, once every producer is done: all of it read, whether or not
+    /// the count finished first.
+    fn report_done(&self) {
+        let Some(p) = self.progress else { return };
+        let now = self.progress_now();
+        p(Progress {
+            bytes_total: now.bytes_total.max(now.bytes_done),
+            files_total: now.files_total.max(now.files_done),
+            ..now
+        });
     }
 }
 
@@ -1607,6 +1631,7 @@ impl Repository<Indexed> {
             index: &self.state.index,
             new: NewChunks::new(self.spill()),
             progress: opts.progress,
+            reporting: Mutex::new(()),
             bytes_total: AtomicU64::new(0),
             files_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
@@ -1707,6 +1732,9 @@ impl Repository<Indexed> {
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (built, walker)
         });
+        if matches!(built, Ok(Some(_))) {
+            produce_state.report_done();
+        }
         let stats = (
             produce_state.bytes_read.into_inner(),
             produce_state.bytes_new.into_inner(),

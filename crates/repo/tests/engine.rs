@@ -1273,3 +1273,48 @@ fn stored_objects(store: &dyn ObjectStore) -> Vec<(String, String, Vec<u8>)> {
     }
     out
 }
+
+/// Progress arrives one report at a time and never goes back, however many producers
+/// read at once (a progress bar that jumps back, or a listener called from two threads
+/// at once, is what an app would see otherwise); the last report is the whole backup.
+#[test]
+fn progress_reports_never_overlap_or_go_back() {
+    let f = Fixture::memory();
+    let src = f.dir.path().join("chat");
+    std::fs::create_dir(&src).unwrap();
+    let mut total = 0u64;
+    for i in 0..64u64 {
+        let data = tree::random_bytes(i, 40_000 + (i as usize * 9_973) % 200_000);
+        total += data.len() as u64;
+        std::fs::write(src.join(format!("m{i:02}.jpg")), data).unwrap();
+    }
+    let inside = AtomicBool::new(false);
+    let overlapped = AtomicBool::new(false);
+    let reports = std::sync::Mutex::new(Vec::new());
+    let on = |p: backlock_repo::Progress| {
+        if inside.swap(true, Ordering::SeqCst) {
+            overlapped.store(true, Ordering::SeqCst);
+        }
+        // A listener that takes a moment (a UI thread hop) widens any race.
+        std::thread::yield_now();
+        reports.lock().unwrap().push(p);
+        inside.store(false, Ordering::SeqCst);
+    };
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        hostname: "test".into(),
+        progress: Some(&on),
+        ..Default::default()
+    };
+    f.repo().backup(&opts).unwrap();
+    assert!(!overlapped.load(Ordering::SeqCst), "two reports at once");
+    let reports = reports.into_inner().unwrap();
+    assert!(reports.len() > 8, "{} reports", reports.len());
+    for pair in reports.windows(2) {
+        assert!(pair[0].bytes_done <= pair[1].bytes_done, "{pair:?}");
+        assert!(pair[0].files_done <= pair[1].files_done, "{pair:?}");
+    }
+    let last = reports.last().unwrap();
+    assert_eq!((last.bytes_done, last.files_done), (total, 64));
+    assert_eq!((last.bytes_total, last.files_total), (total, 64));
+}
