@@ -7,11 +7,10 @@ use crate::vault::{
 };
 use crate::{device_home, key_input, print_json, store_at};
 use anyhow::Result;
+use backlock::{RecoverError, Recovered};
 use backlock_core::key::BackupKey;
 use backlock_repo::{DeviceHome, Repository};
 use backlock_vault_client::{Receipt, ReceiptOp, VaultError};
-use backlock_vault_proto::anchor::SnapshotAnchor;
-use backlock_vault_proto::owner::OwnerKey;
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -42,13 +41,12 @@ pub(crate) fn resolve_key(
         return Ok(key);
     }
     if vault.given() {
-        let (key, anchor) = recover(vault, &home)?;
+        let recovered = recover(vault, &home)?;
+        let key = recovered.key.clone();
         // Check the key before keeping it: the account may belong to another backup.
         let opened = Repository::open(store_at(repo)?, &key, home.clone())?;
+        let anchor = recovered.keep_anchor(&home)?;
         if let Some(anchor) = anchor.filter(|a| hex::encode(a.repo) == opened.id()) {
-            // What the newest backup must be: from here on the rollback checks hold this
-            // phone to it, as if it had seen that backup itself.
-            home.record(&opened.id(), anchor.seq)?;
             eprintln!(
                 "The vault says the newest backup is #{} (snapshot {}).",
                 anchor.seq,
@@ -77,19 +75,10 @@ pub(crate) fn leave_anchor(
         return;
     }
     let left = (|| -> Result<()> {
-        let anchor = SnapshotAnchor {
-            repo: decode16(repo_id)?,
-            seq,
-            snapshot: decode16(snapshot)?,
-        };
         let session = connect(vault, &device_home()?)?;
-        let result = session.block_on(session.client.set_anchor(key, &session.pinned, &anchor));
+        let result = session.leave_anchor(key, repo_id, snapshot, seq);
         session.close();
-        match result {
-            // Another backup of this account left a newer one meanwhile.
-            Ok(()) | Err(VaultError::AnchorNotNewer(_)) => Ok(()),
-            Err(e) => Err(VaultFailure::from(e).into()),
-        }
+        Ok(result.map_err(VaultFailure::from)?)
     })();
     if let Err(e) = left {
         eprintln!(
@@ -99,52 +88,36 @@ pub(crate) fn leave_anchor(
     }
 }
 
-fn decode16(hex_name: &str) -> Result<[u8; 16]> {
-    let bytes = hex::decode(hex_name)?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{hex_name} is not a 16-byte name"))
-}
-
 /// One recovery: asks for the password until it is right, the key is destroyed, or the
 /// password came from a file (one guess per run, so scripts never burn guesses in a loop).
-/// Returns the key and the account's snapshot anchor (`None` if none was left, or it
-/// could not be read: a warning then).
-fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<(BackupKey, Option<SnapshotAnchor>)> {
+/// Returns the key and what the vault says of the newest backup.
+fn recover(vault: &VaultArgs, home: &DeviceHome) -> Result<Recovered> {
     let session = connect(vault, home)?;
     let interactive = vault.password_file.is_none() && std::io::stdin().is_terminal();
     let result = loop {
         let password = read_password(vault, "Backup password: ")?;
-        match session.block_on(
-            session
-                .client
-                .recover(&password, &session.pinned, &session.ksf),
-        ) {
-            Ok(key) => {
-                let anchor = match session.block_on(session.client.anchor(&key)) {
-                    Ok(anchor) => anchor,
-                    // Busy or down now (or its account's requests used up by whoever
-                    // holds its token): going on would give up the rollback check.
-                    Err(e @ (VaultError::Unavailable(_) | VaultError::RateLimited { .. })) => {
-                        break Err(anyhow::Error::from(VaultFailure::from(e)).context(
-                            "the password was right, but the vault could not say which backup \
-                             is the newest; this device kept nothing: try again later",
-                        ));
-                    }
-                    // A vault of an earlier release keeps no anchors.
-                    Err(e) => {
-                        eprintln!("warning: cannot read which backup is the newest from the vault ({e}); an older backup would not be noticed");
-                        None
-                    }
-                };
-                break Ok((key, anchor));
+        match session.recover(&password) {
+            Ok(recovered) => {
+                // A vault of an earlier release keeps no anchors.
+                if let Some(e) = &recovered.anchor_unread {
+                    eprintln!("warning: cannot read which backup is the newest from the vault ({e}); an older backup would not be noticed");
+                }
+                break Ok(recovered);
             }
-            Err(VaultError::WrongPassword { attempts_left })
+            Err(RecoverError::Vault(VaultError::WrongPassword { attempts_left }))
                 if interactive && attempts_left > 0 =>
             {
                 eprintln!("wrong password — {attempts_left} attempts left");
             }
-            Err(e) => break Err(VaultFailure::from(e).into()),
+            Err(RecoverError::Vault(e)) => break Err(VaultFailure::from(e).into()),
+            // Busy or down now (or its account's requests used up by whoever holds its
+            // token): going on would give up the rollback check.
+            Err(RecoverError::AnchorUnavailable(e)) => {
+                break Err(anyhow::Error::from(VaultFailure::from(e)).context(
+                    "the password was right, but the vault could not say which backup \
+                     is the newest; this device kept nothing: try again later",
+                ));
+            }
         }
     };
     session.close();
@@ -236,14 +209,7 @@ pub(crate) fn change_password(
     let password = read_new_password(vault)?;
     let home = device_home()?;
     let session = connect(vault, &home)?;
-    let owner = OwnerKey::derive(&key);
-    let result = session.block_on(session.client.register_with_receipt(
-        &password,
-        &key,
-        &session.pinned,
-        Some(&owner),
-        &session.ksf,
-    ));
+    let result = session.change_password(&password, &key);
     session.close();
     let (reply, receipt) = result.map_err(|e| match e {
         VaultError::NoKey => Usage("the vault has no record for this account: enable password mode with `backlock switch --to-password`".into()).into(),

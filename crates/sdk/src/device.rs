@@ -103,25 +103,9 @@ impl Device {
         let password = backlock_vault_proto::password::Password::new(password);
         let home = self.home();
         let session = connect(&vault, &home)?;
-        let key = session.block_on(session.client.recover(
-            &password,
-            &session.pinned,
-            &session.ksf,
-        ))?;
-        match session.block_on(session.client.anchor(&key)) {
-            Ok(Some(anchor)) => home.record(&hex::encode(anchor.repo), anchor.seq)?,
-            Ok(None) => {}
-            // The password was right but the newest snapshot is unknown: going on
-            // would give up the rollback check.
-            Err(e) => {
-                return Err(Error::VaultUnavailable {
-                    message: format!(
-                        "the password was right, but the vault could not say which backup is the newest ({e}): try again later"
-                    ),
-                })
-            }
-        }
-        Ok(key.to_display().to_string())
+        let recovered = session.recover(&password)?;
+        recovered.keep_anchor(&home)?;
+        Ok(recovered.key.to_display().to_string())
     }
 }
 

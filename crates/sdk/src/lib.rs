@@ -20,4 +20,6 @@ pub use repository::{
     BackupSummary, CheckReport, Progress, ProgressListener, Repository, RestoreSummary,
     SnapshotInfo,
 };
-pub use vault::{connect, AccountToken, ConnectError, Session, VaultConfig};
+pub use vault::{
+    connect, AccountToken, ConnectError, RecoverError, Recovered, Session, VaultConfig,
+};

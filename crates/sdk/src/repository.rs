@@ -11,7 +11,7 @@ use backlock_core::key::BackupKey;
 use backlock_repo::{BackupOptions, RestoreOptions};
 use backlock_store::ObjectStore;
 use backlock_vault_client::VaultError;
-use backlock_vault_proto::{owner::OwnerKey, password::Password};
+use backlock_vault_proto::password::Password;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -56,6 +56,10 @@ pub struct BackupSummary {
     /// Entries that could not be read (permission, vanished): the snapshot holds the
     /// rest.
     pub skipped: Vec<String>,
+    /// What the user should know of a backup that was kept: a file that looked like a
+    /// database but was stored as plain bytes, a vault that did not take the backup as
+    /// the newest.
+    pub warnings: Vec<String>,
 }
 
 /// One snapshot, as listed.
@@ -141,6 +145,18 @@ impl Repository {
             .ok_or_else(|| {
                 Error::invalid("this repository has no key yet: call enable_key_only first")
             })
+    }
+
+    /// Leaves the snapshot with the vault as the account's newest backup.
+    fn leave_anchor(
+        &self,
+        vault: &VaultConfig,
+        repo_id: &str,
+        snapshot: &str,
+        seq: u64,
+    ) -> Result<(), Error> {
+        let session = connect(vault, &self.device.home())?;
+        Ok(session.leave_anchor(&self.key()?, repo_id, snapshot, seq)?)
     }
 
     pub(crate) fn open(&self) -> Result<backlock_repo::Repository, Error> {
@@ -259,14 +275,7 @@ impl Repository {
         let password = self::new_password(new_password)?;
         let key = self.key()?;
         let session = connect(&vault, &self.device.home())?;
-        let owner = OwnerKey::derive(&key);
-        session.block_on(session.client.register_with_receipt(
-            &password,
-            &key,
-            &session.pinned,
-            Some(&owner),
-            &session.ksf,
-        ))?;
+        session.change_password(&password, &key)?;
         Ok(())
     }
 
@@ -308,13 +317,18 @@ impl Repository {
         Ok(())
     }
 
-    /// Backs up `paths` (files and directories) as a new snapshot.
-    #[uniffi::method(default(progress = None, cancel = None))]
+    /// Backs up `paths` (files and directories) as a new snapshot. In password mode,
+    /// give the `vault`: the new snapshot is then left with it as the account's newest,
+    /// so a new device that recovers the key refuses an older backup a store serves
+    /// (`RolledBack`). The backup is kept even if the vault cannot take it then: the
+    /// summary's `warnings` say so, and the next backup leaves its own.
+    #[uniffi::method(default(progress = None, cancel = None, vault = None))]
     pub fn backup(
         &self,
         paths: Vec<String>,
         progress: Option<Arc<dyn ProgressListener>>,
         cancel: Option<Arc<CancelToken>>,
+        vault: Option<VaultConfig>,
     ) -> Result<BackupSummary, Error> {
         if paths.is_empty() {
             return Err(Error::invalid(
@@ -343,7 +357,17 @@ impl Repository {
             ..Default::default()
         };
         let result = (|| {
-            let s = self.open()?.load_index()?.backup(&opts)?;
+            let repo = self.open()?;
+            let repo_id = repo.id().to_owned();
+            let s = repo.load_index()?.backup(&opts)?;
+            let mut warnings = s.warnings;
+            if let Some(vault) = &vault {
+                if let Err(e) = self.leave_anchor(vault, &repo_id, &s.snapshot, s.seq) {
+                    warnings.push(format!(
+                        "the vault did not take this backup as the newest ({e}); until a later backup does, a new device cannot tell an older backup from this one"
+                    ));
+                }
+            }
             Ok(BackupSummary {
                 snapshot: s.snapshot,
                 seq: s.seq,
@@ -357,6 +381,7 @@ impl Repository {
                     .iter()
                     .map(|k| format!("{}: {}", k.path, k.reason))
                     .collect(),
+                warnings,
             })
         })();
         match &reporter {

@@ -7,6 +7,7 @@ use crate::error::Error;
 use backlock_core::key::BackupKey;
 use backlock_repo::{DeviceHome, RepoError};
 use backlock_vault_client::{VaultClient, VaultError};
+use backlock_vault_proto::anchor::SnapshotAnchor;
 use backlock_vault_proto::bundle::SignedBundle;
 use backlock_vault_proto::owner::OwnerKey;
 use backlock_vault_proto::password::Password;
@@ -156,6 +157,52 @@ impl From<ConnectError> for Error {
     }
 }
 
+/// A key recovered from the vault, with what the vault says of its newest backup.
+pub struct Recovered {
+    /// The backup key.
+    pub key: BackupKey,
+    /// The account's snapshot anchor, if a backup left one: which backup is the newest.
+    pub anchor: Option<SnapshotAnchor>,
+    /// Why the anchor could not be read from a vault that answered (an earlier release
+    /// keeps none): the rollback check then rests on what this device saw itself.
+    pub anchor_unread: Option<VaultError>,
+}
+
+impl Recovered {
+    /// Keeps the anchor on `home` as if this device had seen that backup itself: from
+    /// here on its rollback checks hold the store to it. Returns it when one was left.
+    pub fn keep_anchor(&self, home: &DeviceHome) -> Result<Option<SnapshotAnchor>, RepoError> {
+        if let Some(a) = &self.anchor {
+            home.record(&hex::encode(a.repo), a.seq)?;
+        }
+        Ok(self.anchor)
+    }
+}
+
+/// Why a recovery gave no key.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The vault refused the guess or could not take it.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The password was right, but the vault could not say which backup is the newest
+    /// (busy, down, out of requests for the account): going on would give up the
+    /// rollback check, so nothing was kept. The guess is not lost; try again later.
+    #[error("the password was right, but the vault could not say which backup is the newest ({0}); this device kept nothing: try again later")]
+    AnchorUnavailable(VaultError),
+}
+
+impl From<RecoverError> for Error {
+    fn from(e: RecoverError) -> Self {
+        match e {
+            RecoverError::Vault(e) => Error::from(e),
+            e @ RecoverError::AnchorUnavailable(_) => Error::VaultUnavailable {
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
 /// A connection to the vault, its key checked against the pin.
 pub struct Session {
     runtime: tokio::runtime::Runtime,
@@ -194,6 +241,73 @@ impl Session {
         match register(None) {
             Err(VaultError::AlreadyRegistered(_)) => register(Some(&OwnerKey::derive(key))),
             other => other,
+        }
+    }
+
+    /// One guess of `password`: on the right one, the key and the account's anchor.
+    pub fn recover(&self, password: &Password) -> Result<Recovered, RecoverError> {
+        let key = self.block_on(self.client.recover(password, &self.pinned, &self.ksf))?;
+        match self.block_on(self.client.anchor(&key)) {
+            Ok(anchor) => Ok(Recovered {
+                key,
+                anchor,
+                anchor_unread: None,
+            }),
+            Err(e @ (VaultError::Unavailable(_) | VaultError::RateLimited { .. })) => {
+                Err(RecoverError::AnchorUnavailable(e))
+            }
+            Err(e) => Ok(Recovered {
+                key,
+                anchor: None,
+                anchor_unread: Some(e),
+            }),
+        }
+    }
+
+    /// A new password for `key`, whose record this key owns (it proves so); the old
+    /// password opens nothing after. The fleet's receipt, checked, when the session
+    /// expects receipts.
+    pub fn change_password(
+        &self,
+        password: &Password,
+        key: &BackupKey,
+    ) -> Result<(RegisterFinishReply, Option<Receipt>), VaultError> {
+        let owner = OwnerKey::derive(key);
+        self.block_on(self.client.register_with_receipt(
+            password,
+            key,
+            &self.pinned,
+            Some(&owner),
+            &self.ksf,
+        ))
+    }
+
+    /// Leaves snapshot `snapshot` (number `seq`) of repository `repo_id` with the vault
+    /// as the account's newest backup, so a new device that recovers the key knows
+    /// which backup is the newest (docs/VAULT.md §Snapshot anchor). A newer one there
+    /// already (another backup of this account) is fine.
+    pub fn leave_anchor(
+        &self,
+        key: &BackupKey,
+        repo_id: &str,
+        snapshot: &str,
+        seq: u64,
+    ) -> Result<(), VaultError> {
+        let name = |hex_name: &str| -> Result<[u8; 16], VaultError> {
+            let mut out = [0u8; 16];
+            hex::decode_to_slice(hex_name, &mut out).map_err(|_| {
+                VaultError::Protocol(format!("{hex_name} is not a 16-byte object name"))
+            })?;
+            Ok(out)
+        };
+        let anchor = SnapshotAnchor {
+            repo: name(repo_id)?,
+            seq,
+            snapshot: name(snapshot)?,
+        };
+        match self.block_on(self.client.set_anchor(key, &self.pinned, &anchor)) {
+            Ok(()) | Err(VaultError::AnchorNotNewer(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -24,10 +24,11 @@ fn the_python_package_passes_its_tests() {
     // A vault served over HTTP on loopback, as a device reaches a remote one.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let data = tempfile::tempdir().unwrap();
+    // The suite's tests share one account: room for all their requests at once.
+    let mut config = ServeConfig::loopback(data.path().to_path_buf());
+    config.vault.account_burst = 1000;
     let vault = runtime
-        .block_on(RunningVault::start(ServeConfig::loopback(
-            data.path().to_path_buf(),
-        )))
+        .block_on(RunningVault::start(config))
         .expect("start the vault");
     let mut cmd = Command::new(python);
     cmd.env("BACKLOCK_TEST_VAULT_URL", vault.url())

@@ -206,3 +206,49 @@ fn a_repository_switches_between_key_only_and_password_mode() {
     assert_eq!(repo.switch_to_key_only(cfg()).unwrap(), key);
     phone3.open_repository(location, Some(key)).unwrap();
 }
+
+/// Rollback on a new device: the store serves the repository as it was before the last
+/// backup. The new device never saw that backup, but the backup left its snapshot with
+/// the vault as the account's newest, so the key recovered from the vault refuses the
+/// older copy (`RolledBack`), naming the newest.
+#[test]
+fn a_new_device_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
+    let fleet = Fleet::start();
+    let dir = tempfile::tempdir().unwrap();
+    let signer = BundleSigner::generate();
+    let bundle = fleet.bundle(&signer, 1, fleet.vault().vault.receipt_key());
+    let cfg = || fleet.config(bundle.clone(), &signer);
+    let repo_dir = dir.path().join("repo");
+    let location = repo_dir.display().to_string();
+    let src = dir.path().join("chat");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("msgstore.txt"), b"monday").unwrap();
+    let paths = vec![src.display().to_string()];
+
+    let phone = device(&dir, "phone");
+    let repo = phone.clone().create_repository(location.clone()).unwrap();
+    repo.enable_password(PASSWORD.into(), cfg()).unwrap();
+    let first = repo.backup(paths.clone(), None, None, Some(cfg())).unwrap();
+    assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    let older = dir.path().join("repo-before-the-last-backup");
+    backlock_testkit::tree::copy_dir(&repo_dir, &older);
+    std::fs::write(src.join("msgstore.txt"), b"tuesday").unwrap();
+    let second = repo.backup(paths, None, None, Some(cfg())).unwrap();
+    assert_eq!(second.seq, 2);
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+
+    // The store now serves the copy from before the last backup.
+    std::fs::remove_dir_all(&repo_dir).unwrap();
+    std::fs::rename(&older, &repo_dir).unwrap();
+    let phone2 = device(&dir, "phone2");
+    let key = phone2.recover_key(cfg(), PASSWORD.into()).unwrap();
+    let target = dir.path().join("restored");
+    let restored = phone2
+        .open_repository(location, Some(key))
+        .and_then(|r| r.restore("latest".into(), target.display().to_string(), None, None));
+    match restored {
+        Err(Error::RolledBack { message }) => assert!(message.contains("#2"), "{message}"),
+        other => panic!("the older copy was taken: {other:?}"),
+    }
+    assert!(!target.exists(), "nothing restored");
+}

@@ -91,12 +91,14 @@ def _create_repository(self, location):
     return _generated_create(self, _os.fspath(location))
 
 
-def _backup(self, paths, progress=None, cancel=None):
+def _backup(self, paths, progress=None, cancel=None, vault=None):
     """Backs up ``paths`` as a new snapshot. ``progress`` is a function of one
-    :class:`Progress` (or a :class:`ProgressListener`), called in order on the
-    backup's threads; ``cancel`` a :class:`CancelToken`. Returns a
-    :class:`BackupSummary`."""
-    return _generated_backup(self, [_os.fspath(p) for p in paths], _listener(progress), cancel)
+    :class:`Progress` (or a :class:`ProgressListener`), called on the backup's
+    threads one call at a time, with counts that never go back; ``cancel`` a
+    :class:`CancelToken`. In password mode give ``vault`` (a :class:`VaultConfig`):
+    the snapshot is left with it as the account's newest, so a new device refuses an
+    older copy a store serves. Returns a :class:`BackupSummary`."""
+    return _generated_backup(self, [_os.fspath(p) for p in paths], _listener(progress), cancel, vault)
 
 
 def _restore(self, snapshot, target, path=None, cancel=None):

@@ -237,6 +237,27 @@ def test_password_mode_through_a_served_vault(tmp_path, chat):
         phone3.recover_key(vault=vault_cfg, password="battery staple")
 
 
+def test_a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor(tmp_path, chat):
+    import shutil
+    vault_cfg = served_vault()
+    repo = backlock.Device(home=tmp_path / "home").create_repository(tmp_path / "repo")
+    repo.enable_password("correct horse", vault=vault_cfg)
+    assert repo.backup([chat], vault=vault_cfg).warnings == []
+    shutil.copytree(tmp_path / "repo", tmp_path / "older")
+    (chat / "later.txt").write_text("only the newest backup has this")
+    assert repo.backup([chat], vault=vault_cfg).seq == 2
+    # The store serves the copy from before the last backup.
+    shutil.rmtree(tmp_path / "repo")
+    (tmp_path / "older").rename(tmp_path / "repo")
+    phone2 = backlock.Device(home=tmp_path / "phone2")
+    key = phone2.recover_key(vault=vault_cfg, password="correct horse")
+    with pytest.raises(backlock.RolledBack) as e:
+        phone2.open_repository(tmp_path / "repo", key=key).restore("latest", target=tmp_path / "out")
+    assert "#2" in str(e.value)
+    assert not (tmp_path / "out").exists()
+    repo.delete_vault_record(vault=vault_cfg)  # the served vault's account, for the next test
+
+
 def test_an_embedded_vault_locks_after_the_limit(tmp_path, chat):
     vault_cfg = backlock.VaultConfig(account="bob", embedded_data=str(tmp_path / "vault"))
     dev = backlock.Device(home=tmp_path / "home")

@@ -1330,9 +1330,13 @@ public func FfiConverterTypeProgressListener_lower(_ value: ProgressListener) ->
 public protocol RepositoryProtocol: AnyObject, Sendable {
     
     /**
-     * Backs up `paths` (files and directories) as a new snapshot.
+     * Backs up `paths` (files and directories) as a new snapshot. In password mode,
+     * give the `vault`: the new snapshot is then left with it as the account's newest,
+     * so a new device that recovers the key refuses an older backup a store serves
+     * (`RolledBack`). The backup is kept even if the vault cannot take it then: the
+     * summary's `warnings` say so, and the next backup leaves its own.
      */
-    func backup(paths: [String], progress: ProgressListener?, cancel: CancelToken?) throws  -> BackupSummary
+    func backup(paths: [String], progress: ProgressListener?, cancel: CancelToken?, vault: VaultConfig?) throws  -> BackupSummary
     
     /**
      * A new password for the key this repository was opened with.
@@ -1455,16 +1459,21 @@ open class Repository: RepositoryProtocol, @unchecked Sendable {
 
     
     /**
-     * Backs up `paths` (files and directories) as a new snapshot.
+     * Backs up `paths` (files and directories) as a new snapshot. In password mode,
+     * give the `vault`: the new snapshot is then left with it as the account's newest,
+     * so a new device that recovers the key refuses an older backup a store serves
+     * (`RolledBack`). The backup is kept even if the vault cannot take it then: the
+     * summary's `warnings` say so, and the next backup leaves its own.
      */
-open func backup(paths: [String], progress: ProgressListener? = nil, cancel: CancelToken? = nil)throws  -> BackupSummary  {
+open func backup(paths: [String], progress: ProgressListener? = nil, cancel: CancelToken? = nil, vault: VaultConfig? = nil)throws  -> BackupSummary  {
     return try  FfiConverterTypeBackupSummary_lift(try rustCallWithError(FfiConverterTypeError_lift) {
         uniffiCallStatus in
     uniffi_backlock_fn_method_repository_backup(
             self.uniffiCloneHandle(),
         FfiConverterSequenceString.lower(paths),
         FfiConverterOptionTypeProgressListener.lower(progress),
-        FfiConverterOptionTypeCancelToken.lower(cancel),uniffiCallStatus
+        FfiConverterOptionTypeCancelToken.lower(cancel),
+        FfiConverterOptionTypeVaultConfig.lower(vault),uniffiCallStatus
     )
 })
 }
@@ -1697,6 +1706,12 @@ public struct BackupSummary: Equatable, Hashable {
      * rest.
      */
     public var skipped: [String]
+    /**
+     * What the user should know of a backup that was kept: a file that looked like a
+     * database but was stored as plain bytes, a vault that did not take the backup as
+     * the newest.
+     */
+    public var warnings: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1725,7 +1740,12 @@ public struct BackupSummary: Equatable, Hashable {
         /**
          * Entries that could not be read (permission, vanished): the snapshot holds the
          * rest.
-         */skipped: [String]) {
+         */skipped: [String], 
+        /**
+         * What the user should know of a backup that was kept: a file that looked like a
+         * database but was stored as plain bytes, a vault that did not take the backup as
+         * the newest.
+         */warnings: [String]) {
         self.snapshot = snapshot
         self.seq = seq
         self.files = files
@@ -1734,6 +1754,7 @@ public struct BackupSummary: Equatable, Hashable {
         self.bytesNew = bytesNew
         self.bytesStored = bytesStored
         self.skipped = skipped
+        self.warnings = warnings
     }
 
     
@@ -1759,7 +1780,8 @@ public struct FfiConverterTypeBackupSummary: FfiConverterRustBuffer {
                 bytesTotal: FfiConverterUInt64.read(from: &buf), 
                 bytesNew: FfiConverterUInt64.read(from: &buf), 
                 bytesStored: FfiConverterUInt64.read(from: &buf), 
-                skipped: FfiConverterSequenceString.read(from: &buf)
+                skipped: FfiConverterSequenceString.read(from: &buf), 
+                warnings: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -1772,6 +1794,7 @@ public struct FfiConverterTypeBackupSummary: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.bytesNew, into: &buf)
         FfiConverterUInt64.write(value.bytesStored, into: &buf)
         FfiConverterSequenceString.write(value.skipped, into: &buf)
+        FfiConverterSequenceString.write(value.warnings, into: &buf)
     }
 }
 
@@ -2718,6 +2741,30 @@ fileprivate struct FfiConverterOptionTypeProgressListener: FfiConverterRustBuffe
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeVaultConfig: FfiConverterRustBuffer {
+    typealias SwiftType = VaultConfig?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeVaultConfig.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeVaultConfig.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]
 
@@ -2801,7 +2848,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backlock_checksum_method_progresslistener_on_progress() != 28060) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_backlock_checksum_method_repository_backup() != 61178) {
+    if (uniffi_backlock_checksum_method_repository_backup() != 19072) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backlock_checksum_method_repository_change_password() != 14732) {

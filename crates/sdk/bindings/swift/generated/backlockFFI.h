@@ -352,7 +352,7 @@ void uniffi_backlock_fn_free_repository(uint64_t handle, RustCallStatus *_Nonnul
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_BACKUP
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_BACKUP
-RustBuffer uniffi_backlock_fn_method_repository_backup(uint64_t ptr, RustBuffer paths, RustBuffer progress, RustBuffer cancel, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_backlock_fn_method_repository_backup(uint64_t ptr, RustBuffer paths, RustBuffer progress, RustBuffer cancel, RustBuffer vault, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_REPOSITORY_CHANGE_PASSWORD

@@ -796,7 +796,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_backlock_fn_free_repository(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_backlock_fn_method_repository_backup(`ptr`: Long,`paths`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_backlock_fn_method_repository_backup(`ptr`: Long,`paths`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backlock_fn_method_repository_change_password(`ptr`: Long,`newPassword`: RustBuffer.ByValue,`vault`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -968,7 +968,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_backlock_checksum_method_progresslistener_on_progress() and 0xFFFF) != 28060) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_backlock_checksum_method_repository_backup() and 0xFFFF) != 61178) {
+    if ((lib.uniffi_backlock_checksum_method_repository_backup() and 0xFFFF) != 19072) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_backlock_checksum_method_repository_change_password() and 0xFFFF) != 14732) {
@@ -2721,9 +2721,13 @@ public object FfiConverterTypeProgressListener: FfiConverter<ProgressListener, L
 public interface RepositoryInterface {
     
     /**
-     * Backs up `paths` (files and directories) as a new snapshot.
+     * Backs up `paths` (files and directories) as a new snapshot. In password mode,
+     * give the `vault`: the new snapshot is then left with it as the account's newest,
+     * so a new device that recovers the key refuses an older backup a store serves
+     * (`RolledBack`). The backup is kept even if the vault cannot take it then: the
+     * summary's `warnings` say so, and the next backup leaves its own.
      */
-    fun `backup`(`paths`: List<kotlin.String>, `progress`: ProgressListener? = null, `cancel`: CancelToken? = null): BackupSummary
+    fun `backup`(`paths`: List<kotlin.String>, `progress`: ProgressListener? = null, `cancel`: CancelToken? = null, `vault`: VaultConfig? = null): BackupSummary
     
     /**
      * A new password for the key this repository was opened with.
@@ -2897,9 +2901,13 @@ open class Repository: Disposable, AutoCloseable, RepositoryInterface
 
     
     /**
-     * Backs up `paths` (files and directories) as a new snapshot.
+     * Backs up `paths` (files and directories) as a new snapshot. In password mode,
+     * give the `vault`: the new snapshot is then left with it as the account's newest,
+     * so a new device that recovers the key refuses an older backup a store serves
+     * (`RolledBack`). The backup is kept even if the vault cannot take it then: the
+     * summary's `warnings` say so, and the next backup leaves its own.
      */
-    @Throws(Exception::class)override fun `backup`(`paths`: List<kotlin.String>, `progress`: ProgressListener?, `cancel`: CancelToken?): BackupSummary {
+    @Throws(Exception::class)override fun `backup`(`paths`: List<kotlin.String>, `progress`: ProgressListener?, `cancel`: CancelToken?, `vault`: VaultConfig?): BackupSummary {
             return FfiConverterTypeBackupSummary.lift(
     callWithHandle {
     uniffiRustCallWithError(Exception) { _status ->
@@ -2908,7 +2916,8 @@ open class Repository: Disposable, AutoCloseable, RepositoryInterface
         
         FfiConverterSequenceString.lower(`paths`),
         FfiConverterOptionalTypeProgressListener.lower(`progress`),
-        FfiConverterOptionalTypeCancelToken.lower(`cancel`),_status)
+        FfiConverterOptionalTypeCancelToken.lower(`cancel`),
+        FfiConverterOptionalTypeVaultConfig.lower(`vault`),_status)
 }
     }
     )
@@ -3191,6 +3200,13 @@ data class BackupSummary (
      * rest.
      */
     var `skipped`: List<kotlin.String>
+    , 
+    /**
+     * What the user should know of a backup that was kept: a file that looked like a
+     * database but was stored as plain bytes, a vault that did not take the backup as
+     * the newest.
+     */
+    var `warnings`: List<kotlin.String>
     
 ){
     
@@ -3215,6 +3231,7 @@ public object FfiConverterTypeBackupSummary: FfiConverterRustBuffer<BackupSummar
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceString.read(buf),
         )
     }
 
@@ -3226,7 +3243,8 @@ public object FfiConverterTypeBackupSummary: FfiConverterRustBuffer<BackupSummar
             FfiConverterULong.allocationSize(value.`bytesTotal`) +
             FfiConverterULong.allocationSize(value.`bytesNew`) +
             FfiConverterULong.allocationSize(value.`bytesStored`) +
-            FfiConverterSequenceString.allocationSize(value.`skipped`)
+            FfiConverterSequenceString.allocationSize(value.`skipped`) +
+            FfiConverterSequenceString.allocationSize(value.`warnings`)
     )
 
     override fun write(value: BackupSummary, buf: ByteBuffer) {
@@ -3238,6 +3256,7 @@ public object FfiConverterTypeBackupSummary: FfiConverterRustBuffer<BackupSummar
             FfiConverterULong.write(value.`bytesNew`, buf)
             FfiConverterULong.write(value.`bytesStored`, buf)
             FfiConverterSequenceString.write(value.`skipped`, buf)
+            FfiConverterSequenceString.write(value.`warnings`, buf)
     }
 }
 
@@ -4194,6 +4213,38 @@ public object FfiConverterOptionalTypeProgressListener: FfiConverterRustBuffer<P
         } else {
             buf.put(1)
             FfiConverterTypeProgressListener.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeVaultConfig: FfiConverterRustBuffer<VaultConfig?> {
+    override fun read(buf: ByteBuffer): VaultConfig? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeVaultConfig.read(buf)
+    }
+
+    override fun allocationSize(value: VaultConfig?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeVaultConfig.allocationSize(value)
+        }
+    }
+
+    override fun write(value: VaultConfig?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeVaultConfig.write(value, buf)
         }
     }
 }
