@@ -3,6 +3,7 @@
 
 use crate::{
     error::Error,
+    key_store::{KeptKeys, KeyStore},
     repository::Repository,
     vault::{connect, VaultConfig},
 };
@@ -17,6 +18,28 @@ use zeroize::Zeroizing;
 #[derive(Debug, uniffi::Object)]
 pub struct Device {
     home: PathBuf,
+    /// The app's key store, if it gave one: the keys of password-mode repositories go
+    /// there instead of into `home`.
+    key_store: Option<KeyStoreHandle>,
+}
+
+/// The app's key store, shown by `Debug` only as present.
+#[derive(Clone)]
+struct KeyStoreHandle(Arc<dyn KeyStore>);
+
+impl std::fmt::Debug for KeyStoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyStore")
+    }
+}
+
+fn home_of(home: String) -> Result<PathBuf, Error> {
+    if home.trim().is_empty() {
+        return Err(Error::invalid(
+            "the device's home is empty: give the app's private directory for backlock's state",
+        ));
+    }
+    Ok(home.into())
 }
 
 /// The store at `location`: a local directory or a store URL (`s3://…`), with the
@@ -35,12 +58,21 @@ impl Device {
     /// The device whose state lives in `home` (created on first use).
     #[uniffi::constructor]
     pub fn new(home: String) -> Result<Arc<Self>, Error> {
-        if home.trim().is_empty() {
-            return Err(Error::invalid(
-                "the device's home is empty: give the app's private directory for backlock's state",
-            ));
-        }
-        Ok(Arc::new(Device { home: home.into() }))
+        Ok(Arc::new(Device {
+            home: home_of(home)?,
+            key_store: None,
+        }))
+    }
+
+    /// The device whose state lives in `home`, keeping the backup keys of
+    /// password-mode repositories in the app's `key_store` (the Android Keystore, the
+    /// iOS Keychain) instead of in a file in `home`.
+    #[uniffi::constructor]
+    pub fn with_key_store(home: String, key_store: Arc<dyn KeyStore>) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Device {
+            home: home_of(home)?,
+            key_store: Some(KeyStoreHandle(key_store)),
+        }))
     }
 
     /// Caps the threads of every long operation (1 or 2 for a phone in the
@@ -79,8 +111,8 @@ impl Device {
                 })?
             }
             None => self
-                .home()
-                .load_key(&key_location(&location))?
+                .kept_keys()
+                .load(&key_location(&location))?
                 .ok_or_else(|| {
                     Error::invalid(format!(
                         "this device keeps no key for {}: give the 64-digit key",
@@ -122,6 +154,14 @@ pub(crate) fn key_location(location: &str) -> String {
 }
 
 impl Device {
+    /// Where this device keeps the keys of password-mode repositories.
+    pub(crate) fn kept_keys(&self) -> KeptKeys {
+        match &self.key_store {
+            Some(store) => KeptKeys::Store(store.0.clone()),
+            None => KeptKeys::Home(self.home()),
+        }
+    }
+
     pub(crate) fn home(&self) -> DeviceHome {
         DeviceHome::new(&self.home)
     }

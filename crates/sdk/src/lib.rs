@@ -10,12 +10,14 @@ uniffi::setup_scaffolding!("backlock");
 mod cancel;
 mod device;
 mod error;
+mod key_store;
 mod repository;
 mod vault;
 
 pub use cancel::CancelToken;
 pub use device::Device;
 pub use error::Error;
+pub use key_store::KeyStore;
 pub use repository::{
     BackupSummary, CheckReport, Progress, ProgressListener, Repository, RestoreSummary,
     SnapshotInfo,

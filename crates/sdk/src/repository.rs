@@ -264,7 +264,9 @@ impl Repository {
             .map_err(|e| already_registered(e, &vault))?;
         drop(session);
         // Kept before the repository exists, so it is never lost in between.
-        home.save_key(&key_location(&self.location), &key)?;
+        self.device
+            .kept_keys()
+            .save(&key_location(&self.location), &key)?;
         backlock_repo::Repository::init(self.store.clone(), &key, home)?;
         *held = Some(key);
         Ok(())
@@ -313,7 +315,9 @@ impl Repository {
             .register_key(&password, &key)
             .map_err(|e| already_registered(e, &vault))?;
         drop(session);
-        home.save_key(&key_location(&self.location), &key)?;
+        self.device
+            .kept_keys()
+            .save(&key_location(&self.location), &key)?;
         Ok(())
     }
 

@@ -20,6 +20,7 @@ from .backlock import (  # noqa: F401  (the generated bindings)
     Device,
     Error,
     InternalError,
+    KeyStore,
     Progress,
     ProgressListener,
     Repository,
@@ -67,6 +68,7 @@ def _listener(progress):
     raise TypeError("progress must be a function of one Progress, or a ProgressListener")
 
 
+_generated_with_key_store = Device.with_key_store
 _generated_backup = Repository.backup
 _generated_restore = Repository.restore
 _generated_open = Device.open_repository
@@ -84,6 +86,13 @@ def _open_repository(self, location, key=None):
     """The repository at ``location``, opened with ``key`` (the 64 digits) or
     with the key this device keeps for it."""
     return _generated_open(self, _os.fspath(location), key)
+
+
+def _with_key_store(home, key_store):
+    """The device whose state lives in ``home``, keeping the backup keys of
+    password-mode repositories in ``key_store`` (a :class:`KeyStore`: the platform's
+    keystore) instead of in a file in ``home``."""
+    return _generated_with_key_store(_os.fspath(home), key_store)
 
 
 def _create_repository(self, location):
@@ -121,5 +130,6 @@ Device.__init__ = _device_init
 VaultConfig.__init__ = _vault_config_init
 Device.open_repository = _open_repository
 Device.create_repository = _create_repository
+Device.with_key_store = staticmethod(_with_key_store)
 Repository.backup = _backup
 Repository.restore = _restore

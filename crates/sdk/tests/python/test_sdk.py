@@ -258,6 +258,41 @@ def test_a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor(tmp_pa
     repo.delete_vault_record(vault=vault_cfg)  # the served vault's account, for the next test
 
 
+def test_a_key_store_keeps_the_key_instead_of_a_file(tmp_path, chat):
+    class AppKeyStore(backlock.KeyStore):
+        def __init__(self):
+            self.kept = {}
+
+        def save_key(self, name, key):
+            self.kept[name] = key
+
+        def load_key(self, name):
+            return self.kept.get(name)
+
+    store = AppKeyStore()
+    vault_cfg = backlock.VaultConfig(account="alice", embedded_data=str(tmp_path / "vault"))
+    dev = backlock.Device.with_key_store(tmp_path / "home", store)
+    repo = dev.create_repository(tmp_path / "repo")
+    repo.enable_password("correct horse", vault=vault_cfg)
+    assert len(store.kept) == 1
+    key = next(iter(store.kept.values()))
+    for f in (tmp_path / "home").rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f
+    assert dev.open_repository(tmp_path / "repo").backup([chat]).seq == 1
+    with pytest.raises(backlock.Invalid):
+        backlock.Device(home=tmp_path / "home").open_repository(tmp_path / "repo")
+
+    class LockedKeyStore(AppKeyStore):
+        def load_key(self, name):
+            raise RuntimeError("the keystore is locked")
+
+    locked = backlock.Device.with_key_store(tmp_path / "home", LockedKeyStore())
+    with pytest.raises(backlock.Callback) as e:
+        locked.open_repository(tmp_path / "repo")
+    assert "locked" in str(e.value)
+
+
 def test_an_embedded_vault_locks_after_the_limit(tmp_path, chat):
     vault_cfg = backlock.VaultConfig(account="bob", embedded_data=str(tmp_path / "vault"))
     dev = backlock.Device(home=tmp_path / "home")

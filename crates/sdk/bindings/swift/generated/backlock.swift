@@ -999,6 +999,21 @@ public convenience init(home: String)throws  {
     }
 
     
+    /**
+     * The device whose state lives in `home`, keeping the backup keys of
+     * password-mode repositories in the app's `key_store` (the Android Keystore, the
+     * iOS Keychain) instead of in a file in `home`.
+     */
+public static func withKeyStore(home: String, keyStore: KeyStore)throws  -> Device  {
+    return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_constructor_device_with_key_store(
+        FfiConverterString.lower(home),
+        FfiConverterTypeKeyStore_lower(keyStore),uniffiCallStatus
+    )
+})
+}
+    
 
     
     /**
@@ -1104,6 +1119,275 @@ public func FfiConverterTypeDevice_lift(_ handle: UInt64) throws -> Device {
 #endif
 public func FfiConverterTypeDevice_lower(_ value: Device) -> UInt64 {
     return FfiConverterTypeDevice.lower(value)
+}
+
+
+
+
+
+
+/**
+ * The app's key store: the Android Keystore, the iOS Keychain, a desktop's secret
+ * service. A device made with `Device.with_key_store` keeps the backup key of a
+ * password-mode repository here and never in a file. The key is the 64-digit text
+ * (16 groups of 4, as `enable_key_only` shows it); keep it where only this app reads
+ * it. An error raised stops the operation with it (`Callback` for an exception that
+ * is not a `backlock.Error`).
+ */
+public protocol KeyStore: AnyObject, Sendable {
+    
+    /**
+     * Keeps `key` under `name` (the repository's location), replacing any key kept
+     * there.
+     */
+    func saveKey(name: String, key: String) throws 
+    
+    /**
+     * The key kept under `name`, or none.
+     */
+    func loadKey(name: String) throws  -> String?
+    
+}
+/**
+ * The app's key store: the Android Keystore, the iOS Keychain, a desktop's secret
+ * service. A device made with `Device.with_key_store` keeps the backup key of a
+ * password-mode repository here and never in a file. The key is the 64-digit text
+ * (16 groups of 4, as `enable_key_only` shows it); keep it where only this app reads
+ * it. An error raised stops the operation with it (`Callback` for an exception that
+ * is not a `backlock.Error`).
+ */
+open class KeyStoreImpl: KeyStore, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_backlock_fn_clone_keystore(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_backlock_fn_free_keystore(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Keeps `key` under `name` (the repository's location), replacing any key kept
+     * there.
+     */
+open func saveKey(name: String, key: String)throws   {try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_keystore_save_key(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(name),
+        FfiConverterString.lower(key),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * The key kept under `name`, or none.
+     */
+open func loadKey(name: String)throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeError_lift) {
+        uniffiCallStatus in
+    uniffi_backlock_fn_method_keystore_load_key(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(name),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceKeyStore {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceKeyStore = UniffiVTableCallbackInterfaceKeyStore(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeKeyStore.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface KeyStore: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeKeyStore.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface KeyStore: handle missing in uniffiClone")
+            }
+        },
+        saveKey: { (
+            uniffiHandle: UInt64,
+            name: RustBuffer,
+            key: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeKeyStore.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return try uniffiObj.saveKey(
+                     name: try FfiConverterString.lift(name),
+                     key: try FfiConverterString.lift(key)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCallWithError(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeError_lower
+            )
+        },
+        loadKey: { (
+            uniffiHandle: UInt64,
+            name: RustBuffer,
+            uniffiOutReturn: UnsafeMutablePointer<RustBuffer>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> String? in
+                guard let uniffiObj = try? FfiConverterTypeKeyStore.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return try uniffiObj.loadKey(
+                     name: try FfiConverterString.lift(name)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterOptionString.lower($0) }
+            uniffiTraitInterfaceCallWithError(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeError_lower
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceKeyStore> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceKeyStore>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitKeyStore() {
+    uniffi_backlock_fn_init_callback_vtable_keystore(UniffiCallbackInterfaceKeyStore.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeKeyStore: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<KeyStore>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = KeyStore
+
+    public static func lift(_ handle: UInt64) throws -> KeyStore {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return KeyStoreImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: KeyStore) -> UInt64 {
+         if let rustImpl = value as? KeyStoreImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> KeyStore {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: KeyStore, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeKeyStore_lift(_ handle: UInt64) throws -> KeyStore {
+    return try FfiConverterTypeKeyStore.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeKeyStore_lower(_ value: KeyStore) -> UInt64 {
+    return FfiConverterTypeKeyStore.lower(value)
 }
 
 
@@ -2845,6 +3129,12 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backlock_checksum_method_device_set_threads() != 34360) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_backlock_checksum_method_keystore_save_key() != 23406) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backlock_checksum_method_keystore_load_key() != 10315) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_backlock_checksum_method_progresslistener_on_progress() != 28060) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2887,10 +3177,14 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backlock_checksum_constructor_device_new() != 25589) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_backlock_checksum_constructor_device_with_key_store() != 7449) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_backlock_checksum_constructor_accounttoken_new() != 24320) {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitKeyStore()
     uniffiCallbackInitProgressListener()
     return InitializationResult.ok
 }()

@@ -243,11 +243,35 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_KEY_STORE_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_KEY_STORE_METHOD0
+typedef void (*UniffiCallbackInterfaceKeyStoreMethod0)(uint64_t, RustBuffer, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_KEY_STORE_METHOD1
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_KEY_STORE_METHOD1
+typedef void (*UniffiCallbackInterfaceKeyStoreMethod1)(uint64_t, RustBuffer, RustBuffer* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_PROGRESS_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_PROGRESS_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceProgressListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
         RustCallStatus *_Nonnull uniffiCallStatus
     );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_KEY_STORE
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_KEY_STORE
+typedef struct UniffiVTableCallbackInterfaceKeyStore {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceKeyStoreMethod0 _Nonnull saveKey;
+    UniffiCallbackInterfaceKeyStoreMethod1 _Nonnull loadKey;
+} UniffiVTableCallbackInterfaceKeyStore;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_PROGRESS_LISTENER
@@ -300,6 +324,11 @@ void uniffi_backlock_fn_free_device(uint64_t handle, RustCallStatus *_Nonnull ou
 uint64_t uniffi_backlock_fn_constructor_device_new(RustBuffer home, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CONSTRUCTOR_DEVICE_WITH_KEY_STORE
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CONSTRUCTOR_DEVICE_WITH_KEY_STORE
+uint64_t uniffi_backlock_fn_constructor_device_with_key_store(RustBuffer home, uint64_t key_store, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_CREATE_REPOSITORY
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_CREATE_REPOSITORY
 uint64_t uniffi_backlock_fn_method_device_create_repository(uint64_t ptr, RustBuffer location, RustCallStatus *_Nonnull out_status
@@ -318,6 +347,31 @@ RustBuffer uniffi_backlock_fn_method_device_recover_key(uint64_t ptr, RustBuffer
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_SET_THREADS
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_DEVICE_SET_THREADS
 void uniffi_backlock_fn_method_device_set_threads(uint64_t ptr, uint32_t threads, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_KEYSTORE
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_KEYSTORE
+uint64_t uniffi_backlock_fn_clone_keystore(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_FREE_KEYSTORE
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_FREE_KEYSTORE
+void uniffi_backlock_fn_free_keystore(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_INIT_CALLBACK_VTABLE_KEYSTORE
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_INIT_CALLBACK_VTABLE_KEYSTORE
+void uniffi_backlock_fn_init_callback_vtable_keystore(const UniffiVTableCallbackInterfaceKeyStore* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_KEYSTORE_SAVE_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_KEYSTORE_SAVE_KEY
+void uniffi_backlock_fn_method_keystore_save_key(uint64_t ptr, RustBuffer name, RustBuffer key, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_KEYSTORE_LOAD_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_METHOD_KEYSTORE_LOAD_KEY
+RustBuffer uniffi_backlock_fn_method_keystore_load_key(uint64_t ptr, RustBuffer name, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_FN_CLONE_PROGRESSLISTENER
@@ -726,6 +780,18 @@ uint16_t uniffi_backlock_checksum_method_device_set_threads(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_KEYSTORE_SAVE_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_KEYSTORE_SAVE_KEY
+uint16_t uniffi_backlock_checksum_method_keystore_save_key(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_KEYSTORE_LOAD_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_KEYSTORE_LOAD_KEY
+uint16_t uniffi_backlock_checksum_method_keystore_load_key(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_PROGRESSLISTENER_ON_PROGRESS
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_METHOD_PROGRESSLISTENER_ON_PROGRESS
 uint16_t uniffi_backlock_checksum_method_progresslistener_on_progress(void
@@ -807,6 +873,12 @@ uint16_t uniffi_backlock_checksum_constructor_canceltoken_new(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_DEVICE_NEW
 #define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_DEVICE_NEW
 uint16_t uniffi_backlock_checksum_constructor_device_new(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_DEVICE_WITH_KEY_STORE
+#define UNIFFI_FFIDEF_UNIFFI_BACKLOCK_CHECKSUM_CONSTRUCTOR_DEVICE_WITH_KEY_STORE
+uint16_t uniffi_backlock_checksum_constructor_device_with_key_store(void
     
 );
 #endif
