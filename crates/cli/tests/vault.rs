@@ -687,6 +687,56 @@ fn the_embedded_vault_is_the_default() {
     tree::assert_same(&src, &target.join(src.file_name().unwrap()));
 }
 
+/// An embedded vault's data directory whose name is not UTF-8 is refused with a usage
+/// error before anything is made, rather than turned into another (lossy) name: the
+/// vault would otherwise keep its records, and the device pin them, somewhere else.
+#[test]
+fn an_embedded_vault_directory_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let pw = env.secret("pw", PASSWORD);
+    let data = env
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"vault-\xff"));
+    let out = env
+        .command(
+            "phone1",
+            None,
+            &[
+                "init",
+                "--password",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--yes",
+            ],
+        )
+        .env("BACKLOCK_VAULT_DATA", &data)
+        .output()
+        .unwrap();
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("not valid UTF-8"), "{}", stderr(&out));
+    assert!(!data.exists(), "no vault made");
+    assert!(!env.path("repo").exists(), "no repository made");
+    // A variable of the environment that is not UTF-8 and not ours is no obstacle.
+    let out = env
+        .command(
+            "phone1",
+            None,
+            &[
+                "init",
+                "--password",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--yes",
+            ],
+        )
+        .env("SOME_PATH_OF_ANOTHER_TOOL", &data)
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+}
+
 /// A man in the middle answers the device's first contact (here a second vault at the
 /// URL the device was given). With no key from the vault's operator, the device
 /// talks to no remote vault at all; with it, it refuses the impostor before sending

@@ -73,7 +73,11 @@ impl Settings {
     /// The process environment over the credentials file named by
     /// `BACKLOCK_CREDENTIALS` (or the default one, if it exists).
     pub fn from_env() -> Result<Self, OpenError> {
-        let env = std::env::vars()
+        // A variable whose name or value is not UTF-8 is no setting of ours (every
+        // credential and URL is text): it is left out, where `std::env::vars` would
+        // panic on it.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .map(|(k, v)| (k, Value(Zeroizing::new(v))))
             .collect();
         let mut settings = Settings {
