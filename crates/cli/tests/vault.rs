@@ -699,42 +699,24 @@ fn an_embedded_vault_directory_that_is_not_utf8_is_refused() {
         .dir
         .path()
         .join(std::ffi::OsStr::from_bytes(b"vault-\xff"));
-    let out = env
-        .command(
-            "phone1",
-            None,
-            &[
-                "init",
-                "--password",
-                "--password-file",
-                pw.to_str().unwrap(),
-                "--yes",
-            ],
-        )
-        .env("BACKLOCK_VAULT_DATA", &data)
-        .output()
-        .unwrap();
+    let init_with = |variable: &str| {
+        let args = [
+            "init",
+            "--password",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--yes",
+        ];
+        let mut cmd = env.command("phone1", None, &args);
+        cmd.env(variable, &data).output().unwrap()
+    };
+    let out = init_with("BACKLOCK_VAULT_DATA");
     assert_code(&out, 2);
     assert!(stderr(&out).contains("not valid UTF-8"), "{}", stderr(&out));
     assert!(!data.exists(), "no vault made");
     assert!(!env.path("repo").exists(), "no repository made");
     // A variable of the environment that is not UTF-8 and not ours is no obstacle.
-    let out = env
-        .command(
-            "phone1",
-            None,
-            &[
-                "init",
-                "--password",
-                "--password-file",
-                pw.to_str().unwrap(),
-                "--yes",
-            ],
-        )
-        .env("SOME_PATH_OF_ANOTHER_TOOL", &data)
-        .output()
-        .unwrap();
-    assert_code(&out, 0);
+    assert_code(&init_with("SOME_PATH_OF_ANOTHER_TOOL"), 0);
 }
 
 /// A man in the middle answers the device's first contact (here a second vault at the

@@ -1688,8 +1688,11 @@ impl Repository<Indexed> {
                     walk::count(&opts.paths, &opts.excludes, totals, counted)
                 });
             }
-            // The walk lists the next batch while the producers read this one.
-            let (batch_tx, batch_rx) = pipe::bounded::<Result<Vec<Entry>>>(1);
+            // The walk lists the next batch while the producers read this one, and
+            // hands it over when they are done: two batches alive, not three (a batch
+            // of a million-file tree's entries is about 4 MiB, and the walk is rarely
+            // the slower side).
+            let (batch_tx, batch_rx) = pipe::bounded::<Result<Vec<Entry>>>(0);
             let walking = spawn_named(s, "bl-walk", move || {
                 let mut walker = walker;
                 loop {

@@ -1309,7 +1309,8 @@ fn progress_reports_never_overlap_or_go_back() {
     f.repo().backup(&opts).unwrap();
     assert!(!overlapped.load(Ordering::SeqCst), "two reports at once");
     let reports = reports.into_inner().unwrap();
-    assert!(reports.len() > 8, "{} reports", reports.len());
+    // Reports that would have overlapped are skipped, but some come before the last.
+    assert!(reports.len() >= 2, "{} reports", reports.len());
     for pair in reports.windows(2) {
         assert!(pair[0].bytes_done <= pair[1].bytes_done, "{pair:?}");
         assert!(pair[0].files_done <= pair[1].files_done, "{pair:?}");

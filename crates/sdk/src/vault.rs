@@ -101,6 +101,24 @@ pub struct VaultConfig {
     pub bundle_signer: Option<String>,
 }
 
+impl VaultConfig {
+    /// A vault embedded in this process with its data in `data`, for `account` (the
+    /// command's default; tests). Apps in other languages give `embedded_data`.
+    pub fn embedded(data: impl Into<String>, account: impl Into<String>) -> Self {
+        VaultConfig {
+            urls: vec![],
+            public_key: None,
+            account: account.into(),
+            token: None,
+            ca_pem: None,
+            insecure_http: false,
+            embedded_data: Some(data.into()),
+            bundle: None,
+            bundle_signer: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for VaultConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultConfig")

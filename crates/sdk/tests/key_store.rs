@@ -38,20 +38,6 @@ impl KeyStore for AppKeyStore {
     }
 }
 
-fn embedded(dir: &Path) -> VaultConfig {
-    VaultConfig {
-        urls: vec![],
-        public_key: None,
-        account: "alice".into(),
-        token: None,
-        ca_pem: None,
-        insecure_http: false,
-        embedded_data: Some(dir.join("vault").display().to_string()),
-        bundle: None,
-        bundle_signer: None,
-    }
-}
-
 /// Every file under `dir` whose bytes hold `needle`.
 fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
     backlock_testkit::tree::list_files(dir)
@@ -67,7 +53,7 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
 #[test]
 fn a_device_with_a_key_store_keeps_the_key_there_and_nowhere_else() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = embedded(dir.path());
+    let cfg = VaultConfig::embedded(dir.path().join("vault").display().to_string(), "alice");
     let home = dir.path().join("home");
     let location = dir.path().join("repo").display().to_string();
     let store = Arc::new(AppKeyStore::default());

@@ -29,20 +29,6 @@ fn wiped<T>(what: &str, secret: &[u8], flow: impl FnOnce() -> T) -> T {
     out
 }
 
-fn embedded(dir: &tempfile::TempDir) -> VaultConfig {
-    VaultConfig {
-        urls: vec![],
-        public_key: None,
-        account: "alice".into(),
-        token: None,
-        ca_pem: None,
-        insecure_http: false,
-        embedded_data: Some(dir.path().join("vault").display().to_string()),
-        bundle: None,
-        bundle_signer: None,
-    }
-}
-
 #[test]
 fn passwords_and_keys_are_wiped_after_use() {
     // The watch itself: a copy dropped as it is is found, a wiped one is not.
@@ -54,7 +40,7 @@ fn passwords_and_keys_are_wiped_after_use() {
     assert_eq!(stop().blocks, 0, "the scan passes a wiped copy");
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = embedded(&dir);
+    let cfg = VaultConfig::embedded(dir.path().join("vault").display().to_string(), "alice");
     let location = dir.path().join("repo").display().to_string();
     let src = dir.path().join("chat");
     std::fs::create_dir(&src).unwrap();
