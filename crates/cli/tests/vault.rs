@@ -506,6 +506,65 @@ fn a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
         .exists());
 }
 
+/// The same rollback, with a relay between the new phone and the vault that hides the
+/// anchor: it answers the anchor request with a value of its own, or with an error. An
+/// anchor that does not open under the key is refused (exit 11): nothing restored, no
+/// key kept. (An answer "no such route", which a vault of an earlier release gives too,
+/// is a warning; the bundle test covers a fleet known to keep receipts.)
+#[test]
+fn a_relay_that_forges_the_anchor_is_refused() {
+    use backlock_testkit::fault_proxy::FaultProxy;
+    use backlock_vault_proto::wire::{self, Anchor, AnchorReply};
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &["--account-burst", "200"]);
+    let v = Some((&vault, "kim"));
+    let pw = env.secret("pw", &format!("{PASSWORD}\n"));
+    let pw = pw.to_str().unwrap();
+    let init = ["init", "--password", "--password-file", pw, "--yes"];
+    assert_code(&env.backlock("phone1", v, &init), 0);
+    let src = tree::write_sample(env.dir.path(), 4);
+    let src_arg = src.to_str().unwrap();
+    assert_code(&env.backlock("phone1", v, &["backup", src_arg]), 0);
+    let older = env.path("repo-before-the-last-backup");
+    tree::copy_dir(&env.path("repo"), &older);
+    std::fs::write(src.join("written-later.txt"), b"the newest backup has this").unwrap();
+    assert_code(&env.backlock("phone1", v, &["backup", src_arg]), 0);
+    std::fs::remove_dir_all(env.path("repo")).unwrap();
+    std::fs::rename(&older, env.path("repo")).unwrap();
+
+    let upstream = vault.url.trim_start_matches("http://").parse().unwrap();
+    let relay = FaultProxy::start(upstream, 0.0, 7, std::time::Duration::from_secs(1));
+    let forged = wire::encode(&AnchorReply {
+        anchor: Some(Anchor {
+            generation: 1,
+            value: vec![7; 80],
+        }),
+    });
+    relay.answer_instead(Some(("POST /v2/anchor/get", 200, forged)));
+    let target = env.path("restored");
+    let t = target.to_str().unwrap();
+    let out = env
+        .command(
+            "phone2",
+            v,
+            &["restore", "--password-file", pw, "--target", t],
+        )
+        .env("BACKLOCK_VAULT", relay.url())
+        .output()
+        .unwrap();
+    assert_code(&out, 11);
+    assert!(stderr(&out).contains("anchor"), "{}", stderr(&out));
+    assert!(!target.exists(), "nothing restored");
+    assert!(
+        !env.path("phone2").join("keys").exists()
+            || std::fs::read_dir(env.path("phone2").join("keys"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "no key kept"
+    );
+}
+
 #[test]
 fn the_guess_limit_destroys_the_key_for_good() {
     let env = Env::new();

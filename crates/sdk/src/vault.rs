@@ -274,6 +274,9 @@ impl Session {
             Err(e @ (VaultError::Unavailable(_) | VaultError::RateLimited { .. })) => {
                 Err(RecoverError::AnchorUnavailable(e))
             }
+            // An anchor that does not open under the key: altered on the way.
+            Err(e @ VaultError::WrongServer(_)) => Err(RecoverError::Vault(e)),
+            // A vault of an earlier release keeps no anchors (it has no such route).
             Err(e) => Ok(Recovered {
                 key,
                 anchor: None,

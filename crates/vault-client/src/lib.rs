@@ -626,8 +626,9 @@ impl VaultClient {
         reply
             .anchor
             .map(|a| {
+                // Whoever altered it wants the rollback check gone: refused, not skipped.
                 anchor::open(key, &self.account, a.generation, &a.value)
-                    .map_err(|e| VaultError::Protocol(e.to_string()))
+                    .map_err(|e| VaultError::WrongServer(e.to_string()))
             })
             .transpose()
     }
