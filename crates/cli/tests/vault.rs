@@ -451,21 +451,15 @@ fn copy_from_a_password_mode_repository_of_another_account() {
 /// backup, but the vault's anchor, left by the last backup and opened with the
 /// recovered key, says which backup is the newest: the restore is refused with the
 /// rollback error, naming both, and writes nothing.
-#[test]
-fn a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
-    let env = Env::new();
-    let vault = VaultProcess::start(&env.path("vault"), &["--account-burst", "200"]);
-    let v = Some((&vault, "kim"));
-    let pw = env.secret("pw", &format!("{PASSWORD}\n"));
-    let pw = pw.to_str().unwrap();
-    assert_code(
-        &env.backlock(
-            "phone1",
-            v,
-            &["init", "--password", "--password-file", pw, "--yes"],
-        ),
-        0,
-    );
+/// Password mode for account kim on phone1, two backups of a sample tree (the second
+/// adds `written-later.txt`), then the store serves the repository as it was before
+/// the second. Returns the sample tree and the password file.
+fn rolled_back_store(env: &Env, vault: &VaultProcess) -> (PathBuf, PathBuf) {
+    let v = Some((vault, "kim"));
+    let pw_file = env.secret("pw", &format!("{PASSWORD}\n"));
+    let pw = pw_file.to_str().unwrap();
+    let init = ["init", "--password", "--password-file", pw, "--yes"];
+    assert_code(&env.backlock("phone1", v, &init), 0);
     let src = tree::write_sample(env.dir.path(), 4);
     let src_arg = src.to_str().unwrap();
     assert_code(&env.backlock("phone1", v, &["backup", src_arg]), 0);
@@ -475,10 +469,18 @@ fn a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
     let out = env.backlock("phone1", v, &["backup", src_arg]);
     assert_code(&out, 0);
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
-
-    // The store now serves the copy from before the last backup.
     std::fs::remove_dir_all(env.path("repo")).unwrap();
     std::fs::rename(&older, env.path("repo")).unwrap();
+    (src, pw_file)
+}
+
+#[test]
+fn a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
+    let env = Env::new();
+    let vault = VaultProcess::start(&env.path("vault"), &["--account-burst", "200"]);
+    let v = Some((&vault, "kim"));
+    let (src, pw) = rolled_back_store(&env, &vault);
+    let pw = pw.to_str().unwrap();
     let target = env.path("restored");
     let t = target.to_str().unwrap();
     let out = env.backlock(
@@ -506,11 +508,10 @@ fn a_new_phone_refuses_a_store_rolled_back_behind_the_vaults_anchor() {
         .exists());
 }
 
-/// The same rollback, with a relay between the new phone and the vault that hides the
-/// anchor: it answers the anchor request with a value of its own, or with an error. An
-/// anchor that does not open under the key is refused (exit 11): nothing restored, no
-/// key kept. (An answer "no such route", which a vault of an earlier release gives too,
-/// is a warning; the bundle test covers a fleet known to keep receipts.)
+/// The same rollback, with a relay between the new phone and the vault that answers
+/// the anchor request with a value of its own. An anchor that does not open under the
+/// key is refused (exit 11): nothing restored, no key kept. (A relay that answers as a
+/// vault of an earlier release would, with no anchor route, still gets only a warning.)
 #[test]
 fn a_relay_that_forges_the_anchor_is_refused() {
     use backlock_testkit::fault_proxy::FaultProxy;
@@ -518,20 +519,8 @@ fn a_relay_that_forges_the_anchor_is_refused() {
     let env = Env::new();
     let vault = VaultProcess::start(&env.path("vault"), &["--account-burst", "200"]);
     let v = Some((&vault, "kim"));
-    let pw = env.secret("pw", &format!("{PASSWORD}\n"));
+    let (_, pw) = rolled_back_store(&env, &vault);
     let pw = pw.to_str().unwrap();
-    let init = ["init", "--password", "--password-file", pw, "--yes"];
-    assert_code(&env.backlock("phone1", v, &init), 0);
-    let src = tree::write_sample(env.dir.path(), 4);
-    let src_arg = src.to_str().unwrap();
-    assert_code(&env.backlock("phone1", v, &["backup", src_arg]), 0);
-    let older = env.path("repo-before-the-last-backup");
-    tree::copy_dir(&env.path("repo"), &older);
-    std::fs::write(src.join("written-later.txt"), b"the newest backup has this").unwrap();
-    assert_code(&env.backlock("phone1", v, &["backup", src_arg]), 0);
-    std::fs::remove_dir_all(env.path("repo")).unwrap();
-    std::fs::rename(&older, env.path("repo")).unwrap();
-
     let upstream = vault.url.trim_start_matches("http://").parse().unwrap();
     let relay = FaultProxy::start(upstream, 0.0, 7, std::time::Duration::from_secs(1));
     let forged = wire::encode(&AnchorReply {

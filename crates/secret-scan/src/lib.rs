@@ -30,7 +30,8 @@ static SECRET_LEN: AtomicUsize = AtomicUsize::new(0);
 static BLOCKS: AtomicUsize = AtomicUsize::new(0);
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 /// `BACKLOCK_SECRET_SCAN_TRACE` was set at [`watch`]: each find prints where the block
-/// was freed.
+/// was freed and the bytes around the copy (the secret with them: a test's own, made
+/// up for it; never set this where the watched secret is real).
 static TRACE: AtomicBool = AtomicBool::new(false);
 /// A find is being printed (printing allocates and frees).
 static PRINTING: AtomicBool = AtomicBool::new(false);
