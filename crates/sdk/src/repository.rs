@@ -254,6 +254,12 @@ impl Repository {
         }
         let home = self.device.home();
         let key = BackupKey::generate();
+        // Kept before the vault has it and before the repository exists: a key store
+        // that refuses it (locked) then leaves no record in the vault that no key
+        // opens and nobody can delete; a key kept for nothing is replaced next time.
+        self.device
+            .kept_keys()
+            .save(&key_location(&self.location), &key)?;
         let session = connect(&vault, &home)?;
         session
             .block_on(
@@ -263,10 +269,6 @@ impl Repository {
             )
             .map_err(|e| already_registered(e, &vault))?;
         drop(session);
-        // Kept before the repository exists, so it is never lost in between.
-        self.device
-            .kept_keys()
-            .save(&key_location(&self.location), &key)?;
         backlock_repo::Repository::init(self.store.clone(), &key, home)?;
         *held = Some(key);
         Ok(())

@@ -59,6 +59,14 @@ fn a_device_with_a_key_store_keeps_the_key_there_and_nowhere_else() {
     let store = Arc::new(AppKeyStore::default());
     let phone = Device::with_key_store(home.display().to_string(), store.clone()).unwrap();
     let repo = phone.clone().create_repository(location.clone()).unwrap();
+    // A locked key store refuses the new key: nothing reaches the vault, so the account
+    // is still free once the store opens again.
+    *store.broken.lock().unwrap() = Some("the keystore is locked");
+    assert!(matches!(
+        repo.enable_password(PASSWORD.into(), cfg.clone()),
+        Err(Error::Storage { .. })
+    ));
+    *store.broken.lock().unwrap() = None;
     repo.enable_password(PASSWORD.into(), cfg.clone()).unwrap();
 
     let kept = store.kept.lock().unwrap().clone();
