@@ -652,12 +652,13 @@ impl ProduceState<'_> {
 
 /// The set of chunks a backup has stored so far, up to the repository's in-memory
 /// limit: open-addressing tables, one per ID prefix behind its own lock so the
-/// producers rarely wait for each other. A table doubles up to two slots per ID the
-/// limit allows (8 MiB in all by default) and is then kept, emptied, never freed: the
-/// glibc heap stays unfragmented, where 65,536 sorted lists that grew and were freed
-/// again left 20 MiB of holes at a million files. Past the limit (or when a table is
-/// three quarters full) the IDs move to a sorted scratch file ([`IdTable`]), so a first
-/// backup of ten million files keeps 2 bytes per chunk, not 40, and a few such files.
+/// producers rarely wait for each other. The tables grow to one slot per ID the limit
+/// allows (4 MiB in all by default) and are then kept, emptied, never freed: the glibc
+/// heap stays unfragmented, where 65,536 sorted lists that grew and were freed again
+/// left 20 MiB of holes at a million files. When a table is three quarters full (with
+/// uniform IDs at about two thirds of the limit) the IDs move to a sorted scratch file
+/// ([`IdTable`]), so a first backup of ten million files keeps 2 bytes per chunk, not
+/// 40, and a few such files.
 pub(crate) struct NewChunks {
     tables: Box<[Mutex<IdSlots>]>,
     /// IDs in the tables.
@@ -728,21 +729,40 @@ impl IdSlots {
         self.slots.len() >= self.most && self.len * 4 >= self.slots.len() * 3
     }
 
-    /// Moves the IDs out, leaving the table empty (and allocated).
-    fn drain_into(&mut self, out: &mut Vec<ChunkId>) {
-        for slot in self.slots.iter_mut().filter(|s| s.0 != [0; 32]) {
-            out.push(std::mem::replace(slot, ChunkId([0; 32])));
-        }
-        if std::mem::take(&mut self.zero) {
-            out.push(ChunkId([0; 32]));
-        }
-        self.len = 0;
+    /// Sorts the slots in place and returns the IDs, ascending (the all-zero ID apart):
+    /// the table is no longer searchable until [`IdSlots::clear`].
+    fn sorted(&mut self) -> &[ChunkId] {
+        self.slots.sort_unstable();
+        &self.slots[self.slots.len() - self.len..]
     }
+
+    /// Empties the table, keeping its allocation.
+    fn clear(&mut self) {
+        self.slots.fill(ChunkId([0; 32]));
+        self.len = 0;
+        self.zero = false;
+    }
+}
+
+/// The IDs of several ascending runs, ascending.
+fn merge_runs<'a>(runs: &[&'a [ChunkId]]) -> impl Iterator<Item = ChunkId> + 'a {
+    use std::{cmp::Reverse, collections::BinaryHeap};
+    let mut heads: BinaryHeap<Reverse<(ChunkId, &'a [ChunkId])>> = runs
+        .iter()
+        .filter_map(|run| Some(Reverse((*run.first()?, &run[1..]))))
+        .collect();
+    std::iter::from_fn(move || {
+        let Reverse((id, rest)) = heads.pop()?;
+        if let Some((&next, tail)) = rest.split_first() {
+            heads.push(Reverse((next, tail)));
+        }
+        Some(id)
+    })
 }
 
 impl NewChunks {
     pub(crate) fn new(spill: Spill) -> Self {
-        let most = (2 * spill.in_memory / NEW_TABLES)
+        let most = (spill.in_memory / NEW_TABLES)
             .next_power_of_two()
             .max(16);
         NewChunks {
@@ -797,22 +817,27 @@ impl NewChunks {
         if held < self.spill.in_memory && !full {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(held);
-        for table in self.tables.iter() {
-            table
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain_into(&mut ids);
-        }
-        ids.sort_unstable();
+        // Each table is sorted in place and the sorted tables merged into the file: no
+        // copy of the IDs (4 MiB at the default limit) on top of the tables.
+        let mut tables: Vec<_> = self
+            .tables
+            .iter()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let zero = tables.iter().any(|t| t.zero).then_some(ChunkId([0; 32]));
+        let runs: Vec<&[ChunkId]> = tables.iter_mut().map(|t| t.sorted()).collect();
+        let len = runs.iter().map(|r| r.len()).sum::<usize>() + usize::from(zero.is_some());
+        let ids = zero.into_iter().chain(merge_runs(&runs)).map(Ok);
         let scratch = |source| RepoError::Scratch {
             path: self.spill.dir.clone(),
             source,
         };
-        let table =
-            IdTable::write(&self.spill.dir, ids.len(), ids.into_iter().map(Ok)).map_err(scratch)?;
-        spilled.push(table);
+        let written = IdTable::write(&self.spill.dir, len, ids);
+        drop(runs);
+        tables.iter_mut().for_each(|t| t.clear());
+        drop(tables);
         self.held.store(0, Ordering::Relaxed);
+        spilled.push(written.map_err(scratch)?);
         // Tables of like size are merged, as a binary counter carries: a few tables
         // (log2 of the IDs over the limit), each an open file and a filter that every
         // insertion checks, and each ID rewritten as often.
@@ -1354,7 +1379,7 @@ impl Drop for SetOnDrop<'_> {
 
 /// Entries the producers take at once: the walk lists the next batch while they
 /// read this one. A batch's entries and nodes are all the backup holds of its files.
-const BATCH_ENTRIES: usize = 8192;
+const BATCH_ENTRIES: usize = 4096;
 
 /// Runs [`PRODUCERS`] threads over `entries` (a batch of the walk); returns their
 /// nodes in walk order. `Ok(None)`: the pipeline stopped, and the reason is in `Shared`.

@@ -33,6 +33,9 @@ const RECORD: usize = 64;
 const PAGE_ENTRIES: usize = 64;
 /// Bytes each run's reader buffers during the merge.
 const MERGE_BUFFER: usize = 64 << 10;
+/// Bytes buffered while a scratch file is written: a spill happens at the backup's
+/// memory peak, so the buffer is small; the writes are sequential either way.
+const WRITE_BUFFER: usize = 256 << 10;
 
 fn encode(e: &Entry) -> [u8; RECORD] {
     let mut out = [0u8; RECORD];
@@ -89,7 +92,7 @@ impl Runs {
 
     /// Appends `run`, sorted by `(id, added)`.
     pub(crate) fn push(&mut self, run: &[Entry]) -> io::Result<()> {
-        let mut out = BufWriter::with_capacity(1 << 20, &self.file);
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, &self.file);
         for e in run {
             out.write_all(&encode(e))?;
         }
@@ -123,7 +126,7 @@ impl Runs {
             .filter_map(|(i, h)| h.map(|e| Reverse((e.id, e.added, i))))
             .collect();
         let file = tempfile::tempfile_in(dir)?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, &file);
         let mut fence = Vec::new();
         let mut len = 0usize;
         let mut previous: Option<ChunkId> = None;
@@ -335,7 +338,7 @@ impl IdTable {
         let bits = filter_size(len);
         let mut filter = vec![0u64; (bits / 64) as usize];
         let mut fence = Vec::with_capacity(len.div_ceil(ID_PAGE));
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, &file);
         let mut written = 0;
         for id in ids {
             let id = id?;
