@@ -762,9 +762,7 @@ fn merge_runs<'a>(runs: &[&'a [ChunkId]]) -> impl Iterator<Item = ChunkId> + 'a 
 
 impl NewChunks {
     pub(crate) fn new(spill: Spill) -> Self {
-        let most = (spill.in_memory / NEW_TABLES)
-            .next_power_of_two()
-            .max(16);
+        let most = (spill.in_memory / NEW_TABLES).next_power_of_two().max(16);
         NewChunks {
             tables: (0..NEW_TABLES)
                 .map(|_| {

@@ -4,7 +4,10 @@
 use crate::{
     bases::BaseReader,
     error::{RepoError, Result},
-    index::{decode_chunk, open_blob_at, read_index_object, stored_sizes, Index, IndexBuilder},
+    index::{
+        decode_chunk, open_blob_at, read_index_object, stored_sizes, Index, IndexBuilder,
+        PackExtent,
+    },
     Open, Repository,
 };
 use backlock_core::{
@@ -13,7 +16,7 @@ use backlock_core::{
     ids::{ChunkId, ObjectName},
 };
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// What `check` found. `errors` empty means every snapshot is restorable.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -144,13 +147,29 @@ impl Repository<Open> {
         if unnamed > 0 {
             report.notes.push(format!("{unnamed} index object(s) named by no index set (left by an interrupted backup or prune, or served again by the store) do not count: `backlock prune` removes them"));
         }
-        let mut used: HashSet<ChunkId> = HashSet::new();
+        // Per pack, not per chunk: what the index needs of each pack, and the store's
+        // listing. Memory stays that of the packs at any number of files.
+        let extents = index.pack_extents();
+        let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
+        report.packs = stored.len();
+        let absent: HashSet<ObjectName> = extents
+            .iter()
+            .filter(|x| x.blobs > 0 && !stored.contains_key(&x.pack.to_hex()))
+            .map(|x| x.pack)
+            .collect();
+        let mut needs = Needs {
+            index: &index,
+            absent: &absent,
+            lost: HashMap::new(),
+            broken_bases: HashSet::new(),
+            unindexed: 0,
+        };
         for r in &refs {
             match self.authenticate(r)? {
                 Ok(mut snap) => {
                     let name = r.name.to_hex();
                     // Node by node: a snapshot of millions of files is never held whole.
-                    let mut missing = 0;
+                    needs.unindexed = 0;
                     let read = crate::trees::for_each_node(
                         &*self.store,
                         &self.keys,
@@ -160,13 +179,12 @@ impl Repository<Open> {
                         &name,
                         &mut snap,
                         &mut |n| {
-                            missing += n.chunks.iter().filter(|c| !index.contains(c)).count();
-                            used.extend(n.chunks);
+                            n.chunks.iter().for_each(|c| needs.chunk(c));
                             Ok(())
                         },
                     );
                     match read {
-                        Ok(trees) => used.extend(trees),
+                        Ok(trees) => trees.iter().for_each(|c| needs.chunk(c)),
                         Err(e @ RepoError::Interrupted) => return Err(e),
                         Err(e) => report.errors.push(format!(
                             "snapshot {} (#{}): its directories cannot be read: {e}",
@@ -174,11 +192,12 @@ impl Repository<Open> {
                             r.seq
                         )),
                     }
-                    if missing > 0 {
+                    if needs.unindexed > 0 {
                         report.errors.push(format!(
-                            "snapshot {} (#{}) needs {missing} chunks that no index lists: their pack or index object is missing",
+                            "snapshot {} (#{}) needs {} chunks that no index lists: their pack or index object is missing",
                             r.name.short(),
-                            r.seq
+                            r.seq,
+                            needs.unindexed
                         ));
                     }
                 }
@@ -186,62 +205,56 @@ impl Repository<Open> {
             }
             report.snapshots += 1;
         }
-        // A delta needs its base: indexed, and not a delta itself.
-        let bases: HashSet<ChunkId> = used
-            .iter()
-            .filter_map(|c| index.get(c).and_then(|l| l.blob.base))
-            .collect();
-        let broken = bases
-            .iter()
-            .filter(|b| index.get(b).is_none_or(|l| l.blob.base.is_some()))
-            .count();
-        if broken > 0 {
+        if !needs.broken_bases.is_empty() {
             report.errors.push(format!(
-                "{broken} chunks that snapshots need are stored as deltas of a chunk no index lists (or of another delta): their pack or index object is missing or damaged"
+                "{} chunks that snapshots need are stored as deltas of a chunk no index lists (or of another delta): their pack or index object is missing or damaged",
+                needs.broken_bases.len()
             ));
         }
-        used.extend(bases);
-        let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
-        report.packs = stored.len();
-        let by_pack = index.by_pack();
-        for (pack, blobs) in &by_pack {
+        let mut selected = Vec::new();
+        for (number, extent) in extents.iter().enumerate() {
             crate::interrupt::check()?;
-            lock.refresh_if_due()?;
-            let name = pack.to_hex();
-            let needed = blobs
-                .iter()
-                .map(|b| b.offset + b.length as u64)
-                .max()
-                .unwrap_or(0);
+            if extent.blobs == 0 {
+                continue;
+            }
+            let name = extent.pack.to_hex();
             match stored.get(&name) {
                 None => {
-                    let lost = blobs.iter().filter(|b| used.contains(&b.id)).count();
+                    let lost = needs.lost.get(&extent.pack).map_or(0, HashSet::len);
                     if lost > 0 {
                         report.errors.push(format!(
                             "pack object {name} is missing from the store ({lost} chunks in use)"
                         ));
                     }
-                    continue;
                 }
-                Some(&size) if size < needed => {
-                    report.errors.push(format!(
-                        "pack object {name} is truncated: {size} bytes, index needs {needed}"
-                    ));
-                    continue;
-                }
+                Some(&size) if size < extent.end => report.errors.push(format!(
+                    "pack object {name} is truncated: {size} bytes, index needs {}",
+                    extent.end
+                )),
+                Some(_) if read.selects(&extent.pack) => selected.push(number),
                 Some(_) => {}
             }
-            if read.selects(pack) {
+        }
+        // The packs to read, a group at a time: one pass over the index finds a
+        // group's blobs, and only a group's are held.
+        for group in pack_groups(&selected, &extents) {
+            let wanted: HashSet<usize> = group.iter().copied().collect();
+            for (pack, blobs) in index.blobs_of(|n| wanted.contains(&n)) {
+                crate::interrupt::check()?;
+                lock.refresh_if_due()?;
                 report.packs_read += 1;
-                if let Err(e) = self.check_pack(&index, &name, blobs, &mut report.blobs_read) {
+                let name = pack.to_hex();
+                if let Err(e) = self.check_pack(&index, &name, &blobs, &mut report.blobs_read) {
                     report.errors.push(e.to_string());
                 }
             }
         }
-        let unindexed = stored
-            .keys()
-            .filter(|n| ObjectName::parse(n).is_none_or(|p| !by_pack.contains_key(&p)))
-            .count();
+        let indexed: HashSet<String> = extents
+            .iter()
+            .filter(|x| x.blobs > 0)
+            .map(|x| x.pack.to_hex())
+            .collect();
+        let unindexed = stored.keys().filter(|n| !indexed.contains(*n)).count();
         if unindexed > 0 {
             report.notes.push(format!("{unindexed} pack(s) not in any index (left by an interrupted backup or prune): `backlock prune` removes them"));
         }
@@ -269,5 +282,113 @@ impl Repository<Open> {
             *read += 1;
         }
         Ok(())
+    }
+}
+
+/// What the snapshots need that the repository lacks, found chunk by chunk as their
+/// trees are read: the counts and sets grow with the damage, not with the repository.
+struct Needs<'a> {
+    index: &'a Index,
+    /// Indexed packs the store does not hold.
+    absent: &'a HashSet<ObjectName>,
+    /// The chunks in use in each absent pack.
+    lost: HashMap<ObjectName, HashSet<ChunkId>>,
+    /// Bases of deltas in use that no index lists, or that are deltas themselves.
+    broken_bases: HashSet<ChunkId>,
+    /// Chunks of the snapshot being read that no index lists (each time it is used).
+    unindexed: usize,
+}
+
+impl Needs<'_> {
+    fn chunk(&mut self, id: &ChunkId) {
+        let Some(at) = self.index.get(id) else {
+            self.unindexed += 1;
+            return;
+        };
+        self.in_pack(at.pack, id);
+        // A delta needs its base: indexed, and not a delta itself.
+        if let Some(base) = at.blob.base {
+            match self.index.get(&base) {
+                Some(b) if b.blob.base.is_none() => self.in_pack(b.pack, &base),
+                _ => {
+                    self.broken_bases.insert(base);
+                }
+            }
+        }
+    }
+
+    fn in_pack(&mut self, pack: ObjectName, id: &ChunkId) {
+        if self.absent.contains(&pack) {
+            self.lost.entry(pack).or_default().insert(*id);
+        }
+    }
+}
+
+/// Blobs read into memory at once while `check` reads packs: a few MiB of entries.
+const GROUP_BLOBS: usize = 1 << 16;
+
+/// `selected` (numbers of packs in `extents`) in groups of about [`GROUP_BLOBS`] blobs.
+fn pack_groups<'a>(
+    selected: &'a [usize],
+    extents: &'a [PackExtent],
+) -> impl Iterator<Item = &'a [usize]> + 'a {
+    let mut rest = selected;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut blobs = 0;
+        let take = rest
+            .iter()
+            .take_while(|&&n| {
+                let fits = blobs == 0 || blobs + extents[n].blobs <= GROUP_BLOBS;
+                blobs += extents[n].blobs;
+                fits
+            })
+            .count();
+        let (group, tail) = rest.split_at(take);
+        rest = tail;
+        Some(group)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every selected pack is read once, in order, and a group holds at most
+    /// [`GROUP_BLOBS`] blobs unless one pack alone has more.
+    #[test]
+    fn pack_groups_cover_the_selection_within_the_bound() {
+        let sizes = [
+            GROUP_BLOBS / 2,
+            GROUP_BLOBS / 2,
+            1,
+            GROUP_BLOBS * 3,
+            7,
+            GROUP_BLOBS,
+            0,
+            5,
+        ];
+        let extents: Vec<PackExtent> = sizes
+            .iter()
+            .map(|&blobs| PackExtent {
+                pack: ObjectName::random(),
+                blobs,
+                end: 0,
+            })
+            .collect();
+        let selected: Vec<usize> = (0..sizes.len()).filter(|&n| n != 6).collect();
+        let groups: Vec<&[usize]> = pack_groups(&selected, &extents).collect();
+        assert_eq!(groups.concat(), selected);
+        for group in &groups {
+            let blobs: usize = group.iter().map(|&n| extents[n].blobs).sum();
+            assert!(
+                blobs <= GROUP_BLOBS || group.len() == 1,
+                "{group:?}: {blobs}"
+            );
+        }
+        assert!(groups.len() >= 4, "{groups:?}");
+        assert_eq!(pack_groups(&[], &extents).count(), 0);
     }
 }

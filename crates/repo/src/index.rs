@@ -402,19 +402,64 @@ impl Index {
 
     /// The indexed blobs of each pack.
     pub(crate) fn by_pack(&self) -> HashMap<ObjectName, Vec<BlobEntry>> {
+        self.blobs_of(|_| true)
+    }
+
+    /// The indexed blobs of each pack that `wanted` selects (by its number in
+    /// [`Index::pack_extents`]): one pass over the index, memory for those packs' blobs.
+    pub(crate) fn blobs_of(
+        &self,
+        wanted: impl Fn(usize) -> bool,
+    ) -> HashMap<ObjectName, Vec<BlobEntry>> {
         let mut out: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
-        let add = |e: Entry| {
-            let loc = self.located(&e);
-            out.entry(loc.pack).or_default().push(loc.blob);
-        };
-        match &self.table {
-            Table::Memory { entries, .. } => entries.iter().copied().for_each(add),
-            Table::Spilled(table) => table
-                .for_each(add)
-                .unwrap_or_else(|e| crate::spill::unreadable(e)),
-        }
+        self.for_each_entry(|e| {
+            if wanted(e.pack as usize) {
+                let loc = self.located(&e);
+                out.entry(loc.pack).or_default().push(loc.blob);
+            }
+        });
         out
     }
+
+    /// Every pack an index object names, with the count of blobs the index places in it
+    /// (none when every one is placed in another pack) and the end of its last blob, by
+    /// number: memory for the packs, not for their blobs.
+    pub(crate) fn pack_extents(&self) -> Vec<PackExtent> {
+        let mut out: Vec<PackExtent> = self
+            .packs
+            .iter()
+            .map(|&pack| PackExtent {
+                pack,
+                blobs: 0,
+                end: 0,
+            })
+            .collect();
+        self.for_each_entry(|e| {
+            let extent = &mut out[e.pack as usize];
+            extent.blobs += 1;
+            extent.end = extent.end.max(e.offset + u64::from(e.length));
+        });
+        out
+    }
+
+    fn for_each_entry(&self, each: impl FnMut(Entry)) {
+        match &self.table {
+            Table::Memory { entries, .. } => entries.iter().copied().for_each(each),
+            Table::Spilled(table) => table
+                .for_each(each)
+                .unwrap_or_else(|e| crate::spill::unreadable(e)),
+        }
+    }
+}
+
+/// An indexed pack's size as its index entries need it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PackExtent {
+    pub(crate) pack: ObjectName,
+    /// Blobs the index places in it.
+    pub(crate) blobs: usize,
+    /// Bytes the pack must have: the end of its last blob.
+    pub(crate) end: u64,
 }
 
 /// Every object of a listing with its size.
