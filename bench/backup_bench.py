@@ -652,6 +652,10 @@ class Tool:
         """-> (cmd, cwd). target does not exist yet."""
         raise NotImplementedError
 
+    def check_cmd(self):
+        """The tool's check of its repository's structure (no pack data read)."""
+        raise NotImplementedError
+
     def ok_rc(self, rc: int) -> bool:
         return rc == 0
 
@@ -695,6 +699,9 @@ class Backlock(Tool):
     def restore_cmd(self, target, label):
         return [self.bin, "restore", "latest", "--repo", self.repo, "--key-file", self.key_file,
                 "--target", target, "--json"], None
+
+    def check_cmd(self):
+        return [self.bin, "check", "--repo", self.repo, "--key-file", self.key_file, "--json"]
 
     def parse_backup(self, stdout):
         return last_json(stdout)
@@ -881,6 +888,9 @@ class Restic(Tool):
 
     def restore_cmd(self, target, label):
         return ["restic", "restore", "latest", "--host", "bench", "--target", target], None
+
+    def check_cmd(self):
+        return ["restic", "check"]
 
 
 class Borg(Tool):

@@ -79,3 +79,6 @@ class Rustic(bb.Tool):
 
     def restore_cmd(self, target, label):
         return self.base() + ["restore", "latest", target], None
+
+    def check_cmd(self):
+        return self.base() + ["check"]
