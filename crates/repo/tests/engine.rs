@@ -840,6 +840,46 @@ fn changed_pages_are_stored_as_deltas_and_their_bases_outlive_prune() {
     tree::assert_same(&src, &target.join("app"));
 }
 
+/// A store that drops the index objects of the backup that stored the bases of later
+/// deltas: `check` says that the deltas the newest snapshot needs have bases no index
+/// lists, besides the chunks of the first snapshot that no index lists.
+#[test]
+fn check_finds_deltas_whose_bases_no_index_lists() {
+    let f = Fixture::fs();
+    let (src, db) = f.app();
+    tree::write_db(&db, 20_000, 3);
+    f.backup(&src);
+    let first: Vec<String> = f
+        .store
+        .list(ObjectKind::Index)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    chat_for_a_day(&db, 4);
+    f.backup(&src);
+    let clean = f.open().check(false).unwrap();
+    assert!(clean.errors.is_empty(), "{clean:?}");
+    for name in &first {
+        f.store.delete(ObjectKind::Index, name).unwrap();
+    }
+    let report = f.open().check(false).unwrap();
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("stored as deltas of a chunk no index lists")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("chunks that no index lists")),
+        "{report:?}"
+    );
+}
+
 /// Producers take files largest first and in parallel; the snapshot still lists
 /// every entry once, in walk order (a directory before what it holds).
 #[test]
