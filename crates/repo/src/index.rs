@@ -15,7 +15,7 @@ use crate::error::{RepoError, Result};
 use backlock_core::{
     blob::BlobDecoder,
     envelope::{self, ObjectKind},
-    format::{BlobEntry, IndexFile},
+    format::{BlobEntry, IndexFile, PackEntry},
     ids::{ChunkId, ObjectName},
     kdf::RepoKeys,
 };
@@ -584,9 +584,11 @@ pub(crate) fn write_index_object(
     limit: u64,
     cache: Option<&RepoCache>,
 ) -> Result<(Vec<ObjectName>, u64)> {
-    let parts = file
-        .split_within(limit)
-        .map_err(|source| RepoError::TooLarge { source })?;
+    let mut parts = Vec::new();
+    for group in in_groups(file.packs, INDEX_OBJECT_BLOBS) {
+        let split = IndexFile { packs: group }.split_within(limit);
+        parts.extend(split.map_err(|source| RepoError::TooLarge { source })?);
+    }
     store.flush()?;
     let mut written = 0;
     let mut names = Vec::with_capacity(parts.len());
@@ -603,6 +605,35 @@ pub(crate) fn write_index_object(
         names.push(name);
     }
     Ok((names, written))
+}
+
+/// Blobs an index object lists at most (whole packs permitting): every command reads
+/// an index object whole, so one that prune or a rotation writes for a whole
+/// repository would cost every later command memory in proportion to it (40 MiB at a
+/// million files). A backup's objects, eight packs each, hold about as many.
+pub(crate) const INDEX_OBJECT_BLOBS: usize = 1 << 14;
+
+/// `packs` in groups of whole packs of at most `most` blobs (a larger pack alone); no
+/// pack at all is one empty group, written as it always was.
+fn in_groups(packs: Vec<PackEntry>, most: usize) -> Vec<Vec<PackEntry>> {
+    if packs.is_empty() {
+        return vec![Vec::new()];
+    }
+    let mut groups: Vec<Vec<PackEntry>> = Vec::new();
+    let mut blobs = 0;
+    for pack in packs {
+        match groups.last_mut() {
+            Some(group) if blobs + pack.blobs.len() <= most => {
+                blobs += pack.blobs.len();
+                group.push(pack);
+            }
+            _ => {
+                blobs = pack.blobs.len();
+                groups.push(vec![pack]);
+            }
+        }
+    }
+    groups
 }
 
 /// Where blob `b` lies in `data`, which holds a pack's bytes from offset `start`.
@@ -674,7 +705,51 @@ pub(crate) fn decode_chunk<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backlock_core::format::PackEntry;
+
+    /// An index written for a whole repository (prune, rotation) is split into objects
+    /// of whole packs of at most [`INDEX_OBJECT_BLOBS`] blobs, which together list
+    /// every blob once.
+    #[test]
+    fn a_large_index_is_written_as_objects_of_bounded_size() {
+        let store = backlock_store::MemoryStore::new();
+        let keys = RepoKeys::derive(&backlock_core::key::BackupKey::generate());
+        let per_pack = INDEX_OBJECT_BLOBS / 3 + 1;
+        let packs: Vec<PackEntry> = (0..10u32)
+            .map(|p| PackEntry {
+                pack: ObjectName::random(),
+                blobs: (0..per_pack as u32)
+                    .map(|b| {
+                        let mut id = [0u8; 32];
+                        id[..4].copy_from_slice(&p.to_le_bytes());
+                        id[4..8].copy_from_slice(&b.to_le_bytes());
+                        BlobEntry {
+                            id: ChunkId(id),
+                            seq: b,
+                            offset: u64::from(b) * 100,
+                            length: 100,
+                            raw_length: 100,
+                            base: None,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let (names, _) =
+            write_index_object(&store, &keys, IndexFile { packs }, u64::MAX, None).unwrap();
+        // Two packs of a third of the bound each fit in one object, three do not.
+        assert_eq!(names.len(), 5);
+        let mut builder = IndexBuilder::new(Spill {
+            dir: std::env::temp_dir(),
+            in_memory: DEFAULT_IN_MEMORY,
+        });
+        for name in &names {
+            let file = read_index_object(&store, &keys, &name.to_hex()).unwrap();
+            let blobs: usize = file.packs.iter().map(|p| p.blobs.len()).sum();
+            assert!(blobs <= INDEX_OBJECT_BLOBS, "{blobs}");
+            builder.add(&file).unwrap();
+        }
+        assert_eq!(builder.finish().unwrap().len(), 10 * per_pack);
+    }
 
     #[test]
     fn reads_in_parallel_come_out_in_order_and_an_error_stops_them() {
