@@ -650,8 +650,9 @@ impl ProduceState<'_> {
     }
 }
 
-/// The set of chunks a backup has stored so far, up to the repository's in-memory
-/// limit: open-addressing tables, one per ID prefix behind its own lock so the
+/// A set of chunk IDs that may outgrow memory: the chunks a backup (or copy) has
+/// stored so far, the chunks prune finds in use. Up to the repository's in-memory
+/// limit it is open-addressing tables, one per ID prefix behind its own lock so the
 /// producers rarely wait for each other. The tables grow to one slot per ID the limit
 /// allows (4 MiB in all by default) and are then kept, emptied, never freed: the glibc
 /// heap stays unfragmented, where 65,536 sorted lists that grew and were freed again
@@ -721,6 +722,25 @@ impl IdSlots {
         self.len = 0;
         for id in old.into_iter().filter(|id| id.0 != [0; 32]) {
             self.insert(id, id_hash(&id));
+        }
+    }
+
+    /// True when `id` is in the table.
+    fn contains(&self, id: &ChunkId, hash: u64) -> bool {
+        if id.0 == [0; 32] {
+            return self.zero;
+        }
+        if self.slots.is_empty() {
+            return false;
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = hash as usize & mask;
+        loop {
+            match &self.slots[at] {
+                slot if slot == id => return true,
+                slot if slot.0 == [0; 32] => return false,
+                _ => at = (at + 1) & mask,
+            }
         }
     }
 
@@ -802,6 +822,24 @@ impl NewChunks {
             self.move_to_disk()?;
         }
         Ok(true)
+    }
+
+    /// True when `id` was added.
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        let spilled = self.spilled.read().unwrap_or_else(|p| p.into_inner());
+        if spilled
+            .iter()
+            .any(|t| t.contains(id).unwrap_or_else(|e| unreadable(e)))
+        {
+            return true;
+        }
+        let hash = id_hash(id);
+        let table = &self.tables[(hash >> 56) as usize % NEW_TABLES];
+        let found = table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id, hash);
+        found
     }
 
     /// Moves the tables' IDs to a scratch file, unless another thread just did.
@@ -1903,6 +1941,10 @@ mod tests {
             assert!(ids.iter().all(|&id| set.insert(id).unwrap()));
             ids.reverse();
             assert!(ids.iter().all(|&id| !set.insert(id).unwrap()));
+            assert!(ids.iter().all(|id| set.contains(id)));
+            let mut absent = ids[7];
+            absent.0[31] ^= 0x55;
+            assert!(!set.contains(&absent));
             let sizes: Vec<usize> = set
                 .spilled
                 .read()

@@ -8,6 +8,7 @@
 //! is in progress (a backup's packs are unindexed until its next index object).
 
 use crate::{
+    backup::NewChunks,
     error::{RepoError, Result},
     index::{open_blob_at, stored_sizes},
     indexset::{delete_all, LiveIndexes},
@@ -250,7 +251,26 @@ impl Repository<Indexed> {
         self.state.live.writable()?;
         self.check_writer_level()?;
         let mut summary = PruneSummary::default();
-        let mut used: HashSet<ChunkId> = HashSet::new();
+        // Every chunk in use (a live delta's base too), kept in a set that moves to a
+        // scratch file past the in-memory limit, and those no index lists.
+        let used = NewChunks::new(self.spill());
+        let mut unindexed = 0usize;
+        let mut use_chunk = |id: &ChunkId| -> Result<()> {
+            if !used.insert(*id)? {
+                return Ok(());
+            }
+            match self.state.index.get(id) {
+                None => unindexed += 1,
+                Some(at) => {
+                    if let Some(base) = at.blob.base {
+                        if used.insert(base)? && !self.state.index.contains(&base) {
+                            unindexed += 1;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
         // The trees among them, repacked apart from file data: tree packs are read
         // (and cached) whole.
         let mut trees: HashSet<ChunkId> = HashSet::new();
@@ -267,31 +287,18 @@ impl Repository<Indexed> {
                 cache,
                 &name,
                 &mut snap,
-                &mut |n| {
-                    used.extend(n.chunks);
-                    Ok(())
-                },
+                &mut |n| n.chunks.iter().try_for_each(&mut use_chunk),
             )?;
-            trees.extend(read.iter().copied());
-            used.extend(read);
+            read.iter().try_for_each(&mut use_chunk)?;
+            trees.extend(read);
             Ok(())
         })?;
         // A damaged snapshot may be a real one whose data is still here: prune frees
         // nothing until it is repaired or removed on purpose.
         crate::refuse_unauthentic(&rejected)?;
-        // A live delta keeps its base alive.
-        let bases: Vec<ChunkId> = used
-            .iter()
-            .filter_map(|c| self.state.index.get(c).and_then(|l| l.blob.base))
-            .collect();
-        used.extend(bases);
         // Everything in use must be indexed before anything goes: a chunk in use that
         // no index names means an index object is missing or was replaced by an older
         // one, and deleting by this index would delete data a snapshot needs.
-        let unindexed = used
-            .iter()
-            .filter(|c| !self.state.index.contains(c))
-            .count();
         if unindexed > 0 {
             return Err(RepoError::Damaged {
                 kind: "index",
