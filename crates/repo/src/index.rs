@@ -584,11 +584,7 @@ pub(crate) fn write_index_object(
     limit: u64,
     cache: Option<&RepoCache>,
 ) -> Result<(Vec<ObjectName>, u64)> {
-    let mut parts = Vec::new();
-    for group in in_groups(file.packs, INDEX_OBJECT_BLOBS) {
-        let split = IndexFile { packs: group }.split_within(limit);
-        parts.extend(split.map_err(|source| RepoError::TooLarge { source })?);
-    }
+    let parts = index_parts(file, limit)?;
     store.flush()?;
     let mut written = 0;
     let mut names = Vec::with_capacity(parts.len());
@@ -612,6 +608,17 @@ pub(crate) fn write_index_object(
 /// repository would cost every later command memory in proportion to it (40 MiB at a
 /// million files). A backup's objects, eight packs each, hold about as many.
 pub(crate) const INDEX_OBJECT_BLOBS: usize = 1 << 14;
+
+/// `file` as the index objects to write: whole packs, at most [`INDEX_OBJECT_BLOBS`]
+/// blobs each where packs permit, and each within `limit` bytes.
+pub(crate) fn index_parts(file: IndexFile, limit: u64) -> Result<Vec<IndexFile>> {
+    let mut parts = Vec::new();
+    for group in in_groups(file.packs, INDEX_OBJECT_BLOBS) {
+        let split = IndexFile { packs: group }.split_within(limit);
+        parts.extend(split.map_err(|source| RepoError::TooLarge { source })?);
+    }
+    Ok(parts)
+}
 
 /// `packs` in groups of whole packs of at most `most` blobs (a larger pack alone); no
 /// pack at all is one empty group, written as it always was.

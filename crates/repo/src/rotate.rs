@@ -236,14 +236,15 @@ impl Repository<Open> {
         };
         pause(step::ROTATE_PACKS_WRITTEN);
 
-        // The new index (in as many objects as keep each within what readers accept)
+        // The new index (in objects of bounded size, as every index writer makes them)
         // and snapshots, under names chosen now so the markers can list them before
         // they exist.
-        let index_parts = IndexFile {
-            packs: generation.packs.clone(),
-        }
-        .split_within(self.object_limit)
-        .map_err(|source| RepoError::TooLarge { source })?;
+        let index_parts = crate::index::index_parts(
+            IndexFile {
+                packs: generation.packs.clone(),
+            },
+            self.object_limit,
+        )?;
         let index_names: Vec<ObjectName> =
             index_parts.iter().map(|_| ObjectName::random()).collect();
         let renamed: HashMap<ObjectName, ObjectName> = refs
