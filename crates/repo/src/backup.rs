@@ -764,6 +764,13 @@ impl IdSlots {
     }
 }
 
+/// True when one of the scratch tables holds `id`.
+fn in_any(tables: &[IdTable], id: &ChunkId) -> bool {
+    tables
+        .iter()
+        .any(|t| t.contains(id).unwrap_or_else(|e| unreadable(e)))
+}
+
 /// The IDs of several ascending runs, ascending.
 fn merge_runs<'a>(runs: &[&'a [ChunkId]]) -> impl Iterator<Item = ChunkId> + 'a {
     use std::{cmp::Reverse, collections::BinaryHeap};
@@ -803,10 +810,8 @@ impl NewChunks {
     /// Adds `id`; true if it was not there yet.
     pub(crate) fn insert(&self, id: ChunkId) -> Result<bool> {
         let spilled = self.spilled.read().unwrap_or_else(|p| p.into_inner());
-        for table in spilled.iter() {
-            if table.contains(&id).unwrap_or_else(|e| unreadable(e)) {
-                return Ok(false);
-            }
+        if in_any(&spilled, &id) {
+            return Ok(false);
         }
         let hash = id_hash(&id);
         let table = &self.tables[(hash >> 56) as usize % NEW_TABLES];
@@ -827,10 +832,7 @@ impl NewChunks {
     /// True when `id` was added.
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
         let spilled = self.spilled.read().unwrap_or_else(|p| p.into_inner());
-        if spilled
-            .iter()
-            .any(|t| t.contains(id).unwrap_or_else(|e| unreadable(e)))
-        {
+        if in_any(&spilled, id) {
             return true;
         }
         let hash = id_hash(id);
