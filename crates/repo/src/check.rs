@@ -5,8 +5,8 @@ use crate::{
     bases::BaseReader,
     error::{RepoError, Result},
     index::{
-        decode_chunk, open_blob_at, read_index_object, stored_sizes, Index, IndexBuilder,
-        PackExtent,
+        decode_chunk, open_blob_at, pack_groups, read_index_object, stored_sizes, Index,
+        IndexBuilder,
     },
     Open, Repository,
 };
@@ -237,7 +237,7 @@ impl Repository<Open> {
         }
         // The packs to read, a group at a time: one pass over the index finds a
         // group's blobs, and only a group's are held.
-        for group in pack_groups(&selected, &extents) {
+        for group in pack_groups(&selected, |n| extents[n].blobs, self.spill().group_blobs()) {
             let wanted: HashSet<usize> = group.iter().copied().collect();
             for (pack, blobs) in index.blobs_of(|n| wanted.contains(&n)) {
                 crate::interrupt::check()?;
@@ -321,74 +321,5 @@ impl Needs<'_> {
         if self.absent.contains(&pack) {
             self.lost.entry(pack).or_default().insert(*id);
         }
-    }
-}
-
-/// Blobs read into memory at once while `check` reads packs: a few MiB of entries.
-const GROUP_BLOBS: usize = 1 << 16;
-
-/// `selected` (numbers of packs in `extents`) in groups of about [`GROUP_BLOBS`] blobs.
-fn pack_groups<'a>(
-    selected: &'a [usize],
-    extents: &'a [PackExtent],
-) -> impl Iterator<Item = &'a [usize]> + 'a {
-    let mut rest = selected;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut blobs = 0;
-        let take = rest
-            .iter()
-            .take_while(|&&n| {
-                let fits = blobs == 0 || blobs + extents[n].blobs <= GROUP_BLOBS;
-                blobs += extents[n].blobs;
-                fits
-            })
-            .count();
-        let (group, tail) = rest.split_at(take);
-        rest = tail;
-        Some(group)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every selected pack is read once, in order, and a group holds at most
-    /// [`GROUP_BLOBS`] blobs unless one pack alone has more.
-    #[test]
-    fn pack_groups_cover_the_selection_within_the_bound() {
-        let sizes = [
-            GROUP_BLOBS / 2,
-            GROUP_BLOBS / 2,
-            1,
-            GROUP_BLOBS * 3,
-            7,
-            GROUP_BLOBS,
-            0,
-            5,
-        ];
-        let extents: Vec<PackExtent> = sizes
-            .iter()
-            .map(|&blobs| PackExtent {
-                pack: ObjectName::random(),
-                blobs,
-                end: 0,
-            })
-            .collect();
-        let selected: Vec<usize> = (0..sizes.len()).filter(|&n| n != 6).collect();
-        let groups: Vec<&[usize]> = pack_groups(&selected, &extents).collect();
-        assert_eq!(groups.concat(), selected);
-        for group in &groups {
-            let blobs: usize = group.iter().map(|&n| extents[n].blobs).sum();
-            assert!(
-                blobs <= GROUP_BLOBS || group.len() == 1,
-                "{group:?}: {blobs}"
-            );
-        }
-        assert!(groups.len() >= 4, "{groups:?}");
-        assert_eq!(pack_groups(&[], &extents).count(), 0);
     }
 }

@@ -74,6 +74,14 @@ pub(crate) struct Spill {
     pub(crate) in_memory: usize,
 }
 
+impl Spill {
+    /// Blob entries a command holds at once while it goes through packs a group at a
+    /// time: half the index's in-memory limit (4 MiB of entries by default).
+    pub(crate) fn group_blobs(&self) -> usize {
+        (self.in_memory / 2).max(1)
+    }
+}
+
 impl Default for Spill {
     fn default() -> Self {
         Spill {
@@ -442,7 +450,8 @@ impl Index {
         out
     }
 
-    fn for_each_entry(&self, each: impl FnMut(Entry)) {
+    /// Every entry, once: one pass over the index, in memory or on disk.
+    pub(crate) fn for_each_entry(&self, each: impl FnMut(Entry)) {
         match &self.table {
             Table::Memory { entries, .. } => entries.iter().copied().for_each(each),
             Table::Spilled(table) => table
@@ -450,6 +459,34 @@ impl Index {
                 .unwrap_or_else(|e| crate::spill::unreadable(e)),
         }
     }
+}
+
+/// `selected` (numbers of packs in [`Index::pack_extents`]) in groups of about `most`
+/// blobs, pack `n` holding `blobs(n)`: what `check` reads, or `prune` rewrites the index
+/// of, at once (a group's blob entries are held in memory).
+pub(crate) fn pack_groups<'a>(
+    selected: &'a [usize],
+    blobs: impl Fn(usize) -> usize + 'a,
+    most: usize,
+) -> impl Iterator<Item = &'a [usize]> + 'a {
+    let mut rest = selected;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut held = 0;
+        let take = rest
+            .iter()
+            .take_while(|&&n| {
+                let fits = held == 0 || held + blobs(n) <= most;
+                held += blobs(n);
+                fits
+            })
+            .count();
+        let (group, tail) = rest.split_at(take);
+        rest = tail;
+        Some(group)
+    })
 }
 
 /// An indexed pack's size as its index entries need it.
@@ -712,6 +749,47 @@ pub(crate) fn decode_chunk<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every selected pack is read once, in order, and a group holds at most
+    /// `most` blobs unless one pack alone has more.
+    #[test]
+    fn pack_groups_cover_the_selection_within_the_bound() {
+        const GROUP_BLOBS: usize = 1 << 16;
+        let sizes = [
+            GROUP_BLOBS / 2,
+            GROUP_BLOBS / 2,
+            1,
+            GROUP_BLOBS * 3,
+            7,
+            GROUP_BLOBS,
+            0,
+            5,
+        ];
+        let extents: Vec<PackExtent> = sizes
+            .iter()
+            .map(|&blobs| PackExtent {
+                pack: ObjectName::random(),
+                blobs,
+                end: 0,
+            })
+            .collect();
+        let selected: Vec<usize> = (0..sizes.len()).filter(|&n| n != 6).collect();
+        let groups: Vec<&[usize]> =
+            pack_groups(&selected, |n| extents[n].blobs, GROUP_BLOBS).collect();
+        assert_eq!(groups.concat(), selected);
+        for group in &groups {
+            let blobs: usize = group.iter().map(|&n| extents[n].blobs).sum();
+            assert!(
+                blobs <= GROUP_BLOBS || group.len() == 1,
+                "{group:?}: {blobs}"
+            );
+        }
+        assert!(groups.len() >= 4, "{groups:?}");
+        assert_eq!(
+            pack_groups(&[], |n| extents[n].blobs, GROUP_BLOBS).count(),
+            0
+        );
+    }
 
     /// An index written for a whole repository (prune, rotation) is split into objects
     /// of whole packs of at most [`INDEX_OBJECT_BLOBS`] blobs, which together list

@@ -10,7 +10,7 @@
 use crate::{
     backup::NewChunks,
     error::{RepoError, Result},
-    index::{open_blob_at, stored_sizes},
+    index::{open_blob_at, pack_groups, stored_sizes, Index},
     indexset::{delete_all, LiveIndexes},
     retention::{self, GroupBy, GroupVerdicts, Keep, Policy},
     select::{SnapshotFilter, SnapshotInfo},
@@ -24,7 +24,7 @@ use backlock_core::{
 };
 use jiff::tz::TimeZone;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Repack a pack when at least this fraction of its bytes is unused.
 const REPACK_DEAD_FRACTION: f64 = 0.25;
@@ -202,6 +202,17 @@ impl<S> Repository<S> {
         step: Option<&str>,
     ) -> Result<(usize, u64)> {
         let (indexes, written) = self.write_index_objects(packs)?;
+        Ok((self.install_index(live, indexes, step)?, written))
+    }
+
+    /// Makes the index objects `indexes`, already written, the whole index, as
+    /// [`Repository::replace_index`] does. Returns the index objects replaced.
+    pub(crate) fn install_index(
+        &self,
+        live: &LiveIndexes,
+        indexes: Vec<ObjectName>,
+        step: Option<&str>,
+    ) -> Result<usize> {
         let (set, seq) = live.write_next(
             &*self.store,
             &self.keys,
@@ -230,7 +241,7 @@ impl<S> Repository<S> {
         delete_all(&*self.store, ObjectKind::Index, &old)?;
         delete_all(&*self.store, ObjectKind::IndexSet, &sets)?;
         self.store.flush()?;
-        Ok((old.len(), written))
+        Ok(old.len())
     }
 }
 
@@ -311,87 +322,66 @@ impl Repository<Indexed> {
         }
         pause(step::PRUNE_PLANNED);
         crate::interrupt::check()?;
-        let by_pack = self.state.index.by_pack();
+        let index = &self.state.index;
+        let extents = index.pack_extents();
+        let verdicts = verdicts(index, extents.len(), &used);
         let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
 
-        let mut keep: Vec<PackEntry> = Vec::new();
-        let mut repack: Vec<(ObjectName, Vec<BlobEntry>)> = Vec::new();
-        for (pack, blobs) in by_pack {
-            let total: u64 = blobs.iter().map(|b| b.length as u64).sum();
-            let live: Vec<BlobEntry> = blobs.into_iter().filter(|b| used.contains(&b.id)).collect();
-            let live_bytes: u64 = live.iter().map(|b| b.length as u64).sum();
-            // Packs with no live blob are simply not kept, and deleted below.
-            if live.is_empty() {
-                continue;
-            } else if (total - live_bytes) as f64 >= REPACK_DEAD_FRACTION * total as f64 {
-                repack.push((pack, live));
-            } else {
-                keep.push(PackEntry { pack, blobs: live });
-            }
-        }
-
+        // The packs that stay, and the live blobs of those repacked, a group of packs at
+        // a time: one pass over the index finds a group's blobs, and only a group's are
+        // held; the index objects of what stays are written as each group ends.
         let mut written: i64 = 0;
-        // One pack being filled for file data, one for trees.
-        let mut sealers: [Option<(ObjectName, PackSealer, Vec<BlobEntry>)>; 2] = [None, None];
-        let pack_size = self.config.pack_size as usize;
-        let flush = |s: (ObjectName, PackSealer, Vec<BlobEntry>),
-                     keep: &mut Vec<PackEntry>,
-                     written: &mut i64|
-         -> Result<()> {
-            let (name, sealer, blobs) = s;
-            let bytes = sealer.finish();
-            self.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
-            *written += bytes.len() as i64;
-            keep.push(PackEntry { pack: name, blobs });
-            Ok(())
-        };
-        for (pack, live) in &repack {
+        let mut new_index = NewIndex::default();
+        let mut stays: Vec<PackEntry> = Vec::new();
+        let mut repacker = Repacker::new(self.config.pack_size as usize);
+        let selected: Vec<usize> = (0..extents.len())
+            .filter(|&n| verdicts[n] != Verdict::Delete)
+            .collect();
+        let mut in_group = vec![false; extents.len()];
+        for group in pack_groups(&selected, |n| extents[n].blobs, self.spill().group_blobs()) {
             crate::interrupt::check()?;
             self.state.lock.refresh_if_due()?;
-            let name = pack.to_hex();
-            let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
-            let data = self.store.get(ObjectKind::Pack, &name)?;
-            let opener = PackOpener::new(&self.keys, &name, &data).map_err(damaged)?;
-            for b in live {
-                // Re-seal the encoded blob as is: no decompression needed.
-                let plain = open_blob_at(&opener, &name, &data, 0, b)?;
-                let sealer = &mut sealers[usize::from(trees.contains(&b.id))];
-                if sealer
-                    .as_ref()
-                    .is_some_and(|(_, s, _)| s.len() + plain.len() > pack_size)
-                {
-                    flush(sealer.take().expect("checked"), &mut keep, &mut written)?;
+            group.iter().for_each(|&n| in_group[n] = true);
+            let verdict: HashMap<ObjectName, Verdict> = group
+                .iter()
+                .map(|&n| (extents[n].pack, verdicts[n]))
+                .collect();
+            let blobs_of = index.blobs_of(|n| in_group[n]);
+            group.iter().for_each(|&n| in_group[n] = false);
+            for (pack, mut blobs) in blobs_of {
+                let verdict = verdict[&pack];
+                if verdict != Verdict::KeepAll {
+                    blobs.retain(|b| used.contains(&b.id));
                 }
-                let (_, s, blobs) = sealer.get_or_insert_with(|| {
-                    let n = ObjectName::random();
-                    (
-                        n,
-                        PackSealer::new(&self.keys, &n.to_hex(), pack_size),
-                        Vec::new(),
-                    )
-                });
-                let place = s.push(&b.id, &plain);
-                blobs.push(BlobEntry {
-                    seq: place.seq,
-                    offset: place.offset,
-                    length: place.length,
-                    ..*b
-                });
+                match verdict {
+                    // Not selected: deleted below.
+                    Verdict::Delete => {}
+                    Verdict::KeepAll | Verdict::KeepLive => stays.push(PackEntry { pack, blobs }),
+                    Verdict::Repack => {
+                        crate::interrupt::check()?;
+                        self.state.lock.refresh_if_due()?;
+                        written += repacker.copy(&self, &pack, &blobs, &trees, &mut stays)?;
+                        summary.packs_repacked += 1;
+                    }
+                }
             }
-            summary.packs_repacked += 1;
+            // The packs a group keeps, and the new packs it filled, are indexed now; the
+            // index set naming them comes once every group is done.
+            if !stays.is_empty() {
+                new_index.add(&self, std::mem::take(&mut stays))?;
+            }
         }
-        for s in sealers.into_iter().flatten() {
-            flush(s, &mut keep, &mut written)?;
+        written += repacker.finish(&self, &mut stays)?;
+        // An empty repository still gets an index object, as it always has.
+        if !stays.is_empty() || new_index.names.is_empty() {
+            new_index.add(&self, stays)?;
         }
-
-        let kept: HashSet<String> = keep.iter().map(|p| p.pack.to_hex()).collect();
-        let (replaced, n) =
-            self.replace_index(&self.state.live, keep, Some(step::PRUNE_INDEXED))?;
-        written += n as i64;
-        summary.index_objects_replaced = replaced;
+        written += new_index.written;
+        summary.index_objects_replaced =
+            self.install_index(&self.state.live, new_index.names, Some(step::PRUNE_INDEXED))?;
 
         let mut freed: i64 = 0;
-        for name in stored.keys().filter(|n| !kept.contains(*n)) {
+        for name in stored.keys().filter(|n| !new_index.packs.contains(*n)) {
             self.store.delete(ObjectKind::Pack, name)?;
             freed += stored[name] as i64;
             summary.packs_deleted += 1;
@@ -399,6 +389,146 @@ impl Repository<Indexed> {
         summary.bytes_freed = freed - written;
         Ok(summary)
     }
+}
+
+/// The index objects prune has written so far, and the packs they name.
+#[derive(Default)]
+struct NewIndex {
+    names: Vec<ObjectName>,
+    packs: HashSet<String>,
+    written: i64,
+}
+
+impl NewIndex {
+    fn add<S>(&mut self, repo: &Repository<S>, stays: Vec<PackEntry>) -> Result<()> {
+        self.packs.extend(stays.iter().map(|p| p.pack.to_hex()));
+        let (names, n) = repo.write_index_objects(stays)?;
+        self.names.extend(names);
+        self.written += n as i64;
+        Ok(())
+    }
+}
+
+/// Copies the blobs in use of mostly-unused packs into new packs: one being filled
+/// for file data, one for trees (tree packs are read, and cached, whole).
+struct Repacker {
+    sealers: [Option<(ObjectName, PackSealer, Vec<BlobEntry>)>; 2],
+    pack_size: usize,
+}
+
+impl Repacker {
+    fn new(pack_size: usize) -> Self {
+        Repacker {
+            sealers: [None, None],
+            pack_size,
+        }
+    }
+
+    /// Copies `live` of `pack` (re-sealed as stored: no decompression); each new pack
+    /// filled goes to `stays`. Returns the bytes written.
+    fn copy<S>(
+        &mut self,
+        repo: &Repository<S>,
+        pack: &ObjectName,
+        live: &[BlobEntry],
+        trees: &HashSet<ChunkId>,
+        stays: &mut Vec<PackEntry>,
+    ) -> Result<i64> {
+        let name = pack.to_hex();
+        let damaged = |e| RepoError::damaged(ObjectKind::Pack, &name, e);
+        let data = repo.store.get(ObjectKind::Pack, &name)?;
+        let opener = PackOpener::new(&repo.keys, &name, &data).map_err(damaged)?;
+        let mut written = 0;
+        for b in live {
+            let plain = open_blob_at(&opener, &name, &data, 0, b)?;
+            let sealer = &mut self.sealers[usize::from(trees.contains(&b.id))];
+            if sealer
+                .as_ref()
+                .is_some_and(|(_, s, _)| s.len() + plain.len() > self.pack_size)
+            {
+                written += flush(repo, sealer.take().expect("checked"), stays)?;
+            }
+            let (_, s, blobs) = sealer.get_or_insert_with(|| {
+                let n = ObjectName::random();
+                (
+                    n,
+                    PackSealer::new(&repo.keys, &n.to_hex(), self.pack_size),
+                    Vec::new(),
+                )
+            });
+            let place = s.push(&b.id, &plain);
+            blobs.push(BlobEntry {
+                seq: place.seq,
+                offset: place.offset,
+                length: place.length,
+                ..*b
+            });
+        }
+        Ok(written)
+    }
+
+    /// Stores the packs still being filled. Returns the bytes written.
+    fn finish<S>(self, repo: &Repository<S>, stays: &mut Vec<PackEntry>) -> Result<i64> {
+        let mut written = 0;
+        for s in self.sealers.into_iter().flatten() {
+            written += flush(repo, s, stays)?;
+        }
+        Ok(written)
+    }
+}
+
+/// Stores a filled pack and adds it to `stays`. Returns its size.
+fn flush<S>(
+    repo: &Repository<S>,
+    (name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>),
+    stays: &mut Vec<PackEntry>,
+) -> Result<i64> {
+    let bytes = sealer.finish();
+    repo.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
+    stays.push(PackEntry { pack: name, blobs });
+    Ok(bytes.len() as i64)
+}
+
+/// What prune does with an indexed pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// No blob of it is in use (or the index places every one elsewhere).
+    Delete,
+    /// Every blob is in use.
+    KeepAll,
+    /// Kept, and indexed with only the blobs in use: too little is unused to repack.
+    KeepLive,
+    /// Its blobs in use are copied into new packs, and it is deleted.
+    Repack,
+}
+
+/// Each pack's verdict, by its number in [`Index::pack_extents`], from one pass over
+/// the index that sums its bytes and those in use: memory per pack, not per blob.
+fn verdicts(index: &Index, packs: usize, used: &NewChunks) -> Vec<Verdict> {
+    // Per pack: blobs, blobs in use, bytes, bytes in use.
+    let mut sums = vec![(0usize, 0usize, 0u64, 0u64); packs];
+    index.for_each_entry(|e| {
+        let sum = &mut sums[e.pack as usize];
+        sum.0 += 1;
+        sum.2 += u64::from(e.length);
+        if used.contains(&e.id) {
+            sum.1 += 1;
+            sum.3 += u64::from(e.length);
+        }
+    });
+    sums.into_iter()
+        .map(|(blobs, live, bytes, live_bytes)| {
+            if live == 0 {
+                Verdict::Delete
+            } else if live == blobs {
+                Verdict::KeepAll
+            } else if (bytes - live_bytes) as f64 >= REPACK_DEAD_FRACTION * bytes as f64 {
+                Verdict::Repack
+            } else {
+                Verdict::KeepLive
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
