@@ -357,6 +357,21 @@ pub fn walk<E: From<FormatError>>(
     fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
     each: &mut impl FnMut(Node) -> Result<(), E>,
 ) -> Result<(), E> {
+    walk_entering(root, fetch, each, &mut |_| true)
+}
+
+/// [`walk`], entering only the directories (the root included) whose trees `enter`
+/// accepts: a directory it refuses is still given to `each`, but nothing under it is
+/// read. For a reader that has been through that tree already.
+pub fn walk_entering<E: From<FormatError>>(
+    root: &[ChunkId],
+    fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    each: &mut impl FnMut(Node) -> Result<(), E>,
+    enter: &mut impl FnMut(&[ChunkId]) -> bool,
+) -> Result<(), E> {
+    if !enter(root) {
+        return Ok(());
+    }
     let mut levels = vec![Level {
         path: Vec::new(),
         parts: root.iter().copied().collect(),
@@ -385,7 +400,7 @@ pub fn walk<E: From<FormatError>>(
         let (node, parts) = entry.into_node(path);
         let dir = matches!(node.kind, NodeKind::Dir).then(|| node.path.clone());
         each(node)?;
-        if let Some(path) = dir {
+        if let Some(path) = dir.filter(|_| enter(&parts)) {
             levels.push(Level {
                 path,
                 parts: parts.into(),

@@ -4,10 +4,8 @@
 use crate::{
     bases::BaseReader,
     error::{RepoError, Result},
-    index::{
-        decode_chunk, open_blob_at, pack_groups, read_index_object, stored_sizes, Index,
-        IndexBuilder,
-    },
+    index::{decode_chunk, open_blob_at, read_index_object, stored_sizes, Index, IndexBuilder},
+    trees::{SeenTrees, TreeReader},
     Open, Repository,
 };
 use backlock_core::{
@@ -163,34 +161,45 @@ impl Repository<Open> {
             lost: HashMap::new(),
             broken_bases: HashSet::new(),
             unindexed: 0,
+            damage: 0,
         };
+        // A directory an earlier snapshot shares, found whole there, is not read again.
+        let mut seen = SeenTrees::default();
         for r in &refs {
             match self.authenticate(r)? {
                 Ok(mut snap) => {
                     let name = r.name.to_hex();
                     // Node by node: a snapshot of millions of files is never held whole.
                     needs.unindexed = 0;
-                    let read = crate::trees::for_each_node(
-                        &*self.store,
-                        &self.keys,
-                        &index,
+                    let damage = needs.damage;
+                    let read = crate::trees::for_each_node_unseen(
                         // `check` reads what the store holds, never a cached copy.
-                        None,
+                        TreeReader::new(&*self.store, &self.keys, &index, None),
                         &name,
                         &mut snap,
                         &mut |n| {
                             n.chunks.iter().for_each(|c| needs.chunk(c));
                             Ok(())
                         },
+                        Some(&mut seen),
                     );
                     match read {
                         Ok(trees) => trees.iter().for_each(|c| needs.chunk(c)),
                         Err(e @ RepoError::Interrupted) => return Err(e),
-                        Err(e) => report.errors.push(format!(
-                            "snapshot {} (#{}): its directories cannot be read: {e}",
-                            r.name.short(),
-                            r.seq
-                        )),
+                        Err(e) => {
+                            needs.damage += 1;
+                            report.errors.push(format!(
+                                "snapshot {} (#{}): its directories cannot be read: {e}",
+                                r.name.short(),
+                                r.seq
+                            ))
+                        }
+                    }
+                    // Only what was found whole is skipped in later snapshots, so that
+                    // each snapshot that needs something damaged is reported.
+                    match needs.damage == damage {
+                        true => seen.keep(),
+                        false => seen.forget(),
                     }
                     if needs.unindexed > 0 {
                         report.errors.push(format!(
@@ -237,9 +246,9 @@ impl Repository<Open> {
         }
         // The packs to read, a group at a time: one pass over the index finds a
         // group's blobs, and only a group's are held.
-        for group in pack_groups(&selected, |n| extents[n].blobs, self.spill().group_blobs()) {
-            let wanted: HashSet<usize> = group.iter().copied().collect();
-            for (pack, blobs) in index.blobs_of(|n| wanted.contains(&n)) {
+        let most = self.spill().group_blobs();
+        index.for_each_group(&extents, &selected, most, |group| {
+            for (pack, blobs) in group {
                 crate::interrupt::check()?;
                 lock.refresh_if_due()?;
                 report.packs_read += 1;
@@ -248,7 +257,8 @@ impl Repository<Open> {
                     report.errors.push(e.to_string());
                 }
             }
-        }
+            Ok(())
+        })?;
         let indexed: HashSet<String> = extents
             .iter()
             .filter(|x| x.blobs > 0)
@@ -297,12 +307,15 @@ struct Needs<'a> {
     broken_bases: HashSet<ChunkId>,
     /// Chunks of the snapshot being read that no index lists (each time it is used).
     unindexed: usize,
+    /// Everything found missing or damaged so far, counted each time.
+    damage: usize,
 }
 
 impl Needs<'_> {
     fn chunk(&mut self, id: &ChunkId) {
         let Some(at) = self.index.get(id) else {
             self.unindexed += 1;
+            self.damage += 1;
             return;
         };
         self.in_pack(at.pack, id);
@@ -312,6 +325,7 @@ impl Needs<'_> {
                 Some(b) if b.blob.base.is_none() => self.in_pack(b.pack, &base),
                 _ => {
                     self.broken_bases.insert(base);
+                    self.damage += 1;
                 }
             }
         }
@@ -320,6 +334,71 @@ impl Needs<'_> {
     fn in_pack(&mut self, pack: ObjectName, id: &ChunkId) {
         if self.absent.contains(&pack) {
             self.lost.entry(pack).or_default().insert(*id);
+            self.damage += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{index::read_index_object, BackupOptions, DeviceHome, Repository};
+    use backlock_core::{
+        envelope::{self, ObjectKind},
+        ids::ChunkId,
+        key::BackupKey,
+    };
+    use backlock_store::{MemoryStore, ObjectStore};
+    use std::sync::Arc;
+
+    /// Two snapshots share a directory whose file no index lists any more: both are
+    /// reported, though the second's copy of that directory is one the first has gone
+    /// through already (only what was found whole is skipped).
+    #[test]
+    fn each_snapshot_needing_an_unindexed_chunk_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("app");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::create_dir_all(src.join("b")).unwrap();
+        std::fs::write(src.join("a/shared.txt"), b"in both snapshots").unwrap();
+        std::fs::write(src.join("b/changed.txt"), b"day one").unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let key = BackupKey::generate();
+        let home = DeviceHome::new(dir.path().join("home"));
+        Repository::init(store.clone(), &key, home.clone()).unwrap();
+        let open = || Repository::open(store.clone(), &key, home.clone()).unwrap();
+        let opts = BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        };
+        open().load_index().unwrap().backup(&opts).unwrap();
+        std::fs::write(src.join("b/changed.txt"), b"day two").unwrap();
+        open().load_index().unwrap().backup(&opts).unwrap();
+        let clean = open().check(false).unwrap();
+        assert!(clean.errors.is_empty(), "{:?}", clean.errors);
+
+        // Every index object is sealed again without the shared file's chunk.
+        let keys = open().keys.clone();
+        let shared = ChunkId::compute(&keys, b"in both snapshots");
+        let mut dropped = 0;
+        for o in store.list(ObjectKind::Index).unwrap() {
+            let mut file = read_index_object(&*store, &keys, &o.name).unwrap();
+            for pack in &mut file.packs {
+                let before = pack.blobs.len();
+                pack.blobs.retain(|b| b.id != shared);
+                dropped += before - pack.blobs.len();
+            }
+            let (version, plain) = file.encode();
+            let sealed = envelope::seal_as(&keys, (ObjectKind::Index, version), &o.name, &plain);
+            store.put(ObjectKind::Index, &o.name, &sealed).unwrap();
+        }
+        assert_eq!(dropped, 1);
+
+        let report = open().check(false).unwrap();
+        let needing: Vec<&String> = report
+            .errors
+            .iter()
+            .filter(|e| e.contains("chunks that no index lists"))
+            .collect();
+        assert_eq!(needing.len(), 2, "{:?}", report.errors);
     }
 }

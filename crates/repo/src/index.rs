@@ -408,7 +408,8 @@ impl Index {
         matches!(self.table, Table::Spilled(_))
     }
 
-    /// The indexed blobs of each pack.
+    /// The indexed blobs of each pack (tests: commands take packs a group at a time).
+    #[cfg(test)]
     pub(crate) fn by_pack(&self) -> HashMap<ObjectName, Vec<BlobEntry>> {
         self.blobs_of(|_| true)
     }
@@ -427,6 +428,27 @@ impl Index {
             }
         });
         out
+    }
+
+    /// The indexed blobs of the packs `selected` (numbers in `extents`, this index's
+    /// [`Index::pack_extents`]), given to `each` a group of about `most` blobs at a
+    /// time: one pass over the index per group, memory for one group's blobs.
+    pub(crate) fn for_each_group(
+        &self,
+        extents: &[PackExtent],
+        selected: &[usize],
+        most: usize,
+        mut each: impl FnMut(HashMap<ObjectName, Vec<BlobEntry>>) -> Result<()>,
+    ) -> Result<()> {
+        let mut in_group = vec![false; extents.len()];
+        for group in pack_groups(selected, |n| extents[n].blobs, most) {
+            crate::interrupt::check()?;
+            group.iter().for_each(|&n| in_group[n] = true);
+            let blobs = self.blobs_of(|n| in_group[n]);
+            group.iter().for_each(|&n| in_group[n] = false);
+            each(blobs)?;
+        }
+        Ok(())
     }
 
     /// Every pack an index object names, with the count of blobs the index places in it
@@ -464,7 +486,7 @@ impl Index {
 /// `selected` (numbers of packs in [`Index::pack_extents`]) in groups of about `most`
 /// blobs, pack `n` holding `blobs(n)`: what `check` reads, or `prune` rewrites the index
 /// of, at once (a group's blob entries are held in memory).
-pub(crate) fn pack_groups<'a>(
+fn pack_groups<'a>(
     selected: &'a [usize],
     blobs: impl Fn(usize) -> usize + 'a,
     most: usize,

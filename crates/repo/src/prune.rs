@@ -10,11 +10,12 @@
 use crate::{
     backup::NewChunks,
     error::{RepoError, Result},
-    index::{open_blob_at, pack_groups, stored_sizes, Index},
+    index::{open_blob_at, stored_sizes, Index},
     indexset::{delete_all, LiveIndexes},
     retention::{self, GroupBy, GroupVerdicts, Keep, Policy},
     select::{SnapshotFilter, SnapshotInfo},
     testhook::{pause, step},
+    trees::{SeenTrees, TreeReader},
     Indexed, Open, Repository,
 };
 use backlock_core::{
@@ -287,19 +288,20 @@ impl Repository<Indexed> {
         let mut trees: HashSet<ChunkId> = HashSet::new();
         let (store, keys, index) = (&*self.store, &*self.keys, &self.state.index);
         let cache = self.cache.as_deref();
+        let mut seen = SeenTrees::default();
         let rejected = self.authentic_snapshots(|r, mut snap| {
             // A tree that cannot be read may name chunks: nothing is freed then.
             let name = r.name.to_hex();
-            // Node by node: a snapshot of millions of files is never held whole.
-            let read = crate::trees::for_each_node(
-                store,
-                keys,
-                index,
-                cache,
+            // Node by node: a snapshot of millions of files is never held whole; a
+            // directory an earlier snapshot shares adds no chunk and is not read again.
+            let read = crate::trees::for_each_node_unseen(
+                TreeReader::new(store, keys, index, cache),
                 &name,
                 &mut snap,
                 &mut |n| n.chunks.iter().try_for_each(&mut use_chunk),
+                Some(&mut seen),
             )?;
+            seen.keep();
             read.iter().try_for_each(&mut use_chunk)?;
             trees.extend(read);
             Ok(())
@@ -337,18 +339,14 @@ impl Repository<Indexed> {
         let selected: Vec<usize> = (0..extents.len())
             .filter(|&n| verdicts[n] != Verdict::Delete)
             .collect();
-        let mut in_group = vec![false; extents.len()];
-        for group in pack_groups(&selected, |n| extents[n].blobs, self.spill().group_blobs()) {
-            crate::interrupt::check()?;
+        let verdict: HashMap<ObjectName, Verdict> = selected
+            .iter()
+            .map(|&n| (extents[n].pack, verdicts[n]))
+            .collect();
+        let most = self.spill().group_blobs();
+        index.for_each_group(&extents, &selected, most, |group| {
             self.state.lock.refresh_if_due()?;
-            group.iter().for_each(|&n| in_group[n] = true);
-            let verdict: HashMap<ObjectName, Verdict> = group
-                .iter()
-                .map(|&n| (extents[n].pack, verdicts[n]))
-                .collect();
-            let blobs_of = index.blobs_of(|n| in_group[n]);
-            group.iter().for_each(|&n| in_group[n] = false);
-            for (pack, mut blobs) in blobs_of {
+            for (pack, mut blobs) in group {
                 let verdict = verdict[&pack];
                 if verdict != Verdict::KeepAll {
                     blobs.retain(|b| used.contains(&b.id));
@@ -370,7 +368,8 @@ impl Repository<Indexed> {
             if !stays.is_empty() {
                 new_index.add(&self, std::mem::take(&mut stays))?;
             }
-        }
+            Ok(())
+        })?;
         written += repacker.finish(&self, &mut stays)?;
         // An empty repository still gets an index object, as it always has.
         if !stays.is_empty() || new_index.names.is_empty() {

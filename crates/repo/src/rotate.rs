@@ -8,11 +8,12 @@
 //! the config is replaced, and with the new key from then on.
 
 use crate::{
+    backup::NewChunks,
     bases::BaseReader,
     error::{RepoError, Result},
     index::{decode_chunk, open_blob_at, Index},
     testhook::{pause, step},
-    trees::TreePacker,
+    trees::{SeenTrees, TreePacker, TreeReader},
     Open, RepoLock, Repository, SnapshotRef,
 };
 use backlock_core::{
@@ -194,20 +195,35 @@ impl Repository<Open> {
         // snapshot may be a real one the user wants to look at first.
         crate::refuse_unauthentic(&rejected)?;
         let refs: Vec<SnapshotRef> = snaps.iter().map(|(r, _)| *r).collect();
-        let mut used: HashSet<ChunkId> = HashSet::new();
+        // Every chunk in use and the bases of deltas among them (deltas are re-sealed as
+        // they are: their bases come along), in a set that moves to a scratch file past
+        // the in-memory limit.
+        let used = NewChunks::new(self.spill());
+        let mut missing: Option<ChunkId> = None;
+        let mut use_chunk = |id: ChunkId| -> Result<bool> {
+            let new = used.insert(id)?;
+            if new && !index.contains(&id) {
+                missing.get_or_insert(id);
+            }
+            Ok(new)
+        };
+        // A directory an earlier snapshot shares adds no chunk: it is not read again.
+        let mut seen = SeenTrees::default();
         for (r, s) in &snaps {
-            self.each_node(&index, r, s, &mut |node| {
-                used.extend(node.chunks);
+            let each = &mut |node: Node| {
+                for c in node.chunks {
+                    if use_chunk(c)? {
+                        if let Some(base) = index.get(&c).and_then(|l| l.blob.base) {
+                            use_chunk(base)?;
+                        }
+                    }
+                }
                 Ok(())
-            })?;
+            };
+            self.each_node(&index, r, s, each, Some(&mut seen))?;
+            seen.keep();
         }
-        // Deltas are re-sealed as they are: their bases come along.
-        let bases: Vec<ChunkId> = used
-            .iter()
-            .filter_map(|c| index.get(c).and_then(|l| l.blob.base))
-            .collect();
-        used.extend(bases);
-        if let Some(missing) = used.iter().find(|c| !index.contains(c)) {
+        if let Some(missing) = missing {
             return Err(RepoError::Damaged {
                 kind: "index",
                 name: format!("(chunk {missing})"),
@@ -377,7 +393,7 @@ impl Repository<Open> {
     fn reseal(
         &self,
         index: &Index,
-        used: &HashSet<ChunkId>,
+        used: &NewChunks,
         new_keys: &RepoKeys,
         lock: &RepoLock,
     ) -> Result<NewGeneration> {
@@ -388,58 +404,64 @@ impl Repository<Open> {
             bytes: 0,
         };
         let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
-        let mut by_pack: Vec<_> = index.by_pack().into_iter().collect();
-        by_pack.sort_by_key(|(p, _)| *p);
-        for (pack, mut blobs) in by_pack {
-            blobs.retain(|b| used.contains(&b.id));
-            if blobs.is_empty() {
-                continue;
-            }
-            blobs.sort_by_key(|b| b.offset);
-            let name = pack.to_hex();
-            let data = self.store.get(ObjectKind::Pack, &name)?;
-            let header = data.get(..HEADER_LEN).unwrap_or(&data);
-            let opener = PackOpener::new(&self.keys, &name, header)
-                .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
-            let bases = BaseReader::new(&*self.store, &self.keys, index)
-                .read(blobs.iter().filter_map(|b| b.base))?;
-            let mut decoder = BlobDecoder::new();
-            for b in &blobs {
-                let encoded = open_blob_at(&opener, &name, &data, 0, b)?;
-                let base = b.base.map(|id| bases[&id].as_slice());
-                let chunk = decode_chunk(&mut decoder, &self.keys, &name, &encoded, b, base)?;
-                let new_id = ChunkId::compute(new_keys, &chunk);
-                // A delta's payload does not depend on the key: only its base's ID.
-                let new_base = base.map(|plain| ChunkId::compute(new_keys, plain));
-                if out.chunk_map.insert(b.id, new_id).is_some() {
+        let extents = index.pack_extents();
+        let selected: Vec<usize> = (0..extents.len())
+            .filter(|&n| extents[n].blobs > 0)
+            .collect();
+        let most = self.spill().group_blobs();
+        index.for_each_group(&extents, &selected, most, |group| {
+            for (pack, mut blobs) in group {
+                blobs.retain(|b| used.contains(&b.id));
+                if blobs.is_empty() {
                     continue;
                 }
-                let full = current
-                    .as_ref()
-                    .is_some_and(|(_, s, _)| s.len() + encoded.len() > pack_size);
-                if full {
-                    self.put_pack(current.take().expect("checked"), &mut out)?;
-                    lock.refresh_if_due()?;
+                blobs.sort_by_key(|b| b.offset);
+                let name = pack.to_hex();
+                let data = self.store.get(ObjectKind::Pack, &name)?;
+                let header = data.get(..HEADER_LEN).unwrap_or(&data);
+                let opener = PackOpener::new(&self.keys, &name, header)
+                    .map_err(|e| RepoError::damaged(ObjectKind::Pack, &name, e))?;
+                let bases = BaseReader::new(&*self.store, &self.keys, index)
+                    .read(blobs.iter().filter_map(|b| b.base))?;
+                let mut decoder = BlobDecoder::new();
+                for b in &blobs {
+                    let encoded = open_blob_at(&opener, &name, &data, 0, b)?;
+                    let base = b.base.map(|id| bases[&id].as_slice());
+                    let chunk = decode_chunk(&mut decoder, &self.keys, &name, &encoded, b, base)?;
+                    let new_id = ChunkId::compute(new_keys, &chunk);
+                    // A delta's payload does not depend on the key: only its base's ID.
+                    let new_base = base.map(|plain| ChunkId::compute(new_keys, plain));
+                    if out.chunk_map.insert(b.id, new_id).is_some() {
+                        continue;
+                    }
+                    let full = current
+                        .as_ref()
+                        .is_some_and(|(_, s, _)| s.len() + encoded.len() > pack_size);
+                    if full {
+                        self.put_pack(current.take().expect("checked"), &mut out)?;
+                        lock.refresh_if_due()?;
+                    }
+                    let (_, sealer, entries) = current.get_or_insert_with(|| {
+                        let name = ObjectName::random();
+                        (
+                            name,
+                            PackSealer::new(new_keys, &name.to_hex(), pack_size + (1 << 20)),
+                            Vec::new(),
+                        )
+                    });
+                    let place = sealer.push(&new_id, &encoded);
+                    entries.push(BlobEntry {
+                        id: new_id,
+                        seq: place.seq,
+                        offset: place.offset,
+                        length: place.length,
+                        raw_length: b.raw_length,
+                        base: new_base,
+                    });
                 }
-                let (_, sealer, entries) = current.get_or_insert_with(|| {
-                    let name = ObjectName::random();
-                    (
-                        name,
-                        PackSealer::new(new_keys, &name.to_hex(), pack_size + (1 << 20)),
-                        Vec::new(),
-                    )
-                });
-                let place = sealer.push(&new_id, &encoded);
-                entries.push(BlobEntry {
-                    id: new_id,
-                    seq: place.seq,
-                    offset: place.offset,
-                    length: place.length,
-                    raw_length: b.raw_length,
-                    base: new_base,
-                });
             }
-        }
+            Ok(())
+        })?;
         if let Some(last) = current.take() {
             self.put_pack(last, &mut out)?;
         }
@@ -451,28 +473,23 @@ impl Repository<Open> {
     /// it with each such snapshot's new root.
     /// Gives each node of snapshot `s` to `each`, reading its trees (under the old
     /// key, through `index`) one at a time.
+    /// Directories `seen` has been through are not entered (see
+    /// [`crate::trees::for_each_node_unseen`]).
     fn each_node(
         &self,
         index: &Index,
         r: &SnapshotRef,
         s: &Snapshot,
         each: &mut dyn FnMut(Node) -> Result<()>,
+        seen: Option<&mut SeenTrees>,
     ) -> Result<()> {
         if s.root.is_empty() {
             return s.nodes.iter().try_for_each(|n| each(n.clone()));
         }
-        let cache = self.cache.as_deref();
+        let reader = TreeReader::new(&*self.store, &self.keys, index, self.cache.as_deref());
         let name = r.name.to_hex();
         let mut root_only = s.clone();
-        crate::trees::for_each_node(
-            &*self.store,
-            &self.keys,
-            index,
-            cache,
-            &name,
-            &mut root_only,
-            each,
-        )?;
+        crate::trees::for_each_node_unseen(reader, &name, &mut root_only, each, seen)?;
         Ok(())
     }
 
@@ -490,10 +507,12 @@ impl Repository<Open> {
         for (r, s) in snaps.iter().filter(|(_, s)| !s.root.is_empty()) {
             let mut builder = TreeBuilder::new(new_keys);
             let chunk_map = &generation.chunk_map;
-            self.each_node(index, r, s, &mut |mut node| {
+            let each = &mut |mut node: Node| {
                 node.chunks = node.chunks.iter().map(|c| chunk_map[c]).collect();
                 packer.push(&mut builder, node)
-            })?;
+            };
+            // Every directory: the new trees are built from all of them.
+            self.each_node(index, r, s, each, None)?;
             roots.insert(r.name, packer.finish_trees(builder)?);
         }
         let (packs, bytes) = packer.finish()?;
@@ -594,9 +613,14 @@ impl Repository<Open> {
     /// Deletes packs no index names (left by a stopped backup or rotation). Runs
     /// under the exclusive lock, like prune.
     fn remove_unindexed_packs(&self, index: &Index) -> Result<()> {
-        let indexed = index.by_pack();
+        let indexed: HashSet<ObjectName> = index
+            .pack_extents()
+            .into_iter()
+            .filter(|x| x.blobs > 0)
+            .map(|x| x.pack)
+            .collect();
         for info in self.listed(ObjectKind::Pack)? {
-            if ObjectName::parse(&info.name).is_none_or(|p| !indexed.contains_key(&p)) {
+            if ObjectName::parse(&info.name).is_none_or(|p| !indexed.contains(&p)) {
                 self.store.delete(ObjectKind::Pack, &info.name)?;
             }
         }

@@ -87,15 +87,29 @@ pub(crate) fn for_each_node(
     snap: &mut Snapshot,
     each: &mut dyn FnMut(Node) -> Result<()>,
 ) -> Result<Vec<ChunkId>> {
+    let reader = TreeReader::new(store, keys, index, cache);
+    for_each_node_unseen(reader, name, snap, each, None)
+}
+
+/// [`for_each_node`] for a command that goes through every snapshot for the chunks in
+/// use (check, prune): a directory whose tree `seen` has been through is given to
+/// `each` but not entered, so a snapshot that shares most of its directories with an
+/// earlier one costs the directories that changed.
+pub(crate) fn for_each_node_unseen(
+    mut reader: TreeReader<'_>,
+    name: &str,
+    snap: &mut Snapshot,
+    each: &mut dyn FnMut(Node) -> Result<()>,
+    mut seen: Option<&mut SeenTrees>,
+) -> Result<Vec<ChunkId>> {
     if snap.root.is_empty() {
         for node in std::mem::take(&mut snap.nodes) {
             each(node)?;
         }
         return Ok(Vec::new());
     }
-    let mut reader = TreeReader::new(store, keys, index, cache);
     let mut trees = Vec::new();
-    let walked = tree::walk(
+    let walked = tree::walk_entering(
         &snap.root,
         &mut |id: &ChunkId| -> Result<Vec<u8>, TreeFailure> {
             crate::interrupt::check()?;
@@ -103,9 +117,53 @@ pub(crate) fn for_each_node(
             Ok(reader.read(id)?)
         },
         &mut |node: Node| -> Result<(), TreeFailure> { Ok(each(node)?) },
+        &mut |parts: &[ChunkId]| seen.as_deref_mut().is_none_or(|s| s.enter(parts)),
     );
     walked.map_err(|e| e.into_repo(name))?;
     Ok(trees)
+}
+
+/// Directories gone through (by their one tree) by a command reading every snapshot,
+/// so that a later copy is not entered again. The directories of the snapshot being
+/// read count once [`SeenTrees::keep`] accepts them (check keeps only what it found
+/// whole, so that each damaged snapshot is still reported). At most [`SEEN_TREES`]
+/// directories are remembered; past that the others are read again.
+#[derive(Default)]
+pub(crate) struct SeenTrees {
+    kept: HashSet<ChunkId>,
+    pending: HashSet<ChunkId>,
+}
+
+/// Directories [`SeenTrees`] remembers at most: about 12 MiB.
+pub(crate) const SEEN_TREES: usize = 1 << 18;
+
+impl SeenTrees {
+    /// False for a directory of one tree gone through already; otherwise true, and the
+    /// tree is remembered as pending. A directory split into several trees (a very
+    /// large one) is always entered.
+    fn enter(&mut self, parts: &[ChunkId]) -> bool {
+        let [tree] = parts else {
+            return true;
+        };
+        if self.kept.contains(tree) || self.pending.contains(tree) {
+            return false;
+        }
+        if self.kept.len() + self.pending.len() < SEEN_TREES {
+            self.pending.insert(*tree);
+        }
+        true
+    }
+
+    /// The pending directories count as gone through from now on.
+    pub(crate) fn keep(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.kept.extend(pending);
+    }
+
+    /// The pending directories are forgotten: later snapshots enter them again.
+    pub(crate) fn forget(&mut self) {
+        self.pending.clear();
+    }
 }
 
 /// Tree packs kept in memory while a snapshot's trees are read. A walk reads each

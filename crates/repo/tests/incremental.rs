@@ -254,4 +254,16 @@ fn an_index_larger_than_memory_serves_every_command_from_disk() {
     repo.restores_as(&src, &dir.path().join("after-prune"));
     let report = repo.open_only().check(true).unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    // A key rotation under the same limit: the chunks in use (deltas' bases too) are
+    // found in the spilled set and re-sealed a group of packs at a time, and the new key
+    // restores and reads back every blob.
+    let new_key = BackupKey::generate();
+    let rotated = repo.open_only().rotate_key(&new_key).unwrap();
+    assert!(rotated.chunks > 300, "{rotated:?}");
+    repo.key = new_key;
+    assert!(repo.open().index().is_spilled());
+    repo.restores_as(&src, &dir.path().join("after-rotate"));
+    let report = repo.open_only().check(true).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
