@@ -341,35 +341,24 @@ impl Needs<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{index::read_index_object, BackupOptions, DeviceHome, Repository};
+    use crate::{index::read_index_object, testrepo::TestRepo};
     use backlock_core::{
         envelope::{self, ObjectKind},
         ids::ChunkId,
-        key::BackupKey,
     };
-    use backlock_store::{MemoryStore, ObjectStore};
-    use std::sync::Arc;
+    use backlock_store::ObjectStore;
 
     /// Two snapshots share a directory whose file no index lists any more: both are
     /// reported, though the second's copy of that directory is one the first has gone
     /// through already (only what was found whole is skipped).
     #[test]
     fn each_snapshot_needing_an_unindexed_chunk_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("app");
+        let t = TestRepo::new();
+        let (src, store, open, opts) = (&t.src, &t.store, || t.open(), t.options());
         std::fs::create_dir_all(src.join("a")).unwrap();
         std::fs::create_dir_all(src.join("b")).unwrap();
         std::fs::write(src.join("a/shared.txt"), b"in both snapshots").unwrap();
         std::fs::write(src.join("b/changed.txt"), b"day one").unwrap();
-        let store = Arc::new(MemoryStore::new());
-        let key = BackupKey::generate();
-        let home = DeviceHome::new(dir.path().join("home"));
-        Repository::init(store.clone(), &key, home.clone()).unwrap();
-        let open = || Repository::open(store.clone(), &key, home.clone()).unwrap();
-        let opts = BackupOptions {
-            paths: vec![src.clone()],
-            ..Default::default()
-        };
         open().load_index().unwrap().backup(&opts).unwrap();
         std::fs::write(src.join("b/changed.txt"), b"day two").unwrap();
         open().load_index().unwrap().backup(&opts).unwrap();
@@ -381,7 +370,7 @@ mod tests {
         let shared = ChunkId::compute(&keys, b"in both snapshots");
         let mut dropped = 0;
         for o in store.list(ObjectKind::Index).unwrap() {
-            let mut file = read_index_object(&*store, &keys, &o.name).unwrap();
+            let mut file = read_index_object(&**store, &keys, &o.name).unwrap();
             for pack in &mut file.packs {
                 let before = pack.blobs.len();
                 pack.blobs.retain(|b| b.id != shared);

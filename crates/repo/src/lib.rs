@@ -34,6 +34,8 @@ mod spill;
 mod sqlite;
 mod stats;
 pub mod testhook;
+#[cfg(test)]
+mod testrepo;
 mod trees;
 pub mod verify;
 mod walk;

@@ -532,30 +532,19 @@ fn verdicts(index: &Index, packs: usize, used: &NewChunks) -> Vec<Verdict> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{BackupOptions, DeviceHome, Repository};
-    use backlock_core::key::BackupKey;
-    use backlock_store::MemoryStore;
-    use std::{collections::HashSet, sync::Arc};
+    use crate::testrepo::TestRepo;
+    use std::collections::HashSet;
 
     /// A prune that repacks keeps trees and file data in packs apart: a tree pack is
     /// read, and cached, whole.
     #[test]
     fn a_repack_keeps_trees_apart_from_file_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("app");
+        let t = TestRepo::new();
+        let (dir, src, open, opts) = (t.dir.path(), &t.src, || t.open(), t.options());
         std::fs::create_dir_all(src.join("a")).unwrap();
         // Unchanged from the first day: its tree stays live in a pack of dead trees.
         std::fs::create_dir_all(src.join("b")).unwrap();
         std::fs::write(src.join("b/kept.txt"), b"kept").unwrap();
-        let store = Arc::new(MemoryStore::new());
-        let key = BackupKey::generate();
-        let home = DeviceHome::new(dir.path().join("home"));
-        Repository::init(store.clone(), &key, home.clone()).unwrap();
-        let open = || Repository::open(store.clone(), &key, home.clone()).unwrap();
-        let opts = BackupOptions {
-            paths: vec![src.clone()],
-            ..Default::default()
-        };
         // Small packs, several snapshots, most files then deleted: packs of data and of
         // trees end up partly dead, and are repacked in one prune.
         for day in 0..4u64 {
@@ -592,7 +581,7 @@ mod tests {
             let kinds: HashSet<bool> = blobs.iter().map(|b| trees.contains(&b.id)).collect();
             assert_eq!(kinds.len(), 1, "pack {pack:?} mixes trees and file data");
         }
-        let target = dir.path().join("restored");
+        let target = dir.join("restored");
         repo.restore(&latest, &target).unwrap();
     }
 }
