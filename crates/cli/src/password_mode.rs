@@ -145,6 +145,10 @@ pub(crate) fn init(
     let password = read_new_password(vault)?;
     let key = BackupKey::generate();
     let session = connect(vault, &home)?;
+    // The key is kept before the vault has it: a disk that refuses it then leaves no
+    // record in the vault that no key opens (the account could not be enabled again).
+    // A registration that fails takes it back, so a refused init leaves nothing.
+    home.save_key(&location(repo), &key)?;
     let registered = session.block_on(session.client.register(
         &password,
         &key,
@@ -155,6 +159,9 @@ pub(crate) fn init(
     let account = session.client.account().to_owned();
     let pinned = hex::encode(session.pinned);
     session.close();
+    if registered.is_err() {
+        home.forget_key(&location(repo))?;
+    }
     let registered = registered.map_err(|e| match e {
         VaultError::AlreadyRegistered(_) => Usage(format!(
             "a backup key is already registered for account {account}: change its password with \
@@ -163,8 +170,6 @@ pub(crate) fn init(
         .into(),
         other => anyhow::Error::from(VaultFailure::from(other)),
     })?;
-    // The key is kept before the repository exists, so it is never lost in between.
-    home.save_key(&location(repo), &key)?;
     let r = Repository::init_with(store, &key, home, compression)?;
     if json {
         print_json(&serde_json::json!({

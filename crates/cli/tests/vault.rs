@@ -767,6 +767,50 @@ fn an_embedded_vault_directory_that_is_not_utf8_is_refused() {
     assert_code(&init_with("SOME_PATH_OF_ANOTHER_TOOL"), 0);
 }
 
+/// A device whose disk refuses the new key (here `keys` is a file, not a directory)
+/// must not have registered it in the vault first: that record no key would open, and
+/// the account could never be enabled again ("already registered"). Once the disk is
+/// mended, the same `init --password` succeeds and the key recovers on a new phone.
+#[test]
+fn a_key_this_device_cannot_keep_is_never_registered() {
+    let env = Env::new();
+    let pw = env.secret("pw", PASSWORD);
+    let pw = pw.to_str().unwrap();
+    let init = [
+        "init",
+        "--password",
+        "--password-file",
+        pw,
+        "--yes",
+        "--json",
+    ];
+    std::fs::create_dir_all(env.path("phone1")).unwrap();
+    std::fs::write(env.path("phone1/keys"), b"not a directory").unwrap();
+    let out = env.backlock("phone1", None, &init);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("keys"), "{}", stderr(&out));
+    assert!(!env.path("repo").exists(), "no repository made");
+    std::fs::remove_file(env.path("phone1/keys")).unwrap();
+    assert_code(&env.backlock("phone1", None, &init), 0);
+    let src = tree::write_sample(env.dir.path(), 1);
+    assert_code(
+        &env.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
+        0,
+    );
+    let target = env.path("restored");
+    let restore = [
+        "restore",
+        "--account",
+        "local",
+        "--password-file",
+        pw,
+        "--target",
+        target.to_str().unwrap(),
+    ];
+    assert_code(&env.backlock("phone2", None, &restore), 0);
+    tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+}
+
 /// A man in the middle answers the device's first contact (here a second vault at the
 /// URL the device was given). With no key from the vault's operator, the device
 /// talks to no remote vault at all; with it, it refuses the impostor before sending

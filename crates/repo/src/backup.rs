@@ -866,10 +866,7 @@ impl NewChunks {
         let runs: Vec<&[ChunkId]> = tables.iter_mut().map(|t| t.sorted()).collect();
         let len = runs.iter().map(|r| r.len()).sum::<usize>() + usize::from(zero.is_some());
         let ids = zero.into_iter().chain(merge_runs(&runs)).map(Ok);
-        let scratch = |source| RepoError::Scratch {
-            path: self.spill.dir.clone(),
-            source,
-        };
+        let scratch = |source| self.spill.scratch(source);
         let written = IdTable::write(&self.spill.dir, len, ids);
         drop(runs);
         tables.iter_mut().for_each(|t| t.clear());

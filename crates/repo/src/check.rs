@@ -244,10 +244,8 @@ impl Repository<Open> {
                 Some(_) => {}
             }
         }
-        // The packs to read, a group at a time: one pass over the index finds a
-        // group's blobs, and only a group's are held.
-        let most = self.spill().group_blobs();
-        index.for_each_group(&extents, &selected, most, |group| {
+        // The packs to read, a group at a time: only a group's blobs are held.
+        index.for_each_group(&extents, &selected, &self.spill(), |group| {
             for (pack, blobs) in group {
                 crate::interrupt::check()?;
                 lock.refresh_if_due()?;

@@ -80,6 +80,14 @@ impl Spill {
     pub(crate) fn group_blobs(&self) -> usize {
         (self.in_memory / 2).max(1)
     }
+
+    /// A scratch file in [`Spill::dir`] could not be written or read.
+    pub(crate) fn scratch(&self, source: std::io::Error) -> RepoError {
+        RepoError::Scratch {
+            path: self.dir.clone(),
+            source,
+        }
+    }
 }
 
 impl Default for Spill {
@@ -205,21 +213,15 @@ impl IndexBuilder {
         let runs = match &mut self.runs {
             Some(runs) => runs,
             None => {
-                let runs = crate::spill::Runs::new(&self.spill.dir).map_err(|e| self.scratch(e))?;
+                let runs =
+                    crate::spill::Runs::new(&self.spill.dir).map_err(|e| self.spill.scratch(e))?;
                 self.runs.insert(runs)
             }
         };
         let pushed = runs.push(&self.entries);
-        pushed.map_err(|e| self.scratch(e))?;
+        pushed.map_err(|e| self.spill.scratch(e))?;
         self.entries.clear();
         Ok(())
-    }
-
-    fn scratch(&self, source: std::io::Error) -> RepoError {
-        RepoError::Scratch {
-            path: self.spill.dir.clone(),
-            source,
-        }
     }
 
     pub(crate) fn finish(mut self) -> Result<Index> {
@@ -235,7 +237,7 @@ impl IndexBuilder {
             }
             Some(runs) => {
                 let merged = runs.merge(&self.entries, &self.spill.dir);
-                Table::Spilled(merged.map_err(|e| self.scratch(e))?)
+                Table::Spilled(merged.map_err(|e| self.spill.scratch(e))?)
             }
         };
         Ok(Index {
@@ -431,22 +433,59 @@ impl Index {
     }
 
     /// The indexed blobs of the packs `selected` (numbers in `extents`, this index's
-    /// [`Index::pack_extents`]), given to `each` a group of about `most` blobs at a
-    /// time: one pass over the index per group, memory for one group's blobs.
+    /// [`Index::pack_extents`]), each pack's in the order they lie in it, given to `each`
+    /// a group of about [`Spill::group_blobs`] blobs at a time: memory for one group's
+    /// blobs. When there is more than one group, a single pass over the index sorts the
+    /// selected entries into their groups in a scratch file ([`crate::spill::Buckets`]),
+    /// so that the index is read once however many groups there are.
     pub(crate) fn for_each_group(
         &self,
         extents: &[PackExtent],
         selected: &[usize],
-        most: usize,
+        spill: &Spill,
         mut each: impl FnMut(HashMap<ObjectName, Vec<BlobEntry>>) -> Result<()>,
     ) -> Result<()> {
-        let mut in_group = vec![false; extents.len()];
-        for group in pack_groups(selected, |n| extents[n].blobs, most) {
+        let most = spill.group_blobs();
+        let groups: Vec<&[usize]> = pack_groups(selected, |n| extents[n].blobs, most).collect();
+        let mut group_of = vec![u32::MAX; extents.len()];
+        for (g, group) in groups.iter().enumerate() {
+            group.iter().for_each(|&n| group_of[n] = g as u32);
+        }
+        let by_pack = |mut blobs: HashMap<ObjectName, Vec<BlobEntry>>| {
+            blobs.values_mut().for_each(|b| b.sort_by_key(|b| b.offset));
+            blobs
+        };
+        match groups.len() {
+            0 => return Ok(()),
+            1 => {
+                crate::interrupt::check()?;
+                return each(by_pack(self.blobs_of(|n| group_of[n] == 0)));
+            }
+            _ => {}
+        }
+        let scratch = |e| spill.scratch(e);
+        let mut buckets =
+            crate::spill::Buckets::new(&spill.dir, groups.len(), most).map_err(scratch)?;
+        let mut failed = None;
+        self.for_each_entry(|e| {
+            let g = group_of[e.pack as usize];
+            if g != u32::MAX && failed.is_none() {
+                failed = buckets.push(g as usize, e).err();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(scratch(e));
+        }
+        for g in 0..groups.len() {
             crate::interrupt::check()?;
-            group.iter().for_each(|&n| in_group[n] = true);
-            let blobs = self.blobs_of(|n| in_group[n]);
-            group.iter().for_each(|&n| in_group[n] = false);
-            each(blobs)?;
+            let mut blobs: HashMap<ObjectName, Vec<BlobEntry>> = HashMap::new();
+            buckets
+                .read(g, |e| {
+                    let loc = self.located(&e);
+                    blobs.entry(loc.pack).or_default().push(loc.blob);
+                })
+                .map_err(scratch)?;
+            each(by_pack(blobs))?;
         }
         Ok(())
     }

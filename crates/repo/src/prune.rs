@@ -330,8 +330,8 @@ impl Repository<Indexed> {
         let stored = stored_sizes(self.listed(ObjectKind::Pack)?);
 
         // The packs that stay, and the live blobs of those repacked, a group of packs at
-        // a time: one pass over the index finds a group's blobs, and only a group's are
-        // held; the index objects of what stays are written as each group ends.
+        // a time: only a group's blobs are held, and the index objects of what stays
+        // are written as each group ends.
         let mut written: i64 = 0;
         let mut new_index = NewIndex::default();
         let mut stays: Vec<PackEntry> = Vec::new();
@@ -343,8 +343,7 @@ impl Repository<Indexed> {
             .iter()
             .map(|&n| (extents[n].pack, verdicts[n]))
             .collect();
-        let most = self.spill().group_blobs();
-        index.for_each_group(&extents, &selected, most, |group| {
+        index.for_each_group(&extents, &selected, &self.spill(), |group| {
             self.state.lock.refresh_if_due()?;
             for (pack, mut blobs) in group {
                 let verdict = verdict[&pack];

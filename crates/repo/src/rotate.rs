@@ -408,14 +408,12 @@ impl Repository<Open> {
         let selected: Vec<usize> = (0..extents.len())
             .filter(|&n| extents[n].blobs > 0)
             .collect();
-        let most = self.spill().group_blobs();
-        index.for_each_group(&extents, &selected, most, |group| {
+        index.for_each_group(&extents, &selected, &self.spill(), |group| {
             for (pack, mut blobs) in group {
                 blobs.retain(|b| used.contains(&b.id));
                 if blobs.is_empty() {
                     continue;
                 }
-                blobs.sort_by_key(|b| b.offset);
                 let name = pack.to_hex();
                 let data = self.store.get(ObjectKind::Pack, &name)?;
                 let header = data.get(..HEADER_LEN).unwrap_or(&data);

@@ -292,6 +292,88 @@ impl Table {
     }
 }
 
+/// Entries put in numbered buckets in one pass, in a scratch file, to be read back a
+/// bucket at a time: a command going through a large index a group of packs at a time
+/// reads the index once instead of once per group.
+///
+/// Entries collect in memory up to a limit; each full run is sorted by bucket (stably:
+/// the order entries came in holds within a bucket) and appended to the file, with
+/// where each bucket starts in it. Reading a bucket back reads its stretch of every run.
+pub(crate) struct Buckets {
+    file: File,
+    buckets: usize,
+    /// Entries held in memory before a run is written.
+    most: usize,
+    pending: Vec<(u32, Entry)>,
+    /// For each written run, the position of each bucket's first record and then the
+    /// run's end: `buckets + 1` positions per run.
+    starts: Vec<u64>,
+    written: u64,
+}
+
+impl Buckets {
+    /// An empty scratch file in `dir` for `buckets` buckets, holding at most `most`
+    /// entries in memory.
+    pub(crate) fn new(dir: &Path, buckets: usize, most: usize) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Buckets {
+            file: tempfile::tempfile_in(dir)?,
+            buckets,
+            most: most.max(1),
+            pending: Vec::new(),
+            starts: Vec::new(),
+            written: 0,
+        })
+    }
+
+    /// Puts `entry` in `bucket` (below the number of buckets).
+    pub(crate) fn push(&mut self, bucket: usize, entry: Entry) -> io::Result<()> {
+        debug_assert!(bucket < self.buckets);
+        self.pending.push((bucket as u32, entry));
+        if self.pending.len() >= self.most {
+            self.write_run()?;
+        }
+        Ok(())
+    }
+
+    fn write_run(&mut self) -> io::Result<()> {
+        self.pending.sort_by_key(|&(bucket, _)| bucket);
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, &self.file);
+        let mut next = 0;
+        for &(bucket, ref e) in &self.pending {
+            while next <= bucket as usize {
+                self.starts.push(self.written);
+                next += 1;
+            }
+            out.write_all(&encode(e))?;
+            self.written += 1;
+        }
+        out.flush()?;
+        while next <= self.buckets {
+            self.starts.push(self.written);
+            next += 1;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Every entry put in `bucket`, in the order they were put.
+    pub(crate) fn read(&mut self, bucket: usize, mut each: impl FnMut(Entry)) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.write_run()?;
+            self.pending = Vec::new();
+        }
+        for run in self.starts.chunks_exact(self.buckets + 1) {
+            let (first, end) = (run[bucket], run[bucket + 1]);
+            let mut reader = RunReader::new(&self.file, RECORD, first, end - first);
+            while let Some(e) = reader.next()? {
+                each(e);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// IDs per page of an [`IdTable`]: 4 KiB.
 const ID_PAGE: usize = 128;
 /// Bits of an [`IdTable`]'s filter per ID, and bits set per ID: about one lookup in
@@ -551,6 +633,36 @@ mod tests {
                 n < 3000 && held(n),
                 "{n}"
             );
+        }
+    }
+
+    /// Each bucket reads back exactly the entries put in it, in the order they were
+    /// put, across several written runs (some without that bucket) and the part still
+    /// in memory.
+    #[test]
+    fn buckets_read_back_what_was_put_in_each() {
+        let dir = tempfile::tempdir().unwrap();
+        const BUCKETS: usize = 5;
+        let mut buckets = Buckets::new(dir.path(), BUCKETS, 64).unwrap();
+        let mut put: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
+        // Bucket 4 only in the last 100 entries, bucket 0 never: runs without them.
+        for n in 0..1000u32 {
+            let bucket = match n {
+                900.. => 4,
+                _ => 1 + (n as usize * 7) % 3,
+            };
+            buckets.push(bucket, entry(n, n)).unwrap();
+            put[bucket].push(n);
+        }
+        for (bucket, expected) in put.iter().enumerate().rev() {
+            let mut back = Vec::new();
+            buckets
+                .read(bucket, |e| {
+                    assert_eq!(encode(&e), encode(&entry(e.seq, e.seq)));
+                    back.push(e.seq)
+                })
+                .unwrap();
+            assert_eq!(&back, expected, "bucket {bucket}");
         }
     }
 }
