@@ -148,7 +148,17 @@ pub(crate) fn init(
     // The key is kept before the vault has it: a disk that refuses it then leaves no
     // record in the vault that no key opens (the account could not be enabled again).
     // A registration that fails takes it back, so a refused init leaves nothing.
-    home.save_key(&location(repo), &key)?;
+    // Never over a key this device already keeps for this location: no repository is
+    // there, but one may be on a drive not mounted, and that key may be its only copy.
+    home.save_new_key(&location(repo), &key)
+        .map_err(|e| match e {
+            backlock_repo::RepoError::KeyAlreadyKept { path } => anyhow::Error::from(Usage(format!(
+                "this device already keeps a backup key for {} (in {}) although no repository is there: is its drive mounted? If no backup uses that key, move the file away and run init again",
+                repo.display(),
+                path.display()
+            ))),
+            other => other.into(),
+        })?;
     let registered = session.block_on(session.client.register(
         &password,
         &key,
@@ -160,7 +170,10 @@ pub(crate) fn init(
     let pinned = hex::encode(session.pinned);
     session.close();
     if registered.is_err() {
-        home.forget_key(&location(repo))?;
+        // The vault's refusal is what the user must read; a key left behind is harmless.
+        if let Err(e) = home.forget_key(&location(repo)) {
+            eprintln!("warning: the new key, never registered, stays in this device's state: {e}");
+        }
     }
     let registered = registered.map_err(|e| match e {
         VaultError::AlreadyRegistered(_) => Usage(format!(

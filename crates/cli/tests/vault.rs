@@ -811,6 +811,77 @@ fn a_key_this_device_cannot_keep_is_never_registered() {
     tree::assert_same(&src, &target.join(src.file_name().unwrap()));
 }
 
+/// The keys this device keeps, by file name, with their contents.
+fn kept_keys(home: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    match std::fs::read_dir(home.join("keys")) {
+        Err(_) => Default::default(),
+        Ok(dir) => dir
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// `init --password` where no repository is found never touches a key this device
+/// already keeps for that location (the repository may be on a drive not mounted, and
+/// the key its only copy), and a registration the vault refuses leaves no key behind.
+#[test]
+fn a_failed_init_leaves_the_keys_this_device_keeps_as_they_were() {
+    let env = Env::new();
+    let pw = env.secret("pw", PASSWORD);
+    let pw = pw.to_str().unwrap();
+    let init = |home: &str, repo: &str| {
+        let repo = env.path(repo);
+        let args = [
+            "init",
+            "--password",
+            "--password-file",
+            pw,
+            "--yes",
+            "--repo",
+        ];
+        let mut args = args.map(str::to_owned).to_vec();
+        args.push(repo.to_str().unwrap().to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.backlock(home, None, &args)
+    };
+    assert_code(&init("phone1", "repo"), 0);
+    let kept = kept_keys(&env.path("phone1"));
+    assert_eq!(kept.len(), 1);
+    // The drive is not mounted: the location is empty.
+    std::fs::rename(env.path("repo"), env.path("unmounted")).unwrap();
+    let out = init("phone1", "repo");
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("already keeps a backup key"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        kept_keys(&env.path("phone1")),
+        kept,
+        "the kept key is untouched"
+    );
+    // Another phone, another location, the same account: the vault refuses.
+    let out = init("phone2", "repo2");
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("already registered"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        kept_keys(&env.path("phone2")).is_empty(),
+        "no key left behind"
+    );
+    assert!(!env.path("repo2").exists(), "no repository made");
+}
+
 /// A man in the middle answers the device's first contact (here a second vault at the
 /// URL the device was given). With no key from the vault's operator, the device
 /// talks to no remote vault at all; with it, it refuses the impostor before sending

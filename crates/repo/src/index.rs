@@ -435,9 +435,9 @@ impl Index {
     /// The indexed blobs of the packs `selected` (numbers in `extents`, this index's
     /// [`Index::pack_extents`]), each pack's in the order they lie in it, given to `each`
     /// a group of about [`Spill::group_blobs`] blobs at a time: memory for one group's
-    /// blobs. When there is more than one group, a single pass over the index sorts the
-    /// selected entries into their groups in a scratch file ([`crate::spill::Buckets`]),
-    /// so that the index is read once however many groups there are.
+    /// blobs. A spilled index of more than one group is read once: that pass sorts the
+    /// selected entries into their groups in a scratch file ([`crate::spill::Buckets`]);
+    /// one in memory is gone through once per group (at most a few).
     pub(crate) fn for_each_group(
         &self,
         extents: &[PackExtent],
@@ -455,13 +455,12 @@ impl Index {
             blobs.values_mut().for_each(|b| b.sort_by_key(|b| b.offset));
             blobs
         };
-        match groups.len() {
-            0 => return Ok(()),
-            1 => {
+        if groups.len() == 1 || !self.is_spilled() {
+            for g in 0..groups.len() as u32 {
                 crate::interrupt::check()?;
-                return each(by_pack(self.blobs_of(|n| group_of[n] == 0)));
+                each(by_pack(self.blobs_of(|n| group_of[n] == g)))?;
             }
-            _ => {}
+            return Ok(());
         }
         let scratch = |e| spill.scratch(e);
         let mut buckets =
@@ -936,6 +935,64 @@ mod tests {
     fn an_entry_is_64_bytes() {
         // The index is the largest structure a backup holds: 64 bytes per chunk.
         assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    /// Groups of packs come out with each selected pack once, whole, its blobs in the
+    /// order they lie in it, within the group bound: from an index in memory in one
+    /// group or several, and from a spilled one (sorted into groups in one pass).
+    #[test]
+    fn each_selected_pack_comes_once_whole_in_pack_order() {
+        let packs: Vec<PackEntry> = (0..6u32)
+            .map(|p| PackEntry {
+                pack: ObjectName::random(),
+                blobs: (0..5u32)
+                    .map(|b| BlobEntry {
+                        // Later blobs first in the pack: ID order is not pack order.
+                        offset: u64::from(100 - b * 10),
+                        ..blob(id(p * 10 + b), b, None)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let file = IndexFile {
+            packs: packs.clone(),
+        };
+        for (in_memory, spilled, groups) in [(64, false, 1), (32, false, 2), (8, true, 5)] {
+            let dir = tempfile::tempdir().unwrap();
+            let spill = Spill {
+                dir: dir.path().into(),
+                in_memory,
+            };
+            let mut builder = IndexBuilder::new(spill.clone());
+            builder.add(&file).unwrap();
+            let index = builder.finish().unwrap();
+            assert_eq!(index.is_spilled(), spilled);
+            let extents = index.pack_extents();
+            // Pack 2 is not selected.
+            let selected: Vec<usize> = (0..extents.len()).filter(|&n| n != 2).collect();
+            let mut seen: Vec<ObjectName> = Vec::new();
+            let mut count = 0;
+            index
+                .for_each_group(&extents, &selected, &spill, |group| {
+                    count += 1;
+                    let held: usize = group.values().map(Vec::len).sum();
+                    assert!(held <= spill.group_blobs() || group.len() == 1, "{held}");
+                    for (pack, blobs) in group {
+                        let want = packs.iter().find(|p| p.pack == pack).unwrap();
+                        let mut want = want.blobs.clone();
+                        want.sort_by_key(|b| b.offset);
+                        assert_eq!(blobs, want);
+                        seen.push(pack);
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(count, groups, "in memory {in_memory}");
+            seen.sort();
+            let mut want: Vec<ObjectName> = selected.iter().map(|&n| extents[n].pack).collect();
+            want.sort();
+            assert_eq!(seen, want);
+        }
     }
 
     fn blob(id: ChunkId, seq: u32, base: Option<ChunkId>) -> BlobEntry {

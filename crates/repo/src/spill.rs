@@ -12,6 +12,9 @@
 //! IDs held in memory go to a sorted scratch file with a filter of 2 bytes per ID that
 //! answers most lookups of an ID not there without reading it.
 //!
+//! Commands that go through a spilled index a group of packs at a time sort its entries
+//! into their groups in one pass ([`Buckets`]), then read a group at a time.
+//!
 //! They hold what index objects hold once decrypted (chunk IDs, which are keyed MACs,
 //! and where each blob lies in its pack), never file content; they sit on this device,
 //! beside the files the backup reads.
@@ -296,9 +299,9 @@ impl Table {
 /// bucket at a time: a command going through a large index a group of packs at a time
 /// reads the index once instead of once per group.
 ///
-/// Entries collect in memory up to a limit; each full run is sorted by bucket (stably:
-/// the order entries came in holds within a bucket) and appended to the file, with
-/// where each bucket starts in it. Reading a bucket back reads its stretch of every run.
+/// Entries collect in memory up to a limit; each full run is sorted by bucket (in
+/// place: no second buffer at the peak) and appended to the file, with where each
+/// bucket starts in it. Reading a bucket back reads its stretch of every run.
 pub(crate) struct Buckets {
     file: File,
     buckets: usize,
@@ -337,7 +340,7 @@ impl Buckets {
     }
 
     fn write_run(&mut self) -> io::Result<()> {
-        self.pending.sort_by_key(|&(bucket, _)| bucket);
+        self.pending.sort_unstable_by_key(|&(bucket, _)| bucket);
         let mut out = BufWriter::with_capacity(WRITE_BUFFER, &self.file);
         let mut next = 0;
         for &(bucket, ref e) in &self.pending {
@@ -357,12 +360,13 @@ impl Buckets {
         Ok(())
     }
 
-    /// Every entry put in `bucket`, in the order they were put.
+    /// Every entry put in `bucket`, in no particular order.
     pub(crate) fn read(&mut self, bucket: usize, mut each: impl FnMut(Entry)) -> io::Result<()> {
         if !self.pending.is_empty() {
             self.write_run()?;
-            self.pending = Vec::new();
         }
+        // The run's memory is not held while the buckets are gone through.
+        self.pending = Vec::new();
         for run in self.starts.chunks_exact(self.buckets + 1) {
             let (first, end) = (run[bucket], run[bucket + 1]);
             let mut reader = RunReader::new(&self.file, RECORD, first, end - first);
@@ -636,33 +640,39 @@ mod tests {
         }
     }
 
-    /// Each bucket reads back exactly the entries put in it, in the order they were
-    /// put, across several written runs (some without that bucket) and the part still
-    /// in memory.
+    /// Each bucket reads back exactly the entries put in it, across several written
+    /// runs (some without that bucket) and the part still in memory, or none.
     #[test]
     fn buckets_read_back_what_was_put_in_each() {
         let dir = tempfile::tempdir().unwrap();
         const BUCKETS: usize = 5;
-        let mut buckets = Buckets::new(dir.path(), BUCKETS, 64).unwrap();
-        let mut put: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
-        // Bucket 4 only in the last 100 entries, bucket 0 never: runs without them.
-        for n in 0..1000u32 {
-            let bucket = match n {
-                900.. => 4,
-                _ => 1 + (n as usize * 7) % 3,
-            };
-            buckets.push(bucket, entry(n, n)).unwrap();
-            put[bucket].push(n);
-        }
-        for (bucket, expected) in put.iter().enumerate().rev() {
-            let mut back = Vec::new();
-            buckets
-                .read(bucket, |e| {
-                    assert_eq!(encode(&e), encode(&entry(e.seq, e.seq)));
-                    back.push(e.seq)
-                })
-                .unwrap();
-            assert_eq!(&back, expected, "bucket {bucket}");
-        }
+        let check = |total: u32| {
+            let mut buckets = Buckets::new(dir.path(), BUCKETS, 64).unwrap();
+            let mut put: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
+            // Bucket 4 only in the last 100 entries, bucket 0 never: runs without them.
+            for n in 0..total {
+                let bucket = match n {
+                    _ if n + 100 >= total => 4,
+                    _ => 1 + (n as usize * 7) % 3,
+                };
+                buckets.push(bucket, entry(n, n)).unwrap();
+                put[bucket].push(n);
+            }
+            for (bucket, expected) in put.iter().enumerate().rev() {
+                let mut back = Vec::new();
+                buckets
+                    .read(bucket, |e| {
+                        assert_eq!(encode(&e), encode(&entry(e.seq, e.seq)));
+                        back.push(e.seq)
+                    })
+                    .unwrap();
+                back.sort_unstable();
+                assert_eq!(&back, expected, "{total} entries, bucket {bucket}");
+            }
+        };
+        // A last run in memory, and every run written (a multiple of the run length).
+        check(1000);
+        check(1024);
+        check(0);
     }
 }
