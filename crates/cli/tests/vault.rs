@@ -120,6 +120,35 @@ impl Env {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// phone1 backs up a sample tree; phone2 restores it with the password in file `pw`
+    /// (embedded vault), and it comes back the same.
+    fn backup_then_restore_on_a_new_phone(&self, pw: &str) {
+        let src = tree::write_sample(self.dir.path(), 1);
+        assert_code(
+            &self.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
+            0,
+        );
+        let target = self.path("restored");
+        assert_code(&self.restore_with_password("phone2", pw, &target), 0);
+        tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+    }
+
+    /// A new phone `home` restores the latest snapshot into `target` with the password
+    /// in file `pw`, through the embedded vault.
+    fn restore_with_password(&self, home: &str, pw: &str, target: &Path) -> Output {
+        let args = [
+            "restore",
+            "--account",
+            "local",
+            "--password-file",
+            pw,
+            "--target",
+        ];
+        let mut args = args.to_vec();
+        args.push(target.to_str().unwrap());
+        self.backlock(home, None, &args)
+    }
+
     /// Runs `backlock` as the phone whose state is `home`, talking to `vault` (or the
     /// embedded vault when `None`).
     fn backlock(&self, home: &str, vault: Option<(&VaultProcess, &str)>, args: &[&str]) -> Output {
@@ -154,6 +183,11 @@ fn stderr(o: &Output) -> String {
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// The command's error output says `text`.
+fn assert_says(o: &Output, text: &str) {
+    assert!(stderr(o).contains(text), "{}", stderr(o));
 }
 
 fn assert_code(o: &Output, code: i32) {
@@ -712,27 +746,7 @@ fn the_embedded_vault_is_the_default() {
         ),
         0,
     );
-    let src = tree::write_sample(env.dir.path(), 1);
-    assert_code(
-        &env.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
-        0,
-    );
-    let target = env.path("restored");
-    let out = env.backlock(
-        "phone2",
-        None,
-        &[
-            "restore",
-            "--account",
-            "local",
-            "--password-file",
-            pw,
-            "--target",
-            target.to_str().unwrap(),
-        ],
-    );
-    assert_code(&out, 0);
-    tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+    env.backup_then_restore_on_a_new_phone(pw);
 }
 
 /// An embedded vault's data directory whose name is not UTF-8 is refused with a usage
@@ -788,27 +802,11 @@ fn a_key_this_device_cannot_keep_is_never_registered() {
     std::fs::write(env.path("phone1/keys"), b"not a directory").unwrap();
     let out = env.backlock("phone1", None, &init);
     assert!(!out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("keys"), "{}", stderr(&out));
+    assert_says(&out, "keys");
     assert!(!env.path("repo").exists(), "no repository made");
     std::fs::remove_file(env.path("phone1/keys")).unwrap();
     assert_code(&env.backlock("phone1", None, &init), 0);
-    let src = tree::write_sample(env.dir.path(), 1);
-    assert_code(
-        &env.backlock("phone1", None, &["backup", src.to_str().unwrap()]),
-        0,
-    );
-    let target = env.path("restored");
-    let restore = [
-        "restore",
-        "--account",
-        "local",
-        "--password-file",
-        pw,
-        "--target",
-        target.to_str().unwrap(),
-    ];
-    assert_code(&env.backlock("phone2", None, &restore), 0);
-    tree::assert_same(&src, &target.join(src.file_name().unwrap()));
+    env.backup_then_restore_on_a_new_phone(pw);
 }
 
 /// The keys this device keeps, by file name, with their contents.
@@ -857,11 +855,7 @@ fn a_failed_init_leaves_the_keys_this_device_keeps_as_they_were() {
     std::fs::rename(env.path("repo"), env.path("unmounted")).unwrap();
     let out = init("phone1", "repo");
     assert_code(&out, 2);
-    assert!(
-        stderr(&out).contains("already keeps a backup key"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, "already keeps a backup key");
     assert_eq!(
         kept_keys(&env.path("phone1")),
         kept,
@@ -870,11 +864,7 @@ fn a_failed_init_leaves_the_keys_this_device_keeps_as_they_were() {
     // Another phone, another location, the same account: the vault refuses.
     let out = init("phone2", "repo2");
     assert_code(&out, 2);
-    assert!(
-        stderr(&out).contains("already registered"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, "already registered");
     assert!(
         kept_keys(&env.path("phone2")).is_empty(),
         "no key left behind"
