@@ -120,8 +120,35 @@ pub struct RotateSummary {
 /// The new generation, built before anything but packs is written.
 struct NewGeneration {
     packs: Vec<PackEntry>,
-    chunk_map: HashMap<ChunkId, ChunkId>,
+    chunk_map: ChunkMap,
     bytes: u64,
+}
+
+/// Each chunk in use by its ID under the old key, with its ID under the new: sorted
+/// pairs, 64 bytes a chunk (a hash map of them peaked at three times that as it grew).
+#[derive(Default)]
+struct ChunkMap(Vec<(ChunkId, ChunkId)>);
+
+impl ChunkMap {
+    fn push(&mut self, old: ChunkId, new: ChunkId) {
+        self.0.push((old, new));
+    }
+
+    /// Sorts the pairs for [`ChunkMap::new_id`], once every chunk is in. The index
+    /// places each chunk once, so no ID comes twice.
+    fn sort(&mut self) {
+        self.0.sort_unstable_by_key(|a| a.0);
+        debug_assert!(self.0.windows(2).all(|w| w[0].0 != w[1].0));
+    }
+
+    fn new_id(&self, old: &ChunkId) -> ChunkId {
+        let at = self.0.binary_search_by(|(id, _)| id.cmp(old));
+        self.0[at.expect("every chunk in use was resealed")].1
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl Repository<Open> {
@@ -242,7 +269,7 @@ impl Repository<Open> {
         let resealed = self
             .reseal(&index, &used, &new_keys, &lock)
             .and_then(|g| self.rebuild_trees(g, &index, &snaps, &new_keys));
-        let (generation, roots) = match resealed {
+        let (mut generation, roots) = match resealed {
             Ok(g) => g,
             Err(e) => {
                 // Unindexed packs: harmless, but do not leave them behind.
@@ -254,10 +281,12 @@ impl Repository<Open> {
 
         // The new index (in objects of bounded size, as every index writer makes them)
         // and snapshots, under names chosen now so the markers can list them before
-        // they exist.
+        // they exist. The packs' blob entries move into the index objects (not a copy:
+        // they are the largest thing a rotation holds), each freed once written.
+        let new_packs: Vec<ObjectName> = generation.packs.iter().map(|p| p.pack).collect();
         let index_parts = crate::index::index_parts(
             IndexFile {
-                packs: generation.packs.clone(),
+                packs: std::mem::take(&mut generation.packs),
             },
             self.object_limit,
         )?;
@@ -274,7 +303,11 @@ impl Repository<Open> {
                     .nodes
                     .into_iter()
                     .map(|mut n| {
-                        n.chunks = n.chunks.iter().map(|c| generation.chunk_map[c]).collect();
+                        n.chunks = n
+                            .chunks
+                            .iter()
+                            .map(|c| generation.chunk_map.new_id(c))
+                            .collect();
                         n
                     })
                     .collect();
@@ -291,12 +324,15 @@ impl Repository<Open> {
                 (renamed[&r.name], snap)
             })
             .collect();
+        // Every chunk has its new ID in the new trees and snapshots: the map goes.
+        let chunks = generation.chunk_map.len() as u64;
+        generation.chunk_map = ChunkMap::default();
         let marker = Rotation {
             old_key_id: *self.keys.key_id(),
             new_key_id: *new_keys.key_id(),
             old,
             new: ObjectSet {
-                packs: generation.packs.iter().map(|p| p.pack).collect(),
+                packs: new_packs.clone(),
                 indexes: index_names.clone(),
                 snapshots: new_snaps.iter().map(|(n, _)| *n).collect(),
             },
@@ -313,7 +349,7 @@ impl Repository<Open> {
 
         // The new generation, sealed under the new key: index, then snapshots.
         let mut bytes = generation.bytes;
-        for (index_name, part) in index_names.iter().zip(&index_parts) {
+        for (index_name, part) in index_names.iter().zip(index_parts) {
             let (version, plain) = part.encode();
             let sealed = envelope::seal_as(
                 &new_keys,
@@ -379,8 +415,8 @@ impl Repository<Open> {
         drop(lock);
         Ok(RotateSummary {
             snapshots: new_snaps.len() as u64,
-            chunks: generation.chunk_map.len() as u64,
-            packs_written: generation.packs.len() as u64,
+            chunks,
+            packs_written: new_packs.len() as u64,
             bytes_written: bytes,
             objects_deleted: deleted,
             finished_earlier: false,
@@ -400,7 +436,7 @@ impl Repository<Open> {
         let pack_size = self.config.pack_size as usize;
         let mut out = NewGeneration {
             packs: Vec::new(),
-            chunk_map: HashMap::new(),
+            chunk_map: ChunkMap::default(),
             bytes: 0,
         };
         let mut current: Option<(ObjectName, PackSealer, Vec<BlobEntry>)> = None;
@@ -429,9 +465,7 @@ impl Repository<Open> {
                     let new_id = ChunkId::compute(new_keys, &chunk);
                     // A delta's payload does not depend on the key: only its base's ID.
                     let new_base = base.map(|plain| ChunkId::compute(new_keys, plain));
-                    if out.chunk_map.insert(b.id, new_id).is_some() {
-                        continue;
-                    }
+                    out.chunk_map.push(b.id, new_id);
                     let full = current
                         .as_ref()
                         .is_some_and(|(_, s, _)| s.len() + encoded.len() > pack_size);
@@ -463,6 +497,7 @@ impl Repository<Open> {
         if let Some(last) = current.take() {
             self.put_pack(last, &mut out)?;
         }
+        out.chunk_map.sort();
         Ok(out)
     }
 
@@ -506,7 +541,7 @@ impl Repository<Open> {
             let mut builder = TreeBuilder::new(new_keys);
             let chunk_map = &generation.chunk_map;
             let each = &mut |mut node: Node| {
-                node.chunks = node.chunks.iter().map(|c| chunk_map[c]).collect();
+                node.chunks = node.chunks.iter().map(|c| chunk_map.new_id(c)).collect();
                 packer.push(&mut builder, node)
             };
             // Every directory: the new trees are built from all of them.
@@ -521,9 +556,11 @@ impl Repository<Open> {
 
     fn put_pack(
         &self,
-        (name, sealer, blobs): (ObjectName, PackSealer, Vec<BlobEntry>),
+        (name, sealer, mut blobs): (ObjectName, PackSealer, Vec<BlobEntry>),
         out: &mut NewGeneration,
     ) -> Result<()> {
+        // Held until the index is written: without the room the list grew into.
+        blobs.shrink_to_fit();
         let bytes = sealer.finish();
         self.store.put(ObjectKind::Pack, &name.to_hex(), &bytes)?;
         out.bytes += bytes.len() as u64;
