@@ -772,13 +772,6 @@ fn write_sparse(out: &mut Writer, file: u32, offset: u64, data: &[u8]) -> Result
     Ok(())
 }
 
-/// Writes restored chunks into the target files. Chunks that continue one another in
-/// a file (a database's runs of pages, stored in order) are gathered into one write: a
-/// system call per chunk cost a restore of 4 KiB pages more than copying them.
-///
-/// It keeps at most [`OPEN_FILES`] files open, so a pack holding thousands of small
-/// files restores under any descriptor limit: a pack's pieces come in file order, so
-/// the file closed to make room is almost never needed again.
 /// One lock per file of a batch, held while a restoring thread writes to it.
 ///
 /// The kernel takes a file's inode lock for each write, and a second writer of the same
@@ -789,6 +782,13 @@ fn file_locks(files: usize) -> Vec<Mutex<()>> {
     (0..files).map(|_| Mutex::new(())).collect()
 }
 
+/// Writes restored chunks into the target files. Chunks that continue one another in
+/// a file (a database's runs of pages, stored in order) are gathered into one write: a
+/// system call per chunk cost a restore of 4 KiB pages more than copying them.
+///
+/// It keeps at most [`OPEN_FILES`] files open, so a pack holding thousands of small
+/// files restores under any descriptor limit: a pack's pieces come in file order, so
+/// the file closed to make room is almost never needed again.
 struct Writer<'a> {
     paths: &'a [PathBuf],
     /// [`file_locks`] of `paths`.

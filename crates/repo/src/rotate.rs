@@ -284,6 +284,7 @@ impl Repository<Open> {
         // they exist. The packs' blob entries move into the index objects (not a copy:
         // they are the largest thing a rotation holds), each freed once written.
         let new_packs: Vec<ObjectName> = generation.packs.iter().map(|p| p.pack).collect();
+        let packs_written = new_packs.len() as u64;
         let index_parts = crate::index::index_parts(
             IndexFile {
                 packs: std::mem::take(&mut generation.packs),
@@ -332,7 +333,7 @@ impl Repository<Open> {
             new_key_id: *new_keys.key_id(),
             old,
             new: ObjectSet {
-                packs: new_packs.clone(),
+                packs: new_packs,
                 indexes: index_names.clone(),
                 snapshots: new_snaps.iter().map(|(n, _)| *n).collect(),
             },
@@ -416,7 +417,7 @@ impl Repository<Open> {
         Ok(RotateSummary {
             snapshots: new_snaps.len() as u64,
             chunks,
-            packs_written: new_packs.len() as u64,
+            packs_written,
             bytes_written: bytes,
             objects_deleted: deleted,
             finished_earlier: false,
